@@ -1,0 +1,96 @@
+"""Every size and byte offset of ixypipe's shared-memory layouts, in one place.
+
+The arena header, the packet-buffer header (ixy's pkt_buf) and the SPSC ring
+control block are described here and nowhere else; the modules that read or
+write them import these names. 82599 registers and descriptor bits live in
+``ixypipe.nic.registers``.
+"""
+
+import numpy as np
+
+# --- pages and cache lines -------------------------------------------------
+PAGE_SIZE = 4096
+HUGEPAGE_SIZE = 2 * 1024 * 1024
+HUGEPAGE_SHIFT = 21
+CACHE_LINE = 64
+
+# --- the arena -------------------------------------------------------------
+# One shared file (hugetlbfs, or /dev/shm as fallback).  It begins with a
+# header that names every region, so a process that attaches finds them by
+# name: only offsets ever cross a process boundary, never pointers.
+ARENA_MAGIC = 0x3145504950595849  # b"IXYPIPE1" read as little-endian u64
+ARENA_VERSION = 1
+ARENA_PREFIX = "ixypipe-"           # file names: ixypipe-<owner pid>-<random hex>
+ARENA_MAX_REGIONS = 256
+ARENA_REGION_NAME_LEN = 48
+ARENA_MIN_ALIGN = 128               # RDBAL/TDBAL need 128-byte aligned rings
+
+ARENA_HEADER_DTYPE = np.dtype([
+    ("magic", "<u8"),
+    ("version", "<u4"),
+    ("n_regions", "<u4"),
+    ("size", "<u8"),
+    ("next_free", "<u8"),       # bump allocator: regions are only ever added
+    ("flags", "<u4"),
+    ("owner_pid", "<u4"),
+    ("iova_base", "<u8"),       # fallback arenas: simulated I/O address of offset 0
+    ("pad", "u1", (24,)),
+])
+ARENA_REGION_DTYPE = np.dtype([
+    ("name", f"S{ARENA_REGION_NAME_LEN}"),
+    ("offset", "<u8"),
+    ("size", "<u8"),
+])
+ARENA_TABLE_OFFSET = ARENA_HEADER_DTYPE.itemsize                          # 64
+ARENA_DATA_OFFSET = PAGE_SIZE * (
+    (ARENA_TABLE_OFFSET + ARENA_MAX_REGIONS * ARENA_REGION_DTYPE.itemsize + PAGE_SIZE - 1) // PAGE_SIZE)
+ARENA_FLAG_HUGEPAGES = 0x1      # backed by hugetlbfs: physical addresses are real
+# Name of the region holding the physical address of every hugepage of the
+# arena, filled by the creator (root) so attaching processes need no pagemap.
+ARENA_PHYS_REGION = "arena.phys"
+
+# On the fallback arena (4 KiB pages, no physical contiguity) DMA addresses
+# are simulated I/O addresses: this base plus the arena offset.  Only the
+# software 82599 accepts them; the real ixgbe driver refuses such an arena.
+SIM_IOVA_BASE = 0x7E00_0000_0000
+
+# --- /proc/self/pagemap ----------------------------------------------------
+PAGEMAP_ENTRY_SIZE = 8
+PAGEMAP_PFN_MASK = (1 << 55) - 1    # bits 0-54: page frame number
+PAGEMAP_PRESENT = 1 << 63
+
+# --- packet buffers (ixy's pkt_buf) ----------------------------------------
+# Each buffer starts with a 64-byte header; the packet data follows at
+# PKTBUF_HEADROOM, which is also where the NIC DMAs (pkt_addr = phys + 64).
+DEFAULT_BUF_SIZE = 2048
+MIN_BUF_SIZE = 256
+PKTBUF_HEADROOM = 64
+PKTBUF_PHYS_OFF = 0        # u64 physical (or simulated I/O) address of the buffer
+PKTBUF_POOL_OFF = 8        # u32 id of the mempool that owns the buffer
+PKTBUF_INDEX_OFF = 12      # u32 global buffer index
+PKTBUF_LEN_OFF = 16        # u32 bytes of packet data
+# The largest packet a buffer holds is buf_size - PKTBUF_HEADROOM (1984 at 2048).
+
+# --- mempool free list -----------------------------------------------------
+# Region "<pool>.free": a control cache line, then the free stack of buffer
+# indices (u32), then one state byte per buffer used by the debug mode.
+MEMPOOL_CTL_DTYPE = np.dtype([
+    ("top", "<u8"),            # number of indices on the free stack
+    ("first", "<u4"),          # global index of the pool's first buffer
+    ("count", "<u4"),
+    ("pool_id", "<u4"),
+    ("owner_pid", "<u4"),
+    ("pad", "u1", (40,)),
+])
+MEMPOOL_STACK_OFFSET = CACHE_LINE
+BUF_STATE_IN_USE = 0
+BUF_STATE_FREE = 1
+
+# --- SPSC ring --------------------------------------------------------------
+# Three cache lines of control then the slots.  The producer writes only its
+# line, the consumer only its own, so the two never false-share.
+RING_CAPACITY_OFF = 0          # u64, power of two
+RING_HEAD_OFF = CACHE_LINE     # u64 free-running count of slots produced
+RING_TAIL_OFF = 2 * CACHE_LINE  # u64 free-running count of slots consumed
+RING_SLOTS_OFFSET = 3 * CACHE_LINE
+RING_SLOT_DTYPE = np.dtype("<u4")

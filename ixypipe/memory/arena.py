@@ -1,0 +1,400 @@
+"""The DMA arena: one shared file that every ixypipe process maps.
+
+The supervisor creates it (a hugetlbfs file, MAP_SHARED, mlocked; or a
+/dev/shm file on 4 KiB pages when hugepages or root are missing) and carves
+named regions from it: descriptor rings, packet buffers, free lists, SPSC
+rings, counters.  Other processes attach by path and find regions by name in
+the header.  Only offsets cross process boundaries.
+
+Physical addresses come from /proc/self/pagemap, read once by the creator
+for every hugepage and stored in the ``arena.phys`` region.  On a fallback
+arena there is no physical contiguity, so the arena hands out simulated I/O
+addresses (SIM_IOVA_BASE + offset) that only the software 82599 accepts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import secrets
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ixypipe.layout import (
+    ARENA_DATA_OFFSET,
+    ARENA_FLAG_HUGEPAGES,
+    ARENA_HEADER_DTYPE,
+    ARENA_MAGIC,
+    ARENA_MAX_REGIONS,
+    ARENA_MIN_ALIGN,
+    ARENA_PHYS_REGION,
+    ARENA_PREFIX,
+    ARENA_REGION_DTYPE,
+    ARENA_REGION_NAME_LEN,
+    ARENA_TABLE_OFFSET,
+    ARENA_VERSION,
+    HUGEPAGE_SHIFT,
+    HUGEPAGE_SIZE,
+    PAGE_SIZE,
+    PAGEMAP_ENTRY_SIZE,
+    PAGEMAP_PFN_MASK,
+    PAGEMAP_PRESENT,
+    SIM_IOVA_BASE,
+)
+from ixypipe.memory import hugepages
+
+log = logging.getLogger(__name__)
+SHM_DIR = Path("/dev/shm")
+_warned_fallback = False
+
+
+class ArenaError(Exception):
+    """The arena cannot be created, attached or carved as asked."""
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    offset: int
+    size: int
+
+
+def _round_up(value: int, align: int) -> int:
+    return (value + align - 1) // align * align
+
+
+def _mlock(mm: mmap.mmap, size: int) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    return libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(size)) == 0
+
+
+def virt_to_phys(addresses: np.ndarray | list[int], pagemap: str = "/proc/self/pagemap") -> np.ndarray:
+    """Physical addresses of mapped virtual addresses via pagemap (needs root).
+
+    The pages must be present (touched and, for DMA, locked).  An entry
+    without the present bit or with PFN 0 (what a non-root reader sees)
+    is an error, not a silent zero: a DMA to address 0 corrupts memory.
+    """
+    out = np.empty(len(addresses), dtype=np.uint64)
+    with open(pagemap, "rb") as f:
+        for i, virt in enumerate(addresses):
+            virt = int(virt)
+            f.seek((virt // PAGE_SIZE) * PAGEMAP_ENTRY_SIZE)
+            (entry,) = struct.unpack("<Q", f.read(PAGEMAP_ENTRY_SIZE))
+            pfn = entry & PAGEMAP_PFN_MASK
+            if not entry & PAGEMAP_PRESENT or pfn == 0:
+                raise ArenaError(
+                    f"no physical address for virtual address {virt:#x} (pagemap entry {entry:#x}): "
+                    "the page is not present or the reader is not root")
+            out[i] = pfn * PAGE_SIZE + virt % PAGE_SIZE
+    return out
+
+
+class Arena:
+    """A mapped arena.  Use :meth:`create` or :meth:`attach`, never the constructor."""
+
+    def __init__(self, path: Path, mm: mmap.mmap, created: bool):
+        self.path = path
+        self.mm = mm
+        self.created = created
+        self.buf = np.frombuffer(mm, dtype=np.uint8)
+        self.header = self.buf[:ARENA_HEADER_DTYPE.itemsize].view(ARENA_HEADER_DTYPE)[0:1]
+        table_end = ARENA_TABLE_OFFSET + ARENA_MAX_REGIONS * ARENA_REGION_DTYPE.itemsize
+        self.table = self.buf[ARENA_TABLE_OFFSET:table_end].view(ARENA_REGION_DTYPE)
+        self._page_phys: np.ndarray | None = None
+
+    # ---- life cycle -------------------------------------------------------
+    @classmethod
+    def create(cls, size: int, hugepages_mode: str = "auto", directory: str | os.PathLike | None = None,
+               tag: str = "") -> Arena:
+        """Create an arena of at least ``size`` usable bytes.
+
+        ``hugepages_mode``: "auto" (hugepages when root and enough are free,
+        else the /dev/shm fallback with one warning), "require" (error when
+        hugepages cannot be had) or "never".
+        """
+        if hugepages_mode not in ("auto", "require", "never"):
+            raise ArenaError(f"hugepages mode must be auto, require or never, not {hugepages_mode!r}")
+        if size <= 0:
+            raise ArenaError(f"arena size must be positive, got {size}")
+        use_huge, why_not = False, ""
+        if hugepages_mode != "never":
+            use_huge, why_not, directory = cls._hugepage_plan(size, directory)
+            if not use_huge and hugepages_mode == "require":
+                raise ArenaError(f"hugepages required but unavailable: {why_not}")
+        if use_huge:
+            total = _round_up(ARENA_DATA_OFFSET + size, HUGEPAGE_SIZE)
+            path = Path(directory) / cls._unique_name(tag)
+        else:
+            global _warned_fallback
+            if not _warned_fallback and hugepages_mode == "auto":
+                log.warning("no hugepages (%s): using a /dev/shm arena on 4 KiB pages; DMA addresses are "
+                            "simulated and only the software 82599 accepts them", why_not)
+                _warned_fallback = True
+            total = _round_up(ARENA_DATA_OFFSET + size, PAGE_SIZE)
+            path = SHM_DIR / cls._unique_name(tag)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except FileExistsError:
+            raise ArenaError(f"arena file {path} already exists") from None
+        try:
+            os.fchmod(fd, 0o600)
+            os.ftruncate(fd, total)
+            mm = mmap.mmap(fd, total, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            if use_huge:
+                raise ArenaError(f"cannot map {total >> 20} MiB of hugepages at {path}: {exc}; "
+                                 + hugepages.reserve_advice(total // HUGEPAGE_SIZE)) from exc
+            raise ArenaError(f"cannot map {total} bytes at {path}: {exc}") from exc
+        os.close(fd)
+        arena = cls(path, mm, created=True)
+        try:
+            arena._init_header(total, use_huge)
+        except BaseException:
+            arena.destroy()
+            raise
+        return arena
+
+    @staticmethod
+    def _unique_name(tag: str) -> str:
+        tag = "".join(c for c in tag if c.isalnum())[:16]
+        return f"{ARENA_PREFIX}{os.getpid()}-{tag + '-' if tag else ''}{secrets.token_hex(8)}"
+
+    @staticmethod
+    def _hugepage_plan(size: int, directory) -> tuple[bool, str, Path | None]:
+        if os.geteuid() != 0:
+            return False, "not root, so physical addresses cannot be read", None
+        mounts = [Path(directory)] if directory else hugepages.hugetlbfs_mounts()
+        if not mounts:
+            return False, "no hugetlbfs mount; " + hugepages.reserve_advice(_pages_for(size)), None
+        need = _pages_for(size)
+        free = hugepages.free_hugepages()
+        if free < need:
+            return (False, f"the arena needs {need} free 2 MiB hugepages but {free} are free; "
+                    + hugepages.reserve_advice(hugepages.total_hugepages() + need - free), None)
+        return True, "", mounts[0]
+
+    def _init_header(self, total: int, use_huge: bool) -> None:
+        if not _mlock(self.mm, total) and use_huge:
+            raise ArenaError(f"mlock of the {total >> 20} MiB hugepage arena failed")
+        self.buf[:ARENA_DATA_OFFSET] = 0
+        h = self.header
+        h["size"] = total
+        h["version"] = ARENA_VERSION
+        h["n_regions"] = 0
+        h["next_free"] = ARENA_DATA_OFFSET
+        h["flags"] = ARENA_FLAG_HUGEPAGES if use_huge else 0
+        h["owner_pid"] = os.getpid()
+        h["iova_base"] = 0 if use_huge else SIM_IOVA_BASE
+        if use_huge:
+            n_pages = total // HUGEPAGE_SIZE
+            base = self.buf.ctypes.data
+            phys = virt_to_phys([base + i * HUGEPAGE_SIZE for i in range(n_pages)])
+            region = self.alloc(ARENA_PHYS_REGION, n_pages * 8, align=8)
+            self.view(region, np.uint64)[:] = phys
+        h["magic"] = ARENA_MAGIC   # last: an attacher never sees a half-made header
+
+    @classmethod
+    def attach(cls, path: str | os.PathLike) -> Arena:
+        """Map an existing arena by its path (its name is ``path``'s last component)."""
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            raise ArenaError(f"no arena at {path}") from None
+        except PermissionError:
+            raise ArenaError(f"no permission to open arena {path} (it is created 0600 by its owner)") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < ARENA_DATA_OFFSET:
+                raise ArenaError(f"{path} is too small ({size} bytes) to be an ixypipe arena")
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        arena = cls(path, mm, created=False)
+        if int(arena.header["magic"][0]) != ARENA_MAGIC:
+            arena.close()
+            raise ArenaError(f"{path} is not an ixypipe arena (bad magic)")
+        if arena.hugepages:
+            _mlock(mm, size)
+        return arena
+
+    def close(self) -> None:
+        """Unmap (numpy views into the arena must be gone by then)."""
+        if self.mm is None:
+            return
+        self.header = self.table = self.buf = None
+        self._page_phys = None
+        try:
+            self.mm.close()
+        except BufferError:
+            # a view is still alive somewhere; the mapping goes when it does
+            pass
+        self.mm = None
+
+    def destroy(self) -> None:
+        """Unmap and remove the backing file (the creator does this at exit)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Arena:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.created:
+            self.destroy()
+        else:
+            self.close()
+
+    # ---- properties -------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return int(self.header["size"][0])
+
+    @property
+    def hugepages(self) -> bool:
+        return bool(int(self.header["flags"][0]) & ARENA_FLAG_HUGEPAGES)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # ---- regions ----------------------------------------------------------
+    def alloc(self, name: str, size: int, align: int = ARENA_MIN_ALIGN, within_page: bool = False) -> Region:
+        """Carve a named region.  Only the creating process adds regions.
+
+        ``within_page``: the region must not cross a 2 MiB page, so it is
+        physically contiguous (descriptor rings).
+        """
+        raw = name.encode()
+        if not raw or len(raw) >= ARENA_REGION_NAME_LEN:
+            raise ArenaError(f"region name {name!r} must be 1..{ARENA_REGION_NAME_LEN - 1} bytes")
+        if size <= 0:
+            raise ArenaError(f"region {name!r}: size must be positive, got {size}")
+        if align <= 0 or align & (align - 1):
+            raise ArenaError(f"region {name!r}: alignment {align} is not a power of two")
+        if self.find(name) is not None:
+            raise ArenaError(f"region {name!r} already exists in arena {self.name}")
+        n = int(self.header["n_regions"][0])
+        if n >= ARENA_MAX_REGIONS:
+            raise ArenaError(f"arena {self.name} holds at most {ARENA_MAX_REGIONS} regions")
+        align = max(align, ARENA_MIN_ALIGN)
+        offset = _round_up(int(self.header["next_free"][0]), align)
+        if within_page:
+            if size > HUGEPAGE_SIZE:
+                raise ArenaError(f"region {name!r}: {size} bytes cannot fit one 2 MiB page")
+            if offset // HUGEPAGE_SIZE != (offset + size - 1) // HUGEPAGE_SIZE:
+                offset = _round_up(offset, HUGEPAGE_SIZE)
+        if offset + size > self.size:
+            raise ArenaError(f"arena {self.name} is full: region {name!r} needs {size} bytes at offset "
+                             f"{offset}, the arena has {self.size}; make the arena larger")
+        entry = self.table[n]
+        entry["name"] = raw
+        entry["offset"] = offset
+        entry["size"] = size
+        self.header["next_free"] = offset + size
+        self.header["n_regions"] = n + 1
+        return Region(name, offset, size)
+
+    def find(self, name: str) -> Region | None:
+        raw = name.encode()
+        n = int(self.header["n_regions"][0])
+        for entry in self.table[:n]:
+            if bytes(entry["name"]) == raw:
+                return Region(name, int(entry["offset"]), int(entry["size"]))
+        return None
+
+    def region(self, name: str) -> Region:
+        found = self.find(name)
+        if found is None:
+            raise ArenaError(f"arena {self.name} has no region {name!r}")
+        return found
+
+    def regions(self) -> list[Region]:
+        n = int(self.header["n_regions"][0])
+        return [Region(bytes(e["name"]).decode(), int(e["offset"]), int(e["size"])) for e in self.table[:n]]
+
+    def view(self, region: Region, dtype=np.uint8) -> np.ndarray:
+        """A numpy view of a whole region as ``dtype``."""
+        dtype = np.dtype(dtype)
+        return self.buf[region.offset:region.offset + region.size - region.size % dtype.itemsize].view(dtype)
+
+    # ---- DMA addresses ----------------------------------------------------
+    def phys(self, offsets):
+        """DMA address(es) of arena offset(s): physical on hugepages, simulated I/O otherwise."""
+        offsets = np.asarray(offsets, dtype=np.uint64)
+        if not self.hugepages:
+            return offsets + np.uint64(SIM_IOVA_BASE)
+        if self._page_phys is None:
+            self._page_phys = self.view(self.region(ARENA_PHYS_REGION), np.uint64)
+        pages = offsets >> np.uint64(HUGEPAGE_SHIFT)
+        return self._page_phys[pages] + (offsets & np.uint64(HUGEPAGE_SIZE - 1))
+
+    def dma_table(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(sorted physical page bases, their arena offsets, page size) to map DMA addresses back."""
+        if not self.hugepages:
+            return (np.array([SIM_IOVA_BASE], np.uint64), np.array([0], np.uint64), self.size)
+        phys = self.view(self.region(ARENA_PHYS_REGION), np.uint64)
+        order = np.argsort(phys, kind="stable")
+        return phys[order].copy(), (order.astype(np.uint64) << np.uint64(HUGEPAGE_SHIFT)), HUGEPAGE_SIZE
+
+
+def _pages_for(size: int) -> int:
+    return _round_up(ARENA_DATA_OFFSET + size, HUGEPAGE_SIZE) // HUGEPAGE_SIZE
+
+
+def owner_pid_of(name: str) -> int | None:
+    """The creator pid encoded in an arena or shm object name, or None."""
+    if not name.startswith(ARENA_PREFIX):
+        return None
+    pid = name[len(ARENA_PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def stale_objects(directories: list[Path] | None = None) -> list[Path]:
+    """ixypipe files in /dev/shm and hugetlbfs mounts whose owner process is dead."""
+    dirs = directories if directories is not None else [SHM_DIR, *hugepages.hugetlbfs_mounts()]
+    stale = []
+    for d in dirs:
+        try:
+            entries = list(Path(d).iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            pid = owner_pid_of(entry.name)
+            if pid is not None and not _pid_alive(pid):
+                stale.append(entry)
+    return stale
+
+
+def remove_stale(directories: list[Path] | None = None) -> list[Path]:
+    """Remove what :func:`stale_objects` finds and say so; returns the paths removed."""
+    removed = []
+    for path in stale_objects(directories):
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("could not remove stale %s: %s", path, exc)
+            continue
+        log.warning("removed stale %s (its owner pid %s is gone)", path, owner_pid_of(path.name))
+        removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,117 @@
+"""Packet buffers: fixed-size, 64-byte-header buffers carved from the arena.
+
+All buffers of an arena live in one region and are named by a global uint32
+index; that index is all the SPSC rings ever carry.  Each buffer starts with
+ixy's pkt_buf header (physical address, owning pool id, index, data length)
+and holds packet data at PKTBUF_HEADROOM, the address the NIC DMAs to.
+Buffers are a power of two in size and the region is aligned to the buffer
+size, so no buffer straddles a 2 MiB hugepage.  The header fields are also
+exposed as strided numpy views so a whole batch is read or written at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ixypipe.layout import (
+    DEFAULT_BUF_SIZE,
+    HUGEPAGE_SIZE,
+    MIN_BUF_SIZE,
+    PKTBUF_HEADROOM,
+    PKTBUF_INDEX_OFF,
+    PKTBUF_LEN_OFF,
+    PKTBUF_PHYS_OFF,
+    PKTBUF_POOL_OFF,
+)
+from ixypipe.memory.arena import Arena, ArenaError
+
+DEFAULT_NAME = "pktbufs"
+_META_DTYPE = np.dtype([("count", "<u8"), ("buf_size", "<u8")])
+
+
+class BufferError(ValueError):
+    """A bad buffer size, index or packet length."""
+
+
+def check_buf_size(buf_size: int) -> None:
+    if buf_size < MIN_BUF_SIZE or buf_size > HUGEPAGE_SIZE or buf_size & (buf_size - 1):
+        raise BufferError(f"buffer size must be a power of two from {MIN_BUF_SIZE} to {HUGEPAGE_SIZE} "
+                          f"bytes (so none straddles a 2 MiB page), got {buf_size}")
+
+
+class PacketBuffers:
+    """The arena's packet buffers, addressed by global index."""
+
+    def __init__(self, arena: Arena, name: str):
+        self.arena = arena
+        self.name = name
+        meta = arena.view(arena.region(name + ".meta"), _META_DTYPE)[0]
+        self.count = int(meta["count"])
+        self.buf_size = int(meta["buf_size"])
+        region = arena.region(name)
+        self.offset = region.offset
+        self.max_data = self.buf_size - PKTBUF_HEADROOM
+        self.raw = arena.buf[region.offset:region.offset + self.count * self.buf_size].reshape(
+            self.count, self.buf_size)
+        # the data area of every buffer, as a (count, max_data) array
+        self.data = self.raw[:, PKTBUF_HEADROOM:]
+        self.length = self._field(PKTBUF_LEN_OFF, np.uint32)
+        self.pool_id = self._field(PKTBUF_POOL_OFF, np.uint32)
+        self.index = self._field(PKTBUF_INDEX_OFF, np.uint32)
+        # the DMA address of every buffer, precomputed once
+        self.phys = self._field(PKTBUF_PHYS_OFF, np.uint64).copy()
+        self.data_phys = self.phys + np.uint64(PKTBUF_HEADROOM)
+
+    def _field(self, offset: int, dtype) -> np.ndarray:
+        """One header field of every buffer as a strided view (writes go to the arena)."""
+        return np.ndarray((self.count,), dtype=dtype, buffer=self.arena.mm,
+                          offset=self.offset + offset, strides=(self.buf_size,))
+
+    @classmethod
+    def create(cls, arena: Arena, count: int, buf_size: int = DEFAULT_BUF_SIZE,
+               name: str = DEFAULT_NAME) -> PacketBuffers:
+        check_buf_size(buf_size)
+        if count <= 0 or count > 0xFFFFFFFF:
+            raise BufferError(f"buffer count must be 1..{0xFFFFFFFF}, got {count}")
+        meta = arena.alloc(name + ".meta", _META_DTYPE.itemsize)
+        arena.view(meta, _META_DTYPE)[0] = (count, buf_size)
+        region = arena.alloc(name, count * buf_size, align=buf_size)
+        self = cls(arena, name)
+        headers = self.raw[:, :PKTBUF_HEADROOM]
+        headers[:] = 0
+        phys = arena.phys(region.offset + np.arange(count, dtype=np.uint64) * np.uint64(buf_size))
+        self._field(PKTBUF_PHYS_OFF, np.uint64)[:] = phys
+        self.phys[:] = phys
+        self.data_phys[:] = phys + np.uint64(PKTBUF_HEADROOM)
+        self.index[:] = np.arange(count, dtype=np.uint32)
+        return self
+
+    @classmethod
+    def attach(cls, arena: Arena, name: str = DEFAULT_NAME) -> PacketBuffers:
+        try:
+            return cls(arena, name)
+        except ArenaError as exc:
+            raise ArenaError(f"arena {arena.name} has no packet buffers named {name!r}: {exc}") from None
+
+    @staticmethod
+    def bytes_needed(count: int, buf_size: int = DEFAULT_BUF_SIZE) -> int:
+        """Arena bytes for ``count`` buffers, with room for the alignment."""
+        return count * buf_size + buf_size + 4096
+
+    # ---- single packets (tests, slow paths) -------------------------------
+    def packet(self, idx: int) -> np.ndarray:
+        """The packet bytes of buffer ``idx`` (a view of its first ``length`` data bytes)."""
+        return self.data[idx, :int(self.length[idx])]
+
+    def write_packet(self, idx: int, payload: bytes | np.ndarray) -> None:
+        n = len(payload)
+        if n > self.max_data:
+            raise BufferError(f"packet of {n} bytes does not fit a {self.buf_size}-byte buffer "
+                              f"({self.max_data} bytes of data)")
+        self.data[idx, :n] = np.frombuffer(bytes(payload), np.uint8) if not isinstance(
+            payload, np.ndarray) else payload
+        self.length[idx] = n
+
+    def check_indices(self, idx: np.ndarray) -> None:
+        if len(idx) and int(idx.max()) >= self.count:
+            raise BufferError(f"buffer index {int(idx.max())} is out of range (the arena has {self.count})")

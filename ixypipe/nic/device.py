@@ -1,0 +1,118 @@
+"""The device interface every port driver offers (ixy's ixy_device).
+
+A port moves packet buffers, named by their global index in the arena's
+PacketBuffers, between the wire and the pipeline:
+
+* ``rx_batch(queue, out)`` fills ``out`` with indices of received buffers
+  (their lengths are in the buffer headers) and returns how many; the RX
+  queue refills itself from that queue's mempool.
+* ``tx_batch(queue, bufs)`` posts as many of ``bufs`` as fit and returns how
+  many it took; the caller still owns the rest.  Buffers whose transmission
+  completed are handed to ``tx_done`` (a callable taking an index array),
+  which sends them home to their owning mempool.
+
+A port is opened once, with full initialisation, by the supervisor
+(``open``), and attached without re-initialisation by the stage processes
+that use its queues (``attach``); all per-queue state a stage needs lives in
+the arena so it survives that hand-over.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TxDone = Callable[[np.ndarray], None]
+
+
+class DeviceError(Exception):
+    """A port cannot be opened or used; the message says which and why."""
+
+
+@dataclass
+class PortSpec:
+    """What the pipeline file says about one port (validated before use)."""
+    name: str
+    driver: str                      # "ixgbe", "sim", "af_packet", "pcap"
+    address: str = ""                # PCI address, interface name or file path
+    rx_queues: int = 1
+    tx_queues: int = 1
+    rx_ring_size: int = 512
+    tx_ring_size: int = 512
+    promiscuous: bool = True
+    options: dict = field(default_factory=dict)   # driver-specific keys
+
+
+@dataclass
+class DeviceStats:
+    """Counters since the port was opened (or since reset_stats)."""
+    rx_packets: int = 0
+    tx_packets: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_dropped: int = 0      # missed by the device: no free descriptor or buffer
+    tx_dropped: int = 0
+
+    def __sub__(self, other: DeviceStats) -> DeviceStats:
+        return DeviceStats(*(getattr(self, k) - getattr(other, k) for k in self.__dataclass_fields__))
+
+    def __add__(self, other: DeviceStats) -> DeviceStats:
+        return DeviceStats(*(getattr(self, k) + getattr(other, k) for k in self.__dataclass_fields__))
+
+
+@dataclass(frozen=True)
+class LinkState:
+    up: bool
+    speed_mbit: int = 0
+
+
+class Device(ABC):
+    driver_name: str = "?"
+
+    def __init__(self, spec: PortSpec):
+        self.spec = spec
+        self.name = spec.name
+
+    @property
+    def num_rx_queues(self) -> int:
+        return self.spec.rx_queues
+
+    @property
+    def num_tx_queues(self) -> int:
+        return self.spec.tx_queues
+
+    @abstractmethod
+    def rx_batch(self, queue: int, out: np.ndarray) -> int:
+        """Receive up to len(out) packets; their buffer indices go to out[:n]."""
+
+    @abstractmethod
+    def tx_batch(self, queue: int, bufs: np.ndarray) -> int:
+        """Post bufs[:n] for transmission; returns n.  Completed buffers go to tx_done."""
+
+    @abstractmethod
+    def read_stats(self) -> DeviceStats:
+        """Cumulative counters (the driver accumulates clear-on-read registers)."""
+
+    @abstractmethod
+    def reset_stats(self) -> None:
+        """Start the counters again from zero."""
+
+    @abstractmethod
+    def set_promisc(self, on: bool) -> None: ...
+
+    @abstractmethod
+    def link_state(self) -> LinkState: ...
+
+    @property
+    @abstractmethod
+    def mac(self) -> bytes: ...
+
+    def close(self) -> None:
+        """Release the port's mappings and descriptors (buffers are the caller's)."""
+
+
+def format_mac(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
