@@ -94,3 +94,50 @@ RING_HEAD_OFF = CACHE_LINE     # u64 free-running count of slots produced
 RING_TAIL_OFF = 2 * CACHE_LINE  # u64 free-running count of slots consumed
 RING_SLOTS_OFFSET = 3 * CACHE_LINE
 RING_SLOT_DTYPE = np.dtype("<u4")
+
+# --- pipeline stage control and counters --------------------------------------
+# Region "stages": one row per stage process.  The supervisor writes only
+# ``command``; the stage writes every other field (single writer per field).
+STAGE_CMD_RUN = 1
+STAGE_CMD_DRAIN = 2          # finish what is in hand, flush outputs, exit
+STAGE_STATE_STARTING = 0
+STAGE_STATE_RUNNING = 1
+STAGE_STATE_DRAINING = 2
+STAGE_STATE_DONE = 3         # exited cleanly after a drain
+STAGE_USER_COUNTERS = 8      # worker-defined counters (Batch.count), names in "stage_names"
+STAGE_NAME_LEN = 16
+STAGE_ROW_DTYPE = np.dtype([
+    ("command", "<i8"),
+    ("pad0", "u1", (56,)),           # the supervisor's field on a cache line of its own
+    ("state", "<i8"),
+    ("pid", "<i8"),
+    ("cpu", "<i8"),
+    ("heartbeat_ns", "<i8"),
+    ("loops", "<i8"),
+    ("idle_loops", "<i8"),
+    ("batches", "<i8"),
+    ("packets_in", "<i8"),
+    ("bytes_in", "<i8"),
+    ("packets_out", "<i8"),
+    ("bytes_out", "<i8"),
+    ("held", "<i8"),                 # buffers the stage holds right now (pending outputs)
+    ("stalls", "<i8"),               # loops that found an output ring full (back-pressure, no drop)
+    ("drop_worker", "<i8"),          # verdict DROP from the worker function
+    ("drop_worker_error", "<i8"),    # the worker function raised
+    ("drop_bad_packet", "<i8"),      # length 0 or larger than a buffer
+    ("drop_no_route", "<i8"),        # verdict names a port that does not exist
+    ("user", "<i8", (STAGE_USER_COUNTERS,)),
+    ("user_names", f"S{STAGE_NAME_LEN}", (STAGE_USER_COUNTERS,)),
+])
+DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route")
+
+# --- packet header offsets (Ethernet II + IPv4 without options) -----------------
+ETH_DST_OFF = 0
+ETH_SRC_OFF = 6
+ETH_TYPE_OFF = 12
+ETH_HEADER_LEN = 14
+ETH_ADDR_LEN = 6
+# the flow key the RX stage hashes to keep a flow on one worker:
+# IPv4 source and destination address and the first four L4 bytes (the ports)
+FLOW_KEY_OFF = ETH_HEADER_LEN + 12
+FLOW_KEY_LEN = 12

@@ -1,0 +1,132 @@
+"""The wiring of a pipeline: which stages exist, which rings join them, which pool each buffer goes home to.
+
+Built once by the supervisor from a validated PipelineConfig and handed
+(pickled) to every stage process, so all of them agree on ring names, pool
+ids and stage rows without talking to each other.
+
+Rings, all SPSC:
+  rx(p,q) -> worker w                 forward path, one per (RX queue, worker)
+  worker w -> tx(p,t)                 forward path, worker w feeds TX queue w % tx_queues(p)
+  worker w / tx(p,t) -> pool k        return path: buffers go home to the RX stage owning pool k
+Return rings hold a whole pool, so sending a buffer home never fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ixypipe.nic.device import PortSpec
+
+
+@dataclass
+class StagePlan:
+    name: str                 # also the process name shown by ps: "ixy-rx-p0q0"
+    role: str                 # "rx" | "worker" | "tx"
+    row: int                  # row in the arena's stage table
+    port: int = -1            # rx and tx: port index
+    queue: int = -1           # rx and tx: queue on that port
+    worker: int = -1          # worker: its number
+    pool_id: int = -1         # rx: the pool it owns
+    in_rings: list[str] = field(default_factory=list)
+    in_ports: list[int] = field(default_factory=list)       # worker: port each input ring comes from
+    out_rings: list[str] = field(default_factory=list)      # rx: one per worker; worker: see out_ring_of
+    out_ring_of: dict[int, str] = field(default_factory=dict)   # worker: out port -> ring
+    home_rings: dict[int, str] = field(default_factory=dict)    # pool id -> return ring (worker, tx)
+    cpu: int | None = None
+
+
+@dataclass
+class PoolPlan:
+    pool_id: int
+    name: str
+    port: int
+    queue: int
+    first: int
+    count: int
+
+
+@dataclass
+class PipelinePlan:
+    name: str
+    packet_arena: str          # path: buffers, pools, rings, stage table (workers map only this)
+    device_arena: str          # path: descriptor rings and driver queue state (never mapped by workers)
+    ports: list[PortSpec]
+    forward_to: list[int]      # per port: default out port of what it receives
+    batch_size: int
+    ring_size: int
+    pools: list[PoolPlan]
+    stages: list[StagePlan]
+    worker_function: str
+    worker_per_packet: bool
+    worker_base_dir: str
+    distribute: str            # "flow" | "round-robin"
+    sysfs_roots: dict[str, str] = field(default_factory=dict)   # port name -> sysfs root (sim ports)
+    spin_only: bool = False
+
+    @property
+    def port_names(self) -> list[str]:
+        return [p.name for p in self.ports]
+
+    def stages_of(self, role: str) -> list[StagePlan]:
+        return [s for s in self.stages if s.role == role]
+
+    def ring_names(self) -> list[str]:
+        names: list[str] = []
+        for s in self.stages:
+            for r in [*s.out_rings, *s.out_ring_of.values(), *s.home_rings.values()]:
+                if r not in names:
+                    names.append(r)
+        return names
+
+    def forward_rings(self) -> list[str]:
+        """Rings that carry packets forward (not buffers going home)."""
+        homes = {r for s in self.stages for r in s.home_rings.values()}
+        return [r for r in self.ring_names() if r not in homes]
+
+
+def rx_name(p: int, q: int) -> str:
+    return f"rx-p{p}q{q}"
+
+
+def tx_name(p: int, t: int) -> str:
+    return f"tx-p{p}q{t}"
+
+
+def build_plan(name: str, packet_arena: str, device_arena: str, ports: list[PortSpec], forward_to: list[int],
+               workers: int, batch_size: int, ring_size: int, buffers_per_queue: int, worker_function: str,
+               worker_per_packet: bool, worker_base_dir: str, distribute: str) -> PipelinePlan:
+    pools: list[PoolPlan] = []
+    for p, spec in enumerate(ports):
+        for q in range(spec.rx_queues):
+            k = len(pools)
+            pools.append(PoolPlan(k, f"pool.{p}.{q}", p, q, k * buffers_per_queue, buffers_per_queue))
+    stages: list[StagePlan] = []
+    for pool in pools:
+        stages.append(StagePlan(rx_name(pool.port, pool.queue), "rx", len(stages), port=pool.port,
+                                queue=pool.queue, pool_id=pool.pool_id))
+    for w in range(workers):
+        stages.append(StagePlan(f"worker-{w}", "worker", len(stages), worker=w))
+    for p, spec in enumerate(ports):
+        for t in range(spec.tx_queues):
+            stages.append(StagePlan(tx_name(p, t), "tx", len(stages), port=p, queue=t))
+    rx_stages = [s for s in stages if s.role == "rx"]
+    tx_stages = {(s.port, s.queue): s for s in stages if s.role == "tx"}
+    for w, ws in enumerate(s for s in stages if s.role == "worker"):
+        for rs in rx_stages:
+            ring = f"{rs.name}>w{w}"
+            rs.out_rings.append(ring)
+            ws.in_rings.append(ring)
+            ws.in_ports.append(rs.port)
+        for p, spec in enumerate(ports):
+            ts = tx_stages[(p, w % spec.tx_queues)]
+            ring = f"w{w}>{ts.name}"
+            ws.out_ring_of[p] = ring
+            ts.in_rings.append(ring)
+    for s in stages:
+        if s.role in ("worker", "tx"):
+            src = f"w{s.worker}" if s.role == "worker" else s.name
+            s.home_rings = {pool.pool_id: f"{src}>pool{pool.pool_id}" for pool in pools}
+    for rs in rx_stages:
+        rs.in_rings = [s.home_rings[rs.pool_id] for s in stages if s.role in ("worker", "tx")]
+    return PipelinePlan(name, packet_arena, device_arena, ports, forward_to, batch_size, ring_size, pools,
+                        stages, worker_function, worker_per_packet, worker_base_dir, distribute)

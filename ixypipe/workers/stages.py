@@ -1,0 +1,431 @@
+"""The stage processes: RX per queue, workers, TX per queue.
+
+Each stage is one process started by the supervisor with the PipelinePlan
+and its own stage name.  Every loop "breathes" as Snabb's engine does: take
+back what came home, push what is pending, pull a batch, process it, count.
+A stage that finds an output ring full keeps the rest of its batch and
+pulls nothing new until it is out (back-pressure reaches the NIC, which
+counts a miss), so no packet is dropped between stages for lack of room.
+
+Who touches what:
+* RX owns its queue's descriptor ring and mempool; buffers come home to it
+  through return rings.
+* Workers map only the packet arena: never the BAR or a descriptor ring.
+* TX owns its queue's descriptor ring and sends completed buffers home.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from ixypipe.layout import (
+    FLOW_KEY_LEN,
+    FLOW_KEY_OFF,
+    STAGE_CMD_DRAIN,
+    STAGE_STATE_DONE,
+    STAGE_STATE_DRAINING,
+    STAGE_STATE_RUNNING,
+)
+from ixypipe.memory.arena import Arena
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.pipeline.plan import PipelinePlan, StagePlan
+from ixypipe.pipeline.stagetable import StageRow
+from ixypipe.rings.spsc import Ring
+from ixypipe.workers.backoff import Backoff
+
+log = logging.getLogger(__name__)
+PUBLISH_EVERY = 64            # idle loops between counter publications
+FLOW_COLS = np.arange(FLOW_KEY_OFF, FLOW_KEY_OFF + FLOW_KEY_LEN)
+FLOW_MIX = np.uint32(0x9E3779B1)  # Fibonacci hashing multiplier
+RX_DRAIN_SECONDS = 0.5        # at most this long pulling from the NIC after a drain is asked
+RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
+
+
+class Homing:
+    """Sends buffers home: to the return ring of the pool that owns each one."""
+
+    def __init__(self, bufs: PacketBuffers, rings: dict[int, Ring]):
+        self.bufs = bufs
+        self.rings = rings
+
+    def send(self, idx: np.ndarray) -> None:
+        if len(idx) == 0:
+            return
+        pools = self.bufs.pool_id[idx]
+        first = pools[0]
+        if (pools == first).all():
+            self._put(int(first), idx)
+            return
+        for pool in np.unique(pools):
+            self._put(int(pool), idx[pools == pool])
+
+    def _put(self, pool: int, idx: np.ndarray) -> None:
+        # a return ring holds a whole pool, so it cannot be full
+        if self.rings[pool].enqueue(idx) != len(idx):
+            raise RuntimeError(f"return ring {self.rings[pool].name} overflowed: a buffer was freed twice")
+
+
+class Outbox:
+    """What a stage still has to push into each output ring."""
+
+    def __init__(self, rings: list[Ring], batch: int):
+        self.rings = rings
+        self.pending = [np.empty(0, np.uint32) for _ in rings]
+        self.held = 0
+
+    def put(self, k: int, idx: np.ndarray) -> None:
+        sent = self.rings[k].enqueue(idx)
+        if sent < len(idx):
+            self.pending[k] = idx[sent:].copy()
+            self.held += len(idx) - sent
+
+    def flush(self) -> bool:
+        """Push what is pending; True when nothing is left."""
+        for k, rest in enumerate(self.pending):
+            if len(rest):
+                sent = self.rings[k].enqueue(rest)
+                self.pending[k] = rest[sent:]
+                self.held -= sent
+        return self.held == 0
+
+
+class Stage:
+    """What every stage process has: the packet arena, its row, its counters."""
+
+    def __init__(self, plan: PipelinePlan, me: StagePlan):
+        self.plan = plan
+        self.me = me
+        self.arena = Arena.attach(plan.packet_arena)
+        self.bufs = PacketBuffers.attach(self.arena)
+        self.row = StageRow(self.arena, me.row)
+        self.backoff = Backoff(plan.spin_only)
+        self.batch = plan.batch_size
+        self.loops = self.idle = self.batches = 0
+        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = self.stalls = 0
+
+    def ring(self, name: str) -> Ring:
+        return Ring.attach(self.arena, name)
+
+    def homing(self) -> Homing:
+        return Homing(self.bufs, {pool: self.ring(r) for pool, r in self.me.home_rings.items()})
+
+    def draining(self) -> bool:
+        return self.row["command"] == STAGE_CMD_DRAIN
+
+    def publish(self, held: int = 0) -> None:
+        row = self.row
+        row["loops"] = self.loops
+        row["idle_loops"] = self.idle
+        row["batches"] = self.batches
+        row["packets_in"] = self.packets_in
+        row["bytes_in"] = self.bytes_in
+        row["packets_out"] = self.packets_out
+        row["bytes_out"] = self.bytes_out
+        row["held"] = held
+        row["stalls"] = self.stalls
+        row["heartbeat_ns"] = time.monotonic_ns()
+
+    def tick(self, worked: bool, held: int = 0) -> None:
+        """End of one loop: count it, publish counters, back off when idle."""
+        self.loops += 1
+        if worked:
+            self.backoff.work()
+            self.publish(held)
+        else:
+            self.idle += 1
+            if self.idle % PUBLISH_EVERY == 0:
+                self.publish(held)
+            self.backoff.wait()
+
+
+# ---- RX -----------------------------------------------------------------------------
+
+def run_rx(st: Stage, device, pool: Mempool) -> None:
+    me, plan, bufs = st.me, st.plan, st.bufs
+    returns = [st.ring(r) for r in me.in_rings]
+    outbox = Outbox([st.ring(r) for r in me.out_rings], st.batch)
+    n_workers = len(outbox.rings)
+    got = np.empty(max(st.batch, 1), np.uint32)
+    home = np.empty(pool.count, np.uint32)
+    rr = 0
+    idle_polls, drain_deadline = 0, None
+    while True:
+        worked = False
+        for ring in returns:                               # 1. buffers come home
+            n = ring.dequeue(home)
+            if n:
+                pool.free(home[:n])
+                worked = True
+        if outbox.held:                                    # 2. push what is pending
+            if not outbox.flush():
+                st.stalls += 1
+        elif drain_deadline is None or time.monotonic() < drain_deadline:   # 3. pull a batch from the NIC
+            n = device.rx_batch(me.queue, got)
+            if n:
+                worked = True
+                idx = got[:n].copy()
+                idx = drop_bad_packets(st, bufs, idx, pool)
+                st.batches += 1
+                st.packets_in += n
+                st.bytes_in += int(bufs.length[idx].sum())
+                rr = distribute(plan.distribute, bufs, idx, outbox, n_workers, rr)
+                st.packets_out += len(idx)
+        st.tick(worked, outbox.held)
+        if st.draining():
+            # stop pulling once the NIC ring stayed empty for a while (or a traffic source that
+            # cannot be paused keeps it busy past the deadline), then hand on what is in hand
+            if drain_deadline is None:
+                drain_deadline = time.monotonic() + RX_DRAIN_SECONDS
+            idle_polls = 0 if worked else idle_polls + 1
+            if idle_polls > RX_DRAIN_IDLE_POLLS:
+                drain_deadline = 0.0
+            if not outbox.held and time.monotonic() >= drain_deadline:
+                break
+
+
+def drop_bad_packets(st: Stage, bufs: PacketBuffers, idx: np.ndarray, pool: Mempool) -> np.ndarray:
+    lengths = bufs.length[idx]
+    bad = (lengths == 0) | (lengths > bufs.max_data)
+    if not bad.any():
+        return idx
+    pool.free(idx[bad])
+    st.row.add("drop_bad_packet", int(bad.sum()))
+    return idx[~bad]
+
+
+def distribute(mode: str, bufs: PacketBuffers, idx: np.ndarray, outbox: Outbox, n: int, rr: int) -> int:
+    """Hand a batch to the workers: all to one, round-robin by batch, or by flow hash."""
+    if len(idx) == 0:
+        return rr
+    if n == 1:
+        outbox.put(0, idx)
+        return rr
+    if mode == "round-robin":
+        outbox.put(rr, idx)
+        return (rr + 1) % n
+    which = flow_worker(bufs, idx, n)
+    for w in range(n):
+        part = idx[which == w]
+        if len(part):
+            outbox.put(w, part)
+    return rr
+
+
+def flow_worker(bufs: PacketBuffers, idx: np.ndarray, n: int) -> np.ndarray:
+    """Worker number per packet from a hash of its flow key: one flow always goes to one worker."""
+    key = bufs.data[idx[:, None], FLOW_COLS].view("<u4")          # (n, 3) words
+    h = (key[:, 0] ^ key[:, 1] ^ key[:, 2]) * FLOW_MIX
+    return (h >> np.uint32(16)) % np.uint32(n)
+
+
+# ---- worker -------------------------------------------------------------------------
+
+def run_worker(st: Stage, fn) -> None:
+    from ixypipe.workers.api import DROP, Batch  # the user API
+
+    me, plan, bufs = st.me, st.plan, st.bufs
+    inputs = [st.ring(r) for r in me.in_rings]
+    out_ports = sorted(me.out_ring_of)
+    outbox = Outbox([st.ring(me.out_ring_of[p]) for p in out_ports], st.batch)
+    slot_of_port = np.full(len(plan.ports), -1, np.int64)
+    slot_of_port[out_ports] = np.arange(len(out_ports))
+    homing = st.homing()
+    counters: dict[str, int] = {}
+    errors = ErrorLog(me.name)
+    got = np.empty(st.batch, np.uint32)
+    while True:
+        worked = False
+        if outbox.held:
+            if not outbox.flush():
+                st.stalls += 1
+        else:
+            for ring, in_port in zip(inputs, me.in_ports, strict=True):
+                n = ring.dequeue(got)
+                if not n:
+                    continue
+                worked = True
+                idx = got[:n].copy()
+                st.batches += 1
+                st.packets_in += n
+                batch = Batch(bufs, idx, in_port, plan.forward_to[in_port], plan.port_names, counters)
+                try:
+                    keep = fn(batch)
+                    out = verdicts(batch, keep)
+                except Exception as exc:                   # user code: drop the batch, keep running
+                    errors.record(exc)
+                    st.row.add("drop_worker_error", n)
+                    homing.send(idx)
+                    continue
+                route(st, idx, out, DROP, slot_of_port, outbox, homing)
+            if counters:
+                st.row.publish_user(counters)
+        st.tick(worked, outbox.held)
+        if st.draining() and not worked and not outbox.held and all(r.empty() for r in inputs):
+            break
+    errors.summary()
+
+
+def verdicts(batch, keep) -> np.ndarray:
+    from ixypipe.workers.api import DROP, WorkerResultError
+
+    if keep is None:
+        return batch.out
+    mask = np.asarray(keep)
+    if mask.dtype != np.bool_ or mask.shape != (batch.n,):
+        raise WorkerResultError(f"a worker returns None or a boolean mask of {batch.n} packets, "
+                                f"got {type(keep).__name__} {getattr(mask, 'shape', '')}")
+    return np.where(mask, batch.out, DROP).astype(batch.out.dtype)
+
+
+def route(st: Stage, idx: np.ndarray, out: np.ndarray, drop: int, slot_of_port: np.ndarray,
+          outbox: Outbox, homing: Homing) -> None:
+    """Send each packet where its verdict says: a TX ring, or home when dropped."""
+    first = int(out[0])
+    if (out == first).all() and 0 <= first < len(slot_of_port):
+        outbox.put(int(slot_of_port[first]), idx)
+        st.packets_out += len(idx)
+        return
+    dropped = out == drop
+    if dropped.any():
+        homing.send(idx[dropped])
+        st.row.add("drop_worker", int(dropped.sum()))
+    bad = ~dropped & ((out < 0) | (out >= len(slot_of_port)))
+    if bad.any():
+        homing.send(idx[bad])
+        st.row.add("drop_no_route", int(bad.sum()))
+    live = ~(dropped | bad)
+    for port in np.unique(out[live]):
+        part = idx[live & (out == port)]
+        outbox.put(int(slot_of_port[port]), part)
+        st.packets_out += len(part)
+
+
+class ErrorLog:
+    """Logs a worker's exception traceback once, then counts repeats."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self.seen: dict[str, int] = {}
+
+    def record(self, exc: BaseException) -> None:
+        key = f"{type(exc).__name__}: {exc}"
+        if key not in self.seen:
+            self.seen[key] = 0
+            log.error("%s: worker function raised; the batch is dropped (reason worker_error):\n%s",
+                      self.stage, "".join(traceback.format_exception(exc)).rstrip())
+        self.seen[key] += 1
+
+    def summary(self) -> None:
+        for key, count in self.seen.items():
+            if count > 1:
+                log.error("%s: %r repeated %d times", self.stage, key, count)
+
+
+# ---- TX -----------------------------------------------------------------------------
+
+def run_tx(st: Stage, device) -> None:
+    me, bufs = st.me, st.bufs
+    inputs = [st.ring(r) for r in me.in_rings]
+    got = np.empty(st.batch, np.uint32)
+    pending = np.empty(0, np.uint32)
+    while True:
+        worked = False
+        if len(pending):                                   # the NIC ring was full: retry first
+            sent = device.tx_batch(me.queue, pending)
+            if sent:
+                count_sent(st, bufs, pending[:sent])
+                worked = True
+            else:
+                st.stalls += 1
+            pending = pending[sent:]
+        else:
+            for ring in inputs:
+                n = ring.dequeue(got)
+                if not n:
+                    continue
+                worked = True
+                st.batches += 1
+                st.packets_in += n
+                idx = got[:n].copy()
+                sent = device.tx_batch(me.queue, idx)
+                count_sent(st, bufs, idx[:sent])
+                if sent < n:
+                    pending = idx[sent:]
+                    break
+        st.tick(worked, len(pending))
+        if st.draining() and not worked and not len(pending) and all(r.empty() for r in inputs):
+            break
+    device.tx_drain(me.queue, timeout=5.0)
+
+
+def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray) -> None:
+    st.packets_out += len(idx)
+    st.bytes_out += int(bufs.length[idx].sum())
+
+
+# ---- process entry ------------------------------------------------------------------
+
+def set_process_name(name: str) -> None:
+    """The name ps, top and psutil show (the kernel keeps 15 bytes)."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(f"ixy-{name}"[:15])
+    except OSError:
+        pass
+
+
+def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INFO) -> None:
+    """Entry point of a stage process (multiprocessing 'spawn' target)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the supervisor's to handle
+    logging.basicConfig(level=log_level, format=f"%(levelname)s {stage_name}: %(message)s")
+    me = next(s for s in plan.stages if s.name == stage_name)
+    set_process_name(me.name)
+    if me.cpu is not None:
+        os.sched_setaffinity(0, {me.cpu})
+    st = Stage(plan, me)
+    st.row["pid"] = os.getpid()
+    st.row["cpu"] = me.cpu if me.cpu is not None else -1
+    try:
+        if me.role == "worker":
+            from ixypipe.workers.loader import load_worker
+            fn = load_worker(plan.worker_function, plan.worker_base_dir, per_packet=plan.worker_per_packet)
+            st.row["state"] = STAGE_STATE_RUNNING
+            run_worker(st, fn)
+        else:
+            run_device_stage(st)
+    except Exception:
+        log.error("stage failed:\n%s", traceback.format_exc().rstrip())
+        st.publish()
+        sys.exit(3)
+    st.publish()
+    st.row["state"] = STAGE_STATE_DONE
+
+
+def run_device_stage(st: Stage) -> None:
+    from ixypipe.nic.ports import attach_port
+
+    me, plan = st.me, st.plan
+    spec = plan.ports[me.port]
+    dev_arena = Arena.attach(plan.device_arena)
+    root = plan.sysfs_roots.get(spec.name)
+    if me.role == "rx":
+        pool_plan = plan.pools[me.pool_id]
+        pool = Mempool.attach(st.arena, st.bufs, pool_plan.name)
+        device = attach_port(spec, dev_arena, st.bufs, {me.queue: pool}, sysfs_root=root)
+        st.row["state"] = STAGE_STATE_RUNNING
+        run_rx(st, device, pool)
+    else:
+        homing = st.homing()
+        device = attach_port(spec, dev_arena, st.bufs, None, tx_done=homing.send, sysfs_root=root)
+        st.row["state"] = STAGE_STATE_RUNNING
+        run_tx(st, device)
+    st.row["state"] = STAGE_STATE_DRAINING
+    device.close()
