@@ -1,0 +1,26 @@
+"""Puts each stage process on a CPU: the pipeline's side of ixypipe.workers.placement."""
+
+from __future__ import annotations
+
+from ixypipe.workers.placement import StageDemand, pin, plan_placement, read_topology
+
+
+def place_stages(plan, cfg, sim_pid: int | None = None):
+    """Choose a CPU per stage (and for the simulator process), write it into the plan, pin the simulator.
+
+    Stages pin themselves when they start.  On CPUs that are isolated and not
+    shared, stages spin without backing off, as DPDK lcores do.
+    """
+    topo = read_topology()
+    demands = [StageDemand(s.name, s.role) for s in plan.stages]
+    if sim_pid is not None:
+        demands.append(StageDemand("sim", "sim"))
+    explicit = {"rx": cfg.cpus.rx, "worker": cfg.cpus.workers, "tx": cfg.cpus.tx, "sim": cfg.cpus.sim}
+    placement = plan_placement(demands, topo, explicit)
+    for s in plan.stages:
+        s.cpu = placement.cpu_of.get(s.name)
+    if sim_pid is not None and "sim" in placement.cpu_of:
+        pin(sim_pid, placement.cpu_of["sim"])
+    plan.spin_only = not placement.oversubscribed and all(
+        s.cpu in topo.isolated for s in plan.stages if s.cpu is not None)
+    return placement
