@@ -110,7 +110,7 @@ class Device(ABC):
     @abstractmethod
     def mac(self) -> bytes: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most drivers have nothing to release
         """Release the port's mappings and descriptors (buffers are the caller's)."""
 
 
