@@ -1,0 +1,173 @@
+"""End to end: ``ixypipe run`` on simulated 82599 ports, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ixypipe.layout import ARENA_PREFIX
+from ixypipe.memory import hugepages
+
+REPO = Path(__file__).resolve().parent.parent
+FWD = REPO / "pipelines" / "fwd.toml"
+IXYPIPE = [sys.executable, "-m", "ixypipe"]
+
+
+def leftovers(pid: int) -> list[Path]:
+    """Arena files created by process ``pid`` that are still there."""
+    dirs = [Path("/dev/shm"), *hugepages.hugetlbfs_mounts()]
+    return [f for d in dirs for f in d.glob(f"{ARENA_PREFIX}{pid}-*")]
+
+
+def run(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*IXYPIPE, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def summary_of(stdout: str) -> dict:
+    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    summaries = [d for d in lines if d.get("summary")]
+    assert summaries, f"no JSON summary in:\n{stdout}"
+    return summaries[-1]
+
+
+def intervals_of(stdout: str) -> list[dict]:
+    return [d for d in (json.loads(line) for line in stdout.splitlines() if line.startswith("{"))
+            if not d.get("summary")]
+
+
+def variant(tmp_path: Path, **replace: str) -> Path:
+    """fwd.toml with some lines replaced (key = value lines, matched by key)."""
+    text = FWD.read_text()
+    for key, value in replace.items():
+        text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+        assert n, key
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text)
+    return path
+
+
+def check_sinks(s: dict, expect_touch: bool = True) -> None:
+    for port in ("p0", "p1"):
+        sim = s["sim"][port]
+        assert sim["sink_received"] == s["ports"][port]["tx_packets"]
+        assert sim["sink_corrupt"] == 0
+        assert sim["sink_reordered"] == 0
+        if expect_touch:
+            assert sim["sink_untouched"] == 0
+
+
+def test_fwd_runs_for_a_duration_and_accounts_for_every_packet():
+    started = time.monotonic()
+    res = run([str(FWD), "--duration", "3", "--json"])
+    assert res.returncode == 0, res.stderr
+    s = summary_of(res.stdout)
+    assert s["ok"] is True
+    assert s["received"] > 10_000
+    assert s["in_flight"] == 0
+    assert s["received"] == s["transmitted"] + sum(s["drops"].values())
+    assert s["buffers_free"] + s["buffers_in_nic"] == s["buffers_total"]
+    # both directions forwarded: what p0 received went out of p1 and the other way round
+    assert s["ports"]["p0"]["rx_packets"] > 0 and s["ports"]["p1"]["rx_packets"] > 0
+    check_sinks(s)
+    assert len(intervals_of(res.stdout)) >= 2
+    assert time.monotonic() - started < 40
+
+
+def test_fwd_text_output_is_ixy_style():
+    res = run([str(FWD), "--duration", "2"])
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"^\[p0\] RX: \d+\.\d\d Mbit/s \d+\.\d\d Mpps$", res.stdout, re.M), res.stdout
+    assert re.search(r"^\[p1\] TX: \d+\.\d\d Mbit/s \d+\.\d\d Mpps$", res.stdout, re.M)
+    assert "accounting OK" in res.stdout
+
+
+def test_packets_option_stops_after_n_packets():
+    res = run([str(FWD), "--packets", "20000", "--json"])
+    assert res.returncode == 0, res.stderr
+    s = summary_of(res.stdout)
+    assert s["ok"] and s["received"] >= 20_000
+    check_sinks(s)
+
+
+def test_two_workers_keep_each_flow_in_order(tmp_path):
+    res = run([str(variant(tmp_path, processes="2")), "--duration", "3", "--json"])
+    assert res.returncode == 0, res.stderr
+    s = summary_of(res.stdout)
+    assert s["ok"]
+    check_sinks(s)
+    batches = {name: 0 for name in ("worker-0", "worker-1")}
+    for interval in intervals_of(res.stdout):
+        for name in batches:
+            batches[name] += interval["stages"][name]["batches"]
+    assert all(b > 0 for b in batches.values()), batches
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([*IXYPIPE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO)
+
+
+def wait_for_stats(proc: subprocess.Popen, timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("{") or line.startswith("[p0]"):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"exited early: {proc.returncode} {proc.stderr.read()}")
+    raise AssertionError("no stats line")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly_with_accounting(sig):
+    proc = start([str(FWD), "--json"])
+    try:
+        wait_for_stats(proc)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=40)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    s = summary_of(out)
+    assert s["ok"] and s["in_flight"] == 0
+    check_sinks(s)
+    assert leftovers(proc.pid) == []
+
+
+def test_killed_worker_is_named_and_the_rest_stops_cleanly():
+    proc = start([str(FWD), "--json"])
+    try:
+        wait_for_stats(proc)
+        workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.name() == "ixy-worker-0"]
+        assert len(workers) == 1, [c.name() for c in psutil.Process(proc.pid).children(recursive=True)]
+        killed_at = time.monotonic()
+        os.kill(workers[0].pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=40)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert re.search(r"stage worker-0 \(pid \d+\) died: killed by SIGKILL", err), err
+    s = summary_of(out)
+    # whatever the dead worker held is counted, not lost silently
+    assert s["in_flight"] == 0
+    assert s["received"] == s["transmitted"] + sum(s["drops"].values())
+    assert time.monotonic() - killed_at < 30
+    assert leftovers(proc.pid) == []
+    assert not [c for c in psutil.process_iter(["name"]) if (c.info["name"] or "").startswith("ixy-")]
+
+
+def test_bad_pipeline_file_exits_2_naming_the_key(tmp_path):
+    bad = variant(tmp_path, processes="0")
+    res = run([str(bad)])
+    assert res.returncode == 2
+    assert "workers.processes" in res.stderr
+    assert str(bad) in res.stderr or bad.name in res.stderr
