@@ -112,6 +112,15 @@ def MPC(i: int) -> int:
     return 0x03FA0 + 4 * i
 
 
+def QPRDC(i: int) -> int:
+    """Queue packets received drop count (clear on read), i < 16: with SRRCTL.DROP_EN a packet
+    that finds no free descriptor in its queue is dropped and counted here."""
+    return 0x01430 + 0x40 * i
+
+
+QPRDC_QUEUES = 16
+
+
 def RAL(i: int) -> int:
     return 0x05400 + 8 * i
 
@@ -137,6 +146,15 @@ def RETA(i: int) -> int:
 
 def RSSRK(i: int) -> int:
     return 0x05C80 + 4 * i              # i < 10: 40-byte Toeplitz key
+
+
+RSSRK_REGISTERS = 10
+RETA_ENTRIES_PER_REGISTER = 4           # one byte per entry, entry 4i+k in byte k of RETA(i)
+RSS_MAX_QUEUES = 16                     # a RETA entry names the queue in bits 3:0
+RSS_FIELDS_IPV4 = MRQC_RSS_FIELD_IPV4 | MRQC_RSS_FIELD_IPV4_TCP | MRQC_RSS_FIELD_IPV4_UDP
+# The 40-byte Toeplitz key from Microsoft's RSS specification, the one most drivers use.
+RSS_DEFAULT_KEY = bytes.fromhex(
+    "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa")
 
 
 # --- transmit -------------------------------------------------------------------
@@ -173,6 +191,11 @@ TXDCTL_PTHRESH_SHIFT = 0
 TXDCTL_HTHRESH_SHIFT = 8
 TXDCTL_WTHRESH_SHIFT = 16
 TXDCTL_THRESH_MASK = 0x7F
+# ixy's TX thresholds: prefetch when fewer than 36 descriptors are cached and at least
+# 8 are ready in host memory; write back completed descriptors in groups of 4.
+TXDCTL_PTHRESH_IXY = 36
+TXDCTL_HTHRESH_IXY = 8
+TXDCTL_WTHRESH_IXY = 4
 TXPBSIZE_40KB = 0x0000A000
 DTXMXSZRQ = 0x08100
 DTXMXSZRQ_MAX = 0xFFFF
@@ -249,3 +272,20 @@ TXD_CMD_DEXT = 0x20000000
 TXD_CMD_DATA = TXD_CMD_EOP | TXD_CMD_IFCS | TXD_CMD_RS | TXD_CMD_DEXT | TXD_DTYP_DATA   # 0x2B300000
 TXD_PAYLEN_SHIFT = 14
 TXD_STAT_DD = 0x01
+# Byte positions inside a 16-byte descriptor, taken from the dtypes above so that the
+# driver's flat uint8/uint16/uint32/uint64 views of a ring agree with the datasheet layout.
+RXD_STATUS_BYTE = RX_DESC_WB_DTYPE.fields["status_error"][1]            # 8
+RXD_LENGTH_HALFWORD = RX_DESC_WB_DTYPE.fields["length"][1] // 2         # 6 (byte 12)
+TXD_CMD_WORD = TX_DESC_READ_DTYPE.fields["cmd_type_len"][1] // 4        # 2 (byte 8)
+TXD_OLINFO_WORD = TX_DESC_READ_DTYPE.fields["olinfo_status"][1] // 4    # 3 (byte 12)
+TXD_STATUS_BYTE = TX_DESC_WB_DTYPE.fields["status"][1]                  # 12
+DESC_FILL_BYTE = 0xFF      # ixy fills a new ring with 0xFF before handing it to the device
+
+# --- ixgbe driver: per-queue software state in the device arena -------------------------
+# Region "ixgbe.<port>.rxq<q>.state" / ".txq<q>.state": one cache line of u64 words, so a
+# stage process that attaches continues exactly where the opener (or a previous stage) left.
+QSTATE_WORDS = 8
+QSTATE_RX_NEXT = 0         # RX: next descriptor to read
+QSTATE_TX_CLEAN = 0        # TX: first descriptor not yet cleaned
+QSTATE_TX_TAIL = 1         # TX: next descriptor to post (= TDT)
+QSTATE_ENTRIES = 2         # ring entries, checked on attach
