@@ -141,3 +141,48 @@ ETH_ADDR_LEN = 6
 # IPv4 source and destination address and the first four L4 bytes (the ports)
 FLOW_KEY_OFF = ETH_HEADER_LEN + 12
 FLOW_KEY_LEN = 12
+
+# --- simulated traffic (software 82599 generator and sink) ------------------------
+# Generated frames are Ethernet II / IPv4 (no options) / UDP; the UDP payload
+# starts with a little-endian record the sink checks: magic, generator id,
+# flow id, sequence number, checksum.  The smallest frame (60 bytes, no FCS)
+# holds exactly the headers and this record.
+IPV4_HEADER_LEN = 20
+IPV4_TOTAL_LEN_OFF = ETH_HEADER_LEN + 2
+IPV4_TTL_OFF = ETH_HEADER_LEN + 8
+IPV4_PROTO_OFF = ETH_HEADER_LEN + 9
+IPV4_CSUM_OFF = ETH_HEADER_LEN + 10
+IPV4_SRC_OFF = ETH_HEADER_LEN + 12
+IPV4_DST_OFF = ETH_HEADER_LEN + 16
+UDP_OFF = ETH_HEADER_LEN + IPV4_HEADER_LEN
+UDP_HEADER_LEN = 8
+UDP_LEN_OFF = UDP_OFF + 4
+ETHERTYPE_IPV4 = 0x0800
+IPPROTO_UDP = 17
+SIM_PAYLOAD_OFF = UDP_OFF + UDP_HEADER_LEN          # 42
+SIM_MAGIC = 0x1C5E
+SIM_MAGIC_OFF = SIM_PAYLOAD_OFF                     # u16
+SIM_GEN_OFF = SIM_PAYLOAD_OFF + 2                   # u16 generator id
+SIM_FLOW_OFF = SIM_PAYLOAD_OFF + 4                  # u16 flow id
+SIM_SEQ_OFF = SIM_PAYLOAD_OFF + 6                   # u64 sequence number within the flow
+SIM_CSUM_OFF = SIM_PAYLOAD_OFF + 14                 # u32 checksum of bytes ETH_HEADER_LEN.. (this field excluded)
+SIM_MIN_FRAME = SIM_PAYLOAD_OFF + 18                # 60
+SIM_MAX_FRAME = 1514                                # without FCS
+SIM_TOUCH_OFF = 1                                   # the byte ixy-fwd increments
+# The simulator's shared block (file "<sim root>/counters"): a control row the
+# server writes (command, traffic) and the model process answers (pid,
+# heartbeat), then one row of int64 counters per simulated port.
+SIM_CMD_RUN = 0
+SIM_CMD_STOP = 1
+SIM_CONTROL_DTYPE = np.dtype([
+    ("command", "<i8"),
+    ("traffic", "<i8"),          # 1 = generators send, 0 = paused
+    ("pid", "<i8"),
+    ("heartbeat_ns", "<i8"),
+    ("steps", "<i8"),
+    ("pad", "u1", (24,)),
+])
+SIM_COUNTER_FIELDS = ("generated", "gen_bytes", "rx_delivered", "rx_missed", "tx_sent", "tx_bytes",
+                      "sink_received", "sink_lost", "sink_reordered", "sink_corrupt", "sink_untouched",
+                      "dma_faults")
+SIM_COUNTERS_DTYPE = np.dtype([(name, "<i8") for name in SIM_COUNTER_FIELDS])

@@ -289,3 +289,10 @@ QSTATE_RX_NEXT = 0         # RX: next descriptor to read
 QSTATE_TX_CLEAN = 0        # TX: first descriptor not yet cleaned
 QSTATE_TX_TAIL = 1         # TX: next descriptor to post (= TDT)
 QSTATE_ENTRIES = 2         # ring entries, checked on attach
+
+# --- reset values (what the software 82599 restores on CTRL.RST) ---------------------
+AUTOC_RESET_VALUE = (0x1 << AUTOC_LMS_SHIFT) | AUTOC_10G_PMA_PMD_MASK   # 1G link mode, not XAUI
+SRRCTL_RESET_VALUE = 0x00000402         # BSIZEPKT 2 KB, BSIZEHDR 256 B, legacy descriptors
+SRRCTL_BSIZEPKT_UNIT = 1024
+SRRCTL_BSIZEPKT_DEFAULT = 2 * SRRCTL_BSIZEPKT_UNIT   # what BSIZEPKT 0 means
+RXPBSIZE_RESET_VALUE = 0x00080000       # 512 KB in packet buffer 0

@@ -1,0 +1,100 @@
+"""DMA for the software 82599: device addresses to arena bytes, with IOMMU-style checks.
+
+The model may touch only memory registered with it: the arenas it was
+given.  Each arena says which DMA address its pages have (``dma_table``:
+physical 2 MiB pages on hugetlbfs, simulated I/O addresses on the /dev/shm
+fallback); consecutive pages that are contiguous both physically and in the
+arena are merged into runs.  A whole batch of (address, length) ranges is
+resolved at once with ``np.searchsorted``; a range that is not entirely
+inside one run is a fault, reported to the caller, and nothing is read or
+written for it.  Reads and writes are vectorized gathers and scatters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ixypipe.memory.arena import Arena
+from ixypipe.nic.sim.traffic import PacketBatch
+
+
+class DmaSetupError(Exception):
+    """The registered memory cannot be mapped unambiguously."""
+
+
+class DmaSpace:
+    def __init__(self, arenas: list[Arena]):
+        self.arenas = list(arenas)
+        bases, sizes, owner, offsets = [], [], [], []
+        for a, arena in enumerate(self.arenas):
+            page_bases, page_offsets, page_size = arena.dma_table()
+            order = np.argsort(page_bases, kind="stable")
+            pb, po = page_bases[order].astype(np.int64), page_offsets[order].astype(np.int64)
+            # a new run starts where either the address or the arena offset is not contiguous
+            starts = np.r_[True, (pb[1:] != pb[:-1] + page_size) | (po[1:] != po[:-1] + page_size)]
+            idx = np.flatnonzero(starts)
+            counts = np.diff(np.r_[idx, len(pb)])
+            bases.append(pb[idx])
+            offsets.append(po[idx])
+            sizes.append(counts * page_size)
+            owner.append(np.full(len(idx), a, np.int64))
+        self.base = np.concatenate(bases) if bases else np.zeros(0, np.int64)
+        self.size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+        self.owner = np.concatenate(owner) if owner else np.zeros(0, np.int64)
+        self.offset = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+        order = np.argsort(self.base, kind="stable")
+        self.base, self.size = self.base[order], self.size[order]
+        self.owner, self.offset = self.owner[order], self.offset[order]
+        overlap = np.flatnonzero(self.base[1:] < self.base[:-1] + self.size[:-1])
+        if len(overlap):
+            i = int(overlap[0])
+            raise DmaSetupError(
+                f"DMA regions overlap at address {int(self.base[i + 1]):#x} (arenas "
+                f"{self.arenas[self.owner[i]].name} and {self.arenas[self.owner[i + 1]].name}): "
+                "two fallback arenas share simulated I/O addresses")
+        self.bufs = [arena.buf for arena in self.arenas]
+
+    def resolve(self, addr, length) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ok mask, arena index, arena offset) for each range ``[addr, addr + length)``."""
+        addr = np.asarray(addr, dtype=np.uint64).astype(np.int64)   # DMA addresses stay below 2**63
+        length = np.broadcast_to(np.asarray(length, dtype=np.int64), addr.shape)
+        run = np.searchsorted(self.base, addr, side="right") - 1
+        run_c = np.maximum(run, 0)
+        ok = (run >= 0) & (length > 0) & (addr + length <= self.base[run_c] + self.size[run_c])
+        return ok, self.owner[run_c], self.offset[run_c] + addr - self.base[run_c]
+
+    def ring(self, addr: int, n_bytes: int, dtype) -> np.ndarray | None:
+        """A live view of a descriptor ring, or None when it is not inside registered memory."""
+        ok, arena, offset = self.resolve([addr], [n_bytes])
+        if not ok[0]:
+            return None
+        off = int(offset[0])
+        return self.bufs[int(arena[0])][off:off + n_bytes].view(dtype)
+
+    def write(self, arena: np.ndarray, offset: np.ndarray, batch: PacketBatch) -> None:
+        """Scatter frame i to ``offset[i]`` of ``arena[i]`` (ranges already resolved as ok)."""
+        for a in np.unique(arena) if len(arena) > 1 else arena[:1]:
+            rows = np.flatnonzero(arena == a) if len(self.bufs) > 1 else np.arange(len(offset))
+            buf = self.bufs[int(a)]
+            lengths = batch.lengths[rows]
+            first = int(lengths[0]) if len(rows) else 0
+            if len(rows) and (lengths == first).all():
+                buf[offset[rows][:, None] + np.arange(first)] = batch.data[rows, :first]
+                continue
+            cols = np.arange(batch.data.shape[1])
+            mask = cols < lengths[:, None]
+            buf[(offset[rows][:, None] + cols)[mask]] = batch.data[rows][mask]
+
+    def read(self, arena: np.ndarray, offset: np.ndarray, lengths: np.ndarray) -> PacketBatch:
+        """Gather frames of ``lengths`` bytes from resolved ranges (lengths >= 1)."""
+        n = len(offset)
+        lengths = np.asarray(lengths, np.int64)
+        width = int(lengths.max()) if n else 0
+        data = np.empty((n, width), np.uint8)
+        uniform = n > 0 and (lengths == width).all()
+        cols = np.arange(width)
+        for a in np.unique(arena) if n > 1 else arena[:1]:
+            rows = np.flatnonzero(arena == a) if len(self.bufs) > 1 else np.arange(n)
+            pos = offset[rows][:, None] + (cols if uniform else np.minimum(cols, lengths[rows][:, None] - 1))
+            data[rows] = self.bufs[int(a)][pos]
+        return PacketBatch(data, lengths)

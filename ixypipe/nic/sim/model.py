@@ -1,0 +1,441 @@
+"""One software 82599 port: reacts to register writes in BAR0 and does the descriptor DMA.
+
+``SimPort.step()`` looks at the registers the device reacts to and makes
+progress on everything pending: CTRL.RST/LNK_RST (registers back to their
+reset values, the bits self-clear; one step later EEC.ARD and
+RDRXCTL.DMAIDONE come up), AUTOC.AN_RESTART after a reset (self-clears,
+LINKS reads up at 10G), RXDCTL/TXDCTL.ENABLE (base and length are latched
+and the queue goes live), and TX doorbells (TDT).  Frames arriving from the
+wire (``receive``) go to the RX queue RSS picks, into the buffer at the
+descriptor's address, with length, EOP and DD written back and RDH
+advanced; without a free descriptor they are counted as missed.  Posted TX
+descriptors are read, their frames go to the wire, DD is written back
+where RS is set and TDH advances.  Nothing is DMAed while the PCI command
+register's bus-master bit is clear.
+
+Where the model differs from silicon:
+
+* It cannot trap MMIO reads.  ENABLE in RXDCTL/TXDCTL therefore reads back
+  set as soon as the driver wrote it; the model latches RDBAL/RDBAH/RDLEN
+  (TDBAL/...) at the first step that sees the bit, which is after the
+  driver wrote them, so the driver loses nothing by not waiting.
+* Clear-on-read statistics (GPRC, GPTC, GORCL/H, GOTCL/H, MPC(0)): the
+  model counts internally and *latches* every ``stats_period_ns`` (1 s in
+  the simulator process, by default): each latch overwrites the registers
+  with the counts of the interval just ended.  A driver that reads and
+  adds them ixy-style about once per period (ixy-fwd reads once a second)
+  sees correct totals; reading twice within one period counts that
+  interval twice, and an interval nobody read is lost.  The exact running
+  totals are in the simulator's counters block (``PortCounters``).
+  Octet counters count frame bytes without the FCS (the simulated wire
+  carries none); missed frames all go to MPC(0).
+* Faults an IOMMU or the datasheet would flag (a DMA address outside the
+  registered memory, a ring that is not inside it, legacy RX descriptors in
+  SRRCTL, a TX descriptor without DEXT/DTYP_DATA or without EOP, a frame
+  larger than the RX buffer) are recorded as :class:`Fault`, logged, and
+  stop that queue until the driver disables and re-enables it; nothing is
+  written for the faulting descriptor.
+* No MAC filtering, VLANs, offloads, interrupts or flow control.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ixypipe.layout import SIM_MAX_FRAME
+from ixypipe.nic import registers as R
+from ixypipe.nic.sim.dma import DmaSpace
+from ixypipe.nic.sim.rss import Rss
+from ixypipe.nic.sim.traffic import PacketBatch
+
+log = logging.getLogger(__name__)
+
+WORD = 4
+MAX_TX_BATCH = 1024          # descriptors handled per queue per step
+STATS_PERIOD_NS = 1_000_000_000
+RESET_DEFAULTS = (
+    [(R.AUTOC, R.AUTOC_RESET_VALUE), (R.RXPBSIZE(0), R.RXPBSIZE_RESET_VALUE),
+     (R.TXPBSIZE(0), R.TXPBSIZE_40KB)]
+    + [(R.SRRCTL(i), R.SRRCTL_RESET_VALUE) for i in range(R.MAX_RX_QUEUES)]
+    + [(R.DCA_RXCTRL(i), R.DCA_RXCTRL_RESERVED_BIT12) for i in range(R.MAX_RX_QUEUES)]
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A DMA or descriptor fault: the queue stopped at ``descriptor``."""
+    port: str
+    direction: str           # "rx" or "tx"
+    queue: int
+    descriptor: int
+    address: int
+    reason: str
+
+    def __str__(self) -> str:
+        return (f"port {self.port} {self.direction} queue {self.queue} descriptor {self.descriptor} "
+                f"address {self.address:#x}: {self.reason}")
+
+
+class _Queue:
+    __slots__ = ("index", "live", "faulted", "ring", "n", "head", "wb")
+
+    def __init__(self, index: int):
+        self.index = index
+        self.live = False
+        self.faulted = False
+        self.ring = None
+        self.wb = None
+        self.n = 0
+        self.head = 0
+
+
+def _reg_index(offsets) -> np.ndarray:
+    return np.asarray(offsets, dtype=np.int64) // WORD
+
+
+class SimPort:
+    """The device behind one BAR0 (``bar``: the mapped register file as uint32)."""
+
+    def __init__(self, name: str, bar: np.ndarray, mac: bytes, dma: DmaSpace,
+                 config: np.ndarray | None = None, stats_period_ns: int = STATS_PERIOD_NS,
+                 clock: Callable[[], int] = time.monotonic_ns):
+        if len(mac) != 6:
+            raise ValueError(f"port {name}: MAC must be 6 bytes, got {len(mac)}")
+        self.name = name
+        self.bar = bar
+        self.mac = bytes(mac)
+        self.dma = dma
+        self.config = config            # PCI config space bytes (bus master check), or None
+        self.stats_period_ns = stats_period_ns
+        self.clock = clock
+        self.rss = Rss()
+        self.wire_out: list[Callable[[PacketBatch], object]] = []
+        self.faults: list[Fault] = []
+        self.rxq = [_Queue(i) for i in range(R.MAX_RX_QUEUES)]
+        self.txq = [_Queue(i) for i in range(R.MAX_TX_QUEUES)]
+        self._rxdctl = _reg_index([R.RXDCTL(i) for i in range(R.MAX_RX_QUEUES)])
+        self._txdctl = _reg_index([R.TXDCTL(i) for i in range(R.MAX_TX_QUEUES)])
+        self._rdt = _reg_index([R.RDT(i) for i in range(R.MAX_RX_QUEUES)])
+        self._rdh = _reg_index([R.RDH(i) for i in range(R.MAX_RX_QUEUES)])
+        self._tdt = _reg_index([R.TDT(i) for i in range(R.MAX_TX_QUEUES)])
+        self._tdh = _reg_index([R.TDH(i) for i in range(R.MAX_TX_QUEUES)])
+        self._reta = _reg_index([R.RETA(i) for i in range(R.RETA_ENTRIES // 4)])
+        self._rssrk = _reg_index([R.RSSRK(i) for i in range(10)])
+        self._defaults = _reg_index([off for off, _ in RESET_DEFAULTS])
+        self._default_values = np.array([v for _, v in RESET_DEFAULTS], np.uint32)
+        self._live_rx: list[_Queue] = []
+        self._live_tx: list[_Queue] = []
+        self._ard_pending = False
+        self._an_allowed = False
+        self._bme_warned = False
+        # running totals (exact) and the counts of the current stats interval
+        self.rx_delivered = self.rx_bytes = self.rx_missed = 0
+        self.tx_sent = self.tx_bytes = 0
+        self._interval = np.zeros(5, np.int64)      # GPRC, GORC, GPTC, GOTC, MPC
+        self._next_latch = clock() + stats_period_ns
+        self.power_on()
+
+    # ---- registers ----------------------------------------------------------------
+    def reg(self, offset: int) -> int:
+        return int(self.bar[offset // WORD])
+
+    def set_reg(self, offset: int, value: int) -> None:
+        self.bar[offset // WORD] = value & 0xFFFFFFFF
+
+    def _load_defaults(self) -> None:
+        self.bar[:] = 0
+        self.bar[self._defaults] = self._default_values
+        mac = self.mac
+        self.set_reg(R.RAL(0), int.from_bytes(mac[:4], "little"))
+        self.set_reg(R.RAH(0), int.from_bytes(mac[4:], "little") | R.RAH_AV)
+        for q in self.rxq + self.txq:
+            q.live = q.faulted = False
+            q.ring = q.wb = None
+        self._live_rx, self._live_tx = [], []
+        self._rx_seen = np.zeros(R.MAX_RX_QUEUES, bool)     # ENABLE seen set (queue live or faulted)
+        self._tx_seen = np.zeros(R.MAX_TX_QUEUES, bool)
+        self._interval[:] = 0
+
+    def power_on(self) -> None:
+        """The state after power-up: defaults, EEPROM read and DMA init done, link down."""
+        self._load_defaults()
+        self.set_reg(R.EEC, R.EEC_ARD)
+        self.set_reg(R.RDRXCTL, R.RDRXCTL_DMAIDONE)
+        self._an_allowed = True
+
+    def _reset(self) -> None:
+        self._load_defaults()        # also clears CTRL.RST|LNK_RST: the reset is done
+        self._ard_pending = True
+        self._an_allowed = True
+
+    # ---- the step -----------------------------------------------------------------------
+    def step(self) -> int:
+        """React to what the driver wrote and do pending TX; returns the descriptors handled."""
+        bar = self.bar
+        if bar[R.CTRL // WORD] & R.CTRL_RST_MASK:
+            self._reset()
+            return 1
+        work = 0
+        if self._ard_pending:
+            self._ard_pending = False
+            bar[R.EEC // WORD] |= R.EEC_ARD
+            bar[R.RDRXCTL // WORD] |= R.RDRXCTL_DMAIDONE
+            work += 1
+        autoc = int(bar[R.AUTOC // WORD])
+        if autoc & R.AUTOC_AN_RESTART and self._an_allowed:
+            bar[R.AUTOC // WORD] = autoc & ~R.AUTOC_AN_RESTART
+            bar[R.LINKS // WORD] = R.LINKS_UP | R.LINKS_SPEED_10G
+            work += 1
+        work += self._update_queues(self.rxq, self._rxdctl, R.RXDCTL_ENABLE, self._live_rx, self._enable_rx,
+                                    self._rx_seen)
+        work += self._update_queues(self.txq, self._txdctl, R.TXDCTL_ENABLE, self._live_tx, self._enable_tx,
+                                    self._tx_seen)
+        if self._live_tx and bar[R.DMATXCTL // WORD] & R.DMATXCTL_TE and self._bus_master():
+            for q in list(self._live_tx):
+                work += self._transmit(q)
+        now = self.clock()
+        if now >= self._next_latch:
+            self.latch_stats()
+            self._next_latch = now + self.stats_period_ns
+        return work
+
+    def _bus_master(self) -> bool:
+        if self.config is None:
+            return True
+        on = bool(int(self.config[R.PCI_CFG_COMMAND]) & R.PCI_COMMAND_BUS_MASTER)
+        if not on and not self._bme_warned:
+            log.warning("port %s: bus mastering is off in PCI config: the device does no DMA", self.name)
+            self._bme_warned = True
+        return on
+
+    def _update_queues(self, queues, ctl_idx, enable_bit, live, enable, state) -> int:
+        enabled = (self.bar[ctl_idx] & np.uint32(enable_bit)) != 0
+        changed = np.flatnonzero(enabled != state)
+        state[changed] = enabled[changed]      # a faulted queue stays "seen" until ENABLE is cleared
+        for i in changed:
+            q = queues[int(i)]
+            if enabled[i]:
+                enable(q)
+                if q.live:
+                    live.append(q)
+            else:
+                q.faulted = False
+                if q.live:
+                    q.live = False
+                    live.remove(q)
+        return len(changed)
+
+    def _latch_ring(self, q: _Queue, direction: str, bal: int, bah: int, length_reg: int, dtype) -> bool:
+        base = self.reg(bal) | self.reg(bah) << 32
+        length = self.reg(length_reg)
+        if length == 0 or length % R.RING_ALIGN or length > R.MAX_RING_ENTRIES * R.DESC_SIZE:
+            self._fault(q, direction, 0, base, f"ring length {length} bytes is not a nonzero multiple of "
+                        f"{R.RING_ALIGN} up to {R.MAX_RING_ENTRIES} descriptors")
+            return False
+        if base % R.RING_ALIGN:
+            self._fault(q, direction, 0, base, f"ring base is not {R.RING_ALIGN}-byte aligned")
+            return False
+        ring = self.dma.ring(base, length, dtype)
+        if ring is None:
+            self._fault(q, direction, 0, base, f"descriptor ring of {length} bytes is outside registered memory")
+            return False
+        q.ring, q.n = ring, length // R.DESC_SIZE
+        return True
+
+    def _enable_rx(self, q: _Queue) -> None:
+        i = q.index
+        srrctl = self.reg(R.SRRCTL(i))
+        if srrctl & R.SRRCTL_DESCTYPE_MASK != R.SRRCTL_DESCTYPE_ADV_ONEBUF:
+            self._fault(q, "rx", 0, 0, f"SRRCTL descriptor type {srrctl & R.SRRCTL_DESCTYPE_MASK:#x} is not "
+                        "advanced one-buffer (legacy and header-split descriptors are not modelled)")
+            return
+        if not self._latch_ring(q, "rx", R.RDBAL(i), R.RDBAH(i), R.RDLEN(i), R.RX_DESC_READ_DTYPE):
+            return
+        q.wb = q.ring.view(R.RX_DESC_WB_DTYPE)
+        q.head = self.reg(R.RDH(i)) % q.n
+        q.live = True
+
+    def _enable_tx(self, q: _Queue) -> None:
+        i = q.index
+        if not self._latch_ring(q, "tx", R.TDBAL(i), R.TDBAH(i), R.TDLEN(i), R.TX_DESC_READ_DTYPE):
+            return
+        q.wb = q.ring.view(R.TX_DESC_WB_DTYPE)
+        q.head = self.reg(R.TDH(i)) % q.n
+        q.live = True
+
+    def _fault(self, q: _Queue, direction: str, descriptor: int, address: int, reason: str) -> None:
+        fault = Fault(self.name, direction, q.index, descriptor, address, reason)
+        self.faults.append(fault)
+        log.error("DMA fault: %s; queue stopped", fault)
+        if q.live:
+            (self._live_rx if direction == "rx" else self._live_tx).remove(q)
+        q.live = False
+        q.faulted = True
+
+    # ---- receive ------------------------------------------------------------------------
+    def rx_ready(self) -> bool:
+        return bool(self.bar[R.RXCTRL // WORD] & R.RXCTRL_RXEN) and bool(self._live_rx)
+
+    def rx_free(self) -> np.ndarray:
+        """Free descriptors per RX queue (0 where the queue is not live)."""
+        free = np.zeros(R.MAX_RX_QUEUES, np.int64)
+        for q in self._live_rx:
+            free[q.index] = self._rx_room(q)
+        return free
+
+    def _rx_room(self, q: _Queue) -> int:
+        bar_head = int(self.bar[self._rdh[q.index]])
+        if bar_head != q.head:          # the driver wrote RDH (queue start)
+            q.head = bar_head % q.n
+        tail = int(self.bar[self._rdt[q.index]]) % q.n
+        return (tail - q.head) % q.n
+
+    def classify(self, batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
+        """(RX queue, RSS hash) of every frame, from MRQC/RSSRK/RETA as they are now."""
+        mrqc = self.reg(R.MRQC)
+        n = len(batch)
+        if not mrqc & R.MRQC_RSSEN or n == 0:
+            return np.zeros(n, np.int64), np.zeros(n, np.uint32)
+        key = self.bar[self._rssrk].astype("<u4").tobytes()
+        hashes = self.rss.hash(batch.data, mrqc, key)
+        reta = self.bar[self._reta].astype("<u4").view(np.uint8)
+        return self.rss.queues(hashes, reta), hashes
+
+    def receive(self, batch: PacketBatch, queues: np.ndarray | None = None,
+                hashes: np.ndarray | None = None) -> int:
+        """Frames arriving from the wire; returns how many were delivered (the rest are missed)."""
+        n = len(batch)
+        if n == 0:
+            return 0
+        if not (self.rx_ready() and self._bus_master()):
+            self._missed(n)
+            return 0
+        if queues is None:
+            queues, hashes = self.classify(batch)
+        if len(self._live_rx) == 1 and (queues == self._live_rx[0].index).all():
+            delivered = self._rx_queue(self._live_rx[0], batch, hashes)
+        else:
+            delivered = 0
+            for qi in np.unique(queues):
+                rows = np.flatnonzero(queues == qi)
+                q = self.rxq[int(qi)]
+                delivered += self._rx_queue(q, batch.take(rows), hashes[rows]) if q.live else 0
+        self._missed(n - delivered)
+        return delivered
+
+    def _missed(self, n: int) -> None:
+        self.rx_missed += n
+        self._interval[4] += n
+
+    def _rx_queue(self, q: _Queue, batch: PacketBatch, hashes: np.ndarray) -> int:
+        take = min(len(batch), self._rx_room(q))
+        if take == 0:
+            return 0
+        idx = (q.head + np.arange(take)) % q.n
+        addr = q.ring["pkt_addr"][idx]
+        lengths = batch.lengths[:take]
+        ok, arena, offset = self.dma.resolve(addr, lengths)
+        srrctl = self.reg(R.SRRCTL(q.index))
+        bsize = (srrctl & R.SRRCTL_BSIZEPKT_MASK) * R.SRRCTL_BSIZEPKT_UNIT or R.SRRCTL_BSIZEPKT_DEFAULT
+        fits = lengths <= bsize
+        bad = np.flatnonzero(~(ok & fits))
+        good = take if not len(bad) else int(bad[0])
+        if good:
+            sel = slice(0, good)
+            part = batch if good == len(batch) else PacketBatch(batch.data[sel], lengths[sel])
+            self.dma.write(arena[sel], offset[sel], part)
+            gidx = idx[sel]
+            wb = q.wb
+            wb["rss_info"][gidx] = hashes[sel].astype(np.uint64) << np.uint64(32)
+            wb["length"][gidx] = lengths[sel]
+            wb["vlan"][gidx] = 0
+            wb["status_error"][gidx] = R.RXD_STAT_DD | R.RXD_STAT_EOP     # last: DD publishes the rest
+            q.head = (q.head + good) % q.n
+            self.bar[self._rdh[q.index]] = q.head
+            nbytes = int(lengths[sel].sum())
+            self.rx_delivered += good
+            self.rx_bytes += nbytes
+            self._interval[0] += good
+            self._interval[1] += nbytes
+        if len(bad):
+            d = int(idx[good])
+            reason = (f"frame of {int(lengths[good])} bytes is larger than the {bsize}-byte RX buffer "
+                      "(multi-descriptor receive is not modelled)" if ok[good] else
+                      f"RX buffer [{int(addr[good]):#x}, +{int(lengths[good])}) is outside registered memory")
+            self._fault(q, "rx", d, int(addr[good]), reason)
+        return good
+
+    # ---- transmit -----------------------------------------------------------------------
+    def _transmit(self, q: _Queue) -> int:
+        bar_head = int(self.bar[self._tdh[q.index]])
+        if bar_head != q.head:          # the driver wrote TDH (queue start)
+            q.head = bar_head % q.n
+        tail = int(self.bar[self._tdt[q.index]]) % q.n
+        pending = min((tail - q.head) % q.n, MAX_TX_BATCH)
+        if pending == 0:
+            return 0
+        idx = (q.head + np.arange(pending)) % q.n
+        desc = q.ring[idx]
+        cmd = desc["cmd_type_len"]
+        lengths = (cmd & R.TXD_DTALEN_MASK).astype(np.int64)
+        well_formed = ((cmd & R.TXD_CMD_DEXT) != 0) & ((cmd & R.TXD_DTYP_MASK) == R.TXD_DTYP_DATA)
+        whole = (cmd & R.TXD_CMD_EOP) != 0
+        sized = (lengths > 0) & (lengths <= SIM_MAX_FRAME)
+        ok, arena, offset = self.dma.resolve(desc["buffer_addr"], np.maximum(lengths, 1))
+        bad = np.flatnonzero(~(well_formed & whole & sized & ok))
+        good = pending if not len(bad) else int(bad[0])
+        if good:
+            sel = slice(0, good)
+            batch = self.dma.read(arena[sel], offset[sel], lengths[sel])
+            for deliver in self.wire_out:
+                deliver(batch)
+            gidx = idx[sel]
+            rs = gidx[(cmd[sel] & R.TXD_CMD_RS) != 0]
+            q.wb["status"][rs] = R.TXD_STAT_DD
+            q.head = (q.head + good) % q.n
+            self.bar[self._tdh[q.index]] = q.head
+            nbytes = int(lengths[sel].sum())
+            self.tx_sent += good
+            self.tx_bytes += nbytes
+            self._interval[2] += good
+            self._interval[3] += nbytes
+        if len(bad):
+            j = good
+            if not well_formed[j]:
+                reason = (f"descriptor cmd_type_len {int(cmd[j]):#010x} is not an advanced data descriptor "
+                          "(DEXT and DTYP_DATA required)")
+            elif not whole[j]:
+                reason = "descriptor without EOP: multi-segment transmit is not modelled"
+            elif not sized[j]:
+                reason = f"frame length {int(lengths[j])} is not 1..{SIM_MAX_FRAME} bytes"
+            else:
+                reason = f"TX buffer [{int(desc['buffer_addr'][j]):#x}, +{int(lengths[j])}) is outside registered memory"
+            self._fault(q, "tx", int(idx[j]), int(desc["buffer_addr"][j]), reason)
+        return good
+
+    def detach(self) -> None:
+        """Drop every view of the BAR, config space and descriptor rings (before unmapping them)."""
+        for q in self.rxq + self.txq:
+            q.ring = q.wb = None
+            q.live = False
+        self._live_rx, self._live_tx = [], []
+        self.wire_out = []
+        self.bar = self.config = None
+
+    # ---- statistics ---------------------------------------------------------------------
+    def latch_stats(self) -> None:
+        """Publish the interval's counts in the clear-on-read registers (see the module docstring)."""
+        gprc, gorc, gptc, gotc, mpc = (int(v) for v in self._interval)
+        self.set_reg(R.GPRC, gprc)
+        self.set_reg(R.GORCL, gorc)
+        self.set_reg(R.GORCH, gorc >> 32)
+        self.set_reg(R.GPTC, gptc)
+        self.set_reg(R.GOTCL, gotc)
+        self.set_reg(R.GOTCH, gotc >> 32)
+        self.set_reg(R.MPC(0), mpc)
+        self._interval[:] = 0

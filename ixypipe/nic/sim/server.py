@@ -1,0 +1,264 @@
+"""The simulator process: runs a SimWorld in its own process for the supervisor and ``ixypipe fwd --sim``.
+
+:class:`SimServer` creates the fake sysfs trees (so the ixgbe driver opens
+the ports with ``sysfs_root=server.sysfs_root``) and a shared block
+``<root>/counters`` (a control row, then one counters row per port), then
+spawns the model process, named ``ixypipe-sim`` (prctl PR_SET_NAME), which
+attaches the arenas by path and steps the world in a loop, backing off
+when idle (spin, sched_yield, short naps).  Generators stay silent until
+:meth:`SimServer.start_traffic` and stop at :meth:`SimServer.pause_traffic`.
+:meth:`SimServer.stop` ends the process (killing it if it does not exit in
+time), removes the trees and returns the final counters.  The process also
+exits by itself when its parent dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ixypipe.layout import SIM_CMD_RUN, SIM_CMD_STOP, SIM_CONTROL_DTYPE, SIM_COUNTERS_DTYPE
+from ixypipe.nic.sim import sysfs
+from ixypipe.nic.sim.model import STATS_PERIOD_NS
+from ixypipe.nic.sim.world import (
+    GeneratorConfig,
+    PortCounters,
+    SimConfigError,
+    SimPortConfig,
+    SimWorld,
+    SinkConfig,
+    counters_from,
+    validate_ports,
+)
+
+__all__ = ["GeneratorConfig", "PortCounters", "SimConfigError", "SimPortConfig", "SimServer", "SimServerError",
+           "SimWorld", "SinkConfig"]
+
+log = logging.getLogger(__name__)
+PROCESS_NAME = b"ixypipe-sim"
+PR_SET_NAME = 15
+START_TIMEOUT = 30.0            # seconds for the model process to report ready
+STOP_TIMEOUT = 5.0              # seconds for it to exit before it is killed
+PARENT_CHECK_LOOPS = 4096       # loops between checks that the parent is still alive
+COUNTERS_FILE = "counters"
+
+
+class SimServerError(Exception):
+    """The simulator process could not be started or died."""
+
+
+def _block_size(n_ports: int) -> int:
+    return SIM_CONTROL_DTYPE.itemsize + n_ports * SIM_COUNTERS_DTYPE.itemsize
+
+
+def _block_views(buf: np.ndarray, n_ports: int) -> tuple[np.ndarray, np.ndarray]:
+    control = buf[:SIM_CONTROL_DTYPE.itemsize].view(SIM_CONTROL_DTYPE)
+    counters = buf[SIM_CONTROL_DTYPE.itemsize:_block_size(n_ports)].view(SIM_COUNTERS_DTYPE)
+    return control, counters
+
+
+class SimServer:
+    def __init__(self, ports: list[SimPortConfig], arena_path: str | os.PathLike | list,
+                 root: Path | None = None, stats_period_ns: int = STATS_PERIOD_NS):
+        self.ports = validate_ports(list(ports))
+        paths = arena_path if isinstance(arena_path, (list, tuple)) else [arena_path]
+        self.arena_paths = [str(p) for p in paths]
+        self.names = [p.name for p in self.ports]
+        self.addresses = {p.name: p.pci_address or sysfs.default_address(i) for i, p in enumerate(self.ports)}
+        self._given_root = Path(root) if root is not None else None
+        self.sysfs_root: Path | None = None
+        self.stats_period_ns = stats_period_ns
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self._mm = None
+        self._control = self._counters = None
+        self._final: dict[str, PortCounters] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> None:
+        """Create the trees and the counters block, spawn the model process, return once it runs."""
+        if self.process is not None:
+            raise SimServerError("the simulator is already started")
+        for stale in sysfs.stale_roots():
+            log.warning("removing stale simulator tree %s (its owner is gone)", stale)
+            sysfs.remove_tree(stale)
+        self.sysfs_root = self._given_root or sysfs.make_root()
+        try:
+            for p in self.ports:
+                sysfs.create_device(self.sysfs_root, self.addresses[p.name])
+            block = self.sysfs_root / COUNTERS_FILE
+            fd = os.open(block, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            try:
+                os.ftruncate(fd, _block_size(len(self.ports)))
+            finally:
+                os.close(fd)
+            self._mm, buf = sysfs.map_file(block)
+            self._control, self._counters = _block_views(buf, len(self.ports))
+            self._control["command"] = SIM_CMD_RUN
+            ctx = multiprocessing.get_context("spawn")
+            parent_end, child_end = ctx.Pipe(duplex=False)
+            self.process = ctx.Process(
+                target=serve, name="ixypipe-sim", daemon=True,
+                args=(self.ports, self.arena_paths, str(self.sysfs_root), child_end, self.stats_period_ns,
+                      logging.getLogger().getEffectiveLevel()))
+            self.process.start()
+            child_end.close()
+            if not parent_end.poll(START_TIMEOUT):
+                raise SimServerError(f"the simulator process did not start within {START_TIMEOUT:.0f} s")
+            try:
+                answer = parent_end.recv()
+            except EOFError:
+                self.process.join(STOP_TIMEOUT)
+                raise SimServerError(f"the simulator process died while starting (exit code "
+                                     f"{self.process.exitcode})") from None
+            finally:
+                parent_end.close()
+            if answer != "ok":
+                raise SimServerError(f"the simulator could not start: {answer}")
+        except BaseException:
+            self._teardown()
+            raise
+
+    # ---- control ----------------------------------------------------------------------
+    def start_traffic(self) -> None:
+        self._require_running()
+        self._control["traffic"] = 1
+
+    def pause_traffic(self) -> None:
+        self._require_running()
+        self._control["traffic"] = 0
+
+    def _require_running(self) -> None:
+        if self._control is None:
+            raise SimServerError("the simulator is not running (start() it first)")
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def counters(self) -> dict[str, PortCounters]:
+        """Live counters of every port (or the final ones after stop())."""
+        if self._counters is None:
+            if self._final is not None:
+                return self._final
+            raise SimServerError("the simulator is not running (start() it first)")
+        return counters_from(self._counters.view(np.int64).reshape(len(self.ports), -1), self.names)
+
+    def stop(self) -> dict[str, PortCounters]:
+        """Stop the process, remove the trees, return the final counters (idempotent)."""
+        if self._control is None:
+            return self._final or {}
+        self._control["traffic"] = 0
+        self._control["command"] = SIM_CMD_STOP
+        if self.process is not None:
+            self.process.join(STOP_TIMEOUT)
+            if self.process.is_alive():
+                log.error("the simulator process %d did not stop within %.0f s: killed", self.process.pid,
+                          STOP_TIMEOUT)
+                self.process.kill()
+                self.process.join(STOP_TIMEOUT)
+        self._final = self.counters()
+        self._teardown()
+        return self._final
+
+    def _teardown(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+            self.process.join(STOP_TIMEOUT)
+        self._control = self._counters = None
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass
+            self._mm = None
+        if self.sysfs_root is not None:
+            if self._given_root is None:
+                sysfs.remove_tree(self.sysfs_root)
+            else:
+                sysfs.remove_tree(self.sysfs_root / "bus")
+                (self.sysfs_root / COUNTERS_FILE).unlink(missing_ok=True)
+            self.sysfs_root = None
+
+    def __enter__(self) -> SimServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _set_process_name() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WARNING) -> None:
+    """The model process: attach, report ready, step until told to stop or orphaned."""
+    from ixypipe.memory.arena import Arena
+    from ixypipe.workers.backoff import Backoff
+
+    logging.basicConfig(level=log_level, format="ixypipe-sim: %(levelname)s %(message)s")
+    _set_process_name()
+    parent = os.getppid()
+    arenas, world, mm = [], None, None
+    try:
+        try:
+            arenas = [Arena.attach(p) for p in arena_paths]
+            mm, buf = sysfs.map_file(Path(root) / COUNTERS_FILE)
+            control, counters = _block_views(buf, len(ports))
+            world = SimWorld(ports, arenas, Path(root), create=False, counters=counters,
+                             stats_period_ns=stats_period_ns)
+        except Exception as exc:
+            conn.send(f"{type(exc).__name__}: {exc}")
+            return
+        control["pid"] = os.getpid()
+        conn.send("ok")
+        conn.close()
+        _loop(world, control, parent, Backoff())
+    finally:
+        if world is not None:
+            world.publish()
+            world.close()
+        control = counters = buf = None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass
+        for arena in arenas:
+            arena.close()
+
+
+def _loop(world: SimWorld, control: np.ndarray, parent: int, backoff) -> None:
+    row = control[0:1]
+    loops = 0
+    traffic = False
+    while True:
+        loops += 1
+        if loops % PARENT_CHECK_LOOPS == 0:
+            if os.getppid() != parent:
+                log.error("the simulator's parent %d is gone: exiting", parent)
+                return
+            row["heartbeat_ns"] = time.monotonic_ns()
+            row["steps"] = loops
+        if int(row["command"][0]) == SIM_CMD_STOP:
+            return
+        want = bool(row["traffic"][0])
+        if want != traffic:
+            traffic = want
+            (world.start_traffic if traffic else world.pause_traffic)()
+        if world.step():
+            backoff.work()
+        else:
+            backoff.wait()

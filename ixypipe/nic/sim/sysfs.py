@@ -1,0 +1,115 @@
+"""The fake sysfs tree of the software 82599 ports.
+
+``<root>/bus/pci/devices/<pci address>/`` holds what the unchanged pci.py
+path opens: ``config`` (256 bytes of PCI config space: Intel's vendor id,
+the 82599 device id, a writable command register, class 0x02),
+``resource0`` (the 512 KiB BAR0 register file itself, mapped MAP_SHARED by
+the driver and by the model), ``driver/unbind`` (writable) and the text
+files ``vendor``, ``device`` and ``class`` as real sysfs has them.  The
+root defaults to a fresh directory in /dev/shm (tmpfs: the BAR lives in
+memory) named ``ixypipe-sim-<pid>-<random>``, removed by :func:`remove_tree`;
+trees of dead owners are found by :func:`stale_roots`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ixypipe.nic import registers as R
+
+PCI_CONFIG_SIZE = 256
+SIM_ROOT_PREFIX = "ixypipe-sim-"
+SIM_ROOT_DIR = Path("/dev/shm")
+DEFAULT_DEVICE_ID = 0x10FB
+CLASS_CODE_ETHERNET = 0x020000          # base class network, subclass ethernet, prog-if 0
+PCI_CFG_SUBCLASS = 0x0A
+
+
+def default_address(index: int) -> str:
+    """PCI address of the ``index``-th simulated port: 0000:5e:00.0, 0000:5e:00.1, 0000:5f:00.0, ..."""
+    return f"0000:{0x5E + index // 2:02x}:00.{index % 2}"
+
+
+def device_dir(root: Path, address: str) -> Path:
+    return Path(root) / "bus" / "pci" / "devices" / address
+
+
+def make_root() -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"{SIM_ROOT_PREFIX}{os.getpid()}-", dir=SIM_ROOT_DIR))
+
+
+@dataclass
+class DeviceFiles:
+    address: str
+    path: Path
+    bar_file: Path
+    config_file: Path
+
+
+def create_device(root: Path, address: str, device_id: int = DEFAULT_DEVICE_ID) -> DeviceFiles:
+    """Create one device directory with its config space and an all-zero BAR0 file."""
+    d = device_dir(root, address)
+    if d.exists():
+        raise FileExistsError(f"simulated PCI device {address} already exists under {root}")
+    (d / "driver").mkdir(parents=True, mode=0o700)
+    config = np.zeros(PCI_CONFIG_SIZE, np.uint8)
+    config[R.PCI_CFG_VENDOR:R.PCI_CFG_VENDOR + 2] = np.frombuffer(R.PCI_VENDOR_INTEL.to_bytes(2, "little"), np.uint8)
+    config[R.PCI_CFG_DEVICE:R.PCI_CFG_DEVICE + 2] = np.frombuffer(device_id.to_bytes(2, "little"), np.uint8)
+    config[PCI_CFG_SUBCLASS] = (CLASS_CODE_ETHERNET >> 8) & 0xFF
+    config[R.PCI_CFG_CLASS] = R.PCI_CLASS_NETWORK
+    cfg = d / "config"
+    cfg.write_bytes(config.tobytes())
+    bar = d / "resource0"
+    fd = os.open(bar, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, R.BAR0_SIZE)
+    finally:
+        os.close(fd)
+    (d / "driver" / "unbind").write_text("")
+    (d / "vendor").write_text(f"{R.PCI_VENDOR_INTEL:#06x}\n")
+    (d / "device").write_text(f"{device_id:#06x}\n")
+    (d / "class").write_text(f"{CLASS_CODE_ETHERNET:#08x}\n")
+    for f in (cfg, d / "driver" / "unbind", d / "vendor", d / "device", d / "class"):
+        f.chmod(0o600)
+    return DeviceFiles(address, d, bar, cfg)
+
+
+def map_file(path: Path) -> tuple[mmap.mmap, np.ndarray]:
+    """MAP_SHARED mapping of a whole file and a uint8 view of it."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        mm = mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    return mm, np.frombuffer(mm, np.uint8)
+
+
+def remove_tree(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def stale_roots(directory: Path = SIM_ROOT_DIR) -> list[Path]:
+    """Simulator roots whose creating process is gone."""
+    stale = []
+    for entry in directory.glob(f"{SIM_ROOT_PREFIX}*"):
+        pid = entry.name[len(SIM_ROOT_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.append(entry)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,362 @@
+"""What travels on the simulated wires: packet batches, the traffic generator and the verifying sink.
+
+A :class:`PacketBatch` is a padded ``(n, max_len)`` byte matrix plus the
+lengths.  The :class:`Generator` builds Ethernet/IPv4/UDP frames from one
+precomputed template per flow (flows differ by source IP and UDP source
+port, so RSS spreads them); per packet only the sequence number and the
+payload checksum change, and both are written for a whole batch at once.
+The :class:`Sink` checks every frame it receives, vectorized per batch:
+magic, generator and flow ids, the checksum over everything after the
+Ethernet header (so a worker may rewrite MAC addresses), per-flow sequence
+order (loss and reordering) and, when asked, that byte 1 was incremented
+once as ixy-fwd does.  It can also append what it receives to a pcap file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ixypipe.layout import (
+    ETH_ADDR_LEN,
+    ETH_DST_OFF,
+    ETH_HEADER_LEN,
+    ETH_SRC_OFF,
+    ETH_TYPE_OFF,
+    ETHERTYPE_IPV4,
+    IPPROTO_UDP,
+    IPV4_CSUM_OFF,
+    IPV4_DST_OFF,
+    IPV4_HEADER_LEN,
+    IPV4_PROTO_OFF,
+    IPV4_SRC_OFF,
+    IPV4_TOTAL_LEN_OFF,
+    IPV4_TTL_OFF,
+    SIM_CSUM_OFF,
+    SIM_FLOW_OFF,
+    SIM_GEN_OFF,
+    SIM_MAGIC,
+    SIM_MAGIC_OFF,
+    SIM_MAX_FRAME,
+    SIM_MIN_FRAME,
+    SIM_SEQ_OFF,
+    SIM_TOUCH_OFF,
+    UDP_LEN_OFF,
+    UDP_OFF,
+)
+
+MAX_FLOWS = 65535
+UDP_SRC_PORT_BASE = 1024
+UDP_DST_PORT = 5000
+IP_TTL = 64
+GEN_DST_IP = bytes((10, 255, 0, 1))
+_CSUM_MOD = 1 << 32
+PCAP_MAGIC = 0xA1B2C3D4
+PCAP_LINKTYPE_ETHERNET = 1
+PCAP_SNAPLEN = 65535
+
+
+class TrafficError(ValueError):
+    """A bad generator or sink setting."""
+
+
+def _checksum_weights() -> np.ndarray:
+    """Per-byte-position weights (nonzero, < 2**16); covered bytes only, others 0."""
+    pos = np.arange(SIM_MAX_FRAME, dtype=np.uint64)
+    w = ((pos * np.uint64(40503) + np.uint64(7919)) % np.uint64(65521) + np.uint64(1)).astype(np.float64)
+    w[:ETH_HEADER_LEN] = 0
+    w[SIM_CSUM_OFF:SIM_CSUM_OFF + 4] = 0
+    return w
+
+
+CSUM_WEIGHTS = _checksum_weights()
+
+
+def payload_checksum(frames: np.ndarray) -> np.ndarray:
+    """Checksum of each row of an ``(n, length)`` uint8 matrix (all rows one length).
+
+    A position-weighted byte sum mod 2**32 over bytes from the IPv4 header on,
+    the checksum field excluded: any single changed byte changes it.  Exact
+    in float64 (at most 255 * 65521 * 1514 < 2**53), so one BLAS mat-vec.
+    """
+    length = frames.shape[1]
+    sums = frames.astype(np.float64) @ CSUM_WEIGHTS[:length]
+    return (sums.astype(np.uint64) % np.uint64(_CSUM_MOD)).astype(np.uint32)
+
+
+@dataclass
+class PacketBatch:
+    """Frames on a wire: ``data[i, :lengths[i]]`` is frame i (rows may be padded)."""
+    data: np.ndarray         # (n, max_len) uint8
+    lengths: np.ndarray      # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def take(self, idx) -> PacketBatch:
+        return PacketBatch(self.data[idx], self.lengths[idx])
+
+    def frame(self, i: int) -> bytes:
+        return bytes(self.data[i, :int(self.lengths[i])])
+
+    def by_length(self):
+        """(row indices, (k, length) matrix) for every distinct frame length in the batch."""
+        if len(self.lengths) == 0:
+            return
+        first = int(self.lengths[0])
+        if (self.lengths == first).all():
+            yield np.arange(len(self.lengths)), self.data[:, :first]
+            return
+        for length in np.unique(self.lengths):
+            rows = np.flatnonzero(self.lengths == length)
+            yield rows, self.data[rows, :int(length)]
+
+    @staticmethod
+    def from_frames(frames: list[bytes]) -> PacketBatch:
+        lengths = np.array([len(f) for f in frames], dtype=np.int64)
+        data = np.zeros((len(frames), int(lengths.max()) if len(frames) else 0), np.uint8)
+        for i, f in enumerate(frames):
+            data[i, :len(f)] = np.frombuffer(f, np.uint8)
+        return PacketBatch(data, lengths)
+
+
+def _ipv4_header_checksum(header: np.ndarray) -> int:
+    words = header.astype(np.uint32).reshape(-1, 2)
+    total = int((words[:, 0] << 8 | words[:, 1]).sum())
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def build_templates(gen_id: int, flows: int, packet_size: int, src_mac: bytes, dst_mac: bytes) -> np.ndarray:
+    """One frame per flow, sequence number 0 and checksum not yet set: ``(flows, packet_size)``."""
+    t = np.zeros((flows, packet_size), np.uint8)
+    t[:, ETH_DST_OFF:ETH_DST_OFF + ETH_ADDR_LEN] = np.frombuffer(dst_mac, np.uint8)
+    t[:, ETH_SRC_OFF:ETH_SRC_OFF + ETH_ADDR_LEN] = np.frombuffer(src_mac, np.uint8)
+    t[:, ETH_TYPE_OFF:ETH_TYPE_OFF + 2] = np.frombuffer(ETHERTYPE_IPV4.to_bytes(2, "big"), np.uint8)
+    ip = ETH_HEADER_LEN
+    t[:, ip] = 0x45
+    t[:, IPV4_TOTAL_LEN_OFF:IPV4_TOTAL_LEN_OFF + 2] = np.frombuffer(
+        (packet_size - ETH_HEADER_LEN).to_bytes(2, "big"), np.uint8)
+    t[:, IPV4_TTL_OFF] = IP_TTL
+    t[:, IPV4_PROTO_OFF] = IPPROTO_UDP
+    flow = np.arange(flows, dtype=np.uint32)
+    t[:, IPV4_SRC_OFF] = 10
+    t[:, IPV4_SRC_OFF + 1] = gen_id & 0xFF
+    t[:, IPV4_SRC_OFF + 2] = flow >> 8
+    t[:, IPV4_SRC_OFF + 3] = flow & 0xFF
+    t[:, IPV4_DST_OFF:IPV4_DST_OFF + 4] = np.frombuffer(GEN_DST_IP, np.uint8)
+    sport = UDP_SRC_PORT_BASE + flow
+    t[:, UDP_OFF] = sport >> 8
+    t[:, UDP_OFF + 1] = sport & 0xFF
+    t[:, UDP_OFF + 2:UDP_OFF + 4] = np.frombuffer(UDP_DST_PORT.to_bytes(2, "big"), np.uint8)
+    t[:, UDP_LEN_OFF:UDP_LEN_OFF + 2] = np.frombuffer((packet_size - UDP_OFF).to_bytes(2, "big"), np.uint8)
+    for f in range(flows):   # once per flow at set-up, not per packet
+        csum = _ipv4_header_checksum(t[f, ip:ip + IPV4_HEADER_LEN])
+        t[f, IPV4_CSUM_OFF:IPV4_CSUM_OFF + 2] = (csum >> 8, csum & 0xFF)
+    t[:, SIM_MAGIC_OFF:SIM_MAGIC_OFF + 2] = np.frombuffer(SIM_MAGIC.to_bytes(2, "little"), np.uint8)
+    t[:, SIM_GEN_OFF:SIM_GEN_OFF + 2] = np.frombuffer(gen_id.to_bytes(2, "little"), np.uint8)
+    t[:, SIM_FLOW_OFF:SIM_FLOW_OFF + 2] = flow.astype("<u2").view(np.uint8).reshape(flows, 2)
+    fill = np.arange(SIM_MIN_FRAME, packet_size, dtype=np.uint32)
+    t[:, SIM_MIN_FRAME:] = (fill * 31 + gen_id).astype(np.uint8)
+    return t
+
+
+class Generator:
+    """Frames for one wire: packet k goes to flow k % flows with sequence number k // flows."""
+
+    def __init__(self, gen_id: int, packet_size: int, flows: int, count: int, rate_pps: float,
+                 src_mac: bytes, dst_mac: bytes):
+        if not SIM_MIN_FRAME <= packet_size <= SIM_MAX_FRAME:
+            raise TrafficError(f"generator packet_size must be {SIM_MIN_FRAME}..{SIM_MAX_FRAME} bytes "
+                               f"(without FCS), got {packet_size}")
+        if not 1 <= flows <= MAX_FLOWS:
+            raise TrafficError(f"generator flows must be 1..{MAX_FLOWS}, got {flows}")
+        if count < 0:
+            raise TrafficError(f"generator count must be >= 0 (0 = unlimited), got {count}")
+        if rate_pps < 0:
+            raise TrafficError(f"generator rate must be >= 0 pps (0 = as fast as the ring takes), got {rate_pps}")
+        self.gen_id = gen_id
+        self.packet_size = packet_size
+        self.flows = flows
+        self.count = count
+        self.rate_pps = rate_pps
+        self.templates = build_templates(gen_id, flows, packet_size, src_mac, dst_mac)
+        self.base_csum = payload_checksum(self.templates).astype(np.uint64)
+        self.touch_byte = int(self.templates[0, SIM_TOUCH_OFF])
+        self.sent = 0                     # packets generated so far (= index of the next one)
+        self._credit = 0.0
+        self._last_ns: int | None = None
+
+    def remaining(self) -> int | None:
+        return None if self.count == 0 else self.count - self.sent
+
+    def allowance(self, limit: int, now_ns: int | None = None) -> int:
+        """How many packets may go now: rate credit (rate > 0), the count, and ``limit``."""
+        n = limit
+        if self.rate_pps > 0:
+            now_ns = time.monotonic_ns() if now_ns is None else now_ns
+            if self._last_ns is not None:
+                # credit for at most 10 ms, so a stall is not followed by a huge burst
+                self._credit = min(self._credit + (now_ns - self._last_ns) * 1e-9 * self.rate_pps,
+                                   max(1.0, self.rate_pps * 0.01))
+            self._last_ns = now_ns
+            n = min(n, int(self._credit))
+        left = self.remaining()
+        return max(0, min(n, left) if left is not None else n)
+
+    def pause(self) -> None:
+        self._last_ns = None
+        self._credit = 0.0
+
+    def flows_of_next(self, n: int) -> np.ndarray:
+        return (self.sent + np.arange(n, dtype=np.int64)) % self.flows
+
+    def make(self, n: int) -> PacketBatch:
+        """The next ``n`` frames; :meth:`commit` says how many of them went on the wire."""
+        k = self.sent + np.arange(n, dtype=np.uint64)
+        flow = (k % np.uint64(self.flows)).astype(np.intp)
+        seq = k // np.uint64(self.flows)
+        data = self.templates[flow]
+        seq_bytes = seq.astype("<u8").view(np.uint8).reshape(n, 8)
+        data[:, SIM_SEQ_OFF:SIM_SEQ_OFF + 8] = seq_bytes
+        delta = (seq_bytes.astype(np.float64) @ CSUM_WEIGHTS[SIM_SEQ_OFF:SIM_SEQ_OFF + 8]).astype(np.uint64)
+        csum = ((self.base_csum[flow] + delta) % np.uint64(_CSUM_MOD)).astype("<u4")
+        data[:, SIM_CSUM_OFF:SIM_CSUM_OFF + 4] = csum.view(np.uint8).reshape(n, 4)
+        return PacketBatch(data, np.full(n, self.packet_size, np.int64))
+
+    def commit(self, n: int) -> None:
+        self._credit -= n
+        self.sent += n
+
+
+@dataclass
+class SinkResult:
+    received: int = 0
+    received_bytes: int = 0
+    lost: int = 0
+    reordered: int = 0
+    corrupt: int = 0
+    untouched: int = 0
+
+
+class Sink:
+    """Verifies frames from any of the world's generators (``generators[gen_id]``)."""
+
+    def __init__(self, generators: dict[int, Generator], verify: bool = True, expect_touch: bool = False,
+                 pcap: str | None = None):
+        self.verify = verify
+        self.expect_touch = expect_touch
+        self.result = SinkResult()
+        n_gen = max(generators, default=-1) + 1
+        self.max_flows = max((g.flows for g in generators.values()), default=1)
+        self.gen_known = np.zeros(max(n_gen, 1), bool)
+        self.gen_size = np.zeros(max(n_gen, 1), np.int64)
+        self.gen_flows = np.zeros(max(n_gen, 1), np.int64)
+        self.gen_touch = np.zeros(max(n_gen, 1), np.uint8)
+        for gid, g in generators.items():
+            self.gen_known[gid] = True
+            self.gen_size[gid] = g.packet_size
+            self.gen_flows[gid] = g.flows
+            self.gen_touch[gid] = (g.touch_byte + 1) & 0xFF
+        # highest sequence number + 1 seen per (generator, flow); 0 = none yet
+        self.top = np.zeros(max(n_gen, 1) * self.max_flows, np.uint64)
+        self._top_sum = 0
+        self._verified = 0
+        self.pcap = PcapWriter(pcap) if pcap else None
+
+    def close(self) -> None:
+        if self.pcap is not None:
+            self.pcap.close()
+            self.pcap = None
+
+    def receive(self, batch: PacketBatch) -> None:
+        n = len(batch)
+        if n == 0:
+            return
+        r = self.result
+        r.received += n
+        r.received_bytes += int(batch.lengths.sum())
+        if self.pcap is not None:
+            self.pcap.write(batch)
+        if not self.verify:
+            return
+        for rows, frames in batch.by_length():
+            self._verify(rows, frames)
+
+    def _verify(self, rows: np.ndarray, frames: np.ndarray) -> None:
+        r = self.result
+        k, length = frames.shape
+        if length < SIM_MIN_FRAME:
+            r.corrupt += k
+            return
+        magic = frames[:, SIM_MAGIC_OFF:SIM_MAGIC_OFF + 2].copy().view("<u2")[:, 0]
+        gen = frames[:, SIM_GEN_OFF:SIM_GEN_OFF + 2].copy().view("<u2")[:, 0].astype(np.int64)
+        flow = frames[:, SIM_FLOW_OFF:SIM_FLOW_OFF + 2].copy().view("<u2")[:, 0].astype(np.int64)
+        seq = frames[:, SIM_SEQ_OFF:SIM_SEQ_OFF + 8].copy().view("<u8")[:, 0]
+        csum = frames[:, SIM_CSUM_OFF:SIM_CSUM_OFF + 4].copy().view("<u4")[:, 0]
+        gen_ok = gen < len(self.gen_known)
+        gen_c = np.where(gen_ok, gen, 0)
+        ok = (magic == SIM_MAGIC) & gen_ok & self.gen_known[gen_c]
+        ok &= (self.gen_size[gen_c] == length) & (flow < self.gen_flows[gen_c])
+        ok &= payload_checksum(frames) == csum
+        r.corrupt += int(k - ok.sum())
+        if self.expect_touch:
+            r.untouched += int((ok & (frames[:, SIM_TOUCH_OFF] != self.gen_touch[gen_c])).sum())
+        if not ok.any():
+            return
+        self._order(gen[ok] * self.max_flows + flow[ok], seq[ok])
+
+    def _order(self, key: np.ndarray, seq: np.ndarray) -> None:
+        """Reordered = not above its flow's highest sequence so far; lost = sequence numbers
+        below each flow's top never received (a late packet stops counting as lost)."""
+        order = np.argsort(key, kind="stable")
+        key, seq1 = key[order], seq[order] + np.uint64(1)
+        shift = np.uint64(40)
+        combined = (key.astype(np.uint64) << shift) | seq1
+        prior = (key.astype(np.uint64) << shift) | self.top[key]
+        running = np.maximum.accumulate(combined)
+        prior[1:] = np.maximum(prior[1:], running[:-1])
+        self.result.reordered += int((combined <= prior).sum())
+        last = np.r_[key[1:] != key[:-1], True]
+        ukey, utop = key[last], running[last] & np.uint64((1 << 40) - 1)
+        old = self.top[ukey]
+        new = np.maximum(old, utop)
+        self._top_sum += int((new - old).sum())
+        self.top[ukey] = new
+        self._verified += len(key)
+        self.result.lost = max(0, self._top_sum - self._verified)
+
+
+class PcapWriter:
+    """Appends batches to a classic pcap file (microsecond timestamps, Ethernet)."""
+
+    _HDR = np.dtype([("sec", "<u4"), ("usec", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
+
+    def __init__(self, path: str | Path):
+        self.file = open(path, "wb")
+        header = np.array([(PCAP_MAGIC, 2, 4, 0, 0, PCAP_SNAPLEN, PCAP_LINKTYPE_ETHERNET)],
+                          dtype=[("magic", "<u4"), ("major", "<u2"), ("minor", "<u2"), ("zone", "<i4"),
+                                 ("sigfigs", "<u4"), ("snaplen", "<u4"), ("linktype", "<u4")])
+        self.file.write(header.tobytes())
+
+    def write(self, batch: PacketBatch) -> None:
+        n = len(batch)
+        now = time.time()
+        hdr = np.zeros(n, self._HDR)
+        hdr["sec"], hdr["usec"] = int(now), int((now % 1) * 1e6)
+        hdr["incl"] = hdr["orig"] = batch.lengths
+        rec_len = batch.lengths + self._HDR.itemsize
+        out = np.empty(int(rec_len.sum()), np.uint8)
+        starts = np.r_[0, np.cumsum(rec_len)[:-1]]
+        out[(starts[:, None] + np.arange(self._HDR.itemsize)).ravel()] = hdr.view(np.uint8)
+        mask = np.arange(batch.data.shape[1]) < batch.lengths[:, None]
+        data_pos = starts[:, None] + self._HDR.itemsize + np.arange(batch.data.shape[1])
+        out[data_pos[mask]] = batch.data[mask]
+        self.file.write(out.tobytes())
+
+    def close(self) -> None:
+        self.file.close()

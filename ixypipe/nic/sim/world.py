@@ -1,0 +1,285 @@
+"""The simulated world: software 82599 ports, their fake sysfs trees and the wires between them.
+
+A :class:`SimWorld` owns one :class:`~ixypipe.nic.sim.model.SimPort` per
+configured port (its BAR0 is the ``resource0`` file of the port's fake
+sysfs device), the DMA space of the registered arenas, and the wires: a
+generator feeding a port's RX side, a sink verifying its TX side, or a
+cable to another port (both directions).  ``step()`` makes progress on
+everything pending and returns the work done, so tests and benchmarks can
+drive it deterministically in-process; the simulator process
+(``ixypipe.nic.sim.server``) calls the same ``step()`` in a loop.
+
+Generators send only between ``start_traffic()`` and ``pause_traffic()``
+and only into a port whose RX is enabled (RXCTRL.RXEN and a live queue).
+At rate 0 a generator sends exactly what the RX rings have room for (no
+loss); at a fixed rate it sends on time and a full ring counts as missed.
+Counters are published after every step into a ``counters`` array with one
+row per port (``SIM_COUNTERS_DTYPE``), which the server shares.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from ixypipe.layout import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE
+from ixypipe.memory.arena import Arena
+from ixypipe.nic import registers as R
+from ixypipe.nic.sim import sysfs
+from ixypipe.nic.sim.dma import DmaSpace
+from ixypipe.nic.sim.model import STATS_PERIOD_NS, Fault, SimPort
+from ixypipe.nic.sim.traffic import Generator, Sink
+
+log = logging.getLogger(__name__)
+GEN_BATCH = 512                 # most frames a generator sends per step
+PORT_MAC_PREFIX = bytes((0x02, 0x49, 0x58, 0x53, 0x00))     # 02:49:58:53:00:<port index> ("IXS")
+GEN_MAC_PREFIX = bytes((0x02, 0x47, 0x45, 0x4E, 0x00))      # 02:47:45:4e:00:<generator id> ("GEN")
+
+
+class SimConfigError(ValueError):
+    """A simulated port configuration that cannot be built; the message names the port and key."""
+
+
+@dataclass
+class GeneratorConfig:
+    packet_size: int = 60
+    rate_pps: float = 0.0           # 0 = as fast as the RX ring takes
+    flows: int = 4
+    count: int = 0                  # 0 = unlimited
+    seed: int = 0                   # reserved: the generated traffic is fully determined by the other fields
+
+
+@dataclass
+class SinkConfig:
+    verify: bool = True
+    expect_touch: bool = False      # byte 1 of every frame incremented by one, as ixy-fwd does
+    pcap: str | None = None
+
+
+@dataclass
+class SimPortConfig:
+    name: str
+    pci_address: str | None = None
+    mac: bytes | None = None
+    generator: GeneratorConfig | None = None
+    sink: SinkConfig | None = None
+    cable_to: str | None = None
+
+
+@dataclass
+class PortCounters:
+    generated: int = 0
+    gen_bytes: int = 0
+    rx_delivered: int = 0
+    rx_missed: int = 0
+    tx_sent: int = 0
+    tx_bytes: int = 0
+    sink_received: int = 0
+    sink_lost: int = 0
+    sink_reordered: int = 0
+    sink_corrupt: int = 0
+    sink_untouched: int = 0
+    dma_faults: int = 0
+
+
+assert tuple(f.name for f in fields(PortCounters)) == SIM_COUNTER_FIELDS
+
+
+def counters_from(rows: np.ndarray, names: list[str]) -> dict[str, PortCounters]:
+    return {name: PortCounters(*(int(v) for v in rows[i].tolist())) for i, name in enumerate(names)}
+
+
+def validate_ports(ports: list[SimPortConfig]) -> list[SimPortConfig]:
+    """Check names, addresses, MACs and wiring; returns the configs with cables made symmetric."""
+    if not ports:
+        raise SimConfigError("the simulator needs at least one port")
+    names = [p.name for p in ports]
+    for p in ports:
+        if not p.name or names.count(p.name) > 1:
+            raise SimConfigError(f"simulated port names must be unique and non-empty, got {names}")
+        if p.mac is not None and len(p.mac) != 6:
+            raise SimConfigError(f"port {p.name}: mac must be 6 bytes, got {len(p.mac)}")
+        if p.cable_to is not None:
+            if p.cable_to not in names or p.cable_to == p.name:
+                raise SimConfigError(f"port {p.name}: cable_to {p.cable_to!r} must name another port of {names}")
+    by_name = {p.name: p for p in ports}
+    for p in ports:
+        if p.cable_to is not None:
+            peer = by_name[p.cable_to]
+            if peer.cable_to not in (None, p.name):
+                raise SimConfigError(f"port {p.name}: cable_to {p.cable_to!r}, but {peer.name} is cabled to "
+                                     f"{peer.cable_to!r}")
+            peer.cable_to = p.name
+    for p in ports:
+        if p.cable_to is not None and p.generator is not None:
+            raise SimConfigError(f"port {p.name}: its wire goes to {p.cable_to} (cable_to), so it cannot also "
+                                 "have a generator")
+        if p.cable_to is not None and p.sink is not None:
+            raise SimConfigError(f"port {p.name}: its wire goes to {p.cable_to} (cable_to), so it cannot also "
+                                 "have a sink")
+    addresses = [p.pci_address or sysfs.default_address(i) for i, p in enumerate(ports)]
+    if len(set(addresses)) != len(addresses):
+        raise SimConfigError(f"simulated PCI addresses must be unique, got {addresses}")
+    return ports
+
+
+class SimWorld:
+    """Ports, wires and sysfs trees, stepped in-process (``create=False``: the trees already exist)."""
+
+    def __init__(self, ports: list[SimPortConfig], arena: Arena | list[Arena], root: Path | None = None,
+                 create: bool = True, counters: np.ndarray | None = None,
+                 stats_period_ns: int = STATS_PERIOD_NS, clock=time.monotonic_ns):
+        self.configs = validate_ports(ports)
+        self.names = [p.name for p in ports]
+        arenas = arena if isinstance(arena, (list, tuple)) else [arena]
+        self.dma = DmaSpace(arenas)
+        self._own_root = create and root is None
+        self.sysfs_root = Path(root) if root is not None else sysfs.make_root()
+        self.addresses = {p.name: p.pci_address or sysfs.default_address(i) for i, p in enumerate(ports)}
+        self.counters_array = counters if counters is not None else np.zeros(len(ports), SIM_COUNTERS_DTYPE)
+        self._rows = self.counters_array.view(np.int64).reshape(len(ports), len(SIM_COUNTER_FIELDS))
+        self._maps = []
+        self.ports: dict[str, SimPort] = {}
+        self.generators: dict[str, Generator] = {}
+        self.sinks: dict[str, Sink] = {}
+        self.traffic = False
+        self._gen_bytes = dict.fromkeys(self.names, 0)
+        try:
+            self._build(create, stats_period_ns, clock)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, create: bool, stats_period_ns: int, clock) -> None:
+        for i, cfg in enumerate(self.configs):
+            addr = self.addresses[cfg.name]
+            if create:
+                sysfs.create_device(self.sysfs_root, addr)
+            d = sysfs.device_dir(self.sysfs_root, addr)
+            bar_mm, bar = sysfs.map_file(d / "resource0")
+            cfg_mm, config = sysfs.map_file(d / "config")
+            self._maps += [bar_mm, cfg_mm]
+            mac = cfg.mac or PORT_MAC_PREFIX + bytes((i,))
+            self.ports[cfg.name] = SimPort(cfg.name, bar.view(np.uint32), mac, self.dma, config=config,
+                                           stats_period_ns=stats_period_ns, clock=clock)
+        for i, cfg in enumerate(self.configs):
+            g = cfg.generator
+            if g is not None:
+                try:
+                    self.generators[cfg.name] = Generator(i, g.packet_size, g.flows, g.count, g.rate_pps,
+                                                          GEN_MAC_PREFIX + bytes((i & 0xFF,)),
+                                                          self.ports[cfg.name].mac)
+                except ValueError as exc:
+                    raise SimConfigError(f"port {cfg.name}: {exc}") from None
+        by_id = {i: self.generators[c.name] for i, c in enumerate(self.configs) if c.name in self.generators}
+        for cfg in self.configs:
+            port = self.ports[cfg.name]
+            if cfg.sink is not None:
+                sink = Sink(by_id, cfg.sink.verify, cfg.sink.expect_touch, cfg.sink.pcap)
+                self.sinks[cfg.name] = sink
+                port.wire_out.append(sink.receive)
+            if cfg.cable_to is not None:
+                port.wire_out.append(self.ports[cfg.cable_to].receive)
+
+    # ---- running --------------------------------------------------------------------------
+    def start_traffic(self) -> None:
+        self.traffic = True
+
+    def pause_traffic(self) -> None:
+        self.traffic = False
+        for g in self.generators.values():
+            g.pause()
+
+    def step(self) -> int:
+        """Make progress on everything pending; returns the work done (0 = idle)."""
+        work = 0
+        for port in self.ports.values():
+            work += port.step()
+        if self.traffic:
+            for name, gen in self.generators.items():
+                work += self._generate(name, gen)
+        if work:
+            self.publish()
+        return work
+
+    def _generate(self, name: str, gen: Generator) -> int:
+        port = self.ports[name]
+        if not port.rx_ready():
+            gen.pause()
+            return 0
+        if gen.rate_pps > 0:
+            n = gen.allowance(GEN_BATCH)
+            if n == 0:
+                return 0
+            batch = gen.make(n)
+            gen.commit(n)
+            port.receive(batch)
+        else:
+            free = port.rx_free()
+            n = gen.allowance(min(GEN_BATCH, int(free.sum())))
+            if n == 0:
+                return 0
+            batch = gen.make(n)
+            queues, hashes = port.classify(batch)
+            for q in np.unique(queues):          # cut where the first queue runs out of descriptors
+                over = np.flatnonzero(queues == q)[free[q]:]
+                if len(over):
+                    n = min(n, int(over[0]))
+            if n == 0:
+                return 0
+            if n < len(batch):
+                batch, queues, hashes = batch.take(slice(0, n)), queues[:n], hashes[:n]
+            gen.commit(n)
+            port.receive(batch, queues, hashes)
+        self._gen_bytes[name] += int(batch.lengths.sum())
+        return n
+
+    # ---- results ------------------------------------------------------------------------
+    @property
+    def faults(self) -> list[Fault]:
+        return [f for p in self.ports.values() for f in p.faults]
+
+    def publish(self) -> None:
+        """Write every port's counters into the counters array."""
+        for i, name in enumerate(self.names):
+            p = self.ports[name]
+            gen = self.generators.get(name)
+            s = self.sinks[name].result if name in self.sinks else None
+            self._rows[i] = (
+                gen.sent if gen else 0, self._gen_bytes[name], p.rx_delivered, p.rx_missed, p.tx_sent,
+                p.tx_bytes, s.received if s else 0, s.lost if s else 0, s.reordered if s else 0,
+                s.corrupt if s else 0, s.untouched if s else 0, len(p.faults))
+
+    def counters(self) -> dict[str, PortCounters]:
+        self.publish()
+        return counters_from(self._rows, self.names)
+
+    def link_up(self, name: str) -> bool:
+        return bool(self.ports[name].reg(R.LINKS) & R.LINKS_UP)
+
+    def close(self) -> None:
+        for sink in self.sinks.values():
+            sink.close()
+        for port in self.ports.values():
+            port.detach()
+        self.ports = {}
+        self._rows = None
+        for mm in self._maps:
+            try:
+                mm.close()
+            except BufferError:
+                pass            # a numpy view still lives; the mapping goes with it
+        self._maps = []
+        if self._own_root:
+            sysfs.remove_tree(self.sysfs_root)
+            self._own_root = False
+
+    def __enter__(self) -> SimWorld:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
