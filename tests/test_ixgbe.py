@@ -1,0 +1,341 @@
+"""The ixgbe driver against the software 82599, stepped in-process (sleep = world.step)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic import registers as R
+from ixypipe.nic.device import DeviceError, LinkState, PortSpec
+from ixypipe.nic.ixgbe import IxgbeDevice
+from ixypipe.nic.pci import PciError
+from ixypipe.nic.sim.traffic import PacketBatch
+from ixypipe.nic.sim.world import GeneratorConfig, SimPortConfig, SimWorld, SinkConfig
+
+POOL = 2048
+NEVER = 1 << 62          # stats latch period: tests latch by hand
+
+
+class Rig:
+    """An arena, packet buffers, one mempool per RX queue and a SimWorld; cleans up everything."""
+
+    def __init__(self, arena, ports: list[SimPortConfig], rx_queues: int = 1, ring: int = 512):
+        self.arena = arena
+        self.rx_queues = rx_queues
+        self.ring = ring
+        n_pools = len(ports) * rx_queues
+        self.bufs = PacketBuffers.create(arena, POOL * n_pools)
+        self.pools = [Mempool.create(arena, self.bufs, f"pool{i}", i * POOL, POOL, i) for i in range(n_pools)]
+        self.world = SimWorld(ports, arena, stats_period_ns=NEVER)
+        self.devices: list[IxgbeDevice] = []
+
+    def spec(self, name: str) -> PortSpec:
+        return PortSpec(name, "sim", self.world.addresses[name], rx_queues=self.rx_queues,
+                        rx_ring_size=self.ring, tx_ring_size=self.ring)
+
+    def open(self, name: str, **kwargs) -> IxgbeDevice:
+        i = self.world.names.index(name)
+        pools = self.pools[i * self.rx_queues:(i + 1) * self.rx_queues]
+        dev = IxgbeDevice.open(self.spec(name), self.arena, self.bufs, pools,
+                               sysfs_root=str(self.world.sysfs_root), sleep=lambda s: self.world.step(), **kwargs)
+        self.devices.append(dev)
+        return dev
+
+    def close(self) -> None:
+        for dev in self.devices:
+            dev.close()
+        self.world.close()
+
+
+@pytest.fixture
+def rig(make_arena):
+    made = []
+
+    def build(ports=None, **kwargs) -> Rig:
+        r = Rig(make_arena(48 << 20), ports or [SimPortConfig("p0")], **kwargs)
+        made.append(r)
+        return r
+
+    yield build
+    for r in made:
+        r.close()
+
+
+def random_frames(rng, n, lo=60, hi=1514) -> list[bytes]:
+    return [rng.integers(0, 256, int(rng.integers(lo, hi + 1)), dtype=np.uint8).tobytes() for _ in range(n)]
+
+
+def test_init_writes_registers_in_ixys_order(rig):
+    r = rig()
+    trace = []
+    dev = r.open("p0", trace=trace)
+    ring_rx = r.arena.region("ixgbe.p0.rxq0.desc")
+    ring_tx = r.arena.region("ixgbe.p0.txq0.desc")
+    expected = (
+        [R.EIMS, R.EIMC, R.CTRL, R.EIMS, R.EIMC]                     # 4.6.3.1, 4.6.3.2, 4.6.3.1 again
+        + [R.AUTOC, R.AUTOC, R.AUTOC]                                # 4.6.4 LMS, PMA/PMD, AN restart
+        + [R.RXCTRL] + [R.RXPBSIZE(i) for i in range(8)] + [R.HLREG0, R.RDRXCTL, R.FCTRL]   # 4.6.7
+        + [R.SRRCTL(0), R.SRRCTL(0), R.RDBAL(0), R.RDBAH(0), R.RDLEN(0), R.RDH(0), R.RDT(0)]
+        + [R.CTRL_EXT, R.DCA_RXCTRL(0), R.RXCTRL]
+        + [R.HLREG0] + [R.TXPBSIZE(i) for i in range(8)] + [R.DTXMXSZRQ, R.RTTDCS]     # 4.6.8
+        + [R.TDBAL(0), R.TDBAH(0), R.TDLEN(0), R.TXDCTL(0), R.DMATXCTL]
+        + [R.RXDCTL(0), R.RDH(0), R.RDT(0)]                          # start RX queue
+        + [R.TDH(0), R.TDT(0), R.TXDCTL(0)]                          # start TX queue
+        + [R.FCTRL]                                                  # promiscuous
+    )
+    assert [off for off, _ in trace] == expected
+    writes = dict(trace)          # last value written to each register
+    assert trace[2] == (R.CTRL, R.CTRL_RST_MASK)
+    assert writes[R.RDBAL(0)] | writes[R.RDBAH(0)] << 32 == int(r.arena.phys(ring_rx.offset))
+    assert writes[R.TDBAL(0)] | writes[R.TDBAH(0)] << 32 == int(r.arena.phys(ring_tx.offset))
+    assert writes[R.RDLEN(0)] == writes[R.TDLEN(0)] == 512 * 16
+    assert writes[R.RDT(0)] == 511                                   # all but one descriptor to the NIC
+    assert writes[R.SRRCTL(0)] & (R.SRRCTL_DESCTYPE_MASK | R.SRRCTL_DROP_EN) == (
+        R.SRRCTL_DESCTYPE_ADV_ONEBUF | R.SRRCTL_DROP_EN)
+    assert writes[R.DCA_RXCTRL(0)] & R.DCA_RXCTRL_RESERVED_BIT12 == 0
+    assert writes[R.TXDCTL(0)] == R.TXDCTL_ENABLE | 36 | 8 << 8 | 4 << 16
+    assert writes[R.DMATXCTL] == R.DMATXCTL_TE
+    assert writes[R.FCTRL] & (R.FCTRL_PROMISC | R.FCTRL_BAM) == R.FCTRL_PROMISC | R.FCTRL_BAM
+    assert writes[R.AUTOC] & R.AUTOC_LMS_MASK == R.AUTOC_LMS_10G_SERIAL
+    assert dev.mac == r.world.ports["p0"].mac
+
+
+def test_link_comes_up_and_missing_link_is_a_clear_error(rig):
+    r = rig()
+    dev = r.open("p0")
+    assert dev.link_state() == LinkState(True, 10000)
+    dev.close()
+
+    def no_cable(seconds):
+        r.world.step()
+        r.world.ports["p0"].set_reg(R.LINKS, 0)
+    with pytest.raises(PciError, match=r"timeout after 0.5 s waiting for LINKS.UP"):
+        IxgbeDevice.open(r.spec("p0"), r.arena, r.bufs, [r.pools[0]], sysfs_root=str(r.world.sysfs_root),
+                         sleep=no_cable, link_timeout=0.5)
+
+
+def test_reset_that_never_completes_names_ctrl(rig):
+    r = rig()
+    with pytest.raises(PciError, match=r"waiting for CTRL.RST/LNK_RST to self-clear"):
+        IxgbeDevice.open(r.spec("p0"), r.arena, r.bufs, [r.pools[0]], sysfs_root=str(r.world.sysfs_root),
+                         sleep=lambda s: None)
+
+
+def test_received_frames_arrive_byte_exact(rig):
+    r = rig()
+    dev = r.open("p0")
+    rng = np.random.default_rng(1)
+    frames = random_frames(rng, 300)
+    assert r.world.ports["p0"].receive(PacketBatch.from_frames(frames)) == 300
+    got, out = [], np.zeros(64, np.uint32)
+    while (n := dev.rx_batch(0, out)):
+        got += [bytes(r.bufs.packet(int(i))) for i in out[:n]]
+    assert got == frames
+    assert r.pools[0].available() == POOL - 512 - 300
+    # RDT stays one behind the next descriptor to read
+    assert r.world.ports["p0"].reg(R.RDT(0)) == 299
+
+
+def test_transmitted_frames_reach_the_wire_byte_exact(rig):
+    r = rig()
+    dev = r.open("p0")
+    wire = []
+    r.world.ports["p0"].wire_out.append(wire.append)
+    rng = np.random.default_rng(2)
+    frames = random_frames(rng, 100)
+    idx = r.pools[0].alloc_exact(100)
+    for i, f in zip(idx, frames, strict=True):
+        r.bufs.write_packet(int(i), f)
+    assert dev.tx_batch(0, idx) == 100
+    assert dev.tx_pending(0) == 100
+    r.world.step()
+    assert [b.frame(i) for b in wire for i in range(len(b))] == frames
+    desc = r.arena.view(r.arena.region("ixgbe.p0.txq0.desc"), R.TX_DESC_READ_DTYPE)
+    assert desc["buffer_addr"][5] == r.bufs.data_phys[idx[5]]
+    assert dev.tx_drain(0, timeout=0.1) == 0
+    assert dev.tx_pending(0) == 0
+    assert r.pools[0].available() == POOL - 512          # every TX buffer went home
+
+
+def test_a_million_packets_wrap_the_ring_and_lose_no_buffer(rig):
+    r = rig()
+    dev = r.open("p0")
+    port = r.world.ports["p0"]
+    seen = []
+    port.wire_out.append(lambda b: seen.append(b.data[:, :4].copy().view("<u4")[:, 0]))
+    batch, total = 256, 1_000_000
+    frames = np.zeros((batch, 64), np.uint8)
+    out = np.zeros(batch, np.uint32)
+    sent = 0
+    while sent < total:
+        k = min(batch, total - sent)
+        frames[:k, :4] = (sent + np.arange(k, dtype=np.uint32)).view(np.uint8).reshape(k, 4)
+        assert port.receive(PacketBatch(frames[:k], np.full(k, 64, np.int64))) == k
+        n = dev.rx_batch(0, out)
+        assert n == k
+        assert dev.tx_batch(0, out[:n]) == n
+        r.world.step()
+        sent += k
+    assert dev.tx_drain(0, timeout=0.1) == 0
+    order = np.concatenate(seen)
+    assert len(order) == total and (order == np.arange(total, dtype=np.uint32)).all()
+    held = dev.rx_held(0)
+    free = r.pools[0].free_indices()
+    everything = np.concatenate((held, free))
+    assert len(everything) == POOL and len(np.unique(everything)) == POOL
+    assert port.rx_missed == 0 and not r.world.faults
+
+
+def test_full_rx_ring_counts_drops(rig):
+    r = rig(ring=64)
+    dev = r.open("p0")
+    port = r.world.ports["p0"]
+    frames = [bytes([i]) * 60 for i in range(100)]
+    assert port.receive(PacketBatch.from_frames(frames)) == 63      # one descriptor stays the driver's
+    port.latch_stats()
+    stats = dev.read_stats()
+    assert (stats.rx_packets, stats.rx_dropped, stats.rx_bytes) == (63, 37, 63 * 60)
+    out = np.zeros(100, np.uint32)
+    assert dev.rx_batch(0, out) == 63
+    assert [bytes(r.bufs.packet(int(i)))[:1] for i in out[:63]] == [bytes([i]) for i in range(63)]
+    assert port.receive(PacketBatch.from_frames(frames[:10])) == 10  # room again after the refill
+    port.latch_stats()
+    assert dev.read_stats().rx_dropped == 37                         # accumulated, not doubled
+
+
+def test_rx_waits_when_the_mempool_is_empty(rig):
+    r = rig(ring=64)
+    dev = r.open("p0")
+    hoard = r.pools[0].alloc(POOL)
+    r.world.ports["p0"].receive(PacketBatch.from_frames([b"\x01" * 60] * 10))
+    out = np.zeros(32, np.uint32)
+    assert dev.rx_batch(0, out) == 0                                  # no fresh buffer: nothing taken
+    r.pools[0].free(hoard[:4])
+    assert dev.rx_batch(0, out) == 4
+    r.pools[0].free(hoard[4:])
+    assert dev.rx_batch(0, out) == 6
+
+
+def test_corrupted_descriptor_address_is_a_dma_fault(rig):
+    r = rig()
+    dev = r.open("p0")
+    port = r.world.ports["p0"]
+    rx_desc = r.arena.view(r.arena.region("ixgbe.p0.rxq0.desc"), R.RX_DESC_READ_DTYPE)
+    rx_desc["pkt_addr"][2] = 0xDEAD_0000_0000
+    assert port.receive(PacketBatch.from_frames([b"\x07" * 60] * 5)) == 2
+    (fault,) = r.world.faults
+    assert (fault.direction, fault.queue, fault.descriptor, fault.address) == ("rx", 0, 2, 0xDEAD_0000_0000)
+    assert "outside registered memory" in fault.reason
+    assert r.world.counters()["p0"].dma_faults == 1
+
+    idx = r.pools[0].alloc_exact(3)
+    for i in idx:
+        r.bufs.write_packet(int(i), b"\x01" * 60)
+    wire = []
+    port.wire_out.append(wire.append)
+    assert dev.tx_batch(0, idx) == 3
+    tx_desc = r.arena.view(r.arena.region("ixgbe.p0.txq0.desc"), R.TX_DESC_READ_DTYPE)
+    tx_desc["buffer_addr"][1] = 0x1000
+    r.world.step()
+    assert sum(len(b) for b in wire) == 1                             # nothing past the bad one
+    fault = r.world.faults[-1]
+    assert (fault.direction, fault.descriptor, fault.address) == ("tx", 1, 0x1000)
+    assert dev.tx_drain(0, timeout=0.01) == 3                         # the queue stopped: not done
+
+
+def test_rss_spreads_flows_over_queues(rig):
+    r = rig(ports=[SimPortConfig("p0", generator=GeneratorConfig(flows=64, count=2000))], rx_queues=4)
+    dev = r.open("p0")
+    r.world.start_traffic()
+    out = np.zeros(128, np.uint32)
+    per_queue = {q: [] for q in range(4)}
+    for _ in range(200):
+        r.world.step()
+        for q in range(4):
+            n = dev.rx_batch(q, out)
+            per_queue[q] += [bytes(r.bufs.packet(int(i))) for i in out[:n]]
+            r.pools[q].free(out[:n].copy())
+    assert sum(len(v) for v in per_queue.values()) == 2000
+    assert all(len(v) > 100 for v in per_queue.values())
+    flow_of = {q: {f[46:48] for f in frames} for q, frames in per_queue.items()}   # SIM_FLOW_OFF
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not flow_of[a] & flow_of[b]                          # a flow stays on one queue
+    assert r.world.ports["p0"].reg(R.MRQC) & R.MRQC_RSSEN
+
+
+def test_attach_takes_over_the_queues(rig):
+    r = rig()
+    opener = r.open("p0")
+    port = r.world.ports["p0"]
+    port.receive(PacketBatch.from_frames([b"\x01" * 60] * 10))
+    out = np.zeros(8, np.uint32)
+    assert opener.rx_batch(0, out) == 8
+    stage = IxgbeDevice.attach(r.spec("p0"), r.arena, r.bufs, {0: r.pools[0]},
+                               sysfs_root=str(r.world.sysfs_root))
+    r.devices.append(stage)
+    port.receive(PacketBatch.from_frames([b"\x02" * 60] * 5))
+    got = np.zeros(16, np.uint32)
+    assert stage.rx_batch(0, got) == 7                                # 2 left by the opener + 5 new
+    assert [int(r.bufs.packet(int(i))[0]) for i in got[:7]] == [1, 1, 2, 2, 2, 2, 2]
+    assert stage.tx_batch(0, np.concatenate((out, got[:7]))) == 15
+    r.world.step()
+    assert stage.tx_drain(0, timeout=0.01) == 0
+    assert port.tx_sent == 15
+    with pytest.raises(PciError, match="resource busy"):
+        IxgbeDevice.open(r.spec("p0"), r.arena, r.bufs, [r.pools[0]], sysfs_root=str(r.world.sysfs_root))
+    tx_only = IxgbeDevice.attach(r.spec("p0"), r.arena, r.bufs, None, sysfs_root=str(r.world.sysfs_root))
+    r.devices.append(tx_only)
+    with pytest.raises(DeviceError, match="RX queue 0 was attached without its mempool"):
+        tx_only.rx_batch(0, out)
+
+
+def test_generated_traffic_loops_back_to_the_sink_intact(rig):
+    r = rig(ports=[SimPortConfig("p0", generator=GeneratorConfig(packet_size=128, count=3000),
+                                 sink=SinkConfig(verify=True))])
+    dev = r.open("p0")
+    r.world.start_traffic()
+    out = np.zeros(64, np.uint32)
+    for _ in range(400):
+        r.world.step()
+        n = dev.rx_batch(0, out)
+        assert dev.tx_batch(0, out[:n]) == n
+    assert dev.tx_drain(0, timeout=0.1) == 0
+    c = r.world.counters()["p0"]
+    assert (c.generated, c.sink_received, c.sink_lost, c.sink_corrupt, c.sink_reordered) == (3000, 3000, 0, 0, 0)
+
+
+def test_bad_specs_and_arenas_are_refused(rig, make_arena):
+    r = rig()
+    root = str(r.world.sysfs_root)
+    spec = r.spec("p0")
+    spec.rx_ring_size = 1000
+    with pytest.raises(DeviceError, match="rx_ring_size must be a power of two from 8 to 4096, got 1000"):
+        IxgbeDevice.open(spec, r.arena, r.bufs, [r.pools[0]], sysfs_root=root)
+    with pytest.raises(DeviceError, match="1 RX queues need 1 mempools, got 2"):
+        IxgbeDevice.open(r.spec("p0"), r.arena, r.bufs, r.pools[:1] * 2, sysfs_root=root)
+    shm = make_arena(1 << 20, hugepages_mode="never")
+    real = r.spec("p0")
+    real.driver = "ixgbe"
+    with pytest.raises(DeviceError, match=f"the device arena {shm.name} is not on hugepages"):
+        IxgbeDevice.open(real, shm, r.bufs, [r.pools[0]], sysfs_root=root)
+    with pytest.raises(DeviceError, match="has no region 'ixgbe.p0.rxq0.desc': open the port"):
+        IxgbeDevice.attach(r.spec("p0"), shm, r.bufs, None, sysfs_root=root)
+
+
+def test_tx_refuses_bad_lengths_and_keeps_one_slot_free(rig):
+    r = rig(ring=16)
+    dev = r.open("p0")
+    idx = r.pools[0].alloc_exact(20)
+    for i in idx:
+        r.bufs.write_packet(int(i), b"\x05" * 60)
+    r.bufs.length[idx[3]] = 0
+    with pytest.raises(DeviceError, match=f"buffer {int(idx[3])} has length 0; a packet must be 1..1984 bytes"):
+        dev.tx_batch(0, idx)
+    r.bufs.length[idx[3]] = 60
+    assert dev.tx_batch(0, idx) == 15                                 # 16 entries, one stays free
+    assert dev.tx_batch(0, idx[15:]) == 0
+    r.world.step()
+    assert dev.tx_batch(0, idx[15:]) == 5                             # cleaned 8 (half the ring), posted 5
