@@ -186,3 +186,90 @@ SIM_COUNTER_FIELDS = ("generated", "gen_bytes", "rx_delivered", "rx_missed", "tx
                       "sink_received", "sink_lost", "sink_reordered", "sink_corrupt", "sink_untouched",
                       "dma_faults")
 SIM_COUNTERS_DTYPE = np.dtype([(name, "<i8") for name in SIM_COUNTER_FIELDS])
+
+# --- Linux AF_PACKET ABI (linux/if_packet.h, linux/if_ether.h, linux/if.h) ------
+# Used by ixypipe.nic.af_packet: PACKET_MMAP rings in TPACKET_V2 format.
+SOL_PACKET = 263
+ETH_P_ALL = 0x0003
+ETH_P_8021Q = 0x8100
+VLAN_TAG_LEN = 4
+IFF_UP = 0x1
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_DROP_MEMBERSHIP = 2
+PACKET_MR_PROMISC = 1
+PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_VERSION = 10
+PACKET_TX_RING = 13
+PACKET_LOSS = 14
+PACKET_FANOUT = 18
+PACKET_QDISC_BYPASS = 20
+PACKET_IGNORE_OUTGOING = 23
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000
+PACKET_FANOUT_TYPE_SHIFT = 16
+TPACKET_V2 = 1
+TPACKET_ALIGNMENT = 16
+# tp_status of an RX frame
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 0x1
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
+# tp_status of a TX frame
+TP_STATUS_AVAILABLE = 0
+TP_STATUS_SEND_REQUEST = 0x1
+TP_STATUS_SENDING = 0x2
+TP_STATUS_WRONG_FORMAT = 0x4
+TPACKET2_HDR_DTYPE = np.dtype([          # struct tpacket2_hdr, 32 bytes
+    ("tp_status", "<u4"),
+    ("tp_len", "<u4"),
+    ("tp_snaplen", "<u4"),
+    ("tp_mac", "<u2"),
+    ("tp_net", "<u2"),
+    ("tp_sec", "<u4"),
+    ("tp_nsec", "<u4"),
+    ("tp_vlan_tci", "<u2"),
+    ("tp_vlan_tpid", "<u2"),
+    ("tp_padding", "u1", (4,)),
+])
+TPACKET_REQ_DTYPE = np.dtype([("tp_block_size", "<u4"), ("tp_block_nr", "<u4"),
+                              ("tp_frame_size", "<u4"), ("tp_frame_nr", "<u4")])
+TPACKET_STATS_DTYPE = np.dtype([("tp_packets", "<u4"), ("tp_drops", "<u4")])
+PACKET_MREQ_DTYPE = np.dtype([("mr_ifindex", "<i4"), ("mr_type", "<u2"), ("mr_alen", "<u2"),
+                              ("mr_address", "u1", (8,))])
+SOCKADDR_LL_SIZE = 20
+# TX frames carry their data right after the aligned header (TPACKET2_HDRLEN - sizeof(sockaddr_ll))
+TPACKET2_TX_DATA_OFF = (TPACKET2_HDR_DTYPE.itemsize + TPACKET_ALIGNMENT - 1) // TPACKET_ALIGNMENT * TPACKET_ALIGNMENT
+TPACKET_BLOCK_SIZE = 64 * PAGE_SIZE      # frames are grouped in blocks of this many bytes
+
+# --- software ports' counters in the device arena (af_packet, pcap) -------------
+# Region "<driver>.<port>": a header line, then one counter line per RX queue,
+# then one per TX queue.  Each line has a single writer (that queue's stage).
+SOFT_PORT_HEADER_DTYPE = np.dtype([
+    ("rx_queues", "<u4"),
+    ("tx_queues", "<u4"),
+    ("fanout_group", "<u4"),     # af_packet: PACKET_FANOUT group joining the RX queues' sockets
+    ("flags", "<u4"),
+    ("replays_done", "<u8"),     # pcap source: complete passes over the file
+    ("pad", "u1", (40,)),
+])
+SOFT_PORT_QUEUE_DTYPE = np.dtype([
+    ("packets", "<u8"),
+    ("bytes", "<u8"),
+    ("dropped", "<u8"),          # RX: the kernel's tp_drops (ring full); TX: frames the kernel refused
+    ("truncated", "<u8"),        # RX: frames longer than a buffer (dropped); pcap: records over a buffer
+    ("kicks", "<u8"),            # TX: send() calls
+    ("pad", "u1", (24,)),
+])
+
+# --- classic pcap files (wiretap's libpcap format) -------------------------------
+PCAP_MAGIC_USEC = 0xA1B2C3D4
+PCAP_MAGIC_NSEC = 0xA1B23C4D
+PCAP_VERSION = (2, 4)
+PCAP_DEFAULT_SNAPLEN = 262144
+LINKTYPE_ETHERNET = 1
+PCAP_GLOBAL_HEADER_DTYPE = np.dtype([
+    ("magic", "u4"), ("version_major", "u2"), ("version_minor", "u2"),
+    ("thiszone", "i4"), ("sigfigs", "u4"), ("snaplen", "u4"), ("network", "u4"),
+])                                       # 24 bytes; byte order given by how the magic reads
+PCAP_RECORD_DTYPE = np.dtype([("ts_sec", "u4"), ("ts_frac", "u4"), ("incl_len", "u4"), ("orig_len", "u4")])

@@ -1,0 +1,223 @@
+"""Test-host helpers: two end hosts in network namespaces of their own, joined through veth pairs.
+
+``VethTestbed`` builds host A and host B, each in a namespace with a unique
+name (``ixyt-<pid>-<hex>-a`` / ``-b``), with one veth pair each: the host's
+end (``eth0``, an address in 10.77.0.0/24) lives in its namespace, the other
+end (``ixy<hex>a`` / ``ixy<hex>b``) stays in the caller's namespace, where
+ixypipe - or a Linux bridge, for comparison - joins the two as a bump in the
+wire.  IPv6 is switched off on every end (no router solicitations or MLD
+reports in the counts) and checksum and segmentation offloads are switched
+off on the hosts' ends, so frames on the wire are real, complete frames.
+Everything is removed by ``close`` (also when building failed half-way and
+when the process exits); ``remove_stale`` removes what a killed run left.
+All commands go through ``ip`` and ``ethtool``; commands in a host run with
+``ip netns exec``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import secrets
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NETNS_PREFIX = "ixyt"
+DEFAULT_SUBNET = "10.77.0"
+COMMAND_TIMEOUT = 20.0
+_live: set[VethTestbed] = set()
+
+
+class NetnsError(RuntimeError):
+    """A namespace, link or command of the testbed failed; the message has the command and its error."""
+
+
+def run(argv: list[str], timeout: float = COMMAND_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise NetnsError(f"{argv[0]} is not installed (Debian: apt-get install iproute2 ethtool)") from None
+    if check and res.returncode:
+        raise NetnsError(f"`{' '.join(argv)}` failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
+    return res
+
+
+def _write_sysctl(path: str, value: str, netns: str | None = None) -> None:
+    if netns is None:
+        with contextlib.suppress(OSError):
+            Path(path).write_text(value)
+        return
+    run(["ip", "netns", "exec", netns, "sh", "-c", f"[ -e {path} ] && echo {value} > {path} || true"])
+
+
+@dataclass
+class Host:
+    """An end host: a namespace with one interface, ``ifname``, holding ``ip``."""
+    netns: str
+    ip: str
+    peer: str                    # the veth end outside, where the bump in the wire attaches
+    ifname: str = "eth0"
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT, check: bool = False,
+            **kw) -> subprocess.CompletedProcess:
+        """Run a command inside the host (bounded by ``timeout``)."""
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        res = subprocess.run(self.argv(argv), timeout=timeout, **kw)
+        if check and res.returncode:
+            raise NetnsError(f"`{' '.join(argv)}` in {self.netns} failed ({res.returncode}): {res.stderr}")
+        return res
+
+    def popen(self, argv: list[str], **kw) -> subprocess.Popen:
+        """Start a command inside the host; the testbed stops it at close if it still runs."""
+        proc = subprocess.Popen(self.argv(argv), **kw)
+        self.procs.append(proc)
+        return proc
+
+    @property
+    def mac(self) -> str:
+        return self.run(["cat", f"/sys/class/net/{self.ifname}/address"], check=True).stdout.strip()
+
+    def counter(self, name: str) -> int:
+        """An interface statistic of the host's end, e.g. ``rx_packets``."""
+        out = self.run(["cat", f"/sys/class/net/{self.ifname}/statistics/{name}"], check=True).stdout
+        return int(out)
+
+    def stop_processes(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(3)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(3)
+        self.procs.clear()
+
+
+class VethTestbed:
+    """Host A and host B in namespaces of their own; ``port_a`` / ``port_b`` are the outer veth ends.
+
+    Use as a context manager (or call ``close``)::
+
+        with VethTestbed() as tb:
+            # bridge tb.port_a and tb.port_b somehow, then
+            tb.a.run(["ping", "-c", "3", tb.b.ip])
+    """
+
+    def __init__(self, subnet: str = DEFAULT_SUBNET, mtu: int = 1500, offloads: bool = False):
+        self.tag = secrets.token_hex(3)
+        base = f"{NETNS_PREFIX}-{os.getpid()}-{self.tag}"
+        self.port_a = f"ixy{self.tag}a"
+        self.port_b = f"ixy{self.tag}b"
+        self.a = Host(f"{base}-a", f"{subnet}.1", self.port_a)
+        self.b = Host(f"{base}-b", f"{subnet}.2", self.port_b)
+        self.bridge_name = f"ixy{self.tag}br"
+        self.mtu = mtu
+        self.offloads = offloads
+        self.closed = False
+        _live.add(self)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def hosts(self) -> tuple[Host, Host]:
+        return self.a, self.b
+
+    def _build(self) -> None:
+        for host in self.hosts:
+            run(["ip", "netns", "add", host.netns])
+            for scope in ("all", "default"):       # before the link moves in, so it starts without IPv6
+                _write_sysctl(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6", "1", host.netns)
+            run(["ip", "link", "add", host.peer, "mtu", str(self.mtu), "type", "veth",
+                 "peer", "name", f"i{host.peer}", "mtu", str(self.mtu)])
+            _write_sysctl(f"/proc/sys/net/ipv6/conf/{host.peer}/disable_ipv6", "1")
+            run(["ip", "link", "set", f"i{host.peer}", "netns", host.netns])
+            ns = ["ip", "-n", host.netns]
+            run([*ns, "link", "set", f"i{host.peer}", "name", host.ifname])
+            run([*ns, "addr", "add", f"{host.ip}/24", "dev", host.ifname])
+            run([*ns, "link", "set", "lo", "up"])
+            if not self.offloads:
+                run(host.argv(["ethtool", "-K", host.ifname, "tx", "off", "tso", "off", "gso", "off",
+                               "gro", "off"]))
+                run(["ethtool", "-K", host.peer, "gro", "off", "tso", "off", "gso", "off"])
+            run([*ns, "link", "set", host.ifname, "up"])
+            run(["ip", "link", "set", host.peer, "up"])
+
+    # ---- a Linux bridge between the two outer ends (the kernel's own bump in the wire) ----
+    def add_bridge(self) -> str:
+        run(["ip", "link", "add", self.bridge_name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+        _write_sysctl(f"/proc/sys/net/ipv6/conf/{self.bridge_name}/disable_ipv6", "1")
+        for port in (self.port_a, self.port_b):
+            run(["ip", "link", "set", port, "master", self.bridge_name])
+        run(["ip", "link", "set", self.bridge_name, "up"])
+        return self.bridge_name
+
+    def remove_bridge(self) -> None:
+        for port in (self.port_a, self.port_b):
+            run(["ip", "link", "set", port, "nomaster"], check=False)
+        run(["ip", "link", "del", self.bridge_name], check=False)
+
+    # ---- tear-down -------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop what runs in the hosts, delete the namespaces, bridge and links; safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        errors = []
+        for host in self.hosts:
+            host.stop_processes()
+        self.remove_bridge()
+        for host in self.hosts:
+            pids = run(["ip", "netns", "pids", host.netns], check=False).stdout.split()
+            for pid in pids:                      # only ever processes started inside our namespace
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), 9)
+            res = run(["ip", "netns", "del", host.netns], check=False)
+            if res.returncode and "No such file" not in res.stderr:
+                errors.append(res.stderr.strip())
+            # the outer end goes with its peer; a link that never moved in is deleted here
+            run(["ip", "link", "del", host.peer], check=False)
+        _live.discard(self)
+        if errors:
+            raise NetnsError("testbed clean-up: " + "; ".join(errors))
+
+    def __enter__(self) -> VethTestbed:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def testbed_namespaces() -> list[str]:
+    """Namespaces a testbed made (``ixyt-<pid>-...``), alive or not."""
+    res = run(["ip", "netns", "list"], check=False)
+    names = [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
+    return [n for n in names if n.startswith(NETNS_PREFIX + "-")]
+
+
+def remove_stale() -> list[str]:
+    """Delete testbed namespaces whose creating process is gone; returns their names."""
+    removed = []
+    for name in testbed_namespaces():
+        pid = name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            run(["ip", "netns", "del", name], check=False)
+            removed.append(name)
+    return removed
+
+
+@atexit.register
+def _close_all() -> None:
+    for tb in list(_live):
+        with contextlib.suppress(Exception):
+            tb.close()

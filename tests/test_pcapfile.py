@@ -1,0 +1,163 @@
+"""pcap files: what PcapWriter writes, read_pcap, tshark and tcpdump read back exactly."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ixypipe.layout import PCAP_MAGIC_NSEC, PCAP_MAGIC_USEC
+from ixypipe.pcapfile import PcapError, PcapWriter, read_header, read_pcap
+
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+needs_tcpdump = pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump not installed")
+
+
+def frames(n: int, width: int = 128, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, (n, width), dtype=np.uint8)
+    lengths = rng.integers(60, width + 1, n)
+    return data, lengths
+
+
+@pytest.mark.parametrize("nanosecond", [True, False])
+def test_batch_round_trip_keeps_bytes_lengths_and_timestamps(tmp_path, nanosecond):
+    data, lengths = frames(50)
+    ts = 1_700_000_000_123_456_789 + np.arange(50, dtype=np.int64) * 1_001
+    path = tmp_path / "x.pcap"
+    with PcapWriter(path, nanosecond=nanosecond) as w:
+        assert w.write_batch(data[:20], lengths[:20], ts[:20]) == 20
+        assert w.write_batch(data[20:], lengths[20:], ts[20:]) == 30
+        assert w.packets == 50
+    p = read_pcap(path)
+    assert p.nanosecond is nanosecond
+    assert len(p) == 50
+    assert p.linktype == 1
+    for i in range(50):
+        assert p.packet(i) == data[i, :lengths[i]].tobytes()
+    assert (p.caplen == lengths).all() and (p.origlen == lengths).all()
+    expect = ts if nanosecond else ts // 1000 * 1000
+    assert (p.ts_ns == expect).all()
+    magic = struct.unpack("<I", path.read_bytes()[:4])[0]
+    assert magic == (PCAP_MAGIC_NSEC if nanosecond else PCAP_MAGIC_USEC)
+    assert path.stat().st_size == 24 + 16 * 50 + int(lengths.sum())
+
+
+def test_list_input_and_snaplen_cut(tmp_path):
+    pkts = [b"\x01" * 60, b"\x02" * 100, b"\x03" * 61]
+    path = tmp_path / "x.pcap"
+    with PcapWriter(path, snaplen=64) as w:
+        w.write_batch(pkts, ts_ns=5_000_000_007)
+        w.write(b"\x04" * 70)
+    p = read_pcap(path)
+    assert p.snaplen == 64
+    assert p.packets() == [b"\x01" * 60, b"\x02" * 64, b"\x03" * 61, b"\x04" * 64]
+    assert list(p.origlen) == [60, 100, 61, 70]
+    assert list(p.ts_ns[:3]) == [5_000_000_007] * 3
+
+
+def test_append_continues_a_file_in_its_own_format(tmp_path):
+    path = tmp_path / "x.pcap"
+    PcapWriter(path, nanosecond=False, snaplen=1000).close()
+    assert read_header(path) == ("<", False, 1000, 1)
+    with PcapWriter(path, append=True) as w:
+        assert not w.nanosecond and w.snaplen == 1000
+        w.write_batch([b"a" * 60], ts_ns=1_000_000_999)
+    with PcapWriter(path, append=True) as w:
+        w.write_batch([b"b" * 61], ts_ns=2_000_000_000)
+    p = read_pcap(path)
+    assert p.packets() == [b"a" * 60, b"b" * 61]
+    assert list(p.ts_ns) == [1_000_000_000, 2_000_000_000]
+
+
+def test_big_endian_files_are_read(tmp_path):
+    path = tmp_path / "be.pcap"
+    body = struct.pack(">IHHiIII", PCAP_MAGIC_USEC, 2, 4, 0, 0, 65535, 1)
+    body += struct.pack(">IIII", 10, 20, 3, 60) + b"xyz"
+    path.write_bytes(body)
+    p = read_pcap(path)
+    assert p.packets() == [b"xyz"]
+    assert list(p.origlen) == [60] and list(p.ts_ns) == [10 * 10**9 + 20_000]
+
+
+def test_bad_files_get_clear_errors(tmp_path):
+    ng = tmp_path / "a.pcapng"
+    ng.write_bytes(struct.pack("<I", 0x0A0D0D0A) + b"\0" * 40)
+    with pytest.raises(PcapError, match=r"is a pcapng file.*editcap -F pcap"):
+        read_pcap(ng)
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"hello world, this is not a pcap")
+    with pytest.raises(PcapError, match="is not a pcap file"):
+        read_pcap(junk)
+    with pytest.raises(PcapError, match="no pcap file"):
+        read_pcap(tmp_path / "missing.pcap")
+    cut = tmp_path / "cut.pcap"
+    with PcapWriter(cut) as w:
+        w.write_batch([b"z" * 100])
+    cut.write_bytes(cut.read_bytes()[:-10])
+    with pytest.raises(PcapError, match=r"record 0 at byte 24 claims 100 bytes but the file ends after 90"):
+        read_pcap(cut)
+
+
+def test_bad_batches_are_refused(tmp_path):
+    with PcapWriter(tmp_path / "x.pcap") as w:
+        with pytest.raises(PcapError, match="got 2 packets but 3 lengths"):
+            w.write_batch(np.zeros((2, 10), np.uint8), [1, 2, 3])
+        with pytest.raises(PcapError, match=r"lengths must be 0\.\.10"):
+            w.write_batch(np.zeros((2, 10), np.uint8), [1, 11])
+    with pytest.raises(PcapError, match="is closed"):
+        w.write_batch([b"x"])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(min_size=0, max_size=300), max_size=40), st.booleans())
+def test_any_packets_round_trip(tmp_path, pkts, nanosecond):
+    path = tmp_path / "h.pcap"
+    with PcapWriter(path, nanosecond=nanosecond) as w:
+        w.write_batch(pkts, ts_ns=1_234_567_890_123)
+    assert read_pcap(path).packets() == pkts
+
+
+def _ethernet(i: int, size: int) -> bytes:
+    eth = bytes.fromhex("02aabbccdd01") + bytes.fromhex("02aabbccdd02") + b"\x08\x00"
+    udp_len = size - 14 - 20
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size - 14, i, 0, 64, 17, 0, bytes([10, 77, 0, 1]),
+                     bytes([10, 77, 0, 2]))
+    udp = struct.pack("!HHHH", 1000 + i, 2000, udp_len, 0)
+    return eth + ip + udp + bytes(udp_len - 8)
+
+
+@needs_tshark
+@pytest.mark.parametrize("nanosecond", [True, False])
+def test_tshark_reads_every_packet_with_its_length_and_time(tmp_path, nanosecond):
+    path = tmp_path / "t.pcap"
+    sizes = [60 + 7 * i for i in range(25)]
+    ts = 1_700_000_000_000_000_000 + np.arange(25, dtype=np.int64) * 1_234_567
+    with PcapWriter(path, nanosecond=nanosecond) as w:
+        w.write_batch([_ethernet(i, s) for i, s in enumerate(sizes)], ts_ns=ts)
+    res = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "frame.len", "-e", "udp.srcport",
+                          "-e", "frame.time_epoch"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    rows = [line.split("\t") for line in res.stdout.splitlines()]
+    assert [int(r[0]) for r in rows] == sizes
+    assert [int(r[1]) for r in rows] == [1000 + i for i in range(25)]
+    unit = 1 if nanosecond else 1000
+    got = [round(float(r[2]) * 1e9 / unit) * unit for r in rows]
+    assert all(abs(g - int(t)) < 1000 for g, t in zip(got, ts, strict=True))
+
+
+@needs_tcpdump
+def test_tcpdump_reads_every_packet(tmp_path):
+    path = tmp_path / "t.pcap"
+    with PcapWriter(path) as w:
+        w.write_batch([_ethernet(i, 100) for i in range(17)])
+    res = subprocess.run(["tcpdump", "-nn", "-r", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 17
+    assert "10.77.0.1.1016 > 10.77.0.2.2000: UDP, length 58" in lines[16]
