@@ -1,4 +1,13 @@
-"""``ixypipe cleanup``: remove shared-memory objects and hugepage files left by dead processes."""
+"""``ixypipe cleanup``: remove shared-memory objects and hugepage files left by dead processes.
+
+An object is stale when the pid in its name (``ixypipe-<pid>-...``) is gone
+or belongs to a process younger than the object; the supervisor runs the
+same clean-up at every start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -7,9 +16,12 @@ from ixypipe.memory.arena import remove_stale, stale_objects
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def command(dry_run: bool) -> None:
+@click.option("--dir", "directories", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Look only in this directory (repeatable); default: /dev/shm and every hugetlbfs mount.")
+def command(dry_run: bool, directories: tuple[Path, ...]) -> None:
     """Remove ixypipe arenas in /dev/shm and hugetlbfs mounts whose owner process is dead."""
-    found = stale_objects() if dry_run else remove_stale()
+    dirs = list(directories) or None
+    found = stale_objects(dirs) if dry_run else remove_stale(dirs)
     for path in found:
         click.echo(f"{'would remove' if dry_run else 'removed'} {path}")
     if not found:

@@ -10,10 +10,18 @@ Physical addresses come from /proc/self/pagemap, read once by the creator
 for every hugepage and stored in the ``arena.phys`` region.  On a fallback
 arena there is no physical contiguity, so the arena hands out simulated I/O
 addresses (SIM_IOVA_BASE + offset) that only the software 82599 accepts.
+
+Every file is created 0600 under an unpredictable name that starts with the
+creator's pid (``ixypipe-<pid>-[<tag>-]<64 random bits>``).  The creator
+removes it on :meth:`Arena.destroy` or, failing that, at interpreter exit;
+files whose creator died anyway are found by :func:`stale_objects` (the pid
+is gone, or was reused by a process younger than the file) and removed by
+:func:`remove_stale`, which the supervisor and ``ixypipe cleanup`` call.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import logging
 import mmap
@@ -24,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from ixypipe.layout import (
     ARENA_DATA_OFFSET,
@@ -51,6 +60,15 @@ from ixypipe.memory import hugepages
 log = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 _warned_fallback = False
+# files this interpreter created and has not removed yet: path -> creator pid
+_created: dict[Path, int] = {}
+# a pid reused by a process started this long after the file is not its creator
+# (a process's start time is only known to a clock tick, boot time to a second)
+PID_REUSE_SLACK_S = 2.0
+# one u64 physical address per hugepage in the arena.phys region
+_PHYS_ENTRY_SIZE = np.dtype(np.uint64).itemsize
+# posix_ipc semaphores live in /dev/shm as "sem.<name>"
+_SHM_SEM_PREFIX = "sem."
 
 
 class ArenaError(Exception):
@@ -129,7 +147,7 @@ class Arena:
             if not use_huge and hugepages_mode == "require":
                 raise ArenaError(f"hugepages required but unavailable: {why_not}")
         if use_huge:
-            total = _round_up(ARENA_DATA_OFFSET + size, HUGEPAGE_SIZE)
+            total = _pages_for(size) * HUGEPAGE_SIZE
             path = Path(directory) / cls._unique_name(tag)
         else:
             global _warned_fallback
@@ -139,6 +157,7 @@ class Arena:
                 _warned_fallback = True
             total = _round_up(ARENA_DATA_OFFSET + size, PAGE_SIZE)
             path = SHM_DIR / cls._unique_name(tag)
+            _check_shm_room(total)
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         except FileExistsError:
@@ -156,6 +175,7 @@ class Arena:
                                  + hugepages.reserve_advice(total // HUGEPAGE_SIZE)) from exc
             raise ArenaError(f"cannot map {total} bytes at {path}: {exc}") from exc
         os.close(fd)
+        _created[path] = os.getpid()
         arena = cls(path, mm, created=True)
         try:
             arena._init_header(total, use_huge)
@@ -199,7 +219,7 @@ class Arena:
             n_pages = total // HUGEPAGE_SIZE
             base = self.buf.ctypes.data
             phys = virt_to_phys([base + i * HUGEPAGE_SIZE for i in range(n_pages)])
-            region = self.alloc(ARENA_PHYS_REGION, n_pages * 8, align=8)
+            region = self.alloc(ARENA_PHYS_REGION, n_pages * _PHYS_ENTRY_SIZE, align=_PHYS_ENTRY_SIZE)
             self.view(region, np.uint64)[:] = phys
         h["magic"] = ARENA_MAGIC   # last: an attacher never sees a half-made header
 
@@ -223,7 +243,13 @@ class Arena:
         arena = cls(path, mm, created=False)
         if int(arena.header["magic"][0]) != ARENA_MAGIC:
             arena.close()
-            raise ArenaError(f"{path} is not an ixypipe arena (bad magic)")
+            raise ArenaError(f"{path} is not an ixypipe arena (bad magic; or its creator has not "
+                             "finished making it)")
+        version, recorded = int(arena.header["version"][0]), arena.size
+        if version != ARENA_VERSION or recorded != size:
+            arena.close()
+            raise ArenaError(f"{path}: arena version {version} of {recorded} bytes in a {size}-byte file; "
+                             f"this ixypipe reads version {ARENA_VERSION}")
         if arena.hugepages:
             _mlock(mm, size)
         return arena
@@ -245,6 +271,7 @@ class Arena:
         """Unmap and remove the backing file (the creator does this at exit)."""
         self.close()
         self.path.unlink(missing_ok=True)
+        _created.pop(self.path, None)
 
     def __enter__(self) -> Arena:
         return self
@@ -349,11 +376,20 @@ class Arena:
 
 
 def _pages_for(size: int) -> int:
-    return _round_up(ARENA_DATA_OFFSET + size, HUGEPAGE_SIZE) // HUGEPAGE_SIZE
+    """Hugepages for ``size`` usable bytes after the header and the arena.phys region."""
+    pages = 1
+    while True:
+        phys_table = _round_up(pages * _PHYS_ENTRY_SIZE, ARENA_MIN_ALIGN)
+        need = _round_up(ARENA_DATA_OFFSET + phys_table + size, HUGEPAGE_SIZE) // HUGEPAGE_SIZE
+        if need <= pages:
+            return pages
+        pages = need
 
 
 def owner_pid_of(name: str) -> int | None:
     """The creator pid encoded in an arena or shm object name, or None."""
+    if name.startswith(_SHM_SEM_PREFIX):
+        name = name[len(_SHM_SEM_PREFIX):]
     if not name.startswith(ARENA_PREFIX):
         return None
     pid = name[len(ARENA_PREFIX):].split("-", 1)[0]
@@ -361,7 +397,12 @@ def owner_pid_of(name: str) -> int | None:
 
 
 def stale_objects(directories: list[Path] | None = None) -> list[Path]:
-    """ixypipe files in /dev/shm and hugetlbfs mounts whose owner process is dead."""
+    """ixypipe files in /dev/shm and hugetlbfs mounts whose owner process is dead.
+
+    The owner is the pid in the name; a live process with that pid that
+    started well after the file was made is a reuse of the pid, so the file
+    is stale all the same.
+    """
     dirs = directories if directories is not None else [SHM_DIR, *hugepages.hugetlbfs_mounts()]
     stale = []
     for d in dirs:
@@ -371,7 +412,13 @@ def stale_objects(directories: list[Path] | None = None) -> list[Path]:
             continue
         for entry in entries:
             pid = owner_pid_of(entry.name)
-            if pid is not None and not _pid_alive(pid):
+            if pid is None:
+                continue
+            try:
+                made = entry.stat().st_ctime
+            except OSError:
+                continue        # removed meanwhile
+            if not _owner_alive(pid, made):
                 stale.append(entry)
     return stale
 
@@ -390,11 +437,33 @@ def remove_stale(directories: list[Path] | None = None) -> list[Path]:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def _owner_alive(pid: int, file_made: float) -> bool:
+    """Whether process ``pid`` is alive and old enough to have made a file at ``file_made``."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    return True
+    except psutil.Error:
+        return True     # cannot tell: keep the file
+    return started <= file_made + PID_REUSE_SLACK_S
+
+
+def _check_shm_room(total: int) -> None:
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError as exc:
+        raise ArenaError(f"cannot use {SHM_DIR} for the fallback arena: {exc}") from exc
+    free = st.f_bavail * st.f_frsize
+    if total > free:
+        raise ArenaError(f"the {total >> 20} MiB fallback arena does not fit {SHM_DIR} "
+                         f"({free >> 20} MiB free); make the arena smaller or use hugepages")
+
+
+@atexit.register
+def _remove_leftovers() -> None:
+    """Remove the files this process created and never destroyed (forked children leave them)."""
+    me = os.getpid()
+    for path, creator in list(_created.items()):
+        if creator == me:
+            path.unlink(missing_ok=True)
+            del _created[path]

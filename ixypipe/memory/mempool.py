@@ -25,6 +25,8 @@ class MempoolError(BufferError):
 
 
 class Mempool:
+    """One pool's free stack.  Use :meth:`create` (supervisor) or :meth:`attach` (its owner)."""
+
     def __init__(self, arena: Arena, bufs: PacketBuffers, name: str, debug: bool = False):
         self.arena = arena
         self.bufs = bufs
@@ -41,6 +43,17 @@ class Mempool:
         self._state = arena.buf[start + 4 * self.count:start + 5 * self.count]
         # the stack top is kept in a u64 view of the control line
         self._top = arena.buf[region.offset:region.offset + 8].view(np.uint64)
+        if debug:
+            self._sync_states()
+
+    def _sync_states(self) -> None:
+        """Rebuild the per-buffer state bytes from the free stack.
+
+        A pool used without ``debug`` does not keep them, so a process that
+        turns debug on (at create or attach) starts from the truth.
+        """
+        self._state[:] = BUF_STATE_IN_USE
+        self._state[self._stack[:self.available()].astype(np.int64) - self.first] = BUF_STATE_FREE
 
     @staticmethod
     def region_size(count: int) -> int:
@@ -84,16 +97,20 @@ class Mempool:
 
     def alloc(self, n: int) -> np.ndarray:
         """Up to ``n`` free buffer indices (fewer when the pool runs low), as a new array."""
+        if n < 0:
+            raise MempoolError(f"mempool {self.name!r}: cannot allocate {n} buffers")
+        if self.debug:
+            self._check_owner()
         top = int(self._top[0])
         k = n if n < top else top
         out = self._stack[top - k:top][::-1].copy()
         self._top[0] = top - k
         if self.debug:
-            self._check_owner()
-            self._state[out - self.first] = BUF_STATE_IN_USE
+            self._state[out.astype(np.int64) - self.first] = BUF_STATE_IN_USE
         return out
 
     def alloc_exact(self, n: int) -> np.ndarray:
+        """Exactly ``n`` buffer indices, or MempoolError when fewer are free."""
         if n > self.available():
             raise MempoolError(f"mempool {self.name!r} exhausted: {n} buffers asked, "
                                f"{self.available()} of {self.count} free")

@@ -101,9 +101,15 @@ class PacketBuffers:
     # ---- single packets (tests, slow paths) -------------------------------
     def packet(self, idx: int) -> np.ndarray:
         """The packet bytes of buffer ``idx`` (a view of its first ``length`` data bytes)."""
-        return self.data[idx, :int(self.length[idx])]
+        self._check_index(idx)
+        n = int(self.length[idx])
+        if n > self.max_data:
+            raise BufferError(f"buffer {idx} claims {n} bytes of data, more than its {self.max_data}")
+        return self.data[idx, :n]
 
     def write_packet(self, idx: int, payload: bytes | np.ndarray) -> None:
+        """Copy ``payload`` into buffer ``idx`` and set its length."""
+        self._check_index(idx)
         n = len(payload)
         if n > self.max_data:
             raise BufferError(f"packet of {n} bytes does not fit a {self.buf_size}-byte buffer "
@@ -111,6 +117,10 @@ class PacketBuffers:
         self.data[idx, :n] = np.frombuffer(bytes(payload), np.uint8) if not isinstance(
             payload, np.ndarray) else payload
         self.length[idx] = n
+
+    def _check_index(self, idx: int) -> None:
+        if not 0 <= idx < self.count:
+            raise BufferError(f"buffer index {idx} is out of range (the arena has {self.count} buffers)")
 
     def check_indices(self, idx: np.ndarray) -> None:
         if len(idx) and int(idx.max()) >= self.count:

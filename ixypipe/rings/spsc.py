@@ -33,6 +33,8 @@ from ixypipe.memory.arena import Arena
 _HEAD = RING_HEAD_OFF // 8
 _TAIL = RING_TAIL_OFF // 8
 _CAP = RING_CAPACITY_OFF // 8
+# the memoryview (struct) format of a slot: "I", a native uint32, on x86
+_SLOT_FORMAT = memoryview(np.empty(0, RING_SLOT_DTYPE)).format
 
 
 class RingError(ValueError):
@@ -47,10 +49,22 @@ class Ring:
         self.name = name
         ctl = memoryview(arena.mm)[region.offset:region.offset + RING_SLOTS_OFFSET]
         self._ctl = ctl.cast("Q")          # plain Python ints: faster than numpy scalars
+        ctl.release()
         self.capacity = self._ctl[_CAP]
+        if self.capacity < 2 or self.capacity & (self.capacity - 1) or \
+                region.size < self.region_size(self.capacity):
+            self._ctl.release()
+            raise RingError(f"region {name!r} of arena {arena.name} is not a ring "
+                            f"(capacity {self.capacity}, region of {region.size} bytes)")
         self._mask = self.capacity - 1
         start = region.offset + RING_SLOTS_OFFSET
-        self._slots = arena.buf[start:start + self.capacity * RING_SLOT_DTYPE.itemsize].view(RING_SLOT_DTYPE)
+        end = start + self.capacity * RING_SLOT_DTYPE.itemsize
+        # the slots twice: a numpy view (any input dtype, cast on copy) and a
+        # memoryview of uint32, whose slice copies cost a third of numpy's
+        self._slots = arena.buf[start:end].view(RING_SLOT_DTYPE)
+        raw = memoryview(arena.mm)[start:end]
+        self._slot_mv = raw.cast(_SLOT_FORMAT)
+        raw.release()
         self._head = self._ctl[_HEAD]       # producer's own index
         self._tail = self._ctl[_TAIL]       # consumer's own index
         self._cached_tail = self._tail      # producer's copy of the consumer's index
@@ -77,7 +91,11 @@ class Ring:
         return cls(arena, name)
 
     def close(self) -> None:
+        """Drop this end's views of the arena (the ring itself stays)."""
+        if self._slots is None:
+            return
         self._ctl.release()
+        self._slot_mv.release()
         self._slots = None
 
     # ---- state (either side) ---------------------------------------------
@@ -93,26 +111,50 @@ class Ring:
 
     # ---- producer ---------------------------------------------------------
     def enqueue(self, items: np.ndarray) -> int:
-        """Push as many of ``items`` (uint32) as fit; returns how many went in."""
+        """Push as many of ``items`` (uint32 indices) as fit; returns how many went in.
+
+        Any 1-D sequence of integers is accepted; a uint32 numpy array (or
+        memoryview) takes the fast path, anything else is cast by numpy.
+        """
         n = len(items)
         head = self._head
-        room = self.capacity - (head - self._cached_tail)
-        if room < n:
+        if self.capacity - (head - self._cached_tail) < n:
             self._cached_tail = self._ctl[_TAIL]
             room = self.capacity - (head - self._cached_tail)
             if room < n:
-                n = room
-                if n == 0:
+                if room == 0:
                     return 0
+                n = room
+                items = items[:n]
         i = head & self._mask
-        first = self.capacity - i
-        if first >= n:
-            self._slots[i:i + n] = items[:n]
-        else:
-            self._slots[i:] = items[:first]
-            self._slots[:n - first] = items[first:n]
+        end = i + n
+        try:
+            src = memoryview(items)
+            if end <= self.capacity:
+                self._slot_mv[i:end] = src
+            else:
+                split = self.capacity - i
+                self._slot_mv[i:] = src[:split]
+                self._slot_mv[:end - self.capacity] = src[split:]
+        except (TypeError, ValueError, NotImplementedError):
+            self._copy_in(items, i, n)
         self._publish_head(head + n)
         return n
+
+    def _copy_in(self, items, i: int, n: int) -> None:
+        """The slow path of enqueue: numpy casts whatever ``items`` is to uint32."""
+        if n == 0:
+            return
+        items = np.asarray(items)
+        if items.ndim != 1 or items.dtype.kind not in "iu":
+            raise RingError(f"ring {self.name!r}: enqueue takes a 1-D array of integer buffer indices, "
+                            f"got {items.ndim}-D {items.dtype}")
+        if int(items[:n].min()) < 0 or int(items[:n].max()) > np.iinfo(RING_SLOT_DTYPE).max:
+            raise RingError(f"ring {self.name!r}: buffer indices must fit uint32, got "
+                            f"{int(items[:n].min())}..{int(items[:n].max())}")
+        split = min(n, self.capacity - i)
+        self._slots[i:i + split] = items[:split]
+        self._slots[:n - split] = items[split:n]
 
     def _publish_head(self, head: int) -> None:
         # Arm: store-release here (dmb ishst before the store); x86 TSO needs nothing.
@@ -121,26 +163,39 @@ class Ring:
 
     # ---- consumer ---------------------------------------------------------
     def dequeue(self, out: np.ndarray) -> int:
-        """Take up to ``len(out)`` entries into ``out``; returns how many."""
+        """Take up to ``len(out)`` entries into ``out`` (a uint32 array); returns how many."""
         n = len(out)
         tail = self._tail
-        avail = self._cached_head - tail
-        if avail < n:
+        if self._cached_head - tail < n:
             self._cached_head = self._ctl[_HEAD]   # Arm: load-acquire here
             avail = self._cached_head - tail
             if avail < n:
-                n = avail
-                if n == 0:
+                if avail == 0:
                     return 0
+                n = avail
         i = tail & self._mask
-        first = self.capacity - i
-        if first >= n:
-            out[:n] = self._slots[i:i + n]
-        else:
-            out[:first] = self._slots[i:]
-            out[first:n] = self._slots[:n - first]
+        end = i + n
+        try:
+            dst = memoryview(out)
+            if end <= self.capacity:
+                dst[:n] = self._slot_mv[i:end]
+            else:
+                split = self.capacity - i
+                dst[:split] = self._slot_mv[i:]
+                dst[split:n] = self._slot_mv[:end - self.capacity]
+        except (TypeError, ValueError, NotImplementedError):
+            self._copy_out(out, i, n)
         self._publish_tail(tail + n)
         return n
+
+    def _copy_out(self, out, i: int, n: int) -> None:
+        """The slow path of dequeue: numpy casts the uint32 slots into ``out``'s dtype."""
+        if not isinstance(out, np.ndarray) or out.ndim != 1:
+            raise RingError(f"ring {self.name!r}: dequeue needs a 1-D numpy array to fill, "
+                            f"got {type(out).__name__}")
+        split = min(n, self.capacity - i)
+        out[:split] = self._slots[i:i + split]
+        out[split:n] = self._slots[:n - split]
 
     def _publish_tail(self, tail: int) -> None:
         # Arm: the slot loads above must complete before this store (store-release).
