@@ -578,12 +578,13 @@ class IxgbeDevice(Device):
         got = 0
         while got < want:                   # two passes at most: up to the ring's end, then from 0
             n = min(want - got, rxq.entries - i)
-            status = rxq.status[i:i + n]
-            ready = (status & RX_DD_EOP) == RX_DD_EOP
+            # one snapshot of the status bytes: the device keeps writing while we look
+            status = rxq.status[i:i + n] & RX_DD_EOP
+            ready = status == RX_DD_EOP
             k = int(ready.argmin())         # descriptors are written back in order: a run from i
             if ready[k]:
                 k = n
-            elif status[k] & RXD_STAT_DD:
+            elif status[k] == RXD_STAT_DD:
                 raise DeviceError(f"{self.name} RX queue {queue}: descriptor {i + k} holds a frame "
                                   "without EOP (multi-buffer frames are not supported)")
             k = min(k, pool.available())    # no fresh buffer, no swap: the frame waits in its slot

@@ -1,0 +1,104 @@
+"""The single-process forwarder between two software 82599 ports, in-process and from the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ixypipe.fwd import Forwarder, stats_lines
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic.device import DeviceStats, PortSpec
+from ixypipe.nic.ixgbe import IxgbeDevice
+from ixypipe.nic.sim.traffic import PacketBatch
+from ixypipe.nic.sim.world import GeneratorConfig, SimPortConfig, SimWorld, SinkConfig
+
+POOL = 4096
+
+
+@pytest.fixture
+def two_ports(make_arena):
+    made = {}
+
+    def build(count: int, ring: int = 512, packet_size: int = 60):
+        arena = make_arena(48 << 20)
+        bufs = PacketBuffers.create(arena, 2 * POOL)
+        pools = [Mempool.create(arena, bufs, f"pool{i}", i * POOL, POOL, i) for i in range(2)]
+        ports = [SimPortConfig(name, generator=GeneratorConfig(packet_size=packet_size, flows=8, count=count),
+                               sink=SinkConfig(verify=True, expect_touch=True)) for name in ("p0", "p1")]
+        world = SimWorld(ports, arena, stats_period_ns=1 << 62)
+        made["world"] = world
+        devs = []
+        for name, pool in zip(("p0", "p1"), pools, strict=True):
+            spec = PortSpec(name, "sim", world.addresses[name], rx_ring_size=ring, tx_ring_size=ring)
+            devs.append(IxgbeDevice.open(spec, arena, bufs, [pool], sysfs_root=str(world.sysfs_root),
+                                         sleep=lambda s: world.step()))
+        made["devs"] = devs
+        return world, devs, bufs, pools
+
+    yield build
+    for dev in made.get("devs", []):
+        dev.close()
+    if "world" in made:
+        made["world"].close()
+
+
+def test_forwarding_both_ways_increments_the_second_byte(two_ports):
+    world, (a, b), bufs, pools = two_ports(count=20_000)
+    fwd = Forwarder(a, b, batch=32, step=world.step)
+    world.start_traffic()
+    lines = []
+    result = fwd.run(packets=40_000, out=lines.append)
+    world.pause_traffic()
+    fwd.drain()
+    c = world.counters()
+    for src, dst in (("p0", "p1"), ("p1", "p0")):
+        assert c[src].generated == 20_000
+        assert c[dst].sink_received == 20_000          # every packet of the other side's generator
+        assert (c[dst].sink_lost, c[dst].sink_corrupt, c[dst].sink_untouched, c[dst].sink_reordered) == (0, 0, 0, 0)
+    assert fwd.received == [20_000, 20_000] and fwd.transmitted == [20_000, 20_000]
+    assert result.stop_reason == "40000 packets"
+    assert lines[-3].startswith("forwarded ")
+    assert lines[-2] == "[p0] received 20000, transmitted 20000, dropped at TX 0"
+    # every buffer is home or in an RX descriptor
+    for dev, pool in ((a, pools[0]), (b, pools[1])):
+        assert pool.available() + len(dev.rx_held(0)) == POOL
+
+
+def test_what_tx_refuses_is_dropped_and_freed(two_ports):
+    world, (a, b), bufs, pools = two_ports(count=0, ring=64)
+    fwd = Forwarder(a, b, batch=64)                    # the model is not stepped: p1's TX never drains
+    frames = [bytes([9, 0]) + bytes(58)] * 63
+    world.ports["p0"].receive(PacketBatch.from_frames(frames))
+    assert fwd.forward_once(0) == 63
+    world.ports["p0"].receive(PacketBatch.from_frames(frames))
+    assert fwd.forward_once(0) == 63
+    # p1's 64-entry TX ring took 63 (one slot stays free); the second batch found it full
+    assert fwd.transmitted == [0, 63] and fwd.dropped == [0, 63]
+    assert pools[0].available() == POOL - 64 - 63                   # the 63 refused went home
+    assert b.tx_pending(0) == 63
+    posted = world.ports["p1"]
+    wire = []
+    posted.wire_out.append(wire.append)
+    world.step()
+    assert len(wire) == 1 and (wire[0].data[:, 1] == 1).all() and (wire[0].data[:, 0] == 9).all()
+
+
+def test_stats_lines_are_ixy_style():
+    delta = DeviceStats(rx_packets=14_700_000, rx_bytes=14_700_000 * 64, tx_packets=1_000_000, tx_bytes=60_000_000)
+    assert stats_lines("p0", delta, 1.0) == ["[p0] RX: 9878.40 Mbit/s 14.70 Mpps",
+                                             "[p0] TX: 640.00 Mbit/s 1.00 Mpps"]
+    assert stats_lines("p1", DeviceStats(), 0.0) == ["[p1] RX: 0.00 Mbit/s 0.00 Mpps",
+                                                     "[p1] TX: 0.00 Mbit/s 0.00 Mpps"]
+
+
+def test_touch_wraps_the_byte(two_ports):
+    world, (a, b), bufs, pools = two_ports(count=0, ring=64)
+    fwd = Forwarder(a, b, batch=8, step=world.step)
+    wire = []
+    world.ports["p1"].wire_out.append(wire.append)
+    world.ports["p0"].receive(PacketBatch.from_frames([bytes([1, 255, 7]) + bytes(57)] * 3))
+    assert fwd.forward_once(0) == 3
+    world.step()
+    frames = np.concatenate([w.data[:, :3] for w in wire])
+    assert frames.tolist() == [[1, 0, 7]] * 3
