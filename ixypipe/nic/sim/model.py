@@ -28,7 +28,9 @@ Where the model differs from silicon:
   interval twice, and an interval nobody read is lost.  The exact running
   totals are in the simulator's counters block (``PortCounters``).
   Octet counters count frame bytes without the FCS (the simulated wire
-  carries none); missed frames all go to MPC(0).
+  carries none).  A frame without a free descriptor is counted in
+  QPRDC(queue) when that queue's SRRCTL.DROP_EN is set (queues < 16), else
+  in MPC(0), as is a frame arriving while RX is off or its queue is not live.
 * Faults an IOMMU or the datasheet would flag (a DMA address outside the
   registered memory, a ring that is not inside it, legacy RX descriptors in
   SRRCTL, a TX descriptor without DEXT/DTYP_DATA or without EOP, a frame
@@ -124,6 +126,7 @@ class SimPort:
         self._rdh = _reg_index([R.RDH(i) for i in range(R.MAX_RX_QUEUES)])
         self._tdt = _reg_index([R.TDT(i) for i in range(R.MAX_TX_QUEUES)])
         self._tdh = _reg_index([R.TDH(i) for i in range(R.MAX_TX_QUEUES)])
+        self._qprdc_idx = _reg_index([R.QPRDC(i) for i in range(R.QPRDC_QUEUES)])
         self._reta = _reg_index([R.RETA(i) for i in range(R.RETA_ENTRIES // 4)])
         self._rssrk = _reg_index([R.RSSRK(i) for i in range(10)])
         self._defaults = _reg_index([off for off, _ in RESET_DEFAULTS])
@@ -137,6 +140,7 @@ class SimPort:
         self.rx_delivered = self.rx_bytes = self.rx_missed = 0
         self.tx_sent = self.tx_bytes = 0
         self._interval = np.zeros(5, np.int64)      # GPRC, GORC, GPTC, GOTC, MPC
+        self._qprdc = np.zeros(R.QPRDC_QUEUES, np.int64)
         self._next_latch = clock() + stats_period_ns
         self.power_on()
 
@@ -160,6 +164,7 @@ class SimPort:
         self._rx_seen = np.zeros(R.MAX_RX_QUEUES, bool)     # ENABLE seen set (queue live or faulted)
         self._tx_seen = np.zeros(R.MAX_TX_QUEUES, bool)
         self._interval[:] = 0
+        self._qprdc[:] = 0
 
     def power_on(self) -> None:
         """The state after power-up: defaults, EEPROM read and DMA init done, link down."""
@@ -318,19 +323,28 @@ class SimPort:
         if queues is None:
             queues, hashes = self.classify(batch)
         if len(self._live_rx) == 1 and (queues == self._live_rx[0].index).all():
-            delivered = self._rx_queue(self._live_rx[0], batch, hashes)
-        else:
-            delivered = 0
-            for qi in np.unique(queues):
-                rows = np.flatnonzero(queues == qi)
-                q = self.rxq[int(qi)]
-                delivered += self._rx_queue(q, batch.take(rows), hashes[rows]) if q.live else 0
-        self._missed(n - delivered)
+            q = self._live_rx[0]
+            delivered = self._rx_queue(q, batch, hashes)
+            self._missed(n - delivered, q)
+            return delivered
+        delivered = 0
+        for qi in np.unique(queues):
+            rows = np.flatnonzero(queues == qi)
+            q = self.rxq[int(qi)]
+            got = self._rx_queue(q, batch.take(rows), hashes[rows]) if q.live else 0
+            self._missed(len(rows) - got, q if q.live else None)
+            delivered += got
         return delivered
 
-    def _missed(self, n: int) -> None:
+    def _missed(self, n: int, q: _Queue | None = None) -> None:
+        """Frames dropped: per queue (QPRDC) when its SRRCTL.DROP_EN is set, else in the packet buffer (MPC)."""
+        if n == 0:
+            return
         self.rx_missed += n
-        self._interval[4] += n
+        if q is not None and q.index < R.QPRDC_QUEUES and self.reg(R.SRRCTL(q.index)) & R.SRRCTL_DROP_EN:
+            self._qprdc[q.index] += n
+        else:
+            self._interval[4] += n
 
     def _rx_queue(self, q: _Queue, batch: PacketBatch, hashes: np.ndarray) -> int:
         take = min(len(batch), self._rx_room(q))
@@ -438,4 +452,6 @@ class SimPort:
         self.set_reg(R.GOTCL, gotc)
         self.set_reg(R.GOTCH, gotc >> 32)
         self.set_reg(R.MPC(0), mpc)
+        self.bar[self._qprdc_idx] = self._qprdc.astype(np.uint32)
         self._interval[:] = 0
+        self._qprdc[:] = 0

@@ -169,9 +169,10 @@ class SimServer:
         return self._final
 
     def _teardown(self) -> None:
-        if self.process is not None and self.process.is_alive():
-            self.process.kill()
-            self.process.join(STOP_TIMEOUT)
+        if self.process is not None:
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(STOP_TIMEOUT)     # reaped: no zombie left behind
         self._control = self._counters = None
         if self._mm is not None:
             try:
