@@ -11,22 +11,32 @@ off on the hosts' ends, so frames on the wire are real, complete frames.
 Everything is removed by ``close`` (also when building failed half-way and
 when the process exits); ``remove_stale`` removes what a killed run left.
 All commands go through ``ip`` and ``ethtool``; commands in a host run with
-``ip netns exec``.
+``ip netns exec``.  ``python -m ixypipe.netns send|capture`` puts exact
+frames on a host's interface or records what arrives there (a raw packet
+socket, frames in pcap files), so tests compare bytes, not just counts.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import os
 import secrets
+import socket
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ixypipe.layout import ETH_HEADER_LEN, ETH_P_ALL, ETH_TYPE_OFF, PACKET_IGNORE_OUTGOING, SOL_PACKET
 
 NETNS_PREFIX = "ixyt"
 DEFAULT_SUBNET = "10.77.0"
 COMMAND_TIMEOUT = 20.0
+CAPTURE_BUFFER = 64 << 20
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _live: set[VethTestbed] = set()
 
 
@@ -89,6 +99,24 @@ class Host:
         out = self.run(["cat", f"/sys/class/net/{self.ifname}/statistics/{name}"], check=True).stdout
         return int(out)
 
+    def send(self, pcap: Path, timeout: float = COMMAND_TIMEOUT) -> int:
+        """Put every frame of ``pcap`` on the host's interface, in order; returns how many."""
+        res = self.run([sys.executable, "-m", "ixypipe.netns", "send", self.ifname, str(pcap)],
+                       timeout=timeout, check=True)
+        return int(res.stdout.split()[-1])
+
+    def capture(self, pcap: Path, count: int, seconds: float, ethertype: int | None = None) -> Capture:
+        """Start recording frames arriving on the host's interface (stops after ``count`` or ``seconds``)."""
+        argv = [sys.executable, "-m", "ixypipe.netns", "capture", self.ifname, str(pcap), str(count), str(seconds)]
+        if ethertype is not None:
+            argv.append(hex(ethertype))
+        proc = self.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            proc.kill()
+            raise NetnsError(f"capture in {self.netns} did not start: {line}{proc.stderr.read()}")
+        return Capture(proc, Path(pcap), seconds)
+
     def stop_processes(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -99,6 +127,23 @@ class Host:
                     proc.kill()
                     proc.wait(3)
         self.procs.clear()
+
+
+@dataclass
+class Capture:
+    proc: subprocess.Popen
+    path: Path
+
+    seconds: float
+
+    def frames(self) -> list[bytes]:
+        """Wait for the capture to end; the frames it recorded."""
+        from ixypipe.pcapfile import read_pcap
+
+        out, err = self.proc.communicate(timeout=self.seconds + COMMAND_TIMEOUT)
+        if self.proc.returncode:
+            raise NetnsError(f"capture failed ({self.proc.returncode}): {err}")
+        return read_pcap(self.path).packets()
 
 
 class VethTestbed:
@@ -198,7 +243,7 @@ class VethTestbed:
         self.close()
 
 
-def testbed_namespaces() -> list[str]:
+def namespaces_made() -> list[str]:
     """Namespaces a testbed made (``ixyt-<pid>-...``), alive or not."""
     res = run(["ip", "netns", "list"], check=False)
     names = [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
@@ -208,7 +253,7 @@ def testbed_namespaces() -> list[str]:
 def remove_stale() -> list[str]:
     """Delete testbed namespaces whose creating process is gone; returns their names."""
     removed = []
-    for name in testbed_namespaces():
+    for name in namespaces_made():
         pid = name.split("-")[1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             run(["ip", "netns", "del", name], check=False)
@@ -216,8 +261,78 @@ def remove_stale() -> list[str]:
     return removed
 
 
+# ---- frames in and out of an interface of the current namespace (run inside a host) -------
+
+def send_frames(ifname: str, frames: list[bytes]) -> int:
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:
+        sock.bind((ifname, 0))
+        for frame in frames:
+            while True:
+                try:
+                    sock.send(frame)
+                    break
+                except OSError as exc:           # the queue is full for a moment: wait, do not lose it
+                    if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                        raise
+                    time.sleep(0.0005)
+    return len(frames)
+
+
+def capture_frames(ifname: str, count: int, seconds: float, ethertype: int | None = None,
+                   ready=None) -> list[bytes]:
+    """Frames arriving on ``ifname`` (not those sent from here), optionally of one ethertype."""
+    got: list[bytes] = []
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as sock:
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        with contextlib.suppress(OSError):     # room for a whole burst while Python catches up (root only)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, CAPTURE_BUFFER)
+        sock.bind((ifname, ETH_P_ALL))
+        if ready:
+            ready()
+        deadline = time.monotonic() + seconds
+        while len(got) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            try:
+                frame = sock.recv(65536)
+            except TimeoutError:
+                break
+            if len(frame) < ETH_HEADER_LEN:
+                continue
+            if ethertype is None or int.from_bytes(frame[ETH_TYPE_OFF:ETH_TYPE_OFF + 2], "big") == ethertype:
+                got.append(frame)
+    return got
+
+
+def main(argv: list[str]) -> int:
+    from ixypipe.pcapfile import PcapWriter, read_pcap
+
+    if len(argv) >= 3 and argv[0] == "send":
+        print(send_frames(argv[1], read_pcap(argv[2]).packets()))
+        return 0
+    if len(argv) in (5, 6) and argv[0] == "capture":
+        ethertype = int(argv[5], 16) if len(argv) == 6 else None
+
+        def ready():
+            print("ready", flush=True)
+
+        frames = capture_frames(argv[1], int(argv[3]), float(argv[4]), ethertype, ready)
+        with PcapWriter(argv[2]) as w:
+            w.write_batch(frames)
+        return 0
+    print("usage: python -m ixypipe.netns send IFNAME FILE.pcap | capture IFNAME FILE.pcap COUNT SECONDS "
+          "[ETHERTYPE]", file=sys.stderr)
+    return 2
+
+
 @atexit.register
 def _close_all() -> None:
     for tb in list(_live):
         with contextlib.suppress(Exception):
             tb.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -270,8 +270,8 @@ class RxQueue:
                 kind = PACKET_FANOUT_HASH | (PACKET_FANOUT_FLAG_DEFRAG if dev.spec.options.get(
                     "fanout_defrag", True) else 0)
                 group = int(dev.counters.header["fanout_group"][0])
-                _setsockopt(self.sock, PACKET_FANOUT, group | (kind << PACKET_FANOUT_TYPE_SHIFT),
-                            f"fanout group {group}")
+                arg = np.array(group | (kind << PACKET_FANOUT_TYPE_SHIFT), "<u4").tobytes()   # a C int
+                _setsockopt(self.sock, PACKET_FANOUT, arg, f"fanout group {group}")
         except BaseException:
             self.sock.close()
             raise
