@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ixypipe.layout import DEFAULT_BUF_SIZE
 from ixypipe.memory.arena import Arena
 from ixypipe.nic.sim.traffic import PacketBatch
+
+FAST_ROW = DEFAULT_BUF_SIZE     # frames at one offset within same-size rows move as whole rows
 
 
 class DmaSetupError(Exception):
@@ -71,19 +74,42 @@ class DmaSpace:
         off = int(offset[0])
         return self.bufs[int(arena[0])][off:off + n_bytes].view(dtype)
 
+    def _groups(self, arena: np.ndarray):
+        """(arena index, rows) per arena present (one group without a search when one arena is registered)."""
+        if len(self.bufs) == 1:
+            return [(0, slice(None))]
+        return [(int(a), np.flatnonzero(arena == a)) for a in np.unique(arena)]
+
+    def _rows_view(self, a: int, offset: np.ndarray, width: int):
+        """(2-D view, row numbers, column) when every offset has the same remainder modulo a row
+        size that holds ``width`` bytes from it: then one row-indexed copy moves each frame."""
+        if len(offset) == 0:
+            return None
+        col = int(offset[0]) % FAST_ROW
+        if col + width > FAST_ROW or ((offset % FAST_ROW) != col).any():
+            return None
+        buf = self.bufs[a]
+        return buf[:len(buf) - len(buf) % FAST_ROW].reshape(-1, FAST_ROW), offset // FAST_ROW, col
+
     def write(self, arena: np.ndarray, offset: np.ndarray, batch: PacketBatch) -> None:
         """Scatter frame i to ``offset[i]`` of ``arena[i]`` (ranges already resolved as ok)."""
-        for a in np.unique(arena) if len(arena) > 1 else arena[:1]:
-            rows = np.flatnonzero(arena == a) if len(self.bufs) > 1 else np.arange(len(offset))
-            buf = self.bufs[int(a)]
-            lengths = batch.lengths[rows]
-            first = int(lengths[0]) if len(rows) else 0
-            if len(rows) and (lengths == first).all():
-                buf[offset[rows][:, None] + np.arange(first)] = batch.data[rows, :first]
+        for a, rows in self._groups(arena):
+            buf = self.bufs[a]
+            lengths, off = batch.lengths[rows], offset[rows]
+            if len(off) == 0:
+                continue
+            first = int(lengths[0])
+            if (lengths == first).all():
+                fast = self._rows_view(a, off, first)
+                if fast is not None:
+                    view, row, col = fast
+                    view[row, col:col + first] = batch.data[rows, :first]
+                else:
+                    buf[off[:, None] + np.arange(first)] = batch.data[rows, :first]
                 continue
             cols = np.arange(batch.data.shape[1])
             mask = cols < lengths[:, None]
-            buf[(offset[rows][:, None] + cols)[mask]] = batch.data[rows][mask]
+            buf[(off[:, None] + cols)[mask]] = batch.data[rows][mask]
 
     def read(self, arena: np.ndarray, offset: np.ndarray, lengths: np.ndarray) -> PacketBatch:
         """Gather frames of ``lengths`` bytes from resolved ranges (lengths >= 1)."""
@@ -91,10 +117,17 @@ class DmaSpace:
         lengths = np.asarray(lengths, np.int64)
         width = int(lengths.max()) if n else 0
         data = np.empty((n, width), np.uint8)
-        uniform = n > 0 and (lengths == width).all()
         cols = np.arange(width)
-        for a in np.unique(arena) if n > 1 else arena[:1]:
-            rows = np.flatnonzero(arena == a) if len(self.bufs) > 1 else np.arange(n)
-            pos = offset[rows][:, None] + (cols if uniform else np.minimum(cols, lengths[rows][:, None] - 1))
-            data[rows] = self.bufs[int(a)][pos]
+        for a, rows in self._groups(arena):
+            off, lens = offset[rows], lengths[rows]
+            if len(off) == 0:
+                continue
+            fast = self._rows_view(a, off, width)
+            if fast is not None:        # reads up to ``width`` bytes of each row: inside the arena, harmless
+                view, row, col = fast
+                data[rows] = view[row, col:col + width]
+                continue
+            uniform = (lens == width).all()
+            pos = off[:, None] + (cols if uniform else np.minimum(cols, lens[:, None] - 1))
+            data[rows] = self.bufs[a][pos]
         return PacketBatch(data, lengths)

@@ -96,6 +96,21 @@ class _Queue:
         self.head = 0
 
 
+def _segments(head: int, count: int, n: int) -> list[tuple[slice, slice]]:
+    """(ring slice, batch slice) pairs covering ``count`` descriptors from ``head`` (at most two: wrap)."""
+    first = min(count, n - head)
+    segs = [(slice(head, head + first), slice(0, first))]
+    if count > first:
+        segs.append((slice(0, count - first), slice(first, count)))
+    return segs
+
+
+def _gather(ring: np.ndarray, head: int, count: int) -> np.ndarray:
+    if head + count <= len(ring):
+        return ring[head:head + count]
+    return np.concatenate([ring[head:], ring[:head + count - len(ring)]])
+
+
 def _reg_index(offsets) -> np.ndarray:
     return np.asarray(offsets, dtype=np.int64) // WORD
 
@@ -350,8 +365,7 @@ class SimPort:
         take = min(len(batch), self._rx_room(q))
         if take == 0:
             return 0
-        idx = (q.head + np.arange(take)) % q.n
-        addr = q.ring["pkt_addr"][idx]
+        addr = _gather(q.ring["pkt_addr"], q.head, take)
         lengths = batch.lengths[:take]
         ok, arena, offset = self.dma.resolve(addr, lengths)
         srrctl = self.reg(R.SRRCTL(q.index))
@@ -363,12 +377,13 @@ class SimPort:
             sel = slice(0, good)
             part = batch if good == len(batch) else PacketBatch(batch.data[sel], lengths[sel])
             self.dma.write(arena[sel], offset[sel], part)
-            gidx = idx[sel]
+            rss_info = hashes[sel].astype(np.uint64) << np.uint64(32)
             wb = q.wb
-            wb["rss_info"][gidx] = hashes[sel].astype(np.uint64) << np.uint64(32)
-            wb["length"][gidx] = lengths[sel]
-            wb["vlan"][gidx] = 0
-            wb["status_error"][gidx] = R.RXD_STAT_DD | R.RXD_STAT_EOP     # last: DD publishes the rest
+            for ring_part, part_rows in _segments(q.head, good, q.n):
+                wb["rss_info"][ring_part] = rss_info[part_rows]
+                wb["length"][ring_part] = lengths[part_rows]
+                wb["vlan"][ring_part] = 0
+                wb["status_error"][ring_part] = R.RXD_STAT_DD | R.RXD_STAT_EOP   # last: DD publishes the rest
             q.head = (q.head + good) % q.n
             self.bar[self._rdh[q.index]] = q.head
             nbytes = int(lengths[sel].sum())
@@ -377,7 +392,7 @@ class SimPort:
             self._interval[0] += good
             self._interval[1] += nbytes
         if len(bad):
-            d = int(idx[good])
+            d = q.head                  # already advanced past the good ones
             reason = (f"frame of {int(lengths[good])} bytes is larger than the {bsize}-byte RX buffer "
                       "(multi-descriptor receive is not modelled)" if ok[good] else
                       f"RX buffer [{int(addr[good]):#x}, +{int(lengths[good])}) is outside registered memory")
@@ -393,8 +408,8 @@ class SimPort:
         pending = min((tail - q.head) % q.n, MAX_TX_BATCH)
         if pending == 0:
             return 0
-        idx = (q.head + np.arange(pending)) % q.n
-        desc = q.ring[idx]
+        head = q.head
+        desc = _gather(q.ring, head, pending)
         cmd = desc["cmd_type_len"]
         lengths = (cmd & R.TXD_DTALEN_MASK).astype(np.int64)
         well_formed = ((cmd & R.TXD_CMD_DEXT) != 0) & ((cmd & R.TXD_DTYP_MASK) == R.TXD_DTYP_DATA)
@@ -408,9 +423,10 @@ class SimPort:
             batch = self.dma.read(arena[sel], offset[sel], lengths[sel])
             for deliver in self.wire_out:
                 deliver(batch)
-            gidx = idx[sel]
-            rs = gidx[(cmd[sel] & R.TXD_CMD_RS) != 0]
-            q.wb["status"][rs] = R.TXD_STAT_DD
+            rs = (cmd[sel] & R.TXD_CMD_RS) != 0
+            status = q.wb["status"]
+            for ring_part, part_rows in _segments(head, good, q.n):
+                status[ring_part][rs[part_rows]] = R.TXD_STAT_DD
             q.head = (q.head + good) % q.n
             self.bar[self._tdh[q.index]] = q.head
             nbytes = int(lengths[sel].sum())
@@ -429,7 +445,7 @@ class SimPort:
                 reason = f"frame length {int(lengths[j])} is not 1..{SIM_MAX_FRAME} bytes"
             else:
                 reason = f"TX buffer [{int(desc['buffer_addr'][j]):#x}, +{int(lengths[j])}) is outside registered memory"
-            self._fault(q, "tx", int(idx[j]), int(desc["buffer_addr"][j]), reason)
+            self._fault(q, "tx", (head + j) % q.n, int(desc["buffer_addr"][j]), reason)
         return good
 
     def detach(self) -> None:

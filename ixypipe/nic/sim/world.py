@@ -225,10 +225,13 @@ class SimWorld:
                 return 0
             batch = gen.make(n)
             queues, hashes = port.classify(batch)
-            for q in np.unique(queues):          # cut where the first queue runs out of descriptors
-                over = np.flatnonzero(queues == q)[free[q]:]
-                if len(over):
-                    n = min(n, int(over[0]))
+            if (queues == queues[0]).all():
+                n = min(n, int(free[queues[0]]))
+            else:
+                for q in np.unique(queues):          # cut where the first queue runs out of descriptors
+                    over = np.flatnonzero(queues == q)[free[q]:]
+                    if len(over):
+                        n = min(n, int(over[0]))
             if n == 0:
                 return 0
             if n < len(batch):
