@@ -390,3 +390,22 @@ def test_bad_wiring_is_rejected_with_the_port_named(make_arena):
         SimWorld([SimPortConfig("a", cable_to="b", generator=GeneratorConfig()), SimPortConfig("b")], arena)
     with pytest.raises(SimConfigError, match="port a: generator packet_size must be 60..1514"):
         SimWorld([SimPortConfig("a", generator=GeneratorConfig(packet_size=59))], arena)
+
+
+def test_statistics_latch_once_per_period_on_the_model_clock(make_arena):
+    now = [0]
+    arena = make_arena(4 << 20)
+    with SimWorld([SimPortConfig("p0")], arena, stats_period_ns=1000, clock=lambda: now[0]) as world:
+        p = world.ports["p0"]
+        p.set_reg(R.RXCTRL, 0)                      # RX off: every arriving frame is missed (MPC)
+        p.receive(PacketBatch.from_frames(frames(4)))
+        world.step()
+        assert p.reg(R.MPC(0)) == 0                 # the interval is not over yet
+        now[0] = 1000
+        world.step()
+        assert p.reg(R.MPC(0)) == 4
+        p.receive(PacketBatch.from_frames(frames(1)))
+        now[0] = 2000
+        world.step()
+        assert p.reg(R.MPC(0)) == 1                 # a driver adding what it reads each period gets 5
+        assert world.counters()["p0"].rx_missed == 5

@@ -122,3 +122,35 @@ def test_stale_trees_of_dead_owners_are_found(tmp_path):
     dead.mkdir()
     alive.mkdir()
     assert sysfs.stale_roots(Path(tmp_path)) == [dead]
+
+
+HELPER = """
+import os, sys
+from ixypipe.memory.arena import Arena
+from ixypipe.nic.sim.server import SimPortConfig, SimServer
+if __name__ == "__main__":
+    arena = Arena.create(4 << 20, hugepages_mode="never", tag="orphan")
+    server = SimServer([SimPortConfig("p0")], arena.path)
+    server.start()
+    print(server.pid, server.sysfs_root, arena.path, flush=True)
+    os.kill(os.getpid(), 9)
+"""
+
+
+def test_the_model_process_exits_when_its_parent_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "helper.py"
+    script.write_text(HELPER)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    sim_pid, root, arena_path = res.stdout.split()
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(int(sim_pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not psutil.pid_exists(int(sim_pid))
+        assert Path(root) in sysfs.stale_roots()    # the next SimServer.start() removes it
+    finally:
+        sysfs.remove_tree(Path(root))
+        Path(arena_path).unlink(missing_ok=True)
