@@ -239,3 +239,12 @@ def test_usable_size_is_at_least_what_was_asked(make_arena, mode):
     arena = make_arena(asked, mode)
     region = arena.alloc("all", asked)
     assert region.offset + region.size <= arena.size
+
+
+def test_an_arena_file_name_clash_is_refused(make_arena, monkeypatch):
+    arena = make_arena(1 << 20, "never")
+    monkeypatch.setattr(Arena, "_unique_name", staticmethod(lambda tag: arena.name))
+    with pytest.raises(ArenaError, match=f"arena file /dev/shm/{arena.name} already exists"):
+        Arena.create(1 << 20, hugepages_mode="never")
+    with Arena.attach(arena.path) as first:       # the first one is untouched
+        assert first.size == arena.size
