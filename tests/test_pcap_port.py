@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -211,3 +213,21 @@ def test_queues_and_unopened_ports_are_refused(env, tmp_path):
         PcapDevice.open(two, arena, bufs, [pool])
     with pytest.raises(DeviceError, match=r"port cap was not opened .*no region 'pcap.cap'"):
         PcapDevice.attach(spec(tmp_path / "x.pcap"), arena, bufs, {0: pool})
+
+
+def test_pipeline_replays_a_file_into_a_pcap_sink(tmp_path):
+    """`ixypipe run` with a pcap source (looped 3 times) forwarding into a pcap sink."""
+    pytest.importorskip("ixypipe.workers.loader", reason="the worker loader is not built yet")
+    pkts = sample(tmp_path / "in.pcap", n=50)
+    (tmp_path / "p.toml").write_text(
+        '[pipeline]\nname = "replay"\nbatch_size = 32\n\n'
+        '[[ports]]\nname = "in"\ndriver = "pcap"\npath = "in.pcap"\nloop = 3\nforward_to = "out"\n\n'
+        '[[ports]]\nname = "out"\ndriver = "pcap"\npath = "out.pcap"\nmode = "write"\nforward_to = "in"\n\n'
+        '[workers]\nfunction = "forward"\n')
+    res = subprocess.run([sys.executable, "-m", "ixypipe", "run", str(tmp_path / "p.toml"), "--packets", "150",
+                          "--json"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    summary = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")][-1]
+    assert summary["ok"] is True
+    assert summary["ports"]["out"]["tx_packets"] == 150
+    assert read_pcap(tmp_path / "out.pcap").packets() == pkts * 3
