@@ -7,6 +7,7 @@ import pytest
 
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic import ixgbe_jit
 from ixypipe.nic import registers as R
 from ixypipe.nic.device import DeviceError, LinkState, PortSpec
 from ixypipe.nic.ixgbe import IxgbeDevice
@@ -21,8 +22,10 @@ NEVER = 1 << 62          # stats latch period: tests latch by hand
 class Rig:
     """An arena, packet buffers, one mempool per RX queue and a SimWorld; cleans up everything."""
 
-    def __init__(self, arena, ports: list[SimPortConfig], rx_queues: int = 1, ring: int = 512):
+    def __init__(self, arena, ports: list[SimPortConfig], rx_queues: int = 1, ring: int = 512,
+                 hot_path: str = "numpy"):
         self.arena = arena
+        self.hot_path = hot_path
         self.rx_queues = rx_queues
         self.ring = ring
         n_pools = len(ports) * rx_queues
@@ -38,9 +41,11 @@ class Rig:
     def open(self, name: str, **kwargs) -> IxgbeDevice:
         i = self.world.names.index(name)
         pools = self.pools[i * self.rx_queues:(i + 1) * self.rx_queues]
+        kwargs.setdefault("hot_path", self.hot_path)
         dev = IxgbeDevice.open(self.spec(name), self.arena, self.bufs, pools,
                                sysfs_root=str(self.world.sysfs_root), sleep=lambda s: self.world.step(), **kwargs)
         self.devices.append(dev)
+        assert dev.compiled == (kwargs["hot_path"] == "numba")
         return dev
 
     def close(self) -> None:
@@ -49,12 +54,17 @@ class Rig:
         self.world.close()
 
 
-@pytest.fixture
-def rig(make_arena):
+HOT_PATHS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not ixgbe_jit.AVAILABLE, reason="numba is not installed (the compiled hot path is optional)"))]
+
+
+@pytest.fixture(params=HOT_PATHS)
+def rig(make_arena, request):
+    """Every test runs on both hot paths: the numpy reference and the numba kernels."""
     made = []
 
     def build(ports=None, **kwargs) -> Rig:
-        r = Rig(make_arena(48 << 20), ports or [SimPortConfig("p0")], **kwargs)
+        r = Rig(make_arena(48 << 20), ports or [SimPortConfig("p0")], hot_path=request.param, **kwargs)
         made.append(r)
         return r
 
@@ -274,7 +284,7 @@ def test_attach_takes_over_the_queues(rig):
     out = np.zeros(8, np.uint32)
     assert opener.rx_batch(0, out) == 8
     stage = IxgbeDevice.attach(r.spec("p0"), r.arena, r.bufs, {0: r.pools[0]},
-                               sysfs_root=str(r.world.sysfs_root))
+                               sysfs_root=str(r.world.sysfs_root), hot_path=r.hot_path)
     r.devices.append(stage)
     port.receive(PacketBatch.from_frames([b"\x02" * 60] * 5))
     got = np.zeros(16, np.uint32)
@@ -339,3 +349,78 @@ def test_tx_refuses_bad_lengths_and_keeps_one_slot_free(rig):
     assert dev.tx_batch(0, idx[15:]) == 0
     r.world.step()
     assert dev.tx_batch(0, idx[15:]) == 5                             # cleaned 8 (half the ring), posted 5
+
+
+def test_rx_refuses_a_frame_without_eop(rig):
+    r = rig()
+    dev = r.open("p0")
+    r.world.ports["p0"].receive(PacketBatch.from_frames([b"\x01" * 60] * 3))
+    status = r.arena.view(r.arena.region("ixgbe.p0.rxq0.desc"), R.RX_DESC_WB_DTYPE)["status_error"]
+    status[1] = R.RXD_STAT_DD                                         # DD without EOP
+    out = np.zeros(8, np.uint32)
+    with pytest.raises(DeviceError, match="p0 RX queue 0: descriptor 1 holds a frame without EOP"):
+        dev.rx_batch(0, out)
+
+
+def test_default_tx_done_sends_buffers_home_to_each_pool(rig):
+    r = rig(ports=[SimPortConfig("p0"), SimPortConfig("p1")], ring=64)
+    dev = r.open("p0")
+    r.open("p1")                                                       # registers pool 1 as a home
+    mine, theirs = r.pools[0].alloc_exact(20), r.pools[1].alloc_exact(12)
+    mixed = np.empty(32, np.uint32)
+    mixed[0::2][:16], mixed[1::2][:16] = mine[:16], np.concatenate((theirs, mine[16:]))
+    for i in mixed:
+        r.bufs.write_packet(int(i), b"\x02" * 60)
+    assert dev.tx_batch(0, mixed) == 32
+    r.world.step()
+    assert dev.tx_drain(0, timeout=0.01) == 0
+    assert r.pools[0].available() == POOL - 64 and r.pools[1].available() == POOL - 64
+
+
+@pytest.mark.skipif(not ixgbe_jit.AVAILABLE, reason="numba is not installed")
+def test_both_hot_paths_leave_identical_rings(make_arena):
+    """The same traffic through a numpy port and a numba port: same descriptors, buffers and state."""
+    arena = make_arena(48 << 20)
+    r = Rig(arena, [SimPortConfig("p0"), SimPortConfig("p1")], ring=64)
+    try:
+        devs = [r.open("p0", hot_path="numpy"), r.open("p1", hot_path="numba")]
+        rng = np.random.default_rng(5)
+        out = np.zeros(48, np.uint32)
+        for _ in range(40):
+            frames = random_frames(rng, int(rng.integers(1, 48)), 60, 200)
+            for name, dev in zip(("p0", "p1"), devs, strict=True):
+                pool = r.pools[r.world.names.index(name)]
+                r.world.ports[name].receive(PacketBatch.from_frames(frames))
+                n = dev.rx_batch(0, out)
+                even = out[:n][::2].copy()
+                sent = dev.tx_batch(0, even)
+                pool.free(np.concatenate((out[:n][1::2], even[sent:])))   # odd ones and what TX refused
+            r.world.step()
+        rings = {}
+        for name in ("p0", "p1"):
+            pool_first = r.pools[r.world.names.index(name)].first
+            rings[name] = [r.arena.view(r.arena.region(f"ixgbe.{name}.{q}.{part}")).copy()
+                           for q in ("rxq0", "txq0") for part in ("state", "bufs")]
+            rings[name][1] = rings[name][1].view(np.uint32) - pool_first   # buffer indices relative to the pool
+            rings[name][3] = rings[name][3].view(np.uint32) - pool_first
+        for a, b in zip(rings["p0"], rings["p1"], strict=True):
+            assert (a == b).all()
+        assert r.pools[0].available() == r.pools[1].available()
+    finally:
+        r.close()
+
+
+def test_hot_path_choice(monkeypatch):
+    from ixypipe.nic.ixgbe import choose_hot_path
+
+    spec = PortSpec("p0", "sim", options={"hot_path": "numpy"})
+    assert choose_hot_path(spec, None) is False
+    if ixgbe_jit.AVAILABLE:
+        assert choose_hot_path(spec, "numba") is True
+        assert choose_hot_path(PortSpec("p0", "sim"), None) is True         # auto takes numba
+    with pytest.raises(DeviceError, match="hot_path must be one of auto, numpy, numba, got 'cuda'"):
+        choose_hot_path(spec, "cuda")
+    monkeypatch.setattr(ixgbe_jit, "AVAILABLE", False)
+    assert choose_hot_path(PortSpec("p0", "sim"), None) is False            # auto falls back to numpy
+    with pytest.raises(DeviceError, match=r"hot_path numba needs the numba package \(pip install numba\)"):
+        choose_hot_path(spec, "numba")

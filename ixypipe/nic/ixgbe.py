@@ -27,7 +27,7 @@ import numpy as np
 from ixypipe.memory.arena import Arena, ArenaError
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
-from ixypipe.nic import pci
+from ixypipe.nic import ixgbe_jit, pci
 from ixypipe.nic.device import Device, DeviceError, DeviceStats, LinkState, PortSpec, TxDone, format_mac
 from ixypipe.nic.registers import (
     AUTOC,
@@ -212,6 +212,10 @@ class RxQueue(_Queue):
         self.hdr = self.desc64[:, 1]                         # hdr_addr; writing 0 also clears DD
         self.regs = regs
         self.rdt = RDT(queue) >> 2
+        self.bad = np.zeros(1, np.int64)                     # compiled path: where it found trouble
+        # the compiled path pops fresh buffers straight off the pool's free stack
+        self.stack = pool._stack if pool is not None else None
+        self.top = pool._top if pool is not None else None
 
 
 class TxQueue(_Queue):
@@ -226,6 +230,8 @@ class TxQueue(_Queue):
         self.clean_batch = min(TX_CLEAN_BATCH, entries // 2)
         self.regs = regs
         self.tdt = TDT(queue) >> 2
+        self.freed = np.empty(entries, np.uint32)           # compiled path: buffers it cleaned
+        self.lohi = np.zeros(2, np.int64)                    # ... and their smallest and largest index
 
 
 # ---- buffers that finished transmitting go home ------------------------------------------
@@ -240,21 +246,52 @@ def register_pools(pools) -> None:
         _home_pools[(str(pool.arena.path), pool.pool_id)] = pool
 
 
-def free_to_owners(bufs: PacketBuffers, idx: np.ndarray) -> None:
-    """Free buffers into the mempools that own them (bufs.pool_id), one free per pool."""
-    if not len(idx):
-        return
-    owners = bufs.pool_id[idx]
-    first = int(owners[0])
-    groups = [(first, idx)] if (owners == first).all() else [
-        (int(p), idx[owners == p]) for p in np.unique(owners)]
-    arena = str(bufs.arena.path)
-    for pool_id, group in groups:
-        pool = _home_pools.get((arena, pool_id))
+class FreeToOwners:
+    """The default tx_done: free buffers into the mempools that own them.
+
+    Mempools own contiguous index ranges, so when a batch's smallest and
+    largest index fall in the range of the pool that took the last batch,
+    that pool owns it all and one free() does; otherwise the batch is split
+    by each buffer's pool id (bufs.pool_id).
+    """
+
+    def __init__(self, bufs: PacketBuffers):
+        self.bufs = bufs
+        self.arena_key = str(bufs.arena.path)
+        self._last: Mempool | None = None
+
+    def __call__(self, idx: np.ndarray) -> None:
+        if len(idx):
+            self.free_range(idx, int(idx.min()), int(idx.max()))
+
+    def free_range(self, idx: np.ndarray, lo: int, hi: int) -> None:
+        """Free ``idx``, whose smallest index is ``lo`` and largest ``hi``."""
+        pool = self._last
+        if pool is None or lo < pool.first or hi >= pool.first + pool.count:
+            pool = self._pool(int(self.bufs.pool_id[lo]), lo)
+            if hi >= pool.first + pool.count:
+                self._free_mixed(idx)
+                return
+            self._last = pool
+        pool.free(idx)
+
+    def _pool(self, pool_id: int, example: int) -> Mempool:
+        pool = _home_pools.get((self.arena_key, pool_id))
         if pool is None:
-            raise DeviceError(f"buffer {int(group[0])} belongs to mempool id {pool_id}, which no port in "
-                              "this process knows; pass a tx_done that sends it home")
-        pool.free(group)
+            raise DeviceError(f"buffer {example} belongs to mempool id {pool_id}, which no port in this "
+                              "process knows; pass a tx_done that sends it home")
+        return pool
+
+    def _free_mixed(self, idx: np.ndarray) -> None:
+        owners = self.bufs.pool_id[idx]
+        for pool_id in np.unique(owners):
+            group = idx[owners == pool_id]
+            self._pool(int(pool_id), int(group[0])).free(group)
+
+
+def free_to_owners(bufs: PacketBuffers, idx: np.ndarray) -> None:
+    """Free buffers into the mempools that own them (see FreeToOwners)."""
+    FreeToOwners(bufs)(idx)
 
 
 # ---- init steps, in ixy's order (datasheet section in each comment) ------------------------
@@ -438,6 +475,19 @@ def wait_for_link(bar: pci.Bar, timeout: float, sleep) -> LinkState:
 
 # ---- the device -------------------------------------------------------------------------
 
+HOT_PATHS = ("auto", "numpy", "numba")
+
+
+def choose_hot_path(spec: PortSpec, hot_path: str | None) -> bool:
+    """True for the compiled (numba) RX/TX path: "auto" takes it when numba is installed."""
+    choice = hot_path or spec.options.get("hot_path", "auto")
+    if choice not in HOT_PATHS:
+        raise DeviceError(f"port {spec.name!r}: hot_path must be one of {', '.join(HOT_PATHS)}, got {choice!r}")
+    if choice == "numba" and not ixgbe_jit.AVAILABLE:
+        raise DeviceError(f"port {spec.name!r}: hot_path numba needs the numba package (pip install numba)")
+    return choice == "numba" or (choice == "auto" and ixgbe_jit.AVAILABLE)
+
+
 def check_spec(spec: PortSpec) -> None:
     where = f"port {spec.name!r}"
     if not 1 <= spec.rx_queues <= RSS_MAX_QUEUES:
@@ -456,9 +506,11 @@ class IxgbeDevice(Device):
     driver_name = "ixgbe"
 
     def __init__(self, spec: PortSpec, bar: pci.Bar, arena: Arena, bufs: PacketBuffers,
-                 rx_pools: dict[int, Mempool], tx_done: TxDone | None, create: bool, sleep, owner: bool):
+                 rx_pools: dict[int, Mempool], tx_done: TxDone | None, create: bool, sleep, owner: bool,
+                 hot_path: str | None = None):
         super().__init__(spec)
         check_spec(spec)
+        self.compiled = choose_hot_path(spec, hot_path)
         self.bar = bar
         self.arena = arena
         self.bufs = bufs
@@ -467,7 +519,8 @@ class IxgbeDevice(Device):
         self._data_phys = bufs.data_phys
         self._max_data = bufs.max_data
         register_pools(rx_pools.values())
-        self.tx_done: TxDone = tx_done or (lambda idx: free_to_owners(bufs, idx))
+        self._owner_free = FreeToOwners(bufs) if tx_done is None else None
+        self.tx_done: TxDone = tx_done or self._owner_free
         regs = bar.regs
         base = f"ixgbe.{spec.name}"
         self._rx = [RxQueue(arena, f"{base}.rxq{q}", spec.rx_ring_size, create, rx_pools.get(q), regs, q)
@@ -482,12 +535,14 @@ class IxgbeDevice(Device):
     def open(cls, spec: PortSpec, arena: Arena, bufs: PacketBuffers, rx_pools: list[Mempool],
              tx_done: TxDone | None = None, sysfs_root: str = "/sys", sleep=time.sleep,
              link_timeout: float = 10.0, allow_iova: bool | None = None,
-             trace: list | None = None) -> IxgbeDevice:
+             trace: list | None = None, hot_path: str | None = None) -> IxgbeDevice:
         """Take the 82599 at spec.address, reset and initialise it, fill the RX rings, wait for link.
 
         ``trace``: a list that receives every register write (offset, value) in order.
+        ``hot_path``: "auto" (numba when installed), "numpy" or "numba"; default spec.options.
         """
         check_spec(spec)
+        choose_hot_path(spec, hot_path)
         simulated = spec.driver == "sim" if allow_iova is None else allow_iova
         if len(rx_pools) != spec.rx_queues:
             raise DeviceError(f"port {spec.name!r}: {spec.rx_queues} RX queues need {spec.rx_queues} "
@@ -508,7 +563,7 @@ class IxgbeDevice(Device):
         bar.trace = trace
         try:
             dev = cls(spec, bar, arena, bufs, dict(enumerate(rx_pools)), tx_done, create=True,
-                      sleep=sleep, owner=True)
+                      sleep=sleep, owner=True, hot_path=hot_path)
             dev.reset_and_init(link_timeout)
         except BaseException:
             bar.close()
@@ -519,7 +574,8 @@ class IxgbeDevice(Device):
 
     @classmethod
     def attach(cls, spec: PortSpec, arena: Arena, bufs: PacketBuffers, rx_pools: dict[int, Mempool] | None,
-               tx_done: TxDone | None = None, sysfs_root: str = "/sys", sleep=time.sleep) -> IxgbeDevice:
+               tx_done: TxDone | None = None, sysfs_root: str = "/sys", sleep=time.sleep,
+               hot_path: str | None = None) -> IxgbeDevice:
         """Map the BAR of a port another process opened and find its rings in the arena (no reset)."""
         check_spec(spec)
         for q in rx_pools or {}:
@@ -528,7 +584,7 @@ class IxgbeDevice(Device):
         bar = pci.attach_device(spec.address, sysfs_root)
         try:
             return cls(spec, bar, arena, bufs, dict(rx_pools or {}), tx_done, create=False, sleep=sleep,
-                       owner=False)
+                       owner=False, hot_path=hot_path)
         except BaseException:
             bar.close()
             raise
@@ -573,6 +629,12 @@ class IxgbeDevice(Device):
     def rx_batch(self, queue: int, out: np.ndarray) -> int:
         rxq = self._rx_queue(queue)
         pool = rxq.pool
+        if self.compiled and not pool.debug:
+            got = ixgbe_jit.rx_burst(rxq.desc64, rxq.slot_buf, rxq.state, out, self.bufs.length,
+                                     self._data_phys, rxq.stack, rxq.top, rxq.regs, rxq.rdt, rxq.bad)
+            if got < 0:
+                raise self._no_eop(queue, int(rxq.bad[0]))
+            return got
         want = len(out)
         i = int(rxq.state[QSTATE_RX_NEXT])
         got = 0
@@ -585,8 +647,7 @@ class IxgbeDevice(Device):
             if ready[k]:
                 k = n
             elif status[k] == RXD_STAT_DD:
-                raise DeviceError(f"{self.name} RX queue {queue}: descriptor {i + k} holds a frame "
-                                  "without EOP (multi-buffer frames are not supported)")
+                raise self._no_eop(queue, i + k)
             k = min(k, pool.available())    # no fresh buffer, no swap: the frame waits in its slot
             if k == 0:
                 break
@@ -610,6 +671,10 @@ class IxgbeDevice(Device):
             rxq.regs[rxq.rdt] = (i - 1) & rxq.mask
         return got
 
+    def _no_eop(self, queue: int, descriptor: int) -> DeviceError:
+        return DeviceError(f"{self.name} RX queue {queue}: descriptor {descriptor} holds a frame without EOP "
+                           "(multi-buffer frames are not supported)")
+
     def _rx_queue(self, queue: int) -> RxQueue:
         try:
             rxq = self._rx[queue]
@@ -626,6 +691,8 @@ class IxgbeDevice(Device):
     # ---- transmit -----------------------------------------------------------------------
     def tx_batch(self, queue: int, bufs: np.ndarray) -> int:
         txq = self._tx_queue(queue)
+        if self.compiled:
+            return self._tx_batch_compiled(queue, txq, bufs)
         self._tx_clean(txq)
         clean, tail = int(txq.state[QSTATE_TX_CLEAN]), int(txq.state[QSTATE_TX_TAIL])
         # one slot stays free: TDT == TDH means "nothing to send", so a full ring would look empty
@@ -636,9 +703,7 @@ class IxgbeDevice(Device):
         idx = bufs[:n]
         lens = self.bufs.length[idx]
         if ((lens - np.uint32(1)) >= self._max_data).any():     # 0 wraps to the largest u32
-            bad = int(np.flatnonzero((lens == 0) | (lens > self._max_data))[0])
-            raise DeviceError(f"{self.name} TX queue {queue}: buffer {int(idx[bad])} has length "
-                              f"{int(lens[bad])}; a packet must be 1..{self._max_data} bytes")
+            raise self._bad_length(queue, idx, int(np.flatnonzero((lens == 0) | (lens > self._max_data))[0]))
         posted, t = 0, tail
         while posted < n:                   # two passes at most, like RX
             k = min(n - posted, txq.entries - t)
@@ -654,6 +719,29 @@ class IxgbeDevice(Device):
         txq.state[QSTATE_TX_TAIL] = t
         txq.regs[txq.tdt] = t               # one doorbell per batch (x86: stores stay in order)
         return n
+
+    def _tx_batch_compiled(self, queue: int, txq: TxQueue, bufs: np.ndarray) -> int:
+        r = ixgbe_jit.tx_burst(txq.desc64, txq.slot_buf, txq.state, bufs, self.bufs.length, self._data_phys,
+                               txq.regs, txq.tdt, txq.clean_batch, txq.freed, txq.lohi, self._max_data)
+        if r < 0:
+            cleaned = ixgbe_jit.TX_ERROR_LENGTH - r
+            bad = int(txq.freed[cleaned])
+            self._hand_back(txq, cleaned)
+            raise self._bad_length(queue, bufs, bad)
+        self._hand_back(txq, r >> 32)
+        return r & 0xFFFFFFFF
+
+    def _hand_back(self, txq: TxQueue, cleaned: int) -> None:
+        if not cleaned:
+            return
+        if self._owner_free is not None:     # the default: the kernel already found the index range
+            self._owner_free.free_range(txq.freed[:cleaned], int(txq.lohi[0]), int(txq.lohi[1]))
+        else:
+            self.tx_done(txq.freed[:cleaned].copy())
+
+    def _bad_length(self, queue: int, idx: np.ndarray, position: int) -> DeviceError:
+        return DeviceError(f"{self.name} TX queue {queue}: buffer {int(idx[position])} has length "
+                           f"{int(self.bufs.length[idx[position]])}; a packet must be 1..{self._max_data} bytes")
 
     def _tx_queue(self, queue: int) -> TxQueue:
         try:
@@ -746,4 +834,4 @@ class IxgbeDevice(Device):
         return len(self._tx) if self.bar is not None else self.spec.tx_queues
 
 
-__all__ = ["IxgbeDevice", "RxQueue", "TxQueue", "free_to_owners", "register_pools"]
+__all__ = ["FreeToOwners", "IxgbeDevice", "RxQueue", "TxQueue", "free_to_owners", "register_pools"]

@@ -1,0 +1,148 @@
+"""Optional compiled hot path of the ixgbe driver: rx_batch and tx_batch as numba kernels.
+
+Owns two kernels that do exactly what the numpy path in ``ixgbe.py`` does,
+descriptor by descriptor instead of array by array, so a batch of 32 costs
+one call instead of twenty numpy operations.  ``rx_burst`` walks the run of
+descriptors with DD set, hands out their buffers, pops a fresh buffer from
+the queue's mempool for each slot and writes RDT once; ``tx_burst`` cleans
+whole batches whose last descriptor has DD set (collecting their buffers for
+tx_done), then posts advanced data descriptors and writes TDT once.  Each
+descriptor's second 64-bit word is read with one load, so its status and
+length come from the same write-back.  Used when numba is installed
+(``pip install numba``) unless the port asks for ``hot_path="numpy"``; the
+numpy path stays the reference and both are tested against the software
+82599.  The kernels pop buffers straight off the mempool's free stack (its
+``_stack`` and ``_top`` arrays in the arena), so a pool in debug mode, which
+tracks a state byte per buffer, always takes the numpy path.
+
+Ordering: numba gives array arguments no ``noalias``, so LLVM keeps the
+descriptor stores before the doorbell store; x86 keeps them in order on the
+bus (on Arm a dma_wmb() would go before each doorbell).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ixypipe.nic.registers import (
+    RXD_LENGTH_HALFWORD,
+    RXD_STAT_DD,
+    RXD_STAT_EOP,
+    RXD_STATUS_BYTE,
+    TXD_CMD_DATA,
+    TXD_PAYLEN_SHIFT,
+    TXD_STAT_DD,
+    TXD_STATUS_BYTE,
+)
+
+try:
+    import numba
+except ImportError:          # the numpy path serves
+    numba = None
+
+AVAILABLE = numba is not None
+
+# Fields of a descriptor's second u64 word (bytes 8..15), as shifts within that word.
+_SECOND_WORD = 8
+RX_STATUS_SHIFT = (RXD_STATUS_BYTE - _SECOND_WORD) * 8                 # status_error: bits 0..31
+RX_LENGTH_SHIFT = (RXD_LENGTH_HALFWORD * 2 - _SECOND_WORD) * 8         # length: bits 32..47
+RX_LENGTH_MASK = 0xFFFF
+TX_STATUS_SHIFT = (TXD_STATUS_BYTE - _SECOND_WORD) * 8                 # status: bits 32..63
+TX_OLINFO_SHIFT = 32                                                   # olinfo_status: bytes 12..15
+RX_DD_EOP = RXD_STAT_DD | RXD_STAT_EOP
+# numba mixes int64 and uint64 into float64, so descriptor-word arithmetic uses uint64 constants
+# and indices are int64 throughout.
+_RX_STATUS_SHIFT = np.uint64(RX_STATUS_SHIFT)
+_RX_LENGTH_SHIFT = np.uint64(RX_LENGTH_SHIFT)
+_RX_LENGTH_MASK = np.uint64(RX_LENGTH_MASK)
+_RX_DD_EOP = np.uint64(RX_DD_EOP)
+_RX_DD = np.uint64(RXD_STAT_DD)
+_TX_STATUS_SHIFT = np.uint64(TX_STATUS_SHIFT)
+_TX_DD = np.uint64(TXD_STAT_DD)
+_TX_CMD = np.uint64(TXD_CMD_DATA)
+_TX_OLINFO_SHIFT = np.uint64(TX_OLINFO_SHIFT + TXD_PAYLEN_SHIFT)
+_ZERO = np.uint64(0)
+RX_ERROR_NO_EOP = -1       # rx_burst: a descriptor has DD without EOP (multi-buffer frame)
+TX_ERROR_LENGTH = -1       # tx_burst: a buffer's length is 0 or larger than a buffer holds
+
+rx_burst = tx_burst = None
+
+if AVAILABLE:
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def rx_burst(desc, slot_buf, state, out, buf_len, data_phys, stack, top, regs, rdt_index, bad):
+        """Receive into ``out``; returns how many (or RX_ERROR_NO_EOP with bad[0] = descriptor)."""
+        mask = np.int64(desc.shape[0] - 1)
+        i = np.int64(state[0])
+        free = np.int64(top[0])
+        want = np.int64(out.shape[0])
+        got = np.int64(0)
+        while got < want and got < free:
+            word = desc[i, 1]
+            status = (word >> _RX_STATUS_SHIFT) & _RX_DD_EOP
+            if status != _RX_DD_EOP:
+                if status == _RX_DD:
+                    bad[0] = i
+                    return RX_ERROR_NO_EOP
+                break
+            b = slot_buf[i]
+            out[got] = b
+            buf_len[b] = (word >> _RX_LENGTH_SHIFT) & _RX_LENGTH_MASK
+            fresh = stack[free - 1 - got]             # pops like Mempool.alloc: from the top
+            slot_buf[i] = fresh
+            desc[i, 0] = data_phys[fresh]
+            desc[i, 1] = _ZERO                        # read format again; clears DD
+            got += 1
+            i = (i + 1) & mask
+        if got:
+            top[0] = free - got
+            state[0] = i
+            regs[rdt_index] = (i - 1) & mask          # one behind the next to read (see ixgbe.py)
+        return got
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def tx_burst(desc, slot_buf, state, bufs, buf_len, data_phys, regs, tdt_index, clean_batch, freed,
+                 lohi, max_data):
+        """Clean, then post ``bufs``; returns posted | cleaned << 32.
+
+        The cleaned buffers are ``freed[:cleaned]``, their smallest and largest index in ``lohi``
+        (so the caller can see at once whether one mempool owns them all).  A bad length returns
+        TX_ERROR_LENGTH - cleaned, with the position of the bad buffer in ``freed[cleaned]``.
+        """
+        mask = np.int64(desc.shape[0] - 1)
+        clean = np.int64(state[0])
+        tail = np.int64(state[1])
+        cleaned = np.int64(0)
+        lo = np.int64(0xFFFFFFFF)
+        hi = np.int64(-1)
+        while ((tail - clean) & mask) >= clean_batch:
+            last = (clean + clean_batch - 1) & mask
+            if (desc[last, 1] >> _TX_STATUS_SHIFT) & _TX_DD == _ZERO:
+                break
+            for j in range(clean_batch):
+                b = np.int64(slot_buf[(clean + j) & mask])
+                freed[cleaned] = b
+                lo = min(lo, b)
+                hi = max(hi, b)
+                cleaned += 1
+            clean = (clean + clean_batch) & mask
+        state[0] = clean
+        lohi[0] = lo
+        lohi[1] = hi
+        n = min(np.int64(bufs.shape[0]), (clean - tail - 1) & mask)     # one slot stays free
+        for j in range(n):
+            length = np.int64(buf_len[bufs[j]])
+            if length == 0 or length > max_data:
+                # nothing posted yet; what was cleaned is already counted in state: hand it back
+                freed[cleaned] = j
+                return TX_ERROR_LENGTH - cleaned
+        for j in range(n):
+            b = bufs[j]
+            length = np.uint64(buf_len[b])
+            desc[tail, 0] = data_phys[b]
+            desc[tail, 1] = (length | _TX_CMD) | (length << _TX_OLINFO_SHIFT)
+            slot_buf[tail] = b
+            tail = (tail + 1) & mask
+        if n:
+            state[1] = tail
+            regs[tdt_index] = tail
+        return n | (cleaned << 32)
