@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,36 @@ def test_touch_wraps_the_byte(two_ports):
     world.step()
     frames = np.concatenate([w.data[:, :3] for w in wire])
     assert frames.tolist() == [[1, 0, 7]] * 3
+
+
+def run_cli(*args, timeout=60):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ixypipe", "fwd", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_cli_forwards_between_two_simulated_ports():
+    res = run_cli("--sim", "--duration", "1.5", "--batch", "64")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert re.search(r"^\[p0\] RX: \d+\.\d\d Mbit/s \d+\.\d\d Mpps$", out, re.M)
+    assert re.search(r"^\[p1\] TX: \d+\.\d\d Mbit/s \d+\.\d\d Mpps$", out, re.M)
+    verdicts = re.findall(r"^\[(p\d)\] sink: received (\d+) of (\d+) generated at (p\d); missed at p\d RX (\d+), "
+                          r"dropped at p\d TX (\d+); lost \d+, reordered 0, corrupt 0, untouched 0$", out, re.M)
+    assert sorted(v[0] for v in verdicts) == ["p0", "p1"]
+    for _, received, generated, _, missed, dropped in verdicts:
+        assert int(received) > 1000
+        assert int(received) + int(missed) + int(dropped) == int(generated)
+    assert "OK: every packet arrived intact or is counted as dropped" in out
+
+
+def test_cli_usage_and_missing_nic_errors():
+    res = run_cli()
+    assert res.returncode == 2 and "give two PCI addresses, or --sim" in res.stderr
+    res = run_cli("--sim", "--ring", "100")
+    assert res.returncode == 2 and "must be a power of two from 8 to 4096, got 100" in res.stderr
+    res = run_cli("0000:fe:1f.7", "0000:fe:1f.6", "--hugepages", "auto")
+    assert res.returncode == 1
+    assert "port p0 (0000:fe:1f.7): no such PCI device 0000:fe:1f.7" in res.stderr
