@@ -8,7 +8,9 @@ the packet buffer sitting in it) live in named regions of the device arena
 (``ixgbe.<port>.rxq<q>.*`` / ``.txq<q>.*``), so the supervisor can open and
 initialise a port and a stage process can :meth:`IxgbeDevice.attach` and
 carry on.  ``rx_batch`` and ``tx_batch`` touch a whole batch with a handful
-of numpy operations and ring the doorbell (RDT/TDT) once per batch.
+of numpy operations and ring the doorbell (RDT/TDT) once per batch; when
+numba is installed the same steps run as compiled kernels
+(``ixgbe_jit.py``; ``hot_path`` "auto", "numpy" or "numba" chooses).
 
 Simulated I/O addresses: a DMA arena on the /dev/shm fallback has no
 physical addresses, only SIM_IOVA_BASE + offset.  A real 82599 would DMA
