@@ -109,8 +109,19 @@ def test_resource_busy_and_shared_attach(tmp_path):
 
 def test_bar_too_small(tmp_path):
     make_device(tmp_path, bar_size=4096)
-    with pytest.raises(pci.PciError, match=f"is 4096 bytes, smaller than the 82599's {BAR0_SIZE}-byte BAR0"):
+    with pytest.raises(pci.PciError, match=f"is 4096 bytes: too small for the 82599's registers, which span "
+                                           f"131072 bytes of its {BAR0_SIZE}-byte BAR0"):
         pci.open_device(ADDR, tmp_path)
+
+
+def test_a_128k_bar_is_enough(tmp_path):
+    make_device(tmp_path, bar_size=128 * 1024)
+    bar = pci.open_device(ADDR, tmp_path)
+    try:
+        bar.set_flags(EEC, EEC_ARD)
+        assert bar.read(EEC) == EEC_ARD
+    finally:
+        bar.close()
 
 
 def test_wait_times_out_naming_the_register_and_polls_through_sleep(tmp_path):

@@ -33,6 +33,7 @@ import numpy as np
 
 from ixypipe.nic.device import DeviceError
 from ixypipe.nic.registers import (
+    BAR0_MIN_SIZE,
     BAR0_SIZE,
     IXGBE_82599_DEVICE_IDS,
     IXGBE_82599_VF_IDS,
@@ -219,8 +220,9 @@ def map_resource0(path: Path, exclusive: bool) -> Bar:
             raise PciError(f"resource busy: PCI device {path.name} is already in use by another "
                            f"ixypipe driver instance (lock on {res} is held)") from None
         size = os.fstat(fd).st_size
-        if size < BAR0_SIZE:
-            raise PciError(f"{res} is {size} bytes, smaller than the 82599's {BAR0_SIZE}-byte BAR0")
+        if size < BAR0_MIN_SIZE:
+            raise PciError(f"{res} is {size} bytes: too small for the 82599's registers, which span "
+                           f"{BAR0_MIN_SIZE} bytes of its {BAR0_SIZE}-byte BAR0")
         try:
             mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:

@@ -8,6 +8,9 @@ little-endian); names follow ixy's ixgbe_type.h and the 82599 datasheet.
 import numpy as np
 
 BAR0_SIZE = 512 * 1024
+# Every register the driver touches lies below 128 KiB (EEC at 0x10010 is the highest), so a
+# resource0 at least this large is accepted even where the BAR is configured smaller than 512 KiB.
+BAR0_MIN_SIZE = 128 * 1024
 
 # --- PCI identity (config space) --------------------------------------------
 PCI_VENDOR_INTEL = 0x8086
