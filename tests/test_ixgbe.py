@@ -348,6 +348,12 @@ def test_tx_refuses_bad_lengths_and_keeps_one_slot_free(rig):
     assert dev.tx_batch(0, idx) == 15                                 # 16 entries, one stays free
     assert dev.tx_batch(0, idx[15:]) == 0
     r.world.step()
+    free_before = r.pools[0].available()
+    r.bufs.length[idx[16]] = 5000
+    with pytest.raises(DeviceError, match=f"buffer {int(idx[16])} has length 5000"):
+        dev.tx_batch(0, idx[15:])
+    assert r.pools[0].available() == free_before + 8                  # what was cleaned still went home
+    r.bufs.length[idx[16]] = 60
     assert dev.tx_batch(0, idx[15:]) == 5                             # cleaned 8 (half the ring), posted 5
 
 
@@ -424,3 +430,17 @@ def test_hot_path_choice(monkeypatch):
     assert choose_hot_path(PortSpec("p0", "sim"), None) is False            # auto falls back to numpy
     with pytest.raises(DeviceError, match=r"hot_path numba needs the numba package \(pip install numba\)"):
         choose_hot_path(spec, "numba")
+
+
+def test_tx_refuses_an_index_outside_the_buffers(rig):
+    r = rig(ring=16)
+    dev = r.open("p0")
+    idx = r.pools[0].alloc_exact(3)
+    for i in idx:
+        r.bufs.write_packet(int(i), b"\x05" * 60)
+    bad = np.array([idx[0], r.bufs.count + 7, idx[1]], np.uint32)
+    with pytest.raises(DeviceError, match=f"p0 TX queue 0: buffer index {r.bufs.count + 7} is out of range "
+                                          f"\\(the arena has {r.bufs.count} packet buffers\\)"):
+        dev.tx_batch(0, bad)
+    assert dev.tx_pending(0) == 0                                     # nothing was posted
+    assert dev.tx_batch(0, idx) == 3

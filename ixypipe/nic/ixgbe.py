@@ -234,6 +234,7 @@ class TxQueue(_Queue):
         self.tdt = TDT(queue) >> 2
         self.freed = np.empty(entries, np.uint32)           # compiled path: buffers it cleaned
         self.lohi = np.zeros(2, np.int64)                    # ... and their smallest and largest index
+        self.error = np.zeros(2, np.int64)                   # ... and what was wrong with a buffer, where
 
 
 # ---- buffers that finished transmitting go home ------------------------------------------
@@ -695,16 +696,18 @@ class IxgbeDevice(Device):
         txq = self._tx_queue(queue)
         if self.compiled:
             return self._tx_batch_compiled(queue, txq, bufs)
-        self._tx_clean(txq)
-        clean, tail = int(txq.state[QSTATE_TX_CLEAN]), int(txq.state[QSTATE_TX_TAIL])
+        clean, tail = self._tx_clean(txq)
         # one slot stays free: TDT == TDH means "nothing to send", so a full ring would look empty
         free = (clean - tail - 1) & txq.mask
         n = min(len(bufs), free)
         if n == 0:
             return 0
         idx = bufs[:n]
-        lens = self.bufs.length[idx]
-        if ((lens - np.uint32(1)) >= self._max_data).any():     # 0 wraps to the largest u32
+        try:
+            lens = self.bufs.length[idx]
+        except IndexError:
+            raise self._bad_index(queue, int(idx[(idx < 0) | (idx >= self.bufs.count)][0])) from None
+        if int((lens - np.uint32(1)).max()) >= self._max_data:   # 0 wraps to the largest u32
             raise self._bad_length(queue, idx, int(np.flatnonzero((lens == 0) | (lens > self._max_data))[0]))
         posted, t = 0, tail
         while posted < n:                   # two passes at most, like RX
@@ -724,12 +727,14 @@ class IxgbeDevice(Device):
 
     def _tx_batch_compiled(self, queue: int, txq: TxQueue, bufs: np.ndarray) -> int:
         r = ixgbe_jit.tx_burst(txq.desc64, txq.slot_buf, txq.state, bufs, self.bufs.length, self._data_phys,
-                               txq.regs, txq.tdt, txq.clean_batch, txq.freed, txq.lohi, self._max_data)
+                               txq.regs, txq.tdt, txq.clean_batch, txq.freed, txq.lohi, txq.error,
+                               self._max_data)
         if r < 0:
-            cleaned = ixgbe_jit.TX_ERROR_LENGTH - r
-            bad = int(txq.freed[cleaned])
-            self._hand_back(txq, cleaned)
-            raise self._bad_length(queue, bufs, bad)
+            self._hand_back(txq, ixgbe_jit.TX_ERROR - r)
+            kind, position = int(txq.error[0]), int(txq.error[1])
+            if kind == ixgbe_jit.TX_BAD_INDEX:
+                raise self._bad_index(queue, int(bufs[position]))
+            raise self._bad_length(queue, bufs, position)
         self._hand_back(txq, r >> 32)
         return r & 0xFFFFFFFF
 
@@ -741,6 +746,10 @@ class IxgbeDevice(Device):
         else:
             self.tx_done(txq.freed[:cleaned].copy())
 
+    def _bad_index(self, queue: int, index: int) -> DeviceError:
+        return DeviceError(f"{self.name} TX queue {queue}: buffer index {index} is out of range "
+                           f"(the arena has {self.bufs.count} packet buffers)")
+
     def _bad_length(self, queue: int, idx: np.ndarray, position: int) -> DeviceError:
         return DeviceError(f"{self.name} TX queue {queue}: buffer {int(idx[position])} has length "
                            f"{int(self.bufs.length[idx[position]])}; a packet must be 1..{self._max_data} bytes")
@@ -751,8 +760,11 @@ class IxgbeDevice(Device):
         except (IndexError, TypeError):
             raise DeviceError(f"{self.name}: no TX queue {queue} (the port has {len(self._tx)})") from None
 
-    def _tx_clean(self, txq: TxQueue) -> int:
-        """Hand back the buffers of completed descriptors, whole clean batches at a time."""
+    def _tx_clean(self, txq: TxQueue) -> tuple[int, int]:
+        """Hand back the buffers of completed descriptors, whole clean batches at a time.
+
+        Returns the (clean index, tail) after cleaning.
+        """
         clean, tail = int(txq.state[QSTATE_TX_CLEAN]), int(txq.state[QSTATE_TX_TAIL])
         pending = (tail - clean) & txq.mask
         cb = txq.clean_batch
@@ -763,7 +775,7 @@ class IxgbeDevice(Device):
             done += cb
         if done:
             self._release(txq, clean, done)
-        return done
+        return (clean + done) & txq.mask, tail
 
     def _release(self, txq: TxQueue, clean: int, count: int) -> None:
         end = clean + count

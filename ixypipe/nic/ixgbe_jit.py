@@ -63,7 +63,9 @@ _TX_CMD = np.uint64(TXD_CMD_DATA)
 _TX_OLINFO_SHIFT = np.uint64(TX_OLINFO_SHIFT + TXD_PAYLEN_SHIFT)
 _ZERO = np.uint64(0)
 RX_ERROR_NO_EOP = -1       # rx_burst: a descriptor has DD without EOP (multi-buffer frame)
-TX_ERROR_LENGTH = -1       # tx_burst: a buffer's length is 0 or larger than a buffer holds
+TX_ERROR = -1              # tx_burst: a bad buffer; what and where in its ``error`` array
+TX_BAD_LENGTH = 1          # the buffer's length is 0 or larger than a buffer holds
+TX_BAD_INDEX = 2           # the buffer index is outside the packet buffers
 
 rx_burst = tx_burst = None
 
@@ -101,12 +103,12 @@ if AVAILABLE:
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def tx_burst(desc, slot_buf, state, bufs, buf_len, data_phys, regs, tdt_index, clean_batch, freed,
-                 lohi, max_data):
+                 lohi, error, max_data):
         """Clean, then post ``bufs``; returns posted | cleaned << 32.
 
         The cleaned buffers are ``freed[:cleaned]``, their smallest and largest index in ``lohi``
-        (so the caller can see at once whether one mempool owns them all).  A bad length returns
-        TX_ERROR_LENGTH - cleaned, with the position of the bad buffer in ``freed[cleaned]``.
+        (so the caller can see at once whether one mempool owns them all).  A bad buffer posts
+        nothing and returns TX_ERROR - cleaned, with (TX_BAD_*, its position in bufs) in ``error``.
         """
         mask = np.int64(desc.shape[0] - 1)
         clean = np.int64(state[0])
@@ -129,12 +131,17 @@ if AVAILABLE:
         lohi[0] = lo
         lohi[1] = hi
         n = min(np.int64(bufs.shape[0]), (clean - tail - 1) & mask)     # one slot stays free
+        count = np.int64(buf_len.shape[0])
         for j in range(n):
-            length = np.int64(buf_len[bufs[j]])
-            if length == 0 or length > max_data:
-                # nothing posted yet; what was cleaned is already counted in state: hand it back
-                freed[cleaned] = j
-                return TX_ERROR_LENGTH - cleaned
+            b = np.int64(bufs[j])
+            if b < 0 or b >= count:
+                error[0] = TX_BAD_INDEX
+            elif buf_len[b] == 0 or np.int64(buf_len[b]) > max_data:
+                error[0] = TX_BAD_LENGTH
+            else:
+                continue
+            error[1] = j      # nothing posted; what was cleaned is in state already: the caller hands it back
+            return TX_ERROR - cleaned
         for j in range(n):
             b = bufs[j]
             length = np.uint64(buf_len[b])
