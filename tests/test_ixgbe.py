@@ -121,9 +121,11 @@ def test_link_comes_up_and_missing_link_is_a_clear_error(rig):
     def no_cable(seconds):
         r.world.step()
         r.world.ports["p0"].set_reg(R.LINKS, 0)
+    free = r.pools[0].available()
     with pytest.raises(PciError, match=r"timeout after 0.5 s waiting for LINKS.UP"):
         IxgbeDevice.open(r.spec("p0"), r.arena, r.bufs, [r.pools[0]], sysfs_root=str(r.world.sysfs_root),
                          sleep=no_cable, link_timeout=0.5)
+    assert r.pools[0].available() == free == POOL - 512    # the failed open gave its ring buffers back
 
 
 def test_reset_that_never_completes_names_ctrl(rig):

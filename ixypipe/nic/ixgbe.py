@@ -215,6 +215,7 @@ class RxQueue(_Queue):
         self.regs = regs
         self.rdt = RDT(queue) >> 2
         self.bad = np.zeros(1, np.int64)                     # compiled path: where it found trouble
+        self.filled = False                                  # open() put pool buffers in every slot
         # the compiled path pops fresh buffers straight off the pool's free stack
         self.stack = pool._stack if pool is not None else None
         self.top = pool._top if pool is not None else None
@@ -431,6 +432,7 @@ def init_tx_queue(bar: pci.Bar, q: int, txq: TxQueue) -> None:
 def start_rx_queue(bar: pci.Bar, q: int, rxq: RxQueue, data_phys: np.ndarray, sleep) -> None:
     idx = rxq.pool.alloc_exact(rxq.entries)
     rxq.slot_buf[:] = idx
+    rxq.filled = True
     rxq.addr[:] = data_phys[idx]                    # the NIC writes the frame at buffer + headroom
     rxq.hdr[:] = 0                                  # no header split; also clears DD of every slot
     rxq.state[QSTATE_RX_NEXT] = 0
@@ -564,11 +566,14 @@ class IxgbeDevice(Device):
                         "memory. Reserve hugepages (ixypipe hugepages) or use a sim port")
         bar = pci.open_device(spec.address, sysfs_root, require_root=not simulated)
         bar.trace = trace
+        dev = None
         try:
             dev = cls(spec, bar, arena, bufs, dict(enumerate(rx_pools)), tx_done, create=True,
                       sleep=sleep, owner=True, hot_path=hot_path)
             dev.reset_and_init(link_timeout)
         except BaseException:
+            if dev is not None:
+                dev._return_ring_buffers()
             bar.close()
             raise
         bar.trace = None
@@ -599,7 +604,7 @@ class IxgbeDevice(Device):
         global_reset(bar, sleep)
         disable_interrupts(bar)             # the reset turned the defaults back on
         self._mac = read_mac(bar)
-        log.info("%s: resetting 82599 %s, MAC %s", self.name, self.spec.address, format_mac(self._mac))
+        log.info("%s: reset 82599 %s, MAC %s", self.name, self.spec.address, format_mac(self._mac))
         wait_eeprom_auto_read(bar, sleep)
         wait_dma_init(bar, sleep)
         init_link(bar)
@@ -615,6 +620,15 @@ class IxgbeDevice(Device):
             link = wait_for_link(bar, link_timeout, sleep)
             log.info("%s: link up at %d Mbit/s", self.name, link.speed_mbit)
         self._totals = DeviceStats()
+
+    def _return_ring_buffers(self) -> None:
+        """A failed open gives the buffers it put in the RX rings back to their pools."""
+        if self.bar is not None:
+            self.bar.clear_flags(RXCTRL, RXCTRL_RXEN)
+        for rxq in self._rx:
+            if rxq.filled:
+                rxq.pool.free(rxq.slot_buf.copy())
+                rxq.filled = False
 
     def close(self) -> None:
         """Unmap the BAR.  The opener also stops reception so the NIC writes no more into buffers."""
