@@ -9,7 +9,7 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ixgbe_jit
 from ixypipe.nic import registers as R
-from ixypipe.nic.device import DeviceError, LinkState, PortSpec
+from ixypipe.nic.device import DeviceError, DeviceStats, LinkState, PortSpec
 from ixypipe.nic.ixgbe import IxgbeDevice
 from ixypipe.nic.pci import PciError
 from ixypipe.nic.sim.traffic import PacketBatch
@@ -110,6 +110,11 @@ def test_init_writes_registers_in_ixys_order(rig):
     assert writes[R.FCTRL] & (R.FCTRL_PROMISC | R.FCTRL_BAM) == R.FCTRL_PROMISC | R.FCTRL_BAM
     assert writes[R.AUTOC] & R.AUTOC_LMS_MASK == R.AUTOC_LMS_10G_SERIAL
     assert dev.mac == r.world.ports["p0"].mac
+    assert (dev.num_rx_queues, dev.num_tx_queues) == (1, 1)
+    dev.set_promisc(False)
+    assert r.world.ports["p0"].reg(R.FCTRL) & (R.FCTRL_PROMISC | R.FCTRL_BAM) == R.FCTRL_BAM
+    dev.set_promisc(True)
+    assert r.world.ports["p0"].reg(R.FCTRL) & R.FCTRL_PROMISC == R.FCTRL_PROMISC
 
 
 def test_link_comes_up_and_missing_link_is_a_clear_error(rig):
@@ -215,6 +220,14 @@ def test_full_rx_ring_counts_drops(rig):
     assert port.receive(PacketBatch.from_frames(frames[:10])) == 10  # room again after the refill
     port.latch_stats()
     assert dev.read_stats().rx_dropped == 37                         # accumulated, not doubled
+    dev.reset_stats()
+    port.latch_stats()          # the model's counters hold an interval until the next latch
+    assert dev.read_stats() == DeviceStats()
+    idx = out[:5].copy()
+    assert dev.tx_batch(0, idx) == 5
+    r.world.step()
+    port.latch_stats()
+    assert dev.read_stats() == DeviceStats(rx_packets=0, tx_packets=5, rx_bytes=0, tx_bytes=300)
 
 
 def test_rx_waits_when_the_mempool_is_empty(rig):
@@ -276,6 +289,7 @@ def test_rss_spreads_flows_over_queues(rig):
         for b in range(a + 1, 4):
             assert not flow_of[a] & flow_of[b]                          # a flow stays on one queue
     assert r.world.ports["p0"].reg(R.MRQC) & R.MRQC_RSSEN
+    assert dev.num_rx_queues == 4
 
 
 def test_attach_takes_over_the_queues(rig):
