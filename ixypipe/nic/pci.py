@@ -172,11 +172,12 @@ class Bar:
         the same number of chances.
         """
         polls = max(1, int(round(timeout / interval)))
-        for _ in range(polls + 1):
+        for attempt in range(polls + 1):
             value = self.read(offset) & mask
             if (value == mask) if want_set else (value == 0):
                 return
-            sleep(interval)
+            if attempt < polls:
+                sleep(interval)
         raise PciError(f"{self.path.parent.name}: timeout after {timeout:g} s waiting for {what} "
                        f"(register {offset:#07x} & {mask:#010x} still {'clear' if want_set else 'set'}, "
                        f"reads {self.read(offset):#010x})")
