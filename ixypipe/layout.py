@@ -53,6 +53,10 @@ ARENA_PHYS_REGION = "arena.phys"
 # are simulated I/O addresses: this base plus the arena offset.  Only the
 # software 82599 accepts them; the real ixgbe driver refuses such an arena.
 SIM_IOVA_BASE = 0x7E00_0000_0000
+# Each fallback arena gets its own window above the base (a random slot),
+# so two arenas mapped by one device never share an I/O address.
+SIM_IOVA_WINDOW = 1 << 36           # 64 GiB: the largest fallback arena
+SIM_IOVA_SLOTS = 4096
 
 # --- /proc/self/pagemap ----------------------------------------------------
 PAGEMAP_ENTRY_SIZE = 8
@@ -169,23 +173,6 @@ SIM_CSUM_OFF = SIM_PAYLOAD_OFF + 14                 # u32 checksum of bytes ETH_
 SIM_MIN_FRAME = SIM_PAYLOAD_OFF + 18                # 60
 SIM_MAX_FRAME = 1514                                # without FCS
 SIM_TOUCH_OFF = 1                                   # the byte ixy-fwd increments
-# The simulator's shared block (file "<sim root>/counters"): a control row the
-# server writes (command, traffic) and the model process answers (pid,
-# heartbeat), then one row of int64 counters per simulated port.
-SIM_CMD_RUN = 0
-SIM_CMD_STOP = 1
-SIM_CONTROL_DTYPE = np.dtype([
-    ("command", "<i8"),
-    ("traffic", "<i8"),          # 1 = generators send, 0 = paused
-    ("pid", "<i8"),
-    ("heartbeat_ns", "<i8"),
-    ("steps", "<i8"),
-    ("pad", "u1", (24,)),
-])
-SIM_COUNTER_FIELDS = ("generated", "gen_bytes", "rx_delivered", "rx_missed", "tx_sent", "tx_bytes",
-                      "sink_received", "sink_lost", "sink_reordered", "sink_corrupt", "sink_untouched",
-                      "dma_faults")
-SIM_COUNTERS_DTYPE = np.dtype([(name, "<i8") for name in SIM_COUNTER_FIELDS])
 
 # --- Linux AF_PACKET ABI (linux/if_packet.h, linux/if_ether.h, linux/if.h) ------
 # Used by ixypipe.nic.af_packet: PACKET_MMAP rings in TPACKET_V2 format.
@@ -273,3 +260,20 @@ PCAP_GLOBAL_HEADER_DTYPE = np.dtype([
     ("thiszone", "i4"), ("sigfigs", "u4"), ("snaplen", "u4"), ("network", "u4"),
 ])                                       # 24 bytes; byte order given by how the magic reads
 PCAP_RECORD_DTYPE = np.dtype([("ts_sec", "u4"), ("ts_frac", "u4"), ("incl_len", "u4"), ("orig_len", "u4")])
+# The simulator's shared block (file "<sim root>/counters"): a control row the
+# server writes (command, traffic) and the model process answers (pid,
+# heartbeat), then one row of int64 counters per simulated port.
+SIM_CMD_RUN = 0
+SIM_CMD_STOP = 1
+SIM_CONTROL_DTYPE = np.dtype([
+    ("command", "<i8"),
+    ("traffic", "<i8"),          # 1 = generators send, 0 = paused
+    ("pid", "<i8"),
+    ("heartbeat_ns", "<i8"),
+    ("steps", "<i8"),
+    ("pad", "u1", (24,)),
+])
+SIM_COUNTER_FIELDS = ("generated", "gen_bytes", "rx_delivered", "rx_missed", "tx_sent", "tx_bytes",
+                      "sink_received", "sink_lost", "sink_reordered", "sink_corrupt", "sink_untouched",
+                      "dma_faults")
+SIM_COUNTERS_DTYPE = np.dtype([(name, "<i8") for name in SIM_COUNTER_FIELDS])

@@ -22,6 +22,7 @@ from ixypipe.layout import (
     PAGE_SIZE,
     PAGEMAP_PRESENT,
     SIM_IOVA_BASE,
+    SIM_IOVA_WINDOW,
 )
 from ixypipe.memory import arena as arena_mod
 from ixypipe.memory import hugepages
@@ -149,7 +150,10 @@ def test_fallback_warns_exactly_once_and_gives_simulated_addresses(monkeypatch, 
     arena = arenas[0]
     assert not arena.hugepages and arena.path.parent == Path("/dev/shm")
     region = arena.alloc("r", 4096)
-    assert int(arena.phys(region.offset + 5)) == SIM_IOVA_BASE + region.offset + 5
+    assert int(arena.phys(region.offset + 5)) == arena.iova_base + region.offset + 5
+    # each fallback arena has its own I/O window, so one device can map several
+    assert arena.iova_base >= SIM_IOVA_BASE and (arena.iova_base - SIM_IOVA_BASE) % SIM_IOVA_WINDOW == 0
+    assert len({a.iova_base for a in arenas}) == len(arenas)
 
 
 def test_region_name_clash_and_bad_names_and_sizes_are_refused(make_arena):

@@ -7,7 +7,7 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 
-from ixypipe.layout import HUGEPAGE_SIZE, PKTBUF_HEADROOM, SIM_IOVA_BASE
+from ixypipe.layout import HUGEPAGE_SIZE, PKTBUF_HEADROOM
 from ixypipe.memory.arena import Arena, ArenaError
 from ixypipe.memory.mempool import Mempool, MempoolError
 from ixypipe.memory.pktbuf import BufferError, PacketBuffers
@@ -24,7 +24,7 @@ def test_buffer_headers_hold_index_pool_and_address(bufs):
     assert bufs.count == 64 and bufs.buf_size == 2048 and bufs.max_data == 2048 - PKTBUF_HEADROOM
     assert bufs.offset % 2048 == 0
     assert list(bufs.index[:4]) == [0, 1, 2, 3]
-    assert int(bufs.phys[5]) == SIM_IOVA_BASE + bufs.offset + 5 * 2048
+    assert int(bufs.phys[5]) == arena.iova_base + bufs.offset + 5 * 2048
     assert int(bufs.data_phys[5]) == int(bufs.phys[5]) + PKTBUF_HEADROOM
     # the header in the arena holds the same address, little-endian at offset 0 of the buffer
     raw = bytes(arena.buf[bufs.offset + 5 * 2048:bufs.offset + 5 * 2048 + 8])

@@ -29,7 +29,7 @@ def leftovers(pid: int) -> list[Path]:
 
 
 def run(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*IXYPIPE, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run([*IXYPIPE, "run", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 def summary_of(stdout: str) -> dict:
@@ -112,7 +112,7 @@ def test_two_workers_keep_each_flow_in_order(tmp_path):
 
 
 def start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([*IXYPIPE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen([*IXYPIPE, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO)
 
 

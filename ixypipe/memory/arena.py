@@ -9,7 +9,8 @@ the header.  Only offsets cross process boundaries.
 Physical addresses come from /proc/self/pagemap, read once by the creator
 for every hugepage and stored in the ``arena.phys`` region.  On a fallback
 arena there is no physical contiguity, so the arena hands out simulated I/O
-addresses (SIM_IOVA_BASE + offset) that only the software 82599 accepts.
+addresses (a per-arena window above SIM_IOVA_BASE, plus the offset) that only the
+software 82599 accepts.
 
 Every file is created 0600 under an unpredictable name that starts with the
 creator's pid (``ixypipe-<pid>-[<tag>-]<64 random bits>``).  The creator
@@ -54,6 +55,8 @@ from ixypipe.layout import (
     PAGEMAP_PFN_MASK,
     PAGEMAP_PRESENT,
     SIM_IOVA_BASE,
+    SIM_IOVA_SLOTS,
+    SIM_IOVA_WINDOW,
 )
 from ixypipe.memory import hugepages
 
@@ -214,7 +217,7 @@ class Arena:
         h["next_free"] = ARENA_DATA_OFFSET
         h["flags"] = ARENA_FLAG_HUGEPAGES if use_huge else 0
         h["owner_pid"] = os.getpid()
-        h["iova_base"] = 0 if use_huge else SIM_IOVA_BASE
+        h["iova_base"] = 0 if use_huge else SIM_IOVA_BASE + secrets.randbelow(SIM_IOVA_SLOTS) * SIM_IOVA_WINDOW
         if use_huge:
             n_pages = total // HUGEPAGE_SIZE
             base = self.buf.ctypes.data
@@ -292,6 +295,11 @@ class Arena:
         return bool(int(self.header["flags"][0]) & ARENA_FLAG_HUGEPAGES)
 
     @property
+    def iova_base(self) -> int:
+        """Simulated I/O address of offset 0 on a fallback arena (0 on hugepages)."""
+        return int(self.header["iova_base"][0])
+
+    @property
     def name(self) -> str:
         return self.path.name
 
@@ -360,7 +368,7 @@ class Arena:
         """DMA address(es) of arena offset(s): physical on hugepages, simulated I/O otherwise."""
         offsets = np.asarray(offsets, dtype=np.uint64)
         if not self.hugepages:
-            return offsets + np.uint64(SIM_IOVA_BASE)
+            return offsets + np.uint64(self.iova_base)
         if self._page_phys is None:
             self._page_phys = self.view(self.region(ARENA_PHYS_REGION), np.uint64)
         pages = offsets >> np.uint64(HUGEPAGE_SHIFT)
@@ -369,7 +377,7 @@ class Arena:
     def dma_table(self) -> tuple[np.ndarray, np.ndarray, int]:
         """(sorted physical page bases, their arena offsets, page size) to map DMA addresses back."""
         if not self.hugepages:
-            return (np.array([SIM_IOVA_BASE], np.uint64), np.array([0], np.uint64), self.size)
+            return (np.array([self.iova_base], np.uint64), np.array([0], np.uint64), self.size)
         phys = self.view(self.region(ARENA_PHYS_REGION), np.uint64)
         order = np.argsort(phys, kind="stable")
         return phys[order].copy(), (order.astype(np.uint64) << np.uint64(HUGEPAGE_SHIFT)), HUGEPAGE_SIZE
