@@ -137,7 +137,8 @@ class Forwarder:
         """
         step, forward = self.step, self.forward_once
         start = last = time.monotonic()
-        before = {d.name: d.read_stats() for d in self.devs}
+        printing = out is not None and bool(stats_every)
+        before = {d.name: d.read_stats() for d in self.devs} if printing else {}
         reason = "ctrl-c"
         loops = 0
         interrupted: list[int] = []
@@ -154,7 +155,7 @@ class Forwarder:
                     reason = f"{packets} packets"
                     break
                 now = time.monotonic()
-                if out is not None and stats_every and now - last >= stats_every:
+                if printing and now - last >= stats_every:
                     for d in self.devs:
                         stats = d.read_stats()
                         for line in stats_lines(d.name, stats - before[d.name], now - last):
