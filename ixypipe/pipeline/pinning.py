@@ -21,6 +21,7 @@ def place_stages(plan, cfg, sim_pid: int | None = None):
         s.cpu = placement.cpu_of.get(s.name)
     if sim_pid is not None and "sim" in placement.cpu_of:
         pin(sim_pid, placement.cpu_of["sim"])
+    plan.shared_cpus = placement.oversubscribed
     plan.spin_only = not placement.oversubscribed and all(
         s.cpu in topo.isolated for s in plan.stages if s.cpu is not None)
     return placement

@@ -61,7 +61,8 @@ class PipelinePlan:
     worker_base_dir: str
     distribute: str            # "flow" | "round-robin"
     sysfs_roots: dict[str, str] = field(default_factory=dict)   # port name -> sysfs root (sim ports)
-    spin_only: bool = False
+    spin_only: bool = False      # every stage on an isolated CPU of its own: never sleep
+    shared_cpus: bool = False    # stages share CPUs: nap at once when idle
 
     @property
     def port_names(self) -> list[str]:

@@ -209,7 +209,8 @@ class Accounting:
         if self.user_counters:
             lines.append("worker counters: " + ", ".join(f"{k} {v:,}" for k, v in self.user_counters.items()))
         for name, c in sim.items():
-            lines.append(f"sim {name}: generated {c.get('generated', 0):,}, sink received "
+            lines.append(f"sim {name}: generated {c.get('generated', 0):,}, missed at RX {c.get('rx_missed', 0):,}, "
+                         f"sink received "
                          f"{c.get('sink_received', 0):,}, lost {c.get('sink_lost', 0):,}, reordered "
                          f"{c.get('sink_reordered', 0):,}, corrupt {c.get('sink_corrupt', 0):,}, untouched "
                          f"{c.get('sink_untouched', 0):,}")

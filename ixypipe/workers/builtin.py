@@ -1,0 +1,35 @@
+"""Built-in workers, usable by name in a pipeline file (``function = "touch"``).
+
+touch    ixy-fwd's work: increment byte 1 of every packet (uint8, wraps)
+macswap  swap destination and source MAC, as a reflector does
+drop     drop every packet
+count    forward everything, counting packets and bytes
+"""
+
+from __future__ import annotations
+
+from ixypipe.layout import ETH_ADDR_LEN, ETH_DST_OFF
+from ixypipe.workers.api import Batch
+
+TOUCH_BYTE = 1     # ixy-fwd increments data[1]
+
+
+def touch(batch: Batch) -> None:
+    batch.data[batch.idx, TOUCH_BYTE] += 1
+
+
+def macswap(batch: Batch) -> None:
+    both = batch.field(ETH_DST_OFF, 2 * ETH_ADDR_LEN)
+    batch.set_field(ETH_DST_OFF, both[:, list(range(ETH_ADDR_LEN, 2 * ETH_ADDR_LEN)) + list(range(ETH_ADDR_LEN))])
+
+
+def drop(batch: Batch) -> None:
+    batch.drop()
+
+
+def count(batch: Batch) -> None:
+    batch.count("packets", batch.n)
+    batch.count("bytes", int(batch.lengths.sum()))
+
+
+BUILTINS = {"touch": touch, "macswap": macswap, "drop": drop, "count": count}

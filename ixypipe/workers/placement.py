@@ -1,0 +1,142 @@
+"""CPU placement: which CPU each polling stage runs on.
+
+Reads the topology from sysfs (a parameter, so tests use fake trees):
+online and isolated CPUs, hyper-thread siblings, NUMA nodes.  Automatic
+placement prefers isolated CPUs, spreads stages over physical cores before
+doubling up on hyper-thread siblings, and keeps a stage on its NIC's NUMA
+node where that is known.  With more stages than CPUs it shares them
+round-robin and says so once.  The software 82599 (role "sim") stands in
+for hardware that would cost the host nothing, so it gets a CPU of its own
+whenever there are at least two.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+
+class PlacementError(Exception):
+    """A CPU cannot be used as asked."""
+
+
+@dataclass
+class CpuTopology:
+    cpus: list[int]
+    isolated: set[int] = field(default_factory=set)
+    siblings: dict[int, set[int]] = field(default_factory=dict)
+    numa_node: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageDemand:
+    name: str
+    role: str                       # "rx" | "worker" | "tx" | "sim"
+    numa_node: int | None = None
+
+
+@dataclass
+class Placement:
+    cpu_of: dict[str, int]
+    oversubscribed: bool
+    warnings: list[str]
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11] (the kernel's cpulist format)."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def read_topology(sysfs_root: str | os.PathLike = "/sys") -> CpuTopology:
+    base = Path(sysfs_root) / "devices" / "system"
+    online = parse_cpu_list(_read(base / "cpu" / "online")) or sorted(os.sched_getaffinity(0))
+    if str(sysfs_root) == "/sys":
+        allowed = os.sched_getaffinity(0)
+        online = [c for c in online if c in allowed] or online
+    topo = CpuTopology(cpus=online, isolated=set(parse_cpu_list(_read(base / "cpu" / "isolated"))))
+    for cpu in online:
+        sib = parse_cpu_list(_read(base / "cpu" / f"cpu{cpu}" / "topology" / "thread_siblings_list"))
+        topo.siblings[cpu] = set(sib) - {cpu}
+    for node_dir in sorted((base / "node").glob("node[0-9]*")):
+        node = int(node_dir.name[4:])
+        for cpu in parse_cpu_list(_read(node_dir / "cpulist")):
+            topo.numa_node[cpu] = node
+    return topo
+
+
+def _preference(topo: CpuTopology) -> list[int]:
+    """CPUs in the order automatic placement uses them: isolated first, one thread per core first."""
+    first_threads, second_threads, seen_cores = [], [], set()
+    for cpu in topo.cpus:
+        core = frozenset({cpu} | topo.siblings.get(cpu, set()))
+        (second_threads if core in seen_cores else first_threads).append(cpu)
+        seen_cores.add(core)
+    order = first_threads + second_threads
+    return [c for c in order if c in topo.isolated] + [c for c in order if c not in topo.isolated]
+
+
+def plan_placement(demands: list[StageDemand], topo: CpuTopology,
+                   explicit: dict[str, list[int] | None] | None = None) -> Placement:
+    explicit = explicit or {}
+    cpu_of: dict[str, int] = {}
+    load: dict[int, int] = {c: 0 for c in topo.cpus}
+    per_role: dict[str, int] = {}
+    automatic = []
+    for d in demands:
+        chosen = explicit.get(d.role)
+        if chosen:
+            cpu = chosen[per_role.get(d.role, 0) % len(chosen)]
+            per_role[d.role] = per_role.get(d.role, 0) + 1
+            if cpu not in load:
+                raise PlacementError(f"CPU {cpu} (for {d.name}) is not usable here; CPUs: "
+                                     f"{', '.join(map(str, topo.cpus))}")
+            cpu_of[d.name] = cpu
+            load[cpu] += 1
+        else:
+            automatic.append(d)
+    order = _preference(topo)
+    sims = [d for d in automatic if d.role == "sim"]
+    if sims and len(order) > len(sims):
+        for d, cpu in zip(sims, order[-len(sims):], strict=True):   # the least preferred CPUs
+            cpu_of[d.name] = cpu
+            load[cpu] += 1
+        order = [c for c in order if c not in cpu_of.values()]
+        automatic = [d for d in automatic if d.role != "sim"]
+    for d in automatic:
+        candidates = order
+        if d.numa_node is not None:
+            local = [c for c in order if topo.numa_node.get(c) == d.numa_node]
+            candidates = local or order
+        cpu = min(candidates, key=lambda c: (load[c], candidates.index(c)))
+        cpu_of[d.name] = cpu
+        load[cpu] += 1
+    oversubscribed = any(n > 1 for n in load.values())
+    warnings = []
+    if oversubscribed:
+        shared = sorted({c for c in load if load[c] > 1})
+        warnings.append(f"{sum(load[c] for c in shared)} polling stages share CPUs {shared}: stages back off when idle "
+                        "(spin, sched_yield, sleep); isolate CPUs (isolcpus=, nohz_full=) for full speed")
+    return Placement(cpu_of, oversubscribed, warnings)
+
+
+def pin(pid: int, cpu: int) -> None:
+    try:
+        psutil.Process(pid).cpu_affinity([cpu])
+    except (psutil.Error, ValueError, OSError) as exc:
+        raise PlacementError(f"cannot pin pid {pid} to CPU {cpu}: {exc}") from exc
