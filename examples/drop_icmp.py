@@ -28,5 +28,5 @@ def keep_mask(data: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def drop_icmp(batch) -> np.ndarray:
-    """The worker function: keep every packet that is not ICMP."""
-    return keep_mask(batch.data, batch.lengths)
+    """The worker function: keep every packet that is not ICMP (reads only the header bytes it needs)."""
+    return keep_mask(batch.field(0, IPV4_PROTO_OFF + 1), batch.lengths)

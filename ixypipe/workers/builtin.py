@@ -1,5 +1,6 @@
 """Built-in workers, usable by name in a pipeline file (``function = "touch"``).
 
+forward  pass every packet on unchanged (a bump in the wire)
 touch    ixy-fwd's work: increment byte 1 of every packet (uint8, wraps)
 macswap  swap destination and source MAC, as a reflector does
 drop     drop every packet
@@ -12,6 +13,10 @@ from ixypipe.layout import ETH_ADDR_LEN, ETH_DST_OFF
 from ixypipe.workers.api import Batch
 
 TOUCH_BYTE = 1     # ixy-fwd increments data[1]
+
+
+def forward(batch: Batch) -> None:
+    """Nothing to do: every packet keeps the verdict of its port's forward_to."""
 
 
 def touch(batch: Batch) -> None:
@@ -32,4 +37,4 @@ def count(batch: Batch) -> None:
     batch.count("bytes", int(batch.lengths.sum()))
 
 
-BUILTINS = {"touch": touch, "macswap": macswap, "drop": drop, "count": count}
+BUILTINS = {"forward": forward, "touch": touch, "macswap": macswap, "drop": drop, "count": count}
