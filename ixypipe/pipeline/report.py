@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import psutil
 
 from ixypipe.layout import DROP_REASONS
 from ixypipe.pipeline import stagetable
@@ -24,6 +25,14 @@ WIRE_OVERHEAD = 20        # bytes per packet: preamble (8) + inter-frame gap (12
 
 def mbit(packets: int, nbytes: int, seconds: float) -> float:
     return (nbytes + WIRE_OVERHEAD * packets) * 8 / seconds / 1e6 if seconds > 0 else 0.0
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a stage process, 0 when it is gone."""
+    try:
+        return psutil.Process(pid).memory_info().rss // 1024 if pid > 0 else 0
+    except psutil.Error:
+        return 0
 
 
 def port_totals(plan, table: np.ndarray) -> dict[str, dict[str, int]]:
@@ -72,6 +81,7 @@ class StatsPrinter:
             loops = int(new["loops"] - old["loops"])
             stages[s.name] = {
                 "cpu": int(new["cpu"]),
+                "rss_kib": rss_kib(int(new["pid"])),
                 "batches": int(new["batches"] - old["batches"]),
                 "idle": (int(new["idle_loops"] - old["idle_loops"]) / loops) if loops else 1.0,
                 "stalls": int(new["stalls"] - old["stalls"]),
@@ -109,6 +119,7 @@ class Accounting:
     device_missed: dict[str, int] = field(default_factory=dict)
     ports: dict[str, dict[str, int]] = field(default_factory=dict)
     user_counters: dict[str, int] = field(default_factory=dict)
+    restarts: int = 0
     sim: dict | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -124,6 +135,7 @@ class Accounting:
         plan, table = sup.plan, sup.table
         acc = cls()
         died = {p.row for p in sup.procs if p.died}
+        stage_lost = bool(died) or sup.restarts > 0 or sup.sim_died
         for p, dev in sup.devices.items():       # TX stages that died left posted descriptors
             for t in range(plan.ports[p].tx_queues):
                 if any(s.role == "tx" and s.port == p and s.queue == t and s.row in died for s in plan.stages):
@@ -144,9 +156,10 @@ class Accounting:
             acc.buffers_free += free
             acc.buffers_in_nic += in_nic
             lost += pool.count - free - in_nic
-        if lost and not died:
+        if lost and not stage_lost:
             acc.problems.append(f"{lost} buffers never came home and no stage died: a leak")
-        acc.drops["stage_died"] = lost if died else 0
+        acc.drops["stage_died"] = lost if stage_lost else 0
+        acc.restarts = sup.restarts
         acc.in_flight = acc.received - acc.transmitted - sum(acc.drops.values())
         if acc.in_flight:
             acc.problems.append(f"{acc.in_flight} packets unaccounted for (received {acc.received}, transmitted "

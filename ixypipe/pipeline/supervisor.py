@@ -86,6 +86,8 @@ class Supervisor:
         self.procs: list[StageProc] = []
         self.pools: list[Mempool] = []
         self.plan: PipelinePlan | None = None
+        self.restarts = 0
+        self.sim_died = False
 
     # ---- the whole run -------------------------------------------------------------
     def run(self) -> RunResult:
@@ -196,10 +198,14 @@ class Supervisor:
         level = logging.getLogger().getEffectiveLevel()
         for s in self.plan.stages:
             self.table[s.row]["command"] = STAGE_CMD_RUN
+        self._ctx, self._level = ctx, level
         for s in self.plan.stages:
-            proc = ctx.Process(target=stage_main, args=(self.plan, s.name, level), name=s.name, daemon=True)
-            proc.start()
-            self.procs.append(StageProc(s.name, s.role, s.row, proc))
+            self.procs.append(StageProc(s.name, s.role, s.row, self._start_stage(s.name)))
+
+    def _start_stage(self, name: str) -> multiprocessing.process.BaseProcess:
+        proc = self._ctx.Process(target=stage_main, args=(self.plan, name, self._level), name=name, daemon=True)
+        proc.start()
+        return proc
 
     def _wait_running(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -230,9 +236,18 @@ class Supervisor:
             ready = multiprocessing.connection.wait(list(sentinels), timeout=min(POLL, max(0, next_print - now)))
             if ready:
                 self._check_deaths()
+                self._restart_workers(sentinels)
                 if self.failures:
                     self.stop_reason = "stage died"
                     break
+            if self.sim is not None and not self.sim.is_alive():
+                code = self.sim.process.exitcode
+                self.failures.append(f"the software 82599 (pid {self.sim.pid}) died: "
+                                     f"{describe_exit(code) if code is not None else 'gone'}")
+                log.error("%s", self.failures[-1])
+                self.sim_died = True
+                self.stop_reason = "simulator died"
+                break
             now = time.monotonic()
             if now >= next_print:
                 printer.interval(now - started)
@@ -241,6 +256,26 @@ class Supervisor:
                 self.stop_reason = f"duration {self.duration:g} s"
             if self.packets is not None and self._received() >= self.packets:
                 self.stop_reason = f"{self.packets} packets"
+
+    def _restart_workers(self, sentinels: dict) -> None:
+        """Policy "restart": a dead worker is replaced; a new process takes over its rings and row.
+
+        The buffers the dead one held are found missing at the end and counted
+        as dropped with reason stage_died.
+        """
+        if self.cfg.on_stage_death != "restart":
+            return
+        for p in self.procs:
+            if not p.died or p.role != "worker":
+                continue
+            self.failures.remove(f"stage {p.name} (pid {p.process.pid}) died: {p.died}")
+            sentinels.pop(p.process.sentinel, None)
+            self.restarts += 1
+            log.warning("restarting %s (it died: %s)", p.name, p.died)
+            self.table[p.row]["state"] = 0
+            p.process = self._start_stage(p.name)
+            p.died = ""
+            sentinels[p.process.sentinel] = p
 
     def _received(self) -> int:
         return int(self.table["packets_in"][[s.row for s in self.plan.stages_of("rx")]].sum())
@@ -262,7 +297,7 @@ class Supervisor:
         accounting = None
         try:
             if self.procs:
-                if self.sim is not None:
+                if self.sim is not None and self.sim.is_alive():
                     self.sim.pause_traffic()
                 for role in ("rx", "worker", "tx"):          # data-flow order
                     self._drain_role(role)

@@ -48,6 +48,7 @@ FLOW_MIX = np.uint32(0x9E3779B1)  # Fibonacci hashing multiplier
 LIGHT_BATCH_DIVISOR = 8      # on shared CPUs, a poll that got < batch/8 packets still naps
 PR_SET_TIMERSLACK = 29       # prctl option (linux/prctl.h)
 STAGE_TIMER_SLACK_NS = 1000
+TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_SECONDS = 0.5        # at most this long pulling from the NIC after a drain is asked
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
 
@@ -375,7 +376,7 @@ def run_tx(st: Stage, device) -> None:
         st.tick(worked, len(pending))
         if st.draining() and not worked and not len(pending) and all(r.empty() for r in inputs):
             break
-    device.tx_drain(me.queue, timeout=5.0)
+    device.tx_drain(me.queue, timeout=TX_DRAIN_SECONDS)
 
 
 def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray) -> None:

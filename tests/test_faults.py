@@ -1,0 +1,118 @@
+"""Faults while running: dead stages and simulator, raising user code, and who maps what."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.test_run import FWD, leftovers, start, summary_of, variant, wait_for_stats
+
+
+def children_named(pid: int, name: str) -> list[psutil.Process]:
+    return [c for c in psutil.Process(pid).children(recursive=True) if c.name() == name]
+
+
+def stop(proc, sig=signal.SIGINT, timeout=40) -> tuple[str, str]:
+    proc.send_signal(sig)
+    return proc.communicate(timeout=timeout)
+
+
+def test_restart_policy_replaces_a_killed_worker_and_counts_what_it_held(tmp_path):
+    proc = start([str(variant(tmp_path, on_stage_death='"restart"')), "--json"])
+    try:
+        wait_for_stats(proc)
+        [worker] = children_named(proc.pid, "ixy-worker-0")
+        os.kill(worker.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        replaced = []
+        while time.monotonic() < deadline and not replaced:
+            replaced = [w for w in children_named(proc.pid, "ixy-worker-0") if w.pid != worker.pid]
+            time.sleep(0.2)
+        assert replaced, "no new worker-0"
+        for _ in range(3):                                  # a few more intervals with the new worker
+            proc.stdout.readline()
+        out, err = stop(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert re.search(r"restarting worker-0 \(it died: killed by SIGKILL\)", err), err
+    s = summary_of(out)
+    assert s["restarts"] == 1
+    assert s["ok"] and s["in_flight"] == 0
+    assert s["received"] == s["transmitted"] + sum(s["drops"].values())
+    # the sinks saw the traffic keep flowing after the restart
+    assert s["sim"]["p0"]["sink_received"] == s["ports"]["p0"]["tx_packets"] > 0
+    assert leftovers(proc.pid) == []
+
+
+def test_killed_simulator_is_reported_and_everything_is_removed():
+    proc = start([str(FWD), "--json"])
+    try:
+        wait_for_stats(proc)
+        [sim] = children_named(proc.pid, "ixypipe-sim")
+        os.kill(sim.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=40)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert re.search(rf"the software 82599 \(pid {sim.pid}\) died: killed by SIGKILL", err), err
+    assert leftovers(proc.pid) == []
+    assert not [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("ixy")]
+
+
+RAISING = '''
+calls = 0
+
+def sometimes_raises(batch):
+    global calls
+    calls += 1
+    if calls % 3 == 0:
+        raise ValueError("user bug on every third batch")
+    batch.data[batch.idx, 1] += 1
+'''
+
+
+def test_worker_exception_drops_the_batch_logs_once_and_keeps_running(tmp_path):
+    (tmp_path / "buggy.py").write_text(RAISING)
+    pipeline = variant(tmp_path, function='"buggy.py:sometimes_raises"')
+    proc = start([str(pipeline), "--json"])
+    try:
+        wait_for_stats(proc)
+        for _ in range(2):
+            proc.stdout.readline()
+        out, err = stop(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    s = summary_of(out)
+    assert s["drops"]["worker_error"] > 0
+    assert s["ok"] and s["received"] == s["transmitted"] + sum(s["drops"].values())
+    assert err.count("Traceback") == 1                                    # one traceback
+    assert re.search(r"'ValueError: user bug on every third batch' repeated \d+ times", err), err
+    # what got through was touched; what raised never reached a sink
+    assert s["sim"]["p1"]["sink_untouched"] == 0
+
+
+def test_workers_map_neither_the_bar_nor_the_descriptor_rings():
+    proc = start([str(FWD), "--json"])
+    try:
+        wait_for_stats(proc)
+        [worker] = children_named(proc.pid, "ixy-worker-0")
+        [rx] = children_named(proc.pid, "ixy-rx-p0q0")
+        worker_maps = Path(f"/proc/{worker.pid}/maps").read_text()
+        rx_maps = Path(f"/proc/{rx.pid}/maps").read_text()
+        out, err = stop(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    # the RX stage maps the BAR (resource0) and the device arena with its descriptor rings ...
+    assert "resource0" in rx_maps and re.search(r"ixypipe-\d+-dev-", rx_maps)
+    # ... the worker only the packet arena
+    assert re.search(r"ixypipe-\d+-pkt-", worker_maps)
+    assert "resource0" not in worker_maps
+    assert not re.search(r"ixypipe-\d+-dev-", worker_maps)
