@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import psutil
-
-from tests.test_run import FWD, leftovers, start, summary_of, variant, wait_for_stats
+from test_run import FWD, leftovers, start, summary_of, variant, wait_for_stats
 
 
 def children_named(pid: int, name: str) -> list[psutil.Process]:
