@@ -62,6 +62,16 @@ class StatsPrinter:
         self.last = port_totals(plan, table)
         self.last_rows = table.copy()
         self.last_time = None
+        self.last_missed = self._sim_missed()
+
+    def _sim_missed(self) -> dict[str, int]:
+        """Packets each software port's RX missed so far (the model's exact count)."""
+        if self.sim is None:
+            return {}
+        try:
+            return {name: int(c.rx_missed) for name, c in self.sim.counters().items()}
+        except Exception:
+            return {}
 
     def interval(self, elapsed: float) -> None:
         now_totals = port_totals(self.plan, self.table)
@@ -75,6 +85,10 @@ class StatsPrinter:
                 "tx_mpps": d["tx_packets"] / dt / 1e6, "tx_mbit": mbit(d["tx_packets"], d["tx_bytes"], dt),
                 "rx_packets": t["rx_packets"], "tx_packets": t["tx_packets"],
             }
+        missed = self._sim_missed()
+        for name, m in missed.items():
+            ports[name]["rx_missed"] = m - self.last_missed.get(name, 0)
+        self.last_missed = missed
         stages = {}
         for s in self.plan.stages:
             new, old = rows[s.row], self.last_rows[s.row]
