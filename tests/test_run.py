@@ -171,3 +171,11 @@ def test_bad_pipeline_file_exits_2_naming_the_key(tmp_path):
     assert res.returncode == 2
     assert "workers.processes" in res.stderr
     assert str(bad) in res.stderr or bad.name in res.stderr
+
+
+def test_fallback_arena_without_hugepages_runs_on_the_software_ports(tmp_path):
+    res = run([str(variant(tmp_path, hugepages='"never"')), "--duration", "2", "--json"])
+    assert res.returncode == 0, res.stderr
+    s = summary_of(res.stdout)
+    assert s["ok"] and s["received"] > 1000
+    check_sinks(s)
