@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,3 +117,25 @@ def test_workers_map_neither_the_bar_nor_the_descriptor_rings():
     assert re.search(r"ixypipe-\d+-pkt-", worker_maps)
     assert "resource0" not in worker_maps
     assert not re.search(r"ixypipe-\d+-dev-", worker_maps)
+
+
+def test_after_kill_9_of_the_supervisor_nothing_runs_and_cleanup_removes_the_leftovers():
+    proc = start([str(FWD), "--json"])
+    try:
+        wait_for_stats(proc)
+        stages = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert len(stages) >= 6
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in stages if psutil.pid_exists(p)], timeout=10)
+    assert alive == []                          # stages and simulator die with their supervisor
+    left = leftovers(proc.pid)
+    assert len(left) == 2                       # the packet and the device arena
+    res = subprocess.run([sys.executable, "-m", "ixypipe", "cleanup"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0
+    for path in left:
+        assert f"removed {path}" in res.stdout
+        assert not path.exists()
+    assert re.search(rf"removed /dev/shm/ixypipe-sim-{proc.pid}-", res.stdout), res.stdout

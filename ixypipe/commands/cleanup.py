@@ -1,4 +1,4 @@
-"""``ixypipe cleanup``: remove shared-memory objects and hugepage files left by dead processes.
+"""``ixypipe cleanup``: remove shared-memory objects, hugepage files and simulator trees left by dead processes.
 
 An object is stale when the pid in its name (``ixypipe-<pid>-...``) is gone
 or belongs to a process younger than the object; the supervisor runs the
@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ixypipe.memory.arena import remove_stale, stale_objects
+from ixypipe.nic.sim import sysfs as sim_sysfs
 
 
 @click.command()
@@ -19,9 +20,15 @@ from ixypipe.memory.arena import remove_stale, stale_objects
 @click.option("--dir", "directories", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Look only in this directory (repeatable); default: /dev/shm and every hugetlbfs mount.")
 def command(dry_run: bool, directories: tuple[Path, ...]) -> None:
-    """Remove ixypipe arenas in /dev/shm and hugetlbfs mounts whose owner process is dead."""
+    """Remove ixypipe arenas in /dev/shm and hugetlbfs mounts, and software-82599 device trees,
+    whose owner process is dead."""
     dirs = list(directories) or None
     found = stale_objects(dirs) if dry_run else remove_stale(dirs)
+    trees = sim_sysfs.stale_roots(*(dirs[:1] if dirs else []))
+    for tree in trees:
+        if not dry_run:
+            sim_sysfs.remove_tree(tree)
+    found = [*found, *trees]
     for path in found:
         click.echo(f"{'would remove' if dry_run else 'removed'} {path}")
     if not found:

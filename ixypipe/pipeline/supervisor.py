@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
 import time
@@ -203,7 +204,7 @@ class Supervisor:
             self.procs.append(StageProc(s.name, s.role, s.row, self._start_stage(s.name)))
 
     def _start_stage(self, name: str) -> multiprocessing.process.BaseProcess:
-        proc = self._ctx.Process(target=stage_main, args=(self.plan, name, self._level), name=name, daemon=True)
+        proc = self._ctx.Process(target=stage_main, args=(self.plan, name, self._level, os.getpid()), name=name, daemon=True)
         proc.start()
         return proc
 

@@ -46,7 +46,8 @@ PUBLISH_EVERY = 64            # idle loops between counter publications
 FLOW_COLS = np.arange(FLOW_KEY_OFF, FLOW_KEY_OFF + FLOW_KEY_LEN)
 FLOW_MIX = np.uint32(0x9E3779B1)  # Fibonacci hashing multiplier
 LIGHT_BATCH_DIVISOR = 8      # on shared CPUs, a poll that got < batch/8 packets still naps
-PR_SET_TIMERSLACK = 29       # prctl option (linux/prctl.h)
+PR_SET_TIMERSLACK = 29       # prctl options (linux/prctl.h)
+PR_SET_PDEATHSIG = 1
 STAGE_TIMER_SLACK_NS = 1000
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_SECONDS = 0.5        # at most this long pulling from the NIC after a drain is asked
@@ -405,9 +406,24 @@ def set_timer_slack(ns: int) -> None:
         pass
 
 
-def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INFO) -> None:
+def die_with_parent(parent: int) -> None:
+    """A stage must not outlive its supervisor (e.g. kill -9 of the supervisor): the kernel kills it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:          # the parent died before prctl took effect
+        os._exit(1)
+
+
+def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INFO,
+               parent: int | None = None) -> None:
     """Entry point of a stage process (multiprocessing 'spawn' target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the supervisor's to handle
+    if parent is not None:
+        die_with_parent(parent)
     logging.basicConfig(level=log_level, format=f"%(levelname)s {stage_name}: %(message)s")
     me = next(s for s in plan.stages if s.name == stage_name)
     set_process_name(me.name)
