@@ -59,7 +59,10 @@ def _module(name: str):
 
 
 def _module_from_file(path: str, base_dir: Path):
-    file = (base_dir / path).resolve()
+    try:
+        file = (base_dir / path).resolve()
+    except (OSError, ValueError) as exc:          # e.g. an embedded NUL byte
+        raise WorkerLoadError(f"{path!r} is not a usable file path: {exc}") from None
     if not file.is_file():
         raise WorkerLoadError(f"no worker file {file}")
     mod_name = f"ixypipe_user_{file.stem}_{abs(hash(str(file))):x}"
