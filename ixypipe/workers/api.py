@@ -134,7 +134,10 @@ class Batch:
 
 def _mac_bytes(mac) -> np.ndarray:
     if isinstance(mac, str):
-        mac = bytes(int(part, 16) for part in mac.split(":"))
+        try:
+            mac = bytes(int(part, 16) for part in mac.split(":"))
+        except ValueError:
+            raise ValueError(f"{mac!r} is not a MAC address (six hex bytes such as '02:00:00:00:00:01')") from None
     arr = np.frombuffer(bytes(mac), np.uint8) if isinstance(mac, bytes | bytearray) else np.asarray(mac, np.uint8)
     if arr.shape[-1] != ETH_ADDR_LEN:
         raise ValueError(f"a MAC address has {ETH_ADDR_LEN} bytes, got {arr.shape[-1]}")
