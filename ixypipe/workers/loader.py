@@ -27,7 +27,7 @@ class WorkerLoadError(Exception):
 def load_worker(spec: str, base_dir: str | Path = ".", per_packet: bool = False) -> Callable:
     fn = _find(spec, Path(base_dir))
     if not callable(fn):
-        raise WorkerLoadError(f"{spec!r} names a {type(fn).__name__}, not a function")
+        raise WorkerLoadError(f"{spec!r} names a value of type {type(fn).__name__}, not a function")
     if per_packet and not getattr(fn, PER_PACKET_ATTR, False):
         fn = wrap_per_packet(fn)
     return fn
