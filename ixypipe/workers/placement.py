@@ -52,7 +52,13 @@ def parse_cpu_list(text: str) -> list[int]:
         if not part:
             continue
         lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"{text.strip()!r} is not a CPU list such as '0-3,8,10-11'") from None
+        if first < 0 or last < first:
+            raise ValueError(f"{text.strip()!r} is not a CPU list such as '0-3,8,10-11' (bad range {part!r})")
+        cpus.extend(range(first, last + 1))
     return cpus
 
 
@@ -113,10 +119,12 @@ def plan_placement(demands: list[StageDemand], topo: CpuTopology,
     order = _preference(topo)
     sims = [d for d in automatic if d.role == "sim"]
     if sims and len(order) > len(sims):
-        for d, cpu in zip(sims, order[-len(sims):], strict=True):   # the least preferred CPUs
+        spare = sorted(reversed(order), key=lambda c: load[c])     # least preferred, not taken explicitly
+        for d, cpu in zip(sims, spare[:len(sims)], strict=True):
             cpu_of[d.name] = cpu
             load[cpu] += 1
-        order = [c for c in order if c not in cpu_of.values()]
+        sim_cpus = {cpu_of[d.name] for d in sims}
+        order = [c for c in order if c not in sim_cpus]    # CPUs taken explicitly stay, counted in load
         automatic = [d for d in automatic if d.role != "sim"]
     for d in automatic:
         candidates = order

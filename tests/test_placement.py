@@ -1,0 +1,167 @@
+"""CPU placement on fake sysfs trees (isolated CPUs, hyper-thread siblings, NUMA nodes) and on this machine's /sys."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ixypipe.workers.placement import (
+    CpuTopology,
+    PlacementError,
+    StageDemand,
+    parse_cpu_list,
+    pin,
+    plan_placement,
+    read_topology,
+)
+
+FWD_STAGES = [StageDemand("rx-p0q0", "rx"), StageDemand("rx-p1q0", "rx"), StageDemand("worker-0", "worker"),
+              StageDemand("tx-p0q0", "tx"), StageDemand("tx-p1q0", "tx")]
+SIM = StageDemand("sim", "sim")
+
+
+def fake_sysfs(root: Path, cpus: str, isolated: str = "", siblings: list[str] | None = None,
+               nodes: list[str] | None = None) -> Path:
+    """A /sys with only what read_topology reads: online, isolated, thread siblings, NUMA node cpulists."""
+    cpu_dir = root / "devices" / "system" / "cpu"
+    cpu_dir.mkdir(parents=True)
+    (cpu_dir / "online").write_text(cpus + "\n")
+    (cpu_dir / "isolated").write_text(isolated + "\n")
+    for group in siblings or [str(c) for c in parse_cpu_list(cpus)]:
+        for cpu in parse_cpu_list(group):
+            topo = cpu_dir / f"cpu{cpu}" / "topology"
+            topo.mkdir(parents=True)
+            (topo / "thread_siblings_list").write_text(group + "\n")
+    for n, cpulist in enumerate(nodes or []):
+        node = root / "devices" / "system" / "node" / f"node{n}"
+        node.mkdir(parents=True)
+        (node / "cpulist").write_text(cpulist + "\n")
+    return root
+
+
+def test_parse_cpu_list():
+    assert parse_cpu_list("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+    assert parse_cpu_list("") == [] and parse_cpu_list("\n") == [] and parse_cpu_list("5") == [5]
+    with pytest.raises(ValueError, match=r"^'0-x' is not a CPU list such as '0-3,8,10-11'$"):
+        parse_cpu_list("0-x")
+    with pytest.raises(ValueError, match=r"^'4-2' is not a CPU list such as '0-3,8,10-11' \(bad range '4-2'\)$"):
+        parse_cpu_list("4-2")
+
+
+def test_read_topology_from_a_fake_tree(tmp_path):
+    root = fake_sysfs(tmp_path, "0-7", isolated="2-3,6-7", siblings=["0,4", "1,5", "2,6", "3,7"],
+                      nodes=["0-1,4-5", "2-3,6-7"])
+    topo = read_topology(root)
+    assert topo.cpus == list(range(8))
+    assert topo.isolated == {2, 3, 6, 7}
+    assert topo.siblings[0] == {4} and topo.siblings[7] == {3}
+    assert topo.numa_node == {0: 0, 1: 0, 4: 0, 5: 0, 2: 1, 3: 1, 6: 1, 7: 1}
+
+
+def test_isolated_cpus_are_used_first_and_the_simulator_gets_a_spare_one(tmp_path):
+    topo = read_topology(fake_sysfs(tmp_path, "0-5", isolated="1-3"))
+    p = plan_placement([StageDemand("rx", "rx"), StageDemand("worker-0", "worker"), StageDemand("tx", "tx"), SIM],
+                       topo)
+    assert p.cpu_of == {"rx": 1, "worker-0": 2, "tx": 3, "sim": 5}
+    assert p.oversubscribed is False and p.warnings == []
+
+
+def test_hyper_thread_siblings_are_kept_apart_until_every_core_has_a_stage(tmp_path):
+    topo = read_topology(fake_sysfs(tmp_path, "0-3", siblings=["0,2", "1,3"]))
+    p = plan_placement([StageDemand("a", "rx"), StageDemand("b", "worker")], topo)
+    assert p.cpu_of == {"a": 0, "b": 1}                       # two cores, not CPU 0 and its sibling 2
+    p = plan_placement([StageDemand(n, "worker") for n in "abcd"], topo)
+    assert p.cpu_of == {"a": 0, "b": 1, "c": 2, "d": 3} and not p.oversubscribed
+
+
+def test_a_stage_stays_on_its_nics_numa_node(tmp_path):
+    topo = read_topology(fake_sysfs(tmp_path, "0-7", nodes=["0-3", "4-7"]))
+    p = plan_placement([StageDemand("rx-far", "rx", numa_node=1), StageDemand("tx-far", "tx", numa_node=1),
+                        StageDemand("rx-near", "rx", numa_node=0), StageDemand("rx-nowhere", "rx", numa_node=5)],
+                       topo)
+    assert p.cpu_of == {"rx-far": 4, "tx-far": 5, "rx-near": 0, "rx-nowhere": 1}
+
+
+def test_two_cpus_give_the_simulator_one_and_warn_about_sharing_the_other(tmp_path):
+    topo = read_topology(fake_sysfs(tmp_path, "0-1"))
+    p = plan_placement([*FWD_STAGES, SIM], topo)
+    assert p.cpu_of == {"rx-p0q0": 0, "rx-p1q0": 0, "worker-0": 0, "tx-p0q0": 0, "tx-p1q0": 0, "sim": 1}
+    assert p.oversubscribed is True
+    assert p.warnings == ["5 polling stages share CPUs [0]: stages back off when idle (spin, sched_yield, sleep); "
+                          "isolate CPUs (isolcpus=, nohz_full=) for full speed"]
+
+
+def test_one_cpu_is_shared_by_everything_including_the_simulator(tmp_path):
+    topo = read_topology(fake_sysfs(tmp_path, "0"))
+    p = plan_placement([StageDemand("rx", "rx"), SIM], topo)
+    assert p.cpu_of == {"rx": 0, "sim": 0}
+    assert p.warnings[0].startswith("2 polling stages share CPUs [0]:")
+
+
+def test_stages_spread_round_robin_when_there_are_more_than_cpus(tmp_path):
+    topo = read_topology(fake_sysfs(tmp_path, "0-2"))
+    p = plan_placement([StageDemand(f"s{i}", "worker") for i in range(7)], topo)
+    assert [p.cpu_of[f"s{i}"] for i in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    assert p.warnings[0].startswith("7 polling stages share CPUs [0, 1, 2]:")
+
+
+def test_explicit_lists_are_used_in_turn_per_role(tmp_path):
+    topo = read_topology(fake_sysfs(tmp_path, "0-7", isolated="6-7"))
+    demands = [StageDemand("rx-a", "rx"), StageDemand("rx-b", "rx"), *[StageDemand(f"w{i}", "worker") for i in range(3)],
+               StageDemand("tx-a", "tx"), SIM]
+    p = plan_placement(demands, topo, {"rx": [3], "worker": [4, 5], "tx": None, "sim": [0]})
+    assert p.cpu_of == {"rx-a": 3, "rx-b": 3, "w0": 4, "w1": 5, "w2": 4, "tx-a": 6, "sim": 0}
+    assert p.oversubscribed and p.warnings[0].startswith("4 polling stages share CPUs [3, 4]:")
+
+
+def test_explicit_cpus_leave_the_automatic_ones_room(tmp_path):
+    # rx pinned by hand to CPU 1: the simulator takes the CPU nobody asked for, the rest share
+    topo = read_topology(fake_sysfs(tmp_path, "0-1"))
+    p = plan_placement([StageDemand("rx", "rx"), StageDemand("w", "worker"), StageDemand("tx", "tx"), SIM], topo,
+                       {"rx": [1]})
+    assert p.cpu_of == {"rx": 1, "sim": 0, "w": 1, "tx": 1}
+
+
+def test_a_bad_explicit_cpu_is_refused(tmp_path):
+    topo = read_topology(fake_sysfs(tmp_path, "0-3"))
+    with pytest.raises(PlacementError) as info:
+        plan_placement([StageDemand("rx-p0q0", "rx"), StageDemand("worker-0", "worker")], topo, {"worker": [9]})
+    assert str(info.value) == "CPU 9 (for worker-0) is not usable here; CPUs: 0, 1, 2, 3"
+
+
+def test_read_topology_of_this_machine():
+    topo = read_topology()
+    allowed = os.sched_getaffinity(0)
+    online = parse_cpu_list(Path("/sys/devices/system/cpu/online").read_text())
+    assert topo.cpus == [c for c in online if c in allowed]
+    assert set(topo.siblings) == set(topo.cpus)
+    assert all(cpu not in sib for cpu, sib in topo.siblings.items())
+    assert topo.isolated == set(parse_cpu_list(Path("/sys/devices/system/cpu/isolated").read_text()))
+    if Path("/sys/devices/system/node/node0").is_dir():
+        assert set(topo.cpus) <= set(topo.numa_node)
+    p = plan_placement([*FWD_STAGES, SIM], topo)
+    assert set(p.cpu_of.values()) <= set(topo.cpus) and set(p.cpu_of) == {d.name for d in [*FWD_STAGES, SIM]}
+
+
+def test_pin_moves_a_process_and_refuses_a_missing_cpu():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        cpu = max(os.sched_getaffinity(0))
+        pin(child.pid, cpu)
+        assert psutil.Process(child.pid).cpu_affinity() == [cpu]
+        with pytest.raises(PlacementError, match=rf"^cannot pin pid {child.pid} to CPU 4095: "):
+            pin(child.pid, 4095)
+    finally:
+        child.kill()
+        child.wait()
+    with pytest.raises(PlacementError, match=rf"^cannot pin pid {child.pid} to CPU 0: "):
+        pin(child.pid, 0)
+
+
+def test_topology_dataclass_defaults():
+    topo = CpuTopology(cpus=[0, 1])
+    assert plan_placement([StageDemand("a", "rx"), StageDemand("b", "tx")], topo).cpu_of == {"a": 0, "b": 1}
