@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -165,3 +166,64 @@ def test_pin_moves_a_process_and_refuses_a_missing_cpu():
 def test_topology_dataclass_defaults():
     topo = CpuTopology(cpus=[0, 1])
     assert plan_placement([StageDemand("a", "rx"), StageDemand("b", "tx")], topo).cpu_of == {"a": 0, "b": 1}
+
+
+# ---- ixypipe cores ------------------------------------------------------------------------------
+FWD = Path(__file__).resolve().parent.parent / "pipelines" / "fwd.toml"
+
+
+def cores(*args: str):
+    from click.testing import CliRunner
+
+    from ixypipe.cli import main
+
+    return CliRunner().invoke(main, ["cores", "--interval", "0", *args])
+
+
+def test_cpu_list_text():
+    from ixypipe.commands.cores import cpu_list_text
+
+    assert cpu_list_text([5, 0, 1, 2, 7, 8]) == "0-2,5,7-8" and cpu_list_text([]) == "" and cpu_list_text({3}) == "3"
+
+
+def test_cores_shows_the_placement_run_would_choose_on_isolated_cpus(tmp_path):
+    root = fake_sysfs(tmp_path, "0-3", isolated="2-3")
+    res = cores("--sysfs-root", str(root), str(FWD))
+    assert res.exit_code == 0, res.output
+    assert "CPUs usable here: 0-3 (4); isolated: 2-3" in res.output
+    assert "\n   2     2     -       yes         -" in res.output
+    lines = [line.split() for line in res.output.split("Placement for")[1].splitlines()[1:7]]
+    assert lines == [["rx-p0q0", "rx", "CPU", "2", "(isolated)"], ["rx-p1q0", "rx", "CPU", "3", "(isolated)"],
+                     ["worker-0", "worker", "CPU", "0"], ["tx-p0q0", "tx", "CPU", "2", "(isolated)"],
+                     ["tx-p1q0", "tx", "CPU", "3", "(isolated)"], ["sim", "sim", "CPU", "1"]]
+    assert "warning: 4 polling stages share CPUs [2, 3]: stages back off when idle" in res.output
+    assert "isolcpus" not in res.output.split("warning:")[0] and "No CPU is isolated" not in res.output
+
+
+def test_cores_advises_isolcpus_when_nothing_is_isolated(tmp_path):
+    res = cores("--sysfs-root", str(fake_sysfs(tmp_path / "a", "0-3", siblings=["0,2", "1,3"], nodes=["0-3"])))
+    assert res.exit_code == 0, res.output
+    assert "isolated: none" in res.output and "Placement for" not in res.output
+    assert "To give the data plane CPUs 1,3 of its own (keeping core 0 for the system), add " \
+           "'isolcpus=1,3 nohz_full=1,3 rcu_nocbs=1,3' to the kernel command line" in res.output
+    res = cores("--sysfs-root", str(fake_sysfs(tmp_path / "b", "0")))
+    assert "with a single CPU there is none to spare" in res.output
+
+
+def test_cores_json_on_this_machine():
+    res = cores("--json", str(FWD))
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    topo = read_topology()
+    assert [c["cpu"] for c in out["cpus"]] == topo.cpus
+    assert all(0.0 <= c["busy_percent"] <= 100.0 for c in out["cpus"])
+    assert set(out["placement"]) == {"rx-p0q0", "rx-p1q0", "worker-0", "tx-p0q0", "tx-p1q0", "sim"}
+    assert out["placement"] == plan_placement([*FWD_STAGES, SIM], topo).cpu_of
+    assert bool(out["advice"]) == (not topo.isolated)
+
+
+def test_cores_names_a_bad_pipeline_file():
+    bad = Path(__file__).resolve().parent / "bad_pipelines" / "processes_zero.toml"
+    res = cores(str(bad))
+    assert res.exit_code == 2
+    assert f"error: {bad}: workers.processes (line 18): must be a whole number from 1 to 64, got 0" in res.output
