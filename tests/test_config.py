@@ -306,3 +306,23 @@ def test_mutated_documents_are_accepted_or_rejected_with_config_error(data, tmp_
         assert exc.message
     else:
         assert cfg.ports and all(p.forward_to in {q.name for q in cfg.ports} for p in cfg.ports)
+
+
+def test_the_readme_example_is_valid_and_its_values_are_the_defaults(tmp_path):
+    readme = (HERE.parent / "README.md").read_text()
+    section = readme.split("## Pipeline files", 1)[1].split("\n## ", 1)[0]
+    example = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "in.pcap").write_bytes(b"")
+    documented = parse_pipeline(example, tmp_path / "fwd.toml")
+    # the same ports with nothing but the required keys: every value the README shows is the default
+    bare = parse_pipeline('[[ports]]\nname = "p0"\ndriver = "sim"\nforward_to = "p1"\n[ports.generator]\n'
+                          '[ports.sink]\n[[ports]]\nname = "p1"\ndriver = "af_packet"\nforward_to = "p0"\n'
+                          'interface = "veth0"\n[[ports]]\nname = "p2"\ndriver = "pcap"\nforward_to = "p0"\n'
+                          'path = "in.pcap"\n', tmp_path / "fwd.toml")
+    assert documented == bare
+    keys = set(re.findall(r"^#? ?([a-z_]+) = ", example, re.M))
+    from ixypipe.pipeline import config
+    every_key = {*config.PIPELINE_KEYS, *config.PORT_COMMON_KEYS, *sum(config.PORT_DRIVER_KEYS.values(), ()),
+                 *config.GENERATOR_KEYS, *config.SINK_KEYS, *config.WORKERS_KEYS, *config.CPU_ROLES,
+                 *config.STATS_KEYS} - {"generator", "sink"}
+    assert every_key <= keys, every_key - keys
