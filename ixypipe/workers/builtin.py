@@ -9,6 +9,8 @@ count    forward everything, counting packets and bytes
 
 from __future__ import annotations
 
+import numpy as np
+
 from ixypipe.layout import ETH_ADDR_LEN, ETH_DST_OFF
 from ixypipe.workers.api import Batch
 
@@ -25,7 +27,7 @@ def touch(batch: Batch) -> None:
 
 def macswap(batch: Batch) -> None:
     both = batch.field(ETH_DST_OFF, 2 * ETH_ADDR_LEN)
-    batch.set_field(ETH_DST_OFF, both[:, list(range(ETH_ADDR_LEN, 2 * ETH_ADDR_LEN)) + list(range(ETH_ADDR_LEN))])
+    batch.set_field(ETH_DST_OFF, np.concatenate((both[:, ETH_ADDR_LEN:], both[:, :ETH_ADDR_LEN]), axis=1))
 
 
 def drop(batch: Batch) -> None:
