@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import psutil
 
-from ixypipe.workers.placement import CpuTopology, Placement, StageDemand, plan_placement, read_topology
+from ixypipe.workers.placement import CpuTopology, Placement, plan_placement, read_topology
 
 BUSY_PERCENT = 50.0          # a CPU this busy already has work: a polling stage there runs at half speed
 
@@ -62,20 +62,12 @@ def isolation_advice(topo: CpuTopology) -> str:
 def pipeline_placement(pipeline: str, topo: CpuTopology) -> tuple[list[tuple[str, str]], Placement]:
     """(stage name, role) in start order and the placement ixypipe run would choose for them."""
     from ixypipe.pipeline.config import load_pipeline
-    from ixypipe.pipeline.plan import build_plan
+    from ixypipe.pipeline.pinning import explicit_cpus, stage_demands
+    from ixypipe.pipeline.plan import plan_from_config
 
     cfg = load_pipeline(pipeline)
-    names = [p.name for p in cfg.ports]
-    forward_to = [names.index(p.forward_to) for p in cfg.ports]
-    plan = build_plan(cfg.name, "", "", [p.to_spec() for p in cfg.ports], forward_to, cfg.workers.processes,
-                      cfg.batch_size, cfg.ring_size, cfg.buffers_per_queue, cfg.workers.function,
-                      cfg.workers.per_packet, str(cfg.base_dir), cfg.workers.distribute)
-    # the same demands as ixypipe.pipeline.pinning.place_stages: every stage, plus the simulator process
-    stages = [(s.name, s.role) for s in plan.stages]
-    if any(p.driver == "sim" for p in cfg.ports):
-        stages.append(("sim", "sim"))
-    explicit = {"rx": cfg.cpus.rx, "worker": cfg.cpus.workers, "tx": cfg.cpus.tx, "sim": cfg.cpus.sim}
-    return stages, plan_placement([StageDemand(n, r) for n, r in stages], topo, explicit)
+    demands = stage_demands(plan_from_config(cfg), any(p.driver == "sim" for p in cfg.ports))
+    return [(d.name, d.role) for d in demands], plan_placement(demands, topo, explicit_cpus(cfg))
 
 
 @click.command()

@@ -14,6 +14,7 @@ Return rings hold a whole pool, so sending a buffer home never fails.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ixypipe.nic.device import PortSpec
 
@@ -131,3 +132,14 @@ def build_plan(name: str, packet_arena: str, device_arena: str, ports: list[Port
         rs.in_rings = [s.home_rings[rs.pool_id] for s in stages if s.role in ("worker", "tx")]
     return PipelinePlan(name, packet_arena, device_arena, ports, forward_to, batch_size, ring_size, pools,
                         stages, worker_function, worker_per_packet, worker_base_dir, distribute)
+
+
+def plan_from_config(cfg, packet_arena: str = "", device_arena: str = "") -> PipelinePlan:
+    """The plan of a validated PipelineConfig (arena paths empty until the arenas exist)."""
+    names = [p.name for p in cfg.ports]
+    forward_to = [names.index(p.forward_to) if p.forward_to else (i + 1) % len(names)
+                  for i, p in enumerate(cfg.ports)]
+    return build_plan(cfg.name, packet_arena, device_arena, [p.to_spec() for p in cfg.ports], forward_to,
+                      cfg.workers.processes, cfg.batch_size, cfg.ring_size, cfg.buffers_per_queue,
+                      cfg.workers.function, cfg.workers.per_packet, str(Path(cfg.path).parent),
+                      cfg.workers.distribute)

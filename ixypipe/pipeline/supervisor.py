@@ -21,11 +21,11 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ixypipe.layout import (
+    ARENA_MIN_ALIGN,
     DROP_REASONS,
     STAGE_CMD_DRAIN,
     STAGE_CMD_RUN,
@@ -38,7 +38,7 @@ from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
 from ixypipe.nic.registers import DESC_SIZE
 from ixypipe.pipeline import stagetable
-from ixypipe.pipeline.plan import PipelinePlan, build_plan
+from ixypipe.pipeline.plan import PipelinePlan, plan_from_config
 from ixypipe.pipeline.report import Accounting, StatsPrinter
 from ixypipe.rings.spsc import Ring
 from ixypipe.workers.stages import stage_main
@@ -125,16 +125,11 @@ class Supervisor:
     # ---- building ------------------------------------------------------------------
     def _build(self) -> None:
         cfg = self.cfg
-        specs = [p.to_spec() for p in cfg.ports]
-        names = [p.name for p in cfg.ports]
-        forward_to = [names.index(p.forward_to) if p.forward_to else (i + 1) % len(names)
-                      for i, p in enumerate(cfg.ports)]
+        dummy = plan_from_config(cfg)
+        specs = dummy.ports
         n_pools = sum(s.rx_queues for s in specs)
         n_bufs = n_pools * cfg.buffers_per_queue
-        dummy = build_plan(cfg.name, "", "", specs, forward_to, cfg.workers.processes, cfg.batch_size,
-                           cfg.ring_size, cfg.buffers_per_queue, cfg.workers.function, cfg.workers.per_packet,
-                           str(Path(cfg.path).parent), cfg.workers.distribute)
-        ring_bytes = sum(Ring.region_size(self._ring_capacity(dummy, r)) + 64 for r in dummy.ring_names())
+        ring_bytes = sum(Ring.region_size(self._ring_capacity(dummy, r)) + ARENA_MIN_ALIGN for r in dummy.ring_names())
         packet_bytes = (PacketBuffers.bytes_needed(n_bufs, cfg.buffer_size)
                         + sum(Mempool.region_size(cfg.buffers_per_queue) + 128 for _ in range(n_pools))
                         + ring_bytes + len(dummy.stages) * 512 + (1 << 20))
@@ -145,10 +140,7 @@ class Supervisor:
             self.dev_arena = Arena.create(device_bytes, hugepages_mode=cfg.hugepages, tag="dev")
         except Exception as exc:
             raise PipelineError(f"cannot create the DMA arenas: {exc}") from exc
-        plan = build_plan(cfg.name, str(self.arena.path), str(self.dev_arena.path), specs, forward_to,
-                          cfg.workers.processes, cfg.batch_size, cfg.ring_size, cfg.buffers_per_queue,
-                          cfg.workers.function, cfg.workers.per_packet, str(Path(cfg.path).parent),
-                          cfg.workers.distribute)
+        plan = plan_from_config(cfg, str(self.arena.path), str(self.dev_arena.path))
         self.bufs = PacketBuffers.create(self.arena, n_bufs, cfg.buffer_size)
         self.pools = [Mempool.create(self.arena, self.bufs, p.name, p.first, p.count, p.pool_id)
                       for p in plan.pools]
