@@ -55,6 +55,7 @@ def test_killed_simulator_is_reported_and_everything_is_removed():
     proc = start([str(FWD), "--json"])
     try:
         wait_for_stats(proc)
+        family = psutil.Process(proc.pid).children(recursive=True)
         [sim] = children_named(proc.pid, "ixypipe-sim")
         os.kill(sim.pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=40)
@@ -63,7 +64,8 @@ def test_killed_simulator_is_reported_and_everything_is_removed():
     assert proc.returncode == 1
     assert re.search(rf"the software 82599 \(pid {sim.pid}\) died: killed by SIGKILL", err), err
     assert leftovers(proc.pid) == []
-    assert not [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("ixy")]
+    _, alive = psutil.wait_procs(family, timeout=5)
+    assert alive == []
 
 
 RAISING = '''

@@ -143,26 +143,28 @@ def test_signal_stops_cleanly_with_accounting(sig):
     assert leftovers(proc.pid) == []
 
 
-def test_killed_worker_is_named_and_the_rest_stops_cleanly():
+@pytest.mark.parametrize("stage", ["worker-0", "rx-p0q0", "tx-p1q0"])
+def test_killed_stage_is_named_and_the_rest_stops_cleanly(stage):
     proc = start([str(FWD), "--json"])
     try:
         wait_for_stats(proc)
-        workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.name() == "ixy-worker-0"]
-        assert len(workers) == 1, [c.name() for c in psutil.Process(proc.pid).children(recursive=True)]
+        family = psutil.Process(proc.pid).children(recursive=True)
+        victims = [c for c in family if c.name() == f"ixy-{stage}"]
+        assert len(victims) == 1, [c.name() for c in psutil.Process(proc.pid).children(recursive=True)]
         killed_at = time.monotonic()
-        os.kill(workers[0].pid, signal.SIGKILL)
+        os.kill(victims[0].pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=40)
     finally:
         proc.kill()
     assert proc.returncode == 1
-    assert re.search(r"stage worker-0 \(pid \d+\) died: killed by SIGKILL", err), err
+    assert re.search(rf"stage {stage} \(pid {victims[0].pid}\) died: killed by SIGKILL", err), err
     s = summary_of(out)
     # whatever the dead worker held is counted, not lost silently
     assert s["in_flight"] == 0
     assert s["received"] == s["transmitted"] + sum(s["drops"].values())
     assert time.monotonic() - killed_at < 30
     assert leftovers(proc.pid) == []
-    assert not [c for c in psutil.process_iter(["name"]) if (c.info["name"] or "").startswith("ixy-")]
+    assert not [c for c in family if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_bad_pipeline_file_exits_2_naming_the_key(tmp_path):
