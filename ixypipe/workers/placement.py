@@ -138,9 +138,14 @@ def plan_placement(demands: list[StageDemand], topo: CpuTopology,
     warnings = []
     if oversubscribed:
         shared = sorted({c for c in load if load[c] > 1})
-        warnings.append(f"{sum(load[c] for c in shared)} polling stages share CPUs {shared}: stages back off when idle "
-                        "(spin, sched_yield, sleep); isolate CPUs (isolcpus=, nohz_full=) for full speed")
+        warnings.append(oversubscription_warning(sum(load[c] for c in shared), len(shared)))
     return Placement(cpu_of, oversubscribed, warnings)
+
+
+def oversubscription_warning(stages: int, cpus: int) -> str:
+    """The one warning given when polling stages share CPUs (the text the issue fixes, word for word)."""
+    return (f"{stages} polling stages share {cpus} CPUs: stages back off when idle (spin, sched_yield, sleep); "
+            "isolate CPUs (isolcpus=, nohz_full=) for full speed")
 
 
 def pin(pid: int, cpu: int) -> None:
