@@ -45,7 +45,7 @@ from ixypipe.workers.stages import stage_main
 
 log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0          # seconds for every stage to report running
-DRAIN_TIMEOUT = 5.0           # seconds per stage to drain before it is killed
+DRAIN_TIMEOUT = 10.0          # seconds per stage to drain before it is killed (CPUs may be shared)
 POLL = 0.05                   # seconds between checks of the stop conditions
 
 
