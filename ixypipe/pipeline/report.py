@@ -18,7 +18,10 @@ import numpy as np
 import psutil
 
 from ixypipe.layout import DROP_REASONS
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import stagetable
+from ixypipe.rings.spsc import Ring
 
 WIRE_OVERHEAD = 20        # bytes per packet: preamble (8) + inter-frame gap (12)
 
@@ -144,8 +147,6 @@ class Accounting:
     @classmethod
     def take(cls, sup) -> Accounting:
         """Count every packet and every buffer once all stages have stopped."""
-        from ixypipe.pipeline.supervisor import reclaim_rings
-
         plan, table = sup.plan, sup.table
         acc = cls()
         died = {p.row for p in sup.procs if p.died}
@@ -244,3 +245,31 @@ class Accounting:
         lines += [f"PROBLEM: {p}" for p in self.problems]
         lines.append("accounting OK" if self.ok else "accounting BROKEN")
         print("\n".join(lines), file=out, flush=True)
+
+
+def reclaim_rings(sup) -> int:
+    """After every stage stopped: empty all rings, sending buffers home.
+
+    Returns how many packets were stranded in forward rings.
+    """
+    plan, bufs = sup.plan, sup.bufs
+    forward = set(plan.forward_rings())
+    stranded = 0
+    scratch = np.empty(1 << 16, np.uint32)
+    for name in plan.ring_names():
+        ring = Ring.attach(sup.arena, name)
+        while True:
+            n = ring.dequeue(scratch)
+            if not n:
+                break
+            if name in forward:
+                stranded += n
+            send_home(sup.pools, bufs, scratch[:n])
+        ring.close()
+    return stranded
+
+
+def send_home(pools: list[Mempool], bufs: PacketBuffers, idx: np.ndarray) -> None:
+    owners = bufs.pool_id[idx]
+    for pool_id in np.unique(owners):
+        pools[int(pool_id)].free(idx[owners == pool_id])

@@ -39,7 +39,7 @@ from ixypipe.nic import ports as port_factory
 from ixypipe.nic.registers import DESC_SIZE
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import PipelinePlan, plan_from_config
-from ixypipe.pipeline.report import Accounting, StatsPrinter
+from ixypipe.pipeline.report import Accounting, StatsPrinter, send_home
 from ixypipe.rings.spsc import Ring
 from ixypipe.workers.stages import stage_main
 
@@ -129,7 +129,7 @@ class Supervisor:
         specs = dummy.ports
         n_pools = sum(s.rx_queues for s in specs)
         n_bufs = n_pools * cfg.buffers_per_queue
-        ring_bytes = sum(Ring.region_size(self._ring_capacity(dummy, r)) + ARENA_MIN_ALIGN for r in dummy.ring_names())
+        ring_bytes = sum(Ring.region_size(self._ring_capacity(r)) + ARENA_MIN_ALIGN for r in dummy.ring_names())
         packet_bytes = (PacketBuffers.bytes_needed(n_bufs, cfg.buffer_size)
                         + sum(Mempool.region_size(cfg.buffers_per_queue) + 128 for _ in range(n_pools))
                         + ring_bytes + len(dummy.stages) * 512 + (1 << 20))
@@ -145,12 +145,12 @@ class Supervisor:
         self.pools = [Mempool.create(self.arena, self.bufs, p.name, p.first, p.count, p.pool_id)
                       for p in plan.pools]
         for name in plan.ring_names():
-            Ring.create(self.arena, name, self._ring_capacity(plan, name))
+            Ring.create(self.arena, name, self._ring_capacity(name))
         stagetable.create(self.arena, len(plan.stages))
         self.table = stagetable.table(self.arena)
         self.plan = plan
 
-    def _ring_capacity(self, plan: PipelinePlan, name: str) -> int:
+    def _ring_capacity(self, name: str) -> int:
         if ">pool" in name:   # a return ring holds its whole pool, so going home never fails
             return 1 << (self.cfg.buffers_per_queue - 1).bit_length()
         return self.cfg.ring_size
@@ -371,34 +371,6 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-def reclaim_rings(sup: Supervisor) -> int:
-    """After every stage stopped: empty all rings, sending buffers home.
-
-    Returns how many packets were stranded in forward rings.
-    """
-    plan, bufs = sup.plan, sup.bufs
-    forward = set(plan.forward_rings())
-    stranded = 0
-    scratch = np.empty(1 << 16, np.uint32)
-    for name in plan.ring_names():
-        ring = Ring.attach(sup.arena, name)
-        while True:
-            n = ring.dequeue(scratch)
-            if not n:
-                break
-            if name in forward:
-                stranded += n
-            send_home(sup.pools, bufs, scratch[:n])
-        ring.close()
-    return stranded
-
-
-def send_home(pools: list[Mempool], bufs: PacketBuffers, idx: np.ndarray) -> None:
-    owners = bufs.pool_id[idx]
-    for pool_id in np.unique(owners):
-        pools[int(pool_id)].free(idx[owners == pool_id])
 
 
 __all__ = ["Supervisor", "PipelineError", "RunResult", "DROP_REASONS"]

@@ -81,7 +81,7 @@ class Homing:
 class Outbox:
     """What a stage still has to push into each output ring."""
 
-    def __init__(self, rings: list[Ring], batch: int):
+    def __init__(self, rings: list[Ring]):
         self.rings = rings
         self.pending = [np.empty(0, np.uint32) for _ in rings]
         self.held = 0
@@ -165,7 +165,7 @@ class Stage:
 def run_rx(st: Stage, device, pool: Mempool) -> None:
     me, plan, bufs = st.me, st.plan, st.bufs
     returns = [st.ring(r) for r in me.in_rings]
-    outbox = Outbox([st.ring(r) for r in me.out_rings], st.batch)
+    outbox = Outbox([st.ring(r) for r in me.out_rings])
     n_workers = len(outbox.rings)
     got = np.empty(max(st.batch, 1), np.uint32)
     home = np.empty(pool.count, np.uint32)
@@ -248,7 +248,7 @@ def run_worker(st: Stage, fn) -> None:
     me, plan, bufs = st.me, st.plan, st.bufs
     inputs = [st.ring(r) for r in me.in_rings]
     out_ports = sorted(me.out_ring_of)
-    outbox = Outbox([st.ring(me.out_ring_of[p]) for p in out_ports], st.batch)
+    outbox = Outbox([st.ring(me.out_ring_of[p]) for p in out_ports])
     slot_of_port = np.full(len(plan.ports), -1, np.int64)
     slot_of_port[out_ports] = np.arange(len(out_ports))
     homing = st.homing()
