@@ -53,3 +53,14 @@ def make_arena():
     yield make
     for arena in made:
         arena.destroy()
+
+
+@pytest.fixture
+def testbed():
+    """Two hosts in network namespaces of their own behind veth pairs; removed even when a test fails."""
+    from ixypipe.netns import VethTestbed, namespaces_made
+
+    tb = VethTestbed()
+    yield tb
+    tb.close()
+    assert not [n for n in namespaces_made() if tb.tag in n]

@@ -15,7 +15,7 @@ from conftest import needs_root
 
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
-from ixypipe.netns import VethTestbed, namespaces_made
+from ixypipe.netns import VethTestbed
 from ixypipe.nic.af_packet import AfPacketDevice, AfPacketError
 from ixypipe.nic.device import DeviceError, PortSpec
 from ixypipe.pcapfile import PcapWriter
@@ -24,14 +24,6 @@ pytestmark = needs_root
 ETHERTYPE = 0x88B5          # IEEE local experimental: nothing else on the wire uses it
 IFF_PROMISC = 0x100
 POOL = 2048
-
-
-@pytest.fixture
-def testbed():
-    tb = VethTestbed()
-    yield tb
-    tb.close()
-    assert not [n for n in namespaces_made() if tb.tag in n]
 
 
 @pytest.fixture

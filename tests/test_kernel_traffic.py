@@ -27,7 +27,7 @@ from ixypipe.fwd import Forwarder
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
-from ixypipe.netns import VethTestbed, namespaces_made
+from ixypipe.netns import VethTestbed
 from ixypipe.nic.af_packet import AfPacketDevice
 from ixypipe.nic.device import PortSpec
 from ixypipe.nic.pcap import PcapDevice
@@ -115,14 +115,6 @@ class Bump:
         for d in self.devs:
             d.close()
         self.arena.destroy()
-
-
-@pytest.fixture
-def testbed():
-    tb = VethTestbed()
-    yield tb
-    tb.close()
-    assert not [n for n in namespaces_made() if tb.tag in n]
 
 
 @pytest.fixture
