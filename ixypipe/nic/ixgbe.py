@@ -26,6 +26,7 @@ import weakref
 
 import numpy as np
 
+from ixypipe.memory import hugepages
 from ixypipe.memory.arena import Arena, ArenaError
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
@@ -563,7 +564,8 @@ class IxgbeDevice(Device):
                     raise DeviceError(
                         f"port {spec.name!r}: the {what} arena {a.name} is not on hugepages, so it has "
                         "simulated I/O addresses, not physical ones; a real 82599 would DMA to random "
-                        "memory. Reserve hugepages (ixypipe hugepages) or use a sim port")
+                        "memory. Run as root with hugepages (" + hugepages.reserve_advice(512)
+                        + ") or use a sim port")
         bar = pci.open_device(spec.address, sysfs_root, require_root=not simulated)
         bar.trace = trace
         dev = None

@@ -252,7 +252,7 @@ def open_device(address: str, sysfs_root: str | os.PathLike = "/sys", require_ro
                        "space, mapping resource0 and reading physical addresses are root-only)")
     path = device_dir(address, sysfs_root)
     if not path.is_dir():
-        raise PciError(f"no such PCI device {address} (no {path}; see `lspci -D` or `ixypipe devices`)")
+        raise PciError(f"no such PCI device {address} (no {path}; `lspci -D` lists the machine's PCI addresses)")
     check_82599(address, read_identity(path))
     unbind_kernel_driver(path)
     enable_bus_mastering(path)
