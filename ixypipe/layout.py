@@ -277,3 +277,11 @@ SIM_COUNTER_FIELDS = ("generated", "gen_bytes", "rx_delivered", "rx_missed", "tx
                       "sink_received", "sink_lost", "sink_reordered", "sink_corrupt", "sink_untouched",
                       "dma_faults")
 SIM_COUNTERS_DTYPE = np.dtype([(name, "<i8") for name in SIM_COUNTER_FIELDS])
+
+# --- the running pipeline's plan, for observers such as 'ixypipe top' ------------------
+# Region "plan.json" of the packet arena: a u64 byte count, then that many bytes of
+# UTF-8 JSON; the writer zeroes the count, writes the text, then sets the count.
+PLAN_INFO_REGION = "plan.json"
+PLAN_INFO_SIZE = 64 * 1024
+PLAN_INFO_LEN_DTYPE = np.dtype("<u8")
+PLAN_INFO_TEXT_OFF = 8

@@ -39,6 +39,7 @@ from ixypipe.nic import ports as port_factory
 from ixypipe.nic.registers import DESC_SIZE
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import PipelinePlan, plan_from_config
+from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, StatsPrinter, send_home
 from ixypipe.rings.spsc import Ring
 from ixypipe.workers.stages import stage_main
@@ -149,6 +150,7 @@ class Supervisor:
         stagetable.create(self.arena, len(plan.stages))
         self.table = stagetable.table(self.arena)
         self.plan = plan
+        write_plan_info(self.arena, plan)     # for observers: 'ixypipe top'
 
     def _ring_capacity(self, name: str) -> int:
         if ">pool" in name:   # a return ring holds its whole pool, so going home never fails
@@ -187,6 +189,7 @@ class Supervisor:
         placement = place_stages(self.plan, self.cfg, sim_pid=getattr(self.sim, "pid", None))
         for warning in placement.warnings:
             log.warning("%s", warning)
+        write_plan_info(self.arena, self.plan)    # now with each stage's CPU
         ctx = multiprocessing.get_context("spawn")
         level = logging.getLogger().getEffectiveLevel()
         for s in self.plan.stages:

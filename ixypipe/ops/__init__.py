@@ -1,0 +1,1 @@
+"""Library code behind the operations commands: hugepages, devices, bind/unbind, top and gen."""

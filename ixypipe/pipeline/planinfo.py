@@ -1,0 +1,74 @@
+"""The plan of a running pipeline as JSON in its packet arena, for observers such as ``ixypipe top``.
+
+Owns the region ``plan.json`` (layout in ixypipe.layout): the supervisor
+writes the pipeline's name, port names, stages (name, role, stage-table row,
+port, queue, CPU), forward ring names and its own pid once the stage table
+exists, and again after placement chose the CPUs.  Readers attach the arena
+and call :func:`read_plan_info`; a reader that catches a write half-way (the
+byte count is zeroed first and set last) retries, and gives up with a clear
+error when the region is missing or never becomes valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ixypipe.layout import PLAN_INFO_LEN_DTYPE, PLAN_INFO_REGION, PLAN_INFO_SIZE, PLAN_INFO_TEXT_OFF
+from ixypipe.memory.arena import Arena
+
+READ_ATTEMPTS = 20
+READ_RETRY_S = 0.01
+
+
+class PlanInfoError(Exception):
+    """The plan region is missing, too small for the plan, or unreadable."""
+
+
+def plan_info(plan, pid: int | None = None) -> dict:
+    """The JSON-able summary of a PipelinePlan that observers need."""
+    return {
+        "name": plan.name,
+        "pid": os.getpid() if pid is None else pid,
+        "ports": list(plan.port_names),
+        "drivers": [p.driver for p in plan.ports],
+        "stages": [{"name": s.name, "role": s.role, "row": s.row, "port": s.port, "queue": s.queue,
+                    "cpu": -1 if s.cpu is None else int(s.cpu)} for s in plan.stages],
+        "rings": list(plan.forward_rings()),
+    }
+
+
+def write_plan_info(arena: Arena, plan, pid: int | None = None) -> None:
+    """Write (or rewrite) the plan region; creates it on first use."""
+    text = json.dumps(plan_info(plan, pid), separators=(",", ":")).encode()
+    if PLAN_INFO_TEXT_OFF + len(text) > PLAN_INFO_SIZE:
+        raise PlanInfoError(f"the plan of pipeline {plan.name!r} takes {len(text)} bytes of JSON, more than "
+                            f"the {PLAN_INFO_SIZE - PLAN_INFO_TEXT_OFF} the {PLAN_INFO_REGION} region holds")
+    region = arena.find(PLAN_INFO_REGION) or arena.alloc(PLAN_INFO_REGION, PLAN_INFO_SIZE)
+    view = arena.view(region)
+    length = view[:PLAN_INFO_LEN_DTYPE.itemsize].view(PLAN_INFO_LEN_DTYPE)
+    length[0] = 0
+    view[PLAN_INFO_TEXT_OFF:PLAN_INFO_TEXT_OFF + len(text)] = memoryview(text)
+    length[0] = len(text)
+
+
+def read_plan_info(arena: Arena) -> dict:
+    """The plan a supervisor wrote into ``arena``."""
+    region = arena.find(PLAN_INFO_REGION)
+    if region is None:
+        raise PlanInfoError(f"arena {arena.name} has no {PLAN_INFO_REGION} region (not a pipeline's packet "
+                            "arena, or its supervisor has not finished building it)")
+    view = arena.view(region)
+    problem = "it is empty"
+    for _ in range(READ_ATTEMPTS):
+        n = int(view[:PLAN_INFO_LEN_DTYPE.itemsize].view(PLAN_INFO_LEN_DTYPE)[0])
+        if 0 < n <= region.size - PLAN_INFO_TEXT_OFF:
+            try:
+                return json.loads(bytes(view[PLAN_INFO_TEXT_OFF:PLAN_INFO_TEXT_OFF + n]))
+            except ValueError as exc:
+                problem = f"its JSON does not parse ({exc})"
+        elif n:
+            problem = f"it claims {n} bytes of JSON in a {region.size}-byte region"
+        time.sleep(READ_RETRY_S)
+    raise PlanInfoError(f"the {PLAN_INFO_REGION} region of arena {arena.name} is unreadable: {problem}")
