@@ -185,10 +185,11 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
             n = moved = device.rx_batch(me.queue, got)
             if n:
                 worked = True
+                st.packets_in += n
+                st.row["packets_in"] = st.packets_in   # at once: the accounting must see it even if we die now
                 idx = got[:n].copy()
                 idx = drop_bad_packets(st, bufs, idx, pool)
                 st.batches += 1
-                st.packets_in += n
                 st.bytes_in += int(bufs.length[idx].sum())
                 rr = distribute(plan.distribute, bufs, idx, outbox, n_workers, rr)
                 st.packets_out += len(idx)
@@ -382,6 +383,7 @@ def run_tx(st: Stage, device) -> None:
 
 def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray) -> None:
     st.packets_out += len(idx)
+    st.row["packets_out"] = st.packets_out     # at once, as RX does with packets_in
     st.bytes_out += int(bufs.length[idx].sum())
 
 
