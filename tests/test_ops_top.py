@@ -148,6 +148,7 @@ def _top_under_pty(pid: int) -> tuple[int, int]:
     """Start 'ixypipe top PID' with a pseudo-terminal as its controlling terminal."""
     child, fd = pty.fork()
     if child == 0:
+        os.chdir(REPO)          # run this tree's ixypipe, whatever is installed
         os.execvp(sys.executable, [sys.executable, "-m", "ixypipe", "top", str(pid), "--interval", "0.5"])
     return child, fd
 

@@ -62,3 +62,13 @@ def hugetlbfs_mounts(size: int = HUGEPAGE_SIZE, mounts_file: str = "/proc/mounts
 def reserve_advice(pages: int) -> str:
     return (f"reserve them with 'echo {pages} > /proc/sys/vm/nr_hugepages' and mount hugetlbfs with "
             f"'mkdir -p /mnt/huge && mount -t hugetlbfs nodev /mnt/huge' (as root)")
+
+
+def hugetlbfs_mount_table(mounts_file: str = "/proc/mounts") -> list[tuple[Path, int]]:
+    """Every hugetlbfs mount point with its page size in bytes, whatever the size and permissions."""
+    try:
+        lines = Path(mounts_file).read_text().splitlines()
+    except OSError:
+        return []
+    return [(Path(parts[1]), _mount_pagesize(parts[3]) or HUGEPAGE_SIZE)
+            for parts in (line.split() for line in lines) if len(parts) >= 4 and parts[2] == "hugetlbfs"]

@@ -1,0 +1,163 @@
+"""ixypipe hugepages: pools per size and node, reserve and mount, on fake sysfs trees and this machine."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ixypipe.cli import main
+from ixypipe.memory import hugepages as memhuge
+from ixypipe.ops.hugepages import (
+    HugepageSetupError,
+    hugepage_pools,
+    mount,
+    parse_size,
+    reserve,
+    status_lines,
+)
+from tests.conftest import needs_root
+
+
+def make_tree(root: Path) -> Path:
+    """Two page sizes, two NUMA nodes; 2M: 512 reserved (300 free) split 256/256."""
+    def pool(base: Path, kib: int, total: int, free: int, surplus: int = 0) -> None:
+        d = base / f"hugepages-{kib}kB"
+        d.mkdir(parents=True)
+        for name, value in (("nr_hugepages", total), ("free_hugepages", free), ("surplus_hugepages", surplus)):
+            (d / name).write_text(f"{value}\n")
+
+    pool(root / "kernel/mm/hugepages", 2048, 512, 300)
+    pool(root / "kernel/mm/hugepages", 1048576, 2, 2, 1)
+    for n, free in ((0, 100), (1, 200)):
+        base = root / f"devices/system/node/node{n}/hugepages"
+        pool(base, 2048, 256, free)
+        pool(base, 1048576, 1, 1)
+    (root / "devices/system/node/online").write_text("0-1\n")
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("proc /proc proc rw 0 0\nnodev /mnt/huge hugetlbfs rw,relatime,pagesize=2M 0 0\n")
+    return make_tree(tmp_path / "sys"), mounts
+
+
+def test_pools_per_size_and_node(tree):
+    root, _ = tree
+    got = [(p.size, p.node, p.total, p.free, p.used, p.surplus) for p in hugepage_pools(root)]
+    assert got == [(2 << 20, None, 512, 300, 212, 0), (2 << 20, 0, 256, 100, 156, 0), (2 << 20, 1, 256, 200, 56, 0),
+                   (1 << 30, None, 2, 2, 0, 1), (1 << 30, 0, 1, 1, 0, 0), (1 << 30, 1, 1, 1, 0, 0)]
+
+
+def test_status_table_and_unmounted_size_note(tree):
+    root, mounts = tree
+    assert status_lines(root, str(mounts)) == [
+        "SIZE  NODE      RESERVED      FREE    IN USE   SURPLUS",
+        "2M    all            512       300       212         0",
+        "2M    0              256       100       156         0",
+        "2M    1              256       200        56         0",
+        "1G    all              2         2         0         1",
+        "1G    0                1         1         0         0",
+        "1G    1                1         1         0         0",
+        "",
+        "mounted: /mnt/huge hugetlbfs pagesize=2M" + ("" if Path("/mnt/huge").exists() else
+                                                       " (not writable by you)"),
+        "note: 1G pages are reserved but no hugetlbfs of that size is mounted",
+    ]
+
+
+def test_no_hugepages_at_all(tmp_path):
+    assert status_lines(tmp_path, str(tmp_path / "none")) == [
+        f"this kernel offers no hugepages (no {tmp_path}/kernel/mm/hugepages)"]
+
+
+def test_reserve_system_wide_and_per_node(tree):
+    root, _ = tree
+    pool = reserve(1024, 2 << 20, sysfs_root=root, geteuid=lambda: 0)
+    assert (root / "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").read_text() == "1024\n"
+    assert (pool.total, pool.node) == (1024, None)
+    reserve(8, 1 << 30, node=1, sysfs_root=root, geteuid=lambda: 0)
+    assert (root / "devices/system/node/node1/hugepages/hugepages-1048576kB/nr_hugepages").read_text() == "8\n"
+    assert (root / "devices/system/node/node0/hugepages/hugepages-1048576kB/nr_hugepages").read_text() == "1\n"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"geteuid": lambda: 1000}, r"reserving 2M hugepages needs root \(run it with sudo\)"),
+    ({"size": 16 << 10}, "this machine has no 16K hugepages; sizes offered: 2M, 1G"),
+    ({"node": 5}, "there is no NUMA node 5; nodes: 0, 1"),
+    ({"count": -1}, r"cannot reserve a negative number of hugepages \(-1\)"),
+])
+def test_reserve_refusals(tree, kwargs, message):
+    root, _ = tree
+    args = {"count": 4, "size": 2 << 20, "sysfs_root": root, "geteuid": lambda: 0} | kwargs
+    with pytest.raises(HugepageSetupError, match=message):
+        reserve(**args)
+
+
+def test_reserve_write_failure_names_the_file(tree):
+    root, _ = tree
+    target = root / "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+    target.unlink()
+    target.mkdir()
+    with pytest.raises(HugepageSetupError, match=f"writing 9 to {target} failed: Is a directory"):
+        reserve(9, sysfs_root=root, geteuid=lambda: 0)
+
+
+def test_parse_size():
+    assert [parse_size(s) for s in ("2M", "2MB", "1G", "2048k", "4096")] == [2 << 20, 2 << 20, 1 << 30, 2 << 20, 4096]
+    with pytest.raises(HugepageSetupError, match="hugepage size 'huge' is not a size like 2M or 1G"):
+        parse_size("huge")
+
+
+def test_mount_refusals(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"nodev {tmp_path / 'h'} hugetlbfs rw,pagesize=1G 0 0\n")
+    with pytest.raises(HugepageSetupError, match="already a hugetlbfs mount of 1G pages, not 2M; unmount it first"):
+        mount(tmp_path / "h", 2 << 20, mounts_file=str(mounts), geteuid=lambda: 0)
+    assert mount(tmp_path / "h", 1 << 30, mounts_file=str(mounts), geteuid=lambda: 0) is False
+    with pytest.raises(HugepageSetupError, match=f"mounting hugetlbfs at {tmp_path / 'x'} needs root"):
+        mount(tmp_path / "x", mounts_file=str(mounts), geteuid=lambda: 1000)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(HugepageSetupError, match="it is not a directory"):
+        mount(tmp_path / "file", mounts_file=str(mounts), geteuid=lambda: 0)
+
+
+@needs_root
+def test_mount_for_real_then_unmount(tmp_path):
+    where = tmp_path / "huge"
+    try:
+        assert mount(where) is True
+        assert (where, 2 << 20) in memhuge.hugetlbfs_mount_table()
+        assert mount(where) is False                   # already there
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+    assert (where, 2 << 20) not in memhuge.hugetlbfs_mount_table()
+
+
+def test_cli_on_fake_tree(tree):
+    root, mounts = tree
+    runner = CliRunner()
+    res = runner.invoke(main, ["hugepages", "--sysfs-root", str(root), "--mounts-file", str(mounts)])
+    assert res.exit_code == 0 and "2M    1              256       200        56         0" in res.output
+    res = runner.invoke(main, ["hugepages", "--sysfs-root", str(root), "--mounts-file", str(mounts),
+                               "--reserve", "64", "--node", "0"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("reserved 64 2M hugepages on node 0 (100 free)\n")
+    res = runner.invoke(main, ["hugepages", "--node", "0"])
+    assert res.exit_code == 2 and "--node goes with --reserve" in res.output
+    res = runner.invoke(main, ["hugepages", "--sysfs-root", str(root), "--reserve", "1", "--size", "4M"])
+    assert res.exit_code == 1 and "this machine has no 4M hugepages; sizes offered: 2M, 1G" in res.output
+
+
+def test_this_machine_read_only():
+    lines = status_lines()
+    if not hugepage_pools():
+        pytest.skip("this kernel offers no hugepages")
+    row = next(line for line in lines if line.startswith("2M    all"))
+    assert int(row.split()[2]) == memhuge.total_hugepages()
+    for path in memhuge.hugetlbfs_mounts():
+        assert f"mounted: {path} hugetlbfs pagesize=2M" in lines
