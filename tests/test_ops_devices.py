@@ -1,0 +1,164 @@
+"""ixypipe devices / bind / unbind on fake sysfs trees with a fake kernel, and read-only on this machine."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ixypipe.cli import main
+from ixypipe.ops import binding
+from ixypipe.ops.binding import BindError, give_back, take
+from ixypipe.ops.fakesys import FakeDevice, FakeKernel, make_tree
+from ixypipe.ops.pcidevs import list_network_devices, routed_interfaces, status_lines
+
+NIC_A = "0000:03:00.0"      # 82599 on ixgbe, interface up with routes
+NIC_B = "0000:03:00.1"      # 82599 on ixgbe, interface down
+VF = "0000:03:10.0"         # 82599 VF, no driver
+VIRTIO = "0000:00:03.0"     # virtio-net, up without routes
+GPU = "0000:00:02.0"        # not a network controller
+
+
+@pytest.fixture
+def host(tmp_path):
+    return make_tree(tmp_path, [
+        FakeDevice(NIC_A, 0x8086, 0x10FB, 0x020000, "ixgbe", "ixgbe", {"eth1": True}, numa_node=0),
+        FakeDevice(NIC_B, 0x8086, 0x10FB, 0x020000, "ixgbe", "ixgbe", {"eth2": False}, numa_node=1),
+        FakeDevice(VF, 0x8086, 0x10ED, 0x020000, None, "ixgbevf"),
+        FakeDevice(VIRTIO, 0x1AF4, 0x1041, 0x020000, "virtio-pci", "virtio-pci", {"eth0": True}),
+        FakeDevice(GPU, 0x1234, 0x1111, 0x030000, None),
+    ], drivers=["ixgbe", "vfio-pci"], routes={"eth1": "0002000A"})
+
+
+def ops(host, kernel):
+    return {"sysfs_root": host.sysfs, "proc_root": host.proc, "writer": kernel}
+
+
+def test_listing_marks_82599s_drivers_interfaces_and_active(host):
+    devs = {d.address: d for d in list_network_devices(host.sysfs, host.proc)}
+    assert sorted(devs) == [VIRTIO, NIC_A, NIC_B, VF]                       # the GPU is not listed
+    assert (devs[NIC_A].kind, devs[VF].kind, devs[VIRTIO].kind) == ("82599", "82599 VF", "")
+    assert devs[NIC_A].interfaces[0].routes == ["10.0.2.0/24"] and devs[NIC_A].interfaces[0].active
+    assert not devs[VIRTIO].interfaces[0].active                             # up, but no route
+    assert status_lines(list(devs.values())) == [
+        "Network devices ready for ixypipe (no kernel driver, or vfio-pci/uio_pci_generic/igb_uio)",
+        "=" * 89,
+        "0000:03:10.0 8086:10ed Intel 82599 VF drv=none numa=0",
+        "",
+        "Network devices using a kernel driver",
+        "=" * 37,
+        "0000:00:03.0 1af4:1041 if=eth0 drv=virtio-pci numa=0",
+        "0000:03:00.0 8086:10fb Intel 82599 if=eth1 drv=ixgbe numa=0 *Active*",
+        "0000:03:00.1 8086:10fb Intel 82599 if=eth2 drv=ixgbe numa=1",
+        "",
+        "4 network devices, 2 of them Intel 82599 (take one with: ixypipe bind ADDRESS)",
+    ]
+
+
+def test_take_leaves_device_driverless_then_give_back_restores_ixgbe(host):
+    kernel = FakeKernel(host)
+    assert take(NIC_B, **ops(host, kernel)) == f"{NIC_B} taken from ixgbe: no kernel driver now, ready for ixypipe"
+    assert host.driver_of(NIC_B) is None and kernel.writes == [("bus/pci/drivers/ixgbe/unbind", NIC_B)]
+    assert take(NIC_B, **ops(host, kernel)).endswith("already without a kernel driver: nothing to do")
+    assert give_back(NIC_B, **ops(host, kernel)) == f"{NIC_B} moved from no driver back to ixgbe"
+    assert host.driver_of(NIC_B) == "ixgbe"
+    assert kernel.writes[1:] == [(f"bus/pci/devices/{NIC_B}/driver_override", "\n"), ("bus/pci/drivers_probe", NIC_B)]
+    assert give_back(NIC_B, **ops(host, kernel)) == f"{NIC_B} is already on its kernel driver ixgbe: nothing to do"
+
+
+def test_vfio_round_trip(host):
+    kernel = FakeKernel(host)
+    assert take("03:00.1", "vfio-pci", **ops(host, kernel)) == f"{NIC_B} moved from ixgbe to vfio-pci"
+    assert host.driver_of(NIC_B) == "vfio-pci"
+    assert (host.device_dir(NIC_B) / "driver_override").read_text() == "vfio-pci\n"
+    devs = {d.address: d for d in list_network_devices(host.sysfs, host.proc)}
+    assert devs[NIC_B].userspace and devs[NIC_B].driver_override == "vfio-pci"
+    assert give_back(NIC_B, **ops(host, kernel)) == f"{NIC_B} moved from vfio-pci back to ixgbe"
+    assert (host.device_dir(NIC_B) / "driver_override").read_text() == "(null)\n"
+    assert [w[0] for w in kernel.writes] == [
+        "bus/pci/drivers/ixgbe/unbind", f"bus/pci/devices/{NIC_B}/driver_override", "bus/pci/drivers_probe",
+        "bus/pci/drivers/vfio-pci/unbind", f"bus/pci/devices/{NIC_B}/driver_override", "bus/pci/drivers_probe"]
+
+
+def test_refuses_an_interface_that_is_up_with_routes_unless_forced(host):
+    kernel = FakeKernel(host)
+    with pytest.raises(BindError, match=re.escape(
+            f"interface eth1 of {NIC_A} is up and carries routes (10.0.2.0/24); taking {NIC_A} from ixgbe would "
+            "cut this host off that network. Take the interface down first (ip link set eth1 down) or use --force")):
+        take(NIC_A, **ops(host, kernel))
+    assert kernel.writes == [] and host.driver_of(NIC_A) == "ixgbe"
+    take(NIC_A, force=True, **ops(host, kernel))
+    assert host.driver_of(NIC_A) is None
+
+
+def test_refusals_name_the_problem(host):
+    kernel = FakeKernel(host)
+    with pytest.raises(BindError, match=f"{GPU} is not a network controller; refusing to take it"):
+        take(GPU, **ops(host, kernel))
+    with pytest.raises(BindError, match=r"no PCI device 0000:09:00.0 \(no .*\); 'ixypipe devices' lists"):
+        take("09:00.0", **ops(host, kernel))
+    with pytest.raises(BindError, match="'eth0' is not a PCI address"):
+        take("eth0", **ops(host, kernel))
+    with pytest.raises(BindError, match=r"driver uio_pci_generic is not loaded \(no .*\); load it with "
+                                        "'modprobe uio_pci_generic'"):
+        take(NIC_B, "uio_pci_generic", modprobe=lambda d: pytest.fail("modprobe on a fake tree"), **ops(host, kernel))
+    with pytest.raises(BindError, match=f"no kernel driver claimed {VF}: load its driver"):
+        give_back(VF, **ops(host, kernel))
+    assert host.driver_of(NIC_B) == "ixgbe"
+
+
+def test_give_back_refused_while_ixypipe_holds_the_device(host):
+    kernel = FakeKernel(host)
+    take(NIC_B, "vfio-pci", **ops(host, kernel))
+    fd = os.open(host.device_dir(NIC_B) / "resource0", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)          # as an attached ixypipe stage holds it
+        with pytest.raises(BindError, match=f"{NIC_B} is in use by an ixypipe process"):
+            give_back(NIC_B, **ops(host, kernel))
+    finally:
+        os.close(fd)
+    assert give_back(NIC_B, **ops(host, kernel)).endswith("back to ixgbe")
+
+
+def test_cli_devices_bind_unbind(host, monkeypatch):
+    kernel = FakeKernel(host)
+    monkeypatch.setattr(binding, "SysfsWriter", lambda: kernel)
+    roots = ["--sysfs-root", str(host.sysfs), "--proc-root", str(host.proc)]
+    runner = CliRunner()
+    res = runner.invoke(main, ["devices", *roots])
+    assert res.exit_code == 0 and "0000:03:00.0 8086:10fb Intel 82599 if=eth1 drv=ixgbe numa=0 *Active*" in res.output
+    res = runner.invoke(main, ["bind", NIC_A, *roots])
+    assert res.exit_code == 1 and "is up and carries routes (10.0.2.0/24)" in res.output
+    res = runner.invoke(main, ["bind", NIC_B, "--vfio", *roots])
+    assert (res.exit_code, res.output) == (0, f"{NIC_B} moved from ixgbe to vfio-pci\n")
+    res = runner.invoke(main, ["unbind", NIC_B, *roots])
+    assert (res.exit_code, res.output) == (0, f"{NIC_B} moved from vfio-pci back to ixgbe\n")
+    res = runner.invoke(main, ["bind", NIC_B, "--vfio", "--driver", "igb_uio", *roots])
+    assert res.exit_code == 2 and "--vfio and --driver name different drivers" in res.output
+
+
+def test_this_machine_read_only():
+    """Every kernel interface backed by a PCI network device shows up on that device's line."""
+    devs = {d.address: d for d in list_network_devices()}
+    expected = {}
+    for net in Path("/sys/class/net").iterdir():
+        try:
+            real = (net / "device").resolve(strict=True)
+        except OSError:
+            continue                    # virtual interface
+        pci = next((p.name for p in [real, *real.parents] if re.fullmatch(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.\d",
+                                                                            p.name)), None)
+        if pci and pci in devs:
+            expected.setdefault(pci, set()).add(net.name)
+    for pci, names in expected.items():
+        assert {i.name for i in devs[pci].interfaces} == names
+        assert devs[pci].driver == os.path.basename(os.readlink(f"/sys/bus/pci/devices/{pci}/driver"))
+    routed = routed_interfaces()
+    for d in devs.values():
+        for i in d.interfaces:
+            assert i.routes == routed.get(i.name, [])
+    assert len(status_lines(list(devs.values()))) >= 7
