@@ -1,0 +1,170 @@
+"""The traffic generator alone, onto one port: ``ixypipe gen``.
+
+Builds a small DMA arena, one mempool and one port through the ordinary
+Device drivers (a software 82599 whose wire ends in the simulator's
+verifying sink, an AF_PACKET interface, or a pcap file written like a
+capture), and transmits the frames of ixypipe.nic.sim.traffic's Generator:
+Ethernet/IPv4/UDP, one template per flow, sequence numbers and checksums
+written per batch with numpy.  The generator's rate credit paces it; frames
+TX refuses are made again with the same sequence numbers, so nothing is
+skipped.  Runs end after ``count`` packets, ``duration`` seconds or a stop
+request (Ctrl-C); :meth:`GenSession.close` releases port, simulator and arena.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ixypipe.layout import DEFAULT_BUF_SIZE
+from ixypipe.memory.arena import Arena
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic.device import DeviceError, PortSpec
+from ixypipe.nic.sim.traffic import Generator
+
+TARGETS = ("sim", "af_packet", "pcap")
+PORT_NAME = "gen"
+POOL_SIZE = 4096                 # buffers: the TX ring plus the batch in hand, with room
+RING_SIZE = 512
+IDLE_SLEEP = 50e-6               # seconds to wait for rate credit or TX room
+SINK_TIMEOUT = 5.0               # seconds for the software 82599's sink to see every frame
+BROADCAST = bytes.fromhex("ffffffffffff")
+
+
+class GenError(ValueError):
+    """The generator cannot run on that port; the message says why."""
+
+
+@dataclass
+class GenResult:
+    sent: int
+    bytes: int
+    seconds: float
+    stop_reason: str
+    sink: dict[str, int] = field(default_factory=dict)   # sim only: what the verifying sink saw
+
+    @property
+    def mpps(self) -> float:
+        return self.sent / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    def summary(self) -> list[str]:
+        lines = [f"sent {self.sent} packets ({self.bytes} bytes) in {self.seconds:.2f} s, {self.mpps:.3f} Mpps; "
+                 f"stopped by {self.stop_reason}"]
+        if self.sink:
+            s = self.sink
+            lines.append(f"sink: received {s['sink_received']} of {self.sent}, lost {s['sink_lost']}, "
+                         f"reordered {s['sink_reordered']}, corrupt {s['sink_corrupt']}")
+        return lines
+
+
+class GenSession:
+    """One port with its arena and pool, ready to transmit a generator's frames."""
+
+    def __init__(self, target: str, where: str = "", packet_size: int = 60, flows: int = 1, hugepages: str = "auto",
+                 dst_mac: bytes = BROADCAST):
+        if target not in TARGETS:
+            raise GenError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+        if target != "sim" and not where:
+            raise GenError(f"target {target} needs {'an interface' if target == 'af_packet' else 'a file'} name")
+        self.target = target
+        self.dst_mac = dst_mac
+        self.packet_size, self.flows = packet_size, flows
+        Generator(0, packet_size, flows, 0, 0.0, BROADCAST, dst_mac)     # bad sizes fail before anything is made
+        self.server = None
+        self.dev = None
+        self.arena = Arena.create(PacketBuffers.bytes_needed(POOL_SIZE) + Mempool.region_size(POOL_SIZE) + (2 << 20),
+                                  hugepages_mode=hugepages, tag="gen")
+        try:
+            self.bufs = PacketBuffers.create(self.arena, POOL_SIZE, DEFAULT_BUF_SIZE)
+            self.pool = Mempool.create(self.arena, self.bufs, "gen.pool", 0, POOL_SIZE, 0)
+            self._open(where)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, where: str) -> None:
+        from ixypipe.nic import ports
+
+        root = None
+        options = {"mode": "write"} if self.target == "pcap" else {}
+        if self.target == "sim":
+            from ixypipe.nic.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+
+            # the port's own generator never starts; it only tells the sink what our frames look like
+            silent = GeneratorConfig(packet_size=self.packet_size, flows=self.flows)
+            self.server = SimServer([SimPortConfig(PORT_NAME, generator=silent, sink=SinkConfig(verify=True))],
+                                    self.arena.path)
+            self.server.start()
+            where, root = self.server.addresses[PORT_NAME], str(self.server.sysfs_root)
+        spec = PortSpec(PORT_NAME, self.target, where, rx_ring_size=RING_SIZE, tx_ring_size=RING_SIZE,
+                        promiscuous=False, options=options)
+        try:
+            self.dev = ports.open_port(spec, self.arena, self.bufs, [self.pool], tx_done=self.pool.free,
+                                       sysfs_root=root)
+        except DeviceError as exc:
+            raise GenError(f"{self.target} port {where}: {exc}") from exc
+
+    def generator(self, count: int = 0, rate_mpps: float = 0.0) -> Generator:
+        """Generator 0 (the id the simulator's sink expects) with this session's size and flows."""
+        return Generator(0, self.packet_size, self.flows, count, rate_mpps * 1e6, self.dev.mac, self.dst_mac)
+
+    def run(self, gen: Generator, batch: int = 64, duration: float | None = None,
+            progress: Callable[[int], object] | None = None, stop: Callable[[], bool] = lambda: False) -> GenResult:
+        """Transmit until the generator's count is sent, ``duration`` passed or ``stop()`` is true."""
+        dev, bufs, pool, size = self.dev, self.bufs, self.pool, gen.packet_size
+        start = time.monotonic()
+        reason = "count" if gen.count else "ctrl-c"
+        while True:
+            if gen.remaining() == 0:
+                break
+            if stop():
+                reason = "ctrl-c"
+                break
+            if duration is not None and time.monotonic() - start >= duration:
+                reason = f"duration {duration:g} s"
+                break
+            n = gen.allowance(batch)
+            idx = pool.alloc(n) if n else np.empty(0, np.uint32)
+            if len(idx) == 0:
+                time.sleep(IDLE_SLEEP)
+                continue
+            frames = gen.make(len(idx))
+            bufs.data[idx, :size] = frames.data
+            bufs.length[idx] = size
+            sent = dev.tx_batch(0, idx)
+            gen.commit(sent)
+            if sent < len(idx):
+                pool.free(idx[sent:])
+                time.sleep(IDLE_SLEEP)
+            if sent and progress is not None:
+                progress(sent)
+        tx_drain = getattr(dev, "tx_drain", None)
+        if tx_drain is not None:
+            tx_drain(0, 2.0)
+        seconds = time.monotonic() - start
+        result = GenResult(gen.sent, gen.sent * size, seconds, reason)
+        if self.server is not None:
+            result.sink = self._sink_verdict(gen.sent)
+        return result
+
+    def _sink_verdict(self, sent: int) -> dict[str, int]:
+        deadline = time.monotonic() + SINK_TIMEOUT
+        while time.monotonic() < deadline and self.server.counters()[PORT_NAME].sink_received < sent:
+            time.sleep(0.01)
+        c = self.server.counters()[PORT_NAME]
+        return {k: getattr(c, k) for k in ("tx_sent", "sink_received", "sink_lost", "sink_reordered", "sink_corrupt")}
+
+    def close(self) -> None:
+        if self.dev is not None:
+            self.dev.close()
+            self.dev = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.arena is not None:
+            self.arena.destroy()
+            self.arena = None
