@@ -47,6 +47,7 @@ START_TIMEOUT = 30.0            # seconds for the model process to report ready
 STOP_TIMEOUT = 5.0              # seconds for it to exit before it is killed
 PARENT_CHECK_LOOPS = 4096       # loops between checks that the parent is still alive
 COUNTERS_FILE = "counters"
+DRIVER_POLL_NS = 1_000_000_000  # how often a foreign-DMA model checks that its driver is still there
 
 
 class SimServerError(Exception):
@@ -64,9 +65,13 @@ def _block_views(buf: np.ndarray, n_ports: int) -> tuple[np.ndarray, np.ndarray]
 
 
 class SimServer:
-    def __init__(self, ports: list[SimPortConfig], arena_path: str | os.PathLike | list,
+    def __init__(self, ports: list[SimPortConfig], arena_path: str | os.PathLike | list | None,
                  root: Path | None = None, stats_period_ns: int = STATS_PERIOD_NS):
+        """``arena_path`` None (or []): serve a foreign driver, whose DMA memory the model finds
+        itself through /proc (the process that maps a port's resource0; see sim/foreign.py)."""
         self.ports = validate_ports(list(ports))
+        if arena_path is None:
+            arena_path = []
         paths = arena_path if isinstance(arena_path, (list, tuple)) else [arena_path]
         self.arena_paths = [str(p) for p in paths]
         self.names = [p.name for p in self.ports]
@@ -219,7 +224,7 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
             mm, buf = sysfs.map_file(Path(root) / COUNTERS_FILE)
             control, counters = _block_views(buf, len(ports))
             world = SimWorld(ports, arenas, Path(root), create=False, counters=counters,
-                             stats_period_ns=stats_period_ns)
+                             stats_period_ns=stats_period_ns, foreign=not arena_paths)
         except Exception as exc:
             conn.send(f"{type(exc).__name__}: {exc}")
             return
@@ -245,14 +250,19 @@ def _loop(world: SimWorld, control: np.ndarray, parent: int, backoff) -> None:
     row = control[0:1]
     loops = 0
     traffic = False
+    next_driver_poll = 0
     while True:
         loops += 1
         if loops % PARENT_CHECK_LOOPS == 0:
             if os.getppid() != parent:
                 log.error("the simulator's parent %d is gone: exiting", parent)
                 return
-            row["heartbeat_ns"] = time.monotonic_ns()
+            now = time.monotonic_ns()
+            row["heartbeat_ns"] = now
             row["steps"] = loops
+            if now >= next_driver_poll:
+                next_driver_poll = now + DRIVER_POLL_NS
+                world.poll_driver()
         if int(row["command"][0]) == SIM_CMD_STOP:
             return
         want = bool(row["traffic"][0])

@@ -31,6 +31,7 @@ from ixypipe.memory.arena import Arena
 from ixypipe.nic import registers as R
 from ixypipe.nic.sim import sysfs
 from ixypipe.nic.sim.dma import DmaSpace
+from ixypipe.nic.sim.foreign import ForeignDma
 from ixypipe.nic.sim.model import STATS_PERIOD_NS, Fault, SimPort
 from ixypipe.nic.sim.traffic import Generator, Sink
 
@@ -132,14 +133,19 @@ class SimWorld:
 
     def __init__(self, ports: list[SimPortConfig], arena: Arena | list[Arena], root: Path | None = None,
                  create: bool = True, counters: np.ndarray | None = None,
-                 stats_period_ns: int = STATS_PERIOD_NS, clock=time.monotonic_ns):
+                 stats_period_ns: int = STATS_PERIOD_NS, clock=time.monotonic_ns, foreign: bool = False):
+        """``foreign``: no arenas (``arena`` is ignored); DMA goes to the hugepage memory of whatever
+        process maps the ports' resource0 files, found through /proc (``ixypipe.nic.sim.foreign``)."""
         self.configs = validate_ports(ports)
         self.names = [p.name for p in ports]
-        arenas = arena if isinstance(arena, (list, tuple)) else [arena]
-        self.dma = DmaSpace(arenas)
         self._own_root = create and root is None
         self.sysfs_root = Path(root) if root is not None else sysfs.make_root()
         self.addresses = {p.name: p.pci_address or sysfs.default_address(i) for i, p in enumerate(ports)}
+        if foreign:
+            self.dma = ForeignDma([sysfs.device_dir(self.sysfs_root, a) / "resource0"
+                                   for a in self.addresses.values()])
+        else:
+            self.dma = DmaSpace(arena if isinstance(arena, (list, tuple)) else [arena])
         self.counters_array = counters if counters is not None else np.zeros(len(ports), SIM_COUNTERS_DTYPE)
         self._rows = self.counters_array.view(np.int64).reshape(len(ports), len(SIM_COUNTER_FIELDS))
         self._maps = []
@@ -261,6 +267,18 @@ class SimWorld:
         self.publish()
         return counters_from(self._rows, self.names)
 
+    def poll_driver(self) -> bool:
+        """Foreign DMA only: when the driver processes are gone, reset every port (dropping its ring
+        views) and unmap their memory, so the hugepages go back and the next driver starts clean.
+        Returns True when that happened."""
+        if not isinstance(self.dma, ForeignDma) or not self.dma.driver_left():
+            return False
+        log.info("driver process(es) %s left: ports reset, their memory released", self.dma.driver_pids)
+        for port in self.ports.values():
+            port.power_on()
+        self.dma.release()
+        return True
+
     def link_up(self, name: str) -> bool:
         return bool(self.ports[name].reg(R.LINKS) & R.LINKS_UP)
 
@@ -270,6 +288,8 @@ class SimWorld:
         for port in self.ports.values():
             port.detach()
         self.ports = {}
+        if isinstance(self.dma, ForeignDma):
+            self.dma.close()
         self._rows = None
         for mm in self._maps:
             try:

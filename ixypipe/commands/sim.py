@@ -1,0 +1,200 @@
+"""``ixypipe sim serve``: software 82599 ports for any user-space driver process, in any language.
+
+Starts N simulated ports in a model process and prints, for each, the PCI
+address it answers to and the fake sysfs device directory that holds it
+(config, resource0, driver/unbind, vendor/device/class).  A driver sees
+them without any change when run in a mount namespace that bind-mounts the
+served ``bus/pci/devices`` over ``/sys/bus/pci/devices`` (the command for
+that is printed).  The model finds the driver's DMA memory by itself
+through /proc (sim/foreign.py).  Each port is wired to a generator and/or
+a verifying sink (optionally written to a pcap file) or cabled to another
+served port; counters are printed once a second and at the end (Ctrl-C,
+SIGTERM or ``--duration``), and the served tree is removed on the way out.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import click
+
+from ixypipe.nic.sim.server import GeneratorConfig, PortCounters, SimPortConfig, SimServer, SinkConfig
+from ixypipe.nic.sim.sysfs import device_dir
+
+WIRE_KINDS = ("gen", "sink", "pcap", "none")
+DEFAULT_WIRING = "gen+sink"
+
+
+class WiringError(click.BadParameter):
+    pass
+
+
+def parse_wiring(specs: tuple[str, ...], n_ports: int) -> dict[int, dict]:
+    """``I-J`` cables ports I and J; ``I:gen+sink``, ``I:gen``, ``I:sink``, ``I:pcap=FILE`` (a sink that
+    also writes FILE, combinable with gen: ``I:gen+pcap=FILE``), ``I:none``.  Unnamed ports get gen+sink."""
+    wiring: dict[int, dict] = {}
+
+    def port_index(text: str, spec: str) -> int:
+        if not text.strip().isdigit() or not 0 <= int(text) < n_ports:
+            raise WiringError(f"{spec!r}: port index {text!r} is not 0..{n_ports - 1}", param_hint="--wire")
+        i = int(text)
+        if i in wiring:
+            raise WiringError(f"{spec!r}: port {i} is already wired ({wiring[i]})", param_hint="--wire")
+        return i
+
+    for spec in specs:
+        if "-" in spec and ":" not in spec:
+            a, b = (port_index(x, spec) for x in spec.split("-", 1))
+            if a == b:
+                raise WiringError(f"{spec!r}: a cable needs two different ports", param_hint="--wire")
+            wiring[a] = {"cable": b}
+            wiring[b] = {"cable": a}
+            continue
+        if ":" not in spec:
+            raise WiringError(f"{spec!r}: expected I-J (cable) or I:gen+sink|gen|sink|pcap=FILE|none",
+                              param_hint="--wire")
+        index, kinds = spec.split(":", 1)
+        i = port_index(index, spec)
+        entry: dict = {}
+        for part in kinds.split("+"):
+            kind, _, value = part.partition("=")
+            if kind not in WIRE_KINDS or (kind == "pcap") != bool(value):
+                raise WiringError(f"{spec!r}: {part!r} is not one of gen, sink, pcap=FILE, none",
+                                  param_hint="--wire")
+            entry[kind] = value or True
+        if "none" in entry and len(entry) > 1:
+            raise WiringError(f"{spec!r}: 'none' cannot be combined", param_hint="--wire")
+        wiring[i] = entry
+    for i in range(n_ports):
+        wiring.setdefault(i, {"gen": True, "sink": True})
+    return wiring
+
+
+def build_ports(n_ports: int, wiring: dict[int, dict], size: int, rate: float, flows: int, count: int,
+                expect_touch: bool) -> list[SimPortConfig]:
+    ports = []
+    for i in range(n_ports):
+        w = wiring[i]
+        gen = GeneratorConfig(packet_size=size, rate_pps=rate, flows=flows, count=count) if w.get("gen") else None
+        sink = None
+        if w.get("sink") or w.get("pcap"):
+            sink = SinkConfig(verify=True, expect_touch=expect_touch, pcap=w.get("pcap") or None)
+        cable = f"p{w['cable']}" if "cable" in w else None
+        ports.append(SimPortConfig(f"p{i}", generator=gen, sink=sink, cable_to=cable))
+    return ports
+
+
+def describe_wiring(port: SimPortConfig) -> str:
+    if port.cable_to:
+        return f"cable to {port.cable_to}"
+    parts = []
+    if port.generator:
+        g = port.generator
+        rate = f"{g.rate_pps:g} pps" if g.rate_pps else "as fast as RX takes"
+        parts.append(f"generator -> RX ({g.packet_size} B, {g.flows} flows, {rate}"
+                     f"{f', {g.count} packets' if g.count else ''})")
+    if port.sink:
+        parts.append("TX -> verifying sink" + (f" + pcap {port.sink.pcap}" if port.sink.pcap else ""))
+    return ", ".join(parts) or "unwired (TX goes nowhere, nothing arrives)"
+
+
+def counter_line(label: str, c: PortCounters, prev: PortCounters | None, seconds: float) -> str:
+    def rate(field: str) -> str:
+        if prev is None or seconds <= 0:
+            return f"{getattr(c, field)}"
+        return f"{(getattr(c, field) - getattr(prev, field)) / seconds / 1e6:.3f} Mpps"
+    return (f"{label}: gen {rate('generated')}  rx {rate('rx_delivered')} (missed {c.rx_missed})  "
+            f"tx {rate('tx_sent')}  sink {rate('sink_received')} (lost {c.sink_lost}, reordered "
+            f"{c.sink_reordered}, corrupt {c.sink_corrupt}, untouched {c.sink_untouched})  "
+            f"dma faults {c.dma_faults}")
+
+
+def mount_command(root: Path, driver: str = "<your driver> " ) -> str:
+    return (f"unshare -m sh -c 'mount --bind {root}/bus/pci/devices /sys/bus/pci/devices && "
+            f"exec {driver}'")
+
+
+@click.group(name="sim")
+def sim() -> None:
+    """The software 82599."""
+
+
+@sim.command(name="serve")
+@click.option("--ports", "n_ports", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Simulated 82599 ports to serve.")
+@click.option("--wire", "wires", multiple=True, metavar="SPEC",
+              help="I-J: cable ports I and J; I:gen+sink, I:gen, I:sink, I:pcap=FILE (sink writing FILE), "
+                   "I:none.  Repeatable; unnamed ports get gen+sink.")
+@click.option("--size", type=click.IntRange(60, 1514), default=60, show_default=True,
+              help="Generated frame size in bytes (without FCS).")
+@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Packets per second per generator; 0 = as fast as the RX ring takes them (no loss).")
+@click.option("--flows", type=click.IntRange(1, 65535), default=4, show_default=True)
+@click.option("--count", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Packets per generator (0 = unlimited).")
+@click.option("--expect-touch", is_flag=True,
+              help="Sinks expect byte 1 of every frame incremented by one (as ixy-fwd does).")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the served tree (default: a new /dev/shm/ixypipe-sim-* directory).")
+@click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between counter lines.")
+def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: int, count: int,
+          expect_touch: bool, root: Path | None, duration: float | None, interval: float) -> None:
+    """Serve N software 82599 ports to any user-space driver process until Ctrl-C.
+
+    \b
+    Run an unmodified driver against them (as root, in another shell):
+      unshare -m sh -c 'mount --bind ROOT/bus/pci/devices /sys/bus/pci/devices && exec DRIVER ADDR...'
+    The driver allocates its own rings and buffers in hugepages; the model
+    finds them through /proc/<driver pid>.  A DMA address outside them is a
+    reported fault, never a write.
+    """
+    wiring = parse_wiring(wires, n_ports)
+    ports = build_ports(n_ports, wiring, size, rate, flows, count, expect_touch)
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        if any(root.iterdir()):
+            raise click.BadParameter(f"{root} is not empty", param_hint="--root")
+    server = SimServer(ports, None, root=root)
+    stop: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        served = server.sysfs_root
+        for p in ports:
+            addr = server.addresses[p.name]
+            click.echo(f"port {p.name}  {addr}  sysfs {device_dir(served, addr)}  {describe_wiring(p)}")
+        addrs = " ".join(server.addresses[p.name] for p in ports)
+        click.echo(f"driver: {mount_command(served, '<your driver> ' + addrs)}")
+        click.echo("Ctrl-C stops; counters every "
+                   f"{interval:g} s (gen/rx/tx/sink rates, cumulative loss and faults)", err=True)
+        server.start_traffic()
+        start = last = time.monotonic()
+        prev = server.counters()
+        while not stop:
+            time.sleep(min(0.1, interval))
+            if not server.is_alive():
+                click.echo("the model process died", err=True)
+                break
+            now = time.monotonic()
+            if now - last >= interval:
+                cur = server.counters()
+                for name in server.names:
+                    click.echo(counter_line(name, cur[name], prev[name], now - last))
+                prev, last = cur, now
+            if duration is not None and now - start >= duration:
+                break
+    finally:
+        final = server.stop()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    for name, c in final.items():
+        click.echo(counter_line(f"final {name}", c, None, 0))
+    if any(c.dma_faults for c in final.values()):
+        raise SystemExit(1)
+
+
+command = sim

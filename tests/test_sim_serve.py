@@ -1,0 +1,203 @@
+"""The software 82599 served to a foreign driver: a separate process with its own private hugepage memory.
+
+The driver is a fresh interpreter running DRIVER below: it creates its OWN
+hugepage arena (physical addresses, file unlinked at once), packet buffers
+and pools, opens the served ports through the served sysfs tree and
+forwards with ixypipe.fwd.Forwarder.  The model is never told about that
+memory: it finds it through /proc/<driver pid>.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import needs_hugepages, needs_root
+
+import ixypipe
+from ixypipe.memory.arena import Arena
+from ixypipe.nic.sim import foreign
+from ixypipe.nic.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+
+pytestmark = [needs_root, needs_hugepages]
+
+COUNT = 20_000
+BAD_ADDRESS = 0x1000        # a physical page that is certainly not the driver's
+
+DRIVER = r'''
+import json, os, signal, sys
+import numpy as np
+from ixypipe.memory.arena import Arena
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic.device import PortSpec
+from ixypipe.nic.ixgbe import IxgbeDevice
+from ixypipe.fwd import Forwarder
+
+root, mode, addresses = sys.argv[1], sys.argv[2], sys.argv[3:]
+RX_RING, TX_RING, POOL = 256, 1024, 2048
+arena = Arena.create(8 << 20, hugepages_mode="require", tag="foreign")
+os.unlink(arena.path)                       # private memory: nobody can attach it by name
+bufs = PacketBuffers.create(arena, POOL * len(addresses))
+pools = [Mempool.create(arena, bufs, f"pool{i}", i * POOL, POOL, i) for i in range(len(addresses))]
+devs = [IxgbeDevice.open(PortSpec(f"p{i}", "ixgbe", a, rx_ring_size=RX_RING, tx_ring_size=TX_RING), arena, bufs,
+                         [pools[i]], sysfs_root=root, allow_iova=False) for i, a in enumerate(addresses)]
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+result = {}
+if mode == "forward":
+    print("ready", flush=True)
+    fwd = Forwarder(devs[0], devs[1], batch=32, touch=True)
+    res = fwd.run(out=None)                 # until SIGINT
+    fwd.drain()
+    result = {"received": res.received, "transmitted": res.transmitted, "dropped": res.dropped}
+elif mode == "bad-rx":
+    devs[0]._rx[0].desc64[:, 0] = 0x1000     # every RX buffer address outside this process's memory
+    print("ready", flush=True)
+    out = np.empty(32, np.uint32)
+    import time
+    while not stop:
+        result["received"] = result.get("received", 0) + devs[0].rx_batch(0, out)
+        time.sleep(0.001)
+for d in devs:
+    d.close()
+del pools, bufs
+arena.close()
+print(json.dumps(result), flush=True)
+'''
+
+
+def start_driver(tmp_path: Path, root: Path, mode: str, addresses: list[str]) -> subprocess.Popen:
+    script = tmp_path / "foreign_driver.py"
+    script.write_text(DRIVER)
+    env = dict(os.environ, PYTHONPATH=str(Path(ixypipe.__file__).parents[1]))   # this checkout's ixypipe
+    proc = subprocess.Popen([sys.executable, str(script), str(root), mode, *addresses], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        out, err = proc.communicate(timeout=10)
+        pytest.fail(f"foreign driver did not start: {line}{out}{err}")
+    return proc
+
+
+def finish_driver(proc: subprocess.Popen, sig: int) -> dict:
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def wait_for(predicate, timeout: float = 40.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_foreign_driver_forwards_between_two_served_ports(tmp_path):
+    ports = [SimPortConfig(name, generator=GeneratorConfig(packet_size=size, flows=4, count=COUNT),
+                           sink=SinkConfig(verify=True, expect_touch=True))
+             for name, size in (("a", 60), ("b", 1000))]
+    server = SimServer(ports, None)
+    server.start()
+    root = server.sysfs_root
+    proc = None
+    try:
+        proc = start_driver(tmp_path, root, "forward", [server.addresses["a"], server.addresses["b"]])
+        server.start_traffic()
+        assert wait_for(lambda: all(c.sink_received == COUNT for c in server.counters().values())), \
+            server.counters()
+        result = finish_driver(proc, signal.SIGINT)
+        proc = None
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.communicate()
+        final = server.stop()
+    assert result["received"] == [COUNT, COUNT] and result["transmitted"] == [COUNT, COUNT]
+    for name in ("a", "b"):
+        c = final[name]
+        assert (c.generated, c.rx_delivered, c.tx_sent, c.sink_received) == (COUNT, COUNT, COUNT, COUNT)
+        assert (c.sink_lost, c.sink_reordered, c.sink_corrupt, c.sink_untouched, c.dma_faults) == (0, 0, 0, 0, 0)
+    assert final["a"].gen_bytes == COUNT * 60 and final["b"].tx_bytes == COUNT * 60
+    assert final["b"].gen_bytes == COUNT * 1000 and final["a"].tx_bytes == COUNT * 1000
+    assert not root.exists()                 # the served tree is gone with the server
+
+
+def test_descriptor_outside_the_driver_memory_is_a_fault(tmp_path, capfd):
+    port = SimPortConfig("a", generator=GeneratorConfig(packet_size=60, count=100), sink=SinkConfig())
+    with SimServer([port], None) as server:
+        proc = start_driver(tmp_path, server.sysfs_root, "bad-rx", [server.addresses["a"]])
+        try:
+            server.start_traffic()
+            assert wait_for(lambda: server.counters()["a"].dma_faults == 1, 20)
+            time.sleep(0.2)
+            c = server.counters()["a"]
+        finally:
+            result = finish_driver(proc, signal.SIGTERM)
+    assert (c.dma_faults, c.rx_delivered, result["received"]) == (1, 0, 0)
+    err = capfd.readouterr().err
+    assert f"port a rx queue 0 descriptor 0 address {BAD_ADDRESS:#x}: RX buffer [{BAD_ADDRESS:#x}, +60) " \
+           "is outside registered memory" in err
+
+
+def test_foreign_tables_match_the_arena_of_this_process():
+    """hugepage_mappings/physical_pages/ForeignRegion on this very process agree with the arena's own table."""
+    arena = Arena.create(4 << 20, hugepages_mode="require", tag="test")
+    try:
+        mine = [m for m in foreign.hugepage_mappings(os.getpid()) if m.inode == os.stat(arena.path).st_ino]
+        assert len(mine) == 1 and mine[0].size == arena.size and mine[0].page_size == 2 << 20
+        phys = foreign.physical_pages(mine[0])
+        page_bases, page_offsets, _ = arena.dma_table()
+        assert np.array_equal(np.sort(phys), np.sort(page_bases))
+        region = foreign.ForeignRegion(mine[0], phys)
+        try:
+            arena.buf[arena.size - 7:] = np.frombuffer(b"foreign", np.uint8)
+            assert bytes(region.buf[arena.size - 7:]) == b"foreign"
+            region.buf[:4] = 0xAB
+            assert bytes(arena.buf[:4]) == b"\xab" * 4
+        finally:
+            region.close()
+    finally:
+        arena.destroy()
+
+
+def test_pids_mapping_finds_the_process_that_maps_a_bar(tmp_path):
+    bar = tmp_path / "resource0"
+    bar.write_bytes(b"\0" * 4096)
+    code = ("import mmap, sys, os; f = open(sys.argv[1], 'r+b'); m = mmap.mmap(f.fileno(), 4096); "
+            "print('ok', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(bar)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ok"
+        assert foreign.pids_mapping([bar]) == [proc.pid]
+        assert foreign.pids_mapping([bar], exclude={proc.pid}) == []
+        assert foreign.pids_mapping([tmp_path / "missing"]) == []
+    finally:
+        proc.communicate("", timeout=10)
+
+
+def test_sim_serve_command_prints_ports_and_removes_its_tree():
+    from ixypipe.cli import main
+    result = CliRunner().invoke(main, ["sim", "serve", "--ports", "2", "--wire", "0-1", "--duration", "1.5"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    served = [line for line in lines if line.startswith("port ")]
+    assert len(served) == 2
+    root = Path(served[0].split("sysfs ")[1].split("/bus/pci/devices/")[0])
+    assert "0000:5e:00.0" in served[0] and "0000:5e:00.1" in served[1]
+    assert "cable to p1" in served[0]
+    assert any(line.startswith("final p0") for line in lines)
+    assert not root.exists()
