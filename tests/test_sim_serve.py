@@ -24,6 +24,7 @@ from conftest import needs_hugepages, needs_root
 
 import ixypipe
 from ixypipe.memory.arena import Arena
+from ixypipe.nic import registers as R
 from ixypipe.nic.sim import foreign
 from ixypipe.nic.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
 
@@ -36,6 +37,7 @@ DRIVER = r'''
 import json, os, signal, sys
 import numpy as np
 from ixypipe.memory.arena import Arena
+from ixypipe.nic import registers as R
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import PortSpec
@@ -75,12 +77,19 @@ print(json.dumps(result), flush=True)
 '''
 
 
-def start_driver(tmp_path: Path, root: Path, mode: str, addresses: list[str]) -> subprocess.Popen:
+def start_driver(tmp_path: Path, root: Path, mode: str, addresses: list[str],
+                 bind_mount: bool = False) -> subprocess.Popen:
+    """The driver process; ``bind_mount``: run it as documented for unmodified drivers, in a mount namespace
+    where the served tree covers /sys/bus/pci/devices, and let it open the ports under /sys."""
     script = tmp_path / "foreign_driver.py"
     script.write_text(DRIVER)
     env = dict(os.environ, PYTHONPATH=str(Path(ixypipe.__file__).parents[1]))   # this checkout's ixypipe
-    proc = subprocess.Popen([sys.executable, str(script), str(root), mode, *addresses], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    argv = [sys.executable, str(script), str(root), mode, *addresses]
+    if bind_mount:
+        argv = ["unshare", "-m", "sh", "-c",
+                f'mount --bind {root}/bus/pci/devices /sys/bus/pci/devices && exec "$0" "$@"',
+                sys.executable, str(script), "/sys", mode, *addresses]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
     line = proc.stdout.readline()
     if line.strip() != "ready":
         proc.kill()
@@ -105,7 +114,8 @@ def wait_for(predicate, timeout: float = 40.0) -> bool:
     return predicate()
 
 
-def test_foreign_driver_forwards_between_two_served_ports(tmp_path):
+@pytest.mark.parametrize("bind_mount", [False, True], ids=["sysfs_root", "unshare_bind_mount"])
+def test_foreign_driver_forwards_between_two_served_ports(tmp_path, bind_mount):
     ports = [SimPortConfig(name, generator=GeneratorConfig(packet_size=size, flows=4, count=COUNT),
                            sink=SinkConfig(verify=True, expect_touch=True))
              for name, size in (("a", 60), ("b", 1000))]
@@ -114,12 +124,18 @@ def test_foreign_driver_forwards_between_two_served_ports(tmp_path):
     root = server.sysfs_root
     proc = None
     try:
-        proc = start_driver(tmp_path, root, "forward", [server.addresses["a"], server.addresses["b"]])
+        proc = start_driver(tmp_path, root, "forward", [server.addresses["a"], server.addresses["b"]], bind_mount)
         server.start_traffic()
         assert wait_for(lambda: all(c.sink_received == COUNT for c in server.counters().values())), \
             server.counters()
+        model_maps = foreign.hugepage_mappings(server.pid)
+        driver_maps = foreign.hugepage_mappings(proc.pid)
         result = finish_driver(proc, signal.SIGINT)
         proc = None
+        # the driver left: the model resets the ports and unmaps the driver's memory (its hugepages go back)
+        assert wait_for(lambda: foreign.hugepage_mappings(server.pid) == [], 15)
+        links = np.fromfile(root / "bus/pci/devices" / server.addresses["a"] / "resource0", "<u4")[R.LINKS // 4]
+        assert links & R.LINKS_UP == 0
     finally:
         if proc is not None:
             proc.kill()
@@ -133,6 +149,9 @@ def test_foreign_driver_forwards_between_two_served_ports(tmp_path):
     assert final["a"].gen_bytes == COUNT * 60 and final["b"].tx_bytes == COUNT * 60
     assert final["b"].gen_bytes == COUNT * 1000 and final["a"].tx_bytes == COUNT * 1000
     assert not root.exists()                 # the served tree is gone with the server
+    # the model had mapped exactly the driver's (unlinked) hugepage arena, nothing else
+    assert [m.inode for m in model_maps] == [m.inode for m in driver_maps] and len(driver_maps) == 1
+    assert driver_maps[0].path.endswith("(deleted)")
 
 
 def test_descriptor_outside_the_driver_memory_is_a_fault(tmp_path, capfd):
