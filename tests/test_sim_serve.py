@@ -220,3 +220,39 @@ def test_sim_serve_command_prints_ports_and_removes_its_tree():
     assert "cable to p1" in served[0]
     assert any(line.startswith("final p0") for line in lines)
     assert not root.exists()
+
+
+def test_ctrl_c_to_the_process_group_prints_the_final_summary_and_removes_the_tree():
+    """Ctrl-C in a terminal reaches serve and its model process: one clean stop, no traceback."""
+    env = dict(os.environ, PYTHONPATH=str(Path(ixypipe.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "ixypipe", "sim", "serve", "--ports", "1", "--wire", "0:sink"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("port p0  0000:5e:00.0  sysfs "), first
+        root = Path(first.split("sysfs ")[1].split("/bus/pci/devices/")[0])
+        assert (root / "bus/pci/devices/0000:5e:00.0/resource0").stat().st_size == R.BAR0_SIZE
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert out.splitlines()[-1] == ("final p0: gen 0  rx 0 (missed 0)  tx 0  sink 0 (lost 0, reordered 0, corrupt 0, "
+                                    "untouched 0)  dma faults 0")
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("wire, message", [
+    ("0-0", "'0-0': a cable needs two different ports"),
+    ("2:gen", "'2:gen': port index '2' is not 0..1"),
+    ("0:blast", "'0:blast': 'blast' is not one of gen, sink, pcap=FILE, none"),
+])
+def test_bad_wiring_is_refused_with_the_spec_named(wire, message):
+    from ixypipe.cli import main
+    result = CliRunner().invoke(main, ["sim", "serve", "--ports", "2", "--wire", wire])
+    assert result.exit_code == 2
+    assert message in result.output

@@ -18,6 +18,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -216,6 +217,8 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
 
     logging.basicConfig(level=log_level, format="ixypipe-sim: %(levelname)s %(message)s")
     _set_process_name()
+    # Ctrl-C in a terminal reaches the whole process group; the owner stops the model (SIM_CMD_STOP)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     arenas, world, mm = [], None, None
     try:
