@@ -228,9 +228,7 @@ class ForeignDma(DmaSpace):
     def refresh(self) -> bool:
         """Re-read the driver's processes and hugepage mappings; True when the DMA table changed."""
         self.refreshes += 1
-        pids = pids_mapping(self.bar_files, self.exclude, self.driver_pids) if self.driver_pids else []
-        if not pids:
-            pids = pids_mapping(self.bar_files, self.exclude)
+        pids = pids_mapping(self.bar_files, self.exclude)     # all of /proc (a few ms): a miss is rare
         mappings = []
         for pid in pids:
             try:
