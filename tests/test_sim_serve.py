@@ -256,3 +256,65 @@ def test_bad_wiring_is_refused_with_the_spec_named(wire, message):
     result = CliRunner().invoke(main, ["sim", "serve", "--ports", "2", "--wire", wire])
     assert result.exit_code == 2
     assert message in result.output
+
+
+GROWING_DRIVER = r'''
+import sys
+from ixypipe.memory.arena import Arena
+bar = open(sys.argv[1], "r+b")
+import mmap
+bar_map = mmap.mmap(bar.fileno(), 4096)
+first = Arena.create(2 << 20, hugepages_mode="require", tag="grow1")
+print(int(first.phys(0)), flush=True)
+sys.stdin.readline()
+second = Arena.create(2 << 20, hugepages_mode="require", tag="grow2")
+print(int(second.phys(0)), flush=True)
+sys.stdin.readline()
+print(bytes(second.buf[100:108]).hex(), flush=True)
+sys.stdin.readline()
+first.destroy()
+second.destroy()
+'''
+
+
+def test_foreign_dma_follows_the_driver_as_it_maps_more_memory_and_releases_it_when_it_leaves(tmp_path):
+    from ixypipe.nic.sim.traffic import PacketBatch
+    bar = tmp_path / "resource0"
+    bar.write_bytes(b"\0" * 4096)
+    script = tmp_path / "grow.py"
+    script.write_text(GROWING_DRIVER)
+    env = dict(os.environ, PYTHONPATH=str(Path(ixypipe.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, str(script), str(bar)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    dma = foreign.ForeignDma([bar])
+    try:
+        first = int(proc.stdout.readline())
+        ok, _, _ = dma.resolve([first, BAD_ADDRESS], [64, 64])
+        assert ok.tolist() == [True, False] and dma.driver_pids == [proc.pid]
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        second = int(proc.stdout.readline())
+        ok, owner, offset = dma.resolve([second + 100], [8])          # not known yet: re-read, then found
+        assert ok.tolist() == [True]
+        dma.write(owner, offset, PacketBatch(np.frombuffer(b"DMAtest!", np.uint8).reshape(1, 8),
+                                             np.array([8])))
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == b"DMAtest!".hex()       # landed in the driver's own memory
+        assert not dma.driver_left()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(10)
+        assert dma.driver_left()
+
+        def mapped_here() -> list[str]:
+            return sorted(m.path for m in foreign.hugepage_mappings(os.getpid()) if "grow" in m.path)
+        assert len(mapped_here()) == 2 and all(p.endswith("(deleted)") for p in mapped_here())
+        dma.release()
+        assert mapped_here() == []               # the driver's hugepages are not held here any more
+        assert dma.resolve([first], [64])[0].tolist() == [False]
+    finally:
+        dma.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

@@ -170,7 +170,7 @@ class ForeignRegion:
         try:
             self._mm.close()
         except BufferError:
-            pass        # a view still lives (a ring the model latched); unmapped when it goes
+            pass        # a view still lives (a ring the model latched): it holds the mmap, unmapped when it goes
 
 
 def _file_id(path: Path) -> tuple[tuple[int, int], int] | None:
@@ -212,7 +212,6 @@ class ForeignDma(DmaSpace):
         self.exclude = set(exclude_pids if exclude_pids is not None else {os.getpid()})
         self.driver_pids: list[int] = []
         self._regions: dict[tuple, ForeignRegion] = {}
-        self._retired: list[ForeignRegion] = []
         self.refreshes = 0
         super().__init__([])
 
@@ -264,9 +263,11 @@ class ForeignDma(DmaSpace):
             region.usable = (region.phys != 0) & ~np.isin(region.phys, seen)
             seen = np.concatenate([seen, region.phys[region.usable]])
             regions[m.key] = region
-        self._retired += [r for k, r in self._regions.items() if k not in regions]
+        gone = [r for k, r in self._regions.items() if k not in regions]
         self._regions = regions
         DmaSpace.__init__(self, list(regions.values()))
+        for region in gone:     # a ring view still on it keeps the mapping until the view goes
+            region.close()
         log.info("DMA space: %d hugepage mapping(s), %d MiB, of driver process(es) %s", len(regions),
                  int(self.size.sum()) >> 20, pids)
         return True
@@ -280,8 +281,8 @@ class ForeignDma(DmaSpace):
     def release(self) -> None:
         """Forget the driver and unmap its memory (call after the model dropped its ring views)."""
         self.driver_pids = []
-        regions = list(self._regions.values()) + self._retired
-        self._regions, self._retired = {}, []
+        regions = list(self._regions.values())
+        self._regions = {}
         DmaSpace.__init__(self, [])
         for region in regions:
             region.close()
