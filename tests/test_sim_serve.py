@@ -116,8 +116,9 @@ def wait_for(predicate, timeout: float = 40.0) -> bool:
 
 @pytest.mark.parametrize("bind_mount", [False, True], ids=["sysfs_root", "unshare_bind_mount"])
 def test_foreign_driver_forwards_between_two_served_ports(tmp_path, bind_mount):
+    pcap = tmp_path / "b-tx.pcap"
     ports = [SimPortConfig(name, generator=GeneratorConfig(packet_size=size, flows=4, count=COUNT),
-                           sink=SinkConfig(verify=True, expect_touch=True))
+                           sink=SinkConfig(verify=True, expect_touch=True, pcap=str(pcap) if name == "b" else None))
              for name, size in (("a", 60), ("b", 1000))]
     server = SimServer(ports, None)
     server.start()
@@ -149,6 +150,7 @@ def test_foreign_driver_forwards_between_two_served_ports(tmp_path, bind_mount):
     assert final["a"].gen_bytes == COUNT * 60 and final["b"].tx_bytes == COUNT * 60
     assert final["b"].gen_bytes == COUNT * 1000 and final["a"].tx_bytes == COUNT * 1000
     assert not root.exists()                 # the served tree is gone with the server
+    assert pcap.stat().st_size == 24 + COUNT * (16 + 60)    # b's TX (a's 60-byte frames) in the pcap file
     # the model had mapped exactly the driver's (unlinked) hugepage arena, nothing else
     assert [m.inode for m in model_maps] == [m.inode for m in driver_maps] and len(driver_maps) == 1
     assert driver_maps[0].path.endswith("(deleted)")
