@@ -24,7 +24,6 @@ from ixypipe.nic.sim.server import GeneratorConfig, PortCounters, SimPortConfig,
 from ixypipe.nic.sim.sysfs import device_dir
 
 WIRE_KINDS = ("gen", "sink", "pcap", "none")
-DEFAULT_WIRING = "gen+sink"
 
 
 class WiringError(click.BadParameter):
@@ -111,7 +110,8 @@ def counter_line(label: str, c: PortCounters, prev: PortCounters | None, seconds
             f"dma faults {c.dma_faults}")
 
 
-def mount_command(root: Path, driver: str = "<your driver> " ) -> str:
+def mount_command(root: Path, driver: str) -> str:
+    """The shell command that runs ``driver`` with the served tree over /sys/bus/pci/devices."""
     return (f"unshare -m sh -c 'mount --bind {root}/bus/pci/devices /sys/bus/pci/devices && "
             f"exec {driver}'")
 
