@@ -1,7 +1,7 @@
 """Packets per second between two veths: through ixypipe's AF_PACKET ports beside the kernel's Linux bridge.
 
 One run builds a testbed (host A and host B in namespaces of their own,
-each joined by a veth pair to this namespace; see ixypipe.netns), then
+each joined by a veth pair to this namespace; see ixypipe.ops.netns), then
 measures the same traffic twice on the same two outer veth ends:
 
 * ixypipe: the AF_PACKET ports on both ends, joined by the single-process
@@ -34,9 +34,9 @@ import numpy as np
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
-from ixypipe.netns import VethTestbed
 from ixypipe.nic.af_packet import AfPacketDevice
 from ixypipe.nic.device import PortSpec
+from ixypipe.ops.netns import VethTestbed
 
 REPO = Path(__file__).resolve().parent.parent
 ETHERTYPE = 0x88B5
@@ -85,7 +85,7 @@ def generate(tb: VethTestbed, seconds: float, size: int) -> dict:
 
 
 def via_forwarder(tb: VethTestbed, seconds: float, size: int) -> dict:
-    from ixypipe.fwd import Forwarder
+    from ixypipe.ops.forwarder import Forwarder
 
     arena = Arena.create(PacketBuffers.bytes_needed(8192) + (8 << 20), hugepages_mode="never", tag="bench")
     devs = []

@@ -8,7 +8,7 @@ so other processes on a shared machine disturb it little; Mpps is what one
 core would forward if the driver were all it ran.  Both hot paths are
 measured: numpy, and numba when installed.
 
-Part 2 runs the single-process forwarder (:class:`ixypipe.fwd.Forwarder`)
+Part 2 runs the single-process forwarder (:class:`ixypipe.ops.forwarder.Forwarder`)
 between two software 82599 ports whose model runs in its own process, for
 a few seconds per batch size, and reports forwarded Mpps: the whole system,
 which the model's speed bounds.
@@ -26,14 +26,14 @@ import time
 
 import numpy as np
 
-from ixypipe.fwd import Forwarder
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ixgbe_jit
 from ixypipe.nic.device import PortSpec
 from ixypipe.nic.ixgbe import IxgbeDevice
-from ixypipe.nic.sim.traffic import PacketBatch
+from ixypipe.ops.forwarder import Forwarder
+from ixypipe.sim.traffic import PacketBatch
 
 POOL = 8192
 RING = 512
@@ -44,7 +44,7 @@ WARMUP = 200
 def driver_ns_per_packet(arena: Arena, bufs: PacketBuffers, pool: Mempool, batch: int, iterations: int,
                          hot_path: str) -> float:
     """Median nanoseconds of rx_batch + tx_batch per packet, the model stepped outside the clock."""
-    from ixypipe.nic.sim.world import SimPortConfig, SimWorld
+    from ixypipe.sim.world import SimPortConfig, SimWorld
 
     with SimWorld([SimPortConfig("b0")], arena) as world:
         spec = PortSpec("b0", "sim", world.addresses["b0"], rx_ring_size=RING, tx_ring_size=RING)
@@ -75,7 +75,7 @@ def driver_ns_per_packet(arena: Arena, bufs: PacketBuffers, pool: Mempool, batch
 
 def forwarder_mpps(batches: list[int], seconds: float, hot_path: str, cpu: int | None) -> dict[int, float]:
     """Forwarded Mpps of ixy-fwd between two software 82599s (model in its own process)."""
-    from ixypipe.nic.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+    from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
 
     result = {}
     with Arena.create(PacketBuffers.bytes_needed(2 * POOL) + (8 << 20), tag="fwdbench") as arena:

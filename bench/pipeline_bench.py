@@ -11,7 +11,7 @@ touched and verified by the sinks.
    at 90 %, 75 %, 60 % and 50 % of the saturated rate, from the top, until a
    run whose NICs miss nothing after the first (warm-up) second; that rate is
    the lossless rate reported, and the sinks must see every packet in order.
-3. ixy-fwd (ixypipe.fwd.Forwarder) in one process, model in another.
+3. ixy-fwd (ixypipe.ops.forwarder.Forwarder) in one process, model in another.
 
     python3 bench/pipeline_bench.py [--seconds 5] [--batch 256]
 """

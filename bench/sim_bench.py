@@ -14,7 +14,7 @@ import numpy as np
 
 from ixypipe.memory.arena import Arena
 from ixypipe.nic import registers as R
-from ixypipe.nic.sim.world import GeneratorConfig, SimPortConfig, SimWorld, SinkConfig
+from ixypipe.sim.world import GeneratorConfig, SimPortConfig, SimWorld, SinkConfig
 
 BUF = 2048
 HEADROOM = 64

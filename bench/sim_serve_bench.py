@@ -31,8 +31,8 @@ import numpy as np
 
 from ixypipe.memory.arena import Arena
 from ixypipe.nic import registers as R
-from ixypipe.nic.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
-from ixypipe.nic.sim.sysfs import device_dir, map_file
+from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+from ixypipe.sim.sysfs import device_dir, map_file
 
 BUF = 2048
 WORD = 4

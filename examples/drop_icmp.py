@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ixypipe.layout import ETH_HEADER_LEN, ETH_TYPE_OFF
+from ixypipe.protocols import ETH_HEADER_LEN, ETH_TYPE_OFF
 
 ETHERTYPE_IPV4 = 0x0800
 IPPROTO_ICMP = 1

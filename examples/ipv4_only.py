@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ixypipe.layout import ETHERTYPE_IPV4
+from ixypipe.protocols import ETHERTYPE_IPV4
 
 
 def ipv4_only(batch) -> np.ndarray:

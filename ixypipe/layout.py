@@ -1,9 +1,13 @@
-"""Every size and byte offset of ixypipe's shared-memory layouts, in one place.
+"""The shared-memory ABI: every size and byte offset of ixypipe's shared-memory layouts, in one place.
 
-The arena header, the packet-buffer header (ixy's pkt_buf) and the SPSC ring
-control block are described here and nowhere else; the modules that read or
-write them import these names. 82599 registers and descriptor bits live in
-``ixypipe.nic.registers``.
+The arena header, the packet-buffer header (ixy's pkt_buf), the mempool free
+list, the SPSC ring control block, the stage table, the software ports'
+counters and the plan region are described here and nowhere else; the
+modules that read or write them import these names.  Elsewhere, one place
+each: 82599 registers and descriptor bits in ``ixypipe.nic.registers``,
+packet header offsets in ``ixypipe.protocols``, the AF_PACKET ABI in
+``ixypipe.nic.af_packet_abi``, pcap's format in ``ixypipe.pcapfile``, the
+software 82599's payload and control block in ``ixypipe.sim``.
 """
 
 import numpy as np
@@ -135,100 +139,6 @@ STAGE_ROW_DTYPE = np.dtype([
 ])
 DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route")
 
-# --- packet header offsets (Ethernet II + IPv4 without options) -----------------
-ETH_DST_OFF = 0
-ETH_SRC_OFF = 6
-ETH_TYPE_OFF = 12
-ETH_HEADER_LEN = 14
-ETH_ADDR_LEN = 6
-# the flow key the RX stage hashes to keep a flow on one worker:
-# IPv4 source and destination address and the first four L4 bytes (the ports)
-FLOW_KEY_OFF = ETH_HEADER_LEN + 12
-FLOW_KEY_LEN = 12
-
-# --- simulated traffic (software 82599 generator and sink) ------------------------
-# Generated frames are Ethernet II / IPv4 (no options) / UDP; the UDP payload
-# starts with a little-endian record the sink checks: magic, generator id,
-# flow id, sequence number, checksum.  The smallest frame (60 bytes, no FCS)
-# holds exactly the headers and this record.
-IPV4_HEADER_LEN = 20
-IPV4_TOTAL_LEN_OFF = ETH_HEADER_LEN + 2
-IPV4_TTL_OFF = ETH_HEADER_LEN + 8
-IPV4_PROTO_OFF = ETH_HEADER_LEN + 9
-IPV4_CSUM_OFF = ETH_HEADER_LEN + 10
-IPV4_SRC_OFF = ETH_HEADER_LEN + 12
-IPV4_DST_OFF = ETH_HEADER_LEN + 16
-UDP_OFF = ETH_HEADER_LEN + IPV4_HEADER_LEN
-UDP_HEADER_LEN = 8
-UDP_LEN_OFF = UDP_OFF + 4
-ETHERTYPE_IPV4 = 0x0800
-IPPROTO_UDP = 17
-SIM_PAYLOAD_OFF = UDP_OFF + UDP_HEADER_LEN          # 42
-SIM_MAGIC = 0x1C5E
-SIM_MAGIC_OFF = SIM_PAYLOAD_OFF                     # u16
-SIM_GEN_OFF = SIM_PAYLOAD_OFF + 2                   # u16 generator id
-SIM_FLOW_OFF = SIM_PAYLOAD_OFF + 4                  # u16 flow id
-SIM_SEQ_OFF = SIM_PAYLOAD_OFF + 6                   # u64 sequence number within the flow
-SIM_CSUM_OFF = SIM_PAYLOAD_OFF + 14                 # u32 checksum of bytes ETH_HEADER_LEN.. (this field excluded)
-SIM_MIN_FRAME = SIM_PAYLOAD_OFF + 18                # 60
-SIM_MAX_FRAME = 1514                                # without FCS
-SIM_TOUCH_OFF = 1                                   # the byte ixy-fwd increments
-
-# --- Linux AF_PACKET ABI (linux/if_packet.h, linux/if_ether.h, linux/if.h) ------
-# Used by ixypipe.nic.af_packet: PACKET_MMAP rings in TPACKET_V2 format.
-SOL_PACKET = 263
-ETH_P_ALL = 0x0003
-ETH_P_8021Q = 0x8100
-VLAN_TAG_LEN = 4
-IFF_UP = 0x1
-PACKET_ADD_MEMBERSHIP = 1
-PACKET_DROP_MEMBERSHIP = 2
-PACKET_MR_PROMISC = 1
-PACKET_RX_RING = 5
-PACKET_STATISTICS = 6
-PACKET_VERSION = 10
-PACKET_TX_RING = 13
-PACKET_LOSS = 14
-PACKET_FANOUT = 18
-PACKET_QDISC_BYPASS = 20
-PACKET_IGNORE_OUTGOING = 23
-PACKET_FANOUT_HASH = 0
-PACKET_FANOUT_FLAG_DEFRAG = 0x8000
-PACKET_FANOUT_TYPE_SHIFT = 16
-TPACKET_V2 = 1
-TPACKET_ALIGNMENT = 16
-# tp_status of an RX frame
-TP_STATUS_KERNEL = 0
-TP_STATUS_USER = 0x1
-TP_STATUS_VLAN_VALID = 0x10
-TP_STATUS_VLAN_TPID_VALID = 0x40
-# tp_status of a TX frame
-TP_STATUS_AVAILABLE = 0
-TP_STATUS_SEND_REQUEST = 0x1
-TP_STATUS_SENDING = 0x2
-TP_STATUS_WRONG_FORMAT = 0x4
-TPACKET2_HDR_DTYPE = np.dtype([          # struct tpacket2_hdr, 32 bytes
-    ("tp_status", "<u4"),
-    ("tp_len", "<u4"),
-    ("tp_snaplen", "<u4"),
-    ("tp_mac", "<u2"),
-    ("tp_net", "<u2"),
-    ("tp_sec", "<u4"),
-    ("tp_nsec", "<u4"),
-    ("tp_vlan_tci", "<u2"),
-    ("tp_vlan_tpid", "<u2"),
-    ("tp_padding", "u1", (4,)),
-])
-TPACKET_REQ_DTYPE = np.dtype([("tp_block_size", "<u4"), ("tp_block_nr", "<u4"),
-                              ("tp_frame_size", "<u4"), ("tp_frame_nr", "<u4")])
-TPACKET_STATS_DTYPE = np.dtype([("tp_packets", "<u4"), ("tp_drops", "<u4")])
-PACKET_MREQ_DTYPE = np.dtype([("mr_ifindex", "<i4"), ("mr_type", "<u2"), ("mr_alen", "<u2"),
-                              ("mr_address", "u1", (8,))])
-SOCKADDR_LL_SIZE = 20
-# TX frames carry their data right after the aligned header (TPACKET2_HDRLEN - sizeof(sockaddr_ll))
-TPACKET2_TX_DATA_OFF = (TPACKET2_HDR_DTYPE.itemsize + TPACKET_ALIGNMENT - 1) // TPACKET_ALIGNMENT * TPACKET_ALIGNMENT
-TPACKET_BLOCK_SIZE = 64 * PAGE_SIZE      # frames are grouped in blocks of this many bytes
-
 # --- software ports' counters in the device arena (af_packet, pcap) -------------
 # Region "<driver>.<port>": a header line, then one counter line per RX queue,
 # then one per TX queue.  Each line has a single writer (that queue's stage).
@@ -248,35 +158,6 @@ SOFT_PORT_QUEUE_DTYPE = np.dtype([
     ("kicks", "<u8"),            # TX: send() calls
     ("pad", "u1", (24,)),
 ])
-
-# --- classic pcap files (wiretap's libpcap format) -------------------------------
-PCAP_MAGIC_USEC = 0xA1B2C3D4
-PCAP_MAGIC_NSEC = 0xA1B23C4D
-PCAP_VERSION = (2, 4)
-PCAP_DEFAULT_SNAPLEN = 262144
-LINKTYPE_ETHERNET = 1
-PCAP_GLOBAL_HEADER_DTYPE = np.dtype([
-    ("magic", "u4"), ("version_major", "u2"), ("version_minor", "u2"),
-    ("thiszone", "i4"), ("sigfigs", "u4"), ("snaplen", "u4"), ("network", "u4"),
-])                                       # 24 bytes; byte order given by how the magic reads
-PCAP_RECORD_DTYPE = np.dtype([("ts_sec", "u4"), ("ts_frac", "u4"), ("incl_len", "u4"), ("orig_len", "u4")])
-# The simulator's shared block (file "<sim root>/counters"): a control row the
-# server writes (command, traffic) and the model process answers (pid,
-# heartbeat), then one row of int64 counters per simulated port.
-SIM_CMD_RUN = 0
-SIM_CMD_STOP = 1
-SIM_CONTROL_DTYPE = np.dtype([
-    ("command", "<i8"),
-    ("traffic", "<i8"),          # 1 = generators send, 0 = paused
-    ("pid", "<i8"),
-    ("heartbeat_ns", "<i8"),
-    ("steps", "<i8"),
-    ("pad", "u1", (24,)),
-])
-SIM_COUNTER_FIELDS = ("generated", "gen_bytes", "rx_delivered", "rx_missed", "tx_sent", "tx_bytes",
-                      "sink_received", "sink_lost", "sink_reordered", "sink_corrupt", "sink_untouched",
-                      "dma_faults")
-SIM_COUNTERS_DTYPE = np.dtype([(name, "<i8") for name in SIM_COUNTER_FIELDS])
 
 # --- the running pipeline's plan, for observers such as 'ixypipe top' ------------------
 # Region "plan.json" of the packet arena: a u64 byte count, then that many bytes of

@@ -22,16 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ixypipe.layout import (
-    LINKTYPE_ETHERNET,
-    PCAP_DEFAULT_SNAPLEN,
-    PCAP_GLOBAL_HEADER_DTYPE,
-    PCAP_MAGIC_NSEC,
-    PCAP_MAGIC_USEC,
-    PCAP_RECORD_DTYPE,
-    PCAP_VERSION,
-)
-
+PCAP_MAGIC_USEC = 0xA1B2C3D4
+PCAP_MAGIC_NSEC = 0xA1B23C4D
+PCAP_VERSION = (2, 4)
+PCAP_DEFAULT_SNAPLEN = 262144
+LINKTYPE_ETHERNET = 1
+PCAP_GLOBAL_HEADER_DTYPE = np.dtype([
+    ("magic", "u4"), ("version_major", "u2"), ("version_minor", "u2"),
+    ("thiszone", "i4"), ("sigfigs", "u4"), ("snaplen", "u4"), ("network", "u4"),
+])                                       # 24 bytes; byte order given by how the magic reads
+PCAP_RECORD_DTYPE = np.dtype([("ts_sec", "u4"), ("ts_frac", "u4"), ("incl_len", "u4"), ("orig_len", "u4")])
 PCAPNG_MAGIC = 0x0A0D0D0A
 NS_PER_SEC = 1_000_000_000
 NS_PER_USEC = 1_000

@@ -1,43 +1,19 @@
-"""Shared test set-up: hugepages when root, and arenas that are always removed."""
+"""Shared fixtures: hugepages on first need, arenas and network namespaces that are always removed."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
 
-from ixypipe.memory import hugepages
 from ixypipe.memory.arena import Arena
-
-HUGE_MOUNT = Path("/mnt/huge")
-WANT_PAGES = 1024
+from tests.support.system import hugepages_unavailable
 
 
-def _prepare_hugepages() -> str:
-    """Reserve 2 MiB pages and mount hugetlbfs when root; returns why not, or ''."""
-    if os.geteuid() != 0:
-        return "not root"
-    if hugepages.total_hugepages() < WANT_PAGES:
-        try:
-            Path("/proc/sys/vm/nr_hugepages").write_text(str(WANT_PAGES))
-        except OSError as exc:
-            return f"cannot reserve hugepages: {exc}"
-    if not hugepages.hugetlbfs_mounts():
-        HUGE_MOUNT.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(["mount", "-t", "hugetlbfs", "nodev", str(HUGE_MOUNT)], capture_output=True, text=True)
-        if res.returncode:
-            return f"cannot mount hugetlbfs: {res.stderr.strip()}"
-    if hugepages.free_hugepages() == 0:
-        return "no free hugepages"
-    return ""
-
-
-HUGEPAGES_UNAVAILABLE = _prepare_hugepages()
-needs_hugepages = pytest.mark.skipif(bool(HUGEPAGES_UNAVAILABLE),
-                                     reason=f"hugepages unavailable: {HUGEPAGES_UNAVAILABLE}")
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+@pytest.fixture(scope="session")
+def hugepages_ready():
+    """Reserves and mounts hugepages the first time a test needs them; skips that test when they cannot be had."""
+    why = hugepages_unavailable()
+    if why:
+        pytest.skip(f"hugepages unavailable: {why}")
 
 
 @pytest.fixture
@@ -58,7 +34,7 @@ def make_arena():
 @pytest.fixture
 def testbed():
     """Two hosts in network namespaces of their own behind veth pairs; removed even when a test fails."""
-    from ixypipe.netns import VethTestbed, namespaces_made
+    from ixypipe.ops.netns import VethTestbed, namespaces_made
 
     tb = VethTestbed()
     yield tb

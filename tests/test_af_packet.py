@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import needs_root
 
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
-from ixypipe.netns import VethTestbed
 from ixypipe.nic.af_packet import AfPacketDevice, AfPacketError
 from ixypipe.nic.device import DeviceError, PortSpec
+from ixypipe.ops.netns import VethTestbed
 from ixypipe.pcapfile import PcapWriter
+from tests.support.system import needs_root
 
 pytestmark = needs_root
 ETHERTYPE = 0x88B5          # IEEE local experimental: nothing else on the wire uses it

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import needs_hugepages, needs_root
 
 from ixypipe.layout import (
     ARENA_DATA_OFFSET,
@@ -28,11 +27,20 @@ from ixypipe.memory import arena as arena_mod
 from ixypipe.memory import hugepages
 from ixypipe.memory.arena import Arena, ArenaError, virt_to_phys
 from ixypipe.memory.pktbuf import PacketBuffers
+from tests.support.system import needs_hugepages, needs_root
 
-MODES = [pytest.param("never", id="shm"), pytest.param("require", id="hugepages", marks=needs_hugepages)]
+MODES = [pytest.param("never", id="shm"), pytest.param("require", id="hugepages")]
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.fixture
+def mode(request):
+    """The arena's hugepages mode; "require" prepares hugepages first (or skips)."""
+    if request.param == "require":
+        request.getfixturevalue("hugepages_ready")
+    return request.param
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
 def test_file_is_0600_named_after_pid_and_removed_by_destroy(make_arena, mode):
     arena = make_arena(1 << 20, mode)
     st = os.stat(arena.path)
@@ -65,7 +73,7 @@ def _child_reads_and_answers(path: str, conn) -> None:
     arena.close()
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES, indirect=True)
 def test_second_process_attaching_sees_the_first_ones_bytes(make_arena, mode):
     arena = make_arena(1 << 20, mode)
     region = arena.alloc("shared", 4096)
@@ -236,7 +244,7 @@ def test_an_arena_never_destroyed_is_removed_when_its_creator_exits():
     assert not path.exists()
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES, indirect=True)
 def test_usable_size_is_at_least_what_was_asked(make_arena, mode):
     # the header plus this fills whole 2 MiB pages exactly; arena.phys must not eat into it
     asked = HUGEPAGE_SIZE - ARENA_DATA_OFFSET

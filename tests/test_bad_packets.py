@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from test_run import run, summary_of
 
 from ixypipe.pcapfile import PcapWriter, read_pcap
+from tests.support.runs import run, summary_of
 
 GOOD = 50
 GOOD_SIZE = 60

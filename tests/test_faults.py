@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import psutil
-from test_run import FWD, leftovers, start, summary_of, variant, wait_for_stats
+
+from tests.support.runs import FWD, leftovers, start, summary_of, variant, wait_for_stats
 
 
 def children_named(pid: int, name: str) -> list[psutil.Process]:

@@ -7,13 +7,13 @@ import re
 import numpy as np
 import pytest
 
-from ixypipe.fwd import Forwarder, stats_lines
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceStats, PortSpec
 from ixypipe.nic.ixgbe import IxgbeDevice
-from ixypipe.nic.sim.traffic import PacketBatch
-from ixypipe.nic.sim.world import GeneratorConfig, SimPortConfig, SimWorld, SinkConfig
+from ixypipe.ops.forwarder import Forwarder, stats_lines
+from ixypipe.sim.traffic import PacketBatch
+from ixypipe.sim.world import GeneratorConfig, SimPortConfig, SimWorld, SinkConfig
 
 POOL = 4096
 

@@ -12,8 +12,8 @@ from ixypipe.nic import registers as R
 from ixypipe.nic.device import DeviceError, DeviceStats, LinkState, PortSpec
 from ixypipe.nic.ixgbe import IxgbeDevice
 from ixypipe.nic.pci import PciError
-from ixypipe.nic.sim.traffic import PacketBatch
-from ixypipe.nic.sim.world import GeneratorConfig, SimPortConfig, SimWorld, SinkConfig
+from ixypipe.sim.traffic import PacketBatch
+from ixypipe.sim.world import GeneratorConfig, SimPortConfig, SimWorld, SinkConfig
 
 POOL = 2048
 NEVER = 1 << 62          # stats latch period: tests latch by hand

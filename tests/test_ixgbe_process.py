@@ -13,7 +13,7 @@ from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ixgbe_jit
 from ixypipe.nic.device import PortSpec
 from ixypipe.nic.ixgbe import IxgbeDevice
-from ixypipe.nic.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
 
 COUNT = 30_000
 POOL = 2048

@@ -1,6 +1,6 @@
 """Real kernel traffic through ixypipe as a bump in the wire between two hosts in namespaces of their own.
 
-Host A and host B (ixypipe.netns.VethTestbed) talk through the two outer
+Host A and host B (ixypipe.ops.netns.VethTestbed) talk through the two outer
 veth ends, which only ixypipe joins: ping, a 50 MB TCP transfer checked by
 SHA-256, a worker that drops ICMP, and a pcap sink that tshark counts.
 """
@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import needs_root
 
-from ixypipe.fwd import Forwarder
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
-from ixypipe.netns import VethTestbed
 from ixypipe.nic.af_packet import AfPacketDevice
 from ixypipe.nic.device import PortSpec
 from ixypipe.nic.pcap import PcapDevice
+from ixypipe.ops.forwarder import Forwarder
+from ixypipe.ops.netns import VethTestbed
 from ixypipe.pcapfile import read_pcap
+from tests.support.system import needs_root
 
 pytestmark = needs_root
 REPO = Path(__file__).resolve().parent.parent

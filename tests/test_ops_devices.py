@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from ixypipe.cli import main
 from ixypipe.ops import binding
 from ixypipe.ops.binding import BindError, give_back, take
-from ixypipe.ops.fakesys import FakeDevice, FakeKernel, make_tree
 from ixypipe.ops.pcidevs import list_network_devices, routed_interfaces, status_lines
+from tests.support.fakesys import FakeDevice, FakeKernel, make_tree
 
 NIC_A = "0000:03:00.0"      # 82599 on ixgbe, interface up with routes
 NIC_B = "0000:03:00.1"      # 82599 on ixgbe, interface down

@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from ixypipe.cli import main
-from ixypipe.layout import SIM_FLOW_OFF, SIM_SEQ_OFF
-from ixypipe.nic.sim.traffic import Generator, PacketBatch, Sink
 from ixypipe.ops.generate import GenError, GenSession
 from ixypipe.pcapfile import read_pcap
-from tests.conftest import needs_root
+from ixypipe.sim.payload import SIM_FLOW_OFF, SIM_SEQ_OFF
+from ixypipe.sim.traffic import Generator, PacketBatch, Sink
+from tests.support.system import needs_root
 
 
 def test_pcap_holds_every_frame_byte_exact(tmp_path):

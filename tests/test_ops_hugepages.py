@@ -18,7 +18,7 @@ from ixypipe.ops.hugepages import (
     reserve,
     status_lines,
 )
-from tests.conftest import needs_root
+from tests.support.system import needs_root
 
 
 def make_tree(root: Path) -> Path:

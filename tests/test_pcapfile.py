@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ixypipe.layout import PCAP_MAGIC_NSEC, PCAP_MAGIC_USEC
-from ixypipe.pcapfile import PcapError, PcapWriter, read_header, read_pcap
+from ixypipe.pcapfile import PCAP_MAGIC_NSEC, PCAP_MAGIC_USEC, PcapError, PcapWriter, read_header, read_pcap
 
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 needs_tcpdump = pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump not installed")

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ixypipe.workers.placement import (
+from ixypipe.pipeline.placement import (
     CpuTopology,
     PlacementError,
     StageDemand,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ixypipe.layout import SIM_SEQ_OFF
 from ixypipe.nic import registers as R
-from ixypipe.nic.sim.traffic import PacketBatch
-from ixypipe.nic.sim.world import GeneratorConfig, SimPortConfig, SimWorld, SinkConfig
+from ixypipe.sim.payload import SIM_SEQ_OFF
+from ixypipe.sim.traffic import PacketBatch
+from ixypipe.sim.world import GeneratorConfig, SimPortConfig, SimWorld, SinkConfig
 
 RING = 64
 BUF = 2048
@@ -287,7 +287,7 @@ def test_queue_enable_latches_base_and_disable_stops_it(rig):
 
 
 def test_rss_spreads_generator_flows_over_queues_like_the_toeplitz_hash(rig):
-    from ixypipe.nic.sim.rss import Rss
+    from ixypipe.sim.rss import Rss
     r = rig([SimPortConfig("p0", generator=GeneratorConfig(flows=16, count=48))], rx_queues=4)
     p = r.bring_up(rx_queues=4)
     key = bytes(range(1, 41))
@@ -382,7 +382,7 @@ def test_cable_carries_tx_of_one_port_to_rx_of_the_other(rig):
 
 
 def test_bad_wiring_is_rejected_with_the_port_named(make_arena):
-    from ixypipe.nic.sim.world import SimConfigError
+    from ixypipe.sim.world import SimConfigError
     arena = make_arena(4 << 20)
     with pytest.raises(SimConfigError, match="port a: cable_to 'zz' must name another port"):
         SimWorld([SimPortConfig("a", cable_to="zz")], arena)

@@ -3,7 +3,7 @@
 The driver is a fresh interpreter running DRIVER below: it creates its OWN
 hugepage arena (physical addresses, file unlinked at once), packet buffers
 and pools, opens the served ports through the served sysfs tree and
-forwards with ixypipe.fwd.Forwarder.  The model is never told about that
+forwards with ixypipe.ops.forwarder.Forwarder.  The model is never told about that
 memory: it finds it through /proc/<driver pid>.
 """
 
@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import needs_hugepages, needs_root
 
 import ixypipe
 from ixypipe.memory.arena import Arena
 from ixypipe.nic import registers as R
-from ixypipe.nic.sim import foreign
-from ixypipe.nic.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+from ixypipe.sim import foreign
+from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+from tests.support.system import needs_hugepages, needs_root
 
 pytestmark = [needs_root, needs_hugepages]
 
@@ -42,7 +42,7 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import PortSpec
 from ixypipe.nic.ixgbe import IxgbeDevice
-from ixypipe.fwd import Forwarder
+from ixypipe.ops.forwarder import Forwarder
 
 root, mode, addresses = sys.argv[1], sys.argv[2], sys.argv[3:]
 RX_RING, TX_RING, POOL = 256, 1024, 2048
@@ -280,7 +280,7 @@ second.destroy()
 
 
 def test_foreign_dma_follows_the_driver_as_it_maps_more_memory_and_releases_it_when_it_leaves(tmp_path):
-    from ixypipe.nic.sim.traffic import PacketBatch
+    from ixypipe.sim.traffic import PacketBatch
     bar = tmp_path / "resource0"
     bar.write_bytes(b"\0" * 4096)
     script = tmp_path / "grow.py"

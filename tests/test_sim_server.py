@@ -10,8 +10,8 @@ import psutil
 import pytest
 
 from ixypipe.nic import registers as R
-from ixypipe.nic.sim import sysfs
-from ixypipe.nic.sim.server import GeneratorConfig, SimPortConfig, SimServer, SimServerError, SinkConfig
+from ixypipe.sim import sysfs
+from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SimServer, SimServerError, SinkConfig
 
 
 def sim_processes() -> list[psutil.Process]:
@@ -127,7 +127,7 @@ def test_stale_trees_of_dead_owners_are_found(tmp_path):
 HELPER = """
 import os, sys
 from ixypipe.memory.arena import Arena
-from ixypipe.nic.sim.server import SimPortConfig, SimServer
+from ixypipe.sim.server import SimPortConfig, SimServer
 if __name__ == "__main__":
     arena = Arena.create(4 << 20, hugepages_mode="never", tag="orphan")
     server = SimServer([SimPortConfig("p0")], arena.path)

@@ -7,18 +7,11 @@ import struct
 import numpy as np
 import pytest
 
-from ixypipe.layout import (
-    ETH_HEADER_LEN,
-    SIM_CSUM_OFF,
-    SIM_FLOW_OFF,
-    SIM_GEN_OFF,
-    SIM_MAGIC,
-    SIM_MAGIC_OFF,
-    SIM_SEQ_OFF,
-)
 from ixypipe.nic.registers import MRQC_RSS_FIELD_IPV4, MRQC_RSS_FIELD_IPV4_UDP, RSS_DEFAULT_KEY
-from ixypipe.nic.sim.rss import Rss
-from ixypipe.nic.sim.traffic import Generator, PacketBatch, Sink, TrafficError
+from ixypipe.protocols import ETH_HEADER_LEN
+from ixypipe.sim.payload import SIM_CSUM_OFF, SIM_FLOW_OFF, SIM_GEN_OFF, SIM_MAGIC, SIM_MAGIC_OFF, SIM_SEQ_OFF
+from ixypipe.sim.rss import Rss
+from ixypipe.sim.traffic import Generator, PacketBatch, Sink, TrafficError
 
 SRC = bytes.fromhex("024745000001")
 DST = bytes.fromhex("024958530001")

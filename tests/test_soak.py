@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_run import intervals_of, run, summary_of, variant
+from tests.support.runs import intervals_of, run, summary_of, variant
 
 PACKETS = 10_000_000
 RSS_GROWTH_KIB = 4096      # allowed growth of any stage between the 1st and the last million

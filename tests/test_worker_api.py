@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ixypipe.layout import ETHERTYPE_IPV4, UDP_OFF
 from ixypipe.memory.pktbuf import PacketBuffers
-from ixypipe.nic.sim.world import GEN_MAC_PREFIX, PORT_MAC_PREFIX
 from ixypipe.pcapfile import read_pcap
+from ixypipe.pipeline.stages import verdicts
+from ixypipe.protocols import ETHERTYPE_IPV4, UDP_OFF
+from ixypipe.sim.world import GEN_MAC_PREFIX, PORT_MAC_PREFIX
 from ixypipe.workers import builtin
 from ixypipe.workers.api import DROP, PER_PACKET_ATTR, Batch, WorkerResultError, per_packet
 from ixypipe.workers.loader import load_worker
-from ixypipe.workers.stages import verdicts
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ixypipe.memory.arena import remove_stale, stale_objects
-from ixypipe.nic.sim import sysfs as sim_sysfs
+from ixypipe.sim import sysfs as sim_sysfs
 
 
 @click.command()

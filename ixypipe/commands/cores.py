@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import psutil
 
-from ixypipe.workers.placement import CpuTopology, Placement, plan_placement, read_topology
+from ixypipe.pipeline.placement import CpuTopology, Placement, plan_placement, read_topology
 
 BUSY_PERCENT = 50.0          # a CPU this busy already has work: a polling stage there runs at half speed
 
@@ -62,7 +62,7 @@ def isolation_advice(topo: CpuTopology) -> str:
 def pipeline_placement(pipeline: str, topo: CpuTopology) -> tuple[list[tuple[str, str]], Placement]:
     """(stage name, role) in start order and the placement ixypipe run would choose for them."""
     from ixypipe.pipeline.config import load_pipeline
-    from ixypipe.pipeline.pinning import explicit_cpus, stage_demands
+    from ixypipe.pipeline.placement import explicit_cpus, stage_demands
     from ixypipe.pipeline.plan import plan_from_config
 
     cfg = load_pipeline(pipeline)
@@ -94,7 +94,7 @@ def cores(pipeline: str | None, interval: float, as_json: bool, sysfs_root: str)
       ixypipe cores pipelines/fwd.toml --json
     """
     from ixypipe.pipeline.config import ConfigError
-    from ixypipe.workers.placement import PlacementError
+    from ixypipe.pipeline.placement import PlacementError
 
     topo = read_topology(sysfs_root)
     percent = psutil.cpu_percent(interval=interval or None, percpu=True)

@@ -1,7 +1,7 @@
 """``ixypipe fwd``: ixy-fwd, one process forwarding between two ports, on real 82599s or simulated ones.
 
 Builds the DMA arena, one mempool per port and the two ixgbe ports, runs
-:class:`ixypipe.fwd.Forwarder` until --duration, --packets or Ctrl-C, drains,
+:class:`ixypipe.ops.forwarder.Forwarder` until --duration, --packets or Ctrl-C, drains,
 and (with --sim) judges what the software 82599's verifying sinks saw: every
 packet generated on one port must arrive at the other port's sink with byte
 1 incremented, or be explained by a drop counter (missed at RX, refused by TX).
@@ -16,13 +16,13 @@ import time
 
 import click
 
-from ixypipe.fwd import Forwarder
 from ixypipe.layout import DEFAULT_BUF_SIZE
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceError, PortSpec
 from ixypipe.nic.registers import DEFAULT_RING_ENTRIES, MAX_RING_ENTRIES
+from ixypipe.ops.forwarder import Forwarder
 
 MIN_POOL = 4096                 # ixy: at least 4096 buffers per RX queue
 DRAIN_TIMEOUT = 5.0
@@ -121,7 +121,7 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
 
 def start_sim(stack: contextlib.ExitStack, arena: Arena, packet_size: int, flows: int, rate_mpps: float,
               touch: bool):
-    from ixypipe.nic.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+    from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
 
     ports = [SimPortConfig(name, generator=GeneratorConfig(packet_size=packet_size, rate_pps=rate_mpps * 1e6,
                                                            flows=flows),

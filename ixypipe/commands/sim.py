@@ -20,8 +20,8 @@ from pathlib import Path
 
 import click
 
-from ixypipe.nic.sim.server import GeneratorConfig, PortCounters, SimPortConfig, SimServer, SinkConfig
-from ixypipe.nic.sim.sysfs import device_dir
+from ixypipe.sim.server import GeneratorConfig, PortCounters, SimPortConfig, SimServer, SinkConfig
+from ixypipe.sim.sysfs import device_dir
 
 WIRE_KINDS = ("gen", "sink", "pcap", "none")
 

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ixypipe.layout import (
-    ETH_HEADER_LEN,
-    ETH_P_8021Q,
+from ixypipe.layout import PAGE_SIZE, SOFT_PORT_HEADER_DTYPE, SOFT_PORT_QUEUE_DTYPE
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic.af_packet_abi import (
     ETH_P_ALL,
     IFF_UP,
     PACKET_ADD_MEMBERSHIP,
@@ -51,9 +52,6 @@ from ixypipe.layout import (
     PACKET_STATISTICS,
     PACKET_TX_RING,
     PACKET_VERSION,
-    PAGE_SIZE,
-    SOFT_PORT_HEADER_DTYPE,
-    SOFT_PORT_QUEUE_DTYPE,
     SOL_PACKET,
     TP_STATUS_AVAILABLE,
     TP_STATUS_KERNEL,
@@ -69,11 +67,9 @@ from ixypipe.layout import (
     TPACKET_REQ_DTYPE,
     TPACKET_STATS_DTYPE,
     TPACKET_V2,
-    VLAN_TAG_LEN,
 )
-from ixypipe.memory.mempool import Mempool
-from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import Device, DeviceError, DeviceStats, LinkState, PortSpec, TxDone
+from ixypipe.protocols import ETH_HEADER_LEN, ETH_P_8021Q, VLAN_TAG_LEN
 
 SYS_CLASS_NET = Path("/sys/class/net")
 STATS_POLL_SECONDS = 0.2          # how often an RX queue reads the kernel's PACKET_STATISTICS

@@ -3,7 +3,7 @@
 Builds a small DMA arena, one mempool and one port through the ordinary
 Device drivers (a software 82599 whose wire ends in the simulator's
 verifying sink, an AF_PACKET interface, or a pcap file written like a
-capture), and transmits the frames of ixypipe.nic.sim.traffic's Generator:
+capture), and transmits the frames of ixypipe.sim.traffic's Generator:
 Ethernet/IPv4/UDP, one template per flow, sequence numbers and checksums
 written per batch with numpy.  The generator's rate credit paces it; frames
 TX refuses are made again with the same sequence numbers, so nothing is
@@ -24,7 +24,7 @@ from ixypipe.memory.arena import Arena
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceError, PortSpec
-from ixypipe.nic.sim.traffic import Generator
+from ixypipe.sim.traffic import Generator
 
 TARGETS = ("sim", "af_packet", "pcap")
 PORT_NAME = "gen"
@@ -92,7 +92,7 @@ class GenSession:
         root = None
         options = {"mode": "write"} if self.target == "pcap" else {}
         if self.target == "sim":
-            from ixypipe.nic.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+            from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
 
             # the port's own generator never starts; it only tells the sink what our frames look like
             silent = GeneratorConfig(packet_size=self.packet_size, flows=self.flows)

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ixypipe.layout import IFF_UP
+from ixypipe.nic.af_packet_abi import IFF_UP
 from ixypipe.nic.pci import PCI_DEVICES_DIR, PciError, read_identity
 from ixypipe.nic.registers import (
     IXGBE_82599_DEVICE_IDS,

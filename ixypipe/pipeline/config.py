@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM, SIM_MAX_FRAME, SIM_MIN_FRAME
+from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import PortSpec
+from ixypipe.sim.payload import SIM_MAX_FRAME, SIM_MIN_FRAME
 
 # ---- schema limits --------------------------------------------------------------------------
 DRIVERS = ("sim", "ixgbe", "af_packet", "pcap")

@@ -41,8 +41,8 @@ from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, StatsPrinter, send_home
+from ixypipe.pipeline.stages import stage_main
 from ixypipe.rings.spsc import Ring
-from ixypipe.workers.stages import stage_main
 
 log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0          # seconds for every stage to report running
@@ -161,7 +161,7 @@ class Supervisor:
         sim_ports = [p for p in self.cfg.ports if p.driver == "sim"]
         if not sim_ports:
             return
-        from ixypipe.nic.sim.server import SimServer
+        from ixypipe.sim.server import SimServer
         self.sim = SimServer(sim_port_configs(sim_ports), [self.arena.path, self.dev_arena.path])
         self.sim.start()
         for p in sim_ports:
@@ -185,7 +185,7 @@ class Supervisor:
 
     # ---- stages --------------------------------------------------------------------
     def _spawn_stages(self) -> None:
-        from ixypipe.pipeline.pinning import place_stages
+        from ixypipe.pipeline.placement import place_stages
         placement = place_stages(self.plan, self.cfg, sim_pid=getattr(self.sim, "pid", None))
         for warning in placement.warnings:
             log.warning("%s", warning)
@@ -354,7 +354,7 @@ class Supervisor:
 
 def sim_port_configs(ports) -> list:
     """The simulator's view of the pipeline file's ``sim`` ports."""
-    from ixypipe.nic.sim.server import GeneratorConfig, SimPortConfig, SinkConfig
+    from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SinkConfig
 
     configs = []
     for p in ports:

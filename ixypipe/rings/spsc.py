@@ -23,13 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ixypipe.layout import (
-    RING_CAPACITY_OFF,
-    RING_HEAD_OFF,
-    RING_SLOT_DTYPE,
-    RING_SLOTS_OFFSET,
-    RING_TAIL_OFF,
-)
+from ixypipe.layout import RING_CAPACITY_OFF, RING_HEAD_OFF, RING_SLOT_DTYPE, RING_SLOTS_OFFSET, RING_TAIL_OFF
 from ixypipe.memory.arena import Arena
 
 _HEAD = RING_HEAD_OFF // 8

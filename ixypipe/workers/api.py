@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ixypipe.layout import ETH_ADDR_LEN, ETH_DST_OFF, ETH_SRC_OFF, ETH_TYPE_OFF
 from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.protocols import ETH_ADDR_LEN, ETH_DST_OFF, ETH_SRC_OFF, ETH_TYPE_OFF
 
 DROP = -1
 PER_PACKET_ATTR = "__ixypipe_per_packet__"

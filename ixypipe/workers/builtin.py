@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ixypipe.layout import ETH_ADDR_LEN, ETH_DST_OFF
+from ixypipe.protocols import ETH_ADDR_LEN, ETH_DST_OFF
 from ixypipe.workers.api import Batch
 
 TOUCH_BYTE = 1     # ixy-fwd increments data[1]

@@ -11,7 +11,7 @@ off on the hosts' ends, so frames on the wire are real, complete frames.
 Everything is removed by ``close`` (also when building failed half-way and
 when the process exits); ``remove_stale`` removes what a killed run left.
 All commands go through ``ip`` and ``ethtool``; commands in a host run with
-``ip netns exec``.  ``python -m ixypipe.netns send|capture`` puts exact
+``ip netns exec``.  ``python -m ixypipe.ops.netns send|capture`` puts exact
 frames on a host's interface or records what arrives there (a raw packet
 socket, frames in pcap files), so tests compare bytes, not just counts.
 """
@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ixypipe.layout import ETH_HEADER_LEN, ETH_P_ALL, ETH_TYPE_OFF, PACKET_IGNORE_OUTGOING, SOL_PACKET
+from ixypipe.nic.af_packet_abi import ETH_P_ALL, PACKET_IGNORE_OUTGOING, SOL_PACKET
+from ixypipe.protocols import ETH_HEADER_LEN, ETH_TYPE_OFF
 
 NETNS_PREFIX = "ixyt"
 DEFAULT_SUBNET = "10.77.0"
@@ -101,13 +102,13 @@ class Host:
 
     def send(self, pcap: Path, timeout: float = COMMAND_TIMEOUT) -> int:
         """Put every frame of ``pcap`` on the host's interface, in order; returns how many."""
-        res = self.run([sys.executable, "-m", "ixypipe.netns", "send", self.ifname, str(pcap)],
+        res = self.run([sys.executable, "-m", "ixypipe.ops.netns", "send", self.ifname, str(pcap)],
                        timeout=timeout, check=True)
         return int(res.stdout.split()[-1])
 
     def capture(self, pcap: Path, count: int, seconds: float, ethertype: int | None = None) -> Capture:
         """Start recording frames arriving on the host's interface (stops after ``count`` or ``seconds``)."""
-        argv = [sys.executable, "-m", "ixypipe.netns", "capture", self.ifname, str(pcap), str(count), str(seconds)]
+        argv = [sys.executable, "-m", "ixypipe.ops.netns", "capture", self.ifname, str(pcap), str(count), str(seconds)]
         if ethertype is not None:
             argv.append(hex(ethertype))
         proc = self.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -322,7 +323,7 @@ def main(argv: list[str]) -> int:
         with PcapWriter(argv[2]) as w:
             w.write_batch(frames)
         return 0
-    print("usage: python -m ixypipe.netns send IFNAME FILE.pcap | capture IFNAME FILE.pcap COUNT SECONDS "
+    print("usage: python -m ixypipe.ops.netns send IFNAME FILE.pcap | capture IFNAME FILE.pcap COUNT SECONDS "
           "[ETHERTYPE]", file=sys.stderr)
     return 2
 

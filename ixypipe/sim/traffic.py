@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ixypipe.layout import (
+from ixypipe.protocols import (
     ETH_ADDR_LEN,
     ETH_DST_OFF,
     ETH_HEADER_LEN,
@@ -35,6 +35,10 @@ from ixypipe.layout import (
     IPV4_SRC_OFF,
     IPV4_TOTAL_LEN_OFF,
     IPV4_TTL_OFF,
+    UDP_LEN_OFF,
+    UDP_OFF,
+)
+from ixypipe.sim.payload import (
     SIM_CSUM_OFF,
     SIM_FLOW_OFF,
     SIM_GEN_OFF,
@@ -44,8 +48,6 @@ from ixypipe.layout import (
     SIM_MIN_FRAME,
     SIM_SEQ_OFF,
     SIM_TOUCH_OFF,
-    UDP_LEN_OFF,
-    UDP_OFF,
 )
 
 MAX_FLOWS = 65535

@@ -1,13 +1,13 @@
 """The simulated world: software 82599 ports, their fake sysfs trees and the wires between them.
 
-A :class:`SimWorld` owns one :class:`~ixypipe.nic.sim.model.SimPort` per
+A :class:`SimWorld` owns one :class:`~ixypipe.sim.model.SimPort` per
 configured port (its BAR0 is the ``resource0`` file of the port's fake
 sysfs device), the DMA space of the registered arenas, and the wires: a
 generator feeding a port's RX side, a sink verifying its TX side, or a
 cable to another port (both directions).  ``step()`` makes progress on
 everything pending and returns the work done, so tests and benchmarks can
 drive it deterministically in-process; the simulator process
-(``ixypipe.nic.sim.server``) calls the same ``step()`` in a loop.
+(``ixypipe.sim.server``) calls the same ``step()`` in a loop.
 
 Generators send only between ``start_traffic()`` and ``pause_traffic()``
 and only into a port whose RX is enabled (RXCTRL.RXEN and a live queue).
@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ixypipe.layout import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE
 from ixypipe.memory.arena import Arena
 from ixypipe.nic import registers as R
-from ixypipe.nic.sim import sysfs
-from ixypipe.nic.sim.dma import DmaSpace
-from ixypipe.nic.sim.foreign import ForeignDma
-from ixypipe.nic.sim.model import STATS_PERIOD_NS, Fault, SimPort
-from ixypipe.nic.sim.traffic import Generator, Sink
+from ixypipe.sim import sysfs
+from ixypipe.sim.block import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE
+from ixypipe.sim.dma import DmaSpace
+from ixypipe.sim.foreign import ForeignDma
+from ixypipe.sim.model import STATS_PERIOD_NS, Fault, SimPort
+from ixypipe.sim.traffic import Generator, Sink
 
 log = logging.getLogger(__name__)
 GEN_BATCH = 512                 # most frames a generator sends per step
@@ -135,7 +135,7 @@ class SimWorld:
                  create: bool = True, counters: np.ndarray | None = None,
                  stats_period_ns: int = STATS_PERIOD_NS, clock=time.monotonic_ns, foreign: bool = False):
         """``foreign``: no arenas (``arena`` is ignored); DMA goes to the hugepage memory of whatever
-        process maps the ports' resource0 files, found through /proc (``ixypipe.nic.sim.foreign``)."""
+        process maps the ports' resource0 files, found through /proc (``ixypipe.sim.foreign``)."""
         self.configs = validate_ports(ports)
         self.names = [p.name for p in ports]
         self._own_root = create and root is None

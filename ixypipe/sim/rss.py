@@ -14,19 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ixypipe.layout import (
-    ETH_TYPE_OFF,
-    ETHERTYPE_IPV4,
-    IPPROTO_UDP,
-    IPV4_PROTO_OFF,
-    IPV4_SRC_OFF,
-)
 from ixypipe.nic.registers import (
     MRQC_RSS_FIELD_IPV4,
     MRQC_RSS_FIELD_IPV4_TCP,
     MRQC_RSS_FIELD_IPV4_UDP,
     RETA_ENTRIES,
 )
+from ixypipe.protocols import ETH_TYPE_OFF, ETHERTYPE_IPV4, IPPROTO_UDP, IPV4_PROTO_OFF, IPV4_SRC_OFF
 
 RSS_KEY_LEN = 40
 RSS_INPUT_LEN = 12            # IPv4 src, dst, L4 src port, dst port

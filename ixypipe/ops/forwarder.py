@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ixypipe.layout import SIM_TOUCH_OFF
 from ixypipe.nic.device import Device, DeviceError, DeviceStats, TxDone
+from ixypipe.sim.payload import SIM_TOUCH_OFF
 
 WIRE_OVERHEAD = 20          # bytes per packet on the wire besides the frame: preamble 8 + gap 12
 CLOCK_CHECK_LOOPS = 64      # look at the clock every this many loops (ixy: every 0xFFF)

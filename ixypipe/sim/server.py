@@ -3,7 +3,7 @@
 :class:`SimServer` creates the fake sysfs trees (so the ixgbe driver opens
 the ports with ``sysfs_root=server.sysfs_root``) and a shared block
 ``<root>/counters`` (a control row, then one counters row per port), then
-spawns the model process, named ``ixypipe-sim`` (prctl PR_SET_NAME), which
+spawns the model process, named ``ixypipe-sim`` , which
 attaches the arenas by path and steps the world in a loop, backing off
 when idle (spin, sched_yield, short naps).  Generators stay silent until
 :meth:`SimServer.start_traffic` and stop at :meth:`SimServer.pause_traffic`.
@@ -14,7 +14,6 @@ exits by itself when its parent dies.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import os
@@ -24,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ixypipe.layout import SIM_CMD_RUN, SIM_CMD_STOP, SIM_CONTROL_DTYPE, SIM_COUNTERS_DTYPE
-from ixypipe.nic.sim import sysfs
-from ixypipe.nic.sim.model import STATS_PERIOD_NS
-from ixypipe.nic.sim.world import (
+from ixypipe.proc import Backoff, set_process_name
+from ixypipe.sim import sysfs
+from ixypipe.sim.block import SIM_CMD_RUN, SIM_CMD_STOP, SIM_CONTROL_DTYPE, SIM_COUNTERS_DTYPE
+from ixypipe.sim.model import STATS_PERIOD_NS
+from ixypipe.sim.world import (
     GeneratorConfig,
     PortCounters,
     SimConfigError,
@@ -42,8 +42,7 @@ __all__ = ["GeneratorConfig", "PortCounters", "SimConfigError", "SimPortConfig",
            "SimWorld", "SinkConfig"]
 
 log = logging.getLogger(__name__)
-PROCESS_NAME = b"ixypipe-sim"
-PR_SET_NAME = 15
+PROCESS_NAME = "ixypipe-sim"
 START_TIMEOUT = 30.0            # seconds for the model process to report ready
 STOP_TIMEOUT = 5.0              # seconds for it to exit before it is killed
 PARENT_CHECK_LOOPS = 4096       # loops between checks that the parent is still alive
@@ -202,21 +201,12 @@ class SimServer:
         self.stop()
 
 
-def _set_process_name() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_NAME, ctypes.c_char_p(PROCESS_NAME), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WARNING) -> None:
     """The model process: attach, report ready, step until told to stop or orphaned."""
     from ixypipe.memory.arena import Arena
-    from ixypipe.workers.backoff import Backoff
 
     logging.basicConfig(level=log_level, format="ixypipe-sim: %(levelname)s %(message)s")
-    _set_process_name()
+    set_process_name(PROCESS_NAME)
     # Ctrl-C in a terminal reaches the whole process group; the owner stops the model (SIM_CMD_STOP)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()

@@ -16,7 +16,7 @@ import numpy as np
 
 from ixypipe.layout import DEFAULT_BUF_SIZE
 from ixypipe.memory.arena import Arena
-from ixypipe.nic.sim.traffic import PacketBatch
+from ixypipe.sim.traffic import PacketBatch
 
 FAST_ROW = DEFAULT_BUF_SIZE     # frames at one offset within same-size rows move as whole rows
 

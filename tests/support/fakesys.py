@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ixypipe.layout import IFF_UP
+from ixypipe.nic.af_packet_abi import IFF_UP
 from ixypipe.nic.pci import PCI_DEVICES_DIR
 from ixypipe.nic.registers import PCI_CFG_CLASS, PCI_CFG_DEVICE, PCI_CFG_VENDOR
 from ixypipe.ops.binding import DRIVERS_PROBE, PCI_DRIVERS_DIR, BindError, SysfsWriter

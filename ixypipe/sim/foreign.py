@@ -17,7 +17,7 @@ gives into the descriptors.  This module finds that memory as root:
   opened and mmapped MAP_SHARED at the mapping's file offset (this works
   for unlinked hugetlbfs files too); :class:`ForeignRegion`.
 
-:class:`ForeignDma` is a :class:`~ixypipe.nic.sim.dma.DmaSpace` built from
+:class:`ForeignDma` is a :class:`~ixypipe.sim.dma.DmaSpace` built from
 those regions instead of ixypipe arenas.  It starts empty and re-reads the
 driver's mappings whenever an address does not resolve (the driver may map
 more memory at any time), so a descriptor outside the driver's DMA memory
@@ -38,7 +38,7 @@ import numpy as np
 
 from ixypipe.layout import HUGEPAGE_SIZE, PAGE_SIZE, PAGEMAP_ENTRY_SIZE, PAGEMAP_PFN_MASK, PAGEMAP_PRESENT
 from ixypipe.memory.hugepages import _mount_pagesize
-from ixypipe.nic.sim.dma import DmaSpace
+from ixypipe.sim.dma import DmaSpace
 
 log = logging.getLogger(__name__)
 PROC = Path("/proc")

@@ -25,29 +25,21 @@ import traceback
 
 import numpy as np
 
-from ixypipe.layout import (
-    FLOW_KEY_LEN,
-    FLOW_KEY_OFF,
-    STAGE_CMD_DRAIN,
-    STAGE_STATE_DONE,
-    STAGE_STATE_DRAINING,
-    STAGE_STATE_RUNNING,
-)
+from ixypipe.layout import STAGE_CMD_DRAIN, STAGE_STATE_DONE, STAGE_STATE_DRAINING, STAGE_STATE_RUNNING
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import StageRow
+from ixypipe.proc import Backoff, die_with_parent, set_process_name, set_timer_slack
+from ixypipe.protocols import FLOW_KEY_LEN, FLOW_KEY_OFF
 from ixypipe.rings.spsc import Ring
-from ixypipe.workers.backoff import Backoff
 
 log = logging.getLogger(__name__)
 PUBLISH_EVERY = 64            # idle loops between counter publications
 FLOW_COLS = np.arange(FLOW_KEY_OFF, FLOW_KEY_OFF + FLOW_KEY_LEN)
 FLOW_MIX = np.uint32(0x9E3779B1)  # Fibonacci hashing multiplier
 LIGHT_BATCH_DIVISOR = 8      # on shared CPUs, a poll that got < batch/8 packets still naps
-PR_SET_TIMERSLACK = 29       # prctl options (linux/prctl.h)
-PR_SET_PDEATHSIG = 1
 STAGE_TIMER_SLACK_NS = 1000
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_SECONDS = 0.5        # at most this long pulling from the NIC after a drain is asked
@@ -389,37 +381,6 @@ def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray) -> None:
 
 # ---- process entry ------------------------------------------------------------------
 
-def set_process_name(name: str) -> None:
-    """The name ps, top and psutil show (the kernel keeps 15 bytes)."""
-    try:
-        with open("/proc/self/comm", "w") as f:
-            f.write(f"ixy-{name}"[:15])
-    except OSError:
-        pass
-
-
-def set_timer_slack(ns: int) -> None:
-    """Short naps stay short: the default 50 us timer slack would stretch every back-off sleep."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def die_with_parent(parent: int) -> None:
-    """A stage must not outlive its supervisor (e.g. kill -9 of the supervisor): the kernel kills it."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:          # the parent died before prctl took effect
-        os._exit(1)
-
-
 def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INFO,
                parent: int | None = None) -> None:
     """Entry point of a stage process (multiprocessing 'spawn' target)."""
@@ -428,7 +389,7 @@ def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INF
         die_with_parent(parent)
     logging.basicConfig(level=log_level, format=f"%(levelname)s {stage_name}: %(message)s")
     me = next(s for s in plan.stages if s.name == stage_name)
-    set_process_name(me.name)
+    set_process_name(f"ixy-{me.name}")
     set_timer_slack(STAGE_TIMER_SLACK_NS)
     if me.cpu is not None:
         os.sched_setaffinity(0, {me.cpu})

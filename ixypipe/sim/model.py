@@ -49,11 +49,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ixypipe.layout import SIM_MAX_FRAME
 from ixypipe.nic import registers as R
-from ixypipe.nic.sim.dma import DmaSpace
-from ixypipe.nic.sim.rss import Rss
-from ixypipe.nic.sim.traffic import PacketBatch
+from ixypipe.sim.dma import DmaSpace
+from ixypipe.sim.payload import SIM_MAX_FRAME
+from ixypipe.sim.rss import Rss
+from ixypipe.sim.traffic import PacketBatch
 
 log = logging.getLogger(__name__)
 
