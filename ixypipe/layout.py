@@ -139,6 +139,19 @@ STAGE_ROW_DTYPE = np.dtype([
 ])
 DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route")
 
+# --- wake-up lines -------------------------------------------------------------
+# Region "wake": one cache line per stage row (its own line, so the producers
+# that read it do not bounce the stage's counter line).  A consumer that found
+# every input empty sets ``sleeping`` and blocks on its POSIX semaphore; a
+# producer that enqueued for it posts the semaphore only when it reads
+# ``sleeping`` set, so a busy consumer costs its producers no system call.
+WAKE_REGION = "wake"
+WAKE_LINE_DTYPE = np.dtype([
+    ("sleeping", "<i8"),
+    ("wakeups", "<i8"),       # times the consumer woke from its semaphore
+    ("pad", "u1", (48,)),
+])
+
 # --- software ports' counters in the device arena (af_packet, pcap) -------------
 # Region "<driver>.<port>": a header line, then one counter line per RX queue,
 # then one per TX queue.  Each line has a single writer (that queue's stage).

@@ -564,6 +564,10 @@ class AfPacketDevice(Device):
         txq = self.txq.get(queue)
         return txq.drain(timeout) if txq is not None else 0
 
+    def rx_fd(self, queue: int) -> int | None:
+        """The queue's packet socket: poll() reports POLLIN when the kernel put a frame in the RX ring."""
+        return self._rx_queue(queue).sock.fileno()
+
     def rx_held(self, queue: int) -> np.ndarray:
         """Buffers the port holds for RX: none, frames wait in the kernel's ring, not in buffers."""
         return np.empty(0, np.uint32)

@@ -92,6 +92,14 @@ class Device(ABC):
     def tx_batch(self, queue: int, bufs: np.ndarray) -> int:
         """Post bufs[:n] for transmission; returns n.  Completed buffers go to tx_done."""
 
+    def rx_fd(self, queue: int) -> int | None:
+        """A file descriptor that poll() reports readable when ``queue`` has received something, or None.
+
+        An idle RX stage blocks on it instead of polling the ring (AF_PACKET's
+        socket; an 82599 without interrupts has none, so its RX stage polls).
+        """
+        return None
+
     @abstractmethod
     def read_stats(self) -> DeviceStats:
         """Cumulative counters (the driver accumulates clear-on-read registers)."""

@@ -184,4 +184,7 @@ def place_stages(plan, cfg, sim_pid: int | None = None):
     plan.shared_cpus = placement.oversubscribed
     plan.spin_only = not placement.oversubscribed and all(
         s.cpu in topo.isolated for s in plan.stages if s.cpu is not None)
+    idle = getattr(cfg, "idle", "auto")
+    plan.idle = ("spin" if plan.spin_only else "wake") if idle == "auto" else idle
+    plan.spin_only = plan.idle == "spin"
     return placement

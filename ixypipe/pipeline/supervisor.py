@@ -42,6 +42,7 @@ from ixypipe.pipeline.plan import PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, StatsPrinter, send_home
 from ixypipe.pipeline.stages import stage_main
+from ixypipe.rings import wakeup
 from ixypipe.rings.spsc import Ring
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Supervisor:
         self.plan: PipelinePlan | None = None
         self.restarts = 0
         self.sim_died = False
+        self._sleepers: list[int] = []
 
     # ---- the whole run -------------------------------------------------------------
     def run(self) -> RunResult:
@@ -148,6 +150,8 @@ class Supervisor:
         for name in plan.ring_names():
             Ring.create(self.arena, name, self._ring_capacity(name))
         stagetable.create(self.arena, len(plan.stages))
+        wakeup.create(self.arena, plan.sleeper_rows())
+        self._sleepers = plan.sleeper_rows()
         self.table = stagetable.table(self.arena)
         self.plan = plan
         write_plan_info(self.arena, plan)     # for observers: 'ixypipe top'
@@ -315,6 +319,8 @@ class Supervisor:
         procs = [p for p in self.procs if p.role == role]
         for p in procs:
             self.table[p.row]["command"] = STAGE_CMD_DRAIN
+            if p.row in self._sleepers:
+                wakeup.wake(self.arena, p.row)        # a sleeping stage sees the command at once
         deadline = time.monotonic() + DRAIN_TIMEOUT
         for p in procs:
             p.process.join(max(0.0, deadline - time.monotonic()))
@@ -346,6 +352,8 @@ class Supervisor:
         self.pools = []
         self.bufs = None
         self.table = None
+        if self.arena is not None:
+            wakeup.unlink(self.arena, self._sleepers)
         for arena in (self.arena, self.dev_arena):
             if arena is not None:
                 arena.destroy()
