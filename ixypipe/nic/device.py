@@ -92,6 +92,10 @@ class Device(ABC):
     def tx_batch(self, queue: int, bufs: np.ndarray) -> int:
         """Post bufs[:n] for transmission; returns n.  Completed buffers go to tx_done."""
 
+    def tx_pending(self, queue: int) -> int:
+        """Buffers posted on ``queue`` whose transmission has not completed (still the device's)."""
+        return 0
+
     def rx_fd(self, queue: int) -> int | None:
         """A file descriptor that poll() reports readable when ``queue`` has received something, or None.
 

@@ -139,6 +139,8 @@ class Accounting:
     restarts: int = 0
     sim: dict | None = None
     problems: list[str] = field(default_factory=list)
+    stop_reason: str = ""                  # what ended the run (SIGINT, duration 5 s, stage died, ...)
+    failures: list[str] = field(default_factory=list)   # stages that died or were killed: the run failed
 
     @property
     def ok(self) -> bool:
@@ -151,15 +153,19 @@ class Accounting:
         acc = cls()
         died = {p.row for p in sup.procs if p.died}
         stage_lost = bool(died) or sup.restarts > 0 or sup.sim_died
-        for p, dev in sup.devices.items():       # TX stages that died left posted descriptors
+        unsent = 0
+        for p, dev in sup.devices.items():
             for t in range(plan.ports[p].tx_queues):
-                if any(s.role == "tx" and s.port == p and s.queue == t and s.row in died for s in plan.stages):
-                    dev.tx_drain(t, timeout=2.0)
+                if sup.sim_died:
+                    # the NIC is gone: what was posted was counted transmitted and never went out
+                    unsent += dev.tx_pending(t)
+                elif any(s.role == "tx" and s.port == p and s.queue == t and s.row in died for s in plan.stages):
+                    dev.tx_drain(t, timeout=2.0)     # TX stages that died left posted descriptors
         stranded = reclaim_rings(sup)
         rx_rows = [s.row for s in plan.stages_of("rx")]
         tx_rows = [s.row for s in plan.stages_of("tx")]
         acc.received = int(table["packets_in"][rx_rows].sum())
-        acc.transmitted = int(table["packets_out"][tx_rows].sum())
+        acc.transmitted = int(table["packets_out"][tx_rows].sum()) - unsent
         acc.drops = {r: int(table[f"drop_{r}"].sum()) for r in DROP_REASONS}
         acc.drops["stranded"] = stranded
         lost = 0
@@ -173,7 +179,7 @@ class Accounting:
             lost += pool.count - free - in_nic
         if lost and not stage_lost:
             acc.problems.append(f"{lost} buffers never came home and no stage died: a leak")
-        acc.drops["stage_died"] = lost if stage_lost else 0
+        acc.drops["stage_died"] += lost if stage_lost else 0
         acc.restarts = sup.restarts
         acc.in_flight = acc.received - acc.transmitted - sum(acc.drops.values())
         if acc.in_flight:
@@ -217,13 +223,15 @@ class Accounting:
         sim = {k: (v if isinstance(v, dict) else asdict(v)) for k, v in (self.sim or {}).items()}
         if json_lines:
             doc = {k: v for k, v in asdict(self).items() if k != "sim"}
-            doc.update(summary=True, ok=self.ok, sim=sim)
+            doc.update(summary=True, ok=self.ok and not self.failures, sim=sim)
             print(json.dumps(doc), file=out, flush=True)
             return
         dropped = sum(self.drops.values())
         reasons = ", ".join(f"{k} {v}" for k, v in self.drops.items() if v) or "none"
         lines = [
             "== accounting ==",
+            *(f"FAILED: {f}" for f in self.failures),
+            f"stopped by   {self.stop_reason or '?'}",
             f"received     {self.received:>14,}",
             f"transmitted  {self.transmitted:>14,}",
             f"dropped      {dropped:>14,}   ({reasons})",

@@ -26,10 +26,18 @@ import traceback
 
 import numpy as np
 
-from ixypipe.layout import STAGE_CMD_DRAIN, STAGE_STATE_DONE, STAGE_STATE_DRAINING, STAGE_STATE_RUNNING
+from ixypipe.layout import (
+    STAGE_CMD_ABANDON,
+    STAGE_CMD_DRAIN,
+    STAGE_STATE_DEAD,
+    STAGE_STATE_DONE,
+    STAGE_STATE_DRAINING,
+    STAGE_STATE_RUNNING,
+)
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import StageRow
 from ixypipe.proc import Backoff, die_with_parent, set_process_name, set_timer_slack
@@ -76,11 +84,19 @@ class Homing:
 
 
 class Outbox:
-    """What a stage still has to push into each output ring; rings the consumer's doorbell when it sleeps."""
+    """What a stage still has to push into each output ring.
 
-    def __init__(self, rings: list[Ring], doorbells: list[Doorbell] | None = None):
+    Rings the consumer's doorbell when idle stages wake rather than nap.  A
+    consumer that died (the supervisor marks its row) is pushed to no more:
+    what is pending for it goes to ``discard`` and counts as ``stage_died``.
+    """
+
+    def __init__(self, rings: list[Ring], doorbells: list[Doorbell] | None = None,
+                 consumer_dead=None, discard=None):
         self.rings = rings
         self.doorbells = doorbells
+        self.consumer_dead = consumer_dead      # k -> True once ring k's consumer is gone
+        self.discard = discard                  # idx -> None: send buffers home, count them
         self.pending = [np.empty(0, np.uint32) for _ in rings]
         self.held = 0
 
@@ -99,6 +115,9 @@ class Outbox:
                 sent = self.rings[k].enqueue(rest)
                 if sent and self.doorbells:
                     self.doorbells[k].ring()
+                elif not sent and self.consumer_dead is not None and self.consumer_dead(k):
+                    self.discard(rest)
+                    sent = len(rest)
                 self.pending[k] = rest[sent:]
                 self.held -= sent
         return self.held == 0
@@ -127,16 +146,29 @@ class Stage:
     def ring(self, name: str) -> Ring:
         return Ring.attach(self.arena, name)
 
-    def outbox(self, names: list[str]) -> Outbox:
-        """Output rings, with the doorbells of their consumers when idle stages wake rather than nap."""
-        bells = [Doorbell(self.arena, self.plan.consumer_row(n)) for n in names] if self.plan.idle == "wake" else None
-        return Outbox([self.ring(n) for n in names], bells)
+    def outbox(self, names: list[str], send_home) -> Outbox:
+        """Output rings, with their consumers' doorbells ("wake" mode) and what to do if a consumer dies."""
+        rows = [self.plan.consumer_row(n) for n in names]
+        bells = [Doorbell(self.arena, r) for r in rows] if self.plan.idle == "wake" else None
+        table = stagetable.table(self.arena)
+
+        def dead(k: int) -> bool:      # died, or left early because its device is gone
+            return int(table[rows[k]]["state"]) in (STAGE_STATE_DEAD, STAGE_STATE_DONE)
+
+        def discard(idx: np.ndarray) -> None:
+            send_home(idx)
+            self.row.add("drop_stage_died", len(idx))
+
+        return Outbox([self.ring(n) for n in names], bells, dead, discard)
 
     def homing(self) -> Homing:
         return Homing(self.bufs, {pool: self.ring(r) for pool, r in self.me.home_rings.items()})
 
     def draining(self) -> bool:
-        return self.row["command"] == STAGE_CMD_DRAIN
+        return self.row["command"] >= STAGE_CMD_DRAIN
+
+    def device_gone(self) -> bool:
+        return self.row["command"] == STAGE_CMD_ABANDON
 
     def publish(self, held: int = 0) -> None:
         row = self.row
@@ -191,7 +223,7 @@ class Stage:
 def run_rx(st: Stage, device, pool: Mempool) -> None:
     me, plan, bufs = st.me, st.plan, st.bufs
     returns = [st.ring(r) for r in me.in_rings]
-    outbox = st.outbox(me.out_rings)
+    outbox = st.outbox(me.out_rings, pool.free)
     n_workers = len(outbox.rings)
     fd = device.rx_fd(me.queue) if plan.idle == "wake" else None
     if fd is not None:                                     # the kernel wakes us when a frame arrives
@@ -279,10 +311,10 @@ def run_worker(st: Stage, fn) -> None:
     me, plan, bufs = st.me, st.plan, st.bufs
     inputs = [st.ring(r) for r in me.in_rings]
     out_ports = sorted(me.out_ring_of)
-    outbox = st.outbox([me.out_ring_of[p] for p in out_ports])
+    homing = st.homing()
+    outbox = st.outbox([me.out_ring_of[p] for p in out_ports], homing.send)
     slot_of_port = np.full(len(plan.ports), -1, np.int64)
     slot_of_port[out_ports] = np.arange(len(out_ports))
-    homing = st.homing()
     counters: dict[str, int] = {}
     errors = ErrorLog(me.name)
     got = np.empty(st.batch, np.uint32)
@@ -376,13 +408,17 @@ class ErrorLog:
 
 # ---- TX -----------------------------------------------------------------------------
 
-def run_tx(st: Stage, device) -> None:
+def run_tx(st: Stage, device, homing: Homing) -> None:
     me, bufs = st.me, st.bufs
     inputs = [st.ring(r) for r in me.in_rings]
     got = np.empty(st.batch, np.uint32)
     pending = np.empty(0, np.uint32)
     while True:
         worked = False
+        if len(pending) and st.device_gone():             # nothing will ever take them
+            homing.send(pending)
+            st.row.add("drop_stage_died", len(pending))
+            pending = pending[:0]
         if len(pending):                                   # the NIC ring was full: retry first
             sent = device.tx_batch(me.queue, pending)
             if sent:
@@ -400,6 +436,10 @@ def run_tx(st: Stage, device) -> None:
                 st.batches += 1
                 st.packets_in += n
                 idx = got[:n].copy()
+                if st.device_gone():                       # the NIC died: these can never go out
+                    homing.send(idx)
+                    st.row.add("drop_stage_died", n)
+                    continue
                 sent = device.tx_batch(me.queue, idx)
                 count_sent(st, bufs, idx[:sent])
                 if sent < n:
@@ -408,7 +448,8 @@ def run_tx(st: Stage, device) -> None:
         st.tick(worked, len(pending), still_idle=lambda: not st.draining() and all(r.empty() for r in inputs))
         if st.draining() and not worked and not len(pending) and all(r.empty() for r in inputs):
             break
-    device.tx_drain(me.queue, timeout=TX_DRAIN_SECONDS)
+    if not st.device_gone():
+        device.tx_drain(me.queue, timeout=TX_DRAIN_SECONDS)
 
 
 def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray) -> None:
@@ -445,9 +486,18 @@ def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INF
     except Exception:
         log.error("stage failed:\n%s", traceback.format_exc().rstrip())
         st.publish()
-        sys.exit(3)
+        leave(3)
     st.publish()
     st.row["state"] = STAGE_STATE_DONE
+    leave(0)
+
+
+def leave(code: int) -> None:
+    """Exit at once once the final counts are written: no interpreter teardown (its garbage collection
+    of numba and numpy objects costs a stage ~0.4 s of CPU, which a busy machine turns into seconds)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_device_stage(st: Stage) -> None:
@@ -469,6 +519,6 @@ def run_device_stage(st: Stage) -> None:
         device = attach_port(spec, dev_arena, st.bufs, None, tx_done=homing.send, sysfs_root=root)
         device.tx_batch(me.queue, np.empty(0, np.uint32))    # warm up, as for RX
         st.row["state"] = STAGE_STATE_RUNNING
-        run_tx(st, device)
+        run_tx(st, device, homing)
     st.row["state"] = STAGE_STATE_DRAINING
     device.close()
