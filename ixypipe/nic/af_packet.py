@@ -22,6 +22,7 @@ queue with a single writer, so the supervisor reads what the stages count.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import secrets
@@ -79,6 +80,8 @@ OPTIONS = {"qdisc_bypass", "fanout_defrag"}
 _HDR = TPACKET2_HDR_DTYPE
 _Q = SOFT_PORT_QUEUE_DTYPE
 _SLOT = {name: _Q.fields[name][1] // 8 for name in _Q.names if _Q.fields[name][0] == np.dtype("<u8")}
+
+log = logging.getLogger(__name__)
 
 
 class AfPacketError(DeviceError):
@@ -232,8 +235,8 @@ class PortCounters:
         rx, tx = self._table[:self.rx_queues], self._table[self.rx_queues:]
         return DeviceStats(rx_packets=int(rx["packets"].sum()), tx_packets=int(tx["packets"].sum()),
                            rx_bytes=int(rx["bytes"].sum()), tx_bytes=int(tx["bytes"].sum()),
-                           rx_dropped=int(rx["dropped"].sum() + rx["truncated"].sum()),
-                           tx_dropped=int(tx["dropped"].sum()))
+                           rx_dropped=int(rx["dropped"].sum()), tx_dropped=int(tx["dropped"].sum()),
+                           rx_too_long=int(rx["truncated"].sum()))
 
     def close(self) -> None:
         for line in (*self.rx, *self.tx):
@@ -249,6 +252,7 @@ class RxQueue:
 
     def __init__(self, dev: AfPacketDevice, queue: int, pool: Mempool):
         self.dev, self.queue, self.pool = dev, queue, pool
+        self.warned_too_long = False
         bufs = dev.bufs
         self.sock = _packet_socket(dev.ifname, dev.name)
         try:
@@ -297,6 +301,8 @@ class RxQueue:
         good = (ring.snaplen[frames] == lengths) & (full <= bufs.max_data)
         if not good.all():
             PortCounters.add(self.line, "truncated", int(n - good.sum()))
+            if not self.warned_too_long:
+                self._warn_too_long(int(full[~good].max()), bufs.max_data)
             frames, lengths, status, vlan = frames[good], lengths[good], status[good], vlan[good]
         k = len(frames)
         if k:
@@ -318,6 +324,16 @@ class RxQueue:
         ring.status[examined] = TP_STATUS_KERNEL      # give every examined frame back
         ring.advance(n)
         return k
+
+    def _warn_too_long(self, size: int, limit: int) -> None:
+        """Once per queue: what was dropped and how to stop it (counted as too_long every time)."""
+        self.warned_too_long = True
+        dev = self.dev.ifname
+        log.warning("port %s (%s): dropped a %d-byte frame, longer than a packet buffer holds (%d bytes); "
+                    "such frames are counted as too_long. Lower the MTU (ip link set %s mtu 1500), turn off "
+                    "receive offloads that merge frames (ethtool -K %s gro off lro off), or raise "
+                    "pipeline.buffer_size (a buffer holds buffer_size - 64 bytes)",
+                    self.dev.name, dev, size, limit, dev, dev)
 
     def _insert_vlan_tags(self, idx: np.ndarray, frames: np.ndarray, status: np.ndarray) -> None:
         """Put back the 802.1Q tag the kernel stripped into tp_vlan_tci (rare: a loop is fine)."""

@@ -53,8 +53,9 @@ class DeviceStats:
     tx_packets: int = 0
     rx_bytes: int = 0
     tx_bytes: int = 0
-    rx_dropped: int = 0      # missed by the device: no free descriptor or buffer
+    rx_dropped: int = 0      # missed by the device: no free descriptor or buffer (kernel: ring full)
     tx_dropped: int = 0
+    rx_too_long: int = 0     # frames longer than a packet buffer holds: dropped at the port
 
     def __sub__(self, other: DeviceStats) -> DeviceStats:
         return DeviceStats(*(getattr(self, k) - getattr(other, k) for k in self.__dataclass_fields__))
