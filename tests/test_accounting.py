@@ -1,4 +1,5 @@
-"""The final accounting as a function of plain data: stage-table counters, pool counts, deaths, restarts."""
+"""The final accounting as a function of plain data (stage-table counters, pool counts, deaths, restarts),
+and the shutdown step that empties the rings before it."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import io
 import numpy as np
 
 from ixypipe.layout import STAGE_ROW_DTYPE
+from ixypipe.memory.arena import Arena
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import PortSpec
 from ixypipe.pipeline.plan import build_plan
 from ixypipe.pipeline.report import Accounting, PoolCount
+from ixypipe.pipeline.supervisor import packet_arena_regions, reclaim_rings
+from ixypipe.rings.spsc import Ring
 
 POOL = 64
 
@@ -96,3 +102,20 @@ def test_in_flight_is_received_minus_transmitted_minus_every_drop():
     # more out than in is just as wrong
     acc = Accounting.of(plan(), table(transmitted=(500, 490)), HOME, stranded=10)
     assert acc.in_flight == -20 and not acc.ok
+
+
+def test_reclaim_counts_packets_in_forward_rings_as_stranded_and_sends_every_buffer_home():
+    p = plan()
+    with Arena.create(Arena.size_for(packet_arena_regions(p, 2048)), hugepages_mode="never", tag="test") as arena:
+        bufs = PacketBuffers.create(arena, p.buffer_count)
+        pools = [Mempool.create(arena, bufs, pp.name, pp.first, pp.count, pp.pool_id) for pp in p.pools]
+        for ring in p.rings:
+            Ring.create(arena, ring.name, ring.capacity)
+        a, b = pools[0].alloc(5), pools[1].alloc(7)
+        Ring.attach(arena, "rx-p0q0>w0").enqueue(a[:3])          # forward: packets on their way
+        Ring.attach(arena, "w0>tx-p1q0").enqueue(b[:4])          # forward
+        Ring.attach(arena, "tx-p1q0>pool0").enqueue(a[3:])       # return: buffers going home
+        Ring.attach(arena, "w0>pool1").enqueue(b[4:])            # return
+        assert reclaim_rings(p, arena, pools, bufs) == 3 + 4
+        assert [pool.available() for pool in pools] == [POOL, POOL]
+        assert all(Ring.attach(arena, r).empty() for r in p.ring_names())
