@@ -27,7 +27,7 @@ import weakref
 import numpy as np
 
 from ixypipe.memory import hugepages
-from ixypipe.memory.arena import Arena, ArenaError
+from ixypipe.memory.arena import Arena, ArenaError, RegionSize
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ixgbe_jit, pci
@@ -169,10 +169,10 @@ class _Queue:
         self.prefix = prefix
         self.entries = entries
         self.mask = entries - 1
-        ring_bytes = entries * DESC_SIZE
-        desc = _region(arena, f"{prefix}.desc", ring_bytes, create, align=RING_ALIGN, within_page=True)
-        slots = _region(arena, f"{prefix}.bufs", entries * 4, create)
-        state = _region(arena, f"{prefix}.state", QSTATE_WORDS * 8, create)
+        desc_size, slots_size, state_size = self.arena_regions(entries)
+        desc = _region(arena, f"{prefix}.desc", desc_size, create)
+        slots = _region(arena, f"{prefix}.bufs", slots_size, create)
+        state = _region(arena, f"{prefix}.state", state_size, create)
         self.desc_region = desc
         self.desc8 = arena.view(desc, np.uint8).reshape(entries, DESC_SIZE)
         self.desc16 = self.desc8.view("<u2")
@@ -188,19 +188,25 @@ class _Queue:
             raise DeviceError(f"{prefix}: the arena's ring has {int(self.state[QSTATE_ENTRIES])} entries, "
                               f"the port spec says {entries}")
 
+    @staticmethod
+    def arena_regions(entries: int) -> list[RegionSize]:
+        """The descriptor ring (in one page: physically contiguous), the buffer-index array, the state words."""
+        return [RegionSize(entries * DESC_SIZE, align=RING_ALIGN, within_page=True),
+                RegionSize(entries * 4, align=64), RegionSize(QSTATE_WORDS * 8, align=64)]
 
-def _region(arena: Arena, name: str, size: int, create: bool, align: int = 64, within_page: bool = False):
+
+def _region(arena: Arena, name: str, need: RegionSize, create: bool):
     found = arena.find(name)
     if found is not None:
-        if found.size != size:
-            raise DeviceError(f"arena region {name!r} is {found.size} bytes, expected {size}: "
+        if found.size != need.size:
+            raise DeviceError(f"arena region {name!r} is {found.size} bytes, expected {need.size}: "
                               "the port was opened with another ring size")
         return found
     if not create:
         raise DeviceError(f"arena {arena.name} has no region {name!r}: open the port (IxgbeDevice.open) "
                           "before attaching to it")
     try:
-        return arena.alloc(name, size, align=align, within_page=within_page)
+        return arena.alloc(name, need.size, align=need.align, within_page=need.within_page)
     except ArenaError as exc:
         raise DeviceError(str(exc)) from exc
 
@@ -537,6 +543,11 @@ class IxgbeDevice(Device):
         self._mac = read_mac(bar)
 
     # ---- life cycle ---------------------------------------------------------------------
+    @classmethod
+    def arena_regions(cls, spec: PortSpec) -> list[RegionSize]:
+        return ([r for _ in range(spec.rx_queues) for r in _Queue.arena_regions(spec.rx_ring_size)]
+                + [r for _ in range(spec.tx_queues) for r in _Queue.arena_regions(spec.tx_ring_size)])
+
     @classmethod
     def open(cls, spec: PortSpec, arena: Arena, bufs: PacketBuffers, rx_pools: list[Mempool],
              tx_done: TxDone | None = None, sysfs_root: str = "/sys", sleep=time.sleep,

@@ -17,11 +17,14 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import PortSpec
 from ixypipe.sim.payload import SIM_MAX_FRAME, SIM_MIN_FRAME
+
+if TYPE_CHECKING:
+    from ixypipe.sim.world import SimPortConfig
 
 # ---- schema limits --------------------------------------------------------------------------
 DRIVERS = ("sim", "ixgbe", "af_packet", "pcap")
@@ -107,6 +110,17 @@ class PortConfig:
         address = {"ixgbe": self.pci, "sim": self.pci, "af_packet": self.interface, "pcap": self.path}[self.driver]
         return PortSpec(self.name, self.driver, address, self.rx_queues, self.tx_queues, self.rx_ring_size,
                         self.tx_ring_size, self.promiscuous, options)
+
+    def to_sim_config(self) -> SimPortConfig:
+        """The simulator's view of this ``sim`` port: its wire's generator and sink."""
+        from ixypipe.sim.world import GeneratorConfig, SimPortConfig, SinkConfig
+
+        g, s = self.generator, self.sink
+        return SimPortConfig(
+            name=self.name, pci_address=self.pci or None,
+            generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
+                                      count=g.count) if g else None,
+            sink=SinkConfig(verify=s.verify, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None)
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,17 @@
 StatsPrinter turns deltas of the stage table into ixy-style per-port lines
 (``[p0] RX: 1234.56 Mbit/s 1.84 Mpps``; Mbit/s counts 20 bytes of preamble
 and inter-frame gap per packet, as ixy does) and one line of per-stage
-figures, or JSON lines.  Accounting is taken after every stage stopped: it
-empties the rings, counts every buffer back home, and proves that each
+figures, or JSON lines.  Accounting is computed from plain data once every
+stage stopped and the supervisor emptied the rings (the stage table's
+counters, what each pool holds, which stages died): it proves that each
 packet received was transmitted, dropped for a named reason, or is still
-in flight (which must be zero).
+in flight (which must be zero), and that every buffer came home.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,7 +23,6 @@ from ixypipe.layout import DROP_REASONS
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import stagetable
-from ixypipe.rings.spsc import Ring
 
 WIRE_OVERHEAD = 20        # bytes per packet: preamble (8) + inter-frame gap (12)
 
@@ -124,6 +125,14 @@ class StatsPrinter:
         print("\n".join(lines), file=self.out, flush=True)
 
 
+@dataclass(frozen=True)
+class PoolCount:
+    """One mempool once the pipeline stopped and its rings were emptied."""
+    total: int                # buffers it owns
+    free: int                 # on its free stack
+    in_nic: int               # sitting in its RX queue's descriptors
+
+
 @dataclass
 class Accounting:
     received: int = 0
@@ -145,17 +154,19 @@ class Accounting:
         return not self.problems
 
     @classmethod
-    def take(cls, sup) -> Accounting:
-        """Count every packet and every buffer once all stages have stopped."""
-        plan, table = sup.plan, sup.table
+    def of(cls, plan, table: np.ndarray, pools: list[PoolCount], stranded: int = 0, died: Iterable[str] = (),
+           restarts: int = 0, sim_died: bool = False, device_missed: dict[str, int] | None = None) -> Accounting:
+        """The accounting of a stopped pipeline, from plain data.
+
+        ``table``: the stage table (counters per stage row of ``plan``);
+        ``pools``: what each of ``plan.pools`` holds now that the rings are
+        empty; ``stranded``: packets found in forward rings; ``died``: names of
+        stages that died; ``restarts``: workers replaced; ``sim_died``: the
+        simulator died.  Buffers missing from the pools are drops with reason
+        stage_died when something died, a leak otherwise.
+        """
         acc = cls()
-        died = {p.row for p in sup.procs if p.died}
-        stage_lost = bool(died) or sup.restarts > 0 or sup.sim_died
-        for p, dev in sup.devices.items():       # TX stages that died left posted descriptors
-            for t in range(plan.ports[p].tx_queues):
-                if any(s.role == "tx" and s.port == p and s.queue == t and s.row in died for s in plan.stages):
-                    dev.tx_drain(t, timeout=2.0)
-        stranded = reclaim_rings(sup)
+        stage_lost = bool(set(died)) or restarts > 0 or sim_died
         rx_rows = [s.row for s in plan.stages_of("rx")]
         tx_rows = [s.row for s in plan.stages_of("tx")]
         acc.received = int(table["packets_in"][rx_rows].sum())
@@ -163,27 +174,20 @@ class Accounting:
         acc.drops = {r: int(table[f"drop_{r}"].sum()) for r in DROP_REASONS}
         acc.drops["stranded"] = stranded
         lost = 0
-        for pool_plan, pool in zip(plan.pools, sup.pools, strict=True):
-            dev = sup.devices.get(pool_plan.port)
-            in_nic = len(dev.rx_held(pool_plan.queue)) if dev is not None else 0
-            free = pool.available()
-            acc.buffers_total += pool.count
-            acc.buffers_free += free
-            acc.buffers_in_nic += in_nic
-            lost += pool.count - free - in_nic
+        for pool in pools:
+            acc.buffers_total += pool.total
+            acc.buffers_free += pool.free
+            acc.buffers_in_nic += pool.in_nic
+            lost += pool.total - pool.free - pool.in_nic
         if lost and not stage_lost:
             acc.problems.append(f"{lost} buffers never came home and no stage died: a leak")
         acc.drops["stage_died"] = lost if stage_lost else 0
-        acc.restarts = sup.restarts
+        acc.restarts = restarts
         acc.in_flight = acc.received - acc.transmitted - sum(acc.drops.values())
         if acc.in_flight:
             acc.problems.append(f"{acc.in_flight} packets unaccounted for (received {acc.received}, transmitted "
                                 f"{acc.transmitted}, dropped {sum(acc.drops.values())})")
-        for dev in sup.devices.values():
-            try:
-                acc.device_missed[dev.name] = int(dev.read_stats().rx_dropped)
-            except Exception:
-                pass
+        acc.device_missed = dict(device_missed or {})
         acc.ports = port_totals(plan, table)
         for row in table:
             for name, value in stagetable.user_counters(row).items():
@@ -245,28 +249,6 @@ class Accounting:
         lines += [f"PROBLEM: {p}" for p in self.problems]
         lines.append("accounting OK" if self.ok else "accounting BROKEN")
         print("\n".join(lines), file=out, flush=True)
-
-
-def reclaim_rings(sup) -> int:
-    """After every stage stopped: empty all rings, sending buffers home.
-
-    Returns how many packets were stranded in forward rings.
-    """
-    plan, bufs = sup.plan, sup.bufs
-    forward = set(plan.forward_rings())
-    stranded = 0
-    scratch = np.empty(1 << 16, np.uint32)
-    for name in plan.ring_names():
-        ring = Ring.attach(sup.arena, name)
-        while True:
-            n = ring.dequeue(scratch)
-            if not n:
-                break
-            if name in forward:
-                stranded += n
-            send_home(sup.pools, bufs, scratch[:n])
-        ring.close()
-    return stranded
 
 
 def send_home(pools: list[Mempool], bufs: PacketBuffers, idx: np.ndarray) -> None:
