@@ -314,9 +314,95 @@ def test_foreign_dma_follows_the_driver_as_it_maps_more_memory_and_releases_it_w
         assert len(mapped_here()) == 2 and all(p.endswith("(deleted)") for p in mapped_here())
         dma.release()
         assert mapped_here() == []               # the driver's hugepages are not held here any more
-        assert dma.resolve([first], [64])[0].tolist() == [False]
+        with pytest.raises(foreign.DriverLeft):          # no driver any more: nothing to resolve against
+            dma.resolve([first], [64])
     finally:
         dma.close()
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+HALF_DRIVER = r'''
+import os, sys, time
+from ixypipe.memory.arena import Arena
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic import pci
+from ixypipe.nic import registers as R
+from ixypipe.nic.device import PortSpec
+from ixypipe.nic.ixgbe import IxgbeDevice
+
+root, first, second = sys.argv[1:4]
+arena = Arena.create(8 << 20, hugepages_mode="require", tag="half1")
+os.unlink(arena.path)
+bufs = PacketBuffers.create(arena, 1024)
+pool = Mempool.create(arena, bufs, "pool0", 0, 1024, 0)
+dev = IxgbeDevice.open(PortSpec("p0", "ixgbe", first, rx_ring_size=256, tx_ring_size=256), arena, bufs, [pool],
+                       sysfs_root=root, allow_iova=False)
+print("first port up", flush=True)
+sys.stdin.readline()                      # the model is stopped now
+more = Arena.create(2 << 20, hugepages_mode="require", tag="half2")   # memory the model has never seen
+os.unlink(more.path)
+ring = int(more.phys(0))
+bar = pci.open_device(second, root, require_root=False)
+bar.write(R.SRRCTL(0), R.SRRCTL_DESCTYPE_ADV_ONEBUF)
+bar.write(R.RDBAL(0), ring & 0xFFFFFFFF)
+bar.write(R.RDBAH(0), ring >> 32)
+bar.write(R.RDLEN(0), 256 * R.DESC_SIZE)
+bar.set_flags(R.RXDCTL(0), R.RXDCTL_ENABLE)
+print("second port's queue enabled", flush=True)
+time.sleep(3600)
+'''
+
+
+def test_driver_killed_while_its_queue_waits_for_the_stopped_model_leaves_fresh_ports_for_the_next(tmp_path):
+    """Issue 13's crash: the driver enables a queue on memory the model has not registered, and dies before
+    the model's next step.  The model's lookup then finds no driver (once: an empty DMA table and an
+    IndexError that killed the model); now it resets the ports, releases the memory and serves the next driver."""
+    count = 2000
+    ports = [SimPortConfig(name, generator=GeneratorConfig(packet_size=60, flows=4, count=count),
+                           sink=SinkConfig(expect_touch=True)) for name in ("a", "b")]
+    server = SimServer(ports, None)
+    server.start()
+    root = server.sysfs_root
+    script = tmp_path / "half_driver.py"
+    script.write_text(HALF_DRIVER)
+    env = dict(os.environ, PYTHONPATH=str(Path(ixypipe.__file__).parents[1]))
+    half = subprocess.Popen([sys.executable, str(script), str(root), server.addresses["a"], server.addresses["b"]],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = None
+    try:
+        assert half.stdout.readline().strip() == "first port up", half.stderr.read()
+        assert wait_for(lambda: len(foreign.hugepage_mappings(server.pid)) == 1)    # the first port's memory
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            half.stdin.write("\n")
+            half.stdin.flush()
+            assert half.stdout.readline().strip() == "second port's queue enabled"
+            half.kill()
+            half.wait(10)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        bar_b = root / "bus/pci/devices" / server.addresses["b"] / "resource0"
+        assert wait_for(lambda: foreign.hugepage_mappings(server.pid) == [], 15)
+        assert wait_for(lambda: np.fromfile(bar_b, "<u4")[R.RXDCTL(0) // 4] == 0, 15)   # port b reset
+        assert server.is_alive()
+        bar_a = root / "bus/pci/devices" / server.addresses["a"] / "resource0"
+        assert np.fromfile(bar_a, "<u4")[R.LINKS // 4] & R.LINKS_UP == 0                   # port a reset
+        # the next driver gets working ports
+        proc = start_driver(tmp_path, root, "forward", [server.addresses["a"], server.addresses["b"]])
+        server.start_traffic()
+        assert wait_for(lambda: all(c.sink_received == count for c in server.counters().values())), \
+            server.counters()
+        result = finish_driver(proc, signal.SIGINT)
+        proc = None
+    finally:
+        for p in (half, proc):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.communicate()
+        final = server.stop()
+    assert result["received"] == [count, count] and result["transmitted"] == [count, count]
+    for c in final.values():
+        assert (c.sink_received, c.sink_lost, c.sink_corrupt, c.sink_untouched, c.dma_faults) == (count, 0, 0, 0, 0)

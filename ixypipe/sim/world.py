@@ -31,7 +31,7 @@ from ixypipe.nic import registers as R
 from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE
 from ixypipe.sim.dma import DmaSpace
-from ixypipe.sim.foreign import ForeignDma
+from ixypipe.sim.foreign import DriverLeft, ForeignDma
 from ixypipe.sim.model import STATS_PERIOD_NS, Fault, SimPort
 from ixypipe.sim.traffic import Generator, Sink
 
@@ -203,11 +203,18 @@ class SimWorld:
     def step(self) -> int:
         """Make progress on everything pending; returns the work done (0 = idle)."""
         work = 0
-        for port in self.ports.values():
-            work += port.step()
-        if self.traffic:
-            for name, gen in self.generators.items():
-                work += self._generate(name, gen)
+        try:
+            for port in self.ports.values():
+                work += port.step()
+            if self.traffic:
+                for name, gen in self.generators.items():
+                    work += self._generate(name, gen)
+        except DriverLeft as exc:
+            # a lookup (in a queue the dead driver enabled) found no driver: abandon this step, whose
+            # DMA went nowhere, and wait for the next driver on fresh ports
+            log.warning("%s: ports reset, waiting for the next driver", exc)
+            self._reset_for_next_driver()
+            work += 1
         if work:
             self.publish()
         return work
@@ -274,10 +281,13 @@ class SimWorld:
         if not isinstance(self.dma, ForeignDma) or not self.dma.driver_left():
             return False
         log.info("driver process(es) %s left: ports reset, their memory released", self.dma.driver_pids)
+        self._reset_for_next_driver()
+        return True
+
+    def _reset_for_next_driver(self) -> None:
         for port in self.ports.values():
             port.power_on()
         self.dma.release()
-        return True
 
     def link_up(self, name: str) -> bool:
         return bool(self.ports[name].reg(R.LINKS) & R.LINKS_UP)
