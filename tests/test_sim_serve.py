@@ -406,3 +406,47 @@ def test_driver_killed_while_its_queue_waits_for_the_stopped_model_leaves_fresh_
     assert result["received"] == [count, count] and result["transmitted"] == [count, count]
     for c in final.values():
         assert (c.sink_received, c.sink_lost, c.sink_corrupt, c.sink_untouched, c.dma_faults) == (count, 0, 0, 0, 0)
+
+
+def test_sim_serve_exits_non_zero_naming_the_cause_when_its_model_dies():
+    import psutil
+    env = dict(os.environ, PYTHONPATH=str(Path(ixypipe.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "ixypipe", "sim", "serve", "--ports", "1", "--wire", "0:sink"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("port p0  "), first
+        root = Path(first.split("sysfs ")[1].split("/bus/pci/devices/")[0])
+        model = [c for c in psutil.Process(proc.pid).children() if c.name() == "ixypipe-sim"]
+        assert len(model) == 1
+        model[0].kill()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert f"error: the model process (pid {model[0].pid}) died: killed by SIGKILL; the ports are gone" in err
+    assert out.splitlines()[-1].startswith("final p0: ")
+    assert not root.exists()
+
+
+def test_a_model_that_fails_reports_its_error(tmp_path):
+    """The model process dies of an error (its sink writes to a full disk): the server names it."""
+    ports = [SimPortConfig("a", generator=GeneratorConfig(packet_size=60, count=COUNT)),
+             SimPortConfig("b", sink=SinkConfig(pcap="/dev/full"))]
+    server = SimServer(ports, None)
+    server.start()
+    proc = None
+    try:
+        proc = start_driver(tmp_path, server.sysfs_root, "forward", [server.addresses["a"], server.addresses["b"]])
+        server.start_traffic()
+        assert wait_for(lambda: not server.is_alive())
+        cause = server.death_cause()
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.communicate()
+        server.stop()
+    assert cause == "exit code 1: OSError: [Errno 28] No space left on device"
+    assert server.death_cause() == cause                    # kept after stop()

@@ -160,6 +160,7 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
             raise click.BadParameter(f"{root} is not empty", param_hint="--root")
     server = SimServer(ports, None, root=root)
     stop: list[int] = []
+    died = ""
     old = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
@@ -177,7 +178,7 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
         while not stop:
             time.sleep(min(0.1, interval))
             if not server.is_alive():
-                click.echo("the model process died", err=True)
+                died = f"the model process (pid {server.pid}) died: {server.death_cause()}"
                 break
             now = time.monotonic()
             if now - last >= interval:
@@ -193,6 +194,9 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
             signal.signal(s, handler)
     for name, c in final.items():
         click.echo(counter_line(f"final {name}", c, None, 0))
+    if died:
+        click.echo(f"error: {died}; the ports are gone", err=True)
+        raise SystemExit(1)
     if any(c.dma_faults for c in final.values()):
         raise SystemExit(1)
 

@@ -42,6 +42,7 @@ from ixypipe.pipeline.plan import PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, StatsPrinter, send_home
 from ixypipe.pipeline.stages import stage_main
+from ixypipe.proc import describe_exit
 from ixypipe.rings.spsc import Ring
 
 log = logging.getLogger(__name__)
@@ -237,9 +238,7 @@ class Supervisor:
                     self.stop_reason = "stage died"
                     break
             if self.sim is not None and not self.sim.is_alive():
-                code = self.sim.process.exitcode
-                self.failures.append(f"the software 82599 (pid {self.sim.pid}) died: "
-                                     f"{describe_exit(code) if code is not None else 'gone'}")
+                self.failures.append(f"the software 82599 (pid {self.sim.pid}) died: {self.sim.death_cause()}")
                 log.error("%s", self.failures[-1])
                 self.sim_died = True
                 self.stop_reason = "simulator died"
@@ -365,15 +364,6 @@ def sim_port_configs(ports) -> list:
                                       count=g.count) if g else None,
             sink=SinkConfig(verify=s.verify, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None))
     return configs
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 __all__ = ["Supervisor", "PipelineError", "RunResult", "DROP_REASONS"]
