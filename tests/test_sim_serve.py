@@ -251,7 +251,8 @@ def test_ctrl_c_to_the_process_group_prints_the_final_summary_and_removes_the_tr
 @pytest.mark.parametrize("wire, message", [
     ("0-0", "'0-0': a cable needs two different ports"),
     ("2:gen", "'2:gen': port index '2' is not 0..1"),
-    ("0:blast", "'0:blast': 'blast' is not one of gen, sink, pcap=FILE, none"),
+    ("0:blast", "'0:blast': 'blast' is not one of gen, sink, count, pcap=FILE, none"),
+    ("0:sink+count", "'0:sink+count': a port has one sink, 'sink' (verify) or 'count'"),
 ])
 def test_bad_wiring_is_refused_with_the_spec_named(wire, message):
     from ixypipe.cli import main
@@ -450,3 +451,81 @@ def test_a_model_that_fails_reports_its_error(tmp_path):
         server.stop()
     assert cause == "exit code 1: OSError: [Errno 28] No space left on device"
     assert server.death_cause() == cause                    # kept after stop()
+
+
+PCAP_DRIVER = r'''
+import os, sys, time
+import numpy as np
+from ixypipe.memory.arena import Arena
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic.device import PortSpec
+from ixypipe.nic.ixgbe import IxgbeDevice
+from ixypipe.pcapfile import read_pcap
+
+root, address, path = sys.argv[1:4]
+frames = read_pcap(path).packets()
+arena = Arena.create(8 << 20, hugepages_mode="require", tag="sendpcap")
+os.unlink(arena.path)
+bufs = PacketBuffers.create(arena, 2048)
+pool = Mempool.create(arena, bufs, "pool0", 0, 2048, 0)
+dev = IxgbeDevice.open(PortSpec("p0", "ixgbe", address, rx_ring_size=256, tx_ring_size=512), arena, bufs, [pool],
+                       sysfs_root=root, allow_iova=False)
+sent = 0
+while sent < len(frames):
+    idx = pool.alloc(min(64, len(frames) - sent))
+    for k, i in enumerate(idx):
+        f = frames[sent + k]
+        bufs.data[i, :len(f)] = np.frombuffer(f, np.uint8)
+        bufs.length[i] = len(f)
+    done = dev.tx_batch(0, idx)
+    if done < len(idx):
+        pool.free(idx[done:])
+        time.sleep(0.001)
+    sent += done
+assert dev.tx_drain(0, 30.0) == 0
+dev.close()
+print(sent, flush=True)
+'''
+
+
+def test_served_count_sink_counts_a_foreign_traffic_source_exactly(tmp_path):
+    """Frames ixypipe's generator never made (random bytes of every size class, from a pcap file), sent by a
+    driver process through `ixypipe sim serve --wire 0:pcap=FILE`: the counting sink reports exactly their
+    packets, bytes and RFC 2819 sizes, judges none of them corrupt, and writes them all to FILE."""
+    from ixypipe.pcapfile import PcapWriter, read_pcap
+    from ixypipe.sim.traffic import FCS_LEN, SIZE_BUCKET_NAMES, SIZE_BUCKET_UPPER
+    rng = np.random.default_rng(2819)
+    lengths = [60, 61, 123, 124, 251, 252, 507, 508, 1019, 1020, 1514] + rng.integers(60, 1515, 1989).tolist()
+    frames = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in lengths]
+    source, captured = tmp_path / "foreign.pcap", tmp_path / "captured.pcap"
+    with PcapWriter(source) as w:
+        w.write_batch(frames)
+    env = dict(os.environ, PYTHONPATH=str(Path(ixypipe.__file__).parents[1]))
+    serve = subprocess.Popen([sys.executable, "-m", "ixypipe", "sim", "serve", "--ports", "1",
+                              "--wire", f"0:pcap={captured}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        first = serve.stdout.readline()
+        assert first.startswith("port p0  0000:5e:00.0  sysfs ") and "TX -> counting sink + pcap" in first, first
+        root = first.split("sysfs ")[1].split("/bus/pci/devices/")[0]
+        script = tmp_path / "send_pcap.py"
+        script.write_text(PCAP_DRIVER)
+        driver = subprocess.run([sys.executable, str(script), root, "0000:5e:00.0", str(source)],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert driver.returncode == 0 and driver.stdout.strip() == str(len(frames)), driver.stderr
+        serve.send_signal(signal.SIGINT)
+        out, err = serve.communicate(timeout=30)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.communicate()
+    assert serve.returncode == 0, err
+    buckets = np.bincount(np.searchsorted(SIZE_BUCKET_UPPER, np.array(lengths) + FCS_LEN),
+                          minlength=len(SIZE_BUCKET_NAMES))
+    assert buckets[1:7].all()                    # every size class from 64 to 1518 is in the traffic
+    sizes = " ".join(f"{name}: {k}" for name, k in zip(SIZE_BUCKET_NAMES, buckets.tolist(), strict=True) if k)
+    n = len(frames)
+    assert out.splitlines()[-1] == (f"final p0: gen 0  rx 0 (missed 0)  tx {n}  sink {n} ({sum(lengths)} bytes; "
+                                    f"sizes with FCS {sizes})  dma faults 0")
+    assert read_pcap(captured).packets() == frames
