@@ -140,6 +140,7 @@ class Accounting:
     user_counters: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
     sim: dict | None = None
+    sink_modes: dict[str, str] = field(default_factory=dict)     # sim port -> "verify" or "count"
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -199,6 +200,7 @@ class Accounting:
         keeps_order = cfg.workers.processes == 1 or cfg.workers.distribute == "flow"
         sink_ports = [p for p in cfg.ports if p.driver == "sim" and p.sink is not None]
         for p in sink_ports:
+            self.sink_modes[p.name] = p.sink.mode
             c = self.sim.get(p.name)
             if c is None:
                 continue
@@ -245,9 +247,9 @@ class Accounting:
             lines.append("worker counters: " + ", ".join(f"{k} {v:,}" for k, v in self.user_counters.items()))
         for name, c in sim.items():
             sizes = {label: c.get(f, 0) for label, f in zip(SIZE_BUCKET_NAMES, SIM_SIZE_FIELDS, strict=True)}
-            if any(sizes.values()):         # a count sink: any traffic, counted by size
+            if self.sink_modes.get(name) == "count":     # any traffic, counted by size, never judged
                 judged = (f"{c.get('sink_bytes', 0):,} bytes, sizes with FCS "
-                          + " ".join(f"{k}: {v:,}" for k, v in sizes.items() if v))
+                          + (" ".join(f"{k}: {v:,}" for k, v in sizes.items() if v) or "none"))
             else:
                 judged = (f"lost {c.get('sink_lost', 0):,}, reordered {c.get('sink_reordered', 0):,}, "
                           f"corrupt {c.get('sink_corrupt', 0):,}, untouched {c.get('sink_untouched', 0):,}")

@@ -322,8 +322,11 @@ class SimWorld:
         return bool(self.ports[name].reg(R.LINKS) & R.LINKS_UP)
 
     def close(self) -> None:
-        for sink in self.sinks.values():
-            sink.close()
+        for name, sink in self.sinks.items():
+            try:
+                sink.close()
+            except OSError as exc:      # its pcap file could not be written: still close the rest
+                log.error("port %s: closing the sink: %s", name, exc)
         for port in self.ports.values():
             port.detach()
         self.ports = {}
