@@ -255,8 +255,8 @@ class SimWorld:
             if n == 0:
                 return 0
             batch = gen.make(n)
-            gen.commit(n)
             port.receive(batch)
+            gen.commit(n)               # after: a step abandoned (DriverLeft) sent nothing
         else:
             free = port.rx_free()
             n = gen.allowance(min(GEN_BATCH, int(free.sum())))
@@ -275,8 +275,8 @@ class SimWorld:
                 return 0
             if n < len(batch):
                 batch, queues, hashes = batch.take(slice(0, n)), queues[:n], hashes[:n]
-            gen.commit(n)
             port.receive(batch, queues, hashes)
+            gen.commit(n)
         self._gen_bytes[name] += int(batch.lengths.sum())
         return n
 
