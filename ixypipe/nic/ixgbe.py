@@ -150,11 +150,17 @@ from ixypipe.nic.registers import (
 log = logging.getLogger(__name__)
 
 PACKET_BUFFERS = 8             # RXPBSIZE/TXPBSIZE registers: the 82599 has 8 packet buffers
-RESET_TIMEOUT = 1.0            # seconds for CTRL.RST to self-clear
+# Seconds of polling for each init handshake.  Silicon answers in microseconds to milliseconds (ixy
+# waits without limit); the software 82599 answers at its next step, which a loaded machine can
+# delay by seconds (a 1 s reset wait failed about 1 start in 15), so each wait has a wide margin
+# and its error names the register, the bits and the time waited.
+INIT_WAIT_TIMEOUT = 30.0
+RESET_TIMEOUT = INIT_WAIT_TIMEOUT       # CTRL.RST/LNK_RST to self-clear
+EEPROM_TIMEOUT = INIT_WAIT_TIMEOUT      # EEC.ARD
+DMA_INIT_TIMEOUT = INIT_WAIT_TIMEOUT    # RDRXCTL.DMAIDONE
+QUEUE_ENABLE_TIMEOUT = INIT_WAIT_TIMEOUT  # RXDCTL/TXDCTL.ENABLE
+LINK_TIMEOUT = INIT_WAIT_TIMEOUT        # LINKS.UP after auto-negotiation (ixy gives up after 10 s)
 RESET_SETTLE = 0.01            # ixy waits 10 ms after the reset before touching registers
-EEPROM_TIMEOUT = 2.0
-DMA_INIT_TIMEOUT = 2.0
-QUEUE_ENABLE_TIMEOUT = 1.0
 LINK_POLL_INTERVAL = 0.1       # ixy polls LINKS every 100 ms
 DRAIN_POLL_INTERVAL = 0.001
 RX_DD_EOP = RXD_STAT_DD | RXD_STAT_EOP
@@ -551,7 +557,7 @@ class IxgbeDevice(Device):
     @classmethod
     def open(cls, spec: PortSpec, arena: Arena, bufs: PacketBuffers, rx_pools: list[Mempool],
              tx_done: TxDone | None = None, sysfs_root: str = "/sys", sleep=time.sleep,
-             link_timeout: float = 10.0, allow_iova: bool | None = None,
+             link_timeout: float = LINK_TIMEOUT, allow_iova: bool | None = None,
              trace: list | None = None, hot_path: str | None = None) -> IxgbeDevice:
         """Take the 82599 at spec.address, reset and initialise it, fill the RX rings, wait for link.
 

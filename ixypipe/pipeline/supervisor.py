@@ -40,6 +40,7 @@ from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, send_home
 from ixypipe.pipeline.stages import stage_main
+from ixypipe.proc import describe_exit
 from ixypipe.rings.spsc import Ring
 
 log = logging.getLogger(__name__)
@@ -222,9 +223,7 @@ class Supervisor:
                     self.stop_reason = "stage died"
                     break
             if self.sim is not None and not self.sim.is_alive():
-                code = self.sim.process.exitcode
-                self.failures.append(f"the software 82599 (pid {self.sim.pid}) died: "
-                                     f"{describe_exit(code) if code is not None else 'gone'}")
+                self.failures.append(f"the software 82599 (pid {self.sim.pid}) died: {self.sim.death_cause()}")
                 log.error("%s", self.failures[-1])
                 self.sim_died = True
                 self.stop_reason = "simulator died"
@@ -409,15 +408,6 @@ def reclaim_rings(plan: PipelinePlan, arena: Arena, pools: list[Mempool], bufs: 
             send_home(pools, bufs, scratch[:n])
         ring.close()
     return stranded
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 __all__ = ["Supervisor", "PipelineError", "RunResult", "DROP_REASONS"]
