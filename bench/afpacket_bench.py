@@ -44,21 +44,22 @@ BLAST_BATCH = 256
 SETTLE = 0.5              # seconds for the forwarder to be ready before the generator starts
 
 
-def _arena(count: int) -> tuple[Arena, PacketBuffers, Mempool]:
-    arena = Arena.create(PacketBuffers.bytes_needed(count) + (4 << 20), hugepages_mode="never", tag="bench")
+def _arena(count: int, spec: PortSpec) -> tuple[Arena, PacketBuffers, Mempool]:
+    regions = [*PacketBuffers.arena_regions(count), *Mempool.arena_regions(count), *AfPacketDevice.arena_regions(spec)]
+    arena = Arena.create(Arena.size_for(regions), hugepages_mode="never", tag="bench")
     bufs = PacketBuffers.create(arena, count)
     return arena, bufs, Mempool.create(arena, bufs, "bench", 0, count, 0)
 
 
 def blast(ifname: str, dst_mac: str, seconds: float, size: int) -> int:
     """Send frames from ``ifname`` for ``seconds`` through an AF_PACKET TX ring; returns how many."""
-    arena, bufs, pool = _arena(BLAST_BATCH)
+    spec = PortSpec("gen", "af_packet", ifname, tx_ring_size=4096, promiscuous=False)
+    arena, bufs, pool = _arena(BLAST_BATCH, spec)
     try:
         idx = pool.alloc_exact(BLAST_BATCH)
         head = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex("020000000001") + ETHERTYPE.to_bytes(2, "big")
         for k, i in enumerate(idx):
             bufs.write_packet(int(i), head + k.to_bytes(4, "big") + bytes(size - len(head) - 4))
-        spec = PortSpec("gen", "af_packet", ifname, tx_ring_size=4096, promiscuous=False)
         dev = AfPacketDevice.open(spec, arena, bufs, [], tx_done=lambda sent: None)   # the same buffers again
         sent = 0
         end = time.monotonic() + seconds
@@ -87,7 +88,11 @@ def generate(tb: VethTestbed, seconds: float, size: int) -> dict:
 def via_forwarder(tb: VethTestbed, seconds: float, size: int) -> dict:
     from ixypipe.ops.forwarder import Forwarder
 
-    arena = Arena.create(PacketBuffers.bytes_needed(8192) + (8 << 20), hugepages_mode="never", tag="bench")
+    specs = [PortSpec(f"p{k}", "af_packet", port, rx_ring_size=4096, tx_ring_size=4096)
+             for k, port in enumerate((tb.port_a, tb.port_b))]
+    regions = [*PacketBuffers.arena_regions(8192), *Mempool.arena_regions(4096), *Mempool.arena_regions(4096),
+               *(r for spec in specs for r in AfPacketDevice.arena_regions(spec))]
+    arena = Arena.create(Arena.size_for(regions), hugepages_mode="never", tag="bench")
     devs = []
     try:
         bufs = PacketBuffers.create(arena, 8192)
@@ -98,8 +103,7 @@ def via_forwarder(tb: VethTestbed, seconds: float, size: int) -> dict:
             for k in (0, 1):
                 pools[k].free(idx[owners == k])
 
-        for k, port in enumerate((tb.port_a, tb.port_b)):
-            spec = PortSpec(f"p{k}", "af_packet", port, rx_ring_size=4096, tx_ring_size=4096)
+        for k, spec in enumerate(specs):
             devs.append(AfPacketDevice.open(spec, arena, bufs, [pools[k]], tx_done=home))
         out = np.empty(1, np.uint32)
         for d in devs:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import time
 
@@ -75,27 +74,26 @@ def driver_ns_per_packet(arena: Arena, bufs: PacketBuffers, pool: Mempool, batch
 
 def forwarder_mpps(batches: list[int], seconds: float, hot_path: str, cpu: int | None) -> dict[int, float]:
     """Forwarded Mpps of ixy-fwd between two software 82599s (model in its own process)."""
-    from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+    from ixypipe.sim.launch import start_sim
+    from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SinkConfig
 
     result = {}
-    with Arena.create(PacketBuffers.bytes_needed(2 * POOL) + (8 << 20), tag="fwdbench") as arena:
+    specs = [PortSpec(n, "sim", rx_ring_size=RING, tx_ring_size=RING) for n in ("p0", "p1")]
+    regions = [*PacketBuffers.arena_regions(2 * POOL), *Mempool.arena_regions(POOL), *Mempool.arena_regions(POOL),
+               *(r for spec in specs for r in IxgbeDevice.arena_regions(spec))]
+    with Arena.create(Arena.size_for(regions), tag="fwdbench") as arena:
         bufs = PacketBuffers.create(arena, 2 * POOL)
         pools = [Mempool.create(arena, bufs, f"fwd{i}", i * POOL, POOL, i) for i in range(2)]
-        ports = [SimPortConfig(n, generator=GeneratorConfig(packet_size=FRAME, flows=4),
-                               sink=SinkConfig(verify=False)) for n in ("p0", "p1")]
-        server = SimServer(ports, arena.path)
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for this process only
-        try:
-            server.start()
-        finally:
-            signal.signal(signal.SIGINT, old)
+        ports = [SimPortConfig(s.name, generator=GeneratorConfig(packet_size=FRAME, flows=4),
+                               sink=SinkConfig(verify=False)) for s in specs]
+        sim = start_sim(ports, specs, [arena.path], ignore_sigint=True)   # Ctrl-C is for this process only
+        server = sim.server
         devs = []
         try:
             if cpu is not None:   # the model process was spawned before: it keeps the other cores
                 os.sched_setaffinity(0, {cpu})
-            for name, pool in zip(("p0", "p1"), pools, strict=True):
-                spec = PortSpec(name, "sim", server.addresses[name], rx_ring_size=RING, tx_ring_size=RING)
-                devs.append(IxgbeDevice.open(spec, arena, bufs, [pool], sysfs_root=str(server.sysfs_root),
+            for spec, pool in zip(specs, pools, strict=True):
+                devs.append(IxgbeDevice.open(spec, arena, bufs, [pool], sysfs_root=sim.sysfs_roots[spec.name],
                                              hot_path=hot_path))
             server.start_traffic()
             for batch in batches:
@@ -123,7 +121,9 @@ def main() -> None:
     fwd = forwarder_mpps(batches, args.fwd_seconds, "auto", cpu) if args.fwd_seconds > 0 else {}
     os.sched_setaffinity(0, {cpu})
     driver = {}
-    with Arena.create(PacketBuffers.bytes_needed(POOL) + (4 << 20), tag="drvbench") as arena:
+    bench_port = PortSpec("b0", "sim", rx_ring_size=RING, tx_ring_size=RING)      # as driver_ns_per_packet opens
+    regions = [*PacketBuffers.arena_regions(POOL), *Mempool.arena_regions(POOL), *IxgbeDevice.arena_regions(bench_port)]
+    with Arena.create(Arena.size_for(regions), tag="drvbench") as arena:
         bufs = PacketBuffers.create(arena, POOL)
         pool = Mempool.create(arena, bufs, "bench", 0, POOL, 0)
         for path in paths:

@@ -120,7 +120,8 @@ def main(bursts: str, seconds: float, ring_size: int, as_json: bool) -> None:
     saved_affinity = os.sched_getaffinity(0)
     rows = []
     backing = ""
-    with Arena.create(ring_size * 4 * (len(sizes) + 1) + (1 << 20), tag="bench") as arena:
+    rings = [r for _ in range(2 * len(sizes)) for r in Ring.arena_regions(ring_size)]   # local and cross per size
+    with Arena.create(Arena.size_for(rings), tag="bench") as arena:
         try:
             backing = "hugepages" if arena.hugepages else "/dev/shm"
             _pin(pinned[1])

@@ -56,6 +56,16 @@ class Backoff:
         self.nap = min(self.nap * 2, MAX_NAP)
 
 
+def describe_exit(code: int) -> str:
+    """A child's exit code as multiprocessing gives it (negative: the signal that killed it), in words."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
 def set_process_name(name: str) -> None:
     """The name ps, top and psutil show."""
     try:

@@ -81,6 +81,10 @@ EXPECTED = {
     "generator_packet_larger_than_buffer": "ports[0].generator.packet_size (line 13): must be a whole number from "
                                            "60 to 960, got 1000",
     "generator_flows_zero": "ports[0].generator.flows (line 12): must be a whole number from 1 to 65535, got 0",
+    "sink_mode_bad": "ports[0].sink.mode (line 12): must be one of 'verify', 'count', got 'dump'",
+    "sink_mode_and_verify": "ports[0].sink.verify (line 13): give mode or the older verify = true/false, not both",
+    "sink_count_expect_touch": "ports[0].sink.expect_touch (line 13): needs mode = 'verify' (a 'count' sink does "
+                               "not look inside frames), got mode = 'count'",
     "processes_zero": "workers.processes (line 18): must be a whole number from 1 to 64, got 0",
     "distribute_bad": "workers.distribute (line 18): must be one of 'flow', 'round-robin', got 'random'",
     "worker_not_builtin": "workers.function (line 17): 'tuoch' is not a built-in worker (forward, touch, macswap, "
@@ -141,7 +145,7 @@ def test_fwd_toml_loads_as_written():
     assert [(p.name, p.driver, p.forward_to) for p in cfg.ports] == [("p0", "sim", "p1"), ("p1", "sim", "p0")]
     assert [(p.rx_ring_size, p.tx_ring_size) for p in cfg.ports] == [(4096, 512), (4096, 512)]
     assert cfg.ports[0].generator == GeneratorSpec(packet_size=60, rate_mpps=0.3, flows=8, count=0)
-    assert cfg.ports[1].sink == SinkSpec(verify=True, expect_touch=True, pcap="")
+    assert cfg.ports[1].sink == SinkSpec(mode="verify", expect_touch=True, pcap="")
     assert (cfg.workers.function, cfg.workers.processes, cfg.workers.distribute) == ("touch", 1, "flow")
     assert cfg.stats.interval == 1.0
     assert cfg.base_dir == FWD.parent
@@ -327,3 +331,17 @@ def test_the_readme_example_is_valid_and_its_values_are_the_defaults(tmp_path):
                  *config.GENERATOR_KEYS, *config.SINK_KEYS, *config.WORKERS_KEYS, *config.CPU_ROLES,
                  *config.STATS_KEYS} - {"generator", "sink"}
     assert every_key <= keys, every_key - keys
+
+
+@pytest.mark.parametrize("table, expected", [
+    ('mode = "count"\npcap = "out.pcap"', ("count", False, "out.pcap")),
+    ('mode = "verify"\nexpect_touch = true', ("verify", True, "")),
+    ("verify = false", ("count", False, "")),                # the older spelling of a counting sink
+    ("", ("verify", False, "")),
+])
+def test_sink_modes(tmp_path, table, expected):
+    text = f'[[ports]]\nname = "a"\ndriver = "sim"\n\n[ports.sink]\n{table}\n'
+    sink = parse_pipeline(text, tmp_path / "s.toml").ports[0].sink
+    mode, touch, pcap = expected
+    assert sink == SinkSpec(mode, touch, str(tmp_path / pcap) if pcap else "")
+    assert sink.verify == (mode == "verify")

@@ -133,11 +133,42 @@ def test_link_comes_up_and_missing_link_is_a_clear_error(rig):
     assert r.pools[0].available() == free == POOL - 512    # the failed open gave its ring buffers back
 
 
-def test_reset_that_never_completes_names_ctrl(rig):
+@pytest.mark.parametrize("stuck, what", [
+    ("reset", "CTRL.RST/LNK_RST to self-clear after the global reset"),
+    ("eeprom", "EEC.ARD (EEPROM auto-read done)"),
+    ("dma_init", "RDRXCTL.DMAIDONE (DMA init done)"),
+    ("rx_enable", "RXDCTL(0).ENABLE (RX queue 0 start)"),
+    ("tx_enable", "TXDCTL(0).ENABLE (TX queue 0 start)"),
+    ("link", "LINKS.UP (link up after auto-negotiation)"),
+])
+def test_every_init_wait_has_a_wide_margin_and_names_what_it_waited_for(rig, monkeypatch, stuck, what):
+    """A device that never answers one handshake: the driver polls for 30 s (counted in the sleeps it asks
+    for, so no test time passes), then says which register and bits it waited for and for how long."""
+    from ixypipe.nic import ixgbe, pci
     r = rig()
-    with pytest.raises(PciError, match=r"waiting for CTRL.RST/LNK_RST to self-clear"):
+    port = r.world.ports["p0"]
+    slept = []
+    never = {"eeprom": (R.EEC, R.EEC_ARD), "dma_init": (R.RDRXCTL, R.RDRXCTL_DMAIDONE), "link": (R.LINKS, R.LINKS_UP)}
+
+    def sleep(seconds):
+        slept.append(seconds)
+        if stuck != "reset":                     # the model never runs: CTRL.RST stays set
+            r.world.step()
+        if stuck in never:
+            reg, bit = never[stuck]
+            port.set_reg(reg, port.reg(reg) & ~bit)
+    if stuck.endswith("_enable"):                # the model cannot trap reads: a BAR that drops the ENABLE bit
+        ctl, bit = (R.RXDCTL(0), R.RXDCTL_ENABLE) if stuck == "rx_enable" else (R.TXDCTL(0), R.TXDCTL_ENABLE)
+        write = pci.Bar.write
+        monkeypatch.setattr(pci.Bar, "write", lambda bar, off, value: write(bar, off, value & ~bit if off == ctl
+                                                                           else value))
+    with pytest.raises(PciError) as err:
         IxgbeDevice.open(r.spec("p0"), r.arena, r.bufs, [r.pools[0]], sysfs_root=str(r.world.sysfs_root),
-                         sleep=lambda s: None)
+                         sleep=sleep)
+    assert f"{r.world.addresses['p0']}: timeout after 30 s waiting for {what} (register " in str(err.value)
+    assert ixgbe.INIT_WAIT_TIMEOUT == ixgbe.LINK_TIMEOUT == 30.0
+    assert 29.99 < sum(slept) < 30.5      # the whole margin was polled for (plus the few polls of earlier steps)
+    assert r.pools[0].available() == POOL                # the failed open gave its ring buffers back
 
 
 def test_received_frames_arrive_byte_exact(rig):

@@ -131,3 +131,54 @@ def test_fallback_arena_without_hugepages_runs_on_the_software_ports(tmp_path):
     s = summary_of(res.stdout)
     assert s["ok"] and s["received"] > 1000
     check_sinks(s)
+
+
+def test_count_sinks_are_checked_for_packets_and_bytes(tmp_path):
+    """Sinks in mode "count" (here by the older spelling verify = false) take any traffic: the accounting
+    checks that they got every transmitted packet and byte, and reports their sizes (60-byte frames: 64 on
+    the wire with the FCS)."""
+    path = variant(tmp_path, verify="false", expect_touch="false")
+    text = path.read_text().replace("verify = false", 'mode = "count"', 1)     # both spellings, one meaning
+    path.write_text(text)
+    res = run([str(path), "--packets", "20000", "--json"])
+    assert res.returncode == 0, res.stderr
+    s = summary_of(res.stdout)
+    assert s["ok"] is True and s["transmitted"] >= 20_000
+    assert s["sink_modes"] == {"p0": "count", "p1": "count"}
+    for port in ("p0", "p1"):
+        sim, sent = s["sim"][port], s["ports"][port]
+        assert sim["sink_received"] == sim["sink_size_64"] == sent["tx_packets"] > 0
+        assert sim["sink_bytes"] == sent["tx_bytes"] == 60 * sent["tx_packets"]
+        assert sum(v for k, v in sim.items() if k.startswith("sink_size_")) == sim["sink_received"]
+
+
+def test_accounting_checks_a_count_sink_for_packets_and_bytes_never_for_content(tmp_path):
+    import io
+
+    from ixypipe.pipeline.config import parse_pipeline
+    from ixypipe.pipeline.report import Accounting
+    from ixypipe.sim.world import PortCounters
+    cfg = parse_pipeline('[[ports]]\nname = "v"\ndriver = "sim"\nforward_to = "c"\n[ports.sink]\n'
+                         '[[ports]]\nname = "c"\ndriver = "sim"\nforward_to = "v"\n[ports.sink]\nmode = "count"\n',
+                         tmp_path / "two.toml")
+    sent = {"v": {"tx_packets": 10, "tx_bytes": 600}, "c": {"tx_packets": 10, "tx_bytes": 1500}}
+    # the count sink got frames no generator made: "corrupt" to a verifying sink, fine for a counting one
+    sim = {"v": PortCounters(sink_received=10, sink_bytes=600, sink_corrupt=2),
+           "c": PortCounters(sink_received=10, sink_bytes=1500, sink_corrupt=10, sink_size_64=4,
+                             sink_size_128_255=6)}
+    acc = Accounting(ports=sent, sim=sim)
+    acc.check_sim(cfg)
+    assert acc.problems == ["sink of v: 2 corrupt packets"]
+    assert acc.sink_modes == {"v": "verify", "c": "count"}
+    out = io.StringIO()
+    acc.print(out, json_lines=False)
+    lines = out.getvalue().splitlines()
+    assert "sim v: generated 0, missed at RX 0, sink received 10, lost 0, reordered 0, corrupt 2, untouched 0" in lines
+    assert "sim c: generated 0, missed at RX 0, sink received 10, 1,500 bytes, sizes with FCS 64: 4 128-255: 6" \
+        in lines
+    sim["c"] = PortCounters(sink_received=9, sink_bytes=1400)
+    acc = Accounting(ports=sent, sim=sim)
+    acc.check_sim(cfg)
+    assert acc.problems == ["sink of v: 2 corrupt packets",
+                            "sink of c received 9 packets, the pipeline transmitted 10 on it",
+                            "sink of c received 1400 bytes, the pipeline transmitted 1500 on it"]

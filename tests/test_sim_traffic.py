@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from ixypipe.nic.registers import MRQC_RSS_FIELD_IPV4, MRQC_RSS_FIELD_IPV4_UDP, RSS_DEFAULT_KEY
+from ixypipe.pcapfile import PCAP_MAGIC_NSEC, read_pcap
 from ixypipe.protocols import ETH_HEADER_LEN
 from ixypipe.sim.payload import SIM_CSUM_OFF, SIM_FLOW_OFF, SIM_GEN_OFF, SIM_MAGIC, SIM_MAGIC_OFF, SIM_SEQ_OFF
 from ixypipe.sim.rss import Rss
-from ixypipe.sim.traffic import Generator, PacketBatch, Sink, TrafficError
+from ixypipe.sim.traffic import SIZE_BUCKET_NAMES, CountSink, Generator, PacketBatch, Sink, TrafficError
 
 SRC = bytes.fromhex("024745000001")
 DST = bytes.fromhex("024958530001")
@@ -159,7 +160,7 @@ def test_sink_writes_a_pcap_with_every_frame(tmp_path):
     s.close()
     raw = path.read_bytes()
     magic, major, minor, _, _, snaplen, linktype = struct.unpack("<IHHiIII", raw[:24])
-    assert (magic, major, minor, linktype) == (0xA1B2C3D4, 2, 4, 1)
+    assert (magic, major, minor, linktype) == (PCAP_MAGIC_NSEC, 2, 4, 1)
     pos, got = 24, []
     while pos < len(raw):
         _, _, incl, orig = struct.unpack("<IIII", raw[pos:pos + 16])
@@ -167,6 +168,29 @@ def test_sink_writes_a_pcap_with_every_frame(tmp_path):
         got.append(raw[pos + 16:pos + 16 + incl])
         pos += 16 + incl
     assert got == [b.frame(0), b.frame(1), b.frame(2), bytes(range(90))]
+
+
+def test_count_sink_counts_any_frames_with_exact_bytes_and_rfc2819_sizes(tmp_path):
+    """Frames ixypipe's generator never made (random bytes, any length): counted, none judged."""
+    rng = np.random.default_rng(13)
+    # frame lengths without FCS at every bucket edge (the bucket is the size with the 4 FCS bytes)
+    edges = {"<64": [14, 59], "64": [60], "65-127": [61, 123], "128-255": [124, 251], "256-511": [252, 507],
+             "512-1023": [508, 1019], "1024-1518": [1020, 1514], ">1518": [1515, 9000]}
+    lengths = [n for ns in edges.values() for n in ns] * 3 + [60] * 100
+    rng.shuffle(lengths)
+    frames = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in lengths]
+    path = tmp_path / "count.pcap"
+    s = CountSink(pcap=str(path))
+    for i in range(0, len(frames), 7):                     # batches of mixed sizes
+        s.receive(PacketBatch.from_frames(frames[i:i + 7]))
+    s.receive(PacketBatch.from_frames([bytes(60)] * 5))     # and one of a single size
+    s.close()
+    expected = {name: 3 * len(ns) for name, ns in edges.items()}
+    expected["64"] += 105
+    assert dict(zip(SIZE_BUCKET_NAMES, s.sizes.tolist(), strict=True)) == expected
+    assert s.result.received == len(frames) + 5 and s.result.received_bytes == sum(lengths) + 300
+    assert (s.result.lost, s.result.reordered, s.result.corrupt, s.result.untouched) == (0, 0, 0, 0)
+    assert read_pcap(path).packets() == frames + [bytes(60)] * 5
 
 
 def test_toeplitz_matches_the_microsoft_rss_verification_vectors():

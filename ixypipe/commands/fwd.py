@@ -10,7 +10,6 @@ packet generated on one port must arrive at the other port's sink with byte
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 import time
 
@@ -73,10 +72,16 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
                                  param_hint="--ring")
     mode = hugepages or ("auto" if sim else "require")
     pool_size = max(MIN_POOL, 2 * ring)
+    from ixypipe.nic.ixgbe import IxgbeDevice
+
+    specs = [PortSpec(name, "sim" if sim else "ixgbe", addr, rx_ring_size=ring, tx_ring_size=ring)
+             for name, addr in zip(PORT_NAMES, addresses or ("", ""), strict=True)]
+    regions = [*PacketBuffers.arena_regions(2 * pool_size, DEFAULT_BUF_SIZE),
+               *(r for _ in PORT_NAMES for r in Mempool.arena_regions(pool_size)),
+               *(r for spec in specs for r in IxgbeDevice.arena_regions(spec))]
     with contextlib.ExitStack() as stack:
         try:
-            arena = Arena.create(PacketBuffers.bytes_needed(2 * pool_size) + 2 * Mempool.region_size(pool_size)
-                                 + (4 << 20), hugepages_mode=mode, tag="fwd")
+            arena = Arena.create(Arena.size_for(regions), hugepages_mode=mode, tag="fwd")
         except Exception as exc:
             raise click.ClickException(f"cannot create the DMA arena: {exc}") from exc
         stack.callback(arena.destroy)
@@ -84,21 +89,15 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
         pools = [Mempool.create(arena, bufs, f"fwd.{name}", i * pool_size, pool_size, i)
                  for i, name in enumerate(PORT_NAMES)]
         server = None
+        roots = dict.fromkeys(PORT_NAMES, "/sys")
         if sim:
-            server = start_sim(stack, arena, packet_size, flows, rate, touch=not no_touch)
-            specs = [PortSpec(name, "sim", server.addresses[name], rx_ring_size=ring, tx_ring_size=ring)
-                     for name in PORT_NAMES]
-            root = str(server.sysfs_root)
-        else:
-            specs = [PortSpec(name, "ixgbe", addr, rx_ring_size=ring, tx_ring_size=ring)
-                     for name, addr in zip(PORT_NAMES, addresses, strict=True)]
-            root = "/sys"
-        from ixypipe.nic.ixgbe import IxgbeDevice
+            running = start_sim(stack, arena, specs, packet_size, flows, rate, touch=not no_touch)
+            server, roots = running.server, running.sysfs_roots
 
         devs = []
         for spec, pool in zip(specs, pools, strict=True):
             try:
-                dev = IxgbeDevice.open(spec, arena, bufs, [pool], sysfs_root=root)
+                dev = IxgbeDevice.open(spec, arena, bufs, [pool], sysfs_root=roots[spec.name])
             except DeviceError as exc:
                 raise click.ClickException(f"port {spec.name} ({spec.address}): {exc}") from exc
             stack.callback(dev.close)
@@ -119,26 +118,22 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
         sys.exit(1)
 
 
-def start_sim(stack: contextlib.ExitStack, arena: Arena, packet_size: int, flows: int, rate_mpps: float,
-              touch: bool):
-    from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+def start_sim(stack: contextlib.ExitStack, arena: Arena, specs: list[PortSpec], packet_size: int, flows: int,
+              rate_mpps: float, touch: bool):
+    from ixypipe.sim.launch import start_sim as launch
+    from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SinkConfig
 
     ports = [SimPortConfig(name, generator=GeneratorConfig(packet_size=packet_size, rate_pps=rate_mpps * 1e6,
                                                            flows=flows),
                            sink=SinkConfig(verify=True, expect_touch=touch)) for name in PORT_NAMES]
     try:
-        server = SimServer(ports, arena.path)
+        # The model process starts ignoring SIGINT, so Ctrl-C stops only the forwarder, which then
+        # drains the wires and asks the model for its verdict.
+        running = launch(ports, specs, [arena.path], ignore_sigint=True)
     except ValueError as exc:
         raise click.ClickException(f"simulated ports: {exc}") from exc
-    # The model process inherits "ignore SIGINT", so Ctrl-C stops only the forwarder, which then
-    # drains the wires and asks the model for its verdict.
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        server.start()
-    finally:
-        signal.signal(signal.SIGINT, old)
-    stack.callback(server.stop)
-    return server
+    stack.callback(running.server.stop)
+    return running
 
 
 def drain_sim(fwd: Forwarder, server) -> None:

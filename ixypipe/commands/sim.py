@@ -7,9 +7,11 @@ them without any change when run in a mount namespace that bind-mounts the
 served ``bus/pci/devices`` over ``/sys/bus/pci/devices`` (the command for
 that is printed).  The model finds the driver's DMA memory by itself
 through /proc (sim/foreign.py).  Each port is wired to a generator and/or
-a verifying sink (optionally written to a pcap file) or cabled to another
-served port; counters are printed once a second and at the end (Ctrl-C,
-SIGTERM or ``--duration``), and the served tree is removed on the way out.
+a sink (verifying ixypipe's own frames, or counting any frames; either may
+also write a pcap file) or cabled to another served port; counters are
+printed once a second and at the end (Ctrl-C, SIGTERM or ``--duration``),
+and the served tree is removed on the way out.  It exits 1 when a DMA
+fault was reported or the model process died (the cause is printed).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import click
 from ixypipe.sim.server import GeneratorConfig, PortCounters, SimPortConfig, SimServer, SinkConfig
 from ixypipe.sim.sysfs import device_dir
 
-WIRE_KINDS = ("gen", "sink", "pcap", "none")
+WIRE_KINDS = ("gen", "sink", "count", "pcap", "none")
+WIRE_HELP = "gen, sink, count, pcap=FILE, none"
 
 
 class WiringError(click.BadParameter):
@@ -31,8 +34,9 @@ class WiringError(click.BadParameter):
 
 
 def parse_wiring(specs: tuple[str, ...], n_ports: int) -> dict[int, dict]:
-    """``I-J`` cables ports I and J; ``I:gen+sink``, ``I:gen``, ``I:sink``, ``I:pcap=FILE`` (a sink that
-    also writes FILE, combinable with gen: ``I:gen+pcap=FILE``), ``I:none``.  Unnamed ports get gen+sink."""
+    """``I-J`` cables ports I and J; ``I:KIND+KIND...`` with kinds ``gen`` (generator), ``sink`` (a
+    verifying sink), ``count`` (a counting sink, any traffic), ``pcap=FILE`` (the sink also writes FILE;
+    alone, a counting sink), or ``I:none``.  Unnamed ports get gen+sink."""
     wiring: dict[int, dict] = {}
 
     def port_index(text: str, spec: str) -> int:
@@ -52,7 +56,7 @@ def parse_wiring(specs: tuple[str, ...], n_ports: int) -> dict[int, dict]:
             wiring[b] = {"cable": a}
             continue
         if ":" not in spec:
-            raise WiringError(f"{spec!r}: expected I-J (cable) or I:gen+sink|gen|sink|pcap=FILE|none",
+            raise WiringError(f"{spec!r}: expected I-J (cable) or I:KIND[+KIND...] with kinds {WIRE_HELP}",
                               param_hint="--wire")
         index, kinds = spec.split(":", 1)
         i = port_index(index, spec)
@@ -60,11 +64,12 @@ def parse_wiring(specs: tuple[str, ...], n_ports: int) -> dict[int, dict]:
         for part in kinds.split("+"):
             kind, _, value = part.partition("=")
             if kind not in WIRE_KINDS or (kind == "pcap") != bool(value):
-                raise WiringError(f"{spec!r}: {part!r} is not one of gen, sink, pcap=FILE, none",
-                                  param_hint="--wire")
+                raise WiringError(f"{spec!r}: {part!r} is not one of {WIRE_HELP}", param_hint="--wire")
             entry[kind] = value or True
         if "none" in entry and len(entry) > 1:
             raise WiringError(f"{spec!r}: 'none' cannot be combined", param_hint="--wire")
+        if "sink" in entry and "count" in entry:
+            raise WiringError(f"{spec!r}: a port has one sink, 'sink' (verify) or 'count'", param_hint="--wire")
         wiring[i] = entry
     for i in range(n_ports):
         wiring.setdefault(i, {"gen": True, "sink": True})
@@ -78,8 +83,10 @@ def build_ports(n_ports: int, wiring: dict[int, dict], size: int, rate: float, f
         w = wiring[i]
         gen = GeneratorConfig(packet_size=size, rate_pps=rate, flows=flows, count=count) if w.get("gen") else None
         sink = None
-        if w.get("sink") or w.get("pcap"):
-            sink = SinkConfig(verify=True, expect_touch=expect_touch, pcap=w.get("pcap") or None)
+        if w.get("sink"):
+            sink = SinkConfig("verify", expect_touch=expect_touch, pcap=w.get("pcap") or None)
+        elif w.get("count") or w.get("pcap"):
+            sink = SinkConfig("count", pcap=w.get("pcap") or None)
         cable = f"p{w['cable']}" if "cable" in w else None
         ports.append(SimPortConfig(f"p{i}", generator=gen, sink=sink, cable_to=cable))
     return ports
@@ -95,19 +102,25 @@ def describe_wiring(port: SimPortConfig) -> str:
         parts.append(f"generator -> RX ({g.packet_size} B, {g.flows} flows, {rate}"
                      f"{f', {g.count} packets' if g.count else ''})")
     if port.sink:
-        parts.append("TX -> verifying sink" + (f" + pcap {port.sink.pcap}" if port.sink.pcap else ""))
+        kind = "verifying sink" if port.sink.mode == "verify" else "counting sink"
+        parts.append(f"TX -> {kind}" + (f" + pcap {port.sink.pcap}" if port.sink.pcap else ""))
     return ", ".join(parts) or "unwired (TX goes nowhere, nothing arrives)"
 
 
-def counter_line(label: str, c: PortCounters, prev: PortCounters | None, seconds: float) -> str:
+def counter_line(label: str, c: PortCounters, prev: PortCounters | None, seconds: float,
+                 sink_mode: str = "verify") -> str:
     def rate(field: str) -> str:
         if prev is None or seconds <= 0:
             return f"{getattr(c, field)}"
         return f"{(getattr(c, field) - getattr(prev, field)) / seconds / 1e6:.3f} Mpps"
+    if sink_mode == "count":
+        sizes = " ".join(f"{k}: {v}" for k, v in c.sizes().items() if v) or "none"
+        judged = f"{c.sink_bytes} bytes; sizes with FCS {sizes}"
+    else:
+        judged = (f"lost {c.sink_lost}, reordered {c.sink_reordered}, corrupt {c.sink_corrupt}, "
+                  f"untouched {c.sink_untouched}")
     return (f"{label}: gen {rate('generated')}  rx {rate('rx_delivered')} (missed {c.rx_missed})  "
-            f"tx {rate('tx_sent')}  sink {rate('sink_received')} (lost {c.sink_lost}, reordered "
-            f"{c.sink_reordered}, corrupt {c.sink_corrupt}, untouched {c.sink_untouched})  "
-            f"dma faults {c.dma_faults}")
+            f"tx {rate('tx_sent')}  sink {rate('sink_received')} ({judged})  dma faults {c.dma_faults}")
 
 
 def mount_command(root: Path, driver: str) -> str:
@@ -125,8 +138,9 @@ def sim() -> None:
 @click.option("--ports", "n_ports", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Simulated 82599 ports to serve.")
 @click.option("--wire", "wires", multiple=True, metavar="SPEC",
-              help="I-J: cable ports I and J; I:gen+sink, I:gen, I:sink, I:pcap=FILE (sink writing FILE), "
-                   "I:none.  Repeatable; unnamed ports get gen+sink.")
+              help="I-J: cable ports I and J; I:KIND[+KIND] with gen (generator), sink (verifying sink: "
+                   "ixypipe's frames), count (counting sink: any frames, sizes), pcap=FILE (the sink also "
+                   "writes FILE; alone a counting sink), or I:none.  Repeatable; unnamed ports get gen+sink.")
 @click.option("--size", type=click.IntRange(60, 1514), default=60, show_default=True,
               help="Generated frame size in bytes (without FCS).")
 @click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -135,7 +149,7 @@ def sim() -> None:
 @click.option("--count", type=click.IntRange(min=0), default=0, show_default=True,
               help="Packets per generator (0 = unlimited).")
 @click.option("--expect-touch", is_flag=True,
-              help="Sinks expect byte 1 of every frame incremented by one (as ixy-fwd does).")
+              help="Verifying sinks expect byte 1 of every frame incremented by one (as ixy-fwd does).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for the served tree (default: a new /dev/shm/ixypipe-sim-* directory).")
 @click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
@@ -158,8 +172,10 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
         root.mkdir(parents=True, exist_ok=True)
         if any(root.iterdir()):
             raise click.BadParameter(f"{root} is not empty", param_hint="--root")
+    modes = {p.name: p.sink.mode if p.sink else "verify" for p in ports}
     server = SimServer(ports, None, root=root)
     stop: list[int] = []
+    died = ""
     old = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
@@ -177,13 +193,13 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
         while not stop:
             time.sleep(min(0.1, interval))
             if not server.is_alive():
-                click.echo("the model process died", err=True)
+                died = f"the model process (pid {server.pid}) died: {server.death_cause()}"
                 break
             now = time.monotonic()
             if now - last >= interval:
                 cur = server.counters()
                 for name in server.names:
-                    click.echo(counter_line(name, cur[name], prev[name], now - last))
+                    click.echo(counter_line(name, cur[name], prev[name], now - last, modes[name]))
                 prev, last = cur, now
             if duration is not None and now - start >= duration:
                 break
@@ -192,7 +208,10 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
         for s, handler in old.items():
             signal.signal(s, handler)
     for name, c in final.items():
-        click.echo(counter_line(f"final {name}", c, None, 0))
+        click.echo(counter_line(f"final {name}", c, None, 0, modes[name]))
+    if died:
+        click.echo(f"error: {died}; the ports are gone", err=True)
+        raise SystemExit(1)
     if any(c.dma_faults for c in final.values()):
         raise SystemExit(1)
 

@@ -29,6 +29,7 @@ import mmap
 import os
 import secrets
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,21 @@ class Region:
     name: str
     offset: int
     size: int
+
+
+@dataclass(frozen=True)
+class RegionSize:
+    """What one region asks of an arena: its bytes, alignment, and whether it must sit in one 2 MiB page."""
+    size: int
+    align: int = ARENA_MIN_ALIGN
+    within_page: bool = False
+
+    def worst_case(self) -> int:
+        """The most arena bytes carving it can take, padding in front included, wherever it lands."""
+        pad = max(self.align, ARENA_MIN_ALIGN) - 1
+        if self.within_page:
+            pad += self.size - 1        # a region that would cross a page moves to the next one
+        return self.size + pad
 
 
 def _round_up(value: int, align: int) -> int:
@@ -186,6 +202,19 @@ class Arena:
             arena.destroy()
             raise
         return arena
+
+    @staticmethod
+    def size_for(regions: Iterable[RegionSize]) -> int:
+        """The ``size`` to :meth:`create` an arena with so that ``regions`` fit, carved in any order.
+
+        Each region counts with its worst-case alignment padding; :meth:`create`
+        adds the header, the region table and the physical-address table itself.
+        """
+        regions = list(regions)
+        if len(regions) >= ARENA_MAX_REGIONS:
+            raise ArenaError(f"{len(regions)} regions asked for; an arena holds at most {ARENA_MAX_REGIONS - 1} "
+                             "besides its physical-address table")
+        return sum(r.worst_case() for r in regions)
 
     @staticmethod
     def _unique_name(tag: str) -> str:

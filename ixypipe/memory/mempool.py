@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from ixypipe.layout import BUF_STATE_FREE, BUF_STATE_IN_USE, MEMPOOL_CTL_DTYPE, MEMPOOL_STACK_OFFSET
-from ixypipe.memory.arena import Arena
+from ixypipe.memory.arena import Arena, RegionSize
 from ixypipe.memory.pktbuf import BufferError, PacketBuffers
 
 
@@ -58,6 +58,11 @@ class Mempool:
     @staticmethod
     def region_size(count: int) -> int:
         return MEMPOOL_STACK_OFFSET + 5 * count
+
+    @classmethod
+    def arena_regions(cls, count: int) -> list[RegionSize]:
+        """The region :meth:`create` carves for a pool of ``count`` buffers (its free stack)."""
+        return [RegionSize(cls.region_size(count))]
 
     @classmethod
     def create(cls, arena: Arena, bufs: PacketBuffers, name: str, first: int, count: int,

@@ -23,7 +23,7 @@ from ixypipe.layout import (
     PKTBUF_PHYS_OFF,
     PKTBUF_POOL_OFF,
 )
-from ixypipe.memory.arena import Arena, ArenaError
+from ixypipe.memory.arena import Arena, ArenaError, RegionSize
 
 DEFAULT_NAME = "pktbufs"
 _META_DTYPE = np.dtype([("count", "<u8"), ("buf_size", "<u8")])
@@ -94,9 +94,14 @@ class PacketBuffers:
             raise ArenaError(f"arena {arena.name} has no packet buffers named {name!r}: {exc}") from None
 
     @staticmethod
+    def arena_regions(count: int, buf_size: int = DEFAULT_BUF_SIZE) -> list[RegionSize]:
+        """The regions :meth:`create` carves: the count/size record, then the buffers aligned to their size."""
+        return [RegionSize(_META_DTYPE.itemsize), RegionSize(count * buf_size, align=buf_size)]
+
+    @staticmethod
     def bytes_needed(count: int, buf_size: int = DEFAULT_BUF_SIZE) -> int:
         """Arena bytes for ``count`` buffers, with room for the alignment."""
-        return count * buf_size + buf_size + 4096
+        return Arena.size_for(PacketBuffers.arena_regions(count, buf_size))
 
     # ---- single packets (tests, slow paths) -------------------------------
     def packet(self, idx: int) -> np.ndarray:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ixypipe.layout import PAGE_SIZE, SOFT_PORT_HEADER_DTYPE, SOFT_PORT_QUEUE_DTYPE
+from ixypipe.memory.arena import RegionSize
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.af_packet_abi import (
@@ -209,10 +210,15 @@ class PortCounters:
                    for t in range(self.tx_queues)]
         self._table = lines.view(_Q)
 
+    @staticmethod
+    def arena_regions(rx_queues: int, tx_queues: int) -> list[RegionSize]:
+        return [RegionSize(SOFT_PORT_HEADER_DTYPE.itemsize + (rx_queues + tx_queues) * _Q.itemsize, align=64)]
+
     @classmethod
     def create(cls, arena, region_name: str, rx_queues: int, tx_queues: int) -> PortCounters:
-        size = SOFT_PORT_HEADER_DTYPE.itemsize + (rx_queues + tx_queues) * _Q.itemsize
-        region = arena.alloc(region_name, size, align=64)
+        (need,) = cls.arena_regions(rx_queues, tx_queues)
+        size = need.size
+        region = arena.alloc(region_name, size, align=need.align)
         arena.buf[region.offset:region.offset + size] = 0
         header = arena.buf[region.offset:region.offset + SOFT_PORT_HEADER_DTYPE.itemsize].view(
             SOFT_PORT_HEADER_DTYPE)
@@ -494,6 +500,10 @@ class AfPacketDevice(Device):
     @staticmethod
     def region_name(spec: PortSpec) -> str:
         return f"afp.{spec.name}"
+
+    @classmethod
+    def arena_regions(cls, spec: PortSpec) -> list[RegionSize]:
+        return PortCounters.arena_regions(spec.rx_queues, spec.tx_queues)
 
     @classmethod
     def _check_spec(cls, spec: PortSpec) -> None:

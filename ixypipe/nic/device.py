@@ -22,8 +22,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ixypipe.memory.arena import RegionSize
 
 TxDone = Callable[[np.ndarray], None]
 
@@ -76,6 +80,11 @@ class Device(ABC):
     def __init__(self, spec: PortSpec):
         self.spec = spec
         self.name = spec.name
+
+    @classmethod
+    @abstractmethod
+    def arena_regions(cls, spec: PortSpec) -> list[RegionSize]:
+        """What opening a port for ``spec`` carves from the device arena (rings, queue state, counters)."""
 
     @property
     def num_rx_queues(self) -> int:

@@ -27,7 +27,7 @@ import weakref
 import numpy as np
 
 from ixypipe.memory import hugepages
-from ixypipe.memory.arena import Arena, ArenaError
+from ixypipe.memory.arena import Arena, ArenaError, RegionSize
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ixgbe_jit, pci
@@ -150,11 +150,17 @@ from ixypipe.nic.registers import (
 log = logging.getLogger(__name__)
 
 PACKET_BUFFERS = 8             # RXPBSIZE/TXPBSIZE registers: the 82599 has 8 packet buffers
-RESET_TIMEOUT = 1.0            # seconds for CTRL.RST to self-clear
+# Seconds of polling for each init handshake.  Silicon answers in microseconds to milliseconds (ixy
+# waits without limit); the software 82599 answers at its next step, which a loaded machine can
+# delay by seconds (a 1 s reset wait failed about 1 start in 15), so each wait has a wide margin
+# and its error names the register, the bits and the time waited.
+INIT_WAIT_TIMEOUT = 30.0
+RESET_TIMEOUT = INIT_WAIT_TIMEOUT       # CTRL.RST/LNK_RST to self-clear
+EEPROM_TIMEOUT = INIT_WAIT_TIMEOUT      # EEC.ARD
+DMA_INIT_TIMEOUT = INIT_WAIT_TIMEOUT    # RDRXCTL.DMAIDONE
+QUEUE_ENABLE_TIMEOUT = INIT_WAIT_TIMEOUT  # RXDCTL/TXDCTL.ENABLE
+LINK_TIMEOUT = INIT_WAIT_TIMEOUT        # LINKS.UP after auto-negotiation (ixy gives up after 10 s)
 RESET_SETTLE = 0.01            # ixy waits 10 ms after the reset before touching registers
-EEPROM_TIMEOUT = 2.0
-DMA_INIT_TIMEOUT = 2.0
-QUEUE_ENABLE_TIMEOUT = 1.0
 LINK_POLL_INTERVAL = 0.1       # ixy polls LINKS every 100 ms
 DRAIN_POLL_INTERVAL = 0.001
 RX_DD_EOP = RXD_STAT_DD | RXD_STAT_EOP
@@ -169,10 +175,10 @@ class _Queue:
         self.prefix = prefix
         self.entries = entries
         self.mask = entries - 1
-        ring_bytes = entries * DESC_SIZE
-        desc = _region(arena, f"{prefix}.desc", ring_bytes, create, align=RING_ALIGN, within_page=True)
-        slots = _region(arena, f"{prefix}.bufs", entries * 4, create)
-        state = _region(arena, f"{prefix}.state", QSTATE_WORDS * 8, create)
+        desc_size, slots_size, state_size = self.arena_regions(entries)
+        desc = _region(arena, f"{prefix}.desc", desc_size, create)
+        slots = _region(arena, f"{prefix}.bufs", slots_size, create)
+        state = _region(arena, f"{prefix}.state", state_size, create)
         self.desc_region = desc
         self.desc8 = arena.view(desc, np.uint8).reshape(entries, DESC_SIZE)
         self.desc16 = self.desc8.view("<u2")
@@ -188,19 +194,25 @@ class _Queue:
             raise DeviceError(f"{prefix}: the arena's ring has {int(self.state[QSTATE_ENTRIES])} entries, "
                               f"the port spec says {entries}")
 
+    @staticmethod
+    def arena_regions(entries: int) -> list[RegionSize]:
+        """The descriptor ring (in one page: physically contiguous), the buffer-index array, the state words."""
+        return [RegionSize(entries * DESC_SIZE, align=RING_ALIGN, within_page=True),
+                RegionSize(entries * 4, align=64), RegionSize(QSTATE_WORDS * 8, align=64)]
 
-def _region(arena: Arena, name: str, size: int, create: bool, align: int = 64, within_page: bool = False):
+
+def _region(arena: Arena, name: str, need: RegionSize, create: bool):
     found = arena.find(name)
     if found is not None:
-        if found.size != size:
-            raise DeviceError(f"arena region {name!r} is {found.size} bytes, expected {size}: "
+        if found.size != need.size:
+            raise DeviceError(f"arena region {name!r} is {found.size} bytes, expected {need.size}: "
                               "the port was opened with another ring size")
         return found
     if not create:
         raise DeviceError(f"arena {arena.name} has no region {name!r}: open the port (IxgbeDevice.open) "
                           "before attaching to it")
     try:
-        return arena.alloc(name, size, align=align, within_page=within_page)
+        return arena.alloc(name, need.size, align=need.align, within_page=need.within_page)
     except ArenaError as exc:
         raise DeviceError(str(exc)) from exc
 
@@ -538,9 +550,14 @@ class IxgbeDevice(Device):
 
     # ---- life cycle ---------------------------------------------------------------------
     @classmethod
+    def arena_regions(cls, spec: PortSpec) -> list[RegionSize]:
+        return ([r for _ in range(spec.rx_queues) for r in _Queue.arena_regions(spec.rx_ring_size)]
+                + [r for _ in range(spec.tx_queues) for r in _Queue.arena_regions(spec.tx_ring_size)])
+
+    @classmethod
     def open(cls, spec: PortSpec, arena: Arena, bufs: PacketBuffers, rx_pools: list[Mempool],
              tx_done: TxDone | None = None, sysfs_root: str = "/sys", sleep=time.sleep,
-             link_timeout: float = 10.0, allow_iova: bool | None = None,
+             link_timeout: float = LINK_TIMEOUT, allow_iova: bool | None = None,
              trace: list | None = None, hot_path: str | None = None) -> IxgbeDevice:
         """Take the 82599 at spec.address, reset and initialise it, fill the RX rings, wait for link.
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ixypipe.memory.arena import RegionSize
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.af_packet import PortCounters
@@ -136,6 +137,10 @@ class PcapDevice(Device):
     @staticmethod
     def region_name(spec: PortSpec) -> str:
         return f"pcap.{spec.name}"
+
+    @classmethod
+    def arena_regions(cls, spec: PortSpec) -> list[RegionSize]:
+        return PortCounters.arena_regions(1, 1)       # one file: one RX and one TX queue
 
     @classmethod
     def open(cls, spec: PortSpec, arena, bufs: PacketBuffers, rx_pools, tx_done: TxDone | None = None,

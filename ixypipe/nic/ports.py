@@ -26,6 +26,11 @@ def device_class(driver: str) -> type[Device]:
     return getattr(importlib.import_module(module), name)
 
 
+def arena_regions(spec: PortSpec) -> list:
+    """What opening ``spec`` carves from the device arena (see Device.arena_regions)."""
+    return device_class(spec.driver).arena_regions(spec)
+
+
 def _extra(spec: PortSpec, sysfs_root: str | None) -> dict:
     return {"sysfs_root": sysfs_root or "/sys"} if spec.driver in ("ixgbe", "sim") else {}
 

@@ -23,6 +23,7 @@ from ixypipe.layout import DEFAULT_BUF_SIZE
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic import ports
 from ixypipe.nic.device import DeviceError, PortSpec
 from ixypipe.sim.traffic import Generator
 
@@ -76,32 +77,32 @@ class GenSession:
         Generator(0, packet_size, flows, 0, 0.0, BROADCAST, dst_mac)     # bad sizes fail before anything is made
         self.server = None
         self.dev = None
-        self.arena = Arena.create(PacketBuffers.bytes_needed(POOL_SIZE) + Mempool.region_size(POOL_SIZE) + (2 << 20),
-                                  hugepages_mode=hugepages, tag="gen")
+        options = {"mode": "write"} if target == "pcap" else {}
+        spec = PortSpec(PORT_NAME, target, where, rx_ring_size=RING_SIZE, tx_ring_size=RING_SIZE,
+                        promiscuous=False, options=options)
+        regions = [*PacketBuffers.arena_regions(POOL_SIZE, DEFAULT_BUF_SIZE), *Mempool.arena_regions(POOL_SIZE),
+                   *ports.arena_regions(spec)]
+        self.arena = Arena.create(Arena.size_for(regions), hugepages_mode=hugepages, tag="gen")
         try:
             self.bufs = PacketBuffers.create(self.arena, POOL_SIZE, DEFAULT_BUF_SIZE)
             self.pool = Mempool.create(self.arena, self.bufs, "gen.pool", 0, POOL_SIZE, 0)
-            self._open(where)
+            self._open(spec)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, where: str) -> None:
-        from ixypipe.nic import ports
-
+    def _open(self, spec: PortSpec) -> None:
         root = None
-        options = {"mode": "write"} if self.target == "pcap" else {}
         if self.target == "sim":
-            from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
+            from ixypipe.sim.launch import start_sim
+            from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SinkConfig
 
             # the port's own generator never starts; it only tells the sink what our frames look like
             silent = GeneratorConfig(packet_size=self.packet_size, flows=self.flows)
-            self.server = SimServer([SimPortConfig(PORT_NAME, generator=silent, sink=SinkConfig(verify=True))],
-                                    self.arena.path)
-            self.server.start()
-            where, root = self.server.addresses[PORT_NAME], str(self.server.sysfs_root)
-        spec = PortSpec(PORT_NAME, self.target, where, rx_ring_size=RING_SIZE, tx_ring_size=RING_SIZE,
-                        promiscuous=False, options=options)
+            sim = start_sim([SimPortConfig(PORT_NAME, generator=silent, sink=SinkConfig(verify=True))], [spec],
+                            [self.arena.path])
+            self.server, root = sim.server, sim.sysfs_roots[PORT_NAME]
+        where = spec.address
         try:
             self.dev = ports.open_port(spec, self.arena, self.bufs, [self.pool], tx_done=self.pool.free,
                                        sysfs_root=root)

@@ -17,11 +17,15 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import PortSpec
 from ixypipe.sim.payload import SIM_MAX_FRAME, SIM_MIN_FRAME
+from ixypipe.sim.traffic import SINK_MODES
+
+if TYPE_CHECKING:
+    from ixypipe.sim.world import SimPortConfig
 
 # ---- schema limits --------------------------------------------------------------------------
 DRIVERS = ("sim", "ixgbe", "af_packet", "pcap")
@@ -73,10 +77,14 @@ class GeneratorSpec:
 
 @dataclass(frozen=True)
 class SinkSpec:
-    """What checks the frames a simulated port transmits (sim ports only)."""
-    verify: bool = True
+    """What takes the frames a simulated port transmits (sim ports only)."""
+    mode: str = "verify"            # "verify": ixypipe's generator frames; "count": any frames
     expect_touch: bool = False
     pcap: str = ""                  # absolute path, "" = no capture
+
+    @property
+    def verify(self) -> bool:
+        return self.mode == "verify"
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,17 @@ class PortConfig:
         address = {"ixgbe": self.pci, "sim": self.pci, "af_packet": self.interface, "pcap": self.path}[self.driver]
         return PortSpec(self.name, self.driver, address, self.rx_queues, self.tx_queues, self.rx_ring_size,
                         self.tx_ring_size, self.promiscuous, options)
+
+    def to_sim_config(self) -> SimPortConfig:
+        """The simulator's view of this ``sim`` port: its wire's generator and sink."""
+        from ixypipe.sim.world import GeneratorConfig, SimPortConfig, SinkConfig
+
+        g, s = self.generator, self.sink
+        return SimPortConfig(
+            name=self.name, pci_address=self.pci or None,
+            generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
+                                      count=g.count) if g else None,
+            sink=SinkConfig(mode=s.mode, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None)
 
 
 @dataclass(frozen=True)
@@ -328,7 +347,7 @@ PORT_DRIVER_KEYS = {
     "pcap": ("path", "mode", "loop", "rate_mpps"),
 }
 GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count")
-SINK_KEYS = ("verify", "expect_touch", "pcap")
+SINK_KEYS = ("mode", "expect_touch", "pcap", "verify")
 WORKERS_KEYS = ("function", "processes", "distribute", "per_packet")
 STATS_KEYS = ("interval", "json")
 TOP_KEYS = ("pipeline", "ports", "workers", "cpus", "stats")
@@ -547,7 +566,17 @@ def _sink(r: _Reader, p: dict, key: str, base_dir: Path) -> SinkSpec | None:
     if s is None:
         return None
     pcap = _file(r, s, "pcap", key, base_dir, must_exist=False) if s.get("pcap", "") != "" else ""
-    return SinkSpec(r.boolean(s, "verify", key, True), r.boolean(s, "expect_touch", key, False), pcap)
+    if "verify" in s and "mode" in s:
+        raise r.fail(f"{key}.verify", "give mode or the older verify = true/false, not both")
+    if "verify" in s:           # the older spelling: verify = false is a counting sink
+        mode = "verify" if r.boolean(s, "verify", key, True) else "count"
+    else:
+        mode = r.string(s, "mode", key, "verify", SINK_MODES)
+    expect_touch = r.boolean(s, "expect_touch", key, False)
+    if expect_touch and mode != "verify":
+        raise r.fail(f"{key}.expect_touch", f"needs mode = 'verify' (a {mode!r} sink does not look inside "
+                                            "frames), got mode = " + repr(mode))
+    return SinkSpec(mode, expect_touch, pcap)
 
 
 def _workers(r: _Reader, doc: dict, base_dir: Path) -> WorkersConfig:

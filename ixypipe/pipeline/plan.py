@@ -9,6 +9,7 @@ Rings, all SPSC:
   worker w -> tx(p,t)                 forward path, worker w feeds TX queue w % tx_queues(p)
   worker w / tx(p,t) -> pool k        return path: buffers go home to the RX stage owning pool k
 Return rings hold a whole pool, so sending a buffer home never fails.
+The plan lists every ring with its kind and capacity (:class:`RingPlan`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,22 @@ class PoolPlan:
     count: int
 
 
+RING_FORWARD = "forward"      # carries packets on towards the wire
+RING_RETURN = "return"        # carries buffers home to the RX stage owning their pool
+
+
+@dataclass
+class RingPlan:
+    name: str
+    kind: str                 # RING_FORWARD | RING_RETURN
+    capacity: int
+
+
+def return_ring_capacity(pool_size: int) -> int:
+    """A return ring holds its whole pool (rounded up to a power of two), so going home never fails."""
+    return 1 << (pool_size - 1).bit_length()
+
+
 @dataclass
 class PipelinePlan:
     name: str
@@ -61,6 +78,7 @@ class PipelinePlan:
     worker_per_packet: bool
     worker_base_dir: str
     distribute: str            # "flow" | "round-robin"
+    rings: list[RingPlan] = field(default_factory=list)        # every ring, in the order stages name them
     sysfs_roots: dict[str, str] = field(default_factory=dict)   # port name -> sysfs root (sim ports)
     spin_only: bool = False      # every stage on an isolated CPU of its own: never sleep
     shared_cpus: bool = False    # stages share CPUs: nap at once when idle
@@ -81,21 +99,20 @@ class PipelinePlan:
     def port_names(self) -> list[str]:
         return [p.name for p in self.ports]
 
+    @property
+    def buffer_count(self) -> int:
+        """Packet buffers in the arena: every pool's."""
+        return sum(p.count for p in self.pools)
+
     def stages_of(self, role: str) -> list[StagePlan]:
         return [s for s in self.stages if s.role == role]
 
     def ring_names(self) -> list[str]:
-        names: list[str] = []
-        for s in self.stages:
-            for r in [*s.out_rings, *s.out_ring_of.values(), *s.home_rings.values()]:
-                if r not in names:
-                    names.append(r)
-        return names
+        return [r.name for r in self.rings]
 
     def forward_rings(self) -> list[str]:
         """Rings that carry packets forward (not buffers going home)."""
-        homes = {r for s in self.stages for r in s.home_rings.values()}
-        return [r for r in self.ring_names() if r not in homes]
+        return [r.name for r in self.rings if r.kind == RING_FORWARD]
 
 
 def rx_name(p: int, q: int) -> str:
@@ -143,7 +160,18 @@ def build_plan(name: str, packet_arena: str, device_arena: str, ports: list[Port
     for rs in rx_stages:
         rs.in_rings = [s.home_rings[rs.pool_id] for s in stages if s.role in ("worker", "tx")]
     return PipelinePlan(name, packet_arena, device_arena, ports, forward_to, batch_size, ring_size, pools,
-                        stages, worker_function, worker_per_packet, worker_base_dir, distribute)
+                        stages, worker_function, worker_per_packet, worker_base_dir, distribute,
+                        rings=_rings(stages, ring_size, buffers_per_queue))
+
+
+def _rings(stages: list[StagePlan], ring_size: int, buffers_per_queue: int) -> list[RingPlan]:
+    rings: dict[str, RingPlan] = {}
+    for s in stages:
+        for r in [*s.out_rings, *s.out_ring_of.values()]:
+            rings.setdefault(r, RingPlan(r, RING_FORWARD, ring_size))
+        for r in s.home_rings.values():
+            rings.setdefault(r, RingPlan(r, RING_RETURN, return_ring_capacity(buffers_per_queue)))
+    return list(rings.values())
 
 
 def plan_from_config(cfg, packet_arena: str = "", device_arena: str = "") -> PipelinePlan:

@@ -16,7 +16,7 @@ import os
 import time
 
 from ixypipe.layout import PLAN_INFO_LEN_DTYPE, PLAN_INFO_REGION, PLAN_INFO_SIZE, PLAN_INFO_TEXT_OFF
-from ixypipe.memory.arena import Arena
+from ixypipe.memory.arena import Arena, RegionSize
 
 READ_ATTEMPTS = 20
 READ_RETRY_S = 0.01
@@ -37,6 +37,11 @@ def plan_info(plan, pid: int | None = None) -> dict:
                     "cpu": -1 if s.cpu is None else int(s.cpu)} for s in plan.stages],
         "rings": list(plan.forward_rings()),
     }
+
+
+def arena_regions() -> list[RegionSize]:
+    """The region :func:`write_plan_info` carves on first use."""
+    return [RegionSize(PLAN_INFO_SIZE)]
 
 
 def write_plan_info(arena: Arena, plan, pid: int | None = None) -> None:

@@ -3,15 +3,17 @@
 StatsPrinter turns deltas of the stage table into ixy-style per-port lines
 (``[p0] RX: 1234.56 Mbit/s 1.84 Mpps``; Mbit/s counts 20 bytes of preamble
 and inter-frame gap per packet, as ixy does) and one line of per-stage
-figures, or JSON lines.  Accounting is taken after every stage stopped: it
-empties the rings, counts every buffer back home, and proves that each
+figures, or JSON lines.  Accounting is computed from plain data once every
+stage stopped and the supervisor emptied the rings (the stage table's
+counters, what each pool holds, which stages died): it proves that each
 packet received was transmitted, dropped for a named reason, or is still
-in flight (which must be zero).
+in flight (which must be zero), and that every buffer came home.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,7 +23,8 @@ from ixypipe.layout import DROP_REASONS
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import stagetable
-from ixypipe.rings.spsc import Ring
+from ixypipe.sim.block import SIM_SIZE_FIELDS
+from ixypipe.sim.traffic import SIZE_BUCKET_NAMES
 
 WIRE_OVERHEAD = 20        # bytes per packet: preamble (8) + inter-frame gap (12)
 
@@ -124,6 +127,14 @@ class StatsPrinter:
         print("\n".join(lines), file=self.out, flush=True)
 
 
+@dataclass(frozen=True)
+class PoolCount:
+    """One mempool once the pipeline stopped and its rings were emptied."""
+    total: int                # buffers it owns
+    free: int                 # on its free stack
+    in_nic: int               # sitting in its RX queue's descriptors
+
+
 @dataclass
 class Accounting:
     received: int = 0
@@ -138,6 +149,7 @@ class Accounting:
     user_counters: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
     sim: dict | None = None
+    sink_modes: dict[str, str] = field(default_factory=dict)     # sim port -> "verify" or "count"
     problems: list[str] = field(default_factory=list)
     stop_reason: str = ""                  # what ended the run (SIGINT, duration 5 s, stage died, ...)
     failures: list[str] = field(default_factory=list)   # stages that died or were killed: the run failed
@@ -147,21 +159,22 @@ class Accounting:
         return not self.problems
 
     @classmethod
-    def take(cls, sup) -> Accounting:
-        """Count every packet and every buffer once all stages have stopped."""
-        plan, table = sup.plan, sup.table
+    def of(cls, plan, table: np.ndarray, pools: list[PoolCount], stranded: int = 0, died: Iterable[str] = (),
+           restarts: int = 0, sim_died: bool = False, device_missed: dict[str, int] | None = None,
+           unsent: int = 0) -> Accounting:
+        """The accounting of a stopped pipeline, from plain data.
+
+        ``table``: the stage table (counters per stage row of ``plan``);
+        ``pools``: what each of ``plan.pools`` holds now that the rings are
+        empty; ``stranded``: packets found in forward rings; ``died``: names of
+        stages that died; ``restarts``: workers replaced; ``sim_died``: the
+        simulator died; ``unsent``: buffers posted to TX descriptors of a NIC that
+        died before sending them (counted as transmitted when posted, so taken
+        back here).  Buffers missing from the pools are drops with reason
+        stage_died when something died, a leak otherwise.
+        """
         acc = cls()
-        died = {p.row for p in sup.procs if p.died}
-        stage_lost = bool(died) or sup.restarts > 0 or sup.sim_died
-        unsent = 0
-        for p, dev in sup.devices.items():
-            for t in range(plan.ports[p].tx_queues):
-                if sup.sim_died:
-                    # the NIC is gone: what was posted was counted transmitted and never went out
-                    unsent += dev.tx_pending(t)
-                elif any(s.role == "tx" and s.port == p and s.queue == t and s.row in died for s in plan.stages):
-                    dev.tx_drain(t, timeout=2.0)     # TX stages that died left posted descriptors
-        stranded = reclaim_rings(sup)
+        stage_lost = bool(set(died)) or restarts > 0 or sim_died
         rx_rows = [s.row for s in plan.stages_of("rx")]
         tx_rows = [s.row for s in plan.stages_of("tx")]
         acc.received = int(table["packets_in"][rx_rows].sum())
@@ -169,27 +182,20 @@ class Accounting:
         acc.drops = {r: int(table[f"drop_{r}"].sum()) for r in DROP_REASONS}
         acc.drops["stranded"] = stranded
         lost = 0
-        for pool_plan, pool in zip(plan.pools, sup.pools, strict=True):
-            dev = sup.devices.get(pool_plan.port)
-            in_nic = len(dev.rx_held(pool_plan.queue)) if dev is not None else 0
-            free = pool.available()
-            acc.buffers_total += pool.count
-            acc.buffers_free += free
-            acc.buffers_in_nic += in_nic
-            lost += pool.count - free - in_nic
+        for pool in pools:
+            acc.buffers_total += pool.total
+            acc.buffers_free += pool.free
+            acc.buffers_in_nic += pool.in_nic
+            lost += pool.total - pool.free - pool.in_nic
         if lost and not stage_lost:
             acc.problems.append(f"{lost} buffers never came home and no stage died: a leak")
-        acc.drops["stage_died"] += lost if stage_lost else 0
-        acc.restarts = sup.restarts
+        acc.drops["stage_died"] += lost if stage_lost else 0     # stages counted what they held for dead ones
+        acc.restarts = restarts
         acc.in_flight = acc.received - acc.transmitted - sum(acc.drops.values())
         if acc.in_flight:
             acc.problems.append(f"{acc.in_flight} packets unaccounted for (received {acc.received}, transmitted "
                                 f"{acc.transmitted}, dropped {sum(acc.drops.values())})")
-        for dev in sup.devices.values():
-            try:
-                acc.device_missed[dev.name] = int(dev.read_stats().rx_dropped)
-            except Exception:
-                pass
+        acc.device_missed = dict(device_missed or {})
         acc.ports = port_totals(plan, table)
         for row in table:
             for name, value in stagetable.user_counters(row).items():
@@ -203,6 +209,7 @@ class Accounting:
         keeps_order = cfg.workers.processes == 1 or cfg.workers.distribute == "flow"
         sink_ports = [p for p in cfg.ports if p.driver == "sim" and p.sink is not None]
         for p in sink_ports:
+            self.sink_modes[p.name] = p.sink.mode
             c = self.sim.get(p.name)
             if c is None:
                 continue
@@ -210,6 +217,11 @@ class Accounting:
             if c.get("sink_received", 0) != self.ports[p.name]["tx_packets"]:
                 self.problems.append(f"sink of {p.name} received {c.get('sink_received')} packets, "
                                      f"the pipeline transmitted {self.ports[p.name]['tx_packets']} on it")
+            if p.sink.mode == "count":      # any traffic: only how much arrived is checked, never its content
+                if c.get("sink_bytes", 0) != self.ports[p.name]["tx_bytes"]:
+                    self.problems.append(f"sink of {p.name} received {c.get('sink_bytes')} bytes, "
+                                         f"the pipeline transmitted {self.ports[p.name]['tx_bytes']} on it")
+                continue
             if c.get("sink_corrupt"):
                 self.problems.append(f"sink of {p.name}: {c['sink_corrupt']} corrupt packets")
             if keeps_order and c.get("sink_reordered"):
@@ -231,7 +243,7 @@ class Accounting:
         lines = [
             "== accounting ==",
             *(f"FAILED: {f}" for f in self.failures),
-            f"stopped by   {self.stop_reason or '?'}",
+            *([f"stopped by   {self.stop_reason}"] if self.stop_reason else []),
             f"received     {self.received:>14,}",
             f"transmitted  {self.transmitted:>14,}",
             f"dropped      {dropped:>14,}   ({reasons})",
@@ -245,36 +257,18 @@ class Accounting:
         if self.user_counters:
             lines.append("worker counters: " + ", ".join(f"{k} {v:,}" for k, v in self.user_counters.items()))
         for name, c in sim.items():
+            sizes = {label: c.get(f, 0) for label, f in zip(SIZE_BUCKET_NAMES, SIM_SIZE_FIELDS, strict=True)}
+            if self.sink_modes.get(name) == "count":     # any traffic, counted by size, never judged
+                judged = (f"{c.get('sink_bytes', 0):,} bytes, sizes with FCS "
+                          + (" ".join(f"{k}: {v:,}" for k, v in sizes.items() if v) or "none"))
+            else:
+                judged = (f"lost {c.get('sink_lost', 0):,}, reordered {c.get('sink_reordered', 0):,}, "
+                          f"corrupt {c.get('sink_corrupt', 0):,}, untouched {c.get('sink_untouched', 0):,}")
             lines.append(f"sim {name}: generated {c.get('generated', 0):,}, missed at RX {c.get('rx_missed', 0):,}, "
-                         f"sink received "
-                         f"{c.get('sink_received', 0):,}, lost {c.get('sink_lost', 0):,}, reordered "
-                         f"{c.get('sink_reordered', 0):,}, corrupt {c.get('sink_corrupt', 0):,}, untouched "
-                         f"{c.get('sink_untouched', 0):,}")
+                         f"sink received {c.get('sink_received', 0):,}, {judged}")
         lines += [f"PROBLEM: {p}" for p in self.problems]
         lines.append("accounting OK" if self.ok else "accounting BROKEN")
         print("\n".join(lines), file=out, flush=True)
-
-
-def reclaim_rings(sup) -> int:
-    """After every stage stopped: empty all rings, sending buffers home.
-
-    Returns how many packets were stranded in forward rings.
-    """
-    plan, bufs = sup.plan, sup.bufs
-    forward = set(plan.forward_rings())
-    stranded = 0
-    scratch = np.empty(1 << 16, np.uint32)
-    for name in plan.ring_names():
-        ring = Ring.attach(sup.arena, name)
-        while True:
-            n = ring.dequeue(scratch)
-            if not n:
-                break
-            if name in forward:
-                stranded += n
-            send_home(sup.pools, bufs, scratch[:n])
-        ring.close()
-    return stranded
 
 
 def send_home(pools: list[Mempool], bufs: PacketBuffers, idx: np.ndarray) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ixypipe.layout import STAGE_NAME_LEN, STAGE_ROW_DTYPE, STAGE_USER_COUNTERS
-from ixypipe.memory.arena import Arena
+from ixypipe.memory.arena import Arena, RegionSize
 
 REGION = "stages"
 # int64 slot of each scalar field in a row, for memoryview access
@@ -19,8 +19,14 @@ SLOT = {name: STAGE_ROW_DTYPE.fields[name][1] // 8 for name in STAGE_ROW_DTYPE.n
 USER_SLOT = STAGE_ROW_DTYPE.fields["user"][1] // 8
 
 
+def arena_regions(n: int) -> list[RegionSize]:
+    """The region :func:`create` carves for ``n`` stages."""
+    return [RegionSize(n * STAGE_ROW_DTYPE.itemsize, align=64)]
+
+
 def create(arena: Arena, n: int) -> np.ndarray:
-    region = arena.alloc(REGION, n * STAGE_ROW_DTYPE.itemsize, align=64)
+    (need,) = arena_regions(n)
+    region = arena.alloc(REGION, need.size, align=need.align)
     table = arena.view(region, STAGE_ROW_DTYPE)
     table[:] = np.zeros(1, STAGE_ROW_DTYPE)
     return table

@@ -26,7 +26,6 @@ import numpy as np
 import psutil
 
 from ixypipe.layout import (
-    ARENA_MIN_ALIGN,
     DROP_REASONS,
     STAGE_CMD_ABANDON,
     STAGE_CMD_DRAIN,
@@ -35,16 +34,16 @@ from ixypipe.layout import (
     STAGE_STATE_DONE,
     STAGE_STATE_RUNNING,
 )
-from ixypipe.memory.arena import Arena, remove_stale
+from ixypipe.memory.arena import Arena, RegionSize, remove_stale
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
-from ixypipe.nic.registers import DESC_SIZE
-from ixypipe.pipeline import stagetable
-from ixypipe.pipeline.plan import PipelinePlan, plan_from_config
+from ixypipe.pipeline import planinfo, stagetable
+from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
-from ixypipe.pipeline.report import Accounting, StatsPrinter, send_home
+from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, send_home
 from ixypipe.pipeline.stages import stage_main
+from ixypipe.proc import describe_exit
 from ixypipe.rings import wakeup
 from ixypipe.rings.spsc import Ring
 
@@ -54,6 +53,7 @@ DRAIN_STALL = 5.0             # seconds a draining stage may go without its coun
 STARVED_LIMIT = 6             # ... times this when it did not even get the CPU (a busy machine)
 PROGRESS_FIELDS = ("state", "batches", "packets_in", "packets_out", "held", "drop_stage_died")
 POLL = 0.05                   # seconds between checks of the stop conditions
+DEAD_TX_DRAIN_TIMEOUT = 2.0   # seconds for the NIC to finish what a dead TX stage posted
 
 
 class PipelineError(Exception):
@@ -133,50 +133,36 @@ class Supervisor:
     # ---- building ------------------------------------------------------------------
     def _build(self) -> None:
         cfg = self.cfg
-        dummy = plan_from_config(cfg)
-        specs = dummy.ports
-        n_pools = sum(s.rx_queues for s in specs)
-        n_bufs = n_pools * cfg.buffers_per_queue
-        ring_bytes = sum(Ring.region_size(self._ring_capacity(r)) + ARENA_MIN_ALIGN for r in dummy.ring_names())
-        packet_bytes = (PacketBuffers.bytes_needed(n_bufs, cfg.buffer_size)
-                        + sum(Mempool.region_size(cfg.buffers_per_queue) + 128 for _ in range(n_pools))
-                        + ring_bytes + len(dummy.stages) * 512 + (1 << 20))
-        device_bytes = sum((s.rx_queues * s.rx_ring_size + s.tx_queues * s.tx_ring_size) * (DESC_SIZE + 8)
-                           + (s.rx_queues + s.tx_queues) * 8192 for s in specs) + (2 << 20)
+        plan = plan_from_config(cfg)          # the arena paths are filled in once the arenas exist
         try:
-            self.arena = Arena.create(packet_bytes, hugepages_mode=cfg.hugepages, tag="pkt")
-            self.dev_arena = Arena.create(device_bytes, hugepages_mode=cfg.hugepages, tag="dev")
+            self.arena = Arena.create(Arena.size_for(packet_arena_regions(plan, cfg.buffer_size)),
+                                      hugepages_mode=cfg.hugepages, tag="pkt")
+            self.dev_arena = Arena.create(Arena.size_for(device_arena_regions(plan)),
+                                          hugepages_mode=cfg.hugepages, tag="dev")
         except Exception as exc:
             raise PipelineError(f"cannot create the DMA arenas: {exc}") from exc
-        plan = plan_from_config(cfg, str(self.arena.path), str(self.dev_arena.path))
-        self.bufs = PacketBuffers.create(self.arena, n_bufs, cfg.buffer_size)
+        plan.packet_arena, plan.device_arena = str(self.arena.path), str(self.dev_arena.path)
+        self.bufs = PacketBuffers.create(self.arena, plan.buffer_count, cfg.buffer_size)
         self.pools = [Mempool.create(self.arena, self.bufs, p.name, p.first, p.count, p.pool_id)
                       for p in plan.pools]
-        for name in plan.ring_names():
-            Ring.create(self.arena, name, self._ring_capacity(name))
+        for ring in plan.rings:
+            Ring.create(self.arena, ring.name, ring.capacity)
         stagetable.create(self.arena, len(plan.stages))
-        wakeup.create(self.arena, plan.sleeper_rows())
+        wakeup.create(self.arena, plan.sleeper_rows(), len(plan.stages))
         self._sleepers = plan.sleeper_rows()
         self.table = stagetable.table(self.arena)
         self.plan = plan
         write_plan_info(self.arena, plan)     # for observers: 'ixypipe top'
 
-    def _ring_capacity(self, name: str) -> int:
-        if ">pool" in name:   # a return ring holds its whole pool, so going home never fails
-            return 1 << (self.cfg.buffers_per_queue - 1).bit_length()
-        return self.cfg.ring_size
-
     def _start_sim(self) -> None:
         sim_ports = [p for p in self.cfg.ports if p.driver == "sim"]
         if not sim_ports:
             return
-        from ixypipe.sim.server import SimServer
-        self.sim = SimServer(sim_port_configs(sim_ports), [self.arena.path, self.dev_arena.path])
-        self.sim.start()
-        for p in sim_ports:
-            self.plan.sysfs_roots[p.name] = str(self.sim.sysfs_root)
-            spec = self.plan.ports[[q.name for q in self.cfg.ports].index(p.name)]
-            spec.address = self.sim.addresses[p.name]
+        from ixypipe.sim.launch import start_sim
+        sim = start_sim([p.to_sim_config() for p in sim_ports], self.plan.ports,
+                        [self.arena.path, self.dev_arena.path])
+        self.sim = sim.server
+        self.plan.sysfs_roots.update(sim.sysfs_roots)
 
     def _open_ports(self) -> None:
         for p, spec in enumerate(self.plan.ports):
@@ -254,9 +240,7 @@ class Supervisor:
                     self.stop_reason = "stage died"
                     break
             if self.sim is not None and not self.sim.is_alive():
-                code = self.sim.process.exitcode
-                self.failures.append(f"the software 82599 (pid {self.sim.pid}) died: "
-                                     f"{describe_exit(code) if code is not None else 'gone'}")
+                self.failures.append(f"the software 82599 (pid {self.sim.pid}) died: {self.sim.death_cause()}")
                 log.error("%s", self.failures[-1])
                 self.sim_died = True
                 self.stop_reason = "simulator died"
@@ -308,6 +292,7 @@ class Supervisor:
 
     # ---- stopping ------------------------------------------------------------------
     def _shutdown(self) -> RunResult:
+        """Stop the stages in data-flow order, finish what dead ones left, take every buffer home, account."""
         accounting = None
         try:
             if self.procs:
@@ -320,10 +305,13 @@ class Supervisor:
                             wakeup.wake(self.arena, p.row)
                 for role in ("rx", "worker", "tx"):          # data-flow order
                     self._drain_role(role)
+            built = self.plan is not None and self.arena is not None
+            unsent = self._drain_dead_tx() if built else 0
             sim_counters = self.sim.stop() if self.sim is not None else None
             self.sim = None
-            if self.plan is not None and self.arena is not None:
-                accounting = Accounting.take(self)
+            if built:
+                stranded = reclaim_rings(self.plan, self.arena, self.pools, self.bufs)
+                accounting = self._account(stranded, unsent)
                 accounting.sim = sim_counters
                 accounting.check_sim(self.cfg)
                 accounting.stop_reason = self.stop_reason
@@ -366,6 +354,51 @@ class Supervisor:
             multiprocessing.connection.wait([p.process.sentinel for p in alive], timeout=POLL)
         self._check_deaths()
 
+    def _dead_rows(self) -> set[int]:
+        return {p.row for p in self.procs if p.died}
+
+    def _drain_dead_tx(self) -> int:
+        """Descriptors left posted: a dead TX stage's are finished by the NIC and their buffers sent home.
+
+        When the NIC itself died nothing finishes them: returns how many were
+        posted and never sent (counted once, as stage_died, not as transmitted).
+        """
+        dead = self._dead_rows()
+        unsent = 0
+        for s in self.plan.stages_of("tx"):
+            dev = self.devices.get(s.port)
+            if dev is None:
+                continue
+            if self.sim_died:
+                unsent += dev.tx_pending(s.queue)
+            elif s.row in dead:
+                dev.tx_drain(s.queue, timeout=DEAD_TX_DRAIN_TIMEOUT)
+        return unsent
+
+    def _pool_counts(self) -> list[PoolCount]:
+        counts = []
+        for pool_plan, pool in zip(self.plan.pools, self.pools, strict=True):
+            dev = self.devices.get(pool_plan.port)
+            in_nic = len(dev.rx_held(pool_plan.queue)) if dev is not None else 0
+            counts.append(PoolCount(pool.count, pool.available(), in_nic))
+        return counts
+
+    def _device_missed(self) -> dict[str, int]:
+        missed = {}
+        for dev in self.devices.values():
+            try:
+                missed[dev.name] = int(dev.read_stats().rx_dropped)
+            except Exception:
+                pass
+        return missed
+
+    def _account(self, stranded: int, unsent: int) -> Accounting:
+        """The accounting of this run, from the stage table and what was found once every stage stopped."""
+        dead = self._dead_rows()
+        return Accounting.of(self.plan, self.table, self._pool_counts(), stranded=stranded,
+                             died=[s.name for s in self.plan.stages if s.row in dead], restarts=self.restarts,
+                             sim_died=self.sim_died, device_missed=self._device_missed(), unsent=unsent)
+
     def _release(self) -> None:
         for p in self.procs:
             if p.process.is_alive():
@@ -393,19 +426,39 @@ class Supervisor:
         self.arena = self.dev_arena = None
 
 
-def sim_port_configs(ports) -> list:
-    """The simulator's view of the pipeline file's ``sim`` ports."""
-    from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SinkConfig
+def packet_arena_regions(plan: PipelinePlan, buffer_size: int) -> list[RegionSize]:
+    """Everything _build carves from the packet arena: buffers, pools, rings, stage table, plan.json."""
+    return [*PacketBuffers.arena_regions(plan.buffer_count, buffer_size),
+            *(r for pool in plan.pools for r in Mempool.arena_regions(pool.count)),
+            *(r for ring in plan.rings for r in Ring.arena_regions(ring.capacity)),
+            *stagetable.arena_regions(len(plan.stages)),
+            *wakeup.arena_regions(len(plan.stages)),
+            *planinfo.arena_regions()]
 
-    configs = []
-    for p in ports:
-        g, s = p.generator, p.sink
-        configs.append(SimPortConfig(
-            name=p.name, pci_address=p.pci or None,
-            generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
-                                      count=g.count) if g else None,
-            sink=SinkConfig(verify=s.verify, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None))
-    return configs
+
+def device_arena_regions(plan: PipelinePlan) -> list[RegionSize]:
+    """What opening every port carves from the device arena, as each driver says."""
+    return [r for spec in plan.ports for r in port_factory.arena_regions(spec)]
+
+
+def reclaim_rings(plan: PipelinePlan, arena: Arena, pools: list[Mempool], bufs: PacketBuffers) -> int:
+    """After every stage stopped: empty all rings, sending buffers home.
+
+    Returns how many packets were stranded in forward rings.
+    """
+    stranded = 0
+    scratch = np.empty(1 << 16, np.uint32)
+    for r in plan.rings:
+        ring = Ring.attach(arena, r.name)
+        while True:
+            n = ring.dequeue(scratch)
+            if not n:
+                break
+            if r.kind == RING_FORWARD:
+                stranded += n
+            send_home(pools, bufs, scratch[:n])
+        ring.close()
+    return stranded
 
 
 class Progress:
@@ -472,15 +525,6 @@ def _runnable(p: StageProc) -> bool:
         return psutil.Process(p.process.pid).status() == psutil.STATUS_RUNNING
     except psutil.Error:
         return False
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 __all__ = ["Supervisor", "PipelineError", "RunResult", "DROP_REASONS"]

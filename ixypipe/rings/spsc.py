@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ixypipe.layout import RING_CAPACITY_OFF, RING_HEAD_OFF, RING_SLOT_DTYPE, RING_SLOTS_OFFSET, RING_TAIL_OFF
-from ixypipe.memory.arena import Arena
+from ixypipe.memory.arena import Arena, RegionSize
 
 _HEAD = RING_HEAD_OFF // 8
 _TAIL = RING_TAIL_OFF // 8
@@ -69,6 +69,11 @@ class Ring:
     @staticmethod
     def region_size(capacity: int) -> int:
         return RING_SLOTS_OFFSET + capacity * RING_SLOT_DTYPE.itemsize
+
+    @classmethod
+    def arena_regions(cls, capacity: int) -> list[RegionSize]:
+        """The region :meth:`create` carves for a ring of ``capacity`` slots."""
+        return [RegionSize(cls.region_size(capacity))]
 
     @classmethod
     def create(cls, arena: Arena, name: str, capacity: int) -> Ring:

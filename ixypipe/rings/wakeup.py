@@ -29,7 +29,7 @@ import numpy as np
 import posix_ipc
 
 from ixypipe.layout import WAKE_LINE_DTYPE, WAKE_REGION
-from ixypipe.memory.arena import Arena
+from ixypipe.memory.arena import Arena, RegionSize
 
 _fence_lock = threading.Lock()
 _SLEEPING = 0           # int64 slot of the flag in a wake line
@@ -46,10 +46,15 @@ def semaphore_name(arena: Arena, row: int) -> str:
     return f"/{arena.name}.wake{row}"
 
 
-def create(arena: Arena, rows: list[int]) -> None:
-    """The wake lines of every stage and a semaphore for each consumer row in ``rows`` (the supervisor)."""
-    n = max(rows, default=-1) + 1
-    region = arena.alloc(WAKE_REGION, max(n, 1) * WAKE_LINE_DTYPE.itemsize, align=64)
+def arena_regions(n: int) -> list[RegionSize]:
+    """The region :func:`create` carves for ``n`` stage rows."""
+    return [RegionSize(max(n, 1) * WAKE_LINE_DTYPE.itemsize, align=64)]
+
+
+def create(arena: Arena, rows: list[int], n: int) -> None:
+    """The wake lines of ``n`` stage rows and a semaphore for each consumer row in ``rows`` (the supervisor)."""
+    (need,) = arena_regions(n)
+    region = arena.alloc(WAKE_REGION, need.size, align=need.align)
     arena.view(region, WAKE_LINE_DTYPE)[:] = np.zeros(1, WAKE_LINE_DTYPE)
     for row in rows:
         posix_ipc.Semaphore(semaphore_name(arena, row), posix_ipc.O_CREX, mode=0o600, initial_value=0).close()

@@ -23,7 +23,10 @@ driver's mappings whenever an address does not resolve (the driver may map
 more memory at any time), so a descriptor outside the driver's DMA memory
 is still a fault, reported by the model, and never a stray write.  When
 the driver processes are all gone, :meth:`ForeignDma.driver_left` says so
-and :meth:`ForeignDma.release` unmaps everything (the hugepages go back).
+and :meth:`ForeignDma.release` unmaps everything (the hugepages go back);
+a lookup that finds no driver process at all raises :class:`DriverLeft`
+(a dead driver's queue on memory the model never saw), and the world
+resets the ports for the next driver instead of reporting a fault.
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ MOUNTINFO_SEPARATOR = "-"
 
 class ForeignMemoryError(Exception):
     """A foreign process's memory cannot be read (not root, process gone, no such mapping)."""
+
+
+class DriverLeft(Exception):
+    """A DMA lookup found no driver process any more: whatever the device still does is a dead
+    driver's set-up (a queue it enabled on memory the model never saw); the caller resets the ports."""
 
 
 @dataclass(frozen=True)
@@ -216,13 +224,20 @@ class ForeignDma(DmaSpace):
         super().__init__([])
 
     def resolve(self, addr, length):
-        if len(self.base) == 0 and not self.refresh():
+        """As DmaSpace.resolve, re-reading the driver's memory on a miss; raises DriverLeft when that
+        finds no driver process at all (the table is then empty and nothing can resolve)."""
+        if len(self.base):
+            ok, owner, offset = super().resolve(addr, length)
+            if ok.all() or not self.refresh():
+                return ok, owner, offset
+        else:
+            self.refresh()
+        if not self.driver_pids:
+            raise DriverLeft("no process maps a served BAR any more (the driver left or died)")
+        if not len(self.base):          # a driver without hugepage memory: no address can resolve
             n = np.shape(addr)[0] if np.ndim(addr) else 1
             return np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n, np.int64)
-        ok, owner, offset = super().resolve(addr, length)
-        if not ok.all() and self.refresh():
-            ok, owner, offset = super().resolve(addr, length)
-        return ok, owner, offset
+        return super().resolve(addr, length)
 
     def refresh(self) -> bool:
         """Re-read the driver's processes and hugepage mappings; True when the DMA table changed."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ixypipe.proc import Backoff, set_process_name
+from ixypipe.proc import Backoff, describe_exit, set_process_name
 from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_CMD_RUN, SIM_CMD_STOP, SIM_CONTROL_DTYPE, SIM_COUNTERS_DTYPE
 from ixypipe.sim.model import STATS_PERIOD_NS
@@ -83,6 +83,8 @@ class SimServer:
         self._mm = None
         self._control = self._counters = None
         self._final: dict[str, PortCounters] | None = None
+        self._conn = None               # the model process reports "ok", later why it failed
+        self._cause: str | None = None
 
     @property
     def pid(self) -> int | None:
@@ -117,17 +119,19 @@ class SimServer:
             self.process.start()
             child_end.close()
             if not parent_end.poll(START_TIMEOUT):
+                parent_end.close()
                 raise SimServerError(f"the simulator process did not start within {START_TIMEOUT:.0f} s")
             try:
                 answer = parent_end.recv()
             except EOFError:
+                parent_end.close()
                 self.process.join(STOP_TIMEOUT)
                 raise SimServerError(f"the simulator process died while starting (exit code "
                                      f"{self.process.exitcode})") from None
-            finally:
-                parent_end.close()
             if answer != "ok":
+                parent_end.close()
                 raise SimServerError(f"the simulator could not start: {answer}")
+            self._conn = parent_end
         except BaseException:
             self._teardown()
             raise
@@ -147,6 +151,23 @@ class SimServer:
 
     def is_alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
+
+    def death_cause(self) -> str:
+        """Why the model process ended: its exit code or signal, and the error it reported if any."""
+        if self._cause is None and self._conn is not None:
+            try:
+                if self._conn.poll():
+                    self._cause = self._conn.recv()
+            except (EOFError, OSError):
+                pass
+        if self.process is None:
+            return "not started"
+        code = self.process.exitcode
+        if code is None:
+            self.process.join(STOP_TIMEOUT)     # it just ended: reap it for the exit code
+            code = self.process.exitcode
+        how = describe_exit(code) if code is not None else "still running"
+        return f"{how}: {self._cause}" if self._cause else how
 
     def counters(self) -> dict[str, PortCounters]:
         """Live counters of every port (or the final ones after stop())."""
@@ -174,6 +195,11 @@ class SimServer:
         return self._final
 
     def _teardown(self) -> None:
+        if self._conn is not None:
+            if self.process is not None and not self.process.is_alive():
+                self.death_cause()          # keep what a dead model said
+            self._conn.close()
+            self._conn = None
         if self.process is not None:
             if self.process.is_alive():
                 self.process.kill()
@@ -223,9 +249,14 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
             return
         control["pid"] = os.getpid()
         conn.send("ok")
-        conn.close()
-        _loop(world, control, parent, Backoff())
+        try:
+            _loop(world, control, parent, Backoff())
+        except Exception as exc:
+            log.exception("the model failed")
+            conn.send(f"{type(exc).__name__}: {exc}")
+            raise SystemExit(1) from None
     finally:
+        conn.close()
         if world is not None:
             world.publish()
             world.close()

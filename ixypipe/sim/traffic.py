@@ -1,4 +1,4 @@
-"""What travels on the simulated wires: packet batches, the traffic generator and the verifying sink.
+"""What travels on the simulated wires: packet batches, the traffic generator and the sinks.
 
 A :class:`PacketBatch` is a padded ``(n, max_len)`` byte matrix plus the
 lengths.  The :class:`Generator` builds Ethernet/IPv4/UDP frames from one
@@ -9,17 +9,20 @@ The :class:`Sink` checks every frame it receives, vectorized per batch:
 magic, generator and flow ids, the checksum over everything after the
 Ethernet header (so a worker may rewrite MAC addresses), per-flow sequence
 order (loss and reordering) and, when asked, that byte 1 was incremented
-once as ixy-fwd does.  It can also append what it receives to a pcap file.
+once as ixy-fwd does.  The :class:`CountSink` takes any traffic (another
+driver's generator, a pcap replay): it counts packets, bytes and a size
+histogram in RFC 2819 etherStats buckets.  Either can also append what it
+receives to a pcap file.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from ixypipe.pcapfile import PcapWriter
 from ixypipe.protocols import (
     ETH_ADDR_LEN,
     ETH_DST_OFF,
@@ -56,9 +59,12 @@ UDP_DST_PORT = 5000
 IP_TTL = 64
 GEN_DST_IP = bytes((10, 255, 0, 1))
 _CSUM_MOD = 1 << 32
-PCAP_MAGIC = 0xA1B2C3D4
-PCAP_LINKTYPE_ETHERNET = 1
-PCAP_SNAPLEN = 65535
+SINK_MODES = ("verify", "count")
+FCS_LEN = 4                     # the frame check sequence the wire adds; frames here are without it
+# RFC 2819 etherStatsPkts*Octets: sizes on the wire, FCS included; a bucket holds sizes up to its bound
+# (<64: undersize, the model does not pad; >1518: oversize, which the model's TX faults cannot produce)
+SIZE_BUCKET_NAMES = ("<64", "64", "65-127", "128-255", "256-511", "512-1023", "1024-1518", ">1518")
+SIZE_BUCKET_UPPER = np.array([63, 64, 127, 255, 511, 1023, 1518], np.int64)
 
 
 class TrafficError(ValueError):
@@ -269,6 +275,7 @@ class Sink:
         self._top_sum = 0
         self._verified = 0
         self.pcap = PcapWriter(pcap) if pcap else None
+        self.sizes = np.zeros(len(SIZE_BUCKET_NAMES), np.int64)     # a verifying sink leaves them at 0
 
     def close(self) -> None:
         if self.pcap is not None:
@@ -283,7 +290,7 @@ class Sink:
         r.received += n
         r.received_bytes += int(batch.lengths.sum())
         if self.pcap is not None:
-            self.pcap.write(batch)
+            self.pcap.write_batch(batch.data, batch.lengths)
         if not self.verify:
             return
         for rows, frames in batch.by_length():
@@ -333,32 +340,30 @@ class Sink:
         self.result.lost = max(0, self._top_sum - self._verified)
 
 
-class PcapWriter:
-    """Appends batches to a classic pcap file (microsecond timestamps, Ethernet)."""
+class CountSink:
+    """Any frames: packets, bytes (without FCS) and sizes on the wire (with FCS) in RFC 2819 buckets."""
 
-    _HDR = np.dtype([("sec", "<u4"), ("usec", "<u4"), ("incl", "<u4"), ("orig", "<u4")])
+    def __init__(self, pcap: str | None = None):
+        self.result = SinkResult()
+        self.sizes = np.zeros(len(SIZE_BUCKET_NAMES), np.int64)
+        self.pcap = PcapWriter(pcap) if pcap else None
 
-    def __init__(self, path: str | Path):
-        self.file = open(path, "wb")
-        header = np.array([(PCAP_MAGIC, 2, 4, 0, 0, PCAP_SNAPLEN, PCAP_LINKTYPE_ETHERNET)],
-                          dtype=[("magic", "<u4"), ("major", "<u2"), ("minor", "<u2"), ("zone", "<i4"),
-                                 ("sigfigs", "<u4"), ("snaplen", "<u4"), ("linktype", "<u4")])
-        self.file.write(header.tobytes())
-
-    def write(self, batch: PacketBatch) -> None:
+    def receive(self, batch: PacketBatch) -> None:
         n = len(batch)
-        now = time.time()
-        hdr = np.zeros(n, self._HDR)
-        hdr["sec"], hdr["usec"] = int(now), int((now % 1) * 1e6)
-        hdr["incl"] = hdr["orig"] = batch.lengths
-        rec_len = batch.lengths + self._HDR.itemsize
-        out = np.empty(int(rec_len.sum()), np.uint8)
-        starts = np.r_[0, np.cumsum(rec_len)[:-1]]
-        out[(starts[:, None] + np.arange(self._HDR.itemsize)).ravel()] = hdr.view(np.uint8)
-        mask = np.arange(batch.data.shape[1]) < batch.lengths[:, None]
-        data_pos = starts[:, None] + self._HDR.itemsize + np.arange(batch.data.shape[1])
-        out[data_pos[mask]] = batch.data[mask]
-        self.file.write(out.tobytes())
+        if n == 0:
+            return
+        lengths = batch.lengths
+        self.result.received += n
+        self.result.received_bytes += int(lengths.sum())
+        if lengths[0] == lengths[-1] and (lengths == lengths[0]).all():     # one size: one bucket
+            self.sizes[np.searchsorted(SIZE_BUCKET_UPPER, int(lengths[0]) + FCS_LEN)] += n
+        else:
+            self.sizes += np.bincount(np.searchsorted(SIZE_BUCKET_UPPER, lengths + FCS_LEN),
+                                      minlength=len(SIZE_BUCKET_NAMES))
+        if self.pcap is not None:
+            self.pcap.write_batch(batch.data, lengths)
 
     def close(self) -> None:
-        self.file.close()
+        if self.pcap is not None:
+            self.pcap.close()
+            self.pcap = None

@@ -3,8 +3,9 @@
 A :class:`SimWorld` owns one :class:`~ixypipe.sim.model.SimPort` per
 configured port (its BAR0 is the ``resource0`` file of the port's fake
 sysfs device), the DMA space of the registered arenas, and the wires: a
-generator feeding a port's RX side, a sink verifying its TX side, or a
-cable to another port (both directions).  ``step()`` makes progress on
+generator feeding a port's RX side, a sink taking its TX side (verifying
+ixypipe's own frames, or counting any frames), or a cable to another port
+(both directions).  ``step()`` makes progress on
 everything pending and returns the work done, so tests and benchmarks can
 drive it deterministically in-process; the simulator process
 (``ixypipe.sim.server``) calls the same ``step()`` in a loop.
@@ -29,11 +30,11 @@ import numpy as np
 from ixypipe.memory.arena import Arena
 from ixypipe.nic import registers as R
 from ixypipe.sim import sysfs
-from ixypipe.sim.block import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE
+from ixypipe.sim.block import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE, SIM_SIZE_FIELDS
 from ixypipe.sim.dma import DmaSpace
-from ixypipe.sim.foreign import ForeignDma
+from ixypipe.sim.foreign import DriverLeft, ForeignDma
 from ixypipe.sim.model import STATS_PERIOD_NS, Fault, SimPort
-from ixypipe.sim.traffic import Generator, Sink
+from ixypipe.sim.traffic import SINK_MODES, SIZE_BUCKET_NAMES, CountSink, Generator, Sink
 
 log = logging.getLogger(__name__)
 GEN_BATCH = 512                 # most frames a generator sends per step
@@ -56,9 +57,15 @@ class GeneratorConfig:
 
 @dataclass
 class SinkConfig:
-    verify: bool = True
-    expect_touch: bool = False      # byte 1 of every frame incremented by one, as ixy-fwd does
-    pcap: str | None = None
+    mode: str = "verify"            # "verify": ixypipe's generator frames (loss, order, content); "count": any
+    expect_touch: bool = False      # verify: byte 1 of every frame incremented by one, as ixy-fwd does
+    pcap: str | None = None         # also append every frame to this pcap file
+    verify: bool = True             # the older spelling: False means mode "count"; kept equal to mode
+
+    def __post_init__(self) -> None:
+        if not self.verify:
+            self.mode = "count"
+        self.verify = self.mode == "verify"
 
 
 @dataclass
@@ -85,6 +92,19 @@ class PortCounters:
     sink_corrupt: int = 0
     sink_untouched: int = 0
     dma_faults: int = 0
+    sink_bytes: int = 0             # frame bytes without FCS
+    sink_size_lt64: int = 0         # sizes with FCS, RFC 2819 buckets (a count sink only)
+    sink_size_64: int = 0
+    sink_size_65_127: int = 0
+    sink_size_128_255: int = 0
+    sink_size_256_511: int = 0
+    sink_size_512_1023: int = 0
+    sink_size_1024_1518: int = 0
+    sink_size_gt1518: int = 0
+
+    def sizes(self) -> dict[str, int]:
+        """The size histogram by bucket name ("64", "65-127", ...)."""
+        return {name: getattr(self, f) for name, f in zip(SIZE_BUCKET_NAMES, SIM_SIZE_FIELDS, strict=True)}
 
 
 assert tuple(f.name for f in fields(PortCounters)) == SIM_COUNTER_FIELDS
@@ -102,6 +122,9 @@ def validate_ports(ports: list[SimPortConfig]) -> list[SimPortConfig]:
     for p in ports:
         if not p.name or names.count(p.name) > 1:
             raise SimConfigError(f"simulated port names must be unique and non-empty, got {names}")
+        if p.sink is not None and p.sink.mode not in SINK_MODES:
+            raise SimConfigError(f"port {p.name}: sink mode must be one of {', '.join(SINK_MODES)}, "
+                                 f"got {p.sink.mode!r}")
         if p.mac is not None and len(p.mac) != 6:
             raise SimConfigError(f"port {p.name}: mac must be 6 bytes, got {len(p.mac)}")
         if p.cable_to is not None:
@@ -185,7 +208,10 @@ class SimWorld:
         for cfg in self.configs:
             port = self.ports[cfg.name]
             if cfg.sink is not None:
-                sink = Sink(by_id, cfg.sink.verify, cfg.sink.expect_touch, cfg.sink.pcap)
+                if cfg.sink.mode == "count":
+                    sink = CountSink(cfg.sink.pcap)
+                else:
+                    sink = Sink(by_id, True, cfg.sink.expect_touch, cfg.sink.pcap)
                 self.sinks[cfg.name] = sink
                 port.wire_out.append(sink.receive)
             if cfg.cable_to is not None:
@@ -203,11 +229,18 @@ class SimWorld:
     def step(self) -> int:
         """Make progress on everything pending; returns the work done (0 = idle)."""
         work = 0
-        for port in self.ports.values():
-            work += port.step()
-        if self.traffic:
-            for name, gen in self.generators.items():
-                work += self._generate(name, gen)
+        try:
+            for port in self.ports.values():
+                work += port.step()
+            if self.traffic:
+                for name, gen in self.generators.items():
+                    work += self._generate(name, gen)
+        except DriverLeft as exc:
+            # a lookup (in a queue the dead driver enabled) found no driver: abandon this step, whose
+            # DMA went nowhere, and wait for the next driver on fresh ports
+            log.warning("%s: ports reset, waiting for the next driver", exc)
+            self._reset_for_next_driver()
+            work += 1
         if work:
             self.publish()
         return work
@@ -222,8 +255,8 @@ class SimWorld:
             if n == 0:
                 return 0
             batch = gen.make(n)
-            gen.commit(n)
             port.receive(batch)
+            gen.commit(n)               # after: a step abandoned (DriverLeft) sent nothing
         else:
             free = port.rx_free()
             n = gen.allowance(min(GEN_BATCH, int(free.sum())))
@@ -242,8 +275,8 @@ class SimWorld:
                 return 0
             if n < len(batch):
                 batch, queues, hashes = batch.take(slice(0, n)), queues[:n], hashes[:n]
-            gen.commit(n)
             port.receive(batch, queues, hashes)
+            gen.commit(n)
         self._gen_bytes[name] += int(batch.lengths.sum())
         return n
 
@@ -257,11 +290,14 @@ class SimWorld:
         for i, name in enumerate(self.names):
             p = self.ports[name]
             gen = self.generators.get(name)
-            s = self.sinks[name].result if name in self.sinks else None
-            self._rows[i] = (
+            sink = self.sinks.get(name)
+            s = sink.result if sink is not None else None
+            row = self._rows[i]
+            row[:len(SIM_COUNTER_FIELDS) - len(SIM_SIZE_FIELDS)] = (
                 gen.sent if gen else 0, self._gen_bytes[name], p.rx_delivered, p.rx_missed, p.tx_sent,
                 p.tx_bytes, s.received if s else 0, s.lost if s else 0, s.reordered if s else 0,
-                s.corrupt if s else 0, s.untouched if s else 0, len(p.faults))
+                s.corrupt if s else 0, s.untouched if s else 0, len(p.faults), s.received_bytes if s else 0)
+            row[len(row) - len(SIM_SIZE_FIELDS):] = sink.sizes if sink is not None else 0
 
     def counters(self) -> dict[str, PortCounters]:
         self.publish()
@@ -274,17 +310,23 @@ class SimWorld:
         if not isinstance(self.dma, ForeignDma) or not self.dma.driver_left():
             return False
         log.info("driver process(es) %s left: ports reset, their memory released", self.dma.driver_pids)
+        self._reset_for_next_driver()
+        return True
+
+    def _reset_for_next_driver(self) -> None:
         for port in self.ports.values():
             port.power_on()
         self.dma.release()
-        return True
 
     def link_up(self, name: str) -> bool:
         return bool(self.ports[name].reg(R.LINKS) & R.LINKS_UP)
 
     def close(self) -> None:
-        for sink in self.sinks.values():
-            sink.close()
+        for name, sink in self.sinks.items():
+            try:
+                sink.close()
+            except OSError as exc:      # its pcap file could not be written: still close the rest
+                log.error("port %s: closing the sink: %s", name, exc)
         for port in self.ports.values():
             port.detach()
         self.ports = {}

@@ -1,0 +1,121 @@
+"""The final accounting as a function of plain data (stage-table counters, pool counts, deaths, restarts),
+and the shutdown step that empties the rings before it."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from ixypipe.layout import STAGE_ROW_DTYPE
+from ixypipe.memory.arena import Arena
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic.device import PortSpec
+from ixypipe.pipeline.plan import build_plan
+from ixypipe.pipeline.report import Accounting, PoolCount
+from ixypipe.pipeline.supervisor import packet_arena_regions, reclaim_rings
+from ixypipe.rings.spsc import Ring
+
+POOL = 64
+
+
+def plan():
+    """rx-p0q0 (row 0), rx-p1q0 (1), worker-0 (2), tx-p0q0 (3), tx-p1q0 (4); two pools of 64 buffers."""
+    return build_plan("demo", "", "", [PortSpec("p0", "sim"), PortSpec("p1", "sim")], [1, 0], workers=1,
+                      batch_size=32, ring_size=64, buffers_per_queue=POOL, worker_function="touch",
+                      worker_per_packet=False, worker_base_dir=".", distribute="flow")
+
+
+def table(received=(600, 400), transmitted=(500, 470), worker_drops=10, bad_packets=5, errors=3, no_route=2):
+    t = np.zeros(5, STAGE_ROW_DTYPE)
+    t["packets_in"][[0, 1]] = received
+    t["bytes_in"][[0, 1]] = [60 * n for n in received]
+    t["packets_out"][[3, 4]] = transmitted
+    t["bytes_out"][[3, 4]] = [64 * n for n in transmitted]
+    t["drop_bad_packet"][0] = bad_packets
+    t["drop_worker"][2] = worker_drops
+    t["drop_worker_error"][2] = errors
+    t["drop_no_route"][2] = no_route
+    t["user_names"][2, 0] = b"seen"
+    t["user"][2, 0] = 980
+    return t
+
+
+HOME = [PoolCount(POOL, 40, 24), PoolCount(POOL, 10, 54)]       # every buffer free or in an RX descriptor
+
+
+def test_every_packet_and_buffer_accounted_for_is_ok():
+    p = plan()
+    assert [(s.name, s.row) for s in p.stages] == [("rx-p0q0", 0), ("rx-p1q0", 1), ("worker-0", 2),
+                                                   ("tx-p0q0", 3), ("tx-p1q0", 4)]
+    acc = Accounting.of(p, table(), HOME, stranded=10, device_missed={"p0": 7, "p1": 0})
+    assert (acc.received, acc.transmitted, acc.in_flight) == (1000, 970, 0)
+    assert acc.drops == {"worker": 10, "worker_error": 3, "bad_packet": 5, "no_route": 2, "stranded": 10,
+                         "stage_died": 0}
+    assert (acc.buffers_total, acc.buffers_free, acc.buffers_in_nic) == (128, 50, 78)
+    assert acc.ports == {"p0": {"rx_packets": 600, "rx_bytes": 36000, "tx_packets": 500, "tx_bytes": 32000},
+                         "p1": {"rx_packets": 400, "rx_bytes": 24000, "tx_packets": 470, "tx_bytes": 30080}}
+    assert acc.user_counters == {"seen": 980}
+    assert acc.device_missed == {"p0": 7, "p1": 0}
+    assert acc.problems == [] and acc.ok
+    out = io.StringIO()
+    acc.print(out, json_lines=False)
+    assert out.getvalue().splitlines() == [
+        "== accounting ==",
+        "received              1,000",
+        "transmitted             970",
+        "dropped                  30   (worker 10, worker_error 3, bad_packet 5, no_route 2, stranded 10)",
+        "in flight                 0",
+        "buffers                 128   (50 free, 78 in RX descriptors)",
+        "missed by the NICs (no free descriptor): p0 7, p1 0",
+        "worker counters: seen 980",
+        "accounting OK",
+    ]
+
+
+def test_buffers_missing_without_a_death_are_a_leak():
+    # 3 buffers are neither free nor in a descriptor, and the 3 packets in them are nowhere
+    acc = Accounting.of(plan(), table(received=(603, 400)), [PoolCount(POOL, 37, 24), HOME[1]], stranded=10)
+    assert acc.drops["stage_died"] == 0
+    assert acc.in_flight == 3
+    assert acc.problems == ["3 buffers never came home and no stage died: a leak",
+                            "3 packets unaccounted for (received 1003, transmitted 970, dropped 30)"]
+    assert not acc.ok
+
+
+def test_buffers_a_dead_stage_held_are_dropped_with_reason_stage_died():
+    pools = [PoolCount(POOL, 37, 24), HOME[1]]
+    acc = Accounting.of(plan(), table(received=(603, 400)), pools, stranded=10, died=["worker-0"])
+    assert acc.drops["stage_died"] == 3 and acc.in_flight == 0 and acc.ok
+    # a restarted worker, or a dead simulator, lose buffers the same way
+    for cause in ({"restarts": 1}, {"sim_died": True}):
+        acc = Accounting.of(plan(), table(received=(603, 400)), pools, stranded=10, **cause)
+        assert acc.drops["stage_died"] == 3 and acc.in_flight == 0 and acc.ok, cause
+    assert Accounting.of(plan(), table(received=(603, 400)), pools, stranded=10, restarts=1).restarts == 1
+
+
+def test_in_flight_is_received_minus_transmitted_minus_every_drop():
+    acc = Accounting.of(plan(), table(transmitted=(500, 460)), HOME, stranded=4)
+    assert acc.in_flight == 1000 - 960 - (10 + 3 + 5 + 2) - 4 == 16
+    assert acc.problems == ["16 packets unaccounted for (received 1000, transmitted 960, dropped 24)"]
+    # more out than in is just as wrong
+    acc = Accounting.of(plan(), table(transmitted=(500, 490)), HOME, stranded=10)
+    assert acc.in_flight == -20 and not acc.ok
+
+
+def test_reclaim_counts_packets_in_forward_rings_as_stranded_and_sends_every_buffer_home():
+    p = plan()
+    with Arena.create(Arena.size_for(packet_arena_regions(p, 2048)), hugepages_mode="never", tag="test") as arena:
+        bufs = PacketBuffers.create(arena, p.buffer_count)
+        pools = [Mempool.create(arena, bufs, pp.name, pp.first, pp.count, pp.pool_id) for pp in p.pools]
+        for ring in p.rings:
+            Ring.create(arena, ring.name, ring.capacity)
+        a, b = pools[0].alloc(5), pools[1].alloc(7)
+        Ring.attach(arena, "rx-p0q0>w0").enqueue(a[:3])          # forward: packets on their way
+        Ring.attach(arena, "w0>tx-p1q0").enqueue(b[:4])          # forward
+        Ring.attach(arena, "tx-p1q0>pool0").enqueue(a[3:])       # return: buffers going home
+        Ring.attach(arena, "w0>pool1").enqueue(b[4:])            # return
+        assert reclaim_rings(p, arena, pools, bufs) == 3 + 4
+        assert [pool.available() for pool in pools] == [POOL, POOL]
+        assert all(Ring.attach(arena, r).empty() for r in p.ring_names())
