@@ -41,7 +41,7 @@ from ixypipe.nic import ports as port_factory
 from ixypipe.pipeline import planinfo, stagetable
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
-from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, send_home
+from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops, send_home
 from ixypipe.pipeline.stages import stage_main
 from ixypipe.proc import describe_exit
 from ixypipe.rings import wakeup
@@ -97,6 +97,7 @@ class Supervisor:
         self.restarts = 0
         self.sim_died = False
         self._sleepers: list[int] = []
+        self._port_drops: dict[str, dict[str, int]] = {}
 
     # ---- the whole run -------------------------------------------------------------
     def run(self) -> RunResult:
@@ -307,6 +308,7 @@ class Supervisor:
                     self._drain_role(role)
             built = self.plan is not None and self.arena is not None
             unsent = self._drain_dead_tx() if built else 0
+            self._port_drops = port_drops(self.devices, self.sim)    # before the simulator's counters go
             sim_counters = self.sim.stop() if self.sim is not None else None
             self.sim = None
             if built:
@@ -383,21 +385,12 @@ class Supervisor:
             counts.append(PoolCount(pool.count, pool.available(), in_nic))
         return counts
 
-    def _device_missed(self) -> dict[str, int]:
-        missed = {}
-        for dev in self.devices.values():
-            try:
-                missed[dev.name] = int(dev.read_stats().rx_dropped)
-            except Exception:
-                pass
-        return missed
-
     def _account(self, stranded: int, unsent: int) -> Accounting:
         """The accounting of this run, from the stage table and what was found once every stage stopped."""
         dead = self._dead_rows()
         return Accounting.of(self.plan, self.table, self._pool_counts(), stranded=stranded,
                              died=[s.name for s in self.plan.stages if s.row in dead], restarts=self.restarts,
-                             sim_died=self.sim_died, device_missed=self._device_missed(), unsent=unsent)
+                             sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent)
 
     def _release(self) -> None:
         for p in self.procs:
