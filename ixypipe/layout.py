@@ -108,10 +108,12 @@ RING_SLOT_DTYPE = np.dtype("<u4")
 # ``command``; the stage writes every other field (single writer per field).
 STAGE_CMD_RUN = 1
 STAGE_CMD_DRAIN = 2          # finish what is in hand, flush outputs, exit
+STAGE_CMD_ABANDON = 3        # drain, but the device is gone: wait for nothing from it
 STAGE_STATE_STARTING = 0
 STAGE_STATE_RUNNING = 1
 STAGE_STATE_DRAINING = 2
 STAGE_STATE_DONE = 3         # exited cleanly after a drain
+STAGE_STATE_DEAD = 4         # written by the supervisor once the process is gone: producers stop pushing to it
 STAGE_USER_COUNTERS = 8      # worker-defined counters (Batch.count), names in "stage_names"
 STAGE_NAME_LEN = 16
 STAGE_ROW_DTYPE = np.dtype([
@@ -134,10 +136,24 @@ STAGE_ROW_DTYPE = np.dtype([
     ("drop_worker_error", "<i8"),    # the worker function raised
     ("drop_bad_packet", "<i8"),      # length 0 or larger than a buffer
     ("drop_no_route", "<i8"),        # verdict names a port that does not exist
+    ("drop_stage_died", "<i8"),      # held for a consumer stage that died (the rest: buffers never home)
     ("user", "<i8", (STAGE_USER_COUNTERS,)),
     ("user_names", f"S{STAGE_NAME_LEN}", (STAGE_USER_COUNTERS,)),
 ])
-DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route")
+DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route", "stage_died")
+
+# --- wake-up lines -------------------------------------------------------------
+# Region "wake": one cache line per stage row (its own line, so the producers
+# that read it do not bounce the stage's counter line).  A consumer that found
+# every input empty sets ``sleeping`` and blocks on its POSIX semaphore; a
+# producer that enqueued for it posts the semaphore only when it reads
+# ``sleeping`` set, so a busy consumer costs its producers no system call.
+WAKE_REGION = "wake"
+WAKE_LINE_DTYPE = np.dtype([
+    ("sleeping", "<i8"),
+    ("wakeups", "<i8"),       # times the consumer woke from its semaphore
+    ("pad", "u1", (48,)),
+])
 
 # --- software ports' counters in the device arena (af_packet, pcap) -------------
 # Region "<driver>.<port>": a header line, then one counter line per RX queue,

@@ -49,7 +49,8 @@ def test_every_packet_and_buffer_accounted_for_is_ok():
     p = plan()
     assert [(s.name, s.row) for s in p.stages] == [("rx-p0q0", 0), ("rx-p1q0", 1), ("worker-0", 2),
                                                    ("tx-p0q0", 3), ("tx-p1q0", 4)]
-    acc = Accounting.of(p, table(), HOME, stranded=10, device_missed={"p0": 7, "p1": 0})
+    acc = Accounting.of(p, table(), HOME, stranded=10,
+                        port_drops={"p0": {"rx_missed": 7, "rx_too_long": 2}, "p1": {"rx_missed": 0, "rx_too_long": 0}})
     assert (acc.received, acc.transmitted, acc.in_flight) == (1000, 970, 0)
     assert acc.drops == {"worker": 10, "worker_error": 3, "bad_packet": 5, "no_route": 2, "stranded": 10,
                          "stage_died": 0}
@@ -68,7 +69,7 @@ def test_every_packet_and_buffer_accounted_for_is_ok():
         "dropped                  30   (worker 10, worker_error 3, bad_packet 5, no_route 2, stranded 10)",
         "in flight                 0",
         "buffers                 128   (50 free, 78 in RX descriptors)",
-        "missed by the NICs (no free descriptor): p0 7, p1 0",
+        "dropped at the ports, before the pipeline: p0 missed 7, p0 too_long 2",
         "worker counters: seen 980",
         "accounting OK",
     ]

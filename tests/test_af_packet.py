@@ -179,15 +179,21 @@ def test_vlan_tags_survive_reception(testbed, env, tmp_path):
     dev.close()
 
 
-def test_frames_longer_than_a_buffer_are_counted_not_delivered(env, tmp_path):
+def test_frames_longer_than_a_buffer_are_counted_too_long_with_one_warning(env, tmp_path, caplog):
     arena, bufs, pools, home = env
     with VethTestbed(mtu=4000) as tb:
         dev = AfPacketDevice.open(PortSpec("a", "af_packet", tb.port_a), arena, bufs, [pools[0]])
         dev.rx_batch(0, np.empty(1, np.uint32))
-        tb.a.send(write_pcap(tmp_path / "f.pcap", [frame(1, 3000), frame(2, 200)]))
+        tb.a.send(write_pcap(tmp_path / "f.pcap", [frame(1, 3000), frame(2, 200), frame(3, 2500)]))
         assert receive(dev, pools[0], 1) == [frame(2, 200)]
-        assert dev.read_stats().rx_dropped == 1
+        stats = dev.read_stats()
+        assert (stats.rx_too_long, stats.rx_dropped) == (2, 0)
         dev.close()
+    warnings = [r.getMessage() for r in caplog.records if "too_long" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"port a ({tb.port_a}): dropped a 3000-byte frame, longer than a packet "
+                                  f"buffer holds ({bufs.max_data} bytes)")
+    assert f"ip link set {tb.port_a} mtu 1500" in warnings[0] and "pipeline.buffer_size" in warnings[0]
 
 
 def test_two_rx_queues_share_the_flows_through_fanout(testbed, env, tmp_path):

@@ -18,11 +18,11 @@ import pytest
 from ixypipe.layout import PLAN_INFO_REGION, STAGE_STATE_RUNNING
 from ixypipe.memory.arena import SHM_DIR, Arena
 from ixypipe.nic.device import PortSpec
-from ixypipe.ops.running import NoPipelineError, choose_pipeline, find_pipelines
 from ixypipe.ops.top import Observer, Sample, compute_view, render
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import build_plan
 from ixypipe.pipeline.planinfo import PlanInfoError, read_plan_info, write_plan_info
+from ixypipe.pipeline.running import NoPipelineError, choose_pipeline, find_pipelines
 from ixypipe.rings.spsc import Ring
 
 REPO = Path(__file__).resolve().parent.parent

@@ -227,3 +227,37 @@ def test_cores_names_a_bad_pipeline_file():
     res = cores(str(bad))
     assert res.exit_code == 2
     assert f"error: {bad}: workers.processes (line 18): must be a whole number from 1 to 64, got 0" in res.output
+
+
+def test_cpus_held_by_other_pipelines_are_used_last():
+    topo = CpuTopology(cpus=[0, 1, 2, 3])
+    held = {0: ["fwd[10]/rx-p0q0", "fwd[10]/worker-0"], 1: ["fwd[10]/tx-p0q0"]}
+    p = plan_placement([StageDemand("rx-a-q0", "rx"), StageDemand("worker-0", "worker")], topo, held=held)
+    assert sorted(p.cpu_of.values()) == [2, 3]
+    assert not p.oversubscribed and p.warnings == []
+    # with every CPU held, the least held one is shared, and that is said
+    p = plan_placement(FWD_STAGES[:1], CpuTopology(cpus=[0, 1]), held=held)
+    assert p.cpu_of == {"rx-p0q0": 1} and p.oversubscribed
+    assert p.warnings[-1] == "CPU 1 is shared with running pipelines: fwd[10] (1 stage)"
+
+
+def test_a_running_pipeline_holds_its_stage_cpus_and_cores_shows_them(tmp_path):
+    from ixypipe.pipeline.running import held_cpus
+    from tests.support.runs import FWD, IXYPIPE, REPO, start, wait_for_stats
+
+    proc = start([str(FWD), "--json"])
+    try:
+        wait_for_stats(proc)
+        mine = {cpu: [s for s in stages if s.startswith(f"fwd[{proc.pid}]/")] for cpu, stages in held_cpus().items()}
+        names = sorted(s.rsplit("/", 1)[1] for stages in mine.values() for s in stages)
+        assert names == ["rx-p0q0", "rx-p1q0", "tx-p0q0", "tx-p1q0", "worker-0"]
+        for cpu, stages in mine.items():
+            assert cpu in os.sched_getaffinity(0) or not stages
+        res = subprocess.run([*IXYPIPE, "cores", "--json", "--interval", "0"], capture_output=True, text=True,
+                             cwd=REPO, timeout=60)
+        doc = json.loads(res.stdout)
+        shown = sorted(s.rsplit("/", 1)[1] for c in doc["cpus"] for s in c["held_by"] if f"[{proc.pid}]" in s)
+        assert shown == names
+    finally:
+        proc.send_signal(2)
+        proc.communicate(timeout=120)

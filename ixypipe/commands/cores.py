@@ -59,7 +59,8 @@ def isolation_advice(topo: CpuTopology) -> str:
             f"stages on isolated CPUs first.")
 
 
-def pipeline_placement(pipeline: str, topo: CpuTopology) -> tuple[list[tuple[str, str]], Placement]:
+def pipeline_placement(pipeline: str, topo: CpuTopology,
+                       held: dict[int, list[str]]) -> tuple[list[tuple[str, str]], Placement]:
     """(stage name, role) in start order and the placement ixypipe run would choose for them."""
     from ixypipe.pipeline.config import load_pipeline
     from ixypipe.pipeline.placement import explicit_cpus, stage_demands
@@ -67,7 +68,7 @@ def pipeline_placement(pipeline: str, topo: CpuTopology) -> tuple[list[tuple[str
 
     cfg = load_pipeline(pipeline)
     demands = stage_demands(plan_from_config(cfg), any(p.driver == "sim" for p in cfg.ports))
-    return [(d.name, d.role) for d in demands], plan_placement(demands, topo, explicit_cpus(cfg))
+    return [(d.name, d.role) for d in demands], plan_placement(demands, topo, explicit_cpus(cfg), held)
 
 
 @click.command()
@@ -83,8 +84,9 @@ def cores(pipeline: str | None, interval: float, as_json: bool, sysfs_root: str)
     \b
     Automatic placement prefers isolated CPUs (isolcpus=), puts stages on
     separate physical cores before using hyper-thread siblings, keeps a
-    stage on its NIC's NUMA node, and gives the software 82599 a CPU of its
-    own when there are two or more.  A [cpus] table in the pipeline file
+    stage on its NIC's NUMA node, uses CPUs that stages of other running
+    pipelines hold ("held by") last, and gives the software 82599 a CPU of
+    its own when there are two or more.  A [cpus] table in the pipeline file
     overrides it per role (rx, workers, tx, sim).
 
     \b
@@ -95,15 +97,17 @@ def cores(pipeline: str | None, interval: float, as_json: bool, sysfs_root: str)
     """
     from ixypipe.pipeline.config import ConfigError
     from ixypipe.pipeline.placement import PlacementError
+    from ixypipe.pipeline.running import held_cpus, holders_text
 
     topo = read_topology(sysfs_root)
+    held = held_cpus() if sysfs_root == "/sys" else {}
     percent = psutil.cpu_percent(interval=interval or None, percpu=True)
     busy = {c: float(percent[c]) if c < len(percent) else 0.0 for c in topo.cpus}
     stages: list[tuple[str, str]] = []
     placement = None
     if pipeline:
         try:
-            stages, placement = pipeline_placement(pipeline, topo)
+            stages, placement = pipeline_placement(pipeline, topo, held)
         except (ConfigError, PlacementError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -117,7 +121,7 @@ def cores(pipeline: str | None, interval: float, as_json: bool, sysfs_root: str)
         click.echo(json.dumps({
             "cpus": [{"cpu": c, "core": core_of(topo, c), "numa_node": topo.numa_node.get(c),
                       "isolated": c in topo.isolated, "siblings": sorted(topo.siblings.get(c, set())),
-                      "busy_percent": busy[c]} for c in topo.cpus],
+                      "busy_percent": busy[c], "held_by": held.get(c, [])} for c in topo.cpus],
             "isolated": sorted(topo.isolated),
             "placement": dict(placement.cpu_of) if placement else None,
             "oversubscribed": placement.oversubscribed if placement else None,
@@ -127,13 +131,14 @@ def cores(pipeline: str | None, interval: float, as_json: bool, sysfs_root: str)
         return
     click.echo(f"CPUs usable here: {cpu_list_text(topo.cpus)} ({len(topo.cpus)}); isolated: "
                f"{cpu_list_text(topo.isolated) or 'none'}")
-    click.echo(f"{'CPU':>4} {'core':>5} {'NUMA':>5} {'isolated':>9} {'siblings':>9} {'busy':>6}")
+    click.echo(f"{'CPU':>4} {'core':>5} {'NUMA':>5} {'isolated':>9} {'siblings':>9} {'busy':>6}  held by")
     for c in topo.cpus:
         node = topo.numa_node.get(c)
         sib = cpu_list_text(topo.siblings.get(c, set())) or "-"
         flag = "  busy" if busy[c] >= BUSY_PERCENT else ""
+        holders = holders_text(held.get(c, [])) or "-"
         click.echo(f"{c:>4} {core_of(topo, c):>5} {'-' if node is None else node:>5} "
-                   f"{'yes' if c in topo.isolated else 'no':>9} {sib:>9} {busy[c]:>5.0f}%{flag}")
+                   f"{'yes' if c in topo.isolated else 'no':>9} {sib:>9} {busy[c]:>5.0f}%  {holders}{flag}")
     if placement:
         click.echo(f"\nPlacement for {Path(pipeline)}:")
         width = max(len(n) for n, _ in stages)

@@ -26,10 +26,10 @@ def command(pipeline: str | None, interval: float, iterations: int | None, list_
     Without a terminal it prints plain frames (use -n to stop).
     """
     from ixypipe.memory.arena import ArenaError
-    from ixypipe.ops.running import NoPipelineError, choose_pipeline, find_pipelines
     from ixypipe.ops.screen import run_screen
     from ixypipe.ops.top import Observer
     from ixypipe.pipeline.planinfo import PlanInfoError
+    from ixypipe.pipeline.running import NoPipelineError, choose_pipeline, find_pipelines
 
     if list_only:
         running = find_pipelines()

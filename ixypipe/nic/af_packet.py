@@ -22,6 +22,7 @@ queue with a single writer, so the supervisor reads what the stages count.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import secrets
@@ -80,6 +81,8 @@ OPTIONS = {"qdisc_bypass", "fanout_defrag"}
 _HDR = TPACKET2_HDR_DTYPE
 _Q = SOFT_PORT_QUEUE_DTYPE
 _SLOT = {name: _Q.fields[name][1] // 8 for name in _Q.names if _Q.fields[name][0] == np.dtype("<u8")}
+
+log = logging.getLogger(__name__)
 
 
 class AfPacketError(DeviceError):
@@ -238,8 +241,8 @@ class PortCounters:
         rx, tx = self._table[:self.rx_queues], self._table[self.rx_queues:]
         return DeviceStats(rx_packets=int(rx["packets"].sum()), tx_packets=int(tx["packets"].sum()),
                            rx_bytes=int(rx["bytes"].sum()), tx_bytes=int(tx["bytes"].sum()),
-                           rx_dropped=int(rx["dropped"].sum() + rx["truncated"].sum()),
-                           tx_dropped=int(tx["dropped"].sum()))
+                           rx_dropped=int(rx["dropped"].sum()), tx_dropped=int(tx["dropped"].sum()),
+                           rx_too_long=int(rx["truncated"].sum()))
 
     def close(self) -> None:
         for line in (*self.rx, *self.tx):
@@ -255,6 +258,7 @@ class RxQueue:
 
     def __init__(self, dev: AfPacketDevice, queue: int, pool: Mempool):
         self.dev, self.queue, self.pool = dev, queue, pool
+        self.warned_too_long = False
         bufs = dev.bufs
         self.sock = _packet_socket(dev.ifname, dev.name)
         try:
@@ -303,6 +307,8 @@ class RxQueue:
         good = (ring.snaplen[frames] == lengths) & (full <= bufs.max_data)
         if not good.all():
             PortCounters.add(self.line, "truncated", int(n - good.sum()))
+            if not self.warned_too_long:
+                self._warn_too_long(int(full[~good].max()), bufs.max_data)
             frames, lengths, status, vlan = frames[good], lengths[good], status[good], vlan[good]
         k = len(frames)
         if k:
@@ -324,6 +330,16 @@ class RxQueue:
         ring.status[examined] = TP_STATUS_KERNEL      # give every examined frame back
         ring.advance(n)
         return k
+
+    def _warn_too_long(self, size: int, limit: int) -> None:
+        """Once per queue: what was dropped and how to stop it (counted as too_long every time)."""
+        self.warned_too_long = True
+        dev = self.dev.ifname
+        log.warning("port %s (%s): dropped a %d-byte frame, longer than a packet buffer holds (%d bytes); "
+                    "such frames are counted as too_long. Lower the MTU (ip link set %s mtu 1500), turn off "
+                    "receive offloads that merge frames (ethtool -K %s gro off lro off), or raise "
+                    "pipeline.buffer_size (a buffer holds buffer_size - 64 bytes)",
+                    self.dev.name, dev, size, limit, dev, dev)
 
     def _insert_vlan_tags(self, idx: np.ndarray, frames: np.ndarray, status: np.ndarray) -> None:
         """Put back the 802.1Q tag the kernel stripped into tp_vlan_tci (rare: a loop is fine)."""
@@ -573,6 +589,10 @@ class AfPacketDevice(Device):
         """Wait until the queue's ring has sent everything; returns frames still pending."""
         txq = self.txq.get(queue)
         return txq.drain(timeout) if txq is not None else 0
+
+    def rx_fd(self, queue: int) -> int | None:
+        """The queue's packet socket: poll() reports POLLIN when the kernel put a frame in the RX ring."""
+        return self._rx_queue(queue).sock.fileno()
 
     def rx_held(self, queue: int) -> np.ndarray:
         """Buffers the port holds for RX: none, frames wait in the kernel's ring, not in buffers."""

@@ -57,8 +57,9 @@ class DeviceStats:
     tx_packets: int = 0
     rx_bytes: int = 0
     tx_bytes: int = 0
-    rx_dropped: int = 0      # missed by the device: no free descriptor or buffer
+    rx_dropped: int = 0      # missed by the device: no free descriptor or buffer (kernel: ring full)
     tx_dropped: int = 0
+    rx_too_long: int = 0     # frames longer than a packet buffer holds: dropped at the port
 
     def __sub__(self, other: DeviceStats) -> DeviceStats:
         return DeviceStats(*(getattr(self, k) - getattr(other, k) for k in self.__dataclass_fields__))
@@ -100,6 +101,18 @@ class Device(ABC):
     @abstractmethod
     def tx_batch(self, queue: int, bufs: np.ndarray) -> int:
         """Post bufs[:n] for transmission; returns n.  Completed buffers go to tx_done."""
+
+    def tx_pending(self, queue: int) -> int:
+        """Buffers posted on ``queue`` whose transmission has not completed (still the device's)."""
+        return 0
+
+    def rx_fd(self, queue: int) -> int | None:
+        """A file descriptor that poll() reports readable when ``queue`` has received something, or None.
+
+        An idle RX stage blocks on it instead of polling the ring (AF_PACKET's
+        socket; an 82599 without interrupts has none, so its RX stage polls).
+        """
+        return None
 
     @abstractmethod
     def read_stats(self) -> DeviceStats:

@@ -28,10 +28,10 @@ from ixypipe.layout import (
     STAGE_STATE_STARTING,
 )
 from ixypipe.memory.arena import Arena
-from ixypipe.ops.running import owner_alive
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.planinfo import read_plan_info
 from ixypipe.pipeline.report import mbit, port_totals
+from ixypipe.pipeline.running import owner_alive
 from ixypipe.rings.spsc import Ring
 
 STATE_NAMES = {STAGE_STATE_STARTING: "starting", STAGE_STATE_RUNNING: "running",

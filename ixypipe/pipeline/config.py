@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 DRIVERS = ("sim", "ixgbe", "af_packet", "pcap")
 HUGEPAGE_MODES = ("auto", "require", "never")
 STAGE_DEATH_POLICIES = ("stop", "restart")
+# how an idle stage waits: auto = spin on CPUs the pipeline has to itself (isolated), wake otherwise
+IDLE_MODES = ("auto", "spin", "wake", "nap")
 DISTRIBUTIONS = ("flow", "round-robin")
 PCAP_MODES = ("read", "write")
 CPU_ROLES = ("rx", "workers", "tx", "sim")
@@ -164,6 +166,7 @@ class PipelineConfig:
     workers: WorkersConfig
     cpus: CpuConfig
     stats: StatsConfig
+    idle: str = "auto"
 
     @property
     def base_dir(self) -> Path:
@@ -334,7 +337,7 @@ def _range(lo: int | None, hi: int | None) -> str:
 
 # ---- the tables -----------------------------------------------------------------------------
 PIPELINE_KEYS = ("name", "batch_size", "ring_size", "buffer_size", "buffers_per_queue", "hugepages",
-                 "on_stage_death", "stats_interval")
+                 "on_stage_death", "stats_interval", "idle")
 PORT_COMMON_KEYS = ("name", "driver", "rx_queues", "tx_queues", "rx_ring_size", "tx_ring_size", "promiscuous",
                     "forward_to")
 PORT_DRIVER_KEYS = {
@@ -390,6 +393,7 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
                             power_of_two=True)
     hugepages = r.string(pl, "hugepages", "pipeline", "auto", HUGEPAGE_MODES)
     on_stage_death = r.string(pl, "on_stage_death", "pipeline", "stop", STAGE_DEATH_POLICIES)
+    idle = r.string(pl, "idle", "pipeline", "auto", IDLE_MODES)
 
     ports = _ports(r, doc, buffer_size, base_dir)
 
@@ -414,7 +418,7 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
     stats = StatsConfig(interval, r.boolean(st, "json", "stats", False))
 
     return PipelineConfig(file, name, batch_size, ring_size, buffer_size, bpq, hugepages, on_stage_death,
-                          ports, workers, cpus, stats)
+                          ports, workers, cpus, stats, idle)
 
 
 def _buffers_needed(ports: list[PortConfig], batch_size: int) -> tuple[int, str]:

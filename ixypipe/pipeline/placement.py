@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from ixypipe.pipeline.running import holders_text
+
 
 class PlacementError(Exception):
     """A CPU cannot be used as asked."""
@@ -98,10 +100,13 @@ def _preference(topo: CpuTopology) -> list[int]:
 
 
 def plan_placement(demands: list[StageDemand], topo: CpuTopology,
-                   explicit: dict[str, list[int] | None] | None = None) -> Placement:
+                   explicit: dict[str, list[int] | None] | None = None,
+                   held: dict[int, list[str]] | None = None) -> Placement:
+    """A CPU per demand; ``held``: CPU -> stages of other running pipelines there, avoided while others are free."""
     explicit = explicit or {}
+    held = {c: names for c, names in (held or {}).items() if c in topo.cpus and names}
     cpu_of: dict[str, int] = {}
-    load: dict[int, int] = {c: 0 for c in topo.cpus}
+    load: dict[int, int] = {c: len(held.get(c, ())) for c in topo.cpus}
     per_role: dict[str, int] = {}
     automatic = []
     for d in demands:
@@ -134,11 +139,14 @@ def plan_placement(demands: list[StageDemand], topo: CpuTopology,
         cpu = min(candidates, key=lambda c: (load[c], candidates.index(c)))
         cpu_of[d.name] = cpu
         load[cpu] += 1
-    oversubscribed = any(n > 1 for n in load.values())
+    mine = set(cpu_of.values())
+    shared = sorted(c for c in mine if load[c] > 1)       # only CPUs this pipeline uses count
+    oversubscribed = bool(shared)
     warnings = []
     if oversubscribed:
-        shared = sorted({c for c in load if load[c] > 1})
         warnings.append(oversubscription_warning(sum(load[c] for c in shared), len(shared)))
+    for cpu in sorted(mine & set(held)):
+        warnings.append(f"CPU {cpu} is shared with running pipelines: {holders_text(held[cpu])}")
     return Placement(cpu_of, oversubscribed, warnings)
 
 
@@ -172,11 +180,15 @@ def explicit_cpus(cfg) -> dict[str, list[int] | None]:
 def place_stages(plan, cfg, sim_pid: int | None = None):
     """Choose a CPU per stage (and for the simulator process), write it into the plan, pin the simulator.
 
-    Stages pin themselves when they start.  On CPUs that are isolated and not
-    shared, stages spin without backing off, as DPDK lcores do.
+    Stages pin themselves when they start.  CPUs that stages of other running
+    pipelines hold are used last.  On CPUs that are isolated and not shared,
+    stages spin without backing off, as DPDK lcores do.
     """
+    from ixypipe.pipeline.running import held_cpus  # reads arenas: only when placing for real
+
     topo = read_topology()
-    placement = plan_placement(stage_demands(plan, sim_pid is not None), topo, explicit_cpus(cfg))
+    placement = plan_placement(stage_demands(plan, sim_pid is not None), topo, explicit_cpus(cfg),
+                               held_cpus(exclude_pid=os.getpid()))
     for s in plan.stages:
         s.cpu = placement.cpu_of.get(s.name)
     if sim_pid is not None and "sim" in placement.cpu_of:
@@ -184,4 +196,7 @@ def place_stages(plan, cfg, sim_pid: int | None = None):
     plan.shared_cpus = placement.oversubscribed
     plan.spin_only = not placement.oversubscribed and all(
         s.cpu in topo.isolated for s in plan.stages if s.cpu is not None)
+    idle = getattr(cfg, "idle", "auto")
+    plan.idle = ("spin" if plan.spin_only else "wake") if idle == "auto" else idle
+    plan.spin_only = plan.idle == "spin"
     return placement

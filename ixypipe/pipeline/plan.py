@@ -82,6 +82,18 @@ class PipelinePlan:
     sysfs_roots: dict[str, str] = field(default_factory=dict)   # port name -> sysfs root (sim ports)
     spin_only: bool = False      # every stage on an isolated CPU of its own: never sleep
     shared_cpus: bool = False    # stages share CPUs: nap at once when idle
+    idle: str = "nap"            # how idle stages wait: "spin", "wake" or "nap" (placement resolves "auto")
+
+    def consumer_row(self, ring: str) -> int:
+        """The stage-table row of the stage that consumes ``ring``."""
+        for s in self.stages:
+            if ring in s.in_rings:
+                return s.row
+        raise KeyError(f"no stage consumes ring {ring!r}")
+
+    def sleeper_rows(self) -> list[int]:
+        """Rows of the stages that sleep on a semaphore when idle in "wake" mode: the ring consumers (workers, TX)."""
+        return [s.row for s in self.stages if s.role in ("worker", "tx")]
 
     @property
     def port_names(self) -> list[str]:

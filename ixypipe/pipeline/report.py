@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 import psutil
@@ -57,7 +58,46 @@ def port_totals(plan, table: np.ndarray) -> dict[str, dict[str, int]]:
     return totals
 
 
+def rate_text(pps: float) -> str:
+    """Packets per second for a person: '850 pps', '12.3 kpps', '1.48 Mpps'."""
+    if pps >= 1e6:
+        return f"{pps / 1e6:.2f} Mpps"
+    if pps >= 1e3:
+        return f"{pps / 1e3:.1f} kpps"
+    return f"{pps:.0f} pps"
+
+
+def port_drops(devices: dict, sim=None) -> dict[str, dict[str, int]]:
+    """Per port, cumulative since start: frames the port dropped before the pipeline got them.
+
+    ``rx_missed``: no free descriptor (NIC) or the kernel's ring was full
+    (AF_PACKET); ``rx_too_long``: longer than a packet buffer.  A software
+    82599's misses come from the model's exact count (its registers are
+    per-interval latches).  The per-second lines, --json intervals and the
+    summary all read this one function, so they agree.
+    """
+    drops = {}
+    for dev in devices.values():
+        try:
+            st = dev.read_stats()
+        except Exception:
+            continue
+        drops[dev.name] = {"rx_missed": int(st.rx_dropped), "rx_too_long": int(st.rx_too_long)}
+    if sim is not None:
+        try:
+            for name, c in sim.counters().items():
+                drops.setdefault(name, {"rx_too_long": 0})["rx_missed"] = int(c.rx_missed)
+        except Exception:
+            pass
+    return drops
+
+
+PORT_DROP_NAMES = {"rx_missed": "missed", "rx_too_long": "too_long"}
+
+
 class StatsPrinter:
+    """Per-second figures: ixy-style lines per port, one line of stages, or JSON interval objects."""
+
     def __init__(self, plan, table, devices, out, json_lines: bool, sim=None):
         self.plan = plan
         self.table = table
@@ -68,33 +108,27 @@ class StatsPrinter:
         self.last = port_totals(plan, table)
         self.last_rows = table.copy()
         self.last_time = None
-        self.last_missed = self._sim_missed()
-
-    def _sim_missed(self) -> dict[str, int]:
-        """Packets each software port's RX missed so far (the model's exact count)."""
-        if self.sim is None:
-            return {}
-        try:
-            return {name: int(c.rx_missed) for name, c in self.sim.counters().items()}
-        except Exception:
-            return {}
+        self.last_drops = port_drops(devices, sim)
 
     def interval(self, elapsed: float) -> None:
         now_totals = port_totals(self.plan, self.table)
         rows = self.table.copy()
         dt = elapsed - (self.last_time or 0.0)
+        drops_now = port_drops(self.devices, self.sim)
         ports = {}
         for name, t in now_totals.items():
             d = {k: t[k] - self.last[name][k] for k in t}
             ports[name] = {
-                "rx_mpps": d["rx_packets"] / dt / 1e6, "rx_mbit": mbit(d["rx_packets"], d["rx_bytes"], dt),
-                "tx_mpps": d["tx_packets"] / dt / 1e6, "tx_mbit": mbit(d["tx_packets"], d["tx_bytes"], dt),
+                "rx_pps": d["rx_packets"] / dt, "rx_mpps": d["rx_packets"] / dt / 1e6,
+                "rx_mbit": mbit(d["rx_packets"], d["rx_bytes"], dt),
+                "tx_pps": d["tx_packets"] / dt, "tx_mpps": d["tx_packets"] / dt / 1e6,
+                "tx_mbit": mbit(d["tx_packets"], d["tx_bytes"], dt),
                 "rx_packets": t["rx_packets"], "tx_packets": t["tx_packets"],
             }
-        missed = self._sim_missed()
-        for name, m in missed.items():
-            ports[name]["rx_missed"] = m - self.last_missed.get(name, 0)
-        self.last_missed = missed
+            for key, total in drops_now.get(name, {}).items():
+                ports[name][key] = total - self.last_drops.get(name, {}).get(key, 0)   # this interval
+                ports[name][f"{key}_total"] = total
+        self.last_drops = drops_now
         stages = {}
         for s in self.plan.stages:
             new, old = rows[s.row], self.last_rows[s.row]
@@ -105,23 +139,29 @@ class StatsPrinter:
                 "batches": int(new["batches"] - old["batches"]),
                 "idle": (int(new["idle_loops"] - old["idle_loops"]) / loops) if loops else 1.0,
                 "stalls": int(new["stalls"] - old["stalls"]),
-                "drops": {r: int(new[f"drop_{r}"]) for r in DROP_REASONS if new[f"drop_{r}"]},
+                "drops": {r: int(new[f"drop_{r}"] - old[f"drop_{r}"]) for r in DROP_REASONS
+                          if new[f"drop_{r}"] != old[f"drop_{r}"]},                       # this interval
+                "drops_total": {r: int(new[f"drop_{r}"]) for r in DROP_REASONS if new[f"drop_{r}"]},
                 "held": int(new["held"]),
             }
         self.last, self.last_rows, self.last_time = now_totals, rows, elapsed
         if self.json_lines:
-            print(json.dumps({"t": round(elapsed, 3), "ports": ports, "stages": stages}), file=self.out, flush=True)
+            print(json.dumps({"type": "interval", "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                              "pipeline": self.plan.name, "t": round(elapsed, 3), "ports": ports,
+                              "stages": stages}), file=self.out, flush=True)
             return
         lines = []
         for name, p in ports.items():
-            lines.append(f"[{name}] RX: {p['rx_mbit']:.2f} Mbit/s {p['rx_mpps']:.2f} Mpps")
-            lines.append(f"[{name}] TX: {p['tx_mbit']:.2f} Mbit/s {p['tx_mpps']:.2f} Mpps")
+            dropped = ", ".join(f"{PORT_DROP_NAMES[k]} {p[k]:,}" for k in PORT_DROP_NAMES if p.get(k))
+            lines.append(f"[{name}] RX: {p['rx_mbit']:.2f} Mbit/s {rate_text(p['rx_pps'])}"
+                         + (f"  dropped: {dropped}" if dropped else ""))
+            lines.append(f"[{name}] TX: {p['tx_mbit']:.2f} Mbit/s {rate_text(p['tx_pps'])}")
         parts = []
         for name, s in stages.items():
             cpu = f"@cpu{s['cpu']}" if s["cpu"] >= 0 else ""
             extra = f" stalls {s['stalls']}" if s["stalls"] else ""
-            drops = sum(s["drops"].values())
-            extra += f" drops {drops}" if drops else ""
+            if s["drops"]:
+                extra += " drops " + ", ".join(f"{r} {n:,}" for r, n in s["drops"].items())
             parts.append(f"{name}{cpu} idle {s['idle'] * 100:.0f}%{extra}")
         lines.append("stages: " + " | ".join(parts))
         print("\n".join(lines), file=self.out, flush=True)
@@ -144,13 +184,16 @@ class Accounting:
     buffers_total: int = 0
     buffers_free: int = 0
     buffers_in_nic: int = 0
-    device_missed: dict[str, int] = field(default_factory=dict)
+    device_missed: dict[str, int] = field(default_factory=dict)     # per port: port_drops' rx_missed
+    port_drops: dict[str, dict[str, int]] = field(default_factory=dict)   # per port: rx_missed, rx_too_long
     ports: dict[str, dict[str, int]] = field(default_factory=dict)
     user_counters: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
     sim: dict | None = None
     sink_modes: dict[str, str] = field(default_factory=dict)     # sim port -> "verify" or "count"
     problems: list[str] = field(default_factory=list)
+    stop_reason: str = ""                  # what ended the run (SIGINT, duration 5 s, stage died, ...)
+    failures: list[str] = field(default_factory=list)   # stages that died or were killed: the run failed
 
     @property
     def ok(self) -> bool:
@@ -158,14 +201,17 @@ class Accounting:
 
     @classmethod
     def of(cls, plan, table: np.ndarray, pools: list[PoolCount], stranded: int = 0, died: Iterable[str] = (),
-           restarts: int = 0, sim_died: bool = False, device_missed: dict[str, int] | None = None) -> Accounting:
+           restarts: int = 0, sim_died: bool = False, port_drops: dict[str, dict[str, int]] | None = None,
+           unsent: int = 0) -> Accounting:
         """The accounting of a stopped pipeline, from plain data.
 
         ``table``: the stage table (counters per stage row of ``plan``);
         ``pools``: what each of ``plan.pools`` holds now that the rings are
         empty; ``stranded``: packets found in forward rings; ``died``: names of
         stages that died; ``restarts``: workers replaced; ``sim_died``: the
-        simulator died.  Buffers missing from the pools are drops with reason
+        simulator died; ``unsent``: buffers posted to TX descriptors of a NIC that
+        died before sending them (counted as transmitted when posted, so taken
+        back here).  Buffers missing from the pools are drops with reason
         stage_died when something died, a leak otherwise.
         """
         acc = cls()
@@ -173,7 +219,7 @@ class Accounting:
         rx_rows = [s.row for s in plan.stages_of("rx")]
         tx_rows = [s.row for s in plan.stages_of("tx")]
         acc.received = int(table["packets_in"][rx_rows].sum())
-        acc.transmitted = int(table["packets_out"][tx_rows].sum())
+        acc.transmitted = int(table["packets_out"][tx_rows].sum()) - unsent
         acc.drops = {r: int(table[f"drop_{r}"].sum()) for r in DROP_REASONS}
         acc.drops["stranded"] = stranded
         lost = 0
@@ -184,13 +230,14 @@ class Accounting:
             lost += pool.total - pool.free - pool.in_nic
         if lost and not stage_lost:
             acc.problems.append(f"{lost} buffers never came home and no stage died: a leak")
-        acc.drops["stage_died"] = lost if stage_lost else 0
+        acc.drops["stage_died"] += lost if stage_lost else 0     # stages counted what they held for dead ones
         acc.restarts = restarts
         acc.in_flight = acc.received - acc.transmitted - sum(acc.drops.values())
         if acc.in_flight:
             acc.problems.append(f"{acc.in_flight} packets unaccounted for (received {acc.received}, transmitted "
                                 f"{acc.transmitted}, dropped {sum(acc.drops.values())})")
-        acc.device_missed = dict(device_missed or {})
+        acc.port_drops = {name: dict(d) for name, d in (port_drops or {}).items()}
+        acc.device_missed = {name: d.get("rx_missed", 0) for name, d in acc.port_drops.items()}
         acc.ports = port_totals(plan, table)
         for row in table:
             for name, value in stagetable.user_counters(row).items():
@@ -230,13 +277,15 @@ class Accounting:
         sim = {k: (v if isinstance(v, dict) else asdict(v)) for k, v in (self.sim or {}).items()}
         if json_lines:
             doc = {k: v for k, v in asdict(self).items() if k != "sim"}
-            doc.update(summary=True, ok=self.ok, sim=sim)
+            doc.update(type="summary", summary=True, ok=self.ok and not self.failures, sim=sim)
             print(json.dumps(doc), file=out, flush=True)
             return
         dropped = sum(self.drops.values())
         reasons = ", ".join(f"{k} {v}" for k, v in self.drops.items() if v) or "none"
         lines = [
             "== accounting ==",
+            *(f"FAILED: {f}" for f in self.failures),
+            *([f"stopped by   {self.stop_reason}"] if self.stop_reason else []),
             f"received     {self.received:>14,}",
             f"transmitted  {self.transmitted:>14,}",
             f"dropped      {dropped:>14,}   ({reasons})",
@@ -244,9 +293,10 @@ class Accounting:
             f"buffers      {self.buffers_total:>14,}   ({self.buffers_free:,} free, "
             f"{self.buffers_in_nic:,} in RX descriptors)",
         ]
-        if any(self.device_missed.values()):
-            lines.append("missed by the NICs (no free descriptor): "
-                         + ", ".join(f"{k} {v:,}" for k, v in self.device_missed.items()))
+        at_ports = [f"{port} {PORT_DROP_NAMES[k]} {n:,}" for port, d in self.port_drops.items()
+                    for k, n in d.items() if n]
+        if at_ports:
+            lines.append("dropped at the ports, before the pipeline: " + ", ".join(at_ports))
         if self.user_counters:
             lines.append("worker counters: " + ", ".join(f"{k} {v:,}" for k, v in self.user_counters.items()))
         for name, c in sim.items():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -25,15 +26,24 @@ import traceback
 
 import numpy as np
 
-from ixypipe.layout import STAGE_CMD_DRAIN, STAGE_STATE_DONE, STAGE_STATE_DRAINING, STAGE_STATE_RUNNING
+from ixypipe.layout import (
+    STAGE_CMD_ABANDON,
+    STAGE_CMD_DRAIN,
+    STAGE_STATE_DEAD,
+    STAGE_STATE_DONE,
+    STAGE_STATE_DRAINING,
+    STAGE_STATE_RUNNING,
+)
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import StageRow
 from ixypipe.proc import Backoff, die_with_parent, set_process_name, set_timer_slack
 from ixypipe.protocols import FLOW_KEY_LEN, FLOW_KEY_OFF
 from ixypipe.rings.spsc import Ring
+from ixypipe.rings.wakeup import Doorbell, Sleeper
 
 log = logging.getLogger(__name__)
 PUBLISH_EVERY = 64            # idle loops between counter publications
@@ -41,6 +51,9 @@ FLOW_COLS = np.arange(FLOW_KEY_OFF, FLOW_KEY_OFF + FLOW_KEY_LEN)
 FLOW_MIX = np.uint32(0x9E3779B1)  # Fibonacci hashing multiplier
 LIGHT_BATCH_DIVISOR = 8      # on shared CPUs, a poll that got < batch/8 packets still naps
 STAGE_TIMER_SLACK_NS = 1000
+WAKE_SPIN_LOOPS = 32         # empty polls before a consumer sleeps on its semaphore ("wake" mode)
+WAKE_TIMEOUT = 0.1           # seconds a sleeping stage waits at most (heartbeat, commands)
+RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file descriptor polls it this long
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_SECONDS = 0.5        # at most this long pulling from the NIC after a drain is asked
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
@@ -71,15 +84,26 @@ class Homing:
 
 
 class Outbox:
-    """What a stage still has to push into each output ring."""
+    """What a stage still has to push into each output ring.
 
-    def __init__(self, rings: list[Ring]):
+    Rings the consumer's doorbell when idle stages wake rather than nap.  A
+    consumer that died (the supervisor marks its row) is pushed to no more:
+    what is pending for it goes to ``discard`` and counts as ``stage_died``.
+    """
+
+    def __init__(self, rings: list[Ring], doorbells: list[Doorbell] | None = None,
+                 consumer_dead=None, discard=None):
         self.rings = rings
+        self.doorbells = doorbells
+        self.consumer_dead = consumer_dead      # k -> True once ring k's consumer is gone
+        self.discard = discard                  # idx -> None: send buffers home, count them
         self.pending = [np.empty(0, np.uint32) for _ in rings]
         self.held = 0
 
     def put(self, k: int, idx: np.ndarray) -> None:
         sent = self.rings[k].enqueue(idx)
+        if sent and self.doorbells:
+            self.doorbells[k].ring()
         if sent < len(idx):
             self.pending[k] = idx[sent:].copy()
             self.held += len(idx) - sent
@@ -89,6 +113,11 @@ class Outbox:
         for k, rest in enumerate(self.pending):
             if len(rest):
                 sent = self.rings[k].enqueue(rest)
+                if sent and self.doorbells:
+                    self.doorbells[k].ring()
+                elif not sent and self.consumer_dead is not None and self.consumer_dead(k):
+                    self.discard(rest)
+                    sent = len(rest)
                 self.pending[k] = rest[sent:]
                 self.held -= sent
         return self.held == 0
@@ -103,20 +132,43 @@ class Stage:
         self.arena = Arena.attach(plan.packet_arena)
         self.bufs = PacketBuffers.attach(self.arena)
         self.row = StageRow(self.arena, me.row)
-        self.backoff = Backoff(plan.spin_only, plan.shared_cpus)
+        self.backoff = Backoff(plan.idle == "spin", plan.shared_cpus)
         self.batch = plan.batch_size
-        self.light = max(1, plan.batch_size // LIGHT_BATCH_DIVISOR) if plan.shared_cpus else 0
+        # on shared CPUs a napping stage lets a trickle build up to a batch; waking stages never wait
+        self.light = max(1, plan.batch_size // LIGHT_BATCH_DIVISOR) if plan.shared_cpus and plan.idle == "nap" else 0
+        wakes = plan.idle == "wake"
+        self.sleeper = Sleeper(self.arena, me.row) if wakes and me.role in ("worker", "tx") else None
+        self.idle_streak = 0
+        self.rx_poll = None          # "wake" mode RX: a select.poll on the port's file descriptor, if it has one
         self.loops = self.idle = self.batches = 0
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = self.stalls = 0
 
     def ring(self, name: str) -> Ring:
         return Ring.attach(self.arena, name)
 
+    def outbox(self, names: list[str], send_home) -> Outbox:
+        """Output rings, with their consumers' doorbells ("wake" mode) and what to do if a consumer dies."""
+        rows = [self.plan.consumer_row(n) for n in names]
+        bells = [Doorbell(self.arena, r) for r in rows] if self.plan.idle == "wake" else None
+        table = stagetable.table(self.arena)
+
+        def dead(k: int) -> bool:      # died, or left early because its device is gone
+            return int(table[rows[k]]["state"]) in (STAGE_STATE_DEAD, STAGE_STATE_DONE)
+
+        def discard(idx: np.ndarray) -> None:
+            send_home(idx)
+            self.row.add("drop_stage_died", len(idx))
+
+        return Outbox([self.ring(n) for n in names], bells, dead, discard)
+
     def homing(self) -> Homing:
         return Homing(self.bufs, {pool: self.ring(r) for pool, r in self.me.home_rings.items()})
 
     def draining(self) -> bool:
-        return self.row["command"] == STAGE_CMD_DRAIN
+        return self.row["command"] >= STAGE_CMD_DRAIN
+
+    def device_gone(self) -> bool:
+        return self.row["command"] == STAGE_CMD_ABANDON
 
     def publish(self, held: int = 0) -> None:
         row = self.row
@@ -131,24 +183,38 @@ class Stage:
         row["stalls"] = self.stalls
         row["heartbeat_ns"] = time.monotonic_ns()
 
-    def tick(self, worked: bool, held: int = 0, moved: int = 0) -> None:
-        """End of one loop: count it, publish counters, back off when idle.
+    def tick(self, worked: bool, held: int = 0, moved: int = 0, still_idle=None) -> None:
+        """End of one loop: count it, publish counters, wait when idle.
 
-        On a shared CPU a loop that moved only a trickle of packets naps too:
-        letting a batch build up costs a few microseconds of latency and saves
-        the per-batch cost that the stage's CPU neighbours pay for.
+        Idle waiting by the pipeline's ``idle`` mode: "spin" never sleeps;
+        "wake" lets a ring consumer (``still_idle`` given) sleep on its
+        semaphore after a short spin, until a producer rings; everything else
+        backs off (spin, yield, short naps).  In "nap" mode on a shared CPU a
+        loop that moved only a trickle naps too: a batch builds up, which
+        saves the per-batch cost the stage's CPU neighbours pay for.
         """
         self.loops += 1
         if worked:
+            self.idle_streak = 0
             self.publish(held)
             if moved and moved < self.light:
                 self.backoff.wait()
             else:
                 self.backoff.work()
+            return
+        self.idle += 1
+        self.idle_streak += 1
+        if self.idle % PUBLISH_EVERY == 0:
+            self.publish(held)
+        if self.idle_streak <= WAKE_SPIN_LOOPS or held:
+            self.backoff.wait()
+        elif self.sleeper is not None and still_idle is not None:
+            self.publish(held)
+            self.sleeper.sleep(still_idle, WAKE_TIMEOUT)
+        elif self.rx_poll is not None:
+            self.publish(held)
+            self.rx_poll.poll(RX_WAIT_MS)
         else:
-            self.idle += 1
-            if self.idle % PUBLISH_EVERY == 0:
-                self.publish(held)
             self.backoff.wait()
 
 
@@ -157,8 +223,12 @@ class Stage:
 def run_rx(st: Stage, device, pool: Mempool) -> None:
     me, plan, bufs = st.me, st.plan, st.bufs
     returns = [st.ring(r) for r in me.in_rings]
-    outbox = Outbox([st.ring(r) for r in me.out_rings])
+    outbox = st.outbox(me.out_rings, pool.free)
     n_workers = len(outbox.rings)
+    fd = device.rx_fd(me.queue) if plan.idle == "wake" else None
+    if fd is not None:                                     # the kernel wakes us when a frame arrives
+        st.rx_poll = select.poll()
+        st.rx_poll.register(fd, select.POLLIN)
     got = np.empty(max(st.batch, 1), np.uint32)
     home = np.empty(pool.count, np.uint32)
     rr = 0
@@ -241,10 +311,10 @@ def run_worker(st: Stage, fn) -> None:
     me, plan, bufs = st.me, st.plan, st.bufs
     inputs = [st.ring(r) for r in me.in_rings]
     out_ports = sorted(me.out_ring_of)
-    outbox = Outbox([st.ring(me.out_ring_of[p]) for p in out_ports])
+    homing = st.homing()
+    outbox = st.outbox([me.out_ring_of[p] for p in out_ports], homing.send)
     slot_of_port = np.full(len(plan.ports), -1, np.int64)
     slot_of_port[out_ports] = np.arange(len(out_ports))
-    homing = st.homing()
     counters: dict[str, int] = {}
     errors = ErrorLog(me.name)
     got = np.empty(st.batch, np.uint32)
@@ -274,7 +344,7 @@ def run_worker(st: Stage, fn) -> None:
                 route(st, idx, out, DROP, slot_of_port, outbox, homing)
             if counters:
                 st.row.publish_user(counters)
-        st.tick(worked, outbox.held)
+        st.tick(worked, outbox.held, still_idle=lambda: not st.draining() and all(r.empty() for r in inputs))
         if st.draining() and not worked and not outbox.held and all(r.empty() for r in inputs):
             break
     errors.summary()
@@ -338,13 +408,17 @@ class ErrorLog:
 
 # ---- TX -----------------------------------------------------------------------------
 
-def run_tx(st: Stage, device) -> None:
+def run_tx(st: Stage, device, homing: Homing) -> None:
     me, bufs = st.me, st.bufs
     inputs = [st.ring(r) for r in me.in_rings]
     got = np.empty(st.batch, np.uint32)
     pending = np.empty(0, np.uint32)
     while True:
         worked = False
+        if len(pending) and st.device_gone():             # nothing will ever take them
+            homing.send(pending)
+            st.row.add("drop_stage_died", len(pending))
+            pending = pending[:0]
         if len(pending):                                   # the NIC ring was full: retry first
             sent = device.tx_batch(me.queue, pending)
             if sent:
@@ -362,15 +436,20 @@ def run_tx(st: Stage, device) -> None:
                 st.batches += 1
                 st.packets_in += n
                 idx = got[:n].copy()
+                if st.device_gone():                       # the NIC died: these can never go out
+                    homing.send(idx)
+                    st.row.add("drop_stage_died", n)
+                    continue
                 sent = device.tx_batch(me.queue, idx)
                 count_sent(st, bufs, idx[:sent])
                 if sent < n:
                     pending = idx[sent:]
                     break
-        st.tick(worked, len(pending))
+        st.tick(worked, len(pending), still_idle=lambda: not st.draining() and all(r.empty() for r in inputs))
         if st.draining() and not worked and not len(pending) and all(r.empty() for r in inputs):
             break
-    device.tx_drain(me.queue, timeout=TX_DRAIN_SECONDS)
+    if not st.device_gone():
+        device.tx_drain(me.queue, timeout=TX_DRAIN_SECONDS)
 
 
 def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray) -> None:
@@ -407,9 +486,18 @@ def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INF
     except Exception:
         log.error("stage failed:\n%s", traceback.format_exc().rstrip())
         st.publish()
-        sys.exit(3)
+        leave(3)
     st.publish()
     st.row["state"] = STAGE_STATE_DONE
+    leave(0)
+
+
+def leave(code: int) -> None:
+    """Exit at once once the final counts are written: no interpreter teardown (its garbage collection
+    of numba and numpy objects costs a stage ~0.4 s of CPU, which a busy machine turns into seconds)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_device_stage(st: Stage) -> None:
@@ -431,6 +519,6 @@ def run_device_stage(st: Stage) -> None:
         device = attach_port(spec, dev_arena, st.bufs, None, tx_done=homing.send, sysfs_root=root)
         device.tx_batch(me.queue, np.empty(0, np.uint32))    # warm up, as for RX
         st.row["state"] = STAGE_STATE_RUNNING
-        run_tx(st, device)
+        run_tx(st, device, homing)
     st.row["state"] = STAGE_STATE_DRAINING
     device.close()

@@ -23,11 +23,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
 
 from ixypipe.layout import (
     DROP_REASONS,
+    STAGE_CMD_ABANDON,
     STAGE_CMD_DRAIN,
     STAGE_CMD_RUN,
+    STAGE_STATE_DEAD,
     STAGE_STATE_DONE,
     STAGE_STATE_RUNNING,
 )
@@ -38,14 +41,17 @@ from ixypipe.nic import ports as port_factory
 from ixypipe.pipeline import planinfo, stagetable
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
-from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, send_home
+from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops, send_home
 from ixypipe.pipeline.stages import stage_main
 from ixypipe.proc import describe_exit
+from ixypipe.rings import wakeup
 from ixypipe.rings.spsc import Ring
 
 log = logging.getLogger(__name__)
-START_TIMEOUT = 60.0          # seconds for every stage to report running
-DRAIN_TIMEOUT = 10.0          # seconds per stage to drain before it is killed (CPUs may be shared)
+START_STALL = 30.0            # seconds a starting stage may go without using CPU or reaching "running"
+DRAIN_STALL = 5.0             # seconds a draining stage may go without its counters or state changing
+STARVED_LIMIT = 6             # ... times this when it did not even get the CPU (a busy machine)
+PROGRESS_FIELDS = ("state", "batches", "packets_in", "packets_out", "held", "drop_stage_died")
 POLL = 0.05                   # seconds between checks of the stop conditions
 DEAD_TX_DRAIN_TIMEOUT = 2.0   # seconds for the NIC to finish what a dead TX stage posted
 
@@ -90,6 +96,8 @@ class Supervisor:
         self.plan: PipelinePlan | None = None
         self.restarts = 0
         self.sim_died = False
+        self._sleepers: list[int] = []
+        self._port_drops: dict[str, dict[str, int]] = {}
 
     # ---- the whole run -------------------------------------------------------------
     def run(self) -> RunResult:
@@ -141,6 +149,8 @@ class Supervisor:
         for ring in plan.rings:
             Ring.create(self.arena, ring.name, ring.capacity)
         stagetable.create(self.arena, len(plan.stages))
+        wakeup.create(self.arena, plan.sleeper_rows(), len(plan.stages))
+        self._sleepers = plan.sleeper_rows()
         self.table = stagetable.table(self.arena)
         self.plan = plan
         write_plan_info(self.arena, plan)     # for observers: 'ixypipe top'
@@ -190,8 +200,14 @@ class Supervisor:
         return proc
 
     def _wait_running(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
+        """Wait for every stage to report running, as long as the starting ones make progress.
+
+        Progress is a stage reaching "running" or a starting stage using CPU
+        (loading modules, compiling kernels): on a busy machine that can take
+        long, and only a stage that does nothing for START_STALL is given up on.
+        """
+        progress = Progress(self.procs, self.table)
+        while True:
             if self.stop_reason:
                 return
             self._check_deaths()
@@ -200,9 +216,11 @@ class Supervisor:
             states = self.table["state"][[p.row for p in self.procs]]
             if (states >= STAGE_STATE_RUNNING).all():
                 return
+            starting = [p for p in self.procs if self.table[p.row]["state"] < STAGE_STATE_RUNNING]
+            if progress.stalled(starting, START_STALL):
+                raise PipelineError(f"stages made no progress starting for {START_STALL:.0f} s: "
+                                    f"{', '.join(p.name for p in starting)}")
             time.sleep(POLL)
-        slow = [p.name for p in self.procs if self.table[p.row]["state"] < STAGE_STATE_RUNNING]
-        raise PipelineError(f"stages did not start within {START_TIMEOUT:.0f} s: {', '.join(slow)}")
 
     def _start_traffic(self) -> None:
         if self.sim is not None:
@@ -268,6 +286,7 @@ class Supervisor:
             if code == 0 and self.table[p.row]["state"] == STAGE_STATE_DONE:
                 continue
             p.died = describe_exit(code)
+            self.table[p.row]["state"] = STAGE_STATE_DEAD      # its producers stop pushing to it
             msg = f"stage {p.name} (pid {p.process.pid}) died: {p.died}"
             log.error("%s", msg)
             self.failures.append(msg)
@@ -280,18 +299,25 @@ class Supervisor:
             if self.procs:
                 if self.sim is not None and self.sim.is_alive():
                     self.sim.pause_traffic()
+                if self.sim_died:          # TX stages drop what reaches them from now on, so nothing waits
+                    for p in self.procs:
+                        if p.role == "tx":
+                            self.table[p.row]["command"] = STAGE_CMD_ABANDON
+                            wakeup.wake(self.arena, p.row)
                 for role in ("rx", "worker", "tx"):          # data-flow order
                     self._drain_role(role)
             built = self.plan is not None and self.arena is not None
-            if built:
-                self._drain_dead_tx()
+            unsent = self._drain_dead_tx() if built else 0
+            self._port_drops = port_drops(self.devices, self.sim)    # before the simulator's counters go
             sim_counters = self.sim.stop() if self.sim is not None else None
             self.sim = None
             if built:
                 stranded = reclaim_rings(self.plan, self.arena, self.pools, self.bufs)
-                accounting = self._account(stranded)
+                accounting = self._account(stranded, unsent)
                 accounting.sim = sim_counters
                 accounting.check_sim(self.cfg)
+                accounting.stop_reason = self.stop_reason
+                accounting.failures = list(self.failures)
                 accounting.print(self.out, self.json_lines)
         finally:
             self._release()
@@ -301,31 +327,55 @@ class Supervisor:
         return RunResult(0 if ok else 1, accounting, self.stop_reason, list(self.failures))
 
     def _drain_role(self, role: str) -> None:
+        """Ask every stage of ``role`` to drain and wait while they make progress; kill one that stalls.
+
+        Progress is a change in a stage's counters or state: a stage that moves
+        packets, sends buffers home or finishes is never killed, however busy
+        the machine.  One whose counters stand still for DRAIN_STALL while it
+        runs (or is stopped) is killed, and that is a failure of the run.
+        """
         procs = [p for p in self.procs if p.role == role]
+        command = STAGE_CMD_ABANDON if self.sim_died else STAGE_CMD_DRAIN     # no NIC left to wait for
         for p in procs:
-            self.table[p.row]["command"] = STAGE_CMD_DRAIN
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        for p in procs:
-            p.process.join(max(0.0, deadline - time.monotonic()))
-            if p.process.exitcode is None:
-                msg = f"stage {p.name} did not drain within {DRAIN_TIMEOUT:.0f} s: killed"
+            self.table[p.row]["command"] = command
+            if p.row in self._sleepers:
+                wakeup.wake(self.arena, p.row)        # a sleeping stage sees the command at once
+        progress = Progress(procs, self.table)
+        while True:
+            alive = [p for p in procs if p.process.is_alive()]
+            if not alive:
+                break
+            for p in progress.stalled_procs(alive, DRAIN_STALL):
+                msg = f"stage {p.name} made no progress draining for {DRAIN_STALL:.0f} s: killed"
                 log.error("%s", msg)
                 self.failures.append(msg)
                 p.process.kill()
                 p.process.join(2)
-                p.died = "killed after drain timeout"
+                p.died = "killed: no progress while draining"
+                self.table[p.row]["state"] = STAGE_STATE_DEAD
+            multiprocessing.connection.wait([p.process.sentinel for p in alive], timeout=POLL)
         self._check_deaths()
 
     def _dead_rows(self) -> set[int]:
         return {p.row for p in self.procs if p.died}
 
-    def _drain_dead_tx(self) -> None:
-        """A TX stage that died left descriptors posted: wait for them and send their buffers home."""
+    def _drain_dead_tx(self) -> int:
+        """Descriptors left posted: a dead TX stage's are finished by the NIC and their buffers sent home.
+
+        When the NIC itself died nothing finishes them: returns how many were
+        posted and never sent (counted once, as stage_died, not as transmitted).
+        """
         dead = self._dead_rows()
+        unsent = 0
         for s in self.plan.stages_of("tx"):
             dev = self.devices.get(s.port)
-            if s.row in dead and dev is not None:
+            if dev is None:
+                continue
+            if self.sim_died:
+                unsent += dev.tx_pending(s.queue)
+            elif s.row in dead:
                 dev.tx_drain(s.queue, timeout=DEAD_TX_DRAIN_TIMEOUT)
+        return unsent
 
     def _pool_counts(self) -> list[PoolCount]:
         counts = []
@@ -335,21 +385,12 @@ class Supervisor:
             counts.append(PoolCount(pool.count, pool.available(), in_nic))
         return counts
 
-    def _device_missed(self) -> dict[str, int]:
-        missed = {}
-        for dev in self.devices.values():
-            try:
-                missed[dev.name] = int(dev.read_stats().rx_dropped)
-            except Exception:
-                pass
-        return missed
-
-    def _account(self, stranded: int) -> Accounting:
+    def _account(self, stranded: int, unsent: int) -> Accounting:
         """The accounting of this run, from the stage table and what was found once every stage stopped."""
         dead = self._dead_rows()
         return Accounting.of(self.plan, self.table, self._pool_counts(), stranded=stranded,
                              died=[s.name for s in self.plan.stages if s.row in dead], restarts=self.restarts,
-                             sim_died=self.sim_died, device_missed=self._device_missed())
+                             sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent)
 
     def _release(self) -> None:
         for p in self.procs:
@@ -370,6 +411,8 @@ class Supervisor:
         self.pools = []
         self.bufs = None
         self.table = None
+        if self.arena is not None:
+            wakeup.unlink(self.arena, self._sleepers)
         for arena in (self.arena, self.dev_arena):
             if arena is not None:
                 arena.destroy()
@@ -382,6 +425,7 @@ def packet_arena_regions(plan: PipelinePlan, buffer_size: int) -> list[RegionSiz
             *(r for pool in plan.pools for r in Mempool.arena_regions(pool.count)),
             *(r for ring in plan.rings for r in Ring.arena_regions(ring.capacity)),
             *stagetable.arena_regions(len(plan.stages)),
+            *wakeup.arena_regions(len(plan.stages)),
             *planinfo.arena_regions()]
 
 
@@ -408,6 +452,72 @@ def reclaim_rings(plan: PipelinePlan, arena: Arena, pools: list[Mempool], bufs: 
             send_home(pools, bufs, scratch[:n])
         ring.close()
     return stranded
+
+
+class Progress:
+    """When each stage last showed progress: a change in its counters or state, and when it last got CPU.
+
+    Starting, using CPU counts as progress (a stage loading modules or
+    compiling kernels changes no counter).  Draining it does not (a stage can
+    spin on a ring nobody empties), but a stage that is runnable and got no
+    CPU at all is starved by a busy machine, not stalled: it is given up to
+    STARVED_LIMIT times the limit.
+    """
+
+    def __init__(self, procs: list[StageProc], table: np.ndarray):
+        self.table = table
+        self.counters: dict[int, tuple] = {}
+        self.cpu: dict[int, float] = {}
+        self.changed: dict[int, float] = {}
+        self.ran: dict[int, float] = {}
+        for p in procs:
+            self._update(p)
+
+    def _update(self, p: StageProc) -> None:
+        now = time.monotonic()
+        row = self.table[p.row]
+        counters = tuple(int(row[f]) for f in PROGRESS_FIELDS)
+        cpu = _cpu_time(p)
+        if counters != self.counters.get(p.row):
+            self.counters[p.row] = counters
+            self.changed[p.row] = now
+        if cpu != self.cpu.get(p.row):
+            self.cpu[p.row] = cpu
+            self.ran[p.row] = now
+
+    def stalled(self, procs: list[StageProc], limit: float) -> bool:
+        """Starting: True when none of ``procs`` changed its counters or used CPU for ``limit`` seconds."""
+        now = time.monotonic()
+        for p in procs:
+            self._update(p)
+        return bool(procs) and all(now - max(self.changed[p.row], self.ran[p.row]) >= limit for p in procs)
+
+    def stalled_procs(self, procs: list[StageProc], limit: float) -> list[StageProc]:
+        """Draining: the ones of ``procs`` whose counters stood still for ``limit`` seconds while they had CPU."""
+        now = time.monotonic()
+        out = []
+        for p in procs:
+            self._update(p)
+            quiet = now - self.changed[p.row]
+            starved = now - self.ran[p.row] >= limit and _runnable(p)
+            if quiet >= (limit * STARVED_LIMIT if starved else limit):
+                out.append(p)
+        return out
+
+
+def _cpu_time(p: StageProc) -> float:
+    try:
+        t = psutil.Process(p.process.pid).cpu_times()
+        return t.user + t.system
+    except (psutil.Error, TypeError):
+        return 0.0
+
+
+def _runnable(p: StageProc) -> bool:
+    try:
+        return psutil.Process(p.process.pid).status() == psutil.STATUS_RUNNING
+    except psutil.Error:
+        return False
 
 
 __all__ = ["Supervisor", "PipelineError", "RunResult", "DROP_REASONS"]

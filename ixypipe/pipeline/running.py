@@ -3,8 +3,9 @@
 A running pipeline's supervisor owns a packet arena, a file named
 ``ixypipe-<pid>-pkt-<hex>`` in /dev/shm or a hugetlbfs mount, holding the
 stage table and the ``plan.json`` region.  This module lists such files
-whose owner process is alive and whose plan can be read, and picks one by
-pid or pipeline name for ``ixypipe top``.
+whose owner process is alive and whose plan can be read, picks one by pid
+or pipeline name for ``ixypipe top``, and tells which CPUs the stages of
+running pipelines hold (so automatic placement can avoid them).
 """
 
 from __future__ import annotations
@@ -75,6 +76,44 @@ def find_pipelines(directories: list[Path] | None = None) -> list[RunningPipelin
                 arena.close()
             found.append(RunningPipeline(entry, owner_pid_of(entry.name), info.get("name", "?")))
     return sorted(found, key=lambda p: p.pid)
+
+
+def held_cpus(exclude_pid: int | None = None, directories: list[Path] | None = None) -> dict[int, list[str]]:
+    """CPU -> the stages of running pipelines pinned there ("<pipeline>/<stage>"), this supervisor's left out."""
+    from ixypipe.pipeline import stagetable
+
+    held: dict[int, list[str]] = {}
+    for p in find_pipelines(directories):
+        if p.pid == exclude_pid:
+            continue
+        try:
+            arena = Arena.attach(p.path)
+        except ArenaError:
+            continue
+        try:
+            info = read_plan_info(arena)
+            rows = stagetable.table(arena).copy()
+        except (PlanInfoError, ArenaError):
+            continue
+        finally:
+            arena.close()
+        for stage in info.get("stages", []):
+            row = rows[stage["row"]] if 0 <= stage.get("row", -1) < len(rows) else None
+            if row is None or int(row["pid"]) <= 0 or not owner_alive(int(row["pid"])):
+                continue
+            cpu = int(row["cpu"])
+            if cpu >= 0:
+                held.setdefault(cpu, []).append(f"{p.name}[{p.pid}]/{stage['name']}")
+    return held
+
+
+def holders_text(stages: list[str]) -> str:
+    """["fwd[12]/rx-p0q0", "fwd[12]/worker-0", "b[40]/tx-a-q0"] -> "fwd[12] (2 stages), b[40] (1 stage)"."""
+    per: dict[str, int] = {}
+    for s in stages:
+        pipeline = s.rsplit("/", 1)[0]
+        per[pipeline] = per.get(pipeline, 0) + 1
+    return ", ".join(f"{k} ({n} stage{'s' if n > 1 else ''})" for k, n in per.items())
 
 
 def choose_pipeline(which: str | None, directories: list[Path] | None = None) -> RunningPipeline:
