@@ -249,6 +249,13 @@ class Accounting:
         if not self.sim:
             return
         keeps_order = cfg.workers.processes == 1 or cfg.workers.distribute == "flow"
+        if not self.failures:           # the NIC side agrees: every frame it delivered, the RX stages took
+            for p in cfg.ports:
+                c = self.sim.get(p.name) if p.driver == "sim" else None
+                c = c if c is None or isinstance(c, dict) else asdict(c)
+                if c is not None and c.get("rx_delivered", 0) != self.ports[p.name]["rx_packets"]:
+                    self.problems.append(f"port {p.name}: the software 82599 delivered {c.get('rx_delivered'):,} "
+                                         f"frames, the RX stages took {self.ports[p.name]['rx_packets']:,}")
         sink_ports = [p for p in cfg.ports if p.driver == "sim" and p.sink is not None]
         for p in sink_ports:
             self.sink_modes[p.name] = p.sink.mode

@@ -55,7 +55,7 @@ WAKE_SPIN_LOOPS = 32         # empty polls before a consumer sleeps on its semap
 WAKE_TIMEOUT = 0.1           # seconds a sleeping stage waits at most (heartbeat, commands)
 RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file descriptor polls it this long
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
-RX_DRAIN_SECONDS = 0.5        # at most this long pulling from the NIC after a drain is asked
+RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, for sources that cannot be paused
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
 
 
@@ -257,10 +257,11 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 st.packets_out += len(idx)
         st.tick(worked, outbox.held, moved)
         if st.draining():
-            # stop pulling once the NIC ring stayed empty for a while (or a traffic source that
-            # cannot be paused keeps it busy past the deadline), then hand on what is in hand
+            # stop pulling once the NIC ring stayed empty for a while (the supervisor paused what it
+            # can pause first), or after RX_DRAIN_BUSY_MAX of a source that cannot be paused (a live
+            # interface), then hand on what is in hand
             if drain_deadline is None:
-                drain_deadline = time.monotonic() + RX_DRAIN_SECONDS
+                drain_deadline = time.monotonic() + RX_DRAIN_BUSY_MAX
             idle_polls = 0 if worked else idle_polls + 1
             if idle_polls > RX_DRAIN_IDLE_POLLS:
                 drain_deadline = 0.0

@@ -53,6 +53,7 @@ DRAIN_STALL = 5.0             # seconds a draining stage may go without its coun
 STARVED_LIMIT = 6             # ... times this when it did not even get the CPU (a busy machine)
 PROGRESS_FIELDS = ("state", "batches", "packets_in", "packets_out", "held", "drop_stage_died")
 POLL = 0.05                   # seconds between checks of the stop conditions
+SIM_PAUSE_WAIT = 10.0         # seconds for the software 82599 to confirm its generators stopped
 DEAD_TX_DRAIN_TIMEOUT = 2.0   # seconds for the NIC to finish what a dead TX stage posted
 
 
@@ -297,8 +298,8 @@ class Supervisor:
         accounting = None
         try:
             if self.procs:
-                if self.sim is not None and self.sim.is_alive():
-                    self.sim.pause_traffic()
+                if self.sim is not None and self.sim.is_alive() and not self.sim.pause_traffic(wait=SIM_PAUSE_WAIT):
+                    log.warning("the software 82599 did not confirm its generators paused within %g s", SIM_PAUSE_WAIT)
                 if self.sim_died:          # TX stages drop what reaches them from now on, so nothing waits
                     for p in self.procs:
                         if p.role == "tx":
@@ -315,9 +316,9 @@ class Supervisor:
                 stranded = reclaim_rings(self.plan, self.arena, self.pools, self.bufs)
                 accounting = self._account(stranded, unsent)
                 accounting.sim = sim_counters
-                accounting.check_sim(self.cfg)
                 accounting.stop_reason = self.stop_reason
                 accounting.failures = list(self.failures)
+                accounting.check_sim(self.cfg)
                 accounting.print(self.out, self.json_lines)
         finally:
             self._release()

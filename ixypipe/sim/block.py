@@ -13,7 +13,8 @@ SIM_CONTROL_DTYPE = np.dtype([
     ("pid", "<i8"),
     ("heartbeat_ns", "<i8"),
     ("steps", "<i8"),
-    ("pad", "u1", (24,)),
+    ("traffic_applied", "<i8"),  # the model's answer: the traffic state its generators are in now
+    ("pad", "u1", (16,)),
 ])
 # a count sink's size histogram, in the order of traffic.SIZE_BUCKET_NAMES (RFC 2819 buckets, FCS included)
 SIM_SIZE_FIELDS = ("sink_size_lt64", "sink_size_64", "sink_size_65_127", "sink_size_128_255", "sink_size_256_511",

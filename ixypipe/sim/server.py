@@ -141,9 +141,20 @@ class SimServer:
         self._require_running()
         self._control["traffic"] = 1
 
-    def pause_traffic(self) -> None:
+    def pause_traffic(self, wait: float = 0.0) -> bool:
+        """Silence the generators; with ``wait``, up to that many seconds until the model says it has.
+
+        Returns True once the model confirmed (no generated frame arrives after
+        that), False if it did not within ``wait`` or died.
+        """
         self._require_running()
         self._control["traffic"] = 0
+        deadline = time.monotonic() + wait
+        while int(self._control["traffic_applied"][0]):
+            if time.monotonic() >= deadline or not self.is_alive():
+                return False
+            time.sleep(0.001)
+        return True
 
     def _require_running(self) -> None:
         if self._control is None:
@@ -293,6 +304,7 @@ def _loop(world: SimWorld, control: np.ndarray, parent: int, backoff) -> None:
         if want != traffic:
             traffic = want
             (world.start_traffic if traffic else world.pause_traffic)()
+            row["traffic_applied"] = int(traffic)     # every frame generated before is on the wire now
         if world.step():
             backoff.work()
         else:
