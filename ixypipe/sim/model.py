@@ -27,8 +27,9 @@ Where the model differs from silicon:
   sees correct totals; reading twice within one period counts that
   interval twice, and an interval nobody read is lost.  The exact running
   totals are in the simulator's counters block (``PortCounters``).
-  Octet counters count frame bytes without the FCS (the simulated wire
-  carries none).  A frame without a free descriptor is counted in
+  Octet counters count every frame with its 4-byte FCS, as silicon does
+  (64 for a 60-byte frame), although the simulated wire carries none; the
+  running totals (``rx_bytes``/``tx_bytes``) count frame bytes only.  A frame without a free descriptor is counted in
   QPRDC(queue) when that queue's SRRCTL.DROP_EN is set (queues < 16), else
   in MPC(0), as is a frame arriving while RX is off or its queue is not live.
 * Faults an IOMMU or the datasheet would flag (a DMA address outside the
@@ -390,7 +391,7 @@ class SimPort:
             self.rx_delivered += good
             self.rx_bytes += nbytes
             self._interval[0] += good
-            self._interval[1] += nbytes
+            self._interval[1] += nbytes + R.OCTETS_FCS_LEN * good
         if len(bad):
             d = q.head                  # already advanced past the good ones
             reason = (f"frame of {int(lengths[good])} bytes is larger than the {bsize}-byte RX buffer "
@@ -433,7 +434,7 @@ class SimPort:
             self.tx_sent += good
             self.tx_bytes += nbytes
             self._interval[2] += good
-            self._interval[3] += nbytes
+            self._interval[3] += nbytes + R.OCTETS_FCS_LEN * good
         if len(bad):
             j = good
             if not well_formed[j]:
