@@ -56,6 +56,20 @@ class DmaSpace:
                 f"{self.arenas[self.owner[i]].name} and {self.arenas[self.owner[i + 1]].name}): "
                 "two fallback arenas share simulated I/O addresses")
         self.bufs = [arena.buf for arena in self.arenas]
+        self._kernel_tables = None
+
+    def refresh(self) -> bool:
+        """Re-read the registered memory after a miss; True when the table changed (never, here:
+        the arenas are fixed; ``ForeignDma`` follows a driver's memory)."""
+        return False
+
+    def kernel_tables(self) -> tuple:
+        """(base, size, owner, offset, buffers) for the compiled walks (``sim/kernels.py``), built
+        once per table."""
+        if self._kernel_tables is None:
+            from ixypipe.sim.kernels import typed_buffers
+            self._kernel_tables = (self.base, self.size, self.owner, self.offset, typed_buffers(self.bufs))
+        return self._kernel_tables
 
     def resolve(self, addr, length) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ok mask, arena index, arena offset) for each range ``[addr, addr + length)``."""

@@ -264,6 +264,7 @@ class Generator:
         self.base_csum = payload_checksum(self.templates).astype(np.uint64)
         self.touch_byte = int(self.templates[0, SIM_TOUCH_OFF])
         self.sent = 0                     # packets generated so far (= index of the next one)
+        self._kernel_tables = None
         self._credit = 0.0
         self._last_ns: int | None = None
 
@@ -308,6 +309,13 @@ class Generator:
         self._credit -= n
         self.sent += n
 
+    def kernel_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sequence-number byte weights, templates, base checksums) as the compiled RX walk takes them."""
+        if self._kernel_tables is None:
+            seq_w = CSUM_WEIGHTS[SIM_SEQ_OFF:SIM_SEQ_OFF + 8].astype(np.int64)
+            self._kernel_tables = (seq_w, self.templates, self.base_csum.astype(np.int64))
+        return self._kernel_tables
+
 
 @dataclass
 class SinkResult:
@@ -323,8 +331,15 @@ class Sink:
     """Verifies frames from any of the world's generators (``generators[gen_id]``)."""
 
     def __init__(self, generators: dict[int, Generator], verify: bool = True, expect_touch: bool = False,
-                 pcap: str | None = None):
+                 pcap: str | None = None, compiled: bool = False):
+        """``compiled``: verify with the numba kernel (``sim/kernels.py``), the numpy code being the reference."""
         self.verify = verify
+        self._kernel = None
+        if compiled:
+            from ixypipe.sim.kernels import sink_verify
+            self._kernel = sink_verify
+            self._weights = CSUM_WEIGHTS.astype(np.int64)
+            self._res = np.zeros(5, np.int64)
         self.expect_touch = expect_touch
         self.result = SinkResult()
         n_gen = max(generators, default=-1) + 1
@@ -359,6 +374,19 @@ class Sink:
         if self.pcap is not None:
             self.pcap.write(batch)
         if not self.verify:
+            return
+        if self._kernel is not None:
+            res = self._res
+            res[:] = 0
+            self._kernel(batch.data, batch.lengths, self.gen_known, self.gen_size, self.gen_flows, self.gen_touch,
+                         self.max_flows, self.top, self._weights, self.expect_touch, res)
+            corrupt, untouched, reordered, rise, verified = (int(v) for v in res)
+            r.corrupt += corrupt
+            r.untouched += untouched
+            r.reordered += reordered
+            self._top_sum += rise
+            self._verified += verified
+            r.lost = max(0, self._top_sum - self._verified)
             return
         for rows, frames in batch.by_length():
             self._verify(rows, frames)

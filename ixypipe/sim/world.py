@@ -133,7 +133,8 @@ class SimWorld:
 
     def __init__(self, ports: list[SimPortConfig], arena: Arena | list[Arena], root: Path | None = None,
                  create: bool = True, counters: np.ndarray | None = None,
-                 stats_period_ns: int = STATS_PERIOD_NS, clock=time.monotonic_ns, foreign: bool = False):
+                 stats_period_ns: int = STATS_PERIOD_NS, clock=time.monotonic_ns, foreign: bool = False,
+                 hot_path: str = "auto"):
         """``foreign``: no arenas (``arena`` is ignored); DMA goes to the hugepage memory of whatever
         process maps the ports' resource0 files, found through /proc (``ixypipe.sim.foreign``)."""
         self.configs = validate_ports(ports)
@@ -154,6 +155,7 @@ class SimWorld:
         self.sinks: dict[str, Sink] = {}
         self.traffic = False
         self._gen_bytes = dict.fromkeys(self.names, 0)
+        self.hot_path = hot_path
         try:
             self._build(create, stats_period_ns, clock)
         except BaseException:
@@ -171,7 +173,7 @@ class SimWorld:
             self._maps += [bar_mm, cfg_mm]
             mac = cfg.mac or PORT_MAC_PREFIX + bytes((i,))
             self.ports[cfg.name] = SimPort(cfg.name, bar.view(np.uint32), mac, self.dma, config=config,
-                                           stats_period_ns=stats_period_ns, clock=clock)
+                                           stats_period_ns=stats_period_ns, clock=clock, hot_path=self.hot_path)
         for i, cfg in enumerate(self.configs):
             g = cfg.generator
             if g is not None:
@@ -185,7 +187,8 @@ class SimWorld:
         for cfg in self.configs:
             port = self.ports[cfg.name]
             if cfg.sink is not None:
-                sink = Sink(by_id, cfg.sink.verify, cfg.sink.expect_touch, cfg.sink.pcap)
+                sink = Sink(by_id, cfg.sink.verify, cfg.sink.expect_touch, cfg.sink.pcap,
+                            compiled=port.kernels is not None)
                 self.sinks[cfg.name] = sink
                 port.wire_out.append(sink.receive)
             if cfg.cable_to is not None:
@@ -221,6 +224,11 @@ class SimWorld:
             n = gen.allowance(GEN_BATCH)
             if n == 0:
                 return 0
+            if port.kernels is not None:
+                port.receive_generated(gen, n)
+                gen.commit(n)
+                self._gen_bytes[name] += n * gen.packet_size
+                return n
             batch = gen.make(n)
             gen.commit(n)
             port.receive(batch)
@@ -229,6 +237,11 @@ class SimWorld:
             n = gen.allowance(min(GEN_BATCH, int(free.sum())))
             if n == 0:
                 return 0
+            if port.kernels is not None:
+                n = port.receive_generated(gen, n, free)
+                gen.commit(n)
+                self._gen_bytes[name] += n * gen.packet_size
+                return n
             batch = gen.make(n)
             queues, hashes = port.classify(batch)
             if (queues == queues[0]).all():
