@@ -75,6 +75,9 @@ class DmaSpace:
         """(ok mask, arena index, arena offset) for each range ``[addr, addr + length)``."""
         addr = np.asarray(addr, dtype=np.uint64).astype(np.int64)   # DMA addresses stay below 2**63
         length = np.broadcast_to(np.asarray(length, dtype=np.int64), addr.shape)
+        if len(self.base) == 0:         # nothing registered (a driver died mid set-up): every range faults
+            zero = np.zeros(addr.shape, np.int64)
+            return np.zeros(addr.shape, bool), zero, zero
         run = np.searchsorted(self.base, addr, side="right") - 1
         run_c = np.maximum(run, 0)
         ok = (run >= 0) & (length > 0) & (addr + length <= self.base[run_c] + self.size[run_c])
