@@ -20,6 +20,7 @@ row per port (``SIM_COUNTERS_DTYPE``), which the server shares.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -37,6 +38,7 @@ from ixypipe.sim.traffic import Generator, Sink
 
 log = logging.getLogger(__name__)
 GEN_BATCH = 512                 # most frames a generator sends per step
+HOT_PATH_ENV = "IXYPIPE_SIM_HOT_PATH"
 PORT_MAC_PREFIX = bytes((0x02, 0x49, 0x58, 0x53, 0x00))     # 02:49:58:53:00:<port index> ("IXS")
 GEN_MAC_PREFIX = bytes((0x02, 0x47, 0x45, 0x4E, 0x00))      # 02:47:45:4e:00:<generator id> ("GEN")
 
@@ -134,7 +136,7 @@ class SimWorld:
     def __init__(self, ports: list[SimPortConfig], arena: Arena | list[Arena], root: Path | None = None,
                  create: bool = True, counters: np.ndarray | None = None,
                  stats_period_ns: int = STATS_PERIOD_NS, clock=time.monotonic_ns, foreign: bool = False,
-                 hot_path: str = "auto"):
+                 hot_path: str | None = None):
         """``foreign``: no arenas (``arena`` is ignored); DMA goes to the hugepage memory of whatever
         process maps the ports' resource0 files, found through /proc (``ixypipe.sim.foreign``)."""
         self.configs = validate_ports(ports)
@@ -155,7 +157,8 @@ class SimWorld:
         self.sinks: dict[str, Sink] = {}
         self.traffic = False
         self._gen_bytes = dict.fromkeys(self.names, 0)
-        self.hot_path = hot_path
+        # the model's hot path: numba when installed ("auto"); IXYPIPE_SIM_HOT_PATH reaches model processes
+        self.hot_path = hot_path or os.environ.get(HOT_PATH_ENV, "auto")
         try:
             self._build(create, stats_period_ns, clock)
         except BaseException:
