@@ -287,3 +287,29 @@ def typed_buffers(bufs: list[np.ndarray]):
     for b in bufs or [np.zeros(0, np.uint8)]:
         out.append(b)
     return out
+
+
+_warm = False
+
+
+def warm() -> None:
+    """Load (or compile) every kernel once, with the argument types the model passes, so a model
+    process does not stall on its first packets: a driver waiting for a reset to complete would
+    time out.  Called once per process by ``model.load_kernels``."""
+    global _warm
+    if _warm:
+        return
+    u64_ring = np.zeros((1, 2), np.uint64)
+    i64 = np.zeros(1, np.int64)
+    info = np.zeros(8, np.int64)
+    tables = (i64[:0], i64[:0], i64[:0], i64[:0], typed_buffers([]))
+    frames = np.zeros((1, SIM_MIN_FRAME), np.uint8)
+    queues_changed(np.zeros(1, np.uint32), i64[:0], 1, np.zeros(0, bool))
+    gen_rx(u64_ring, 0, 0, 0, 0, *tables, info, 0, frames, i64, i64, 0, 1, 0, i64, np.zeros(1, np.uint32))
+    wide = np.zeros((2, 2 * SIM_MIN_FRAME), np.uint8)
+    for data in (frames, wide[:, :SIM_MIN_FRAME]):          # whole batches and (strided) slices of the TX batch
+        rx_frames(u64_ring, 0, 0, 0, 0, *tables, info, -1, i64[:0], data, i64[:0], np.zeros(0, np.uint32))
+        sink_verify(data, i64[:0], np.zeros(1, bool), i64, i64, np.zeros(1, np.uint8), 1, np.zeros(1, np.uint64),
+                    i64, False, info[:5])
+    tx_walk(u64_ring, 0, 0, wide, i64, *tables, info)
+    _warm = True

@@ -135,6 +135,7 @@ def load_kernels(hot_path: str):
         if hot_path == "numba":
             raise ValueError("hot_path numba needs the numba package (pip install numba)")
         return None
+    kernels.warm()
     return kernels
 
 
