@@ -92,6 +92,7 @@ def saturated(workers: int, batch: int, seconds: float) -> dict:
     return {"mpps": packets / (t1 - t0) / 1e6, "packets": packets,
             "ns": {name: cpu / max(packets, 1) * 1e9 for name, cpu in per_process.items()},
             "ok": proc.returncode == 0 and summary is not None and summary["ok"],
+            "problems": (summary or {}).get("problems", []) or [f"exit {proc.returncode}"],
             "sink": {k: sum(c[k] for c in summary["sim"].values()) for k in
                      ("sink_received", "sink_lost", "sink_reordered", "sink_corrupt")} if summary else {}}
 
@@ -135,7 +136,7 @@ def main() -> None:
         stages = ", ".join(f"{name} {ns:.0f}" for name, ns in sorted(r["ns"].items()) if ns >= 1)
         print(f"  {workers} worker{'s' if workers > 1 else ''}: {r['mpps']:.3f} Mpps wall, {r['packets']:,} packets; "
               f"CPU ns/packet: all {total:.0f} (= {1e3 / total if total else 0:.2f} Mpps per CPU), model {model:.0f}"
-              f"{'' if r['ok'] else ', accounting BROKEN'}")
+              f"{'' if r['ok'] else ', NOT OK: ' + '; '.join(map(str, r['problems']))}")
         print(f"      {stages}")
         print(f"      sinks: {r['sink']}")
         if args.lossless:
