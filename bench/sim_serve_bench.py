@@ -13,14 +13,19 @@ bottleneck as far as one process can make it.  Two measurements:
   a verifying sink.  Result: p0 produce and p1 absorb (TX DMA + sink
   verification) per second; the sink's verdicts must be clean.
 
-The machine's CPUs are shared: model and driver each want one.
-Run: ``python bench/sim_serve_bench.py [--seconds 3] [--size 60] [--ring 1024]``.
+Both are run with the model's numpy and compiled (numba) hot paths
+(``IXYPIPE_SIM_HOT_PATH``); beside the wall rates, the model's and the
+driver's CPU ns per packet (psutil, each process's own CPU clock) over the
+same window.  The machine's CPUs are shared: model and driver each want one,
+and the model's idle polling (spin, yield, naps) counts as its CPU too.
+Run: ``python bench/sim_serve_bench.py [--seconds 3] [--sizes 60,1514] [--ring 1024] [--paths numpy,numba]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -28,11 +33,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from ixypipe.memory.arena import Arena
 from ixypipe.nic import registers as R
 from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SimServer, SinkConfig
 from ixypipe.sim.sysfs import device_dir, map_file
+from ixypipe.sim.world import HOT_PATH_ENV
 
 BUF = 2048
 WORD = 4
@@ -121,35 +128,44 @@ def driver(root: str, mode: str, addresses: list[str], ring: int) -> None:
     arena.destroy()
 
 
-def measure(mode: str, seconds: float, size: int, ring: int) -> dict:
+def measure(mode: str, seconds: float, size: int, ring: int, hot_path: str) -> dict:
     gen = GeneratorConfig(packet_size=size, flows=64)
     ports = [SimPortConfig("p0", generator=gen)]
     if mode == "fwd":
         ports.append(SimPortConfig("p1", sink=SinkConfig(verify=True)))
+    os.environ[HOT_PATH_ENV] = hot_path             # the model process inherits it
     with SimServer(ports, None) as server:
         addrs = [server.addresses[p.name] for p in ports]
         proc = subprocess.Popen([sys.executable, __file__, "--driver", str(server.sysfs_root), mode, str(ring),
                                  *addrs], stdout=subprocess.PIPE, text=True)
+        model, drv = psutil.Process(server.pid), psutil.Process(proc.pid)
         try:
             if proc.stdout.readline().strip() != "ready":
                 raise SystemExit("the stand-in driver did not start")
             server.start_traffic()
             time.sleep(0.5)                                 # warm up
-            before, t0 = server.counters(), time.perf_counter()
+            before, t0, cpu0 = server.counters(), time.perf_counter(), (cpu(model), cpu(drv))
             time.sleep(seconds)
-            after, t1 = server.counters(), time.perf_counter()
+            after, t1, cpu1 = server.counters(), time.perf_counter(), (cpu(model), cpu(drv))
         finally:
             proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=30)
     dt = t1 - t0
-    out = {"produce_pps": (after["p0"].rx_delivered - before["p0"].rx_delivered) / dt,
-           "faults": sum(c.dma_faults for c in after.values())}
+    produced = after["p0"].rx_delivered - before["p0"].rx_delivered
+    out = {"produce_pps": produced / dt, "faults": sum(c.dma_faults for c in after.values()),
+           "model_ns": (cpu1[0] - cpu0[0]) / max(produced, 1) * 1e9,
+           "driver_ns": (cpu1[1] - cpu0[1]) / max(produced, 1) * 1e9}
     if mode == "fwd":
         c = after["p1"]
         out["absorb_pps"] = (c.sink_received - before["p1"].sink_received) / dt
         out["sink"] = {"received": c.sink_received, "lost": c.sink_lost, "reordered": c.sink_reordered,
                        "corrupt": c.sink_corrupt}
     return out
+
+
+def cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return t.user + t.system
 
 
 def main() -> None:
@@ -159,17 +175,21 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--size", type=int, default=60)
+    ap.add_argument("--sizes", default="60,1514")
     ap.add_argument("--ring", type=int, default=1024)
+    ap.add_argument("--paths", default="numpy,numba")
     args = ap.parse_args()
-    print(f"served software 82599, foreign driver process, {args.size}-byte frames, {args.ring}-entry rings:")
-    rx = measure("rx", args.seconds, args.size, args.ring)
-    print(f"  p0 generate + RX DMA (driver recycles)      : {rx['produce_pps'] / 1e6:6.3f} Mpps"
-          f"  faults {rx['faults']}")
-    fwd = measure("fwd", args.seconds, args.size, args.ring)
-    print(f"  p0 generate + RX DMA, driver forwards to p1 : {fwd['produce_pps'] / 1e6:6.3f} Mpps")
-    print(f"  p1 TX DMA + verifying sink                  : {fwd['absorb_pps'] / 1e6:6.3f} Mpps"
-          f"  sink {fwd['sink']}  faults {fwd['faults']}")
+    print(f"served software 82599, foreign driver process, {args.ring}-entry rings; CPU ns per packet of the "
+          "model and of the stand-in driver over the measured window")
+    for size in (int(s) for s in args.sizes.split(",")):
+        for path in args.paths.split(","):
+            rx = measure("rx", args.seconds, size, args.ring, path)
+            fwd = measure("fwd", args.seconds, size, args.ring, path)
+            print(f"  {size:>4} B {path:<5} generate+RX, driver recycles : {rx['produce_pps'] / 1e6:6.3f} Mpps wall, "
+                  f"model {rx['model_ns']:5.0f} ns/pkt, driver {rx['driver_ns']:5.0f} ns/pkt, faults {rx['faults']}")
+            print(f"  {size:>4} B {path:<5} generate+RX -> driver -> TX+verify: {fwd['absorb_pps'] / 1e6:6.3f} Mpps "
+                  f"wall, model {fwd['model_ns']:5.0f} ns/pkt, driver {fwd['driver_ns']:5.0f} ns/pkt, "
+                  f"sink {fwd['sink']}, faults {fwd['faults']}", flush=True)
 
 
 if __name__ == "__main__":

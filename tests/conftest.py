@@ -8,6 +8,14 @@ from ixypipe.memory.arena import Arena
 from tests.support.system import hugepages_unavailable
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sim_kernels_compiled():
+    """The software 82599's numba kernels are compiled (or loaded from numba's cache) here, once, before
+    any test starts a model process: a model compiling them itself would be slow to answer its driver."""
+    from ixypipe.sim.model import load_kernels
+    load_kernels("auto")
+
+
 @pytest.fixture(scope="session")
 def hugepages_ready():
     """Reserves and mounts hugepages the first time a test needs them; skips that test when they cannot be had."""

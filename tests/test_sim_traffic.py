@@ -50,9 +50,13 @@ def test_generator_frames_are_valid_udp_with_flow_id_sequence_and_checksum():
         assert struct.unpack("<H", f[SIM_GEN_OFF:SIM_GEN_OFF + 2])[0] == 1
         assert struct.unpack("<H", f[SIM_FLOW_OFF:SIM_FLOW_OFF + 2])[0] == i % 3
         assert struct.unpack("<Q", f[SIM_SEQ_OFF:SIM_SEQ_OFF + 8])[0] == i // 3
-        assert struct.unpack("!H", f[34:36])[0] == 1024 + i % 3      # flows differ by UDP source port
-    # flows differ in source IP; sequence numbers continue across batches
-    assert b.frame(0)[26:30] != b.frame(1)[26:30]
+    # flows differ in source IP and UDP source port, both; a flow keeps its 5-tuple
+    tuples = [(b.frame(i)[26:30], b.frame(i)[34:36]) for i in range(7)]
+    for i in range(3):
+        assert tuples[i] == tuples[i + 3]
+        for j in range(i):
+            assert tuples[i][0] != tuples[j][0] and tuples[i][1] != tuples[j][1]
+        assert tuples[i][0][:2] == bytes((10, 1))                   # 10.<generator id>.x.y
     assert struct.unpack("<Q", take(g, 1).frame(0)[SIM_SEQ_OFF:SIM_SEQ_OFF + 8])[0] == 2
 
 
@@ -206,3 +210,18 @@ def test_toeplitz_matches_the_microsoft_rss_verification_vectors():
     assert rss.hash(frame, MRQC_RSS_FIELD_IPV4, RSS_DEFAULT_KEY)[0] == 0x323E8FC2
     frame[0, 12] = 0x86                              # not IPv4: hash 0
     assert rss.hash(frame, MRQC_RSS_FIELD_IPV4_UDP, RSS_DEFAULT_KEY)[0] == 0
+
+
+@pytest.mark.parametrize("flows,queues", [(8, 2), (16, 4), (4, 2), (64, 4), (12, 3)])
+@pytest.mark.parametrize("gen_id", [0, 1, 2, 7])
+def test_generator_flows_spread_evenly_over_rss_queues(flows, queues, gen_id):
+    """With the key and RETA the ixgbe driver programs (entry j -> queue j % n), every queue gets
+    its share of flows within +-25 % (they differ in address and port, not in lockstep)."""
+    g = gen(flows=flows, gen_id=gen_id)
+    hashes = Rss().hash(g.templates, MRQC_RSS_FIELD_IPV4 | MRQC_RSS_FIELD_IPV4_UDP, RSS_DEFAULT_KEY)
+    reta = np.arange(128, dtype=np.uint8) % queues
+    per_queue = np.bincount(Rss.queues(hashes, reta), minlength=queues)
+    even = flows / queues
+    assert (np.abs(per_queue - even) <= 0.25 * even).all(), per_queue
+    ip_port = {(bytes(t[26:30]), bytes(t[34:36])) for t in g.templates}
+    assert len(ip_port) == flows

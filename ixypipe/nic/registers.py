@@ -234,6 +234,7 @@ GORCL = 0x04088
 GORCH = 0x0408C
 GOTCL = 0x04090
 GOTCH = 0x04094
+OCTETS_FCS_LEN = 4              # the octet counters (GORC, GOTC) count each frame with its 4-byte FCS
 STATS_CLEAR_ON_READ = (GPRC, GPTC, GORCL, GORCH, GOTCL, GOTCH) + tuple(MPC(i) for i in range(8))
 
 # --- queues and rings ---------------------------------------------------------------

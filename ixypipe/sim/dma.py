@@ -56,11 +56,33 @@ class DmaSpace:
                 f"{self.arenas[self.owner[i]].name} and {self.arenas[self.owner[i + 1]].name}): "
                 "two fallback arenas share simulated I/O addresses")
         self.bufs = [arena.buf for arena in self.arenas]
+        self._kernel_tables = None
+
+    def refresh(self) -> bool:
+        """Re-read the registered memory after a miss; True when the table changed (never, here:
+        the arenas are fixed; ``ForeignDma`` follows a driver's memory)."""
+        return False
+
+    def after_miss(self) -> bool:
+        """What a compiled walk calls when an address did not resolve: True to retry with a new table.
+        (``ForeignDma`` raises DriverLeft here when no driver is left, as its ``resolve`` does.)"""
+        return self.refresh()
+
+    def kernel_tables(self) -> tuple:
+        """(base, size, owner, offset, buffers) for the compiled walks (``sim/kernels.py``), built
+        once per table."""
+        if self._kernel_tables is None:
+            from ixypipe.sim.kernels import typed_buffers
+            self._kernel_tables = (self.base, self.size, self.owner, self.offset, typed_buffers(self.bufs))
+        return self._kernel_tables
 
     def resolve(self, addr, length) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ok mask, arena index, arena offset) for each range ``[addr, addr + length)``."""
         addr = np.asarray(addr, dtype=np.uint64).astype(np.int64)   # DMA addresses stay below 2**63
         length = np.broadcast_to(np.asarray(length, dtype=np.int64), addr.shape)
+        if len(self.base) == 0:         # nothing registered (a driver died mid set-up): every range faults
+            zero = np.zeros(addr.shape, np.int64)
+            return np.zeros(addr.shape, bool), zero, zero
         run = np.searchsorted(self.base, addr, side="right") - 1
         run_c = np.maximum(run, 0)
         ok = (run >= 0) & (length > 0) & (addr + length <= self.base[run_c] + self.size[run_c])

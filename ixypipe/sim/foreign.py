@@ -239,6 +239,13 @@ class ForeignDma(DmaSpace):
             return np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n, np.int64)
         return super().resolve(addr, length)
 
+    def after_miss(self) -> bool:
+        """A compiled walk's miss: re-read, and raise DriverLeft when no driver process is left."""
+        changed = self.refresh()
+        if not self.driver_pids:
+            raise DriverLeft("no process maps a served BAR any more (the driver left or died)")
+        return changed
+
     def refresh(self) -> bool:
         """Re-read the driver's processes and hugepage mappings; True when the DMA table changed."""
         self.refreshes += 1

@@ -27,8 +27,9 @@ Where the model differs from silicon:
   sees correct totals; reading twice within one period counts that
   interval twice, and an interval nobody read is lost.  The exact running
   totals are in the simulator's counters block (``PortCounters``).
-  Octet counters count frame bytes without the FCS (the simulated wire
-  carries none).  A frame without a free descriptor is counted in
+  Octet counters count every frame with its 4-byte FCS, as silicon does
+  (64 for a 60-byte frame), although the simulated wire carries none; the
+  running totals (``rx_bytes``/``tx_bytes``) count frame bytes only.  A frame without a free descriptor is counted in
   QPRDC(queue) when that queue's SRRCTL.DROP_EN is set (queues < 16), else
   in MPC(0), as is a frame arriving while RX is off or its queue is not live.
 * Faults an IOMMU or the datasheet would flag (a DMA address outside the
@@ -38,6 +39,12 @@ Where the model differs from silicon:
   stop that queue until the driver disables and re-enables it; nothing is
   written for the faulting descriptor.
 * No MAC filtering, VLANs, offloads, interrupts or flow control.
+
+Two implementations of the hot paths (``hot_path``): "numpy" (the
+reference, array by array) and "numba" (``sim/kernels.py``: one compiled
+walk per queue and batch, including the generator's frames stamped straight
+into the RX buffers); "auto" picks numba when it is installed.  Both give
+the same frames, descriptors, registers, counters and faults.
 """
 
 from __future__ import annotations
@@ -53,12 +60,13 @@ from ixypipe.nic import registers as R
 from ixypipe.sim.dma import DmaSpace
 from ixypipe.sim.payload import SIM_MAX_FRAME
 from ixypipe.sim.rss import Rss
-from ixypipe.sim.traffic import PacketBatch
+from ixypipe.sim.traffic import Generator, PacketBatch
 
 log = logging.getLogger(__name__)
 
 WORD = 4
 MAX_TX_BATCH = 1024          # descriptors handled per queue per step
+HOT_PATHS = ("auto", "numpy", "numba")
 STATS_PERIOD_NS = 1_000_000_000
 RESET_DEFAULTS = (
     [(R.AUTOC, R.AUTOC_RESET_VALUE), (R.RXPBSIZE(0), R.RXPBSIZE_RESET_VALUE),
@@ -84,7 +92,7 @@ class Fault:
 
 
 class _Queue:
-    __slots__ = ("index", "live", "faulted", "ring", "n", "head", "wb")
+    __slots__ = ("index", "live", "faulted", "ring", "n", "head", "wb", "words")
 
     def __init__(self, index: int):
         self.index = index
@@ -92,6 +100,7 @@ class _Queue:
         self.faulted = False
         self.ring = None
         self.wb = None
+        self.words = None           # the ring as (n, 2) little-endian u64 words, for the compiled walks
         self.n = 0
         self.head = 0
 
@@ -115,12 +124,45 @@ def _reg_index(offsets) -> np.ndarray:
     return np.asarray(offsets, dtype=np.int64) // WORD
 
 
+def load_kernels(hot_path: str):
+    """The compiled kernels module for ``hot_path``, or None for the numpy path."""
+    if hot_path not in HOT_PATHS:
+        raise ValueError(f"hot_path must be one of {', '.join(HOT_PATHS)}, got {hot_path!r}")
+    if hot_path == "numpy":
+        return None
+    from ixypipe.sim import kernels
+    if not kernels.AVAILABLE:
+        if hot_path == "numba":
+            raise ValueError("hot_path numba needs the numba package (pip install numba)")
+        return None
+    kernels.warm()
+    return kernels
+
+
+def _rx_fault_reason(too_large: bool, addr: int, length: int, bsize: int) -> str:
+    if too_large:
+        return (f"frame of {length} bytes is larger than the {bsize}-byte RX buffer "
+                "(multi-descriptor receive is not modelled)")
+    return f"RX buffer [{addr:#x}, +{length}) is outside registered memory"
+
+
+def _tx_fault_reason(well_formed: bool, whole: bool, sized: bool, cmd: int, addr: int, length: int) -> str:
+    if not well_formed:
+        return (f"descriptor cmd_type_len {cmd:#010x} is not an advanced data descriptor "
+                "(DEXT and DTYP_DATA required)")
+    if not whole:
+        return "descriptor without EOP: multi-segment transmit is not modelled"
+    if not sized:
+        return f"frame length {length} is not 1..{SIM_MAX_FRAME} bytes"
+    return f"TX buffer [{addr:#x}, +{length}) is outside registered memory"
+
+
 class SimPort:
     """The device behind one BAR0 (``bar``: the mapped register file as uint32)."""
 
     def __init__(self, name: str, bar: np.ndarray, mac: bytes, dma: DmaSpace,
                  config: np.ndarray | None = None, stats_period_ns: int = STATS_PERIOD_NS,
-                 clock: Callable[[], int] = time.monotonic_ns):
+                 clock: Callable[[], int] = time.monotonic_ns, hot_path: str = "auto"):
         if len(mac) != 6:
             raise ValueError(f"port {name}: MAC must be 6 bytes, got {len(mac)}")
         self.name = name
@@ -131,6 +173,12 @@ class SimPort:
         self.stats_period_ns = stats_period_ns
         self.clock = clock
         self.rss = Rss()
+        self.kernels = load_kernels(hot_path)
+        self._info = np.zeros(8, np.int64)          # a compiled walk's report (see sim/kernels.py)
+        self._tx_out: tuple[np.ndarray, np.ndarray] | None = None
+        self._gen_rss: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._rss_regs = _reg_index([R.MRQC] + [R.RSSRK(i) for i in range(10)]
+                                    + [R.RETA(i) for i in range(R.RETA_ENTRIES // 4)])
         self.wire_out: list[Callable[[PacketBatch], object]] = []
         self.faults: list[Fault] = []
         self.rxq = [_Queue(i) for i in range(R.MAX_RX_QUEUES)]
@@ -174,7 +222,7 @@ class SimPort:
         self.set_reg(R.RAH(0), int.from_bytes(mac[4:], "little") | R.RAH_AV)
         for q in self.rxq + self.txq:
             q.live = q.faulted = False
-            q.ring = q.wb = None
+            q.ring = q.wb = q.words = None
         self._live_rx, self._live_tx = [], []
         self._rx_seen = np.zeros(R.MAX_RX_QUEUES, bool)     # ENABLE seen set (queue live or faulted)
         self._tx_seen = np.zeros(R.MAX_TX_QUEUES, bool)
@@ -211,10 +259,13 @@ class SimPort:
             bar[R.AUTOC // WORD] = autoc & ~R.AUTOC_AN_RESTART
             bar[R.LINKS // WORD] = R.LINKS_UP | R.LINKS_SPEED_10G
             work += 1
-        work += self._update_queues(self.rxq, self._rxdctl, R.RXDCTL_ENABLE, self._live_rx, self._enable_rx,
-                                    self._rx_seen)
-        work += self._update_queues(self.txq, self._txdctl, R.TXDCTL_ENABLE, self._live_tx, self._enable_tx,
-                                    self._tx_seen)
+        k = self.kernels
+        if k is None or k.queues_changed(bar, self._rxdctl, R.RXDCTL_ENABLE, self._rx_seen):
+            work += self._update_queues(self.rxq, self._rxdctl, R.RXDCTL_ENABLE, self._live_rx, self._enable_rx,
+                                        self._rx_seen)
+        if k is None or k.queues_changed(bar, self._txdctl, R.TXDCTL_ENABLE, self._tx_seen):
+            work += self._update_queues(self.txq, self._txdctl, R.TXDCTL_ENABLE, self._live_tx, self._enable_tx,
+                                        self._tx_seen)
         if self._live_tx and bar[R.DMATXCTL // WORD] & R.DMATXCTL_TE and self._bus_master():
             for q in list(self._live_tx):
                 work += self._transmit(q)
@@ -277,6 +328,7 @@ class SimPort:
         if not self._latch_ring(q, "rx", R.RDBAL(i), R.RDBAH(i), R.RDLEN(i), R.RX_DESC_READ_DTYPE):
             return
         q.wb = q.ring.view(R.RX_DESC_WB_DTYPE)
+        q.words = q.ring.view(np.uint64).reshape(q.n, 2)
         q.head = self.reg(R.RDH(i)) % q.n
         q.live = True
 
@@ -285,6 +337,7 @@ class SimPort:
         if not self._latch_ring(q, "tx", R.TDBAL(i), R.TDBAH(i), R.TDLEN(i), R.TX_DESC_READ_DTYPE):
             return
         q.wb = q.ring.view(R.TX_DESC_WB_DTYPE)
+        q.words = q.ring.view(np.uint64).reshape(q.n, 2)
         q.head = self.reg(R.TDH(i)) % q.n
         q.live = True
 
@@ -339,17 +392,97 @@ class SimPort:
             queues, hashes = self.classify(batch)
         if len(self._live_rx) == 1 and (queues == self._live_rx[0].index).all():
             q = self._live_rx[0]
-            delivered = self._rx_queue(q, batch, hashes)
+            if self.kernels is not None:
+                delivered, _ = self._rx_compiled(q, self.kernels.rx_frames, -1, queues, batch.data,
+                                                 batch.lengths, hashes)
+            else:
+                delivered = self._rx_queue(q, batch, hashes)
             self._missed(n - delivered, q)
             return delivered
         delivered = 0
         for qi in np.unique(queues):
-            rows = np.flatnonzero(queues == qi)
             q = self.rxq[int(qi)]
-            got = self._rx_queue(q, batch.take(rows), hashes[rows]) if q.live else 0
-            self._missed(len(rows) - got, q if q.live else None)
+            live = q.live
+            if self.kernels is not None:
+                got, rows = (self._rx_compiled(q, self.kernels.rx_frames, int(qi), queues, batch.data,
+                                               batch.lengths, hashes) if live else (0, int((queues == qi).sum())))
+            else:
+                sel = np.flatnonzero(queues == qi)
+                got, rows = (self._rx_queue(q, batch.take(sel), hashes[sel]) if live else 0), len(sel)
+            self._missed(rows - got, q if live else None)
             delivered += got
         return delivered
+
+    def receive_generated(self, gen: Generator, n: int, free: np.ndarray | None = None) -> int:
+        """Compiled path only: the generator's next ``n`` packets, stamped straight into the RX buffers
+        (the caller checked ``rx_ready``).  With ``free`` (rate 0: the ``rx_free()`` the caller sized
+        ``n`` from) the packets stop where the first queue runs out of descriptors.  Returns how many
+        were generated (delivered or missed); the caller commits them."""
+        flow_queue, flow_hash, flow_idx = self._generator_rss(gen)
+        if free is not None:
+            if len(flow_idx) == 1:          # every flow lands on one queue
+                n = min(n, int(free[flow_idx[0]]))
+            else:
+                queues = flow_queue[gen.flows_of_next(n)]
+                for qi in flow_idx:
+                    over = np.flatnonzero(queues == qi)[free[qi]:]
+                    if len(over):
+                        n = min(n, int(over[0]))
+        if n == 0:
+            return 0
+        if not self._bus_master():
+            self._missed(n)
+            return n
+        seq_w, templates, base_csum = gen.kernel_tables()
+        for qi in flow_idx:
+            q = self.rxq[int(qi)]
+            live = q.live
+            if live:
+                got, rows = self._rx_compiled(q, self.kernels.gen_rx, q.index, templates, base_csum, seq_w,
+                                              gen.sent, gen.flows, n, flow_queue, flow_hash)
+            else:
+                got, rows = 0, int((flow_queue[gen.flows_of_next(n)] == qi).sum())
+            self._missed(rows - got, q if live else None)
+        return n
+
+    def _generator_rss(self, gen: Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(RX queue, RSS hash) of each of the generator's flows and the queues they use, recomputed
+        when MRQC, RSSRK or RETA changed (a flow's 5-tuple is fixed, so its queue is)."""
+        regs = self.bar[self._rss_regs]
+        cached = self._gen_rss.get(id(gen))
+        if cached is not None and np.array_equal(cached[0], regs):
+            return cached[1:]
+        queues, hashes = self.classify(PacketBatch(gen.templates, np.full(gen.flows, gen.packet_size, np.int64)))
+        entry = (regs, queues, hashes, np.unique(queues))
+        self._gen_rss[id(gen)] = entry
+        return entry[1:]
+
+    def _rx_compiled(self, q: _Queue, kernel, *args) -> tuple[int, int]:
+        """One compiled RX walk on queue q (retried once the DMA table follows a driver's new memory);
+        returns (delivered, frames that were for this queue)."""
+        room = self._rx_room(q)
+        srrctl = self.reg(R.SRRCTL(q.index))
+        bsize = (srrctl & R.SRRCTL_BSIZEPKT_MASK) * R.SRRCTL_BSIZEPKT_UNIT or R.SRRCTL_BSIZEPKT_DEFAULT
+        info = self._info
+        got = nbytes = 0
+        while True:
+            good = kernel(q.words, q.head, room - got, got, bsize, *self.dma.kernel_tables(), info, *args)
+            got += good
+            nbytes += int(info[4])
+            q.head = (q.head + good) % q.n
+            if info[0] != self.kernels.BAD_ADDRESS or not self.dma.after_miss():
+                break
+        if got:
+            self.bar[self._rdh[q.index]] = q.head
+            self.rx_delivered += got
+            self.rx_bytes += nbytes
+            self._interval[0] += got
+            self._interval[1] += nbytes + R.OCTETS_FCS_LEN * got
+        if info[0] != self.kernels.OK:
+            addr, length = int(info[1]), int(info[3])
+            self._fault(q, "rx", q.head, addr,
+                        _rx_fault_reason(info[0] == self.kernels.TOO_LARGE, addr, length, bsize))
+        return got, int(info[2])
 
     def _missed(self, n: int, q: _Queue | None = None) -> None:
         """Frames dropped: per queue (QPRDC) when its SRRCTL.DROP_EN is set, else in the packet buffer (MPC)."""
@@ -390,13 +523,11 @@ class SimPort:
             self.rx_delivered += good
             self.rx_bytes += nbytes
             self._interval[0] += good
-            self._interval[1] += nbytes
+            self._interval[1] += nbytes + R.OCTETS_FCS_LEN * good
         if len(bad):
             d = q.head                  # already advanced past the good ones
-            reason = (f"frame of {int(lengths[good])} bytes is larger than the {bsize}-byte RX buffer "
-                      "(multi-descriptor receive is not modelled)" if ok[good] else
-                      f"RX buffer [{int(addr[good]):#x}, +{int(lengths[good])}) is outside registered memory")
-            self._fault(q, "rx", d, int(addr[good]), reason)
+            self._fault(q, "rx", d, int(addr[good]),
+                        _rx_fault_reason(bool(ok[good]), int(addr[good]), int(lengths[good]), bsize))
         return good
 
     # ---- transmit -----------------------------------------------------------------------
@@ -408,6 +539,8 @@ class SimPort:
         pending = min((tail - q.head) % q.n, MAX_TX_BATCH)
         if pending == 0:
             return 0
+        if self.kernels is not None:
+            return self._transmit_compiled(q, pending)
         head = q.head
         desc = _gather(q.ring, head, pending)
         cmd = desc["cmd_type_len"]
@@ -433,25 +566,51 @@ class SimPort:
             self.tx_sent += good
             self.tx_bytes += nbytes
             self._interval[2] += good
-            self._interval[3] += nbytes
+            self._interval[3] += nbytes + R.OCTETS_FCS_LEN * good
         if len(bad):
             j = good
-            if not well_formed[j]:
-                reason = (f"descriptor cmd_type_len {int(cmd[j]):#010x} is not an advanced data descriptor "
-                          "(DEXT and DTYP_DATA required)")
-            elif not whole[j]:
-                reason = "descriptor without EOP: multi-segment transmit is not modelled"
-            elif not sized[j]:
-                reason = f"frame length {int(lengths[j])} is not 1..{SIM_MAX_FRAME} bytes"
-            else:
-                reason = f"TX buffer [{int(desc['buffer_addr'][j]):#x}, +{int(lengths[j])}) is outside registered memory"
-            self._fault(q, "tx", (head + j) % q.n, int(desc["buffer_addr"][j]), reason)
+            addr = int(desc["buffer_addr"][j])
+            self._fault(q, "tx", (head + j) % q.n, addr,
+                        _tx_fault_reason(bool(well_formed[j]), bool(whole[j]), bool(sized[j]), int(cmd[j]), addr,
+                                         int(lengths[j])))
+        return good
+
+    def _transmit_compiled(self, q: _Queue, pending: int) -> int:
+        if self._tx_out is None:
+            self._tx_out = (np.zeros((MAX_TX_BATCH, SIM_MAX_FRAME), np.uint8), np.zeros(MAX_TX_BATCH, np.int64))
+        out, lengths = self._tx_out
+        k, info = self.kernels, self._info
+        head = q.head
+        good = nbytes = width = 0
+        while True:
+            got = k.tx_walk(q.words, head + good, pending - good, out[good:], lengths[good:],
+                            *self.dma.kernel_tables(), info)
+            good += got
+            nbytes += int(info[5])
+            width = max(width, int(info[4]))
+            if info[0] != k.BAD_ADDRESS or not self.dma.after_miss():
+                break
+        if good:
+            batch = PacketBatch(out[:good, :width], lengths[:good])
+            for deliver in self.wire_out:
+                deliver(batch)
+            q.head = (head + good) % q.n
+            self.bar[self._tdh[q.index]] = q.head
+            self.tx_sent += good
+            self.tx_bytes += nbytes
+            self._interval[2] += good
+            self._interval[3] += nbytes + R.OCTETS_FCS_LEN * good
+        if info[0] != k.OK:
+            reason, cmd, addr = int(info[0]), int(info[2]), int(info[3])
+            self._fault(q, "tx", (head + good) % q.n, addr,
+                        _tx_fault_reason(reason != k.NOT_DATA, reason != k.NO_EOP, reason != k.BAD_LENGTH, cmd,
+                                         addr, cmd & R.TXD_DTALEN_MASK))
         return good
 
     def detach(self) -> None:
         """Drop every view of the BAR, config space and descriptor rings (before unmapping them)."""
         for q in self.rxq + self.txq:
-            q.ring = q.wb = None
+            q.ring = q.wb = q.words = None
             q.live = False
         self._live_rx, self._live_tx = [], []
         self.wire_out = []

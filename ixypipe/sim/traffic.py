@@ -2,9 +2,11 @@
 
 A :class:`PacketBatch` is a padded ``(n, max_len)`` byte matrix plus the
 lengths.  The :class:`Generator` builds Ethernet/IPv4/UDP frames from one
-precomputed template per flow (flows differ by source IP and UDP source
-port, so RSS spreads them); per packet only the sequence number and the
+precomputed template per flow; per packet only the sequence number and the
 payload checksum change, and both are written for a whole batch at once.
+Flows differ in the low 16 bits of the source IP *and* the UDP source port,
+not in lockstep (see :func:`flow_tuples`), so RSS spreads them evenly over
+any number of queues, as real traffic spreads.
 The :class:`Sink` checks every frame it receives, vectorized per batch:
 magic, generator and flow ids, the checksum over everything after the
 Ethernet header (so a worker may rewrite MAC addresses), per-flow sequence
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ixypipe.nic.registers import RETA_ENTRIES, RSS_DEFAULT_KEY
 from ixypipe.pcapfile import PcapWriter
 from ixypipe.protocols import (
     ETH_ADDR_LEN,
@@ -52,9 +55,10 @@ from ixypipe.sim.payload import (
     SIM_SEQ_OFF,
     SIM_TOUCH_OFF,
 )
+from ixypipe.sim.rss import toeplitz_tables
 
 MAX_FLOWS = 65535
-UDP_SRC_PORT_BASE = 1024
+FLOW_ID_BITS = 16               # flow ids 0..MAX_FLOWS fit; each bit of the id flips one mixing vector
 UDP_DST_PORT = 5000
 IP_TTL = 64
 GEN_DST_IP = bytes((10, 255, 0, 1))
@@ -139,6 +143,76 @@ def _ipv4_header_checksum(header: np.ndarray) -> int:
     return ~total & 0xFFFF
 
 
+# The 32 bits a flow varies, as (byte position in the 12-byte RSS input, which is IPv4 src | dst | sport | dport)
+_FLOW_FIELD_BYTES = (2, 3, 8, 9)          # source IP bytes 2..3 and the UDP source port
+_FLOW_BASE = 0x0001_0400                  # flow 0: 10.<gen>.0.1, source port 1024
+_RETA_BITS = RETA_ENTRIES.bit_length() - 1   # the hash bits that pick the RETA entry (7)
+
+
+def _gf2_rank(vectors) -> int:
+    basis = []
+    for v in vectors:
+        for b in basis:
+            v = min(v, v ^ b)
+        if v:
+            basis.append(v)
+    return len(basis)
+
+
+def _flow_vectors(gen_id: int) -> list[int]:
+    """FLOW_ID_BITS linearly independent 32-bit flips of the flow fields.  The Toeplitz hash is
+    linear over XOR, so with the standard key (the one drivers program) flipping vector i < 7
+    flips exactly hash bit i of the RETA index, and the others leave it alone: flows 0..127
+    then take every RETA entry once, which spreads any number of flows evenly over any RETA.
+    Each vector is mixed with random hash-neutral flips, so address and port both change."""
+    tables = toeplitz_tables(RSS_DEFAULT_KEY)
+    reta_mask = (1 << _RETA_BITS) - 1
+
+    def image(v: int) -> int:                 # RETA-index bits of the hash of a flip vector
+        h = 0
+        for k, pos in enumerate(_FLOW_FIELD_BYTES):
+            h ^= int(tables[pos, (v >> (24 - 8 * k)) & 0xFF])
+        return h & reta_mask
+
+    # Gaussian elimination over GF(2): preimages of each RETA bit, and the kernel (hash-neutral flips)
+    rows = [(1 << (31 - b), image(1 << (31 - b))) for b in range(32)]
+    pre, kernel = {}, []
+    for v, h in rows:
+        for bit, (pv, ph) in pre.items():
+            if h >> bit & 1:
+                v, h = v ^ pv, h ^ ph
+        if h == 0:
+            kernel.append(v)
+            continue
+        top = h.bit_length() - 1
+        for bit in list(pre):
+            pv, ph = pre[bit]
+            if ph >> top & 1:
+                pre[bit] = (pv ^ v, ph ^ h)
+        pre[top] = (v, h)
+    rng = np.random.default_rng(0x1C5E0000 + gen_id)
+    while True:
+        def neutral() -> int:
+            pick = rng.integers(0, 2, len(kernel))
+            out = 0
+            for k, v in zip(pick, kernel, strict=True):
+                out ^= v if k else 0
+            return out
+        vectors = [pre[i][0] ^ neutral() for i in range(_RETA_BITS)]
+        vectors += [neutral() for _ in range(FLOW_ID_BITS - _RETA_BITS)]
+        if _gf2_rank(vectors) == FLOW_ID_BITS and all(v >> 16 and v & 0xFFFF for v in vectors):
+            return vectors
+
+
+def flow_tuples(gen_id: int, flows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(low 16 bits of the source IP, UDP source port) of each flow: all distinct."""
+    flow = np.arange(flows, dtype=np.uint32)
+    fields = np.full(flows, _FLOW_BASE, np.uint32)
+    for i, v in enumerate(_flow_vectors(gen_id)):
+        fields ^= np.where((flow >> i) & 1 != 0, np.uint32(v), np.uint32(0))
+    return fields >> 16, fields & 0xFFFF
+
+
 def build_templates(gen_id: int, flows: int, packet_size: int, src_mac: bytes, dst_mac: bytes) -> np.ndarray:
     """One frame per flow, sequence number 0 and checksum not yet set: ``(flows, packet_size)``."""
     t = np.zeros((flows, packet_size), np.uint8)
@@ -152,12 +226,12 @@ def build_templates(gen_id: int, flows: int, packet_size: int, src_mac: bytes, d
     t[:, IPV4_TTL_OFF] = IP_TTL
     t[:, IPV4_PROTO_OFF] = IPPROTO_UDP
     flow = np.arange(flows, dtype=np.uint32)
+    ip16, sport = flow_tuples(gen_id, flows)
     t[:, IPV4_SRC_OFF] = 10
     t[:, IPV4_SRC_OFF + 1] = gen_id & 0xFF
-    t[:, IPV4_SRC_OFF + 2] = flow >> 8
-    t[:, IPV4_SRC_OFF + 3] = flow & 0xFF
+    t[:, IPV4_SRC_OFF + 2] = ip16 >> 8
+    t[:, IPV4_SRC_OFF + 3] = ip16 & 0xFF
     t[:, IPV4_DST_OFF:IPV4_DST_OFF + 4] = np.frombuffer(GEN_DST_IP, np.uint8)
-    sport = UDP_SRC_PORT_BASE + flow
     t[:, UDP_OFF] = sport >> 8
     t[:, UDP_OFF + 1] = sport & 0xFF
     t[:, UDP_OFF + 2:UDP_OFF + 4] = np.frombuffer(UDP_DST_PORT.to_bytes(2, "big"), np.uint8)
@@ -196,6 +270,7 @@ class Generator:
         self.base_csum = payload_checksum(self.templates).astype(np.uint64)
         self.touch_byte = int(self.templates[0, SIM_TOUCH_OFF])
         self.sent = 0                     # packets generated so far (= index of the next one)
+        self._kernel_tables = None
         self._credit = 0.0
         self._last_ns: int | None = None
 
@@ -240,6 +315,13 @@ class Generator:
         self._credit -= n
         self.sent += n
 
+    def kernel_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sequence-number byte weights, templates, base checksums) as the compiled RX walk takes them."""
+        if self._kernel_tables is None:
+            seq_w = CSUM_WEIGHTS[SIM_SEQ_OFF:SIM_SEQ_OFF + 8].astype(np.int64)
+            self._kernel_tables = (seq_w, self.templates, self.base_csum.astype(np.int64))
+        return self._kernel_tables
+
 
 @dataclass
 class SinkResult:
@@ -255,8 +337,15 @@ class Sink:
     """Verifies frames from any of the world's generators (``generators[gen_id]``)."""
 
     def __init__(self, generators: dict[int, Generator], verify: bool = True, expect_touch: bool = False,
-                 pcap: str | None = None):
+                 pcap: str | None = None, compiled: bool = False):
+        """``compiled``: verify with the numba kernel (``sim/kernels.py``), the numpy code being the reference."""
         self.verify = verify
+        self._kernel = None
+        if compiled:
+            from ixypipe.sim.kernels import sink_verify
+            self._kernel = sink_verify
+            self._weights = CSUM_WEIGHTS.astype(np.int64)
+            self._res = np.zeros(5, np.int64)
         self.expect_touch = expect_touch
         self.result = SinkResult()
         n_gen = max(generators, default=-1) + 1
@@ -292,6 +381,19 @@ class Sink:
         if self.pcap is not None:
             self.pcap.write_batch(batch.data, batch.lengths)
         if not self.verify:
+            return
+        if self._kernel is not None:
+            res = self._res
+            res[:] = 0
+            self._kernel(batch.data, batch.lengths, self.gen_known, self.gen_size, self.gen_flows, self.gen_touch,
+                         self.max_flows, self.top, self._weights, self.expect_touch, res)
+            corrupt, untouched, reordered, rise, verified = (int(v) for v in res)
+            r.corrupt += corrupt
+            r.untouched += untouched
+            r.reordered += reordered
+            self._top_sum += rise
+            self._verified += verified
+            r.lost = max(0, self._top_sum - self._verified)
             return
         for rows, frames in batch.by_length():
             self._verify(rows, frames)

@@ -21,6 +21,7 @@ row per port (``SIM_COUNTERS_DTYPE``), which the server shares.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -38,6 +39,7 @@ from ixypipe.sim.traffic import SINK_MODES, SIZE_BUCKET_NAMES, CountSink, Genera
 
 log = logging.getLogger(__name__)
 GEN_BATCH = 512                 # most frames a generator sends per step
+HOT_PATH_ENV = "IXYPIPE_SIM_HOT_PATH"
 PORT_MAC_PREFIX = bytes((0x02, 0x49, 0x58, 0x53, 0x00))     # 02:49:58:53:00:<port index> ("IXS")
 GEN_MAC_PREFIX = bytes((0x02, 0x47, 0x45, 0x4E, 0x00))      # 02:47:45:4e:00:<generator id> ("GEN")
 
@@ -156,7 +158,8 @@ class SimWorld:
 
     def __init__(self, ports: list[SimPortConfig], arena: Arena | list[Arena], root: Path | None = None,
                  create: bool = True, counters: np.ndarray | None = None,
-                 stats_period_ns: int = STATS_PERIOD_NS, clock=time.monotonic_ns, foreign: bool = False):
+                 stats_period_ns: int = STATS_PERIOD_NS, clock=time.monotonic_ns, foreign: bool = False,
+                 hot_path: str | None = None):
         """``foreign``: no arenas (``arena`` is ignored); DMA goes to the hugepage memory of whatever
         process maps the ports' resource0 files, found through /proc (``ixypipe.sim.foreign``)."""
         self.configs = validate_ports(ports)
@@ -177,6 +180,8 @@ class SimWorld:
         self.sinks: dict[str, Sink] = {}
         self.traffic = False
         self._gen_bytes = dict.fromkeys(self.names, 0)
+        # the model's hot path: numba when installed ("auto"); IXYPIPE_SIM_HOT_PATH reaches model processes
+        self.hot_path = hot_path or os.environ.get(HOT_PATH_ENV, "auto")
         try:
             self._build(create, stats_period_ns, clock)
         except BaseException:
@@ -194,7 +199,7 @@ class SimWorld:
             self._maps += [bar_mm, cfg_mm]
             mac = cfg.mac or PORT_MAC_PREFIX + bytes((i,))
             self.ports[cfg.name] = SimPort(cfg.name, bar.view(np.uint32), mac, self.dma, config=config,
-                                           stats_period_ns=stats_period_ns, clock=clock)
+                                           stats_period_ns=stats_period_ns, clock=clock, hot_path=self.hot_path)
         for i, cfg in enumerate(self.configs):
             g = cfg.generator
             if g is not None:
@@ -211,7 +216,7 @@ class SimWorld:
                 if cfg.sink.mode == "count":
                     sink = CountSink(cfg.sink.pcap)
                 else:
-                    sink = Sink(by_id, True, cfg.sink.expect_touch, cfg.sink.pcap)
+                    sink = Sink(by_id, True, cfg.sink.expect_touch, cfg.sink.pcap, compiled=port.kernels is not None)
                 self.sinks[cfg.name] = sink
                 port.wire_out.append(sink.receive)
             if cfg.cable_to is not None:
@@ -254,6 +259,11 @@ class SimWorld:
             n = gen.allowance(GEN_BATCH)
             if n == 0:
                 return 0
+            if port.kernels is not None:
+                port.receive_generated(gen, n)
+                gen.commit(n)
+                self._gen_bytes[name] += n * gen.packet_size
+                return n
             batch = gen.make(n)
             port.receive(batch)
             gen.commit(n)               # after: a step abandoned (DriverLeft) sent nothing
@@ -262,6 +272,11 @@ class SimWorld:
             n = gen.allowance(min(GEN_BATCH, int(free.sum())))
             if n == 0:
                 return 0
+            if port.kernels is not None:
+                n = port.receive_generated(gen, n, free)
+                gen.commit(n)
+                self._gen_bytes[name] += n * gen.packet_size
+                return n
             batch = gen.make(n)
             queues, hashes = port.classify(batch)
             if (queues == queues[0]).all():
