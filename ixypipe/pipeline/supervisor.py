@@ -360,7 +360,7 @@ def sim_port_configs(ports) -> list:
     for p in ports:
         g, s = p.generator, p.sink
         configs.append(SimPortConfig(
-            name=p.name, pci_address=p.pci or None,
+            name=p.name, pci_address=p.pci or None, iommu=p.iommu != "none",
             generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
                                       count=g.count) if g else None,
             sink=SinkConfig(verify=s.verify, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None))

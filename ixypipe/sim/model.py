@@ -262,7 +262,7 @@ class SimPort:
             return False
         ring = self.dma.ring(base, length, dtype)
         if ring is None:
-            self._fault(q, direction, 0, base, f"descriptor ring of {length} bytes is outside registered memory")
+            self._fault(q, direction, 0, base, f"descriptor ring of {length} bytes is {self.dma.outside}")
             return False
         q.ring, q.n = ring, length // R.DESC_SIZE
         return True
@@ -395,7 +395,7 @@ class SimPort:
             d = q.head                  # already advanced past the good ones
             reason = (f"frame of {int(lengths[good])} bytes is larger than the {bsize}-byte RX buffer "
                       "(multi-descriptor receive is not modelled)" if ok[good] else
-                      f"RX buffer [{int(addr[good]):#x}, +{int(lengths[good])}) is outside registered memory")
+                      f"RX buffer [{int(addr[good]):#x}, +{int(lengths[good])}) is {self.dma.outside}")
             self._fault(q, "rx", d, int(addr[good]), reason)
         return good
 
@@ -444,7 +444,7 @@ class SimPort:
             elif not sized[j]:
                 reason = f"frame length {int(lengths[j])} is not 1..{SIM_MAX_FRAME} bytes"
             else:
-                reason = f"TX buffer [{int(desc['buffer_addr'][j]):#x}, +{int(lengths[j])}) is outside registered memory"
+                reason = f"TX buffer [{int(desc['buffer_addr'][j]):#x}, +{int(lengths[j])}) is {self.dma.outside}"
             self._fault(q, "tx", (head + j) % q.n, int(desc["buffer_addr"][j]), reason)
         return good
 

@@ -32,6 +32,7 @@ from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE
 from ixypipe.sim.dma import DmaSpace
 from ixypipe.sim.foreign import ForeignDma
+from ixypipe.sim.iommu import IommuDma, table_path
 from ixypipe.sim.model import STATS_PERIOD_NS, Fault, SimPort
 from ixypipe.sim.traffic import Generator, Sink
 
@@ -69,6 +70,7 @@ class SimPortConfig:
     generator: GeneratorConfig | None = None
     sink: SinkConfig | None = None
     cable_to: str | None = None
+    iommu: bool = False             # behind a simulated IOMMU: VFIO nodes, DMA only through MAP_DMA mappings
 
 
 @dataclass
@@ -149,6 +151,7 @@ class SimWorld:
         self.counters_array = counters if counters is not None else np.zeros(len(ports), SIM_COUNTERS_DTYPE)
         self._rows = self.counters_array.view(np.int64).reshape(len(ports), len(SIM_COUNTER_FIELDS))
         self._maps = []
+        self._iommus: list[IommuDma] = []
         self.ports: dict[str, SimPort] = {}
         self.generators: dict[str, Generator] = {}
         self.sinks: dict[str, Sink] = {}
@@ -164,13 +167,18 @@ class SimWorld:
         for i, cfg in enumerate(self.configs):
             addr = self.addresses[cfg.name]
             if create:
-                sysfs.create_device(self.sysfs_root, addr)
+                sysfs.create_device(self.sysfs_root, addr, iommu_group=sysfs.iommu_group_of(i) if cfg.iommu else None)
+            dma = self.dma
+            if cfg.iommu:       # translated through its group's IOMMU table (ixypipe.sim.iommu)
+                dma = IommuDma(table_path(self.sysfs_root, sysfs.iommu_group_of(i)),
+                               [] if isinstance(self.dma, ForeignDma) else self.dma.arenas)
+                self._iommus.append(dma)
             d = sysfs.device_dir(self.sysfs_root, addr)
             bar_mm, bar = sysfs.map_file(d / "resource0")
             cfg_mm, config = sysfs.map_file(d / "config")
             self._maps += [bar_mm, cfg_mm]
             mac = cfg.mac or PORT_MAC_PREFIX + bytes((i,))
-            self.ports[cfg.name] = SimPort(cfg.name, bar.view(np.uint32), mac, self.dma, config=config,
+            self.ports[cfg.name] = SimPort(cfg.name, bar.view(np.uint32), mac, dma, config=config,
                                            stats_period_ns=stats_period_ns, clock=clock)
         for i, cfg in enumerate(self.configs):
             g = cfg.generator
@@ -290,6 +298,8 @@ class SimWorld:
         self.ports = {}
         if isinstance(self.dma, ForeignDma):
             self.dma.close()
+        for iommu in self._iommus:
+            iommu.close()
         self._rows = None
         for mm in self._maps:
             try:
