@@ -260,3 +260,10 @@ def test_an_address_outside_the_mapped_iovas_is_an_iommu_fault(rig):
     fault = r.world.faults[-1]
     assert (fault.direction, fault.descriptor) == ("tx", 0)
     assert "IOMMU fault" in fault.reason
+
+
+def test_auto_picks_vfio_for_a_port_behind_the_iommu_and_physical_addresses_otherwise(rig):
+    r = rig([SimPortConfig("p0", iommu=True), SimPortConfig("p1")])
+    assert r.open("p0", "auto").session is not None
+    plain = r.open("p1", "auto")
+    assert plain.session is None and "vfio" not in plain.spec.options
