@@ -267,3 +267,24 @@ def test_auto_picks_vfio_for_a_port_behind_the_iommu_and_physical_addresses_othe
     assert r.open("p0", "auto").session is not None
     plain = r.open("p1", "auto")
     assert plain.session is None and "vfio" not in plain.spec.options
+
+
+def test_the_iommu_finds_memory_it_was_not_given_through_proc(tree, make_arena):
+    """A driver's memory the model knows nothing of: found through /proc/PID/maps of the mapping process."""
+    s = vfio.open_vfio(ADDR, tree, kernel=StandInKernel())
+    private = make_arena(4 << 20, hugepages_mode="never")
+    private.buf[private.size - 100:private.size - 90] = np.arange(10, dtype=np.uint8)
+    iova = s.map_buffer(private.buf)
+    space = iommu.IommuDma(iommu.table_path(tree, GROUP))       # no arenas registered
+    try:
+        ok, owner, offset = space.resolve([iova + private.size - 100, iova + private.size], [10, 1])
+        assert ok.tolist() == [True, False]                     # one byte past the mapping: a fault
+        got = space.read(owner[:1], offset[:1], np.array([10]))
+        assert got.data[0].tolist() == list(range(10))
+        space.write(owner[:1], offset[:1], PacketBatch.from_frames([bytes([9] * 10)]))
+        assert private.buf[private.size - 100:private.size - 90].tolist() == [9] * 10
+        s.close()                                               # UNMAP_DMA: the device loses it at once
+        assert space.resolve([iova], [1])[0].tolist() == [False]
+    finally:
+        space.close()
+        s.close()
