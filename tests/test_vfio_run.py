@@ -56,7 +56,7 @@ def guarded_env(directory: Path) -> dict:
 
 
 def check_forwarded(res: subprocess.CompletedProcess) -> dict:
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 0, (res.stderr, res.stdout[-3000:])
     assert "pagemap opened" not in res.stderr
     s = summary_of(res.stdout)
     assert s["ok"] is True, (s, res.stderr)

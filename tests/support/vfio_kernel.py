@@ -7,7 +7,9 @@ layout mistake on either side shows): ``argsz`` smaller than the struct the
 kernel needs is EINVAL, unknown flags are EINVAL, a second open of a group
 is EBUSY, SET_IOMMU before a group is attached is EINVAL, MAP_DMA of an
 unaligned or overlapping range is EINVAL / EEXIST, of an address not mapped
-in the caller is EFAULT, UNMAP_DMA writes back the size it unmapped,
+in the caller is EFAULT (the stand-in also refuses anonymous memory
+with EFAULT, which the kernel would pin: the model can reach only
+file-backed memory), UNMAP_DMA writes back the size it unmapped,
 region offsets are ``index << 40`` as vfio-pci's are.
 
 The nodes it serves are the plain files a simulated machine's tree holds
