@@ -228,7 +228,15 @@ def test_driver_forwards_through_vfio_with_iovas_and_no_physical_addresses(rig, 
     c = r.world.counters()["p0"]
     assert (c.generated, c.sink_received, c.sink_lost, c.sink_corrupt, c.dma_faults) == (3000, 3000, 0, 0, 0)
     table = iommu.table_path(r.world.sysfs_root, GROUP)
-    assert len(iommu.live_mappings(table)) == 2              # device arena and packet arena
+    dev_map, pkt_map = sorted(iommu.live_mappings(table), key=lambda m: m["iova"] != r.dev_arena.buf.ctypes.data)
+    assert (dev_map["iova"], dev_map["size"]) == (r.dev_arena.buf.ctypes.data, r.dev_arena.buf.nbytes)
+    # of the packet arena only the packet buffers: its rings, mempools and stage table stay out of reach
+    first = lo + r.bufs.offset
+    assert pkt_map["iova"] == first - first % vfio.DMA_PAGE
+    assert pkt_map["iova"] + pkt_map["size"] >= first + r.bufs.count * r.bufs.buf_size > pkt_map["iova"]
+    # (to the IOMMU's 4 KiB granularity: the arena's header page and everything past the mapped pages)
+    end = pkt_map["iova"] + pkt_map["size"]
+    assert r.world.ports["p0"].dma.resolve([lo, end, pkt_map["iova"] - 1], [1, 1, 1])[0].tolist() == [False] * 3
     dev.close()
     assert iommu.live_mappings(table) == []                  # unmapped on close
 
@@ -247,7 +255,7 @@ def test_an_address_outside_the_mapped_iovas_is_an_iommu_fault(rig):
     assert fault.reason.endswith("is not mapped for DMA by the driver (IOMMU fault)")
     assert r.world.counters()["p0"].dma_faults == 1
     # the driver unmaps its packet memory: the device may not touch it any more
-    m = next(m for m in dev.session.mappings if m.vaddr == r.arena.buf.ctypes.data)
+    m = next(m for m in dev.session.mappings if m.vaddr != r.dev_arena.buf.ctypes.data)
     dev.session.unmap_dma(m)
     idx = r.pools[0].alloc_exact(2)
     for i in idx:

@@ -580,8 +580,7 @@ class IxgbeDevice(Device):
         dev = None
         try:
             if session:     # the spec carries the device fd and IOVAs to the stage processes
-                spec.options["vfio"] = vfio.VfioAttach(session.handoff(), {
-                    str(a.path): session.map_buffer(a.buf) for a in {id(a): a for a in (arena, bufs.arena)}.values()})
+                spec.options["vfio"] = vfio.VfioAttach(session.handoff(), vfio.map_arenas(session, arena, bufs))
             dev = cls(spec, bar, arena, bufs, dict(enumerate(rx_pools)), tx_done, create=True,
                       sleep=sleep, owner=True, hot_path=hot_path)
             dev.session = session

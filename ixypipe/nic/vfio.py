@@ -189,6 +189,15 @@ class VfioSession:
         """Map a numpy array's memory (an arena's whole mapping): returns its IOVA (= its address)."""
         return self.map_dma(int(buf.ctypes.data), int(buf.nbytes))
 
+    def map_part(self, buf, offset: int, size: int) -> int:
+        """Map only ``[offset, offset + size)`` of ``buf``, widened to whole IOMMU pages; returns the
+        IOVA of ``buf``'s offset 0 (IOVA = virtual address, so offsets keep their meaning)."""
+        base = int(buf.ctypes.data)
+        start = (offset // DMA_PAGE) * DMA_PAGE
+        end = min(-(-(offset + size) // DMA_PAGE) * DMA_PAGE, int(buf.nbytes))
+        self.map_dma(base + start, end - start)
+        return base
+
     def handoff(self) -> PassFd:
         return PassFd(self.device_fd)
 
@@ -400,6 +409,16 @@ def iova_base(handoff: VfioAttach, arena) -> int:
     except KeyError:
         raise VfioError(f"arena {arena.name} is not mapped for DMA through VFIO (only "
                         f"{', '.join(handoff.iova) or 'none'})") from None
+
+
+def map_arenas(session: VfioSession, device_arena, bufs) -> dict[str, int]:
+    """MAP_DMA what the NIC may touch: the device arena (rings, per-queue state) whole, and of the
+    packet arena only its packet buffers, so the NIC cannot reach the SPSC rings, mempools or stage
+    table beside them.  Returns arena path -> IOVA of its offset 0."""
+    iova = {str(device_arena.path): session.map_buffer(device_arena.buf)}
+    if bufs.arena is not device_arena:
+        iova[str(bufs.arena.path)] = session.map_part(bufs.arena.buf, bufs.offset, bufs.count * bufs.buf_size)
+    return iova
 
 
 def data_iova(handoff: VfioAttach, bufs):
