@@ -53,6 +53,7 @@ EXPECTED = {
     "bad_driver": "ports[1].driver (line 13): must be one of 'sim', 'ixgbe', 'af_packet', 'pcap', got 'e1000'",
     "ixgbe_without_pci": "ports[1] (line 11): missing required key pci for an 'ixgbe' port (its PCI address, "
                          "\"DDDD:BB:DD.F\", e.g. \"0000:03:00.0\")",
+    "iommu_bad": "ports[0].iommu (line 9): must be one of 'vfio', 'none', 'auto', got 'on'",
     "bad_pci_format": "ports[1].pci (line 14): must be a PCI address \"DDDD:BB:DD.F\" (hex), e.g. \"0000:03:00.0\", "
                       "got '03:00.0'",
     "af_packet_without_interface": "ports[1] (line 11): missing required key interface for an 'af_packet' port",

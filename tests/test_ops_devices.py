@@ -26,8 +26,8 @@ GPU = "0000:00:02.0"        # not a network controller
 @pytest.fixture
 def host(tmp_path):
     return make_tree(tmp_path, [
-        FakeDevice(NIC_A, 0x8086, 0x10FB, 0x020000, "ixgbe", "ixgbe", {"eth1": True}, numa_node=0),
-        FakeDevice(NIC_B, 0x8086, 0x10FB, 0x020000, "ixgbe", "ixgbe", {"eth2": False}, numa_node=1),
+        FakeDevice(NIC_A, 0x8086, 0x10FB, 0x020000, "ixgbe", "ixgbe", {"eth1": True}, numa_node=0, iommu_group=17),
+        FakeDevice(NIC_B, 0x8086, 0x10FB, 0x020000, "ixgbe", "ixgbe", {"eth2": False}, numa_node=1, iommu_group=18),
         FakeDevice(VF, 0x8086, 0x10ED, 0x020000, None, "ixgbevf"),
         FakeDevice(VIRTIO, 0x1AF4, 0x1041, 0x020000, "virtio-pci", "virtio-pci", {"eth0": True}),
         FakeDevice(GPU, 0x1234, 0x1111, 0x030000, None),
@@ -72,7 +72,10 @@ def test_take_leaves_device_driverless_then_give_back_restores_ixgbe(host):
 
 def test_vfio_round_trip(host):
     kernel = FakeKernel(host)
-    assert take("03:00.1", "vfio-pci", **ops(host, kernel)) == f"{NIC_B} moved from ixgbe to vfio-pci"
+    moved, group, user = take("03:00.1", "vfio-pci", **ops(host, kernel)).splitlines()
+    assert moved == f"{NIC_B} moved from ixgbe to vfio-pci"
+    assert group == f"IOMMU group 18 ({host.sysfs / 'dev/vfio/18'}): {NIC_B} is alone in it"
+    assert user.startswith(f"to run without root: give the user {host.sysfs / 'dev/vfio/18'} (chown USER")
     assert host.driver_of(NIC_B) == "vfio-pci"
     assert (host.device_dir(NIC_B) / "driver_override").read_text() == "vfio-pci\n"
     devs = {d.address: d for d in list_network_devices(host.sysfs, host.proc)}
@@ -134,7 +137,7 @@ def test_cli_devices_bind_unbind(host, monkeypatch):
     res = runner.invoke(main, ["bind", NIC_A, *roots])
     assert res.exit_code == 1 and "is up and carries routes (10.0.2.0/24)" in res.output
     res = runner.invoke(main, ["bind", NIC_B, "--vfio", *roots])
-    assert (res.exit_code, res.output) == (0, f"{NIC_B} moved from ixgbe to vfio-pci\n")
+    assert res.exit_code == 0 and res.output.startswith(f"{NIC_B} moved from ixgbe to vfio-pci\nIOMMU group 18 (")
     res = runner.invoke(main, ["unbind", NIC_B, *roots])
     assert (res.exit_code, res.output) == (0, f"{NIC_B} moved from vfio-pci back to ixgbe\n")
     res = runner.invoke(main, ["bind", NIC_B, "--vfio", "--driver", "igb_uio", *roots])
@@ -162,3 +165,34 @@ def test_this_machine_read_only():
         for i in d.interfaces:
             assert i.routes == routed.get(i.name, [])
     assert len(status_lines(list(devs.values()))) >= 7
+
+
+def test_vfio_bind_reports_the_group_and_refuses_without_an_iommu(tmp_path):
+    other = "0000:03:00.2"
+    host = make_tree(tmp_path, [
+        FakeDevice(NIC_B, 0x8086, 0x10FB, 0x020000, "ixgbe", "ixgbe", {"eth2": False}, iommu_group=5),
+        FakeDevice(other, 0x8086, 0x10FB, 0x020000, "ixgbe", "ixgbe", {"eth3": False}, iommu_group=5),
+    ], drivers=["ixgbe", "vfio-pci"])
+    kernel = FakeKernel(host)
+    lines = take(NIC_B, "vfio-pci", **ops(host, kernel)).splitlines()
+    assert lines[1] == f"IOMMU group 5 ({host.sysfs / 'dev/vfio/5'}): also holds {other} (ixgbe)"
+    assert lines[2] == (f"a group goes to VFIO as a whole: until {other} are bound to vfio-pci (ixypipe bind "
+                        "ADDRESS --vfio) or have no driver, the group is not viable")
+    lines = take(other, "vfio-pci", **ops(host, kernel)).splitlines()
+    assert lines[1] == f"IOMMU group 5 ({host.sysfs / 'dev/vfio/5'}): also holds {NIC_B} (vfio-pci)"
+    assert lines[2].startswith("to run without root")           # viable now: no complaint
+
+    off = make_tree(tmp_path / "off", [FakeDevice(NIC_B, 0x8086, 0x10FB, 0x020000, "ixgbe", "ixgbe")],
+                    drivers=["ixgbe", "vfio-pci"])
+    with pytest.raises(BindError, match=r"cannot hand 0000:03:00.1 to vfio-pci: the IOMMU is off \(no entries in "
+                                        r".*kernel/iommu_groups\)\. To turn it on, boot with intel_iommu=on "
+                                        r"\(Intel VT-d\) or amd_iommu=on \(AMD-Vi\).*enable_unsafe_noiommu_mode"):
+        take(NIC_B, "vfio-pci", **ops(off, FakeKernel(off)))
+    assert off.driver_of(NIC_B) == "ixgbe"                        # nothing was touched
+    param = off.sysfs / binding.NOIOMMU_PARAMETER
+    param.parent.mkdir(parents=True)
+    param.write_text("Y\n")
+    moved, warning = take(NIC_B, "vfio-pci", **ops(off, FakeKernel(off))).splitlines()
+    assert moved == f"{NIC_B} moved from ixgbe to vfio-pci"
+    assert warning.startswith("WARNING: no IOMMU, vfio is in enable_unsafe_noiommu_mode: the NIC can DMA "
+                              "anywhere in memory")

@@ -37,8 +37,10 @@ def bind(address: str, force: bool, sysfs_root: str, proc_root: str, vfio: bool,
 
     \b
     ixypipe's 82599 driver maps BAR0 itself and needs no kernel driver;
-    --vfio hands the device to vfio-pci instead. Refused when one of the
-    device's interfaces is up and carries routes, unless --force.
+    --vfio hands the device to vfio-pci instead (refused while the IOMMU
+    is off) and reports its IOMMU group, the other devices in it and what
+    a user without root needs. Refused when one of the device's interfaces
+    is up and carries routes, unless --force.
     Examples:
       ixypipe bind 0000:03:00.0
       ixypipe bind 03:00.1 --vfio

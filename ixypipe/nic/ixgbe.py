@@ -30,7 +30,7 @@ from ixypipe.memory import hugepages
 from ixypipe.memory.arena import Arena, ArenaError, RegionSize
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
-from ixypipe.nic import ixgbe_jit, pci
+from ixypipe.nic import ixgbe_jit, pci, vfio
 from ixypipe.nic.device import Device, DeviceError, DeviceStats, LinkState, PortSpec, TxDone, format_mac
 from ixypipe.nic.registers import (
     AUTOC,
@@ -534,7 +534,9 @@ class IxgbeDevice(Device):
         self.bufs = bufs
         self.sleep = sleep
         self.owner = owner
-        self._data_phys = bufs.data_phys
+        # VFIO: descriptors carry IOVAs of the opener's mappings (vfio.py), not physical addresses
+        self._vfio = spec.options.get("vfio")
+        self._data_phys = vfio.data_iova(self._vfio, bufs) if self._vfio else bufs.data_phys
         self._max_data = bufs.max_data
         register_pools(rx_pools.values())
         self._owner_free = FreeToOwners(bufs) if tx_done is None else None
@@ -545,6 +547,10 @@ class IxgbeDevice(Device):
                     for q in range(spec.rx_queues)]
         self._tx = [TxQueue(arena, f"{base}.txq{q}", spec.tx_ring_size, create, regs, q)
                     for q in range(spec.tx_queues)]
+        if self._vfio:
+            for q in self._rx + self._tx:
+                q.dma_addr = vfio.iova_base(self._vfio, arena) + q.desc_region.offset
+        self.session: vfio.VfioSession | None = None     # the opener's VFIO container, group and device
         self._totals = DeviceStats()
         self._mac = read_mac(bar)
 
@@ -567,6 +573,8 @@ class IxgbeDevice(Device):
         check_spec(spec)
         choose_hot_path(spec, hot_path)
         simulated = spec.driver == "sim" if allow_iova is None else allow_iova
+        spec.options.pop("vfio", None)
+        use_vfio = vfio.choose(vfio.check_mode(spec.options, spec.name), spec.address, sysfs_root)
         if len(rx_pools) != spec.rx_queues:
             raise DeviceError(f"port {spec.name!r}: {spec.rx_queues} RX queues need {spec.rx_queues} "
                               f"mempools, got {len(rx_pools)}")
@@ -575,7 +583,7 @@ class IxgbeDevice(Device):
                 raise DeviceError(f"port {spec.name!r}: mempool {pool.name!r} of RX queue {q} has "
                                   f"{pool.available()} free buffers, the {spec.rx_ring_size}-entry ring "
                                   f"needs {spec.rx_ring_size} (ixy uses at least 4096)")
-        if not simulated:
+        if not simulated and not use_vfio:
             for what, a in (("device", arena), ("packet", bufs.arena)):
                 if not a.hugepages:
                     raise DeviceError(
@@ -583,20 +591,28 @@ class IxgbeDevice(Device):
                         "simulated I/O addresses, not physical ones; a real 82599 would DMA to random "
                         "memory. Run as root with hugepages (" + hugepages.reserve_advice(512)
                         + ") or use a sim port")
-        bar = pci.open_device(spec.address, sysfs_root, require_root=not simulated)
+        session = vfio.open_vfio(spec.address, sysfs_root) if use_vfio else None
+        bar = session.bar if session else pci.open_device(spec.address, sysfs_root, require_root=not simulated)
         bar.trace = trace
         dev = None
         try:
+            if session:     # the spec carries the device fd and IOVAs to the stage processes
+                spec.options["vfio"] = vfio.VfioAttach(session.handoff(), vfio.map_arenas(session, arena, bufs))
             dev = cls(spec, bar, arena, bufs, dict(enumerate(rx_pools)), tx_done, create=True,
                       sleep=sleep, owner=True, hot_path=hot_path)
+            dev.session = session
             dev.reset_and_init(link_timeout)
         except BaseException:
             if dev is not None:
                 dev._return_ring_buffers()
             bar.close()
+            if session:
+                session.close()
+                spec.options.pop("vfio", None)
             raise
         bar.trace = None
-        pci.share(bar)          # initialised: stage processes may attach now
+        if not session:
+            pci.share(bar)      # initialised: stage processes may attach now (VFIO: they get the device fd)
         return dev
 
     @classmethod
@@ -608,7 +624,8 @@ class IxgbeDevice(Device):
         for q in rx_pools or {}:
             if not 0 <= q < spec.rx_queues:
                 raise DeviceError(f"port {spec.name!r} has RX queues 0..{spec.rx_queues - 1}, no queue {q}")
-        bar = pci.attach_device(spec.address, sysfs_root)
+        handoff = spec.options.get("vfio")
+        bar = vfio.attach_bar(handoff, spec.address) if handoff else pci.attach_device(spec.address, sysfs_root)
         try:
             return cls(spec, bar, arena, bufs, dict(rx_pools or {}), tx_done, create=False, sleep=sleep,
                        owner=False, hot_path=hot_path)
@@ -660,6 +677,9 @@ class IxgbeDevice(Device):
         self._rx, self._tx = [], []
         self.bar.close()
         self.bar = None
+        if self.session is not None:     # unmap the DMA memory, close device, group, container
+            self.session.close()
+            self.session = None
 
     # ---- receive ------------------------------------------------------------------------
     def rx_batch(self, queue: int, out: np.ndarray) -> int:

@@ -3,7 +3,9 @@
 ``take`` (``ixypipe bind``) detaches the kernel driver so ixypipe's driver
 can map BAR0, or with ``driver="vfio-pci"`` hands the device to that driver
 (``driver_override`` then ``drivers_probe``, loading the module with
-modprobe when missing on the real /sys).  ``give_back`` (``ixypipe
+modprobe when missing on the real /sys); for vfio-pci it first checks the
+IOMMU is on and afterwards reports the IOMMU group, the other devices in it
+and what a user without root needs (:func:`vfio_report`).  ``give_back`` (``ixypipe
 unbind``) detaches a user-space driver, clears the override and lets the
 kernel probe, so the device's own driver (ixgbe) claims it again, or binds
 the driver named.  Both refuse, unless forced, a device that is not a network
@@ -24,11 +26,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ixypipe.nic import vfio
 from ixypipe.nic.pci import PCI_DEVICES_DIR, PciError, normalize_address
 from ixypipe.ops.pcidevs import USERSPACE_DRIVERS, NetDevice, read_device, routed_interfaces
 
 PCI_DRIVERS_DIR = "bus/pci/drivers"
 DRIVERS_PROBE = "bus/pci/drivers_probe"
+NOIOMMU_PARAMETER = "module/vfio/parameters/enable_unsafe_noiommu_mode"
+IOMMU_ON = "boot with intel_iommu=on (Intel VT-d) or amd_iommu=on (AMD-Vi) on the kernel command line"
 SETTLE_TIMEOUT = 2.0          # seconds for the kernel to finish a probe
 SETTLE_POLL = 0.02
 
@@ -130,7 +135,10 @@ def take(address: str, driver: str | None = None, force: bool = False, sysfs_roo
     was = current_driver(path)
     _check_safe(address, dev, force, "take")
     if was == driver or (driver is None and was is None):
-        return f"{address} is already {'on ' + driver if driver else 'without a kernel driver'}: nothing to do"
+        same = f"{address} is already {'on ' + driver if driver else 'without a kernel driver'}: nothing to do"
+        return same + "\n" + vfio_report(address, root) if driver == vfio.VFIO_DRIVER else same
+    if driver == vfio.VFIO_DRIVER:
+        check_iommu(address, root)
     if driver is not None:
         _ensure_driver_loaded(driver, root, modprobe)
     _detach(address, path, root, writer)
@@ -139,7 +147,52 @@ def take(address: str, driver: str | None = None, force: bool = False, sysfs_roo
     got = _probe_into(address, path, root, writer, driver)
     if got != driver:
         raise BindError(f"{address}: asked for {driver} but {got or 'no driver'} took the device")
-    return f"{address} moved from {was or 'no driver'} to {driver}"
+    done = f"{address} moved from {was or 'no driver'} to {driver}"
+    return done + "\n" + vfio_report(address, root) if driver == vfio.VFIO_DRIVER else done
+
+
+def noiommu_mode(sysfs_root: Path) -> bool:
+    try:
+        return (sysfs_root / NOIOMMU_PARAMETER).read_text().strip() in ("Y", "1")
+    except OSError:
+        return False
+
+
+def check_iommu(address: str, sysfs_root: Path) -> None:
+    """vfio-pci needs the IOMMU (or the unsafe no-IOMMU mode): refuse to bind when it is off."""
+    if vfio.iommu_enabled(sysfs_root) or noiommu_mode(sysfs_root):
+        return
+    raise BindError(f"cannot hand {address} to vfio-pci: the IOMMU is off (no entries in "
+                    f"{sysfs_root / vfio.IOMMU_GROUPS_DIR}). To turn it on, {IOMMU_ON} and reboot. "
+                    "(vfio.enable_unsafe_noiommu_mode=1 would let vfio-pci bind without an IOMMU, but then the "
+                    "NIC may DMA anywhere in memory and the kernel is tainted; ixypipe's VFIO path needs a real "
+                    "IOMMU and refuses that mode: use iommu = \"none\" as root instead)")
+
+
+def vfio_report(address: str, sysfs_root: Path) -> str:
+    """The device's IOMMU group, what else is in it, and what a user without root needs."""
+    address = normalize_address(address)
+    if not vfio.iommu_enabled(sysfs_root):
+        if noiommu_mode(sysfs_root):
+            return ("WARNING: no IOMMU, vfio is in enable_unsafe_noiommu_mode: the NIC can DMA anywhere in "
+                    "memory, nothing is fenced and the kernel is tainted. ixypipe's VFIO path needs a type-1 "
+                    f"IOMMU and will refuse this; {IOMMU_ON}, or run with iommu = \"none\" as root")
+        return f"the IOMMU is off (no entries in {sysfs_root / vfio.IOMMU_GROUPS_DIR}); {IOMMU_ON}"
+    group = vfio.iommu_group(address, sysfs_root)
+    if group is None:
+        return f"{address} has no IOMMU group although the IOMMU is on: it cannot be used through VFIO"
+    node = vfio.dev_root(sysfs_root) / "vfio" / str(group)
+    others = [a for a in vfio.group_devices(group, sysfs_root) if a != address]
+    lines = [f"IOMMU group {group} ({node}): " + (f"{address} is alone in it" if not others else
+             "also holds " + ", ".join(f"{a} ({vfio.bound_driver(a, sysfs_root) or 'no driver'})" for a in others))]
+    blocking = [a for a in others if vfio.bound_driver(a, sysfs_root) not in (vfio.VFIO_DRIVER, None)]
+    if blocking:
+        lines.append("a group goes to VFIO as a whole: until " + ", ".join(blocking) + " are bound to vfio-pci "
+                     "(ixypipe bind ADDRESS --vfio) or have no driver, the group is not viable")
+    lines.append(f"to run without root: give the user {node} (chown USER {node}, or a udev rule), raise its "
+                 "locked-memory limit (ulimit -l) above the pipeline's DMA memory, and set iommu = \"vfio\" "
+                 "on the port")
+    return "\n".join(lines)
 
 
 def _held_by_ixypipe(path: Path) -> bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import PortSpec
+from ixypipe.nic.vfio import IOMMU_MODES
 from ixypipe.sim.payload import SIM_MAX_FRAME, SIM_MIN_FRAME
 from ixypipe.sim.traffic import SINK_MODES
 
@@ -106,6 +107,7 @@ class PortConfig:
     pcap_loop: int = 1
     pcap_rate_mpps: float = 0.0
     af_packet_options: dict = field(default_factory=dict)   # qdisc_bypass, fanout_defrag when given
+    iommu: str = "none"             # ixgbe, sim: "vfio", "none" (physical addresses) or "auto"
 
     def to_spec(self) -> PortSpec:
         """The driver's view of this port: address = pci / interface / path, extras in options."""
@@ -114,6 +116,8 @@ class PortConfig:
             options = {"mode": self.pcap_mode, "loop": self.pcap_loop, "rate_mpps": self.pcap_rate_mpps}
         elif self.driver == "af_packet":
             options = dict(self.af_packet_options)
+        elif self.driver in ("ixgbe", "sim"):
+            options = {"iommu": self.iommu}
         address = {"ixgbe": self.pci, "sim": self.pci, "af_packet": self.interface, "pcap": self.path}[self.driver]
         return PortSpec(self.name, self.driver, address, self.rx_queues, self.tx_queues, self.rx_ring_size,
                         self.tx_ring_size, self.promiscuous, options)
@@ -124,7 +128,7 @@ class PortConfig:
 
         g, s = self.generator, self.sink
         return SimPortConfig(
-            name=self.name, pci_address=self.pci or None,
+            name=self.name, pci_address=self.pci or None, iommu=self.iommu != "none",
             generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
                                       count=g.count) if g else None,
             sink=SinkConfig(mode=s.mode, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None)
@@ -341,8 +345,8 @@ PIPELINE_KEYS = ("name", "batch_size", "ring_size", "buffer_size", "buffers_per_
 PORT_COMMON_KEYS = ("name", "driver", "rx_queues", "tx_queues", "rx_ring_size", "tx_ring_size", "promiscuous",
                     "forward_to")
 PORT_DRIVER_KEYS = {
-    "sim": ("pci", "generator", "sink"),
-    "ixgbe": ("pci",),
+    "sim": ("pci", "generator", "sink", "iommu"),
+    "ixgbe": ("pci", "iommu"),
     "af_packet": ("interface", "qdisc_bypass", "fanout_defrag"),
     "pcap": ("path", "mode", "loop", "rate_mpps"),
 }
@@ -498,6 +502,7 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
             raise r.fail(f"{key}.pci", f"must be a PCI address \"DDDD:BB:DD.F\" (hex), e.g. \"0000:03:00.0\", "
                                        f"got {pci!r}")
         fields["pci"] = pci.lower()
+        fields["iommu"] = r.string(p, "iommu", key, "none", IOMMU_MODES)
     if driver == "sim":
         fields["generator"] = _generator(r, p, f"{key}.generator", buffer_size)
         fields["sink"] = _sink(r, p, f"{key}.sink", base_dir)

@@ -26,6 +26,8 @@ class DmaSetupError(Exception):
 
 
 class DmaSpace:
+    outside = "outside registered memory"       # how a fault names an address that does not resolve
+
     def __init__(self, arenas: list[Arena]):
         self.arenas = list(arenas)
         bases, sizes, owner, offsets = [], [], [], []

@@ -139,14 +139,15 @@ def load_kernels(hot_path: str):
     return kernels
 
 
-def _rx_fault_reason(too_large: bool, addr: int, length: int, bsize: int) -> str:
+def _rx_fault_reason(too_large: bool, addr: int, length: int, bsize: int, outside: str) -> str:
     if too_large:
         return (f"frame of {length} bytes is larger than the {bsize}-byte RX buffer "
                 "(multi-descriptor receive is not modelled)")
-    return f"RX buffer [{addr:#x}, +{length}) is outside registered memory"
+    return f"RX buffer [{addr:#x}, +{length}) is {outside}"
 
 
-def _tx_fault_reason(well_formed: bool, whole: bool, sized: bool, cmd: int, addr: int, length: int) -> str:
+def _tx_fault_reason(well_formed: bool, whole: bool, sized: bool, cmd: int, addr: int, length: int,
+                     outside: str) -> str:
     if not well_formed:
         return (f"descriptor cmd_type_len {cmd:#010x} is not an advanced data descriptor "
                 "(DEXT and DTYP_DATA required)")
@@ -154,7 +155,7 @@ def _tx_fault_reason(well_formed: bool, whole: bool, sized: bool, cmd: int, addr
         return "descriptor without EOP: multi-segment transmit is not modelled"
     if not sized:
         return f"frame length {length} is not 1..{SIM_MAX_FRAME} bytes"
-    return f"TX buffer [{addr:#x}, +{length}) is outside registered memory"
+    return f"TX buffer [{addr:#x}, +{length}) is {outside}"
 
 
 class SimPort:
@@ -313,7 +314,7 @@ class SimPort:
             return False
         ring = self.dma.ring(base, length, dtype)
         if ring is None:
-            self._fault(q, direction, 0, base, f"descriptor ring of {length} bytes is outside registered memory")
+            self._fault(q, direction, 0, base, f"descriptor ring of {length} bytes is {self.dma.outside}")
             return False
         q.ring, q.n = ring, length // R.DESC_SIZE
         return True
@@ -481,7 +482,8 @@ class SimPort:
         if info[0] != self.kernels.OK:
             addr, length = int(info[1]), int(info[3])
             self._fault(q, "rx", q.head, addr,
-                        _rx_fault_reason(info[0] == self.kernels.TOO_LARGE, addr, length, bsize))
+                        _rx_fault_reason(info[0] == self.kernels.TOO_LARGE, addr, length, bsize,
+                                         self.dma.outside))
         return got, int(info[2])
 
     def _missed(self, n: int, q: _Queue | None = None) -> None:
@@ -527,7 +529,7 @@ class SimPort:
         if len(bad):
             d = q.head                  # already advanced past the good ones
             self._fault(q, "rx", d, int(addr[good]),
-                        _rx_fault_reason(bool(ok[good]), int(addr[good]), int(lengths[good]), bsize))
+                        _rx_fault_reason(bool(ok[good]), int(addr[good]), int(lengths[good]), bsize, self.dma.outside))
         return good
 
     # ---- transmit -----------------------------------------------------------------------
@@ -572,7 +574,7 @@ class SimPort:
             addr = int(desc["buffer_addr"][j])
             self._fault(q, "tx", (head + j) % q.n, addr,
                         _tx_fault_reason(bool(well_formed[j]), bool(whole[j]), bool(sized[j]), int(cmd[j]), addr,
-                                         int(lengths[j])))
+                                         int(lengths[j]), self.dma.outside))
         return good
 
     def _transmit_compiled(self, q: _Queue, pending: int) -> int:
@@ -604,7 +606,7 @@ class SimPort:
             reason, cmd, addr = int(info[0]), int(info[2]), int(info[3])
             self._fault(q, "tx", (head + good) % q.n, addr,
                         _tx_fault_reason(reason != k.NOT_DATA, reason != k.NO_EOP, reason != k.BAD_LENGTH, cmd,
-                                         addr, cmd & R.TXD_DTALEN_MASK))
+                                         addr, cmd & R.TXD_DTALEN_MASK, self.dma.outside))
         return good
 
     def detach(self) -> None:

@@ -99,8 +99,9 @@ class SimServer:
             sysfs.remove_tree(stale)
         self.sysfs_root = self._given_root or sysfs.make_root()
         try:
-            for p in self.ports:
-                sysfs.create_device(self.sysfs_root, self.addresses[p.name])
+            for i, p in enumerate(self.ports):
+                sysfs.create_device(self.sysfs_root, self.addresses[p.name],
+                                    iommu_group=sysfs.iommu_group_of(i) if p.iommu else None)
             block = self.sysfs_root / COUNTERS_FILE
             fd = os.open(block, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
             try:

@@ -53,8 +53,10 @@ class DeviceFiles:
     config_file: Path
 
 
-def create_device(root: Path, address: str, device_id: int = DEFAULT_DEVICE_ID) -> DeviceFiles:
-    """Create one device directory with its config space and an all-zero BAR0 file."""
+def create_device(root: Path, address: str, device_id: int = DEFAULT_DEVICE_ID,
+                  iommu_group: int | None = None) -> DeviceFiles:
+    """Create one device directory with its config space and an all-zero BAR0 file
+    (``iommu_group``: behind the simulated IOMMU in that group, see :func:`add_iommu_group`)."""
     d = device_dir(root, address)
     if d.exists():
         raise FileExistsError(f"simulated PCI device {address} already exists under {root}")
@@ -78,6 +80,8 @@ def create_device(root: Path, address: str, device_id: int = DEFAULT_DEVICE_ID) 
     (d / "class").write_text(f"{CLASS_CODE_ETHERNET:#08x}\n")
     for f in (cfg, d / "driver" / "unbind", d / "vendor", d / "device", d / "class"):
         f.chmod(0o600)
+    if iommu_group is not None:
+        add_iommu_group(root, address, iommu_group)
     return DeviceFiles(address, d, bar, cfg)
 
 
@@ -113,3 +117,38 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+IOMMU_GROUP_BASE = 40                   # simulated port i sits alone in IOMMU group 40 + i
+VFIO_PCI = "vfio-pci"
+
+
+def iommu_group_of(index: int) -> int:
+    return IOMMU_GROUP_BASE + index
+
+
+def add_iommu_group(root: Path, address: str, group: int) -> None:
+    """Put a device behind the (simulated) IOMMU, bound to vfio-pci, as the kernel shows it.
+
+    ``kernel/iommu_groups/<group>/devices/<address>`` and the device's
+    ``iommu_group`` link, ``driver`` -> ``bus/pci/drivers/vfio-pci``, and
+    the VFIO nodes ``dev/vfio/vfio`` and ``dev/vfio/<group>`` (plain files
+    owned by the tree's user, answered by a VFIO kernel stand-in).
+    """
+    root = Path(root)
+    d = device_dir(root, address)
+    group_dir = root / "kernel" / "iommu_groups" / str(group)
+    (group_dir / "devices").mkdir(parents=True, exist_ok=True)
+    (group_dir / "devices" / address).symlink_to(d)
+    (d / "iommu_group").symlink_to(group_dir)
+    driver = root / "bus" / "pci" / "drivers" / VFIO_PCI
+    driver.mkdir(parents=True, exist_ok=True)
+    (driver / "unbind").touch(mode=0o600)
+    shutil.rmtree(d / "driver")
+    (d / "driver").symlink_to(driver)
+    nodes = root / "dev" / "vfio"
+    nodes.mkdir(parents=True, exist_ok=True, mode=0o755)
+    for node, mode in ((nodes / "vfio", 0o666), (nodes / str(group), 0o600)):
+        if not node.exists():
+            node.touch(mode=mode)
+            node.chmod(mode)

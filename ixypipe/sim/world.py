@@ -34,6 +34,7 @@ from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE, SIM_SIZE_FIELDS
 from ixypipe.sim.dma import DmaSpace
 from ixypipe.sim.foreign import DriverLeft, ForeignDma
+from ixypipe.sim.iommu import IommuDma, table_path
 from ixypipe.sim.model import STATS_PERIOD_NS, Fault, SimPort
 from ixypipe.sim.traffic import SINK_MODES, SIZE_BUCKET_NAMES, CountSink, Generator, Sink
 
@@ -78,6 +79,7 @@ class SimPortConfig:
     generator: GeneratorConfig | None = None
     sink: SinkConfig | None = None
     cable_to: str | None = None
+    iommu: bool = False             # behind a simulated IOMMU: VFIO nodes, DMA only through MAP_DMA mappings
 
 
 @dataclass
@@ -175,6 +177,7 @@ class SimWorld:
         self.counters_array = counters if counters is not None else np.zeros(len(ports), SIM_COUNTERS_DTYPE)
         self._rows = self.counters_array.view(np.int64).reshape(len(ports), len(SIM_COUNTER_FIELDS))
         self._maps = []
+        self._iommus: list[IommuDma] = []
         self.ports: dict[str, SimPort] = {}
         self.generators: dict[str, Generator] = {}
         self.sinks: dict[str, Sink] = {}
@@ -192,13 +195,18 @@ class SimWorld:
         for i, cfg in enumerate(self.configs):
             addr = self.addresses[cfg.name]
             if create:
-                sysfs.create_device(self.sysfs_root, addr)
+                sysfs.create_device(self.sysfs_root, addr, iommu_group=sysfs.iommu_group_of(i) if cfg.iommu else None)
+            dma = self.dma
+            if cfg.iommu:       # translated through its group's IOMMU table (ixypipe.sim.iommu)
+                dma = IommuDma(table_path(self.sysfs_root, sysfs.iommu_group_of(i)),
+                               [] if isinstance(self.dma, ForeignDma) else self.dma.arenas)
+                self._iommus.append(dma)
             d = sysfs.device_dir(self.sysfs_root, addr)
             bar_mm, bar = sysfs.map_file(d / "resource0")
             cfg_mm, config = sysfs.map_file(d / "config")
             self._maps += [bar_mm, cfg_mm]
             mac = cfg.mac or PORT_MAC_PREFIX + bytes((i,))
-            self.ports[cfg.name] = SimPort(cfg.name, bar.view(np.uint32), mac, self.dma, config=config,
+            self.ports[cfg.name] = SimPort(cfg.name, bar.view(np.uint32), mac, dma, config=config,
                                            stats_period_ns=stats_period_ns, clock=clock, hot_path=self.hot_path)
         for i, cfg in enumerate(self.configs):
             g = cfg.generator
@@ -347,6 +355,8 @@ class SimWorld:
         self.ports = {}
         if isinstance(self.dma, ForeignDma):
             self.dma.close()
+        for iommu in self._iommus:
+            iommu.close()
         self._rows = None
         for mm in self._maps:
             try:

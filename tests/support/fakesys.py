@@ -38,6 +38,7 @@ class FakeDevice:
     native_driver: str | None = None   # what drivers_probe picks without an override
     interfaces: dict[str, bool] = field(default_factory=dict)   # name -> up
     numa_node: int = 0
+    iommu_group: int | None = None     # behind the IOMMU in this group (kernel/iommu_groups/<n>)
 
 
 @dataclass
@@ -95,6 +96,11 @@ def make_tree(root: Path, devices: list[FakeDevice], drivers: list[str], routes:
         if d.driver:
             add_driver(sysfs, d.driver)
             _link_driver(sysfs, d.address, d.driver)
+        if d.iommu_group is not None:
+            group = sysfs / "kernel" / "iommu_groups" / str(d.iommu_group)
+            (group / "devices").mkdir(parents=True, exist_ok=True)
+            (group / "devices" / d.address).symlink_to(f"../../../../{PCI_DEVICES_DIR}/{d.address}")
+            (path / "iommu_group").symlink_to(f"../../../../kernel/iommu_groups/{d.iommu_group}")
     (proc / "net").mkdir(parents=True)
     lines = ["Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT"]
     for iface, dest in (routes or {}).items():

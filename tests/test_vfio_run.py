@@ -1,0 +1,157 @@
+"""End to end: fwd.toml on software 82599 ports behind the simulated IOMMU, driven through VFIO.
+
+Every process of the run (supervisor, stages, simulator) talks to the VFIO
+stand-in kernel (IXYPIPE_VFIO_KERNEL); the model translates every
+descriptor address through the MAP_DMA mappings the supervisor made, so a
+descriptor carrying anything but those IOVAs would be a DMA fault.  An
+audit hook in every process (a sitecustomize on PYTHONPATH) refuses any
+open of a pagemap file, and the last test runs the whole pipeline as an
+unprivileged user created for it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.runs import FWD, IXYPIPE, REPO, check_sinks, summary_of
+
+STAND_IN = "tests.support.vfio_kernel:StandInKernel"
+TEST_USER = "ixyvfio"
+
+NO_PAGEMAP = '''
+import sys
+
+def _refuse_pagemap(event, args):
+    if event == "open" and args and "pagemap" in str(args[0]):
+        raise PermissionError(f"pagemap opened during a VFIO run: {args[0]}")
+
+sys.addaudithook(_refuse_pagemap)
+'''
+
+
+def vfio_pipeline(directory: Path, hugepages: str = "never") -> Path:
+    """fwd.toml with both ports behind the IOMMU (iommu = "vfio")."""
+    text = FWD.read_text().replace('driver = "sim"', 'driver = "sim"\niommu = "vfio"')
+    text = text.replace('hugepages = "auto"', f'hugepages = "{hugepages}"')
+    assert text.count('iommu = "vfio"') == 2
+    path = directory / "vfio.toml"
+    path.write_text(text)
+    return path
+
+
+def guarded_env(directory: Path) -> dict:
+    hook = directory / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(NO_PAGEMAP)
+    return {**os.environ, "IXYPIPE_VFIO_KERNEL": STAND_IN,
+            "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)])}
+
+
+def check_forwarded(res: subprocess.CompletedProcess) -> dict:
+    assert res.returncode == 0, (res.stderr, res.stdout[-3000:])
+    assert "pagemap opened" not in res.stderr
+    s = summary_of(res.stdout)
+    assert s["ok"] is True, (s, res.stderr)
+    assert s["received"] > 2_000 and s["in_flight"] == 0
+    assert s["received"] == s["transmitted"] + sum(s["drops"].values())
+    for port in ("p0", "p1"):
+        assert s["sim"][port]["dma_faults"] == 0
+        assert s["sim"][port]["sink_received"] > 1_000
+    check_sinks(s)
+    # the model found the two arenas the supervisor mapped with MAP_DMA, in each port's group
+    assert res.stderr.count("2 mapping(s)") >= 2, res.stderr
+    return s
+
+
+def test_the_hook_refuses_pagemap(tmp_path):
+    res = subprocess.run([sys.executable, "-c", "open('/proc/self/pagemap', 'rb')"], env=guarded_env(tmp_path),
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "pagemap opened during a VFIO run" in res.stderr
+
+
+def test_fwd_on_sim_ports_through_vfio_and_the_iommu(tmp_path):
+    res = subprocess.run([*IXYPIPE, "run", str(vfio_pipeline(tmp_path)), "--duration", "3", "--json"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env=guarded_env(tmp_path))
+    check_forwarded(res)
+
+
+def test_without_the_stand_in_the_error_says_what_the_node_is(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("IXYPIPE_VFIO_KERNEL", None)
+    res = subprocess.run([*IXYPIPE, "run", str(vfio_pipeline(tmp_path)), "--duration", "1"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert res.returncode != 0
+    assert "VFIO_GET_API_VERSION failed: Inappropriate ioctl for device (not a VFIO container" in res.stderr
+
+
+# ---- as an unprivileged user ----------------------------------------------------------------
+
+def _ensure_user() -> tuple[pwd.struct_passwd, bool]:
+    try:
+        return pwd.getpwnam(TEST_USER), False
+    except KeyError:
+        pass
+    res = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot create the test user {TEST_USER} (useradd: {res.stderr.strip()}); run as root on a "
+                    "machine where useradd works")
+    return pwd.getpwnam(TEST_USER), True
+
+
+@pytest.fixture
+def unprivileged():
+    if os.geteuid() != 0:
+        pytest.skip("creating a user needs root; run the tests as root")
+    for tool in ("useradd", "userdel", "runuser", "unshare"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is missing (apt-get install util-linux passwd)")
+    user, made = _ensure_user()
+    work = Path(tempfile.mkdtemp(prefix="ixypipe-vfio-user-"))
+    work.chmod(0o755)
+    yield user, work
+    shutil.rmtree(work, ignore_errors=True)
+    if made:
+        subprocess.run(["userdel", TEST_USER], capture_output=True)
+
+
+def test_an_unprivileged_user_forwards_through_vfio(unprivileged):
+    """The whole pipeline as a user without any capability, its group node its own, no pagemap read.
+
+    The interpreter lives under /root (mode 0700 here), so a private mount
+    namespace binds its prefix to a readable place first; nothing else is
+    granted to the user.
+    """
+    user, work = unprivileged
+    pipeline = vfio_pipeline(work)
+    env = guarded_env(work)
+    prefix = Path(sys.prefix).resolve()
+    exe = Path(sys.executable).resolve()
+    view = work / "python"
+    view.mkdir()
+    inner_exe = view / exe.relative_to(prefix)
+    cache = work / "numba-cache"
+    cache.mkdir()
+    for p in (pipeline, cache, work / "hook", work / "hook" / "sitecustomize.py"):
+        os.chown(p, user.pw_uid, user.pw_gid)
+    env.update(HOME=str(work), NUMBA_CACHE_DIR=str(cache), USER=TEST_USER, LOGNAME=TEST_USER, PYTHONHOME=str(view),
+               LD_LIBRARY_PATH=str(view / "lib"))     # its libpython too (the binary's rpath is under /root)
+    script = (f"mount --bind {prefix} {view} && exec runuser -u {TEST_USER} -- {inner_exe} -m ixypipe run "
+              f"{pipeline} --duration 3 --json")
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private mount namespace here ({probe.stderr.decode().strip()}); the "
+                    "interpreter under /root is unreadable to other users without one")
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
+    check_forwarded(res)
+    # the simulated machine's VFIO group node belonged to that user, with no access for others
+    assert "needs root" not in res.stderr
