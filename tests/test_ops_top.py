@@ -120,7 +120,7 @@ def test_view_rates_drops_ring_fill_exact(pipeline_arena):
     assert stages["rx-p0q0"].idle == 0.25 and stages["rx-p0q0"].in_mpps == 1.0
     assert stages["worker-0"].drops == {"no_route": 7} and stages["worker-0"].state == "running"
     assert stages["worker-0"].cpu_percent == 37.0 and stages["worker-0"].cpu == 1
-    assert view.drops == {"worker": 0, "worker_error": 0, "bad_packet": 0, "no_route": 7}
+    assert view.drops == {"worker": 0, "worker_error": 0, "bad_packet": 0, "no_route": 7, "stage_died": 0}
     assert view.rings[0] == ("rx-p0q0>w0", 16, 64)
     text = "\n".join(render(view))
     assert "p0          1.000     640.00    0.000       0.00      2000000            0" in text

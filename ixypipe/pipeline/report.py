@@ -253,7 +253,8 @@ class Accounting:
             for p in cfg.ports:
                 c = self.sim.get(p.name) if p.driver == "sim" else None
                 c = c if c is None or isinstance(c, dict) else asdict(c)
-                if c is not None and c.get("rx_delivered", 0) != self.ports[p.name]["rx_packets"]:
+                taken = self.ports.get(p.name, {}).get("rx_packets")
+                if c is not None and taken is not None and c.get("rx_delivered", 0) != taken:
                     self.problems.append(f"port {p.name}: the software 82599 delivered {c.get('rx_delivered'):,} "
                                          f"frames, the RX stages took {self.ports[p.name]['rx_packets']:,}")
         sink_ports = [p for p in cfg.ports if p.driver == "sim" and p.sink is not None]

@@ -211,7 +211,7 @@ class Stage:
         elif self.sleeper is not None and still_idle is not None:
             self.publish(held)
             self.sleeper.sleep(still_idle, WAKE_TIMEOUT)
-        elif self.rx_poll is not None:
+        elif self.rx_poll is not None and not self.draining():     # draining: count empty polls quickly
             self.publish(held)
             self.rx_poll.poll(RX_WAIT_MS)
         else:
