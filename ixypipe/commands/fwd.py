@@ -18,6 +18,7 @@ import click
 
 from ixypipe.layout import DEFAULT_BUF_SIZE
 from ixypipe.memory.arena import Arena
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceError, PortSpec
@@ -95,10 +96,11 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
             root = "/sys"
         from ixypipe.nic.ixgbe import IxgbeDevice
 
+        home = Homing.to_pools(bufs, pools)       # either port transmits buffers of both pools
         devs = []
         for spec, pool in zip(specs, pools, strict=True):
             try:
-                dev = IxgbeDevice.open(spec, arena, bufs, [pool], sysfs_root=root)
+                dev = IxgbeDevice.open(spec, arena, bufs, [pool], tx_done=home, sysfs_root=root)
             except DeviceError as exc:
                 raise click.ClickException(f"port {spec.name} ({spec.address}): {exc}") from exc
             stack.callback(dev.close)

@@ -18,8 +18,7 @@ import numpy as np
 import psutil
 
 from ixypipe.layout import DROP_REASONS
-from ixypipe.memory.mempool import Mempool
-from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.memory.homing import Homing
 from ixypipe.pipeline import stagetable
 from ixypipe.rings.spsc import Ring
 
@@ -255,6 +254,7 @@ def reclaim_rings(sup) -> int:
     plan, bufs = sup.plan, sup.bufs
     forward = set(plan.forward_rings())
     stranded = 0
+    home = Homing.to_pools(bufs, sup.pools)
     scratch = np.empty(1 << 16, np.uint32)
     for name in plan.ring_names():
         ring = Ring.attach(sup.arena, name)
@@ -264,12 +264,6 @@ def reclaim_rings(sup) -> int:
                 break
             if name in forward:
                 stranded += n
-            send_home(sup.pools, bufs, scratch[:n])
+            home(scratch[:n])
         ring.close()
     return stranded
-
-
-def send_home(pools: list[Mempool], bufs: PacketBuffers, idx: np.ndarray) -> None:
-    owners = bufs.pool_id[idx]
-    for pool_id in np.unique(owners):
-        pools[int(pool_id)].free(idx[owners == pool_id])

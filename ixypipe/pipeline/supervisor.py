@@ -22,8 +22,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ixypipe.layout import (
     ARENA_MIN_ALIGN,
     DROP_REASONS,
@@ -33,6 +31,7 @@ from ixypipe.layout import (
     STAGE_STATE_RUNNING,
 )
 from ixypipe.memory.arena import Arena, remove_stale
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
@@ -40,7 +39,7 @@ from ixypipe.nic.registers import DESC_SIZE
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
-from ixypipe.pipeline.report import Accounting, StatsPrinter, send_home
+from ixypipe.pipeline.report import Accounting, StatsPrinter
 from ixypipe.pipeline.stages import stage_main
 from ixypipe.rings.spsc import Ring
 
@@ -170,18 +169,16 @@ class Supervisor:
             spec.address = self.sim.addresses[p.name]
 
     def _open_ports(self) -> None:
+        home = Homing.to_pools(self.bufs, self.pools)     # buffers the supervisor's TX use finished
         for p, spec in enumerate(self.plan.ports):
             pools = [self.pools[pp.pool_id] for pp in self.plan.pools if pp.port == p]
             try:
                 self.devices[p] = port_factory.open_port(spec, self.dev_arena, self.bufs, pools,
-                                                         tx_done=self._send_home,
+                                                         tx_done=home,
                                                          sysfs_root=self.plan.sysfs_roots.get(spec.name))
             except Exception as exc:
                 raise PipelineError(f"port {spec.name} ({spec.driver} {spec.address}): {exc}") from exc
             log.info("port %s: %s %s up", spec.name, spec.driver, spec.address)
-
-    def _send_home(self, idx: np.ndarray) -> None:
-        send_home(self.pools, self.bufs, idx)
 
     # ---- stages --------------------------------------------------------------------
     def _spawn_stages(self) -> None:
