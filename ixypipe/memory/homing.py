@@ -48,8 +48,8 @@ class Homing:
         missing = set(self.ranges) - set(self.homes)
         if missing:
             raise HomingError(f"pool ids {sorted(missing)} have an index range but no home")
-        # the range and home of the pool that took the last batch (lo > hi: none yet)
-        self._lo, self._end, self._pid = 1, 0, -1
+        # the range, id and home of the pool that took the last batch (lo > end: none yet)
+        self._lo, self._end, self._pid, self._home = 1, 0, -1, None
 
     @classmethod
     def to_pools(cls, bufs: PacketBuffers, pools: Iterable) -> Homing:
@@ -71,14 +71,16 @@ class Homing:
 
     def send_range(self, idx: np.ndarray, lo: int, hi: int) -> None:
         """Send ``idx`` home when its smallest index ``lo`` and largest ``hi`` are already known."""
-        if not (self._lo <= lo and hi < self._end):
-            pid = int(self.bufs.pool_id[lo])
-            first, end = self.ranges.get(pid, (1, 0))
-            if not (first <= lo and hi < end):
-                self._send_grouped(idx)
-                return
-            self._lo, self._end, self._pid = first, end, pid
-        self._put(self._pid, idx)
+        if self._lo <= lo and hi < self._end:          # the pool of the last batch owns them all
+            took = self._home(idx)
+            if took is not None and took != len(idx):
+                self._short(self._pid, self._home, took, len(idx))
+            return
+        pid = int(self.bufs.pool_id[lo])
+        first, end = self.ranges.get(pid, (1, 0))
+        if first <= lo and hi < end:
+            self._lo, self._end, self._pid, self._home = first, end, pid, self.homes[pid]
+        self._send_grouped(idx)
 
     def _send_grouped(self, idx: np.ndarray) -> None:
         owners = self.bufs.pool_id[idx]
@@ -96,6 +98,10 @@ class Homing:
                               f"(homes for pool ids {sorted(self.homes)})")
         took = home(idx)
         if took is not None and took != len(idx):
-            where = getattr(getattr(home, "__self__", None), "name", repr(home))
-            raise HomingError(f"the home of pool id {pid} ({where}) took {took} of {len(idx)} buffers: "
-                              "it holds the whole pool, so a buffer was freed twice")
+            self._short(pid, home, took, len(idx))
+
+    @staticmethod
+    def _short(pid: int, home: Home, took: int, n: int) -> None:
+        where = getattr(getattr(home, "__self__", None), "name", repr(home))
+        raise HomingError(f"the home of pool id {pid} ({where}) took {took} of {n} buffers: "
+                          "it holds the whole pool, so a buffer was freed twice")

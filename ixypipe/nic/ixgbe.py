@@ -524,7 +524,8 @@ class IxgbeDevice(Device):
         if not cleaned:
             return
         if self._home_range is not None:
-            self._home_range(txq.freed[:cleaned], int(txq.lohi[0]), int(txq.lohi[1]))
+            lo, hi = txq.lohi.tolist()
+            self._home_range(txq.freed[:cleaned], lo, hi)
         else:
             self.tx_done(txq.freed[:cleaned].copy())
 

@@ -41,6 +41,13 @@ TX_ERROR = -1              # tx_burst: a bad buffer; what and where in its ``err
 TX_BAD_LENGTH = 1          # the buffer's length is 0 or larger than a buffer holds
 TX_BAD_INDEX = 2           # the buffer index is outside the packet buffers
 
+assert R.RXD_WORD2_STATUS_SHIFT == 0, "rx_burst reads status_error as the low bits of the second word"
+_RX_DD_EOP = np.uint64(R.RX_DD_EOP)
+_RX_DD = R.RXD_STAT_DD
+_RX_LENGTH = R.RXD_LENGTH_HALFWORD
+_RX_NEXT = R.QSTATE_RX_NEXT
+_TX_CLEAN, _TX_TAIL = R.QSTATE_TX_CLEAN, R.QSTATE_TX_TAIL
+_TX_DD_IN_WORD = R.TXD_STAT_DD << R.TXD_WORD2_STATUS_SHIFT    # DD as a bit of the second word
 _TX_CMD = np.uint64(R.TXD_CMD_DATA)
 # (len | CMD) | (len << PAYLEN) in one multiply: length and command bits never overlap
 _TX_LEN_TWICE = np.uint64(1 + (1 << (R.TXD_WORD2_OLINFO_SHIFT + R.TXD_PAYLEN_SHIFT)))
@@ -48,40 +55,42 @@ _TX_LEN_TWICE = np.uint64(1 + (1 << (R.TXD_WORD2_OLINFO_SHIFT + R.TXD_PAYLEN_SHI
 
 def rx_burst(desc, slot_buf, state, buf_len, data_phys, stack, top, regs, rdt_index, bad, out):
     """Receive into ``out``; returns how many (or RX_ERROR_NO_EOP with bad[0] = descriptor)."""
-    entries = desc.shape[0]
+    entries = len(desc)
     mask = entries - 1
-    i = int(state[R.QSTATE_RX_NEXT])
+    i = int(state[_RX_NEXT])
     free = int(top[0])
     want = len(out)
     got = 0
     while got < want:                   # two passes at most: up to the ring's end, then from 0
         n = min(want - got, entries - i)
-        # one snapshot of the status bytes: the device keeps writing while we look
-        status = desc[i:i + n].view(np.uint8)[:, R.RXD_STATUS_BYTE] & R.RX_DD_EOP
-        ready = status == R.RX_DD_EOP
+        # one snapshot of the status bits (status_error is the low half of the second word): the
+        # device keeps writing while we look
+        status = desc[i:i + n, 1] & _RX_DD_EOP
+        ready = status == _RX_DD_EOP
         k = int(ready.argmin())         # descriptors are written back in order: a run from i
         if ready[k]:
             k = n
-        elif status[k] == R.RXD_STAT_DD:
+        elif status[k] == _RX_DD:
             bad[0] = i + k
             return RX_ERROR_NO_EOP
         k = min(k, free - got)          # no fresh buffer, no swap: the frame waits in its slot
         if k == 0:
             break
-        taken = slot_buf[i:i + k]
+        end = i + k
+        taken = slot_buf[i:end]
         out[got:got + k] = taken
-        buf_len[taken] = desc[i:i + k].view(np.uint16)[:, R.RXD_LENGTH_HALFWORD]
+        buf_len[taken] = desc[i:end].view(np.uint16)[:, _RX_LENGTH]
         fresh = stack[free - got - k:free - got][::-1]      # pops like Mempool.alloc: from the top
-        slot_buf[i:i + k] = fresh
-        desc[i:i + k, 0] = data_phys[fresh]
-        desc[i:i + k, 1] = 0            # back to read format: clears DD for the next lap
+        slot_buf[i:end] = fresh
+        desc[i:end, 0] = data_phys[fresh]
+        desc[i:end, 1] = 0              # back to read format: clears DD for the next lap
         got += k
-        i = (i + k) & mask
+        i = end & mask
         if k < n:
             break
     if got:
         top[0] = free - got
-        state[R.QSTATE_RX_NEXT] = i
+        state[_RX_NEXT] = i
         # x86 keeps stores in order, so the descriptors are visible before the doorbell;
         # on Arm a dma_wmb() would go right here.
         # RDT stays one behind the next descriptor to read (see start_rx_queue): the slot at
@@ -93,11 +102,18 @@ def rx_burst(desc, slot_buf, state, buf_len, data_phys, stack, top, regs, rdt_in
 def tx_burst(desc, slot_buf, state, buf_len, data_phys, regs, tdt_index, clean_batch, freed, lohi, error,
              max_data, bufs):
     """Clean, then post ``bufs``; returns posted | cleaned << 32 (or TX_ERROR - cleaned)."""
-    entries = desc.shape[0]
+    entries = len(desc)
     mask = entries - 1
-    clean, tail = int(state[R.QSTATE_TX_CLEAN]), int(state[R.QSTATE_TX_TAIL])
-    cleaned = clean_completed(desc, slot_buf, state, clean_batch, freed, lohi, clean, tail)
-    clean = (clean + cleaned) & mask
+    clean, tail = int(state[_TX_CLEAN]), int(state[_TX_TAIL])
+    pending = (tail - clean) & mask
+    cleaned = 0
+    # The device completes descriptors in order, so the DD bit of the last descriptor of a
+    # batch says the whole batch is done; checking one per 32 keeps the loop short.
+    while cleaned + clean_batch <= pending and desc.item((clean + cleaned + clean_batch - 1) & mask, 1) & _TX_DD_IN_WORD:
+        cleaned += clean_batch
+    if cleaned:
+        collect(slot_buf, state, freed, lohi, clean, cleaned)
+        clean = (clean + cleaned) & mask
     # one slot stays free: TDT == TDH means "nothing to send", so a full ring would look empty
     n = min(len(bufs), (clean - tail - 1) & mask)
     if n == 0:
@@ -113,45 +129,34 @@ def tx_burst(desc, slot_buf, state, buf_len, data_phys, regs, tdt_index, clean_b
     if int((lens - np.uint32(1)).max()) >= max_data:       # 0 wraps to the largest u32
         error[0], error[1] = TX_BAD_LENGTH, int(np.flatnonzero((lens == 0) | (lens > max_data))[0])
         return TX_ERROR - cleaned
-    posted, t = 0, tail
-    while posted < n:                   # two passes at most, like RX
-        k = min(n - posted, entries - t)
-        seg = idx[posted:posted + k]
-        desc[t:t + k, 0] = data_phys[seg]
+    end = tail + n
+    if end <= entries:                  # one pass, or two when the batch wraps around the ring end
+        parts = ((tail, end, idx, lens),)
+    else:
+        k = entries - tail
+        parts = ((tail, entries, idx[:k], lens[:k]), (0, end - entries, idx[k:], lens[k:]))
+    for start, stop, seg, seg_len in parts:
+        desc[start:stop, 0] = data_phys[seg]
         # advanced data descriptor: EOP (one buffer per packet), IFCS (MAC adds the CRC),
         # RS (report status: write DD back, which is how cleaning finds finished slots)
-        desc[t:t + k, 1] = (lens[posted:posted + k] * _TX_LEN_TWICE) | _TX_CMD
-        slot_buf[t:t + k] = seg
-        posted += k
-        t = (t + k) & mask
-    state[R.QSTATE_TX_TAIL] = t
-    regs[tdt_index] = t                 # one doorbell per batch (x86: stores stay in order)
+        desc[start:stop, 1] = (seg_len * _TX_LEN_TWICE) | _TX_CMD
+        slot_buf[start:stop] = seg
+    tail = end & mask
+    state[_TX_TAIL] = tail
+    regs[tdt_index] = tail              # one doorbell per batch (x86: stores stay in order)
     return n | (cleaned << 32)
-
-
-def clean_completed(desc, slot_buf, state, clean_batch, freed, lohi, clean: int, tail: int) -> int:
-    """tx_burst's first half: collect the buffers of completed whole batches; returns how many."""
-    mask = desc.shape[0] - 1
-    pending = (tail - clean) & mask
-    done = 0
-    # The device completes descriptors in order, so the DD bit of the last descriptor of a
-    # batch says the whole batch is done; checking one per 32 keeps the loop short.
-    while done + clean_batch <= pending and (
-            int(desc[(clean + done + clean_batch - 1) & mask, 1]) >> R.TXD_WORD2_STATUS_SHIFT) & R.TXD_STAT_DD:
-        done += clean_batch
-    if done:
-        collect(slot_buf, state, freed, lohi, clean, done)
-    return done
 
 
 def collect(slot_buf, state, freed, lohi, clean: int, count: int) -> None:
     """Move the ``count`` buffers from descriptor ``clean`` on to ``freed`` and mark them cleaned."""
     entries = len(slot_buf)
     end = clean + count
+    done = freed[:count]
     if end <= entries:
-        freed[:count] = slot_buf[clean:end]
+        done[:] = slot_buf[clean:end]
     else:
-        freed[:entries - clean] = slot_buf[clean:]
-        freed[entries - clean:count] = slot_buf[:end - entries]
-    lohi[0], lohi[1] = freed[:count].min(), freed[:count].max()
-    state[R.QSTATE_TX_CLEAN] = end & (entries - 1)
+        done[:entries - clean] = slot_buf[clean:]
+        done[entries - clean:] = slot_buf[:end - entries]
+    lohi[0] = done.min()
+    lohi[1] = done.max()
+    state[_TX_CLEAN] = end & (entries - 1)
