@@ -149,6 +149,7 @@ def global_reset(bar: pci.Bar, sleep) -> None:
     sleep(RESET_SETTLE)                 # the datasheet asks for 10 ms before the next register access
 
 
+# RAL(0)/RAH(0): the MAC address the EEPROM auto-read loaded (bytes 0..3 in RAL, 4..5 in RAH)
 def read_mac(bar: pci.Bar) -> bytes:
     low, high = bar.read(R.RAL(0)), bar.read(R.RAH(0))
     return low.to_bytes(4, "little") + (high & 0xFFFF).to_bytes(2, "little")
@@ -297,6 +298,7 @@ def set_promiscuous(bar: pci.Bar, on: bool) -> None:
         bar.clear_flags(R.FCTRL, R.FCTRL_PROMISC)
 
 
+# LINKS: link up and the negotiated speed
 def read_link(bar: pci.Bar) -> LinkState:
     links = bar.read(R.LINKS)
     if not links & R.LINKS_UP:
