@@ -32,6 +32,7 @@ import click
 import numpy as np
 
 from ixypipe.memory.arena import Arena
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.af_packet import AfPacketDevice
@@ -97,11 +98,7 @@ def via_forwarder(tb: VethTestbed, seconds: float, size: int) -> dict:
     try:
         bufs = PacketBuffers.create(arena, 8192)
         pools = [Mempool.create(arena, bufs, f"p{k}", 4096 * k, 4096, k) for k in (0, 1)]
-
-        def home(idx):
-            owners = bufs.pool_id[idx]
-            for k in (0, 1):
-                pools[k].free(idx[owners == k])
+        home = Homing.to_pools(bufs, pools)
 
         for k, spec in enumerate(specs):
             devs.append(AfPacketDevice.open(spec, arena, bufs, [pools[k]], tx_done=home))

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from ixypipe.memory.arena import Arena
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ixgbe_jit
@@ -47,7 +48,8 @@ def driver_ns_per_packet(arena: Arena, bufs: PacketBuffers, pool: Mempool, batch
 
     with SimWorld([SimPortConfig("b0")], arena) as world:
         spec = PortSpec("b0", "sim", world.addresses["b0"], rx_ring_size=RING, tx_ring_size=RING)
-        dev = IxgbeDevice.open(spec, arena, bufs, [pool], sysfs_root=str(world.sysfs_root),
+        dev = IxgbeDevice.open(spec, arena, bufs, [pool], tx_done=Homing.to_pools(bufs, [pool]),
+                               sysfs_root=str(world.sysfs_root),
                                sleep=lambda s: world.step(), hot_path=hot_path)
         try:
             port = world.ports["b0"]
@@ -89,11 +91,13 @@ def forwarder_mpps(batches: list[int], seconds: float, hot_path: str, cpu: int |
         sim = start_sim(ports, specs, [arena.path], ignore_sigint=True)   # Ctrl-C is for this process only
         server = sim.server
         devs = []
+        home = Homing.to_pools(bufs, pools)
         try:
             if cpu is not None:   # the model process was spawned before: it keeps the other cores
                 os.sched_setaffinity(0, {cpu})
             for spec, pool in zip(specs, pools, strict=True):
-                devs.append(IxgbeDevice.open(spec, arena, bufs, [pool], sysfs_root=sim.sysfs_roots[spec.name],
+                devs.append(IxgbeDevice.open(spec, arena, bufs, [pool], tx_done=home,
+                                             sysfs_root=sim.sysfs_roots[spec.name],
                                              hot_path=hot_path))
             server.start_traffic()
             for batch in batches:

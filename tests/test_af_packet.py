@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.af_packet import AfPacketDevice, AfPacketError
@@ -31,13 +32,7 @@ def env(make_arena):
     arena = make_arena(16 << 20)
     bufs = PacketBuffers.create(arena, 2 * POOL)
     pools = [Mempool.create(arena, bufs, f"pool{i}", i * POOL, POOL, i) for i in range(2)]
-
-    def home(idx):
-        owners = bufs.pool_id[idx]
-        for k in (0, 1):
-            pools[k].free(idx[owners == k])
-
-    return arena, bufs, pools, home
+    return arena, bufs, pools, Homing.to_pools(bufs, pools)
 
 
 def frame(seq: int, size: int = 100, dst: str = "02aaaaaaaa02", src: str = "02aaaaaaaa01") -> bytes:

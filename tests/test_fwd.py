@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceStats, PortSpec
@@ -30,10 +31,11 @@ def two_ports(make_arena):
                                sink=SinkConfig(verify=True, expect_touch=True)) for name in ("p0", "p1")]
         world = SimWorld(ports, arena, stats_period_ns=1 << 62)
         made["world"] = world
+        home = Homing.to_pools(bufs, pools)
         devs = []
         for name, pool in zip(("p0", "p1"), pools, strict=True):
             spec = PortSpec(name, "sim", world.addresses[name], rx_ring_size=ring, tx_ring_size=ring)
-            devs.append(IxgbeDevice.open(spec, arena, bufs, [pool], sysfs_root=str(world.sysfs_root),
+            devs.append(IxgbeDevice.open(spec, arena, bufs, [pool], tx_done=home, sysfs_root=str(world.sysfs_root),
                                          sleep=lambda s: world.step()))
         made["devs"] = devs
         return world, devs, bufs, pools

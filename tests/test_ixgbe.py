@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ixgbe_jit
@@ -31,6 +32,7 @@ class Rig:
         n_pools = len(ports) * rx_queues
         self.bufs = PacketBuffers.create(arena, POOL * n_pools)
         self.pools = [Mempool.create(arena, self.bufs, f"pool{i}", i * POOL, POOL, i) for i in range(n_pools)]
+        self.home = Homing.to_pools(self.bufs, self.pools)     # every port's tx_done
         self.world = SimWorld(ports, arena, stats_period_ns=NEVER)
         self.devices: list[IxgbeDevice] = []
 
@@ -42,6 +44,7 @@ class Rig:
         i = self.world.names.index(name)
         pools = self.pools[i * self.rx_queues:(i + 1) * self.rx_queues]
         kwargs.setdefault("hot_path", self.hot_path)
+        kwargs.setdefault("tx_done", self.home)
         dev = IxgbeDevice.open(self.spec(name), self.arena, self.bufs, pools,
                                sysfs_root=str(self.world.sysfs_root), sleep=lambda s: self.world.step(), **kwargs)
         self.devices.append(dev)
@@ -330,7 +333,7 @@ def test_attach_takes_over_the_queues(rig):
     port.receive(PacketBatch.from_frames([b"\x01" * 60] * 10))
     out = np.zeros(8, np.uint32)
     assert opener.rx_batch(0, out) == 8
-    stage = IxgbeDevice.attach(r.spec("p0"), r.arena, r.bufs, {0: r.pools[0]},
+    stage = IxgbeDevice.attach(r.spec("p0"), r.arena, r.bufs, {0: r.pools[0]}, tx_done=r.home,
                                sysfs_root=str(r.world.sysfs_root), hot_path=r.hot_path)
     r.devices.append(stage)
     port.receive(PacketBatch.from_frames([b"\x02" * 60] * 5))
@@ -415,10 +418,10 @@ def test_rx_refuses_a_frame_without_eop(rig):
         dev.rx_batch(0, out)
 
 
-def test_default_tx_done_sends_buffers_home_to_each_pool(rig):
+def test_tx_done_homing_sends_buffers_home_to_each_pool(rig):
     r = rig(ports=[SimPortConfig("p0"), SimPortConfig("p1")], ring=64)
-    dev = r.open("p0")
-    r.open("p1")                                                       # registers pool 1 as a home
+    dev = r.open("p0")                                                 # tx_done: a Homing of both pools
+    r.open("p1")
     mine, theirs = r.pools[0].alloc_exact(20), r.pools[1].alloc_exact(12)
     mixed = np.empty(32, np.uint32)
     mixed[0::2][:16], mixed[1::2][:16] = mine[:16], np.concatenate((theirs, mine[16:]))

@@ -24,7 +24,7 @@ def loop_back(arena_path: str, spec: PortSpec, root: str, hot_path: str, count: 
     arena = Arena.attach(arena_path)
     bufs = PacketBuffers.attach(arena)
     pool = Mempool.attach(arena, bufs, "pool0")
-    dev = IxgbeDevice.attach(spec, arena, bufs, {0: pool}, sysfs_root=root, hot_path=hot_path)
+    dev = IxgbeDevice.attach(spec, arena, bufs, {0: pool}, tx_done=pool.free, sysfs_root=root, hot_path=hot_path)
     out = np.empty(64, np.uint32)
     got = 0
     pending = np.empty(0, np.uint32)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from ixypipe.memory.arena import Arena
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.af_packet import AfPacketDevice
@@ -69,6 +70,7 @@ class Bump:
         self.arena = Arena.create(PacketBuffers.bytes_needed(2 * POOL) + (8 << 20), tag="ktest")
         self.bufs = PacketBuffers.create(self.arena, 2 * POOL)
         self.pools = [Mempool.create(self.arena, self.bufs, f"p{k}", k * POOL, POOL, k) for k in (0, 1)]
+        self.home = Homing.to_pools(self.bufs, self.pools)
         self.dropped = 0
         self.filter_fn = filter_fn
         a = AfPacketDevice.open(PortSpec("a", "af_packet", tb.port_a, rx_ring_size=1024, tx_ring_size=1024),
@@ -84,11 +86,6 @@ class Bump:
             d.rx_batch(0, np.empty(1, np.uint32))          # the RX sockets exist before any traffic
         self.fwd = Forwarder(*(self.filtered(d) if filter_fn else d for d in self.devs), batch=64, touch=False,
                              bufs=self.bufs)
-
-    def home(self, idx: np.ndarray) -> None:
-        owners = self.bufs.pool_id[idx]
-        for k in (0, 1):
-            self.pools[k].free(idx[owners == k])
 
     def filtered(self, dev):
         """``dev`` whose transmit first applies the worker function's keep-mask (as a worker stage would)."""

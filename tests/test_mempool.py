@@ -162,3 +162,19 @@ def test_debug_pool_refuses_use_by_a_process_that_does_not_own_it(bufs):
     with pytest.raises(MempoolError, match=f"mempool 'rx0' is owned by pid {child.pid}, not by this process"):
         pool.alloc(1)
     assert pool.available() == 8
+
+
+def test_free_stack_is_the_pools_own_stack_for_a_kernel_pop(bufs):
+    pool = Mempool.create(bufs.arena, bufs, "rx0", first=8, count=8, pool_id=1, debug=True)
+    stack, top = pool.free_stack()
+    assert stack.dtype == np.uint32 and top.dtype == np.uint64 and int(top[0]) == 8
+    k = 3                                            # pop like a kernel: from the top down, then store top
+    popped = stack[int(top[0]) - k:int(top[0])][::-1].copy()
+    top[0] -= k
+    assert list(popped) == [8, 9, 10] and pool.available() == 5    # the pool sees the pop at once
+    pool.note_popped(popped)                         # a debug pool learns which ones are in use
+    pool.free(popped[:1])
+    with pytest.raises(MempoolError, match="double free of buffer 8"):
+        pool.free(popped[:1])
+    pool.free(popped[1:])
+    assert sorted(pool.free_indices()) == list(range(8, 16))

@@ -38,6 +38,7 @@ import json, os, signal, sys
 import numpy as np
 from ixypipe.memory.arena import Arena
 from ixypipe.nic import registers as R
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import PortSpec
@@ -50,8 +51,9 @@ arena = Arena.create(8 << 20, hugepages_mode="require", tag="foreign")
 os.unlink(arena.path)                       # private memory: nobody can attach it by name
 bufs = PacketBuffers.create(arena, POOL * len(addresses))
 pools = [Mempool.create(arena, bufs, f"pool{i}", i * POOL, POOL, i) for i in range(len(addresses))]
+home = Homing.to_pools(bufs, pools)
 devs = [IxgbeDevice.open(PortSpec(f"p{i}", "ixgbe", a, rx_ring_size=RX_RING, tx_ring_size=TX_RING), arena, bufs,
-                         [pools[i]], sysfs_root=root, allow_iova=False) for i, a in enumerate(addresses)]
+                         [pools[i]], tx_done=home, sysfs_root=root, allow_iova=False) for i, a in enumerate(addresses)]
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 result = {}

@@ -90,7 +90,7 @@ def test_the_ixgbe_driver_forwards_through_the_simulator_process(make_arena):
     dev = None
     try:
         spec = PortSpec("p0", "sim", server.addresses["p0"], rx_ring_size=512, tx_ring_size=512)
-        dev = IxgbeDevice.open(spec, arena, bufs, [pool], sysfs_root=str(server.sysfs_root))
+        dev = IxgbeDevice.open(spec, arena, bufs, [pool], tx_done=pool.free, sysfs_root=str(server.sysfs_root))
         assert dev.link_state().up
         server.start_traffic()
         out = np.zeros(64, np.uint32)

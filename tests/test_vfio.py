@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ixypipe.memory import arena as arena_mod
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import registers as R
@@ -181,6 +182,7 @@ class Rig:
         spec = PortSpec(name, "sim", self.world.addresses[name], rx_ring_size=256, tx_ring_size=256,
                         options={"iommu": iommu_mode, "hot_path": "numpy"})
         dev = IxgbeDevice.open(spec, self.dev_arena, self.bufs, [self.pools[i]],
+                               tx_done=Homing.to_pools(self.bufs, self.pools),
                                sysfs_root=str(self.world.sysfs_root), sleep=lambda s: self.world.step())
         self.devices.append(dev)
         return dev

@@ -17,6 +17,7 @@ import click
 
 from ixypipe.layout import DEFAULT_BUF_SIZE
 from ixypipe.memory.arena import Arena
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceError, PortSpec
@@ -94,10 +95,11 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
             running = start_sim(stack, arena, specs, packet_size, flows, rate, touch=not no_touch)
             server, roots = running.server, running.sysfs_roots
 
+        home = Homing.to_pools(bufs, pools)       # either port transmits buffers of both pools
         devs = []
         for spec, pool in zip(specs, pools, strict=True):
             try:
-                dev = IxgbeDevice.open(spec, arena, bufs, [pool], sysfs_root=roots[spec.name])
+                dev = IxgbeDevice.open(spec, arena, bufs, [pool], tx_done=home, sysfs_root=roots[spec.name])
             except DeviceError as exc:
                 raise click.ClickException(f"port {spec.name} ({spec.address}): {exc}") from exc
             stack.callback(dev.close)

@@ -6,12 +6,14 @@ queue), so its free stack needs no lock.  The stack lives in the arena
 fills the descriptor rings at start, to the stage process, and so the
 supervisor can count free buffers after a crash.  Alloc and free work on
 whole batches of indices with numpy.  ``debug=True`` keeps a state byte per
-buffer and rejects double frees and foreign indices.
+buffer and rejects double frees and foreign indices.  :meth:`Mempool.free_stack`
+hands the stack itself to a driver's hot path (its contract is written there).
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +24,19 @@ from ixypipe.memory.pktbuf import BufferError, PacketBuffers
 
 class MempoolError(BufferError):
     """Exhaustion, a double free or a foreign buffer."""
+
+
+class FreeStack(NamedTuple):
+    """A pool's free stack as raw arena views: the contract of a compiled (or kernel) pop.
+
+    ``stack[:top[0]]`` are the free buffer indices, the next one to pop on top
+    (``stack[top[0] - 1]``).  A kernel pops ``k`` buffers by reading
+    ``stack[top - k:top]`` from the top down and then storing ``top - k`` in
+    ``top[0]`` (what :meth:`Mempool.alloc` does).  Only the pool's owner may pop,
+    and a pool in debug mode learns of the pops through :meth:`Mempool.note_popped`.
+    """
+    stack: np.ndarray        # uint32[count]
+    top: np.ndarray          # uint64[1]: how many are free
 
 
 class Mempool:
@@ -99,6 +114,16 @@ class Mempool:
 
     def in_use(self) -> int:
         return self.count - self.available()
+
+    def free_stack(self) -> FreeStack:
+        """The free stack and its top as arena views, for a hot path that pops by itself (see FreeStack)."""
+        return FreeStack(self._stack, self._top)
+
+    def note_popped(self, idx: np.ndarray) -> None:
+        """A hot path popped ``idx`` through :meth:`free_stack`: a debug pool marks them in use."""
+        if self.debug:
+            self._check_owner()
+            self._state[np.asarray(idx).astype(np.int64) - self.first] = BUF_STATE_IN_USE
 
     def alloc(self, n: int) -> np.ndarray:
         """Up to ``n`` free buffer indices (fewer when the pool runs low), as a new array."""

@@ -422,8 +422,7 @@ class TxQueue:
             PortCounters.add(self.line, "packets", k)
             PortCounters.add(self.line, "bytes", int(lengths[ok].sum()))
             self._kick()
-        if self.dev.tx_done is not None:
-            self.dev.tx_done(idx)
+        self.dev.tx_done(idx)
         return n
 
     def _kick(self) -> int:
@@ -482,12 +481,11 @@ class AfPacketDevice(Device):
 
     def __init__(self, spec: PortSpec, arena, bufs: PacketBuffers, rx_pools: dict[int, Mempool],
                  tx_done: TxDone | None, counters: PortCounters):
-        super().__init__(spec)
+        super().__init__(spec, tx_done)
         self.ifname = spec.address
         self.arena = arena
         self.bufs = bufs
         self.rx_pools = rx_pools
-        self.tx_done = tx_done
         self.counters = counters
         self.ifindex = check_interface(self.ifname, spec.name)
         self.rxq: dict[int, RxQueue] = {}
@@ -583,6 +581,8 @@ class AfPacketDevice(Device):
         return self._rx_queue(queue).receive(out)
 
     def tx_batch(self, queue: int, bufs: np.ndarray) -> int:
+        if self.tx_done is None:
+            self.check_tx_done(queue)
         return self._tx_queue(queue).send(np.asarray(bufs, dtype=np.uint32))
 
     def tx_drain(self, queue: int, timeout: float = 1.0) -> int:

@@ -6,10 +6,24 @@ PacketBuffers, between the wire and the pipeline:
 * ``rx_batch(queue, out)`` fills ``out`` with indices of received buffers
   (their lengths are in the buffer headers) and returns how many; the RX
   queue refills itself from that queue's mempool.
+* ``rx_held(queue)`` names the buffers the driver holds for RX (sitting in
+  descriptors or rings), so the accounting can count them; a driver that
+  copies into buffers only at receive time holds none.
 * ``tx_batch(queue, bufs)`` posts as many of ``bufs`` as fit and returns how
-  many it took; the caller still owns the rest.  Buffers whose transmission
-  completed are handed to ``tx_done`` (a callable taking an index array),
-  which sends them home to their owning mempool.
+  many it took; the caller still owns the rest.
+* ``tx_drain(queue, timeout)`` waits until every buffer posted on the queue
+  has been handed to ``tx_done`` and returns how many are still pending when
+  ``timeout`` seconds ran out (0: drained).
+
+``tx_done`` - one meaning in every driver: it is the callable (taking an
+index array) that receives every buffer whose transmission is complete, and
+it must send them home (``ixypipe.memory.homing.Homing`` does: to the
+owning mempools, or to the return rings that lead there).  A driver calls
+it once the buffer's data is no longer needed - at once for drivers that
+copy (af_packet, pcap), after the NIC wrote the descriptor back for ixgbe -
+and never frees a buffer any other way.  A port opened or attached with
+``tx_done=None`` does not transmit: ``tx_batch`` refuses with a DeviceError
+before taking any buffer (receive-only stages, the supervisor's RX-only use).
 
 A port is opened once, with full initialisation, by the supervisor
 (``open``), and attached without re-initialisation by the stage processes
@@ -77,9 +91,10 @@ class LinkState:
 class Device(ABC):
     driver_name: str = "?"
 
-    def __init__(self, spec: PortSpec):
+    def __init__(self, spec: PortSpec, tx_done: TxDone | None = None):
         self.spec = spec
         self.name = spec.name
+        self.tx_done = tx_done          # see the module docstring: None means "does not transmit"
 
     @classmethod
     @abstractmethod
@@ -99,8 +114,19 @@ class Device(ABC):
         """Receive up to len(out) packets; their buffer indices go to out[:n]."""
 
     @abstractmethod
+    def rx_held(self, queue: int) -> np.ndarray:
+        """Indices of the buffers the driver holds for RX on ``queue`` (in descriptors or rings), a copy."""
+
+    @abstractmethod
     def tx_batch(self, queue: int, bufs: np.ndarray) -> int:
-        """Post bufs[:n] for transmission; returns n.  Completed buffers go to tx_done."""
+        """Post bufs[:n] for transmission; returns n.  Completed buffers go to tx_done.
+
+        Raises DeviceError when the port has no tx_done (see :meth:`check_tx_done`).
+        """
+
+    @abstractmethod
+    def tx_drain(self, queue: int, timeout: float = 1.0) -> int:
+        """Wait up to ``timeout`` s until every posted buffer went to tx_done; returns how many still pending."""
 
     def tx_pending(self, queue: int) -> int:
         """Buffers posted on ``queue`` whose transmission has not completed (still the device's)."""
@@ -131,6 +157,12 @@ class Device(ABC):
     @property
     @abstractmethod
     def mac(self) -> bytes: ...
+
+    def check_tx_done(self, queue: int) -> None:
+        """A port without tx_done does not transmit: refuse before any buffer is taken."""
+        if self.tx_done is None:
+            raise DeviceError(f"{self.name} TX queue {queue}: the port was opened without tx_done, so it "
+                              "does not transmit; pass tx_done= (e.g. a Homing) to send finished buffers home")
 
     def close(self) -> None:  # noqa: B027 - most drivers have nothing to release
         """Release the port's mappings and descriptors (buffers are the caller's)."""

@@ -1,8 +1,9 @@
 """Optional compiled hot path of the ixgbe driver: rx_batch and tx_batch as numba kernels.
 
-Owns two kernels that do exactly what the numpy path in ``ixgbe.py`` does,
-descriptor by descriptor instead of array by array, so a batch of 32 costs
-one call instead of twenty numpy operations.  ``rx_burst`` walks the run of
+Owns two kernels that do exactly what the numpy kernels in ``ixgbe_numpy.py``
+do, with the same arguments (the contract is written there), descriptor by
+descriptor instead of array by array, so a batch of 32 costs one call
+instead of twenty numpy operations.  ``rx_burst`` walks the run of
 descriptors with DD set, hands out their buffers, pops a fresh buffer from
 the queue's mempool for each slot and writes RDT once; ``tx_burst`` cleans
 whole batches whose last descriptor has DD set (collecting their buffers for
@@ -11,9 +12,8 @@ descriptor's second 64-bit word is read with one load, so its status and
 length come from the same write-back.  Used when numba is installed
 (``pip install numba``) unless the port asks for ``hot_path="numpy"``; the
 numpy path stays the reference and both are tested against the software
-82599.  The kernels pop buffers straight off the mempool's free stack (its
-``_stack`` and ``_top`` arrays in the arena), so a pool in debug mode, which
-tracks a state byte per buffer, always takes the numpy path.
+82599.  Both pop buffers straight off the mempool's free stack
+(``Mempool.free_stack``, the compiled path's contract with the pool).
 
 Ordering: numba gives array arguments no ``noalias``, so LLVM keeps the
 descriptor stores before the doorbell store; x86 keeps them in order on the
@@ -24,16 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ixypipe.nic.registers import (
-    RXD_LENGTH_HALFWORD,
-    RXD_STAT_DD,
-    RXD_STAT_EOP,
-    RXD_STATUS_BYTE,
-    TXD_CMD_DATA,
-    TXD_PAYLEN_SHIFT,
-    TXD_STAT_DD,
-    TXD_STATUS_BYTE,
-)
+from ixypipe.nic import registers as R
+from ixypipe.nic.ixgbe_numpy import RX_ERROR_NO_EOP, TX_BAD_INDEX, TX_BAD_LENGTH, TX_ERROR
 
 try:
     import numba
@@ -42,36 +34,24 @@ except ImportError:          # the numpy path serves
 
 AVAILABLE = numba is not None
 
-# Fields of a descriptor's second u64 word (bytes 8..15), as shifts within that word.
-_SECOND_WORD = 8
-RX_STATUS_SHIFT = (RXD_STATUS_BYTE - _SECOND_WORD) * 8                 # status_error: bits 0..31
-RX_LENGTH_SHIFT = (RXD_LENGTH_HALFWORD * 2 - _SECOND_WORD) * 8         # length: bits 32..47
-RX_LENGTH_MASK = 0xFFFF
-TX_STATUS_SHIFT = (TXD_STATUS_BYTE - _SECOND_WORD) * 8                 # status: bits 32..63
-TX_OLINFO_SHIFT = 32                                                   # olinfo_status: bytes 12..15
-RX_DD_EOP = RXD_STAT_DD | RXD_STAT_EOP
 # numba mixes int64 and uint64 into float64, so descriptor-word arithmetic uses uint64 constants
 # and indices are int64 throughout.
-_RX_STATUS_SHIFT = np.uint64(RX_STATUS_SHIFT)
-_RX_LENGTH_SHIFT = np.uint64(RX_LENGTH_SHIFT)
-_RX_LENGTH_MASK = np.uint64(RX_LENGTH_MASK)
-_RX_DD_EOP = np.uint64(RX_DD_EOP)
-_RX_DD = np.uint64(RXD_STAT_DD)
-_TX_STATUS_SHIFT = np.uint64(TX_STATUS_SHIFT)
-_TX_DD = np.uint64(TXD_STAT_DD)
-_TX_CMD = np.uint64(TXD_CMD_DATA)
-_TX_OLINFO_SHIFT = np.uint64(TX_OLINFO_SHIFT + TXD_PAYLEN_SHIFT)
+_RX_STATUS_SHIFT = np.uint64(R.RXD_WORD2_STATUS_SHIFT)
+_RX_LENGTH_SHIFT = np.uint64(R.RXD_WORD2_LENGTH_SHIFT)
+_RX_LENGTH_MASK = np.uint64(R.RXD_LENGTH_MASK)
+_RX_DD_EOP = np.uint64(R.RX_DD_EOP)
+_RX_DD = np.uint64(R.RXD_STAT_DD)
+_TX_STATUS_SHIFT = np.uint64(R.TXD_WORD2_STATUS_SHIFT)
+_TX_DD = np.uint64(R.TXD_STAT_DD)
+_TX_CMD = np.uint64(R.TXD_CMD_DATA)
+_TX_OLINFO_SHIFT = np.uint64(R.TXD_WORD2_OLINFO_SHIFT + R.TXD_PAYLEN_SHIFT)
 _ZERO = np.uint64(0)
-RX_ERROR_NO_EOP = -1       # rx_burst: a descriptor has DD without EOP (multi-buffer frame)
-TX_ERROR = -1              # tx_burst: a bad buffer; what and where in its ``error`` array
-TX_BAD_LENGTH = 1          # the buffer's length is 0 or larger than a buffer holds
-TX_BAD_INDEX = 2           # the buffer index is outside the packet buffers
 
 rx_burst = tx_burst = None
 
 if AVAILABLE:
     @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def rx_burst(desc, slot_buf, state, out, buf_len, data_phys, stack, top, regs, rdt_index, bad):
+    def rx_burst(desc, slot_buf, state, buf_len, data_phys, stack, top, regs, rdt_index, bad, out):
         """Receive into ``out``; returns how many (or RX_ERROR_NO_EOP with bad[0] = descriptor)."""
         mask = np.int64(desc.shape[0] - 1)
         i = np.int64(state[0])
@@ -102,8 +82,8 @@ if AVAILABLE:
         return got
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
-    def tx_burst(desc, slot_buf, state, bufs, buf_len, data_phys, regs, tdt_index, clean_batch, freed,
-                 lohi, error, max_data):
+    def tx_burst(desc, slot_buf, state, buf_len, data_phys, regs, tdt_index, clean_batch, freed, lohi,
+                 error, max_data, bufs):
         """Clean, then post ``bufs``; returns posted | cleaned << 32.
 
         The cleaned buffers are ``freed[:cleaned]``, their smallest and largest index in ``lohi``

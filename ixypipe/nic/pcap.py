@@ -123,12 +123,11 @@ class PcapDevice(Device):
 
     def __init__(self, spec: PortSpec, bufs: PacketBuffers, rx_pools: dict[int, Mempool],
                  tx_done: TxDone | None, counters: PortCounters):
-        super().__init__(spec)
+        super().__init__(spec, tx_done)
         self.mode, self.loop, self.rate_mpps = _options(spec)
         self.path = Path(spec.address)
         self.bufs = bufs
         self.rx_pools = rx_pools
-        self.tx_done = tx_done
         self.counters = counters
         self.replay: Replay | None = None
         self.writer: PcapWriter | None = None
@@ -217,6 +216,7 @@ class PcapDevice(Device):
         idx = np.asarray(bufs, dtype=np.uint32)
         if queue != 0:
             raise PcapPortError(f"port {self.name}: no TX queue {queue} (a pcap port has one)")
+        self.check_tx_done(queue)
         n = len(idx)
         if n == 0:
             return 0
@@ -229,16 +229,17 @@ class PcapDevice(Device):
             PortCounters.add(line, "bytes", int(lengths.sum()))
         else:
             PortCounters.add(line, "dropped", n)
-        if self.tx_done is not None:
-            self.tx_done(idx)
+        self.tx_done(idx)
         return n
 
     def tx_drain(self, queue: int, timeout: float = 1.0) -> int:
+        """Buffers went to tx_done as they were written: only the file needs flushing."""
         if self.writer is not None:
             self.writer.flush()
         return 0
 
     def rx_held(self, queue: int) -> np.ndarray:
+        """None: a replayed packet is copied into a fresh buffer when it is received."""
         return np.empty(0, np.uint32)
 
     def read_stats(self) -> DeviceStats:

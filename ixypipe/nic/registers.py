@@ -283,6 +283,17 @@ RXD_LENGTH_HALFWORD = RX_DESC_WB_DTYPE.fields["length"][1] // 2         # 6 (byt
 TXD_CMD_WORD = TX_DESC_READ_DTYPE.fields["cmd_type_len"][1] // 4        # 2 (byte 8)
 TXD_OLINFO_WORD = TX_DESC_READ_DTYPE.fields["olinfo_status"][1] // 4    # 3 (byte 12)
 TXD_STATUS_BYTE = TX_DESC_WB_DTYPE.fields["status"][1]                  # 12
+RX_DD_EOP = RXD_STAT_DD | RXD_STAT_EOP     # a received single-buffer frame: done and end of packet
+# A descriptor's second u64 word (bytes 8..15) read or written with one access: where its
+# fields sit in that word.  RX write-back: status_error in bits 0..31, length in 32..47;
+# TX read format: cmd_type_len in bits 0..31, olinfo_status (PAYLEN << 14) in 32..63;
+# TX write-back: status in bits 32..63.
+DESC_WORD2_BYTE = 8
+RXD_WORD2_STATUS_SHIFT = (RXD_STATUS_BYTE - DESC_WORD2_BYTE) * 8                  # 0
+RXD_WORD2_LENGTH_SHIFT = (RXD_LENGTH_HALFWORD * 2 - DESC_WORD2_BYTE) * 8          # 32
+RXD_LENGTH_MASK = 0xFFFF
+TXD_WORD2_OLINFO_SHIFT = (TXD_OLINFO_WORD * 4 - DESC_WORD2_BYTE) * 8              # 32
+TXD_WORD2_STATUS_SHIFT = (TXD_STATUS_BYTE - DESC_WORD2_BYTE) * 8                  # 32
 DESC_FILL_BYTE = 0xFF      # ixy fills a new ring with 0xFF before handing it to the device
 
 # --- ixgbe driver: per-queue software state in the device arena -------------------------

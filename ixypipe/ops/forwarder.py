@@ -104,7 +104,7 @@ class Forwarder:
 
     @staticmethod
     def _tx_done_of(dev: Device) -> TxDone:
-        done = getattr(dev, "tx_done", None)
+        done = dev.tx_done
         if done is None:
             raise DeviceError(f"port {dev.name} has no tx_done to free refused buffers with; pass drop=")
         return done
@@ -182,11 +182,9 @@ class Forwarder:
                 self.step()
             quiet = 0 if self.forward_once(0) + self.forward_once(1) else quiet + 1
         for d in self.devs:
-            tx_drain = getattr(d, "tx_drain", None)
-            if tx_drain is not None:
-                if self.step is not None:
-                    self.step()
-                tx_drain(0, max(0.0, deadline - time.monotonic()))
+            if self.step is not None:
+                self.step()
+            d.tx_drain(0, max(0.0, deadline - time.monotonic()))
 
 
 @contextlib.contextmanager

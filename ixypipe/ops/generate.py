@@ -143,9 +143,7 @@ class GenSession:
                 time.sleep(IDLE_SLEEP)
             if sent and progress is not None:
                 progress(sent)
-        tx_drain = getattr(dev, "tx_drain", None)
-        if tx_drain is not None:
-            tx_drain(0, 2.0)
+        dev.tx_drain(0, 2.0)
         seconds = time.monotonic() - start
         result = GenResult(gen.sent, gen.sent * size, seconds, reason)
         if self.server is not None:

@@ -21,8 +21,6 @@ import numpy as np
 import psutil
 
 from ixypipe.layout import DROP_REASONS
-from ixypipe.memory.mempool import Mempool
-from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import stagetable
 from ixypipe.sim.block import SIM_SIZE_FIELDS
 from ixypipe.sim.traffic import SIZE_BUCKET_NAMES
@@ -320,9 +318,3 @@ class Accounting:
         lines += [f"PROBLEM: {p}" for p in self.problems]
         lines.append("accounting OK" if self.ok else "accounting BROKEN")
         print("\n".join(lines), file=out, flush=True)
-
-
-def send_home(pools: list[Mempool], bufs: PacketBuffers, idx: np.ndarray) -> None:
-    owners = bufs.pool_id[idx]
-    for pool_id in np.unique(owners):
-        pools[int(pool_id)].free(idx[owners == pool_id])

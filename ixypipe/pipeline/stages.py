@@ -35,6 +35,7 @@ from ixypipe.layout import (
     STAGE_STATE_RUNNING,
 )
 from ixypipe.memory.arena import Arena
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import stagetable
@@ -57,30 +58,6 @@ RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file de
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, for sources that cannot be paused
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
-
-
-class Homing:
-    """Sends buffers home: to the return ring of the pool that owns each one."""
-
-    def __init__(self, bufs: PacketBuffers, rings: dict[int, Ring]):
-        self.bufs = bufs
-        self.rings = rings
-
-    def send(self, idx: np.ndarray) -> None:
-        if len(idx) == 0:
-            return
-        pools = self.bufs.pool_id[idx]
-        first = pools[0]
-        if (pools == first).all():
-            self._put(int(first), idx)
-            return
-        for pool in np.unique(pools):
-            self._put(int(pool), idx[pools == pool])
-
-    def _put(self, pool: int, idx: np.ndarray) -> None:
-        # a return ring holds a whole pool, so it cannot be full
-        if self.rings[pool].enqueue(idx) != len(idx):
-            raise RuntimeError(f"return ring {self.rings[pool].name} overflowed: a buffer was freed twice")
 
 
 class Outbox:
@@ -162,7 +139,10 @@ class Stage:
         return Outbox([self.ring(n) for n in names], bells, dead, discard)
 
     def homing(self) -> Homing:
-        return Homing(self.bufs, {pool: self.ring(r) for pool, r in self.me.home_rings.items()})
+        """Buffers go home through the return ring of the pool that owns them (it holds a whole pool)."""
+        rings = {pool: self.ring(r) for pool, r in self.me.home_rings.items()}
+        return Homing(self.bufs, {pool: ring.enqueue for pool, ring in rings.items()},
+                      {p.pool_id: (p.first, p.count) for p in self.plan.pools if p.pool_id in rings})
 
     def draining(self) -> bool:
         return self.row["command"] >= STAGE_CMD_DRAIN
@@ -517,7 +497,7 @@ def run_device_stage(st: Stage) -> None:
         run_rx(st, device, pool)
     else:
         homing = st.homing()
-        device = attach_port(spec, dev_arena, st.bufs, None, tx_done=homing.send, sysfs_root=root)
+        device = attach_port(spec, dev_arena, st.bufs, None, tx_done=homing, sysfs_root=root)
         device.tx_batch(me.queue, np.empty(0, np.uint32))    # warm up, as for RX
         st.row["state"] = STAGE_STATE_RUNNING
         run_tx(st, device, homing)

@@ -35,13 +35,14 @@ from ixypipe.layout import (
     STAGE_STATE_RUNNING,
 )
 from ixypipe.memory.arena import Arena, RegionSize, remove_stale
+from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
 from ixypipe.pipeline import planinfo, stagetable
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
-from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops, send_home
+from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops
 from ixypipe.pipeline.stages import stage_main
 from ixypipe.proc import describe_exit
 from ixypipe.rings import wakeup
@@ -167,18 +168,16 @@ class Supervisor:
         self.plan.sysfs_roots.update(sim.sysfs_roots)
 
     def _open_ports(self) -> None:
+        home = Homing.to_pools(self.bufs, self.pools)     # buffers the supervisor's TX use finished
         for p, spec in enumerate(self.plan.ports):
             pools = [self.pools[pp.pool_id] for pp in self.plan.pools if pp.port == p]
             try:
                 self.devices[p] = port_factory.open_port(spec, self.dev_arena, self.bufs, pools,
-                                                         tx_done=self._send_home,
+                                                         tx_done=home,
                                                          sysfs_root=self.plan.sysfs_roots.get(spec.name))
             except Exception as exc:
                 raise PipelineError(f"port {spec.name} ({spec.driver} {spec.address}): {exc}") from exc
             log.info("port %s: %s %s up", spec.name, spec.driver, spec.address)
-
-    def _send_home(self, idx: np.ndarray) -> None:
-        send_home(self.pools, self.bufs, idx)
 
     # ---- stages --------------------------------------------------------------------
     def _spawn_stages(self) -> None:
@@ -441,6 +440,7 @@ def reclaim_rings(plan: PipelinePlan, arena: Arena, pools: list[Mempool], bufs: 
     Returns how many packets were stranded in forward rings.
     """
     stranded = 0
+    home = Homing.to_pools(bufs, pools)
     scratch = np.empty(1 << 16, np.uint32)
     for r in plan.rings:
         ring = Ring.attach(arena, r.name)
@@ -450,7 +450,7 @@ def reclaim_rings(plan: PipelinePlan, arena: Arena, pools: list[Mempool], bufs: 
                 break
             if r.kind == RING_FORWARD:
                 stranded += n
-            send_home(pools, bufs, scratch[:n])
+            home(scratch[:n])
         ring.close()
     return stranded
 
