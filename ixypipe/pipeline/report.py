@@ -55,8 +55,10 @@ def port_totals(plan, table: np.ndarray) -> dict[str, dict[str, int]]:
 
 
 class StatsPrinter:
-    def __init__(self, plan, table, devices, out, json_lines: bool, sim=None):
+    def __init__(self, plan, table, devices, out, json_lines: bool, sim=None, counters=None):
         self.plan = plan
+        self.counters = counters          # () -> {stage: {name: value}}: the workers' named counters
+        self.last_counters: dict[str, int] = {}
         self.table = table
         self.devices = devices
         self.out = out
@@ -105,9 +107,16 @@ class StatsPrinter:
                 "drops": {r: int(new[f"drop_{r}"]) for r in DROP_REASONS if new[f"drop_{r}"]},
                 "held": int(new["held"]),
             }
+        per_stage = self.counters() if self.counters is not None else {}
+        for name, c in per_stage.items():
+            stages[name]["counters"] = c
+        total = stagetable.summed(per_stage)
+        rates = {k: (v - self.last_counters.get(k, 0)) / dt for k, v in total.items()} if dt > 0 else {}
+        self.last_counters = total
         self.last, self.last_rows, self.last_time = now_totals, rows, elapsed
         if self.json_lines:
-            print(json.dumps({"t": round(elapsed, 3), "ports": ports, "stages": stages}), file=self.out, flush=True)
+            print(json.dumps({"t": round(elapsed, 3), "ports": ports, "stages": stages, "counters": total}),
+                  file=self.out, flush=True)
             return
         lines = []
         for name, p in ports.items():
@@ -121,6 +130,8 @@ class StatsPrinter:
             extra += f" drops {drops}" if drops else ""
             parts.append(f"{name}{cpu} idle {s['idle'] * 100:.0f}%{extra}")
         lines.append("stages: " + " | ".join(parts))
+        if total:
+            lines.append("counters: " + " | ".join(f"{k} {v:,} (+{rates.get(k, 0):,.0f}/s)" for k, v in total.items()))
         print("\n".join(lines), file=self.out, flush=True)
 
 
@@ -135,7 +146,8 @@ class Accounting:
     buffers_in_nic: int = 0
     device_missed: dict[str, int] = field(default_factory=dict)
     ports: dict[str, dict[str, int]] = field(default_factory=dict)
-    user_counters: dict[str, int] = field(default_factory=dict)
+    user_counters: dict[str, int] = field(default_factory=dict)       # summed over workers
+    worker_counters: dict[str, dict[str, int]] = field(default_factory=dict)   # per worker stage
     restarts: int = 0
     sim: dict | None = None
     problems: list[str] = field(default_factory=list)
@@ -185,9 +197,8 @@ class Accounting:
             except Exception:
                 pass
         acc.ports = port_totals(plan, table)
-        for row in table:
-            for name, value in stagetable.user_counters(row).items():
-                acc.user_counters[name] = acc.user_counters.get(name, 0) + value
+        acc.worker_counters = stagetable.stage_counters(sup.arena, plan)
+        acc.user_counters = stagetable.summed(acc.worker_counters)
         return acc
 
     def check_sim(self, cfg) -> None:
@@ -236,6 +247,9 @@ class Accounting:
                          + ", ".join(f"{k} {v:,}" for k, v in self.device_missed.items()))
         if self.user_counters:
             lines.append("worker counters: " + ", ".join(f"{k} {v:,}" for k, v in self.user_counters.items()))
+            if len(self.worker_counters) > 1:
+                lines += [f"  {stage}: " + ", ".join(f"{k} {v:,}" for k, v in c.items())
+                          for stage, c in self.worker_counters.items()]
         for name, c in sim.items():
             lines.append(f"sim {name}: generated {c.get('generated', 0):,}, missed at RX {c.get('rx_missed', 0):,}, "
                          f"sink received "

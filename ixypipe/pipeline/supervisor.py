@@ -133,7 +133,7 @@ class Supervisor:
         ring_bytes = sum(Ring.region_size(self._ring_capacity(r)) + ARENA_MIN_ALIGN for r in dummy.ring_names())
         packet_bytes = (PacketBuffers.bytes_needed(n_bufs, cfg.buffer_size)
                         + sum(Mempool.region_size(cfg.buffers_per_queue) + 128 for _ in range(n_pools))
-                        + ring_bytes + len(dummy.stages) * 512 + (1 << 20))
+                        + ring_bytes + stagetable.bytes_needed(len(dummy.stages)) + (1 << 20))
         device_bytes = sum((s.rx_queues * s.rx_ring_size + s.tx_queues * s.tx_ring_size) * (DESC_SIZE + 8)
                            + (s.rx_queues + s.tx_queues) * 8192 for s in specs) + (2 << 20)
         try:
@@ -223,7 +223,8 @@ class Supervisor:
             self.sim.start_traffic()
 
     def _watch(self) -> None:
-        printer = StatsPrinter(self.plan, self.table, self.devices, self.out, self.json_lines, self.sim)
+        printer = StatsPrinter(self.plan, self.table, self.devices, self.out, self.json_lines, self.sim,
+                               counters=lambda: stagetable.stage_counters(self.arena, self.plan))
         started = time.monotonic()
         next_print = started + self.cfg.stats.interval
         sentinels = {p.process.sentinel: p for p in self.procs}
