@@ -119,7 +119,7 @@ class IPv6:
     dst: np.ndarray
     ext_ok: np.ndarray      # valid, and the extension-header chain is complete (walked to an upper layer)
     next_header: np.ndarray  # the upper-layer protocol after the extension headers
-    frag: np.ndarray        # has a fragment header
+    frag: np.ndarray        # has a fragment header (and the chain is complete)
     frag_offset: np.ndarray
     more_fragments: np.ndarray
     l4: np.ndarray          # offset of the upper-layer header
@@ -151,8 +151,8 @@ class Headers:
     def __init__(self, flat: np.ndarray, base: np.ndarray, lengths: np.ndarray, limit: int):
         self.flat = flat
         self.base = np.asarray(base, np.int64)
-        self.lengths = np.asarray(lengths, np.int64)
         self.limit = int(limit)
+        self.lengths = np.minimum(np.asarray(lengths, np.int64), self.limit)    # a length past the buffer: cut
         self.n = len(self.base)
 
     # ---- reading bytes at per-packet offsets, never past a buffer ------------------------
@@ -245,8 +245,9 @@ class Headers:
         chain = ok.copy()
         ip.frag = np.zeros(self.n, bool)
         frag_word = np.zeros(self.n, np.uint16)
+        later = np.zeros(self.n, bool)                  # after a non-first fragment's header: data, not headers
         for _ in range(IP6_MAX_EXT_HEADERS + 1):
-            ext = chain & ((nh == IPPROTO_HOPOPTS) | (nh == IPPROTO_ROUTING) | (nh == IPPROTO_FRAGMENT)
+            ext = chain & ~later & ((nh == IPPROTO_HOPOPTS) | (nh == IPPROTO_ROUTING) | (nh == IPPROTO_FRAGMENT)
                            | (nh == IPPROTO_DSTOPTS))
             if not ext.any():
                 break
@@ -257,11 +258,13 @@ class Headers:
             ext &= ~cut
             frag_word = np.where(is_frag & ext, self.u16(off + IP6_FRAG_OFF), frag_word).astype(np.uint16)
             ip.frag |= is_frag & ext
+            later |= is_frag & ext & (frag_word >> np.uint16(3) != 0)
             nh = np.where(ext, self.u8(off), nh).astype(np.uint8)
             off = np.where(ext, off + size, off)
         else:                                            # still in the chain after the most we walk
-            chain &= ~np.isin(nh, (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS))
+            chain &= later | ~np.isin(nh, (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS))
         ip.ext_ok = chain
+        ip.frag &= chain
         ip.next_header = np.where(chain, nh, 0).astype(np.uint8)
         ip.frag_offset = np.where(chain, frag_word >> np.uint16(3), 0).astype(np.uint16)
         ip.more_fragments = chain & ((frag_word & np.uint16(1)) != 0)

@@ -50,13 +50,17 @@ def csum_replace32(hc: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarr
     return csum_replace(hc, old & U16, new & U16)
 
 
+def _positions(h: Headers, sel: np.ndarray, off: np.ndarray) -> np.ndarray:
+    return h.base[sel] + np.clip(np.broadcast_to(off, sel.shape)[sel], 0, h.limit - 1)
+
+
 def write_u8(h: Headers, sel: np.ndarray, off: np.ndarray, values) -> None:
-    h.flat[h.pos(off[sel])] = np.broadcast_to(np.asarray(values), sel.shape)[sel].astype(np.uint8)
+    h.flat[_positions(h, sel, off)] = np.broadcast_to(np.asarray(values), sel.shape)[sel].astype(np.uint8)
 
 
 def write_u16(h: Headers, sel: np.ndarray, off: np.ndarray, values) -> None:
     v = np.broadcast_to(np.asarray(values), sel.shape)[sel].astype(np.uint16)
-    pos = h.pos(off[sel])
+    pos = _positions(h, sel, off)
     h.flat[pos] = (v >> np.uint16(8)).astype(np.uint8)
     h.flat[pos + 1] = (v & np.uint16(0xFF)).astype(np.uint8)
 
