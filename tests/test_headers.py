@@ -31,20 +31,36 @@ from scapy.layers.sctp import SCTP  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 from scapy.utils import checksum  # noqa: E402
 
-from ixypipe.workers import headers, rewrite  # noqa: E402
+from ixypipe.workers import headers, headers_jit, rewrite  # noqa: E402
 from tests.support.packets import MAC, corpus, expected, parsed  # noqa: E402
 
 CUTS_UP_TO = 128
+# the numpy parser always; the compiled (numba) one too when numba is installed
+PARSERS = [False] + ([True] if headers_jit.kernel is not None else [])
 
 
 def check_all(frames: list[bytes], cuts: list[int | None]) -> None:
     cut_frames = [f if c is None else f[:c] for f, c in zip(frames, cuts, strict=True)]
-    h = headers.from_bytes(cut_frames)
+    parsers = [headers.from_bytes(cut_frames, compiled=c) for c in PARSERS]
     for i, (frame, cut) in enumerate(zip(frames, cuts, strict=True)):
-        want, got = expected(frame, cut), parsed(h, i)
-        assert got == want, f"frame {i} cut at {cut}: {Ether(frame[:cut]).summary() if frame[:cut] else 'empty'}\n" \
-            + "\n".join(f"  {k}: parsed {got.get(k)!r}, scapy {want.get(k)!r}"
-                        for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k))
+        want = expected(frame, cut)
+        for compiled, h in zip(PARSERS, parsers, strict=True):
+            got = parsed(h, i)
+            assert got == want, f"{'numba' if compiled else 'numpy'} parser, frame {i} cut at {cut}: " \
+                f"{Ether(frame[:cut]).summary() if frame[:cut] else 'empty'}\n" \
+                + "\n".join(f"  {k}: parsed {got.get(k)!r}, scapy {want.get(k)!r}"
+                            for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k))
+
+
+def test_both_parsers_give_the_same_types():
+    frames = corpus()[:6]
+    hs = [headers.from_bytes(frames, compiled=c) for c in PARSERS]
+    for layer in ("eth", "ipv4", "ipv6", "l4"):
+        for name, value in vars(getattr(hs[0], layer)).items():
+            for h in hs[1:]:
+                other = getattr(getattr(h, layer), name)
+                assert other.dtype == value.dtype and other.shape == value.shape, (layer, name)
+                assert (other == value).all(), (layer, name)
 
 
 def test_every_field_of_the_corpus_equals_scapys():
@@ -73,8 +89,9 @@ def test_reads_stay_inside_the_buffer():
     flat = np.zeros(256, np.uint8)
     flat[:len(frame)] = np.frombuffer(frame, np.uint8)
     flat[128:] = 0xEE                                     # the next buffer: must never be read
-    h = headers.parse(flat[:128], np.array([0]), np.array([5000]), 128)
-    assert h.ipv6.valid[0] and not h.ipv6.ext_ok[0] and h.l4.proto[0] == 255 and not h.l4.udp[0]
+    for compiled in PARSERS:
+        h = headers.parse(flat[:128], np.array([0]), np.array([5000]), 128, compiled)
+        assert h.ipv6.valid[0] and not h.ipv6.ext_ok[0] and h.l4.proto[0] == 255 and not h.l4.udp[0]
 
 
 # ---- hypothesis: packets built from random choices ------------------------------------------------

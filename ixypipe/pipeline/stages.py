@@ -253,6 +253,7 @@ def run_worker(st: Stage, worker) -> None:
     published = CounterWriter(st.arena, me.row)
     errors = ErrorLog(me.name, worker.where)
     fn = worker.process
+    _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
     if worker.setup is not None:
         worker.setup(ctx)                   # a failure here stops the stage with its traceback
     got = np.empty(st.batch, np.uint32)

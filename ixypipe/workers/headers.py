@@ -6,7 +6,10 @@ lands in the right place) and a validity mask per layer.  A truncated or
 malformed header is a False in its mask and zeros in its fields, never an
 exception: every byte read is clipped to the packet buffer, and a field
 only counts where the packet's length covers it.  Layers are computed on
-first use (``h.l4`` parses L2 and L3 first) and kept.
+first use (``h.l4`` parses L2 and L3 first) and kept.  With numba
+installed, the first use of any layer runs the compiled kernel of
+ixypipe.workers.headers_jit over all layers at once (the numpy code here is
+the reference it is tested against).
 
 Packets are addressed in one flat uint8 array: packet i's byte k is
 ``flat[base[i] + k]`` for ``k < lengths[i]``; ``limit`` is the bytes a
@@ -77,6 +80,7 @@ from ixypipe.protocols import (
     VLAN_TAG_TYPES,
     VLAN_VID_MASK,
 )
+from ixypipe.workers import headers_jit
 
 _IP4_WORDS = np.arange(30, dtype=np.int64)           # an IPv4 header has at most 60 bytes: 30 words
 
@@ -148,7 +152,11 @@ class L4:
 class Headers:
     """The parsed headers of one batch; each layer is parsed on first use, then kept."""
 
-    def __init__(self, flat: np.ndarray, base: np.ndarray, lengths: np.ndarray, limit: int):
+    def __init__(self, flat: np.ndarray, base: np.ndarray, lengths: np.ndarray, limit: int,
+                 compiled: bool | None = None):
+        self.compiled = headers_jit.AVAILABLE if compiled is None else compiled
+        if self.compiled and headers_jit.kernel is None:
+            raise RuntimeError("the compiled header parser needs numba (pip install numba, the 'fast' extra)")
         self.flat = flat
         self.base = np.asarray(base, np.int64)
         self.limit = int(limit)
@@ -158,7 +166,7 @@ class Headers:
     # ---- reading bytes at per-packet offsets, never past a buffer ------------------------
     def pos(self, off) -> np.ndarray:
         """Flat positions of byte ``off`` (per packet) of every packet, clipped to its buffer."""
-        return self.base + np.clip(off, 0, self.limit - 1)
+        return self.base + np.minimum(off, self.limit - 1)          # offsets are never negative
 
     def u8(self, off) -> np.ndarray:
         return self.flat[self.pos(off)]
@@ -171,7 +179,7 @@ class Headers:
 
     def rows(self, off, size: int) -> np.ndarray:
         """(n, size) bytes starting at ``off`` of every packet."""
-        at = np.clip(np.asarray(off, np.int64)[..., None] + np.arange(size), 0, self.limit - 1)
+        at = np.minimum(np.asarray(off, np.int64)[..., None] + np.arange(size), self.limit - 1)
         return self.flat[self.base[:, None] + at]
 
     def has(self, end) -> np.ndarray:
@@ -181,6 +189,45 @@ class Headers:
     # ---- layers ---------------------------------------------------------------------------
     @cached_property
     def eth(self) -> Eth:
+        return self._jit_layers[0] if self.compiled else self._eth()
+
+    @cached_property
+    def ipv4(self) -> IPv4:
+        return self._jit_layers[1] if self.compiled else self._ipv4()
+
+    @cached_property
+    def ipv6(self) -> IPv6:
+        return self._jit_layers[2] if self.compiled else self._ipv6()
+
+    @cached_property
+    def l4(self) -> L4:
+        return self._jit_layers[3] if self.compiled else self._l4()
+
+    @cached_property
+    def _jit_layers(self) -> tuple[Eth, IPv4, IPv6, L4]:
+        """All layers from one run of the compiled kernel (rows of a few matrices, as views)."""
+        b, u8, u16, u32, i64, addr = headers_jit.parse_all(self.flat, self.base, self.lengths, self.limit)
+        B, U8, U16, U32, I64 = headers_jit.B, headers_jit.U8, headers_jit.U16, headers_jit.U32, headers_jit.I64
+        e, v4, v6, t = Eth(), IPv4(), IPv6(), L4()
+        e.valid, e.vlans, e.tci, e.type, e.l3 = b[B["eth_valid"]], u8[U8["vlans"]], u16[0:2].T, u16[U16["type"]], \
+            i64[I64["l3"]]
+        v4.valid, v4.off, v4.header_len, v4.total_len = b[B["v4_valid"]], e.l3, i64[I64["v4_header_len"]], \
+            u16[U16["v4_total_len"]]
+        v4.ttl, v4.proto, v4.src, v4.dst = u8[U8["v4_ttl"]], u8[U8["v4_proto"]], u32[U32["v4_src"]], u32[U32["v4_dst"]]
+        v4.frag_offset, v4.more_fragments, v4.csum_ok = u16[U16["v4_frag_off"]], b[B["v4_mf"]], b[B["v4_csum_ok"]]
+        v6.valid, v6.off, v6.payload_len, v6.hop_limit = b[B["v6_valid"]], e.l3, u16[U16["v6_payload_len"]], \
+            u8[U8["v6_hop"]]
+        v6.src, v6.dst, v6.ext_ok, v6.next_header = addr[0], addr[1], b[B["v6_ext_ok"]], u8[U8["v6_nh"]]
+        v6.frag, v6.frag_offset, v6.more_fragments, v6.l4 = b[B["v6_frag"]], u16[U16["v6_frag_off"]], \
+            b[B["v6_mf"]], i64[I64["v6_l4"]]
+        t.proto, t.off, t.first = u8[U8["l4_proto"]], i64[I64["l4_off"]], b[B["first"]]
+        t.tcp, t.udp, t.sctp, t.icmp = b[B["tcp"]], b[B["udp"]], b[B["sctp"]], b[B["icmp"]]
+        t.sport, t.dport, t.tcp_flags = u16[U16["sport"]], u16[U16["dport"]], u16[U16["tcp_flags"]]
+        t.icmp_type, t.icmp_code = u8[U8["icmp_type"]], u8[U8["icmp_code"]]
+        return e, v4, v6, t
+
+    # ---- the numpy parser, one pass per layer (the reference) ---------------------------------------
+    def _eth(self) -> Eth:
         e = Eth()
         e.valid = self.has(ETH_HEADER_LEN)
         etype = np.where(e.valid, self.u16(ETH_TYPE_OFF), 0).astype(np.uint16)
@@ -198,8 +245,7 @@ class Headers:
         e.type, e.l3 = etype, off
         return e
 
-    @cached_property
-    def ipv4(self) -> IPv4:
+    def _ipv4(self) -> IPv4:
         eth, ip = self.eth, IPv4()
         l3 = ip.off = eth.l3
         b0 = self.u8(l3 + IP4_VER_IHL)
@@ -227,8 +273,7 @@ class Headers:
         ip.csum_ok = ok & (total == 0xFFFF)
         return ip
 
-    @cached_property
-    def ipv6(self) -> IPv6:
+    def _ipv6(self) -> IPv6:
         eth, ip = self.eth, IPv6()
         l3 = ip.off = eth.l3
         ok = ip.valid = ((eth.type == ETHERTYPE_IPV6) & self.has(l3 + IPV6_HEADER_LEN)
@@ -268,11 +313,10 @@ class Headers:
         ip.next_header = np.where(chain, nh, 0).astype(np.uint8)
         ip.frag_offset = np.where(chain, frag_word >> np.uint16(3), 0).astype(np.uint16)
         ip.more_fragments = chain & ((frag_word & np.uint16(1)) != 0)
-        ip.l4 = off
+        ip.l4 = np.where(chain, off, 0)
         return ip
 
-    @cached_property
-    def l4(self) -> L4:
+    def _l4(self) -> L4:
         v4, v6, t = self.ipv4, self.ipv6, L4()
         six = v6.ext_ok
         t.proto = np.where(v4.valid, v4.proto, np.where(six, v6.next_header, NO_L4)).astype(np.uint8)
@@ -301,16 +345,19 @@ class Headers:
         return self
 
 
-def parse(flat: np.ndarray, base, lengths, limit: int) -> Headers:
-    """The headers of packets ``flat[base[i]:base[i] + lengths[i]]`` (reads clipped to ``limit`` bytes)."""
-    return Headers(flat, base, lengths, limit)
+def parse(flat: np.ndarray, base, lengths, limit: int, compiled: bool | None = None) -> Headers:
+    """The headers of packets ``flat[base[i]:base[i] + lengths[i]]`` (reads clipped to ``limit`` bytes).
+
+    ``compiled``: True for the numba kernel, False for numpy, None for numba when installed.
+    """
+    return Headers(flat, base, lengths, limit, compiled)
 
 
-def from_bytes(packets: list[bytes], stride: int | None = None) -> Headers:
+def from_bytes(packets: list[bytes], stride: int | None = None, compiled: bool | None = None) -> Headers:
     """Headers of packets given as bytes: laid out ``stride`` bytes apart in one array (tests, benchmarks)."""
     stride = stride or max([len(p) for p in packets] + [1])
     flat = np.zeros(len(packets) * stride, np.uint8)
     for i, p in enumerate(packets):
         flat[i * stride:i * stride + len(p)] = np.frombuffer(p, np.uint8)
     base = np.arange(len(packets), dtype=np.int64) * stride
-    return parse(flat, base, [len(p) for p in packets], stride)
+    return parse(flat, base, [len(p) for p in packets], stride, compiled)

@@ -51,7 +51,7 @@ def csum_replace32(hc: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarr
 
 
 def _positions(h: Headers, sel: np.ndarray, off: np.ndarray) -> np.ndarray:
-    return h.base[sel] + np.clip(np.broadcast_to(off, sel.shape)[sel], 0, h.limit - 1)
+    return h.base[sel] + np.minimum(np.broadcast_to(off, sel.shape)[sel], h.limit - 1)
 
 
 def write_u8(h: Headers, sel: np.ndarray, off: np.ndarray, values) -> None:
