@@ -248,7 +248,7 @@ def run_worker(st: Stage, worker) -> None:
     slot_of_port[out_ports] = np.arange(len(out_ports))
     homing = st.homing()
     ctx = WorkerContext(me.worker, sum(s.role == "worker" for s in plan.stages), plan.port_names,
-                        dict(getattr(plan, "worker_options", {})))
+                        dict(getattr(plan, "worker_options", {})), base_dir=plan.worker_base_dir)
     counters = ctx.counters
     published = CounterWriter(st.arena, me.row)
     errors = ErrorLog(me.name, worker.where)

@@ -59,6 +59,7 @@ class WorkerContext:
     workers: int                 # worker processes in the pipeline
     port_names: list[str]
     options: dict[str, Any] = field(default_factory=dict)     # the pipeline file's [workers.options]
+    base_dir: str = "."          # the pipeline file's directory: resolve file names in options against it
     counters: dict[str, int] = field(default_factory=dict)    # the named counters (batch.count adds here)
     state: dict[str, Any] = field(default_factory=dict)
 
