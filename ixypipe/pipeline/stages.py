@@ -350,28 +350,29 @@ class ErrorLog:
         self.stage = stage
         self.where = where          # the worker function's "file:line"
         self.clock = clock
-        self.seen: dict[tuple, int] = {}
-        self.logged: dict[tuple, int] = {}
+        self.seen: dict[tuple[str, str], int] = {}          # kind -> times seen
+        self.logged: dict[tuple[str, str], int] = {}        # kind -> times seen when last reported
         self.last_log = 0.0
 
-    def kind(self, exc: BaseException, returned: bool = False) -> tuple:
+    def kind(self, exc: BaseException, returned: bool = False) -> tuple[str, str]:
+        """(exception type, where): the file and line it was raised at, or the function that returned it."""
         if returned:
-            return (type(exc).__name__, "returned", self.where)
+            return type(exc).__name__, f"the return value of {self.where}"
         frames = traceback.extract_tb(exc.__traceback__)
-        last = frames[-1] if frames else None
-        return (type(exc).__name__, last.filename if last else "?", last.lineno if last else 0)
+        return type(exc).__name__, f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
     def record(self, exc: BaseException, returned: bool = False) -> None:
         key = self.kind(exc, returned)
         if key not in self.seen:
             self.seen[key] = self.logged[key] = 1
+            self.last_log = self.clock()
             if returned:
                 log.error("%s: the worker function at %s returned something that is not a verdict; the batch is "
                           "dropped (reason worker_error), repeats are counted:\n%s: %s",
                           self.stage, self.where, type(exc).__name__, exc)
             else:
-                log.error("%s: the worker function raised at %s:%s; the batch is dropped (reason worker_error), "
-                          "repeats are counted:\n%s", self.stage, key[1], key[2],
+                log.error("%s: the worker function raised at %s; the batch is dropped (reason worker_error), "
+                          "repeats are counted:\n%s", self.stage, key[1],
                           "".join(traceback.format_exception(exc)).rstrip())
             return
         self.seen[key] += 1
@@ -383,8 +384,8 @@ class ErrorLog:
     def log_repeats(self) -> None:
         for key, count in self.seen.items():
             if count > self.logged[key]:
-                log.error("%s: %s at %s:%s repeated %d times so far (%d since the last report)",
-                          self.stage, key[0], key[1], key[2], count - 1, count - self.logged[key])
+                log.error("%s: %s (%s) repeated %d times so far (%d since the last report)",
+                          self.stage, key[0], key[1], count - 1, count - self.logged[key])
                 self.logged[key] = count
 
     def summary(self) -> None:
