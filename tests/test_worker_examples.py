@@ -200,3 +200,19 @@ def test_router_lookup_matches_a_brute_force_longest_prefix_match():
             assert g == -1
         else:
             assert nets[g].prefixlen == best and ipaddress.IPv4Address(d) in nets[g]
+
+
+def test_the_readme_worker_drops_dns_rewrites_the_mac_and_counts_flow_bytes_in_ten_lines(bufs, tmp_path):
+    import re
+    section = (REPO / "README.md").read_text().split("## Writing a worker", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "guard.py").write_text(code)
+    assert logic_lines(tmp_path / "guard.py", "guard") <= 10
+    r = Runner(bufs, str(tmp_path / "guard.py") + ":guard")
+    a = E / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1000, dport=80)
+    pkts = [a, E / Dot1Q(vlan=4) / IP() / UDP(dport=53), E / IPv6() / UDP(sport=53), a / Raw(b"x" * 40),
+            E / IP(src="10.0.0.3", dst="10.0.0.4") / UDP(sport=5, dport=6)]
+    assert r.run(pkts) == [1, DROP, DROP, 1, 1]
+    assert all(r.frame(k).src == "02:00:00:00:00:fe" for k in range(5))
+    assert r.ctx.counters == {"10.0.0.1:1000 > 10.0.0.2:80 proto 6 bytes": 2 * len(a) + 40,
+                              "10.0.0.3:5 > 10.0.0.4:6 proto 17 bytes": len(pkts[4])}
