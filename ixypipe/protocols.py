@@ -1,8 +1,8 @@
-"""Packet formats: byte offsets and constants of Ethernet II, 802.1Q, IPv4 and UDP headers.
+"""Packet formats: byte offsets and constants of Ethernet II, 802.1Q/802.1ad, IPv4, IPv6, TCP, UDP, SCTP, ICMP.
 
 One place for protocol facts (header lengths, field offsets, EtherTypes,
 IP protocol numbers) so the generator, the RX stage's flow hash, the
-AF_PACKET port and workers read packets the same way.  Offsets without a
+AF_PACKET port and the workers' header parser read packets the same way.  Offsets without a
 VLAN tag and for IPv4 without options unless the name says otherwise.
 """
 
