@@ -231,3 +231,14 @@ def test_the_summary_shows_counters_summed_and_per_worker():
     lines = out.getvalue().splitlines()
     at = lines.index("worker counters: dns dropped 7, flows 3")
     assert lines[at + 1:at + 3] == ["  worker-0: dns dropped 5, flows 1", "  worker-1: dns dropped 2, flows 2"]
+
+
+def test_an_error_inside_the_api_is_placed_at_the_workers_line():
+    counters = {f"c{k}": 0 for k in range(STAGE_COUNTERS_MAX)}
+    line = sys._getframe().f_lineno + 2
+    try:
+        add_count(counters, "one too many", 1)
+    except CounterLimitError as exc:
+        assert ErrorLog("worker-0").kind(exc) == ("CounterLimitError", f"{__file__}:{line}")
+    else:
+        raise AssertionError("no CounterLimitError")

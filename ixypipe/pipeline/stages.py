@@ -335,10 +335,14 @@ def route(st: Stage, idx: np.ndarray, out: np.ndarray, drop: int, slot_of_port: 
         st.packets_out += len(part)
 
 
+_LIBRARY_DIRS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+                 os.path.dirname(os.path.abspath(np.__file__)) + os.sep)
+
+
 class ErrorLog:
     """Logs the first error of each kind with its traceback, then counts repeats of that kind.
 
-    A kind is the exception type and the file and line it was raised at (for a wrong
+    A kind is the exception type and the file and line of the worker's code it was raised at (for a wrong
     return value: the worker function's file and line), never the message, which
     changes with the batch size or the data.  Repeats are logged as counts, at most
     every REPEAT_LOG_SECONDS, and once more at the end.
@@ -359,7 +363,10 @@ class ErrorLog:
         if returned:
             return type(exc).__name__, f"the return value of {self.where}"
         frames = traceback.extract_tb(exc.__traceback__)
-        return type(exc).__name__, f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        # the innermost frame of the worker's own code: a CounterLimitError raised inside batch.count
+        # is the line that called batch.count (numpy's and ixypipe's frames are not the user's to fix)
+        own = [f for f in frames if not f.filename.startswith(_LIBRARY_DIRS)] or frames
+        return type(exc).__name__, f"{own[-1].filename}:{own[-1].lineno}" if own else "?"
 
     def record(self, exc: BaseException, returned: bool = False) -> None:
         key = self.kind(exc, returned)
