@@ -114,8 +114,6 @@ STAGE_STATE_RUNNING = 1
 STAGE_STATE_DRAINING = 2
 STAGE_STATE_DONE = 3         # exited cleanly after a drain
 STAGE_STATE_DEAD = 4         # written by the supervisor once the process is gone: producers stop pushing to it
-STAGE_USER_COUNTERS = 8      # worker-defined counters (Batch.count), names in "stage_names"
-STAGE_NAME_LEN = 16
 STAGE_ROW_DTYPE = np.dtype([
     ("command", "<i8"),
     ("pad0", "u1", (56,)),           # the supervisor's field on a cache line of its own
@@ -137,8 +135,6 @@ STAGE_ROW_DTYPE = np.dtype([
     ("drop_bad_packet", "<i8"),      # length 0 or larger than a buffer
     ("drop_no_route", "<i8"),        # verdict names a port that does not exist
     ("drop_stage_died", "<i8"),      # held for a consumer stage that died (the rest: buffers never home)
-    ("user", "<i8", (STAGE_USER_COUNTERS,)),
-    ("user_names", f"S{STAGE_NAME_LEN}", (STAGE_USER_COUNTERS,)),
 ])
 DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route", "stage_died")
 
@@ -153,6 +149,21 @@ WAKE_LINE_DTYPE = np.dtype([
     ("sleeping", "<i8"),
     ("wakeups", "<i8"),       # times the consumer woke from its semaphore
     ("pad", "u1", (48,)),
+])
+
+# Region "stages.counters": one block per stage row of named counters (Batch.count) with
+# full names.  The stage is the only writer: it appends a name's UTF-8 bytes and a NUL to
+# ``names``, then bumps ``count``; values are written in place.  A reader takes ``count``
+# first, so it never sees a name before its bytes.  Past either limit Batch.count raises
+# an error naming it (nothing is dropped silently).
+STAGE_COUNTERS_MAX = 1024            # named counters per stage
+STAGE_COUNTER_NAMES_SIZE = 32 * 1024  # bytes of names per stage (UTF-8, each followed by a NUL)
+STAGE_COUNTERS_REGION = "stages.counters"
+STAGE_COUNTERS_DTYPE = np.dtype([
+    ("count", "<i8"),                # names published
+    ("pad", "u1", (56,)),
+    ("values", "<i8", (STAGE_COUNTERS_MAX,)),
+    ("names", "u1", (STAGE_COUNTER_NAMES_SIZE,)),
 ])
 
 # --- software ports' counters in the device arena (af_packet, pcap) -------------

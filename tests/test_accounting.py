@@ -37,8 +37,6 @@ def table(received=(600, 400), transmitted=(500, 470), worker_drops=10, bad_pack
     t["drop_worker"][2] = worker_drops
     t["drop_worker_error"][2] = errors
     t["drop_no_route"][2] = no_route
-    t["user_names"][2, 0] = b"seen"
-    t["user"][2, 0] = 980
     return t
 
 
@@ -50,7 +48,8 @@ def test_every_packet_and_buffer_accounted_for_is_ok():
     assert [(s.name, s.row) for s in p.stages] == [("rx-p0q0", 0), ("rx-p1q0", 1), ("worker-0", 2),
                                                    ("tx-p0q0", 3), ("tx-p1q0", 4)]
     acc = Accounting.of(p, table(), HOME, stranded=10,
-                        port_drops={"p0": {"rx_missed": 7, "rx_too_long": 2}, "p1": {"rx_missed": 0, "rx_too_long": 0}})
+                        port_drops={"p0": {"rx_missed": 7, "rx_too_long": 2}, "p1": {"rx_missed": 0, "rx_too_long": 0}},
+                        worker_counters={"worker-0": {"seen": 980}})
     assert (acc.received, acc.transmitted, acc.in_flight) == (1000, 970, 0)
     assert acc.drops == {"worker": 10, "worker_error": 3, "bad_packet": 5, "no_route": 2, "stranded": 10,
                          "stage_died": 0}

@@ -330,7 +330,7 @@ def test_the_readme_example_is_valid_and_its_values_are_the_defaults(tmp_path):
     from ixypipe.pipeline import config
     every_key = {*config.PIPELINE_KEYS, *config.PORT_COMMON_KEYS, *sum(config.PORT_DRIVER_KEYS.values(), ()),
                  *config.GENERATOR_KEYS, *config.SINK_KEYS, *config.WORKERS_KEYS, *config.CPU_ROLES,
-                 *config.STATS_KEYS} - {"generator", "sink"}
+                 *config.STATS_KEYS} - {"generator", "sink", "options"}
     assert every_key <= keys, every_key - keys
 
 

@@ -97,7 +97,11 @@ def test_view_rates_drops_ring_fill_exact(pipeline_arena):
     arena, plan = pipeline_arena
     table = stagetable.table(arena)
     with Observer(arena.path) as obs:
+        counters = stagetable.CounterWriter(arena, 2)              # the worker's named counters
+        counters.publish({"dns dropped": 10})
         before = obs.sample()
+        long_name = "udp packets seen by this worker on any port of the pipeline"
+        counters.publish({"dns dropped": 30, long_name: 4})
         rx0, worker, tx1 = table[0:1], table[2:3], table[4:5]
         rx0["packets_in"] += 2_000_000
         rx0["bytes_in"] += 2_000_000 * 60
@@ -110,8 +114,8 @@ def test_view_rates_drops_ring_fill_exact(pipeline_arena):
         worker["cpu"] = 1
         Ring.attach(arena, "rx-p0q0>w0").enqueue(np.arange(16, dtype=np.uint32))
         after = obs.sample()
-        before = Sample(0.0, before.rows, before.ring_fill, before.cpu_percent)
-        after = Sample(2.0, after.rows, after.ring_fill, {"worker-0": 37.0})
+        before = Sample(0.0, before.rows, before.ring_fill, before.cpu_percent, before.counters)
+        after = Sample(2.0, after.rows, after.ring_fill, {"worker-0": 37.0}, after.counters)
         view = compute_view(obs, before, after)
     p0, p1 = view.ports
     assert (p0.rx_mpps, p0.rx_mbit, p0.rx_packets) == (1.0, (120e6 + 40e6) * 8 / 2 / 1e6, 2_000_000)
@@ -126,6 +130,8 @@ def test_view_rates_drops_ring_fill_exact(pipeline_arena):
     assert "p0          1.000     640.00    0.000       0.00      2000000            0" in text
     assert "worker-0    worker   1 running     0.000    0.000 100%   37%  no_route=7" in text
     assert "rx-p0q0>w0                  16/64   25%" in text
+    assert view.counters == {"dns dropped": (30, 10.0), long_name: (4, 2.0)}
+    assert f"dns dropped{' ' * 39}{30:>16}{10:>14}" in text and f"{long_name}\n{' ' * 50}{4:>16}{2:>14}" in text
     assert all(len(line) <= 80 for line in render(view, 80))
 
 

@@ -99,6 +99,7 @@ def test_the_plan_lists_its_rings_with_kind_and_capacity_and_the_supervisor_size
                                             "w0>pool0", "w0>pool1"]
     assert {r.capacity for r in back} == {1 << (cfg.buffers_per_queue - 1).bit_length()}
     packet = packet_arena_regions(plan, cfg.buffer_size)
-    # buffer record + buffers, one free stack per pool, every ring, the stage table, the wake lines, plan.json
-    assert len(packet) == 2 + len(plan.pools) + len(plan.rings) + 1 + 1 + 1
+    # buffer record + buffers, one free stack per pool, every ring, the stage table and counter blocks,
+    # the wake lines, plan.json
+    assert len(packet) == 2 + len(plan.pools) + len(plan.rings) + 2 + 1 + 1
     assert len(device_arena_regions(plan)) == sum(3 * (s.rx_queues + s.tx_queues) for s in plan.ports)

@@ -44,6 +44,7 @@ class Sample:
     rows: np.ndarray                       # copy of the stage table
     ring_fill: dict[str, tuple[int, int]]  # ring -> (entries, capacity)
     cpu_percent: dict[str, float]          # stage -> share of one CPU since the last sample, in %
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)   # stage -> the worker's named counters
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TopView:
     stages: list[StageView]
     rings: list[tuple[str, int, int]]      # (name, entries, capacity)
     drops: dict[str, int] = field(default_factory=dict)   # reason -> all stages, since start
+    counters: dict[str, tuple[int, float]] = field(default_factory=dict)   # name -> (sum over workers, per s)
 
 
 class Observer:
@@ -128,7 +130,7 @@ class Observer:
         rows = self.table.copy()
         fill = {name: (ring.count(), ring.capacity) for name, ring in self.rings.items()}
         cpu = {s.name: self._cpu_percent(int(rows[s.row]["pid"])) for s in self.plan.stages}
-        return Sample(time.monotonic(), rows, fill, cpu)
+        return Sample(time.monotonic(), rows, fill, cpu, stagetable.stage_counters(self.arena, self.plan))
 
     def close(self) -> None:
         for ring in self.rings.values():
@@ -168,7 +170,9 @@ def compute_view(obs: Observer, before: Sample, after: Sample) -> TopView:
             int(b["idle_loops"] - a["idle_loops"]) / loops if loops > 0 else 1.0,
             after.cpu_percent.get(s.name, 0.0), {r: v for r, v in drops.items() if v}))
     rings = [(name, fill, cap) for name, (fill, cap) in after.ring_fill.items()]
-    return TopView(obs.name, obs.pid, dt, after.monotonic - obs.started, ports, stages, rings, totals)
+    then, now = stagetable.summed(before.counters), stagetable.summed(after.counters)
+    counters = {k: (v, (v - then.get(k, 0)) / dt) for k, v in now.items()}
+    return TopView(obs.name, obs.pid, dt, after.monotonic - obs.started, ports, stages, rings, totals, counters)
 
 
 def _drops_text(drops: dict[str, int]) -> str:
@@ -195,4 +199,11 @@ def render(view: TopView, width: int | None = None) -> list[str]:
     for name, fill, cap in view.rings:
         lines.append(f"{name:<20}{f'{fill}/{cap}':>13}{fill / cap * 100:>5.0f}%")
     lines += ["", "drops by reason since start: " + ", ".join(f"{r} {v}" for r, v in view.drops.items())]
+    if view.counters:
+        lines += ["", f"{'WORKER COUNTER':<50}{'VALUE':>16}{'PER S':>14}"]
+        for name, (value, rate) in view.counters.items():
+            if len(name) > 50:                              # a long name on a line of its own, never cut
+                lines.append(name)
+                name = ""
+            lines.append(f"{name:<50}{value:>16}{rate:>14.0f}")
     return [line[:width] for line in lines] if width else lines

@@ -140,6 +140,7 @@ class WorkersConfig:
     processes: int = 1
     distribute: str = "flow"
     per_packet: bool = False
+    options: dict = field(default_factory=dict)     # [workers.options]: handed to the worker as ctx.options
 
 
 @dataclass(frozen=True)
@@ -352,7 +353,7 @@ PORT_DRIVER_KEYS = {
 }
 GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count")
 SINK_KEYS = ("mode", "expect_touch", "pcap", "verify")
-WORKERS_KEYS = ("function", "processes", "distribute", "per_packet")
+WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options")
 STATS_KEYS = ("interval", "json")
 TOP_KEYS = ("pipeline", "ports", "workers", "cpus", "stats")
 
@@ -590,13 +591,16 @@ def _workers(r: _Reader, doc: dict, base_dir: Path) -> WorkersConfig:
     processes = r.integer(w, "processes", "workers", 1, *PROCESSES_RANGE)
     distribute = r.string(w, "distribute", "workers", "flow", DISTRIBUTIONS)
     per_packet = r.boolean(w, "per_packet", "workers", False)
-    from ixypipe.workers.loader import WorkerLoadError, load_worker
+    options = w.get("options", {})
+    if not isinstance(options, dict):
+        raise r.fail("workers.options", f"must be a table ([workers.options]), got {_show(options)}")
+    from ixypipe.workers.loader import WorkerLoadError, check_worker
 
     try:
-        load_worker(function, base_dir, per_packet=per_packet)
+        check_worker(function, base_dir)       # reads the source, never imports it (no side effects here)
     except WorkerLoadError as exc:
         raise r.fail("workers.function", str(exc)) from None
-    return WorkersConfig(function, processes, distribute, per_packet)
+    return WorkersConfig(function, processes, distribute, per_packet, dict(options))
 
 
 def available_cpus() -> list[int]:

@@ -82,6 +82,7 @@ class PipelinePlan:
     sysfs_roots: dict[str, str] = field(default_factory=dict)   # port name -> sysfs root (sim ports)
     spin_only: bool = False      # every stage on an isolated CPU of its own: never sleep
     shared_cpus: bool = False    # stages share CPUs: nap at once when idle
+    worker_options: dict = field(default_factory=dict)   # [workers.options], the workers' ctx.options
     idle: str = "nap"            # how idle stages wait: "spin", "wake" or "nap" (placement resolves "auto")
 
     def consumer_row(self, ring: str) -> int:
@@ -179,7 +180,9 @@ def plan_from_config(cfg, packet_arena: str = "", device_arena: str = "") -> Pip
     names = [p.name for p in cfg.ports]
     forward_to = [names.index(p.forward_to) if p.forward_to else (i + 1) % len(names)
                   for i, p in enumerate(cfg.ports)]
-    return build_plan(cfg.name, packet_arena, device_arena, [p.to_spec() for p in cfg.ports], forward_to,
+    plan = build_plan(cfg.name, packet_arena, device_arena, [p.to_spec() for p in cfg.ports], forward_to,
                       cfg.workers.processes, cfg.batch_size, cfg.ring_size, cfg.buffers_per_queue,
                       cfg.workers.function, cfg.workers.per_packet, str(Path(cfg.path).parent),
                       cfg.workers.distribute)
+    plan.worker_options = dict(cfg.workers.options)
+    return plan

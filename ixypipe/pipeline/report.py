@@ -96,8 +96,10 @@ PORT_DROP_NAMES = {"rx_missed": "missed", "rx_too_long": "too_long"}
 class StatsPrinter:
     """Per-second figures: ixy-style lines per port, one line of stages, or JSON interval objects."""
 
-    def __init__(self, plan, table, devices, out, json_lines: bool, sim=None):
+    def __init__(self, plan, table, devices, out, json_lines: bool, sim=None, counters=None):
         self.plan = plan
+        self.counters = counters          # () -> {stage: {name: value}}: the workers' named counters
+        self.last_counters: dict[str, int] = {}
         self.table = table
         self.devices = devices
         self.out = out
@@ -142,11 +144,17 @@ class StatsPrinter:
                 "drops_total": {r: int(new[f"drop_{r}"]) for r in DROP_REASONS if new[f"drop_{r}"]},
                 "held": int(new["held"]),
             }
+        per_stage = self.counters() if self.counters is not None else {}
+        for name, c in per_stage.items():
+            stages[name]["counters"] = c
+        total = stagetable.summed(per_stage)
+        rates = {k: (v - self.last_counters.get(k, 0)) / dt for k, v in total.items()} if dt > 0 else {}
+        self.last_counters = total
         self.last, self.last_rows, self.last_time = now_totals, rows, elapsed
         if self.json_lines:
             print(json.dumps({"type": "interval", "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                               "pipeline": self.plan.name, "t": round(elapsed, 3), "ports": ports,
-                              "stages": stages}), file=self.out, flush=True)
+                              "stages": stages, "counters": total}), file=self.out, flush=True)
             return
         lines = []
         for name, p in ports.items():
@@ -162,6 +170,8 @@ class StatsPrinter:
                 extra += " drops " + ", ".join(f"{r} {n:,}" for r, n in s["drops"].items())
             parts.append(f"{name}{cpu} idle {s['idle'] * 100:.0f}%{extra}")
         lines.append("stages: " + " | ".join(parts))
+        if total:
+            lines.append("counters: " + " | ".join(f"{k} {v:,} (+{rates.get(k, 0):,.0f}/s)" for k, v in total.items()))
         print("\n".join(lines), file=self.out, flush=True)
 
 
@@ -185,7 +195,8 @@ class Accounting:
     device_missed: dict[str, int] = field(default_factory=dict)     # per port: port_drops' rx_missed
     port_drops: dict[str, dict[str, int]] = field(default_factory=dict)   # per port: rx_missed, rx_too_long
     ports: dict[str, dict[str, int]] = field(default_factory=dict)
-    user_counters: dict[str, int] = field(default_factory=dict)
+    user_counters: dict[str, int] = field(default_factory=dict)       # summed over workers
+    worker_counters: dict[str, dict[str, int]] = field(default_factory=dict)   # per worker stage
     restarts: int = 0
     sim: dict | None = None
     sink_modes: dict[str, str] = field(default_factory=dict)     # sim port -> "verify" or "count"
@@ -200,7 +211,7 @@ class Accounting:
     @classmethod
     def of(cls, plan, table: np.ndarray, pools: list[PoolCount], stranded: int = 0, died: Iterable[str] = (),
            restarts: int = 0, sim_died: bool = False, port_drops: dict[str, dict[str, int]] | None = None,
-           unsent: int = 0) -> Accounting:
+           unsent: int = 0, worker_counters: dict[str, dict[str, int]] | None = None) -> Accounting:
         """The accounting of a stopped pipeline, from plain data.
 
         ``table``: the stage table (counters per stage row of ``plan``);
@@ -237,9 +248,8 @@ class Accounting:
         acc.port_drops = {name: dict(d) for name, d in (port_drops or {}).items()}
         acc.device_missed = {name: d.get("rx_missed", 0) for name, d in acc.port_drops.items()}
         acc.ports = port_totals(plan, table)
-        for row in table:
-            for name, value in stagetable.user_counters(row).items():
-                acc.user_counters[name] = acc.user_counters.get(name, 0) + value
+        acc.worker_counters = dict(worker_counters or {})      # per worker stage: its named counters
+        acc.user_counters = stagetable.summed(acc.worker_counters)
         return acc
 
     def check_sim(self, cfg) -> None:
@@ -305,6 +315,9 @@ class Accounting:
             lines.append("dropped at the ports, before the pipeline: " + ", ".join(at_ports))
         if self.user_counters:
             lines.append("worker counters: " + ", ".join(f"{k} {v:,}" for k, v in self.user_counters.items()))
+            if len(self.worker_counters) > 1:
+                lines += [f"  {stage}: " + ", ".join(f"{k} {v:,}" for k, v in c.items())
+                          for stage, c in self.worker_counters.items()]
         for name, c in sim.items():
             sizes = {label: c.get(f, 0) for label, f in zip(SIZE_BUCKET_NAMES, SIM_SIZE_FIELDS, strict=True)}
             if self.sink_modes.get(name) == "count":     # any traffic, counted by size, never judged

@@ -286,8 +286,10 @@ def flow_worker(bufs: PacketBuffers, idx: np.ndarray, n: int) -> np.ndarray:
 
 # ---- worker -------------------------------------------------------------------------
 
-def run_worker(st: Stage, fn) -> None:
-    from ixypipe.workers.api import DROP, Batch  # the user API
+def run_worker(st: Stage, worker) -> None:
+    """The worker loop: ``worker`` is a loader.Worker (batch function, optional setup/teardown)."""
+    from ixypipe.pipeline.stagetable import CounterWriter
+    from ixypipe.workers.api import DROP, Batch, WorkerContext, WorkerResultError  # the user API
 
     me, plan, bufs = st.me, st.plan, st.bufs
     inputs = [st.ring(r) for r in me.in_rings]
@@ -296,8 +298,15 @@ def run_worker(st: Stage, fn) -> None:
     outbox = st.outbox([me.out_ring_of[p] for p in out_ports], homing.send)
     slot_of_port = np.full(len(plan.ports), -1, np.int64)
     slot_of_port[out_ports] = np.arange(len(out_ports))
-    counters: dict[str, int] = {}
-    errors = ErrorLog(me.name)
+    ctx = WorkerContext(me.worker, sum(s.role == "worker" for s in plan.stages), plan.port_names,
+                        dict(getattr(plan, "worker_options", {})), base_dir=plan.worker_base_dir)
+    counters = ctx.counters
+    published = CounterWriter(st.arena, me.row)
+    errors = ErrorLog(me.name, worker.where)
+    fn = worker.process
+    _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
+    if worker.setup is not None:
+        worker.setup(ctx)                   # a failure here stops the stage with its traceback
     got = np.empty(st.batch, np.uint32)
     while True:
         worked = False
@@ -313,22 +322,33 @@ def run_worker(st: Stage, fn) -> None:
                 idx = got[:n].copy()
                 st.batches += 1
                 st.packets_in += n
-                batch = Batch(bufs, idx, in_port, plan.forward_to[in_port], plan.port_names, counters)
+                batch = Batch(bufs, idx, in_port, plan.forward_to[in_port], plan.port_names, counters, ctx)
                 try:
-                    keep = fn(batch)
-                    out = verdicts(batch, keep)
+                    out = verdicts(batch, fn(batch))
                 except Exception as exc:                   # user code: drop the batch, keep running
-                    errors.record(exc)
+                    # a wrong return value is the function's error, not verdicts()'s: name the function
+                    errors.record(exc, returned=isinstance(exc, WorkerResultError) and _raised_in(exc, verdicts))
                     st.row.add("drop_worker_error", n)
                     homing.send(idx)
                     continue
                 route(st, idx, out, DROP, slot_of_port, outbox, homing)
             if counters:
-                st.row.publish_user(counters)
+                published.publish(counters)
         st.tick(worked, outbox.held, still_idle=lambda: not st.draining() and all(r.empty() for r in inputs))
         if st.draining() and not worked and not outbox.held and all(r.empty() for r in inputs):
             break
+    if worker.teardown is not None:
+        try:
+            worker.teardown(ctx)
+        except Exception as exc:
+            log.error("%s: teardown(ctx) raised:\n%s", me.name, "".join(traceback.format_exception(exc)).rstrip())
+    published.publish(counters)
     errors.summary()
+
+
+def _raised_in(exc: BaseException, fn) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and frames[-1].name == fn.__name__ and frames[-1].filename == fn.__code__.co_filename
 
 
 def verdicts(batch, keep) -> np.ndarray:
@@ -366,25 +386,68 @@ def route(st: Stage, idx: np.ndarray, out: np.ndarray, drop: int, slot_of_port: 
         st.packets_out += len(part)
 
 
+_LIBRARY_DIRS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+                 os.path.dirname(os.path.abspath(np.__file__)) + os.sep)
+
+
 class ErrorLog:
-    """Logs a worker's exception traceback once, then counts repeats."""
+    """Logs the first error of each kind with its traceback, then counts repeats of that kind.
 
-    def __init__(self, stage: str):
+    A kind is the exception type and the file and line of the worker's code it was raised at (for a wrong
+    return value: the worker function's file and line), never the message, which
+    changes with the batch size or the data.  Repeats are logged as counts, at most
+    every REPEAT_LOG_SECONDS, and once more at the end.
+    """
+
+    REPEAT_LOG_SECONDS = 10.0
+
+    def __init__(self, stage: str, where: str = "", clock=time.monotonic):
         self.stage = stage
-        self.seen: dict[str, int] = {}
+        self.where = where          # the worker function's "file:line"
+        self.clock = clock
+        self.seen: dict[tuple[str, str], int] = {}          # kind -> times seen
+        self.logged: dict[tuple[str, str], int] = {}        # kind -> times seen when last reported
+        self.last_log = 0.0
 
-    def record(self, exc: BaseException) -> None:
-        key = f"{type(exc).__name__}: {exc}"
+    def kind(self, exc: BaseException, returned: bool = False) -> tuple[str, str]:
+        """(exception type, where): the file and line it was raised at, or the function that returned it."""
+        if returned:
+            return type(exc).__name__, f"the return value of {self.where}"
+        frames = traceback.extract_tb(exc.__traceback__)
+        # the innermost frame of the worker's own code: a CounterLimitError raised inside batch.count
+        # is the line that called batch.count (numpy's and ixypipe's frames are not the user's to fix)
+        own = [f for f in frames if not f.filename.startswith(_LIBRARY_DIRS)] or frames
+        return type(exc).__name__, f"{own[-1].filename}:{own[-1].lineno}" if own else "?"
+
+    def record(self, exc: BaseException, returned: bool = False) -> None:
+        key = self.kind(exc, returned)
         if key not in self.seen:
-            self.seen[key] = 0
-            log.error("%s: worker function raised; the batch is dropped (reason worker_error):\n%s",
-                      self.stage, "".join(traceback.format_exception(exc)).rstrip())
+            self.seen[key] = self.logged[key] = 1
+            self.last_log = self.clock()
+            if returned:
+                log.error("%s: the worker function at %s returned something that is not a verdict; the batch is "
+                          "dropped (reason worker_error), repeats are counted:\n%s: %s",
+                          self.stage, self.where, type(exc).__name__, exc)
+            else:
+                log.error("%s: the worker function raised at %s; the batch is dropped (reason worker_error), "
+                          "repeats are counted:\n%s", self.stage, key[1],
+                          "".join(traceback.format_exception(exc)).rstrip())
+            return
         self.seen[key] += 1
+        now = self.clock()
+        if now - self.last_log >= self.REPEAT_LOG_SECONDS:
+            self.last_log = now
+            self.log_repeats()
+
+    def log_repeats(self) -> None:
+        for key, count in self.seen.items():
+            if count > self.logged[key]:
+                log.error("%s: %s (%s) repeated %d times so far (%d since the last report)",
+                          self.stage, key[0], key[1], count - 1, count - self.logged[key])
+                self.logged[key] = count
 
     def summary(self) -> None:
-        for key, count in self.seen.items():
-            if count > 1:
-                log.error("%s: %r repeated %d times", self.stage, key, count)
+        self.log_repeats()
 
 
 # ---- TX -----------------------------------------------------------------------------
@@ -458,10 +521,10 @@ def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INF
     st.row["cpu"] = me.cpu if me.cpu is not None else -1
     try:
         if me.role == "worker":
-            from ixypipe.workers.loader import load_worker
-            fn = load_worker(plan.worker_function, plan.worker_base_dir, per_packet=plan.worker_per_packet)
+            from ixypipe.workers.loader import load
+            worker = load(plan.worker_function, plan.worker_base_dir, per_packet=plan.worker_per_packet)
             st.row["state"] = STAGE_STATE_RUNNING
-            run_worker(st, fn)
+            run_worker(st, worker)
         else:
             run_device_stage(st)
     except Exception:

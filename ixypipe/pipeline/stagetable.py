@@ -3,32 +3,37 @@
 The supervisor writes a row's ``command``; the stage writes the rest.  A
 stage reads and writes its row through a memoryview of int64s, which costs
 a few tens of nanoseconds per field, so counters can be published every loop.
+Beside the table, one block per row holds the worker's named counters with
+their full names (layout.STAGE_COUNTERS_DTYPE): the stage publishes them
+with :class:`CounterWriter`, observers read them with :func:`read_counters`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ixypipe.layout import STAGE_NAME_LEN, STAGE_ROW_DTYPE, STAGE_USER_COUNTERS
+from ixypipe.layout import STAGE_COUNTERS_DTYPE, STAGE_COUNTERS_REGION, STAGE_ROW_DTYPE
 from ixypipe.memory.arena import Arena, RegionSize
 
 REGION = "stages"
 # int64 slot of each scalar field in a row, for memoryview access
 SLOT = {name: STAGE_ROW_DTYPE.fields[name][1] // 8 for name in STAGE_ROW_DTYPE.names
         if STAGE_ROW_DTYPE.fields[name][0] == np.dtype("<i8")}
-USER_SLOT = STAGE_ROW_DTYPE.fields["user"][1] // 8
 
 
 def arena_regions(n: int) -> list[RegionSize]:
-    """The region :func:`create` carves for ``n`` stages."""
-    return [RegionSize(n * STAGE_ROW_DTYPE.itemsize, align=64)]
+    """The regions :func:`create` carves for ``n`` stages: the table, then every stage's counter block."""
+    return [RegionSize(n * STAGE_ROW_DTYPE.itemsize, align=64),
+            RegionSize(n * STAGE_COUNTERS_DTYPE.itemsize, align=64)]
 
 
 def create(arena: Arena, n: int) -> np.ndarray:
-    (need,) = arena_regions(n)
-    region = arena.alloc(REGION, need.size, align=need.align)
+    rows, blocks = arena_regions(n)
+    region = arena.alloc(REGION, rows.size, align=rows.align)
     table = arena.view(region, STAGE_ROW_DTYPE)
     table[:] = np.zeros(1, STAGE_ROW_DTYPE)
+    counters = arena.alloc(STAGE_COUNTERS_REGION, blocks.size, align=blocks.align)
+    arena.view(counters, np.uint8)[:] = 0
     return table
 
 
@@ -42,8 +47,6 @@ class StageRow:
     def __init__(self, arena: Arena, row: int):
         off = arena.region(REGION).offset + row * STAGE_ROW_DTYPE.itemsize
         self.slots = memoryview(arena.mm)[off:off + STAGE_ROW_DTYPE.itemsize].cast("B").cast("q")
-        self._names = arena.view(arena.region(REGION), STAGE_ROW_DTYPE)[row:row + 1]["user_names"]
-        self._user_index: dict[str, int] = {}
 
     def __getitem__(self, field: str) -> int:
         return self.slots[SLOT[field]]
@@ -54,21 +57,68 @@ class StageRow:
     def add(self, field: str, value: int) -> None:
         self.slots[SLOT[field]] += value
 
-    def publish_user(self, counters: dict[str, int]) -> None:
-        """Copy worker-defined counters into the row (the first STAGE_USER_COUNTERS names)."""
-        for name, value in counters.items():
-            slot = self._user_index.get(name)
-            if slot is None:
-                if len(self._user_index) >= STAGE_USER_COUNTERS:
-                    continue
-                slot = self._user_index[name] = len(self._user_index)
-                self._names[0, slot] = name.encode()[:STAGE_NAME_LEN]
-            self.slots[USER_SLOT + slot] = value
-
     def release(self) -> None:
         self.slots.release()
-        self._names = None
 
 
-def user_counters(row: np.void) -> dict[str, int]:
-    return {bytes(n).decode(): int(v) for n, v in zip(row["user_names"], row["user"], strict=True) if bytes(n)}
+def counter_blocks(arena: Arena) -> np.ndarray:
+    """Every stage's counter block (layout.STAGE_COUNTERS_DTYPE), a view."""
+    return arena.view(arena.region(STAGE_COUNTERS_REGION), STAGE_COUNTERS_DTYPE)
+
+
+class CounterWriter:
+    """Publishes one stage's named counters into its block; the stage is the block's only writer."""
+
+    def __init__(self, arena: Arena, row: int):
+        blocks = counter_blocks(arena)
+        self.values = blocks["values"][row]                 # views into the arena
+        self.names = blocks["names"][row]
+        self.count = blocks["count"][row:row + 1]
+        self.slot: dict[str, int] = {}
+        self.used = 0              # bytes of names written
+
+    def publish(self, counters: dict[str, int]) -> None:
+        """Copy the values in; a name seen for the first time is appended first.
+
+        Batch.count keeps the number of names and their bytes inside the block's
+        limits, so a name always fits here.
+        """
+        slot, values = self.slot, self.values
+        for name, value in counters.items():
+            k = slot.get(name)
+            if k is None:
+                raw = name.encode()
+                self.names[self.used:self.used + len(raw)] = np.frombuffer(raw, np.uint8)
+                self.names[self.used + len(raw)] = 0
+                self.used += len(raw) + 1
+                k = slot[name] = len(slot)
+                values[k] = value
+                self.count[0] = len(slot)          # after the name's bytes and its value
+            else:
+                values[k] = value
+
+
+def read_counters(block: np.void) -> dict[str, int]:
+    """The named counters of one block, in the order the stage first counted them."""
+    count = int(block["count"])
+    if not count:
+        return {}
+    names = block["names"].tobytes().split(b"\0")[:count]
+    values = block["values"][:count]
+    return {name.decode(errors="replace"): int(v) for name, v in zip(names, values, strict=True)}
+
+
+def stage_counters(arena: Arena, plan) -> dict[str, dict[str, int]]:
+    """Stage name -> its named counters, for the stages that have any."""
+    blocks = counter_blocks(arena)
+    got = {s.name: read_counters(blocks[s.row]) for s in plan.stages}
+    return {name: c for name, c in got.items() if c}
+
+
+def summed(per_stage: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Counters added up over stages (a name counted by several workers is one total)."""
+    total: dict[str, int] = {}
+    for counters in per_stage.values():
+        for name, value in counters.items():
+            total[name] = total.get(name, 0) + value
+    return total

@@ -227,7 +227,8 @@ class Supervisor:
             self.sim.start_traffic()
 
     def _watch(self) -> None:
-        printer = StatsPrinter(self.plan, self.table, self.devices, self.out, self.json_lines, self.sim)
+        printer = StatsPrinter(self.plan, self.table, self.devices, self.out, self.json_lines, self.sim,
+                               counters=lambda: stagetable.stage_counters(self.arena, self.plan))
         started = time.monotonic()
         next_print = started + self.cfg.stats.interval
         sentinels = {p.process.sentinel: p for p in self.procs}
@@ -390,7 +391,8 @@ class Supervisor:
         dead = self._dead_rows()
         return Accounting.of(self.plan, self.table, self._pool_counts(), stranded=stranded,
                              died=[s.name for s in self.plan.stages if s.row in dead], restarts=self.restarts,
-                             sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent)
+                             sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent,
+                             worker_counters=stagetable.stage_counters(self.arena, self.plan))
 
     def _release(self) -> None:
         for p in self.procs:

@@ -8,6 +8,13 @@ came in on, so a function that only touches packets sets nothing::
     def touch(batch):
         batch.data[batch.idx, 1] += 1        # ixy-fwd: increment byte 1 of every packet
 
+Parsed headers come with the batch, computed on first use and kept:
+``batch.eth``, ``batch.ipv4``, ``batch.ipv6`` and ``batch.l4`` (see
+ixypipe.workers.headers), each with a validity mask, so::
+
+    def dns_guard(batch):
+        return ~(batch.l4.udp & (batch.l4.dport == 53))
+
 The function may instead return a boolean mask (True keeps the verdict,
 False drops).  ``batch.data`` is the arena's (buffers x bytes) array, so
 fancy indexing with ``batch.idx`` reads and writes packets in place, whole
@@ -18,11 +25,16 @@ function for simple cases; it loops in Python and is the slow path.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from ixypipe.layout import PKTBUF_HEADROOM, STAGE_COUNTER_NAMES_SIZE, STAGE_COUNTERS_MAX
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.protocols import ETH_ADDR_LEN, ETH_DST_OFF, ETH_SRC_OFF, ETH_TYPE_OFF
+from ixypipe.workers import rewrite
+from ixypipe.workers.headers import L4, Eth, Headers, IPv4, IPv6
 
 DROP = -1
 PER_PACKET_ATTR = "__ixypipe_per_packet__"
@@ -32,11 +44,56 @@ class WorkerResultError(ValueError):
     """A worker returned or set something that is not a verdict."""
 
 
+class CounterLimitError(WorkerResultError):
+    """A counter past what a worker's counter block holds."""
+
+
+@dataclass
+class WorkerContext:
+    """What ``setup(ctx)`` and ``teardown(ctx)`` get, and every batch as ``batch.ctx``.
+
+    ``state`` is the worker's own (a dict to fill in setup); attributes may be added too.
+    """
+
+    worker: int                  # this worker's number, 0..workers-1
+    workers: int                 # worker processes in the pipeline
+    port_names: list[str]
+    options: dict[str, Any] = field(default_factory=dict)     # the pipeline file's [workers.options]
+    base_dir: str = "."          # the pipeline file's directory: resolve file names in options against it
+    counters: dict[str, int] = field(default_factory=dict)    # the named counters (batch.count adds here)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def count(self, name: str, value: int = 1) -> None:
+        """Add to a named counter (as batch.count; teardown may count too)."""
+        add_count(self.counters, name, value)
+
+
+def add_count(counters: dict[str, int], name: str, value: int) -> None:
+    if name not in counters:
+        check_new_counter(counters, name)
+    counters[name] += int(value)
+
+
+def check_new_counter(counters: dict[str, int], name: str) -> None:
+    """A new name must fit the stage's counter block: an error naming the limit, never a silent cut."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise CounterLimitError(f"a counter name is a non-empty string without NUL bytes, got {name!r}")
+    if len(counters) >= STAGE_COUNTERS_MAX:
+        raise CounterLimitError(f"counter {name!r} would be number {len(counters) + 1}: a worker has at most "
+                                f"{STAGE_COUNTERS_MAX} named counters (layout.STAGE_COUNTERS_MAX)")
+    used = sum(len(n.encode()) + 1 for n in counters) + len(name.encode()) + 1
+    if used > STAGE_COUNTER_NAMES_SIZE:
+        raise CounterLimitError(f"counter {name!r}: the names of a worker's counters take at most "
+                                f"{STAGE_COUNTER_NAMES_SIZE} bytes (layout.STAGE_COUNTER_NAMES_SIZE), "
+                                f"these would take {used}")
+    counters[name] = 0
+
+
 class Batch:
     """One batch of packets in a worker.  Indices are global buffer indices."""
 
     def __init__(self, bufs: PacketBuffers, idx: np.ndarray, in_port: int, default_out: int,
-                 port_names: list[str], counters: dict[str, int]):
+                 port_names: list[str], counters: dict[str, int], ctx: WorkerContext | None = None):
         self.bufs = bufs
         self.idx = idx
         self.n = len(idx)
@@ -46,6 +103,8 @@ class Batch:
         self.data = bufs.data
         self.out = np.full(self.n, default_out, np.int16)
         self._lengths: np.ndarray | None = None
+        self._headers: Headers | None = None
+        self.ctx = ctx
 
     # ---- lengths -------------------------------------------------------------------
     @property
@@ -90,16 +149,79 @@ class Batch:
     def src_mac(self) -> np.ndarray:
         return self.field(ETH_SRC_OFF, ETH_ADDR_LEN)
 
-    def set_dst_mac(self, mac) -> None:
-        self.set_field(ETH_DST_OFF, _mac_bytes(mac))
+    def set_dst_mac(self, mac, mask=None) -> None:
+        self._set_mac(ETH_DST_OFF, mac, mask)
 
-    def set_src_mac(self, mac) -> None:
-        self.set_field(ETH_SRC_OFF, _mac_bytes(mac))
+    def set_src_mac(self, mac, mask=None) -> None:
+        self._set_mac(ETH_SRC_OFF, mac, mask)
+
+    def _set_mac(self, offset: int, mac, mask) -> None:
+        mac = _mac_bytes(mac)
+        if mask is None:
+            self.set_field(offset, mac)
+            return
+        mask = np.asarray(mask, dtype=bool)
+        self.data[self.idx[mask], offset:offset + ETH_ADDR_LEN] = mac[mask] if mac.ndim == 2 else mac
 
     def ethertype(self) -> np.ndarray:
         """EtherType of every packet (big-endian on the wire), as uint16."""
         b = self.field(ETH_TYPE_OFF, 2).astype(np.uint16)
         return (b[:, 0] << np.uint16(8)) | b[:, 1]
+
+    # ---- parsed headers (parsed on first use, kept until a rewrite) --------------------
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            flat = self.bufs.raw.reshape(-1)                   # a view: the raw buffers are contiguous
+            base = self.idx.astype(np.int64) * self.bufs.buf_size + PKTBUF_HEADROOM
+            self._headers = Headers(flat, base, self.lengths, self.bufs.max_data)
+        return self._headers
+
+    @property
+    def eth(self) -> Eth:
+        """Ethernet and VLAN tags: valid, vlans, tci, vlan_id, type (inner EtherType), l3 (offset)."""
+        return self.headers.eth
+
+    @property
+    def ipv4(self) -> IPv4:
+        """valid, header_len, total_len, ttl, proto, src, dst (uint32), frag_offset, more_fragments, csum_ok."""
+        return self.headers.ipv4
+
+    @property
+    def ipv6(self) -> IPv6:
+        """valid, hop_limit, src, dst ((n, 16)), next_header (after extension headers), ext_ok, frag..."""
+        return self.headers.ipv6
+
+    @property
+    def l4(self) -> L4:
+        """proto, off, masks tcp/udp/sctp/icmp, sport, dport, tcp_flags, icmp_type, icmp_code."""
+        return self.headers.l4
+
+    def _rewrote(self, written: np.ndarray) -> np.ndarray:
+        self._headers = None                                   # fields changed: parse again on next use
+        return written
+
+    def set_vlan_id(self, vid, tag: int = 0, mask=None) -> np.ndarray:
+        """Set the VLAN id of the outer (tag 0) or inner (tag 1) tag where there is one."""
+        return self._rewrote(rewrite.set_vlan_id(self.headers, vid, tag, mask))
+
+    def decrement_ttl(self, mask=None) -> np.ndarray:
+        """TTL / hop limit - 1 (IPv4 checksum updated); returns the expired packets (TTL was <= 1, unchanged)."""
+        return self._rewrote(rewrite.decrement_ttl(self.headers, mask))
+
+    def set_ipv4_src(self, addr, mask=None) -> np.ndarray:
+        """Rewrite the IPv4 source address ('10.0.0.1', int or uint32 array); checksums follow."""
+        return self._rewrote(rewrite.set_ipv4_address(self.headers, "src", addr, mask))
+
+    def set_ipv4_dst(self, addr, mask=None) -> np.ndarray:
+        return self._rewrote(rewrite.set_ipv4_address(self.headers, "dst", addr, mask))
+
+    def set_sport(self, port, mask=None) -> np.ndarray:
+        """Rewrite the TCP/UDP source port; the L4 checksum follows."""
+        return self._rewrote(rewrite.set_port(self.headers, "src", port, mask))
+
+    def set_dport(self, port, mask=None) -> np.ndarray:
+        return self._rewrote(rewrite.set_port(self.headers, "dst", port, mask))
 
     # ---- verdicts ---------------------------------------------------------------------
     def drop(self, mask=None) -> None:
@@ -128,8 +250,12 @@ class Batch:
         return self.data[self.idx[i], :int(self.bufs.length[self.idx[i]])]
 
     def count(self, name: str, value: int = 1) -> None:
-        """Add to a named counter; the stage shows it in the stats and the final summary."""
-        self.counters[name] = self.counters.get(name, 0) + int(value)
+        """Add to a named counter; shown live in the stats and in the final summary.
+
+        Any name (full, UTF-8); past the stage's counter block (layout.STAGE_COUNTERS_MAX names,
+        STAGE_COUNTER_NAMES_SIZE bytes of names) a CounterLimitError names the limit.
+        """
+        add_count(self.counters, name, value)
 
 
 def _mac_bytes(mac) -> np.ndarray:

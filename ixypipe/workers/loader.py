@@ -1,21 +1,35 @@
-"""Finds the worker function a pipeline file names.
+"""Finds the worker a pipeline file names, and checks that name without running the worker's code.
 
 ``function`` is a built-in name (see ixypipe.workers.builtin), a
-``package.module:function`` on the Python path, or ``path/to/file.py:function``
-relative to the pipeline file's directory.  With ``per_packet`` (or a
-function marked by ``@per_packet``) a ``handle(pkt) -> bool`` is wrapped
-into a batch function.
+``package.module:name`` on the Python path, or ``path/to/file.py:name``
+relative to the pipeline file's directory.  ``name`` is a batch function
+(the module may also define ``setup(ctx)`` and ``teardown(ctx)``), or a
+class whose instance has ``process(batch)`` (or is callable) and may have
+``setup(ctx)`` and ``teardown(ctx)``.  With ``per_packet`` (or a function
+marked by ``@per_packet``) a ``handle(pkt) -> bool`` is wrapped into a
+batch function.
+
+:func:`check_worker` is what the supervisor runs while it validates the
+pipeline file: it reads the worker's source with ``ast`` and never imports
+it, so module-level code (an ``atexit`` handler, a connection, a print)
+runs once per worker process, in that process, and nowhere else.  Errors
+only an import can show (an ``ImportError`` inside the file) are reported
+by the worker process when it starts, before it takes any packet.
+:func:`load_worker` and :func:`load` import; the worker stage calls them.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from ixypipe.workers.api import PER_PACKET_ATTR
+from ixypipe.workers.api import PER_PACKET_ATTR, WorkerContext
 from ixypipe.workers.api import per_packet as wrap_per_packet
 from ixypipe.workers.builtin import BUILTINS
 
@@ -24,29 +38,73 @@ class WorkerLoadError(Exception):
     """The worker function cannot be found or is not callable."""
 
 
+@dataclass
+class Worker:
+    """A loaded worker: the batch function and the optional setup/teardown hooks."""
+
+    process: Callable
+    setup: Callable[[WorkerContext], None] | None = None
+    teardown: Callable[[WorkerContext], None] | None = None
+    where: str = ""                  # "file:line" of the batch function, for error messages
+
+
 def load_worker(spec: str, base_dir: str | Path = ".", per_packet: bool = False) -> Callable:
-    fn = _find(spec, Path(base_dir))
+    """The function (or class) ``spec`` names, imported; wrapped when ``per_packet``."""
+    _, fn = _find(spec, Path(base_dir))
     if not callable(fn):
         raise WorkerLoadError(f"{spec!r} names a value of type {type(fn).__name__}, not a function")
-    if per_packet and not getattr(fn, PER_PACKET_ATTR, False):
+    if per_packet and not inspect.isclass(fn) and not getattr(fn, PER_PACKET_ATTR, False):
         fn = wrap_per_packet(fn)
     return fn
 
 
+def load(spec: str, base_dir: str | Path = ".", per_packet: bool = False) -> Worker:
+    """The worker ``spec`` names, ready to run: a class is instantiated, a module's hooks are found."""
+    module, _ = _find(spec, Path(base_dir))
+    found = load_worker(spec, base_dir, per_packet)
+    if inspect.isclass(found):
+        try:
+            obj = found()
+        except Exception as exc:
+            raise WorkerLoadError(f"creating {found.__name__}() failed: {type(exc).__name__}: {exc}") from exc
+        process = getattr(obj, "process", None) or (obj if callable(obj) else None)
+        if process is None:
+            raise WorkerLoadError(f"class {found.__name__} has neither a process(batch) method nor __call__")
+        if per_packet:
+            process = wrap_per_packet(process)
+        return Worker(process, getattr(obj, "setup", None), getattr(obj, "teardown", None), _where(process))
+    hooks = [getattr(module, h, None) if module is not None else None for h in ("setup", "teardown")]
+    for name, hook in zip(("setup", "teardown"), hooks, strict=True):
+        if hook is not None and not callable(hook):
+            raise WorkerLoadError(f"{spec}: the module's {name} is a {type(hook).__name__}, not a function")
+    return Worker(found, hooks[0], hooks[1], _where(found))
+
+
+def _where(fn) -> str:
+    target = getattr(fn, "__wrapped__", fn)
+    code = getattr(target, "__code__", None) or getattr(getattr(target, "__func__", None), "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code is not None else repr(fn)
+
+
 def _find(spec: str, base_dir: Path):
     if spec in BUILTINS:
-        return BUILTINS[spec]
+        return None, BUILTINS[spec]
+    where, name = _split(spec)
+    module = _module_from_file(where, base_dir) if where.endswith(".py") else _module(where)
+    try:
+        return module, getattr(module, name)
+    except AttributeError:
+        raise WorkerLoadError(f"{where} has no function {name!r}") from None
+
+
+def _split(spec: str) -> tuple[str, str]:
     if ":" not in spec:
         raise WorkerLoadError(f"{spec!r} is not a built-in worker ({', '.join(BUILTINS)}), nor "
                               "'package.module:function' or 'file.py:function'")
     where, name = spec.rsplit(":", 1)
     if not name.isidentifier():
         raise WorkerLoadError(f"{name!r} in {spec!r} is not a function name")
-    module = _module_from_file(where, base_dir) if where.endswith(".py") else _module(where)
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise WorkerLoadError(f"{where} has no function {name!r}") from None
+    return where, name
 
 
 def _module(name: str):
@@ -58,13 +116,18 @@ def _module(name: str):
         raise WorkerLoadError(f"importing {name!r} failed: {type(exc).__name__}: {exc}") from None
 
 
-def _module_from_file(path: str, base_dir: Path):
+def _resolve(path: str, base_dir: Path) -> Path:
     try:
         file = (base_dir / path).resolve()
     except (OSError, ValueError) as exc:          # e.g. an embedded NUL byte
         raise WorkerLoadError(f"{path!r} is not a usable file path: {exc}") from None
     if not file.is_file():
         raise WorkerLoadError(f"no worker file {file}")
+    return file
+
+
+def _module_from_file(path: str, base_dir: Path):
+    file = _resolve(path, base_dir)
     mod_name = f"ixypipe_user_{file.stem}_{abs(hash(str(file))):x}"
     if mod_name in sys.modules:
         return sys.modules[mod_name]
@@ -76,3 +139,66 @@ def _module_from_file(path: str, base_dir: Path):
         raise WorkerLoadError(f"loading {file} failed: {type(exc).__name__}: {exc}") from None
     sys.modules[mod_name] = module
     return module
+
+
+# ---- checking without importing ------------------------------------------------------------------
+
+def check_worker(spec: str, base_dir: str | Path = ".") -> None:
+    """Raise WorkerLoadError when ``spec`` cannot name a worker; never runs the worker's module code.
+
+    A file is parsed (a syntax error is reported) and must define ``name`` at top level; a module is
+    located with importlib's finder (its parent packages are imported, the module itself is not) and
+    checked the same way from its source.  A module that is already imported is looked at directly.
+    """
+    if spec in BUILTINS:
+        return
+    where, name = _split(spec)
+    if where.endswith(".py"):
+        file = _resolve(where, Path(base_dir))
+    else:
+        if where in sys.modules:
+            if not hasattr(sys.modules[where], name):
+                raise WorkerLoadError(f"{where} has no function {name!r}")
+            if not callable(getattr(sys.modules[where], name)):
+                raise WorkerLoadError(f"{spec!r} names a value of type "
+                                      f"{type(getattr(sys.modules[where], name)).__name__}, not a function")
+            return
+        try:
+            found = importlib.util.find_spec(where)
+        except ModuleNotFoundError as exc:
+            raise WorkerLoadError(f"no module {where!r} ({exc})") from None
+        except Exception as exc:
+            raise WorkerLoadError(f"importing {where!r} failed: {type(exc).__name__}: {exc}") from None
+        if found is None:
+            raise WorkerLoadError(f"no module {where!r} (No module named {where!r})")
+        if not (found.origin and found.origin.endswith(".py")):
+            return                                # a compiled or namespace module: only an import can tell
+        file = Path(found.origin)
+    try:
+        tree = ast.parse(file.read_bytes(), str(file))
+    except SyntaxError as exc:
+        raise WorkerLoadError(f"loading {file} failed: SyntaxError: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise WorkerLoadError(f"loading {file} failed: {type(exc).__name__}: {exc}") from None
+    _check_defines(tree, spec, where, name)
+
+
+def _check_defines(tree: ast.Module, spec: str, where: str, name: str) -> None:
+    star = False
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == name:
+            return
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                if isinstance(node.value, ast.Constant):     # e.g. LIMIT = 64: surely not a function
+                    raise WorkerLoadError(f"{spec!r} names a value of type "
+                                          f"{type(node.value.value).__name__}, not a function")
+                return
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                star |= alias.name == "*"
+                if (alias.asname or alias.name.split(".")[0]) == name:
+                    return
+    if not star:
+        raise WorkerLoadError(f"{where} has no function {name!r}")
