@@ -110,7 +110,9 @@ def test_killed_stage_is_named_and_the_rest_stops_cleanly(stage):
     assert s["ok"] is False and re.fullmatch(died, s["failures"][0]), s["failures"]
     assert not any("no progress" in f for f in s["failures"]), s["failures"]   # nobody killed for draining
     # whatever the dead stage held (or the dead NIC had posted) is counted once, not lost silently
-    assert s["in_flight"] == 0 and s["drops"]["stage_died"] > 0
+    assert s["in_flight"] == 0
+    if stage != "rx-p0q0":      # its producers held buffers for it (an RX stage may die holding none)
+        assert s["drops"]["stage_died"] > 0
     assert s["received"] == s["transmitted"] + sum(s["drops"].values())
     assert took < 30
     assert leftovers(proc.pid) == []

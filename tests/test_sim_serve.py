@@ -472,7 +472,7 @@ os.unlink(arena.path)
 bufs = PacketBuffers.create(arena, 2048)
 pool = Mempool.create(arena, bufs, "pool0", 0, 2048, 0)
 dev = IxgbeDevice.open(PortSpec("p0", "ixgbe", address, rx_ring_size=256, tx_ring_size=512), arena, bufs, [pool],
-                       sysfs_root=root, allow_iova=False)
+                       tx_done=pool.free, sysfs_root=root, allow_iova=False)
 sent = 0
 while sent < len(frames):
     idx = pool.alloc(min(64, len(frames) - sent))
