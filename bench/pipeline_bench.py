@@ -101,6 +101,11 @@ def pipeline_text(workers: int, batch: int, rate_mpps_per_port: float) -> str:
     text = FWD.read_text()
     text = re.sub(r"^processes = .*$", f"processes = {workers}", text, flags=re.M)
     text = re.sub(r"^batch_size = .*$", f"batch_size = {batch}", text, flags=re.M)
+    # rings between stages hold at least two batches, and the mempool the RX ring, a TX ring and two batches
+    ring = max(1024, 1 << (2 * batch - 1).bit_length())
+    text = re.sub(r"^ring_size = .*$", f"ring_size = {ring}", text, flags=re.M)
+    text = re.sub(r"^buffers_per_queue = .*$", f"buffers_per_queue = {max(8192, 4096 + 512 + 2 * ring)}", text,
+                  flags=re.M)
     return re.sub(r"^rate_mpps = .*$", f"rate_mpps = {rate_mpps_per_port}", text, flags=re.M)
 
 
