@@ -49,6 +49,7 @@ ARENA_TABLE_OFFSET = ARENA_HEADER_DTYPE.itemsize                          # 64
 ARENA_DATA_OFFSET = PAGE_SIZE * (
     (ARENA_TABLE_OFFSET + ARENA_MAX_REGIONS * ARENA_REGION_DTYPE.itemsize + PAGE_SIZE - 1) // PAGE_SIZE)
 ARENA_FLAG_HUGEPAGES = 0x1      # backed by hugetlbfs: physical addresses are real
+ARENA_FLAG_NO_PHYS = 0x2        # made without a physical-address table (only IOVAs reach a device: VFIO)
 # Name of the region holding the physical address of every hugepage of the
 # arena, filled by the creator (root) so attaching processes need no pagemap.
 ARENA_PHYS_REGION = "arena.phys"

@@ -260,3 +260,18 @@ def test_an_arena_file_name_clash_is_refused(make_arena, monkeypatch):
         Arena.create(1 << 20, hugepages_mode="never")
     with Arena.attach(arena.path) as first:       # the first one is untouched
         assert first.size == arena.size
+
+
+def test_an_arena_for_vfio_ports_has_no_physical_addresses(make_arena, hugepages_ready):
+    """physical=False: hugepages without a pagemap read; phys() and the DMA table say there is nothing."""
+    arena = Arena.create(4 << 20, hugepages_mode="require", tag="test", physical=False)
+    try:
+        assert arena.hugepages and not arena.physical
+        assert arena.find("arena.phys") is None
+        assert arena.phys([0, 4096]).tolist() == [0, 0]
+        bases, offsets, _ = arena.dma_table()
+        assert len(bases) == 0 and len(offsets) == 0
+        assert Arena.attach(arena.path).physical is False
+    finally:
+        arena.destroy()
+    assert make_arena(1 << 20, "never").physical

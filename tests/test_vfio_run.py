@@ -77,8 +77,12 @@ def test_the_hook_refuses_pagemap(tmp_path):
     assert res.returncode != 0 and "pagemap opened during a VFIO run" in res.stderr
 
 
-def test_fwd_on_sim_ports_through_vfio_and_the_iommu(tmp_path):
-    res = subprocess.run([*IXYPIPE, "run", str(vfio_pipeline(tmp_path)), "--duration", "3", "--json"],
+@pytest.mark.parametrize("hugepages", ["never", "require"])
+def test_fwd_on_sim_ports_through_vfio_and_the_iommu(tmp_path, hugepages, request):
+    # "require": as root on hugepages too, the arenas are made without their physical-address table
+    if hugepages == "require":
+        request.getfixturevalue("hugepages_ready")
+    res = subprocess.run([*IXYPIPE, "run", str(vfio_pipeline(tmp_path, hugepages)), "--duration", "3", "--json"],
                          capture_output=True, text=True, timeout=120, cwd=REPO, env=guarded_env(tmp_path))
     check_forwarded(res)
 

@@ -39,6 +39,7 @@ import psutil
 from ixypipe.layout import (
     ARENA_DATA_OFFSET,
     ARENA_FLAG_HUGEPAGES,
+    ARENA_FLAG_NO_PHYS,
     ARENA_HEADER_DTYPE,
     ARENA_MAGIC,
     ARENA_MAX_REGIONS,
@@ -149,12 +150,15 @@ class Arena:
     # ---- life cycle -------------------------------------------------------
     @classmethod
     def create(cls, size: int, hugepages_mode: str = "auto", directory: str | os.PathLike | None = None,
-               tag: str = "") -> Arena:
+               tag: str = "", physical: bool = True) -> Arena:
         """Create an arena of at least ``size`` usable bytes.
 
         ``hugepages_mode``: "auto" (hugepages when root and enough are free,
         else the /dev/shm fallback with one warning), "require" (error when
-        hugepages cannot be had) or "never".
+        hugepages cannot be had) or "never".  ``physical=False``: no device
+        will be given a physical address of it (VFIO ports take IOVAs, kernel
+        interfaces none), so /proc/self/pagemap is never read and hugepages
+        need no root.
         """
         if hugepages_mode not in ("auto", "require", "never"):
             raise ArenaError(f"hugepages mode must be auto, require or never, not {hugepages_mode!r}")
@@ -162,7 +166,7 @@ class Arena:
             raise ArenaError(f"arena size must be positive, got {size}")
         use_huge, why_not = False, ""
         if hugepages_mode != "never":
-            use_huge, why_not, directory = cls._hugepage_plan(size, directory)
+            use_huge, why_not, directory = cls._hugepage_plan(size, directory, physical)
             if not use_huge and hugepages_mode == "require":
                 raise ArenaError(f"hugepages required but unavailable: {why_not}")
         if use_huge:
@@ -197,7 +201,7 @@ class Arena:
         _created[path] = os.getpid()
         arena = cls(path, mm, created=True)
         try:
-            arena._init_header(total, use_huge)
+            arena._init_header(total, use_huge, physical)
         except BaseException:
             arena.destroy()
             raise
@@ -222,8 +226,8 @@ class Arena:
         return f"{ARENA_PREFIX}{os.getpid()}-{tag + '-' if tag else ''}{secrets.token_hex(8)}"
 
     @staticmethod
-    def _hugepage_plan(size: int, directory) -> tuple[bool, str, Path | None]:
-        if os.geteuid() != 0:
+    def _hugepage_plan(size: int, directory, physical: bool = True) -> tuple[bool, str, Path | None]:
+        if physical and os.geteuid() != 0:
             return False, "not root, so physical addresses cannot be read", None
         mounts = [Path(directory)] if directory else hugepages.hugetlbfs_mounts()
         if not mounts:
@@ -235,7 +239,7 @@ class Arena:
                     + hugepages.reserve_advice(hugepages.total_hugepages() + need - free), None)
         return True, "", mounts[0]
 
-    def _init_header(self, total: int, use_huge: bool) -> None:
+    def _init_header(self, total: int, use_huge: bool, physical: bool = True) -> None:
         if not _mlock(self.mm, total) and use_huge:
             raise ArenaError(f"mlock of the {total >> 20} MiB hugepage arena failed")
         self.buf[:ARENA_DATA_OFFSET] = 0
@@ -244,10 +248,10 @@ class Arena:
         h["version"] = ARENA_VERSION
         h["n_regions"] = 0
         h["next_free"] = ARENA_DATA_OFFSET
-        h["flags"] = ARENA_FLAG_HUGEPAGES if use_huge else 0
+        h["flags"] = (ARENA_FLAG_HUGEPAGES if use_huge else 0) | (0 if physical else ARENA_FLAG_NO_PHYS)
         h["owner_pid"] = os.getpid()
         h["iova_base"] = 0 if use_huge else SIM_IOVA_BASE + secrets.randbelow(SIM_IOVA_SLOTS) * SIM_IOVA_WINDOW
-        if use_huge:
+        if use_huge and physical:
             n_pages = total // HUGEPAGE_SIZE
             base = self.buf.ctypes.data
             phys = virt_to_phys([base + i * HUGEPAGE_SIZE for i in range(n_pages)])
@@ -324,6 +328,12 @@ class Arena:
         return bool(int(self.header["flags"][0]) & ARENA_FLAG_HUGEPAGES)
 
     @property
+    def physical(self) -> bool:
+        """Whether devices may be given this arena's physical (or simulated I/O) addresses: False when it was
+        made for VFIO ports only (``create(physical=False)``), whose IOVAs need no pagemap."""
+        return not int(self.header["flags"][0]) & ARENA_FLAG_NO_PHYS
+
+    @property
     def iova_base(self) -> int:
         """Simulated I/O address of offset 0 on a fallback arena (0 on hugepages)."""
         return int(self.header["iova_base"][0])
@@ -398,6 +408,8 @@ class Arena:
         offsets = np.asarray(offsets, dtype=np.uint64)
         if not self.hugepages:
             return offsets + np.uint64(self.iova_base)
+        if not self.physical:           # made for IOVA-only ports: 0 = no physical address known
+            return np.zeros(offsets.shape, np.uint64)
         if self._page_phys is None:
             self._page_phys = self.view(self.region(ARENA_PHYS_REGION), np.uint64)
         pages = offsets >> np.uint64(HUGEPAGE_SHIFT)
@@ -407,6 +419,8 @@ class Arena:
         """(sorted physical page bases, their arena offsets, page size) to map DMA addresses back."""
         if not self.hugepages:
             return (np.array([self.iova_base], np.uint64), np.array([0], np.uint64), self.size)
+        if not self.physical:           # no physical address reaches it: nothing maps
+            return np.zeros(0, np.uint64), np.zeros(0, np.uint64), HUGEPAGE_SIZE
         phys = self.view(self.region(ARENA_PHYS_REGION), np.uint64)
         order = np.argsort(phys, kind="stable")
         return phys[order].copy(), (order.astype(np.uint64) << np.uint64(HUGEPAGE_SHIFT)), HUGEPAGE_SIZE

@@ -419,6 +419,12 @@ class IxgbeDevice(Device):
                 raise DeviceError(f"port {spec.name!r}: mempool {pool.name!r} of RX queue {q} has "
                                   f"{pool.available()} free buffers, the {spec.rx_ring_size}-entry ring "
                                   f"needs {spec.rx_ring_size} (ixy uses at least 4096)")
+        if not use_vfio:
+            for what, a in (("device", arena), ("packet", bufs.arena)):
+                if not a.physical:
+                    raise DeviceError(f"port {spec.name!r}: the {what} arena {a.name} was made without physical "
+                                      "addresses (for VFIO ports only); use iommu = \"vfio\" or an arena "
+                                      "made with physical=True")
         if not simulated and not use_vfio:
             for what, a in (("device", arena), ("packet", bufs.arena)):
                 if not a.hugepages:

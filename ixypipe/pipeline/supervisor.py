@@ -138,10 +138,12 @@ class Supervisor:
         cfg = self.cfg
         plan = plan_from_config(cfg)          # the arena paths are filled in once the arenas exist
         try:
+            # physical addresses only for ports that DMA with them (not VFIO's IOVAs, not kernel interfaces)
+            physical = any(p.driver in ("ixgbe", "sim") and p.iommu != "vfio" for p in cfg.ports)
             self.arena = Arena.create(Arena.size_for(packet_arena_regions(plan, cfg.buffer_size)),
-                                      hugepages_mode=cfg.hugepages, tag="pkt")
+                                      hugepages_mode=cfg.hugepages, tag="pkt", physical=physical)
             self.dev_arena = Arena.create(Arena.size_for(device_arena_regions(plan)),
-                                          hugepages_mode=cfg.hugepages, tag="dev")
+                                          hugepages_mode=cfg.hugepages, tag="dev", physical=physical)
         except Exception as exc:
             raise PipelineError(f"cannot create the DMA arenas: {exc}") from exc
         plan.packet_arena, plan.device_arena = str(self.arena.path), str(self.dev_arena.path)

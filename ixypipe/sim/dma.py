@@ -33,6 +33,8 @@ class DmaSpace:
         bases, sizes, owner, offsets = [], [], [], []
         for a, arena in enumerate(self.arenas):
             page_bases, page_offsets, page_size = arena.dma_table()
+            if not len(page_bases):         # an arena without physical addresses (VFIO only): nothing here
+                continue
             order = np.argsort(page_bases, kind="stable")
             pb, po = page_bases[order].astype(np.int64), page_offsets[order].astype(np.int64)
             # a new run starts where either the address or the arena offset is not contiguous
