@@ -185,3 +185,15 @@ def test_accounting_checks_a_count_sink_for_packets_and_bytes_never_for_content(
     assert acc.problems == ["sink of v: 2 corrupt packets",
                             "sink of c received 9 packets, the pipeline transmitted 10 on it",
                             "sink of c received 1400 bytes, the pipeline transmitted 1500 on it"]
+
+
+def test_a_start_up_failure_prints_only_its_error_and_leaves_nothing(tmp_path):
+    path = tmp_path / "missing-if.toml"
+    path.write_text('[[ports]]\nname = "a"\ndriver = "af_packet"\ninterface = "ixynosuch0"\n'
+                    '[[ports]]\nname = "b"\ndriver = "af_packet"\ninterface = "ixynosuch1"\n')
+    proc = start([str(path), "--json"])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "error: port a (af_packet ixynosuch0)" in err, err
+    assert "accounting" not in out and '"summary"' not in out, out      # no accounting of a run that never ran
+    assert leftovers(proc.pid) == []

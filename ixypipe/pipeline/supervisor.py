@@ -100,6 +100,7 @@ class Supervisor:
         self.sim_died = False
         self._sleepers: list[int] = []
         self._port_drops: dict[str, dict[str, int]] = {}
+        self.started = False
 
     # ---- the whole run -------------------------------------------------------------
     def run(self) -> RunResult:
@@ -225,6 +226,7 @@ class Supervisor:
             time.sleep(POLL)
 
     def _start_traffic(self) -> None:
+        self.started = True             # from here on the run has packets to account for
         if self.sim is not None:
             self.sim.start_traffic()
 
@@ -314,7 +316,7 @@ class Supervisor:
             self._port_drops = port_drops(self.devices, self.sim)    # before the simulator's counters go
             sim_counters = self.sim.stop() if self.sim is not None else None
             self.sim = None
-            if built:
+            if built and self.started:      # a start-up failure prints only its error
                 stranded = reclaim_rings(self.plan, self.arena, self.pools, self.bufs)
                 accounting = self._account(stranded, unsent)
                 accounting.sim = sim_counters
@@ -324,7 +326,7 @@ class Supervisor:
                 accounting.print(self.out, self.json_lines)
         finally:
             self._release()
-        ok = accounting is not None and accounting.ok and not self.failures
+        ok = not self.failures and (accounting.ok if accounting is not None else not self.started)
         for failure in self.failures:
             print(f"error: {failure}", file=sys.stderr)
         return RunResult(0 if ok else 1, accounting, self.stop_reason, list(self.failures))

@@ -262,7 +262,7 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
         control["pid"] = os.getpid()
         conn.send("ok")
         try:
-            _loop(world, control, parent, Backoff())
+            _loop(world, control, parent, Backoff(shared=True))
         except Exception as exc:
             log.exception("the model failed")
             conn.send(f"{type(exc).__name__}: {exc}")
