@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support.runs import intervals_of, run, summary_of, variant
 
 PACKETS = 10_000_000
 RSS_GROWTH_KIB = 4096      # allowed growth of any stage between the 1st and the last million
 
 
+@pytest.mark.slow
 def test_ten_million_packets_exact_accounting_and_flat_memory(tmp_path):
     pipeline = variant(tmp_path, rate_mpps="0.0")     # generators fill whatever descriptors are free
     res = run([str(pipeline), "--packets", str(PACKETS), "--json"], timeout=600)
