@@ -87,7 +87,7 @@ def forwarder_mpps(batches: list[int], seconds: float, hot_path: str, cpu: int |
         bufs = PacketBuffers.create(arena, 2 * POOL)
         pools = [Mempool.create(arena, bufs, f"fwd{i}", i * POOL, POOL, i) for i in range(2)]
         ports = [SimPortConfig(s.name, generator=GeneratorConfig(packet_size=FRAME, flows=4),
-                               sink=SinkConfig(verify=False)) for s in specs]
+                               sink=SinkConfig(mode="count")) for s in specs]
         sim = start_sim(ports, specs, [arena.path], ignore_sigint=True)   # Ctrl-C is for this process only
         server = sim.server
         devs = []

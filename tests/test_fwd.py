@@ -28,7 +28,7 @@ def two_ports(make_arena):
         bufs = PacketBuffers.create(arena, 2 * POOL)
         pools = [Mempool.create(arena, bufs, f"pool{i}", i * POOL, POOL, i) for i in range(2)]
         ports = [SimPortConfig(name, generator=GeneratorConfig(packet_size=packet_size, flows=8, count=count),
-                               sink=SinkConfig(verify=True, expect_touch=True)) for name in ("p0", "p1")]
+                               sink=SinkConfig(expect_touch=True)) for name in ("p0", "p1")]
         world = SimWorld(ports, arena, stats_period_ns=1 << 62)
         made["world"] = world
         home = Homing.to_pools(bufs, pools)

@@ -167,7 +167,7 @@ def test_ring_full_counts_missed_in_mpc_or_qprdc(rig):
 
 
 def test_tx_reads_buffers_to_the_sink_byte_exact_and_writes_dd_only_where_rs(rig):
-    r = rig([SimPortConfig("p0", sink=SinkConfig(verify=False))])
+    r = rig([SimPortConfig("p0", sink=SinkConfig(mode="count"))])
     p = r.bring_up()
     got = []
     p.wire_out.append(lambda b: got.extend(b.frame(i) for i in range(len(b))))
@@ -196,7 +196,7 @@ def test_tx_reads_buffers_to_the_sink_byte_exact_and_writes_dd_only_where_rs(rig
 
 
 def test_tx_needs_te_and_a_live_queue(rig):
-    r = rig([SimPortConfig("p0", sink=SinkConfig(verify=False))])
+    r = rig([SimPortConfig("p0", sink=SinkConfig(mode="count"))])
     p = r.bring_up()
     p.set_reg(R.DMATXCTL, 0)
     tx = r.tx_desc()
@@ -233,7 +233,7 @@ def test_rx_dma_outside_the_arena_is_a_fault_that_stops_the_queue(rig):
 
 
 def test_tx_buffer_straddling_the_arena_end_is_a_fault(rig):
-    r = rig([SimPortConfig("p0", sink=SinkConfig(verify=False))])
+    r = rig([SimPortConfig("p0", sink=SinkConfig(mode="count"))])
     p = r.bring_up()
     tx = r.tx_desc()
     last = int(r.arena.phys(r.arena.size - 30))
@@ -253,7 +253,7 @@ def test_tx_buffer_straddling_the_arena_end_is_a_fault(rig):
     (R.TXD_CMD_DATA & ~R.TXD_CMD_EOP, "multi-segment transmit is not modelled"),
 ])
 def test_unsupported_tx_descriptors_are_faults(rig, cmd, reason):
-    r = rig([SimPortConfig("p0", sink=SinkConfig(verify=False))])
+    r = rig([SimPortConfig("p0", sink=SinkConfig(mode="count"))])
     p = r.bring_up()
     tx = r.tx_desc()
     tx["buffer_addr"][0] = r.buf_addr(0)

@@ -63,12 +63,6 @@ class SinkConfig:
     mode: str = "verify"            # "verify": ixypipe's generator frames (loss, order, content); "count": any
     expect_touch: bool = False      # verify: byte 1 of every frame incremented by one, as ixy-fwd does
     pcap: str | None = None         # also append every frame to this pcap file
-    verify: bool = True             # the older spelling: False means mode "count"; kept equal to mode
-
-    def __post_init__(self) -> None:
-        if not self.verify:
-            self.mode = "count"
-        self.verify = self.mode == "verify"
 
 
 @dataclass
