@@ -142,3 +142,46 @@ def test_after_kill_9_of_the_supervisor_nothing_runs_and_cleanup_removes_the_lef
         assert f"removed {path}" in res.stdout
         assert not path.exists()
     assert re.search(rf"removed /dev/shm/ixypipe-sim-{proc.pid}-", res.stdout), res.stdout
+
+
+HOSTILE = '''
+import numpy as np
+
+calls = 0
+
+def hostile(batch):
+    global calls
+    calls += 1
+    kind = calls % 5
+    if kind == 1:                                   # lengths no buffer holds: TX drops them, never dies
+        batch.bufs.length[batch.idx[:2]] = 60000
+    elif kind == 2:                                 # verdicts that are not port numbers
+        batch.out = np.full(batch.n, np.nan)
+    elif kind == 3:                                 # reorder the buffers: refused
+        batch.idx.sort()
+    elif kind == 4:                                 # send a buffer to another pool: refused
+        batch.bufs.pool_id[batch.idx] = 7
+    batch.data[batch.idx, 1] += 1
+'''
+
+
+def test_a_hostile_worker_cannot_kill_a_stage_or_break_the_accounting(tmp_path):
+    (tmp_path / "hostile.py").write_text(HOSTILE)
+    pipeline = variant(tmp_path, function='"hostile.py:hostile"', expect_touch="false")
+    proc = start([str(pipeline), "--json"])
+    try:
+        wait_for_stats(proc)
+        for _ in range(2):
+            proc.stdout.readline()
+        out, err = stop(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "stage failed" not in err
+    s = summary_of(out)
+    assert s["ok"] and s["in_flight"] == 0 and s["failures"] == []
+    assert s["drops"]["bad_packet"] > 0                 # the over-long packets, dropped by TX
+    assert s["drops"]["worker_error"] > 0               # the bad verdicts and the refused writes
+    assert s["received"] == s["transmitted"] + sum(s["drops"].values())
+    assert "batch.out must stay an integer array" in err
+    assert "read-only" in err                           # numpy's words for the refused writes

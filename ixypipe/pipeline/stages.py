@@ -230,7 +230,7 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 st.packets_in += n
                 st.row["packets_in"] = st.packets_in   # at once: the accounting must see it even if we die now
                 idx = got[:n].copy()
-                idx = drop_bad_packets(st, bufs, idx, pool)
+                idx = drop_bad_packets(st, bufs, idx, pool.free)
                 st.batches += 1
                 st.bytes_in += int(bufs.length[idx].sum())
                 rr = distribute(plan.distribute, bufs, idx, outbox, n_workers, rr)
@@ -249,12 +249,14 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 break
 
 
-def drop_bad_packets(st: Stage, bufs: PacketBuffers, idx: np.ndarray, pool: Mempool) -> np.ndarray:
+def drop_bad_packets(st: Stage, bufs: PacketBuffers, idx: np.ndarray, send_home) -> np.ndarray:
+    """Packets of length 0 or longer than a buffer go home, counted as ``bad_packet`` (RX: from the wire;
+    TX: whatever a worker wrote into the lengths), so a bad length never reaches a descriptor."""
     lengths = bufs.length[idx]
     bad = (lengths == 0) | (lengths > bufs.max_data)
     if not bad.any():
         return idx
-    pool.free(idx[bad])
+    send_home(idx[bad])
     st.row.add("drop_bad_packet", int(bad.sum()))
     return idx[~bad]
 
@@ -292,6 +294,8 @@ def run_worker(st: Stage, worker) -> None:
     from ixypipe.workers.api import DROP, Batch, WorkerContext, WorkerResultError  # the user API
 
     me, plan, bufs = st.me, st.plan, st.bufs
+    for header in (bufs.pool_id, bufs.index):      # which pool owns a buffer is not the worker's to change
+        header.flags.writeable = False
     inputs = [st.ring(r) for r in me.in_rings]
     out_ports = sorted(me.out_ring_of)
     homing = st.homing()
@@ -322,7 +326,9 @@ def run_worker(st: Stage, worker) -> None:
                 idx = got[:n].copy()
                 st.batches += 1
                 st.packets_in += n
-                batch = Batch(bufs, idx, in_port, plan.forward_to[in_port], plan.port_names, counters, ctx)
+                view = idx.view()
+                view.flags.writeable = False                # the worker may not reorder or duplicate buffers
+                batch = Batch(bufs, view, in_port, plan.forward_to[in_port], plan.port_names, counters, ctx)
                 try:
                     out = verdicts(batch, fn(batch))
                 except Exception as exc:                   # user code: drop the batch, keep running
@@ -355,7 +361,12 @@ def verdicts(batch, keep) -> np.ndarray:
     from ixypipe.workers.api import DROP, WorkerResultError
 
     if keep is None:
-        return batch.out
+        out = batch.out
+        if not isinstance(out, np.ndarray) or out.dtype.kind not in "iu" or out.shape != (batch.n,):
+            raise WorkerResultError(f"batch.out must stay an integer array of {batch.n} verdicts (a port index or "
+                                    f"DROP), got {type(out).__name__} {getattr(out, 'dtype', '')} "
+                                    f"{getattr(out, 'shape', '')}")
+        return out
     mask = np.asarray(keep)
     if mask.dtype != np.bool_ or mask.shape != (batch.n,):
         raise WorkerResultError(f"a worker returns None or a boolean mask of {batch.n} packets, "
@@ -484,6 +495,8 @@ def run_tx(st: Stage, device, homing: Homing) -> None:
                     homing.send(idx)
                     st.row.add("drop_stage_died", n)
                     continue
+                idx = drop_bad_packets(st, bufs, idx, homing.send)   # a worker's bug never kills TX
+                n = len(idx)
                 sent = device.tx_batch(me.queue, idx)
                 count_sent(st, bufs, idx[:sent])
                 if sent < n:
