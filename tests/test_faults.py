@@ -24,6 +24,19 @@ def stop(proc, sig=signal.SIGINT, timeout=40) -> tuple[str, str]:
     return proc.communicate(timeout=timeout)
 
 
+def run_a_few_seconds(pipeline) -> tuple:
+    """``ixypipe run PIPELINE --json`` until three stats lines, then Ctrl-C: (process, stdout, stderr)."""
+    proc = start([str(pipeline), "--json"])
+    try:
+        wait_for_stats(proc)
+        for _ in range(2):
+            proc.stdout.readline()
+        out, err = stop(proc)
+    finally:
+        proc.kill()
+    return proc, out, err
+
+
 def test_restart_policy_replaces_a_killed_worker_and_counts_what_it_held(tmp_path):
     proc = start([str(variant(tmp_path, on_stage_death='"restart"')), "--json"])
     try:
@@ -84,14 +97,7 @@ def sometimes_raises(batch):
 def test_worker_exception_drops_the_batch_logs_once_and_keeps_running(tmp_path):
     (tmp_path / "buggy.py").write_text(RAISING)
     pipeline = variant(tmp_path, function='"buggy.py:sometimes_raises"')
-    proc = start([str(pipeline), "--json"])
-    try:
-        wait_for_stats(proc)
-        for _ in range(2):
-            proc.stdout.readline()
-        out, err = stop(proc)
-    finally:
-        proc.kill()
+    proc, out, err = run_a_few_seconds(pipeline)
     assert proc.returncode == 0, err
     s = summary_of(out)
     assert s["drops"]["worker_error"] > 0
@@ -168,14 +174,7 @@ def hostile(batch):
 def test_a_hostile_worker_cannot_kill_a_stage_or_break_the_accounting(tmp_path):
     (tmp_path / "hostile.py").write_text(HOSTILE)
     pipeline = variant(tmp_path, function='"hostile.py:hostile"', expect_touch="false")
-    proc = start([str(pipeline), "--json"])
-    try:
-        wait_for_stats(proc)
-        for _ in range(2):
-            proc.stdout.readline()
-        out, err = stop(proc)
-    finally:
-        proc.kill()
+    proc, out, err = run_a_few_seconds(pipeline)
     assert proc.returncode == 0, err
     assert "stage failed" not in err
     s = summary_of(out)
