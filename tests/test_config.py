@@ -104,7 +104,7 @@ EXPECTED = {
     "wrong_type_promiscuous": "ports[0].promiscuous (line 10): must be true or false, got 'yes'",
     "wrong_type_ports_table": "ports (line 6): must be an array of tables ([[ports]] ... ) with at least one port, "
                               "got a table",
-    "wrong_type_rate": "ports[0].generator.rate_mpps (line 12): must be a number >= 0, got 'fast'",
+    "wrong_type_rate": "ports[0].generator.rate_mpps (line 12): must be a number from 0 to 14.88, got 'fast'",
     "wrong_type_workers": "workers (line 2): must be a table ([workers]), got 'touch'",
 }
 

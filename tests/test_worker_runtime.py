@@ -168,7 +168,7 @@ import pathlib
 
 LOG = pathlib.Path(__file__).with_name("events.log")
 with LOG.open("a") as f:
-    f.write(f"import {os.getpid()}\\n")
+    f.write(f"import {os.getpid()} {os.environ.get('IXYPIPE_WORKER_CHECK', '-')}\\n")
 
 
 def setup(ctx):
@@ -214,7 +214,8 @@ def test_counters_setup_and_teardown_in_a_running_pipeline(tmp_path):
     assert any("counters" in st for st in live[-1]["stages"].values())
     events = (tmp_path / "events.log").read_text().splitlines()
     imports = [e for e in events if e.startswith("import")]
-    assert len(imports) == 1                                # once in the worker process, never in the supervisor
+    assert len([e for e in imports if e.endswith(" -")]) == 1   # once in the worker process, never in the supervisor
+    assert len([e for e in imports if e.endswith(" 1")]) == 1   # and once in run's start-up check (loader.probe)
     assert [e for e in events if e.startswith("setup")] == ["setup 0/1 hello ['p0', 'p1']"]
     assert [e for e in events if e.startswith("teardown")] == [f"teardown 0 {s['received']}"]
 

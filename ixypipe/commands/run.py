@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -43,12 +44,15 @@ def run(pipeline: str, duration: float | None, packets: int | None, json_lines: 
       ixypipe run pipelines/fwd.toml --duration 10 --json > stats.jsonl
       ixypipe run pipelines/fwd.toml --packets 1000000
     """
-    from ixypipe.pipeline.config import ConfigError, load_pipeline
+    from ixypipe.pipeline.config import ConfigError, check_worker_imports, load_pipeline
 
     try:
         cfg = load_pipeline(pipeline)
+        check_worker_imports(cfg)       # in a child, with a time limit: before anything is created
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
+        if exc.details and logging.getLogger().isEnabledFor(logging.DEBUG):     # -v
+            click.echo(exc.details, err=True)
         sys.exit(2)
     if check:
         describe(cfg)

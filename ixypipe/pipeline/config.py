@@ -12,8 +12,10 @@ can be found, and what is allowed.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +39,34 @@ IDLE_MODES = ("auto", "spin", "wake", "nap")
 DISTRIBUTIONS = ("flow", "round-robin")
 PCAP_MODES = ("read", "write")
 CPU_ROLES = ("rx", "workers", "tx", "sim")
-BATCH_SIZE_RANGE = (1, 4096)
-RING_SIZE_RANGE = (64, 65536)             # SPSC ring capacity, power of two
-BUFFER_SIZE_RANGE = (MIN_BUF_SIZE, 16384)  # packet buffer, power of two (64 bytes of it are header)
-BUFFERS_PER_QUEUE_MAX = 1 << 20
-QUEUES_RANGE = (1, 16)
-DESC_RING_RANGE = (8, 4096)               # descriptors per NIC ring, power of two
-PROCESSES_RANGE = (1, 64)
-FLOWS_RANGE = (1, 65535)                  # the simulator's generator numbers flows in a u16
+# Every number a pipeline file may give: key -> (lowest, highest), both allowed.  README "Pipeline
+# files" shows these ranges beside each key; tests/test_hostile_files.py tries both ends and beyond.
+LINE_RATE_MPPS = 14.88          # 10 GbE with 64-byte frames: faster than any 82599 port can take them
+RANGES: dict[str, tuple[float, float]] = {
+    "pipeline.batch_size": (1, 4096),
+    "pipeline.ring_size": (64, 65536),              # SPSC ring capacity, power of two
+    "pipeline.buffer_size": (MIN_BUF_SIZE, 16384),  # packet buffer, power of two (64 bytes of it are header)
+    "pipeline.buffers_per_queue": (1, 1 << 20),     # and at least what the rings can hold (see below)
+    "pipeline.stats_interval": (0.1, 3600.0),       # seconds
+    "stats.interval": (0.1, 3600.0),
+    "ports.rx_queues": (1, 16),
+    "ports.tx_queues": (1, 16),
+    "ports.rx_ring_size": (8, 4096),                # descriptors per NIC ring, power of two
+    "ports.tx_ring_size": (8, 4096),
+    "ports.loop": (0, 1_000_000),                   # pcap replays, 0 = forever
+    "ports.rate_mpps": (0.0, LINE_RATE_MPPS),       # pcap replay pace, 0 = as fast as possible
+    "ports.generator.packet_size": (SIM_MIN_FRAME, SIM_MAX_FRAME),   # and at most buffer_size - 64
+    "ports.generator.rate_mpps": (0.0, LINE_RATE_MPPS),              # 0 = as fast as the RX ring takes
+    "ports.generator.flows": (1, 65535),            # the simulator's generator numbers flows in a u16
+    "ports.generator.count": (0, 10**12),           # 0 = unlimited; 10**12 is 19 h at line rate
+    "workers.processes": (1, 64),
+    "workers.import_timeout": (1.0, 600.0),         # seconds for the worker's module to import
+}
+MAX_FILE_BYTES = 1 << 20        # a pipeline file is a few kB; this bounds what a hostile path can make us read
+MAX_DEPTH = 16                  # tables and arrays nested in a pipeline file (the schema needs 4)
+MAX_NAME = 64                   # characters in the pipeline's name (it reaches terminals and process names)
+MAX_PATH = 4096                 # characters in a path (Linux PATH_MAX)
+NAME_RE = re.compile(rf"[\x20-\x7e]{{1,{MAX_NAME}}}")      # printable ASCII: no escapes, NUL or newlines
 PORT_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,15}")
 PCI_ADDRESS_RE = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
 INTERFACE_RE = re.compile(r"[^/\s]{1,15}")     # Linux IFNAMSIZ - 1, no slash or blank
@@ -55,13 +77,25 @@ DEFAULT_BUFFER_SIZE = 2048
 DEFAULT_BUFFERS_PER_QUEUE = 4096
 DEFAULT_DESC_RING = 512
 DEFAULT_STATS_INTERVAL = 1.0
+DEFAULT_IMPORT_TIMEOUT = 10.0
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """``text`` safe to print: control and non-ASCII characters escaped, cut to ``limit`` characters."""
+    shown = text if text.isascii() and text.isprintable() else text.encode("ascii", "backslashreplace").decode(
+        "ascii").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
 
 
 class ConfigError(ValueError):
     """A pipeline file cannot be used; str() names the file, key, line and what is allowed."""
 
     def __init__(self, file: str, key: str, message: str, line: int | None = None):
+        key = printable(key)                 # an unknown key is the file's text: never raw to a terminal
+        file = printable(file, MAX_PATH)
         self.file, self.key, self.line, self.message = file, key, line, message
+        self.details = ""                    # more for -v (the traceback of a worker's failed import)
         where = f" (line {line})" if line else ""
         super().__init__(f"{file}: {key}{where}: {message}" if key else f"{file}{where}: {message}")
 
@@ -141,6 +175,8 @@ class WorkersConfig:
     distribute: str = "flow"
     per_packet: bool = False
     options: dict = field(default_factory=dict)     # [workers.options]: handed to the worker as ctx.options
+    import_timeout: float = DEFAULT_IMPORT_TIMEOUT  # seconds the worker's module may take to import
+    line: int | None = field(default=None, compare=False)   # of workers.function, for errors found later
 
 
 @dataclass(frozen=True)
@@ -255,6 +291,10 @@ def _show(value: Any) -> str:
         return "a table"
     if isinstance(value, list):
         return "an array"
+    if isinstance(value, str):
+        return printable(repr(value))
+    if isinstance(value, int) and abs(value) > 10**30:
+        return f"a number of {len(str(abs(value)))} digits"
     return repr(value)
 
 
@@ -296,24 +336,31 @@ class _Reader:
 
     def integer(self, table: dict, name: str, key: str, default: int, lo: int | None = None,
                 hi: int | None = None, power_of_two: bool = False) -> int:
+        """A whole number within ``lo``..``hi``, by default the key's range in RANGES."""
         full = f"{key}.{name}"
+        lo, hi = _limits(full, lo, hi)
         value = table.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(full, f"must be a whole number{_range(lo, hi)}, got {_show(value)}")
         if (lo is not None and value < lo) or (hi is not None and value > hi) or (
                 power_of_two and (value <= 0 or value & (value - 1))):
             what = "a power of two" if power_of_two else "a whole number"
-            raise self.fail(full, f"must be {what}{_range(lo, hi)}, got {value}")
+            raise self.fail(full, f"must be {what}{_range(lo, hi)}, got {_show(value)}")
         return value
 
-    def number(self, table: dict, name: str, key: str, default: float, lo: float, lo_open: bool = False) -> float:
+    def number(self, table: dict, name: str, key: str, default: float, lo: float | None = None,
+               lo_open: bool = False, hi: float | None = None) -> float:
+        """A finite number within ``lo``..``hi`` (above ``lo`` when ``lo_open``), by default the key's range."""
         full = f"{key}.{name}"
+        lo, hi = _limits(full, lo, hi)
         value = table.get(name, default)
-        bound = f"> {lo:g}" if lo_open else f">= {lo:g}"
+        bound = (f"> {lo:g}" if lo_open else f">= {lo:g}") if hi is None else (
+            f"from {lo:g} to {hi:g}" if not lo_open else f"> {lo:g} and <= {hi:g}")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(full, f"must be a number {bound}, got {_show(value)}")
-        if value != value or value in (float("inf"), float("-inf")) or value < lo or (lo_open and value == lo):
-            raise self.fail(full, f"must be a number {bound}, got {value!r}")
+        if (value != value or value in (float("inf"), float("-inf")) or value < lo or (lo_open and value == lo)
+                or (hi is not None and value > hi)):
+            raise self.fail(full, f"must be a number {bound}, got {_show(value)}")
         return float(value)
 
     def boolean(self, table: dict, name: str, key: str, default: bool) -> bool:
@@ -329,7 +376,16 @@ class _Reader:
             raise self.fail(full, f"must be one of {_choices(choices)}, got {_show(value)}")
         if not isinstance(value, str):
             raise self.fail(full, f"must be a string, got {_show(value)}")
+        if len(value) > MAX_PATH or not value.isprintable():
+            raise self.fail(full, f"must be at most {MAX_PATH} printable characters (no control characters, "
+                                  f"NUL or newlines), got {_show(value)}")
         return value
+
+
+def _limits(full_key: str, lo, hi) -> tuple:
+    """``lo`` and ``hi`` where given, else the range RANGES documents for this key ("ports[1].x" -> "ports.x")."""
+    documented = RANGES.get(re.sub(r"\[\d+\]", "", full_key), (None, None))
+    return (documented[0] if lo is None else lo), (documented[1] if hi is None else hi)
 
 
 def _range(lo: int | None, hi: int | None) -> str:
@@ -353,25 +409,101 @@ PORT_DRIVER_KEYS = {
 }
 GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count")
 SINK_KEYS = ("mode", "expect_touch", "pcap", "verify")
-WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options")
+WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options", "import_timeout")
 STATS_KEYS = ("interval", "json")
 TOP_KEYS = ("pipeline", "ports", "workers", "cpus", "stats")
 
 
 def load_pipeline(path: str | os.PathLike) -> PipelineConfig:
     """Read and validate a pipeline file."""
+    return parse_pipeline(read_pipeline_file(path), path)
+
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def _regular_file_problem(st: os.stat_result) -> str:
+    """Why a file with this stat cannot be a pipeline file, "" when it can."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((what for test, what in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
+        return f"is {kind}; a pipeline file must be a regular file"
+    if st.st_size > MAX_FILE_BYTES:
+        return f"is {st.st_size} bytes; a pipeline file is at most {MAX_FILE_BYTES} bytes (1 MiB)"
+    return ""
+
+
+def read_pipeline_file(path: str | os.PathLike) -> str:
+    """The text of a pipeline file: a regular file of at most MAX_FILE_BYTES, UTF-8.
+
+    It is looked at (stat) before it is opened, so a FIFO, a device such as
+    /dev/zero or a directory is refused instead of blocking or filling memory;
+    the open file is checked again (it may have been swapped) and read with a cap.
+    """
     file = str(path)
     try:
-        raw = Path(path).read_bytes()
+        problem = _regular_file_problem(os.stat(path))
+        fd = -1 if problem else os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(file, "", "no such pipeline file") from None
+    except ValueError as exc:               # an embedded NUL byte
+        raise ConfigError(file, "", f"not a usable path: {exc}") from None
+    except OSError as exc:
+        why = "a loop of symbolic links" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise ConfigError(file, "", f"cannot read the pipeline file: {why}") from None
+    if problem:
+        raise ConfigError(file, "", problem)
+    chunks, size = [], 0
+    try:
+        problem = _regular_file_problem(os.fstat(fd))           # swapped since the stat?
+        while size <= MAX_FILE_BYTES and not problem:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as exc:
         raise ConfigError(file, "", f"cannot read the pipeline file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if problem:
+        raise ConfigError(file, "", problem)
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(file, "", f"grew beyond {MAX_FILE_BYTES} bytes while being read; a pipeline file is "
+                                    "at most 1 MiB")
+    raw = b"".join(chunks)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(file, "", f"not UTF-8 text (byte {exc.start}): a pipeline file is TOML") from None
-    return parse_pipeline(text, path)
+    if "\x00" in text:
+        raise ConfigError(file, "", f"contains a NUL byte (byte {raw.index(0)}): a pipeline file is TOML text")
+    return text
+
+
+def _depth_problem(doc: dict) -> str:
+    """The first key path nested deeper than MAX_DEPTH tables or arrays, "" when none is (no recursion)."""
+    todo: list[tuple[Any, str, int]] = [(doc, "", 0)]
+    while todo:
+        value, key, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            return key
+        if isinstance(value, dict):
+            todo.extend((v, f"{key}.{k}" if key else str(k), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            todo.extend((v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value))
+    return ""
+
+
+def _deep_line(text: str) -> int | None:
+    """The first line where brackets open deeper than MAX_DEPTH (a rough count, for the message only)."""
+    depth = 0
+    for no, line in enumerate(text.splitlines(), 1):
+        depth = max(0, depth + _open_brackets(line))
+        if depth > MAX_DEPTH:
+            return no
+    return None
 
 
 def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
@@ -381,21 +513,29 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    except RecursionError:          # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(file, "", f"arrays or inline tables nested too deeply (a pipeline file nests at "
+                                    f"most {MAX_DEPTH} levels)", _deep_line(text)) from None
     r = _Reader(file, text)
+    deep = _depth_problem(doc)
+    if deep:
+        raise r.fail(deep, f"nested too deeply (a pipeline file nests at most {MAX_DEPTH} levels of tables "
+                           "and arrays)")
     r.only(doc, "", TOP_KEYS, " (top-level tables)")
     base_dir = Path(path).resolve().parent
 
     pl = r.table(doc, "pipeline", "pipeline", PIPELINE_KEYS)
-    name = r.string(pl, "name", "pipeline", Path(path).stem)
-    if not name:
-        raise r.fail("pipeline.name", "must not be empty")
-    batch_size = r.integer(pl, "batch_size", "pipeline", DEFAULT_BATCH_SIZE, *BATCH_SIZE_RANGE)
-    ring_size = r.integer(pl, "ring_size", "pipeline", DEFAULT_RING_SIZE, *RING_SIZE_RANGE, power_of_two=True)
+    default_name = "".join(c if NAME_RE.fullmatch(c) else "_" for c in Path(path).stem[:MAX_NAME]) or "pipeline"
+    name = r.string(pl, "name", "pipeline", default_name)
+    if not NAME_RE.fullmatch(name):
+        raise r.fail("pipeline.name", f"must be 1 to {MAX_NAME} printable ASCII characters (no control "
+                                      f"characters or escapes), got {_show(name)}")
+    batch_size = r.integer(pl, "batch_size", "pipeline", DEFAULT_BATCH_SIZE)
+    ring_size = r.integer(pl, "ring_size", "pipeline", DEFAULT_RING_SIZE, power_of_two=True)
     if ring_size < batch_size:
         raise r.fail("pipeline.ring_size", f"must hold at least one batch (batch_size {batch_size}), "
                                            f"got {ring_size}")
-    buffer_size = r.integer(pl, "buffer_size", "pipeline", DEFAULT_BUFFER_SIZE, *BUFFER_SIZE_RANGE,
-                            power_of_two=True)
+    buffer_size = r.integer(pl, "buffer_size", "pipeline", DEFAULT_BUFFER_SIZE, power_of_two=True)
     hugepages = r.string(pl, "hugepages", "pipeline", "auto", HUGEPAGE_MODES)
     on_stage_death = r.string(pl, "on_stage_death", "pipeline", "stop", STAGE_DEATH_POLICIES)
     idle = r.string(pl, "idle", "pipeline", "auto", IDLE_MODES)
@@ -403,8 +543,7 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
     ports = _ports(r, doc, buffer_size, base_dir)
 
     per_queue_needed, why = _buffers_needed(ports, batch_size)
-    bpq = r.integer(pl, "buffers_per_queue", "pipeline", max(DEFAULT_BUFFERS_PER_QUEUE, per_queue_needed), 1,
-                    BUFFERS_PER_QUEUE_MAX)
+    bpq = r.integer(pl, "buffers_per_queue", "pipeline", max(DEFAULT_BUFFERS_PER_QUEUE, per_queue_needed))
     if bpq < per_queue_needed:
         raise r.fail("pipeline.buffers_per_queue",
                      f"must be at least {per_queue_needed} ({why}) so a full RX ring, a full TX ring and "
@@ -414,12 +553,12 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
     cpus = _cpus(r, doc)
 
     st = r.table(doc, "stats", "stats", STATS_KEYS)
-    interval = r.number(pl, "stats_interval", "pipeline", DEFAULT_STATS_INTERVAL, 0.0, lo_open=True)
+    interval = r.number(pl, "stats_interval", "pipeline", DEFAULT_STATS_INTERVAL)
     if "interval" in st:
-        if "stats_interval" in pl and r.number(st, "interval", "stats", 1.0, 0.0, lo_open=True) != interval:
+        if "stats_interval" in pl and r.number(st, "interval", "stats", 1.0) != interval:
             raise r.fail("stats.interval", f"disagrees with pipeline.stats_interval ({interval:g}); "
                                            "give the interval once")
-        interval = r.number(st, "interval", "stats", DEFAULT_STATS_INTERVAL, 0.0, lo_open=True)
+        interval = r.number(st, "interval", "stats", DEFAULT_STATS_INTERVAL)
     stats = StatsConfig(interval, r.boolean(st, "json", "stats", False))
 
     return PipelineConfig(file, name, batch_size, ring_size, buffer_size, bpq, hugepages, on_stage_death,
@@ -450,7 +589,7 @@ def _ports(r: _Reader, doc: dict, buffer_size: int, base_dir: Path) -> list[Port
             raise r.fail(key, "missing required key name (the port's name, [A-Za-z0-9_-]{1,15})")
         name = r.string(p, "name", key, "")
         if not PORT_NAME_RE.fullmatch(name):
-            raise r.fail(f"{key}.name", f"must be 1 to 15 of A-Z a-z 0-9 _ -, got {name!r}")
+            raise r.fail(f"{key}.name", f"must be 1 to 15 of A-Z a-z 0-9 _ -, got {_show(name)}")
         if name in first_seen:
             raise r.fail(f"{key}.name", f"duplicate port name {name!r} (already ports[{first_seen[name]}]); "
                                         "port names must be unique")
@@ -461,6 +600,8 @@ def _ports(r: _Reader, doc: dict, buffer_size: int, base_dir: Path) -> list[Port
         allowed = PORT_COMMON_KEYS + PORT_DRIVER_KEYS[driver]
         r.only(p, key, allowed, f" for a {driver!r} port")
         ports.append(_port(r, p, key, name, driver, buffer_size, base_dir))
+    _check_pci_addresses(r, ports)
+    _check_outputs(r, ports)
 
     names = [p.name for p in ports]
     resolved = []
@@ -476,9 +617,52 @@ def _ports(r: _Reader, doc: dict, buffer_size: int, base_dir: Path) -> list[Port
                 raise r.fail(f"ports[{i}]", f"missing forward_to: with {len(ports)} ports say where packets "
                                             f"received on {p.name!r} go (one of {_choices(names)})")
         elif target not in names:
-            raise r.fail(key, f"must name a port of this file, one of {_choices(names)}, got {target!r}")
+            raise r.fail(key, f"must name a port of this file, one of {_choices(names)}, got {_show(target)}")
         resolved.append(_replace(p, forward_to=target))
     return resolved
+
+
+def _check_pci_addresses(r: _Reader, ports: list[PortConfig]) -> None:
+    """No two ports drive the same PCI function: given addresses, and the simulator's defaults for sim ports
+    without one (sim ports live in the simulator's own sysfs tree, ixgbe ports in the machine's)."""
+    from ixypipe.sim.sysfs import default_address
+
+    seen: dict[tuple[bool, str], tuple[int, bool]] = {}
+    sim_index = 0
+    for i, p in enumerate(ports):
+        if p.driver not in ("sim", "ixgbe"):
+            continue
+        given = bool(p.pci)
+        address = p.pci
+        if p.driver == "sim":
+            address = p.pci or default_address(sim_index)
+            sim_index += 1
+        where = (p.driver == "sim", address)
+        if where in seen:
+            j, j_given = seen[where]
+            how = "" if j_given else ", the simulator's default for a sim port without pci"
+            mine = "" if given else " (the simulator's default for this sim port without pci)"
+            raise r.fail(f"ports[{i}].pci" if given else f"ports[{i}]",
+                         f"PCI address {address}{mine} is also port {ports[j].name!r}'s (ports[{j}]{how}); "
+                         f"ports {ports[j].name!r} and {p.name!r} need different addresses")
+        seen[where] = (i, given)
+
+
+def _check_outputs(r: _Reader, ports: list[PortConfig]) -> None:
+    """A file is written by at most one port, and never one that a port reads."""
+    used: dict[str, str] = {}
+    for i, p in enumerate(ports):
+        files = []
+        if p.driver == "pcap":
+            files.append((f"ports[{i}].path", p.path, p.pcap_mode == "write"))
+        if p.sink is not None and p.sink.pcap:
+            files.append((f"ports[{i}].sink.pcap", p.sink.pcap, True))
+        for key, path, writes in files:
+            real = os.path.realpath(path)
+            if real in used and (writes or used[real].endswith("(written)")):
+                raise r.fail(key, f"{printable(repr(path), MAX_PATH)} is also {used[real]}; a file written "
+                                  "by one port cannot be read or written by another")
+            used.setdefault(real, f"{key} ({'written' if writes else 'read'})")
 
 
 def _replace(p: PortConfig, **changes) -> PortConfig:
@@ -487,10 +671,10 @@ def _replace(p: PortConfig, **changes) -> PortConfig:
 
 
 def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: int, base_dir: Path) -> PortConfig:
-    rx_queues = r.integer(p, "rx_queues", key, 1, *QUEUES_RANGE)
-    tx_queues = r.integer(p, "tx_queues", key, 1, *QUEUES_RANGE)
-    rx_ring = r.integer(p, "rx_ring_size", key, DEFAULT_DESC_RING, *DESC_RING_RANGE, power_of_two=True)
-    tx_ring = r.integer(p, "tx_ring_size", key, DEFAULT_DESC_RING, *DESC_RING_RANGE, power_of_two=True)
+    rx_queues = r.integer(p, "rx_queues", key, 1)
+    tx_queues = r.integer(p, "tx_queues", key, 1)
+    rx_ring = r.integer(p, "rx_ring_size", key, DEFAULT_DESC_RING, power_of_two=True)
+    tx_ring = r.integer(p, "tx_ring_size", key, DEFAULT_DESC_RING, power_of_two=True)
     promiscuous = r.boolean(p, "promiscuous", key, True)
     forward_to = r.string(p, "forward_to", key, "")
     fields: dict[str, Any] = {}
@@ -501,7 +685,7 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
         pci = r.string(p, "pci", key, "")
         if pci and not PCI_ADDRESS_RE.fullmatch(pci):
             raise r.fail(f"{key}.pci", f"must be a PCI address \"DDDD:BB:DD.F\" (hex), e.g. \"0000:03:00.0\", "
-                                       f"got {pci!r}")
+                                       f"got {_show(pci)}")
         fields["pci"] = pci.lower()
         fields["iommu"] = r.string(p, "iommu", key, "none", IOMMU_MODES)
     if driver == "sim":
@@ -514,7 +698,7 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
         interface = r.string(p, "interface", key, "")
         if not INTERFACE_RE.fullmatch(interface):
             raise r.fail(f"{key}.interface", f"must be an interface name of 1 to 15 characters without '/' "
-                                             f"or blanks, got {interface!r}")
+                                             f"or blanks, got {_show(interface)}")
         fields["interface"] = interface
         fields["af_packet_options"] = {k: r.boolean(p, k, key, False) for k in ("qdisc_bypass", "fanout_defrag")
                                        if k in p}
@@ -525,8 +709,8 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
         mode = r.string(p, "mode", key, "read", PCAP_MODES)
         fields["path"] = _file(r, p, "path", key, base_dir, must_exist=mode == "read")
         fields["pcap_mode"] = mode
-        fields["pcap_loop"] = r.integer(p, "loop", key, 1, 0)
-        fields["pcap_rate_mpps"] = r.number(p, "rate_mpps", key, 0.0, 0.0)
+        fields["pcap_loop"] = r.integer(p, "loop", key, 1)
+        fields["pcap_rate_mpps"] = r.number(p, "rate_mpps", key, 0.0)
         if rx_queues != 1 or tx_queues != 1:
             bad = "rx_queues" if rx_queues != 1 else "tx_queues"
             raise r.fail(f"{key}.{bad}", f"a 'pcap' port has exactly one RX and one TX queue, "
@@ -536,15 +720,57 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
 
 
 def _file(r: _Reader, table: dict, name: str, key: str, base_dir: Path, must_exist: bool) -> str:
+    """An input file (``must_exist``: a regular file) or an output file (see output_problem), as a full path."""
+    full = f"{key}.{name}"
     raw = r.string(table, name, key, "")
     if not raw:
-        raise r.fail(f"{key}.{name}", "must be a file path, got an empty string")
+        raise r.fail(full, "must be a file path, got an empty string")
     path = Path(raw) if Path(raw).is_absolute() else base_dir / raw
-    if must_exist and not path.is_file():
-        raise r.fail(f"{key}.{name}", f"no such file {str(path)!r} (relative paths start at {str(base_dir)!r})")
-    if not must_exist and not path.parent.is_dir():
-        raise r.fail(f"{key}.{name}", f"directory {str(path.parent)!r} does not exist")
+    if must_exist:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            why = "" if exc.errno == errno.ENOENT else f": {exc.strerror}"
+            raise r.fail(full, f"no such file {printable(repr(str(path)), MAX_PATH)}{why} (relative paths "
+                               f"start at {printable(repr(str(base_dir)), MAX_PATH)})") from None
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((what for test, what in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
+            raise r.fail(full, f"{printable(str(path), MAX_PATH)} is {kind}; an input must be a regular file")
+    else:
+        problem = output_problem(path)
+        if problem:
+            raise r.fail(full, problem)
     return str(path)
+
+
+def output_problem(path: Path) -> str:
+    """Why ``path`` cannot be written as an output file (a capture), "" when it can.
+
+    It may exist as a regular file this user can write, or be created in an
+    existing directory this user can write; a directory or a device
+    (/dev/full, /dev/null) is refused before anything starts, so the process
+    that would write it does not die mid-run.
+    """
+    shown = printable(repr(str(path)), MAX_PATH)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        return f"cannot use {shown}: {exc.strerror}"
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((what for test, what in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
+            return f"{shown} is {kind}; an output must be a regular file (it is created or replaced)"
+        if not os.access(path, os.W_OK):
+            return f"{shown} is not writable by this user"
+        return ""
+    parent = path.parent
+    if not parent.is_dir():
+        return f"directory {printable(repr(str(parent)), MAX_PATH)} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {shown}: directory {printable(repr(str(parent)), MAX_PATH)} is not writable by this user"
+    return ""
 
 
 def _subtable(r: _Reader, p: dict, name: str, key: str, allowed: tuple[str, ...]) -> dict | None:
@@ -561,10 +787,10 @@ def _generator(r: _Reader, p: dict, key: str, buffer_size: int) -> GeneratorSpec
     g = _subtable(r, p, "generator", key, GENERATOR_KEYS)
     if g is None:
         return None
-    biggest = min(SIM_MAX_FRAME, buffer_size - PKTBUF_HEADROOM)
-    size = r.integer(g, "packet_size", key, 60, SIM_MIN_FRAME, biggest)
-    return GeneratorSpec(size, r.number(g, "rate_mpps", key, 0.0, 0.0), r.integer(g, "flows", key, 4, *FLOWS_RANGE),
-                         r.integer(g, "count", key, 0, 0))
+    biggest = min(RANGES["ports.generator.packet_size"][1], buffer_size - PKTBUF_HEADROOM)
+    size = r.integer(g, "packet_size", key, 60, hi=biggest)
+    return GeneratorSpec(size, r.number(g, "rate_mpps", key, 0.0), r.integer(g, "flows", key, 4),
+                         r.integer(g, "count", key, 0))
 
 
 def _sink(r: _Reader, p: dict, key: str, base_dir: Path) -> SinkSpec | None:
@@ -588,19 +814,39 @@ def _sink(r: _Reader, p: dict, key: str, base_dir: Path) -> SinkSpec | None:
 def _workers(r: _Reader, doc: dict, base_dir: Path) -> WorkersConfig:
     w = r.table(doc, "workers", "workers", WORKERS_KEYS)
     function = r.string(w, "function", "workers", "touch")
-    processes = r.integer(w, "processes", "workers", 1, *PROCESSES_RANGE)
+    processes = r.integer(w, "processes", "workers", 1)
     distribute = r.string(w, "distribute", "workers", "flow", DISTRIBUTIONS)
     per_packet = r.boolean(w, "per_packet", "workers", False)
     options = w.get("options", {})
     if not isinstance(options, dict):
         raise r.fail("workers.options", f"must be a table ([workers.options]), got {_show(options)}")
+    import_timeout = r.number(w, "import_timeout", "workers", DEFAULT_IMPORT_TIMEOUT)
     from ixypipe.workers.loader import WorkerLoadError, check_worker
 
     try:
         check_worker(function, base_dir)       # reads the source, never imports it (no side effects here)
     except WorkerLoadError as exc:
-        raise r.fail("workers.function", str(exc)) from None
-    return WorkersConfig(function, processes, distribute, per_packet, dict(options))
+        raise r.fail("workers.function", printable(str(exc), MAX_PATH)) from None
+    return WorkersConfig(function, processes, distribute, per_packet, dict(options), import_timeout,
+                         r.line_of("workers.function"))
+
+
+def check_worker_imports(cfg: PipelineConfig) -> None:
+    """Import the worker's module in a child with the file's time limit (loader.probe); ConfigError if that fails.
+
+    ``ixypipe run`` calls this at --check and before anything of a run is
+    created: a module that raises or never finishes importing is a bad
+    pipeline (exit 2), not a stage that dies or hangs.
+    """
+    from ixypipe.workers.loader import WorkerLoadError, probe
+
+    w = cfg.workers
+    try:
+        probe(w.function, cfg.base_dir, w.per_packet, w.import_timeout)
+    except WorkerLoadError as exc:
+        err = ConfigError(cfg.path, "workers.function", printable(str(exc), MAX_PATH), w.line)
+        err.details = exc.details
+        raise err from None
 
 
 def available_cpus() -> list[int]:
@@ -624,6 +870,8 @@ def _cpus(r: _Reader, doc: dict) -> CpuConfig:
         for i, cpu in enumerate(value):
             if isinstance(cpu, bool) or not isinstance(cpu, int):
                 raise r.fail(f"{key}[{i}]", f"must be a CPU id (a whole number), got {_show(cpu)}")
+            if cpu in value[:i]:
+                raise r.fail(f"{key}[{i}]", f"CPU {cpu} is listed twice")
             usable = usable if usable is not None else available_cpus()
             if cpu not in usable:
                 raise r.fail(f"{key}[{i}]", f"CPU {cpu} is not available on this machine; available CPUs: "
@@ -633,4 +881,5 @@ def _cpus(r: _Reader, doc: dict) -> CpuConfig:
 
 
 __all__ = ["ConfigError", "PipelineConfig", "PortConfig", "GeneratorSpec", "SinkSpec", "WorkersConfig",
-           "CpuConfig", "StatsConfig", "load_pipeline", "parse_pipeline", "key_lines", "DRIVERS"]
+           "CpuConfig", "StatsConfig", "load_pipeline", "parse_pipeline", "key_lines", "DRIVERS", "RANGES",
+           "read_pipeline_file", "check_worker_imports", "output_problem"]

@@ -24,7 +24,11 @@ import ast
 import importlib
 import importlib.util
 import inspect
+import multiprocessing
+import os
+import signal
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +39,24 @@ from ixypipe.workers.builtin import BUILTINS
 
 
 class WorkerLoadError(Exception):
-    """The worker function cannot be found or is not callable."""
+    """The worker function cannot be found or is not callable.
+
+    ``where`` is the file:line an import raised at (when it did), ``details`` its traceback (shown with -v).
+    """
+
+    def __init__(self, message: str, where: str = "", details: str = ""):
+        super().__init__(message)
+        self.where, self.details = where, details
+
+
+def _failed(message: str, exc: BaseException) -> WorkerLoadError:
+    """A WorkerLoadError for an import that raised ``exc``: where in the user's code, and the traceback."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f"{exc.filename}:{exc.lineno}"
+    else:
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return WorkerLoadError(message, where, "".join(traceback.format_exception(exc)).rstrip())
 
 
 @dataclass
@@ -113,7 +134,7 @@ def _module(name: str):
     except ModuleNotFoundError as exc:
         raise WorkerLoadError(f"no module {name!r} ({exc})") from None
     except Exception as exc:
-        raise WorkerLoadError(f"importing {name!r} failed: {type(exc).__name__}: {exc}") from None
+        raise _failed(f"importing {name!r} failed: {type(exc).__name__}: {exc}", exc) from None
 
 
 def _resolve(path: str, base_dir: Path) -> Path:
@@ -136,7 +157,7 @@ def _module_from_file(path: str, base_dir: Path):
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        raise WorkerLoadError(f"loading {file} failed: {type(exc).__name__}: {exc}") from None
+        raise _failed(f"loading {file} failed: {type(exc).__name__}: {exc}", exc) from None
     sys.modules[mod_name] = module
     return module
 
@@ -202,3 +223,92 @@ def _check_defines(tree: ast.Module, spec: str, where: str, name: str) -> None:
                     return
     if not star:
         raise WorkerLoadError(f"{where} has no function {name!r}")
+
+
+# ---- importing in a child, with a time limit -----------------------------------------------------
+
+IMPORT_TIMEOUT = 10.0        # seconds a worker's module may take to import (workers.import_timeout)
+PROBE_START_LIMIT = 120.0    # seconds for the child's interpreter to start (a busy machine is slow)
+CHECK_ENV = "IXYPIPE_WORKER_CHECK"   # set to "1" in the child, so module code can tell it is only checked
+
+
+def probe(spec: str, base_dir: str | Path = ".", per_packet: bool = False, timeout: float = IMPORT_TIMEOUT) -> None:
+    """Load the worker ``spec`` names in a short-lived child process; raise WorkerLoadError if that fails.
+
+    What only an import can show is found before a pipeline starts: a module
+    that raises (the message says at which file:line), and one whose import
+    never returns ("did not finish importing within N s"; the child and
+    anything it started in its session are killed).  The child's output goes
+    to /dev/null and it leaves without running exit handlers; a built-in
+    worker needs no child.
+    """
+    if spec in BUILTINS:
+        return
+    where = _split(spec)[0]
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_probe_child, args=(spec, str(base_dir), per_packet, sender),
+                        name="ixypipe-worker-check", daemon=True)
+    child.start()
+    sender.close()
+    try:
+        reply = _receive(receiver, PROBE_START_LIMIT)          # "importing": the interpreter is up
+        if reply == ("timeout",):
+            raise WorkerLoadError(f"the process to import worker module {where} did not start within "
+                                  f"{PROBE_START_LIMIT:g} s")
+        if reply[0] == "importing":
+            reply = _receive(receiver, timeout)
+            if reply == ("timeout",):
+                raise WorkerLoadError(f"worker module {where} did not finish importing within {timeout:g} s "
+                                      "(a loop or a blocking call at module level?)")
+        if reply == ("closed",):
+            child.join(5)
+            code = child.exitcode
+            how = f"exit code {code}" if code is not None and code >= 0 else f"signal {-code}" if code else "?"
+            raise WorkerLoadError(f"importing worker module {where} ended its process ({how})")
+        if reply[0] == "error":
+            _, message, at, details = reply
+            at_text = f" (at {at})" if at else ""
+            raise WorkerLoadError(f"{message.splitlines()[0] if message else 'failed'}{at_text}", at, details)
+    finally:
+        receiver.close()
+        _end(child)
+
+
+def _receive(conn, timeout: float) -> tuple:
+    """The child's next message, ("timeout",) when none came within ``timeout``, ("closed",) when it left."""
+    try:
+        return conn.recv() if conn.poll(timeout) else ("timeout",)
+    except (EOFError, OSError):
+        return ("closed",)
+
+
+def _end(child) -> None:
+    """Kill the child's session (the module may have started processes) and reap the child."""
+    if child.is_alive() and child.pid:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)            # the child made itself a session leader
+        except OSError:                                     # not yet: then only the child
+            pass
+        child.kill()
+    child.join(10)
+
+
+def _probe_child(spec: str, base_dir: str, per_packet: bool, conn) -> None:
+    os.setsid()                              # its own session: a timeout kills what the module started too
+    quiet = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):                     # module-level prints and warnings go nowhere
+        os.dup2(quiet, fd)
+    os.environ[CHECK_ENV] = "1"
+    conn.send(("importing",))
+    try:
+        load(spec, base_dir, per_packet)
+        reply: tuple = ("ok",)
+    except WorkerLoadError as exc:
+        reply = ("error", str(exc), exc.where, exc.details)
+    except BaseException as exc:             # SystemExit, KeyboardInterrupt raised by module code
+        reply = ("error", f"loading {spec} failed: {type(exc).__name__}: {exc}", "", traceback.format_exc())
+    try:
+        conn.send(reply)
+    finally:
+        os._exit(0)                          # no exit handlers the module registered, no teardown
