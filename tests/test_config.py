@@ -9,7 +9,6 @@ the parser either accepts it or raises ConfigError, never anything else.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import re
 from pathlib import Path
@@ -33,6 +32,7 @@ from ixypipe.pipeline.config import (
     load_pipeline,
     parse_pipeline,
 )
+from tests.support.tomltext import to_toml
 
 HERE = Path(__file__).resolve().parent
 BAD = HERE / "bad_pipelines"
@@ -228,49 +228,6 @@ SCALARS = st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(), st.text(max_siz
                     st.sampled_from(INTERESTING))
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(KNOWN_KEYS), inner, max_size=3)), max_leaves=6)
-BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def toml_key(key: str) -> str:
-    return key if BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
-
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return "nan" if v != v else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
-    return "[" + ", ".join(toml_value(x) for x in v) + "]"
-
-
-def is_table_array(v) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-
-
-def to_toml(table: dict, path: tuple[str, ...] = (), array: bool = False, out: list[str] | None = None) -> str:
-    """A TOML writer for the documents below: tables as [headers], arrays of tables as [[headers]]."""
-    out = [] if out is None else out
-    if path:
-        name = ".".join(toml_key(k) for k in path)
-        out.append(f"[[{name}]]" if array else f"[{name}]")
-    for k, v in table.items():
-        if not (isinstance(v, dict) or is_table_array(v)):
-            out.append(f"{toml_key(k)} = {toml_value(v)}")
-    for k, v in table.items():
-        if isinstance(v, dict):
-            to_toml(v, (*path, k), False, out)
-        elif is_table_array(v):
-            for element in v:
-                to_toml(element, (*path, k), True, out)
-    return "\n".join(out) + "\n"
-
-
 def places(doc) -> list[tuple[object, object]]:
     """Every (container, key or index) in the document, to mutate."""
     found = []

@@ -51,7 +51,7 @@ def run(pipeline: str, duration: float | None, packets: int | None, json_lines: 
         check_worker_imports(cfg)       # in a child, with a time limit: before anything is created
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
-        if exc.details and logging.getLogger().isEnabledFor(logging.DEBUG):     # -v
+        if exc.details and verbose():
             click.echo(exc.details, err=True)
         sys.exit(2)
     if check:
@@ -61,6 +61,12 @@ def run(pipeline: str, duration: float | None, packets: int | None, json_lines: 
 
     result = Supervisor(cfg, duration=duration, packets=packets, json_lines=json_lines).run()
     sys.exit(result.exit_code)
+
+
+def verbose() -> bool:
+    """Was ``ixypipe -v`` given (the group's option, or debug logging however it was turned on)?"""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("verbose")) or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def describe(cfg) -> None:
