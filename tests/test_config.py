@@ -106,6 +106,19 @@ EXPECTED = {
                               "got a table",
     "wrong_type_rate": "ports[0].generator.rate_mpps (line 12): must be a number from 0 to 14.88, got 'fast'",
     "wrong_type_workers": "workers (line 2): must be a table ([workers]), got 'touch'",
+    "sim_pci_collides_with_default": "ports[1].pci (line 12): PCI address 0000:5e:00.0 is also the address of port "
+                                     "'p0' (ports[0], the simulator's default for a sim port without pci); ports "
+                                     "'p0' and 'p1' need different addresses",
+    "stats_interval_too_small": "pipeline.stats_interval (line 4): must be a number from 0.1 to 3600, got 1e-09",
+    "generator_rate_above_line_rate": "ports[0].generator.rate_mpps (line 7): must be a number from 0 to 14.88, "
+                                      "got 1e+300",
+    "pipeline_name_with_escape": "pipeline.name (line 3): must be at most 64 printable characters (no control "
+                                 "characters, NUL or newlines), got '\\x1b[31mred\\x00'",
+    "options_nested_too_deeply": "workers.options.x[0][0][0][0][0][0][0][0][0][0][0][0][0][0] (line 7): nested too "
+                                 "deeply (a pipeline file nests at most 16 levels of tables and arrays)",
+    "sink_pcap_is_a_device": "ports[0].sink.pcap (line 8): '/dev/full' is a character device; an output must be a "
+                             "regular file (it is created or replaced)",
+    "cpus_listed_twice": "cpus.rx[1] (line 7): CPU 0 is listed twice",
 }
 
 

@@ -2,13 +2,16 @@
 
 This module owns the pipeline file format (README "Pipeline files"): its
 tables, keys, defaults and limits, and the checks that run before anything
-is mapped: types and ranges, unknown keys (the error lists the allowed ones),
-port names and ``forward_to`` links, driver-specific keys, mempool sizing,
-CPU ids against this machine, and the worker function (imported and checked
-here, so a typo is caught at once).  Every problem is a ConfigError whose
-text names the file, the key path (``ports[1].driver``), the line where it
-can be found, and what is allowed.
-"""
+is mapped: the file itself (a regular file of at most 1 MiB, looked at
+before it is opened), nesting depth, types and the ranges of every number
+(one table, RANGES), printable bounded names and strings, unknown keys (the
+error lists the allowed ones), port names and ``forward_to`` links,
+driver-specific keys, colliding PCI addresses, input and output files,
+mempool sizing, CPU ids against this machine, and the worker function
+(checked from its source here; check_worker_imports imports it in a child).
+Every problem is a ConfigError whose text names the file, the key path
+(``ports[1].driver``), the line where it can be found, and what is allowed,
+with anything taken from the file escaped and cut short."""
 
 from __future__ import annotations
 
@@ -369,15 +372,16 @@ class _Reader:
             raise self.fail(f"{key}.{name}", f"must be true or false, got {_show(value)}")
         return value
 
-    def string(self, table: dict, name: str, key: str, default: str, choices: tuple[str, ...] = ()) -> str:
+    def string(self, table: dict, name: str, key: str, default: str, choices: tuple[str, ...] = (),
+               limit: int = MAX_PATH) -> str:
         full = f"{key}.{name}"
         value = table.get(name, default)
         if choices and value not in choices:
             raise self.fail(full, f"must be one of {_choices(choices)}, got {_show(value)}")
         if not isinstance(value, str):
             raise self.fail(full, f"must be a string, got {_show(value)}")
-        if len(value) > MAX_PATH or not value.isprintable():
-            raise self.fail(full, f"must be at most {MAX_PATH} printable characters (no control characters, "
+        if len(value) > limit or not value.isprintable():
+            raise self.fail(full, f"must be at most {limit} printable characters (no control characters, "
                                   f"NUL or newlines), got {_show(value)}")
         return value
 
@@ -526,7 +530,7 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
 
     pl = r.table(doc, "pipeline", "pipeline", PIPELINE_KEYS)
     default_name = "".join(c if NAME_RE.fullmatch(c) else "_" for c in Path(path).stem[:MAX_NAME]) or "pipeline"
-    name = r.string(pl, "name", "pipeline", default_name)
+    name = r.string(pl, "name", "pipeline", default_name, limit=MAX_NAME)
     if not NAME_RE.fullmatch(name):
         raise r.fail("pipeline.name", f"must be 1 to {MAX_NAME} printable ASCII characters (no control "
                                       f"characters or escapes), got {_show(name)}")
@@ -643,8 +647,8 @@ def _check_pci_addresses(r: _Reader, ports: list[PortConfig]) -> None:
             how = "" if j_given else ", the simulator's default for a sim port without pci"
             mine = "" if given else " (the simulator's default for this sim port without pci)"
             raise r.fail(f"ports[{i}].pci" if given else f"ports[{i}]",
-                         f"PCI address {address}{mine} is also port {ports[j].name!r}'s (ports[{j}]{how}); "
-                         f"ports {ports[j].name!r} and {p.name!r} need different addresses")
+                         f"PCI address {address}{mine} is also the address of port {ports[j].name!r} "
+                         f"(ports[{j}]{how}); ports {ports[j].name!r} and {p.name!r} need different addresses")
         seen[where] = (i, given)
 
 

@@ -12,10 +12,12 @@ batch function.
 :func:`check_worker` is what the supervisor runs while it validates the
 pipeline file: it reads the worker's source with ``ast`` and never imports
 it, so module-level code (an ``atexit`` handler, a connection, a print)
-runs once per worker process, in that process, and nowhere else.  Errors
-only an import can show (an ``ImportError`` inside the file) are reported
-by the worker process when it starts, before it takes any packet.
-:func:`load_worker` and :func:`load` import; the worker stage calls them.
+never runs in the supervisor.  Errors only an import can show (an
+``ImportError`` inside the file, an import that never returns) are found
+by :func:`probe`, which ``ixypipe run`` calls at --check and before it
+creates anything: it loads the worker in a short-lived child process with
+a time limit.  :func:`load_worker` and :func:`load` import; the probe's
+child and the worker stage call them.
 """
 
 from __future__ import annotations
