@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -197,6 +198,10 @@ STRUCTURES = [
     ("cpus-rx-bool", ": cpus.rx[0]", lambda x: x.setdefault("cpus", {}).__setitem__("rx", [True])),
     ("cpus-rx-float", ": cpus.rx[0]", lambda x: x.setdefault("cpus", {}).__setitem__("rx", [1.5])),
     ("cpus-rx-huge", ": cpus.rx[0]", lambda x: x.setdefault("cpus", {}).__setitem__("rx", [2**63 - 1])),
+    ("ports-too-many", ": ports[32] (line", lambda x: x.__setitem__("ports", [{"name": f"p{i}", "driver": "sim",
+                                                                           "forward_to": "p0"} for i in range(33)])),
+    ("ports-thousands", ": ports[32] (line", lambda x: x.__setitem__("ports", [{"name": f"p{i}", "driver": "sim"}
+                                                                           for i in range(20_000)])),
     ("forward-to-missing", ": ports[0].forward_to", lambda x: x["ports"][0].__setitem__("forward_to", "p9")),
     ("sink-mode-and-verify", ": ports[0].sink.verify", lambda x: x["ports"][0]["sink"].__setitem__("mode", "count")),
 ]
@@ -413,6 +418,16 @@ def test_the_corpus_is_big_and_covers_every_range():
     assert len(CASES) >= 200
     for key in RANGES:
         assert sum(c.id.startswith(f"number-{key}-") for c in CASES) >= 8, key
+
+
+def test_the_readme_documents_every_range():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Pipeline files", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for keys, limits in re.findall(r"^\| (`.+?) \| (.+?) \|$", section, re.M):
+        lo, hi = re.match(r"([\d.]+) \.\. ([\d.]+)", limits).groups()
+        documented.update({key: (float(lo), float(hi)) for key in re.findall(r"`([a-z_.]+)`", keys)})
+    assert documented == {key: (float(lo), float(hi)) for key, (lo, hi) in RANGES.items()}
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

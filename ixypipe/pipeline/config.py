@@ -65,6 +65,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "workers.processes": (1, 64),
     "workers.import_timeout": (1.0, 600.0),         # seconds for the worker's module to import
 }
+MAX_PORTS = 32                  # [[ports]] tables (DPDK's default RTE_MAX_ETHPORTS)
 MAX_FILE_BYTES = 1 << 20        # a pipeline file is a few kB; this bounds what a hostile path can make us read
 MAX_DEPTH = 16                  # tables and arrays nested in a pipeline file (the schema needs 4)
 MAX_NAME = 64                   # characters in the pipeline's name (it reaches terminals and process names)
@@ -585,6 +586,8 @@ def _ports(r: _Reader, doc: dict, buffer_size: int, base_dir: Path) -> list[Port
     if not isinstance(raw, list) or not raw or not all(isinstance(p, dict) for p in raw):
         raise r.fail("ports", "must be an array of tables ([[ports]] ... ) with at least one port, "
                               f"got {_show(raw)}")
+    if len(raw) > MAX_PORTS:
+        raise r.fail(f"ports[{MAX_PORTS}]", f"at most {MAX_PORTS} ports, got {len(raw)}")
     ports: list[PortConfig] = []
     first_seen: dict[str, int] = {}
     for i, p in enumerate(raw):
