@@ -202,6 +202,9 @@ STRUCTURES = [
                                                                            "forward_to": "p0"} for i in range(33)])),
     ("ports-thousands", ": ports[32] (line", lambda x: x.__setitem__("ports", [{"name": f"p{i}", "driver": "sim"}
                                                                            for i in range(20_000)])),
+    ("memory-beyond-the-machine", ": pipeline.buffers_per_queue (line", lambda x: (
+        x["pipeline"].update(buffers_per_queue=1 << 20, buffer_size=16384),
+        [p.update(rx_queues=16) for p in x["ports"]])),
     ("forward-to-missing", ": ports[0].forward_to", lambda x: x["ports"][0].__setitem__("forward_to", "p9")),
     ("sink-mode-and-verify", ": ports[0].sink.verify", lambda x: x["ports"][0]["sink"].__setitem__("mode", "count")),
 ]

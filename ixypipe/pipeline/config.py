@@ -553,6 +553,7 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
         raise r.fail("pipeline.buffers_per_queue",
                      f"must be at least {per_queue_needed} ({why}) so a full RX ring, a full TX ring and "
                      f"two batches in flight never empty the mempool, got {bpq}")
+    _check_memory(r, ports, bpq, buffer_size)
 
     workers = _workers(r, doc, base_dir)
     cpus = _cpus(r, doc)
@@ -568,6 +569,18 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
 
     return PipelineConfig(file, name, batch_size, ring_size, buffer_size, bpq, hugepages, on_stage_death,
                           ports, workers, cpus, stats, idle)
+
+
+def _check_memory(r: _Reader, ports: list[PortConfig], bpq: int, buffer_size: int) -> None:
+    """The mempools (one per RX queue) must fit this machine's memory: found now, not when the arena is made."""
+    import psutil
+
+    queues = sum(p.rx_queues for p in ports)
+    need, have = queues * bpq * buffer_size, psutil.virtual_memory().total
+    if need > have:
+        raise r.fail("pipeline.buffers_per_queue",
+                     f"{queues} RX queues x {bpq} buffers x {buffer_size} bytes = {need >> 20} MiB of packet "
+                     f"buffers, more than this machine's {have >> 20} MiB of memory")
 
 
 def _buffers_needed(ports: list[PortConfig], batch_size: int) -> tuple[int, str]:
