@@ -11,7 +11,8 @@ mempool sizing, CPU ids against this machine, and the worker function
 (checked from its source here; check_worker_imports imports it in a child).
 Every problem is a ConfigError whose text names the file, the key path
 (``ports[1].driver``), the line where it can be found, and what is allowed,
-with anything taken from the file escaped and cut short."""
+with anything taken from the file escaped and cut short.
+"""
 
 from __future__ import annotations
 
@@ -85,11 +86,10 @@ DEFAULT_IMPORT_TIMEOUT = 10.0
 
 
 def printable(text: str, limit: int = 80) -> str:
-    """``text`` safe to print: control and non-ASCII characters escaped, cut to ``limit`` characters."""
-    shown = text if text.isascii() and text.isprintable() else text.encode("ascii", "backslashreplace").decode(
-        "ascii").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown)
-    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
+    """``text`` safe to print: anything but printable ASCII escaped (\\x1b, \\n, \\u202e), cut to ``limit``."""
+    head = "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
+    cut = len(text) > limit or len(head) > limit
+    return f"{head[:limit]}... ({len(text)} characters)" if cut else head
 
 
 class ConfigError(ValueError):
@@ -297,8 +297,6 @@ def _show(value: Any) -> str:
         return "an array"
     if isinstance(value, str):
         return printable(repr(value))
-    if isinstance(value, int) and abs(value) > 10**30:
-        return f"a number of {len(str(abs(value)))} digits"
     return repr(value)
 
 
