@@ -427,11 +427,15 @@ _NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pi
                 (stat.S_ISSOCK, "a socket"))
 
 
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is ("a FIFO (named pipe)"), for messages."""
+    return next((what for test, what in _NOT_REGULAR if test(mode)), "not a regular file")
+
+
 def _regular_file_problem(st: os.stat_result) -> str:
     """Why a file with this stat cannot be a pipeline file, "" when it can."""
     if not stat.S_ISREG(st.st_mode):
-        kind = next((what for test, what in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
-        return f"is {kind}; a pipeline file must be a regular file"
+        return f"is {_kind(st.st_mode)}; a pipeline file must be a regular file"
     if st.st_size > MAX_FILE_BYTES:
         return f"is {st.st_size} bytes; a pipeline file is at most {MAX_FILE_BYTES} bytes (1 MiB)"
     return ""
@@ -752,8 +756,8 @@ def _file(r: _Reader, table: dict, name: str, key: str, base_dir: Path, must_exi
             raise r.fail(full, f"no such file {printable(repr(str(path)), MAX_PATH)}{why} (relative paths "
                                f"start at {printable(repr(str(base_dir)), MAX_PATH)})") from None
         if not stat.S_ISREG(st.st_mode):
-            kind = next((what for test, what in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
-            raise r.fail(full, f"{printable(str(path), MAX_PATH)} is {kind}; an input must be a regular file")
+            raise r.fail(full, f"{printable(str(path), MAX_PATH)} is {_kind(st.st_mode)}; an input must be a "
+                               "regular file")
     else:
         problem = output_problem(path)
         if problem:
@@ -778,8 +782,7 @@ def output_problem(path: Path) -> str:
         return f"cannot use {shown}: {exc.strerror}"
     if st is not None:
         if not stat.S_ISREG(st.st_mode):
-            kind = next((what for test, what in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
-            return f"{shown} is {kind}; an output must be a regular file (it is created or replaced)"
+            return f"{shown} is {_kind(st.st_mode)}; an output must be a regular file (it is created or replaced)"
         if not os.access(path, os.W_OK):
             return f"{shown} is not writable by this user"
         return ""
