@@ -497,3 +497,29 @@ def test_a_failed_import_shows_its_traceback_only_with_v(tmp_path):
     assert loud.exit_code == 2 and loud.stderr.startswith(expected)
     assert "Traceback (most recent call last):" in loud.stderr
     assert loud.stderr.rstrip().endswith("ValueError: bad option")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_run_stopped_while_a_worker_module_imports_leaves_no_process(tmp_path, sig):
+    (tmp_path / "w.py").write_text("import time\nwhile True:\n    time.sleep(1)\n\ndef work(batch):\n    pass\n")
+    (tmp_path / "p.toml").write_text(FWD_TEXT.replace('function = "touch"', 'function = "w.py:work"\n'
+                                                                             'import_timeout = 600'))
+    marker = uuid.uuid4().hex
+    proc = subprocess.Popen([*IXYPIPE, "run", str(tmp_path / "p.toml")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "IXYPIPE_HOSTILE_TEST": marker})
+    try:
+        deadline = time.monotonic() + SUBPROCESS_CEILING       # until the import check's child is there
+        while len(stray_processes(marker)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert len(stray_processes(marker)) == 2, "the import check's child never appeared"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=SUBPROCESS_CEILING)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    deadline = time.monotonic() + 30
+    while stray_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stray_processes(marker) == []
+    assert leftovers(proc.pid) == []

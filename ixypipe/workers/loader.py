@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ixypipe.proc import die_with_parent
 from ixypipe.workers.api import PER_PACKET_ATTR, WorkerContext
 from ixypipe.workers.api import per_packet as wrap_per_packet
 from ixypipe.workers.builtin import BUILTINS
@@ -251,7 +252,7 @@ def probe(spec: str, base_dir: str | Path = ".", per_packet: bool = False, timeo
     # already (numpy, the ixypipe API) is not counted against the module's time limit
     ctx = multiprocessing.get_context("fork")
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_probe_child, args=(spec, str(base_dir), per_packet, sender),
+    child = ctx.Process(target=_probe_child, args=(spec, str(base_dir), per_packet, sender, os.getpid()),
                         name="ixypipe-worker-check", daemon=True)
     child.start()
     sender.close()
@@ -298,7 +299,8 @@ def _end(child) -> None:
     child.join(10)
 
 
-def _probe_child(spec: str, base_dir: str, per_packet: bool, conn) -> None:
+def _probe_child(spec: str, base_dir: str, per_packet: bool, conn, parent: int) -> None:
+    die_with_parent(parent)                  # a SIGTERM'd or killed `ixypipe run` takes the check with it
     os.setsid()                              # its own session: a timeout kills what the module started too
     quiet = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):                     # module-level prints and warnings go nowhere
