@@ -231,7 +231,7 @@ def _check_defines(tree: ast.Module, spec: str, where: str, name: str) -> None:
 # ---- importing in a child, with a time limit -----------------------------------------------------
 
 IMPORT_TIMEOUT = 10.0        # seconds a worker's module may take to import (workers.import_timeout)
-PROBE_START_LIMIT = 120.0    # seconds for the child's interpreter to start (a busy machine is slow)
+PROBE_START_LIMIT = 60.0     # seconds for the forked child to report in (only a starved machine is this slow)
 CHECK_ENV = "IXYPIPE_WORKER_CHECK"   # set to "1" in the child, so module code can tell it is only checked
 
 
@@ -257,7 +257,7 @@ def probe(spec: str, base_dir: str | Path = ".", per_packet: bool = False, timeo
     child.start()
     sender.close()
     try:
-        reply = _receive(receiver, PROBE_START_LIMIT)          # "importing": the interpreter is up
+        reply = _receive(receiver, PROBE_START_LIMIT)          # "importing": the child runs
         if reply == ("timeout",):
             raise WorkerLoadError(f"the process to import worker module {where} did not start within "
                                   f"{PROBE_START_LIMIT:g} s")
