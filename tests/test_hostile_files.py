@@ -205,6 +205,8 @@ STRUCTURES = [
     ("memory-beyond-the-machine", ": pipeline.buffers_per_queue (line", lambda x: (
         x["pipeline"].update(buffers_per_queue=1 << 20, buffer_size=16384),
         [p.update(rx_queues=16) for p in x["ports"]])),
+    ("plan-beyond-the-arena", ": workers.processes", lambda x: (
+        x["workers"].update(processes=64), [p.update(rx_queues=16, tx_queues=16) for p in x["ports"]])),
     ("forward-to-missing", ": ports[0].forward_to", lambda x: x["ports"][0].__setitem__("forward_to", "p9")),
     ("sink-mode-and-verify", ": ports[0].sink.verify", lambda x: x["ports"][0]["sink"].__setitem__("mode", "count")),
 ]

@@ -44,10 +44,11 @@ def run(pipeline: str, duration: float | None, packets: int | None, json_lines: 
       ixypipe run pipelines/fwd.toml --duration 10 --json > stats.jsonl
       ixypipe run pipelines/fwd.toml --packets 1000000
     """
-    from ixypipe.pipeline.config import ConfigError, check_worker_imports, load_pipeline
+    from ixypipe.pipeline.config import ConfigError, check_plan_fits, check_worker_imports, load_pipeline
 
     try:
         cfg = load_pipeline(pipeline)
+        check_plan_fits(cfg)
         check_worker_imports(cfg)       # in a child, with a time limit: before anything is created
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -870,6 +870,31 @@ def check_worker_imports(cfg: PipelineConfig) -> None:
         raise err from None
 
 
+def check_plan_fits(cfg: PipelineConfig) -> None:
+    """ConfigError unless the stages, rings and pools the file asks for fit the two arenas' region tables.
+
+    Every number may be within its range while their product is not (16 queues
+    on each of 32 ports and 64 worker processes want thousands of rings), so
+    ``ixypipe run`` plans the pipeline at --check and before it creates
+    anything, and says which keys make it too big.
+    """
+    from ixypipe.layout import ARENA_MAX_REGIONS
+    from ixypipe.memory.arena import Arena, ArenaError
+    from ixypipe.pipeline.plan import plan_from_config
+    from ixypipe.pipeline.supervisor import device_arena_regions, packet_arena_regions
+
+    plan = plan_from_config(cfg)
+    for what, regions in (("packet", packet_arena_regions(plan, cfg.buffer_size)),
+                          ("device", device_arena_regions(plan))):
+        try:
+            Arena.size_for(regions)
+        except ArenaError:
+            raise ConfigError(cfg.path, "workers.processes", f"{len(plan.stages)} stages with {len(plan.rings)} "
+                              f"rings and {len(plan.pools)} mempools need {len(regions)} regions of the {what} "
+                              f"arena, more than the {ARENA_MAX_REGIONS - 1} it holds; use fewer worker processes "
+                              "or ports[].rx_queues / tx_queues") from None
+
+
 def available_cpus() -> list[int]:
     """The CPUs this process may run on."""
     return sorted(os.sched_getaffinity(0))
@@ -903,4 +928,4 @@ def _cpus(r: _Reader, doc: dict) -> CpuConfig:
 
 __all__ = ["ConfigError", "PipelineConfig", "PortConfig", "GeneratorSpec", "SinkSpec", "WorkersConfig",
            "CpuConfig", "StatsConfig", "load_pipeline", "parse_pipeline", "key_lines", "DRIVERS", "RANGES",
-           "read_pipeline_file", "check_worker_imports", "output_problem"]
+           "read_pipeline_file", "check_worker_imports", "check_plan_fits", "output_problem"]
