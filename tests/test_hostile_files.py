@@ -352,6 +352,8 @@ doc_case("sink-pcap-no-directory", ": ports[0].sink.pcap", sink_pcap(lambda d: "
 doc_case("sink-pcap-fifo", ": ports[0].sink.pcap", sink_pcap(fifo), also=("FIFO",))
 doc_case("sink-pcap-twice", ": ports[1].sink.pcap", lambda x, d: [p["sink"].__setitem__("pcap", str(d / "o.pcap"))
                                                                   for p in x["ports"]], also=("is also",))
+doc_case("sink-pcap-the-pipeline-file", ": ports[0].sink.pcap", sink_pcap(lambda d: "sink-pcap-the-pipeline-file.toml"),
+         also=("the pipeline file itself",))
 doc_case("pcap-write-directory", ": ports[0].path", pcap_port(made_dir, "write"))
 doc_case("pcap-write-dev-full", ": ports[0].path", pcap_port(lambda d: "/dev/full", "write"))
 doc_case("pcap-read-directory", ": ports[0].path", pcap_port(made_dir, "read"))

@@ -671,8 +671,8 @@ def _check_pci_addresses(r: _Reader, ports: list[PortConfig]) -> None:
 
 
 def _check_outputs(r: _Reader, ports: list[PortConfig]) -> None:
-    """A file is written by at most one port, and never one that a port reads."""
-    used: dict[str, str] = {}
+    """A file is written by at most one port, and never one that a port reads, nor the pipeline file."""
+    used: dict[str, str] = {os.path.realpath(r.file): "the pipeline file itself (read)"}
     for i, p in enumerate(ports):
         files = []
         if p.driver == "pcap":
