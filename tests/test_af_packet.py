@@ -15,6 +15,7 @@ import pytest
 from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic import af_packet_jit
 from ixypipe.nic.af_packet import AfPacketDevice, AfPacketError
 from ixypipe.nic.device import DeviceError, PortSpec
 from ixypipe.ops.netns import VethTestbed
@@ -33,6 +34,16 @@ def env(make_arena):
     bufs = PacketBuffers.create(arena, 2 * POOL)
     pools = [Mempool.create(arena, bufs, f"pool{i}", i * POOL, POOL, i) for i in range(2)]
     return arena, bufs, pools, Homing.to_pools(bufs, pools)
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def hot_path(request, monkeypatch):
+    """Run a data-path test on both hot paths: the numpy reference and the compiled kernels."""
+    if request.param == "numba" and not af_packet_jit.AVAILABLE:
+        pytest.skip("the compiled path needs numba: pip install -e '.[fast]'")
+    if request.param == "numpy":
+        monkeypatch.setattr(af_packet_jit, "AVAILABLE", False)
+    return request.param
 
 
 def frame(seq: int, size: int = 100, dst: str = "02aaaaaaaa02", src: str = "02aaaaaaaa01") -> bytes:
@@ -63,9 +74,10 @@ def receive(dev: AfPacketDevice, pool: Mempool, want: int, seconds: float = 5.0,
     return got
 
 
-def test_frames_from_a_host_arrive_byte_exact(testbed, env, tmp_path):
+def test_frames_from_a_host_arrive_byte_exact(testbed, env, tmp_path, hot_path):
     arena, bufs, pools, home = env
     dev = AfPacketDevice.open(PortSpec("a", "af_packet", testbed.port_a), arena, bufs, [pools[0]], tx_done=home)
+    assert dev.compiled == (hot_path == "numba")
     frames = [frame(i, 60 + 13 * i) for i in range(100)]
     dev.rx_batch(0, np.empty(1, np.uint32))          # the RX socket exists before the host sends
     assert testbed.a.send(write_pcap(tmp_path / "f.pcap", frames)) == 100
@@ -76,7 +88,7 @@ def test_frames_from_a_host_arrive_byte_exact(testbed, env, tmp_path):
     dev.close()
 
 
-def test_transmitted_frames_arrive_at_the_host_in_order(testbed, env, tmp_path):
+def test_transmitted_frames_arrive_at_the_host_in_order(testbed, env, tmp_path, hot_path):
     arena, bufs, pools, home = env
     spec = PortSpec("b", "af_packet", testbed.port_b, tx_ring_size=128)
     dev = AfPacketDevice.open(spec, arena, bufs, [pools[0]], tx_done=home)
@@ -122,7 +134,7 @@ def test_a_port_does_not_hear_its_own_transmissions(testbed, env, tmp_path):
         d.close()
 
 
-def test_kernel_drops_are_counted_when_the_ring_is_full(testbed, env, tmp_path):
+def test_kernel_drops_are_counted_when_the_ring_is_full(testbed, env, tmp_path, hot_path):
     arena, bufs, pools, home = env
     spec = PortSpec("a", "af_packet", testbed.port_a, rx_ring_size=128)
     sup = AfPacketDevice.open(spec, arena, bufs, [pools[0]])
@@ -138,7 +150,7 @@ def test_kernel_drops_are_counted_when_the_ring_is_full(testbed, env, tmp_path):
     sup.close()
 
 
-def test_an_empty_mempool_leaves_frames_in_the_ring(testbed, env, tmp_path):
+def test_an_empty_mempool_leaves_frames_in_the_ring(testbed, env, tmp_path, hot_path):
     arena, bufs, pools, home = env
     dev = AfPacketDevice.open(PortSpec("a", "af_packet", testbed.port_a), arena, bufs, [pools[0]])
     dev.rx_batch(0, np.empty(1, np.uint32))
@@ -157,7 +169,7 @@ def test_an_empty_mempool_leaves_frames_in_the_ring(testbed, env, tmp_path):
     dev.close()
 
 
-def test_vlan_tags_survive_reception(testbed, env, tmp_path):
+def test_vlan_tags_survive_reception(testbed, env, tmp_path, hot_path):
     arena, bufs, pools, home = env
     dev = AfPacketDevice.open(PortSpec("a", "af_packet", testbed.port_a), arena, bufs, [pools[0]])
     dev.rx_batch(0, np.empty(1, np.uint32))
@@ -174,7 +186,7 @@ def test_vlan_tags_survive_reception(testbed, env, tmp_path):
     dev.close()
 
 
-def test_frames_longer_than_a_buffer_are_counted_too_long_with_one_warning(env, tmp_path, caplog):
+def test_frames_longer_than_a_buffer_are_counted_too_long_with_one_warning(env, tmp_path, caplog, hot_path):
     arena, bufs, pools, home = env
     with VethTestbed(mtu=4000) as tb:
         dev = AfPacketDevice.open(PortSpec("a", "af_packet", tb.port_a), arena, bufs, [pools[0]])

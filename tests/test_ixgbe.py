@@ -467,7 +467,10 @@ def test_both_hot_paths_leave_identical_rings(make_arena):
 
 
 def test_hot_path_choice(monkeypatch):
-    from ixypipe.nic.ixgbe import choose_hot_path
+    from ixypipe.nic.device import choose_hot_path as choose
+
+    def choose_hot_path(spec, hot_path):
+        return choose(spec, hot_path, ixgbe_jit.AVAILABLE)
 
     spec = PortSpec("p0", "sim", options={"hot_path": "numpy"})
     assert choose_hot_path(spec, None) is False

@@ -36,6 +36,7 @@ from ixypipe.layout import PAGE_SIZE, SOFT_PORT_HEADER_DTYPE, SOFT_PORT_QUEUE_DT
 from ixypipe.memory.arena import RegionSize
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic import af_packet_jit
 from ixypipe.nic.af_packet_abi import (
     ETH_P_ALL,
     IFF_UP,
@@ -70,13 +71,13 @@ from ixypipe.nic.af_packet_abi import (
     TPACKET_STATS_DTYPE,
     TPACKET_V2,
 )
-from ixypipe.nic.device import Device, DeviceError, DeviceStats, LinkState, PortSpec, TxDone
+from ixypipe.nic.device import Device, DeviceError, DeviceStats, LinkState, PortSpec, TxDone, choose_hot_path
 from ixypipe.protocols import ETH_HEADER_LEN, ETH_P_8021Q, VLAN_TAG_LEN
 
 SYS_CLASS_NET = Path("/sys/class/net")
 STATS_POLL_SECONDS = 0.2          # how often an RX queue reads the kernel's PACKET_STATISTICS
 MAX_QUEUES = 64
-OPTIONS = {"qdisc_bypass", "fanout_defrag"}
+OPTIONS = {"qdisc_bypass", "fanout_defrag", "hot_path"}
 
 _HDR = TPACKET2_HDR_DTYPE
 _Q = SOFT_PORT_QUEUE_DTYPE
@@ -284,6 +285,11 @@ class RxQueue:
         self.line = dev.counters.rx[queue]
         self.next_poll = 0.0
         self.cols = np.arange(bufs.max_data)
+        self.compiled = dev.compiled
+        self.free_stack = pool.free_stack()
+        self.result = np.zeros(4, np.int64)
+        if self.compiled:                  # load the kernel now, not with the first frame
+            self._receive_compiled(np.empty(0, np.uint32), 0)
 
     def receive(self, out: np.ndarray) -> int:
         ring, bufs = self.ring, self.dev.bufs
@@ -292,8 +298,10 @@ class RxQueue:
         if now >= self.next_poll:
             self.poll_kernel_stats()
             self.next_poll = now + STATS_POLL_SECONDS
-        if want <= 0:
+        if want <= 0 or not ring.status[ring.cursor] & TP_STATUS_USER:    # an idle poll costs one load
             return 0
+        if self.compiled:
+            return self._receive_compiled(out, want)
         frames = ring.window(want)
         status = ring.status[frames]
         n = _leading((status & TP_STATUS_USER) != 0)
@@ -329,6 +337,22 @@ class RxQueue:
             PortCounters.add(self.line, "bytes", int(bufs.length[idx].sum()))
         ring.status[examined] = TP_STATUS_KERNEL      # give every examined frame back
         ring.advance(n)
+        return k
+
+    def _receive_compiled(self, out: np.ndarray, want: int) -> int:
+        ring, bufs, r = self.ring, self.dev.bufs, self.result
+        k = af_packet_jit.rx_frames(ring.status, ring.length, ring.snaplen, ring.mac, ring.vlan_tci,
+                                    ring.vlan_tpid, ring.frames, ring.cursor, want, bufs.max_data, bufs.data,
+                                    bufs.length, self.free_stack.stack, self.free_stack.top, out, r)
+        ring.advance(int(r[af_packet_jit.RX_EXAMINED]))
+        if r[af_packet_jit.RX_TRUNCATED]:
+            PortCounters.add(self.line, "truncated", int(r[af_packet_jit.RX_TRUNCATED]))
+            if not self.warned_too_long:
+                self._warn_too_long(int(r[af_packet_jit.RX_LARGEST_TRUNCATED]), bufs.max_data)
+        if k:
+            self.pool.note_popped(out[:k])
+            PortCounters.add(self.line, "packets", k)
+            PortCounters.add(self.line, "bytes", int(r[af_packet_jit.RX_BYTES]))
         return k
 
     def _warn_too_long(self, size: int, limit: int) -> None:
@@ -390,11 +414,17 @@ class TxQueue:
         self.room = self.ring.frame_size - TPACKET2_TX_DATA_OFF
         self.line = dev.counters.tx[queue]
         self.kick_pending = False
+        self.compiled = dev.compiled
+        self.result = np.zeros(3, np.int64)
+        if self.compiled:                  # load the kernel now, not with the first frame
+            self._send_compiled(np.empty(0, np.uint32))
 
     def send(self, idx: np.ndarray) -> int:
         ring, bufs = self.ring, self.dev.bufs
         if len(idx) == 0:
             return self._kick() if self.kick_pending else 0
+        if self.compiled:
+            return self._send_compiled(idx)
         frames = ring.window(len(idx))
         status = ring.status[frames]
         n = _leading((status == TP_STATUS_AVAILABLE) | (status == TP_STATUS_WRONG_FORMAT))
@@ -423,6 +453,24 @@ class TxQueue:
             PortCounters.add(self.line, "bytes", int(lengths[ok].sum()))
             self._kick()
         self.dev.tx_done(idx)
+        return n
+
+    def _send_compiled(self, idx: np.ndarray) -> int:
+        ring, bufs, r = self.ring, self.dev.bufs, self.result
+        n = af_packet_jit.tx_frames(ring.status, ring.length, ring.frames, ring.cursor, idx, bufs.length,
+                                    bufs.data, TPACKET2_TX_DATA_OFF, self.room, r)
+        if n == 0:
+            if self.kick_pending:
+                self._kick()
+            return 0
+        ring.advance(n)
+        if r[af_packet_jit.TX_DROPPED]:
+            PortCounters.add(self.line, "dropped", int(r[af_packet_jit.TX_DROPPED]))
+        if r[af_packet_jit.TX_QUEUED]:
+            PortCounters.add(self.line, "packets", int(r[af_packet_jit.TX_QUEUED]))
+            PortCounters.add(self.line, "bytes", int(r[af_packet_jit.TX_BYTES]))
+            self._kick()
+        self.dev.tx_done(idx[:n])
         return n
 
     def _kick(self) -> int:
@@ -487,6 +535,7 @@ class AfPacketDevice(Device):
         self.bufs = bufs
         self.rx_pools = rx_pools
         self.counters = counters
+        self.compiled = choose_hot_path(spec, None, af_packet_jit.AVAILABLE)
         self.ifindex = check_interface(self.ifname, spec.name)
         self.rxq: dict[int, RxQueue] = {}
         self.txq: dict[int, TxQueue] = {}

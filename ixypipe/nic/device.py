@@ -170,3 +170,16 @@ class Device(ABC):
 
 def format_mac(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
+
+
+HOT_PATHS = ("auto", "numpy", "numba")
+
+
+def choose_hot_path(spec: PortSpec, hot_path: str | None, compiled_available: bool) -> bool:
+    """True for a driver's compiled (numba) RX/TX path: "auto" takes it when numba is installed."""
+    choice = hot_path or spec.options.get("hot_path", "auto")
+    if choice not in HOT_PATHS:
+        raise DeviceError(f"port {spec.name!r}: hot_path must be one of {', '.join(HOT_PATHS)}, got {choice!r}")
+    if choice == "numba" and not compiled_available:
+        raise DeviceError(f"port {spec.name!r}: hot_path numba needs the numba package (pip install numba)")
+    return choice == "numba" or (choice == "auto" and compiled_available)

@@ -37,7 +37,16 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ixgbe_jit, ixgbe_numpy, pci, vfio
 from ixypipe.nic import registers as R
-from ixypipe.nic.device import Device, DeviceError, DeviceStats, LinkState, PortSpec, TxDone, format_mac
+from ixypipe.nic.device import (
+    Device,
+    DeviceError,
+    DeviceStats,
+    LinkState,
+    PortSpec,
+    TxDone,
+    choose_hot_path,
+    format_mac,
+)
 
 log = logging.getLogger(__name__)
 
@@ -329,19 +338,6 @@ def wait_for_link(bar: pci.Bar, timeout: float, sleep) -> LinkState:
 
 # ---- the device -------------------------------------------------------------------------
 
-HOT_PATHS = ("auto", "numpy", "numba")
-
-
-def choose_hot_path(spec: PortSpec, hot_path: str | None) -> bool:
-    """True for the compiled (numba) RX/TX path: "auto" takes it when numba is installed."""
-    choice = hot_path or spec.options.get("hot_path", "auto")
-    if choice not in HOT_PATHS:
-        raise DeviceError(f"port {spec.name!r}: hot_path must be one of {', '.join(HOT_PATHS)}, got {choice!r}")
-    if choice == "numba" and not ixgbe_jit.AVAILABLE:
-        raise DeviceError(f"port {spec.name!r}: hot_path numba needs the numba package (pip install numba)")
-    return choice == "numba" or (choice == "auto" and ixgbe_jit.AVAILABLE)
-
-
 def check_spec(spec: PortSpec) -> None:
     where = f"port {spec.name!r}"
     if not 1 <= spec.rx_queues <= R.RSS_MAX_QUEUES:
@@ -364,7 +360,7 @@ class IxgbeDevice(Device):
                  hot_path: str | None = None):
         super().__init__(spec, tx_done)
         check_spec(spec)
-        self.compiled = choose_hot_path(spec, hot_path)
+        self.compiled = choose_hot_path(spec, hot_path, ixgbe_jit.AVAILABLE)
         self.bar = bar
         self.arena = arena
         self.bufs = bufs
@@ -407,7 +403,7 @@ class IxgbeDevice(Device):
         ``hot_path``: "auto" (numba when installed), "numpy" or "numba"; default spec.options.
         """
         check_spec(spec)
-        choose_hot_path(spec, hot_path)
+        choose_hot_path(spec, hot_path, ixgbe_jit.AVAILABLE)
         simulated = spec.driver == "sim" if allow_iova is None else allow_iova
         spec.options.pop("vfio", None)
         use_vfio = vfio.choose(vfio.check_mode(spec.options, spec.name), spec.address, sysfs_root)

@@ -52,7 +52,7 @@ FLOW_COLS = np.arange(FLOW_KEY_OFF, FLOW_KEY_OFF + FLOW_KEY_LEN)
 FLOW_MIX = np.uint32(0x9E3779B1)  # Fibonacci hashing multiplier
 LIGHT_BATCH_DIVISOR = 8      # on shared CPUs, a poll that got < batch/8 packets still naps
 STAGE_TIMER_SLACK_NS = 1000
-WAKE_SPIN_LOOPS = 32         # empty polls before a consumer sleeps on its semaphore ("wake" mode)
+WAKE_SPIN_LOOPS = 4          # empty polls (each yielding the CPU) before a stage blocks ("wake" mode)
 WAKE_TIMEOUT = 0.1           # seconds a sleeping stage waits at most (heartbeat, commands)
 RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file descriptor polls it this long
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
@@ -186,17 +186,18 @@ class Stage:
         self.idle_streak += 1
         if self.idle % PUBLISH_EVERY == 0:
             self.publish(held)
-        if self.idle_streak <= WAKE_SPIN_LOOPS or held:
+        sleeps = self.sleeper is not None and still_idle is not None
+        polls = self.rx_poll is not None and not self.draining()     # draining: count empty polls quickly
+        if held or not (sleeps or polls):
             self.backoff.wait()
-        elif self.sleeper is not None and still_idle is not None:
+        elif self.idle_streak <= WAKE_SPIN_LOOPS:
+            os.sched_yield()            # a consumer this stage just woke on the same CPU runs first
+        elif sleeps:
             self.publish(held)
             self.sleeper.sleep(still_idle, WAKE_TIMEOUT)
-        elif self.rx_poll is not None and not self.draining():     # draining: count empty polls quickly
+        else:
             self.publish(held)
             self.rx_poll.poll(RX_WAIT_MS)
-        else:
-            self.backoff.wait()
-
 
 # ---- RX -----------------------------------------------------------------------------
 
