@@ -54,9 +54,9 @@ def test_plan_info_round_trip_and_cpu_update(make_arena):
     info = read_plan_info(arena)
     assert info["name"] == "demo" and info["pid"] == 4242 and info["ports"] == ["p0", "p1"]
     assert [(s["name"], s["role"], s["row"], s["port"], s["cpu"]) for s in info["stages"]] == [
-        ("rx-p0q0", "rx", 0, 0, -1), ("rx-p1q0", "rx", 1, 1, -1), ("worker-0", "worker", 2, -1, -1),
-        ("tx-p0q0", "tx", 3, 0, -1), ("tx-p1q0", "tx", 4, 1, -1)]
-    assert info["rings"] == ["rx-p0q0>w0", "rx-p1q0>w0", "w0>tx-p0q0", "w0>tx-p1q0"]
+        ("rx-p0-q0", "rx", 0, 0, -1), ("rx-p1-q0", "rx", 1, 1, -1), ("worker-0", "worker", 2, -1, -1),
+        ("tx-p0-q0", "tx", 3, 0, -1), ("tx-p1-q0", "tx", 4, 1, -1)]
+    assert info["rings"] == ["rx-p0-q0>w0", "rx-p1-q0>w0", "w0>tx-p0-q0", "w0>tx-p1-q0"]
     for i, s in enumerate(plan.stages):
         s.cpu = i % 2
     write_plan_info(arena, plan, pid=4242)          # after placement: same region, new CPUs
@@ -112,7 +112,7 @@ def test_view_rates_drops_ring_fill_exact(pipeline_arena):
         worker["drop_no_route"] += 7
         worker["state"] = STAGE_STATE_RUNNING
         worker["cpu"] = 1
-        Ring.attach(arena, "rx-p0q0>w0").enqueue(np.arange(16, dtype=np.uint32))
+        Ring.attach(arena, "rx-p0-q0>w0").enqueue(np.arange(16, dtype=np.uint32))
         after = obs.sample()
         before = Sample(0.0, before.rows, before.ring_fill, before.cpu_percent, before.counters)
         after = Sample(2.0, after.rows, after.ring_fill, {"worker-0": 37.0}, after.counters)
@@ -121,15 +121,15 @@ def test_view_rates_drops_ring_fill_exact(pipeline_arena):
     assert (p0.rx_mpps, p0.rx_mbit, p0.rx_packets) == (1.0, (120e6 + 40e6) * 8 / 2 / 1e6, 2_000_000)
     assert (p1.tx_mpps, p1.tx_mbit, p0.tx_mpps) == (0.5, (1500e6 + 20e6) * 8 / 2 / 1e6, 0.0)
     stages = {s.name: s for s in view.stages}
-    assert stages["rx-p0q0"].idle == 0.25 and stages["rx-p0q0"].in_mpps == 1.0
+    assert stages["rx-p0-q0"].idle == 0.25 and stages["rx-p0-q0"].in_mpps == 1.0
     assert stages["worker-0"].drops == {"no_route": 7} and stages["worker-0"].state == "running"
     assert stages["worker-0"].cpu_percent == 37.0 and stages["worker-0"].cpu == 1
     assert view.drops == {"worker": 0, "worker_error": 0, "bad_packet": 0, "no_route": 7, "stage_died": 0}
-    assert view.rings[0] == ("rx-p0q0>w0", 16, 64)
+    assert view.rings[0] == ("rx-p0-q0>w0", 16, 64)
     text = "\n".join(render(view))
     assert "p0          1.000     640.00    0.000       0.00      2000000            0" in text
     assert "worker-0    worker   1 running     0.000    0.000 100%   37%  no_route=7" in text
-    assert "rx-p0q0>w0                  16/64   25%" in text
+    assert "rx-p0-q0>w0                  16/64   25%" in text
     assert view.counters == {"dns dropped": (30, 10.0), long_name: (4, 2.0)}
     assert f"dns dropped{' ' * 39}{30:>16}{10:>14}" in text and f"{long_name}\n{' ' * 50}{4:>16}{2:>14}" in text
     assert all(len(line) <= 80 for line in render(view, 80))
@@ -206,7 +206,7 @@ def test_top_live_quits_on_q_ctrl_c_and_pipeline_end(running_fwd):
     pid = running_fwd.pid
     # q: a frame with both ports, every stage and real traffic, then a clean exit
     child, fd = _top_under_pty(pid)
-    shown = _read_until(fd, [b"rx-p0q0", b"tx-p1q0", b"w0>tx-p1q0", b"drops by reason"], 30)
+    shown = _read_until(fd, [b"rx-p0-q0", b"tx-p1-q0", b"w0>tx-p1-q0", b"drops by reason"], 30)
     assert f"pipeline fwd (pid {pid})".encode() in shown, shown[-2000:]
     lines = shown.replace(b"\x1b[K", b"").decode(errors="replace").splitlines()
     port_rows = {ln.split()[0]: ln.split() for ln in lines if ln.split()[:1] in (["p0"], ["p1"])}

@@ -29,7 +29,7 @@ def run(pipeline: str, duration: float | None, packets: int | None, json_lines: 
     \b
       [p0] RX: 1523.81 Mbit/s 2.27 Mpps
       [p0] TX: 1523.79 Mbit/s 2.27 Mpps
-      stages: rx-p0q0@cpu0 idle 12% | worker-0@cpu1 idle 3% | ...
+      stages: rx-p0-q0@cpu0 idle 12% | worker-0@cpu1 idle 3% | ...
 
     \b
     On Ctrl-C or SIGTERM it stops the stages in data-flow order, drains the
