@@ -50,6 +50,10 @@ class DeviceError(Exception):
     """A port cannot be opened or used; the message says which and why."""
 
 
+# a port's ``hot_path`` option (ixgbe and sim ports): "auto" = the numba kernels when installed
+HOT_PATHS = ("auto", "numpy", "numba")
+
+
 @dataclass
 class PortSpec:
     """What the pipeline file says about one port (validated before use)."""

@@ -37,7 +37,16 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ixgbe_jit, ixgbe_numpy, pci, vfio
 from ixypipe.nic import registers as R
-from ixypipe.nic.device import Device, DeviceError, DeviceStats, LinkState, PortSpec, TxDone, format_mac
+from ixypipe.nic.device import (
+    HOT_PATHS,
+    Device,
+    DeviceError,
+    DeviceStats,
+    LinkState,
+    PortSpec,
+    TxDone,
+    format_mac,
+)
 
 log = logging.getLogger(__name__)
 
@@ -328,8 +337,6 @@ def wait_for_link(bar: pci.Bar, timeout: float, sleep) -> LinkState:
 
 
 # ---- the device -------------------------------------------------------------------------
-
-HOT_PATHS = ("auto", "numpy", "numba")
 
 
 def choose_hot_path(spec: PortSpec, hot_path: str | None) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
-from ixypipe.nic.device import PortSpec
+from ixypipe.nic.device import HOT_PATHS, PortSpec
 from ixypipe.nic.vfio import IOMMU_MODES
 from ixypipe.sim.payload import SIM_MAX_FRAME, SIM_MIN_FRAME
 from ixypipe.sim.traffic import SINK_MODES
@@ -108,6 +108,8 @@ class PortConfig:
     pcap_rate_mpps: float = 0.0
     af_packet_options: dict = field(default_factory=dict)   # qdisc_bypass, fanout_defrag when given
     iommu: str = "none"             # ixgbe, sim: "vfio", "none" (physical addresses) or "auto"
+    hot_path: str = "auto"          # ixgbe, sim: the driver's RX/TX kernels, "auto" (numba when installed),
+                                    # "numpy" or "numba"
 
     def to_spec(self) -> PortSpec:
         """The driver's view of this port: address = pci / interface / path, extras in options."""
@@ -117,7 +119,7 @@ class PortConfig:
         elif self.driver == "af_packet":
             options = dict(self.af_packet_options)
         elif self.driver in ("ixgbe", "sim"):
-            options = {"iommu": self.iommu}
+            options = {"iommu": self.iommu, "hot_path": self.hot_path}
         address = {"ixgbe": self.pci, "sim": self.pci, "af_packet": self.interface, "pcap": self.path}[self.driver]
         return PortSpec(self.name, self.driver, address, self.rx_queues, self.tx_queues, self.rx_ring_size,
                         self.tx_ring_size, self.promiscuous, options)
@@ -346,8 +348,8 @@ PIPELINE_KEYS = ("name", "batch_size", "ring_size", "buffer_size", "buffers_per_
 PORT_COMMON_KEYS = ("name", "driver", "rx_queues", "tx_queues", "rx_ring_size", "tx_ring_size", "promiscuous",
                     "forward_to")
 PORT_DRIVER_KEYS = {
-    "sim": ("pci", "generator", "sink", "iommu"),
-    "ixgbe": ("pci", "iommu"),
+    "sim": ("pci", "generator", "sink", "iommu", "hot_path"),
+    "ixgbe": ("pci", "iommu", "hot_path"),
     "af_packet": ("interface", "qdisc_bypass", "fanout_defrag"),
     "pcap": ("path", "mode", "loop", "rate_mpps"),
 }
@@ -504,6 +506,7 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
                                        f"got {pci!r}")
         fields["pci"] = pci.lower()
         fields["iommu"] = r.string(p, "iommu", key, "none", IOMMU_MODES)
+        fields["hot_path"] = r.string(p, "hot_path", key, "auto", HOT_PATHS)
     if driver == "sim":
         fields["generator"] = _generator(r, p, f"{key}.generator", buffer_size)
         fields["sink"] = _sink(r, p, f"{key}.sink", base_dir)
