@@ -261,3 +261,17 @@ def test_bridge_veth_recipe_lives_in_namespaces_and_forwards(tmp_path):
             sh(command, check=False)
     assert not [n for n in names.values() if n in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                                  text=True).stdout]
+
+
+def test_a_run_that_fails_to_start_reports_json(tmp_path):
+    name = f"ixyno{uuid.uuid4().hex[:8]}"
+    res = ixypipe("run", pipeline(tmp_path, f"""
+        [[ports]]
+        name = "a"
+        driver = "af_packet"
+        interface = "{name}"
+    """), "--json", "--duration", "2")
+    assert res.returncode == 1
+    [line] = res.stdout.splitlines()
+    doc = json.loads(line)
+    assert doc["type"] == "error" and doc["exit_code"] == 1 and "port a (af_packet " in doc["message"]

@@ -60,6 +60,8 @@ def run(pipeline: str, duration: float | None, packets: int | None, check: bool)
     from ixypipe.pipeline.supervisor import Supervisor
 
     result = Supervisor(cfg, duration=duration, packets=packets, json_lines=True if wants_json() else None).run()
+    if wants_json() and result.accounting is None and result.failures:     # failed before any summary
+        emit_json({"type": "error", "message": "; ".join(result.failures), "exit_code": result.exit_code})
     sys.exit(result.exit_code)
 
 
