@@ -86,7 +86,7 @@ def test_a_bad_rate_names_the_flag(text):
 
 
 def test_every_rate_option_is_pps():
-    for cmd in (["gen"], ["sim", "serve"]):
+    for cmd in (["gen"], ["sim", "serve"], ["fwd"]):
         res = CliRunner().invoke(main, [*cmd, "--help"])
         assert "--rate PPS" in res.output and "1.5M" in res.output
 
