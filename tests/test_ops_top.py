@@ -117,6 +117,9 @@ def test_view_rates_drops_waits_ring_fill_exact(pipeline_arena):
         rx0["drop_bad_packet"] += 2
         rx1["loops"] += 10
         rx1["idle_loops"] += 10
+        table[3:4]["loops"] += 100                                 # tx-p0-q0: a few stalls, mostly no input
+        table[3:4]["idle_loops"] += 90
+        table[3:4]["stalls"] += 2
         tx1["packets_out"] += 1_000_000
         tx1["bytes_out"] += 1_000_000 * 1500
         tx1["loops"] += 10

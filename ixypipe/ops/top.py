@@ -41,7 +41,8 @@ from ixypipe.sim.server import PROCESS_NAME as SIM_PROCESS_NAME
 
 STATE_NAMES = {STAGE_STATE_STARTING: "starting", STAGE_STATE_RUNNING: "running",
                STAGE_STATE_DRAINING: "draining", STAGE_STATE_DONE: "done", STAGE_STATE_DEAD: "dead"}
-IDLE_WAITING = 0.5          # a stage idle in this share of its loops or more is waiting for its input
+IDLE_WAITING = 0.5          # a stage whose input was empty in this share of its loops or more waits for it
+STALL_WAITING = 0.05        # ... and one that found an output full in this share (and more often) waits on it
 
 
 @dataclass
@@ -190,18 +191,23 @@ class Observer:
         self.close()
 
 
-def _waits_on(s, port: str, state: str, idle: float, stalls: int, fill: dict[str, tuple[int, int]]) -> str:
-    """What holds the stage back in this interval: a full output, an empty input, or nothing ('')."""
+def _waits_on(s, port: str, state: str, idle: float, stall_share: float, fill: dict[str, tuple[int, int]]) -> str:
+    """What held the stage back in this interval: a full output, an empty input, or nothing ('').
+
+    A loop that found its output full is also an idle loop, so the input's
+    share is what is left of the idle share after the stalls.
+    """
     if state != "running":
         return state
-    if stalls > 0:
+    input_share = max(idle - stall_share, 0.0)
+    if stall_share >= STALL_WAITING and stall_share >= input_share:
         if s.role == "tx":
             return f"NIC {port} TX q{s.queue}"          # no free TX descriptor
         outs = getattr(s, "out", [])
         if outs:
             fullest = max(outs, key=lambda r: fill.get(r, (0, 1))[0] / max(fill.get(r, (0, 1))[1], 1))
             return f"out {fullest}"
-    if idle >= IDLE_WAITING:
+    if input_share >= IDLE_WAITING:
         if s.role == "rx":
             return f"NIC {port} RX q{s.queue}"           # the port gives nothing
         ins = getattr(s, "in", [])
@@ -244,7 +250,8 @@ def compute_view(obs: Observer, before: Sample, after: Sample) -> TopView:
             s.name, s.role, int(b["cpu"]), state,
             int(b["packets_in"] - a["packets_in"]) / dt, int(b["packets_out"] - a["packets_out"]) / dt,
             idle, after.cpu_percent.get(s.name, 0.0), drops,
-            _waits_on(s, port, state, idle, int(b["stalls"] - a["stalls"]), after.ring_fill)))
+            _waits_on(s, port, state, idle, int(b["stalls"] - a["stalls"]) / loops if loops > 0 else 0.0,
+                      after.ring_fill)))
     rings = [(name, fill, cap) for name, (fill, cap) in after.ring_fill.items()]
     then, now = stagetable.summed(before.counters), stagetable.summed(after.counters)
     counters = {k: (v, (v - then.get(k, 0)) / dt) for k, v in now.items()}
