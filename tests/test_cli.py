@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import textwrap
 import uuid
@@ -275,3 +276,26 @@ def test_a_run_that_fails_to_start_reports_json(tmp_path):
     [line] = res.stdout.splitlines()
     doc = json.loads(line)
     assert doc["type"] == "error" and doc["exit_code"] == 1 and "port a (af_packet " in doc["message"]
+
+
+def test_missing_tools_say_which_apt_get_line_brings_them():
+    from tests.support.system import missing_tools
+
+    assert missing_tools("sh") == ""
+    assert missing_tools("no-such-tool-ixy", apt="ixy-tools") == \
+        "needs no-such-tool-ixy (not installed): apt-get install ixy-tools"
+
+
+@needs_root
+def test_a_machine_without_ethtool_skips_the_testbed_tests_with_the_apt_line(tmp_path):
+    """As on a fresh Debian machine: no ip or ethtool on PATH, so the veth-testbed tests skip, never error."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(IXYPIPE[0])
+    res = subprocess.run([str(bin_dir / "python3"), "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                          "tests/test_af_packet.py", "-k", "byte_exact or too_long"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env={"PATH": str(bin_dir), "PYTHONPATH": str(REPO), "HOME": os.environ.get("HOME", "/")})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 skipped" in res.stdout and "error" not in res.stdout.lower()
+    assert res.stdout.count("needs ip, ethtool (not installed): apt-get install ethtool iproute2") == 2, res.stdout
