@@ -114,7 +114,7 @@ def counter_line(label: str, c: PortCounters, prev: PortCounters | None, seconds
     def rate(field: str) -> str:
         if prev is None or seconds <= 0:
             return f"{getattr(c, field)}"
-        return f"{(getattr(c, field) - getattr(prev, field)) / seconds / 1e6:.3f} Mpps"
+        return rate_text((getattr(c, field) - getattr(prev, field)) / seconds)
     if sink_mode == "count":
         sizes = " ".join(f"{k}: {v}" for k, v in c.sizes().items() if v) or "none"
         judged = f"{c.sink_bytes} bytes; sizes with FCS {sizes}"
