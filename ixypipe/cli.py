@@ -100,8 +100,8 @@ class LazyGroup(click.Group):
 
 def _share(cmd: click.Command) -> None:
     """-v/--verbose and --json on ``cmd`` and, for a group (sim), on each of its commands."""
-    if not any("--json" in p.opts for p in cmd.params):
-        cmd.params.extend(shared_params())
+    taken = {opt for p in cmd.params for opt in p.opts}
+    cmd.params.extend(p for p in shared_params() if not taken & set(p.opts))
     for sub in getattr(cmd, "commands", {}).values():
         _share(sub)
 

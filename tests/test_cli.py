@@ -58,7 +58,8 @@ def test_json_before_or_after_the_sub_command(where):
 
 
 @pytest.mark.parametrize("args", [["-v", "cores", "--interval", "0"], ["cores", "--interval", "0", "-v"],
-                                  ["sim", "serve", "--verbose", "--help"]])
+                                  ["sim", "serve", "--verbose", "--help"],
+                                  ["run", str(REPO / "pipelines" / "fwd.toml"), "--check", "-v"]])
 def test_verbose_before_or_after_the_sub_command(args):
     root = logging.getLogger()
     saved = root.level
