@@ -1,4 +1,10 @@
-"""The ``ixypipe`` command: a click group; each command lives in ixypipe/commands/."""
+"""The ``ixypipe`` command: a click group; each command lives in ixypipe/commands/.
+
+The group gives every command the shared options of ixypipe.commands.options
+(-v/--verbose and --json, before or after the sub-command) and, when --json
+is on the command line, turns any click error (usage errors: exit 2) into
+one JSON error object.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,17 @@ import importlib
 import logging
 
 import click
+
+from ixypipe import __version__
+from ixypipe.commands.options import (
+    ARGV_KEY,
+    emit_json,
+    error_object,
+    set_json,
+    set_verbose,
+    shared_params,
+    wants_json,
+)
 
 # command name -> module in ixypipe.commands exposing a click command called ``command``
 COMMANDS = {
@@ -23,8 +40,41 @@ COMMANDS = {
 }
 
 
+class JsonError(click.ClickException):
+    """A click error shown as a JSON object (--json was given)."""
+
+    def __init__(self, exc: click.ClickException):
+        super().__init__(exc.format_message())
+        self.exit_code = exc.exit_code
+        self.original = exc
+
+    def show(self, file=None) -> None:
+        emit_json(error_object(self.original))
+
+
 class LazyGroup(click.Group):
     """Imports a command's module only when that command runs, so --help stays fast."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        argv = list(args)
+        try:
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        except click.ClickException as exc:
+            if "--json" in argv:
+                raise JsonError(exc) from exc
+            raise
+        ctx.meta[ARGV_KEY] = argv
+        return ctx
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except JsonError:
+            raise
+        except click.ClickException as exc:
+            if wants_json(ctx):
+                raise JsonError(exc) from exc
+            raise
 
     def list_commands(self, ctx):
         return sorted(name for name in COMMANDS if self._load(name) is not None)
@@ -42,12 +92,27 @@ class LazyGroup(click.Group):
             if exc.name == f"ixypipe.commands.{COMMANDS[name]}":
                 return None   # not built yet
             raise
-        return getattr(module, name, None) or getattr(module, "command", None)
+        cmd = getattr(module, name, None) or getattr(module, "command", None)
+        if cmd is not None:
+            _share(cmd)
+        return cmd
+
+
+def _share(cmd: click.Command) -> None:
+    """-v/--verbose and --json on ``cmd`` and, for a group (sim), on each of its commands."""
+    taken = {opt for p in cmd.params for opt in p.opts}
+    cmd.params.extend(p for p in shared_params() if not taken & set(p.opts))
+    for sub in getattr(cmd, "commands", {}).values():
+        _share(sub)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def main(verbose: bool) -> None:
+@click.version_option(__version__, "--version", prog_name="ixypipe", message="%(prog)s %(version)s")
+@click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=set_verbose,
+              help="Log debug messages (also after the sub-command).")
+@click.option("--json", is_flag=True, expose_value=False, callback=set_json,
+              help="JSON output where a command has it, and errors as JSON (also after the sub-command).")
+def main() -> None:
     """ixypipe: a user-space 82599 data plane in Python.
 
     \b
@@ -56,5 +121,6 @@ def main(verbose: bool) -> None:
       ixypipe run pipelines/fwd.toml --duration 5 --json
       ixypipe fwd --sim                    ixy-fwd: one process, two ports
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    ctx = click.get_current_context()
+    logging.basicConfig(level=logging.DEBUG if ctx.meta.get("ixypipe.verbose") else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -194,3 +194,12 @@ PLAN_INFO_REGION = "plan.json"
 PLAN_INFO_SIZE = 64 * 1024
 PLAN_INFO_LEN_DTYPE = np.dtype("<u8")
 PLAN_INFO_TEXT_OFF = 8
+# Region "ports.drops": per port (in the plan's order) what it dropped before the pipeline
+# got the frames, cumulative; the supervisor rewrites it at each stats interval (the
+# figures its own stats lines print), observers only read it.
+PORT_DROPS_REGION = "ports.drops"
+PORT_DROPS_MAX_PORTS = 256
+PORT_DROPS_DTYPE = np.dtype([
+    ("rx_missed", "<i8"),            # no free descriptor (NIC) or the kernel's ring was full (AF_PACKET)
+    ("rx_too_long", "<i8"),          # longer than a packet buffer
+])

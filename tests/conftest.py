@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ixypipe.memory.arena import Arena
-from tests.support.system import hugepages_unavailable
+from tests.support.system import TESTBED_TOOLS, hugepages_unavailable, require_tools
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,6 +44,7 @@ def testbed():
     """Two hosts in network namespaces of their own behind veth pairs; removed even when a test fails."""
     from ixypipe.ops.netns import VethTestbed, namespaces_made
 
+    require_tools(*TESTBED_TOOLS)
     tb = VethTestbed()
     yield tb
     tb.close()

@@ -21,7 +21,7 @@ POOL = 64
 
 
 def plan():
-    """rx-p0q0 (row 0), rx-p1q0 (1), worker-0 (2), tx-p0q0 (3), tx-p1q0 (4); two pools of 64 buffers."""
+    """rx-p0-q0 (row 0), rx-p1-q0 (1), worker-0 (2), tx-p0-q0 (3), tx-p1-q0 (4); two pools of 64 buffers."""
     return build_plan("demo", "", "", [PortSpec("p0", "sim"), PortSpec("p1", "sim")], [1, 0], workers=1,
                       batch_size=32, ring_size=64, buffers_per_queue=POOL, worker_function="touch",
                       worker_per_packet=False, worker_base_dir=".", distribute="flow")
@@ -45,8 +45,8 @@ HOME = [PoolCount(POOL, 40, 24), PoolCount(POOL, 10, 54)]       # every buffer f
 
 def test_every_packet_and_buffer_accounted_for_is_ok():
     p = plan()
-    assert [(s.name, s.row) for s in p.stages] == [("rx-p0q0", 0), ("rx-p1q0", 1), ("worker-0", 2),
-                                                   ("tx-p0q0", 3), ("tx-p1q0", 4)]
+    assert [(s.name, s.row) for s in p.stages] == [("rx-p0-q0", 0), ("rx-p1-q0", 1), ("worker-0", 2),
+                                                   ("tx-p0-q0", 3), ("tx-p1-q0", 4)]
     acc = Accounting.of(p, table(), HOME, stranded=10,
                         port_drops={"p0": {"rx_missed": 7, "rx_too_long": 2}, "p1": {"rx_missed": 0, "rx_too_long": 0}},
                         worker_counters={"worker-0": {"seen": 980}})
@@ -112,9 +112,9 @@ def test_reclaim_counts_packets_in_forward_rings_as_stranded_and_sends_every_buf
         for ring in p.rings:
             Ring.create(arena, ring.name, ring.capacity)
         a, b = pools[0].alloc(5), pools[1].alloc(7)
-        Ring.attach(arena, "rx-p0q0>w0").enqueue(a[:3])          # forward: packets on their way
-        Ring.attach(arena, "w0>tx-p1q0").enqueue(b[:4])          # forward
-        Ring.attach(arena, "tx-p1q0>pool0").enqueue(a[3:])       # return: buffers going home
+        Ring.attach(arena, "rx-p0-q0>w0").enqueue(a[:3])          # forward: packets on their way
+        Ring.attach(arena, "w0>tx-p1-q0").enqueue(b[:4])          # forward
+        Ring.attach(arena, "tx-p1-q0>pool0").enqueue(a[3:])       # return: buffers going home
         Ring.attach(arena, "w0>pool1").enqueue(b[4:])            # return
         assert reclaim_rings(p, arena, pools, bufs) == 3 + 4
         assert [pool.available() for pool in pools] == [POOL, POOL]

@@ -20,7 +20,7 @@ from ixypipe.nic.af_packet import AfPacketDevice, AfPacketError
 from ixypipe.nic.device import DeviceError, PortSpec
 from ixypipe.ops.netns import VethTestbed
 from ixypipe.pcapfile import PcapWriter
-from tests.support.system import needs_root
+from tests.support.system import TESTBED_TOOLS, needs_root, needs_tool
 
 pytestmark = needs_root
 ETHERTYPE = 0x88B5          # IEEE local experimental: nothing else on the wire uses it
@@ -186,6 +186,7 @@ def test_vlan_tags_survive_reception(testbed, env, tmp_path, hot_path):
     dev.close()
 
 
+@needs_tool(*TESTBED_TOOLS)
 def test_frames_longer_than_a_buffer_are_counted_too_long_with_one_warning(env, tmp_path, caplog, hot_path):
     arena, bufs, pools, home = env
     with VethTestbed(mtu=4000) as tb:

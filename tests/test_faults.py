@@ -113,7 +113,7 @@ def test_workers_map_neither_the_bar_nor_the_descriptor_rings():
     try:
         wait_for_stats(proc)
         [worker] = children_named(proc.pid, "ixy-worker-0")
-        [rx] = children_named(proc.pid, "ixy-rx-p0q0")
+        [rx] = children_named(proc.pid, "ixy-rx-p0-q0")
         worker_maps = Path(f"/proc/{worker.pid}/maps").read_text()
         rx_maps = Path(f"/proc/{rx.pid}/maps").read_text()
         out, err = stop(proc)

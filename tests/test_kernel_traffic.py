@@ -12,7 +12,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from ixypipe.nic.pcap import PcapDevice
 from ixypipe.ops.forwarder import Forwarder
 from ixypipe.ops.netns import VethTestbed
 from ixypipe.pcapfile import read_pcap
-from tests.support.system import needs_root
+from tests.support.system import needs_root, needs_tool
 
 pytestmark = needs_root
 REPO = Path(__file__).resolve().parent.parent
@@ -158,6 +157,7 @@ def tcp_transfer(tb: VethTestbed, bump: Bump | None, tmp_path: Path) -> tuple[st
     return sent_digest, out[1], int(out[0])
 
 
+@needs_tool("ping")
 def test_ping_through_ixypipe_loses_nothing(testbed, bump):
     b = bump()
     proc = ping(testbed)
@@ -171,6 +171,7 @@ def test_ping_through_ixypipe_loses_nothing(testbed, bump):
     assert a.rx_dropped == 0 and bb.rx_dropped == 0
 
 
+@needs_tool("ping")
 def test_no_bump_no_traffic(testbed):
     """The hosts reach each other only through ixypipe: without it, ping fails."""
     proc = testbed.a.run(["ping", "-n", "-c", "2", "-i", "0.1", "-W", "1", testbed.b.ip], timeout=30)
@@ -194,6 +195,7 @@ def load_drop_icmp():
     return drop_icmp
 
 
+@needs_tool("ping")
 def test_dropping_icmp_stops_ping_but_not_tcp(testbed, bump, tmp_path):
     drop_icmp = load_drop_icmp()
     b = bump(filter_fn=drop_icmp.keep_mask)
@@ -207,7 +209,8 @@ def test_dropping_icmp_stops_ping_but_not_tcp(testbed, bump, tmp_path):
     assert b.dropped == 5
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+@needs_tool("tshark")
+@needs_tool("ping")
 def test_tshark_counts_exactly_what_went_to_the_pcap_sink(testbed, bump, tmp_path):
     sink = tmp_path / "sink.pcap"
     b = bump(sink=sink)
@@ -303,6 +306,7 @@ def run_pipeline():
             p.stop_and_wait()
 
 
+@needs_tool("ping")
 def test_pipeline_carries_ping_and_50_mb_of_tcp(testbed, run_pipeline, tmp_path):
     p = run_pipeline(pipeline_file(tmp_path, testbed))
     proc = ping(testbed)
@@ -317,6 +321,7 @@ def test_pipeline_carries_ping_and_50_mb_of_tcp(testbed, run_pipeline, tmp_path)
     assert summary["received"] == summary["transmitted"] + sum(summary["drops"].values())
 
 
+@needs_tool("ping")
 def test_pipeline_worker_dropping_icmp_stops_ping_not_tcp(testbed, run_pipeline, tmp_path):
     p = run_pipeline(pipeline_file(tmp_path, testbed, function=f"{EXAMPLES / 'drop_icmp.py'}:drop_icmp"))
     sent, got, out = ping_loss(ping(testbed, count=5))
@@ -329,7 +334,8 @@ def test_pipeline_worker_dropping_icmp_stops_ping_not_tcp(testbed, run_pipeline,
     assert summary["ok"] is True
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+@needs_tool("tshark")
+@needs_tool("ping")
 def test_pipeline_pcap_sink_holds_exactly_what_was_sent(testbed, run_pipeline, tmp_path):
     sink = tmp_path / "sink.pcap"
     p = run_pipeline(pipeline_file(tmp_path, testbed, sink=sink))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 from pathlib import Path
@@ -196,3 +197,62 @@ def test_vfio_bind_reports_the_group_and_refuses_without_an_iommu(tmp_path):
     assert moved == f"{NIC_B} moved from ixgbe to vfio-pci"
     assert warning.startswith("WARNING: no IOMMU, vfio is in enable_unsafe_noiommu_mode: the NIC can DMA "
                               "anywhere in memory")
+
+
+# ---- names from the PCI id database ------------------------------------------------------------
+
+PCI_IDS = """\
+# a few lines in the format of Debian's /usr/share/misc/pci.ids
+1af4  Red Hat, Inc.
+\t1041  Virtio 1.0 network device
+\t\t1af4 1100  QEMU Virtual Machine
+8086  Intel Corporation
+\t10ed  82599 Ethernet Controller Virtual Function
+\t10fb  82599ES 10-Gigabit SFI/SFP+ Network Connection
+\t\t8086 000c  Ethernet Server Adapter X520-DA2
+
+C 02  Network controller
+\t00  Ethernet controller
+"""
+
+
+def test_names_come_from_pci_ids_and_fall_back_to_ids(host, tmp_path):
+    from ixypipe.ops.pciids import PciNames
+
+    ids = tmp_path / "pci.ids"
+    ids.write_text(PCI_IDS)
+    names = PciNames(ids)
+    assert names.describe(0x8086, 0x10FB) == "Intel Corporation 82599ES 10-Gigabit SFI/SFP+ Network Connection"
+    assert names.describe(0x8086, 0x1234) == "Intel Corporation device 1234"     # vendor known, device not
+    assert names.describe(0x1234, 0x1111) is None and PciNames(None).describe(0x8086, 0x10FB) is None
+    assert (0x8086, 0x000C) not in names.devices                                 # subsystem lines are skipped
+    res = CliRunner().invoke(main, ["devices", "--sysfs-root", str(host.sysfs), "--proc-root", str(host.proc),
+                                    "--pci-ids", str(ids)])
+    assert res.exit_code == 0, res.output
+    assert ("0000:03:00.0 8086:10fb 'Intel Corporation 82599ES 10-Gigabit SFI/SFP+ Network Connection' "
+            "Intel 82599 if=eth1 drv=ixgbe numa=0 *Active*") in res.output.splitlines()
+    assert "0000:00:03.0 1af4:1041 'Red Hat, Inc. Virtio 1.0 network device' if=eth0 drv=virtio-pci numa=0" \
+        in res.output.splitlines()
+    # without a database (a fresh machine without the pci.ids package): the ids alone
+    bare = status_lines(list_network_devices(host.sysfs, host.proc, PciNames(None)))
+    assert "0000:03:00.0 8086:10fb Intel 82599 if=eth1 drv=ixgbe numa=0 *Active*" in bare
+
+
+def test_devices_json(host, tmp_path):
+    ids = tmp_path / "pci.ids"
+    ids.write_text(PCI_IDS)
+    res = CliRunner().invoke(main, ["--json", "devices", "--sysfs-root", str(host.sysfs), "--proc-root",
+                                    str(host.proc), "--pci-ids", str(ids)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["type"] == "devices" and doc["pci_ids"] == str(ids)
+    devs = {d["address"]: d for d in doc["devices"]}
+    assert sorted(devs) == [VIRTIO, NIC_A, NIC_B, VF]
+    assert devs[NIC_A] == {"address": NIC_A, "vendor": "8086", "device": "10fb",
+                           "name": "Intel Corporation 82599ES 10-Gigabit SFI/SFP+ Network Connection",
+                           "kind": "82599", "driver": "ixgbe", "driver_override": None, "numa_node": 0,
+                           "ready_for_ixypipe": False,
+                           "interfaces": [{"name": "eth1", "up": True, "routes": ["10.0.2.0/24"], "active": True}]}
+    assert devs[VF]["ready_for_ixypipe"] is True and devs[VF]["kind"] == "82599 VF"
+    res = CliRunner().invoke(main, ["devices", "--json", "--pci-ids", str(tmp_path / "none.ids")])
+    assert res.exit_code == 2 and json.loads(res.output)["message"].startswith("Invalid value for '--pci-ids'")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 
@@ -12,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ixypipe.pcapfile import PCAP_MAGIC_NSEC, PCAP_MAGIC_USEC, PcapError, PcapWriter, read_header, read_pcap
+from tests.support.system import needs_tool
 
-needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
-needs_tcpdump = pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump not installed")
+needs_tshark = needs_tool("tshark")
+needs_tcpdump = needs_tool("tcpdump")
 
 
 def frames(n: int, width: int = 128, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

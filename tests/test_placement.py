@@ -20,8 +20,8 @@ from ixypipe.pipeline.placement import (
     read_topology,
 )
 
-FWD_STAGES = [StageDemand("rx-p0q0", "rx"), StageDemand("rx-p1q0", "rx"), StageDemand("worker-0", "worker"),
-              StageDemand("tx-p0q0", "tx"), StageDemand("tx-p1q0", "tx")]
+FWD_STAGES = [StageDemand("rx-p0-q0", "rx"), StageDemand("rx-p1-q0", "rx"), StageDemand("worker-0", "worker"),
+              StageDemand("tx-p0-q0", "tx"), StageDemand("tx-p1-q0", "tx")]
 SIM = StageDemand("sim", "sim")
 
 
@@ -90,7 +90,7 @@ def test_a_stage_stays_on_its_nics_numa_node(tmp_path):
 def test_two_cpus_give_the_simulator_one_and_warn_about_sharing_the_other(tmp_path):
     topo = read_topology(fake_sysfs(tmp_path, "0-1"))
     p = plan_placement([*FWD_STAGES, SIM], topo)
-    assert p.cpu_of == {"rx-p0q0": 0, "rx-p1q0": 0, "worker-0": 0, "tx-p0q0": 0, "tx-p1q0": 0, "sim": 1}
+    assert p.cpu_of == {"rx-p0-q0": 0, "rx-p1-q0": 0, "worker-0": 0, "tx-p0-q0": 0, "tx-p1-q0": 0, "sim": 1}
     assert p.oversubscribed is True
     assert p.warnings == ["5 polling stages share 1 CPUs: stages back off when idle (spin, sched_yield, sleep); "
                           "isolate CPUs (isolcpus=, nohz_full=) for full speed"]
@@ -130,7 +130,7 @@ def test_explicit_cpus_leave_the_automatic_ones_room(tmp_path):
 def test_a_bad_explicit_cpu_is_refused(tmp_path):
     topo = read_topology(fake_sysfs(tmp_path, "0-3"))
     with pytest.raises(PlacementError) as info:
-        plan_placement([StageDemand("rx-p0q0", "rx"), StageDemand("worker-0", "worker")], topo, {"worker": [9]})
+        plan_placement([StageDemand("rx-p0-q0", "rx"), StageDemand("worker-0", "worker")], topo, {"worker": [9]})
     assert str(info.value) == "CPU 9 (for worker-0) is not usable here; CPUs: 0, 1, 2, 3"
 
 
@@ -193,9 +193,9 @@ def test_cores_shows_the_placement_run_would_choose_on_isolated_cpus(tmp_path):
     assert "CPUs usable here: 0-3 (4); isolated: 2-3" in res.output
     assert "\n   2     2     -       yes         -" in res.output
     lines = [line.split() for line in res.output.split("Placement for")[1].splitlines()[1:7]]
-    assert lines == [["rx-p0q0", "rx", "CPU", "2", "(isolated)"], ["rx-p1q0", "rx", "CPU", "3", "(isolated)"],
-                     ["worker-0", "worker", "CPU", "0"], ["tx-p0q0", "tx", "CPU", "2", "(isolated)"],
-                     ["tx-p1q0", "tx", "CPU", "3", "(isolated)"], ["sim", "sim", "CPU", "1"]]
+    assert lines == [["rx-p0-q0", "rx", "CPU", "2", "(isolated)"], ["rx-p1-q0", "rx", "CPU", "3", "(isolated)"],
+                     ["worker-0", "worker", "CPU", "0"], ["tx-p0-q0", "tx", "CPU", "2", "(isolated)"],
+                     ["tx-p1-q0", "tx", "CPU", "3", "(isolated)"], ["sim", "sim", "CPU", "1"]]
     assert "warning: 4 polling stages share 2 CPUs: stages back off when idle" in res.output
     assert "isolcpus" not in res.output.split("warning:")[0] and "No CPU is isolated" not in res.output
 
@@ -217,7 +217,7 @@ def test_cores_json_on_this_machine():
     topo = read_topology()
     assert [c["cpu"] for c in out["cpus"]] == topo.cpus
     assert all(0.0 <= c["busy_percent"] <= 100.0 for c in out["cpus"])
-    assert set(out["placement"]) == {"rx-p0q0", "rx-p1q0", "worker-0", "tx-p0q0", "tx-p1q0", "sim"}
+    assert set(out["placement"]) == {"rx-p0-q0", "rx-p1-q0", "worker-0", "tx-p0-q0", "tx-p1-q0", "sim"}
     assert out["placement"] == plan_placement([*FWD_STAGES, SIM], topo).cpu_of
     assert bool(out["advice"]) == (not topo.isolated)
 
@@ -231,13 +231,13 @@ def test_cores_names_a_bad_pipeline_file():
 
 def test_cpus_held_by_other_pipelines_are_used_last():
     topo = CpuTopology(cpus=[0, 1, 2, 3])
-    held = {0: ["fwd[10]/rx-p0q0", "fwd[10]/worker-0"], 1: ["fwd[10]/tx-p0q0"]}
+    held = {0: ["fwd[10]/rx-p0-q0", "fwd[10]/worker-0"], 1: ["fwd[10]/tx-p0-q0"]}
     p = plan_placement([StageDemand("rx-a-q0", "rx"), StageDemand("worker-0", "worker")], topo, held=held)
     assert sorted(p.cpu_of.values()) == [2, 3]
     assert not p.oversubscribed and p.warnings == []
     # with every CPU held, the least held one is shared, and that is said
     p = plan_placement(FWD_STAGES[:1], CpuTopology(cpus=[0, 1]), held=held)
-    assert p.cpu_of == {"rx-p0q0": 1} and p.oversubscribed
+    assert p.cpu_of == {"rx-p0-q0": 1} and p.oversubscribed
     assert p.warnings[-1] == "CPU 1 is shared with running pipelines: fwd[10] (1 stage)"
 
 
@@ -250,7 +250,7 @@ def test_a_running_pipeline_holds_its_stage_cpus_and_cores_shows_them(tmp_path):
         wait_for_stats(proc)
         mine = {cpu: [s for s in stages if s.startswith(f"fwd[{proc.pid}]/")] for cpu, stages in held_cpus().items()}
         names = sorted(s.rsplit("/", 1)[1] for stages in mine.values() for s in stages)
-        assert names == ["rx-p0q0", "rx-p1q0", "tx-p0q0", "tx-p1q0", "worker-0"]
+        assert names == ["rx-p0-q0", "rx-p1-q0", "tx-p0-q0", "tx-p1-q0", "worker-0"]
         for cpu, stages in mine.items():
             assert cpu in os.sched_getaffinity(0) or not stages
         res = subprocess.run([*IXYPIPE, "cores", "--json", "--interval", "0"], capture_output=True, text=True,

@@ -86,7 +86,7 @@ def test_signal_stops_cleanly_with_accounting(sig):
     assert leftovers(proc.pid) == []
 
 
-@pytest.mark.parametrize("stage", ["worker-0", "rx-p0q0", "tx-p1q0", "sim"])
+@pytest.mark.parametrize("stage", ["worker-0", "rx-p0-q0", "tx-p1-q0", "sim"])
 def test_killed_stage_is_named_and_the_rest_stops_cleanly(stage):
     proc = start([str(FWD), "--json"])
     try:
@@ -111,7 +111,7 @@ def test_killed_stage_is_named_and_the_rest_stops_cleanly(stage):
     assert not any("no progress" in f for f in s["failures"]), s["failures"]   # nobody killed for draining
     # whatever the dead stage held (or the dead NIC had posted) is counted once, not lost silently
     assert s["in_flight"] == 0
-    if stage != "rx-p0q0":      # its producers held buffers for it (an RX stage may die holding none)
+    if stage != "rx-p0-q0":      # its producers held buffers for it (an RX stage may die holding none)
         assert s["drops"]["stage_died"] > 0
     assert s["received"] == s["transmitted"] + sum(s["drops"].values())
     assert took < 30

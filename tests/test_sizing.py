@@ -92,14 +92,14 @@ def test_the_plan_lists_its_rings_with_kind_and_capacity_and_the_supervisor_size
     plan = plan_from_config(cfg)
     forward = [r for r in plan.rings if r.kind == RING_FORWARD]
     back = [r for r in plan.rings if r.kind == RING_RETURN]
-    assert [r.name for r in forward] == plan.forward_rings() == ["rx-p0q0>w0", "rx-p1q0>w0", "w0>tx-p0q0",
-                                                                 "w0>tx-p1q0"]
+    assert [r.name for r in forward] == plan.forward_rings() == ["rx-p0-q0>w0", "rx-p1-q0>w0", "w0>tx-p0-q0",
+                                                                 "w0>tx-p1-q0"]
     assert {r.capacity for r in forward} == {cfg.ring_size}
-    assert sorted(r.name for r in back) == ["tx-p0q0>pool0", "tx-p0q0>pool1", "tx-p1q0>pool0", "tx-p1q0>pool1",
+    assert sorted(r.name for r in back) == ["tx-p0-q0>pool0", "tx-p0-q0>pool1", "tx-p1-q0>pool0", "tx-p1-q0>pool1",
                                             "w0>pool0", "w0>pool1"]
     assert {r.capacity for r in back} == {1 << (cfg.buffers_per_queue - 1).bit_length()}
     packet = packet_arena_regions(plan, cfg.buffer_size)
     # buffer record + buffers, one free stack per pool, every ring, the stage table and counter blocks,
-    # the wake lines, plan.json
-    assert len(packet) == 2 + len(plan.pools) + len(plan.rings) + 2 + 1 + 1
+    # the wake lines, plan.json and the ports' drops for observers
+    assert len(packet) == 2 + len(plan.pools) + len(plan.rings) + 2 + 1 + 2
     assert len(device_arena_regions(plan)) == sum(3 * (s.rx_queues + s.tx_queues) for s in plan.ports)

@@ -11,7 +11,6 @@ kernel parameters (isolcpus=, nohz_full=, rcu_nocbs=) would set some aside.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -75,10 +74,9 @@ def pipeline_placement(pipeline: str, topo: CpuTopology,
 @click.argument("pipeline", required=False, type=click.Path(dir_okay=False))
 @click.option("--interval", type=click.FloatRange(min=0), default=0.5, show_default=True, metavar="SECONDS",
               help="How long to measure how busy each CPU is (0: since the last call, i.e. not measured).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--sysfs-root", default="/sys", show_default=True, hidden=True,
               help="Read the topology from this tree (tests).")
-def cores(pipeline: str | None, interval: float, as_json: bool, sysfs_root: str) -> None:
+def cores(pipeline: str | None, interval: float, sysfs_root: str) -> None:
     """Show the CPU topology and where `ixypipe run PIPELINE` would place its stages.
 
     \b
@@ -95,6 +93,7 @@ def cores(pipeline: str | None, interval: float, as_json: bool, sysfs_root: str)
       ixypipe cores pipelines/fwd.toml
       ixypipe cores pipelines/fwd.toml --json
     """
+    from ixypipe.commands.options import CommandError, wants_json
     from ixypipe.pipeline.config import ConfigError
     from ixypipe.pipeline.placement import PlacementError
     from ixypipe.pipeline.running import held_cpus, holders_text
@@ -109,15 +108,14 @@ def cores(pipeline: str | None, interval: float, as_json: bool, sysfs_root: str)
         try:
             stages, placement = pipeline_placement(pipeline, topo, held)
         except (ConfigError, PlacementError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            raise CommandError(str(exc), 2) from exc
     advice = isolation_advice(topo)
     notes = list(placement.warnings) if placement else []
     if placement:
         for cpu in sorted({c for c in placement.cpu_of.values() if busy.get(c, 0.0) >= BUSY_PERCENT}):
             notes.append(f"CPU {cpu} is {busy[cpu]:.0f}% busy already: stages placed there get what is left "
                          f"(pin them elsewhere with a [cpus] table)")
-    if as_json:
+    if wants_json():
         click.echo(json.dumps({
             "cpus": [{"cpu": c, "core": core_of(topo, c), "numa_node": topo.numa_node.get(c),
                       "isolated": c in topo.isolated, "siblings": sorted(topo.siblings.get(c, set())),

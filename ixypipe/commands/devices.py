@@ -8,17 +8,34 @@ import click
 @click.command()
 @click.option("--sysfs-root", default="/sys", hidden=True)
 @click.option("--proc-root", default="/proc", hidden=True)
-def devices(sysfs_root: str, proc_root: str) -> None:
+@click.option("--pci-ids", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="The PCI id database for names (default: /usr/share/misc/pci.ids or /usr/share/hwdata/pci.ids; "
+                   "without one, ids only).")
+def devices(sysfs_root: str, proc_root: str, pci_ids: str | None) -> None:
     """List network PCI devices, like dpdk-devbind --status.
 
     \b
-    Each line: PCI address, vendor:device id, 'Intel 82599' for the NICs
-    ixypipe drives, kernel interfaces, the bound driver, NUMA node, and
-    *Active* when an interface is up and carries routes.
-      0000:03:00.0 8086:10fb Intel 82599 if=eth1 drv=ixgbe numa=0
+    Each line: PCI address, vendor:device id, the name from the system's
+    pci.ids (Debian package pci.ids), 'Intel 82599' for the NICs ixypipe
+    drives, kernel interfaces, the bound driver, NUMA node, and *Active*
+    when an interface is up and carries routes.  --json: one object.
+      0000:03:00.0 8086:10fb 'Intel Corporation 82599ES 10-Gigabit SFI/SFP+
+      Network Connection' Intel 82599 if=eth1 drv=ixgbe numa=0
     Take a device with 'ixypipe bind ADDRESS'; give it back with 'ixypipe unbind ADDRESS'.
     """
+    from ixypipe.commands.options import emit_json, wants_json
     from ixypipe.ops.pcidevs import list_network_devices, status_lines
+    from ixypipe.ops.pciids import PciNames, find_pci_ids
 
-    for line in status_lines(list_network_devices(sysfs_root, proc_root)):
+    path = pci_ids or find_pci_ids()
+    try:
+        names = PciNames(path)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="'--pci-ids'") from exc
+    found = list_network_devices(sysfs_root, proc_root, names)
+    if wants_json():
+        emit_json({"type": "devices", "pci_ids": str(path) if path else None,
+                   "devices": [d.as_dict() for d in found]})
+        return
+    for line in status_lines(found):
         click.echo(line)

@@ -15,6 +15,7 @@ import time
 
 import click
 
+from ixypipe.commands.options import PPS
 from ixypipe.layout import DEFAULT_BUF_SIZE
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.homing import Homing
@@ -42,8 +43,9 @@ PORT_NAMES = ("p0", "p1")
               help="Packets per rx_batch/tx_batch call.")
 @click.option("--ring", type=int, default=DEFAULT_RING_ENTRIES, show_default=True,
               help="Descriptors per RX and TX ring (power of two, 8..4096).")
-@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="MPPS",
-              help="--sim: each generator's rate in Mpps (0: as fast as the RX ring takes, no loss).")
+@click.option("--rate", type=PPS, default=0.0, show_default=True,
+              help="--sim: each generator's rate in packets per second, k/M suffixes accepted (300k, 1.5M); "
+                   "0: as fast as the RX ring takes, no loss.")
 @click.option("--packet-size", type=int, default=60, show_default=True, help="--sim: frame size without FCS.")
 @click.option("--flows", type=int, default=4, show_default=True, help="--sim: flows per generator.")
 @click.option("--no-touch", is_flag=True, help="Do not increment byte 1 of each packet.")
@@ -121,11 +123,11 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
 
 
 def start_sim(stack: contextlib.ExitStack, arena: Arena, specs: list[PortSpec], packet_size: int, flows: int,
-              rate_mpps: float, touch: bool):
+              rate_pps: float, touch: bool):
     from ixypipe.sim.launch import start_sim as launch
     from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SinkConfig
 
-    ports = [SimPortConfig(name, generator=GeneratorConfig(packet_size=packet_size, rate_pps=rate_mpps * 1e6,
+    ports = [SimPortConfig(name, generator=GeneratorConfig(packet_size=packet_size, rate_pps=rate_pps,
                                                            flows=flows),
                            sink=SinkConfig(expect_touch=touch)) for name in PORT_NAMES]
     try:

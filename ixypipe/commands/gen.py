@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import signal
 
 import click
+
+from ixypipe.commands.options import PPS
+
+# the generator's own checks name its fields; the user typed these options
+OPTION_OF_FIELD = {"packet_size": "--size", "flows": "--flows", "count": "--count", "rate": "--rate"}
+
+
+def _as_usage_error(exc: ValueError) -> click.ClickException:
+    """'generator packet_size must be ...' -> Invalid value for '--size': must be ... (exit 2)."""
+    m = re.match(r"generator (\w+) (.*)", str(exc), re.S)
+    if m and m.group(1) in OPTION_OF_FIELD:
+        return click.BadParameter(m.group(2), param_hint=f"'{OPTION_OF_FIELD[m.group(1)]}'")
+    return click.ClickException(str(exc))
 
 
 def _mac(ctx, param, value: str) -> bytes:
@@ -23,8 +37,8 @@ def _mac(ctx, param, value: str) -> bytes:
 @click.option("--pcap", "pcap_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Into a pcap file (nanosecond timestamps, as the pcap port writes).")
 @click.option("--size", type=int, default=60, show_default=True, help="Frame size without FCS (60..1514).")
-@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="MPPS",
-              help="Packets per second in millions; 0 = as fast as the port takes them.")
+@click.option("--rate", type=PPS, default=0.0, show_default=True,
+              help="Packets per second, k/M suffixes accepted (300k, 1.5M); 0 = as fast as the port takes them.")
 @click.option("--flows", type=int, default=1, show_default=True,
               help="Flows (UDP source port and IPv4 source address differ per flow).")
 @click.option("--count", type=click.IntRange(min=0), default=0, show_default=True,
@@ -45,12 +59,13 @@ def command(sim, interface, pcap_path, size, rate, flows, count, duration, batch
     with a sim port) detects loss, reordering and corruption. Finite runs
     (--count) show a progress bar on a terminal.
     Examples:
-      ixypipe gen --sim --count 1000000 --rate 0.5
+      ixypipe gen --sim --count 1000000 --rate 500k
       ixypipe gen --interface veth0 --size 1514 --duration 10
       ixypipe gen --pcap out.pcap --count 1000 --flows 16
     """
     from ixypipe.memory.arena import ArenaError
     from ixypipe.ops.generate import GenError, GenSession
+    from ixypipe.pipeline.report import rate_text
 
     chosen = [(t, w) for t, w, on in (("sim", "", sim), ("af_packet", interface, interface),
                                       ("pcap", pcap_path, pcap_path)) if on]
@@ -60,17 +75,19 @@ def command(sim, interface, pcap_path, size, rate, flows, count, duration, batch
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)   # a simulator process inherits "ignore Ctrl-C"
     try:
         session = GenSession(target, where, size, flows, hugepages, dst_mac)
-    except (GenError, ArenaError, ValueError) as exc:
+    except (GenError, ArenaError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:
+        raise _as_usage_error(exc) from exc
     finally:
         signal.signal(signal.SIGINT, old)
     stopped: list[int] = []
     old = signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))
     try:
-        gen = session.generator(count, rate)
+        gen = session.generator(count, rate / 1e6)
         what = f"{where or 'software 82599 ' + session.dev.spec.address}"
         click.echo(f"generating {size}-byte frames, {flows} flows, "
-                   f"{f'{rate:g} Mpps' if rate else 'as fast as it goes'} onto {target} {what}")
+                   f"{rate_text(rate) if rate else 'as fast as it goes'} onto {target} {what}")
         if count:
             with click.progressbar(length=count, label="sending", show_pos=True) as bar:
                 result = session.run(gen, batch, duration, progress=bar.update, stop=lambda: bool(stopped))

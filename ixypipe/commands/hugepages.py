@@ -25,22 +25,30 @@ def command(reserve, mount_path, size, node, sysfs_root, mounts_file) -> None:
       ixypipe hugepages --mount /mnt/huge            mount hugetlbfs (root)
       ixypipe hugepages --reserve 4 --size 1G --mount /mnt/huge-1G
     """
-    from ixypipe.ops.hugepages import HugepageSetupError, format_size, mount, parse_size, status_lines
+    from ixypipe.commands.options import emit_json, wants_json
+    from ixypipe.ops.hugepages import HugepageSetupError, format_size, mount, parse_size, status, status_lines
     from ixypipe.ops.hugepages import reserve as do_reserve
 
     if node is not None and reserve is None:
         raise click.UsageError("--node goes with --reserve")
     try:
         page = parse_size(size)
+    except HugepageSetupError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--size'") from exc
+    said = (lambda text: None) if wants_json() else click.echo
+    try:
         if reserve is not None:
             pool = do_reserve(reserve, page, node, sysfs_root=sysfs_root)
             where = "" if node is None else f" on node {node}"
-            click.echo(f"reserved {pool.total} {format_size(page)} hugepages{where} ({pool.free} free)")
+            said(f"reserved {pool.total} {format_size(page)} hugepages{where} ({pool.free} free)")
         if mount_path is not None:
             made = mount(mount_path, page, mounts_file=mounts_file)
-            click.echo(f"{'mounted' if made else 'already mounted:'} hugetlbfs pagesize={format_size(page)} "
+            said(f"{'mounted' if made else 'already mounted:'} hugetlbfs pagesize={format_size(page)} "
                        f"at {mount_path}")
     except HugepageSetupError as exc:
         raise click.ClickException(str(exc)) from exc
+    if wants_json():
+        emit_json(status(sysfs_root, mounts_file))
+        return
     for line in status_lines(sysfs_root, mounts_file):
         click.echo(line)

@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from ixypipe.commands.options import CommandError, emit_json, set_json, wants_json
+
 
 @click.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
@@ -14,10 +16,13 @@ import click
               help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM).")
 @click.option("--packets", type=click.IntRange(min=1), metavar="N",
               help="Stop once the RX stages have received N packets.")
-@click.option("--json", "json_lines", is_flag=True, default=None,
-              help="Print one JSON object per interval and a JSON summary instead of text.")
-@click.option("--check", is_flag=True, help="Only validate the pipeline file and print what would run.")
-def run(pipeline: str, duration: float | None, packets: int | None, json_lines: bool | None, check: bool) -> None:
+@click.option("--json", is_flag=True, expose_value=False, callback=set_json,
+              help="Print one JSON object per interval and a JSON summary instead of text (with --check: "
+                   "one JSON object); errors as JSON too.")
+@click.option("--check", is_flag=True,
+              help="Only validate: the file, and on this machine interfaces, PCI devices and the worker's "
+                   "import; print what would run (exit 1 when a check fails).")
+def run(pipeline: str, duration: float | None, packets: int | None, check: bool) -> None:
     """Run the pipeline described by PIPELINE (a TOML file).
 
     \b
@@ -30,7 +35,7 @@ def run(pipeline: str, duration: float | None, packets: int | None, json_lines: 
     \b
       [p0] RX: 1523.81 Mbit/s 2.27 Mpps
       [p0] TX: 1523.79 Mbit/s 2.27 Mpps
-      stages: rx-p0q0@cpu0 idle 12% | worker-0@cpu1 idle 3% | ...
+      stages: rx-p0-q0@cpu0 idle 12% | worker-0@cpu1 idle 3% | ...
 
     \b
     On Ctrl-C or SIGTERM it stops the stages in data-flow order, drains the
@@ -51,16 +56,17 @@ def run(pipeline: str, duration: float | None, packets: int | None, json_lines: 
         check_plan_fits(cfg)
         check_worker_imports(cfg)       # in a child, with a time limit: before anything is created
     except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
         if exc.details and verbose():
             click.echo(exc.details, err=True)
-        sys.exit(2)
+        raise CommandError(str(exc), 2) from exc
     if check:
-        describe(cfg)
+        check_machine(cfg)
         return
     from ixypipe.pipeline.supervisor import Supervisor
 
-    result = Supervisor(cfg, duration=duration, packets=packets, json_lines=json_lines).run()
+    result = Supervisor(cfg, duration=duration, packets=packets, json_lines=True if wants_json() else None).run()
+    if wants_json() and result.accounting is None and result.failures:     # failed before any summary
+        emit_json({"type": "error", "message": "; ".join(result.failures), "exit_code": result.exit_code})
     sys.exit(result.exit_code)
 
 
@@ -70,13 +76,35 @@ def verbose() -> bool:
     return bool(ctx and ctx.find_root().params.get("verbose")) or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
-def describe(cfg) -> None:
-    click.echo(f"pipeline {cfg.name}: {cfg.path}")
-    for p in cfg.ports:
-        where = p.pci or p.interface or p.path or "(assigned)"
-        click.echo(f"  port {p.name}: {p.driver} {where}, {p.rx_queues} RX / {p.tx_queues} TX queues, "
-                   f"forwards to {p.forward_to or '(the other port)'}")
+def check_machine(cfg) -> None:
+    """--check: what would run, and every check on this machine (ixypipe.pipeline.preflight); exit 1 on a failure."""
+    from ixypipe.pipeline.plan import plan_from_config
+    from ixypipe.pipeline.preflight import preflight
+
+    findings = preflight(cfg)
+    failed = [f for f in findings if not f.ok]
+    plan = plan_from_config(cfg)
     w = cfg.workers
-    click.echo(f"  workers: {w.processes} x {w.function} ({w.distribute}), batch {cfg.batch_size}, "
-               f"rings {cfg.ring_size}")
-    click.echo("ok")
+    if wants_json():
+        emit_json({"type": "check", "ok": not failed, "pipeline": cfg.name, "path": str(cfg.path),
+                   "ports": [{"name": p.name, "driver": p.driver, "address": p.pci or p.interface or p.path,
+                              "rx_queues": p.rx_queues, "tx_queues": p.tx_queues, "forward_to": p.forward_to}
+                             for p in cfg.ports],
+                   "workers": {"function": w.function, "processes": w.processes, "distribute": w.distribute},
+                   "batch_size": cfg.batch_size, "ring_size": cfg.ring_size,
+                   "stages": [s.name for s in plan.stages],
+                   "checks": [f.as_dict() for f in findings]})
+    else:
+        click.echo(f"pipeline {cfg.name}: {cfg.path}")
+        for p in cfg.ports:
+            where = p.pci or p.interface or p.path or "(assigned)"
+            click.echo(f"  port {p.name}: {p.driver} {where}, {p.rx_queues} RX / {p.tx_queues} TX queues, "
+                       f"forwards to {p.forward_to or '(the other port)'}")
+        click.echo(f"  workers: {w.processes} x {w.function} ({w.distribute}), batch {cfg.batch_size}, "
+                   f"rings {cfg.ring_size}")
+        click.echo(f"  stages: {' '.join(s.name for s in plan.stages)}")
+        for f in findings:
+            click.echo(f"  {'ok' if f.ok else 'FAILED'}  {f.what}: {f.message}")
+        click.echo("ok" if not failed else f"{len(failed)} check{'s' if len(failed) > 1 else ''} failed")
+    if failed:
+        sys.exit(1)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import click
 
+from ixypipe.commands.options import PPS
+from ixypipe.pipeline.report import rate_text
 from ixypipe.sim.server import GeneratorConfig, PortCounters, SimPortConfig, SimServer, SinkConfig
 from ixypipe.sim.sysfs import device_dir
 
@@ -98,7 +100,7 @@ def describe_wiring(port: SimPortConfig) -> str:
     parts = []
     if port.generator:
         g = port.generator
-        rate = f"{g.rate_pps:g} pps" if g.rate_pps else "as fast as RX takes"
+        rate = rate_text(g.rate_pps) if g.rate_pps else "as fast as RX takes"
         parts.append(f"generator -> RX ({g.packet_size} B, {g.flows} flows, {rate}"
                      f"{f', {g.count} packets' if g.count else ''})")
     if port.sink:
@@ -112,7 +114,7 @@ def counter_line(label: str, c: PortCounters, prev: PortCounters | None, seconds
     def rate(field: str) -> str:
         if prev is None or seconds <= 0:
             return f"{getattr(c, field)}"
-        return f"{(getattr(c, field) - getattr(prev, field)) / seconds / 1e6:.3f} Mpps"
+        return rate_text((getattr(c, field) - getattr(prev, field)) / seconds)
     if sink_mode == "count":
         sizes = " ".join(f"{k}: {v}" for k, v in c.sizes().items() if v) or "none"
         judged = f"{c.sink_bytes} bytes; sizes with FCS {sizes}"
@@ -143,8 +145,9 @@ def sim() -> None:
                    "writes FILE; alone a counting sink), or I:none.  Repeatable; unnamed ports get gen+sink.")
 @click.option("--size", type=click.IntRange(60, 1514), default=60, show_default=True,
               help="Generated frame size in bytes (without FCS).")
-@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Packets per second per generator; 0 = as fast as the RX ring takes them (no loss).")
+@click.option("--rate", type=PPS, default=0.0, show_default=True,
+              help="Packets per second per generator, k/M suffixes accepted (300k, 1.5M); 0 = as fast as the RX "
+                   "ring takes them (no loss).")
 @click.option("--flows", type=click.IntRange(1, 65535), default=4, show_default=True)
 @click.option("--count", type=click.IntRange(min=0), default=0, show_default=True,
               help="Packets per generator (0 = unlimited).")

@@ -50,6 +50,10 @@ class DeviceError(Exception):
     """A port cannot be opened or used; the message says which and why."""
 
 
+# a port's ``hot_path`` option (ixgbe and sim ports): "auto" = the numba kernels when installed
+HOT_PATHS = ("auto", "numpy", "numba")
+
+
 @dataclass
 class PortSpec:
     """What the pipeline file says about one port (validated before use)."""
@@ -170,9 +174,6 @@ class Device(ABC):
 
 def format_mac(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
-
-
-HOT_PATHS = ("auto", "numpy", "numba")
 
 
 def choose_hot_path(spec: PortSpec, hot_path: str | None, compiled_available: bool) -> bool:

@@ -122,6 +122,15 @@ def status_lines(sysfs_root: str | os.PathLike = "/sys", mounts_file: str = "/pr
     return lines
 
 
+def status(sysfs_root: str | os.PathLike = "/sys", mounts_file: str = "/proc/mounts") -> dict:
+    """What status_lines shows, as one JSON-ready object (``ixypipe hugepages --json``)."""
+    return {"type": "hugepages",
+            "pools": [{"size": p.size, "size_text": format_size(p.size), "node": p.node, "reserved": p.total,
+                       "free": p.free, "in_use": p.used, "surplus": p.surplus} for p in hugepage_pools(sysfs_root)],
+            "mounts": [{"path": str(path), "page_size": size, "writable": os.access(path, os.W_OK)}
+                       for path, size in hugetlbfs_mount_table(mounts_file)]}
+
+
 def _require_root(what: str, geteuid: Callable[[], int]) -> None:
     if geteuid() != 0:
         raise HugepageSetupError(f"{what} needs root (run it with sudo)")

@@ -5,8 +5,10 @@ Reads ``<sysfs>/bus/pci/devices/*``: the ``class``, ``vendor`` and
 link, ``driver_override``, ``numa_node`` and the kernel interfaces under
 ``net/`` (or ``*/net/`` for virtio).  An interface is *up* when IFF_UP is set
 in its ``flags``; it *carries routes* when /proc/net/route or
-/proc/net/ipv6_route (link-local and multicast left out) name it.  Both
-roots are parameters so tests use fake trees.  Nothing here writes.
+/proc/net/ipv6_route (link-local and multicast left out) name it.  Names
+come from the system's pci.ids (ixypipe.ops.pciids) when it is installed.
+The roots and the database are parameters so tests use fake trees.
+Nothing here writes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ixypipe.nic.registers import (
     PCI_CLASS_NETWORK,
     PCI_VENDOR_INTEL,
 )
+from ixypipe.ops.pciids import PciNames
 
 # drivers that hand the device to user space (ixypipe's own driver needs no kernel driver at all)
 USERSPACE_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio")
@@ -51,6 +54,7 @@ class NetDevice:
     interfaces: list[Interface]
     driver_override: str | None = None
     numa_node: int = -1
+    name: str | None = None            # "Intel Corporation 82599ES 10-Gigabit ..." from pci.ids, when known
 
     @property
     def kind(self) -> str:
@@ -66,8 +70,18 @@ class NetDevice:
         """No kernel driver owns the device (or one that hands it to user space)."""
         return self.driver is None or self.driver in USERSPACE_DRIVERS
 
+    def as_dict(self) -> dict:
+        return {"address": self.address, "vendor": f"{self.vendor:04x}", "device": f"{self.device:04x}",
+                "name": self.name, "kind": self.kind or None, "driver": self.driver,
+                "driver_override": self.driver_override, "numa_node": self.numa_node,
+                "ready_for_ixypipe": self.userspace,
+                "interfaces": [{"name": i.name, "up": i.up, "routes": i.routes, "active": i.active}
+                               for i in self.interfaces]}
+
     def line(self) -> str:
         parts = [self.address, f"{self.vendor:04x}:{self.device:04x}"]
+        if self.name:
+            parts.append(f"'{self.name}'")
         if self.kind:
             parts.append(f"Intel {self.kind}")
         if self.interfaces:
@@ -144,8 +158,9 @@ def read_device(path: Path, routes: dict[str, list[str]] | None = None) -> NetDe
                      int(numa) if numa and numa.lstrip("-").isdigit() else -1)
 
 
-def list_network_devices(sysfs_root: str | os.PathLike = "/sys", proc_root: str | os.PathLike = "/proc"
-                         ) -> list[NetDevice]:
+def list_network_devices(sysfs_root: str | os.PathLike = "/sys", proc_root: str | os.PathLike = "/proc",
+                         names: PciNames | None = None) -> list[NetDevice]:
+    """The network devices, named from ``names`` (a pci.ids database) when given."""
     routes = routed_interfaces(proc_root)
     devices = []
     try:
@@ -155,6 +170,8 @@ def list_network_devices(sysfs_root: str | os.PathLike = "/sys", proc_root: str 
     for entry in entries:
         dev = read_device(entry, routes)
         if dev is not None:
+            if names is not None:
+                dev.name = names.describe(dev.vendor, dev.device)
             devices.append(dev)
     return devices
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
-from ixypipe.nic.device import PortSpec
+from ixypipe.nic.device import HOT_PATHS, PortSpec
 from ixypipe.nic.vfio import IOMMU_MODES
 from ixypipe.sim.payload import SIM_MAX_FRAME, SIM_MIN_FRAME
 from ixypipe.sim.traffic import SINK_MODES
@@ -146,6 +146,8 @@ class PortConfig:
     pcap_rate_mpps: float = 0.0
     af_packet_options: dict = field(default_factory=dict)   # qdisc_bypass, fanout_defrag when given
     iommu: str = "none"             # ixgbe, sim: "vfio", "none" (physical addresses) or "auto"
+    hot_path: str = "auto"          # ixgbe, sim, af_packet: the driver's RX/TX kernels, "auto" (numba when installed),
+                                    # "numpy" or "numba"
 
     def to_spec(self) -> PortSpec:
         """The driver's view of this port: address = pci / interface / path, extras in options."""
@@ -153,9 +155,9 @@ class PortConfig:
         if self.driver == "pcap":
             options = {"mode": self.pcap_mode, "loop": self.pcap_loop, "rate_mpps": self.pcap_rate_mpps}
         elif self.driver == "af_packet":
-            options = dict(self.af_packet_options)
+            options = {**self.af_packet_options, "hot_path": self.hot_path}
         elif self.driver in ("ixgbe", "sim"):
-            options = {"iommu": self.iommu}
+            options = {"iommu": self.iommu, "hot_path": self.hot_path}
         address = {"ixgbe": self.pci, "sim": self.pci, "af_packet": self.interface, "pcap": self.path}[self.driver]
         return PortSpec(self.name, self.driver, address, self.rx_queues, self.tx_queues, self.rx_ring_size,
                         self.tx_ring_size, self.promiscuous, options)
@@ -405,9 +407,9 @@ PIPELINE_KEYS = ("name", "batch_size", "ring_size", "buffer_size", "buffers_per_
 PORT_COMMON_KEYS = ("name", "driver", "rx_queues", "tx_queues", "rx_ring_size", "tx_ring_size", "promiscuous",
                     "forward_to")
 PORT_DRIVER_KEYS = {
-    "sim": ("pci", "generator", "sink", "iommu"),
-    "ixgbe": ("pci", "iommu"),
-    "af_packet": ("interface", "qdisc_bypass", "fanout_defrag"),
+    "sim": ("pci", "generator", "sink", "iommu", "hot_path"),
+    "ixgbe": ("pci", "iommu", "hot_path"),
+    "af_packet": ("interface", "qdisc_bypass", "fanout_defrag", "hot_path"),
     "pcap": ("path", "mode", "loop", "rate_mpps"),
 }
 GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count")
@@ -710,6 +712,7 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
                                        f"got {_show(pci)}")
         fields["pci"] = pci.lower()
         fields["iommu"] = r.string(p, "iommu", key, "none", IOMMU_MODES)
+        fields["hot_path"] = r.string(p, "hot_path", key, "auto", HOT_PATHS)
     if driver == "sim":
         fields["generator"] = _generator(r, p, f"{key}.generator", buffer_size)
         fields["sink"] = _sink(r, p, f"{key}.sink", base_dir)
@@ -724,6 +727,7 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
         fields["interface"] = interface
         fields["af_packet_options"] = {k: r.boolean(p, k, key, False) for k in ("qdisc_bypass", "fanout_defrag")
                                        if k in p}
+        fields["hot_path"] = r.string(p, "hot_path", key, "auto", HOT_PATHS)
     elif driver == "pcap":
         if "path" not in p:
             raise r.fail(key, "missing required key path for a 'pcap' port (the pcap file, relative to "

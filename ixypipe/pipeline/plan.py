@@ -22,7 +22,7 @@ from ixypipe.nic.device import PortSpec
 
 @dataclass
 class StagePlan:
-    name: str                 # also the process name shown by ps: "ixy-rx-p0q0"
+    name: str                 # also the process name shown by ps: "ixy-rx-p0-q0" (from the port's name)
     role: str                 # "rx" | "worker" | "tx"
     row: int                  # row in the arena's stage table
     port: int = -1            # rx and tx: port index
@@ -116,12 +116,13 @@ class PipelinePlan:
         return [r.name for r in self.rings if r.kind == RING_FORWARD]
 
 
-def rx_name(p: int, q: int) -> str:
-    return f"rx-p{p}q{q}"
+def rx_name(port: str, q: int) -> str:
+    """The RX stage of queue ``q`` of the port named ``port``: "rx-a-q0" (also its ring and process names)."""
+    return f"rx-{port}-q{q}"
 
 
-def tx_name(p: int, t: int) -> str:
-    return f"tx-p{p}q{t}"
+def tx_name(port: str, t: int) -> str:
+    return f"tx-{port}-q{t}"
 
 
 def build_plan(name: str, packet_arena: str, device_arena: str, ports: list[PortSpec], forward_to: list[int],
@@ -134,13 +135,13 @@ def build_plan(name: str, packet_arena: str, device_arena: str, ports: list[Port
             pools.append(PoolPlan(k, f"pool.{p}.{q}", p, q, k * buffers_per_queue, buffers_per_queue))
     stages: list[StagePlan] = []
     for pool in pools:
-        stages.append(StagePlan(rx_name(pool.port, pool.queue), "rx", len(stages), port=pool.port,
+        stages.append(StagePlan(rx_name(ports[pool.port].name, pool.queue), "rx", len(stages), port=pool.port,
                                 queue=pool.queue, pool_id=pool.pool_id))
     for w in range(workers):
         stages.append(StagePlan(f"worker-{w}", "worker", len(stages), worker=w))
     for p, spec in enumerate(ports):
         for t in range(spec.tx_queues):
-            stages.append(StagePlan(tx_name(p, t), "tx", len(stages), port=p, queue=t))
+            stages.append(StagePlan(tx_name(spec.name, t), "tx", len(stages), port=p, queue=t))
     rx_stages = [s for s in stages if s.role == "rx"]
     tx_stages = {(s.port, s.queue): s for s in stages if s.role == "tx"}
     for w, ws in enumerate(s for s in stages if s.role == "worker"):

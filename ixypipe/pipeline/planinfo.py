@@ -15,7 +15,17 @@ import json
 import os
 import time
 
-from ixypipe.layout import PLAN_INFO_LEN_DTYPE, PLAN_INFO_REGION, PLAN_INFO_SIZE, PLAN_INFO_TEXT_OFF
+import numpy as np
+
+from ixypipe.layout import (
+    PLAN_INFO_LEN_DTYPE,
+    PLAN_INFO_REGION,
+    PLAN_INFO_SIZE,
+    PLAN_INFO_TEXT_OFF,
+    PORT_DROPS_DTYPE,
+    PORT_DROPS_MAX_PORTS,
+    PORT_DROPS_REGION,
+)
 from ixypipe.memory.arena import Arena, RegionSize
 
 READ_ATTEMPTS = 20
@@ -28,20 +38,47 @@ class PlanInfoError(Exception):
 
 def plan_info(plan, pid: int | None = None) -> dict:
     """The JSON-able summary of a PipelinePlan that observers need."""
+    forward = set(plan.forward_rings())
     return {
         "name": plan.name,
         "pid": os.getpid() if pid is None else pid,
         "ports": list(plan.port_names),
         "drivers": [p.driver for p in plan.ports],
         "stages": [{"name": s.name, "role": s.role, "row": s.row, "port": s.port, "queue": s.queue,
-                    "cpu": -1 if s.cpu is None else int(s.cpu)} for s in plan.stages],
+                    "cpu": -1 if s.cpu is None else int(s.cpu),
+                    "in": [r for r in s.in_rings if r in forward],             # forward rings it consumes
+                    "out": [*s.out_rings, *s.out_ring_of.values()]} for s in plan.stages],
         "rings": list(plan.forward_rings()),
     }
 
 
 def arena_regions() -> list[RegionSize]:
-    """The region :func:`write_plan_info` carves on first use."""
-    return [RegionSize(PLAN_INFO_SIZE)]
+    """The regions :func:`write_plan_info` and :func:`publish_port_drops` carve on first use."""
+    return [RegionSize(PLAN_INFO_SIZE), RegionSize(PORT_DROPS_DTYPE.itemsize * PORT_DROPS_MAX_PORTS)]
+
+
+def _port_drops(arena: Arena, create: bool) -> np.ndarray | None:
+    region = arena.find(PORT_DROPS_REGION)
+    if region is None:
+        if not create:
+            return None
+        region = arena.alloc(PORT_DROPS_REGION, PORT_DROPS_DTYPE.itemsize * PORT_DROPS_MAX_PORTS)
+    return arena.view(region)[:PORT_DROPS_DTYPE.itemsize * PORT_DROPS_MAX_PORTS].view(PORT_DROPS_DTYPE)
+
+
+def publish_port_drops(arena: Arena, port_names: list[str], drops: dict[str, dict[str, int]]) -> None:
+    """Write each port's cumulative drops (report.port_drops' figures) for observers; ports past the limit are left out."""
+    table = _port_drops(arena, create=True)
+    for i, name in enumerate(port_names[:PORT_DROPS_MAX_PORTS]):
+        for field_name in PORT_DROPS_DTYPE.names:
+            table[i][field_name] = int(drops.get(name, {}).get(field_name, 0))
+
+
+def read_port_drops(arena: Arena, port_names: list[str]) -> dict[str, dict[str, int]]:
+    """What :func:`publish_port_drops` last wrote (zeros before the first stats interval)."""
+    table = _port_drops(arena, create=False)
+    return {name: {f: int(table[i][f]) if table is not None and i < len(table) else 0
+                   for f in PORT_DROPS_DTYPE.names} for i, name in enumerate(port_names)}
 
 
 def write_plan_info(arena: Arena, plan, pid: int | None = None) -> None:

@@ -96,8 +96,9 @@ PORT_DROP_NAMES = {"rx_missed": "missed", "rx_too_long": "too_long"}
 class StatsPrinter:
     """Per-second figures: ixy-style lines per port, one line of stages, or JSON interval objects."""
 
-    def __init__(self, plan, table, devices, out, json_lines: bool, sim=None, counters=None):
+    def __init__(self, plan, table, devices, out, json_lines: bool, sim=None, counters=None, publish=None):
         self.plan = plan
+        self.publish = publish            # (port drops) -> None: shows them to observers (ixypipe top)
         self.counters = counters          # () -> {stage: {name: value}}: the workers' named counters
         self.last_counters: dict[str, int] = {}
         self.table = table
@@ -115,6 +116,8 @@ class StatsPrinter:
         rows = self.table.copy()
         dt = elapsed - (self.last_time or 0.0)
         drops_now = port_drops(self.devices, self.sim)
+        if self.publish is not None:
+            self.publish(drops_now)
         ports = {}
         for name, t in now_totals.items():
             d = {k: t[k] - self.last[name][k] for k in t}

@@ -108,7 +108,7 @@ def held_cpus(exclude_pid: int | None = None, directories: list[Path] | None = N
 
 
 def holders_text(stages: list[str]) -> str:
-    """["fwd[12]/rx-p0q0", "fwd[12]/worker-0", "b[40]/tx-a-q0"] -> "fwd[12] (2 stages), b[40] (1 stage)"."""
+    """["fwd[12]/rx-p0-q0", "fwd[12]/worker-0", "b[40]/tx-a-q0"] -> "fwd[12] (2 stages), b[40] (1 stage)"."""
     per: dict[str, int] = {}
     for s in stages:
         pipeline = s.rsplit("/", 1)[0]

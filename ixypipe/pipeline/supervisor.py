@@ -232,7 +232,8 @@ class Supervisor:
 
     def _watch(self) -> None:
         printer = StatsPrinter(self.plan, self.table, self.devices, self.out, self.json_lines, self.sim,
-                               counters=lambda: stagetable.stage_counters(self.arena, self.plan))
+                               counters=lambda: stagetable.stage_counters(self.arena, self.plan),
+                               publish=lambda d: planinfo.publish_port_drops(self.arena, self.plan.port_names, d))
         started = time.monotonic()
         next_print = started + self.cfg.stats.interval
         sentinels = {p.process.sentinel: p for p in self.procs}

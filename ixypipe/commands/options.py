@@ -1,0 +1,100 @@
+"""What every ``ixypipe`` sub-command shares: -v/--json anywhere, the packet-rate type, errors as text or JSON.
+
+* ``-v/--verbose`` and ``--json`` are accepted before or after the
+  sub-command (``ixypipe --json cores`` = ``ixypipe cores --json``): the
+  group adds :func:`shared_params` to every command it loads, and both
+  spellings land in the context's ``meta``, which a command reads with
+  :func:`wants_json`.
+* :data:`PPS` is the one type of every rate option: packets per second,
+  with k/M suffixes (``--rate 1.5M`` = 1,500,000 pps).
+* A command reports a failure by raising :class:`CommandError` (exit 1, or
+  the code it gives); with ``--json`` any click error, usage errors
+  included, is printed as ``{"type": "error", "message": ..., "exit_code": N}``
+  on stdout instead of text (see ixypipe.cli).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import click
+
+JSON_KEY = "ixypipe.json"
+ARGV_KEY = "ixypipe.argv"
+
+
+class RateType(click.ParamType):
+    """Packets per second: ``300000``, ``300k``, ``1.5M`` (k = 1e3, M = 1e6), >= 0."""
+
+    name = "PPS"
+    _SUFFIX = {"": 1.0, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6}
+    _FORM = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmM]?)(?:pps)?\s*$")
+
+    def convert(self, value, param, ctx) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            m = self._FORM.match(str(value))
+            if not m:
+                self.fail(f"{value!r} is not a packet rate: a number of packets per second, optionally with "
+                          f"k or M (300k, 1.5M)", param, ctx)
+            number = float(m.group(1)) * self._SUFFIX[m.group(2)]
+        if number < 0:
+            self.fail(f"{value!r} is negative; a rate is >= 0 packets per second", param, ctx)
+        return number
+
+
+PPS = RateType()
+
+
+class CommandError(click.ClickException):
+    """A command failed; printed as 'error: MESSAGE' (or a JSON error object) with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def set_verbose(ctx: click.Context, param, value: bool) -> None:
+    if value:
+        logging.getLogger().setLevel(logging.DEBUG)
+        ctx.meta["ixypipe.verbose"] = True
+
+
+def set_json(ctx: click.Context, param, value: bool) -> None:
+    if value:
+        ctx.meta[JSON_KEY] = True
+
+
+def shared_params() -> list[click.Option]:
+    """-v/--verbose and --json as options of one command (fresh objects for each command)."""
+    return [
+        click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=set_verbose, is_eager=True,
+                     help="Log debug messages (also before the sub-command)."),
+        click.Option(["--json"], is_flag=True, expose_value=False, callback=set_json, is_eager=True,
+                     help="Print JSON instead of text (also before the sub-command); errors too."),
+    ]
+
+
+def wants_json(ctx: click.Context | None = None) -> bool:
+    """--json was given, before or after the sub-command (or is on the command line at all, for parse errors)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    if ctx.meta.get(JSON_KEY):
+        return True
+    argv = ctx.meta.get(ARGV_KEY, [])
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+
+
+def emit_json(obj: dict) -> None:
+    click.echo(json.dumps(obj))
+
+
+def error_object(exc: click.ClickException) -> dict:
+    return {"type": "error", "message": exc.format_message(), "exit_code": exc.exit_code}

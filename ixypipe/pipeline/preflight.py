@@ -1,0 +1,67 @@
+"""What ``ixypipe run --check`` verifies beyond the file: everything that can be checked without starting.
+
+The pipeline file itself is validated by ixypipe.pipeline.config; here a
+validated config meets this machine: each AF_PACKET port's interface
+exists and is up in the network namespace the command runs in, each
+``ixgbe`` port's PCI device is there and is an 82599, ``hot_path =
+"numba"`` has numba.  (The worker module's import is checked before, in a
+child with a time limit: config.check_worker_imports, exit 2 when it fails.)
+Nothing is mapped, bound or started.  Each check
+gives a :class:`Finding`; the command prints them as text or JSON.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass
+
+from ixypipe.nic.af_packet import check_interface
+from ixypipe.nic.device import DeviceError
+from ixypipe.nic.pci import check_82599, device_dir, read_identity
+
+
+@dataclass
+class Finding:
+    what: str          # "port a: interface veth0", "workers: guard.py:guard"
+    ok: bool
+    message: str       # what was found, or what is wrong and how to fix it
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def preflight(cfg, sysfs_root: str = "/sys") -> list[Finding]:
+    """Every check on this machine for the validated ``cfg``, in port order."""
+    found = []
+    for p in cfg.ports:
+        if p.driver == "af_packet":
+            found.append(_interface(p))
+        elif p.driver == "ixgbe":
+            found.append(_pci(p, sysfs_root))
+        if getattr(p, "hot_path", "auto") == "numba" and importlib.util.find_spec("numba") is None:
+            found.append(Finding(f"port {p.name}: hot_path", False,
+                                 "hot_path = \"numba\" needs the numba package (pip install -e '.[fast]')"))
+    return found
+
+
+def _interface(p) -> Finding:
+    what = f"port {p.name}: interface {p.interface}"
+    try:
+        index = check_interface(p.interface, p.name)
+    except DeviceError as exc:
+        return Finding(what, False, str(exc))
+    return Finding(what, True, f"{p.interface} exists (index {index}) and is up")
+
+
+def _pci(p, sysfs_root: str) -> Finding:
+    what = f"port {p.name}: PCI device {p.pci}"
+    path = device_dir(p.pci, sysfs_root)
+    if not path.exists():
+        return Finding(what, False, f"no PCI device {p.pci} ({path} is missing; see 'ixypipe devices')")
+    try:
+        check_82599(p.pci, read_identity(path))
+    except DeviceError as exc:
+        return Finding(what, False, str(exc))
+    driver = path / "driver"
+    bound = driver.resolve().name if driver.exists() else "no driver"
+    return Finding(what, True, f"an 82599, bound to {bound}")
