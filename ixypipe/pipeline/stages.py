@@ -26,6 +26,7 @@ import traceback
 
 import numpy as np
 
+from ixypipe import privilege
 from ixypipe.layout import (
     STAGE_CMD_ABANDON,
     STAGE_CMD_DRAIN,
@@ -309,6 +310,7 @@ def run_worker(st: Stage, worker) -> None:
     errors = ErrorLog(me.name, worker.where)
     fn = worker.process
     _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
+    privilege.drop_worker(plan.worker_user)     # the user's code runs unprivileged from here on (privilege.py)
     if worker.setup is not None:
         worker.setup(ctx)                   # a failure here stops the stage with its traceback
     got = np.empty(st.batch, np.uint32)
