@@ -16,11 +16,14 @@ whatever capabilities it was given and sets ``no_new_privs``.  A pipeline
 that names ``worker_user = "root"`` keeps its workers root with their
 capabilities (the behaviour before this module), ``no_new_privs`` aside.
 
-RX and TX stages are not dropped: they keep the pipeline's user.  What they
-use after start-up is the BAR mapping (or the VFIO device fd), the device
-and packet arenas and their semaphores, all opened before their loop; an
-AF_PACKET stage keeps its socket, a pcap stage its file.  Their code is
-ixypipe's own, not the user's.
+RX and TX stages keep the pipeline's user but, once their device is
+attached and their compiled hot path loaded, drop every capability too and
+set ``no_new_privs`` (:func:`drop_capabilities`).  What they use afterwards
+was all opened before their loop: the BAR mapping (or the VFIO device fd),
+the device and packet arenas and their semaphores, an AF_PACKET socket, a
+pcap file.  They keep the user because those objects belong to it (the
+arenas are 0600 files of the pipeline's user, the sim's sysfs tree 0700)
+and their code is ixypipe's own, not the user's.
 
 Every system call of this module goes through ``_libc`` (prctl, capset,
 capget) or ``os`` (setgroups, setresgid, setresuid); the constants come from
@@ -50,6 +53,7 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 # linux/capability.h
+CAP_SETPCAP = 8                      # needed to shrink the bounding set
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 LINUX_CAPABILITY_U32S_3 = 2          # version 3 carries 64 capability bits as two 32-bit words
 CAP_LAST_CAP_FILE = Path("/proc/sys/kernel/cap_last_cap")
@@ -146,36 +150,45 @@ def check_switch(configured: str) -> str:
 def drop_to(who: Identity | None) -> None:
     """Become ``who`` (None: stay this user) with no capabilities and no_new_privs; raises PrivilegeError.
 
-    Order matters: the bounding set and groups need CAP_SETPCAP/CAP_SETGID,
+    ``who`` root (``worker_user = "root"``) keeps root and its capabilities.
+    Order matters: groups and the bounding set need CAP_SETGID/CAP_SETPCAP,
     so they go before the uid; the uid change (all three ids) empties the
-    permitted and effective sets, capset then empties the inheritable one.
-    The parent-death signal is cleared by a credential change, so it is set again.
+    permitted and effective sets, capset then empties them (and the
+    inheritable one) also for a process that keeps its uid.  A credential
+    change clears the parent-death signal, so it is set again.
     """
+    keep_root = who is not None and who.uid == ROOT_UID
+    switch = who is not None and who.uid not in (ROOT_UID, os.geteuid())
+    if switch and os.geteuid() != ROOT_UID:
+        raise PrivilegeError(f"cannot switch to user {who.name!r}: not root (uid {os.geteuid()})")
     parent = os.getppid()
     deathsig = ctypes.c_int(0)
     _check(_libc.prctl(PR_GET_PDEATHSIG, ctypes.byref(deathsig), 0, 0, 0), "prctl(PR_GET_PDEATHSIG)")
-    switch = who is not None and who.uid not in (ROOT_UID, os.geteuid())
-    if switch:
-        if os.geteuid() != ROOT_UID:
-            raise PrivilegeError(f"cannot switch to user {who.name!r}: not root (uid {os.geteuid()})")
-        os.setgroups([])
-        os.setresgid(who.gid, who.gid, who.gid)
-        for cap in range(last_capability() + 1):
-            _prctl(PR_CAPBSET_DROP, cap, f"prctl(PR_CAPBSET_DROP, {cap})")
-    try:
-        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "clearing the ambient capabilities")
-    except PrivilegeError:
-        pass                                # kernels before 4.3 have no ambient set: nothing to clear
-    if switch:
-        os.setresuid(who.uid, who.uid, who.uid)
-    if who is None or who.uid != ROOT_UID:
+    if not keep_root:
+        if switch:
+            os.setgroups([])
+            os.setresgid(who.gid, who.gid, who.gid)
+        if capabilities() & 1 << CAP_SETPCAP:
+            for cap in range(last_capability() + 1):
+                _prctl(PR_CAPBSET_DROP, cap, f"prctl(PR_CAPBSET_DROP, {cap})")
+        try:
+            _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "clearing the ambient capabilities")
+        except PrivilegeError:
+            pass                            # kernels before 4.3 have no ambient set: nothing to clear
+        if switch:
+            os.setresuid(who.uid, who.uid, who.uid)
         clear_capabilities()
     _prctl(PR_SET_NO_NEW_PRIVS, 1, "prctl(PR_SET_NO_NEW_PRIVS)")
     if deathsig.value:
         die_with_parent(parent)
-    if switch and (os.getresuid() != (who.uid,) * 3 or capabilities() != 0):
-        raise PrivilegeError(f"still privileged after switching to {who.name!r}: uids {os.getresuid()}, "
+    if not keep_root and (capabilities() != 0 or switch and os.getresuid() != (who.uid,) * 3):
+        raise PrivilegeError(f"still privileged after dropping privileges: uids {os.getresuid()}, "
                              f"capabilities {capabilities():#x}")
+
+
+def drop_capabilities() -> None:
+    """What an RX or TX stage does once its device is attached: keep its user, lose every capability."""
+    drop_to(None)
 
 
 def drop_worker(configured: str) -> Identity | None:

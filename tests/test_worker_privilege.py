@@ -2,7 +2,8 @@
 
 Started as root, a worker stage drops to ``nobody`` (or ``worker_user``)
 once it has mapped the packet arena and loaded its module and kernels; the
-RX and TX stages keep root (see ixypipe/privilege.py for what they need).
+RX and TX stages keep root's uid but no capability (see ixypipe/privilege.py
+for what they need).
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def start(tmp_path, worker_user: str | None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
-def stage_status(proc: subprocess.Popen, want_uid_change: bool) -> dict[str, dict]:
-    """/proc/PID/status of each stage once the worker is running (its uid changed, if it should)."""
+def stage_status(proc: subprocess.Popen) -> dict[str, dict]:
+    """/proc/PID/status of each stage once all five have dropped what they drop (no_new_privs is set last)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -146,11 +147,10 @@ def stage_status(proc: subprocess.Popen, want_uid_change: bool) -> dict[str, dic
             seen = {name: status(pid) for name, pid in stages.items()}
         except (psutil.Error, OSError):
             seen = {}
-        worker = seen.get("ixy-worker-0")
-        if worker and len(seen) == 5 and (not want_uid_change or worker["Uid"].split()[0] != "0"):
+        if len(seen) == 5 and all(st["NoNewPrivs"] == "1" for st in seen.values()):
             return seen
         time.sleep(0.2)
-    raise AssertionError(f"the worker never ran (exit {proc.poll()})")
+    raise AssertionError(f"the stages never all ran (exit {proc.poll()})")
 
 
 @needs_root
@@ -158,7 +158,7 @@ def stage_status(proc: subprocess.Popen, want_uid_change: bool) -> dict[str, dic
 def test_a_running_worker_is_unprivileged_and_cannot_open_the_bar(tmp_path, worker_user):
     proc = start(tmp_path, worker_user)
     try:
-        seen = stage_status(proc, want_uid_change=worker_user is None)
+        seen = stage_status(proc)
         out, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
@@ -184,6 +184,9 @@ def test_a_running_worker_is_unprivileged_and_cannot_open_the_bar(tmp_path, work
     else:                                   # the control: the same probe as root opens both BARs
         assert worker["Uid"].split()[0] == "0" and worker["CapEff"] != ALL_ZERO
         assert counters["resource0 opened"] == 2 and counters.get("uid", 0) == 0
-    # RX and TX stages keep the pipeline's user (root here): they drive the BAR
+    # RX and TX stages keep the pipeline's user (root here): the BAR and arenas they mapped are its;
+    # they lose every capability and cannot gain one
     assert sorted(seen) == ["ixy-rx-p0q0", "ixy-rx-p1q0", "ixy-tx-p0q0", "ixy-tx-p1q0"]
-    assert all(st["Uid"].split()[0] == "0" for st in seen.values())
+    for st in seen.values():
+        assert st["Uid"].split()[0] == "0" and st["NoNewPrivs"] == "1"
+        assert st["CapEff"] == st["CapPrm"] == st["CapBnd"] == st["CapInh"] == ALL_ZERO

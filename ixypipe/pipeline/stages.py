@@ -571,12 +571,14 @@ def run_device_stage(st: Stage) -> None:
         pool = Mempool.attach(st.arena, st.bufs, pool_plan.name)
         device = attach_port(spec, dev_arena, st.bufs, {me.queue: pool}, sysfs_root=root)
         device.rx_batch(me.queue, np.empty(0, np.uint32))    # warm up (a compiled hot path loads now)
+        privilege.drop_capabilities()                        # keeps the user (privilege.py)
         st.row["state"] = STAGE_STATE_RUNNING
         run_rx(st, device, pool)
     else:
         homing = st.homing()
         device = attach_port(spec, dev_arena, st.bufs, None, tx_done=homing, sysfs_root=root)
         device.tx_batch(me.queue, np.empty(0, np.uint32))    # warm up, as for RX
+        privilege.drop_capabilities()                        # keeps the user (privilege.py)
         st.row["state"] = STAGE_STATE_RUNNING
         run_tx(st, device, homing)
     st.row["state"] = STAGE_STATE_DRAINING

@@ -78,5 +78,11 @@ def run_as(user: pwd.struct_passwd, argv: list[str], work: Path, env: dict, cwd:
     assignments = [f"{k}={v}" for k, v in env.items()]
     script = (f"mount --bind {shlex.quote(str(prefix))} {shlex.quote(str(view))} && exec runuser -u "
               f"{shlex.quote(user.pw_name)} -- env -i {shlex.join([*assignments, str(inner_exe), *argv])}")
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    try:
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    except subprocess.TimeoutExpired as exc:        # say where it stood
+        tail = [(b if isinstance(b, str) else (b or b"").decode(errors="replace"))[-3000:]
+                for b in (exc.stderr, exc.output)]
+        raise AssertionError(f"still running after {timeout} s; stderr ends:\n{tail[0]}\nstdout ends:\n"
+                             f"{tail[1]}") from None
