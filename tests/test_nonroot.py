@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,38 @@ def test_an_unprivileged_user_runs_fwd_with_numba_compiled_kernels(user):
     cached = {p.parent.name.split("_")[0] for p in cache.glob("*/*.nbi")}
     assert cached == set(JIT_DIRS), sorted(cache.glob("*/*"))
     assert not [p for p in PACKAGE.rglob("*") if p.lstat().st_uid == who.pw_uid]
+
+
+KERNEL = '''
+from ixypipe import jitcache
+
+
+@jitcache.njit(__file__)
+def twice(x):
+    return x * 2
+'''
+
+STOP = '''
+import sys
+sys.path.insert(0, sys.argv[1])
+from ixypipe import jitcache
+import kernel
+kernel.twice(1)                 # compiled and saved (int64)
+jitcache.stop_saving()
+print(kernel.twice(1.5))        # compiled in memory only (float64)
+'''
+
+
+def test_after_stop_saving_new_kernels_are_compiled_but_not_written(tmp_path):
+    pytest.importorskip("numba", reason="pip install -e '.[fast]'")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "kernel.py").write_text(KERNEL)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NUMBA_CACHE_DIR": str(cache)}
+    res = subprocess.run([sys.executable, "-c", STOP, str(src)], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "3.0"
+    data = sorted(p.name for p in cache.glob("*/*.nbc"))
+    assert len(data) == 1 and data[0].startswith("kernel.twice-"), data     # the int64 one only

@@ -9,6 +9,7 @@ for what they need).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +33,15 @@ def test_a_worker_user_that_does_not_exist_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"pipeline.worker_user \(line \d+\): must not be empty"):
         parse_pipeline(text.replace("no-such-user-ixy", ""), tmp_path / "p.toml")
     assert parse_pipeline(text.replace("no-such-user-ixy", "0"), tmp_path / "p.toml").worker_user == "0"
+
+
+def test_switching_to_another_user_without_root_is_refused_at_load(tmp_path, monkeypatch):
+    text = FWD.read_text().replace('name = "fwd"', 'name = "fwd"\nworker_user = "nobody"')
+    monkeypatch.setattr(os, "geteuid", lambda: 4321)          # an ordinary user
+    with pytest.raises(ConfigError, match=r"pipeline.worker_user \(line \d+\): switching the workers to user "
+                                          r"'nobody' needs root \(ixypipe runs as uid 4321\)"):
+        parse_pipeline(text, tmp_path / "p.toml")
+    assert parse_pipeline(FWD.read_text(), tmp_path / "p.toml").worker_user == ""      # default: stay the user
 
 
 DROP = '''
