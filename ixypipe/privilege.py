@@ -10,6 +10,8 @@ set, no effective, permitted, inheritable or ambient capabilities, and
 it back).  Mappings and file descriptors opened before stay valid, which is
 all a worker needs; the BAR (``resource0``), ``/dev/mem``, the device arena
 and other users' files are then out of its reach, whatever its code tries.
+A kernel numba compiles after the switch stays in memory: the cache
+directory belonged to the old user (jitcache.stop_saving).
 
 Started as an ordinary user, a worker stays that user; it still drops
 whatever capabilities it was given and sets ``no_new_privs``.  A pipeline
@@ -48,7 +50,6 @@ ROOT_UID = 0
 PR_GET_PDEATHSIG = 2
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
-PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
