@@ -12,15 +12,14 @@ unprivileged user created for it.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.support import users
 from tests.support.runs import FWD, IXYPIPE, REPO, check_sinks, summary_of
 
 STAND_IN = "tests.support.vfio_kernel:StandInKernel"
@@ -98,64 +97,32 @@ def test_without_the_stand_in_the_error_says_what_the_node_is(tmp_path):
 
 # ---- as an unprivileged user ----------------------------------------------------------------
 
-def _ensure_user() -> tuple[pwd.struct_passwd, bool]:
-    try:
-        return pwd.getpwnam(TEST_USER), False
-    except KeyError:
-        pass
-    res = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot create the test user {TEST_USER} (useradd: {res.stderr.strip()}); run as root on a "
-                    "machine where useradd works")
-    return pwd.getpwnam(TEST_USER), True
-
-
 @pytest.fixture
 def unprivileged():
-    if os.geteuid() != 0:
-        pytest.skip("creating a user needs root; run the tests as root")
-    for tool in ("useradd", "userdel", "runuser", "unshare"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is missing (apt-get install util-linux passwd)")
-    user, made = _ensure_user()
-    work = Path(tempfile.mkdtemp(prefix="ixypipe-vfio-user-"))
-    work.chmod(0o755)
+    users.skip_unless_possible()
+    user, made = users.ensure_user(TEST_USER)
+    work = users.private_workdir("ixypipe-vfio-user-")
     yield user, work
     shutil.rmtree(work, ignore_errors=True)
     if made:
-        subprocess.run(["userdel", TEST_USER], capture_output=True)
+        users.remove_user(TEST_USER)
 
 
 def test_an_unprivileged_user_forwards_through_vfio(unprivileged):
-    """The whole pipeline as a user without any capability, its group node its own, no pagemap read.
-
-    The interpreter lives under /root (mode 0700 here), so a private mount
-    namespace binds its prefix to a readable place first; nothing else is
-    granted to the user.
-    """
+    """The whole pipeline as a user without any capability, its group node its own, no pagemap read
+    (tests/support/users.py makes the interpreter readable to that user; nothing else is granted)."""
     user, work = unprivileged
     pipeline = vfio_pipeline(work)
     env = guarded_env(work)
-    prefix = Path(sys.prefix).resolve()
-    exe = Path(sys.executable).resolve()
-    view = work / "python"
-    view.mkdir()
-    inner_exe = view / exe.relative_to(prefix)
-    cache = work / "numba-cache"
-    cache.mkdir()
-    for p in (pipeline, cache, work / "hook", work / "hook" / "sitecustomize.py"):
+    for p in (pipeline, work / "hook", work / "hook" / "sitecustomize.py"):
         os.chown(p, user.pw_uid, user.pw_gid)
-    env.update(HOME=str(work), NUMBA_CACHE_DIR=str(cache), USER=TEST_USER, LOGNAME=TEST_USER, PYTHONHOME=str(view),
-               LD_LIBRARY_PATH=str(view / "lib"))     # its libpython too (the binary's rpath is under /root)
-    script = (f"mount --bind {prefix} {view} && exec runuser -u {TEST_USER} -- {inner_exe} -m ixypipe run "
-              f"{pipeline} --duration 3 --json")
-    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a private mount namespace here ({probe.stderr.decode().strip()}); the "
-                    "interpreter under /root is unreadable to other users without one")
-    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                         capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
+    env = {k: env[k] for k in ("PATH", "PYTHONPATH", "IXYPIPE_VFIO_KERNEL")}
+    tmp = work / "tmp"               # no HOME: compiled kernels are cached in TMPDIR/ixypipe-numba-<uid>
+    tmp.mkdir(mode=0o1777)
+    tmp.chmod(0o1777)
+    env.update(HOME="/nonexistent", TMPDIR=str(tmp))
+    res = users.run_as(user, ["-m", "ixypipe", "run", str(pipeline), "--duration", "3", "--json"], work, env,
+                       REPO, timeout=600)
     check_forwarded(res)
     # the simulated machine's VFIO group node belonged to that user, with no access for others
     assert "needs root" not in res.stderr

@@ -195,6 +195,8 @@ def test_counters_setup_and_teardown_in_a_running_pipeline(tmp_path):
     text = text.replace("expect_touch = true", "expect_touch = false").replace("rate_mpps = 0.3", "rate_mpps = 0.05")
     text = text.replace('function = "touch"', 'function = "w.py:work"')
     text = text.replace("[stats]", '[workers.options]\ntag = "hello"\n\n[stats]')
+    # setup and teardown write into root's private tmp_path: the workers stay root (see privilege.py)
+    text = text.replace('name = "fwd"', 'name = "fwd"\nworker_user = "root"')
     (tmp_path / "p.toml").write_text(text)
     res = subprocess.run([sys.executable, "-m", "ixypipe", "run", str(tmp_path / "p.toml"), "--duration", "4",
                           "--json"], capture_output=True, text=True, timeout=180, cwd=REPO)

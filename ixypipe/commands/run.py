@@ -79,9 +79,10 @@ def verbose() -> bool:
 def check_machine(cfg) -> None:
     """--check: what would run, and every check on this machine (ixypipe.pipeline.preflight); exit 1 on a failure."""
     from ixypipe.pipeline.plan import plan_from_config
-    from ixypipe.pipeline.preflight import preflight
+    from ixypipe.pipeline.preflight import Finding, preflight
 
-    findings = preflight(cfg)
+    findings = [*preflight(cfg), Finding(f"workers: {cfg.workers.function}", True,   # check_worker_imports passed
+                                         "imports and names a callable (checked in a child process)")]
     failed = [f for f in findings if not f.ok]
     plan = plan_from_config(cfg)
     w = cfg.workers

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ixypipe import jitcache
 from ixypipe.nic.af_packet_abi import (
     TP_STATUS_AVAILABLE,
     TP_STATUS_KERNEL,
@@ -55,7 +56,9 @@ _MAC_PAIR = 12               # destination + source MAC: where an 802.1Q tag goe
 rx_frames = tx_frames = None
 
 if AVAILABLE:
-    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
+
+    @jit
     def rx_frames(status, length, snaplen, mac, vlan_tci, vlan_tpid, frames, cursor, want, max_data,
                   data, buf_len, stack, top, out, result):
         """Receive up to ``want`` frames into fresh buffers listed in ``out``; returns how many."""
@@ -106,7 +109,7 @@ if AVAILABLE:
         result[RX_BYTES] = nbytes
         return got
 
-    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    @jit
     def tx_frames(status, length, frames, cursor, idx, buf_len, data, data_off, room, result):
         """Queue ``idx`` in the free frames from the cursor; returns how many buffers were taken."""
         count = np.int64(status.shape[0])

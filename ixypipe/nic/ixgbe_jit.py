@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ixypipe import jitcache
 from ixypipe.nic import registers as R
 from ixypipe.nic.ixgbe_numpy import RX_ERROR_NO_EOP, TX_BAD_INDEX, TX_BAD_LENGTH, TX_ERROR
 
@@ -50,7 +51,9 @@ _ZERO = np.uint64(0)
 rx_burst = tx_burst = None
 
 if AVAILABLE:
-    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
+
+    @jit
     def rx_burst(desc, slot_buf, state, buf_len, data_phys, stack, top, regs, rdt_index, bad, out):
         """Receive into ``out``; returns how many (or RX_ERROR_NO_EOP with bad[0] = descriptor)."""
         mask = np.int64(desc.shape[0] - 1)
@@ -81,7 +84,7 @@ if AVAILABLE:
             regs[rdt_index] = (i - 1) & mask          # one behind the next to read (see ixgbe.py)
         return got
 
-    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    @jit
     def tx_burst(desc, slot_buf, state, buf_len, data_phys, regs, tdt_index, clean_batch, freed, lohi,
                  error, max_data, bufs):
         """Clean, then post ``bufs``; returns posted | cleaned << 32.

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ixypipe import privilege
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import HOT_PATHS, PortSpec
 from ixypipe.nic.vfio import IOMMU_MODES
@@ -214,6 +215,7 @@ class PipelineConfig:
     cpus: CpuConfig
     stats: StatsConfig
     idle: str = "auto"
+    worker_user: str = ""        # whom the workers become ("": nobody when run as root, else the caller)
 
     @property
     def base_dir(self) -> Path:
@@ -403,7 +405,7 @@ def _range(lo: int | None, hi: int | None) -> str:
 
 # ---- the tables -----------------------------------------------------------------------------
 PIPELINE_KEYS = ("name", "batch_size", "ring_size", "buffer_size", "buffers_per_queue", "hugepages",
-                 "on_stage_death", "stats_interval", "idle")
+                 "on_stage_death", "stats_interval", "idle", "worker_user")
 PORT_COMMON_KEYS = ("name", "driver", "rx_queues", "tx_queues", "rx_ring_size", "tx_ring_size", "promiscuous",
                     "forward_to")
 PORT_DRIVER_KEYS = {
@@ -548,6 +550,11 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
     hugepages = r.string(pl, "hugepages", "pipeline", "auto", HUGEPAGE_MODES)
     on_stage_death = r.string(pl, "on_stage_death", "pipeline", "stop", STAGE_DEATH_POLICIES)
     idle = r.string(pl, "idle", "pipeline", "auto", IDLE_MODES)
+    worker_user = r.string(pl, "worker_user", "pipeline", "")
+    why = privilege.check_switch(worker_user) if worker_user or "worker_user" not in pl else "must not be empty"
+    if why:
+        raise r.fail("pipeline.worker_user", f"{why}; give the user name or uid the workers run as "
+                                             f"(default {privilege.DEFAULT_WORKER_USER} when run as root)")
 
     ports = _ports(r, doc, buffer_size, base_dir)
 
@@ -572,7 +579,7 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
     stats = StatsConfig(interval, r.boolean(st, "json", "stats", False))
 
     return PipelineConfig(file, name, batch_size, ring_size, buffer_size, bpq, hugepages, on_stage_death,
-                          ports, workers, cpus, stats, idle)
+                          ports, workers, cpus, stats, idle, worker_user)
 
 
 def _check_memory(r: _Reader, ports: list[PortConfig], bpq: int, buffer_size: int) -> None:

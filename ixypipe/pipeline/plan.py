@@ -84,6 +84,7 @@ class PipelinePlan:
     shared_cpus: bool = False    # stages share CPUs: nap at once when idle
     worker_options: dict = field(default_factory=dict)   # [workers.options], the workers' ctx.options
     idle: str = "nap"            # how idle stages wait: "spin", "wake" or "nap" (placement resolves "auto")
+    worker_user: str = ""        # whom workers become after start-up ("": nobody when root; see privilege.py)
 
     def consumer_row(self, ring: str) -> int:
         """The stage-table row of the stage that consumes ``ring``."""
@@ -186,4 +187,5 @@ def plan_from_config(cfg, packet_arena: str = "", device_arena: str = "") -> Pip
                       cfg.workers.function, cfg.workers.per_packet, str(Path(cfg.path).parent),
                       cfg.workers.distribute)
     plan.worker_options = dict(cfg.workers.options)
+    plan.worker_user = cfg.worker_user
     return plan

@@ -26,6 +26,7 @@ import traceback
 
 import numpy as np
 
+from ixypipe import privilege
 from ixypipe.layout import (
     STAGE_CMD_ABANDON,
     STAGE_CMD_DRAIN,
@@ -310,6 +311,7 @@ def run_worker(st: Stage, worker) -> None:
     errors = ErrorLog(me.name, worker.where)
     fn = worker.process
     _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
+    privilege.drop_worker(plan.worker_user)     # the user's code runs unprivileged from here on (privilege.py)
     if worker.setup is not None:
         worker.setup(ctx)                   # a failure here stops the stage with its traceback
     got = np.empty(st.batch, np.uint32)
@@ -570,12 +572,14 @@ def run_device_stage(st: Stage) -> None:
         pool = Mempool.attach(st.arena, st.bufs, pool_plan.name)
         device = attach_port(spec, dev_arena, st.bufs, {me.queue: pool}, sysfs_root=root)
         device.rx_batch(me.queue, np.empty(0, np.uint32))    # warm up (a compiled hot path loads now)
+        privilege.drop_capabilities()                        # keeps the user (privilege.py)
         st.row["state"] = STAGE_STATE_RUNNING
         run_rx(st, device, pool)
     else:
         homing = st.homing()
         device = attach_port(spec, dev_arena, st.bufs, None, tx_done=homing, sysfs_root=root)
         device.tx_batch(me.queue, np.empty(0, np.uint32))    # warm up, as for RX
+        privilege.drop_capabilities()                        # keeps the user (privilege.py)
         st.row["state"] = STAGE_STATE_RUNNING
         run_tx(st, device, homing)
     st.row["state"] = STAGE_STATE_DRAINING

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ixypipe import jitcache
 from ixypipe.nic import registers as R
 from ixypipe.protocols import ETH_HEADER_LEN
 from ixypipe.sim.payload import (
@@ -63,7 +64,7 @@ _CSUM_MOD = np.int64(1 << 32)
 gen_rx = rx_frames = tx_walk = sink_verify = queues_changed = None
 
 if AVAILABLE:
-    jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+    jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
 
     @jit
     def _find(base, size, addr, length):

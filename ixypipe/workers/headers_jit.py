@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from ixypipe import jitcache
 from ixypipe.protocols import (
     ETH_HEADER_LEN,
     ETH_TYPE_OFF,
@@ -86,7 +87,7 @@ B, U8, U16, U32, I64 = ({name: k for k, name in enumerate(group)} for group in (
 
 
 def _jit(fn):
-    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
+    return jitcache.njit(__file__, nogil=True)(fn) if numba is not None else fn
 
 
 @_jit
