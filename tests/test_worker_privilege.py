@@ -196,7 +196,7 @@ def test_a_running_worker_is_unprivileged_and_cannot_open_the_bar(tmp_path, work
         assert counters["resource0 opened"] == 2 and counters.get("uid", 0) == 0
     # RX and TX stages keep the pipeline's user (root here): the BAR and arenas they mapped are its;
     # they lose every capability and cannot gain one
-    assert sorted(seen) == ["ixy-rx-p0q0", "ixy-rx-p1q0", "ixy-tx-p0q0", "ixy-tx-p1q0"]
+    assert sorted(seen) == ["ixy-rx-p0-q0", "ixy-rx-p1-q0", "ixy-tx-p0-q0", "ixy-tx-p1-q0"]
     for st in seen.values():
         assert st["Uid"].split()[0] == "0" and st["NoNewPrivs"] == "1"
         assert st["CapEff"] == st["CapPrm"] == st["CapBnd"] == st["CapInh"] == ALL_ZERO
