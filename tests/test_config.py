@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ixypipe.pcapfile import PcapWriter
 from ixypipe.pipeline.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BUFFER_SIZE,
@@ -180,7 +181,7 @@ def test_two_ports_forward_to_each_other_and_big_rings_raise_the_pool(tmp_path):
 
 
 def test_relative_paths_resolve_against_the_pipeline_file(tmp_path):
-    (tmp_path / "in.pcap").write_bytes(b"")
+    PcapWriter(tmp_path / "in.pcap").close()      # a valid (empty) capture: the file is checked
     text = ('[[ports]]\nname = "f"\ndriver = "pcap"\npath = "in.pcap"\nloop = 3\n'
             '[workers]\nfunction = "w.py:keep"\n')
     (tmp_path / "w.py").write_text("def keep(batch):\n    return None\n")
@@ -318,7 +319,7 @@ def test_the_readme_example_is_valid_and_its_values_are_the_defaults(tmp_path):
     readme = (HERE.parent / "README.md").read_text()
     section = readme.split("## Pipeline files", 1)[1].split("\n## ", 1)[0]
     example = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
-    (tmp_path / "in.pcap").write_bytes(b"")
+    PcapWriter(tmp_path / "in.pcap").close()      # a valid (empty) capture: the file is checked
     documented = parse_pipeline(example, tmp_path / "fwd.toml")
     # the same ports with nothing but the required keys: every value the README shows is the default
     bare = parse_pipeline('[[ports]]\nname = "p0"\ndriver = "sim"\nforward_to = "p1"\n[ports.generator]\n'

@@ -232,3 +232,24 @@ def test_pipeline_replays_a_file_into_a_pcap_sink(tmp_path):
     assert summary["ok"] is True
     assert summary["ports"]["out"]["tx_packets"] == 150
     assert read_pcap(tmp_path / "out.pcap").packets() == pkts * 3
+
+
+def test_a_failing_write_is_counted_and_logged_once_and_the_port_goes_on(env, tmp_path, caplog):
+    arena, bufs, pool, freed, tx_done = env
+    out_path = tmp_path / "out.pcap"
+    sup = PcapDevice.open(spec(out_path, mode="write"), arena, bufs, [pool], tx_done=tx_done)
+    tx = PcapDevice.attach(spec(out_path, mode="write"), arena, bufs, None, tx_done=tx_done)
+    idx = pool.alloc(12)
+    bufs.length[idx] = 60
+    assert tx.tx_batch(0, idx[:4]) == 4
+    tx._open_writer()._file = open("/dev/full", "wb", buffering=0)     # noqa: SIM115 - the disk is full now
+    assert tx.tx_batch(0, idx[4:8]) == 4
+    assert tx.tx_batch(0, idx[8:]) == 4
+    assert [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()] == [
+        f"port cap: cannot write to {out_path}: No space left on device; frames sent to it are counted as dropped"]
+    s = sup.read_stats()
+    assert (s.tx_packets, s.tx_dropped) == (4, 8)
+    assert freed == [int(i) for i in idx]          # every buffer went home
+    tx.close()
+    sup.close()
+    assert len(read_pcap(out_path)) == 4

@@ -225,3 +225,21 @@ def test_generator_flows_spread_evenly_over_rss_queues(flows, queues, gen_id):
     assert (np.abs(per_queue - even) <= 0.25 * even).all(), per_queue
     ip_port = {(bytes(t[26:30]), bytes(t[34:36])) for t in g.templates}
     assert len(ip_port) == flows
+
+
+@pytest.mark.parametrize("kind", ["verify", "count"])
+def test_a_sink_whose_capture_fails_counts_and_goes_on(tmp_path, kind, caplog):
+    gen = Generator(0, 60, 2, 0, 0.0, b"\x02" * 6, b"\x04" * 6)
+    sink = Sink({0: gen}, pcap=str(tmp_path / "s.pcap")) if kind == "verify" else CountSink(str(tmp_path / "s.pcap"))
+    batch = gen.make(10)
+    gen.commit(10)
+    sink.receive(batch)
+    sink.pcap.writer._file = open("/dev/full", "wb", buffering=0)    # noqa: SIM115 - the disk is full now
+    for _ in range(3):
+        batch = gen.make(10)
+        gen.commit(10)
+        sink.receive(batch)
+    assert sink.result.received == 40 and sink.result.pcap_failed == 30
+    assert len([r for r in caplog.records if "No space left on device" in r.getMessage()]) == 1
+    sink.close()
+    assert len(read_pcap(tmp_path / "s.pcap")) == 10

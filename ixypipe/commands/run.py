@@ -65,6 +65,13 @@ def describe(cfg) -> None:
         where = p.pci or p.interface or p.path or "(assigned)"
         click.echo(f"  port {p.name}: {p.driver} {where}, {p.rx_queues} RX / {p.tx_queues} TX queues, "
                    f"forwards to {p.forward_to or '(the other port)'}")
+        if p.driver == "pcap" and p.pcap_mode == "read":
+            from ixypipe.pcapfile import read_pcap
+            capture = read_pcap(p.path, allow_cut=True)
+            click.echo(f"    {capture.format}, {len(capture):,} packets, replayed "
+                       f"{p.pcap_loop or 'endless'} time{'s' if p.pcap_loop != 1 else ''}")
+            if capture.cut_at is not None:
+                click.echo(f"warning: port {p.name}: {capture.cut_message()}; the replay stops there", err=True)
     w = cfg.workers
     click.echo(f"  workers: {w.processes} x {w.function} ({w.distribute}), batch {cfg.batch_size}, "
                f"rings {cfg.ring_size}")

@@ -524,6 +524,7 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
                               "the pipeline file's directory)")
         mode = r.string(p, "mode", key, "read", PCAP_MODES)
         fields["path"] = _file(r, p, "path", key, base_dir, must_exist=mode == "read")
+        _capture(r, f"{key}.path", fields["path"], mode == "read")
         fields["pcap_mode"] = mode
         fields["pcap_loop"] = r.integer(p, "loop", key, 1, 0)
         fields["pcap_rate_mpps"] = r.number(p, "rate_mpps", key, 0.0, 0.0)
@@ -545,6 +546,16 @@ def _file(r: _Reader, table: dict, name: str, key: str, base_dir: Path, must_exi
     if not must_exist and not path.parent.is_dir():
         raise r.fail(f"{key}.{name}", f"directory {str(path.parent)!r} does not exist")
     return str(path)
+
+
+def _capture(r: _Reader, key: str, path: str, read: bool) -> None:
+    """A pcap file to replay (pcap or pcapng of Ethernet frames) or a path a capture can be written to."""
+    from ixypipe.pcapfile import PcapError, check_input, check_output
+
+    try:
+        check_input(path) if read else check_output(path)
+    except PcapError as exc:
+        raise r.fail(key, str(exc)) from None
 
 
 def _subtable(r: _Reader, p: dict, name: str, key: str, allowed: tuple[str, ...]) -> dict | None:
@@ -572,6 +583,8 @@ def _sink(r: _Reader, p: dict, key: str, base_dir: Path) -> SinkSpec | None:
     if s is None:
         return None
     pcap = _file(r, s, "pcap", key, base_dir, must_exist=False) if s.get("pcap", "") != "" else ""
+    if pcap:
+        _capture(r, f"{key}.pcap", pcap, False)
     if "verify" in s and "mode" in s:
         raise r.fail(f"{key}.verify", "give mode or the older verify = true/false, not both")
     if "verify" in s:           # the older spelling: verify = false is a counting sink

@@ -19,6 +19,7 @@ receives to a pcap file.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ from ixypipe.sim.payload import (
 )
 from ixypipe.sim.rss import toeplitz_tables
 
+log = logging.getLogger(__name__)
 MAX_FLOWS = 65535
 FLOW_ID_BITS = 16               # flow ids 0..MAX_FLOWS fit; each bit of the id flips one mixing vector
 UDP_DST_PORT = 5000
@@ -331,6 +333,35 @@ class SinkResult:
     reordered: int = 0
     corrupt: int = 0
     untouched: int = 0
+    pcap_failed: int = 0      # frames the sink's capture file could not take (disk full...)
+
+
+class SinkCapture:
+    """A sink's copy of what it receives in a pcap file, written live (a running capture is readable);
+    a write that fails is logged once and its frames counted, the sink goes on."""
+
+    def __init__(self, path: str, result: SinkResult):
+        self.writer = PcapWriter(path, live=True)
+        self.result = result
+
+    def write(self, batch: PacketBatch) -> None:
+        if self.writer is None:
+            return
+        try:
+            self.writer.write_batch(batch.data, batch.lengths)
+        except OSError as exc:
+            if not self.result.pcap_failed:
+                log.error("sink capture %s: %s; frames are counted, no longer written", self.writer.path,
+                          exc.strerror or exc)
+            self.result.pcap_failed += len(batch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError:
+                pass            # the failure was logged and counted when the write failed
+            self.writer = None
 
 
 class Sink:
@@ -363,7 +394,7 @@ class Sink:
         self.top = np.zeros(max(n_gen, 1) * self.max_flows, np.uint64)
         self._top_sum = 0
         self._verified = 0
-        self.pcap = PcapWriter(pcap) if pcap else None
+        self.pcap = SinkCapture(pcap, self.result) if pcap else None
         self.sizes = np.zeros(len(SIZE_BUCKET_NAMES), np.int64)     # a verifying sink leaves them at 0
 
     def close(self) -> None:
@@ -379,7 +410,7 @@ class Sink:
         r.received += n
         r.received_bytes += int(batch.lengths.sum())
         if self.pcap is not None:
-            self.pcap.write_batch(batch.data, batch.lengths)
+            self.pcap.write(batch)
         if not self.verify:
             return
         if self._kernel is not None:
@@ -448,7 +479,7 @@ class CountSink:
     def __init__(self, pcap: str | None = None):
         self.result = SinkResult()
         self.sizes = np.zeros(len(SIZE_BUCKET_NAMES), np.int64)
-        self.pcap = PcapWriter(pcap) if pcap else None
+        self.pcap = SinkCapture(pcap, self.result) if pcap else None
 
     def receive(self, batch: PacketBatch) -> None:
         n = len(batch)
@@ -463,7 +494,7 @@ class CountSink:
             self.sizes += np.bincount(np.searchsorted(SIZE_BUCKET_UPPER, lengths + FCS_LEN),
                                       minlength=len(SIZE_BUCKET_NAMES))
         if self.pcap is not None:
-            self.pcap.write_batch(batch.data, lengths)
+            self.pcap.write(batch)
 
     def close(self) -> None:
         if self.pcap is not None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ixypipe.memory.arena import Arena
 from ixypipe.nic import registers as R
+from ixypipe.pcapfile import PcapError, check_output
 from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE, SIM_SIZE_FIELDS
 from ixypipe.sim.dma import DmaSpace
@@ -91,6 +92,7 @@ class PortCounters:
     sink_untouched: int = 0
     dma_faults: int = 0
     sink_bytes: int = 0             # frame bytes without FCS
+    sink_pcap_failed: int = 0       # frames the sink's pcap file could not take (logged once)
     sink_size_lt64: int = 0         # sizes with FCS, RFC 2819 buckets (a count sink only)
     sink_size_64: int = 0
     sink_size_65_127: int = 0
@@ -215,6 +217,11 @@ class SimWorld:
         for cfg in self.configs:
             port = self.ports[cfg.name]
             if cfg.sink is not None:
+                if cfg.sink.pcap:
+                    try:
+                        check_output(cfg.sink.pcap)
+                    except PcapError as exc:
+                        raise SimConfigError(f"port {cfg.name}: sink pcap: {exc}") from None
                 if cfg.sink.mode == "count":
                     sink = CountSink(cfg.sink.pcap)
                 else:
@@ -313,7 +320,8 @@ class SimWorld:
             row[:len(SIM_COUNTER_FIELDS) - len(SIM_SIZE_FIELDS)] = (
                 gen.sent if gen else 0, self._gen_bytes[name], p.rx_delivered, p.rx_missed, p.tx_sent,
                 p.tx_bytes, s.received if s else 0, s.lost if s else 0, s.reordered if s else 0,
-                s.corrupt if s else 0, s.untouched if s else 0, len(p.faults), s.received_bytes if s else 0)
+                s.corrupt if s else 0, s.untouched if s else 0, len(p.faults), s.received_bytes if s else 0,
+                s.pcap_failed if s else 0)
             row[len(row) - len(SIM_SIZE_FIELDS):] = sink.sizes if sink is not None else 0
 
     def counters(self) -> dict[str, PortCounters]:
