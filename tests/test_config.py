@@ -77,11 +77,13 @@ EXPECTED = {
     "generator_on_ixgbe_port": f"ports[1].generator (line 17): unknown key for a 'ixgbe' port; allowed keys: "
                                f"{PORT_KEYS}, pci",
     "generator_packet_too_small": "ports[0].generator.packet_size (line 12): must be a whole number from 60 to "
-                                  "1514, got 59",
+                                  "9018, got 59",
     "generator_packet_too_large": "ports[1].generator.packet_size (line 17): must be a whole number from 60 to "
-                                  "1514, got 1515",
-    "generator_packet_larger_than_buffer": "ports[0].generator.packet_size (line 13): must be a whole number from "
-                                           "60 to 960, got 1000",
+                                  "9018, got 9019",
+    "generator_packet_larger_than_buffer": "ports[0].generator.packet_size (line 13): packet size 1000 does not fit "
+                                           "a packet buffer: buffers of this size hold frames up to 960 bytes; a "
+                                           "larger buffer_size (a power of two, e.g. 16384) makes room for jumbo "
+                                           "frames ([pipeline] buffer_size = 1024)",
     "generator_flows_zero": "ports[0].generator.flows (line 12): must be a whole number from 1 to 65535, got 0",
     "sink_mode_bad": "ports[0].sink.mode (line 12): must be one of 'verify', 'count', got 'dump'",
     "sink_mode_and_verify": "ports[0].sink.verify (line 13): give mode or the older verify = true/false, not both",

@@ -61,8 +61,13 @@ def test_generator_frames_are_valid_udp_with_flow_id_sequence_and_checksum():
 
 
 def test_generator_rejects_bad_settings():
-    with pytest.raises(TrafficError, match="packet_size must be 60..1514"):
-        gen(size=1515)
+    with pytest.raises(TrafficError, match=r"packet size must be 60..9018 bytes without FCS for profile udp"):
+        gen(size=9019)
+    with pytest.raises(TrafficError, match=r"packet size must be 60..9018 .*got 59"):
+        gen(size=59)
+    with pytest.raises(TrafficError, match=r"packet size 1515 does not fit a packet buffer: buffers of this size "
+                                           r"hold frames up to 1514 bytes"):
+        Generator(0, 1515, 1, 0, 0.0, b"\x02" * 6, b"\x04" * 6, max_data=1514)
     with pytest.raises(TrafficError, match="flows must be 1..65535"):
         gen(flows=0)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import PortSpec
 from ixypipe.nic.vfio import IOMMU_MODES
-from ixypipe.sim.payload import SIM_MAX_FRAME, SIM_MIN_FRAME
+from ixypipe.sim.payload import DEFAULT_VID, PROFILES, VID_RANGE, Profile, ProfileError
 from ixypipe.sim.traffic import SINK_MODES
 
 if TYPE_CHECKING:
@@ -74,6 +74,8 @@ class GeneratorSpec:
     rate_mpps: float = 0.0          # 0 = as fast as the RX ring takes it
     flows: int = 4
     count: int = 0                  # 0 = unlimited
+    profile: str = "udp"            # sim.payload.PROFILES
+    vlan: int | None = None         # 802.1Q VID of every frame
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class PortConfig:
         return SimPortConfig(
             name=self.name, pci_address=self.pci or None, iommu=self.iommu != "none",
             generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
-                                      count=g.count) if g else None,
+                                      count=g.count, profile=g.profile, vlan=g.vlan) if g else None,
             sink=SinkConfig(mode=s.mode, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None)
 
 
@@ -351,7 +353,7 @@ PORT_DRIVER_KEYS = {
     "af_packet": ("interface", "qdisc_bypass", "fanout_defrag"),
     "pcap": ("path", "mode", "loop", "rate_mpps"),
 }
-GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count")
+GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count", "profile", "vlan")
 SINK_KEYS = ("mode", "expect_touch", "pcap", "verify")
 WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options")
 STATS_KEYS = ("interval", "json")
@@ -572,10 +574,21 @@ def _generator(r: _Reader, p: dict, key: str, buffer_size: int) -> GeneratorSpec
     g = _subtable(r, p, "generator", key, GENERATOR_KEYS)
     if g is None:
         return None
-    biggest = min(SIM_MAX_FRAME, buffer_size - PKTBUF_HEADROOM)
-    size = r.integer(g, "packet_size", key, 60, SIM_MIN_FRAME, biggest)
-    return GeneratorSpec(size, r.number(g, "rate_mpps", key, 0.0, 0.0), r.integer(g, "flows", key, 4, *FLOWS_RANGE),
-                         r.integer(g, "count", key, 0, 0))
+    name = r.string(g, "profile", key, "udp", PROFILES)
+    vlan = r.integer(g, "vlan", key, DEFAULT_VID, *VID_RANGE) if "vlan" in g else None
+    profile = Profile(name, vlan)
+    size = r.integer(g, "packet_size", key, profile.default_size, profile.min_size, profile.max_size)
+    flows = r.integer(g, "flows", key, profile.default_flows or 4, *FLOWS_RANGE)
+    try:
+        profile.sizes(size, buffer_size - PKTBUF_HEADROOM)
+    except ProfileError as exc:
+        raise r.fail(f"{key}.packet_size", f"{exc} ([pipeline] buffer_size = {buffer_size})") from None
+    try:
+        profile.check_flows(flows)
+    except ProfileError as exc:
+        raise r.fail(f"{key}.flows", str(exc)) from None
+    return GeneratorSpec(size, r.number(g, "rate_mpps", key, 0.0, 0.0), flows, r.integer(g, "count", key, 0, 0),
+                         name, profile.vlan)
 
 
 def _sink(r: _Reader, p: dict, key: str, base_dir: Path) -> SinkSpec | None:

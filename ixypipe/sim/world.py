@@ -37,6 +37,7 @@ from ixypipe.sim.dma import DmaSpace
 from ixypipe.sim.foreign import DriverLeft, ForeignDma
 from ixypipe.sim.iommu import IommuDma, table_path
 from ixypipe.sim.model import STATS_PERIOD_NS, Fault, SimPort
+from ixypipe.sim.payload import Profile
 from ixypipe.sim.traffic import SINK_MODES, SIZE_BUCKET_NAMES, CountSink, Generator, Sink
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class GeneratorConfig:
     flows: int = 4
     count: int = 0                  # 0 = unlimited
     seed: int = 0                   # reserved: the generated traffic is fully determined by the other fields
+    profile: str = "udp"            # payload.PROFILES: udp, imix, vlan, ipv6, tcp-syn, runt
+    vlan: int | None = None         # 802.1Q VID of every frame (the vlan profile's default: 100)
 
 
 @dataclass
@@ -210,7 +213,7 @@ class SimWorld:
                 try:
                     self.generators[cfg.name] = Generator(i, g.packet_size, g.flows, g.count, g.rate_pps,
                                                           GEN_MAC_PREFIX + bytes((i & 0xFF,)),
-                                                          self.ports[cfg.name].mac)
+                                                          self.ports[cfg.name].mac, Profile(g.profile, g.vlan))
                 except ValueError as exc:
                     raise SimConfigError(f"port {cfg.name}: {exc}") from None
         by_id = {i: self.generators[c.name] for i, c in enumerate(self.configs) if c.name in self.generators}
@@ -270,8 +273,8 @@ class SimWorld:
                 return 0
             if port.kernels is not None:
                 port.receive_generated(gen, n)
+                self._gen_bytes[name] += gen.bytes_of_next(n)
                 gen.commit(n)
-                self._gen_bytes[name] += n * gen.packet_size
                 return n
             batch = gen.make(n)
             port.receive(batch)
@@ -283,8 +286,8 @@ class SimWorld:
                 return 0
             if port.kernels is not None:
                 n = port.receive_generated(gen, n, free)
+                self._gen_bytes[name] += gen.bytes_of_next(n)
                 gen.commit(n)
-                self._gen_bytes[name] += n * gen.packet_size
                 return n
             batch = gen.make(n)
             queues, hashes = port.classify(batch)
