@@ -5,6 +5,7 @@ and a capture that cannot be written fails the run instead of killing a process.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import struct
@@ -146,7 +147,6 @@ def test_bad_inputs_exit_2_naming_the_key(tmp_path, kind, how):
     res = ixypipe(*args, timeout=60)
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert "ports[0].path" in res.stderr and "Traceback" not in res.stderr
-    import re
     assert re.search(message, res.stderr), res.stderr
 
 
@@ -188,3 +188,40 @@ def test_tshark_reads_a_running_capture(tmp_path):
         stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "stopped by   SIGINT" in stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: a capture on it runs out of space (root only; skipped where mount is refused)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs: sudo python3 -m pytest ...")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True,
+                         text=True)
+    if res.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("where", ["port", "sink"])
+def test_a_full_disk_under_a_capture_fails_the_run_and_kills_nothing(tmp_path, small_disk, where):
+    if where == "port":
+        sample(tmp_path / "in.pcap", 20)
+        path = replay_pipeline(tmp_path, "in.pcap", loop=0, out=str(small_disk / "out.pcap"))
+        name = "out"
+    else:
+        path = tmp_path / "fwd.toml"
+        path.write_text(FWD.read_text().replace("verify = true\nexpect_touch = true",
+                                                f'verify = true\nexpect_touch = true\npcap = "{small_disk / "s.pcap"}"',
+                                                1))
+        name = "p0"
+    res = ixypipe("run", path, "--duration", 4, "--json")
+    assert res.returncode == 1, res.stderr
+    s = summary_of(res.stdout)
+    assert s["in_flight"] == 0 and not any("died" in f for f in s["failures"]), s["failures"]
+    [failure] = s["failures"]
+    assert re.fullmatch(rf"port {name}: [\d,]+ frames could not be written to {small_disk}/\w+\.pcap "
+                        r"\(the error is logged above\)", failure), failure
+    assert len(re.findall("No space left on device", res.stderr)) == 1, res.stderr
