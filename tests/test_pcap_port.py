@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -253,3 +254,19 @@ def test_a_failing_write_is_counted_and_logged_once_and_the_port_goes_on(env, tm
     tx.close()
     sup.close()
     assert len(read_pcap(out_path)) == 4
+
+
+def test_a_pcapng_with_a_later_interface_of_another_link_type_is_refused_at_open(env, tmp_path):
+    arena, bufs, pool, _, _ = env
+
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", btype, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    path = tmp_path / "mixed.pcapng"
+    path.write_bytes(shb + block(1, struct.pack("<HHI", 1, 0, 0))
+                     + block(6, struct.pack("<IIIII", 0, 0, 0, 60, 60) + b"e" * 60)
+                     + shb + block(1, struct.pack("<HHI", 276, 0, 0)))      # a second section: LINUX_SLL2
+    with pytest.raises(PcapPortError, match=r"port cap: .*mixed.pcapng: link type 276 \(LINUX_SLL2\) is not Ethernet"):
+        PcapDevice.open(spec(path), arena, bufs, [pool])

@@ -163,7 +163,8 @@ class PcapDevice(Device):
         path = Path(spec.address)
         try:
             if mode == "read":
-                check_input(path)
+                if check_input(path).format == "pcapng":     # interfaces may be described further on
+                    require_ethernet(path, read_pcap(path, allow_cut=True).linktype)
             else:
                 check_output(path)
                 PcapWriter(path, nanosecond=bool(spec.options.get("nanosecond", True))).close()
