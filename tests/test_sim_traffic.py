@@ -248,3 +248,38 @@ def test_a_sink_whose_capture_fails_counts_and_goes_on(tmp_path, kind, caplog):
     assert len([r for r in caplog.records if "No space left on device" in r.getMessage()]) == 1
     sink.close()
     assert len(read_pcap(tmp_path / "s.pcap")) == 10
+
+
+PROFILE_CASES = [("udp", None, 100, 4), ("imix", None, 60, 12), ("vlan", 42, 100, 4), ("imix", 9, 60, 24),
+                 ("ipv6", None, 120, 4), ("tcp-syn", None, 90, 4)]
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not __import__("ixypipe.sim.kernels", fromlist=["AVAILABLE"]).AVAILABLE, reason="needs numba: pip install numba"))])
+@pytest.mark.parametrize("name, vlan, size, flows", PROFILE_CASES)
+def test_the_sink_finds_loss_reordering_and_corruption_in_every_profile(name, vlan, size, flows, compiled):
+    from ixypipe.sim.payload import Profile
+    from ixypipe.sim.traffic import record_offsets
+    g = Generator(3, size, flows, 0, 0.0, SRC, DST, Profile(name, vlan))
+    b = take(g, 6 * flows)
+    rec = record_offsets(b.data[:, :60] if b.data.shape[1] >= 60 else b.data)
+    assert (rec == Profile(name, vlan).record_off).all()
+    clean = Sink({3: g}, compiled=compiled)
+    clean.receive(b)
+    assert (clean.result.received, clean.result.lost, clean.result.reordered, clean.result.corrupt) == (6 * flows, 0, 0, 0)
+    order = list(range(6 * flows))
+    order[flows], order[2 * flows] = order[2 * flows], order[flows]     # flow 0: seq 0, 2, 1, ...
+    del order[3 * flows + 1]                                            # flow 1 loses seq 3
+    bad = b.take(np.array(order))
+    last = int(bad.lengths[-1])
+    bad.data[-1, last - 1] ^= 0x10                                      # the last byte of the last frame
+    s = Sink({3: g}, compiled=compiled)
+    s.receive(bad)
+    assert (s.result.received, s.result.lost, s.result.reordered, s.result.corrupt) == (6 * flows - 1, 1, 1, 1)
+    if vlan is not None:                                                # a stripped tag changes the frame
+        untagged = b.take(np.arange(flows))
+        s2 = Sink({3: g}, compiled=compiled)
+        untagged.data[:, 12:-4] = untagged.data[:, 16:].copy()
+        untagged.lengths -= 4
+        s2.receive(untagged)
+        assert s2.result.corrupt == flows
