@@ -4,7 +4,7 @@
 (pcap or pcapng, Ethernet link type only) in order into buffers of its
 mempool - as fast as the pipeline takes them, or paced at ``rate_mpps`` -
 ``loop`` times (0: forever), then reports nothing more and sets the
-FINISHED flag in its counters' header, which the supervisor reads to end a
+SOURCE_DONE flag in its counters' header, which the supervisor reads to end a
 run whose sources are all finite.  Records longer than a buffer are skipped
 and counted as truncated.  A file that ends inside a record (cut short)
 replays the packets before the cut, with one warning saying how many and
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ixypipe.layout import SOFT_PORT_FLAG_SOURCE_DONE
 from ixypipe.memory.arena import RegionSize
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
@@ -42,7 +43,6 @@ from ixypipe.pcapfile import PcapError, PcapWriter, check_input, check_output, r
 
 log = logging.getLogger(__name__)
 MODES = ("read", "write")
-FLAG_FINISHED = 1                            # counters header "flags": the replay has sent everything it will
 OPTIONS = {"mode", "loop", "rate_mpps", "nanosecond"}
 PCAP_MAC = bytes.fromhex("020000000000")     # a file has no address: a locally administered zero
 
@@ -202,7 +202,7 @@ class PcapDevice(Device):
 
     def source_finished(self) -> bool:
         """What the RX stage published: the replay is over (read by the supervisor, which loads no file)."""
-        return bool(int(self.counters.header["flags"][0]) & FLAG_FINISHED)
+        return bool(int(self.counters.header["flags"][0]) & SOFT_PORT_FLAG_SOURCE_DONE)
 
     def rx_batch(self, queue: int, out: np.ndarray) -> int:
         if self.mode != "read":
@@ -214,7 +214,7 @@ class PcapDevice(Device):
         if n == 0:
             if replay.finished and not self.source_finished():
                 self.counters.header["replays_done"] = replay.passes
-                self.counters.header["flags"] |= FLAG_FINISHED
+                self.counters.header["flags"] |= SOFT_PORT_FLAG_SOURCE_DONE
             return 0
         idx = pool.alloc(n)
         passes = replay.passes
