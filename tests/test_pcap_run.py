@@ -168,12 +168,18 @@ def test_unwritable_outputs_exit_2_naming_the_key(tmp_path, where, target):
 
 
 @needs_tshark
-def test_tshark_reads_a_running_capture(tmp_path):
-    sample(tmp_path / "in.pcap", 10)
-    proc = subprocess.Popen([*IXYPIPE, "run", str(replay_pipeline(tmp_path, "in.pcap", loop=0, rate=0.001))],
+@pytest.mark.parametrize("where", ["port", "sink"])
+def test_tshark_reads_a_running_capture(tmp_path, where):
+    if where == "port":
+        sample(tmp_path / "in.pcap", 10)
+        path, out = replay_pipeline(tmp_path, "in.pcap", loop=0, rate=0.001), tmp_path / "out.pcap"
+    else:                               # the software 82599's sink writing what p0 transmits
+        path, out = tmp_path / "fwd.toml", tmp_path / "sink.pcap"
+        path.write_text(FWD.read_text().replace("rate_mpps = 0.3", "rate_mpps = 0.001").replace(
+            "verify = true\nexpect_touch = true", f'verify = true\nexpect_touch = true\npcap = "{out}"', 1))
+    proc = subprocess.Popen([*IXYPIPE, "run", str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        out = tmp_path / "out.pcap"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and (not out.exists() or out.stat().st_size <= 24):
             assert proc.poll() is None, proc.communicate()
