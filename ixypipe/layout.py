@@ -178,6 +178,7 @@ SOFT_PORT_HEADER_DTYPE = np.dtype([
     ("replays_done", "<u8"),     # pcap source: complete passes over the file
     ("pad", "u1", (40,)),
 ])
+SOFT_PORT_FLAG_SOURCE_DONE = 1   # in "flags": a finite source (pcap replay) has sent everything it will
 SOFT_PORT_QUEUE_DTYPE = np.dtype([
     ("packets", "<u8"),
     ("bytes", "<u8"),

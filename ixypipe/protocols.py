@@ -12,6 +12,7 @@ ETH_SRC_OFF = 6
 ETH_TYPE_OFF = 12
 ETH_HEADER_LEN = 14
 ETH_ADDR_LEN = 6
+ETH_MIN_FRAME = 60                 # the Ethernet minimum without FCS (64 on the wire); shorter: a runt
 # the flow key the RX stage hashes to keep a flow on one worker:
 # IPv4 source and destination address and the first four L4 bytes (the ports)
 FLOW_KEY_OFF = ETH_HEADER_LEN + 12
@@ -88,9 +89,12 @@ IPPROTO_SCTP = 132
 L4_SPORT = 0                       # TCP, UDP and SCTP all start with the two ports
 L4_DPORT = 2
 TCP_HEADER_LEN = 20
+TCP_SEQ = 4                        # sequence number (u32)
 TCP_DATA_OFF = 12                  # data offset (4 bits, 32-bit words), then NS, then the 8 flag bits
+TCP_WINDOW = 14
 TCP_FLAGS_MASK = 0x01FF
 TCP_CSUM = 16
+UDP_LEN = 4                        # inside the UDP header (UDP_LEN_OFF is the untagged IPv4 frame's)
 UDP_CSUM = 6
 SCTP_HEADER_LEN = 12
 ICMP_HEADER_LEN = 8                # type, code, checksum, 4 bytes of rest-of-header

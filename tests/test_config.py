@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ixypipe.pcapfile import PcapWriter
 from ixypipe.pipeline.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BUFFER_SIZE,
@@ -76,11 +77,13 @@ EXPECTED = {
     "generator_on_ixgbe_port": f"ports[1].generator (line 17): unknown key for a 'ixgbe' port; allowed keys: "
                                f"{PORT_KEYS}, pci",
     "generator_packet_too_small": "ports[0].generator.packet_size (line 12): must be a whole number from 60 to "
-                                  "1514, got 59",
+                                  "9018, got 59",
     "generator_packet_too_large": "ports[1].generator.packet_size (line 17): must be a whole number from 60 to "
-                                  "1514, got 1515",
-    "generator_packet_larger_than_buffer": "ports[0].generator.packet_size (line 13): must be a whole number from "
-                                           "60 to 960, got 1000",
+                                  "9018, got 9019",
+    "generator_packet_larger_than_buffer": "ports[0].generator.packet_size (line 13): packet size 1000 does not fit "
+                                           "a packet buffer: buffers of this size hold frames up to 960 bytes; a "
+                                           "larger buffer_size (a power of two, e.g. 16384) makes room for jumbo "
+                                           "frames ([pipeline] buffer_size = 1024)",
     "generator_flows_zero": "ports[0].generator.flows (line 12): must be a whole number from 1 to 65535, got 0",
     "sink_mode_bad": "ports[0].sink.mode (line 12): must be one of 'verify', 'count', got 'dump'",
     "sink_mode_and_verify": "ports[0].sink.verify (line 13): give mode or the older verify = true/false, not both",
@@ -193,7 +196,7 @@ def test_two_ports_forward_to_each_other_and_big_rings_raise_the_pool(tmp_path):
 
 
 def test_relative_paths_resolve_against_the_pipeline_file(tmp_path):
-    (tmp_path / "in.pcap").write_bytes(b"")
+    PcapWriter(tmp_path / "in.pcap").close()      # a valid (empty) capture: the file is checked
     text = ('[[ports]]\nname = "f"\ndriver = "pcap"\npath = "in.pcap"\nloop = 3\n'
             '[workers]\nfunction = "w.py:keep"\n')
     (tmp_path / "w.py").write_text("def keep(batch):\n    return None\n")
@@ -288,7 +291,7 @@ def test_the_readme_example_is_valid_and_its_values_are_the_defaults(tmp_path):
     readme = (HERE.parent / "README.md").read_text()
     section = readme.split("## Pipeline files", 1)[1].split("\n## ", 1)[0]
     example = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
-    (tmp_path / "in.pcap").write_bytes(b"")
+    PcapWriter(tmp_path / "in.pcap").close()      # a valid (empty) capture: the file is checked
     documented = parse_pipeline(example, tmp_path / "fwd.toml")
     # the same ports with nothing but the required keys: every value the README shows is the default
     bare = parse_pipeline('[[ports]]\nname = "p0"\ndriver = "sim"\nforward_to = "p1"\n[ports.generator]\n'

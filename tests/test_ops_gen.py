@@ -21,7 +21,8 @@ def test_pcap_holds_every_frame_byte_exact(tmp_path):
     res = CliRunner().invoke(main, ["gen", "--pcap", str(out), "--count", "1000", "--flows", "4", "--size", "128",
                                     "--hugepages", "never", "--dst-mac", "02:00:00:00:00:09"])
     assert res.exit_code == 0, res.output
-    assert re.search(r"sent 1000 packets \(128000 bytes\) in [\d.]+ s, [\d.]+ Mpps; stopped by count", res.output)
+    assert re.search(r"sent 1000 packets \(128000 bytes\) in [\d.]+ s, [\d.]+ (pps|kpps|Mpps); stopped by count",
+                     res.output)
     frames = read_pcap(out).packets()
     assert len(frames) == 1000 and {len(f) for f in frames} == {128}
     assert all(f[:6] == bytes.fromhex("020000000009") for f in frames)
@@ -63,8 +64,10 @@ def test_session_duration_and_stop():
 @pytest.mark.parametrize("args, message", [
     ([], "choose exactly one port: --sim, --interface IFACE or --pcap FILE"),
     (["--sim", "--pcap", "x.pcap"], "choose exactly one port"),
-    (["--sim", "--size", "40"], "Invalid value for '--size': must be 60..1514 bytes (without FCS), got 40"),
+    (["--sim", "--size", "40"], "Invalid value for '--size': packet size must be 60..9018 bytes without FCS for "
+                                "profile udp"),
     (["--sim", "--flows", "0"], "Invalid value for '--flows': must be 1..65535, got 0"),
+    (["--sim", "--profile", "imix", "--flows", "5"], "Invalid value for '--flows': profile imix gives each flow one size"),
     (["--sim", "--dst-mac", "zz"], "'zz' is not a MAC address like 02:00:00:00:00:01"),
     (["--pcap", "/nonexistent/dir/x.pcap", "--count", "1"], "directory /nonexistent/dir for pcap file"),
 ])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -232,3 +233,40 @@ def test_pipeline_replays_a_file_into_a_pcap_sink(tmp_path):
     assert summary["ok"] is True
     assert summary["ports"]["out"]["tx_packets"] == 150
     assert read_pcap(tmp_path / "out.pcap").packets() == pkts * 3
+
+
+def test_a_failing_write_is_counted_and_logged_once_and_the_port_goes_on(env, tmp_path, caplog):
+    arena, bufs, pool, freed, tx_done = env
+    out_path = tmp_path / "out.pcap"
+    sup = PcapDevice.open(spec(out_path, mode="write"), arena, bufs, [pool], tx_done=tx_done)
+    tx = PcapDevice.attach(spec(out_path, mode="write"), arena, bufs, None, tx_done=tx_done)
+    idx = pool.alloc(12)
+    bufs.length[idx] = 60
+    assert tx.tx_batch(0, idx[:4]) == 4
+    tx._open_writer()._file = open("/dev/full", "wb", buffering=0)     # noqa: SIM115 - the disk is full now
+    assert tx.tx_batch(0, idx[4:8]) == 4
+    assert tx.tx_batch(0, idx[8:]) == 4
+    assert [r.getMessage() for r in caplog.records if "cannot write" in r.getMessage()] == [
+        f"port cap: cannot write to {out_path}: No space left on device; frames sent to it are counted as dropped"]
+    s = sup.read_stats()
+    assert (s.tx_packets, s.tx_dropped) == (4, 8)
+    assert freed == [int(i) for i in idx]          # every buffer went home
+    tx.close()
+    sup.close()
+    assert len(read_pcap(out_path)) == 4
+
+
+def test_a_pcapng_with_a_later_interface_of_another_link_type_is_refused_at_open(env, tmp_path):
+    arena, bufs, pool, _, _ = env
+
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", btype, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    path = tmp_path / "mixed.pcapng"
+    path.write_bytes(shb + block(1, struct.pack("<HHI", 1, 0, 0))
+                     + block(6, struct.pack("<IIIII", 0, 0, 0, 60, 60) + b"e" * 60)
+                     + shb + block(1, struct.pack("<HHI", 276, 0, 0)))      # a second section: LINUX_SLL2
+    with pytest.raises(PcapPortError, match=r"port cap: .*mixed.pcapng: link type 276 \(LINUX_SLL2\) is not Ethernet"):
+        PcapDevice.open(spec(path), arena, bufs, [pool])

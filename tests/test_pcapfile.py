@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
 import subprocess
 
@@ -10,7 +12,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ixypipe.pcapfile import PCAP_MAGIC_NSEC, PCAP_MAGIC_USEC, PcapError, PcapWriter, read_header, read_pcap
+from ixypipe.pcapfile import (
+    PCAP_MAGIC_NSEC,
+    PCAP_MAGIC_USEC,
+    CaptureInfo,
+    PcapError,
+    PcapWriter,
+    check_input,
+    check_output,
+    probe,
+    read_header,
+    read_pcap,
+)
 from tests.support.system import needs_tool
 
 needs_tshark = needs_tool("tshark")
@@ -87,11 +100,11 @@ def test_big_endian_files_are_read(tmp_path):
 def test_bad_files_get_clear_errors(tmp_path):
     ng = tmp_path / "a.pcapng"
     ng.write_bytes(struct.pack("<I", 0x0A0D0D0A) + b"\0" * 40)
-    with pytest.raises(PcapError, match=r"is a pcapng file.*editcap -F pcap"):
+    with pytest.raises(PcapError, match=r"pcapng section header at byte 0 has no byte-order magic"):
         read_pcap(ng)
     junk = tmp_path / "junk"
     junk.write_bytes(b"hello world, this is not a pcap")
-    with pytest.raises(PcapError, match="is not a pcap file"):
+    with pytest.raises(PcapError, match="is neither a pcap nor a pcapng file"):
         read_pcap(junk)
     with pytest.raises(PcapError, match="no pcap file"):
         read_pcap(tmp_path / "missing.pcap")
@@ -160,3 +173,127 @@ def test_tcpdump_reads_every_packet(tmp_path):
     lines = res.stdout.splitlines()
     assert len(lines) == 17
     assert "10.77.0.1.1016 > 10.77.0.2.2000: UDP, length 58" in lines[16]
+
+
+# ---- pcapng, link types, cut files, output checks ---------------------------------------------
+
+def ng_block(order: str, btype: int, body: bytes) -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    total = 12 + len(body)
+    return struct.pack(order + "II", btype, total) + body + struct.pack(order + "I", total)
+
+
+def ng_option(order: str, code: int, value: bytes) -> bytes:
+    return struct.pack(order + "HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def ng_file(order: str, pkts: list[bytes], linktype: int = 1, tsresol: int | None = None, simple: bool = False,
+            ts: list[int] | None = None) -> bytes:
+    """A pcapng file written by hand in either byte order: SHB, an unknown block, IDB, packets, an ISB-like block."""
+    shb = ng_block(order, 0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    opts = (ng_option(order, 9, bytes([tsresol])) + ng_option(order, 0, b"")) if tsresol is not None else b""
+    idb = ng_block(order, 1, struct.pack(order + "HHI", linktype, 0, 65535) + opts)
+    out = shb + ng_block(order, 0x0BAD, b"custom stuff") + idb
+    for i, p in enumerate(pkts):
+        if simple:
+            out += ng_block(order, 3, struct.pack(order + "I", len(p)) + p)
+        else:
+            t = (ts or [0] * len(pkts))[i]
+            out += ng_block(order, 6, struct.pack(order + "IIIII", 0, t >> 32, t & 0xFFFFFFFF, len(p), len(p)) + p)
+    return out + ng_block(order, 5, struct.pack(order + "III", 0, 0, 0))   # interface statistics: skipped
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("simple", [False, True])
+def test_pcapng_in_either_byte_order_with_enhanced_or_simple_blocks(tmp_path, order, simple):
+    pkts = [bytes([i]) * (60 + i) for i in range(7)]
+    path = tmp_path / "x.pcapng"
+    path.write_bytes(ng_file(order, pkts, simple=simple, tsresol=9, ts=[1_700_000_000_000_000_123 + i for i in range(7)]))
+    p = read_pcap(path)
+    assert p.format == "pcapng" and p.linktype == 1 and p.cut_at is None
+    assert p.packets() == pkts
+    assert list(p.origlen) == [len(x) for x in pkts]
+    if not simple:
+        assert list(p.ts_ns) == [1_700_000_000_000_000_123 + i for i in range(7)]
+    assert probe(path) == CaptureInfo("pcapng", 1, 65535, True, order)
+
+
+def test_pcapng_default_microsecond_timestamps(tmp_path):
+    path = tmp_path / "us.pcapng"
+    path.write_bytes(ng_file("<", [b"a" * 60], ts=[1_500_000_000_250_000]))
+    p = read_pcap(path)
+    assert list(p.ts_ns) == [1_500_000_000_250_000_000]
+    assert not p.nanosecond
+
+
+@pytest.mark.parametrize("make", ["pcap", "pcapng"])
+def test_other_link_types_are_refused_naming_file_and_type(tmp_path, make):
+    path = tmp_path / f"sll.{make}"
+    if make == "pcap":
+        PcapWriter(path, linktype=113).close()
+    else:
+        path.write_bytes(ng_file(">", [b"x" * 60], linktype=113))
+    assert probe(path).linktype == 113
+    with pytest.raises(PcapError, match=rf"{path}: link type 113 \(LINUX_SLL\) is not Ethernet"):
+        check_input(path)
+
+
+@pytest.mark.parametrize("make", ["pcap", "pcapng"])
+def test_a_cut_file_gives_its_whole_packets_when_allowed(tmp_path, make):
+    pkts = [bytes([i]) * 100 for i in range(5)]
+    path = tmp_path / f"cut.{make}"
+    if make == "pcap":
+        with PcapWriter(path) as w:
+            w.write_batch(pkts)
+        cut_at = 24 + 3 * 116
+    else:
+        path.write_bytes(ng_file("<", pkts)[:-16 - 10])      # inside the last packet block: the ISB is 24 bytes
+        cut_at = len(ng_file("<", pkts[:4])) - 24
+    raw = path.read_bytes()
+    if make == "pcap":
+        path.write_bytes(raw[:cut_at + 40])
+    with pytest.raises(PcapError, match=rf"at byte {cut_at} claims"):
+        read_pcap(path)
+    p = read_pcap(path, allow_cut=True)
+    assert p.packets() == pkts[:len(p)] and len(p) == (3 if make == "pcap" else 4)
+    assert p.cut_at == cut_at
+    assert f"ends inside the {'record' if make == 'pcap' else 'block'} at byte {cut_at}; {len(p)} whole packets" \
+        in p.cut_message()
+
+
+def test_output_checks_refuse_directories_devices_and_missing_directories(tmp_path):
+    check_output(tmp_path / "new.pcap")
+    (tmp_path / "old.pcap").write_bytes(b"")
+    check_output(tmp_path / "old.pcap")
+    with pytest.raises(PcapError, match="is a directory"):
+        check_output(tmp_path)
+    with pytest.raises(PcapError, match="not a regular file"):
+        check_output("/dev/full")
+    with pytest.raises(PcapError, match=r"directory .*nodir for pcap file .* does not exist"):
+        check_output(tmp_path / "nodir" / "x.pcap")
+
+
+def test_inputs_must_be_regular_files(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(PcapError, match="not a regular file"):
+        probe(fifo)
+    with pytest.raises(PcapError, match="is a directory"):
+        probe(tmp_path)
+
+
+@needs_tshark
+def test_editcap_pcapng_reads_like_the_pcap_it_came_from(tmp_path):
+    editcap = shutil.which("editcap")
+    if editcap is None:
+        pytest.skip("editcap not installed: apt-get install tshark")
+    data, lengths = frames(30)
+    src = tmp_path / "a.pcap"
+    with PcapWriter(src) as w:
+        w.write_batch(data, lengths, 1_700_000_000_000_000_000 + np.arange(30) * 1000)
+    ng = tmp_path / "a.pcapng"
+    subprocess.run([editcap, "-F", "pcapng", str(src), str(ng)], check=True, capture_output=True)
+    a, b = read_pcap(src), read_pcap(ng)
+    assert b.format == "pcapng"
+    assert b.packets() == a.packets()
+    assert list(b.ts_ns) == list(a.ts_ns)

@@ -388,7 +388,8 @@ def test_bad_wiring_is_rejected_with_the_port_named(make_arena):
         SimWorld([SimPortConfig("a", cable_to="zz")], arena)
     with pytest.raises(SimConfigError, match="port a: its wire goes to b .* cannot also have a generator"):
         SimWorld([SimPortConfig("a", cable_to="b", generator=GeneratorConfig()), SimPortConfig("b")], arena)
-    with pytest.raises(SimConfigError, match="port a: generator packet_size must be 60..1514"):
+    with pytest.raises(SimConfigError,
+                       match="port a: generator packet size must be 60..9018 bytes without FCS for profile udp"):
         SimWorld([SimPortConfig("a", generator=GeneratorConfig(packet_size=59))], arena)
 
 

@@ -61,8 +61,13 @@ def test_generator_frames_are_valid_udp_with_flow_id_sequence_and_checksum():
 
 
 def test_generator_rejects_bad_settings():
-    with pytest.raises(TrafficError, match="packet_size must be 60..1514"):
-        gen(size=1515)
+    with pytest.raises(TrafficError, match=r"packet size must be 60..9018 bytes without FCS for profile udp"):
+        gen(size=9019)
+    with pytest.raises(TrafficError, match=r"packet size must be 60..9018 .*got 59"):
+        gen(size=59)
+    with pytest.raises(TrafficError, match=r"packet size 1515 does not fit a packet buffer: buffers of this size "
+                                           r"hold frames up to 1514 bytes"):
+        Generator(0, 1515, 1, 0, 0.0, b"\x02" * 6, b"\x04" * 6, max_data=1514)
     with pytest.raises(TrafficError, match="flows must be 1..65535"):
         gen(flows=0)
 
@@ -225,3 +230,56 @@ def test_generator_flows_spread_evenly_over_rss_queues(flows, queues, gen_id):
     assert (np.abs(per_queue - even) <= 0.25 * even).all(), per_queue
     ip_port = {(bytes(t[26:30]), bytes(t[34:36])) for t in g.templates}
     assert len(ip_port) == flows
+
+
+@pytest.mark.parametrize("kind", ["verify", "count"])
+def test_a_sink_whose_capture_fails_counts_and_goes_on(tmp_path, kind, caplog):
+    gen = Generator(0, 60, 2, 0, 0.0, b"\x02" * 6, b"\x04" * 6)
+    sink = Sink({0: gen}, pcap=str(tmp_path / "s.pcap")) if kind == "verify" else CountSink(str(tmp_path / "s.pcap"))
+    batch = gen.make(10)
+    gen.commit(10)
+    sink.receive(batch)
+    sink.pcap.writer._file = open("/dev/full", "wb", buffering=0)    # noqa: SIM115 - the disk is full now
+    for _ in range(3):
+        batch = gen.make(10)
+        gen.commit(10)
+        sink.receive(batch)
+    assert sink.result.received == 40 and sink.result.pcap_failed == 30
+    assert len([r for r in caplog.records if "No space left on device" in r.getMessage()]) == 1
+    sink.close()
+    assert len(read_pcap(tmp_path / "s.pcap")) == 10
+
+
+PROFILE_CASES = [("udp", None, 100, 4), ("imix", None, 60, 12), ("vlan", 42, 100, 4), ("imix", 9, 60, 24),
+                 ("ipv6", None, 120, 4), ("tcp-syn", None, 90, 4)]
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not __import__("ixypipe.sim.kernels", fromlist=["AVAILABLE"]).AVAILABLE, reason="needs numba: pip install numba"))])
+@pytest.mark.parametrize("name, vlan, size, flows", PROFILE_CASES)
+def test_the_sink_finds_loss_reordering_and_corruption_in_every_profile(name, vlan, size, flows, compiled):
+    from ixypipe.sim.payload import Profile
+    from ixypipe.sim.traffic import record_offsets
+    g = Generator(3, size, flows, 0, 0.0, SRC, DST, Profile(name, vlan))
+    b = take(g, 6 * flows)
+    rec = record_offsets(b.data[:, :60] if b.data.shape[1] >= 60 else b.data)
+    assert (rec == Profile(name, vlan).record_off).all()
+    clean = Sink({3: g}, compiled=compiled)
+    clean.receive(b)
+    assert (clean.result.received, clean.result.lost, clean.result.reordered, clean.result.corrupt) == (6 * flows, 0, 0, 0)
+    order = list(range(6 * flows))
+    order[flows], order[2 * flows] = order[2 * flows], order[flows]     # flow 0: seq 0, 2, 1, ...
+    del order[3 * flows + 1]                                            # flow 1 loses seq 3
+    bad = b.take(np.array(order))
+    last = int(bad.lengths[-1])
+    bad.data[-1, last - 1] ^= 0x10                                      # the last byte of the last frame
+    s = Sink({3: g}, compiled=compiled)
+    s.receive(bad)
+    assert (s.result.received, s.result.lost, s.result.reordered, s.result.corrupt) == (6 * flows - 1, 1, 1, 1)
+    if vlan is not None:                                                # a stripped tag changes the frame
+        untagged = b.take(np.arange(flows))
+        s2 = Sink({3: g}, compiled=compiled)
+        untagged.data[:, 12:-4] = untagged.data[:, 16:].copy()
+        untagged.lengths -= 4
+        s2.receive(untagged)
+        assert s2.result.corrupt == flows

@@ -8,6 +8,7 @@ import signal
 import click
 
 from ixypipe.commands.options import PPS
+from ixypipe.sim.payload import PROFILES
 
 # the generator's own checks name its fields; the user typed these options
 OPTION_OF_FIELD = {"packet_size": "--size", "flows": "--flows", "count": "--count", "rate": "--rate"}
@@ -36,11 +37,19 @@ def _mac(ctx, param, value: str) -> bytes:
 @click.option("--interface", metavar="IFACE", help="Onto a kernel interface through AF_PACKET (root).")
 @click.option("--pcap", "pcap_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Into a pcap file (nanosecond timestamps, as the pcap port writes).")
-@click.option("--size", type=int, default=60, show_default=True, help="Frame size without FCS (60..1514).")
+@click.option("--profile", type=click.Choice(PROFILES), default="udp", show_default=True,
+              help="udp: IPv4/UDP; imix: 7:4:1 of 60/590/1514 bytes (one size per flow, flows in twelves); "
+                   "vlan: IPv4/UDP with an 802.1Q tag; ipv6: IPv6/UDP; tcp-syn: IPv4 TCP SYN flood; "
+                   "runt: frames under 60 bytes (no sequence record) for negative tests.")
+@click.option("--size", type=int, default=None,
+              help="Frame size without FCS: the profile's smallest (udp 60, vlan 64, tcp-syn 72, ipv6 80) up to "
+                   "9018 (jumbo); runt 14..59 (default 42).  Default: the profile's smallest.")
+@click.option("--vlan", type=int, default=None, metavar="VID",
+              help="802.1Q tag with this VLAN id (1..4094) on every frame (the vlan profile's default: 100).")
 @click.option("--rate", type=PPS, default=0.0, show_default=True,
               help="Packets per second, k/M suffixes accepted (300k, 1.5M); 0 = as fast as the port takes them.")
-@click.option("--flows", type=int, default=1, show_default=True,
-              help="Flows (UDP source port and IPv4 source address differ per flow).")
+@click.option("--flows", type=int, default=None,
+              help="Flows (source port and address differ per flow).  Default 1, imix 12.")
 @click.option("--count", type=click.IntRange(min=0), default=0, show_default=True,
               help="Packets to send; 0 = until --duration or Ctrl-C.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -50,8 +59,9 @@ def _mac(ctx, param, value: str) -> bytes:
               help="Destination MAC address of every frame.")
 @click.option("--hugepages", type=click.Choice(["auto", "require", "never"]), default="auto", show_default=True,
               help="Arena backing.")
-def command(sim, interface, pcap_path, size, rate, flows, count, duration, batch, dst_mac, hugepages) -> None:
-    """Send generated Ethernet/IPv4/UDP traffic out of one port.
+def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, duration, batch, dst_mac,
+            hugepages) -> None:
+    """Send generated traffic (IPv4/UDP or another --profile) out of one port.
 
     \b
     Every frame carries a flow id, a per-flow sequence number and a
@@ -62,6 +72,8 @@ def command(sim, interface, pcap_path, size, rate, flows, count, duration, batch
       ixypipe gen --sim --count 1000000 --rate 500k
       ixypipe gen --interface veth0 --size 1514 --duration 10
       ixypipe gen --pcap out.pcap --count 1000 --flows 16
+      ixypipe gen --pcap imix.pcap --count 1200 --profile imix
+      ixypipe gen --sim --profile vlan --vlan 42 --size 128 --count 1000
     """
     from ixypipe.memory.arena import ArenaError
     from ixypipe.ops.generate import GenError, GenSession
@@ -72,9 +84,10 @@ def command(sim, interface, pcap_path, size, rate, flows, count, duration, batch
     if len(chosen) != 1:
         raise click.UsageError("choose exactly one port: --sim, --interface IFACE or --pcap FILE")
     target, where = chosen[0]
+    prof, size, flows = _profile(profile, size, vlan, flows)
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)   # a simulator process inherits "ignore Ctrl-C"
     try:
-        session = GenSession(target, where, size, flows, hugepages, dst_mac)
+        session = GenSession(target, where, size, flows, hugepages, dst_mac, prof)
     except (GenError, ArenaError) as exc:
         raise click.ClickException(str(exc)) from exc
     except ValueError as exc:
@@ -86,7 +99,8 @@ def command(sim, interface, pcap_path, size, rate, flows, count, duration, batch
     try:
         gen = session.generator(count, rate / 1e6)
         what = f"{where or 'software 82599 ' + session.dev.spec.address}"
-        click.echo(f"generating {size}-byte frames, {flows} flows, "
+        sizes = "IMIX" if profile == "imix" else f"{size}-byte"
+        click.echo(f"generating {sizes} {prof.describe()} frames, {flows} flows, "
                    f"{rate_text(rate) if rate else 'as fast as it goes'} onto {target} {what}")
         if count:
             with click.progressbar(length=count, label="sending", show_pos=True) as bar:
@@ -99,5 +113,30 @@ def command(sim, interface, pcap_path, size, rate, flows, count, duration, batch
     for line in result.summary():
         click.echo(line)
     s = result.sink
-    if s and (s["sink_received"] != result.sent or s["sink_lost"] or s["sink_corrupt"] or s["sink_reordered"]):
+    if s and prof.runt:                 # runts carry no record: the verifying sink can only call them corrupt
+        if s["sink_received"] != result.sent or s["sink_corrupt"] != result.sent:
+            raise click.ClickException("the sink did not receive every runt")
+        click.echo(f"(runts carry no sequence record: the sink counts all {result.sent} as corrupt, as it should)")
+    elif s and (s["sink_received"] != result.sent or s["sink_lost"] or s["sink_corrupt"] or s["sink_reordered"]):
         raise click.ClickException("the sink did not receive every frame intact and in order")
+
+
+def _profile(name: str, size: int | None, vlan: int | None, flows: int | None):
+    """The Profile, frame size and flow count, each bad value reported against its flag (exit 2)."""
+    from ixypipe.sim.payload import Profile, ProfileError
+
+    try:
+        prof = Profile(name, vlan)
+    except ProfileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--vlan") from None
+    size = prof.default_size if size is None else size
+    flows = (prof.default_flows or 1) if flows is None else flows
+    try:
+        prof.sizes(size)
+    except ProfileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--size") from None
+    try:
+        prof.check_flows(flows)
+    except ProfileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--flows") from None
+    return prof, size, flows

@@ -76,6 +76,19 @@ def verbose() -> bool:
     return bool(ctx and ctx.find_root().params.get("verbose")) or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
+def describe_replay(p) -> None:
+    """--check of a pcap port that replays: the file's format and packets, and a warning if it is cut."""
+    if p.driver != "pcap" or p.pcap_mode != "read":
+        return
+    from ixypipe.pcapfile import read_pcap
+
+    capture = read_pcap(p.path, allow_cut=True)
+    click.echo(f"    {capture.format}, {len(capture):,} packets, replayed "
+               f"{p.pcap_loop or 'endless'} time{'s' if p.pcap_loop != 1 else ''}")
+    if capture.cut_at is not None:
+        click.echo(f"warning: port {p.name}: {capture.cut_message()}; the replay stops there", err=True)
+
+
 def check_machine(cfg) -> None:
     """--check: what would run, and every check on this machine (ixypipe.pipeline.preflight); exit 1 on a failure."""
     from ixypipe.pipeline.plan import plan_from_config
@@ -101,6 +114,7 @@ def check_machine(cfg) -> None:
             where = p.pci or p.interface or p.path or "(assigned)"
             click.echo(f"  port {p.name}: {p.driver} {where}, {p.rx_queues} RX / {p.tx_queues} TX queues, "
                        f"forwards to {p.forward_to or '(the other port)'}")
+            describe_replay(p)
         click.echo(f"  workers: {w.processes} x {w.function} ({w.distribute}), batch {cfg.batch_size}, "
                    f"rings {cfg.ring_size}")
         click.echo(f"  stages: {' '.join(s.name for s in plan.stages)}")

@@ -94,6 +94,7 @@ class LinkState:
 
 class Device(ABC):
     driver_name: str = "?"
+    min_rx_frame: int = 1            # a received frame shorter than this is a bad packet (a runt)
 
     def __init__(self, spec: PortSpec, tx_done: TxDone | None = None):
         self.spec = spec

@@ -47,6 +47,7 @@ from ixypipe.nic.device import (
     choose_hot_path,
     format_mac,
 )
+from ixypipe.protocols import ETH_MIN_FRAME
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,10 @@ def init_rx(bar: pci.Bar, queues: list[RxQueue]) -> None:
     bar.set_flags(R.FCTRL, R.FCTRL_BAM)                 # accept broadcast
     for q, rxq in enumerate(queues):
         init_rx_queue(bar, q, rxq)
+    biggest = max((rxq.pool.bufs.max_data for rxq in queues if rxq.pool is not None), default=0)
+    if biggest > R.SRRCTL_BSIZEPKT_DEFAULT:        # buffers over 2 KB are for jumbo frames: accept them
+        bar.set_flags(R.HLREG0, R.HLREG0_JUMBOEN)
+        bar.write(R.MAXFRS, (biggest + R.OCTETS_FCS_LEN) << R.MAXFRS_MFS_SHIFT)
     if len(queues) > 1:
         init_rss(bar, len(queues))
     # "last sentence" of 4.6.7: no-snoop disable, the 82599 must snoop the CPU caches
@@ -232,6 +237,10 @@ def init_rx_queue(bar: pci.Bar, q: int, rxq: RxQueue) -> None:
     # advanced descriptors, one buffer per packet; the buffer size stays at its 2 KB default,
     # enough for a 1518-byte frame in the 1984 data bytes of a 2048-byte pkt_buf
     bar.write(R.SRRCTL(q), (bar.read(R.SRRCTL(q)) & ~R.SRRCTL_DESCTYPE_MASK) | R.SRRCTL_DESCTYPE_ADV_ONEBUF)
+    if rxq.pool is not None and rxq.pool.bufs.max_data > R.SRRCTL_BSIZEPKT_DEFAULT:
+        # buffers for jumbo frames: the NIC may write as much as the buffer holds (in 1 KB units)
+        kb = min(rxq.pool.bufs.max_data // R.SRRCTL_BSIZEPKT_UNIT, R.SRRCTL_BSIZEPKT_MASK)
+        bar.write(R.SRRCTL(q), (bar.read(R.SRRCTL(q)) & ~R.SRRCTL_BSIZEPKT_MASK) | kb)
     # with no free descriptor drop the packet (and count it) instead of blocking the other queues
     bar.set_flags(R.SRRCTL(q), R.SRRCTL_DROP_EN)
     rxq.desc8[:] = R.DESC_FILL_BYTE                   # ixy: garbage, not zeros, until the queue starts
@@ -354,6 +363,8 @@ def check_spec(spec: PortSpec) -> None:
 
 class IxgbeDevice(Device):
     driver_name = "ixgbe"
+    min_rx_frame = ETH_MIN_FRAME     # an 82599 discards undersized frames (it counts them in RUC): one in a
+                                     # descriptor (the software model delivers runts) is a bad packet
 
     def __init__(self, spec: PortSpec, bar: pci.Bar, arena: Arena, bufs: PacketBuffers,
                  rx_pools: dict[int, Mempool], tx_done: TxDone | None, create: bool, sleep, owner: bool,

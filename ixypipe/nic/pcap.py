@@ -1,16 +1,23 @@
 """pcap ports: a file as a port, either a traffic source replaying it or a sink recording to it.
 
 ``mode = "read"`` (the default): the RX queue replays the file's packets
-in order into buffers of its mempool - as fast as the pipeline takes them,
-or paced at ``rate_mpps`` - ``loop`` times (0: forever), then reports
-nothing more.  Records longer than a buffer are skipped and counted as
-truncated.  A batch is copied with one numpy gather from the loaded file.
+(pcap or pcapng, Ethernet link type only) in order into buffers of its
+mempool - as fast as the pipeline takes them, or paced at ``rate_mpps`` -
+``loop`` times (0: forever), then reports nothing more and sets the
+SOURCE_DONE flag in its counters' header, which the supervisor reads to end a
+run whose sources are all finite.  Records longer than a buffer are skipped
+and counted as truncated.  A file that ends inside a record (cut short)
+replays the packets before the cut, with one warning saying how many and
+where.  A batch is copied with one numpy gather from the loaded file.
 What the pipeline sends to a reading port is discarded and counted as
 ``tx_dropped``.
 
-``mode = "write"``: the supervisor's ``open`` creates the file (header
+``mode = "write"``: the supervisor's ``open`` checks the path (a regular
+file or none yet, in a writable directory) and creates the file (header
 only); the TX stage appends every batch it transmits, with the time of
-writing as timestamp, and flushes on close; tcpdump and tshark read it.
+writing as timestamp, one write(2) per batch with no user-space buffer, so
+tcpdump and tshark read a running capture.  A write that fails (disk full)
+is logged once and its frames counted as ``tx_dropped``; the stage goes on.
 Its RX queue never receives anything.
 
 ``spec.address`` is the file's path.  Counters live in the device arena
@@ -20,18 +27,21 @@ sees what the stages counted.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ixypipe.layout import SOFT_PORT_FLAG_SOURCE_DONE
 from ixypipe.memory.arena import RegionSize
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.af_packet import PortCounters
 from ixypipe.nic.device import Device, DeviceError, DeviceStats, LinkState, PortSpec, TxDone
-from ixypipe.pcapfile import PcapError, PcapWriter, read_header, read_pcap
+from ixypipe.pcapfile import PcapError, PcapWriter, check_input, check_output, read_pcap, require_ethernet
 
+log = logging.getLogger(__name__)
 MODES = ("read", "write")
 OPTIONS = {"mode", "loop", "rate_mpps", "nanosecond"}
 PCAP_MAC = bytes.fromhex("020000000000")     # a file has no address: a locally administered zero
@@ -70,9 +80,12 @@ class Replay:
 
     def __init__(self, path: Path, max_data: int, loop: int, rate_mpps: float, port: str):
         try:
-            pcap = read_pcap(path)
+            pcap = read_pcap(path, allow_cut=True)
+            require_ethernet(path, pcap.linktype)
         except PcapError as exc:
             raise PcapPortError(f"port {port}: {exc}") from None
+        if pcap.cut_at is not None:        # once per load: the stage goes on with the whole packets
+            log.warning("port %s: %s; the replay stops there", port, pcap.cut_message())
         fits = pcap.caplen <= max_data
         self.oversize = int((~fits).sum())
         # one padded array so a batch is one gather that never reads past the end
@@ -131,6 +144,7 @@ class PcapDevice(Device):
         self.counters = counters
         self.replay: Replay | None = None
         self.writer: PcapWriter | None = None
+        self.write_failed = 0              # frames this process could not write
         self._baseline = DeviceStats()
 
     @staticmethod
@@ -147,19 +161,15 @@ class PcapDevice(Device):
         """Check the file (read) or create it with its header (write); make the port's counters."""
         mode, _, _ = _options(spec)
         path = Path(spec.address)
-        if mode == "read":
-            try:
-                read_header(path)
-            except PcapError as exc:
-                raise PcapPortError(f"port {spec.name}: {exc}") from None
-        else:
-            if not path.parent.is_dir():
-                raise PcapPortError(f"port {spec.name}: directory {path.parent} for pcap file {path} "
-                                    "does not exist")
-            try:
+        try:
+            if mode == "read":
+                if check_input(path).format == "pcapng":     # interfaces may be described further on
+                    require_ethernet(path, read_pcap(path, allow_cut=True).linktype)
+            else:
+                check_output(path)
                 PcapWriter(path, nanosecond=bool(spec.options.get("nanosecond", True))).close()
-            except PcapError as exc:
-                raise PcapPortError(f"port {spec.name}: {exc}") from None
+        except PcapError as exc:
+            raise PcapPortError(f"port {spec.name}: {exc}") from None
         counters = PortCounters.create(arena, cls.region_name(spec), 1, 1)
         return cls(spec, bufs, _pool_dict(rx_pools), tx_done, counters)
 
@@ -180,7 +190,7 @@ class PcapDevice(Device):
     def _open_writer(self) -> PcapWriter:
         if self.writer is None:
             try:
-                self.writer = PcapWriter(self.path, append=True)
+                self.writer = PcapWriter(self.path, append=True, live=True)
             except PcapError as exc:
                 raise PcapPortError(f"port {self.name}: {exc}") from None
         return self.writer
@@ -190,6 +200,10 @@ class PcapDevice(Device):
         """A reading port has replayed its file ``loop`` times (never for loop = 0)."""
         return self.mode == "read" and self._load().finished
 
+    def source_finished(self) -> bool:
+        """What the RX stage published: the replay is over (read by the supervisor, which loads no file)."""
+        return bool(int(self.counters.header["flags"][0]) & SOFT_PORT_FLAG_SOURCE_DONE)
+
     def rx_batch(self, queue: int, out: np.ndarray) -> int:
         if self.mode != "read":
             return 0
@@ -198,6 +212,9 @@ class PcapDevice(Device):
         replay, pool = self._load(), self.rx_pools[0]
         n = replay.budget(min(len(out), pool.available()))
         if n == 0:
+            if replay.finished and not self.source_finished():
+                self.counters.header["replays_done"] = replay.passes
+                self.counters.header["flags"] |= SOFT_PORT_FLAG_SOURCE_DONE
             return 0
         idx = pool.alloc(n)
         passes = replay.passes
@@ -224,9 +241,16 @@ class PcapDevice(Device):
         if self.mode == "write":
             lengths = self.bufs.length[idx]
             top = int(lengths.max())
-            self._open_writer().write_batch(self.bufs.data[idx, :top], lengths)
-            PortCounters.add(line, "packets", n)
-            PortCounters.add(line, "bytes", int(lengths.sum()))
+            try:
+                self._open_writer().write_batch(self.bufs.data[idx, :top], lengths)
+                PortCounters.add(line, "packets", n)
+                PortCounters.add(line, "bytes", int(lengths.sum()))
+            except OSError as exc:          # disk full, file system gone: count, tell once, go on
+                if not self.write_failed:
+                    log.error("port %s: cannot write to %s: %s; frames sent to it are counted as dropped",
+                              self.name, self.path, exc.strerror or exc)
+                self.write_failed += n
+                PortCounters.add(line, "dropped", n)
         else:
             PortCounters.add(line, "dropped", n)
         self.tx_done(idx)

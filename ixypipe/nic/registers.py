@@ -209,6 +209,9 @@ RTTDCS_ARBDIS = 0x00000040
 HLREG0 = 0x04240
 HLREG0_TXCRCEN = 0x00000001
 HLREG0_RXCRCSTRP = 0x00000002
+HLREG0_JUMBOEN = 0x00000004           # accept frames up to MAXFRS.MFS (else 1518 bytes with FCS)
+MAXFRS = 0x04268                      # max frame size: MFS in bits 31:16, bytes with FCS
+MAXFRS_MFS_SHIFT = 16
 HLREG0_TXPADEN = 0x00000400
 
 # --- link ------------------------------------------------------------------------

@@ -4,8 +4,10 @@ Builds a small DMA arena, one mempool and one port through the ordinary
 Device drivers (a software 82599 whose wire ends in the simulator's
 verifying sink, an AF_PACKET interface, or a pcap file written like a
 capture), and transmits the frames of ixypipe.sim.traffic's Generator:
-Ethernet/IPv4/UDP, one template per flow, sequence numbers and checksums
-written per batch with numpy.  The generator's rate credit paces it; frames
+a profile's frames (IPv4/UDP, IMIX, 802.1Q-tagged, IPv6/UDP, TCP SYN, runts;
+see ``sim.payload.Profile``), one template per flow, sequence numbers and
+checksums written per batch with numpy.  Buffers are 2 KB, or the power of
+two that holds the largest frame (jumbo frames up to 9018 bytes).  The generator's rate credit paces it; frames
 TX refuses are made again with the same sequence numbers, so nothing is
 skipped.  Runs end after ``count`` packets, ``duration`` seconds or a stop
 request (Ctrl-C); :meth:`GenSession.close` releases port, simulator and arena.
@@ -19,12 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ixypipe.layout import DEFAULT_BUF_SIZE
+from ixypipe.layout import DEFAULT_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports
 from ixypipe.nic.device import DeviceError, PortSpec
+from ixypipe.pipeline.report import rate_text
+from ixypipe.sim.payload import Profile
 from ixypipe.sim.traffic import Generator
 
 TARGETS = ("sim", "af_packet", "pcap")
@@ -53,8 +57,8 @@ class GenResult:
         return self.sent / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
     def summary(self) -> list[str]:
-        lines = [f"sent {self.sent} packets ({self.bytes} bytes) in {self.seconds:.2f} s, {self.mpps:.3f} Mpps; "
-                 f"stopped by {self.stop_reason}"]
+        lines = [f"sent {self.sent} packets ({self.bytes} bytes) in {self.seconds:.2f} s, "
+                 f"{rate_text(self.mpps * 1e6)}; stopped by {self.stop_reason}"]
         if self.sink:
             s = self.sink
             lines.append(f"sink: received {s['sink_received']} of {self.sent}, lost {s['sink_lost']}, "
@@ -66,7 +70,7 @@ class GenSession:
     """One port with its arena and pool, ready to transmit a generator's frames."""
 
     def __init__(self, target: str, where: str = "", packet_size: int = 60, flows: int = 1, hugepages: str = "auto",
-                 dst_mac: bytes = BROADCAST):
+                 dst_mac: bytes = BROADCAST, profile: Profile | None = None):
         if target not in TARGETS:
             raise GenError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
         if target != "sim" and not where:
@@ -74,17 +78,21 @@ class GenSession:
         self.target = target
         self.dst_mac = dst_mac
         self.packet_size, self.flows = packet_size, flows
-        Generator(0, packet_size, flows, 0, 0.0, BROADCAST, dst_mac)     # bad sizes fail before anything is made
+        self.profile = profile or Profile()
+        widest = Generator(0, packet_size, flows, 0, 0.0, BROADCAST, dst_mac, self.profile).packet_size   # bad sizes
+        buf_size = DEFAULT_BUF_SIZE                                            # fail before anything is made
+        while buf_size - PKTBUF_HEADROOM < widest:
+            buf_size *= 2
         self.server = None
         self.dev = None
         options = {"mode": "write"} if target == "pcap" else {}
         spec = PortSpec(PORT_NAME, target, where, rx_ring_size=RING_SIZE, tx_ring_size=RING_SIZE,
                         promiscuous=False, options=options)
-        regions = [*PacketBuffers.arena_regions(POOL_SIZE, DEFAULT_BUF_SIZE), *Mempool.arena_regions(POOL_SIZE),
+        regions = [*PacketBuffers.arena_regions(POOL_SIZE, buf_size), *Mempool.arena_regions(POOL_SIZE),
                    *ports.arena_regions(spec)]
         self.arena = Arena.create(Arena.size_for(regions), hugepages_mode=hugepages, tag="gen")
         try:
-            self.bufs = PacketBuffers.create(self.arena, POOL_SIZE, DEFAULT_BUF_SIZE)
+            self.bufs = PacketBuffers.create(self.arena, POOL_SIZE, buf_size)
             self.pool = Mempool.create(self.arena, self.bufs, "gen.pool", 0, POOL_SIZE, 0)
             self._open(spec)
         except BaseException:
@@ -98,7 +106,8 @@ class GenSession:
             from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SinkConfig
 
             # the port's own generator never starts; it only tells the sink what our frames look like
-            silent = GeneratorConfig(packet_size=self.packet_size, flows=self.flows)
+            silent = GeneratorConfig(packet_size=self.packet_size, flows=self.flows, profile=self.profile.name,
+                                     vlan=self.profile.vlan)
             sim = start_sim([SimPortConfig(PORT_NAME, generator=silent, sink=SinkConfig())], [spec],
                             [self.arena.path])
             self.server, root = sim.server, sim.sysfs_roots[PORT_NAME]
@@ -111,12 +120,14 @@ class GenSession:
 
     def generator(self, count: int = 0, rate_mpps: float = 0.0) -> Generator:
         """Generator 0 (the id the simulator's sink expects) with this session's size and flows."""
-        return Generator(0, self.packet_size, self.flows, count, rate_mpps * 1e6, self.dev.mac, self.dst_mac)
+        return Generator(0, self.packet_size, self.flows, count, rate_mpps * 1e6, self.dev.mac, self.dst_mac,
+                         self.profile)
 
     def run(self, gen: Generator, batch: int = 64, duration: float | None = None,
             progress: Callable[[int], object] | None = None, stop: Callable[[], bool] = lambda: False) -> GenResult:
         """Transmit until the generator's count is sent, ``duration`` passed or ``stop()`` is true."""
-        dev, bufs, pool, size = self.dev, self.bufs, self.pool, gen.packet_size
+        dev, bufs, pool = self.dev, self.bufs, self.pool
+        sent_bytes = 0
         start = time.monotonic()
         reason = "count" if gen.count else "ctrl-c"
         while True:
@@ -134,9 +145,10 @@ class GenSession:
                 time.sleep(IDLE_SLEEP)
                 continue
             frames = gen.make(len(idx))
-            bufs.data[idx, :size] = frames.data
-            bufs.length[idx] = size
+            bufs.data[idx, :frames.data.shape[1]] = frames.data
+            bufs.length[idx] = frames.lengths
             sent = dev.tx_batch(0, idx)
+            sent_bytes += int(frames.lengths[:sent].sum())
             gen.commit(sent)
             if sent < len(idx):
                 pool.free(idx[sent:])
@@ -145,7 +157,7 @@ class GenSession:
                 progress(sent)
         dev.tx_drain(0, 2.0)
         seconds = time.monotonic() - start
-        result = GenResult(gen.sent, gen.sent * size, seconds, reason)
+        result = GenResult(gen.sent, sent_bytes, seconds, reason)
         if self.server is not None:
             result.sink = self._sink_verdict(gen.sent)
         return result

@@ -29,7 +29,15 @@ from ixypipe import privilege
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import HOT_PATHS, PortSpec
 from ixypipe.nic.vfio import IOMMU_MODES
-from ixypipe.sim.payload import SIM_MAX_FRAME, SIM_MIN_FRAME
+from ixypipe.sim.payload import (
+    DEFAULT_VID,
+    PROFILES,
+    SIM_MAX_FRAME,
+    SIM_MIN_FRAME,
+    VID_RANGE,
+    Profile,
+    ProfileError,
+)
 from ixypipe.sim.traffic import SINK_MODES
 
 if TYPE_CHECKING:
@@ -113,6 +121,8 @@ class GeneratorSpec:
     rate_mpps: float = 0.0          # 0 = as fast as the RX ring takes it
     flows: int = 4
     count: int = 0                  # 0 = unlimited
+    profile: str = "udp"            # sim.payload.PROFILES
+    vlan: int | None = None         # 802.1Q VID of every frame
 
 
 @dataclass(frozen=True)
@@ -171,7 +181,7 @@ class PortConfig:
         return SimPortConfig(
             name=self.name, pci_address=self.pci or None, iommu=self.iommu != "none",
             generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
-                                      count=g.count) if g else None,
+                                      count=g.count, profile=g.profile, vlan=g.vlan) if g else None,
             sink=SinkConfig(mode=s.mode, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None)
 
 
@@ -414,7 +424,7 @@ PORT_DRIVER_KEYS = {
     "af_packet": ("interface", "qdisc_bypass", "fanout_defrag", "hot_path"),
     "pcap": ("path", "mode", "loop", "rate_mpps"),
 }
-GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count")
+GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count", "profile", "vlan")
 SINK_KEYS = ("mode", "expect_touch", "pcap", "verify")
 WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options", "import_timeout")
 STATS_KEYS = ("interval", "json")
@@ -741,6 +751,8 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
                               "the pipeline file's directory)")
         mode = r.string(p, "mode", key, "read", PCAP_MODES)
         fields["path"] = _file(r, p, "path", key, base_dir, must_exist=mode == "read")
+        if mode == "read":
+            _capture(r, f"{key}.path", fields["path"], read=True)
         fields["pcap_mode"] = mode
         fields["pcap_loop"] = r.integer(p, "loop", key, 1)
         fields["pcap_rate_mpps"] = r.number(p, "rate_mpps", key, 0.0)
@@ -753,7 +765,7 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
 
 
 def _file(r: _Reader, table: dict, name: str, key: str, base_dir: Path, must_exist: bool) -> str:
-    """An input file (``must_exist``: a regular file) or an output file (see output_problem), as a full path."""
+    """An input file (``must_exist``: a regular file) or an output file (pcapfile.check_output), as a full path."""
     full = f"{key}.{name}"
     raw = r.string(table, name, key, "")
     if not raw:
@@ -770,39 +782,18 @@ def _file(r: _Reader, table: dict, name: str, key: str, base_dir: Path, must_exi
             raise r.fail(full, f"{printable(str(path), MAX_PATH)} is {_kind(st.st_mode)}; an input must be a "
                                "regular file")
     else:
-        problem = output_problem(path)
-        if problem:
-            raise r.fail(full, problem)
+        _capture(r, full, str(path), read=False)
     return str(path)
 
 
-def output_problem(path: Path) -> str:
-    """Why ``path`` cannot be written as an output file (a capture), "" when it can.
+def _capture(r: _Reader, key: str, path: str, read: bool) -> None:
+    """A pcap file to replay (pcap or pcapng of Ethernet frames) or a path a capture can be written to."""
+    from ixypipe.pcapfile import PcapError, check_input, check_output
 
-    It may exist as a regular file this user can write, or be created in an
-    existing directory this user can write; a directory or a device
-    (/dev/full, /dev/null) is refused before anything starts, so the process
-    that would write it does not die mid-run.
-    """
-    shown = printable(repr(str(path)), MAX_PATH)
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        return f"cannot use {shown}: {exc.strerror}"
-    if st is not None:
-        if not stat.S_ISREG(st.st_mode):
-            return f"{shown} is {_kind(st.st_mode)}; an output must be a regular file (it is created or replaced)"
-        if not os.access(path, os.W_OK):
-            return f"{shown} is not writable by this user"
-        return ""
-    parent = path.parent
-    if not parent.is_dir():
-        return f"directory {printable(repr(str(parent)), MAX_PATH)} does not exist"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot create {shown}: directory {printable(repr(str(parent)), MAX_PATH)} is not writable by this user"
-    return ""
+        check_input(path) if read else check_output(path)
+    except PcapError as exc:
+        raise r.fail(key, str(exc)) from None
 
 
 def _subtable(r: _Reader, p: dict, name: str, key: str, allowed: tuple[str, ...]) -> dict | None:
@@ -819,10 +810,21 @@ def _generator(r: _Reader, p: dict, key: str, buffer_size: int) -> GeneratorSpec
     g = _subtable(r, p, "generator", key, GENERATOR_KEYS)
     if g is None:
         return None
-    biggest = min(RANGES["ports.generator.packet_size"][1], buffer_size - PKTBUF_HEADROOM)
-    size = r.integer(g, "packet_size", key, 60, hi=biggest)
-    return GeneratorSpec(size, r.number(g, "rate_mpps", key, 0.0), r.integer(g, "flows", key, 4),
-                         r.integer(g, "count", key, 0))
+    name = r.string(g, "profile", key, "udp", PROFILES)
+    vlan = r.integer(g, "vlan", key, DEFAULT_VID, *VID_RANGE) if "vlan" in g else None
+    profile = Profile(name, vlan)
+    size = r.integer(g, "packet_size", key, profile.default_size, profile.min_size, profile.max_size)
+    flows = r.integer(g, "flows", key, profile.default_flows or 4)
+    try:
+        profile.sizes(size, buffer_size - PKTBUF_HEADROOM)
+    except ProfileError as exc:
+        raise r.fail(f"{key}.packet_size", f"{exc} ([pipeline] buffer_size = {buffer_size})") from None
+    try:
+        profile.check_flows(flows)
+    except ProfileError as exc:
+        raise r.fail(f"{key}.flows", str(exc)) from None
+    return GeneratorSpec(size, r.number(g, "rate_mpps", key, 0.0), flows, r.integer(g, "count", key, 0),
+                         name, profile.vlan)
 
 
 def _sink(r: _Reader, p: dict, key: str, base_dir: Path) -> SinkSpec | None:
@@ -939,4 +941,4 @@ def _cpus(r: _Reader, doc: dict) -> CpuConfig:
 
 __all__ = ["ConfigError", "PipelineConfig", "PortConfig", "GeneratorSpec", "SinkSpec", "WorkersConfig",
            "CpuConfig", "StatsConfig", "load_pipeline", "parse_pipeline", "key_lines", "DRIVERS", "RANGES",
-           "read_pipeline_file", "check_worker_imports", "check_plan_fits", "output_problem"]
+           "read_pipeline_file", "check_worker_imports", "check_plan_fits"]

@@ -232,7 +232,7 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 st.packets_in += n
                 st.row["packets_in"] = st.packets_in   # at once: the accounting must see it even if we die now
                 idx = got[:n].copy()
-                idx = drop_bad_packets(st, bufs, idx, pool.free)
+                idx = drop_bad_packets(st, bufs, idx, pool.free, device.min_rx_frame)
                 st.batches += 1
                 st.bytes_in += int(bufs.length[idx].sum())
                 rr = distribute(plan.distribute, bufs, idx, outbox, n_workers, rr)
@@ -251,11 +251,12 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 break
 
 
-def drop_bad_packets(st: Stage, bufs: PacketBuffers, idx: np.ndarray, send_home) -> np.ndarray:
-    """Packets of length 0 or longer than a buffer go home, counted as ``bad_packet`` (RX: from the wire;
-    TX: whatever a worker wrote into the lengths), so a bad length never reaches a descriptor."""
+def drop_bad_packets(st: Stage, bufs: PacketBuffers, idx: np.ndarray, send_home, min_len: int = 1) -> np.ndarray:
+    """Packets shorter than ``min_len`` (0, or a runt from a NIC) or longer than a buffer go home, counted
+    as ``bad_packet`` (RX: from the wire; TX: whatever a worker wrote into the lengths), so a bad length
+    never reaches a descriptor."""
     lengths = bufs.length[idx]
-    bad = (lengths == 0) | (lengths > bufs.max_data)
+    bad = (lengths < min_len) | (lengths > bufs.max_data)
     if not bad.any():
         return idx
     send_home(idx[bad])

@@ -8,7 +8,10 @@ spawns and pins one process per stage.  While running it prints per-port
 and per-stage figures once a second and notices a dead stage at once.  On
 Ctrl-C, SIGTERM, --duration or --packets it stops the stages in data-flow
 order (RX, workers, TX), drains the rings, takes every buffer home, proves
-the accounting and removes everything it created.
+the accounting and removes everything it created.  When every traffic
+source is finite (pcap replays with ``loop`` > 0, software-NIC generators
+with a ``count``) it stops the same way once they have all sent everything
+("all sources finished"); the drain then carries the last packets through.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ PROGRESS_FIELDS = ("state", "batches", "packets_in", "packets_out", "held", "dro
 POLL = 0.05                   # seconds between checks of the stop conditions
 SIM_PAUSE_WAIT = 10.0         # seconds for the software 82599 to confirm its generators stopped
 DEAD_TX_DRAIN_TIMEOUT = 2.0   # seconds for the NIC to finish what a dead TX stage posted
+SOURCES_FINISHED = "all sources finished"
 
 
 class PipelineError(Exception):
@@ -237,6 +241,7 @@ class Supervisor:
         started = time.monotonic()
         next_print = started + self.cfg.stats.interval
         sentinels = {p.process.sentinel: p for p in self.procs}
+        sources = self._finite_sources()
         while not self.stop_reason:
             now = time.monotonic()
             ready = multiprocessing.connection.wait(list(sentinels), timeout=min(POLL, max(0, next_print - now)))
@@ -260,6 +265,45 @@ class Supervisor:
                 self.stop_reason = f"duration {self.duration:g} s"
             if self.packets is not None and self._received() >= self.packets:
                 self.stop_reason = f"{self.packets} packets"
+            if sources and all(done() for done in sources):
+                self.stop_reason = SOURCES_FINISHED
+
+    def _finite_sources(self) -> list:
+        """One check per traffic source saying it has sent all it ever will; empty when a source is
+        endless (a NIC, an interface, loop = 0, a generator without count) or there is none."""
+        devices = {dev.name: dev for dev in self.devices.values()}
+        checks = []
+        for p in self.cfg.ports:
+            if p.driver == "pcap":
+                if p.pcap_mode != "read":
+                    continue                       # a capture file: no source
+                if p.pcap_loop == 0:
+                    return []
+                checks.append(devices[p.name].source_finished)
+            elif p.driver == "sim":
+                if p.generator is None:
+                    continue                       # sink or cable only
+                if p.generator.count == 0 or self.sim is None:
+                    return []
+                checks.append(lambda name=p.name, count=p.generator.count:
+                              self.sim.counters()[name].generated >= count)
+            else:
+                return []                          # live traffic may come at any time
+        return checks
+
+    def _capture_failures(self, sim_counters) -> None:
+        """Frames a capture file could not take (disk full...) fail the run, named with the file."""
+        for p in self.cfg.ports:
+            lost, path = 0, ""
+            if p.driver == "pcap" and p.pcap_mode == "write":
+                dev = next((d for d in self.devices.values() if d.name == p.name), None)
+                lost, path = (dev.read_stats().tx_dropped if dev is not None else 0), p.path
+            elif p.driver == "sim" and p.sink is not None and p.sink.pcap and sim_counters:
+                c = sim_counters.get(p.name)
+                lost, path = (c.sink_pcap_failed if c is not None else 0), p.sink.pcap
+            if lost:
+                self.failures.append(f"port {p.name}: {lost:,} frames could not be written to {path} "
+                                     "(the error is logged above)")
 
     def _restart_workers(self, sentinels: dict) -> None:
         """Policy "restart": a dead worker is replaced; a new process takes over its rings and row.
@@ -317,6 +361,8 @@ class Supervisor:
             self._port_drops = port_drops(self.devices, self.sim)    # before the simulator's counters go
             sim_counters = self.sim.stop() if self.sim is not None else None
             self.sim = None
+            if self.started:
+                self._capture_failures(sim_counters)
             if built and self.started:      # a start-up failure prints only its error
                 stranded = reclaim_rings(self.plan, self.arena, self.pools, self.bufs)
                 accounting = self._account(stranded, unsent)

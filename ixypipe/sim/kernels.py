@@ -12,7 +12,8 @@ array, so a batch costs one call instead of dozens of numpy operations:
 * ``rx_frames``: the same for frames from a cable (copied from the peer's TX).
 * ``tx_walk``: TDH..TDT: checks each descriptor and its buffer, copies the
   frame into the wire batch, writes DD where RS is set.
-* ``sink_verify``: the verifying sink's checks and per-flow order, frame by frame.
+* ``sink_verify``: the verifying sink's checks and per-flow order, frame by frame (the record found
+  by walking the headers, ``record_offset``, as the numpy sink's ``record_offsets`` does).
 
 Each walk stops at the first bad descriptor and says why in ``info``; the
 caller reports the fault (and may retry after a DMA table refresh), so a
@@ -27,16 +28,35 @@ import numpy as np
 
 from ixypipe import jitcache
 from ixypipe.nic import registers as R
-from ixypipe.protocols import ETH_HEADER_LEN
+from ixypipe.protocols import (
+    ETH_HEADER_LEN,
+    ETH_TYPE_OFF,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    ETHERTYPE_VLAN,
+    IP4_MIN_IHL,
+    IP4_PROTO,
+    IP4_VER_IHL,
+    IP4_VERSION,
+    IP6_NEXT_HEADER,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN,
+    TCP_HEADER_LEN,
+    UDP_HEADER_LEN,
+    VLAN_TAG_LEN,
+)
 from ixypipe.sim.payload import (
-    SIM_CSUM_OFF,
-    SIM_FLOW_OFF,
-    SIM_GEN_OFF,
     SIM_MAGIC,
-    SIM_MAGIC_OFF,
     SIM_MAX_FRAME,
     SIM_MIN_FRAME,
-    SIM_SEQ_OFF,
+    SIM_REC_CSUM,
+    SIM_REC_FLOW,
+    SIM_REC_GEN,
+    SIM_REC_LEN,
+    SIM_REC_MAGIC,
+    SIM_REC_SEQ,
     SIM_TOUCH_OFF,
 )
 
@@ -61,7 +81,7 @@ _RX_DONE = np.uint64(R.RXD_STAT_DD | R.RXD_STAT_EOP)
 _TX_DD_WORD = np.uint64(R.TXD_STAT_DD) << _SHIFT32      # status is bytes 12..15 of the descriptor
 _CSUM_MOD = np.int64(1 << 32)
 
-gen_rx = rx_frames = tx_walk = sink_verify = queues_changed = None
+gen_rx = rx_frames = tx_walk = sink_verify = queues_changed = record_offset = None
 
 if AVAILABLE:
     jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
@@ -92,12 +112,15 @@ if AVAILABLE:
 
     @jit
     def gen_rx(ring, head, room, skip, bsize, base, size, owner, offset, bufs, info,
-               q, templates, base_csum, seq_w, sent, flows, n, flow_queue, flow_hash):
+               q, templates, tlen, base_csum, seq_w, rec, sent, flows, n, flow_queue, flow_hash):
         """Packets ``sent .. sent + n`` of the generator that go to queue ``q``, but the first ``skip`` of
-        them, into its ring from ``head``; returns how many were written.
+        them, into its ring from ``head``; returns how many were written.  Flow f's frame is the first
+        ``tlen[f]`` bytes of its template; its record starts at ``rec`` (-1: a runt, nothing to stamp).
         info: [reason, address, frames for q among the n, bad frame's length, bytes written]."""
         nring = ring.shape[0]
-        plen = templates.shape[1]
+        seq_off = np.uint64(rec + SIM_REC_SEQ) if rec >= 0 else np.uint64(0)
+        csum_off = np.uint64(rec + SIM_REC_CSUM) if rec >= 0 else np.uint64(0)
+        nbytes = 0
         good = 0
         rows = 0
         info[0] = OK
@@ -110,6 +133,7 @@ if AVAILABLE:
             if flow_queue[f] == q:
                 rows += 1
                 if rows > skip and good < room and info[0] == OK:
+                    plen = tlen[f]
                     addr = np.int64(ring[d, 0])
                     run = _find(base, size, addr, plen)
                     if run < 0:
@@ -123,16 +147,18 @@ if AVAILABLE:
                         o = np.uint64(offset[run] + addr - base[run])
                         for b in range(np.uint64(plen)):      # unsigned indices: no wrap-around test, so it vectorizes
                             buf[o + b] = templates[f, b]
-                        delta = np.int64(0)
-                        for b in range(8):
-                            byte = (seq >> (8 * b)) & 0xFF
-                            buf[o + np.uint64(SIM_SEQ_OFF + b)] = byte
-                            delta += byte * seq_w[b]
-                        csum = (base_csum[f] + delta) % _CSUM_MOD
-                        for b in range(4):
-                            buf[o + np.uint64(SIM_CSUM_OFF + b)] = (csum >> (8 * b)) & 0xFF
+                        if rec >= 0:
+                            delta = np.int64(0)
+                            for b in range(8):
+                                byte = (seq >> (8 * b)) & 0xFF
+                                buf[o + seq_off + np.uint64(b)] = byte
+                                delta += byte * seq_w[b]
+                            csum = (base_csum[f] + delta) % _CSUM_MOD
+                            for b in range(4):
+                                buf[o + csum_off + np.uint64(b)] = (csum >> (8 * b)) & 0xFF
                         ring[d, 0] = np.uint64(flow_hash[f]) << _SHIFT32
                         ring[d, 1] = _RX_DONE | (np.uint64(plen) << _SHIFT32)   # DD with length, vlan 0: one store
+                        nbytes += plen
                         good += 1
                         d += 1
                         if d == nring:
@@ -142,7 +168,7 @@ if AVAILABLE:
                 f = 0
                 seq += 1
         info[2] = rows
-        info[4] = good * plen
+        info[4] = nbytes
         return good
 
     @jit
@@ -240,7 +266,31 @@ if AVAILABLE:
         return pending
 
     @jit
-    def sink_verify(data, lengths, gen_known, gen_size, gen_flows, gen_touch, max_flows, top, weights,
+    def record_offset(row, length):
+        """Where the record starts (the sink's record_offsets for one frame), or -1."""
+        ethertype = np.int64(row[ETH_TYPE_OFF]) << 8 | np.int64(row[ETH_TYPE_OFF + 1])
+        l3 = ETH_HEADER_LEN
+        if ethertype == ETHERTYPE_VLAN:
+            ethertype = np.int64(row[ETH_TYPE_OFF + VLAN_TAG_LEN]) << 8 | np.int64(row[ETH_TYPE_OFF + VLAN_TAG_LEN + 1])
+            l3 += VLAN_TAG_LEN
+        if ethertype == ETHERTYPE_IPV4 and row[l3 + IP4_VER_IHL] == (IP4_VERSION << 4 | IP4_MIN_IHL):
+            proto = row[l3 + IP4_PROTO]
+            l4 = l3 + IPV4_HEADER_LEN
+        elif ethertype == ETHERTYPE_IPV6:
+            proto = row[l3 + IP6_NEXT_HEADER]
+            l4 = l3 + IPV6_HEADER_LEN
+        else:
+            return -1
+        if proto == IPPROTO_UDP:
+            rec = l4 + UDP_HEADER_LEN
+        elif proto == IPPROTO_TCP:
+            rec = l4 + TCP_HEADER_LEN
+        else:
+            return -1
+        return rec if rec + SIM_REC_LEN <= length else -1
+
+    @jit
+    def sink_verify(data, lengths, gen_known, flow_size, gen_flows, gen_touch, max_flows, top, weights,
                     expect_touch, res):
         """The verifying sink over a batch.  res += [corrupt, untouched, reordered, top increase, verified]."""
         n_gen = gen_known.shape[0]
@@ -250,19 +300,25 @@ if AVAILABLE:
                 res[0] += 1
                 continue
             row = data[i]
-            magic = np.int64(row[SIM_MAGIC_OFF]) | np.int64(row[SIM_MAGIC_OFF + 1]) << 8
-            gen = np.int64(row[SIM_GEN_OFF]) | np.int64(row[SIM_GEN_OFF + 1]) << 8
-            flow = np.int64(row[SIM_FLOW_OFF]) | np.int64(row[SIM_FLOW_OFF + 1]) << 8
+            rec = record_offset(row, length)
+            if rec < 0:
+                res[0] += 1
+                continue
+            magic = np.int64(row[rec + SIM_REC_MAGIC]) | np.int64(row[rec + SIM_REC_MAGIC + 1]) << 8
+            gen = np.int64(row[rec + SIM_REC_GEN]) | np.int64(row[rec + SIM_REC_GEN + 1]) << 8
+            flow = np.int64(row[rec + SIM_REC_FLOW]) | np.int64(row[rec + SIM_REC_FLOW + 1]) << 8
             ok = magic == SIM_MAGIC and gen < n_gen
             if ok:
-                ok = gen_known[gen] and gen_size[gen] == length and flow < gen_flows[gen]
+                ok = gen_known[gen] and flow < gen_flows[gen] and flow_size[gen * max_flows + flow] == length
             if ok:
                 total = np.int64(0)
                 for p in range(np.uint64(ETH_HEADER_LEN), np.uint64(length)):
                     total += np.int64(row[p]) * weights[p]
                 csum = np.int64(0)
                 for b in range(4):
-                    csum |= np.int64(row[SIM_CSUM_OFF + b]) << (8 * b)
+                    byte = np.int64(row[rec + SIM_REC_CSUM + b])
+                    csum |= byte << (8 * b)
+                    total -= byte * weights[rec + SIM_REC_CSUM + b]     # the field is not covered
                 ok = total % _CSUM_MOD == csum
             if not ok:
                 res[0] += 1
@@ -271,7 +327,7 @@ if AVAILABLE:
                 res[1] += 1
             seq1 = np.uint64(1)
             for b in range(8):
-                seq1 += np.uint64(row[SIM_SEQ_OFF + b]) << np.uint64(8 * b)
+                seq1 += np.uint64(row[rec + SIM_REC_SEQ + b]) << np.uint64(8 * b)
             key = gen * max_flows + flow
             if seq1 <= top[key]:
                 res[2] += 1
@@ -306,7 +362,7 @@ def warm() -> None:
     tables = (i64[:0], i64[:0], i64[:0], i64[:0], typed_buffers([]))
     frames = np.zeros((1, SIM_MIN_FRAME), np.uint8)
     queues_changed(np.zeros(1, np.uint32), i64[:0], 1, np.zeros(0, bool))
-    gen_rx(u64_ring, 0, 0, 0, 0, *tables, info, 0, frames, i64, i64, 0, 1, 0, i64, np.zeros(1, np.uint32))
+    gen_rx(u64_ring, 0, 0, 0, 0, *tables, info, 0, frames, i64, i64, i64, -1, 0, 1, 0, i64, np.zeros(1, np.uint32))
     wide = np.zeros((2, 2 * SIM_MIN_FRAME), np.uint8)
     for data in (frames, wide[:, :SIM_MIN_FRAME]):          # whole batches and (strided) slices of the TX batch
         rx_frames(u64_ring, 0, 0, 0, 0, *tables, info, -1, i64[:0], data, i64[:0], np.zeros(0, np.uint32))

@@ -434,12 +434,12 @@ class SimPort:
         if not self._bus_master():
             self._missed(n)
             return n
-        seq_w, templates, base_csum = gen.kernel_tables()
+        tables = gen.kernel_tables()
         for qi in flow_idx:
             q = self.rxq[int(qi)]
             live = q.live
             if live:
-                got, rows = self._rx_compiled(q, self.kernels.gen_rx, q.index, templates, base_csum, seq_w,
+                got, rows = self._rx_compiled(q, self.kernels.gen_rx, q.index, *tables,
                                               gen.sent, gen.flows, n, flow_queue, flow_hash)
             else:
                 got, rows = 0, int((flow_queue[gen.flows_of_next(n)] == qi).sum())
@@ -453,7 +453,7 @@ class SimPort:
         cached = self._gen_rss.get(id(gen))
         if cached is not None and np.array_equal(cached[0], regs):
             return cached[1:]
-        queues, hashes = self.classify(PacketBatch(gen.templates, np.full(gen.flows, gen.packet_size, np.int64)))
+        queues, hashes = self.classify(PacketBatch(gen.templates, gen.flow_lengths))
         entry = (regs, queues, hashes, np.unique(queues))
         self._gen_rss[id(gen)] = entry
         return entry[1:]

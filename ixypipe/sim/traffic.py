@@ -1,14 +1,17 @@
 """What travels on the simulated wires: packet batches, the traffic generator and the sinks.
 
 A :class:`PacketBatch` is a padded ``(n, max_len)`` byte matrix plus the
-lengths.  The :class:`Generator` builds Ethernet/IPv4/UDP frames from one
-precomputed template per flow; per packet only the sequence number and the
-payload checksum change, and both are written for a whole batch at once.
+lengths.  The :class:`Generator` builds frames of a profile (IPv4/UDP by
+default; IMIX sizes, an 802.1Q tag, IPv6/UDP, TCP SYN, runts: see
+``payload.Profile``) from one precomputed template per flow; per packet
+only the sequence number and the payload checksum change, and both are
+written for a whole batch at once.
 Flows differ in the low 16 bits of the source IP *and* the UDP source port,
 not in lockstep (see :func:`flow_tuples`), so RSS spreads them evenly over
 any number of queues, as real traffic spreads.
 The :class:`Sink` checks every frame it receives, vectorized per batch:
-magic, generator and flow ids, the checksum over everything after the
+it finds the record by walking the headers (any profile's layout), then
+magic, generator and flow ids, the flow's frame size, the checksum over everything after the
 Ethernet header (so a worker may rewrite MAC addresses), per-flow sequence
 order (loss and reordering) and, when asked, that byte 1 was incremented
 once as ixy-fwd does.  The :class:`CountSink` takes any traffic (another
@@ -19,6 +22,7 @@ receives to a pcap file.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -33,35 +37,70 @@ from ixypipe.protocols import (
     ETH_SRC_OFF,
     ETH_TYPE_OFF,
     ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    ETHERTYPE_VLAN,
+    IP4_CSUM,
+    IP4_DST,
+    IP4_MIN_IHL,
+    IP4_PROTO,
+    IP4_SRC,
+    IP4_TOTAL_LEN,
+    IP4_TTL,
+    IP4_VER_IHL,
+    IP4_VERSION,
+    IP6_ADDR_LEN,
+    IP6_DST,
+    IP6_HOP_LIMIT,
+    IP6_NEXT_HEADER,
+    IP6_PAYLOAD_LEN,
+    IP6_SRC,
+    IP6_VERSION,
+    IPPROTO_TCP,
     IPPROTO_UDP,
-    IPV4_CSUM_OFF,
-    IPV4_DST_OFF,
     IPV4_HEADER_LEN,
-    IPV4_PROTO_OFF,
-    IPV4_SRC_OFF,
-    IPV4_TOTAL_LEN_OFF,
-    IPV4_TTL_OFF,
-    UDP_LEN_OFF,
-    UDP_OFF,
+    IPV6_HEADER_LEN,
+    L4_DPORT,
+    L4_SPORT,
+    TCP_DATA_OFF,
+    TCP_HEADER_LEN,
+    TCP_SEQ,
+    TCP_WINDOW,
+    UDP_HEADER_LEN,
+    UDP_LEN,
+    VLAN_TAG_LEN,
+    VLAN_TCI_OFF,
 )
 from ixypipe.sim.payload import (
     SIM_CSUM_OFF,
-    SIM_FLOW_OFF,
-    SIM_GEN_OFF,
     SIM_MAGIC,
-    SIM_MAGIC_OFF,
     SIM_MAX_FRAME,
     SIM_MIN_FRAME,
-    SIM_SEQ_OFF,
+    SIM_REC_CSUM,
+    SIM_REC_FLOW,
+    SIM_REC_GEN,
+    SIM_REC_LEN,
+    SIM_REC_MAGIC,
+    SIM_REC_SEQ,
     SIM_TOUCH_OFF,
+    TCP_SYN_FLAGS,
+    Profile,
+    ProfileError,
+    vlan_tci,
 )
 from ixypipe.sim.rss import toeplitz_tables
 
+log = logging.getLogger(__name__)
 MAX_FLOWS = 65535
 FLOW_ID_BITS = 16               # flow ids 0..MAX_FLOWS fit; each bit of the id flips one mixing vector
 UDP_DST_PORT = 5000
+TCP_DST_PORT = 80
+TCP_ISN = 0x1C5E0000            # every SYN's sequence number (a flood does not care)
+TCP_SYN_WINDOW = 64240
 IP_TTL = 64
 GEN_DST_IP = bytes((10, 255, 0, 1))
+GEN_IP6_PREFIX = bytes.fromhex("fd00" + "00" * 14)       # unique local: fd00::<gen>:<flow bits>
+GEN_DST_IP6 = bytes.fromhex("fd00" + "00" * 12 + "ff01")
+PLAIN = Profile()
 _CSUM_MOD = 1 << 32
 SINK_MODES = ("verify", "count")
 FCS_LEN = 4                     # the frame check sequence the wire adds; frames here are without it
@@ -76,26 +115,33 @@ class TrafficError(ValueError):
 
 
 def _checksum_weights() -> np.ndarray:
-    """Per-byte-position weights (nonzero, < 2**16); covered bytes only, others 0."""
+    """Per-byte-position weights (nonzero, < 2**16) from the L3 header on; the Ethernet header's are 0."""
     pos = np.arange(SIM_MAX_FRAME, dtype=np.uint64)
     w = ((pos * np.uint64(40503) + np.uint64(7919)) % np.uint64(65521) + np.uint64(1)).astype(np.float64)
     w[:ETH_HEADER_LEN] = 0
-    w[SIM_CSUM_OFF:SIM_CSUM_OFF + 4] = 0
     return w
 
 
 CSUM_WEIGHTS = _checksum_weights()
 
 
-def payload_checksum(frames: np.ndarray) -> np.ndarray:
+def payload_checksum(frames: np.ndarray, csum_off=SIM_CSUM_OFF) -> np.ndarray:
     """Checksum of each row of an ``(n, length)`` uint8 matrix (all rows one length).
 
-    A position-weighted byte sum mod 2**32 over bytes from the IPv4 header on,
-    the checksum field excluded: any single changed byte changes it.  Exact
-    in float64 (at most 255 * 65521 * 1514 < 2**53), so one BLAS mat-vec.
+    A position-weighted byte sum mod 2**32 over bytes from the L3 header on
+    (a worker may rewrite MAC addresses), the record's checksum field at
+    ``csum_off`` (one offset, or one per row) excluded: any single changed
+    byte changes it.  Exact in float64 (at most 255 * 65521 * 9018 < 2**53),
+    so one BLAS mat-vec.
     """
     length = frames.shape[1]
     sums = frames.astype(np.float64) @ CSUM_WEIGHTS[:length]
+    n = len(frames)
+    field = np.asarray(csum_off, np.int64)[..., None] + np.arange(4)           # the field's positions
+    field = np.broadcast_to(field, (n, 4)) if field.ndim == 1 else field
+    inside = field < length
+    at = np.where(inside, field, 0)
+    sums -= (np.take_along_axis(frames, at, 1).astype(np.float64) * CSUM_WEIGHTS[at] * inside).sum(axis=1)
     return (sums.astype(np.uint64) % np.uint64(_CSUM_MOD)).astype(np.uint32)
 
 
@@ -213,48 +259,88 @@ def flow_tuples(gen_id: int, flows: int) -> tuple[np.ndarray, np.ndarray]:
     return fields >> 16, fields & 0xFFFF
 
 
-def build_templates(gen_id: int, flows: int, packet_size: int, src_mac: bytes, dst_mac: bytes) -> np.ndarray:
-    """One frame per flow, sequence number 0 and checksum not yet set: ``(flows, packet_size)``."""
-    t = np.zeros((flows, packet_size), np.uint8)
+def build_templates(gen_id: int, flows: int, packet_size: int, src_mac: bytes, dst_mac: bytes,
+                    profile: Profile = PLAIN) -> np.ndarray:
+    """One frame per flow of ``packet_size`` bytes, sequence number 0 and checksum not yet set:
+    ``(flows, packet_size)``.  A runt is the plain layout cut to its size (no record)."""
+    full = max(packet_size, profile.record_off + SIM_REC_LEN)
+    t = np.zeros((flows, full), np.uint8)
     t[:, ETH_DST_OFF:ETH_DST_OFF + ETH_ADDR_LEN] = np.frombuffer(dst_mac, np.uint8)
     t[:, ETH_SRC_OFF:ETH_SRC_OFF + ETH_ADDR_LEN] = np.frombuffer(src_mac, np.uint8)
-    t[:, ETH_TYPE_OFF:ETH_TYPE_OFF + 2] = np.frombuffer(ETHERTYPE_IPV4.to_bytes(2, "big"), np.uint8)
-    ip = ETH_HEADER_LEN
-    t[:, ip] = 0x45
-    t[:, IPV4_TOTAL_LEN_OFF:IPV4_TOTAL_LEN_OFF + 2] = np.frombuffer(
-        (packet_size - ETH_HEADER_LEN).to_bytes(2, "big"), np.uint8)
-    t[:, IPV4_TTL_OFF] = IP_TTL
-    t[:, IPV4_PROTO_OFF] = IPPROTO_UDP
-    flow = np.arange(flows, dtype=np.uint32)
+    type_off = ETH_TYPE_OFF
+    if profile.vlan is not None:
+        _be16(t, type_off, ETHERTYPE_VLAN)
+        _be16(t, type_off + 2 + VLAN_TCI_OFF, vlan_tci(profile.vlan))
+        type_off += VLAN_TAG_LEN
+    l3, l4, size = profile.l3_off, profile.l4_off, max(packet_size, SIM_MIN_FRAME)
     ip16, sport = flow_tuples(gen_id, flows)
-    t[:, IPV4_SRC_OFF] = 10
-    t[:, IPV4_SRC_OFF + 1] = gen_id & 0xFF
-    t[:, IPV4_SRC_OFF + 2] = ip16 >> 8
-    t[:, IPV4_SRC_OFF + 3] = ip16 & 0xFF
-    t[:, IPV4_DST_OFF:IPV4_DST_OFF + 4] = np.frombuffer(GEN_DST_IP, np.uint8)
-    t[:, UDP_OFF] = sport >> 8
-    t[:, UDP_OFF + 1] = sport & 0xFF
-    t[:, UDP_OFF + 2:UDP_OFF + 4] = np.frombuffer(UDP_DST_PORT.to_bytes(2, "big"), np.uint8)
-    t[:, UDP_LEN_OFF:UDP_LEN_OFF + 2] = np.frombuffer((packet_size - UDP_OFF).to_bytes(2, "big"), np.uint8)
-    for f in range(flows):   # once per flow at set-up, not per packet
-        csum = _ipv4_header_checksum(t[f, ip:ip + IPV4_HEADER_LEN])
-        t[f, IPV4_CSUM_OFF:IPV4_CSUM_OFF + 2] = (csum >> 8, csum & 0xFF)
-    t[:, SIM_MAGIC_OFF:SIM_MAGIC_OFF + 2] = np.frombuffer(SIM_MAGIC.to_bytes(2, "little"), np.uint8)
-    t[:, SIM_GEN_OFF:SIM_GEN_OFF + 2] = np.frombuffer(gen_id.to_bytes(2, "little"), np.uint8)
-    t[:, SIM_FLOW_OFF:SIM_FLOW_OFF + 2] = flow.astype("<u2").view(np.uint8).reshape(flows, 2)
-    fill = np.arange(SIM_MIN_FRAME, packet_size, dtype=np.uint32)
-    t[:, SIM_MIN_FRAME:] = (fill * 31 + gen_id).astype(np.uint8)
-    return t
+    if profile.ipv6:
+        _be16(t, type_off, ETHERTYPE_IPV6)
+        t[:, l3] = IP6_VERSION << 4
+        _be16(t, l3 + IP6_PAYLOAD_LEN, size - l4)
+        t[:, l3 + IP6_NEXT_HEADER] = profile.l4_proto
+        t[:, l3 + IP6_HOP_LIMIT] = IP_TTL
+        src = l3 + IP6_SRC
+        t[:, src:src + IP6_ADDR_LEN] = np.frombuffer(GEN_IP6_PREFIX, np.uint8)
+        t[:, src + IP6_ADDR_LEN - 3] = gen_id & 0xFF
+        _be16(t, src + IP6_ADDR_LEN - 2, ip16)
+        t[:, l3 + IP6_DST:l3 + IP6_DST + IP6_ADDR_LEN] = np.frombuffer(GEN_DST_IP6, np.uint8)
+    else:
+        _be16(t, type_off, ETHERTYPE_IPV4)
+        t[:, l3 + IP4_VER_IHL] = IP4_VERSION << 4 | IP4_MIN_IHL
+        _be16(t, l3 + IP4_TOTAL_LEN, size - l3)
+        t[:, l3 + IP4_TTL] = IP_TTL
+        t[:, l3 + IP4_PROTO] = profile.l4_proto
+        t[:, l3 + IP4_SRC] = 10
+        t[:, l3 + IP4_SRC + 1] = gen_id & 0xFF
+        _be16(t, l3 + IP4_SRC + 2, ip16)
+        t[:, l3 + IP4_DST:l3 + IP4_DST + 4] = np.frombuffer(GEN_DST_IP, np.uint8)
+    _be16(t, l4 + L4_SPORT, sport)
+    if profile.tcp:
+        _be16(t, l4 + L4_DPORT, TCP_DST_PORT)
+        t[:, l4 + TCP_SEQ:l4 + TCP_SEQ + 4] = np.frombuffer(TCP_ISN.to_bytes(4, "big"), np.uint8)
+        t[:, l4 + TCP_DATA_OFF] = (TCP_HEADER_LEN // 4) << 4
+        t[:, l4 + TCP_DATA_OFF + 1] = TCP_SYN_FLAGS
+        _be16(t, l4 + TCP_WINDOW, TCP_SYN_WINDOW)
+    else:
+        _be16(t, l4 + L4_DPORT, UDP_DST_PORT)
+        _be16(t, l4 + UDP_LEN, size - l4)
+    if not profile.ipv6:
+        for f in range(flows):   # once per flow at set-up, not per packet
+            csum = _ipv4_header_checksum(t[f, l3:l3 + IPV4_HEADER_LEN])
+            t[f, l3 + IP4_CSUM:l3 + IP4_CSUM + 2] = (csum >> 8, csum & 0xFF)
+    rec = profile.record_off
+    t[:, rec + SIM_REC_MAGIC:rec + SIM_REC_MAGIC + 2] = np.frombuffer(SIM_MAGIC.to_bytes(2, "little"), np.uint8)
+    t[:, rec + SIM_REC_GEN:rec + SIM_REC_GEN + 2] = np.frombuffer(gen_id.to_bytes(2, "little"), np.uint8)
+    flow = np.arange(flows, dtype=np.uint32)
+    t[:, rec + SIM_REC_FLOW:rec + SIM_REC_FLOW + 2] = flow.astype("<u2").view(np.uint8).reshape(flows, 2)
+    fill = np.arange(rec + SIM_REC_LEN, full, dtype=np.uint32)
+    t[:, rec + SIM_REC_LEN:] = (fill * 31 + gen_id).astype(np.uint8)
+    return t[:, :packet_size]
+
+
+def _be16(t: np.ndarray, off: int, value) -> None:
+    """Big-endian 16-bit field at ``off`` of every row: one value, or one per row."""
+    value = np.asarray(value, np.uint32)
+    t[:, off] = value >> 8
+    t[:, off + 1] = value & 0xFF
 
 
 class Generator:
-    """Frames for one wire: packet k goes to flow k % flows with sequence number k // flows."""
+    """Frames for one wire: packet k goes to flow k % flows with sequence number k // flows.
+
+    Each flow has one frame size (the profile's sizes, repeating over the
+    flows: IMIX gives 12 flows 7:4:1 of 60/590/1514 bytes) and one template
+    of that size, padded with zeros to the widest; ``record_off`` is where
+    the record starts (-1 for runts, which carry none)."""
 
     def __init__(self, gen_id: int, packet_size: int, flows: int, count: int, rate_pps: float,
-                 src_mac: bytes, dst_mac: bytes):
-        if not SIM_MIN_FRAME <= packet_size <= SIM_MAX_FRAME:
-            raise TrafficError(f"generator packet_size must be {SIM_MIN_FRAME}..{SIM_MAX_FRAME} bytes "
-                               f"(without FCS), got {packet_size}")
+                 src_mac: bytes, dst_mac: bytes, profile: Profile = PLAIN, max_data: int | None = None):
+        try:
+            sizes = profile.sizes(packet_size, max_data)
+            profile.check_flows(flows)
+        except ProfileError as exc:
+            raise TrafficError(f"generator {exc}") from None
         if not 1 <= flows <= MAX_FLOWS:
             raise TrafficError(f"generator flows must be 1..{MAX_FLOWS}, got {flows}")
         if count < 0:
@@ -262,12 +348,19 @@ class Generator:
         if rate_pps < 0:
             raise TrafficError(f"generator rate must be >= 0 pps (0 = as fast as the ring takes), got {rate_pps}")
         self.gen_id = gen_id
-        self.packet_size = packet_size
+        self.profile = profile
+        self.packet_size = max(sizes)         # the widest frame
         self.flows = flows
         self.count = count
         self.rate_pps = rate_pps
-        self.templates = build_templates(gen_id, flows, packet_size, src_mac, dst_mac)
-        self.base_csum = payload_checksum(self.templates).astype(np.uint64)
+        self.flow_lengths = np.array([sizes[f % len(sizes)] for f in range(flows)], np.int64)
+        self._one_size = len(set(sizes)) == 1
+        self.record_off = -1 if profile.runt else profile.record_off
+        self.templates = np.zeros((flows, self.packet_size), np.uint8)
+        for size in set(sizes):
+            rows = np.flatnonzero(self.flow_lengths == size)
+            self.templates[rows, :size] = build_templates(gen_id, flows, size, src_mac, dst_mac, profile)[rows]
+        self.base_csum = payload_checksum(self.templates, max(self.record_off, 0) + SIM_REC_CSUM).astype(np.uint64)
         self.touch_byte = int(self.templates[0, SIM_TOUCH_OFF])
         self.sent = 0                     # packets generated so far (= index of the next one)
         self._kernel_tables = None
@@ -298,29 +391,61 @@ class Generator:
     def flows_of_next(self, n: int) -> np.ndarray:
         return (self.sent + np.arange(n, dtype=np.int64)) % self.flows
 
+    def bytes_of_next(self, n: int) -> int:
+        """Frame bytes of the next ``n`` packets (before :meth:`commit`)."""
+        if self._one_size:
+            return n * self.packet_size
+        return int(self.flow_lengths[self.flows_of_next(n)].sum())
+
     def make(self, n: int) -> PacketBatch:
         """The next ``n`` frames; :meth:`commit` says how many of them went on the wire."""
         k = self.sent + np.arange(n, dtype=np.uint64)
         flow = (k % np.uint64(self.flows)).astype(np.intp)
-        seq = k // np.uint64(self.flows)
         data = self.templates[flow]
-        seq_bytes = seq.astype("<u8").view(np.uint8).reshape(n, 8)
-        data[:, SIM_SEQ_OFF:SIM_SEQ_OFF + 8] = seq_bytes
-        delta = (seq_bytes.astype(np.float64) @ CSUM_WEIGHTS[SIM_SEQ_OFF:SIM_SEQ_OFF + 8]).astype(np.uint64)
-        csum = ((self.base_csum[flow] + delta) % np.uint64(_CSUM_MOD)).astype("<u4")
-        data[:, SIM_CSUM_OFF:SIM_CSUM_OFF + 4] = csum.view(np.uint8).reshape(n, 4)
-        return PacketBatch(data, np.full(n, self.packet_size, np.int64))
+        lengths = self.flow_lengths[flow]
+        rec = self.record_off
+        if rec >= 0:
+            seq = k // np.uint64(self.flows)
+            seq_bytes = seq.astype("<u8").view(np.uint8).reshape(n, 8)
+            seq_off = rec + SIM_REC_SEQ
+            data[:, seq_off:seq_off + 8] = seq_bytes
+            delta = (seq_bytes.astype(np.float64) @ CSUM_WEIGHTS[seq_off:seq_off + 8]).astype(np.uint64)
+            csum = ((self.base_csum[flow] + delta) % np.uint64(_CSUM_MOD)).astype("<u4")
+            data[:, rec + SIM_REC_CSUM:rec + SIM_REC_CSUM + 4] = csum.view(np.uint8).reshape(n, 4)
+        return PacketBatch(data, lengths)
 
     def commit(self, n: int) -> None:
         self._credit -= n
         self.sent += n
 
-    def kernel_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sequence-number byte weights, templates, base checksums) as the compiled RX walk takes them."""
+    def kernel_tables(self) -> tuple:
+        """(templates, per-flow lengths, base checksums, sequence-number byte weights, record offset), the
+        arguments the compiled RX walk takes before the packet numbers."""
         if self._kernel_tables is None:
-            seq_w = CSUM_WEIGHTS[SIM_SEQ_OFF:SIM_SEQ_OFF + 8].astype(np.int64)
-            self._kernel_tables = (seq_w, self.templates, self.base_csum.astype(np.int64))
+            seq_off = max(self.record_off, 0) + SIM_REC_SEQ
+            seq_w = CSUM_WEIGHTS[seq_off:seq_off + 8].astype(np.int64)
+            self._kernel_tables = (self.templates, self.flow_lengths, self.base_csum.astype(np.int64), seq_w,
+                                   self.record_off)
         return self._kernel_tables
+
+
+def record_offsets(frames: np.ndarray) -> np.ndarray:
+    """Where each frame's record starts, found by walking its headers (an optional 802.1Q tag, IPv4
+    without options or IPv6, UDP or TCP without options); -1 for a layout no generator makes.
+    ``frames`` is at least SIM_MIN_FRAME bytes wide."""
+    rows = np.arange(len(frames))
+    ethertype = frames[:, ETH_TYPE_OFF].astype(np.int64) << 8 | frames[:, ETH_TYPE_OFF + 1]
+    tagged = ethertype == ETHERTYPE_VLAN
+    inner = frames[:, ETH_TYPE_OFF + VLAN_TAG_LEN].astype(np.int64) << 8 | frames[:, ETH_TYPE_OFF + VLAN_TAG_LEN + 1]
+    ethertype = np.where(tagged, inner, ethertype)
+    l3 = ETH_HEADER_LEN + VLAN_TAG_LEN * tagged
+    v4, v6 = ethertype == ETHERTYPE_IPV4, ethertype == ETHERTYPE_IPV6
+    v4 &= frames[rows, l3 + IP4_VER_IHL] == (IP4_VERSION << 4 | IP4_MIN_IHL)
+    proto = np.where(v6, frames[rows, l3 + IP6_NEXT_HEADER], frames[rows, l3 + IP4_PROTO])
+    l4 = l3 + np.where(v6, IPV6_HEADER_LEN, IPV4_HEADER_LEN)
+    udp, tcp = proto == IPPROTO_UDP, proto == IPPROTO_TCP
+    rec = l4 + np.where(tcp, TCP_HEADER_LEN, UDP_HEADER_LEN)
+    return np.where((v4 | v6) & (udp | tcp), rec, -1)
 
 
 @dataclass
@@ -331,6 +456,35 @@ class SinkResult:
     reordered: int = 0
     corrupt: int = 0
     untouched: int = 0
+    pcap_failed: int = 0      # frames the sink's capture file could not take (disk full...)
+
+
+class SinkCapture:
+    """A sink's copy of what it receives in a pcap file, written live (a running capture is readable);
+    a write that fails is logged once and its frames counted, the sink goes on."""
+
+    def __init__(self, path: str, result: SinkResult):
+        self.writer = PcapWriter(path, live=True)
+        self.result = result
+
+    def write(self, batch: PacketBatch) -> None:
+        if self.writer is None:
+            return
+        try:
+            self.writer.write_batch(batch.data, batch.lengths)
+        except OSError as exc:
+            if not self.result.pcap_failed:
+                log.error("sink capture %s: %s; frames are counted, no longer written", self.writer.path,
+                          exc.strerror or exc)
+            self.result.pcap_failed += len(batch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError:
+                pass            # the failure was logged and counted when the write failed
+            self.writer = None
 
 
 class Sink:
@@ -351,19 +505,21 @@ class Sink:
         n_gen = max(generators, default=-1) + 1
         self.max_flows = max((g.flows for g in generators.values()), default=1)
         self.gen_known = np.zeros(max(n_gen, 1), bool)
-        self.gen_size = np.zeros(max(n_gen, 1), np.int64)
         self.gen_flows = np.zeros(max(n_gen, 1), np.int64)
         self.gen_touch = np.zeros(max(n_gen, 1), np.uint8)
         for gid, g in generators.items():
             self.gen_known[gid] = True
-            self.gen_size[gid] = g.packet_size
             self.gen_flows[gid] = g.flows
             self.gen_touch[gid] = (g.touch_byte + 1) & 0xFF
         # highest sequence number + 1 seen per (generator, flow); 0 = none yet
         self.top = np.zeros(max(n_gen, 1) * self.max_flows, np.uint64)
+        # the frame length each (generator, flow) sends: IMIX flows differ; 0 = no such flow
+        self.flow_size = np.zeros(max(n_gen, 1) * self.max_flows, np.int64)
+        for gid, g in generators.items():
+            self.flow_size[gid * self.max_flows:gid * self.max_flows + g.flows] = g.flow_lengths
         self._top_sum = 0
         self._verified = 0
-        self.pcap = PcapWriter(pcap) if pcap else None
+        self.pcap = SinkCapture(pcap, self.result) if pcap else None
         self.sizes = np.zeros(len(SIZE_BUCKET_NAMES), np.int64)     # a verifying sink leaves them at 0
 
     def close(self) -> None:
@@ -379,13 +535,13 @@ class Sink:
         r.received += n
         r.received_bytes += int(batch.lengths.sum())
         if self.pcap is not None:
-            self.pcap.write_batch(batch.data, batch.lengths)
+            self.pcap.write(batch)
         if not self.verify:
             return
         if self._kernel is not None:
             res = self._res
             res[:] = 0
-            self._kernel(batch.data, batch.lengths, self.gen_known, self.gen_size, self.gen_flows, self.gen_touch,
+            self._kernel(batch.data, batch.lengths, self.gen_known, self.flow_size, self.gen_flows, self.gen_touch,
                          self.max_flows, self.top, self._weights, self.expect_touch, res)
             corrupt, untouched, reordered, rise, verified = (int(v) for v in res)
             r.corrupt += corrupt
@@ -404,16 +560,20 @@ class Sink:
         if length < SIM_MIN_FRAME:
             r.corrupt += k
             return
-        magic = frames[:, SIM_MAGIC_OFF:SIM_MAGIC_OFF + 2].copy().view("<u2")[:, 0]
-        gen = frames[:, SIM_GEN_OFF:SIM_GEN_OFF + 2].copy().view("<u2")[:, 0].astype(np.int64)
-        flow = frames[:, SIM_FLOW_OFF:SIM_FLOW_OFF + 2].copy().view("<u2")[:, 0].astype(np.int64)
-        seq = frames[:, SIM_SEQ_OFF:SIM_SEQ_OFF + 8].copy().view("<u8")[:, 0]
-        csum = frames[:, SIM_CSUM_OFF:SIM_CSUM_OFF + 4].copy().view("<u4")[:, 0]
+        rec = record_offsets(frames)
+        found = (rec >= 0) & (rec + SIM_REC_LEN <= length)
+        rec = np.where(found, rec, 0)
+        record = np.take_along_axis(frames, rec[:, None] + np.arange(SIM_REC_LEN), 1)
+        magic = record[:, SIM_REC_MAGIC:SIM_REC_MAGIC + 2].copy().view("<u2")[:, 0]
+        gen = record[:, SIM_REC_GEN:SIM_REC_GEN + 2].copy().view("<u2")[:, 0].astype(np.int64)
+        flow = record[:, SIM_REC_FLOW:SIM_REC_FLOW + 2].copy().view("<u2")[:, 0].astype(np.int64)
+        seq = record[:, SIM_REC_SEQ:SIM_REC_SEQ + 8].copy().view("<u8")[:, 0]
+        csum = record[:, SIM_REC_CSUM:SIM_REC_CSUM + 4].copy().view("<u4")[:, 0]
         gen_ok = gen < len(self.gen_known)
         gen_c = np.where(gen_ok, gen, 0)
-        ok = (magic == SIM_MAGIC) & gen_ok & self.gen_known[gen_c]
-        ok &= (self.gen_size[gen_c] == length) & (flow < self.gen_flows[gen_c])
-        ok &= payload_checksum(frames) == csum
+        ok = found & (magic == SIM_MAGIC) & gen_ok & self.gen_known[gen_c] & (flow < self.gen_flows[gen_c])
+        ok &= self.flow_size[np.where(ok, gen_c * self.max_flows + flow, 0)] == length
+        ok &= payload_checksum(frames, rec + SIM_REC_CSUM) == csum
         r.corrupt += int(k - ok.sum())
         if self.expect_touch:
             r.untouched += int((ok & (frames[:, SIM_TOUCH_OFF] != self.gen_touch[gen_c])).sum())
@@ -448,7 +608,7 @@ class CountSink:
     def __init__(self, pcap: str | None = None):
         self.result = SinkResult()
         self.sizes = np.zeros(len(SIZE_BUCKET_NAMES), np.int64)
-        self.pcap = PcapWriter(pcap) if pcap else None
+        self.pcap = SinkCapture(pcap, self.result) if pcap else None
 
     def receive(self, batch: PacketBatch) -> None:
         n = len(batch)
@@ -463,7 +623,7 @@ class CountSink:
             self.sizes += np.bincount(np.searchsorted(SIZE_BUCKET_UPPER, lengths + FCS_LEN),
                                       minlength=len(SIZE_BUCKET_NAMES))
         if self.pcap is not None:
-            self.pcap.write_batch(batch.data, lengths)
+            self.pcap.write(batch)
 
     def close(self) -> None:
         if self.pcap is not None:

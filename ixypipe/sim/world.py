@@ -30,12 +30,14 @@ import numpy as np
 
 from ixypipe.memory.arena import Arena
 from ixypipe.nic import registers as R
+from ixypipe.pcapfile import PcapError, check_output
 from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE, SIM_SIZE_FIELDS
 from ixypipe.sim.dma import DmaSpace
 from ixypipe.sim.foreign import DriverLeft, ForeignDma
 from ixypipe.sim.iommu import IommuDma, table_path
 from ixypipe.sim.model import STATS_PERIOD_NS, Fault, SimPort
+from ixypipe.sim.payload import Profile
 from ixypipe.sim.traffic import SINK_MODES, SIZE_BUCKET_NAMES, CountSink, Generator, Sink
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class GeneratorConfig:
     flows: int = 4
     count: int = 0                  # 0 = unlimited
     seed: int = 0                   # reserved: the generated traffic is fully determined by the other fields
+    profile: str = "udp"            # payload.PROFILES: udp, imix, vlan, ipv6, tcp-syn, runt
+    vlan: int | None = None         # 802.1Q VID of every frame (the vlan profile's default: 100)
 
 
 @dataclass
@@ -91,6 +95,7 @@ class PortCounters:
     sink_untouched: int = 0
     dma_faults: int = 0
     sink_bytes: int = 0             # frame bytes without FCS
+    sink_pcap_failed: int = 0       # frames the sink's pcap file could not take (logged once)
     sink_size_lt64: int = 0         # sizes with FCS, RFC 2819 buckets (a count sink only)
     sink_size_64: int = 0
     sink_size_65_127: int = 0
@@ -208,13 +213,18 @@ class SimWorld:
                 try:
                     self.generators[cfg.name] = Generator(i, g.packet_size, g.flows, g.count, g.rate_pps,
                                                           GEN_MAC_PREFIX + bytes((i & 0xFF,)),
-                                                          self.ports[cfg.name].mac)
+                                                          self.ports[cfg.name].mac, Profile(g.profile, g.vlan))
                 except ValueError as exc:
                     raise SimConfigError(f"port {cfg.name}: {exc}") from None
         by_id = {i: self.generators[c.name] for i, c in enumerate(self.configs) if c.name in self.generators}
         for cfg in self.configs:
             port = self.ports[cfg.name]
             if cfg.sink is not None:
+                if cfg.sink.pcap:
+                    try:
+                        check_output(cfg.sink.pcap)
+                    except PcapError as exc:
+                        raise SimConfigError(f"port {cfg.name}: sink pcap: {exc}") from None
                 if cfg.sink.mode == "count":
                     sink = CountSink(cfg.sink.pcap)
                 else:
@@ -263,8 +273,8 @@ class SimWorld:
                 return 0
             if port.kernels is not None:
                 port.receive_generated(gen, n)
+                self._gen_bytes[name] += gen.bytes_of_next(n)
                 gen.commit(n)
-                self._gen_bytes[name] += n * gen.packet_size
                 return n
             batch = gen.make(n)
             port.receive(batch)
@@ -276,8 +286,8 @@ class SimWorld:
                 return 0
             if port.kernels is not None:
                 n = port.receive_generated(gen, n, free)
+                self._gen_bytes[name] += gen.bytes_of_next(n)
                 gen.commit(n)
-                self._gen_bytes[name] += n * gen.packet_size
                 return n
             batch = gen.make(n)
             queues, hashes = port.classify(batch)
@@ -313,7 +323,8 @@ class SimWorld:
             row[:len(SIM_COUNTER_FIELDS) - len(SIM_SIZE_FIELDS)] = (
                 gen.sent if gen else 0, self._gen_bytes[name], p.rx_delivered, p.rx_missed, p.tx_sent,
                 p.tx_bytes, s.received if s else 0, s.lost if s else 0, s.reordered if s else 0,
-                s.corrupt if s else 0, s.untouched if s else 0, len(p.faults), s.received_bytes if s else 0)
+                s.corrupt if s else 0, s.untouched if s else 0, len(p.faults), s.received_bytes if s else 0,
+                s.pcap_failed if s else 0)
             row[len(row) - len(SIM_SIZE_FIELDS):] = sink.sizes if sink is not None else 0
 
     def counters(self) -> dict[str, PortCounters]:
