@@ -178,6 +178,16 @@ def check_input(path: str | os.PathLike) -> CaptureInfo:
     return info
 
 
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is ("a FIFO (named pipe)"), for messages."""
+    return next((what for test, what in _NOT_REGULAR if test(mode)), "not a regular file")
+
+
 def check_output(path: str | os.PathLike) -> None:
     """A path a capture can be written to: a regular file (or none yet) in an existing, writable directory.
 
@@ -194,10 +204,9 @@ def check_output(path: str | os.PathLike) -> None:
         return
     except OSError as exc:
         raise PcapError(f"cannot write pcap file {path}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise PcapError(f"{path} is a directory, not a file a capture can be written to")
     if not stat.S_ISREG(st.st_mode):
-        raise PcapError(f"{path} is not a regular file (a device or FIFO); a capture is written to a file")
+        raise PcapError(f"{str(path)!r} is {file_kind(st.st_mode)}; an output must be a regular file "
+                        "(it is created or replaced)")
     if not os.access(path, os.W_OK):
         raise PcapError(f"cannot write pcap file {path}: permission denied")
 

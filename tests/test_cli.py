@@ -96,7 +96,7 @@ def test_every_rate_option_is_pps():
 def test_gen_rate_with_a_suffix_is_paced_and_shown_scaled(tmp_path):
     res = ixypipe("gen", "--pcap", str(tmp_path / "out.pcap"), "--count", "2000", "--rate", "20k")
     assert res.returncode == 0, res.stderr
-    assert "generating 60-byte frames, 1 flows, 20.0 kpps onto pcap" in res.stdout
+    assert "generating 60-byte IPv4/UDP frames, 1 flows, 20.0 kpps onto pcap" in res.stdout
     seconds = float(res.stdout.split(" in ")[1].split(" s")[0])
     assert seconds >= 2000 / 20e3 * 0.9                 # paced by the rate the suffix gave
 
@@ -104,7 +104,7 @@ def test_gen_rate_with_a_suffix_is_paced_and_shown_scaled(tmp_path):
 def test_gen_bad_size_is_a_usage_error_naming_the_flag(tmp_path):
     res = ixypipe("gen", "--size", "59", "--pcap", str(tmp_path / "x.pcap"))
     assert res.returncode == 2
-    assert "Invalid value for '--size': must be 60..1514 bytes (without FCS), got 59" in res.stderr
+    assert "Invalid value for '--size': packet size must be 60..9018 bytes without FCS for profile udp" in res.stderr
     assert "packet_size" not in res.stderr and not (tmp_path / "x.pcap").exists()
 
 
@@ -114,8 +114,9 @@ def test_usage_errors_as_json(args):
     res = ixypipe(*args)
     assert res.returncode == 2 and res.stderr == ""
     assert json.loads(res.stdout) == {"type": "error", "exit_code": 2,
-                                      "message": "Invalid value for '--size': must be 60..1514 bytes "
-                                                 "(without FCS), got 59"}
+                                      "message": "Invalid value for '--size': packet size must be 60..9018 "
+                                                 "bytes without FCS for profile udp (the IPv4/UDP headers and the "
+                                                 "18-byte record need 60), got 59"}
 
 
 def test_unknown_option_as_json():

@@ -267,7 +267,7 @@ def test_output_checks_refuse_directories_devices_and_missing_directories(tmp_pa
     check_output(tmp_path / "old.pcap")
     with pytest.raises(PcapError, match="is a directory"):
         check_output(tmp_path)
-    with pytest.raises(PcapError, match="not a regular file"):
+    with pytest.raises(PcapError, match="is a character device; an output must be a regular file"):
         check_output("/dev/full")
     with pytest.raises(PcapError, match=r"directory .*nodir for pcap file .* does not exist"):
         check_output(tmp_path / "nodir" / "x.pcap")
@@ -276,7 +276,7 @@ def test_output_checks_refuse_directories_devices_and_missing_directories(tmp_pa
 def test_inputs_must_be_regular_files(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    with pytest.raises(PcapError, match="not a regular file"):
+    with pytest.raises(PcapError, match="is not a regular file \(a FIFO or device cannot be replayed\)"):
         probe(fifo)
     with pytest.raises(PcapError, match="is a directory"):
         probe(tmp_path)

@@ -437,11 +437,11 @@ def test_sim_serve_exits_non_zero_naming_the_cause_when_its_model_dies():
 def test_a_sink_capture_that_cannot_be_written_is_refused_at_start():
     """/dev/full or a directory as the sink's pcap file: the simulator says so at start instead of dying
     at its first write (a write that fails later is counted, see test_sim_traffic)."""
-    for path, why in (("/dev/full", "is not a regular file"), ("/tmp", "is a directory")):
+    for path, why in (("/dev/full", "is a character device"), ("/tmp", "is a directory")):
         ports = [SimPortConfig("a", generator=GeneratorConfig(packet_size=60, count=COUNT)),
                  SimPortConfig("b", sink=SinkConfig(pcap=path))]
         server = SimServer(ports, None)
-        with pytest.raises(SimServerError, match=f"port b: sink pcap: {path} {why}"):
+        with pytest.raises(SimServerError, match=f"port b: sink pcap: '{path}' {why}"):
             server.start()
         server.stop()
 

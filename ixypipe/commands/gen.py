@@ -128,15 +128,15 @@ def _profile(name: str, size: int | None, vlan: int | None, flows: int | None):
     try:
         prof = Profile(name, vlan)
     except ProfileError as exc:
-        raise click.BadParameter(str(exc), param_hint="--vlan") from None
+        raise click.BadParameter(str(exc), param_hint="'--vlan'") from None
     size = prof.default_size if size is None else size
     flows = (prof.default_flows or 1) if flows is None else flows
     try:
         prof.sizes(size)
     except ProfileError as exc:
-        raise click.BadParameter(str(exc), param_hint="--size") from None
+        raise click.BadParameter(str(exc), param_hint="'--size'") from None
     try:
         prof.check_flows(flows)
     except ProfileError as exc:
-        raise click.BadParameter(str(exc), param_hint="--flows") from None
+        raise click.BadParameter(str(exc), param_hint="'--flows'") from None
     return prof, size, flows

@@ -29,6 +29,7 @@ from ixypipe import privilege
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import HOT_PATHS, PortSpec
 from ixypipe.nic.vfio import IOMMU_MODES
+from ixypipe.pcapfile import file_kind
 from ixypipe.sim.payload import (
     DEFAULT_VID,
     PROFILES,
@@ -436,20 +437,12 @@ def load_pipeline(path: str | os.PathLike) -> PipelineConfig:
     return parse_pipeline(read_pipeline_file(path), path)
 
 
-_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                (stat.S_ISSOCK, "a socket"))
-
-
-def _kind(mode: int) -> str:
-    """What a file that is not a regular file is ("a FIFO (named pipe)"), for messages."""
-    return next((what for test, what in _NOT_REGULAR if test(mode)), "not a regular file")
 
 
 def _regular_file_problem(st: os.stat_result) -> str:
     """Why a file with this stat cannot be a pipeline file, "" when it can."""
     if not stat.S_ISREG(st.st_mode):
-        return f"is {_kind(st.st_mode)}; a pipeline file must be a regular file"
+        return f"is {file_kind(st.st_mode)}; a pipeline file must be a regular file"
     if st.st_size > MAX_FILE_BYTES:
         return f"is {st.st_size} bytes; a pipeline file is at most {MAX_FILE_BYTES} bytes (1 MiB)"
     return ""
@@ -779,7 +772,7 @@ def _file(r: _Reader, table: dict, name: str, key: str, base_dir: Path, must_exi
             raise r.fail(full, f"no such file {printable(repr(str(path)), MAX_PATH)}{why} (relative paths "
                                f"start at {printable(repr(str(base_dir)), MAX_PATH)})") from None
         if not stat.S_ISREG(st.st_mode):
-            raise r.fail(full, f"{printable(str(path), MAX_PATH)} is {_kind(st.st_mode)}; an input must be a "
+            raise r.fail(full, f"{printable(str(path), MAX_PATH)} is {file_kind(st.st_mode)}; an input must be a "
                                "regular file")
     else:
         _capture(r, full, str(path), read=False)
