@@ -276,7 +276,7 @@ def test_output_checks_refuse_directories_devices_and_missing_directories(tmp_pa
 def test_inputs_must_be_regular_files(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    with pytest.raises(PcapError, match="is not a regular file \(a FIFO or device cannot be replayed\)"):
+    with pytest.raises(PcapError, match=r"is not a regular file \(a FIFO or device cannot be replayed\)"):
         probe(fifo)
     with pytest.raises(PcapError, match="is a directory"):
         probe(tmp_path)
