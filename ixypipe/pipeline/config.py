@@ -55,6 +55,10 @@ DEFAULT_BUFFER_SIZE = 2048
 DEFAULT_BUFFERS_PER_QUEUE = 4096
 DEFAULT_DESC_RING = 512
 DEFAULT_STATS_INTERVAL = 1.0
+STALL_TIMEOUT_RANGE = (0.5, 600.0)        # seconds; well above the longest wait of an idle stage (0.1 s)
+DEFAULT_STALL_TIMEOUT = 2.0
+MAX_RESTARTS_RANGE = (0, 1000)            # worker restarts per stage within a minute
+DEFAULT_MAX_RESTARTS = 5
 
 
 class ConfigError(ValueError):
@@ -172,6 +176,8 @@ class PipelineConfig:
     cpus: CpuConfig
     stats: StatsConfig
     idle: str = "auto"
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT   # seconds without a heartbeat before a stage counts as hung
+    max_restarts: int = DEFAULT_MAX_RESTARTS       # on_stage_death = "restart": per stage and minute
 
     @property
     def base_dir(self) -> Path:
@@ -342,7 +348,7 @@ def _range(lo: int | None, hi: int | None) -> str:
 
 # ---- the tables -----------------------------------------------------------------------------
 PIPELINE_KEYS = ("name", "batch_size", "ring_size", "buffer_size", "buffers_per_queue", "hugepages",
-                 "on_stage_death", "stats_interval", "idle")
+                 "on_stage_death", "stats_interval", "idle", "stall_timeout", "max_restarts")
 PORT_COMMON_KEYS = ("name", "driver", "rx_queues", "tx_queues", "rx_ring_size", "tx_ring_size", "promiscuous",
                     "forward_to")
 PORT_DRIVER_KEYS = {
@@ -399,6 +405,11 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
     hugepages = r.string(pl, "hugepages", "pipeline", "auto", HUGEPAGE_MODES)
     on_stage_death = r.string(pl, "on_stage_death", "pipeline", "stop", STAGE_DEATH_POLICIES)
     idle = r.string(pl, "idle", "pipeline", "auto", IDLE_MODES)
+    stall_timeout = r.number(pl, "stall_timeout", "pipeline", DEFAULT_STALL_TIMEOUT, STALL_TIMEOUT_RANGE[0])
+    if stall_timeout > STALL_TIMEOUT_RANGE[1]:
+        raise r.fail("pipeline.stall_timeout", f"must be a number from {STALL_TIMEOUT_RANGE[0]:g} to "
+                                               f"{STALL_TIMEOUT_RANGE[1]:g} (seconds), got {stall_timeout:g}")
+    max_restarts = r.integer(pl, "max_restarts", "pipeline", DEFAULT_MAX_RESTARTS, *MAX_RESTARTS_RANGE)
 
     ports = _ports(r, doc, buffer_size, base_dir)
 
@@ -423,7 +434,7 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
     stats = StatsConfig(interval, r.boolean(st, "json", "stats", False))
 
     return PipelineConfig(file, name, batch_size, ring_size, buffer_size, bpq, hugepages, on_stage_death,
-                          ports, workers, cpus, stats, idle)
+                          ports, workers, cpus, stats, idle, stall_timeout, max_restarts)
 
 
 def _buffers_needed(ports: list[PortConfig], batch_size: int) -> tuple[int, str]:

@@ -208,6 +208,11 @@ class Accounting:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def lost_everything(self) -> bool:
+        """Packets came in and none went out, and not because the worker chose to drop them: a failed run."""
+        return self.received > 0 and self.transmitted == 0 and self.drops.get("worker", 0) < self.received
+
     @classmethod
     def of(cls, plan, table: np.ndarray, pools: list[PoolCount], stranded: int = 0, died: Iterable[str] = (),
            restarts: int = 0, sim_died: bool = False, port_drops: dict[str, dict[str, int]] | None = None,
@@ -237,11 +242,16 @@ class Accounting:
             acc.buffers_free += pool.free
             acc.buffers_in_nic += pool.in_nic
             lost += pool.total - pool.free - pool.in_nic
+        # a duplicate index that overwrote another one in a ring lost that buffer (it never comes home: the
+        # duplicate drop stands for its packet); one added to a ring stands for no packet received
+        dup = acc.drops["duplicate"]
+        overwritten = min(dup, lost)
+        lost -= overwritten
         if lost and not stage_lost:
             acc.problems.append(f"{lost} buffers never came home and no stage died: a leak")
         acc.drops["stage_died"] += lost if stage_lost else 0     # stages counted what they held for dead ones
         acc.restarts = restarts
-        acc.in_flight = acc.received - acc.transmitted - sum(acc.drops.values())
+        acc.in_flight = acc.received - acc.transmitted - sum(acc.drops.values()) + (dup - overwritten)
         if acc.in_flight:
             acc.problems.append(f"{acc.in_flight} packets unaccounted for (received {acc.received}, transmitted "
                                 f"{acc.transmitted}, dropped {sum(acc.drops.values())})")
