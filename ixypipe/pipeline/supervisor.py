@@ -303,7 +303,8 @@ class Supervisor:
                 self.restarts += 1
                 self.budget.restarted(p.name)
                 self.heartbeats.forget(p.row)
-                self.table[p.row]["state"] = 0
+                row = self.table[p.row]
+                row["state"] = row["heartbeat"] = row["batches"] = row["batch_no"] = 0    # a fresh start (first-batch grace)
                 p.process = self._start_stage(p.name)
                 p.died, p.failure, p.restart_at = "", "", None
                 sentinels[p.process.sentinel] = p
