@@ -12,6 +12,7 @@ import signal
 import time
 
 import psutil
+import pytest
 
 from ixypipe.pipeline.liveness import RESTART_BACKOFF, RESTART_WINDOW, Heartbeats, RestartBudget
 from tests.support.runs import leftovers, start, summary_of, variant, wait_for_stats
@@ -37,27 +38,30 @@ def finish(proc, timeout: float = 120) -> tuple[str, str]:
 
 
 # ---- hung stages ----------------------------------------------------------------------------------------
-def test_a_stopped_worker_is_found_hung_named_killed_and_the_run_stops(tmp_path):
+@pytest.mark.parametrize(("stage", "where"), [("worker-0", r"input rx-p\dq0>w0 \d+/1024"),
+                                              ("rx-p0q0", r"from NIC queue 0 of p0\)?; input the NIC"),
+                                              ("tx-p1q0", r"from w0>tx-p1q0\)?; input w0>tx-p1q0 \d+/1024; output the NIC")])
+def test_a_stopped_stage_is_found_hung_named_killed_and_the_run_stops(tmp_path, stage, where):
     proc = start([str(variant(tmp_path, pipeline_keys={"stall_timeout": "2.0"})), "--json"])
     try:
         wait_for_stats(proc)
-        [worker] = children_named(proc.pid, "ixy-worker-0")
+        [victim] = children_named(proc.pid, f"ixy-{stage}")
         family = psutil.Process(proc.pid).children(recursive=True)
         stopped = time.monotonic()
-        os.kill(worker.pid, signal.SIGSTOP)
+        os.kill(victim.pid, signal.SIGSTOP)
         out, err = proc.communicate(timeout=120)
         took = time.monotonic() - stopped
     finally:
         proc.kill()
-    print(f"\nSIGSTOP of worker-0 -> ixypipe run exited after {took:.1f} s (stall_timeout 2 s)")
+    print(f"\nSIGSTOP of {stage} -> ixypipe run exited after {took:.1f} s (stall_timeout 2 s)")
     assert proc.returncode == 1, err
-    assert re.search(rf"error: stage worker-0 \(pid {worker.pid}\) hung: its heartbeat stood still for \d+\.\d s "
-                     r"\(the process is stopped \(SIGSTOP or a debugger\)\); it was .*input \S+>w0 \d+/1024.*; "
-                     r"killed", err), err
+    assert re.search(rf"error: stage {stage} \(pid {victim.pid}\) hung: its heartbeat stood still for \d+\.\d s "
+                     rf"\(the process is stopped \(SIGSTOP or a debugger\)\); it was .*{where}.*; killed", err), err
     assert took < 2.0 + CEILING
     s = summary_of(out)
     assert s["stop_reason"] == "stage hung"
-    assert s["drops"]["stage_died"] > 0            # what it held and what waited for it
+    assert s["drops"]["stage_died"] > 0            # what it held and what waited for it in its input rings
+    assert s["drops"]["stranded"] == 0
     balanced(s)
     assert leftovers(proc.pid) == []
     _, alive = psutil.wait_procs(family, timeout=10)

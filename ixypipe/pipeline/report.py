@@ -216,7 +216,8 @@ class Accounting:
     @classmethod
     def of(cls, plan, table: np.ndarray, pools: list[PoolCount], stranded: int = 0, died: Iterable[str] = (),
            restarts: int = 0, sim_died: bool = False, port_drops: dict[str, dict[str, int]] | None = None,
-           unsent: int = 0, worker_counters: dict[str, dict[str, int]] | None = None) -> Accounting:
+           unsent: int = 0, worker_counters: dict[str, dict[str, int]] | None = None,
+           orphaned: int = 0) -> Accounting:
         """The accounting of a stopped pipeline, from plain data.
 
         ``table``: the stage table (counters per stage row of ``plan``);
@@ -225,7 +226,8 @@ class Accounting:
         stages that died; ``restarts``: workers replaced; ``sim_died``: the
         simulator died; ``unsent``: buffers posted to TX descriptors of a NIC that
         died before sending them (counted as transmitted when posted, so taken
-        back here).  Buffers missing from the pools are drops with reason
+        back here); ``orphaned``: packets left in the input rings of stages that
+        died (drops with reason stage_died).  Buffers missing from the pools are drops with reason
         stage_died when something died, a leak otherwise.
         """
         acc = cls()
@@ -236,6 +238,7 @@ class Accounting:
         acc.transmitted = int(table["packets_out"][tx_rows].sum()) - unsent
         acc.drops = {r: int(table[f"drop_{r}"].sum()) for r in DROP_REASONS}
         acc.drops["stranded"] = stranded
+        acc.drops["stage_died"] += orphaned
         lost = 0
         for pool in pools:
             acc.buffers_total += pool.total

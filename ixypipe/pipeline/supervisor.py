@@ -374,8 +374,9 @@ class Supervisor:
             sim_counters = self.sim.stop() if self.sim is not None else None
             self.sim = None
             if built and self.started:      # a start-up failure prints only its error
-                stranded = reclaim_rings(self.plan, self.arena, self.pools, self.bufs)
-                accounting = self._account(stranded, unsent)
+                orphaned = orphaned_packets(self.plan, self.arena, self._dead_rows())
+                stranded = reclaim_rings(self.plan, self.arena, self.pools, self.bufs) - orphaned
+                accounting = self._account(stranded, unsent, orphaned)
                 if accounting.lost_everything:
                     self.failures.append(f"every packet was lost: received {accounting.received:,}, "
                                          "transmitted none, dropped by the worker's verdicts "
@@ -450,10 +451,10 @@ class Supervisor:
             counts.append(PoolCount(pool.count, pool.available(), in_nic))
         return counts
 
-    def _account(self, stranded: int, unsent: int) -> Accounting:
+    def _account(self, stranded: int, unsent: int, orphaned: int = 0) -> Accounting:
         """The accounting of this run, from the stage table and what was found once every stage stopped."""
         dead = self._dead_rows()
-        return Accounting.of(self.plan, self.table, self._pool_counts(), stranded=stranded,
+        return Accounting.of(self.plan, self.table, self._pool_counts(), stranded=stranded, orphaned=orphaned,
                              died=[s.name for s in self.plan.stages if s.row in dead], restarts=self.restarts,
                              sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent,
                              worker_counters=stagetable.stage_counters(self.arena, self.plan))
@@ -498,6 +499,17 @@ def packet_arena_regions(plan: PipelinePlan, buffer_size: int) -> list[RegionSiz
 def device_arena_regions(plan: PipelinePlan) -> list[RegionSize]:
     """What opening every port carves from the device arena, as each driver says."""
     return [r for spec in plan.ports for r in port_factory.arena_regions(spec)]
+
+
+def orphaned_packets(plan: PipelinePlan, arena: Arena, dead_rows: set[int]) -> int:
+    """Packets waiting in forward rings whose consumer died or hung: lost with it (stage_died), not stranded."""
+    total = 0
+    for r in plan.rings:
+        if r.kind == RING_FORWARD and plan.consumer_row(r.name) in dead_rows:
+            ring = Ring.attach(arena, r.name)
+            total += ring.count()
+            ring.close()
+    return total
 
 
 def reclaim_rings(plan: PipelinePlan, arena: Arena, pools: list[Mempool], bufs: PacketBuffers) -> int:
