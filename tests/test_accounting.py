@@ -152,3 +152,18 @@ def test_a_run_that_lost_every_packet_is_a_failure_unless_the_worker_dropped_the
     assert not Accounting(received=10, transmitted=0, drops={"worker": 10}).lost_everything    # a filter's choice
     assert not Accounting(received=10, transmitted=1, drops={"worker_error": 9}).lost_everything
     assert not Accounting(received=0, transmitted=0).lost_everything
+
+
+def test_duplicates_are_found_in_small_and_large_batches():
+    from ixypipe.pipeline.stages import DUP_SET_MAX, drop_duplicates
+
+    class Row(dict):
+        def add(self, field, n):
+            self[field] = self.get(field, 0) + n
+
+    for n in (2, DUP_SET_MAX, DUP_SET_MAX + 1, 4096):
+        st = type("St", (), {"row": Row()})()
+        idx = np.arange(1000, 1000 + n, dtype=np.uint32)
+        assert drop_duplicates(st, idx) is idx and st.row == {}
+        idx[-1] = idx[0]
+        assert drop_duplicates(st, idx).tolist() == list(range(1000, 1000 + n - 1)) and st.row == {"drop_duplicate": 1}

@@ -58,6 +58,7 @@ RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file de
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, for sources that cannot be paused
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
+DUP_SET_MAX = 64              # drop_duplicates: up to this batch size a Python set beats a numpy sort
 FORKED_CHILD_EXIT = 70        # exit code of a worker's forked child, stopped before it returns to user code
 _HEARTBEAT, _LAST_BATCH, _LAST_RING, _BATCH_NO = (SLOT[f] for f in ("heartbeat", "last_batch", "last_ring",
                                                                      "batch_no"))
@@ -542,14 +543,19 @@ def drop_duplicates(st: Stage, idx: np.ndarray) -> np.ndarray:
     places).  The rings live in the arena every worker maps writable, so a TX
     stage's input is the last point where a corrupted ring (or a buggy stage
     upstream) shows; RX takes its indices from the driver's own bookkeeping of
-    what it posted, never from the device.  Sort-based: a sort and one compare
-    per batch, nothing per packet in Python.  The later copies are not sent home
-    (the buffer is still in flight as the first copy).
+    what it posted, never from the device.  The check is a set of the indices
+    for small batches (cheaper below DUP_SET_MAX) and a sort of a copy and one
+    compare for larger ones.  The later copies are not sent home (the buffer is
+    still in flight as the first copy).
     """
-    s = idx.copy()
-    s.sort()                                    # in place on a copy: a little cheaper than np.sort
-    if not (s[1:] == s[:-1]).any():
-        return idx
+    if len(idx) <= DUP_SET_MAX:
+        if len(set(idx.tolist())) == len(idx):
+            return idx
+    else:
+        s = idx.copy()
+        s.sort()                                # in place on a copy: a little cheaper than np.sort
+        if not (s[1:] == s[:-1]).any():
+            return idx
     order = np.argsort(idx, kind="stable")
     ordered = idx[order]
     later = np.zeros(len(idx), bool)
