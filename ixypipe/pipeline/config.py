@@ -405,8 +405,8 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
     hugepages = r.string(pl, "hugepages", "pipeline", "auto", HUGEPAGE_MODES)
     on_stage_death = r.string(pl, "on_stage_death", "pipeline", "stop", STAGE_DEATH_POLICIES)
     idle = r.string(pl, "idle", "pipeline", "auto", IDLE_MODES)
-    stall_timeout = r.number(pl, "stall_timeout", "pipeline", DEFAULT_STALL_TIMEOUT, STALL_TIMEOUT_RANGE[0])
-    if stall_timeout > STALL_TIMEOUT_RANGE[1]:
+    stall_timeout = r.number(pl, "stall_timeout", "pipeline", DEFAULT_STALL_TIMEOUT, 0.0, lo_open=True)
+    if not STALL_TIMEOUT_RANGE[0] <= stall_timeout <= STALL_TIMEOUT_RANGE[1]:
         raise r.fail("pipeline.stall_timeout", f"must be a number from {STALL_TIMEOUT_RANGE[0]:g} to "
                                                f"{STALL_TIMEOUT_RANGE[1]:g} (seconds), got {stall_timeout:g}")
     max_restarts = r.integer(pl, "max_restarts", "pipeline", DEFAULT_MAX_RESTARTS, *MAX_RESTARTS_RANGE)
