@@ -121,7 +121,7 @@ STAGE_ROW_DTYPE = np.dtype([
     ("state", "<i8"),
     ("pid", "<i8"),
     ("cpu", "<i8"),
-    ("heartbeat_ns", "<i8"),
+    ("heartbeat", "<i8"),            # loops so far, stored every loop: the supervisor's proof of life
     ("loops", "<i8"),
     ("idle_loops", "<i8"),
     ("batches", "<i8"),
@@ -136,8 +136,14 @@ STAGE_ROW_DTYPE = np.dtype([
     ("drop_bad_packet", "<i8"),      # length 0 or larger than a buffer
     ("drop_no_route", "<i8"),        # verdict names a port that does not exist
     ("drop_stage_died", "<i8"),      # held for a consumer stage that died (the rest: buffers never home)
+    ("drop_duplicate", "<i8"),       # a buffer index a second time in one batch (corrupted ring or device)
+    ("last_batch", "<i8"),           # packets in the batch taken last (what a hung stage was holding)
+    ("last_ring", "<i8"),            # where it came from: index into the stage's in_rings, -1 = its NIC queue
+    ("batch_no", "<i8"),             # batches taken; > ``batches`` while one is being processed
+    ("forks", "<i8"),                # children of this (worker) process stopped at fork (written by the child)
+    ("fork_pid", "<i8"),             # pid of the last one
 ])
-DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route", "stage_died")
+DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route", "stage_died", "duplicate")
 
 # --- wake-up lines -------------------------------------------------------------
 # Region "wake": one cache line per stage row (its own line, so the producers
@@ -159,6 +165,8 @@ WAKE_LINE_DTYPE = np.dtype([
 # an error naming it (nothing is dropped silently).
 STAGE_COUNTERS_MAX = 1024            # named counters per stage
 STAGE_COUNTER_NAMES_SIZE = 32 * 1024  # bytes of names per stage (UTF-8, each followed by a NUL)
+STAGE_COUNTER_NAME_MAX = 128         # bytes of one name; a longer one is cut at a character boundary
+STAGE_COUNTER_VALUE_MAX = 2**63 - 1  # values are int64: a counter is shown clamped to 0..this
 STAGE_COUNTERS_REGION = "stages.counters"
 STAGE_COUNTERS_DTYPE = np.dtype([
     ("count", "<i8"),                # names published

@@ -52,7 +52,7 @@ def test_every_packet_and_buffer_accounted_for_is_ok():
                         worker_counters={"worker-0": {"seen": 980}})
     assert (acc.received, acc.transmitted, acc.in_flight) == (1000, 970, 0)
     assert acc.drops == {"worker": 10, "worker_error": 3, "bad_packet": 5, "no_route": 2, "stranded": 10,
-                         "stage_died": 0}
+                         "stage_died": 0, "duplicate": 0}
     assert (acc.buffers_total, acc.buffers_free, acc.buffers_in_nic) == (128, 50, 78)
     assert acc.ports == {"p0": {"rx_packets": 600, "rx_bytes": 36000, "tx_packets": 500, "tx_bytes": 32000},
                          "p1": {"rx_packets": 400, "rx_bytes": 24000, "tx_packets": 470, "tx_bytes": 30080}}
@@ -119,3 +119,51 @@ def test_reclaim_counts_packets_in_forward_rings_as_stranded_and_sends_every_buf
         assert reclaim_rings(p, arena, pools, bufs) == 3 + 4
         assert [pool.available() for pool in pools] == [POOL, POOL]
         assert all(Ring.attach(arena, r).empty() for r in p.ring_names())
+
+
+def test_a_duplicate_index_is_dropped_once_and_explains_the_buffer_it_overwrote():
+    from ixypipe.pipeline.stages import drop_duplicates
+
+    class Row(dict):
+        def add(self, field, n):
+            self[field] = self.get(field, 0) + n
+
+    st = type("St", (), {"row": Row()})()
+    idx = np.array([7, 3, 7, 9, 3, 7], np.uint32)
+    assert drop_duplicates(st, idx).tolist() == [7, 3, 9]          # the first of each, in order
+    assert st.row == {"drop_duplicate": 3}
+    clean = np.array([1, 2, 3], np.uint32)
+    assert drop_duplicates(st, clean) is clean and st.row == {"drop_duplicate": 3}
+    # a ring slot overwritten with another index: that buffer never comes home, the duplicate drop is its packet
+    t = table(transmitted=(500, 469))
+    t["drop_duplicate"][3] = 1
+    acc = Accounting.of(plan(), t, [PoolCount(POOL, 39, 24), HOME[1]], stranded=10)
+    assert acc.ok and acc.in_flight == 0 and acc.drops["duplicate"] == 1 and acc.drops["stage_died"] == 0
+    # an index added to a ring stands for no packet received: the buffers are all home
+    t = table(transmitted=(500, 470))
+    t["drop_duplicate"][3] = 1
+    acc = Accounting.of(plan(), t, HOME, stranded=10)
+    assert acc.ok and acc.in_flight == 0
+
+
+def test_a_run_that_lost_every_packet_is_a_failure_unless_the_worker_dropped_them():
+    assert Accounting(received=10, transmitted=0, drops={"worker_error": 10}).lost_everything
+    assert Accounting(received=10, transmitted=0, drops={"stage_died": 4, "worker": 6}).lost_everything
+    assert not Accounting(received=10, transmitted=0, drops={"worker": 10}).lost_everything    # a filter's choice
+    assert not Accounting(received=10, transmitted=1, drops={"worker_error": 9}).lost_everything
+    assert not Accounting(received=0, transmitted=0).lost_everything
+
+
+def test_duplicates_are_found_in_small_and_large_batches():
+    from ixypipe.pipeline.stages import DUP_SET_MAX, drop_duplicates
+
+    class Row(dict):
+        def add(self, field, n):
+            self[field] = self.get(field, 0) + n
+
+    for n in (2, DUP_SET_MAX, DUP_SET_MAX + 1, 4096):
+        st = type("St", (), {"row": Row()})()
+        idx = np.arange(1000, 1000 + n, dtype=np.uint32)
+        assert drop_duplicates(st, idx) is idx and st.row == {}
+        idx[-1] = idx[0]
+        assert drop_duplicates(st, idx).tolist() == list(range(1000, 1000 + n - 1)) and st.row == {"drop_duplicate": 1}

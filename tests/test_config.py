@@ -319,3 +319,25 @@ def test_sink_modes(tmp_path, table, expected):
     mode, touch, pcap = expected
     assert sink == SinkSpec(mode, touch, str(tmp_path / pcap) if pcap else "")
     assert sink.verify == (mode == "verify")
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("stall_timeout = 0.1", "pipeline.stall_timeout (line 2): must be a number from 0.5 to 600 (seconds), got 0.1"),
+    ("stall_timeout = 1e9", "pipeline.stall_timeout (line 2): must be a number from 0.5 to 600 (seconds), "
+                            "got 1e+09"),
+    ("stall_timeout = 'long'", "pipeline.stall_timeout (line 2): must be a number > 0, got 'long'"),
+    ("max_restarts = -1", "pipeline.max_restarts (line 2): must be a whole number from 0 to 1000, got -1"),
+    ("max_restarts = 1.5", "pipeline.max_restarts (line 2): must be a whole number from 0 to 1000, got 1.5"),
+])
+def test_liveness_keys_are_checked_against_their_ranges(tmp_path, line, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_pipeline(f'[pipeline]\n{line}\n[[ports]]\nname = "a"\ndriver = "sim"\n', tmp_path / "p.toml")
+    assert str(info.value).endswith(expected), str(info.value)
+
+
+def test_liveness_keys_default_and_take_values(tmp_path):
+    ports = '[[ports]]\nname = "a"\ndriver = "sim"\n'
+    cfg = parse_pipeline(ports, tmp_path / "p.toml")
+    assert (cfg.stall_timeout, cfg.max_restarts) == (2.0, 5)
+    cfg = parse_pipeline(f"[pipeline]\nstall_timeout = 10\nmax_restarts = 0\n{ports}", tmp_path / "p.toml")
+    assert (cfg.stall_timeout, cfg.max_restarts) == (10.0, 0)

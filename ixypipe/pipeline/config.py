@@ -62,6 +62,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "pipeline.buffer_size": (MIN_BUF_SIZE, 16384),  # packet buffer, power of two (64 bytes of it are header)
     "pipeline.buffers_per_queue": (1, 1 << 20),     # and at least what the rings can hold (see below)
     "pipeline.stats_interval": (0.1, 3600.0),       # seconds
+    "pipeline.stall_timeout": (0.5, 600.0),         # seconds; well above the longest wait of an idle stage (0.1 s)
+    "pipeline.max_restarts": (0, 1000),             # worker restarts per stage within a minute
     "stats.interval": (0.1, 3600.0),
     "ports.rx_queues": (1, 16),
     "ports.tx_queues": (1, 16),
@@ -93,6 +95,8 @@ DEFAULT_BUFFERS_PER_QUEUE = 4096
 DEFAULT_DESC_RING = 512
 DEFAULT_STATS_INTERVAL = 1.0
 DEFAULT_IMPORT_TIMEOUT = 10.0
+DEFAULT_STALL_TIMEOUT = 2.0
+DEFAULT_MAX_RESTARTS = 5
 
 
 def printable(text: str, limit: int = 80) -> str:
@@ -227,6 +231,8 @@ class PipelineConfig:
     stats: StatsConfig
     idle: str = "auto"
     worker_user: str = ""        # whom the workers become ("": nobody when run as root, else the caller)
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT   # seconds without a heartbeat before a stage counts as hung
+    max_restarts: int = DEFAULT_MAX_RESTARTS       # on_stage_death = "restart": per stage and minute
 
     @property
     def base_dir(self) -> Path:
@@ -416,7 +422,7 @@ def _range(lo: int | None, hi: int | None) -> str:
 
 # ---- the tables -----------------------------------------------------------------------------
 PIPELINE_KEYS = ("name", "batch_size", "ring_size", "buffer_size", "buffers_per_queue", "hugepages",
-                 "on_stage_death", "stats_interval", "idle", "worker_user")
+                 "on_stage_death", "stats_interval", "idle", "worker_user", "stall_timeout", "max_restarts")
 PORT_COMMON_KEYS = ("name", "driver", "rx_queues", "tx_queues", "rx_ring_size", "tx_ring_size", "promiscuous",
                     "forward_to")
 PORT_DRIVER_KEYS = {
@@ -558,6 +564,8 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
     if why:
         raise r.fail("pipeline.worker_user", f"{why}; give the user name or uid the workers run as "
                                              f"(default {privilege.DEFAULT_WORKER_USER} when run as root)")
+    stall_timeout = r.number(pl, "stall_timeout", "pipeline", DEFAULT_STALL_TIMEOUT)
+    max_restarts = r.integer(pl, "max_restarts", "pipeline", DEFAULT_MAX_RESTARTS)
 
     ports = _ports(r, doc, buffer_size, base_dir)
 
@@ -582,7 +590,8 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
     stats = StatsConfig(interval, r.boolean(st, "json", "stats", False))
 
     return PipelineConfig(file, name, batch_size, ring_size, buffer_size, bpq, hugepages, on_stage_death,
-                          ports, workers, cpus, stats, idle, worker_user)
+                          ports, workers, cpus, stats, idle, worker_user,
+                          stall_timeout, max_restarts)
 
 
 def _check_memory(r: _Reader, ports: list[PortConfig], bpq: int, buffer_size: int) -> None:

@@ -211,10 +211,16 @@ class Accounting:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def lost_everything(self) -> bool:
+        """Packets came in and none went out, and not because the worker chose to drop them: a failed run."""
+        return self.received > 0 and self.transmitted == 0 and self.drops.get("worker", 0) < self.received
+
     @classmethod
     def of(cls, plan, table: np.ndarray, pools: list[PoolCount], stranded: int = 0, died: Iterable[str] = (),
            restarts: int = 0, sim_died: bool = False, port_drops: dict[str, dict[str, int]] | None = None,
-           unsent: int = 0, worker_counters: dict[str, dict[str, int]] | None = None) -> Accounting:
+           unsent: int = 0, worker_counters: dict[str, dict[str, int]] | None = None,
+           orphaned: int = 0) -> Accounting:
         """The accounting of a stopped pipeline, from plain data.
 
         ``table``: the stage table (counters per stage row of ``plan``);
@@ -223,7 +229,8 @@ class Accounting:
         stages that died; ``restarts``: workers replaced; ``sim_died``: the
         simulator died; ``unsent``: buffers posted to TX descriptors of a NIC that
         died before sending them (counted as transmitted when posted, so taken
-        back here).  Buffers missing from the pools are drops with reason
+        back here); ``orphaned``: packets left in the input rings of stages that
+        died (drops with reason stage_died).  Buffers missing from the pools are drops with reason
         stage_died when something died, a leak otherwise.
         """
         acc = cls()
@@ -234,17 +241,23 @@ class Accounting:
         acc.transmitted = int(table["packets_out"][tx_rows].sum()) - unsent
         acc.drops = {r: int(table[f"drop_{r}"].sum()) for r in DROP_REASONS}
         acc.drops["stranded"] = stranded
+        acc.drops["stage_died"] += orphaned
         lost = 0
         for pool in pools:
             acc.buffers_total += pool.total
             acc.buffers_free += pool.free
             acc.buffers_in_nic += pool.in_nic
             lost += pool.total - pool.free - pool.in_nic
+        # a duplicate index that overwrote another one in a ring lost that buffer (it never comes home: the
+        # duplicate drop stands for its packet); one added to a ring stands for no packet received
+        dup = acc.drops["duplicate"]
+        overwritten = min(dup, lost)
+        lost -= overwritten
         if lost and not stage_lost:
             acc.problems.append(f"{lost} buffers never came home and no stage died: a leak")
         acc.drops["stage_died"] += lost if stage_lost else 0     # stages counted what they held for dead ones
         acc.restarts = restarts
-        acc.in_flight = acc.received - acc.transmitted - sum(acc.drops.values())
+        acc.in_flight = acc.received - acc.transmitted - sum(acc.drops.values()) + (dup - overwritten)
         if acc.in_flight:
             acc.problems.append(f"{acc.in_flight} packets unaccounted for (received {acc.received}, transmitted "
                                 f"{acc.transmitted}, dropped {sum(acc.drops.values())})")

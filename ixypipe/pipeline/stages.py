@@ -41,7 +41,7 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
-from ixypipe.pipeline.stagetable import StageRow
+from ixypipe.pipeline.stagetable import SLOT, StageRow
 from ixypipe.proc import Backoff, die_with_parent, set_process_name, set_timer_slack
 from ixypipe.protocols import FLOW_KEY_LEN, FLOW_KEY_OFF
 from ixypipe.rings.spsc import Ring
@@ -59,6 +59,10 @@ RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file de
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, for sources that cannot be paused
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
+DUP_SET_MAX = 64              # drop_duplicates: up to this batch size a Python set beats a numpy sort
+FORKED_CHILD_EXIT = 70        # exit code of a worker's forked child, stopped before it returns to user code
+_HEARTBEAT, _LAST_BATCH, _LAST_RING, _BATCH_NO = (SLOT[f] for f in ("heartbeat", "last_batch", "last_ring",
+                                                                     "batch_no"))
 
 
 class Outbox:
@@ -110,6 +114,7 @@ class Stage:
         self.arena = Arena.attach(plan.packet_arena)
         self.bufs = PacketBuffers.attach(self.arena)
         self.row = StageRow(self.arena, me.row)
+        self.slots = self.row.slots          # the heartbeat and batch marks: one memoryview store each
         self.backoff = Backoff(plan.idle == "spin", plan.shared_cpus)
         self.batch = plan.batch_size
         # on shared CPUs a napping stage lets a trickle build up to a batch; waking stages never wait
@@ -162,7 +167,14 @@ class Stage:
         row["bytes_out"] = self.bytes_out
         row["held"] = held
         row["stalls"] = self.stalls
-        row["heartbeat_ns"] = time.monotonic_ns()
+
+    def took(self, ring: int, n: int) -> None:
+        """A batch of ``n`` was taken from in_rings[ring] (-1: the NIC queue): what a hung stage was holding."""
+        self.batches += 1
+        slots = self.slots
+        slots[_LAST_BATCH] = n
+        slots[_LAST_RING] = ring
+        slots[_BATCH_NO] = self.batches
 
     def tick(self, worked: bool, held: int = 0, moved: int = 0, still_idle=None) -> None:
         """End of one loop: count it, publish counters, wait when idle.
@@ -173,8 +185,11 @@ class Stage:
         backs off (spin, yield, short naps).  In "nap" mode on a shared CPU a
         loop that moved only a trickle naps too: a batch builds up, which
         saves the per-batch cost the stage's CPU neighbours pay for.
+        The heartbeat is stored first, every loop; every wait below is
+        bounded (WAKE_TIMEOUT, RX_WAIT_MS, a nap), so it moves while idle too.
         """
         self.loops += 1
+        self.slots[_HEARTBEAT] = self.loops
         if worked:
             self.idle_streak = 0
             self.publish(held)
@@ -231,9 +246,9 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 worked = True
                 st.packets_in += n
                 st.row["packets_in"] = st.packets_in   # at once: the accounting must see it even if we die now
+                st.took(-1, n)
                 idx = got[:n].copy()
                 idx = drop_bad_packets(st, bufs, idx, pool.free, device.min_rx_frame)
-                st.batches += 1
                 st.bytes_in += int(bufs.length[idx].sum())
                 rr = distribute(plan.distribute, bufs, idx, outbox, n_workers, rr)
                 st.packets_out += len(idx)
@@ -241,14 +256,18 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
         if st.draining():
             # stop pulling once the NIC ring stayed empty for a while (the supervisor paused what it
             # can pause first), or after RX_DRAIN_BUSY_MAX of a source that cannot be paused (a live
-            # interface), then hand on what is in hand
+            # interface), then hand on what is in hand.  Loops blocked on a full output ring (a worker
+            # still starting after a restart) neither poll nor count: the NIC ring may still hold frames
+            if outbox.held:
+                continue
             if drain_deadline is None:
                 drain_deadline = time.monotonic() + RX_DRAIN_BUSY_MAX
             idle_polls = 0 if worked else idle_polls + 1
             if idle_polls > RX_DRAIN_IDLE_POLLS:
                 drain_deadline = 0.0
-            if not outbox.held and time.monotonic() >= drain_deadline:
+            if time.monotonic() >= drain_deadline:
                 break
+    st.row["state"] = STAGE_STATE_DRAINING         # out of the loop: no heartbeat from here on
 
 
 def drop_bad_packets(st: Stage, bufs: PacketBuffers, idx: np.ndarray, send_home, min_len: int = 1) -> np.ndarray:
@@ -322,13 +341,13 @@ def run_worker(st: Stage, worker) -> None:
             if not outbox.flush():
                 st.stalls += 1
         else:
-            for ring, in_port in zip(inputs, me.in_ports, strict=True):
+            for k, (ring, in_port) in enumerate(zip(inputs, me.in_ports, strict=True)):
                 n = ring.dequeue(got)
                 if not n:
                     continue
                 worked = True
                 idx = got[:n].copy()
-                st.batches += 1
+                st.took(k, n)
                 st.packets_in += n
                 view = idx.view()
                 view.flags.writeable = False                # the worker may not reorder or duplicate buffers
@@ -347,6 +366,7 @@ def run_worker(st: Stage, worker) -> None:
         st.tick(worked, outbox.held, still_idle=lambda: not st.draining() and all(r.empty() for r in inputs))
         if st.draining() and not worked and not outbox.held and all(r.empty() for r in inputs):
             break
+    st.row["state"] = STAGE_STATE_DRAINING
     if worker.teardown is not None:
         try:
             worker.teardown(ctx)
@@ -411,10 +431,12 @@ class ErrorLog:
     A kind is the exception type and the file and line of the worker's code it was raised at (for a wrong
     return value: the worker function's file and line), never the message, which
     changes with the batch size or the data.  Repeats are logged as counts, at most
-    every REPEAT_LOG_SECONDS, and once more at the end.
+    every REPEAT_LOG_SECONDS, and once more at the end.  A traceback longer than
+    MAX_TRACEBACK_CHARS (a huge message) is cut.
     """
 
-    REPEAT_LOG_SECONDS = 10.0
+    REPEAT_LOG_SECONDS = 1.0
+    MAX_TRACEBACK_CHARS = 8000
 
     def __init__(self, stage: str, where: str = "", clock=time.monotonic):
         self.stage = stage
@@ -444,9 +466,11 @@ class ErrorLog:
                           "dropped (reason worker_error), repeats are counted:\n%s: %s",
                           self.stage, self.where, type(exc).__name__, exc)
             else:
+                text = "".join(traceback.format_exception(exc)).rstrip()
+                if len(text) > self.MAX_TRACEBACK_CHARS:
+                    text = f"{text[:self.MAX_TRACEBACK_CHARS]}... ({len(text):,} characters, cut)"
                 log.error("%s: the worker function raised at %s; the batch is dropped (reason worker_error), "
-                          "repeats are counted:\n%s", self.stage, key[1],
-                          "".join(traceback.format_exception(exc)).rstrip())
+                          "repeats are counted:\n%s", self.stage, key[1], text)
             return
         self.seen[key] += 1
         now = self.clock()
@@ -487,18 +511,19 @@ def run_tx(st: Stage, device, homing: Homing) -> None:
                 st.stalls += 1
             pending = pending[sent:]
         else:
-            for ring in inputs:
+            for k, ring in enumerate(inputs):
                 n = ring.dequeue(got)
                 if not n:
                     continue
                 worked = True
-                st.batches += 1
+                st.took(k, n)
                 st.packets_in += n
                 idx = got[:n].copy()
                 if st.device_gone():                       # the NIC died: these can never go out
                     homing.send(idx)
                     st.row.add("drop_stage_died", n)
                     continue
+                idx = drop_duplicates(st, idx)                       # never post one buffer twice
                 idx = drop_bad_packets(st, bufs, idx, homing.send)   # a worker's bug never kills TX
                 n = len(idx)
                 sent = device.tx_batch(me.queue, idx)
@@ -509,8 +534,38 @@ def run_tx(st: Stage, device, homing: Homing) -> None:
         st.tick(worked, len(pending), still_idle=lambda: not st.draining() and all(r.empty() for r in inputs))
         if st.draining() and not worked and not len(pending) and all(r.empty() for r in inputs):
             break
+    st.row["state"] = STAGE_STATE_DRAINING
     if not st.device_gone():
         device.tx_drain(me.queue, timeout=TX_DRAIN_SECONDS)
+
+
+def drop_duplicates(st: Stage, idx: np.ndarray) -> np.ndarray:
+    """A buffer index a second time in one batch: only the first goes on, each later one counts as ``duplicate``.
+
+    Checked where it would do harm: at TX, before the descriptors (one buffer
+    sent twice would then go home twice, a double free that puts it in two
+    places).  The rings live in the arena every worker maps writable, so a TX
+    stage's input is the last point where a corrupted ring (or a buggy stage
+    upstream) shows; RX takes its indices from the driver's own bookkeeping of
+    what it posted, never from the device.  The check is a set of the indices
+    for small batches (cheaper below DUP_SET_MAX) and a sort of a copy and one
+    compare for larger ones.  The later copies are not sent home (the buffer is
+    still in flight as the first copy).
+    """
+    if len(idx) <= DUP_SET_MAX:
+        if len(set(idx.tolist())) == len(idx):
+            return idx
+    else:
+        s = idx.copy()
+        s.sort()                                # in place on a copy: a little cheaper than np.sort
+        if not (s[1:] == s[:-1]).any():
+            return idx
+    order = np.argsort(idx, kind="stable")
+    ordered = idx[order]
+    later = np.zeros(len(idx), bool)
+    later[order[1:][ordered[1:] == ordered[:-1]]] = True
+    st.row.add("drop_duplicate", int(later.sum()))
+    return idx[~later]
 
 
 def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray) -> None:
@@ -540,6 +595,7 @@ def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INF
         if me.role == "worker":
             from ixypipe.workers.loader import load
             worker = load(plan.worker_function, plan.worker_base_dir, per_packet=plan.worker_per_packet)
+            stop_forked_children(st)
             st.row["state"] = STAGE_STATE_RUNNING
             run_worker(st, worker)
         else:
@@ -551,6 +607,24 @@ def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INF
     st.publish()
     st.row["state"] = STAGE_STATE_DONE
     leave(0)
+
+
+def stop_forked_children(st: Stage) -> None:
+    """A child the worker's code forks (os.fork, multiprocessing's "fork") leaves at once, before it returns
+    to that code, so it never touches a ring; it notes itself in the stage's row for the supervisor.
+
+    The worker goes on (fork() returned a pid whose child exited with FORKED_CHILD_EXIT): nothing shared
+    was touched, so the run is intact and only reported.  fork+exec (subprocess) does not run these hooks
+    and is allowed: the new program does not inherit the mappings.
+    """
+    slots, forks, pid = st.slots, SLOT["forks"], SLOT["fork_pid"]
+
+    def child() -> None:
+        slots[pid] = os.getpid()
+        slots[forks] += 1
+        os._exit(FORKED_CHILD_EXIT)
+
+    os.register_at_fork(after_in_child=child)
 
 
 def leave(code: int) -> None:
@@ -583,5 +657,4 @@ def run_device_stage(st: Stage) -> None:
         privilege.drop_capabilities()                        # keeps the user (privilege.py)
         st.row["state"] = STAGE_STATE_RUNNING
         run_tx(st, device, homing)
-    st.row["state"] = STAGE_STATE_DRAINING
     device.close()

@@ -10,11 +10,23 @@ with :class:`CounterWriter`, observers read them with :func:`read_counters`.
 
 from __future__ import annotations
 
+import logging
+import operator
+
 import numpy as np
 
-from ixypipe.layout import STAGE_COUNTERS_DTYPE, STAGE_COUNTERS_REGION, STAGE_ROW_DTYPE
+from ixypipe.layout import (
+    STAGE_COUNTER_NAME_MAX,
+    STAGE_COUNTER_NAMES_SIZE,
+    STAGE_COUNTER_VALUE_MAX,
+    STAGE_COUNTERS_DTYPE,
+    STAGE_COUNTERS_MAX,
+    STAGE_COUNTERS_REGION,
+    STAGE_ROW_DTYPE,
+)
 from ixypipe.memory.arena import Arena, RegionSize
 
+log = logging.getLogger(__name__)
 REGION = "stages"
 # int64 slot of each scalar field in a row, for memoryview access
 SLOT = {name: STAGE_ROW_DTYPE.fields[name][1] // 8 for name in STAGE_ROW_DTYPE.names
@@ -76,26 +88,64 @@ class CounterWriter:
         self.count = blocks["count"][row:row + 1]
         self.slot: dict[str, int] = {}
         self.used = 0              # bytes of names written
+        self.refused: set = set()  # names and values already reported
 
     def publish(self, counters: dict[str, int]) -> None:
         """Copy the values in; a name seen for the first time is appended first.
 
-        Batch.count keeps the number of names and their bytes inside the block's
-        limits, so a name always fits here.
+        Batch.count keeps names valid and their number and bytes inside the
+        block's limits; a value outside int64's 0..2**63-1 is written clamped.
+        A worker that put anything else in the dict itself gets it checked here
+        (:meth:`_publish_checked`) rather than a dead stage.
         """
         slot, values = self.slot, self.values
-        for name, value in counters.items():
-            k = slot.get(name)
-            if k is None:
-                raw = name.encode()
-                self.names[self.used:self.used + len(raw)] = np.frombuffer(raw, np.uint8)
-                self.names[self.used + len(raw)] = 0
-                self.used += len(raw) + 1
-                k = slot[name] = len(slot)
-                values[k] = value
-                self.count[0] = len(slot)          # after the name's bytes and its value
-            else:
-                values[k] = value
+        try:
+            for name, value in counters.items():
+                k = slot.get(name)
+                if k is None:
+                    k = self._append(name)
+                if 0 <= value <= STAGE_COUNTER_VALUE_MAX:
+                    values[k] = value
+                else:
+                    values[k] = self._clamped(name, value)
+        except (TypeError, ValueError, OverflowError, UnicodeError):
+            self._publish_checked(counters)
+
+    def _append(self, name: str) -> int:
+        raw = name.encode()
+        if (len(raw) > STAGE_COUNTER_NAME_MAX or not name.isprintable() or len(self.slot) >= STAGE_COUNTERS_MAX
+                or self.used + len(raw) + 1 > STAGE_COUNTER_NAMES_SIZE):
+            raise ValueError(name)
+        self.names[self.used:self.used + len(raw)] = np.frombuffer(raw, np.uint8)
+        self.names[self.used + len(raw)] = 0
+        self.used += len(raw) + 1
+        k = self.slot[name] = len(self.slot)
+        self.values[k] = 0
+        self.count[0] = len(self.slot)          # after the name's bytes and its value
+        return k
+
+    def _clamped(self, name: str, value: int) -> int:
+        clamped = min(max(value, 0), STAGE_COUNTER_VALUE_MAX)
+        if name not in self.refused:
+            self.refused.add(name)
+            log.warning("counter %r is %d, outside 0..2**63-1: shown as %d", name, value, clamped)
+        return clamped
+
+    def _publish_checked(self, counters: dict) -> None:
+        """The slow path: each entry on its own; a name or value that cannot be published is reported once."""
+        for name, value in list(counters.items()):
+            try:
+                k = self.slot.get(name)
+                if k is None:
+                    k = self._append(name)
+                self.values[k] = self._clamped(name, operator.index(value))
+            except (TypeError, ValueError, OverflowError, UnicodeError, AttributeError):
+                key = name if isinstance(name, str) else repr(name)
+                if key not in self.refused:
+                    self.refused.add(key)
+                    log.warning("counter %.200r = %.100r cannot be published (a name is printable text of at most "
+                                "%d bytes, a value an integer, at most %d names): left out", name, value,
+                                STAGE_COUNTER_NAME_MAX, STAGE_COUNTERS_MAX)
 
 
 def read_counters(block: np.void) -> dict[str, int]:

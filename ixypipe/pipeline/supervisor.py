@@ -43,6 +43,7 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
 from ixypipe.pipeline import planinfo, stagetable
+from ixypipe.pipeline.liveness import Heartbeats, RestartBudget, doing
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops
@@ -73,6 +74,9 @@ class StageProc:
     row: int
     process: multiprocessing.process.BaseProcess
     died: str = ""            # why it ended badly, "" while fine
+    failure: str = ""         # its message in Supervisor.failures
+    restart_at: float | None = None   # policy "restart": when its replacement starts
+    given_up: bool = False    # policy "restart": its restart budget is spent
 
 
 @dataclass
@@ -101,6 +105,10 @@ class Supervisor:
         self.pools: list[Mempool] = []
         self.plan: PipelinePlan | None = None
         self.restarts = 0
+        self.budget = RestartBudget(cfg.max_restarts)
+        self.heartbeats: Heartbeats | None = None
+        self.hung = False
+        self.forks: dict[int, int] = {}       # row -> forked children reported so far
         self.sim_died = False
         self._sleepers: list[int] = []
         self._port_drops: dict[str, dict[str, int]] = {}
@@ -198,6 +206,7 @@ class Supervisor:
         for s in self.plan.stages:
             self.table[s.row]["command"] = STAGE_CMD_RUN
         self._ctx, self._level = ctx, level
+        self.heartbeats = Heartbeats(self.table, self.cfg.stall_timeout)
         for s in self.plan.stages:
             self.procs.append(StageProc(s.name, s.role, s.row, self._start_stage(s.name)))
 
@@ -247,10 +256,12 @@ class Supervisor:
             ready = multiprocessing.connection.wait(list(sentinels), timeout=min(POLL, max(0, next_print - now)))
             if ready:
                 self._check_deaths()
-                self._restart_workers(sentinels)
-                if self.failures:
-                    self.stop_reason = "stage died"
-                    break
+            self._check_hung()
+            self._check_forks()
+            self._restart_workers(sentinels)
+            if self.failures:
+                self.stop_reason = "stage hung" if self.hung else "stage died"
+                break
             if self.sim is not None and not self.sim.is_alive():
                 self.failures.append(f"the software 82599 (pid {self.sim.pid}) died: {self.sim.death_cause()}")
                 log.error("%s", self.failures[-1])
@@ -306,24 +317,66 @@ class Supervisor:
                                      "(the error is logged above)")
 
     def _restart_workers(self, sentinels: dict) -> None:
-        """Policy "restart": a dead worker is replaced; a new process takes over its rings and row.
+        """Policy "restart": a dead or hung worker is replaced; a new process takes over its rings and row.
 
-        The buffers the dead one held are found missing at the end and counted
-        as dropped with reason stage_died.
+        Each replacement starts after a back-off (liveness.RestartBudget); a worker
+        that died more than ``max_restarts`` times within a minute is not replaced
+        and its death stops the run.  The buffers a dead one held are found missing
+        at the end and counted as dropped with reason stage_died.
         """
         if self.cfg.on_stage_death != "restart":
             return
+        now = time.monotonic()
         for p in self.procs:
-            if not p.died or p.role != "worker":
+            if not p.died or p.role != "worker" or p.given_up:
                 continue
-            self.failures.remove(f"stage {p.name} (pid {p.process.pid}) died: {p.died}")
-            sentinels.pop(p.process.sentinel, None)
-            self.restarts += 1
-            log.warning("restarting %s (it died: %s)", p.name, p.died)
-            self.table[p.row]["state"] = 0
-            p.process = self._start_stage(p.name)
-            p.died = ""
-            sentinels[p.process.sentinel] = p
+            if p.restart_at is None:
+                delay = self.budget.delay(p.name)
+                self.failures.remove(p.failure)
+                if delay is None:
+                    p.given_up = True
+                    p.failure = (f"stage {p.name} (pid {p.process.pid}) {p.died}; not restarted again: it was "
+                                 f"restarted {self.budget.recent(p.name)} times within a minute "
+                                 f"(max_restarts = {self.cfg.max_restarts})")
+                    log.error("%s", p.failure)
+                    self.failures.append(p.failure)
+                    continue
+                log.warning("restarting %s (it %s) in %.1f s", p.name, p.died, delay)
+                p.restart_at = now + delay
+            elif now >= p.restart_at:
+                sentinels.pop(p.process.sentinel, None)
+                self.restarts += 1
+                self.budget.restarted(p.name)
+                self.heartbeats.forget(p.row)
+                row = self.table[p.row]
+                row["state"] = row["heartbeat"] = row["batches"] = row["batch_no"] = 0    # a fresh start (first-batch grace)
+                p.process = self._start_stage(p.name)
+                p.died, p.failure, p.restart_at = "", "", None
+                sentinels[p.process.sentinel] = p
+
+    def _check_hung(self) -> None:
+        """A stage whose heartbeat stood still for stall_timeout is named, with what it was doing, and killed."""
+        if self.heartbeats is None:
+            return
+        live = [p for p in self.procs if not p.died]
+        for p, how, still in self.heartbeats.hung(live):
+            what = doing(self.plan, self.table, self.arena, p.row)
+            p.process.kill()                  # SIGKILL ends a stopped process too
+            p.process.join(2)
+            self.hung = True
+            self._stage_failed(p, f"hung ({how}), killed",
+                               f"stage {p.name} (pid {p.process.pid}) hung: its heartbeat stood still for "
+                               f"{still:.1f} s ({how}); it was {what}; killed")
+
+    def _check_forks(self) -> None:
+        """A worker whose process forked: the child was stopped before returning to user code (see stages)."""
+        forks = self.table["forks"]
+        for p in self.procs:
+            n = int(forks[p.row])
+            if n != self.forks.get(p.row, 0):
+                self.forks[p.row] = n
+                log.warning("%s forked (child pid %d); the child was stopped before it could touch a ring "
+                            "(%d so far): a worker may not fork", p.name, int(self.table[p.row]["fork_pid"]), n)
 
     def _received(self) -> int:
         return int(self.table["packets_in"][[s.row for s in self.plan.stages_of("rx")]].sum())
@@ -335,11 +388,15 @@ class Supervisor:
                 continue
             if code == 0 and self.table[p.row]["state"] == STAGE_STATE_DONE:
                 continue
-            p.died = describe_exit(code)
-            self.table[p.row]["state"] = STAGE_STATE_DEAD      # its producers stop pushing to it
-            msg = f"stage {p.name} (pid {p.process.pid}) died: {p.died}"
-            log.error("%s", msg)
-            self.failures.append(msg)
+            how = describe_exit(code)
+            self._stage_failed(p, f"died: {how}", f"stage {p.name} (pid {p.process.pid}) died: {how}")
+
+    def _stage_failed(self, p: StageProc, died: str, msg: str) -> None:
+        p.died = died
+        self.table[p.row]["state"] = STAGE_STATE_DEAD      # its producers stop pushing to it
+        log.error("%s", msg)
+        p.failure = msg
+        self.failures.append(msg)
 
     # ---- stopping ------------------------------------------------------------------
     def _shutdown(self) -> RunResult:
@@ -364,8 +421,13 @@ class Supervisor:
             if self.started:
                 self._capture_failures(sim_counters)
             if built and self.started:      # a start-up failure prints only its error
-                stranded = reclaim_rings(self.plan, self.arena, self.pools, self.bufs)
-                accounting = self._account(stranded, unsent)
+                orphaned = orphaned_packets(self.plan, self.arena, self._dead_rows())
+                stranded = reclaim_rings(self.plan, self.arena, self.pools, self.bufs) - orphaned
+                accounting = self._account(stranded, unsent, orphaned)
+                if accounting.lost_everything:
+                    self.failures.append(f"every packet was lost: received {accounting.received:,}, "
+                                         "transmitted none, dropped by the worker's verdicts "
+                                         f"{accounting.drops['worker']:,}")
                 accounting.sim = sim_counters
                 accounting.stop_reason = self.stop_reason
                 accounting.failures = list(self.failures)
@@ -393,18 +455,17 @@ class Supervisor:
             if p.row in self._sleepers:
                 wakeup.wake(self.arena, p.row)        # a sleeping stage sees the command at once
         progress = Progress(procs, self.table)
+        stall = max(DRAIN_STALL, self.cfg.stall_timeout + 1)    # a hung stage upstream is found first
         while True:
+            self._check_hung()                # any stage: a hung consumer would hold its producers up
             alive = [p for p in procs if p.process.is_alive()]
             if not alive:
                 break
-            for p in progress.stalled_procs(alive, DRAIN_STALL):
-                msg = f"stage {p.name} made no progress draining for {DRAIN_STALL:.0f} s: killed"
-                log.error("%s", msg)
-                self.failures.append(msg)
+            for p in progress.stalled_procs(alive, stall):
                 p.process.kill()
                 p.process.join(2)
-                p.died = "killed: no progress while draining"
-                self.table[p.row]["state"] = STAGE_STATE_DEAD
+                self._stage_failed(p, "killed: no progress while draining",
+                                   f"stage {p.name} made no progress draining for {stall:.0f} s: killed")
             multiprocessing.connection.wait([p.process.sentinel for p in alive], timeout=POLL)
         self._check_deaths()
 
@@ -437,10 +498,10 @@ class Supervisor:
             counts.append(PoolCount(pool.count, pool.available(), in_nic))
         return counts
 
-    def _account(self, stranded: int, unsent: int) -> Accounting:
+    def _account(self, stranded: int, unsent: int, orphaned: int = 0) -> Accounting:
         """The accounting of this run, from the stage table and what was found once every stage stopped."""
         dead = self._dead_rows()
-        return Accounting.of(self.plan, self.table, self._pool_counts(), stranded=stranded,
+        return Accounting.of(self.plan, self.table, self._pool_counts(), stranded=stranded, orphaned=orphaned,
                              died=[s.name for s in self.plan.stages if s.row in dead], restarts=self.restarts,
                              sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent,
                              worker_counters=stagetable.stage_counters(self.arena, self.plan))
@@ -485,6 +546,17 @@ def packet_arena_regions(plan: PipelinePlan, buffer_size: int) -> list[RegionSiz
 def device_arena_regions(plan: PipelinePlan) -> list[RegionSize]:
     """What opening every port carves from the device arena, as each driver says."""
     return [r for spec in plan.ports for r in port_factory.arena_regions(spec)]
+
+
+def orphaned_packets(plan: PipelinePlan, arena: Arena, dead_rows: set[int]) -> int:
+    """Packets waiting in forward rings whose consumer died or hung: lost with it (stage_died), not stranded."""
+    total = 0
+    for r in plan.rings:
+        if r.kind == RING_FORWARD and plan.consumer_row(r.name) in dead_rows:
+            ring = Ring.attach(arena, r.name)
+            total += ring.count()
+            ring.close()
+    return total
 
 
 def reclaim_rings(plan: PipelinePlan, arena: Arena, pools: list[Mempool], bufs: PacketBuffers) -> int:

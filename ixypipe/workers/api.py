@@ -24,13 +24,19 @@ function for simple cases; it loops in Python and is the slow path.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ixypipe.layout import PKTBUF_HEADROOM, STAGE_COUNTER_NAMES_SIZE, STAGE_COUNTERS_MAX
+from ixypipe.layout import (
+    PKTBUF_HEADROOM,
+    STAGE_COUNTER_NAME_MAX,
+    STAGE_COUNTER_NAMES_SIZE,
+    STAGE_COUNTERS_MAX,
+)
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.protocols import ETH_ADDR_LEN, ETH_DST_OFF, ETH_SRC_OFF, ETH_TYPE_OFF
 from ixypipe.workers import rewrite
@@ -69,15 +75,34 @@ class WorkerContext:
 
 
 def add_count(counters: dict[str, int], name: str, value: int) -> None:
+    """Add ``value`` (any integer; the total is shown clamped to 0..2**63-1) to counter ``name``."""
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise CounterLimitError(f"counter {name!r}: a count is an integer, got {value!r} "
+                                f"({type(value).__name__})") from None
     if name not in counters:
-        check_new_counter(counters, name)
-    counters[name] += int(value)
+        name = check_new_counter(counters, name)
+    counters[name] += value
 
 
-def check_new_counter(counters: dict[str, int], name: str) -> None:
-    """A new name must fit the stage's counter block: an error naming the limit, never a silent cut."""
-    if not isinstance(name, str) or not name or "\0" in name:
-        raise CounterLimitError(f"a counter name is a non-empty string without NUL bytes, got {name!r}")
+def counter_name(name) -> str:
+    """A valid counter name: printable, non-empty, at most STAGE_COUNTER_NAME_MAX bytes of UTF-8 (a longer
+    one is cut at a character boundary, never inside one)."""
+    if not isinstance(name, str) or not name or not name.isprintable():
+        raise CounterLimitError(f"a counter name is a non-empty string of printable characters, got {name!r}")
+    raw = name.encode()
+    if len(raw) > STAGE_COUNTER_NAME_MAX:
+        return raw[:STAGE_COUNTER_NAME_MAX].decode(errors="ignore")      # drops a character cut in two
+    return name
+
+
+def check_new_counter(counters: dict[str, int], name: str) -> str:
+    """A new name must be valid and fit the stage's counter block: an error naming the limit, never a silent
+    cut (but for a name longer than STAGE_COUNTER_NAME_MAX, cut to it).  Returns the name stored."""
+    name = counter_name(name)
+    if name in counters:
+        return name
     if len(counters) >= STAGE_COUNTERS_MAX:
         raise CounterLimitError(f"counter {name!r} would be number {len(counters) + 1}: a worker has at most "
                                 f"{STAGE_COUNTERS_MAX} named counters (layout.STAGE_COUNTERS_MAX)")
@@ -87,6 +112,7 @@ def check_new_counter(counters: dict[str, int], name: str) -> None:
                                 f"{STAGE_COUNTER_NAMES_SIZE} bytes (layout.STAGE_COUNTER_NAMES_SIZE), "
                                 f"these would take {used}")
     counters[name] = 0
+    return name
 
 
 class Batch:

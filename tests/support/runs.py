@@ -39,12 +39,15 @@ def intervals_of(stdout: str) -> list[dict]:
             if not d.get("summary")]
 
 
-def variant(tmp_path: Path, **replace: str) -> Path:
-    """fwd.toml with some lines replaced (key = value lines, matched by key)."""
+def variant(tmp_path: Path, pipeline_keys: dict[str, str] | None = None, **replace: str) -> Path:
+    """fwd.toml with some lines replaced (key = value lines, matched by key) and ``pipeline_keys`` added to
+    its [pipeline] table."""
     text = FWD.read_text()
     for key, value in replace.items():
         text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
         assert n, key
+    added = "".join(f"{key} = {value}\n" for key, value in (pipeline_keys or {}).items())
+    text = text.replace("[pipeline]\n", f"[pipeline]\n{added}", 1)
     path = tmp_path / "pipeline.toml"
     path.write_text(text)
     return path

@@ -1,0 +1,140 @@
+"""Stage liveness: which stages are hung, what they were doing, and how often a worker may be restarted.
+
+Every stage stores its loop count in its row's ``heartbeat`` once per loop,
+idle loops included (every wait of an idle stage is bounded: a semaphore
+timeout, a poll timeout, a nap).  A heartbeat that stood still for
+``stall_timeout`` while the stage is in its loop (state "running") means the
+stage is stopped (SIGSTOP, a debugger), blocked, or spinning inside user
+code.  A stage that is runnable but got no CPU at all is starved by a busy
+machine, not hung: it is given STARVED_LIMIT times longer.  A stage's first
+batch may compile kernels, so until one batch is done the limit is at least
+FIRST_BATCH_GRACE.
+
+Restarts of one worker are limited to ``max_restarts`` within RESTART_WINDOW,
+each after a back-off that doubles from RESTART_BACKOFF.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import psutil
+
+from ixypipe.layout import STAGE_STATE_RUNNING
+from ixypipe.rings.spsc import Ring
+
+FIRST_BATCH_GRACE = 30.0      # seconds: a first batch may compile a worker's numba kernels
+STARVED_LIMIT = 6             # a runnable stage that got no CPU gets this many times stall_timeout
+RESTART_WINDOW = 60.0         # seconds over which max_restarts counts
+RESTART_BACKOFF = 0.1         # seconds before the first restart; doubles with each restart in the window
+RESTART_BACKOFF_MAX = 5.0
+
+
+class Heartbeats:
+    """Watches the stage table's heartbeats; :meth:`hung` names the stages whose heartbeat stopped."""
+
+    def __init__(self, table: np.ndarray, stall_timeout: float, clock=time.monotonic):
+        self.table = table
+        self.stall_timeout = stall_timeout
+        self.clock = clock
+        self.seen: dict[int, tuple[int, float]] = {}     # row -> (heartbeat, when it last changed)
+        self.cpu: dict[int, float] = {}                  # row -> CPU time when its heartbeat was found still
+
+    def hung(self, procs) -> list[tuple[object, str, float]]:
+        """(proc, how, seconds still) for each of ``procs`` (StageProc) that is hung now."""
+        now = self.clock()
+        beats = self.table["heartbeat"]
+        out = []
+        for p in procs:
+            beat, row = int(beats[p.row]), self.table[p.row]
+            last = self.seen.get(p.row)
+            if last is None or last[0] != beat or beat == 0 or int(row["state"]) != STAGE_STATE_RUNNING:
+                self.seen[p.row] = (beat, now)           # moving, not in its loop yet, or past it
+                self.cpu.pop(p.row, None)
+                continue
+            still = now - last[1]
+            limit = self.stall_timeout if int(row["batches"]) else max(self.stall_timeout, FIRST_BATCH_GRACE)
+            if still < limit:
+                continue
+            how = self._judge(p, still, limit)
+            if how:
+                out.append((p, how, still))
+        return out
+
+    def _judge(self, p, still: float, limit: float) -> str:
+        """Why the heartbeat stopped, or "" when the stage is only starved of CPU (not yet hung)."""
+        try:
+            proc = psutil.Process(p.process.pid)
+            status = proc.status()
+            times = proc.cpu_times()
+        except (psutil.Error, TypeError):
+            return ""                                     # gone: its death is reported as such
+        if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+            return "the process is stopped (SIGSTOP or a debugger)"
+        if status != psutil.STATUS_RUNNING:
+            return f"the process is {status}: blocked"
+        cpu = times.user + times.system
+        before = self.cpu.setdefault(p.row, cpu)
+        if cpu > before:
+            return "the process runs without looping: spinning"
+        if still >= limit * STARVED_LIMIT:
+            return f"the process got no CPU for {still:.0f} s"
+        return ""
+
+    def forget(self, row: int) -> None:
+        """A new process took over ``row`` (a restart)."""
+        self.seen.pop(row, None)
+        self.cpu.pop(row, None)
+
+
+def doing(plan, table: np.ndarray, arena, row: int) -> str:
+    """What the stage of ``row`` was doing, from its row and its rings: for a hung stage's message."""
+    me = next(s for s in plan.stages if s.row == row)
+    r = table[row]
+    n, k = int(r["last_batch"]), int(r["last_ring"])
+    source = me.in_rings[k] if 0 <= k < len(me.in_rings) else f"NIC queue {me.queue} of {plan.port_names[me.port]}"
+    inside = {"worker": "inside the worker function", "rx": "handing a batch on", "tx": "posting to the NIC"}
+    if int(r["batch_no"]) == 0:
+        what = "no batch taken yet"
+    elif int(r["batch_no"]) > int(r["batches"]):
+        what = f"{inside[me.role]} with a batch of {n} packets from {source}"
+    else:
+        what = f"between batches (the last: {n} packets from {source})"
+    ins = [] if me.role == "rx" else me.in_rings           # an RX stage's in_rings are its buffers' way home
+    outs = list(me.out_rings) or list(me.out_ring_of.values())
+    return (f"{what}; input {ring_fill(arena, ins) or 'the NIC'}; "
+            f"output {ring_fill(arena, outs) or 'the NIC'}; holding {int(r['held'])} for full outputs")
+
+
+def ring_fill(arena, names: list[str]) -> str:
+    """'ring a 12/1024, ring b 0/1024': how full each ring is now."""
+    parts = []
+    for name in names:
+        ring = Ring.attach(arena, name)
+        parts.append(f"{name} {ring.count()}/{ring.capacity}")
+        ring.close()
+    return ", ".join(parts)
+
+
+class RestartBudget:
+    """At most ``per_minute`` restarts of one stage within RESTART_WINDOW, each after a doubling back-off."""
+
+    def __init__(self, per_minute: int, clock=time.monotonic):
+        self.per_minute = per_minute
+        self.clock = clock
+        self.times: dict[str, list[float]] = {}
+
+    def delay(self, name: str) -> float | None:
+        """Seconds to wait before restarting ``name``, or None when its budget is spent."""
+        now = self.clock()
+        recent = self.times[name] = [t for t in self.times.get(name, []) if now - t < RESTART_WINDOW]
+        if len(recent) >= self.per_minute:
+            return None
+        return min(RESTART_BACKOFF * 2 ** len(recent), RESTART_BACKOFF_MAX)
+
+    def restarted(self, name: str) -> None:
+        self.times.setdefault(name, []).append(self.clock())
+
+    def recent(self, name: str) -> int:
+        return len(self.times.get(name, []))
