@@ -38,9 +38,9 @@ def finish(proc, timeout: float = 120) -> tuple[str, str]:
 
 
 # ---- hung stages ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("stage", "where"), [("worker-0", r"input rx-p\dq0>w0 \d+/1024"),
-                                              ("rx-p0q0", r"from NIC queue 0 of p0\)?; input the NIC"),
-                                              ("tx-p1q0", r"from w0>tx-p1q0\)?; input w0>tx-p1q0 \d+/1024; output the NIC")])
+@pytest.mark.parametrize(("stage", "where"), [("worker-0", r"input rx-p\d-q0>w0 \d+/1024"),
+                                              ("rx-p0-q0", r"from NIC queue 0 of p0\)?; input the NIC"),
+                                              ("tx-p1-q0", r"from w0>tx-p1-q0\)?; input w0>tx-p1-q0 \d+/1024; output the NIC")])
 def test_a_stopped_stage_is_found_hung_named_killed_and_the_run_stops(tmp_path, stage, where):
     proc = start([str(variant(tmp_path, pipeline_keys={"stall_timeout": "2.0"})), "--json"])
     try:
@@ -60,7 +60,8 @@ def test_a_stopped_stage_is_found_hung_named_killed_and_the_run_stops(tmp_path, 
     assert took < 2.0 + CEILING
     s = summary_of(out)
     assert s["stop_reason"] == "stage hung"
-    assert s["drops"]["stage_died"] > 0            # what it held and what waited for it in its input rings
+    if not stage.startswith("rx-"):                # an RX stage stopped between batches may hold nothing
+        assert s["drops"]["stage_died"] > 0        # what it held and what waited for it in its input rings
     assert s["drops"]["stranded"] == 0
     balanced(s)
     assert leftovers(proc.pid) == []
@@ -86,7 +87,8 @@ def spin(batch):
 
 def test_sigterm_with_a_worker_spinning_in_its_function_ends_within_the_stall_timeout(tmp_path):
     (tmp_path / "spin.py").write_text(SPIN)
-    pipeline = variant(tmp_path, pipeline_keys={"stall_timeout": "3.0"}, function='"spin.py:spin"')
+    pipeline = variant(tmp_path, pipeline_keys={"stall_timeout": "3.0", "worker_user": '"root"'},  # writes tmp_path
+                       function='"spin.py:spin"')
     proc = start([str(pipeline), "--json"])
     try:
         deadline = time.monotonic() + 120
@@ -146,9 +148,10 @@ import os
 import pathlib
 
 marker = pathlib.Path(__file__).with_suffix(".started")
-if marker.exists():
-    raise ImportError("this worker cannot start twice")
-marker.write_text("started")
+if not os.environ.get("IXYPIPE_WORKER_CHECK"):      # run --check's import in a child does not count
+    if marker.exists():
+        raise ImportError("this worker cannot start twice")
+    marker.write_text("started")
 
 def die(batch):
     os._exit(7)

@@ -56,9 +56,8 @@ def run(pipeline: str, duration: float | None, packets: int | None, check: bool)
         check_plan_fits(cfg)
         check_worker_imports(cfg)       # in a child, with a time limit: before anything is created
     except ConfigError as exc:
-        if exc.details and verbose():
-            click.echo(exc.details, err=True)
-        raise CommandError(str(exc), 2) from exc
+        shown = f"{exc}\n{exc.details}" if exc.details and verbose() else str(exc)   # -v: the traceback after it
+        raise CommandError(shown, 2) from exc
     if check:
         check_machine(cfg)
         return
