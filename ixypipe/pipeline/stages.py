@@ -41,7 +41,7 @@ from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import StageRow
-from ixypipe.proc import Backoff, die_with_parent, set_process_name, set_timer_slack
+from ixypipe.proc import Backoff, Pacing, die_with_parent, set_process_name, set_timer_slack
 from ixypipe.protocols import FLOW_KEY_LEN, FLOW_KEY_OFF
 from ixypipe.rings.spsc import Ring
 from ixypipe.rings.wakeup import Doorbell, Sleeper
@@ -116,6 +116,7 @@ class Stage:
         wakes = plan.idle == "wake"
         self.sleeper = Sleeper(self.arena, me.row) if wakes and me.role in ("worker", "tx") else None
         self.idle_streak = 0
+        self.pacing = None           # shared CPUs: set by the loop, which knows its input's capacity
         self.rx_poll = None          # "wake" mode RX: a select.poll on the port's file descriptor, if it has one
         self.loops = self.idle = self.batches = 0
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = self.stalls = 0
@@ -178,7 +179,7 @@ class Stage:
             self.idle_streak = 0
             self.publish(held)
             if moved and moved < self.light:
-                self.backoff.wait()
+                self.wait()
             else:
                 self.backoff.work()
             return
@@ -187,13 +188,27 @@ class Stage:
         if self.idle % PUBLISH_EVERY == 0:
             self.publish(held)
         if self.idle_streak <= WAKE_SPIN_LOOPS or held:
-            self.backoff.wait()
+            self.wait()
         elif self.sleeper is not None and still_idle is not None:
             self.publish(held)
             self.sleeper.sleep(still_idle, WAKE_TIMEOUT)
         elif self.rx_poll is not None and not self.draining():     # draining: count empty polls quickly
             self.publish(held)
             self.rx_poll.poll(RX_WAIT_MS)
+        else:
+            self.wait()
+
+    def pace(self, capacity: int) -> None:
+        """On shared CPUs, nap by the input's rate (proc.Pacing): about half a batch (at most a quarter of
+        the input ring, ``capacity``) builds up between polls."""
+        if self.plan.shared_cpus and self.plan.idle != "spin":
+            self.pacing = Pacing(min(self.batch, capacity // 2))
+
+    def wait(self) -> None:
+        """One idle wait: a paced nap when a rate is known and no drain is asked, else the back-off ladder."""
+        nap = self.pacing.nap(self.packets_in) if self.pacing is not None else 0.0
+        if nap > 0.0 and not self.draining():
+            time.sleep(nap)
         else:
             self.backoff.wait()
 
@@ -209,6 +224,7 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
     if fd is not None:                                     # the kernel wakes us when a frame arrives
         st.rx_poll = select.poll()
         st.rx_poll.register(fd, select.POLLIN)
+    st.pace(plan.ports[me.port].rx_ring_size)
     got = np.empty(max(st.batch, 1), np.uint32)
     home = np.empty(pool.count, np.uint32)
     rr = 0
@@ -297,6 +313,7 @@ def run_worker(st: Stage, worker) -> None:
     for header in (bufs.pool_id, bufs.index):      # which pool owns a buffer is not the worker's to change
         header.flags.writeable = False
     inputs = [st.ring(r) for r in me.in_rings]
+    st.pace(min(r.capacity for r in inputs))
     out_ports = sorted(me.out_ring_of)
     homing = st.homing()
     outbox = st.outbox([me.out_ring_of[p] for p in out_ports], homing.send)
@@ -466,6 +483,7 @@ class ErrorLog:
 def run_tx(st: Stage, device, homing: Homing) -> None:
     me, bufs = st.me, st.bufs
     inputs = [st.ring(r) for r in me.in_rings]
+    st.pace(min(r.capacity for r in inputs))
     got = np.empty(st.batch, np.uint32)
     pending = np.empty(0, np.uint32)
     while True:
