@@ -48,7 +48,7 @@ STOP_TIMEOUT = 5.0              # seconds for it to exit before it is killed
 PARENT_CHECK_LOOPS = 4096       # loops between checks that the parent is still alive
 COUNTERS_FILE = "counters"
 DRIVER_POLL_NS = 1_000_000_000  # how often a foreign-DMA model checks that its driver is still there
-PACE_WANT = 1024                # descriptors (generated + transmitted) to let build up between idle steps
+PACE_WANT = 4096                # descriptors (generated + transmitted) to let build up between idle steps
 
 
 class SimServerError(Exception):
