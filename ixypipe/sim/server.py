@@ -286,7 +286,10 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
 def _loop(world: SimWorld, control: np.ndarray, parent: int, backoff) -> None:
     row = control[0:1]
     loops = work = 0
-    pacing = Pacing(PACE_WANT)          # under steady traffic, idle naps by the rate work arrives at
+    # under steady traffic idle naps follow the rate work arrives at; not with a generator at a fixed
+    # rate, whose frames fall due during a nap and would overflow a small RX ring at the next step
+    fixed_rate = any(g.rate_pps > 0 for g in world.generators.values())
+    pacing = None if fixed_rate else Pacing(PACE_WANT)
     traffic = False
     next_driver_poll = 0
     while True:
@@ -313,7 +316,7 @@ def _loop(world: SimWorld, control: np.ndarray, parent: int, backoff) -> None:
             work += done
             backoff.work()
         else:
-            nap = pacing.nap(work)
+            nap = pacing.nap(work) if pacing is not None else 0.0
             if nap > 0.0:
                 time.sleep(nap)
             else:
