@@ -17,7 +17,7 @@ the sinks.
    after the first second; the sinks must see every packet in order.
 3. ``--ixy-fwd``: ixy-fwd (ixypipe.ops.forwarder.Forwarder) in one process, model in another.
 
-    python3 bench/pipeline_bench.py [--seconds 6] [--batch 256] [--workers 1,2] [--lossless] [--ixy-fwd]
+    python3 bench/pipeline_bench.py [--seconds 6] [--batch 1024] [--workers 1,2] [--lossless] [--ixy-fwd]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def saturated(workers: int, batch: int, seconds: float) -> dict:
                                  str(seconds + WARMUP_LINES + STARTUP_SECONDS), "--json"], cwd=REPO, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         root = psutil.Process(proc.pid)
-        samples, forwarded, summary = [], [], None
+        samples, forwarded, batches, summary = [], [], [], None
         for line in proc.stdout:
             if not line.startswith("{"):
                 continue
@@ -77,6 +77,7 @@ def saturated(workers: int, batch: int, seconds: float) -> dict:
                 continue
             samples.append((time.perf_counter(), cpu_sample(root)))
             forwarded.append(sum(p["tx_packets"] for p in d["ports"].values()))    # running totals
+            batches.append({name: s["batches"] for name, s in d.get("stages", {}).items()})    # this interval
         proc.wait()
     flowing = next((i for i, n in enumerate(forwarded) if n > 0), len(forwarded))
     start = flowing + WARMUP_LINES
@@ -89,7 +90,11 @@ def saturated(workers: int, batch: int, seconds: float) -> dict:
     for pid, (name, cpu) in last.items():
         if pid in first:
             per_process[name] = per_process.get(name, 0.0) + cpu - first[pid][1]
-    return {"mpps": packets / (t1 - t0) / 1e6, "packets": packets,
+    stage_batches: dict[str, int] = {}
+    for interval in batches[start + 1:]:
+        for name, n in interval.items():
+            stage_batches[name] = stage_batches.get(name, 0) + n
+    return {"mpps": packets / (t1 - t0) / 1e6, "packets": packets, "batches": stage_batches,
             "ns": {name: cpu / max(packets, 1) * 1e9 for name, cpu in per_process.items()},
             "ok": proc.returncode == 0 and summary is not None and summary["ok"],
             "problems": (summary or {}).get("problems", []) or [f"exit {proc.returncode}"],
@@ -100,12 +105,20 @@ def saturated(workers: int, batch: int, seconds: float) -> dict:
 def pipeline_text(workers: int, batch: int, rate_mpps_per_port: float) -> str:
     text = FWD.read_text()
     text = re.sub(r"^processes = .*$", f"processes = {workers}", text, flags=re.M)
+    if not batch:                                       # fwd.toml's batch and sizes as they are
+        return re.sub(r"^rate_mpps = .*$", f"rate_mpps = {rate_mpps_per_port}", text, flags=re.M)
     text = re.sub(r"^batch_size = .*$", f"batch_size = {batch}", text, flags=re.M)
-    # rings between stages hold at least two batches, and the mempool the RX ring, a TX ring and two batches
+    # rings between stages hold at least two batches, the NIC's TX ring a batch, and the mempool the RX ring,
+    # a TX ring and two batches
     ring = max(1024, 1 << (2 * batch - 1).bit_length())
     text = re.sub(r"^ring_size = .*$", f"ring_size = {ring}", text, flags=re.M)
-    text = re.sub(r"^buffers_per_queue = .*$", f"buffers_per_queue = {max(8192, 4096 + 512 + 2 * ring)}", text,
-                  flags=re.M)
+    rx_ring = max(int(v) for v in re.findall(r"^rx_ring_size = (\d+)", text, flags=re.M))
+    tx_ring = max(int(v) for v in re.findall(r"^tx_ring_size = (\d+)", text, flags=re.M))
+    if tx_ring < batch:
+        tx_ring = min(4096, 1 << (batch - 1).bit_length())
+        text = re.sub(r"^tx_ring_size = \d+", f"tx_ring_size = {tx_ring}", text, flags=re.M)
+    buffers = max(8192, rx_ring + tx_ring + 2 * ring)
+    text = re.sub(r"^buffers_per_queue = .*$", f"buffers_per_queue = {buffers}", text, flags=re.M)
     return re.sub(r"^rate_mpps = .*$", f"rate_mpps = {rate_mpps_per_port}", text, flags=re.M)
 
 
@@ -127,12 +140,13 @@ def run_pipeline(workers: int, batch: int, rate: float, seconds: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=6.0)
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=0, help="batch size, rings sized to it (default: fwd.toml's)")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--lossless", action="store_true", help="also search the highest rate without NIC misses")
     ap.add_argument("--ixy-fwd", action="store_true", help="also run the single-process ixy-fwd")
     args = ap.parse_args()
-    print(f"pipelines/fwd.toml saturated, 60-byte frames, batch {args.batch}, about {args.seconds:g} s measured "
+    batch = args.batch or parse_pipeline(FWD.read_text(), FWD).batch_size
+    print(f"pipelines/fwd.toml saturated, 60-byte frames, batch {batch}, about {args.seconds:g} s measured "
           f"from {WARMUP_LINES} s after traffic starts; CPU ns per forwarded packet (both directions) per process")
     for workers in (int(w) for w in args.workers.split(",")):
         r = saturated(workers, args.batch, args.seconds)
@@ -143,6 +157,10 @@ def main() -> None:
               f"CPU ns/packet: all {total:.0f} (= {1e3 / total if total else 0:.2f} Mpps per CPU), model {model:.0f}"
               f"{'' if r['ok'] else ', NOT OK: ' + '; '.join(map(str, r['problems']))}")
         print(f"      {stages}")
+        roles = [name.split("-")[0] for name in r["batches"]]      # the packets are shared by the stages of a role
+        per_batch = ", ".join(f"{name} {r['packets'] / roles.count(name.split('-')[0]) / n:.0f}"
+                              for name, n in sorted(r["batches"].items()) if n)
+        print(f"      packets per batch: {per_batch}")
         print(f"      sinks: {r['sink']}")
         if args.lossless:
             tried = []
@@ -158,7 +176,7 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).parent))
         from driver_bench import forwarder_mpps
 
-        fwd = forwarder_mpps([args.batch], args.seconds, "auto", None)[args.batch]
+        fwd = forwarder_mpps([batch], args.seconds, "auto", None)[batch]
         print(f"  ixy-fwd, one process: {fwd:.3f} Mpps wall")
 
 

@@ -157,10 +157,10 @@ def test_missing_file_and_binary_file(tmp_path):
 def test_fwd_toml_loads_as_written():
     cfg = load_pipeline(FWD)
     assert isinstance(cfg, PipelineConfig)
-    assert (cfg.name, cfg.batch_size, cfg.ring_size, cfg.buffers_per_queue) == ("fwd", 256, 1024, 8192)
+    assert (cfg.name, cfg.batch_size, cfg.ring_size, cfg.buffers_per_queue) == ("fwd", 2048, 4096, 16384)
     assert (cfg.hugepages, cfg.on_stage_death, cfg.buffer_size) == ("auto", "stop", DEFAULT_BUFFER_SIZE)
     assert [(p.name, p.driver, p.forward_to) for p in cfg.ports] == [("p0", "sim", "p1"), ("p1", "sim", "p0")]
-    assert [(p.rx_ring_size, p.tx_ring_size) for p in cfg.ports] == [(4096, 512), (4096, 512)]
+    assert [(p.rx_ring_size, p.tx_ring_size) for p in cfg.ports] == [(4096, 4096), (4096, 4096)]
     assert cfg.ports[0].generator == GeneratorSpec(packet_size=60, rate_mpps=0.3, flows=8, count=0)
     assert cfg.ports[1].sink == SinkSpec(mode="verify", expect_touch=True, pcap="")
     assert (cfg.workers.function, cfg.workers.processes, cfg.workers.distribute) == ("touch", 1, "flow")

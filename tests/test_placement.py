@@ -87,13 +87,25 @@ def test_a_stage_stays_on_its_nics_numa_node(tmp_path):
     assert p.cpu_of == {"rx-far": 4, "tx-far": 5, "rx-near": 0, "rx-nowhere": 1}
 
 
-def test_two_cpus_give_the_simulator_one_and_warn_about_sharing_the_other(tmp_path):
+def test_two_cpus_give_the_simulator_one_shared_with_the_worker(tmp_path):
     topo = read_topology(fake_sysfs(tmp_path, "0-1"))
     p = plan_placement([*FWD_STAGES, SIM], topo)
-    assert p.cpu_of == {"rx-p0-q0": 0, "rx-p1-q0": 0, "worker-0": 0, "tx-p0-q0": 0, "tx-p1-q0": 0, "sim": 1}
+    assert p.cpu_of == {"rx-p0-q0": 0, "rx-p1-q0": 0, "worker-0": 1, "tx-p0-q0": 0, "tx-p1-q0": 0, "sim": 1}
     assert p.oversubscribed is True
-    assert p.warnings == ["5 polling stages share 1 CPUs: stages back off when idle (spin, sched_yield, sleep); "
+    assert p.warnings == ["6 polling stages share 2 CPUs: stages back off when idle (spin, sched_yield, sleep); "
                           "isolate CPUs (isolcpus=, nohz_full=) for full speed"]
+
+
+def test_workers_join_the_simulator_only_when_the_other_cpus_run_out(tmp_path):
+    topo = read_topology(fake_sysfs(tmp_path, "0-5"))
+    p = plan_placement([*FWD_STAGES, SIM], topo)
+    assert p.cpu_of["sim"] not in {cpu for name, cpu in p.cpu_of.items() if name != "sim"}
+    assert p.oversubscribed is False
+    two_workers = [s for s in FWD_STAGES if s.role != "worker"] + [StageDemand(f"worker-{i}", "worker")
+                                                                  for i in range(2)]
+    p = plan_placement([*two_workers, SIM], read_topology(fake_sysfs(tmp_path / "two", "0-1")))
+    assert p.cpu_of == {"rx-p0-q0": 0, "rx-p1-q0": 0, "tx-p0-q0": 0, "tx-p1-q0": 0, "worker-0": 1, "worker-1": 1,
+                        "sim": 1}
 
 
 def test_one_cpu_is_shared_by_everything_including_the_simulator(tmp_path):

@@ -42,14 +42,13 @@ from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import SLOT, StageRow
-from ixypipe.proc import Backoff, die_with_parent, set_process_name, set_timer_slack
+from ixypipe.proc import Backoff, Pacing, die_with_parent, set_process_name, set_timer_slack
 from ixypipe.protocols import FLOW_KEY_LEN, FLOW_KEY_OFF
 from ixypipe.rings.spsc import Ring
 from ixypipe.rings.wakeup import Doorbell, Sleeper
 
 log = logging.getLogger(__name__)
 PUBLISH_EVERY = 64            # idle loops between counter publications
-FLOW_COLS = np.arange(FLOW_KEY_OFF, FLOW_KEY_OFF + FLOW_KEY_LEN)
 FLOW_MIX = np.uint32(0x9E3779B1)  # Fibonacci hashing multiplier
 LIGHT_BATCH_DIVISOR = 8      # on shared CPUs, a poll that got < batch/8 packets still naps
 STAGE_TIMER_SLACK_NS = 1000
@@ -122,6 +121,7 @@ class Stage:
         wakes = plan.idle == "wake"
         self.sleeper = Sleeper(self.arena, me.row) if wakes and me.role in ("worker", "tx") else None
         self.idle_streak = 0
+        self.pacing = None           # shared CPUs: set by the loop, which knows its input's capacity
         self.rx_poll = None          # "wake" mode RX: a select.poll on the port's file descriptor, if it has one
         self.loops = self.idle = self.batches = 0
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = self.stalls = 0
@@ -180,9 +180,13 @@ class Stage:
         """End of one loop: count it, publish counters, wait when idle.
 
         Idle waiting by the pipeline's ``idle`` mode: "spin" never sleeps;
-        "wake" lets a ring consumer (``still_idle`` given) sleep on its
-        semaphore after a short spin, until a producer rings; everything else
-        backs off (spin, yield, short naps).  In "nap" mode on a shared CPU a
+        "wake" lets a stage that can block (a ring consumer, ``still_idle``
+        given, sleeps on its semaphore until a producer rings; an RX stage
+        whose port has a file descriptor blocks in poll()) yield the CPU a few
+        times, so a consumer it just woke on the same CPU runs, then block: a
+        lone packet is picked up at once and an idle stage costs nothing.
+        Everything else waits in ``wait``: a nap paced by the input's rate,
+        else the back-off ladder (spin, yield, short naps).  In "nap" mode on a shared CPU a
         loop that moved only a trickle naps too: a batch builds up, which
         saves the per-batch cost the stage's CPU neighbours pay for.
         The heartbeat is stored first, every loop; every wait below is
@@ -194,7 +198,7 @@ class Stage:
             self.idle_streak = 0
             self.publish(held)
             if moved and moved < self.light:
-                self.backoff.wait()
+                self.wait()
             else:
                 self.backoff.work()
             return
@@ -205,7 +209,7 @@ class Stage:
         sleeps = self.sleeper is not None and still_idle is not None
         polls = self.rx_poll is not None and not self.draining()     # draining: count empty polls quickly
         if held or not (sleeps or polls):
-            self.backoff.wait()
+            self.wait()
         elif self.idle_streak <= WAKE_SPIN_LOOPS:
             os.sched_yield()            # a consumer this stage just woke on the same CPU runs first
         elif sleeps:
@@ -214,6 +218,21 @@ class Stage:
         else:
             self.publish(held)
             self.rx_poll.poll(RX_WAIT_MS)
+
+    def pace(self, capacity: int) -> None:
+        """On shared CPUs, nap by the input's rate (proc.Pacing): about half a batch (at most a quarter of
+        the input ring, ``capacity``) builds up between polls."""
+        if self.plan.shared_cpus and self.plan.idle != "spin":
+            self.pacing = Pacing(min(self.batch, capacity // 2))
+
+    def wait(self) -> None:
+        """One idle wait: a paced nap when a rate is known and no drain is asked, else the back-off ladder."""
+        nap = self.pacing.nap(self.packets_in) if self.pacing is not None else 0.0
+        if nap > 0.0 and not self.draining():
+            time.sleep(nap)
+        else:
+            self.backoff.wait()
+
 
 # ---- RX -----------------------------------------------------------------------------
 
@@ -226,6 +245,7 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
     if fd is not None:                                     # the kernel wakes us when a frame arrives
         st.rx_poll = select.poll()
         st.rx_poll.register(fd, select.POLLIN)
+    st.pace(plan.ports[me.port].rx_ring_size)
     got = np.empty(max(st.batch, 1), np.uint32)
     home = np.empty(pool.count, np.uint32)
     rr = 0
@@ -303,7 +323,8 @@ def distribute(mode: str, bufs: PacketBuffers, idx: np.ndarray, outbox: Outbox, 
 
 def flow_worker(bufs: PacketBuffers, idx: np.ndarray, n: int) -> np.ndarray:
     """Worker number per packet from a hash of its flow key: one flow always goes to one worker."""
-    key = bufs.data[idx[:, None], FLOW_COLS].view("<u4")          # (n, 3) words
+    # an index array and a slice: a third of the time of two index arrays (58 -> 20 ns/packet at 2048)
+    key = bufs.data[idx, FLOW_KEY_OFF:FLOW_KEY_OFF + FLOW_KEY_LEN].view("<u4")     # (n, 3) words
     h = (key[:, 0] ^ key[:, 1] ^ key[:, 2]) * FLOW_MIX
     return (h >> np.uint32(16)) % np.uint32(n)
 
@@ -319,6 +340,7 @@ def run_worker(st: Stage, worker) -> None:
     for header in (bufs.pool_id, bufs.index):      # which pool owns a buffer is not the worker's to change
         header.flags.writeable = False
     inputs = [st.ring(r) for r in me.in_rings]
+    st.pace(min(r.capacity for r in inputs))
     out_ports = sorted(me.out_ring_of)
     homing = st.homing()
     outbox = st.outbox([me.out_ring_of[p] for p in out_ports], homing.send)
@@ -494,6 +516,7 @@ class ErrorLog:
 def run_tx(st: Stage, device, homing: Homing) -> None:
     me, bufs = st.me, st.bufs
     inputs = [st.ring(r) for r in me.in_rings]
+    st.pace(min(r.capacity for r in inputs))
     got = np.empty(st.batch, np.uint32)
     pending = np.empty(0, np.uint32)
     while True:

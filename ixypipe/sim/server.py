@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ixypipe.proc import Backoff, describe_exit, set_process_name
+from ixypipe.proc import Backoff, Pacing, describe_exit, set_process_name
 from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_CMD_RUN, SIM_CMD_STOP, SIM_CONTROL_DTYPE, SIM_COUNTERS_DTYPE
 from ixypipe.sim.model import STATS_PERIOD_NS
@@ -48,6 +48,7 @@ STOP_TIMEOUT = 5.0              # seconds for it to exit before it is killed
 PARENT_CHECK_LOOPS = 4096       # loops between checks that the parent is still alive
 COUNTERS_FILE = "counters"
 DRIVER_POLL_NS = 1_000_000_000  # how often a foreign-DMA model checks that its driver is still there
+PACE_WANT = 4096                # descriptors (generated + transmitted) to let build up between idle steps
 
 
 class SimServerError(Exception):
@@ -284,7 +285,11 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
 
 def _loop(world: SimWorld, control: np.ndarray, parent: int, backoff) -> None:
     row = control[0:1]
-    loops = 0
+    loops = work = 0
+    # under steady traffic idle naps follow the rate work arrives at; not with a generator at a fixed
+    # rate, whose frames fall due during a nap and would overflow a small RX ring at the next step
+    fixed_rate = any(g.rate_pps > 0 for g in world.generators.values())
+    pacing = None if fixed_rate else Pacing(PACE_WANT)
     traffic = False
     next_driver_poll = 0
     while True:
@@ -306,7 +311,13 @@ def _loop(world: SimWorld, control: np.ndarray, parent: int, backoff) -> None:
             traffic = want
             (world.start_traffic if traffic else world.pause_traffic)()
             row["traffic_applied"] = int(traffic)     # every frame generated before is on the wire now
-        if world.step():
+        done = world.step()
+        if done:
+            work += done
             backoff.work()
         else:
-            backoff.wait()
+            nap = pacing.nap(work) if pacing is not None else 0.0
+            if nap > 0.0:
+                time.sleep(nap)
+            else:
+                backoff.wait()
