@@ -132,7 +132,7 @@ def bad_input(tmp_path: Path, kind: str) -> tuple[str, str]:
         return "d.pcap", "no such file|is a directory"
     if kind == "fifo":
         os.mkfifo(tmp_path / "f.pcap")
-        return "f.pcap", "no such file|not a regular file"
+        return "f.pcap", "no such file|not a regular file|an input must be a regular file"
     if kind == "short":
         (tmp_path / "s.pcap").write_bytes(b"\xd4\xc3\xb2\xa1\x02\x00")
         return "s.pcap", r"too short \(6 bytes\)"

@@ -6,7 +6,8 @@ ignore the frames this host sends (PACKET_IGNORE_OUTGOING), so a port never
 hears its own transmissions; several RX queues share the traffic through a
 PACKET_FANOUT hash group.  ``rx_batch`` finds the run of frames the kernel
 handed over (tp_status USER), copies them with one numpy gather into fresh
-buffers of the queue's mempool and gives the frames back.  When the mempool
+buffers of the queue's mempool and gives the frames back (with numba, one
+compiled walk does both directions' frame work: ``af_packet_jit.py``).  When the mempool
 is empty frames stay in the ring and the kernel counts what it cannot store
 (tp_drops, read with PACKET_STATISTICS) - the same back-pressure as a NIC.
 Each TX queue is a socket with a PACKET_TX_RING: ``tx_batch`` copies a batch
