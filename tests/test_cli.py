@@ -173,14 +173,20 @@ def test_check_imports_the_worker(tmp_path):
     assert "RuntimeError: boom while importing the worker module (at " in doc["message"]
 
 
-def test_check_names_a_missing_interface(tmp_path):
+def missing_interface(tmp_path) -> tuple[str, str]:
+    """A pipeline whose AF_PACKET port names an interface that does not exist, and that name."""
     name = f"ixyno{uuid.uuid4().hex[:8]}"
-    res = ixypipe("run", pipeline(tmp_path, f"""
+    return name, pipeline(tmp_path, f"""
         [[ports]]
         name = "a"
         driver = "af_packet"
         interface = "{name}"
-    """), "--check")
+    """)
+
+
+def test_check_names_a_missing_interface(tmp_path):
+    name, path = missing_interface(tmp_path)
+    res = ixypipe("run", path, "--check")
     assert res.returncode == 1
     assert f"FAILED  port a: interface {name}: port a: no such network interface '{name}' in this network " \
            f"namespace" in res.stdout
@@ -266,13 +272,8 @@ def test_bridge_veth_recipe_lives_in_namespaces_and_forwards(tmp_path):
 
 
 def test_a_run_that_fails_to_start_reports_json(tmp_path):
-    name = f"ixyno{uuid.uuid4().hex[:8]}"
-    res = ixypipe("run", pipeline(tmp_path, f"""
-        [[ports]]
-        name = "a"
-        driver = "af_packet"
-        interface = "{name}"
-    """), "--json", "--duration", "2")
+    _, path = missing_interface(tmp_path)
+    res = ixypipe("run", path, "--json", "--duration", "2")
     assert res.returncode == 1
     [line] = res.stdout.splitlines()
     doc = json.loads(line)

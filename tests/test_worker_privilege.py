@@ -68,15 +68,20 @@ print(json.dumps(out))
 '''
 
 
-@needs_root
-def test_dropping_leaves_a_process_no_uid_no_capability_and_no_way_back(tmp_path):
+def drop_privileges_in_a_child(tmp_path, worker_user: str) -> dict:
+    """Run DROP in a fresh process holding a root-only file open; what it saw, as a dict."""
     secret = tmp_path / "secret"
     secret.write_text("root only")
     secret.chmod(0o600)
-    res = subprocess.run([sys.executable, "-c", DROP, str(secret), ""], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", DROP, str(secret), worker_user], capture_output=True, text=True,
                          timeout=60, cwd=REPO)
     assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)
+    return json.loads(res.stdout)
+
+
+@needs_root
+def test_dropping_leaves_a_process_no_uid_no_capability_and_no_way_back(tmp_path):
+    out = drop_privileges_in_a_child(tmp_path, "")
     nobody = lookup(DEFAULT_WORKER_USER)
     assert out["resuid"] == [nobody.uid] * 3 and out["resgid"] == [nobody.gid] * 3 and out["groups"] == []
     st = out["status"]
@@ -92,13 +97,7 @@ def test_dropping_leaves_a_process_no_uid_no_capability_and_no_way_back(tmp_path
 
 @needs_root
 def test_worker_user_root_keeps_the_old_privileges(tmp_path):
-    secret = tmp_path / "secret"
-    secret.write_text("root only")
-    secret.chmod(0o600)
-    res = subprocess.run([sys.executable, "-c", DROP, str(secret), "root"], capture_output=True, text=True,
-                         timeout=60, cwd=REPO)
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)
+    out = drop_privileges_in_a_child(tmp_path, "root")
     assert out["resuid"] == [0, 0, 0] and out["reopen"] == "allowed"
     assert out["status"]["CapEff"] != ALL_ZERO and out["status"]["NoNewPrivs"] == "1"
 
