@@ -290,10 +290,10 @@ class RxQueue:
         self.free_stack = pool.free_stack()
         self.result = np.zeros(4, np.int64)
         if self.compiled:                  # load the kernel now, not with the first frame
-            self._receive_compiled(np.empty(0, np.uint32), 0)
+            self._walk_compiled(np.empty(0, np.uint32), 0)
 
     def receive(self, out: np.ndarray) -> int:
-        ring, bufs = self.ring, self.dev.bufs
+        ring = self.ring
         want = min(len(out), self.pool.available())
         now = time.monotonic()
         if now >= self.next_poll:
@@ -301,25 +301,38 @@ class RxQueue:
             self.next_poll = now + STATS_POLL_SECONDS
         if want <= 0 or not ring.status[ring.cursor] & TP_STATUS_USER:    # an idle poll costs one load
             return 0
-        if self.compiled:
-            return self._receive_compiled(out, want)
+        walk = self._walk_compiled if self.compiled else self._walk_numpy
+        k, examined, truncated, largest, nbytes = walk(out, want)
+        ring.advance(examined)
+        if truncated:
+            PortCounters.add(self.line, "truncated", truncated)
+            if not self.warned_too_long:
+                self._warn_too_long(largest, self.dev.bufs.max_data)
+        if k:
+            PortCounters.add(self.line, "packets", k)
+            PortCounters.add(self.line, "bytes", nbytes)
+        return k
+
+    def _walk_numpy(self, out: np.ndarray, want: int) -> tuple[int, int, int, int, int]:
+        """Copy the run of ready frames into fresh buffers and give the frames back (the reference path):
+        (received, examined, truncated, the largest truncated size, bytes received)."""
+        ring, bufs = self.ring, self.dev.bufs
         frames = ring.window(want)
         status = ring.status[frames]
         n = _leading((status & TP_STATUS_USER) != 0)
         if n == 0:
-            return 0
+            return 0, 0, 0, 0, 0
         examined = frames = frames[:n]
         status = status[:n]
         lengths = ring.length[frames]
         vlan = (status & TP_STATUS_VLAN_VALID) != 0
         full = lengths + np.where(vlan, VLAN_TAG_LEN, 0)
         good = (ring.snaplen[frames] == lengths) & (full <= bufs.max_data)
-        if not good.all():
-            PortCounters.add(self.line, "truncated", int(n - good.sum()))
-            if not self.warned_too_long:
-                self._warn_too_long(int(full[~good].max()), bufs.max_data)
+        truncated = int(n - good.sum())
+        largest = int(full[~good].max()) if truncated else 0
+        if truncated:
             frames, lengths, status, vlan = frames[good], lengths[good], status[good], vlan[good]
-        k = len(frames)
+        k, nbytes = len(frames), 0
         if k:
             idx = self.pool.alloc(k)
             top = int(lengths.max())
@@ -334,27 +347,20 @@ class RxQueue:
             if vlan.any():
                 self._insert_vlan_tags(idx[vlan], frames[vlan], status[vlan])
             out[:k] = idx
-            PortCounters.add(self.line, "packets", k)
-            PortCounters.add(self.line, "bytes", int(bufs.length[idx].sum()))
+            nbytes = int(bufs.length[idx].sum())
         ring.status[examined] = TP_STATUS_KERNEL      # give every examined frame back
-        ring.advance(n)
-        return k
+        return k, n, truncated, largest, nbytes
 
-    def _receive_compiled(self, out: np.ndarray, want: int) -> int:
+    def _walk_compiled(self, out: np.ndarray, want: int) -> tuple[int, int, int, int, int]:
+        """The same walk as one compiled call (af_packet_jit.rx_frames)."""
         ring, bufs, r = self.ring, self.dev.bufs, self.result
         k = af_packet_jit.rx_frames(ring.status, ring.length, ring.snaplen, ring.mac, ring.vlan_tci,
                                     ring.vlan_tpid, ring.frames, ring.cursor, want, bufs.max_data, bufs.data,
                                     bufs.length, self.free_stack.stack, self.free_stack.top, out, r)
-        ring.advance(int(r[af_packet_jit.RX_EXAMINED]))
-        if r[af_packet_jit.RX_TRUNCATED]:
-            PortCounters.add(self.line, "truncated", int(r[af_packet_jit.RX_TRUNCATED]))
-            if not self.warned_too_long:
-                self._warn_too_long(int(r[af_packet_jit.RX_LARGEST_TRUNCATED]), bufs.max_data)
         if k:
             self.pool.note_popped(out[:k])
-            PortCounters.add(self.line, "packets", k)
-            PortCounters.add(self.line, "bytes", int(r[af_packet_jit.RX_BYTES]))
-        return k
+        return (k, int(r[af_packet_jit.RX_EXAMINED]), int(r[af_packet_jit.RX_TRUNCATED]),
+                int(r[af_packet_jit.RX_LARGEST_TRUNCATED]), int(r[af_packet_jit.RX_BYTES]))
 
     def _warn_too_long(self, size: int, limit: int) -> None:
         """Once per queue: what was dropped and how to stop it (counted as too_long every time)."""
@@ -418,26 +424,39 @@ class TxQueue:
         self.compiled = dev.compiled
         self.result = np.zeros(3, np.int64)
         if self.compiled:                  # load the kernel now, not with the first frame
-            self._send_compiled(np.empty(0, np.uint32))
+            self._place_compiled(np.empty(0, np.uint32))
 
     def send(self, idx: np.ndarray) -> int:
-        ring, bufs = self.ring, self.dev.bufs
         if len(idx) == 0:
             return self._kick() if self.kick_pending else 0
-        if self.compiled:
-            return self._send_compiled(idx)
-        frames = ring.window(len(idx))
-        status = ring.status[frames]
-        n = _leading((status == TP_STATUS_AVAILABLE) | (status == TP_STATUS_WRONG_FORMAT))
+        place = self._place_compiled if self.compiled else self._place_numpy
+        n, queued, nbytes, dropped = place(idx)
         if n == 0:
             if self.kick_pending:
                 self._kick()
             return 0
+        self.ring.advance(n)
+        if dropped:
+            PortCounters.add(self.line, "dropped", dropped)
+        if queued:
+            PortCounters.add(self.line, "packets", queued)
+            PortCounters.add(self.line, "bytes", nbytes)
+            self._kick()
+        self.dev.tx_done(idx[:n])
+        return n
+
+    def _place_numpy(self, idx: np.ndarray) -> tuple[int, int, int, int]:
+        """Copy buffers into the run of free frames and mark them SEND_REQUEST (the reference path):
+        (buffers taken, frames queued, their bytes, dropped for a bad length)."""
+        ring, bufs = self.ring, self.dev.bufs
+        frames = ring.window(len(idx))
+        status = ring.status[frames]
+        n = _leading((status == TP_STATUS_AVAILABLE) | (status == TP_STATUS_WRONG_FORMAT))
+        if n == 0:
+            return 0, 0, 0, 0
         frames, idx = frames[:n], idx[:n]
         lengths = bufs.length[idx]
         ok = (lengths >= ETH_HEADER_LEN) & (lengths <= self.room)
-        if not ok.all():
-            PortCounters.add(self.line, "dropped", int(n - ok.sum()))
         sendable = frames[ok]
         k = len(sendable)
         if k:
@@ -448,31 +467,14 @@ class TxQueue:
             # store barrier (dma_wmb-like) would go here
             ring.status[sendable] = TP_STATUS_SEND_REQUEST
         ring.status[frames[~ok]] = TP_STATUS_AVAILABLE
-        ring.advance(n)
-        if k:
-            PortCounters.add(self.line, "packets", k)
-            PortCounters.add(self.line, "bytes", int(lengths[ok].sum()))
-            self._kick()
-        self.dev.tx_done(idx)
-        return n
+        return n, k, int(lengths[ok].sum()), n - k
 
-    def _send_compiled(self, idx: np.ndarray) -> int:
+    def _place_compiled(self, idx: np.ndarray) -> tuple[int, int, int, int]:
+        """The same as one compiled call (af_packet_jit.tx_frames)."""
         ring, bufs, r = self.ring, self.dev.bufs, self.result
         n = af_packet_jit.tx_frames(ring.status, ring.length, ring.frames, ring.cursor, idx, bufs.length,
                                     bufs.data, TPACKET2_TX_DATA_OFF, self.room, r)
-        if n == 0:
-            if self.kick_pending:
-                self._kick()
-            return 0
-        ring.advance(n)
-        if r[af_packet_jit.TX_DROPPED]:
-            PortCounters.add(self.line, "dropped", int(r[af_packet_jit.TX_DROPPED]))
-        if r[af_packet_jit.TX_QUEUED]:
-            PortCounters.add(self.line, "packets", int(r[af_packet_jit.TX_QUEUED]))
-            PortCounters.add(self.line, "bytes", int(r[af_packet_jit.TX_BYTES]))
-            self._kick()
-        self.dev.tx_done(idx[:n])
-        return n
+        return n, int(r[af_packet_jit.TX_QUEUED]), int(r[af_packet_jit.TX_BYTES]), int(r[af_packet_jit.TX_DROPPED])
 
     def _kick(self) -> int:
         """One non-blocking send(): the kernel transmits every SEND_REQUEST frame."""
