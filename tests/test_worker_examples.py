@@ -54,7 +54,8 @@ class Runner:
             self.bufs.write_packet(int(i), f)
         batch = Batch(self.bufs, idx, in_port, 1, PORTS, self.ctx.counters, self.ctx)
         self.idx = idx
-        return verdicts(batch, self.worker.process(batch)).tolist()
+        out = verdicts(batch, self.worker.process(batch))       # an int: every packet to that port
+        return np.broadcast_to(out, (batch.n,)).tolist()
 
     def frame(self, k: int) -> Ether:
         return Ether(self.bufs.packet(int(self.idx[k])).tobytes())

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
+from ixypipe.memory import batchcheck
 from ixypipe.memory.pktbuf import BufferError, PacketBuffers
 
 Home = Callable[[np.ndarray], "int | None"]
@@ -65,7 +66,7 @@ class Homing:
         if len(idx) == 0:
             return
         if self.ranges:
-            self.send_range(idx, int(idx.min()), int(idx.max()))
+            self.send_range(idx, *batchcheck.span(idx))
         else:
             self._send_grouped(idx)
 

@@ -35,6 +35,7 @@ from ixypipe.layout import (
     STAGE_STATE_DRAINING,
     STAGE_STATE_RUNNING,
 )
+from ixypipe.memory import batchcheck
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
@@ -112,6 +113,7 @@ class Stage:
         self.me = me
         self.arena = Arena.attach(plan.packet_arena)
         self.bufs = PacketBuffers.attach(self.arena)
+        batchcheck.warm_up(self.bufs.length)
         self.row = StageRow(self.arena, me.row)
         self.slots = self.row.slots          # the heartbeat and batch marks: one memoryview store each
         self.backoff = Backoff(plan.idle == "spin", plan.shared_cpus)
@@ -268,8 +270,8 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 st.row["packets_in"] = st.packets_in   # at once: the accounting must see it even if we die now
                 st.took(-1, n)
                 idx = got[:n].copy()
-                idx = drop_bad_packets(st, bufs, idx, pool.free, device.min_rx_frame)
-                st.bytes_in += int(bufs.length[idx].sum())
+                idx, nbytes = drop_bad_packets(st, bufs, idx, pool.free, device.min_rx_frame)
+                st.bytes_in += nbytes
                 rr = distribute(plan.distribute, bufs, idx, outbox, n_workers, rr)
                 st.packets_out += len(idx)
         st.tick(worked, outbox.held, moved)
@@ -290,17 +292,19 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
     st.row["state"] = STAGE_STATE_DRAINING         # out of the loop: no heartbeat from here on
 
 
-def drop_bad_packets(st: Stage, bufs: PacketBuffers, idx: np.ndarray, send_home, min_len: int = 1) -> np.ndarray:
+def drop_bad_packets(st: Stage, bufs: PacketBuffers, idx: np.ndarray, send_home,
+                     min_len: int = 1) -> tuple[np.ndarray, int]:
     """Packets shorter than ``min_len`` (0, or a runt from a NIC) or longer than a buffer go home, counted
     as ``bad_packet`` (RX: from the wire; TX: whatever a worker wrote into the lengths), so a bad length
-    never reaches a descriptor."""
+    never reaches a descriptor.  Returns the good packets and their bytes (one check: memory/batchcheck.py)."""
+    bad, nbytes = batchcheck.lengths(bufs.length, idx, min_len, bufs.max_data)
+    if not bad:
+        return idx, nbytes
     lengths = bufs.length[idx]
-    bad = (lengths < min_len) | (lengths > bufs.max_data)
-    if not bad.any():
-        return idx
-    send_home(idx[bad])
-    st.row.add("drop_bad_packet", int(bad.sum()))
-    return idx[~bad]
+    outside = (lengths < min_len) | (lengths > bufs.max_data)
+    send_home(idx[outside])
+    st.row.add("drop_bad_packet", bad)
+    return idx[~outside], nbytes
 
 
 def distribute(mode: str, bufs: PacketBuffers, idx: np.ndarray, outbox: Outbox, n: int, rr: int) -> int:
@@ -344,8 +348,7 @@ def run_worker(st: Stage, worker) -> None:
     out_ports = sorted(me.out_ring_of)
     homing = st.homing()
     outbox = st.outbox([me.out_ring_of[p] for p in out_ports], homing.send)
-    slot_of_port = np.full(len(plan.ports), -1, np.int64)
-    slot_of_port[out_ports] = np.arange(len(out_ports))
+    slot_of_port = [out_ports.index(p) if p in out_ports else -1 for p in range(len(plan.ports))]   # port -> ring
     ctx = WorkerContext(me.worker, sum(s.role == "worker" for s in plan.stages), plan.port_names,
                         dict(getattr(plan, "worker_options", {})), base_dir=plan.worker_base_dir)
     counters = ctx.counters
@@ -403,7 +406,11 @@ def _raised_in(exc: BaseException, fn) -> bool:
     return bool(frames) and frames[-1].name == fn.__name__ and frames[-1].filename == fn.__code__.co_filename
 
 
-def verdicts(batch, keep) -> np.ndarray:
+def verdicts(batch, keep) -> np.ndarray | int:
+    """The batch's verdicts: an array with one per packet, or one port index for every packet when the
+    function left them all at the default (it never asked for ``batch.out``: no array is made)."""
+    if keep is None and not batch.verdicts_set():
+        return int(batch.default_out)
     from ixypipe.workers.api import DROP, WorkerResultError
 
     if keep is None:
@@ -420,12 +427,20 @@ def verdicts(batch, keep) -> np.ndarray:
     return np.where(mask, batch.out, DROP).astype(batch.out.dtype)
 
 
-def route(st: Stage, idx: np.ndarray, out: np.ndarray, drop: int, slot_of_port: np.ndarray,
+def route(st: Stage, idx: np.ndarray, out: np.ndarray | int, drop: int, slot_of_port: list[int],
           outbox: Outbox, homing: Homing) -> None:
-    """Send each packet where its verdict says: a TX ring, or home when dropped."""
-    first = int(out[0])
-    if (out == first).all() and 0 <= first < len(slot_of_port):
-        outbox.put(int(slot_of_port[first]), idx)
+    """Send each packet where its verdict says (``out``: one per packet, or one for all): a TX ring, or
+    home when dropped."""
+    if isinstance(out, int):
+        first = out
+        same = True
+        if not 0 <= first < len(slot_of_port):
+            out = np.full(len(idx), first, np.int16)
+    else:
+        first = int(out[0])
+        same = bool((out == first).all())
+    if same and 0 <= first < len(slot_of_port):
+        outbox.put(slot_of_port[first], idx)
         st.packets_out += len(idx)
         return
     dropped = out == drop
@@ -439,7 +454,7 @@ def route(st: Stage, idx: np.ndarray, out: np.ndarray, drop: int, slot_of_port: 
     live = ~(dropped | bad)
     for port in np.unique(out[live]):
         part = idx[live & (out == port)]
-        outbox.put(int(slot_of_port[port]), part)
+        outbox.put(slot_of_port[int(port)], part)
         st.packets_out += len(part)
 
 
@@ -547,10 +562,10 @@ def run_tx(st: Stage, device, homing: Homing) -> None:
                     st.row.add("drop_stage_died", n)
                     continue
                 idx = drop_duplicates(st, idx)                       # never post one buffer twice
-                idx = drop_bad_packets(st, bufs, idx, homing.send)   # a worker's bug never kills TX
+                idx, nbytes = drop_bad_packets(st, bufs, idx, homing.send)   # a worker's bug never kills TX
                 n = len(idx)
                 sent = device.tx_batch(me.queue, idx)
-                count_sent(st, bufs, idx[:sent])
+                count_sent(st, bufs, idx[:sent], nbytes if sent == n else None)
                 if sent < n:
                     pending = idx[sent:]
                     break
@@ -591,10 +606,11 @@ def drop_duplicates(st: Stage, idx: np.ndarray) -> np.ndarray:
     return idx[~later]
 
 
-def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray) -> None:
+def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray, nbytes: int | None = None) -> None:
+    """``idx`` went out (``nbytes``: their bytes, when the caller already has them)."""
     st.packets_out += len(idx)
     st.row["packets_out"] = st.packets_out     # at once, as RX does with packets_in
-    st.bytes_out += int(bufs.length[idx].sum())
+    st.bytes_out += int(bufs.length[idx].sum()) if nbytes is None else nbytes
 
 
 # ---- process entry ------------------------------------------------------------------

@@ -127,10 +127,31 @@ class Batch:
         self.port_names = port_names
         self.counters = counters
         self.data = bufs.data
-        self.out = np.full(self.n, default_out, np.int16)
+        self.default_out = default_out
+        self._out: np.ndarray | None = None
         self._lengths: np.ndarray | None = None
         self._headers: Headers | None = None
         self.ctx = ctx
+
+    # ---- verdict array ---------------------------------------------------------------
+    @property
+    def out(self) -> np.ndarray:
+        """One verdict per packet (int16): a port index or DROP; every packet starts with ``default_out``.
+
+        Made on first use: a function that leaves every verdict as it is (forward, count) costs no array,
+        which a lone packet on an idle pipeline notices (a numpy call with cold caches costs 10-40 us).
+        """
+        if self._out is None:
+            self._out = np.full(self.n, self.default_out, np.int16)
+        return self._out
+
+    @out.setter
+    def out(self, value) -> None:
+        self._out = value
+
+    def verdicts_set(self) -> bool:
+        """Whether anything asked for the verdict array (else every packet goes to ``default_out``)."""
+        return self._out is not None
 
     # ---- lengths -------------------------------------------------------------------
     @property
