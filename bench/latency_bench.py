@@ -5,6 +5,10 @@ joined by a veth pair to this namespace; see ixypipe.ops.netns) and measures,
 on the same two outer veth ends, one after the other:
 
 * ``bridge``: the kernel's Linux bridge enslaving the two ends;
+* ``python floor``: five Python processes that hand a lone frame on with the
+  least work any Python stage pipeline must do (bench/python_floor.py): no
+  pipeline of Python stage processes gets below it on this machine (low rate
+  only: it holds one frame per direction);
 * ``ixypipe idle=<mode>``: ``ixypipe run`` with pipelines/bridge-veth.toml
   (AF_PACKET ports, RX / worker / TX processes) in each idle mode asked for
   (``wake``: consumers sleep on semaphores, RX blocks in poll(); ``nap``:
@@ -40,6 +44,9 @@ import numpy as np
 import psutil
 
 from ixypipe.ops.netns import VethTestbed
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from python_floor import PythonFloor  # noqa: E402  (bench/ is not a package)
 
 REPO = Path(__file__).resolve().parent.parent
 BRIDGE_VETH = REPO / "pipelines" / "bridge-veth.toml"
@@ -124,10 +131,13 @@ class Pipeline:
             self.proc.communicate()
 
 
-def measure(tb: VethTestbed, pings: int, load_mbit: int) -> dict:
+def measure(tb: VethTestbed, pings: int, load_mbit: int | None) -> dict:
+    """Low rate, and high rate unless ``load_mbit`` is None."""
     tb.a.run(["ping", "-n", "-c", "3", "-i", "0.1", "-W", "1", tb.b.ip], check=False)   # ARP, warm caches
-    return {"low_rate": percentiles(ping_rtts(tb, pings), pings),
-            "high_rate": percentiles(with_load(tb, load_mbit, pings), pings)}
+    got = {"low_rate": percentiles(ping_rtts(tb, pings), pings)}
+    if load_mbit is not None:
+        got["high_rate"] = percentiles(with_load(tb, load_mbit, pings), pings)
+    return got
 
 
 @click.command()
@@ -135,8 +145,10 @@ def measure(tb: VethTestbed, pings: int, load_mbit: int) -> dict:
 @click.option("--pings", default=200, show_default=True, help="pings per measurement (20 ms apart)")
 @click.option("--load-mbit", default=200, show_default=True, help="UDP load beside the pings at the high rate")
 @click.option("--idle-seconds", default=5.0, show_default=True, help="how long idle CPU is measured")
+@click.option("--floor/--no-floor", default=True, show_default=True,
+              help="measure the Python floor (bench/python_floor.py) beside the pipeline")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
-def main(modes: str, pings: int, load_mbit: int, idle_seconds: float, as_json: bool) -> None:
+def main(modes: str, pings: int, load_mbit: int, idle_seconds: float, floor: bool, as_json: bool) -> None:
     for tool in ("ping", "iperf3", "ethtool"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install iputils-ping iperf3 ethtool")
@@ -145,6 +157,12 @@ def main(modes: str, pings: int, load_mbit: int, idle_seconds: float, as_json: b
         tb.add_bridge()
         results["linux bridge"] = measure(tb, pings, load_mbit)
         tb.remove_bridge()
+        if floor:
+            f = PythonFloor(tb.port_a, tb.port_b)
+            try:
+                results["python floor"] = measure(tb, pings, None)
+            finally:
+                f.close()
         for mode in modes.split(","):
             p = Pipeline(tb, mode, Path(tmp))
             try:
@@ -161,6 +179,8 @@ def main(modes: str, pings: int, load_mbit: int, idle_seconds: float, as_json: b
           f"{'lost':>5} {'x bridge':>9} {'idle CPU':>9}")
     for name, r in results.items():
         for rate in ("low_rate", "high_rate"):
+            if rate not in r:
+                continue
             m = r[rate]
             if not m.get("received"):
                 print(f"{name:<22} {rate:<9} every ping lost")
