@@ -25,7 +25,7 @@ from tests.support.runs import FWD, REPO, check_sinks, summary_of
 
 TEST_USER = "ixynonroot"
 PACKAGE = REPO / "ixypipe"
-JIT_DIRS = ("nic", "sim", "workers")        # where the compiled modules live (one cache subdirectory each)
+JIT_DIRS = ("memory", "nic", "sim", "workers")      # where the compiled modules live (one cache subdirectory each)
 
 
 @pytest.fixture
@@ -75,20 +75,20 @@ def test_the_cache_goes_to_the_users_own_directories(user):
     os.chown(home, who.pw_uid, who.pw_gid)
     # a writable HOME: ~/.cache/ixypipe/numba, for every compiled module, without a warning
     dirs, err = cache_dirs_as(user, work, base_env(work, HOME=str(home)))
-    assert dirs == [str(home / ".cache" / "ixypipe" / "numba")] * 3 and err == ""
+    assert dirs == [str(home / ".cache" / "ixypipe" / "numba")] * len(JIT_DIRS) and err == ""
     # XDG_CACHE_HOME first
     dirs, err = cache_dirs_as(user, work, base_env(work, HOME=str(home), XDG_CACHE_HOME=str(home / "xdg")))
-    assert dirs == [str(home / "xdg" / "ixypipe" / "numba")] * 3 and err == ""
+    assert dirs == [str(home / "xdg" / "ixypipe" / "numba")] * len(JIT_DIRS) and err == ""
     # NUMBA_CACHE_DIR the user set wins
     dirs, err = cache_dirs_as(user, work, base_env(work, HOME=str(home), NUMBA_CACHE_DIR=str(home / "mine")))
-    assert dirs == [str(home / "mine")] * 3 and err == ""
+    assert dirs == [str(home / "mine")] * len(JIT_DIRS) and err == ""
 
 
 def test_without_a_home_the_cache_is_a_private_temporary_directory(user):
     who, work = user
     dirs, err = cache_dirs_as(user, work, base_env(work))
     private = work / "tmp" / f"ixypipe-numba-{who.pw_uid}"
-    assert dirs == [str(private)] * 3 and err == ""
+    assert dirs == [str(private)] * len(JIT_DIRS) and err == ""
     st = private.lstat()
     assert st.st_uid == who.pw_uid and stat.S_IMODE(st.st_mode) == 0o700
 
@@ -99,7 +99,7 @@ def test_a_temporary_directory_someone_else_made_is_refused_and_one_warning_says
     planted.mkdir(mode=0o777)                # made by root (another user could have): never used
     planted.chmod(0o777)
     dirs, err = cache_dirs_as(user, work, base_env(work))
-    assert dirs == ["None"] * 3
+    assert dirs == ["None"] * len(JIT_DIRS)
     assert err.count("WARNING") == 1 and "compiled kernels are not cached" in err, err
     assert "set NUMBA_CACHE_DIR to a writable directory" in err
     assert list(planted.iterdir()) == []
