@@ -69,8 +69,9 @@ def port_drops(devices: dict, sim=None) -> dict[str, dict[str, int]]:
     """Per port, cumulative since start: frames the port dropped before the pipeline got them.
 
     ``rx_missed``: no free descriptor (NIC) or the kernel's ring was full
-    (AF_PACKET); ``rx_too_long``: longer than a packet buffer.  A software
-    82599's misses come from the model's exact count (its registers are
+    (AF_PACKET); ``rx_too_long``: longer than a packet buffer (an 82599:
+    than the max frame size its driver set for the buffers).  A software
+    82599's counts come from the model's exact totals (its registers are
     per-interval latches).  The per-second lines, --json intervals and the
     summary all read this one function, so they agree.
     """
@@ -84,7 +85,7 @@ def port_drops(devices: dict, sim=None) -> dict[str, dict[str, int]]:
     if sim is not None:
         try:
             for name, c in sim.counters().items():
-                drops.setdefault(name, {"rx_too_long": 0})["rx_missed"] = int(c.rx_missed)
+                drops[name] = {"rx_missed": int(c.rx_missed), "rx_too_long": int(c.rx_oversize)}
         except Exception:
             pass
     return drops

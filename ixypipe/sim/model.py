@@ -19,7 +19,7 @@ Where the model differs from silicon:
   set as soon as the driver wrote it; the model latches RDBAL/RDBAH/RDLEN
   (TDBAL/...) at the first step that sees the bit, which is after the
   driver wrote them, so the driver loses nothing by not waiting.
-* Clear-on-read statistics (GPRC, GPTC, GORCL/H, GOTCL/H, MPC(0)): the
+* Clear-on-read statistics (GPRC, GPTC, GORCL/H, GOTCL/H, MPC(0), ROC): the
   model counts internally and *latches* every ``stats_period_ns`` (1 s in
   the simulator process, by default): each latch overwrites the registers
   with the counts of the interval just ended.  A driver that reads and
@@ -32,10 +32,17 @@ Where the model differs from silicon:
   running totals (``rx_bytes``/``tx_bytes``) count frame bytes only.  A frame without a free descriptor is counted in
   QPRDC(queue) when that queue's SRRCTL.DROP_EN is set (queues < 16), else
   in MPC(0), as is a frame arriving while RX is off or its queue is not live.
+* Frame length, as the MAC checks it before any queue: a frame longer than
+  the max frame size (MAXFRS.MFS with HLREG0.JUMBOEN, else 1518 bytes; FCS
+  included, 4 more with an 802.1Q tag) is dropped and counted in ROC
+  (``rx_oversize``), nothing is DMAed.  A frame within it but longer than
+  its queue's SRRCTL.BSIZEPKT would span descriptors on silicon; that is
+  not modelled and faults the queue (below): the ixgbe driver sets MFS so
+  that it cannot happen.
 * Faults an IOMMU or the datasheet would flag (a DMA address outside the
   registered memory, a ring that is not inside it, legacy RX descriptors in
   SRRCTL, a TX descriptor without DEXT/DTYP_DATA or without EOP, a frame
-  larger than the RX buffer) are recorded as :class:`Fault`, logged, and
+  larger than the RX buffer (BSIZEPKT)) are recorded as :class:`Fault`, logged, and
   stop that queue until the driver disables and re-enables it; nothing is
   written for the faulting descriptor.
 * No MAC filtering, VLANs, offloads, interrupts or flow control.
@@ -57,6 +64,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ixypipe.nic import registers as R
+from ixypipe.protocols import ETH_TYPE_OFF, ETHERTYPE_VLAN
 from ixypipe.sim.dma import DmaSpace
 from ixypipe.sim.payload import SIM_MAX_FRAME
 from ixypipe.sim.rss import Rss
@@ -202,8 +210,9 @@ class SimPort:
         self._bme_warned = False
         # running totals (exact) and the counts of the current stats interval
         self.rx_delivered = self.rx_bytes = self.rx_missed = 0
+        self.rx_oversize = 0                        # longer than the max frame size: dropped by the MAC (ROC)
         self.tx_sent = self.tx_bytes = 0
-        self._interval = np.zeros(5, np.int64)      # GPRC, GORC, GPTC, GOTC, MPC
+        self._interval = np.zeros(6, np.int64)      # GPRC, GORC, GPTC, GOTC, MPC, ROC
         self._qprdc = np.zeros(R.QPRDC_QUEUES, np.int64)
         self._next_latch = clock() + stats_period_ns
         self.power_on()
@@ -383,6 +392,13 @@ class SimPort:
     def receive(self, batch: PacketBatch, queues: np.ndarray | None = None,
                 hashes: np.ndarray | None = None) -> int:
         """Frames arriving from the wire; returns how many were delivered (the rest are missed)."""
+        rejected = self._too_long(batch.data, batch.lengths)
+        if rejected is not None:                  # the MAC drops them before any queue sees them
+            self._oversized(int(rejected.sum()))
+            keep = np.flatnonzero(~rejected)
+            batch = batch.take(keep)
+            if queues is not None:
+                queues, hashes = queues[keep], hashes[keep]
         n = len(batch)
         if n == 0:
             return 0
@@ -420,6 +436,10 @@ class SimPort:
         ``n`` from) the packets stop where the first queue runs out of descriptors.  Returns how many
         were generated (delivered or missed); the caller commits them."""
         flow_queue, flow_hash, flow_idx = self._generator_rss(gen)
+        rejected = self._too_long(gen.templates, gen.flow_lengths)      # flows the MAC drops: no queue
+        if rejected is not None:
+            flow_queue = np.where(rejected, -1, flow_queue)
+            flow_idx = np.unique(flow_queue[~rejected])
         if free is not None:
             if len(flow_idx) == 1:          # every flow lands on one queue
                 n = min(n, int(free[flow_idx[0]]))
@@ -431,8 +451,10 @@ class SimPort:
                         n = min(n, int(over[0]))
         if n == 0:
             return 0
+        dropped = int(rejected[gen.flows_of_next(n)].sum()) if rejected is not None else 0
+        self._oversized(dropped)
         if not self._bus_master():
-            self._missed(n)
+            self._missed(n - dropped)
             return n
         tables = gen.kernel_tables()
         for qi in flow_idx:
@@ -485,6 +507,31 @@ class SimPort:
                         _rx_fault_reason(info[0] == self.kernels.TOO_LARGE, addr, length, bsize,
                                          self.dma.outside))
         return got, int(info[2])
+
+    def max_frame(self) -> int:
+        """The longest untagged frame the MAC takes, without FCS (an 802.1Q-tagged one may be 4 bytes
+        longer): MAXFRS.MFS with HLREG0.JUMBOEN, else the standard 1518 bytes with FCS."""
+        mfs = R.MFS_STANDARD
+        if self.reg(R.HLREG0) & R.HLREG0_JUMBOEN:
+            mfs = (self.reg(R.MAXFRS) >> R.MAXFRS_MFS_SHIFT) & R.MAXFRS_MFS_MASK
+        return mfs - R.OCTETS_FCS_LEN
+
+    def _too_long(self, data: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
+        """Which frames are longer than the max frame size (a mask), or None when none is: the common case
+        costs one max()."""
+        longest = self.max_frame()
+        if len(lengths) == 0 or int(lengths.max()) <= longest:
+            return None
+        over = lengths > longest
+        rows = np.flatnonzero(over)
+        tagged = (data[rows, ETH_TYPE_OFF].astype(np.int64) << 8 | data[rows, ETH_TYPE_OFF + 1]) == ETHERTYPE_VLAN
+        over[rows] = lengths[rows] > longest + np.where(tagged, R.MFS_VLAN_EXTRA, 0)
+        return over if over.any() else None
+
+    def _oversized(self, n: int) -> None:
+        """Frames the MAC dropped for their length (ROC): no descriptor, no buffer is touched."""
+        self.rx_oversize += n
+        self._interval[5] += n
 
     def _missed(self, n: int, q: _Queue | None = None) -> None:
         """Frames dropped: per queue (QPRDC) when its SRRCTL.DROP_EN is set, else in the packet buffer (MPC)."""
@@ -621,7 +668,7 @@ class SimPort:
     # ---- statistics ---------------------------------------------------------------------
     def latch_stats(self) -> None:
         """Publish the interval's counts in the clear-on-read registers (see the module docstring)."""
-        gprc, gorc, gptc, gotc, mpc = (int(v) for v in self._interval)
+        gprc, gorc, gptc, gotc, mpc, roc = (int(v) for v in self._interval)
         self.set_reg(R.GPRC, gprc)
         self.set_reg(R.GORCL, gorc)
         self.set_reg(R.GORCH, gorc >> 32)
@@ -629,6 +676,7 @@ class SimPort:
         self.set_reg(R.GOTCL, gotc)
         self.set_reg(R.GOTCH, gotc >> 32)
         self.set_reg(R.MPC(0), mpc)
+        self.set_reg(R.ROC, roc)
         self.bar[self._qprdc_idx] = self._qprdc.astype(np.uint32)
         self._interval[:] = 0
         self._qprdc[:] = 0
