@@ -201,7 +201,7 @@ def init_link(bar: pci.Bar) -> None:
 # 4.6.5 Statistical Counters
 def reset_statistics(bar: pci.Bar) -> None:
     # the counters clear on read: reading each once starts them from zero
-    for reg in (R.GPRC, R.GPTC, R.GORCL, R.GORCH, R.GOTCL, R.GOTCH, R.ROC):
+    for reg in (R.GPRC, R.GPTC, R.GORCL, R.GORCH, R.GOTCL, R.GOTCH, R.RUC, R.ROC):
         bar.read(reg)
 
 
@@ -367,8 +367,8 @@ def check_spec(spec: PortSpec) -> None:
 
 class IxgbeDevice(Device):
     driver_name = "ixgbe"
-    min_rx_frame = ETH_MIN_FRAME     # an 82599 discards undersized frames (it counts them in RUC): one in a
-                                     # descriptor (the software model delivers runts) is a bad packet
+    min_rx_frame = ETH_MIN_FRAME     # an 82599 discards undersized frames (it counts them in RUC): one found
+                                     # in a descriptor all the same is a bad packet
 
     def __init__(self, spec: PortSpec, bar: pci.Bar, arena: Arena, bufs: PacketBuffers,
                  rx_pools: dict[int, Mempool], tx_done: TxDone | None, create: bool, sleep, owner: bool,
@@ -648,7 +648,9 @@ class IxgbeDevice(Device):
         dropped = sum(bar.read(R.MPC(i)) for i in range(PACKET_BUFFERS))
         dropped += sum(bar.read(R.QPRDC(q)) for q in range(min(self.spec.rx_queues, R.QPRDC_QUEUES)))
         too_long = bar.read(R.ROC)          # longer than the max frame size init_rx set: dropped by the MAC
-        self._totals = self._totals + DeviceStats(rx_packets, tx_packets, rx_bytes, tx_bytes, dropped, 0, too_long)
+        runts = bar.read(R.RUC)             # shorter than 64 bytes with FCS: dropped by the MAC
+        self._totals = self._totals + DeviceStats(rx_packets, tx_packets, rx_bytes, tx_bytes, dropped, 0, too_long,
+                                                  runts)
         return DeviceStats(**vars(self._totals))
 
     def reset_stats(self) -> None:

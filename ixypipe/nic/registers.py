@@ -245,9 +245,10 @@ GORCL = 0x04088
 GORCH = 0x0408C
 GOTCL = 0x04090
 GOTCH = 0x04094
+RUC = 0x040A4                   # receive undersize count: frames (good FCS) shorter than 64 bytes, dropped
 ROC = 0x040A8                   # receive oversize count: frames (good FCS) longer than the max frame size, dropped
 OCTETS_FCS_LEN = 4              # the octet counters (GORC, GOTC) count each frame with its 4-byte FCS
-STATS_CLEAR_ON_READ = (GPRC, GPTC, GORCL, GORCH, GOTCL, GOTCH, ROC) + tuple(MPC(i) for i in range(8))
+STATS_CLEAR_ON_READ = (GPRC, GPTC, GORCL, GORCH, GOTCL, GOTCH, RUC, ROC) + tuple(MPC(i) for i in range(8))
 
 # --- queues and rings ---------------------------------------------------------------
 MAX_RX_QUEUES = 128

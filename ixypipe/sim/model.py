@@ -19,7 +19,7 @@ Where the model differs from silicon:
   set as soon as the driver wrote it; the model latches RDBAL/RDBAH/RDLEN
   (TDBAL/...) at the first step that sees the bit, which is after the
   driver wrote them, so the driver loses nothing by not waiting.
-* Clear-on-read statistics (GPRC, GPTC, GORCL/H, GOTCL/H, MPC(0), ROC): the
+* Clear-on-read statistics (GPRC, GPTC, GORCL/H, GOTCL/H, MPC(0), ROC, RUC): the
   model counts internally and *latches* every ``stats_period_ns`` (1 s in
   the simulator process, by default): each latch overwrites the registers
   with the counts of the interval just ended.  A driver that reads and
@@ -32,10 +32,11 @@ Where the model differs from silicon:
   running totals (``rx_bytes``/``tx_bytes``) count frame bytes only.  A frame without a free descriptor is counted in
   QPRDC(queue) when that queue's SRRCTL.DROP_EN is set (queues < 16), else
   in MPC(0), as is a frame arriving while RX is off or its queue is not live.
-* Frame length, as the MAC checks it before any queue: a frame longer than
-  the max frame size (MAXFRS.MFS with HLREG0.JUMBOEN, else 1518 bytes; FCS
-  included, 4 more with an 802.1Q tag) is dropped and counted in ROC
-  (``rx_oversize``), nothing is DMAed.  A frame within it but longer than
+* Frame length, as the MAC checks it before any queue: a runt (shorter
+  than 64 bytes with FCS, 60 on the model's FCS-less wire) is dropped and
+  counted in RUC (``rx_undersize``), a frame longer than the max frame size
+  (MAXFRS.MFS with HLREG0.JUMBOEN, else 1518 bytes; FCS included, 4 more
+  with an 802.1Q tag) in ROC (``rx_oversize``); nothing is DMAed.  A frame within it but longer than
   its queue's SRRCTL.BSIZEPKT would span descriptors on silicon; that is
   not modelled and faults the queue (below): the ixgbe driver sets MFS so
   that it cannot happen.
@@ -64,7 +65,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ixypipe.nic import registers as R
-from ixypipe.protocols import ETH_TYPE_OFF, ETHERTYPE_VLAN
+from ixypipe.protocols import ETH_MIN_FRAME, ETH_TYPE_OFF, ETHERTYPE_VLAN
 from ixypipe.sim.dma import DmaSpace
 from ixypipe.sim.payload import SIM_MAX_FRAME
 from ixypipe.sim.rss import Rss
@@ -210,9 +211,10 @@ class SimPort:
         self._bme_warned = False
         # running totals (exact) and the counts of the current stats interval
         self.rx_delivered = self.rx_bytes = self.rx_missed = 0
+        self.rx_undersize = 0                       # shorter than 64 bytes with FCS: dropped by the MAC (RUC)
         self.rx_oversize = 0                        # longer than the max frame size: dropped by the MAC (ROC)
         self.tx_sent = self.tx_bytes = 0
-        self._interval = np.zeros(6, np.int64)      # GPRC, GORC, GPTC, GOTC, MPC, ROC
+        self._interval = np.zeros(7, np.int64)      # GPRC, GORC, GPTC, GOTC, MPC, ROC, RUC
         self._qprdc = np.zeros(R.QPRDC_QUEUES, np.int64)
         self._next_latch = clock() + stats_period_ns
         self.power_on()
@@ -392,10 +394,11 @@ class SimPort:
     def receive(self, batch: PacketBatch, queues: np.ndarray | None = None,
                 hashes: np.ndarray | None = None) -> int:
         """Frames arriving from the wire; returns how many were delivered (the rest are missed)."""
-        rejected = self._too_long(batch.data, batch.lengths)
-        if rejected is not None:                  # the MAC drops them before any queue sees them
-            self._oversized(int(rejected.sum()))
-            keep = np.flatnonzero(~rejected)
+        errors = self._length_errors(batch.data, batch.lengths)
+        if errors is not None:                    # the MAC drops them before any queue sees them
+            under, over = errors
+            self._length_dropped(int(under.sum()), int(over.sum()))
+            keep = np.flatnonzero(~(under | over))
             batch = batch.take(keep)
             if queues is not None:
                 queues, hashes = queues[keep], hashes[keep]
@@ -436,8 +439,10 @@ class SimPort:
         ``n`` from) the packets stop where the first queue runs out of descriptors.  Returns how many
         were generated (delivered or missed); the caller commits them."""
         flow_queue, flow_hash, flow_idx = self._generator_rss(gen)
-        rejected = self._too_long(gen.templates, gen.flow_lengths)      # flows the MAC drops: no queue
-        if rejected is not None:
+        errors = self._length_errors(gen.templates, gen.flow_lengths)     # flows the MAC drops: no queue
+        rejected = None
+        if errors is not None:
+            rejected = errors[0] | errors[1]
             flow_queue = np.where(rejected, -1, flow_queue)
             flow_idx = np.unique(flow_queue[~rejected])
         if free is not None:
@@ -451,8 +456,12 @@ class SimPort:
                         n = min(n, int(over[0]))
         if n == 0:
             return 0
-        dropped = int(rejected[gen.flows_of_next(n)].sum()) if rejected is not None else 0
-        self._oversized(dropped)
+        dropped = 0
+        if errors is not None:
+            flows = gen.flows_of_next(n)
+            under, over = int(errors[0][flows].sum()), int(errors[1][flows].sum())
+            self._length_dropped(under, over)
+            dropped = under + over
         if not self._bus_master():
             self._missed(n - dropped)
             return n
@@ -516,22 +525,26 @@ class SimPort:
             mfs = (self.reg(R.MAXFRS) >> R.MAXFRS_MFS_SHIFT) & R.MAXFRS_MFS_MASK
         return mfs - R.OCTETS_FCS_LEN
 
-    def _too_long(self, data: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
-        """Which frames are longer than the max frame size (a mask), or None when none is: the common case
-        costs one max()."""
+    def _length_errors(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(undersize, oversize) masks of the frames the MAC drops for their length, or None when it drops
+        none (the common case costs a min() and a max()).  Undersize: shorter than 64 bytes with FCS (a
+        runt); oversize: longer than the max frame size (4 bytes more with an 802.1Q tag)."""
         longest = self.max_frame()
-        if len(lengths) == 0 or int(lengths.max()) <= longest:
+        if len(lengths) == 0 or (int(lengths.min()) >= ETH_MIN_FRAME and int(lengths.max()) <= longest):
             return None
+        under = lengths < ETH_MIN_FRAME
         over = lengths > longest
         rows = np.flatnonzero(over)
         tagged = (data[rows, ETH_TYPE_OFF].astype(np.int64) << 8 | data[rows, ETH_TYPE_OFF + 1]) == ETHERTYPE_VLAN
         over[rows] = lengths[rows] > longest + np.where(tagged, R.MFS_VLAN_EXTRA, 0)
-        return over if over.any() else None
+        return (under, over) if under.any() or over.any() else None
 
-    def _oversized(self, n: int) -> None:
-        """Frames the MAC dropped for their length (ROC): no descriptor, no buffer is touched."""
-        self.rx_oversize += n
-        self._interval[5] += n
+    def _length_dropped(self, under: int, over: int) -> None:
+        """Frames the MAC dropped for their length (RUC, ROC): no descriptor, no buffer is touched."""
+        self.rx_undersize += under
+        self.rx_oversize += over
+        self._interval[6] += under
+        self._interval[5] += over
 
     def _missed(self, n: int, q: _Queue | None = None) -> None:
         """Frames dropped: per queue (QPRDC) when its SRRCTL.DROP_EN is set, else in the packet buffer (MPC)."""
@@ -668,7 +681,7 @@ class SimPort:
     # ---- statistics ---------------------------------------------------------------------
     def latch_stats(self) -> None:
         """Publish the interval's counts in the clear-on-read registers (see the module docstring)."""
-        gprc, gorc, gptc, gotc, mpc, roc = (int(v) for v in self._interval)
+        gprc, gorc, gptc, gotc, mpc, roc, ruc = (int(v) for v in self._interval)
         self.set_reg(R.GPRC, gprc)
         self.set_reg(R.GORCL, gorc)
         self.set_reg(R.GORCH, gorc >> 32)
@@ -677,6 +690,7 @@ class SimPort:
         self.set_reg(R.GOTCH, gotc >> 32)
         self.set_reg(R.MPC(0), mpc)
         self.set_reg(R.ROC, roc)
+        self.set_reg(R.RUC, ruc)
         self.bar[self._qprdc_idx] = self._qprdc.astype(np.uint32)
         self._interval[:] = 0
         self._qprdc[:] = 0
