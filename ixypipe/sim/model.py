@@ -186,9 +186,9 @@ class SimPort:
         self.kernels = load_kernels(hot_path)
         self._info = np.zeros(8, np.int64)          # a compiled walk's report (see sim/kernels.py)
         self._tx_out: tuple[np.ndarray, np.ndarray] | None = None
-        self._gen_rss: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._rss_regs = _reg_index([R.MRQC] + [R.RSSRK(i) for i in range(10)]
-                                    + [R.RETA(i) for i in range(R.RETA_ENTRIES // 4)])
+        self._gen_flows: dict[int, tuple] = {}      # per generator: its flows' queues, hashes, length verdicts
+        self._gen_regs = _reg_index([R.MRQC] + [R.RSSRK(i) for i in range(10)]
+                                    + [R.RETA(i) for i in range(R.RETA_ENTRIES // 4)] + [R.HLREG0, R.MAXFRS])
         self.wire_out: list[Callable[[PacketBatch], object]] = []
         self.faults: list[Fault] = []
         self.rxq = [_Queue(i) for i in range(R.MAX_RX_QUEUES)]
@@ -438,19 +438,14 @@ class SimPort:
         (the caller checked ``rx_ready``).  With ``free`` (rate 0: the ``rx_free()`` the caller sized
         ``n`` from) the packets stop where the first queue runs out of descriptors.  Returns how many
         were generated (delivered or missed); the caller commits them."""
-        flow_queue, flow_hash, flow_idx = self._generator_rss(gen)
-        errors = self._length_errors(gen.templates, gen.flow_lengths)     # flows the MAC drops: no queue
-        rejected = None
-        if errors is not None:
-            rejected = errors[0] | errors[1]
-            flow_queue = np.where(rejected, -1, flow_queue)
-            flow_idx = np.unique(flow_queue[~rejected])
+        flow_queue, flow_hash, flow_idx, errors, rss_queue, rss_idx = self._generator_flows(gen)
         if free is not None:
-            if len(flow_idx) == 1:          # every flow lands on one queue
-                n = min(n, int(free[flow_idx[0]]))
+            # cut by each frame's RSS queue, also for frames the MAC will drop, as the numpy path does
+            if len(rss_idx) == 1:           # every flow lands on one queue
+                n = min(n, int(free[rss_idx[0]]))
             else:
-                queues = flow_queue[gen.flows_of_next(n)]
-                for qi in flow_idx:
+                queues = rss_queue[gen.flows_of_next(n)]
+                for qi in rss_idx:
                     over = np.flatnonzero(queues == qi)[free[qi]:]
                     if len(over):
                         n = min(n, int(over[0]))
@@ -477,16 +472,25 @@ class SimPort:
             self._missed(rows - got, q if live else None)
         return n
 
-    def _generator_rss(self, gen: Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(RX queue, RSS hash) of each of the generator's flows and the queues they use, recomputed
-        when MRQC, RSSRK or RETA changed (a flow's 5-tuple is fixed, so its queue is)."""
-        regs = self.bar[self._rss_regs]
-        cached = self._gen_rss.get(id(gen))
+    def _generator_flows(self, gen: Generator) -> tuple:
+        """For each of the generator's flows: the RX queue its frames reach (-1 when the MAC drops them for
+        their length), its RSS hash, the queues reached, the length verdicts (``_length_errors``: None when
+        every flow passes), and its RSS queue and the RSS queues used, dropped frames included.  Recomputed
+        when MRQC, RSSRK, RETA, HLREG0 or MAXFRS changed (a flow's 5-tuple and length are fixed, so are its
+        queue and verdict)."""
+        regs = self.bar[self._gen_regs]
+        cached = self._gen_flows.get(id(gen))
         if cached is not None and np.array_equal(cached[0], regs):
             return cached[1:]
-        queues, hashes = self.classify(PacketBatch(gen.templates, gen.flow_lengths))
-        entry = (regs, queues, hashes, np.unique(queues))
-        self._gen_rss[id(gen)] = entry
+        rss_queues, hashes = self.classify(PacketBatch(gen.templates, gen.flow_lengths))
+        rss_idx = np.unique(rss_queues)
+        errors = self._length_errors(gen.templates, gen.flow_lengths)
+        queues, idx = rss_queues, rss_idx
+        if errors is not None:
+            queues = np.where(errors[0] | errors[1], -1, rss_queues)
+            idx = np.unique(queues[queues >= 0])
+        entry = (regs, queues, hashes, idx, errors, rss_queues, rss_idx)
+        self._gen_flows[id(gen)] = entry
         return entry[1:]
 
     def _rx_compiled(self, q: _Queue, kernel, *args) -> tuple[int, int]:
@@ -527,10 +531,11 @@ class SimPort:
 
     def _length_errors(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(undersize, oversize) masks of the frames the MAC drops for their length, or None when it drops
-        none (the common case costs a min() and a max()).  Undersize: shorter than 64 bytes with FCS (a
+        none (the common case costs a min(), and a max() when the batch is wider than the max frame).  Undersize: shorter than 64 bytes with FCS (a
         runt); oversize: longer than the max frame size (4 bytes more with an 802.1Q tag)."""
         longest = self.max_frame()
-        if len(lengths) == 0 or (int(lengths.min()) >= ETH_MIN_FRAME and int(lengths.max()) <= longest):
+        if len(lengths) == 0 or (lengths.min() >= ETH_MIN_FRAME and (data.shape[1] <= longest  # no frame is wider
+                                                                     or lengths.max() <= longest)):
             return None
         under = lengths < ETH_MIN_FRAME
         over = lengths > longest
