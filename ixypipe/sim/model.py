@@ -19,9 +19,9 @@ Where the model differs from silicon:
   set as soon as the driver wrote it; the model latches RDBAL/RDBAH/RDLEN
   (TDBAL/...) at the first step that sees the bit, which is after the
   driver wrote them, so the driver loses nothing by not waiting.
-* Clear-on-read statistics (GPRC, GPTC, GORCL/H, GOTCL/H, MPC(0), ROC, RUC): the
-  model counts internally and *latches* every ``stats_period_ns`` (1 s in
-  the simulator process, by default): each latch overwrites the registers
+* Clear-on-read statistics (GPRC, GPTC, GORCL/H, GOTCL/H, MPC(0), ROC,
+  RUC): the model counts internally and *latches* every
+  ``stats_period_ns`` (1 s in the simulator process, by default): each latch overwrites the registers
   with the counts of the interval just ended.  A driver that reads and
   adds them ixy-style about once per period (ixy-fwd reads once a second)
   sees correct totals; reading twice within one period counts that
@@ -29,24 +29,28 @@ Where the model differs from silicon:
   totals are in the simulator's counters block (``PortCounters``).
   Octet counters count every frame with its 4-byte FCS, as silicon does
   (64 for a 60-byte frame), although the simulated wire carries none; the
-  running totals (``rx_bytes``/``tx_bytes``) count frame bytes only.  A frame without a free descriptor is counted in
-  QPRDC(queue) when that queue's SRRCTL.DROP_EN is set (queues < 16), else
-  in MPC(0), as is a frame arriving while RX is off or its queue is not live.
+  running totals (``rx_bytes``/``tx_bytes``) count frame bytes only.  A
+  frame without a free descriptor is counted in QPRDC(queue) when that
+  queue's SRRCTL.DROP_EN is set (queues < 16), else in MPC(0), as is a
+  frame arriving while RX is off or its queue is not live.
 * Frame length, as the MAC checks it before any queue: a runt (shorter
   than 64 bytes with FCS, 60 on the model's FCS-less wire) is dropped and
   counted in RUC (``rx_undersize``), a frame longer than the max frame size
   (MAXFRS.MFS with HLREG0.JUMBOEN, else 1518 bytes; FCS included, 4 more
-  with an 802.1Q tag) in ROC (``rx_oversize``); nothing is DMAed.  A frame within it but longer than
-  its queue's SRRCTL.BSIZEPKT would span descriptors on silicon; that is
-  not modelled and faults the queue (below): the ixgbe driver sets MFS so
-  that it cannot happen.
+  with an 802.1Q tag) in ROC (``rx_oversize``); nothing is DMAed.  A frame
+  within the max frame size but longer than its queue's SRRCTL.BSIZEPKT
+  would span descriptors on silicon; that is not modelled and faults the
+  queue (below): the ixgbe driver sets MFS so that it cannot happen.
 * Faults an IOMMU or the datasheet would flag (a DMA address outside the
   registered memory, a ring that is not inside it, legacy RX descriptors in
   SRRCTL, a TX descriptor without DEXT/DTYP_DATA or without EOP, a frame
-  larger than the RX buffer (BSIZEPKT)) are recorded as :class:`Fault`, logged, and
-  stop that queue until the driver disables and re-enables it; nothing is
-  written for the faulting descriptor.
-* No MAC filtering, VLANs, offloads, interrupts or flow control.
+  larger than the RX buffer (BSIZEPKT)) are recorded as :class:`Fault`,
+  logged, and stop that queue until the driver disables and re-enables it;
+  nothing is written for the faulting descriptor.
+* No address or VLAN filters, VLAN stripping, offloads, interrupts or flow
+  control, and no TX padding (HLREG0.TXPADEN): a frame shorter than 60
+  bytes goes on the wire as posted, so a cabled peer drops it as a runt
+  where silicon would have padded it.
 
 Two implementations of the hot paths (``hot_path``): "numpy" (the
 reference, array by array) and "numba" (``sim/kernels.py``: one compiled
@@ -531,11 +535,13 @@ class SimPort:
 
     def _length_errors(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(undersize, oversize) masks of the frames the MAC drops for their length, or None when it drops
-        none (the common case costs a min(), and a max() when the batch is wider than the max frame).  Undersize: shorter than 64 bytes with FCS (a
-        runt); oversize: longer than the max frame size (4 bytes more with an 802.1Q tag)."""
+        none.  Undersize: shorter than 64 bytes with FCS (a runt); oversize: longer than the max frame size
+        (4 bytes more with an 802.1Q tag).  The common case costs a min(), and a max() only when the batch
+        is wider than the max frame (frames are rows of ``data``, so none is longer than its width)."""
+        if len(lengths) == 0:
+            return None
         longest = self.max_frame()
-        if len(lengths) == 0 or (lengths.min() >= ETH_MIN_FRAME and (data.shape[1] <= longest  # no frame is wider
-                                                                     or lengths.max() <= longest)):
+        if lengths.min() >= ETH_MIN_FRAME and (data.shape[1] <= longest or lengths.max() <= longest):
             return None
         under = lengths < ETH_MIN_FRAME
         over = lengths > longest
