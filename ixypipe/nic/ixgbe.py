@@ -205,7 +205,6 @@ def reset_statistics(bar: pci.Bar) -> None:
         bar.read(reg)
 
 
-
 # 4.6.7 Receive Initialization
 def init_rx(bar: pci.Bar, queues: list[RxQueue]) -> tuple[int, int, int]:
     """Returns (bytes a buffer holds, BSIZEPKT in KB, MFS) as programmed (zeros without a mempool)."""
