@@ -225,7 +225,8 @@ def init_rx(bar: pci.Bar, queues: list[RxQueue]) -> tuple[int, int, int]:
         # the max frame size keeps every frame inside a buffer's data area (rx_frame_limits); JUMBOEN makes
         # the MAC use it, in either direction from its built-in 1518 bytes (Linux's ixgbe does the same)
         bar.set_flags(R.HLREG0, R.HLREG0_JUMBOEN)
-        bar.write(R.MAXFRS, mfs << R.MAXFRS_MFS_SHIFT)
+        mfs_field = R.MAXFRS_MFS_MASK << R.MAXFRS_MFS_SHIFT        # bits 15:0 are reserved: kept as read
+        bar.write(R.MAXFRS, (bar.read(R.MAXFRS) & ~mfs_field) | mfs << R.MAXFRS_MFS_SHIFT)
     if len(queues) > 1:
         init_rss(bar, len(queues))
     # "last sentence" of 4.6.7: no-snoop disable, the 82599 must snoop the CPU caches
