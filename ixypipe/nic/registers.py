@@ -328,6 +328,7 @@ SRRCTL_BSIZEPKT_MAX_KB = 16             # the largest RX buffer size the datashe
 # frame longer than BSIZEPKT spans descriptors, which the driver does not take (no multi-buffer frames).
 RX_STANDARD_FRAME = 1518
 RXPBSIZE_RESET_VALUE = 0x00080000       # 512 KB in packet buffer 0
+MAXFRS_RESET_VALUE = MFS_STANDARD << MAXFRS_MFS_SHIFT      # 0x05EE0000: MFS 1518
 
 
 # --- RX buffer size and max frame size for a packet buffer size (the driver sets them, the
