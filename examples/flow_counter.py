@@ -1,9 +1,16 @@
 """Count packets and bytes per flow (addresses, protocol, ports) in a numpy flow table.
 
+    ixypipe run examples/flow_counter.toml      # the table lands in /tmp/ixypipe-flows-0.csv
+
     [workers]
     function = "examples/flow_counter.py:FlowCounter"
     [workers.options]
-    output = "flows.csv"      # written at teardown, one file per worker (flows-0.csv ...); optional
+    output = "/tmp/flows.csv" # one file per worker (flows-0.csv ...), relative to the pipeline file; optional
+
+The file is opened in setup (a path the worker may not write fails the run at
+once, not after it) and written at teardown.  Workers of a pipeline started
+as root run as ``nobody`` (``[pipeline] worker_user``), so the file must be
+somewhere that user can write: /tmp, or a directory given to it.
 
 A class keeps the table between batches.  Each batch packs every packet's
 flow key into one row of bytes, finds the batch's distinct flows with
@@ -14,6 +21,8 @@ only flows never seen before, never a packet.  Live counters: ``flows``,
 
 import csv
 import ipaddress
+import os
+import pwd
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +33,7 @@ KEY_BYTES = 16 + 16 + 1 + 2 + 2        # src, dst (IPv4 in the first 4 bytes), p
 class FlowCounter:
     def setup(self, ctx):
         self.ctx = ctx
+        self.out = open_output(ctx)
         self.index: dict[bytes, int] = {}
         self.keys = np.zeros((1024, KEY_BYTES), np.uint8)
         self.packets = np.zeros(1024, np.int64)
@@ -80,12 +90,30 @@ class FlowCounter:
         return out
 
     def teardown(self, ctx):
-        name = ctx.options.get("output")
-        if not name:
+        if self.out is None:
             return
-        path = Path(ctx.base_dir) / name
-        path = path.with_name(f"{path.stem}-{ctx.worker}{path.suffix}")
-        with path.open("w", newline="") as f:
+        with self.out as f:
             w = csv.writer(f)
             w.writerow(["src", "dst", "proto", "sport", "dport", "packets", "bytes"])
             w.writerows(self.table())
+
+
+def open_output(ctx):
+    """This worker's output file (``output`` with the worker's number), opened for writing, or None."""
+    name = ctx.options.get("output")
+    if not name:
+        return None
+    path = Path(ctx.base_dir) / name
+    path = path.with_name(f"{path.stem}-{ctx.worker}{path.suffix}")
+    try:
+        return path.open("w", newline="")
+    except OSError as exc:
+        uid = os.geteuid()
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = str(uid)
+        raise type(exc)(
+            f"flow_counter: cannot write {path}: {exc.strerror}; this worker runs as user {user!r} (uid {uid}), "
+            f"set by [pipeline] worker_user (nobody when ixypipe runs as root): give [workers.options] output a "
+            f"file in a directory that user can write, e.g. \"/tmp/flows.csv\"") from None

@@ -23,6 +23,7 @@ from ixypipe.commands.options import (
     shared_params,
     wants_json,
 )
+from ixypipe.proc import setup_logging
 
 # command name -> module in ixypipe.commands exposing a click command called ``command``
 COMMANDS = {
@@ -122,5 +123,5 @@ def main() -> None:
       ixypipe fwd --sim                    ixy-fwd: one process, two ports
     """
     ctx = click.get_current_context()
-    logging.basicConfig(level=logging.DEBUG if ctx.meta.get("ixypipe.verbose") else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if ctx.meta.get("ixypipe.verbose") else logging.INFO,
+                  "%(levelname)s %(name)s: %(message)s")

@@ -211,4 +211,5 @@ PORT_DROPS_MAX_PORTS = 256
 PORT_DROPS_DTYPE = np.dtype([
     ("rx_missed", "<i8"),            # no free descriptor (NIC) or the kernel's ring was full (AF_PACKET)
     ("rx_too_long", "<i8"),          # longer than a packet buffer
+    ("rx_undersize", "<i8"),         # runts (shorter than 64 bytes with FCS), which an 82599 drops
 ])

@@ -1,4 +1,5 @@
-"""What every long-running ixypipe process does for itself: back off when idle, name itself, die with its parent.
+"""What every long-running ixypipe process does for itself: back off when idle, name itself, die with its
+parent, set up its logging.
 
 Used by the pipeline's stage processes and by the software 82599's model
 process alike.
@@ -23,6 +24,7 @@ batch's own work.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import time
@@ -129,3 +131,35 @@ def die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:          # the parent died before prctl took effect
         os._exit(1)
+
+
+# ---- logging ------------------------------------------------------------------------
+
+PACKAGE_LOGGER = "ixypipe"          # the parent of every ixypipe module's logger
+LIBRARY_LOG_LEVEL = logging.WARNING
+
+
+def setup_logging(level: int, fmt: str) -> None:
+    """Log ixypipe's own records from ``level`` up, every other logger's (numba, user libraries) from
+    WARNING up, through one handler on the root logger with format ``fmt``.
+
+    ``-v`` (``level`` DEBUG) is for ixypipe's debug lines: at DEBUG numba's loggers print every
+    compiler pass (hundreds of lines per kernel compiled), which would bury them.  A process whose
+    logging is already configured (an embedding program, pytest) keeps it, as logging.basicConfig does.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    logging.basicConfig(level=max(level, LIBRARY_LOG_LEVEL), format=fmt)
+    logging.getLogger(PACKAGE_LOGGER).setLevel(level)
+
+
+def set_log_level(level: int) -> None:
+    """ixypipe's own level (``-v`` given after the sub-command: DEBUG); other loggers keep theirs."""
+    logging.getLogger(PACKAGE_LOGGER).setLevel(level)
+
+
+def log_level() -> int:
+    """The level ixypipe's own records are logged from in this process: what a child process it starts
+    (stages, the software 82599) is given."""
+    return logging.getLogger(PACKAGE_LOGGER).getEffectiveLevel()

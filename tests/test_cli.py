@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import textwrap
 import uuid
@@ -61,15 +62,38 @@ def test_json_before_or_after_the_sub_command(where):
                                   ["sim", "serve", "--verbose", "--help"],
                                   ["run", str(REPO / "pipelines" / "fwd.toml"), "--check", "-v"]])
 def test_verbose_before_or_after_the_sub_command(args):
-    root = logging.getLogger()
-    saved = root.level
+    root, own = logging.getLogger(), logging.getLogger("ixypipe")
+    saved = root.level, own.level
     root.setLevel(logging.WARNING)
+    own.setLevel(logging.NOTSET)
     try:
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 0, res.output
-        assert root.level == logging.DEBUG
+        assert own.getEffectiveLevel() == logging.DEBUG            # ixypipe's own debug lines
+        assert logging.getLogger("numba.core.ssa").getEffectiveLevel() == logging.WARNING   # not numba's
     finally:
-        root.setLevel(saved)
+        root.setLevel(saved[0])
+        own.setLevel(saved[1])
+
+
+def test_verbose_run_prints_ixypipes_debug_lines_from_every_process_and_none_of_numbas():
+    res = ixypipe("-v", "run", str(REPO / "pipelines" / "fwd.toml"), "--duration", "1", timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert "accounting OK" in res.stdout
+    debug = [line for line in res.stderr.splitlines() if "DEBUG" in line]
+    stages = ("rx-p0-q0", "rx-p1-q0", "worker-0", "tx-p0-q0", "tx-p1-q0")
+    # the supervisor's placement, each stage process and the software 82599's process say where they run
+    assert {f"DEBUG ixypipe.pipeline.placement: {name} on CPU" for name in (*stages, "sim")} <= {
+        line.rsplit(" ", 1)[0] for line in debug}
+    for name in stages:
+        assert [line for line in debug if line.startswith(f"DEBUG {name}: ")] == [
+            next(line for line in debug if re.fullmatch(rf"DEBUG {name}: pid \d+ on CPU \d+, idle mode wake", line))]
+    assert [line for line in debug if line.startswith("ixypipe-sim: ")] == [
+        next(line for line in debug if re.fullmatch(r"ixypipe-sim: DEBUG pid \d+: ports p0, p1, \w+ hot path", line))]
+    # numba's loggers stay at WARNING: none of its compiler passes' debug output (hundreds of lines per kernel)
+    assert "numba" not in res.stdout + res.stderr
+    assert all(line.startswith(("DEBUG ixypipe.", "ixypipe-sim: DEBUG pid ")) or line.startswith(
+        tuple(f"DEBUG {name}: " for name in stages)) for line in debug), debug
 
 
 @pytest.mark.parametrize("text, pps", [("0", 0.0), ("2000", 2000.0), ("300k", 300e3), ("1.5M", 1.5e6),

@@ -341,3 +341,20 @@ def test_liveness_keys_default_and_take_values(tmp_path):
     assert (cfg.stall_timeout, cfg.max_restarts) == (2.0, 5)
     cfg = parse_pipeline(f"[pipeline]\nstall_timeout = 10\nmax_restarts = 0\n{ports}", tmp_path / "p.toml")
     assert (cfg.stall_timeout, cfg.max_restarts) == (10.0, 0)
+
+
+@pytest.mark.parametrize("lines, size, ok", [("", 1980, True), ("", 1981, False), ('profile = "vlan"\n', 1984, True)])
+def test_generator_frames_must_fit_the_max_frame_size_the_82599_driver_sets(tmp_path, lines, size, ok):
+    text = FWD.read_text().replace("packet_size = 60\nrate_mpps = 0.3 ", f"{lines}packet_size = {size}\nrate_mpps = 0.3 ", 1)
+    if ok:
+        assert parse_pipeline(text, tmp_path / "p.toml").ports[0].generator.packet_size == size
+        return
+    with pytest.raises(ConfigError) as info:
+        parse_pipeline(text, tmp_path / "p.toml")
+    assert str(info.value) == (
+        f"{tmp_path / 'p.toml'}: ports[0].generator.packet_size (line 28): packet size 1981 is longer than the port "
+        "takes: with 2048-byte buffers its 82599 driver sets a max frame size of 1984 bytes with FCS (1980 without, "
+        "1984 with an 802.1Q tag) and the NIC drops longer frames; a larger buffer_size makes room ([pipeline] "
+        "buffer_size = 2048)")
+    text = text.replace("[pipeline]\n", "[pipeline]\nbuffer_size = 4096\n", 1)
+    assert parse_pipeline(text, tmp_path / "p.toml").ports[0].generator.packet_size == 1981

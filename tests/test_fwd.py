@@ -69,6 +69,21 @@ def test_forwarding_both_ways_increments_the_second_byte(two_ports):
         assert pool.available() + len(dev.rx_held(0)) == POOL
 
 
+def test_frames_the_82599_drops_for_their_size_are_accounted_for_by_the_verdict(two_ports):
+    from ixypipe.commands.fwd import judge
+    world, (a, b), _, _ = two_ports(count=500, packet_size=2000)     # longer than a 2048-byte buffer takes
+    fwd = Forwarder(a, b, batch=32, step=world.step)
+    world.start_traffic()
+    for _ in range(200):            # the generators finish; nothing reaches a descriptor to forward
+        world.step()
+    c = world.counters()
+    assert [(c[p].generated, c[p].rx_oversize, c[p].rx_delivered) for p in ("p0", "p1")] == [(500, 500, 0)] * 2
+    lines = []
+    assert judge(fwd, c, lines.append) == []
+    assert lines[0] == ("[p1] sink: received 0 of 500 generated at p0; missed at p0 RX 0, dropped by p0's MAC "
+                        "(runt 0, too_long 500), dropped at p1 TX 0; lost 0, reordered 0, corrupt 0, untouched 0")
+
+
 def test_what_tx_refuses_is_dropped_and_freed(two_ports):
     world, (a, b), bufs, pools = two_ports(count=0, ring=64)
     fwd = Forwarder(a, b, batch=64)                    # the model is not stepped: p1's TX never drains

@@ -81,14 +81,24 @@ def test_jumbo_frames_where_the_buffers_hold_them(tmp_path):
             "this size hold frames up to 1984 bytes") in small.stderr
 
 
-def test_runts_are_dropped_by_the_pipeline_as_bad_packets(tmp_path):
-    res = ixypipe("run", pipeline(tmp_path, 'profile = "runt"\npacket_size = 42', "flows = 8"), "--json")
+def test_runts_are_dropped_and_counted_by_the_82599_before_the_pipeline(tmp_path):
+    path = pipeline(tmp_path, 'profile = "runt"\npacket_size = 42', "flows = 8")
+    res = ixypipe("run", path, "--json")
     assert res.returncode == 0, res.stderr
     s = summary_of(res.stdout)
-    assert s["received"] == 2 * COUNT and s["transmitted"] == COUNT
-    assert s["drops"]["bad_packet"] == COUNT and sum(s["drops"].values()) == COUNT
+    assert s["ok"] and s["stop_reason"] == "all sources finished"
+    # the NIC drops p0's runts (RUC): the pipeline never receives them, and says so per port
+    assert s["received"] == s["transmitted"] == COUNT and sum(s["drops"].values()) == 0
+    assert s["port_drops"] == {"p0": {"rx_missed": 0, "rx_too_long": 0, "rx_undersize": COUNT},
+                               "p1": {"rx_missed": 0, "rx_too_long": 0, "rx_undersize": 0}}
+    assert (s["sim"]["p0"]["generated"], s["sim"]["p0"]["rx_undersize"], s["sim"]["p0"]["rx_delivered"]) == (
+        COUNT, COUNT, 0)
     assert s["sim"]["p1"]["sink_received"] == 0                  # p0's runts never left
     assert s["sim"]["p0"]["sink_received"] == COUNT and s["sim"]["p0"]["sink_corrupt"] == 0
+    text = ixypipe("run", path)
+    assert text.returncode == 0, text.stderr
+    assert f"dropped at the ports, before the pipeline: p0 runt {COUNT:,}\n" in text.stdout
+    assert text.stdout.rstrip().endswith("accounting OK")
 
 
 # ---- ixypipe gen --------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ def test_init_writes_registers_in_ixys_order(rig):
         + [R.AUTOC, R.AUTOC, R.AUTOC]                                # 4.6.4 LMS, PMA/PMD, AN restart
         + [R.RXCTRL] + [R.RXPBSIZE(i) for i in range(8)] + [R.HLREG0, R.RDRXCTL, R.FCTRL]   # 4.6.7
         + [R.SRRCTL(0), R.SRRCTL(0), R.RDBAL(0), R.RDBAH(0), R.RDLEN(0), R.RDH(0), R.RDT(0)]
+        + [R.HLREG0, R.MAXFRS]                                       # frames no longer than a buffer holds
         + [R.CTRL_EXT, R.DCA_RXCTRL(0), R.RXCTRL]
         + [R.HLREG0] + [R.TXPBSIZE(i) for i in range(8)] + [R.DTXMXSZRQ, R.RTTDCS]     # 4.6.8
         + [R.TDBAL(0), R.TDBAH(0), R.TDLEN(0), R.TXDCTL(0), R.DMATXCTL]
@@ -105,8 +106,9 @@ def test_init_writes_registers_in_ixys_order(rig):
     assert writes[R.TDBAL(0)] | writes[R.TDBAH(0)] << 32 == int(r.arena.phys(ring_tx.offset))
     assert writes[R.RDLEN(0)] == writes[R.TDLEN(0)] == 512 * 16
     assert writes[R.RDT(0)] == 511                                   # all but one descriptor to the NIC
-    assert writes[R.SRRCTL(0)] & (R.SRRCTL_DESCTYPE_MASK | R.SRRCTL_DROP_EN) == (
-        R.SRRCTL_DESCTYPE_ADV_ONEBUF | R.SRRCTL_DROP_EN)
+    assert writes[R.SRRCTL(0)] & (R.SRRCTL_DESCTYPE_MASK | R.SRRCTL_DROP_EN | R.SRRCTL_BSIZEPKT_MASK) == (
+        R.SRRCTL_DESCTYPE_ADV_ONEBUF | R.SRRCTL_DROP_EN | 2)        # 2 KB buffers for 2048-byte pkt_bufs ...
+    assert writes[R.MAXFRS] == 1984 << 16 and writes[R.HLREG0] & R.HLREG0_JUMBOEN   # ... no frame past 1984 bytes
     assert writes[R.DCA_RXCTRL(0)] & R.DCA_RXCTRL_RESERVED_BIT12 == 0
     assert writes[R.TXDCTL(0)] == R.TXDCTL_ENABLE | 36 | 8 << 8 | 4 << 16
     assert writes[R.DMATXCTL] == R.DMATXCTL_TE
@@ -264,6 +266,42 @@ def test_full_rx_ring_counts_drops(rig):
     assert dev.read_stats() == DeviceStats(rx_packets=0, tx_packets=5, rx_bytes=0, tx_bytes=5 * 64)
 
 
+@pytest.mark.parametrize("buf_size, kb, mfs", [(256, 1, 192), (1024, 1, 960), (2048, 2, 1984), (4096, 3, 3072),
+                                              (8192, 7, 7168), (16384, 15, 15360)])
+def test_rx_buffer_size_and_max_frame_keep_every_frame_inside_a_buffer(buf_size, kb, mfs):
+    max_data = buf_size - 64
+    assert R.rx_frame_limits(max_data) == (kb, mfs)
+    # the longest frame the MAC takes (802.1Q-tagged: MFS + 4, less the stripped FCS) fits the buffer's data
+    # and one descriptor's buffer, and a standard 1514-byte frame with a tag fits whenever the buffer holds it
+    assert mfs <= max_data and mfs <= kb * 1024
+    assert mfs >= min(1518, max_data) - (0 if kb * 1024 >= 1518 else 1518)
+
+
+def test_frames_longer_than_a_buffer_holds_are_dropped_as_too_long_and_never_overrun(rig):
+    r = rig(ring=64)
+    dev = r.open("p0")
+    port = r.world.ports["p0"]
+    assert port.max_frame() == 1980 and r.bufs.max_data == 1984
+    tagged = bytes(12) + b"\x81\x00\x00\x07"                          # an 802.1Q tag may add 4 bytes
+    frames = [bytes([1]) * 1980, bytes([2]) * 1981, bytes([3]) * 2000, (tagged + bytes([4]) * 1984)[:1984],
+              (tagged + bytes([5]) * 1985)[:1985], bytes([6]) * 1514, bytes([7]) * 60]
+    r.bufs.data[dev.rx_held(0)] = 0xEE                               # every buffer the NIC may write into
+    headers = r.bufs.raw[:, :16].copy()                              # address, pool, index of every buffer
+    assert port.receive(PacketBatch.from_frames(frames)) == 4
+    out = np.zeros(16, np.uint32)
+    assert dev.rx_batch(0, out) == 4
+    got = [bytes(r.bufs.packet(int(i))) for i in out[:4]]
+    assert got == [frames[0], frames[3], frames[5], frames[6]]
+    # nothing was written past a frame: the rest of each buffer (and so the next buffer's header) is untouched
+    for i, frame in zip(out[:4], got, strict=True):
+        assert (r.bufs.data[int(i), len(frame):] == 0xEE).all()
+    assert (r.bufs.raw[:, :16] == headers).all()                     # a 2000-byte frame would clobber 16 bytes
+    port.latch_stats()
+    stats = dev.read_stats()
+    assert (stats.rx_packets, stats.rx_too_long, stats.rx_dropped) == (4, 3, 0)
+    assert port.rx_oversize == 3 and port.faults == []
+
+
 def test_rx_waits_when_the_mempool_is_empty(rig):
     r = rig(ring=64)
     dev = r.open("p0")
@@ -365,6 +403,50 @@ def test_generated_traffic_loops_back_to_the_sink_intact(rig):
     assert dev.tx_drain(0, timeout=0.1) == 0
     c = r.world.counters()["p0"]
     assert (c.generated, c.sink_received, c.sink_lost, c.sink_corrupt, c.sink_reordered) == (3000, 3000, 0, 0, 0)
+
+
+def test_generated_frames_longer_than_the_max_frame_size_are_dropped_by_the_mac(rig):
+    r = rig(ports=[SimPortConfig("p0", generator=GeneratorConfig(profile="imix", flows=12, count=1200),
+                                 sink=SinkConfig())])
+    dev = r.open("p0")
+    port = r.world.ports["p0"]
+    port.set_reg(R.MAXFRS, 1000 << R.MAXFRS_MFS_SHIFT)     # as a driver with smaller buffers would: 996 bytes
+    r.world.start_traffic()
+    out = np.zeros(64, np.uint32)
+    for _ in range(400):
+        r.world.step()
+        n = dev.rx_batch(0, out)
+        assert (r.bufs.length[out[:n]] <= 996).all()
+        assert dev.tx_batch(0, out[:n]) == n
+    assert dev.tx_drain(0, timeout=0.1) == 0
+    c = r.world.counters()["p0"]
+    # IMIX: one flow in 12 sends 1514-byte frames, all dropped at the MAC; the 60- and 590-byte ones arrive
+    assert (c.generated, c.rx_oversize, c.rx_delivered, c.rx_missed) == (1200, 100, 1100, 0)
+    assert (c.sink_received, c.sink_corrupt, c.sink_reordered, c.dma_faults) == (1100, 0, 0, 0)
+    port.latch_stats()
+    assert dev.read_stats().rx_too_long == 100
+
+
+def test_runts_are_dropped_by_the_nic_and_counted_in_ruc(rig):
+    r = rig(ports=[SimPortConfig("p0", generator=GeneratorConfig(profile="runt", packet_size=42, count=500))])
+    dev = r.open("p0")
+    port = r.world.ports["p0"]
+    # from the cable: shorter than 64 bytes with FCS (60 without) is a runt; 60 is the smallest good frame
+    frames = [bytes([1]) * 14, bytes([2]) * 59, bytes([3]) * 60, bytes([4]) * 42, bytes([5]) * 61]
+    assert port.receive(PacketBatch.from_frames(frames)) == 2
+    out = np.zeros(64, np.uint32)
+    assert dev.rx_batch(0, out) == 2
+    assert [bytes(r.bufs.packet(int(i))) for i in out[:2]] == [frames[2], frames[4]]
+    # from the generator (the compiled path stamps straight into the buffers): none reaches a descriptor
+    r.world.start_traffic()
+    for _ in range(50):
+        r.world.step()
+        assert dev.rx_batch(0, out) == 0
+    c = r.world.counters()["p0"]
+    assert (c.generated, c.rx_undersize, c.rx_delivered, c.rx_missed, c.dma_faults) == (500, 503, 2, 0, 0)
+    port.latch_stats()
+    stats = dev.read_stats()
+    assert (stats.rx_undersize, stats.rx_packets, stats.rx_too_long, stats.rx_dropped) == (503, 2, 0, 0)
 
 
 def test_bad_specs_and_arenas_are_refused(rig, make_arena):

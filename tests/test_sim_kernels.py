@@ -146,6 +146,9 @@ def run(memory, hot_path: str, setup: dict, ops: list) -> dict:
                      clock=lambda: 0)          # stats latch only at the end, when asked
     try:
         drv = Driver(memory, world, setup["queues"], setup["rss"], setup["small_buf_queue"])
+        if setup.get("mfs"):            # a max frame size: longer frames (and always runts) are dropped at the MAC
+            drv.p.set_reg(R.HLREG0, R.HLREG0_JUMBOEN)
+            drv.p.set_reg(R.MAXFRS, setup["mfs"] << R.MAXFRS_MFS_SHIFT)
         world.start_traffic()
         for op in ops:
             kind = op[0]
@@ -186,6 +189,7 @@ op = st.one_of(
 setups = st.fixed_dictionaries({
     "queues": st.sampled_from([1, 2, 4]), "rss": st.booleans(), "flows": st.integers(1, 20),
     "size": st.sampled_from([60, 61, 300, 1514]), "small_buf_queue": st.one_of(st.none(), st.integers(0, 3)),
+    "mfs": st.sampled_from([None, 304, 1004]),
 })
 # every generator profile: (profile, VID) with sizes its layout allows; IMIX needs flows in twelves
 PROFILE_SIZES = {("udp", None): [60, 1514], ("imix", None): [60], ("imix", 4094): [60], ("vlan", 7): [64, 65, 1514],
@@ -195,6 +199,7 @@ profile_setups = st.sampled_from(sorted(PROFILE_SIZES, key=str)).flatmap(lambda 
     "profile": st.just(prof), "queues": st.sampled_from([1, 2, 4]), "rss": st.booleans(),
     "flows": st.sampled_from([12, 24]) if prof[0] == "imix" else st.integers(1, 20),
     "size": st.sampled_from(PROFILE_SIZES[prof]), "small_buf_queue": st.one_of(st.none(), st.integers(0, 3)),
+    "mfs": st.sampled_from([None, 304, 1004]),
 }))
 
 
@@ -209,6 +214,7 @@ def test_compiled_and_numpy_paths_agree_byte_for_byte(memory, setup, ops):
     event(f"missed: {c.rx_missed > 0}, generated: {c.generated > 0}, tx: {c.tx_sent > 0}, "
           f"verified: {ref['sink'].received - ref['sink'].corrupt > 0}")
     event(f"wrapped: {c.rx_delivered > RING}")
+    event(f"dropped at the MAC: runts {c.rx_undersize > 0}, too long {c.rx_oversize > 0}")
     assert fast["faults"] == ref["faults"]
     assert fast["counters"] == ref["counters"]
     assert fast["sink"] == ref["sink"]
@@ -262,8 +268,9 @@ def test_an_empty_dma_table_is_a_reported_fault_not_a_crash(memory, hot_path):
 
 @pytest.mark.parametrize("prof", sorted(PROFILE_SIZES, key=str))
 def test_each_profile_forwarded_as_generated_verifies_clean_on_both_paths(memory, prof):
-    """Generated frames sent back out unchanged (each with its own length): both sinks verify every one
-    (a runt carries no record: every one is corrupt), and both paths agree byte for byte."""
+    """Generated frames sent back out unchanged (each with its own length): both sinks verify every one,
+    and both paths agree byte for byte.  Runts never reach a buffer: the MAC drops and counts them (RUC),
+    so what goes out is whatever the buffers held, and the sinks find none of it intact."""
     size = PROFILE_SIZES[prof][-1]
     setup = {"profile": prof, "queues": 1, "rss": False, "flows": 24 if prof[0] == "imix" else 5, "size": size,
              "small_buf_queue": None}
@@ -276,6 +283,8 @@ def test_each_profile_forwarded_as_generated_verifies_clean_on_both_paths(memory
     sink = ref["sink"]
     assert sink.received > RING
     if prof[0] == "runt":
+        c = ref["counters"]
+        assert c.generated > 0 and (c.rx_undersize, c.rx_delivered, c.rx_missed) == (c.generated, 0, 0)
         assert sink.corrupt == sink.received
     else:
         assert sink.corrupt == 0 and sink.reordered == 0

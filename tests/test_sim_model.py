@@ -106,6 +106,7 @@ def test_reset_self_clears_then_eeprom_and_dma_init_come_up_and_link_needs_an_re
     assert p.reg(R.DCA_RXCTRL(0)) & R.DCA_RXCTRL_RESERVED_BIT12
     assert p.reg(R.DCA_RXCTRL(20)) & R.DCA_RXCTRL_RESERVED_BIT12
     assert p.reg(R.AUTOC) == R.AUTOC_RESET_VALUE
+    assert p.reg(R.MAXFRS) == 0x05EE0000            # MFS 1518
     assert p.reg(R.RAL(0)) == int.from_bytes(p.mac[:4], "little")
     assert p.reg(R.RAH(0)) == int.from_bytes(p.mac[4:], "little") | R.RAH_AV
     w.step()
@@ -143,6 +144,30 @@ def test_rx_writes_exact_bytes_length_eop_dd_and_advances_rdh(rig):
     assert p.reg(R.GORCL) == 3 * 64 + 2 * 1518         # the 82599 counts each frame's 4-byte FCS
     p.latch_stats()                                 # the next interval had no traffic
     assert p.reg(R.GPRC) == 0
+
+
+def test_the_mac_drops_runts_and_frames_over_the_max_frame_size_counting_them_in_ruc_and_roc(rig):
+    r = rig()
+    p = r.bring_up()
+    p.set_reg(R.RDT(0), 30)
+    tag = bytes(12) + b"\x81\x00\x00\x64"
+    untagged = [bytes([1]) * 1514, bytes([2]) * 1515, bytes([3]) * 59, bytes([4]) * 60, bytes([5]) * 14]
+    tagged = [(tag + bytes([6]) * 1514)[:1518], (tag + bytes([7]) * 1515)[:1519]]
+    # JUMBOEN clear: 1518 bytes with FCS, 4 more with an 802.1Q tag; shorter than 64 with FCS is a runt
+    assert p.receive(PacketBatch.from_frames(untagged + tagged)) == 3
+    assert [r.buf_bytes(i, n) for i, n in enumerate((1514, 60, 1518))] == [untagged[0], untagged[3], tagged[0]]
+    assert r.buf_bytes(3, 4) == b"\0\0\0\0" and p.reg(R.RDH(0)) == 3        # nothing else was written
+    # JUMBOEN set: MAXFRS.MFS counts, below 1518 as well as above
+    p.set_reg(R.HLREG0, R.HLREG0_JUMBOEN)
+    p.set_reg(R.MAXFRS, 1984 << R.MAXFRS_MFS_SHIFT)
+    assert p.max_frame() == 1980
+    assert p.receive(PacketBatch.from_frames([bytes(1980), bytes(1981), bytes(2000), bytes(1515)])) == 2
+    p.set_reg(R.MAXFRS, 1000 << R.MAXFRS_MFS_SHIFT)
+    assert p.receive(PacketBatch.from_frames([bytes(996), bytes(997)])) == 1
+    c = r.world.counters()["p0"]
+    assert (c.rx_delivered, c.rx_undersize, c.rx_oversize, c.rx_missed, c.dma_faults) == (6, 2, 5, 0, 0)
+    p.latch_stats()
+    assert (p.reg(R.GPRC), p.reg(R.RUC), p.reg(R.ROC), p.reg(R.MPC(0))) == (6, 2, 5, 0)
 
 
 def test_ring_full_counts_missed_in_mpc_or_qprdc(rig):

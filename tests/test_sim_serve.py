@@ -522,3 +522,12 @@ def test_served_count_sink_counts_a_foreign_traffic_source_exactly(tmp_path):
     assert out.splitlines()[-1] == (f"final p0: gen 0  rx 0 (missed 0)  tx {n}  sink {n} ({sum(lengths)} bytes; "
                                     f"sizes with FCS {sizes})  dma faults 0")
     assert read_pcap(captured).packets() == frames
+
+
+def test_the_status_line_names_frames_the_mac_dropped_for_their_length():
+    from ixypipe.commands.sim import counter_line
+    from ixypipe.sim.world import PortCounters
+    c = PortCounters(generated=10, rx_delivered=5, rx_missed=1, rx_undersize=3, rx_oversize=1)
+    assert counter_line("p0", c, None, 0.0) == ("p0: gen 10  rx 5 (missed 1, runt 3, too_long 1)  tx 0  sink 0 "
+                                                "(lost 0, reordered 0, corrupt 0, untouched 0)  dma faults 0")
+    assert "(missed 0)" in counter_line("p0", PortCounters(), None, 0.0)        # nothing to name, nothing said

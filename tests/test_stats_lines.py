@@ -42,15 +42,15 @@ def test_interval_lines_show_scaled_rates_and_this_interval_s_drops_per_reason()
     rx_a, worker = p.stages[0].row, p.stages[2].row
     table[rx_a]["packets_in"], table[rx_a]["bytes_in"] = 12_345, 12_345 * 60
     table[worker]["drop_worker"], table[worker]["drop_no_route"] = 7, 2
-    devs[0].stats = DeviceStats(rx_dropped=40, rx_too_long=3)
+    devs[0].stats = DeviceStats(rx_dropped=40, rx_too_long=3, rx_undersize=5)
     printer.interval(1.0)
     lines = out.getvalue().splitlines()
-    assert lines[0] == "[a] RX: 7.90 Mbit/s 12.3 kpps  dropped: missed 40, too_long 3"
+    assert lines[0] == "[a] RX: 7.90 Mbit/s 12.3 kpps  dropped: missed 40, too_long 3, runt 5"
     assert lines[1] == "[a] TX: 0.00 Mbit/s 0 pps"
     assert "worker-0@cpu0 idle 100% drops worker 7, no_route 2" in lines[-1]
     # the next interval shows only what happened in it
     table[worker]["drop_worker"] = 8
-    devs[0].stats = DeviceStats(rx_dropped=41, rx_too_long=3)
+    devs[0].stats = DeviceStats(rx_dropped=41, rx_too_long=3, rx_undersize=5)
     out.truncate(0), out.seek(0)
     printer.interval(2.0)
     lines = out.getvalue().splitlines()
@@ -64,13 +64,15 @@ def test_json_intervals_have_type_time_pipeline_and_cumulative_port_drops():
     devs = {0: FakeDevice("a"), 1: FakeDevice("b")}
     out = io.StringIO()
     printer = StatsPrinter(p, table, devs, out, json_lines=True)
-    devs[1].stats = DeviceStats(rx_dropped=5, rx_too_long=1)
+    devs[1].stats = DeviceStats(rx_dropped=5, rx_too_long=1, rx_undersize=2)
     printer.interval(1.0)
-    devs[1].stats = DeviceStats(rx_dropped=9, rx_too_long=1)
+    devs[1].stats = DeviceStats(rx_dropped=9, rx_too_long=1, rx_undersize=7)
     printer.interval(2.0)
     first, second = (json.loads(x) for x in out.getvalue().splitlines())
     assert first["type"] == "interval" and first["pipeline"] == "demo"
     assert datetime.fromisoformat(first["time"]).tzinfo is not None
     assert (second["ports"]["b"]["rx_missed"], second["ports"]["b"]["rx_missed_total"]) == (4, 9)
     assert (second["ports"]["b"]["rx_too_long"], second["ports"]["b"]["rx_too_long_total"]) == (0, 1)
-    assert port_drops(devs) == {"a": {"rx_missed": 0, "rx_too_long": 0}, "b": {"rx_missed": 9, "rx_too_long": 1}}
+    assert (second["ports"]["b"]["rx_undersize"], second["ports"]["b"]["rx_undersize_total"]) == (5, 7)
+    assert port_drops(devs) == {"a": {"rx_missed": 0, "rx_too_long": 0, "rx_undersize": 0},
+                                "b": {"rx_missed": 9, "rx_too_long": 1, "rx_undersize": 7}}

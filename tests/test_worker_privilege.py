@@ -8,11 +8,14 @@ for what they need).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -199,3 +202,48 @@ def test_a_running_worker_is_unprivileged_and_cannot_open_the_bar(tmp_path, work
     for st in seen.values():
         assert st["Uid"].split()[0] == "0" and st["NoNewPrivs"] == "1"
         assert st["CapEff"] == st["CapPrm"] == st["CapBnd"] == st["CapInh"] == ALL_ZERO
+
+
+# ---- an example worker that writes a file: where its user can -------------------------------------------
+
+FLOW_COUNTER = REPO / "examples" / "flow_counter.toml"
+FLOW_TABLE = Path("/tmp/ixypipe-flows-0.csv")      # what the example's pipeline file names, for worker 0
+
+
+def test_the_flow_counter_example_runs_as_its_file_says_and_its_worker_writes_the_table():
+    FLOW_TABLE.unlink(missing_ok=True)
+    try:
+        res = subprocess.run([*IXYPIPE, "run", str(FLOW_COUNTER), "--json"], capture_output=True, text=True,
+                             timeout=240, cwd=REPO)
+        assert res.returncode == 0, res.stderr
+        s = summary_of(res.stdout)
+        assert s["ok"] and s["stop_reason"] == "all sources finished"
+        assert s["received"] == s["transmitted"] == 20000 and sum(s["drops"].values()) == 0
+        assert s["user_counters"] == {"flows": 16, "flow_packets": 20000, "flow_bytes": 10000 * 60 + 10000 * 128}
+        # the worker wrote it after dropping to its user (nobody when the test runs as root)
+        assert FLOW_TABLE.stat().st_uid == (lookup(DEFAULT_WORKER_USER).uid if os.geteuid() == 0 else os.geteuid())
+        rows = list(csv.reader(FLOW_TABLE.open()))
+        assert rows[0] == ["src", "dst", "proto", "sport", "dport", "packets", "bytes"]
+        assert len(rows) == 17 and {(r[1], r[2], r[4], r[5]) for r in rows[1:]} == {("10.255.0.1", "17", "5000", "1250")}
+        assert sorted(int(r[6]) for r in rows[1:]) == [1250 * 60] * 8 + [1250 * 128] * 8
+    finally:
+        FLOW_TABLE.unlink(missing_ok=True)
+
+
+@needs_root
+def test_a_worker_that_cannot_write_its_output_says_which_file_and_which_user(tmp_path):
+    private = tmp_path / "root-only"
+    private.mkdir(mode=0o700)
+    text = FLOW_COUNTER.read_text()
+    text = re.sub(r'^function = .*$', f'function = "{REPO / "examples" / "flow_counter.py"}:FlowCounter"', text,
+                  flags=re.M)
+    text = re.sub(r'^output = .*$', f'output = "{private / "flows.csv"}"', text, flags=re.M)
+    (tmp_path / "p.toml").write_text(text)
+    res = subprocess.run([*IXYPIPE, "run", str(tmp_path / "p.toml")], capture_output=True, text=True, timeout=240,
+                         cwd=REPO)
+    assert res.returncode == 1
+    nobody = lookup(DEFAULT_WORKER_USER)
+    assert (f"PermissionError: flow_counter: cannot write {private / 'flows-0.csv'}: Permission denied; this worker "
+            f"runs as user {nobody.name!r} (uid {nobody.uid}), set by [pipeline] worker_user (nobody when ixypipe "
+            "runs as root)") in res.stderr
+    assert "error: stage worker-0" in res.stderr and not (private / "flows-0.csv").exists()

@@ -166,10 +166,12 @@ def judge(fwd: Forwarder, counters: dict, out) -> list[str]:
     for src, dst in ((0, 1), (1, 0)):
         s, d = PORT_NAMES[src], PORT_NAMES[dst]
         cs, cd = counters[s], counters[d]
-        explained = cs.rx_missed + fwd.dropped[dst]
+        at_mac = cs.rx_undersize + cs.rx_oversize        # runts and frames over the max frame size
+        explained = cs.rx_missed + at_mac + fwd.dropped[dst]
         unaccounted = cs.generated - cd.sink_received - explained
+        mac = f", dropped by {s}'s MAC (runt {cs.rx_undersize}, too_long {cs.rx_oversize})" if at_mac else ""
         out(f"[{d}] sink: received {cd.sink_received} of {cs.generated} generated at {s}; "
-            f"missed at {s} RX {cs.rx_missed}, dropped at {d} TX {fwd.dropped[dst]}; "
+            f"missed at {s} RX {cs.rx_missed}{mac}, dropped at {d} TX {fwd.dropped[dst]}; "
             f"lost {cd.sink_lost}, reordered {cd.sink_reordered}, corrupt {cd.sink_corrupt}, "
             f"untouched {cd.sink_untouched}")
         if unaccounted:

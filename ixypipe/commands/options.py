@@ -21,6 +21,8 @@ import re
 
 import click
 
+from ixypipe.proc import set_log_level
+
 JSON_KEY = "ixypipe.json"
 ARGV_KEY = "ixypipe.argv"
 
@@ -62,7 +64,7 @@ class CommandError(click.ClickException):
 
 def set_verbose(ctx: click.Context, param, value: bool) -> None:
     if value:
-        logging.getLogger().setLevel(logging.DEBUG)
+        set_log_level(logging.DEBUG)          # ixypipe's own loggers; numba's and others' stay at WARNING
         ctx.meta["ixypipe.verbose"] = True
 
 

@@ -8,6 +8,7 @@ import sys
 import click
 
 from ixypipe.commands.options import CommandError, emit_json, set_json, wants_json
+from ixypipe.proc import log_level
 
 
 @click.command()
@@ -72,7 +73,7 @@ def run(pipeline: str, duration: float | None, packets: int | None, check: bool)
 def verbose() -> bool:
     """Was ``ixypipe -v`` given (the group's option, or debug logging however it was turned on)?"""
     ctx = click.get_current_context(silent=True)
-    return bool(ctx and ctx.find_root().params.get("verbose")) or logging.getLogger().isEnabledFor(logging.DEBUG)
+    return bool(ctx and ctx.find_root().params.get("verbose")) or log_level() <= logging.DEBUG
 
 
 def describe_replay(p) -> None:

@@ -121,7 +121,8 @@ def counter_line(label: str, c: PortCounters, prev: PortCounters | None, seconds
     else:
         judged = (f"lost {c.sink_lost}, reordered {c.sink_reordered}, corrupt {c.sink_corrupt}, "
                   f"untouched {c.sink_untouched}")
-    return (f"{label}: gen {rate('generated')}  rx {rate('rx_delivered')} (missed {c.rx_missed})  "
+    at_mac = "".join(f", {name} {n}" for name, n in (("runt", c.rx_undersize), ("too_long", c.rx_oversize)) if n)
+    return (f"{label}: gen {rate('generated')}  rx {rate('rx_delivered')} (missed {c.rx_missed}{at_mac})  "
             f"tx {rate('tx_sent')}  sink {rate('sink_received')} ({judged})  dma faults {c.dma_faults}")
 
 

@@ -78,6 +78,7 @@ class DeviceStats:
     rx_dropped: int = 0      # missed by the device: no free descriptor or buffer (kernel: ring full)
     tx_dropped: int = 0
     rx_too_long: int = 0     # frames longer than a packet buffer holds: dropped at the port
+    rx_undersize: int = 0    # runts (shorter than 64 bytes with FCS): an 82599 drops them, counting them in RUC
 
     def __sub__(self, other: DeviceStats) -> DeviceStats:
         return DeviceStats(*(getattr(self, k) - getattr(other, k) for k in self.__dataclass_fields__))

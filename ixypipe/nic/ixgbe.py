@@ -201,12 +201,13 @@ def init_link(bar: pci.Bar) -> None:
 # 4.6.5 Statistical Counters
 def reset_statistics(bar: pci.Bar) -> None:
     # the counters clear on read: reading each once starts them from zero
-    for reg in (R.GPRC, R.GPTC, R.GORCL, R.GORCH, R.GOTCL, R.GOTCH):
+    for reg in (R.GPRC, R.GPTC, R.GORCL, R.GORCH, R.GOTCL, R.GOTCH, R.RUC, R.ROC):
         bar.read(reg)
 
 
 # 4.6.7 Receive Initialization
-def init_rx(bar: pci.Bar, queues: list[RxQueue]) -> None:
+def init_rx(bar: pci.Bar, queues: list[RxQueue]) -> tuple[int, int, int]:
+    """Returns (bytes a buffer holds, BSIZEPKT in KB, MFS) as programmed (zeros without a mempool)."""
     bar.clear_flags(R.RXCTRL, R.RXCTRL_RXEN)            # no reception while the queues are being set up
     # all of the 512 KB RX packet buffer would go to buffer 0 without DCB; ixy sets 128 KB
     bar.write(R.RXPBSIZE(0), R.RXPBSIZE_128KB)
@@ -216,12 +217,16 @@ def init_rx(bar: pci.Bar, queues: list[RxQueue]) -> None:
     bar.set_flags(R.HLREG0, R.HLREG0_RXCRCSTRP)
     bar.set_flags(R.RDRXCTL, R.RDRXCTL_CRCSTRIP)
     bar.set_flags(R.FCTRL, R.FCTRL_BAM)                 # accept broadcast
+    max_data = min((rxq.pool.bufs.max_data for rxq in queues if rxq.pool is not None), default=None)
+    kb, mfs = R.rx_frame_limits(max_data) if max_data is not None else (0, 0)
     for q, rxq in enumerate(queues):
-        init_rx_queue(bar, q, rxq)
-    biggest = max((rxq.pool.bufs.max_data for rxq in queues if rxq.pool is not None), default=0)
-    if biggest > R.SRRCTL_BSIZEPKT_DEFAULT:        # buffers over 2 KB are for jumbo frames: accept them
+        init_rx_queue(bar, q, rxq, kb)
+    if mfs:
+        # the max frame size keeps every frame inside a buffer's data area (rx_frame_limits); JUMBOEN makes
+        # the MAC use it, in either direction from its built-in 1518 bytes (Linux's ixgbe does the same)
         bar.set_flags(R.HLREG0, R.HLREG0_JUMBOEN)
-        bar.write(R.MAXFRS, (biggest + R.OCTETS_FCS_LEN) << R.MAXFRS_MFS_SHIFT)
+        mfs_field = R.MAXFRS_MFS_MASK << R.MAXFRS_MFS_SHIFT        # bits 15:0 are reserved: kept as read
+        bar.write(R.MAXFRS, (bar.read(R.MAXFRS) & ~mfs_field) | mfs << R.MAXFRS_MFS_SHIFT)
     if len(queues) > 1:
         init_rss(bar, len(queues))
     # "last sentence" of 4.6.7: no-snoop disable, the 82599 must snoop the CPU caches
@@ -230,17 +235,16 @@ def init_rx(bar: pci.Bar, queues: list[RxQueue]) -> None:
         # reserved bit that comes out of reset as 1; the datasheet says software must write 0
         bar.clear_flags(R.DCA_RXCTRL(q), R.DCA_RXCTRL_RESERVED_BIT12)
     bar.set_flags(R.RXCTRL, R.RXCTRL_RXEN)
+    return max_data or 0, kb, mfs
 
 
 # 4.6.7 Receive Initialization, per queue
-def init_rx_queue(bar: pci.Bar, q: int, rxq: RxQueue) -> None:
-    # advanced descriptors, one buffer per packet; the buffer size stays at its 2 KB default,
-    # enough for a 1518-byte frame in the 1984 data bytes of a 2048-byte pkt_buf
-    bar.write(R.SRRCTL(q), (bar.read(R.SRRCTL(q)) & ~R.SRRCTL_DESCTYPE_MASK) | R.SRRCTL_DESCTYPE_ADV_ONEBUF)
-    if rxq.pool is not None and rxq.pool.bufs.max_data > R.SRRCTL_BSIZEPKT_DEFAULT:
-        # buffers for jumbo frames: the NIC may write as much as the buffer holds (in 1 KB units)
-        kb = min(rxq.pool.bufs.max_data // R.SRRCTL_BSIZEPKT_UNIT, R.SRRCTL_BSIZEPKT_MASK)
-        bar.write(R.SRRCTL(q), (bar.read(R.SRRCTL(q)) & ~R.SRRCTL_BSIZEPKT_MASK) | kb)
+def init_rx_queue(bar: pci.Bar, q: int, rxq: RxQueue, bsizepkt_kb: int) -> None:
+    # advanced descriptors, one buffer per packet, of the size rx_frame_limits chose (0: keep the default)
+    value = (bar.read(R.SRRCTL(q)) & ~R.SRRCTL_DESCTYPE_MASK) | R.SRRCTL_DESCTYPE_ADV_ONEBUF
+    if bsizepkt_kb:
+        value = (value & ~R.SRRCTL_BSIZEPKT_MASK) | bsizepkt_kb
+    bar.write(R.SRRCTL(q), value)
     # with no free descriptor drop the packet (and count it) instead of blocking the other queues
     bar.set_flags(R.SRRCTL(q), R.SRRCTL_DROP_EN)
     rxq.desc8[:] = R.DESC_FILL_BYTE                   # ixy: garbage, not zeros, until the queue starts
@@ -363,8 +367,8 @@ def check_spec(spec: PortSpec) -> None:
 
 class IxgbeDevice(Device):
     driver_name = "ixgbe"
-    min_rx_frame = ETH_MIN_FRAME     # an 82599 discards undersized frames (it counts them in RUC): one in a
-                                     # descriptor (the software model delivers runts) is a bad packet
+    min_rx_frame = ETH_MIN_FRAME     # an 82599 discards undersized frames (it counts them in RUC): one found
+                                     # in a descriptor all the same is a bad packet
 
     def __init__(self, spec: PortSpec, bar: pci.Bar, arena: Arena, bufs: PacketBuffers,
                  rx_pools: dict[int, Mempool], tx_done: TxDone | None, create: bool, sleep, owner: bool,
@@ -494,7 +498,11 @@ class IxgbeDevice(Device):
         wait_dma_init(bar, sleep)
         init_link(bar)
         reset_statistics(bar)
-        init_rx(bar, self._rx)
+        max_data, kb, mfs = init_rx(bar, self._rx)
+        if mfs:
+            log.debug("%s: RX buffers hold %d bytes: BSIZEPKT %d KB, max frame %d bytes with FCS (%d without, %d "
+                      "with an 802.1Q tag); longer frames are dropped as too_long", self.name, max_data, kb, mfs,
+                      mfs - R.OCTETS_FCS_LEN, mfs - R.OCTETS_FCS_LEN + R.MFS_VLAN_EXTRA)
         init_tx(bar, self._tx)
         for q, rxq in enumerate(self._rx):
             start_rx_queue(bar, q, rxq, self._data_addr, sleep)
@@ -639,7 +647,10 @@ class IxgbeDevice(Device):
         tx_bytes = bar.read(R.GOTCL) + (bar.read(R.GOTCH) << 32)
         dropped = sum(bar.read(R.MPC(i)) for i in range(PACKET_BUFFERS))
         dropped += sum(bar.read(R.QPRDC(q)) for q in range(min(self.spec.rx_queues, R.QPRDC_QUEUES)))
-        self._totals = self._totals + DeviceStats(rx_packets, tx_packets, rx_bytes, tx_bytes, dropped, 0)
+        too_long = bar.read(R.ROC)          # longer than the max frame size init_rx set: dropped by the MAC
+        runts = bar.read(R.RUC)             # shorter than 64 bytes with FCS: dropped by the MAC
+        self._totals = self._totals + DeviceStats(rx_packets, tx_packets, rx_bytes, tx_bytes, dropped, 0, too_long,
+                                                  runts)
         return DeviceStats(**vars(self._totals))
 
     def reset_stats(self) -> None:

@@ -1,8 +1,10 @@
 """Intel 82599 register offsets, bit masks and descriptor layouts.
 
 The one place these numbers live: the ixgbe driver and the software 82599
-both import them.  Offsets are byte offsets into BAR0 (every register 32 bits,
-little-endian); names follow ixy's ixgbe_type.h and the 82599 datasheet.
+both import them (and rx_frame_limits, the RX buffer and frame sizes the
+driver derives from a packet buffer's size).  Offsets are byte offsets into
+BAR0 (every register 32 bits, little-endian); names follow ixy's
+ixgbe_type.h and the 82599 datasheet.
 """
 
 import numpy as np
@@ -210,8 +212,14 @@ HLREG0 = 0x04240
 HLREG0_TXCRCEN = 0x00000001
 HLREG0_RXCRCSTRP = 0x00000002
 HLREG0_JUMBOEN = 0x00000004           # accept frames up to MAXFRS.MFS (else 1518 bytes with FCS)
-MAXFRS = 0x04268                      # max frame size: MFS in bits 31:16, bytes with FCS
+# Max frame size (datasheet 8.2.3.22.13): MFS in bits 31:16, bytes from the destination address through
+# the FCS; an 802.1Q-tagged frame may be 4 bytes longer (the tag is not counted).  MFS counts only with
+# HLREG0.JUMBOEN set, else the MAC takes 1518 bytes.  A longer frame is dropped and counted in ROC.
+MAXFRS = 0x04268
 MAXFRS_MFS_SHIFT = 16
+MAXFRS_MFS_MASK = 0xFFFF
+MFS_STANDARD = 1518                   # the frame size limit without JUMBOEN, FCS included
+MFS_VLAN_EXTRA = 4                    # what an 802.1Q tag may add to MFS
 HLREG0_TXPADEN = 0x00000400
 
 # --- link ------------------------------------------------------------------------
@@ -237,8 +245,10 @@ GORCL = 0x04088
 GORCH = 0x0408C
 GOTCL = 0x04090
 GOTCH = 0x04094
+RUC = 0x040A4                   # receive undersize count: frames (good FCS) shorter than 64 bytes, dropped
+ROC = 0x040A8                   # receive oversize count: frames (good FCS) longer than the max frame size, dropped
 OCTETS_FCS_LEN = 4              # the octet counters (GORC, GOTC) count each frame with its 4-byte FCS
-STATS_CLEAR_ON_READ = (GPRC, GPTC, GORCL, GORCH, GOTCL, GOTCH) + tuple(MPC(i) for i in range(8))
+STATS_CLEAR_ON_READ = (GPRC, GPTC, GORCL, GORCH, GOTCL, GOTCH, RUC, ROC) + tuple(MPC(i) for i in range(8))
 
 # --- queues and rings ---------------------------------------------------------------
 MAX_RX_QUEUES = 128
@@ -313,4 +323,32 @@ AUTOC_RESET_VALUE = (0x1 << AUTOC_LMS_SHIFT) | AUTOC_10G_PMA_PMD_MASK   # 1G lin
 SRRCTL_RESET_VALUE = 0x00000402         # BSIZEPKT 2 KB, BSIZEHDR 256 B, legacy descriptors
 SRRCTL_BSIZEPKT_UNIT = 1024
 SRRCTL_BSIZEPKT_DEFAULT = 2 * SRRCTL_BSIZEPKT_UNIT   # what BSIZEPKT 0 means
+SRRCTL_BSIZEPKT_MAX_KB = 16             # the largest RX buffer size the datasheet allows
+# The largest standard frame as it lands in a buffer: 1514 bytes with an 802.1Q tag, FCS stripped.  A
+# frame longer than BSIZEPKT spans descriptors, which the driver does not take (no multi-buffer frames).
+RX_STANDARD_FRAME = 1518
 RXPBSIZE_RESET_VALUE = 0x00080000       # 512 KB in packet buffer 0
+MAXFRS_RESET_VALUE = MFS_STANDARD << MAXFRS_MFS_SHIFT      # 0x05EE0000: MFS 1518
+
+
+# --- RX buffer size and max frame size for a packet buffer size (the driver sets them, the
+# pipeline checks generator sizes against them) ---------------------------------------------
+
+def rx_frame_limits(max_data: int) -> tuple[int, int]:
+    """(SRRCTL.BSIZEPKT in 1 KB units, MAXFRS.MFS) for packet buffers holding ``max_data`` bytes of data.
+
+    The NIC must never write past a buffer's data area, and a frame longer than BSIZEPKT would span
+    descriptors, which the ixgbe driver does not take.  BSIZEPKT is max_data rounded down to whole KB,
+    unless that is too small for a standard frame (1514 bytes + an 802.1Q tag): 2048-byte buffers hold
+    1984 bytes, 1 KB would split every frame over 1024 bytes, so there it is rounded up (2 KB) and the
+    bound is the max frame size alone.  MFS then stops every frame (tag included, FCS stripped) at the
+    smaller of max_data and BSIZEPKT: 1984 for 2048-byte buffers (untagged frames up to 1980 bytes),
+    3072 for 4096-byte ones.  A longer frame is dropped by the MAC and counted in ROC (too_long).
+    """
+    unit = SRRCTL_BSIZEPKT_UNIT
+    kb = max_data // unit
+    if kb * unit < RX_STANDARD_FRAME:
+        kb = -(-max_data // unit)
+    kb = min(kb, SRRCTL_BSIZEPKT_MAX_KB)
+    largest = min(max_data, kb * unit)          # bytes one frame may take in a buffer
+    return kb, largest + OCTETS_FCS_LEN - MFS_VLAN_EXTRA

@@ -52,7 +52,7 @@ class Sample:
     ring_fill: dict[str, tuple[int, int]]  # ring -> (entries, capacity)
     cpu_percent: dict[str, float]          # stage -> share of one CPU since the last sample, in %
     counters: dict[str, dict[str, int]] = field(default_factory=dict)   # stage -> the worker's named counters
-    port_drops: dict[str, dict[str, int]] = field(default_factory=dict)  # port -> rx_missed, rx_too_long
+    port_drops: dict[str, dict[str, int]] = field(default_factory=dict)  # port -> rx_missed, rx_too_long, rx_undersize
     nics: list[tuple[int, int, float]] = field(default_factory=list)    # model processes: (pid, cpu, cpu %)
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ixypipe import privilege
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import HOT_PATHS, PortSpec
+from ixypipe.nic.registers import MFS_VLAN_EXTRA, OCTETS_FCS_LEN, rx_frame_limits
 from ixypipe.nic.vfio import IOMMU_MODES
 from ixypipe.pcapfile import file_kind
 from ixypipe.sim.payload import (
@@ -818,9 +819,19 @@ def _generator(r: _Reader, p: dict, key: str, buffer_size: int) -> GeneratorSpec
     size = r.integer(g, "packet_size", key, profile.default_size, profile.min_size, profile.max_size)
     flows = r.integer(g, "flows", key, profile.default_flows or 4)
     try:
-        profile.sizes(size, buffer_size - PKTBUF_HEADROOM)
+        sizes = profile.sizes(size, buffer_size - PKTBUF_HEADROOM)
     except ProfileError as exc:
         raise r.fail(f"{key}.packet_size", f"{exc} ([pipeline] buffer_size = {buffer_size})") from None
+    # the generator feeds a software 82599, whose driver sets a max frame size that keeps every frame in
+    # a buffer (registers.rx_frame_limits): it would drop longer ones as too_long, every one of them
+    mfs = rx_frame_limits(buffer_size - PKTBUF_HEADROOM)[1]
+    longest = mfs - OCTETS_FCS_LEN + (MFS_VLAN_EXTRA if profile.tag_len else 0)
+    if max(sizes) > longest:
+        raise r.fail(f"{key}.packet_size", f"packet size {max(sizes)} is longer than the port takes: with "
+                     f"{buffer_size}-byte buffers its 82599 driver sets a max frame size of {mfs} bytes with FCS "
+                     f"({mfs - OCTETS_FCS_LEN} without, {mfs - OCTETS_FCS_LEN + MFS_VLAN_EXTRA} with an 802.1Q "
+                     f"tag) and the NIC drops longer frames; a larger buffer_size makes room ([pipeline] "
+                     f"buffer_size = {buffer_size})")
     try:
         profile.check_flows(flows)
     except ProfileError as exc:

@@ -12,6 +12,7 @@ whenever there are at least two.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 import psutil
 
 from ixypipe.pipeline.running import holders_text
+
+log = logging.getLogger(__name__)
 
 
 class PlacementError(Exception):
@@ -205,4 +208,9 @@ def place_stages(plan, cfg, sim_pid: int | None = None):
     idle = getattr(cfg, "idle", "auto")
     plan.idle = ("spin" if plan.spin_only else "wake") if idle == "auto" else idle
     plan.spin_only = plan.idle == "spin"
+    log.debug("CPUs: %s (isolated: %s); idle mode %s%s", ",".join(map(str, topo.cpus)),
+              ",".join(map(str, sorted(topo.isolated))) or "none", plan.idle,
+              ", shared by more stages than CPUs" if plan.shared_cpus else "")
+    for name, cpu in placement.cpu_of.items():
+        log.debug("%s on CPU %d", name, cpu)
     return placement

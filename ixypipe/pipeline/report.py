@@ -69,8 +69,10 @@ def port_drops(devices: dict, sim=None) -> dict[str, dict[str, int]]:
     """Per port, cumulative since start: frames the port dropped before the pipeline got them.
 
     ``rx_missed``: no free descriptor (NIC) or the kernel's ring was full
-    (AF_PACKET); ``rx_too_long``: longer than a packet buffer.  A software
-    82599's misses come from the model's exact count (its registers are
+    (AF_PACKET); ``rx_too_long``: longer than a packet buffer (an 82599:
+    than the max frame size its driver set for the buffers); ``rx_undersize``:
+    runts, shorter than 64 bytes with FCS, which an 82599 drops.  A software
+    82599's counts come from the model's exact totals (its registers are
     per-interval latches).  The per-second lines, --json intervals and the
     summary all read this one function, so they agree.
     """
@@ -80,17 +82,19 @@ def port_drops(devices: dict, sim=None) -> dict[str, dict[str, int]]:
             st = dev.read_stats()
         except Exception:
             continue
-        drops[dev.name] = {"rx_missed": int(st.rx_dropped), "rx_too_long": int(st.rx_too_long)}
+        drops[dev.name] = {"rx_missed": int(st.rx_dropped), "rx_too_long": int(st.rx_too_long),
+                           "rx_undersize": int(st.rx_undersize)}
     if sim is not None:
         try:
             for name, c in sim.counters().items():
-                drops.setdefault(name, {"rx_too_long": 0})["rx_missed"] = int(c.rx_missed)
+                drops[name] = {"rx_missed": int(c.rx_missed), "rx_too_long": int(c.rx_oversize),
+                               "rx_undersize": int(c.rx_undersize)}
         except Exception:
             pass
     return drops
 
 
-PORT_DROP_NAMES = {"rx_missed": "missed", "rx_too_long": "too_long"}
+PORT_DROP_NAMES = {"rx_missed": "missed", "rx_too_long": "too_long", "rx_undersize": "runt"}
 
 
 class StatsPrinter:
@@ -196,7 +200,7 @@ class Accounting:
     buffers_free: int = 0
     buffers_in_nic: int = 0
     device_missed: dict[str, int] = field(default_factory=dict)     # per port: port_drops' rx_missed
-    port_drops: dict[str, dict[str, int]] = field(default_factory=dict)   # per port: rx_missed, rx_too_long
+    port_drops: dict[str, dict[str, int]] = field(default_factory=dict)   # per port: rx_missed, rx_too_long, rx_undersize
     ports: dict[str, dict[str, int]] = field(default_factory=dict)
     user_counters: dict[str, int] = field(default_factory=dict)       # summed over workers
     worker_counters: dict[str, dict[str, int]] = field(default_factory=dict)   # per worker stage

@@ -43,7 +43,7 @@ from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import SLOT, StageRow
-from ixypipe.proc import Backoff, Pacing, die_with_parent, set_process_name, set_timer_slack
+from ixypipe.proc import Backoff, Pacing, die_with_parent, set_process_name, set_timer_slack, setup_logging
 from ixypipe.protocols import FLOW_KEY_LEN, FLOW_KEY_OFF
 from ixypipe.rings.spsc import Ring
 from ixypipe.rings.wakeup import Doorbell, Sleeper
@@ -621,12 +621,13 @@ def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INF
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the supervisor's to handle
     if parent is not None:
         die_with_parent(parent)
-    logging.basicConfig(level=log_level, format=f"%(levelname)s {stage_name}: %(message)s")
+    setup_logging(log_level, f"%(levelname)s {stage_name}: %(message)s")
     me = next(s for s in plan.stages if s.name == stage_name)
     set_process_name(f"ixy-{me.name}")
     set_timer_slack(STAGE_TIMER_SLACK_NS)
     if me.cpu is not None:
         os.sched_setaffinity(0, {me.cpu})
+    log.debug("pid %d on CPU %s, idle mode %s", os.getpid(), me.cpu if me.cpu is not None else "any", plan.idle)
     st = Stage(plan, me)
     st.row["pid"] = os.getpid()
     st.row["cpu"] = me.cpu if me.cpu is not None else -1

@@ -48,7 +48,7 @@ from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops
 from ixypipe.pipeline.stages import stage_main
-from ixypipe.proc import describe_exit
+from ixypipe.proc import describe_exit, log_level
 from ixypipe.rings import wakeup
 from ixypipe.rings.spsc import Ring
 
@@ -202,7 +202,7 @@ class Supervisor:
             log.warning("%s", warning)
         write_plan_info(self.arena, self.plan)    # now with each stage's CPU
         ctx = multiprocessing.get_context("spawn")
-        level = logging.getLogger().getEffectiveLevel()
+        level = log_level()
         for s in self.plan.stages:
             self.table[s.row]["command"] = STAGE_CMD_RUN
         self._ctx, self._level = ctx, level

@@ -19,9 +19,9 @@ Where the model differs from silicon:
   set as soon as the driver wrote it; the model latches RDBAL/RDBAH/RDLEN
   (TDBAL/...) at the first step that sees the bit, which is after the
   driver wrote them, so the driver loses nothing by not waiting.
-* Clear-on-read statistics (GPRC, GPTC, GORCL/H, GOTCL/H, MPC(0)): the
-  model counts internally and *latches* every ``stats_period_ns`` (1 s in
-  the simulator process, by default): each latch overwrites the registers
+* Clear-on-read statistics (GPRC, GPTC, GORCL/H, GOTCL/H, MPC(0), ROC,
+  RUC): the model counts internally and *latches* every
+  ``stats_period_ns`` (1 s in the simulator process, by default): each latch overwrites the registers
   with the counts of the interval just ended.  A driver that reads and
   adds them ixy-style about once per period (ixy-fwd reads once a second)
   sees correct totals; reading twice within one period counts that
@@ -29,16 +29,28 @@ Where the model differs from silicon:
   totals are in the simulator's counters block (``PortCounters``).
   Octet counters count every frame with its 4-byte FCS, as silicon does
   (64 for a 60-byte frame), although the simulated wire carries none; the
-  running totals (``rx_bytes``/``tx_bytes``) count frame bytes only.  A frame without a free descriptor is counted in
-  QPRDC(queue) when that queue's SRRCTL.DROP_EN is set (queues < 16), else
-  in MPC(0), as is a frame arriving while RX is off or its queue is not live.
+  running totals (``rx_bytes``/``tx_bytes``) count frame bytes only.  A
+  frame without a free descriptor is counted in QPRDC(queue) when that
+  queue's SRRCTL.DROP_EN is set (queues < 16), else in MPC(0), as is a
+  frame arriving while RX is off or its queue is not live.
+* Frame length, as the MAC checks it before any queue: a runt (shorter
+  than 64 bytes with FCS, 60 on the model's FCS-less wire) is dropped and
+  counted in RUC (``rx_undersize``), a frame longer than the max frame size
+  (MAXFRS.MFS with HLREG0.JUMBOEN, else 1518 bytes; FCS included, 4 more
+  with an 802.1Q tag) in ROC (``rx_oversize``); nothing is DMAed.  A frame
+  within the max frame size but longer than its queue's SRRCTL.BSIZEPKT
+  would span descriptors on silicon; that is not modelled and faults the
+  queue (below): the ixgbe driver sets MFS so that it cannot happen.
 * Faults an IOMMU or the datasheet would flag (a DMA address outside the
   registered memory, a ring that is not inside it, legacy RX descriptors in
   SRRCTL, a TX descriptor without DEXT/DTYP_DATA or without EOP, a frame
-  larger than the RX buffer) are recorded as :class:`Fault`, logged, and
-  stop that queue until the driver disables and re-enables it; nothing is
-  written for the faulting descriptor.
-* No MAC filtering, VLANs, offloads, interrupts or flow control.
+  larger than the RX buffer (BSIZEPKT)) are recorded as :class:`Fault`,
+  logged, and stop that queue until the driver disables and re-enables it;
+  nothing is written for the faulting descriptor.
+* No address or VLAN filters, VLAN stripping, offloads, interrupts or flow
+  control, and no TX padding (HLREG0.TXPADEN): a frame shorter than 60
+  bytes goes on the wire as posted, so a cabled peer drops it as a runt
+  where silicon would have padded it.
 
 Two implementations of the hot paths (``hot_path``): "numpy" (the
 reference, array by array) and "numba" (``sim/kernels.py``: one compiled
@@ -57,6 +69,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ixypipe.nic import registers as R
+from ixypipe.protocols import ETH_MIN_FRAME, ETH_TYPE_OFF, ETHERTYPE_VLAN
 from ixypipe.sim.dma import DmaSpace
 from ixypipe.sim.payload import SIM_MAX_FRAME
 from ixypipe.sim.rss import Rss
@@ -70,7 +83,7 @@ HOT_PATHS = ("auto", "numpy", "numba")
 STATS_PERIOD_NS = 1_000_000_000
 RESET_DEFAULTS = (
     [(R.AUTOC, R.AUTOC_RESET_VALUE), (R.RXPBSIZE(0), R.RXPBSIZE_RESET_VALUE),
-     (R.TXPBSIZE(0), R.TXPBSIZE_40KB)]
+     (R.TXPBSIZE(0), R.TXPBSIZE_40KB), (R.MAXFRS, R.MAXFRS_RESET_VALUE)]
     + [(R.SRRCTL(i), R.SRRCTL_RESET_VALUE) for i in range(R.MAX_RX_QUEUES)]
     + [(R.DCA_RXCTRL(i), R.DCA_RXCTRL_RESERVED_BIT12) for i in range(R.MAX_RX_QUEUES)]
 )
@@ -177,9 +190,9 @@ class SimPort:
         self.kernels = load_kernels(hot_path)
         self._info = np.zeros(8, np.int64)          # a compiled walk's report (see sim/kernels.py)
         self._tx_out: tuple[np.ndarray, np.ndarray] | None = None
-        self._gen_rss: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._rss_regs = _reg_index([R.MRQC] + [R.RSSRK(i) for i in range(10)]
-                                    + [R.RETA(i) for i in range(R.RETA_ENTRIES // 4)])
+        self._gen_flows: dict[int, tuple] = {}      # per generator: its flows' queues, hashes, length verdicts
+        self._gen_regs = _reg_index([R.MRQC] + [R.RSSRK(i) for i in range(10)]
+                                    + [R.RETA(i) for i in range(R.RETA_ENTRIES // 4)] + [R.HLREG0, R.MAXFRS])
         self.wire_out: list[Callable[[PacketBatch], object]] = []
         self.faults: list[Fault] = []
         self.rxq = [_Queue(i) for i in range(R.MAX_RX_QUEUES)]
@@ -202,8 +215,10 @@ class SimPort:
         self._bme_warned = False
         # running totals (exact) and the counts of the current stats interval
         self.rx_delivered = self.rx_bytes = self.rx_missed = 0
+        self.rx_undersize = 0                       # shorter than 64 bytes with FCS: dropped by the MAC (RUC)
+        self.rx_oversize = 0                        # longer than the max frame size: dropped by the MAC (ROC)
         self.tx_sent = self.tx_bytes = 0
-        self._interval = np.zeros(5, np.int64)      # GPRC, GORC, GPTC, GOTC, MPC
+        self._interval = np.zeros(7, np.int64)      # GPRC, GORC, GPTC, GOTC, MPC, ROC, RUC
         self._qprdc = np.zeros(R.QPRDC_QUEUES, np.int64)
         self._next_latch = clock() + stats_period_ns
         self.power_on()
@@ -383,6 +398,14 @@ class SimPort:
     def receive(self, batch: PacketBatch, queues: np.ndarray | None = None,
                 hashes: np.ndarray | None = None) -> int:
         """Frames arriving from the wire; returns how many were delivered (the rest are missed)."""
+        errors = self._length_errors(batch.data, batch.lengths)
+        if errors is not None:                    # the MAC drops them before any queue sees them
+            under, over = errors
+            self._length_dropped(int(under.sum()), int(over.sum()))
+            keep = np.flatnonzero(~(under | over))
+            batch = batch.take(keep)
+            if queues is not None:
+                queues, hashes = queues[keep], hashes[keep]
         n = len(batch)
         if n == 0:
             return 0
@@ -419,20 +442,27 @@ class SimPort:
         (the caller checked ``rx_ready``).  With ``free`` (rate 0: the ``rx_free()`` the caller sized
         ``n`` from) the packets stop where the first queue runs out of descriptors.  Returns how many
         were generated (delivered or missed); the caller commits them."""
-        flow_queue, flow_hash, flow_idx = self._generator_rss(gen)
+        flow_queue, flow_hash, flow_idx, errors, rss_queue, rss_idx = self._generator_flows(gen)
         if free is not None:
-            if len(flow_idx) == 1:          # every flow lands on one queue
-                n = min(n, int(free[flow_idx[0]]))
+            # cut by each frame's RSS queue, also for frames the MAC will drop, as the numpy path does
+            if len(rss_idx) == 1:           # every flow lands on one queue
+                n = min(n, int(free[rss_idx[0]]))
             else:
-                queues = flow_queue[gen.flows_of_next(n)]
-                for qi in flow_idx:
+                queues = rss_queue[gen.flows_of_next(n)]
+                for qi in rss_idx:
                     over = np.flatnonzero(queues == qi)[free[qi]:]
                     if len(over):
                         n = min(n, int(over[0]))
         if n == 0:
             return 0
+        dropped = 0
+        if errors is not None:
+            flows = gen.flows_of_next(n)
+            under, over = int(errors[0][flows].sum()), int(errors[1][flows].sum())
+            self._length_dropped(under, over)
+            dropped = under + over
         if not self._bus_master():
-            self._missed(n)
+            self._missed(n - dropped)
             return n
         tables = gen.kernel_tables()
         for qi in flow_idx:
@@ -446,16 +476,25 @@ class SimPort:
             self._missed(rows - got, q if live else None)
         return n
 
-    def _generator_rss(self, gen: Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(RX queue, RSS hash) of each of the generator's flows and the queues they use, recomputed
-        when MRQC, RSSRK or RETA changed (a flow's 5-tuple is fixed, so its queue is)."""
-        regs = self.bar[self._rss_regs]
-        cached = self._gen_rss.get(id(gen))
+    def _generator_flows(self, gen: Generator) -> tuple:
+        """For each of the generator's flows: the RX queue its frames reach (-1 when the MAC drops them for
+        their length), its RSS hash, the queues reached, the length verdicts (``_length_errors``: None when
+        every flow passes), and its RSS queue and the RSS queues used, dropped frames included.  Recomputed
+        when MRQC, RSSRK, RETA, HLREG0 or MAXFRS changed (a flow's 5-tuple and length are fixed, so are its
+        queue and verdict)."""
+        regs = self.bar[self._gen_regs]
+        cached = self._gen_flows.get(id(gen))
         if cached is not None and np.array_equal(cached[0], regs):
             return cached[1:]
-        queues, hashes = self.classify(PacketBatch(gen.templates, gen.flow_lengths))
-        entry = (regs, queues, hashes, np.unique(queues))
-        self._gen_rss[id(gen)] = entry
+        rss_queues, hashes = self.classify(PacketBatch(gen.templates, gen.flow_lengths))
+        rss_idx = np.unique(rss_queues)
+        errors = self._length_errors(gen.templates, gen.flow_lengths)
+        queues, idx = rss_queues, rss_idx
+        if errors is not None:
+            queues = np.where(errors[0] | errors[1], -1, rss_queues)
+            idx = np.unique(queues[queues >= 0])
+        entry = (regs, queues, hashes, idx, errors, rss_queues, rss_idx)
+        self._gen_flows[id(gen)] = entry
         return entry[1:]
 
     def _rx_compiled(self, q: _Queue, kernel, *args) -> tuple[int, int]:
@@ -485,6 +524,38 @@ class SimPort:
                         _rx_fault_reason(info[0] == self.kernels.TOO_LARGE, addr, length, bsize,
                                          self.dma.outside))
         return got, int(info[2])
+
+    def max_frame(self) -> int:
+        """The longest untagged frame the MAC takes, without FCS (an 802.1Q-tagged one may be 4 bytes
+        longer): MAXFRS.MFS with HLREG0.JUMBOEN, else the standard 1518 bytes with FCS."""
+        mfs = R.MFS_STANDARD
+        if self.reg(R.HLREG0) & R.HLREG0_JUMBOEN:
+            mfs = (self.reg(R.MAXFRS) >> R.MAXFRS_MFS_SHIFT) & R.MAXFRS_MFS_MASK
+        return mfs - R.OCTETS_FCS_LEN
+
+    def _length_errors(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(undersize, oversize) masks of the frames the MAC drops for their length, or None when it drops
+        none.  Undersize: shorter than 64 bytes with FCS (a runt); oversize: longer than the max frame size
+        (4 bytes more with an 802.1Q tag).  The common case costs a min(), and a max() only when the batch
+        is wider than the max frame (frames are rows of ``data``, so none is longer than its width)."""
+        if len(lengths) == 0:
+            return None
+        longest = self.max_frame()
+        if lengths.min() >= ETH_MIN_FRAME and (data.shape[1] <= longest or lengths.max() <= longest):
+            return None
+        under = lengths < ETH_MIN_FRAME
+        over = lengths > longest
+        rows = np.flatnonzero(over)
+        tagged = (data[rows, ETH_TYPE_OFF].astype(np.int64) << 8 | data[rows, ETH_TYPE_OFF + 1]) == ETHERTYPE_VLAN
+        over[rows] = lengths[rows] > longest + np.where(tagged, R.MFS_VLAN_EXTRA, 0)
+        return (under, over) if under.any() or over.any() else None
+
+    def _length_dropped(self, under: int, over: int) -> None:
+        """Frames the MAC dropped for their length (RUC, ROC): no descriptor, no buffer is touched."""
+        self.rx_undersize += under
+        self.rx_oversize += over
+        self._interval[6] += under
+        self._interval[5] += over
 
     def _missed(self, n: int, q: _Queue | None = None) -> None:
         """Frames dropped: per queue (QPRDC) when its SRRCTL.DROP_EN is set, else in the packet buffer (MPC)."""
@@ -621,7 +692,7 @@ class SimPort:
     # ---- statistics ---------------------------------------------------------------------
     def latch_stats(self) -> None:
         """Publish the interval's counts in the clear-on-read registers (see the module docstring)."""
-        gprc, gorc, gptc, gotc, mpc = (int(v) for v in self._interval)
+        gprc, gorc, gptc, gotc, mpc, roc, ruc = (int(v) for v in self._interval)
         self.set_reg(R.GPRC, gprc)
         self.set_reg(R.GORCL, gorc)
         self.set_reg(R.GORCH, gorc >> 32)
@@ -629,6 +700,8 @@ class SimPort:
         self.set_reg(R.GOTCL, gotc)
         self.set_reg(R.GOTCH, gotc >> 32)
         self.set_reg(R.MPC(0), mpc)
+        self.set_reg(R.ROC, roc)
+        self.set_reg(R.RUC, ruc)
         self.bar[self._qprdc_idx] = self._qprdc.astype(np.uint32)
         self._interval[:] = 0
         self._qprdc[:] = 0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ixypipe.proc import Backoff, Pacing, describe_exit, set_process_name
+from ixypipe.proc import Backoff, Pacing, describe_exit, log_level, set_process_name, setup_logging
 from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_CMD_RUN, SIM_CMD_STOP, SIM_CONTROL_DTYPE, SIM_COUNTERS_DTYPE
 from ixypipe.sim.model import STATS_PERIOD_NS
@@ -117,7 +117,7 @@ class SimServer:
             self.process = ctx.Process(
                 target=serve, name="ixypipe-sim", daemon=True,
                 args=(self.ports, self.arena_paths, str(self.sysfs_root), child_end, self.stats_period_ns,
-                      logging.getLogger().getEffectiveLevel()))
+                      log_level()))
             self.process.start()
             child_end.close()
             if not parent_end.poll(START_TIMEOUT):
@@ -244,7 +244,7 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
     """The model process: attach, report ready, step until told to stop or orphaned."""
     from ixypipe.memory.arena import Arena
 
-    logging.basicConfig(level=log_level, format="ixypipe-sim: %(levelname)s %(message)s")
+    setup_logging(log_level, "ixypipe-sim: %(levelname)s %(message)s")
     set_process_name(PROCESS_NAME)
     # Ctrl-C in a terminal reaches the whole process group; the owner stops the model (SIM_CMD_STOP)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -261,6 +261,8 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
             conn.send(f"{type(exc).__name__}: {exc}")
             return
         control["pid"] = os.getpid()
+        log.debug("pid %d: ports %s, %s hot path", os.getpid(), ", ".join(world.names),
+                  "compiled" if any(p.kernels is not None for p in world.ports.values()) else "numpy")
         conn.send("ok")
         try:
             _loop(world, control, parent, Backoff(shared=True))

@@ -86,6 +86,8 @@ class PortCounters:
     gen_bytes: int = 0
     rx_delivered: int = 0
     rx_missed: int = 0
+    rx_undersize: int = 0           # runts, shorter than 64 bytes with FCS: dropped by the MAC (RUC)
+    rx_oversize: int = 0            # longer than the max frame size: dropped by the MAC (ROC)
     tx_sent: int = 0
     tx_bytes: int = 0
     sink_received: int = 0
@@ -321,8 +323,8 @@ class SimWorld:
             s = sink.result if sink is not None else None
             row = self._rows[i]
             row[:len(SIM_COUNTER_FIELDS) - len(SIM_SIZE_FIELDS)] = (
-                gen.sent if gen else 0, self._gen_bytes[name], p.rx_delivered, p.rx_missed, p.tx_sent,
-                p.tx_bytes, s.received if s else 0, s.lost if s else 0, s.reordered if s else 0,
+                gen.sent if gen else 0, self._gen_bytes[name], p.rx_delivered, p.rx_missed, p.rx_undersize,
+                p.rx_oversize, p.tx_sent, p.tx_bytes, s.received if s else 0, s.lost if s else 0, s.reordered if s else 0,
                 s.corrupt if s else 0, s.untouched if s else 0, len(p.faults), s.received_bytes if s else 0,
                 s.pcap_failed if s else 0)
             row[len(row) - len(SIM_SIZE_FIELDS):] = sink.sizes if sink is not None else 0
