@@ -312,7 +312,7 @@ def test_top_fits_80x24_and_200x50_and_follows_resizes(running_fwd):
         rows = list(frame.values())
         assert [r.split()[0] for r in rows if r.split()[:1] in (["p0"], ["p1"])] == ["p0", "p1"]
         [model] = [r for r in rows if r.startswith("model")]                       # the software NIC's row
-        sim = [c for c in psutil.Process(pid).children() if c.name() == "ixypipe-sim"]
+        sim = [c for c in psutil.Process(pid).children(recursive=True) if c.name() == "ixypipe-sim"]
         assert [int(model.split()[1])] == [c.pid for c in sim] and model.endswith("p0 p1")
         assert sum(1 for r in rows if r.split()[:1] and r.split()[0].startswith(("rx-", "tx-", "worker-"))
                    and ">" not in r.split()[0]) == 5

@@ -108,6 +108,8 @@ PROBE = '''
 import os
 from pathlib import Path
 
+import psutil
+
 SHM = Path("/dev/shm")
 
 
@@ -122,8 +124,10 @@ def _probe(ctx, what, path):
 
 
 def setup(ctx):
-    # the software 82599's sysfs tree of this run: /dev/shm/ixypipe-sim-<supervisor pid>-*
-    roots = [SHM / n for n in os.listdir(SHM) if n.startswith(f"ixypipe-sim-{os.getppid()}-")]
+    # the software 82599's sysfs tree of this run: /dev/shm/ixypipe-sim-<supervisor pid>-* (the supervisor is
+    # an ancestor: the worker is forked by its fork server)
+    ancestors = {p.pid for p in psutil.Process().parents()}
+    roots = [SHM / n for n in os.listdir(SHM) if n.startswith("ixypipe-sim-") and int(n.split("-")[2]) in ancestors]
     ctx.count("sim trees", len(roots))
     for root in roots:
         for address in ("0000:5e:00.0", "0000:5e:00.1"):
@@ -152,7 +156,8 @@ def stage_status(proc: subprocess.Popen) -> dict[str, dict]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            stages = {p.name(): p.pid for p in psutil.Process(proc.pid).children() if p.name().startswith("ixy-")}
+            stages = {p.name(): p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+                      if p.name().startswith("ixy-")}
             seen = {name: status(pid) for name, pid in stages.items()}
         except (psutil.Error, OSError):
             seen = {}
