@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from ixypipe.pipeline.config import ConfigError, parse_pipeline
 from ixypipe.privilege import DEFAULT_WORKER_USER, lookup, status
-from tests.support.runs import FWD, IXYPIPE, REPO, check_sinks, summary_of
+from tests.support.runs import FWD, IXYPIPE, REPO, check_sinks, summary_of, wait_for_stats
 from tests.support.system import needs_root
 
 ALL_ZERO = "0000000000000000"
@@ -106,6 +107,7 @@ def test_worker_user_root_keeps_the_old_privileges(tmp_path):
 PROBE = '''
 """Tries, once it runs, what the worker process may still open: the simulated NIC's BAR and /dev/mem."""
 import os
+import signal
 from pathlib import Path
 
 import psutil
@@ -147,7 +149,7 @@ def start(tmp_path, worker_user: str | None) -> subprocess.Popen:
     if worker_user is not None:
         text = text.replace('name = "fwd"', f'name = "fwd"\nworker_user = "{worker_user}"')
     (tmp_path / "p.toml").write_text(text)
-    return subprocess.Popen([*IXYPIPE, "run", str(tmp_path / "p.toml"), "--duration", "6", "--json"],
+    return subprocess.Popen([*IXYPIPE, "run", str(tmp_path / "p.toml"), "--duration", "120", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
@@ -173,6 +175,8 @@ def test_a_running_worker_is_unprivileged_and_cannot_open_the_bar(tmp_path, work
     proc = start(tmp_path, worker_user)
     try:
         seen = stage_status(proc)
+        wait_for_stats(proc)                    # a second of traffic through the probed worker
+        proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
