@@ -407,6 +407,8 @@ class Supervisor:
             if self.procs:
                 if self.sim is not None and self.sim.is_alive() and not self.sim.pause_traffic(wait=SIM_PAUSE_WAIT):
                     log.warning("the software 82599 did not confirm its generators paused within %g s", SIM_PAUSE_WAIT)
+                for dev in self.devices.values():
+                    dev.pause_source()              # file replays stop too: the drain finds the ports idle
                 if self.sim_died:          # TX stages drop what reaches them from now on, so nothing waits
                     for p in self.procs:
                         if p.role == "tx":
