@@ -184,9 +184,11 @@ SOFT_PORT_HEADER_DTYPE = np.dtype([
     ("fanout_group", "<u4"),     # af_packet: PACKET_FANOUT group joining the RX queues' sockets
     ("flags", "<u4"),
     ("replays_done", "<u8"),     # pcap source: complete passes over the file
-    ("pad", "u1", (40,)),
+    ("commands", "<u4"),         # written by the supervisor only (SOFT_PORT_CMD_*)
+    ("pad", "u1", (36,)),
 ])
 SOFT_PORT_FLAG_SOURCE_DONE = 1   # in "flags": a finite source (pcap replay) has sent everything it will
+SOFT_PORT_CMD_PAUSE = 1          # in "commands": the pipeline stops: a source of the port's own sends no more
 SOFT_PORT_QUEUE_DTYPE = np.dtype([
     ("packets", "<u8"),
     ("bytes", "<u8"),

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import textwrap
 import uuid
@@ -274,12 +275,13 @@ def test_bridge_veth_recipe_lives_in_namespaces_and_forwards(tmp_path):
         wire = ["ip", "netns", "exec", names["ixy-wire"], *IXYPIPE, "run", "pipelines/bridge-veth.toml"]
         res = subprocess.run([*wire, "--check"], capture_output=True, text=True, timeout=120, cwd=REPO)
         assert res.returncode == 0 and "ok  port a: interface veth-a: veth-a exists" in res.stdout, res.stdout
-        run = subprocess.Popen([*wire, "--duration", "25", "--json"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+        run = subprocess.Popen([*wire, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO)
         try:
             assert run.stdout.readline().startswith("{"), run.stderr.read()      # the first interval: running
             ping = sh("ip netns exec host-a ping -n -c 3 -i 0.5 -W 5 10.77.0.2", check=False)
             assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
+            run.send_signal(signal.SIGINT)                                       # Ctrl-C, as the recipe stops it
             out, err = run.communicate(timeout=120)
         finally:
             if run.poll() is None:

@@ -131,12 +131,17 @@ def packets(draw):
     return p / Raw(b"p" * draw(st.integers(0, 40)))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(packets(), st.one_of(st.none(), st.integers(0, 200))), min_size=1, max_size=8))
-def test_hypothesis_packets_equal_scapys_dissection(cases):
-    frames = [bytes(p) for p, _ in cases]
-    cuts = [None if c is None else min(c, len(f)) for f, (_, c) in zip(frames, cases, strict=True)]
-    check_all(frames, cuts)
+# 100 random lists of packets by default (hypothesis' own default), 200 more with -m slow
+@pytest.mark.parametrize("examples", [100, pytest.param(200, marks=pytest.mark.slow)])
+def test_hypothesis_packets_equal_scapys_dissection(examples):
+    @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(packets(), st.one_of(st.none(), st.integers(0, 200))), min_size=1, max_size=8))
+    def dissect_alike(cases):
+        frames = [bytes(p) for p, _ in cases]
+        cuts = [None if c is None else min(c, len(f)) for f, (_, c) in zip(frames, cases, strict=True)]
+        check_all(frames, cuts)
+
+    dissect_alike()
 
 
 # ---- rewrites -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import time
 
@@ -28,6 +29,16 @@ def balanced(s: dict) -> None:
     """Every packet received is transmitted or dropped for a named reason, and every buffer came home."""
     assert s["in_flight"] == 0 and s["problems"] == [], s
     assert s["received"] == s["transmitted"] + sum(s["drops"].values())
+
+
+def stderr_until(proc, text: str, deadline: float) -> str:
+    """What the run printed on stderr up to and including ``text`` (read from the pipe as it comes)."""
+    fd, got = proc.stderr.fileno(), b""
+    while text.encode() not in got:
+        assert time.monotonic() < deadline and proc.poll() is None, f"{text!r} never came:\n{got[-3000:]}"
+        if select.select([fd], [], [], 0.5)[0]:
+            got += os.read(fd, 1 << 16)
+    return got.decode()
 
 
 def finish(proc, timeout: float = 120) -> tuple[str, str]:
@@ -283,14 +294,11 @@ def test_a_worker_that_forks_gets_its_child_stopped_and_reported(tmp_path):
     proc = start([str(variant(tmp_path, function='"forks.py:forks"')), "--json"])
     try:
         wait_for_stats(proc)
-        deadline = time.monotonic() + 60
-        err_lines = []
-        for _ in range(4):
-            proc.stdout.readline()
-        assert time.monotonic() < deadline
+        early = stderr_until(proc, "forked", time.monotonic() + 60)     # the supervisor saw the fork
         family = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)
         out, err = finish(proc)
+        err = early + err
         err_lines = err.splitlines()
     finally:
         proc.kill()

@@ -221,32 +221,49 @@ def _wait_exit(child: int, fd: int, timeout: float = 10.0) -> tuple[int, bytes]:
     raise AssertionError(f"ixypipe top did not exit; it printed {rest[-500:]!r}")
 
 
-@pytest.fixture
-def running_fwd():
+def start_fwd() -> subprocess.Popen:
+    """pipelines/fwd.toml running (up, and packets flowing), in a session of its own."""
     proc = subprocess.Popen([sys.executable, "-m", "ixypipe", "run", str(REPO / "pipelines" / "fwd.toml"),
-                             "--duration", "120"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             "--duration", "300"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:     # up, and packets flowing
-            found = [p for p in find_pipelines() if p.pid == proc.pid]
-            if found:
-                with Observer(found[0].path) as obs:
-                    if obs.sample().rows["packets_in"].sum() > 0:
-                        break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"the pipeline did not come up: {proc.stderr.read().decode()[-2000:]}")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        proc.stderr.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:     # up, and packets flowing
+        found = [p for p in find_pipelines() if p.pid == proc.pid]
+        if found:
+            with Observer(found[0].path) as obs:
+                if obs.sample().rows["packets_in"].sum() > 0:
+                    return proc
+        time.sleep(0.2)
+    stop_fwd(proc)
+    raise AssertionError(f"the pipeline did not come up: {proc.stderr.read().decode()[-2000:]}")
+
+
+def stop_fwd(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def fwd_runs():
+    """The pipelines the live tests of this module watch: one, shared, unless a test ended it."""
+    runs: list[subprocess.Popen] = []
+    yield runs
+    for proc in runs:
+        stop_fwd(proc)
+
+
+@pytest.fixture
+def running_fwd(fwd_runs):
+    """A running fwd.toml (the module's shared one; a new one when a test before stopped it)."""
+    if not fwd_runs or fwd_runs[-1].poll() is not None:
+        fwd_runs.append(start_fwd())
+    return fwd_runs[-1]
 
 
 def _top_in_pty(pid: int, columns: int, rows: int, *args: str) -> tuple[subprocess.Popen, int]:
@@ -312,7 +329,7 @@ def test_top_fits_80x24_and_200x50_and_follows_resizes(running_fwd):
         rows = list(frame.values())
         assert [r.split()[0] for r in rows if r.split()[:1] in (["p0"], ["p1"])] == ["p0", "p1"]
         [model] = [r for r in rows if r.startswith("model")]                       # the software NIC's row
-        sim = [c for c in psutil.Process(pid).children() if c.name() == "ixypipe-sim"]
+        sim = [c for c in psutil.Process(pid).children(recursive=True) if c.name() == "ixypipe-sim"]
         assert [int(model.split()[1])] == [c.pid for c in sim] and model.endswith("p0 p1")
         assert sum(1 for r in rows if r.split()[:1] and r.split()[0].startswith(("rx-", "tx-", "worker-"))
                    and ">" not in r.split()[0]) == 5

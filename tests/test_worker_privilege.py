@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import pytest
 
 from ixypipe.pipeline.config import ConfigError, parse_pipeline
 from ixypipe.privilege import DEFAULT_WORKER_USER, lookup, status
-from tests.support.runs import FWD, IXYPIPE, REPO, check_sinks, summary_of
+from tests.support.runs import FWD, IXYPIPE, REPO, check_sinks, summary_of, wait_for_stats
 from tests.support.system import needs_root
 
 ALL_ZERO = "0000000000000000"
@@ -109,7 +110,10 @@ def test_worker_user_root_keeps_the_old_privileges(tmp_path):
 PROBE = '''
 """Tries, once it runs, what the worker process may still open: the simulated NIC's BAR and /dev/mem."""
 import os
+import signal
 from pathlib import Path
+
+import psutil
 
 SHM = Path("/dev/shm")
 
@@ -125,8 +129,10 @@ def _probe(ctx, what, path):
 
 
 def setup(ctx):
-    # the software 82599's sysfs tree of this run: /dev/shm/ixypipe-sim-<supervisor pid>-*
-    roots = [SHM / n for n in os.listdir(SHM) if n.startswith(f"ixypipe-sim-{os.getppid()}-")]
+    # the software 82599's sysfs tree of this run: /dev/shm/ixypipe-sim-<supervisor pid>-* (the supervisor is
+    # an ancestor: the worker is forked by its fork server)
+    ancestors = {p.pid for p in psutil.Process().parents()}
+    roots = [SHM / n for n in os.listdir(SHM) if n.startswith("ixypipe-sim-") and int(n.split("-")[2]) in ancestors]
     ctx.count("sim trees", len(roots))
     for root in roots:
         for address in ("0000:5e:00.0", "0000:5e:00.1"):
@@ -146,7 +152,7 @@ def start(tmp_path, worker_user: str | None) -> subprocess.Popen:
     if worker_user is not None:
         text = text.replace('name = "fwd"', f'name = "fwd"\nworker_user = "{worker_user}"')
     (tmp_path / "p.toml").write_text(text)
-    return subprocess.Popen([*IXYPIPE, "run", str(tmp_path / "p.toml"), "--duration", "6", "--json"],
+    return subprocess.Popen([*IXYPIPE, "run", str(tmp_path / "p.toml"), "--duration", "120", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
@@ -155,7 +161,8 @@ def stage_status(proc: subprocess.Popen) -> dict[str, dict]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            stages = {p.name(): p.pid for p in psutil.Process(proc.pid).children() if p.name().startswith("ixy-")}
+            stages = {p.name(): p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+                      if p.name().startswith("ixy-")}
             seen = {name: status(pid) for name, pid in stages.items()}
         except (psutil.Error, OSError):
             seen = {}
@@ -171,6 +178,8 @@ def test_a_running_worker_is_unprivileged_and_cannot_open_the_bar(tmp_path, work
     proc = start(tmp_path, worker_user)
     try:
         seen = stage_status(proc)
+        wait_for_stats(proc)                    # a second of traffic through the probed worker
+        proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:

@@ -50,6 +50,9 @@ def run(pipeline: str, duration: float | None, packets: int | None, check: bool)
       ixypipe run pipelines/fwd.toml --duration 10 --json > stats.jsonl
       ixypipe run pipelines/fwd.toml --packets 1000000
     """
+    if not check:
+        from ixypipe.pipeline import forkserver
+        forkserver.context()            # the stages' fork server warms up while the file is checked
     from ixypipe.pipeline.config import ConfigError, check_plan_fits, check_worker_imports, load_pipeline
 
     try:

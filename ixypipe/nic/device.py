@@ -138,6 +138,11 @@ class Device(ABC):
         """Buffers posted on ``queue`` whose transmission has not completed (still the device's)."""
         return 0
 
+    def pause_source(self) -> None:  # noqa: B027 - only a port that makes its own frames has one to pause
+        """The pipeline is stopping: a source of the port's own making (a file replay) sends no more, so the
+        RX stages find the port idle and finish their drain at once.  A NIC or an interface has a wire
+        instead, whose frames are drained (the software 82599's generators are paused by the supervisor)."""
+
     def rx_fd(self, queue: int) -> int | None:
         """A file descriptor that poll() reports readable when ``queue`` has received something, or None.
 

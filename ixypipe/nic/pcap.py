@@ -5,7 +5,9 @@
 mempool - as fast as the pipeline takes them, or paced at ``rate_mpps`` -
 ``loop`` times (0: forever), then reports nothing more and sets the
 SOURCE_DONE flag in its counters' header, which the supervisor reads to end a
-run whose sources are all finite.  Records longer than a buffer are skipped
+run whose sources are all finite; when the pipeline stops, the supervisor
+pauses the replay (``pause_source``), so the RX stage's drain finds the port
+idle at once.  Records longer than a buffer are skipped
 and counted as truncated.  A file that ends inside a record (cut short)
 replays the packets before the cut, with one warning saying how many and
 where.  A batch is copied with one numpy gather from the loaded file.
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ixypipe.layout import SOFT_PORT_FLAG_SOURCE_DONE
+from ixypipe.layout import SOFT_PORT_CMD_PAUSE, SOFT_PORT_FLAG_SOURCE_DONE
 from ixypipe.memory.arena import RegionSize
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
@@ -204,8 +206,13 @@ class PcapDevice(Device):
         """What the RX stage published: the replay is over (read by the supervisor, which loads no file)."""
         return bool(int(self.counters.header["flags"][0]) & SOFT_PORT_FLAG_SOURCE_DONE)
 
+    def pause_source(self) -> None:
+        """(In the supervisor) the replay stops where it is: an endless one would keep the RX stage's drain
+        busy until its deadline (RX_DRAIN_BUSY_MAX, 5 s) on every stop."""
+        self.counters.header["commands"] |= SOFT_PORT_CMD_PAUSE
+
     def rx_batch(self, queue: int, out: np.ndarray) -> int:
-        if self.mode != "read":
+        if self.mode != "read" or int(self.counters.header["commands"][0]) & SOFT_PORT_CMD_PAUSE:
             return 0
         if queue != 0 or 0 not in self.rx_pools:
             raise PcapPortError(f"port {self.name}: RX queue {queue} has no mempool in this process")

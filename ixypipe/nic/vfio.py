@@ -20,8 +20,8 @@ device nodes in ``<root>/dev/vfio``; the real one uses ``/dev/vfio``.
 
 Stage processes cannot open the group again (the kernel answers EBUSY), so
 the opener hands them the device fd: :class:`PassFd` travels inside the
-pickled pipeline plan to processes started with multiprocessing's "spawn"
-(the fd is inherited, like DPDK's secondary processes get theirs from the
+pickled pipeline plan to processes started by multiprocessing ("spawn", or the
+supervisor's fork server, which hands it on; the fd is inherited, like DPDK's secondary processes get theirs from the
 primary), and :func:`attach_bar` maps BAR0 through it.
 """
 
@@ -355,9 +355,10 @@ def enable_bus_mastering(s: VfioSession) -> int:
 # ---- handing the device to stage processes --------------------------------------------------
 
 class PassFd:
-    """An fd that a multiprocessing "spawn" child inherits when it is pickled into the child's arguments.
+    """An fd that a multiprocessing child ("spawn" or "forkserver") inherits when it is pickled into the
+    child's arguments.
 
-    Pickled while a process is being spawned, the fd is added to the fds the
+    Pickled while a process is being started, the fd is added to the fds the
     child keeps (multiprocessing.reduction.DupFd); pickled any other time
     (e.g. for a log) it arrives as -1, "not passed".
     """

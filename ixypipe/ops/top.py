@@ -159,7 +159,7 @@ class Observer:
         if "sim" not in self.drivers:
             return []
         try:
-            children = [c for c in psutil.Process(self.pid).children() if c.name() == SIM_PROCESS_NAME]
+            children = [c for c in psutil.Process(self.pid).children(recursive=True) if c.name() == SIM_PROCESS_NAME]
         except psutil.Error:
             return []
         found = []

@@ -40,7 +40,7 @@ from ixypipe.memory.arena import Arena
 from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
-from ixypipe.pipeline import stagetable
+from ixypipe.pipeline import forkserver, stagetable
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import SLOT, StageRow
 from ixypipe.proc import Backoff, Pacing, die_with_parent, set_process_name, set_timer_slack, setup_logging
@@ -617,10 +617,10 @@ def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray, nbytes: int | No
 
 def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INFO,
                parent: int | None = None) -> None:
-    """Entry point of a stage process (multiprocessing 'spawn' target)."""
+    """Entry point of a stage process (forked by the supervisor's fork server, pipeline/forkserver.py)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the supervisor's to handle
     if parent is not None:
-        die_with_parent(parent)
+        die_with_parent(forkserver.expected_parent(parent))
     setup_logging(log_level, f"%(levelname)s {stage_name}: %(message)s")
     me = next(s for s in plan.stages if s.name == stage_name)
     set_process_name(f"ixy-{me.name}")

@@ -4,7 +4,8 @@ It creates the two arenas (the packet arena that every stage maps, and the
 device arena with descriptor rings that workers never see), the packet
 buffers, one mempool per RX queue, the SPSC rings and the stage table;
 starts the software 82599 for ``sim`` ports; initialises every port; then
-spawns and pins one process per stage.  While running it prints per-port
+starts one process per stage, pinned (both forked from its fork server,
+forkserver.py, with everything imported once).  While running it prints per-port
 and per-stage figures once a second and notices a dead stage at once.  On
 Ctrl-C, SIGTERM, --duration or --packets it stops the stages in data-flow
 order (RX, workers, TX), drains the rings, takes every buffer home, proves
@@ -42,7 +43,7 @@ from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
-from ixypipe.pipeline import planinfo, stagetable
+from ixypipe.pipeline import forkserver, planinfo, stagetable
 from ixypipe.pipeline.liveness import Heartbeats, RestartBudget, doing
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
@@ -113,6 +114,7 @@ class Supervisor:
         self._sleepers: list[int] = []
         self._port_drops: dict[str, dict[str, int]] = {}
         self.started = False
+        self._ctx = None                      # the multiprocessing context stages are started with
 
     # ---- the whole run -------------------------------------------------------------
     def run(self) -> RunResult:
@@ -120,6 +122,7 @@ class Supervisor:
         result = RunResult(exit_code=1)
         try:
             remove_stale()
+            self._ctx = forkserver.context()      # warms up while the arenas are built
             self._build()
             self._start_sim()
             self._open_ports()
@@ -178,7 +181,7 @@ class Supervisor:
             return
         from ixypipe.sim.launch import start_sim
         sim = start_sim([p.to_sim_config() for p in sim_ports], self.plan.ports,
-                        [self.arena.path, self.dev_arena.path])
+                        [self.arena.path, self.dev_arena.path], context=self._ctx)
         self.sim = sim.server
         self.plan.sysfs_roots.update(sim.sysfs_roots)
 
@@ -201,11 +204,9 @@ class Supervisor:
         for warning in placement.warnings:
             log.warning("%s", warning)
         write_plan_info(self.arena, self.plan)    # now with each stage's CPU
-        ctx = multiprocessing.get_context("spawn")
-        level = log_level()
+        self._level = log_level()
         for s in self.plan.stages:
             self.table[s.row]["command"] = STAGE_CMD_RUN
-        self._ctx, self._level = ctx, level
         self.heartbeats = Heartbeats(self.table, self.cfg.stall_timeout)
         for s in self.plan.stages:
             self.procs.append(StageProc(s.name, s.role, s.row, self._start_stage(s.name)))
@@ -406,6 +407,8 @@ class Supervisor:
             if self.procs:
                 if self.sim is not None and self.sim.is_alive() and not self.sim.pause_traffic(wait=SIM_PAUSE_WAIT):
                     log.warning("the software 82599 did not confirm its generators paused within %g s", SIM_PAUSE_WAIT)
+                for dev in self.devices.values():
+                    dev.pause_source()              # file replays stop too: the drain finds the ports idle
                 if self.sim_died:          # TX stages drop what reaches them from now on, so nothing waits
                     for p in self.procs:
                         if p.role == "tx":

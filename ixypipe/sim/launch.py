@@ -25,16 +25,16 @@ class RunningSim:
 
 
 def start_sim(ports: list[SimPortConfig], specs: Iterable[PortSpec], arena_paths: list[str | os.PathLike],
-              ignore_sigint: bool = False) -> RunningSim:
+              ignore_sigint: bool = False, context=None) -> RunningSim:
     """Start a simulator serving ``ports`` whose DMA memory is ``arena_paths``; fill in ``specs``' addresses.
 
     Specs named like a simulated port get its address; others are left alone.
     ``ignore_sigint``: the model process starts with SIGINT ignored, so a
     Ctrl-C meant for the caller cannot kill it before it ignores SIGINT
     itself (the caller stops it).  Bad port settings raise ValueError before
-    anything starts; a failed start leaves nothing behind (SimServerError).
+    anything starts; a failed start leaves nothing behind (SimServerError).  ``context``: see SimServer.
     """
-    server = SimServer(ports, [str(p) for p in arena_paths])
+    server = SimServer(ports, [str(p) for p in arena_paths], context=context)
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore_sigint else None
     try:
         server.start()

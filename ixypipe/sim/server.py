@@ -67,9 +67,11 @@ def _block_views(buf: np.ndarray, n_ports: int) -> tuple[np.ndarray, np.ndarray]
 
 class SimServer:
     def __init__(self, ports: list[SimPortConfig], arena_path: str | os.PathLike | list | None,
-                 root: Path | None = None, stats_period_ns: int = STATS_PERIOD_NS):
+                 root: Path | None = None, stats_period_ns: int = STATS_PERIOD_NS, context=None):
         """``arena_path`` None (or []): serve a foreign driver, whose DMA memory the model finds
-        itself through /proc (the process that maps a port's resource0; see sim/foreign.py)."""
+        itself through /proc (the process that maps a port's resource0; see sim/foreign.py).
+        ``context``: the multiprocessing context that starts the model process (default "spawn"; the
+        supervisor passes its fork server's, pipeline/forkserver.py)."""
         self.ports = validate_ports(list(ports))
         if arena_path is None:
             arena_path = []
@@ -86,6 +88,7 @@ class SimServer:
         self._final: dict[str, PortCounters] | None = None
         self._conn = None               # the model process reports "ok", later why it failed
         self._cause: str | None = None
+        self._context = context or multiprocessing.get_context("spawn")
 
     @property
     def pid(self) -> int | None:
@@ -112,9 +115,8 @@ class SimServer:
             self._mm, buf = sysfs.map_file(block)
             self._control, self._counters = _block_views(buf, len(self.ports))
             self._control["command"] = SIM_CMD_RUN
-            ctx = multiprocessing.get_context("spawn")
-            parent_end, child_end = ctx.Pipe(duplex=False)
-            self.process = ctx.Process(
+            parent_end, child_end = self._context.Pipe(duplex=False)
+            self.process = self._context.Process(
                 target=serve, name="ixypipe-sim", daemon=True,
                 args=(self.ports, self.arena_paths, str(self.sysfs_root), child_end, self.stats_period_ns,
                       log_level()))
@@ -213,7 +215,7 @@ class SimServer:
                 self.death_cause()          # keep what a dead model said
             self._conn.close()
             self._conn = None
-        if self.process is not None:
+        if self.process is not None and self.process.pid is not None:    # (none: interrupted while starting)
             if self.process.is_alive():
                 self.process.kill()
             self.process.join(STOP_TIMEOUT)     # reaped: no zombie left behind

@@ -1,0 +1,98 @@
+"""The process a supervisor forks its stages and its software 82599 from: everything imported and loaded once.
+
+A stage started with multiprocessing's "spawn" is a new interpreter that
+imports numpy, numba and the driver and loads its compiled kernels: about
+a second of CPU each, six times per pipeline on a two-CPU machine.  With
+:func:`context` a supervisor uses multiprocessing's "forkserver" instead:
+one clean process (a fresh interpreter that never maps the BAR, a ring or
+the arena, so a worker forked from it inherits none of them) imports all
+that once and warms the kernels, then forks each stage in milliseconds.
+Stages stay separate processes, pinned by themselves as before; the
+supervisor still sees each one's death at once (the server reports the
+exit status through the process sentinel).
+
+The server is started once per process and ends with it: it dies with its
+owner (parent-death signal), and what it forks dies with it, so a kill -9
+of ``ixypipe run`` takes every stage along.  It warms only when started by
+:func:`context` for an owner whose ``ixypipe`` package is the one it
+imported; otherwise it forgets the package and every child imports it
+afresh, as a spawned one would.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import signal
+import sys
+from pathlib import Path
+
+import ixypipe
+from ixypipe.proc import die_with_parent, set_process_name
+
+log = logging.getLogger(__name__)
+ENV_OWNER = "IXYPIPE_FORK_SERVER_OWNER"     # "<owner pid>:<its ixypipe package directory>", for the server only
+PROCESS_NAME = "ixypipe-fork"
+SERVER_PID = 0              # the server's pid: set in the server, so every process it forks knows its parent
+
+
+def context() -> multiprocessing.context.BaseContext:
+    """The multiprocessing context to start stages with; the server is started (once) now, so it warms up
+    while the caller builds the pipeline."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    os.environ[ENV_OWNER] = f"{os.getpid()}:{Path(ixypipe.__file__).parent}"
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        del os.environ[ENV_OWNER]
+    return ctx
+
+
+def expected_parent(owner: int) -> int:
+    """The pid a started process's parent has: the server it was forked from, or ``owner`` that started it."""
+    return SERVER_PID or owner
+
+
+def _warm() -> None:
+    """Import what stages and the model run, and load the compiled kernels (numba's first use of any kernel
+    also loads its own registries: most of the cost)."""
+    import ixypipe.nic.ixgbe  # noqa: F401  (the driver and its compiled hot path)
+    import ixypipe.nic.ports  # noqa: F401
+    import ixypipe.pipeline.stages  # noqa: F401
+    import ixypipe.sim.server  # noqa: F401
+    import ixypipe.workers.loader  # noqa: F401
+    from ixypipe.sim.model import load_kernels
+    from ixypipe.workers.headers import from_bytes
+
+    load_kernels("auto")
+    from_bytes([bytes(60)]).parse_all()
+
+
+def _serve() -> None:
+    """In the server (imported as its preload): die with the owner, name itself, warm up."""
+    global SERVER_PID
+    owner, _, package = os.environ.pop(ENV_OWNER).partition(":")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the owner's to handle (the server does the same
+    die_with_parent(int(owner))                       # once it serves; what it forks inherits it)
+    set_process_name(PROCESS_NAME)
+    if package != str(Path(ixypipe.__file__).parent):
+        # another ixypipe than the owner's: children must import theirs (their sys.path is the owner's)
+        for name in [n for n in sys.modules if n == "ixypipe" or n.startswith("ixypipe.")]:
+            del sys.modules[name]
+        return
+    SERVER_PID = os.getpid()
+    try:
+        _warm()
+    except Exception as exc:             # a stage meets the same error and reports it
+        log.debug("fork server: warming up failed: %s", exc)
+    # the server leaves without tearing the interpreter down (collecting numba's objects costs ~0.4 s of CPU);
+    # the processes it forks never run exit handlers (they leave through os._exit)
+    atexit.register(os._exit, 0)
+
+
+if os.environ.get(ENV_OWNER, "").partition(":")[0] == str(os.getppid()):
+    _serve()
