@@ -513,11 +513,14 @@ def import_check_child(proc: subprocess.Popen, marker: str) -> list[psutil.Proce
     found = []
     try:
         command = psutil.Process(proc.pid).cmdline()
-        for p in stray_processes(marker):
+    except psutil.Error:
+        return found
+    for p in stray_processes(marker):
+        try:                        # a short-lived process (a tool the check runs) may be gone by now
             if p.pid != proc.pid and p.cmdline() == command:
                 found.append(p)
-    except psutil.Error:
-        pass
+        except psutil.Error:
+            pass
     return found
 
 
@@ -532,9 +535,11 @@ def test_run_stopped_while_a_worker_module_imports_leaves_no_process(tmp_path, s
                             env={**os.environ, "IXYPIPE_HOSTILE_TEST": marker})
     try:
         deadline = time.monotonic() + SUBPROCESS_CEILING       # until the import check's child is there
-        while not import_check_child(proc, marker) and time.monotonic() < deadline and proc.poll() is None:
+        child = import_check_child(proc, marker)
+        while not child and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
-        assert len(import_check_child(proc, marker)) == 1, "the import check's child never appeared"
+            child = import_check_child(proc, marker)
+        assert len(child) == 1, f"the import check's child never appeared (exit {proc.poll()})"
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=SUBPROCESS_CEILING)
     finally:
