@@ -84,17 +84,20 @@ def test_loops_n_times_and_counts_passes(env, tmp_path):
     dev.close()
 
 
+def receive(dev, pool, polls: int) -> int:
+    """Poll RX queue 0 ``polls`` times, freeing what arrives; how many packets came."""
+    out = np.empty(64, np.uint32)
+    total = 0
+    for _ in range(polls):
+        n = dev.rx_batch(0, out)
+        total += n
+        pool.free(out[:n].copy())
+    return total
 def test_loop_zero_replays_forever(env, tmp_path):
     arena, bufs, pool, _, _ = env
     sample(tmp_path / "in.pcap", n=5)
     dev = PcapDevice.open(spec(tmp_path / "in.pcap", loop=0), arena, bufs, [pool])
-    out = np.empty(64, np.uint32)
-    total = 0
-    for _ in range(20):
-        n = dev.rx_batch(0, out)
-        total += n
-        pool.free(out[:n].copy())
-    assert total == 100 and not dev.finished
+    assert receive(dev, pool, polls=20) == 100 and not dev.finished
     dev.close()
 
 
@@ -103,14 +106,9 @@ def test_an_endless_replay_paused_by_the_supervisor_sends_no_more(env, tmp_path)
     sample(tmp_path / "in.pcap", n=5)
     sup = PcapDevice.open(spec(tmp_path / "in.pcap", loop=0), arena, bufs, [pool])
     rx = PcapDevice.attach(spec(tmp_path / "in.pcap", loop=0), arena, bufs, {0: pool})
-    out = np.empty(64, np.uint32)
-    total = 0
-    for _ in range(3):
-        n = rx.rx_batch(0, out)
-        total += n
-        pool.free(out[:n].copy())
-    assert total == 15
-    sup.pause_source()                      # the pipeline stops: the RX stage's replay ends where it is
+    assert receive(rx, pool, polls=3) == 15
+    sup.pause_source()
+    out = np.empty(64, np.uint32)                      # the pipeline stops: the RX stage's replay ends where it is
     assert rx.rx_batch(0, out) == 0 and rx.rx_batch(0, out) == 0
     assert sup.read_stats().rx_packets == 15 and not sup.source_finished()     # paused, not finished
     rx.close()
