@@ -530,9 +530,11 @@ def test_run_stopped_while_a_worker_module_imports_leaves_no_process(tmp_path, s
     (tmp_path / "p.toml").write_text(FWD_TEXT.replace('function = "touch"', 'function = "w.py:work"\n'
                                                                              'import_timeout = 600'))
     marker = uuid.uuid4().hex
+    # started as a script's `cmd &` starts it: with SIGINT ignored, which `ixypipe run` must not keep
     proc = subprocess.Popen([*IXYPIPE, "run", str(tmp_path / "p.toml")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, "IXYPIPE_HOSTILE_TEST": marker})
+                            env={**os.environ, "IXYPIPE_HOSTILE_TEST": marker},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.monotonic() + SUBPROCESS_CEILING       # until the import check's child is there
         child = import_check_child(proc, marker)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import click
@@ -50,6 +51,9 @@ def run(pipeline: str, duration: float | None, packets: int | None, check: bool)
       ixypipe run pipelines/fwd.toml --duration 10 --json > stats.jsonl
       ixypipe run pipelines/fwd.toml --packets 1000000
     """
+    # Ctrl-C / kill -INT stops a run at every step, as the supervisor's own handler does once it runs: a run
+    # started with `&` from a script inherits SIGINT ignored, and would otherwise sit out its checks deaf to it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if not check:
         from ixypipe.pipeline import forkserver
         forkserver.context()            # the stages' fork server warms up while the file is checked
