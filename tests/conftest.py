@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from ixypipe.memory.arena import Arena
+from tests.support.sharing import share_machine
 from tests.support.system import TESTBED_TOOLS, hugepages_unavailable, require_tools
+
+
+@pytest.fixture(autouse=True)
+def machine_share(request):
+    """Every test runs beside the others (pytest-xdist), except one marked ``alone`` (tests/support/sharing.py)."""
+    with share_machine(alone=request.node.get_closest_marker("alone") is not None):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -135,6 +135,7 @@ def test_virt_to_phys_reads_pfn_bits_0_to_54_and_needs_the_present_bit(tmp_path)
             virt_to_phys([page * PAGE_SIZE], pagemap=str(pagemap))
 
 
+@pytest.mark.alone                  # other tests take and give back hugepages
 @needs_root
 def test_arena_bigger_than_free_hugepages_says_how_to_reserve_more():
     too_big = (hugepages.free_hugepages() + 1) * HUGEPAGE_SIZE

@@ -47,6 +47,7 @@ def killed_arena():
         path.unlink(missing_ok=True)
 
 
+@pytest.mark.alone                  # a pipeline starting beside it would remove the stale files it checks
 def test_a_killed_process_leaves_its_arena_and_remove_stale_removes_it(killed_arena, make_arena):
     path = killed_arena("never")
     assert path.exists()
@@ -58,6 +59,7 @@ def test_a_killed_process_leaves_its_arena_and_remove_stale_removes_it(killed_ar
     assert not path.exists() and alive.path.exists()
 
 
+@pytest.mark.alone                  # a pipeline starting beside it would remove the stale files it checks
 def test_ixypipe_cleanup_says_what_it_removes(killed_arena):
     path = killed_arena("auto")           # on hugetlbfs when root, in /dev/shm otherwise
     runner = CliRunner()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support.runs import FWD, leftovers, start, summary_of, variant, wait_for_stats
 
@@ -128,6 +129,7 @@ def test_workers_map_neither_the_bar_nor_the_descriptor_rings():
     assert not re.search(r"ixypipe-\d+-dev-", worker_maps)
 
 
+@pytest.mark.alone                  # a pipeline starting beside it would remove the stale files it checks
 def test_after_kill_9_of_the_supervisor_nothing_runs_and_cleanup_removes_the_leftovers():
     proc = start([str(FWD), "--json"])
     try:

@@ -137,6 +137,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.alone                  # a pipeline starting beside it would remove the stale files it checks
 def test_the_model_process_exits_when_its_parent_is_killed(tmp_path):
     import subprocess
     import sys
