@@ -18,9 +18,9 @@ HEADROOM = 64
 class Rig:
     """One arena with an RX ring, a TX ring and buffers, and a world with the given ports."""
 
-    def __init__(self, arena, ports, rx_queues=1):
+    def __init__(self, arena, ports, rx_queues=1, hot_path=None):
         self.arena = arena
-        self.world = SimWorld(ports, arena)
+        self.world = SimWorld(ports, arena, hot_path=hot_path)
         self.rx_rings = [arena.alloc(f"rx{q}", RING * R.DESC_SIZE, within_page=True) for q in range(rx_queues)]
         self.tx_ring = arena.alloc("tx", RING * R.DESC_SIZE, within_page=True)
         self.bufs = arena.alloc("bufs", 4 * RING * BUF, align=BUF)
@@ -76,8 +76,8 @@ class Rig:
 def rig(make_arena):
     made = []
 
-    def make(ports=None, rx_queues=1, arena_size=8 << 20):
-        r = Rig(make_arena(arena_size), ports or [SimPortConfig("p0")], rx_queues)
+    def make(ports=None, rx_queues=1, arena_size=8 << 20, hot_path=None):
+        r = Rig(make_arena(arena_size), ports or [SimPortConfig("p0")], rx_queues, hot_path)
         made.append(r)
         return r
 
@@ -218,6 +218,37 @@ def test_tx_reads_buffers_to_the_sink_byte_exact_and_writes_dd_only_where_rs(rig
     assert (c.tx_sent, c.tx_bytes, c.sink_received) == (7, 6 * 60 + 1000, 7)
     p.latch_stats()
     assert (p.reg(R.GPTC), p.reg(R.GOTCL)) == (7, 6 * 64 + 1004)     # with the FCS
+
+
+@pytest.mark.parametrize("hot_path", ["numpy", "numba"])
+@pytest.mark.parametrize("txpaden", [True, False], ids=["TXPADEN", "no-TXPADEN"])
+def test_tx_pads_short_frames_with_zeros_to_60_bytes_when_txpaden_is_set(rig, hot_path, txpaden):
+    r = rig([SimPortConfig("p0", sink=SinkConfig(mode="count"))], hot_path=hot_path)
+    p = r.bring_up()
+    hlreg0 = p.reg(R.HLREG0) & ~R.HLREG0_TXPADEN
+    p.set_reg(R.HLREG0, hlreg0 | (R.HLREG0_TXPADEN if txpaden else 0))
+    got = []
+    p.wire_out.append(lambda b: got.extend(b.frame(i) for i in range(len(b))))
+    posted = [b"\x11" * 42, b"\x22" * 1, b"\x33" * 60, b"\x44" * 200]
+    tx = r.tx_desc()
+    for i, f in enumerate(posted):
+        off = r.bufs.offset + i * BUF + HEADROOM
+        r.arena.buf[off:off + BUF - HEADROOM] = 0xEE            # what follows a frame in its buffer is not sent
+        r.arena.buf[off:off + len(f)] = np.frombuffer(f, np.uint8)
+        tx["buffer_addr"][i] = r.buf_addr(i)
+        tx["cmd_type_len"][i] = R.TXD_CMD_DATA | len(f)
+        tx["olinfo_status"][i] = len(f) << R.TXD_PAYLEN_SHIFT
+    p.set_reg(R.TDT(0), len(posted))
+    r.world.step()
+    if txpaden:
+        assert got == [b"\x11" * 42 + bytes(18), b"\x22" + bytes(59), b"\x33" * 60, b"\x44" * 200]
+    else:
+        assert got == posted
+    sizes = [len(f) for f in got]
+    c = r.world.counters()["p0"]
+    assert (c.tx_sent, c.tx_bytes) == (4, sum(sizes))
+    p.latch_stats()
+    assert (p.reg(R.GPTC), p.reg(R.GOTCL)) == (4, sum(sizes) + 4 * 4)      # the FCS on each
 
 
 def test_tx_needs_te_and_a_live_queue(rig):

@@ -47,10 +47,12 @@ Where the model differs from silicon:
   larger than the RX buffer (BSIZEPKT)) are recorded as :class:`Fault`,
   logged, and stop that queue until the driver disables and re-enables it;
   nothing is written for the faulting descriptor.
+* TX padding (HLREG0.TXPADEN, which the ixgbe driver sets): a frame posted
+  shorter than 60 bytes goes on the wire padded with zeros to 60, and is
+  counted at that size, as silicon does; without TXPADEN it goes as posted
+  and a cabled peer drops it as a runt.
 * No address or VLAN filters, VLAN stripping, offloads, interrupts or flow
-  control, and no TX padding (HLREG0.TXPADEN): a frame shorter than 60
-  bytes goes on the wire as posted, so a cabled peer drops it as a runt
-  where silicon would have padded it.
+  control.
 
 Two implementations of the hot paths (``hot_path``): "numpy" (the
 reference, array by array) and "numba" (``sim/kernels.py``: one compiled
@@ -626,7 +628,7 @@ class SimPort:
         good = pending if not len(bad) else int(bad[0])
         if good:
             sel = slice(0, good)
-            batch = self.dma.read(arena[sel], offset[sel], lengths[sel])
+            batch = self._pad_short(self.dma.read(arena[sel], offset[sel], lengths[sel]))
             for deliver in self.wire_out:
                 deliver(batch)
             rs = (cmd[sel] & R.TXD_CMD_RS) != 0
@@ -635,7 +637,7 @@ class SimPort:
                 status[ring_part][rs[part_rows]] = R.TXD_STAT_DD
             q.head = (q.head + good) % q.n
             self.bar[self._tdh[q.index]] = q.head
-            nbytes = int(lengths[sel].sum())
+            nbytes = int(batch.lengths.sum())
             self.tx_sent += good
             self.tx_bytes += nbytes
             self._interval[2] += good
@@ -664,7 +666,8 @@ class SimPort:
             if info[0] != k.BAD_ADDRESS or not self.dma.after_miss():
                 break
         if good:
-            batch = PacketBatch(out[:good, :width], lengths[:good])
+            batch = self._pad_short(PacketBatch(out[:good, :width], lengths[:good]))
+            nbytes = int(batch.lengths.sum())
             for deliver in self.wire_out:
                 deliver(batch)
             q.head = (head + good) % q.n
@@ -679,6 +682,21 @@ class SimPort:
                         _tx_fault_reason(reason != k.NOT_DATA, reason != k.NO_EOP, reason != k.BAD_LENGTH, cmd,
                                          addr, cmd & R.TXD_DTALEN_MASK, self.dma.outside))
         return good
+
+    def _pad_short(self, batch: PacketBatch) -> PacketBatch:
+        """The frames as the MAC sends them: with HLREG0.TXPADEN one shorter than the Ethernet minimum is padded
+        with zeros to it, as silicon does."""
+        short = np.flatnonzero(batch.lengths < ETH_MIN_FRAME)
+        if not len(short) or not self.reg(R.HLREG0) & R.HLREG0_TXPADEN:
+            return batch
+        data = batch.data
+        if data.shape[1] < ETH_MIN_FRAME:
+            data = np.zeros((len(batch), ETH_MIN_FRAME), np.uint8)
+            data[:, :batch.data.shape[1]] = batch.data
+        rows = data[short, :ETH_MIN_FRAME]
+        rows[np.arange(ETH_MIN_FRAME) >= batch.lengths[short, None]] = 0     # the rest of the buffer is not sent
+        data[short, :ETH_MIN_FRAME] = rows
+        return PacketBatch(data, np.maximum(batch.lengths, ETH_MIN_FRAME))
 
     def detach(self) -> None:
         """Drop every view of the BAR, config space and descriptor rings (before unmapping them)."""
