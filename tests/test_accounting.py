@@ -95,6 +95,24 @@ def test_buffers_a_dead_stage_held_are_dropped_with_reason_stage_died():
     assert Accounting.of(plan(), table(received=(603, 400)), pools, stranded=10, restarts=1).restarts == 1
 
 
+def test_sent_buffers_a_dead_tx_stage_held_on_their_way_home_are_not_counted_twice():
+    # tx-p1-q0 died holding 5 buffers it had sent (counted in its 475 transmitted) and 3 it had not posted yet:
+    # 8 are missing from the pools, and only the 3 are lost with it
+    pools = [PoolCount(POOL, 32, 24), HOME[1]]
+    t = table(received=(608, 400), transmitted=(500, 475))
+    acc = Accounting.of(plan(), t, pools, stranded=10, died=["tx-p1-q0"], sent_in_hand=5)
+    assert (acc.transmitted, acc.drops["stage_died"], acc.in_flight) == (975, 3, 0) and acc.ok
+    before = Accounting.of(plan(), t, pools, stranded=10, died=["tx-p1-q0"])        # what it was: -5 in flight
+    assert (before.drops["stage_died"], before.in_flight) == (8, -5) and not before.ok
+
+
+def test_packets_a_dead_tx_stage_posted_and_did_not_count_are_transmitted():
+    # tx-p1-q0 posted 4 more than its 466 counted, then died; the NIC sent them and they came home
+    t = table(transmitted=(500, 466))
+    acc = Accounting.of(plan(), t, HOME, stranded=10, died=["tx-p1-q0"], sent_uncounted=4)
+    assert (acc.transmitted, acc.drops["stage_died"], acc.in_flight) == (970, 0, 0) and acc.ok
+
+
 def test_in_flight_is_received_minus_transmitted_minus_every_drop():
     acc = Accounting.of(plan(), table(transmitted=(500, 460)), HOME, stranded=4)
     assert acc.in_flight == 1000 - 960 - (10 + 3 + 5 + 2) - 4 == 16

@@ -515,6 +515,32 @@ def test_tx_done_homing_sends_buffers_home_to_each_pool(rig):
     assert r.pools[0].available() == POOL - 64 and r.pools[1].available() == POOL - 64
 
 
+def test_the_queue_state_shows_buffers_posted_and_buffers_cleaned_but_not_yet_home(rig):
+    # A TX stage that dies after the driver posted a batch and before it counted it, or between the clean and
+    # handing the buffers home, leaves the supervisor to read from the shared queue state what it did.
+    r = rig(ring=64)
+    dev = r.open("p0")
+    first = r.pools[0].alloc_exact(32)
+    for i in first:
+        r.bufs.write_packet(int(i), b"\x02" * 60)
+    assert dev.tx_posted(0) == 0
+    assert dev.tx_batch(0, first) == 32
+    r.world.step()                                          # the NIC sent them: DD on every descriptor
+    assert dev.tx_sent_in_hand(0) == 0 and dev.tx_posted(0) == 32
+    txq = dev._tx[0]
+    second = r.pools[0].alloc_exact(8)
+    for i in second:
+        r.bufs.write_packet(int(i), b"\x03" * 60)
+    free_before = r.pools[0].available()
+    result = txq.burst(second)                              # the driver's step without the hand-back after it
+    assert (result & 0xFFFFFFFF, result >> 32) == (8, 32)
+    assert sorted(txq.freed[:32].tolist()) == sorted(first.tolist())
+    assert dev.tx_sent_in_hand(0) == 32 and r.pools[0].available() == free_before
+    assert dev.tx_posted(0) == 40
+    dev._hand_back(txq, 32)
+    assert dev.tx_sent_in_hand(0) == 0 and r.pools[0].available() == free_before + 32
+
+
 @pytest.mark.skipif(not ixgbe_jit.AVAILABLE, reason="numba is not installed")
 def test_both_hot_paths_leave_identical_rings(make_arena):
     """The same traffic through a numpy port and a numba port: same descriptors, buffers and state."""

@@ -138,6 +138,16 @@ class Device(ABC):
         """Buffers posted on ``queue`` whose transmission has not completed (still the device's)."""
         return 0
 
+    def tx_posted(self, queue: int) -> int | None:
+        """Buffers posted on ``queue`` since the port was opened, as the device's shared state counts them (None:
+        the device keeps no such count).  What a TX stage that died had posted but not yet counted shows here."""
+        return None
+
+    def tx_sent_in_hand(self, queue: int) -> int:
+        """Buffers sent (and counted as transmitted) that the process transmitting on ``queue`` held on their
+        way home: if that process died, they are missing from the pools without being lost."""
+        return 0
+
     def pause_source(self) -> None:  # noqa: B027 - only a port that makes its own frames has one to pause
         """The pipeline is stopping: a source of the port's own making (a file replay) sends no more, so the
         RX stages find the port idle and finish their drain at once.  A NIC or an interface has a wire

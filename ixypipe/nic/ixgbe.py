@@ -590,6 +590,7 @@ class IxgbeDevice(Device):
             self._home_range(txq.freed[:cleaned], lo, hi)
         else:
             self.tx_done(txq.freed[:cleaned].copy())
+        txq.state[R.QSTATE_TX_HANDING] = 0
 
     def _bad_index(self, queue: int, index: int) -> DeviceError:
         return DeviceError(f"{self.name} TX queue {queue}: buffer index {index} is out of range "
@@ -610,6 +611,14 @@ class IxgbeDevice(Device):
         """Descriptors posted and not yet cleaned (their buffers are still the NIC's)."""
         txq = self._tx_queue(queue)
         return (int(txq.state[R.QSTATE_TX_TAIL]) - int(txq.state[R.QSTATE_TX_CLEAN])) & txq.mask
+
+    def tx_posted(self, queue: int) -> int | None:
+        """Descriptors posted on the queue since it was set up (by whichever process posted them)."""
+        return int(self._tx_queue(queue).state[R.QSTATE_TX_POSTED])
+
+    def tx_sent_in_hand(self, queue: int) -> int:
+        """Buffers the queue's last clean took off the ring that its process has not handed home yet."""
+        return int(self._tx_queue(queue).state[R.QSTATE_TX_HANDING])
 
     def tx_drain(self, queue: int, timeout: float = 1.0) -> int:
         """Wait until every posted descriptor is done and its buffer handed to tx_done.

@@ -47,6 +47,8 @@ _TX_DD = np.uint64(R.TXD_STAT_DD)
 _TX_CMD = np.uint64(R.TXD_CMD_DATA)
 _TX_OLINFO_SHIFT = np.uint64(R.TXD_WORD2_OLINFO_SHIFT + R.TXD_PAYLEN_SHIFT)
 _ZERO = np.uint64(0)
+_TX_CLEAN, _TX_TAIL, _TX_HANDING, _TX_POSTED = (R.QSTATE_TX_CLEAN, R.QSTATE_TX_TAIL, R.QSTATE_TX_HANDING,
+                                              R.QSTATE_TX_POSTED)
 
 rx_burst = tx_burst = None
 
@@ -94,8 +96,8 @@ if AVAILABLE:
         nothing and returns TX_ERROR - cleaned, with (TX_BAD_*, its position in bufs) in ``error``.
         """
         mask = np.int64(desc.shape[0] - 1)
-        clean = np.int64(state[0])
-        tail = np.int64(state[1])
+        clean = np.int64(state[_TX_CLEAN])
+        tail = np.int64(state[_TX_TAIL])
         cleaned = np.int64(0)
         lo = np.int64(0xFFFFFFFF)
         hi = np.int64(-1)
@@ -110,7 +112,9 @@ if AVAILABLE:
                 hi = max(hi, b)
                 cleaned += 1
             clean = (clean + clean_batch) & mask
-        state[0] = clean
+        state[_TX_CLEAN] = clean
+        if cleaned:
+            state[_TX_HANDING] = cleaned       # until the caller handed them home (IxgbeDevice._hand_back)
         lohi[0] = lo
         lohi[1] = hi
         n = min(np.int64(bufs.shape[0]), (clean - tail - 1) & mask)     # one slot stays free
@@ -133,6 +137,7 @@ if AVAILABLE:
             slot_buf[tail] = b
             tail = (tail + 1) & mask
         if n:
-            state[1] = tail
+            state[_TX_TAIL] = tail
             regs[tdt_index] = tail
+            state[_TX_POSTED] += n
         return n | (cleaned << 32)

@@ -46,7 +46,8 @@ _RX_DD_EOP = np.uint64(R.RX_DD_EOP)
 _RX_DD = R.RXD_STAT_DD
 _RX_LENGTH = R.RXD_LENGTH_HALFWORD
 _RX_NEXT = R.QSTATE_RX_NEXT
-_TX_CLEAN, _TX_TAIL = R.QSTATE_TX_CLEAN, R.QSTATE_TX_TAIL
+_TX_CLEAN, _TX_TAIL, _TX_HANDING, _TX_POSTED = (R.QSTATE_TX_CLEAN, R.QSTATE_TX_TAIL, R.QSTATE_TX_HANDING,
+                                              R.QSTATE_TX_POSTED)
 _TX_DD_IN_WORD = R.TXD_STAT_DD << R.TXD_WORD2_STATUS_SHIFT    # DD as a bit of the second word
 _TX_CMD = np.uint64(R.TXD_CMD_DATA)
 # (len | CMD) | (len << PAYLEN) in one multiply: length and command bits never overlap
@@ -144,6 +145,7 @@ def tx_burst(desc, slot_buf, state, buf_len, data_phys, regs, tdt_index, clean_b
     tail = end & mask
     state[_TX_TAIL] = tail
     regs[tdt_index] = tail              # one doorbell per batch (x86: stores stay in order)
+    state[_TX_POSTED] += n
     return n | (cleaned << 32)
 
 
@@ -160,3 +162,4 @@ def collect(slot_buf, state, freed, lohi, clean: int, count: int) -> None:
     lohi[0] = done.min()
     lohi[1] = done.max()
     state[_TX_CLEAN] = end & (entries - 1)
+    state[_TX_HANDING] = count              # until the caller handed them home (IxgbeDevice._hand_back)

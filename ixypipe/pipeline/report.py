@@ -224,7 +224,7 @@ class Accounting:
     def of(cls, plan, table: np.ndarray, pools: list[PoolCount], stranded: int = 0, died: Iterable[str] = (),
            restarts: int = 0, sim_died: bool = False, port_drops: dict[str, dict[str, int]] | None = None,
            unsent: int = 0, worker_counters: dict[str, dict[str, int]] | None = None,
-           orphaned: int = 0) -> Accounting:
+           orphaned: int = 0, sent_in_hand: int = 0, sent_uncounted: int = 0) -> Accounting:
         """The accounting of a stopped pipeline, from plain data.
 
         ``table``: the stage table (counters per stage row of ``plan``);
@@ -234,7 +234,9 @@ class Accounting:
         simulator died; ``unsent``: buffers posted to TX descriptors of a NIC that
         died before sending them (counted as transmitted when posted, so taken
         back here); ``orphaned``: packets left in the input rings of stages that
-        died (drops with reason stage_died).  Buffers missing from the pools are drops with reason
+        died (drops with reason stage_died); ``sent_in_hand``: buffers transmitted (and counted so) that a TX
+        stage died holding on their way home; ``sent_uncounted``: buffers a TX stage posted (so the NIC sent
+        them) and died before counting.  Other buffers missing from the pools are drops with reason
         stage_died when something died, a leak otherwise.
         """
         acc = cls()
@@ -242,7 +244,7 @@ class Accounting:
         rx_rows = [s.row for s in plan.stages_of("rx")]
         tx_rows = [s.row for s in plan.stages_of("tx")]
         acc.received = int(table["packets_in"][rx_rows].sum())
-        acc.transmitted = int(table["packets_out"][tx_rows].sum()) - unsent
+        acc.transmitted = int(table["packets_out"][tx_rows].sum()) - unsent + sent_uncounted
         acc.drops = {r: int(table[f"drop_{r}"].sum()) for r in DROP_REASONS}
         acc.drops["stranded"] = stranded
         acc.drops["stage_died"] += orphaned
@@ -252,6 +254,7 @@ class Accounting:
             acc.buffers_free += pool.free
             acc.buffers_in_nic += pool.in_nic
             lost += pool.total - pool.free - pool.in_nic
+        lost -= min(sent_in_hand, lost)          # missing, but already counted as transmitted
         # a duplicate index that overwrote another one in a ring lost that buffer (it never comes home: the
         # duplicate drop stands for its packet); one added to a ring stands for no packet received
         dup = acc.drops["duplicate"]

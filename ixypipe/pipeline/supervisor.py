@@ -417,7 +417,7 @@ class Supervisor:
                 for role in ("rx", "worker", "tx"):          # data-flow order
                     self._drain_role(role)
             built = self.plan is not None and self.arena is not None
-            unsent = self._drain_dead_tx() if built else 0
+            unsent, sent_in_hand, sent_uncounted = self._drain_dead_tx() if built else (0, 0, 0)
             self._port_drops = port_drops(self.devices, self.sim)    # before the simulator's counters go
             sim_counters = self.sim.stop() if self.sim is not None else None
             self.sim = None
@@ -426,7 +426,7 @@ class Supervisor:
             if built and self.started:      # a start-up failure prints only its error
                 orphaned = orphaned_packets(self.plan, self.arena, self._dead_rows())
                 stranded = reclaim_rings(self.plan, self.arena, self.pools, self.bufs) - orphaned
-                accounting = self._account(stranded, unsent, orphaned)
+                accounting = self._account(stranded, unsent, orphaned, sent_in_hand, sent_uncounted)
                 if accounting.lost_everything:
                     self.failures.append(f"every packet was lost: received {accounting.received:,}, "
                                          "transmitted none, dropped by the worker's verdicts "
@@ -475,14 +475,19 @@ class Supervisor:
     def _dead_rows(self) -> set[int]:
         return {p.row for p in self.procs if p.died}
 
-    def _drain_dead_tx(self) -> int:
+    def _drain_dead_tx(self) -> tuple[int, int, int]:
         """Descriptors left posted: a dead TX stage's are finished by the NIC and their buffers sent home.
 
-        When the NIC itself died nothing finishes them: returns how many were
-        posted and never sent (counted once, as stage_died, not as transmitted).
+        Returns (unsent, sent_in_hand, sent_uncounted).  When the NIC itself
+        died nothing finishes them: ``unsent`` were posted and never sent
+        (counted once, as stage_died, not as transmitted).  A TX stage that
+        died between two steps of its loop leaves the other two:
+        ``sent_in_hand`` were sent and counted as transmitted, and it held them
+        on their way home (missing from the pools, but not lost with it);
+        ``sent_uncounted`` it had posted (the NIC sends them) but not yet counted.
         """
         dead = self._dead_rows()
-        unsent = 0
+        unsent = sent_in_hand = sent_uncounted = 0
         for s in self.plan.stages_of("tx"):
             dev = self.devices.get(s.port)
             if dev is None:
@@ -490,8 +495,12 @@ class Supervisor:
             if self.sim_died:
                 unsent += dev.tx_pending(s.queue)
             elif s.row in dead:
+                sent_in_hand += dev.tx_sent_in_hand(s.queue)       # before this drain cleans the queue itself
+                posted = dev.tx_posted(s.queue)
+                if posted is not None:
+                    sent_uncounted += max(0, posted - int(self.table[s.row]["packets_out"]))
                 dev.tx_drain(s.queue, timeout=DEAD_TX_DRAIN_TIMEOUT)
-        return unsent
+        return unsent, sent_in_hand, sent_uncounted
 
     def _pool_counts(self) -> list[PoolCount]:
         counts = []
@@ -501,12 +510,14 @@ class Supervisor:
             counts.append(PoolCount(pool.count, pool.available(), in_nic))
         return counts
 
-    def _account(self, stranded: int, unsent: int, orphaned: int = 0) -> Accounting:
+    def _account(self, stranded: int, unsent: int, orphaned: int = 0, sent_in_hand: int = 0,
+                 sent_uncounted: int = 0) -> Accounting:
         """The accounting of this run, from the stage table and what was found once every stage stopped."""
         dead = self._dead_rows()
         return Accounting.of(self.plan, self.table, self._pool_counts(), stranded=stranded, orphaned=orphaned,
                              died=[s.name for s in self.plan.stages if s.row in dead], restarts=self.restarts,
-                             sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent,
+                             sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent, sent_in_hand=sent_in_hand,
+                             sent_uncounted=sent_uncounted,
                              worker_counters=stagetable.stage_counters(self.arena, self.plan))
 
     def _release(self) -> None:
