@@ -51,6 +51,13 @@ class Rig:
         assert dev.compiled == (kwargs["hot_path"] == "numba")
         return dev
 
+    def packets(self, n: int, fill: bytes, pool: int = 0) -> np.ndarray:
+        """``n`` buffers taken from a pool, each holding a 60-byte packet of ``fill``."""
+        idx = self.pools[pool].alloc_exact(n)
+        for i in idx:
+            self.bufs.write_packet(int(i), fill * 60)
+        return idx
+
     def close(self) -> None:
         for dev in self.devices:
             dev.close()
@@ -327,9 +334,7 @@ def test_corrupted_descriptor_address_is_a_dma_fault(rig):
     assert "outside registered memory" in fault.reason
     assert r.world.counters()["p0"].dma_faults == 1
 
-    idx = r.pools[0].alloc_exact(3)
-    for i in idx:
-        r.bufs.write_packet(int(i), b"\x01" * 60)
+    idx = r.packets(3, b"\x01")
     wire = []
     port.wire_out.append(wire.append)
     assert dev.tx_batch(0, idx) == 3
@@ -470,9 +475,7 @@ def test_bad_specs_and_arenas_are_refused(rig, make_arena):
 def test_tx_refuses_bad_lengths_and_keeps_one_slot_free(rig):
     r = rig(ring=16)
     dev = r.open("p0")
-    idx = r.pools[0].alloc_exact(20)
-    for i in idx:
-        r.bufs.write_packet(int(i), b"\x05" * 60)
+    idx = r.packets(20, b"\x05")
     r.bufs.length[idx[3]] = 0
     with pytest.raises(DeviceError, match=f"buffer {int(idx[3])} has length 0; a packet must be 1..1984 bytes"):
         dev.tx_batch(0, idx)
@@ -520,17 +523,13 @@ def test_the_queue_state_shows_buffers_posted_and_buffers_cleaned_but_not_yet_ho
     # handing the buffers home, leaves the supervisor to read from the shared queue state what it did.
     r = rig(ring=64)
     dev = r.open("p0")
-    first = r.pools[0].alloc_exact(32)
-    for i in first:
-        r.bufs.write_packet(int(i), b"\x02" * 60)
+    first = r.packets(32, b"\x02")
     assert dev.tx_posted(0) == 0
     assert dev.tx_batch(0, first) == 32
     r.world.step()                                          # the NIC sent them: DD on every descriptor
     assert dev.tx_sent_in_hand(0) == 0 and dev.tx_posted(0) == 32
     txq = dev._tx[0]
-    second = r.pools[0].alloc_exact(8)
-    for i in second:
-        r.bufs.write_packet(int(i), b"\x03" * 60)
+    second = r.packets(8, b"\x03")
     free_before = r.pools[0].available()
     result = txq.burst(second)                              # the driver's step without the hand-back after it
     assert (result & 0xFFFFFFFF, result >> 32) == (8, 32)
@@ -596,9 +595,7 @@ def test_hot_path_choice(monkeypatch):
 def test_tx_refuses_an_index_outside_the_buffers(rig):
     r = rig(ring=16)
     dev = r.open("p0")
-    idx = r.pools[0].alloc_exact(3)
-    for i in idx:
-        r.bufs.write_packet(int(i), b"\x05" * 60)
+    idx = r.packets(3, b"\x05")
     bad = np.array([idx[0], r.bufs.count + 7, idx[1]], np.uint32)
     with pytest.raises(DeviceError, match=f"p0 TX queue 0: buffer index {r.bufs.count + 7} is out of range "
                                           f"\\(the arena has {r.bufs.count} packet buffers\\)"):
