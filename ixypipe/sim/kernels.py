@@ -217,9 +217,10 @@ if AVAILABLE:
         return good
 
     @jit
-    def tx_walk(ring, head, pending, out, lengths, base, size, owner, offset, bufs, info):
+    def tx_walk(ring, head, pending, out, lengths, pad_to, base, size, owner, offset, bufs, info):
         """Descriptors ``head ..`` (``pending`` of them) onto the wire batch ``out``; returns how many
-        were good.  info: [reason, index of the bad one, its cmd_type_len, its address, widest frame, bytes]."""
+        were good.  A frame shorter than ``pad_to`` is padded with zeros to it (HLREG0.TXPADEN; 0: none).
+        info: [reason, index of the bad one, its cmd_type_len, its address, widest frame, bytes]."""
         nring = ring.shape[0]
         info[0] = OK
         width = 0
@@ -254,6 +255,10 @@ if AVAILABLE:
             o = np.uint64(offset[run] + addr - base[run])
             for b in range(np.uint64(length)):
                 out[j, b] = buf[o + b]
+            if length < pad_to:
+                for b in range(length, pad_to):
+                    out[j, b] = 0
+                length = pad_to
             lengths[j] = length
             width = max(width, length)
             nbytes += length
@@ -368,5 +373,5 @@ def warm() -> None:
         rx_frames(u64_ring, 0, 0, 0, 0, *tables, info, -1, i64[:0], data, i64[:0], np.zeros(0, np.uint32))
         sink_verify(data, i64[:0], np.zeros(1, bool), i64, i64, np.zeros(1, np.uint8), 1, np.zeros(1, np.uint64),
                     i64, False, info[:5])
-    tx_walk(u64_ring, 0, 0, wide, i64, *tables, info)
+    tx_walk(u64_ring, 0, 0, wide, i64, 0, *tables, info)
     _warm = True
