@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -12,6 +14,7 @@ import pytest
 
 from tests.support.runs import (
     FWD,
+    REPO,
     check_sinks,
     intervals_of,
     leftovers,
@@ -38,6 +41,18 @@ def test_fwd_runs_for_a_duration_and_accounts_for_every_packet():
     check_sinks(s)
     assert len(intervals_of(res.stdout)) >= 2
     assert time.monotonic() - started < 40
+
+
+def test_run_from_a_directory_holding_another_ixypipe_imports_its_own(tmp_path):
+    # the command run where another ixypipe lies in the working directory (a checkout beside an installed copy):
+    # the stages' fork server, which starts there as `python -c`, must import the command's own package
+    (tmp_path / "ixypipe").symlink_to(REPO / "ixypipe")        # the same code, found under another path
+    command = f"import sys; sys.path.insert(0, {str(REPO)!r}); from ixypipe.cli import main; main(prog_name='ixypipe')"
+    res = subprocess.run([sys.executable, "-c", command, "run", str(FWD), "--packets", "5000", "--json"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    s = summary_of(res.stdout)
+    assert s["ok"] and s["received"] >= 5000 and s["in_flight"] == 0
 
 
 def test_fwd_text_output_is_ixy_style():

@@ -17,11 +17,20 @@ of ``ixypipe run`` takes every stage along.  It warms only when started by
 :func:`context` for an owner whose ``ixypipe`` package is the one it
 imported; otherwise it forgets the package and every child imports it
 afresh, as a spawned one would.
+
+Python 3.11's fork server ignores the owner's sys.path: it starts as
+``python -c``, whose first path entry is its working directory.  So the
+owner starts it from the directory that holds its own ``ixypipe`` package:
+run from a directory with another ixypipe in it (a source checkout beside
+an installed copy), the server would otherwise import that one.  Each child
+goes back to the owner's directory and sys.path as it starts
+(multiprocessing applies them).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.forkserver
@@ -35,8 +44,8 @@ from ixypipe.proc import die_with_parent, set_process_name
 
 log = logging.getLogger(__name__)
 ENV_OWNER = "IXYPIPE_FORK_SERVER_OWNER"     # "<owner pid>:<its ixypipe package directory>", for the server only
+ENV_SERVER = "IXYPIPE_FORK_SERVER_PID"      # set in the server, so every process it forks knows its parent
 PROCESS_NAME = "ixypipe-fork"
-SERVER_PID = 0              # the server's pid: set in the server, so every process it forks knows its parent
 
 
 def context() -> multiprocessing.context.BaseContext:
@@ -44,17 +53,22 @@ def context() -> multiprocessing.context.BaseContext:
     while the caller builds the pipeline."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
-    os.environ[ENV_OWNER] = f"{os.getpid()}:{Path(ixypipe.__file__).parent}"
+    package = Path(ixypipe.__file__).parent
+    os.environ[ENV_OWNER] = f"{os.getpid()}:{package}"
+    here = os.getcwd()
     try:
+        with contextlib.suppress(OSError):      # (a package in a zip file: the server checks what it found)
+            os.chdir(package.parent)            # the server's first sys.path entry: where it finds this ixypipe
         multiprocessing.forkserver.ensure_running()
     finally:
+        os.chdir(here)
         del os.environ[ENV_OWNER]
     return ctx
 
 
 def expected_parent(owner: int) -> int:
     """The pid a started process's parent has: the server it was forked from, or ``owner`` that started it."""
-    return SERVER_PID or owner
+    return int(os.environ.get(ENV_SERVER) or owner)
 
 
 def _warm() -> None:
@@ -74,17 +88,17 @@ def _warm() -> None:
 
 def _serve() -> None:
     """In the server (imported as its preload): die with the owner, name itself, warm up."""
-    global SERVER_PID
     owner, _, package = os.environ.pop(ENV_OWNER).partition(":")
+    os.environ[ENV_SERVER] = str(os.getpid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the owner's to handle (the server does the same
     die_with_parent(int(owner))                       # once it serves; what it forks inherits it)
     set_process_name(PROCESS_NAME)
     if package != str(Path(ixypipe.__file__).parent):
-        # another ixypipe than the owner's: children must import theirs (their sys.path is the owner's)
+        # another ixypipe than the owner's: children must import theirs (their sys.path is the owner's).  The
+        # failed preload import (multiprocessing ignores ImportError there) leaves no ixypipe module behind.
         for name in [n for n in sys.modules if n == "ixypipe" or n.startswith("ixypipe.")]:
             del sys.modules[name]
-        return
-    SERVER_PID = os.getpid()
+        raise ImportError(f"the fork server found {ixypipe.__file__}, not the owner's package in {package}")
     try:
         _warm()
     except Exception as exc:             # a stage meets the same error and reports it
