@@ -18,8 +18,16 @@ For each: ping RTT percentiles at a low rate (``--pings`` pings, 20 ms apart)
 and at a high rate (the same pings while host A floods host B with UDP from
 iperf3 at ``--load-mbit``), and for the pipelines the CPU time all of its
 processes used while idle (no traffic) over ``--idle-seconds``, as a share of
-one CPU.  Every figure is from the same run on the same machine, so read
-them side by side; other load on the machine moves them all.
+one CPU.
+
+Then the same pipelines between the software 82599's ports
+(``ixypipe sim ports idle=<mode>``: pipelines/fwd.toml with its generators
+at ``--sim-rates``): one-way latency from p0's generator to p1's sink, on
+the model's clock (ixypipe.sim.latency: one frame sampled per batch the sink
+receives).  It includes the model's own polling, which a NIC does not add.
+
+Every figure is from the same run on the same machine, so read them side by
+side; other load on the machine moves them all.
 
     python3 bench/latency_bench.py [--modes wake,nap] [--pings 200] [--load-mbit 200] [--json]
 
@@ -50,6 +58,8 @@ from python_floor import PythonFloor  # noqa: E402  (bench/ is not a package)
 
 REPO = Path(__file__).resolve().parent.parent
 BRIDGE_VETH = REPO / "pipelines" / "bridge-veth.toml"
+FWD = REPO / "pipelines" / "fwd.toml"
+SIM_SECONDS = 5.0
 PING_INTERVAL = 0.02
 START_TIMEOUT = 60.0
 RTT_RE = re.compile(r"time=([\d.]+) ms")
@@ -140,6 +150,23 @@ def measure(tb: VethTestbed, pings: int, load_mbit: int | None) -> dict:
     return got
 
 
+def sim_latency(mode: str, rate_mpps: float, tmp: Path) -> dict:
+    """fwd.toml on the software ports, both generators at ``rate_mpps``: the latency p1's sink sampled, in ms."""
+    text = re.sub(r"^rate_mpps = [\d.]+", f"rate_mpps = {rate_mpps}", FWD.read_text(), flags=re.M)
+    text = text.replace("[pipeline]\n", f'[pipeline]\nidle = "{mode}"\n', 1)
+    path = tmp / f"fwd-{mode}-{rate_mpps}.toml"
+    path.write_text(text)
+    res = subprocess.run([sys.executable, "-m", "ixypipe", "run", str(path), "--duration", str(SIM_SECONDS), "--json"],
+                         capture_output=True, text=True, cwd=REPO, timeout=SIM_SECONDS + 120)
+    summaries = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"') and '"summary"' in line]
+    if res.returncode != 0 or not summaries:
+        raise SystemExit(f"ixypipe run {path.name} failed: {res.stderr[-2000:]}")
+    c = summaries[-1]["sim"]["p1"]
+    ms = {q: round(c[f"sink_latency_{q}_ns"] / 1e6, 4) for q in ("p50", "p90", "p99", "max")}
+    return {"rate_mpps": rate_mpps, "samples": c["sink_latency_samples"], "received": c["sink_received"],
+            **{f"{q}_ms": v for q, v in ms.items()}}
+
+
 @click.command()
 @click.option("--modes", default="wake,nap", show_default=True, help="idle modes of the pipeline to measure")
 @click.option("--pings", default=200, show_default=True, help="pings per measurement (20 ms apart)")
@@ -147,8 +174,11 @@ def measure(tb: VethTestbed, pings: int, load_mbit: int | None) -> dict:
 @click.option("--idle-seconds", default=5.0, show_default=True, help="how long idle CPU is measured")
 @click.option("--floor/--no-floor", default=True, show_default=True,
               help="measure the Python floor (bench/python_floor.py) beside the pipeline")
+@click.option("--sim-rates", default="0.001,0.3", show_default=True,
+              help="generator rates (Mpps per port) for the latency between software 82599 ports; '' skips it")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
-def main(modes: str, pings: int, load_mbit: int, idle_seconds: float, floor: bool, as_json: bool) -> None:
+def main(modes: str, pings: int, load_mbit: int, idle_seconds: float, floor: bool, sim_rates: str,
+         as_json: bool) -> None:
     for tool in ("ping", "iperf3", "ethtool"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install iputils-ping iperf3 ethtool")
@@ -171,8 +201,11 @@ def main(modes: str, pings: int, load_mbit: int, idle_seconds: float, floor: boo
                 results[f"ixypipe idle={mode}"]["idle_cpu"] = round(p.idle_cpu(idle_seconds), 4)
             finally:
                 p.stop()
+        sim = {f"sim ports idle={mode}": [sim_latency(mode, float(r), Path(tmp)) for r in sim_rates.split(",")
+                                                  if r.strip()]
+               for mode in modes.split(",")} if sim_rates.strip() else {}
     if as_json:
-        print(json.dumps(results))
+        print(json.dumps({**results, "sim_one_way": sim}))
         return
     base = results["linux bridge"]["low_rate"].get("avg_ms")
     print(f"{'path':<22} {'rate':<9} {'avg ms':>8} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8} "
@@ -191,6 +224,14 @@ def main(modes: str, pings: int, load_mbit: int, idle_seconds: float, floor: boo
                   f"{m['p99_ms']:>8.3f} {m['max_ms']:>8.3f} {m['sent'] - m['received']:>5} {ratio:>9.1f} {idle:>9}")
     print(f"high rate: pings while iperf3 sends {load_mbit} Mbit/s of UDP A->B; "
           "idle CPU: all processes of the pipeline with no traffic, share of one CPU")
+    if sim:
+        print(f"\n{'one way, sim ports':<22} {'Mpps/port':>9} {'p50 ms':>8} {'p90':>8} {'p99':>8} {'max':>8} {'samples':>8}")
+        for name, rows in sim.items():
+            for m in rows:
+                print(f"{name:<22} {m['rate_mpps']:>9g} {m['p50_ms']:>8.3f} {m['p90_ms']:>8.3f} {m['p99_ms']:>8.3f} "
+                      f"{m['max_ms']:>8.3f} {m['samples']:>8,}")
+        print("sim ports: pipelines/fwd.toml, both directions at the rate; p0's generator to p1's sink, "
+              "one frame sampled per batch the sink received")
 
 
 if __name__ == "__main__":

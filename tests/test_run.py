@@ -39,6 +39,11 @@ def test_fwd_runs_for_a_duration_and_accounts_for_every_packet():
     # both directions forwarded: what p0 received went out of p1 and the other way round
     assert s["ports"]["p0"]["rx_packets"] > 0 and s["ports"]["p1"]["rx_packets"] > 0
     check_sinks(s)
+    for name in ("p0", "p1"):      # each sink sampled the one-way latency from the other port's generator
+        c = s["sim"][name]
+        assert 0 < c["sink_latency_samples"] <= c["sink_received"]
+        assert 0 < c["sink_latency_p50_ns"] <= c["sink_latency_p90_ns"] <= c["sink_latency_p99_ns"] \
+            <= c["sink_latency_max_ns"]
     assert len(intervals_of(res.stdout)) >= 2
     assert time.monotonic() - started < 40
 
@@ -181,7 +186,9 @@ def test_accounting_checks_a_count_sink_for_packets_and_bytes_never_for_content(
                          tmp_path / "two.toml")
     sent = {"v": {"tx_packets": 10, "tx_bytes": 600}, "c": {"tx_packets": 10, "tx_bytes": 1500}}
     # the count sink got frames no generator made: "corrupt" to a verifying sink, fine for a counting one
-    sim = {"v": PortCounters(sink_received=10, sink_bytes=600, sink_corrupt=2),
+    sim = {"v": PortCounters(sink_received=10, sink_bytes=600, sink_corrupt=2, sink_latency_samples=4,
+                             sink_latency_p50_ns=412_000, sink_latency_p90_ns=700_000, sink_latency_p99_ns=1_250_000,
+                             sink_latency_max_ns=1_300_000),
            "c": PortCounters(sink_received=10, sink_bytes=1500, sink_corrupt=10, sink_size_64=4,
                              sink_size_128_255=6)}
     acc = Accounting(ports=sent, sim=sim)
@@ -191,7 +198,8 @@ def test_accounting_checks_a_count_sink_for_packets_and_bytes_never_for_content(
     out = io.StringIO()
     acc.print(out, json_lines=False)
     lines = out.getvalue().splitlines()
-    assert "sim v: generated 0, missed at RX 0, sink received 10, lost 0, reordered 0, corrupt 2, untouched 0" in lines
+    assert ("sim v: generated 0, missed at RX 0, sink received 10, lost 0, reordered 0, corrupt 2, untouched 0; "
+            "latency p50 0.412 ms, p99 1.250 ms, max 1.300 ms (4 sampled)") in lines
     assert "sim c: generated 0, missed at RX 0, sink received 10, 1,500 bytes, sizes with FCS 64: 4 128-255: 6" \
         in lines
     sim["c"] = PortCounters(sink_received=9, sink_bytes=1400)

@@ -349,6 +349,10 @@ class Accounting:
             else:
                 judged = (f"lost {c.get('sink_lost', 0):,}, reordered {c.get('sink_reordered', 0):,}, "
                           f"corrupt {c.get('sink_corrupt', 0):,}, untouched {c.get('sink_untouched', 0):,}")
+                if c.get("sink_latency_samples"):        # one-way, from the generator (sim/latency.py)
+                    judged += (f"; latency p50 {c['sink_latency_p50_ns'] / 1e6:.3f} ms, p99 "
+                               f"{c['sink_latency_p99_ns'] / 1e6:.3f} ms, max {c['sink_latency_max_ns'] / 1e6:.3f} ms "
+                               f"({c['sink_latency_samples']:,} sampled)")
             lines.append(f"sim {name}: generated {c.get('generated', 0):,}, missed at RX {c.get('rx_missed', 0):,}, "
                          f"sink received {c.get('sink_received', 0):,}, {judged}")
         lines += [f"PROBLEM: {p}" for p in self.problems]

@@ -275,7 +275,7 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
     finally:
         conn.close()
         if world is not None:
-            world.publish()
+            world.publish(exact=True)      # the final counters: latency percentiles of the whole run
             world.close()
         control = counters = buf = None
         if mm is not None:

@@ -70,6 +70,7 @@ from ixypipe.protocols import (
     VLAN_TAG_LEN,
     VLAN_TCI_OFF,
 )
+from ixypipe.sim.latency import EmitTimes, LatencyHistogram
 from ixypipe.sim.payload import (
     SIM_CSUM_OFF,
     SIM_MAGIC,
@@ -103,6 +104,7 @@ GEN_DST_IP6 = bytes.fromhex("fd00" + "00" * 12 + "ff01")
 PLAIN = Profile()
 _CSUM_MOD = 1 << 32
 SINK_MODES = ("verify", "count")
+LATENCY_PUBLISH_NS = 100_000_000    # a verifying sink's latency percentiles are recomputed this often at most
 FCS_LEN = 4                     # the frame check sequence the wire adds; frames here are without it
 # RFC 2819 etherStatsPkts*Octets: sizes on the wire, FCS included; a bucket holds sizes up to its bound
 # (<64: undersize, the model does not pad; >1518: oversize, which the model's TX faults cannot produce)
@@ -363,6 +365,7 @@ class Generator:
         self.base_csum = payload_checksum(self.templates, max(self.record_off, 0) + SIM_REC_CSUM).astype(np.uint64)
         self.touch_byte = int(self.templates[0, SIM_TOUCH_OFF])
         self.sent = 0                     # packets generated so far (= index of the next one)
+        self.emitted = EmitTimes()        # when the last ones went into RX descriptors (latency samples)
         self._kernel_tables = None
         self._credit = 0.0
         self._last_ns: int | None = None
@@ -414,7 +417,10 @@ class Generator:
             data[:, rec + SIM_REC_CSUM:rec + SIM_REC_CSUM + 4] = csum.view(np.uint8).reshape(n, 4)
         return PacketBatch(data, lengths)
 
-    def commit(self, n: int) -> None:
+    def commit(self, n: int, now_ns: int | None = None) -> None:
+        """``n`` of the next packets went on the wire (into RX descriptors) at ``now_ns``, if given."""
+        if now_ns is not None and n:
+            self.emitted.stamp(self.sent, n, now_ns)
         self._credit -= n
         self.sent += n
 
@@ -491,9 +497,16 @@ class Sink:
     """Verifies frames from any of the world's generators (``generators[gen_id]``)."""
 
     def __init__(self, generators: dict[int, Generator], verify: bool = True, expect_touch: bool = False,
-                 pcap: str | None = None, compiled: bool = False):
-        """``compiled``: verify with the numba kernel (``sim/kernels.py``), the numpy code being the reference."""
+                 pcap: str | None = None, compiled: bool = False, clock=None):
+        """``compiled``: verify with the numba kernel (``sim/kernels.py``), the numpy code being the reference;
+        ``clock``: the model's clock, to sample the latency from each frame's generator (sim/latency.py)."""
         self.verify = verify
+        self.generators = generators
+        self.clock = clock
+        self.latency = LatencyHistogram()
+        self._batches = 0
+        self._latency_summary = (0, 0, 0, 0, 0)
+        self._summary_at = None
         self._kernel = None
         if compiled:
             from ixypipe.sim.kernels import sink_verify
@@ -538,6 +551,8 @@ class Sink:
             self.pcap.write(batch)
         if not self.verify:
             return
+        if self.clock is not None:
+            self._sample_latency(batch)
         if self._kernel is not None:
             res = self._res
             res[:] = 0
@@ -553,6 +568,38 @@ class Sink:
             return
         for rows, frames in batch.by_length():
             self._verify(rows, frames)
+
+    def _sample_latency(self, batch: PacketBatch) -> None:
+        """One frame of the batch (a different position each batch): its latency since its generator sent it,
+        when the frame is intact (its record's checksum holds) and the generator still has its time."""
+        i = self._batches % len(batch)
+        self._batches += 1
+        length = int(batch.lengths[i])
+        frame = batch.data[i:i + 1, :length]
+        rec = int(record_offsets(frame)[0]) if length >= SIM_MIN_FRAME else -1
+        if rec < 0 or rec + SIM_REC_LEN > length:
+            return
+        record = bytes(frame[0, rec:rec + SIM_REC_LEN])
+        if int(payload_checksum(frame, rec + SIM_REC_CSUM)[0]) != int.from_bytes(
+                record[SIM_REC_CSUM:SIM_REC_CSUM + 4], "little"):
+            return
+        magic, gen_id, flow = (int.from_bytes(record[off:off + 2], "little")
+                               for off in (SIM_REC_MAGIC, SIM_REC_GEN, SIM_REC_FLOW))
+        gen = self.generators.get(gen_id)
+        if magic != SIM_MAGIC or gen is None or flow >= gen.flows:
+            return
+        seq = int.from_bytes(record[SIM_REC_SEQ:SIM_REC_SEQ + 8], "little")
+        sent_at = gen.emitted.of(seq * gen.flows + flow)
+        if sent_at is not None:
+            self.latency.add(self.clock() - sent_at)
+
+    def latency_summary(self, now_ns: int, exact: bool) -> tuple[int, ...]:
+        """(samples, p50, p90, p99, max) in ns; recomputed at most every LATENCY_PUBLISH_NS unless ``exact``."""
+        if self.latency.samples != self._latency_summary[0] and (
+                exact or self._summary_at is None or now_ns - self._summary_at >= LATENCY_PUBLISH_NS):
+            self._latency_summary = self.latency.summary()
+            self._summary_at = now_ns
+        return self._latency_summary
 
     def _verify(self, rows: np.ndarray, frames: np.ndarray) -> None:
         r = self.result

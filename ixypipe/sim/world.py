@@ -32,7 +32,7 @@ from ixypipe.memory.arena import Arena
 from ixypipe.nic import registers as R
 from ixypipe.pcapfile import PcapError, check_output
 from ixypipe.sim import sysfs
-from ixypipe.sim.block import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE, SIM_SIZE_FIELDS
+from ixypipe.sim.block import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE, SIM_LATENCY_FIELDS, SIM_SIZE_FIELDS
 from ixypipe.sim.dma import DmaSpace
 from ixypipe.sim.foreign import DriverLeft, ForeignDma
 from ixypipe.sim.iommu import IommuDma, table_path
@@ -98,6 +98,11 @@ class PortCounters:
     dma_faults: int = 0
     sink_bytes: int = 0             # frame bytes without FCS
     sink_pcap_failed: int = 0       # frames the sink's pcap file could not take (logged once)
+    sink_latency_samples: int = 0   # a verifying sink: frames whose one-way latency it sampled (one per batch)
+    sink_latency_p50_ns: int = 0    # ... their percentiles, from the generator's RX descriptor to this port's
+    sink_latency_p90_ns: int = 0    # wire (sim/latency.py)
+    sink_latency_p99_ns: int = 0
+    sink_latency_max_ns: int = 0
     sink_size_lt64: int = 0         # sizes with FCS, RFC 2819 buckets (a count sink only)
     sink_size_64: int = 0
     sink_size_65_127: int = 0
@@ -183,6 +188,7 @@ class SimWorld:
         self.generators: dict[str, Generator] = {}
         self.sinks: dict[str, Sink] = {}
         self.traffic = False
+        self.clock = clock
         self._gen_bytes = dict.fromkeys(self.names, 0)
         # the model's hot path: numba when installed ("auto"); IXYPIPE_SIM_HOT_PATH reaches model processes
         self.hot_path = hot_path or os.environ.get(HOT_PATH_ENV, "auto")
@@ -230,7 +236,8 @@ class SimWorld:
                 if cfg.sink.mode == "count":
                     sink = CountSink(cfg.sink.pcap)
                 else:
-                    sink = Sink(by_id, True, cfg.sink.expect_touch, cfg.sink.pcap, compiled=port.kernels is not None)
+                    sink = Sink(by_id, True, cfg.sink.expect_touch, cfg.sink.pcap, compiled=port.kernels is not None,
+                                clock=clock)
                 self.sinks[cfg.name] = sink
                 port.wire_out.append(sink.receive)
             if cfg.cable_to is not None:
@@ -276,11 +283,11 @@ class SimWorld:
             if port.kernels is not None:
                 port.receive_generated(gen, n)
                 self._gen_bytes[name] += gen.bytes_of_next(n)
-                gen.commit(n)
+                gen.commit(n, self.clock())
                 return n
             batch = gen.make(n)
             port.receive(batch)
-            gen.commit(n)               # after: a step abandoned (DriverLeft) sent nothing
+            gen.commit(n, self.clock())               # after: a step abandoned (DriverLeft) sent nothing
         else:
             free = port.rx_free()
             n = gen.allowance(min(GEN_BATCH, int(free.sum())))
@@ -289,7 +296,7 @@ class SimWorld:
             if port.kernels is not None:
                 n = port.receive_generated(gen, n, free)
                 self._gen_bytes[name] += gen.bytes_of_next(n)
-                gen.commit(n)
+                gen.commit(n, self.clock())
                 return n
             batch = gen.make(n)
             queues, hashes = port.classify(batch)
@@ -305,7 +312,7 @@ class SimWorld:
             if n < len(batch):
                 batch, queues, hashes = batch.take(slice(0, n)), queues[:n], hashes[:n]
             port.receive(batch, queues, hashes)
-            gen.commit(n)
+            gen.commit(n, self.clock())
         self._gen_bytes[name] += int(batch.lengths.sum())
         return n
 
@@ -314,23 +321,27 @@ class SimWorld:
     def faults(self) -> list[Fault]:
         return [f for p in self.ports.values() for f in p.faults]
 
-    def publish(self) -> None:
-        """Write every port's counters into the counters array."""
+    def publish(self, exact: bool = False) -> None:
+        """Write every port's counters into the counters array (``exact``: latency percentiles of this moment,
+        not of up to LATENCY_PUBLISH_NS ago)."""
+        now = self.clock()
         for i, name in enumerate(self.names):
             p = self.ports[name]
             gen = self.generators.get(name)
             sink = self.sinks.get(name)
             s = sink.result if sink is not None else None
             row = self._rows[i]
-            row[:len(SIM_COUNTER_FIELDS) - len(SIM_SIZE_FIELDS)] = (
+            lat = len(SIM_COUNTER_FIELDS) - len(SIM_SIZE_FIELDS) - len(SIM_LATENCY_FIELDS)   # the latency fields
+            row[:lat] = (
                 gen.sent if gen else 0, self._gen_bytes[name], p.rx_delivered, p.rx_missed, p.rx_undersize,
                 p.rx_oversize, p.tx_sent, p.tx_bytes, s.received if s else 0, s.lost if s else 0, s.reordered if s else 0,
                 s.corrupt if s else 0, s.untouched if s else 0, len(p.faults), s.received_bytes if s else 0,
                 s.pcap_failed if s else 0)
+            row[lat:lat + len(SIM_LATENCY_FIELDS)] = sink.latency_summary(now, exact) if isinstance(sink, Sink) else 0
             row[len(row) - len(SIM_SIZE_FIELDS):] = sink.sizes if sink is not None else 0
 
     def counters(self) -> dict[str, PortCounters]:
-        self.publish()
+        self.publish(exact=True)
         return counters_from(self._rows, self.names)
 
     def poll_driver(self) -> bool:
