@@ -21,7 +21,7 @@ processes used while idle (no traffic) over ``--idle-seconds``, as a share of
 one CPU.
 
 Then the same pipelines between the software 82599's ports
-(``ixypipe sim ports idle=<mode>``: pipelines/fwd.toml with its generators
+(``sim ports idle=<mode>``: pipelines/fwd.toml with its generators
 at ``--sim-rates``): one-way latency from p0's generator to p1's sink, on
 the model's clock (ixypipe.sim.latency: one frame sampled per batch the sink
 receives).  It includes the model's own polling, which a NIC does not add.
