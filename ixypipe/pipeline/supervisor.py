@@ -516,8 +516,8 @@ class Supervisor:
         dead = self._dead_rows()
         return Accounting.of(self.plan, self.table, self._pool_counts(), stranded=stranded, orphaned=orphaned,
                              died=[s.name for s in self.plan.stages if s.row in dead], restarts=self.restarts,
-                             sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent, sent_in_hand=sent_in_hand,
-                             sent_uncounted=sent_uncounted,
+                             sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent,
+                             sent_in_hand=sent_in_hand, sent_uncounted=sent_uncounted,
                              worker_counters=stagetable.stage_counters(self.arena, self.plan))
 
     def _release(self) -> None:

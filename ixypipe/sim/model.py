@@ -655,7 +655,7 @@ class SimPort:
             self._tx_out = (np.zeros((MAX_TX_BATCH, SIM_MAX_FRAME), np.uint8), np.zeros(MAX_TX_BATCH, np.int64))
         out, lengths = self._tx_out
         k, info = self.kernels, self._info
-        pad_to = ETH_MIN_FRAME if self.reg(R.HLREG0) & R.HLREG0_TXPADEN else 0
+        pad_to = self._tx_pad_to()
         head = q.head
         good = nbytes = width = 0
         while True:
@@ -683,20 +683,25 @@ class SimPort:
                                          addr, cmd & R.TXD_DTALEN_MASK, self.dma.outside))
         return good
 
+    def _tx_pad_to(self) -> int:
+        """The length the MAC pads a shorter TX frame to with zeros: the Ethernet minimum with HLREG0.TXPADEN,
+        as silicon does, else 0 (frames go as posted)."""
+        return ETH_MIN_FRAME if self.reg(R.HLREG0) & R.HLREG0_TXPADEN else 0
+
     def _pad_short(self, batch: PacketBatch) -> PacketBatch:
-        """The frames as the MAC sends them: with HLREG0.TXPADEN one shorter than the Ethernet minimum is padded
-        with zeros to it, as silicon does (the numpy path; tx_walk pads as it copies)."""
-        short = np.flatnonzero(batch.lengths < ETH_MIN_FRAME)
-        if not len(short) or not self.reg(R.HLREG0) & R.HLREG0_TXPADEN:
+        """The frames as the MAC sends them, padded to _tx_pad_to (the numpy path; tx_walk pads as it copies)."""
+        pad_to = self._tx_pad_to()
+        short = np.flatnonzero(batch.lengths < pad_to)
+        if not len(short):
             return batch
         data = batch.data
-        if data.shape[1] < ETH_MIN_FRAME:
-            data = np.zeros((len(batch), ETH_MIN_FRAME), np.uint8)
+        if data.shape[1] < pad_to:
+            data = np.zeros((len(batch), pad_to), np.uint8)
             data[:, :batch.data.shape[1]] = batch.data
-        rows = data[short, :ETH_MIN_FRAME]
-        rows[np.arange(ETH_MIN_FRAME) >= batch.lengths[short, None]] = 0     # the rest of the buffer is not sent
-        data[short, :ETH_MIN_FRAME] = rows
-        return PacketBatch(data, np.maximum(batch.lengths, ETH_MIN_FRAME))
+        rows = data[short, :pad_to]
+        rows[np.arange(pad_to) >= batch.lengths[short, None]] = 0     # the rest of the buffer is not sent
+        data[short, :pad_to] = rows
+        return PacketBatch(data, np.maximum(batch.lengths, pad_to))
 
     def detach(self) -> None:
         """Drop every view of the BAR, config space and descriptor rings (before unmapping them)."""

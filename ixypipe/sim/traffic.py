@@ -454,6 +454,16 @@ def record_offsets(frames: np.ndarray) -> np.ndarray:
     return np.where((v4 | v6) & (udp | tcp), rec, -1)
 
 
+def record_fields(record: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(magic, generator, flow, sequence number, checksum) of each row of an ``(n, SIM_REC_LEN)`` record matrix."""
+    def field(off: int, dtype: str) -> np.ndarray:
+        size = np.dtype(dtype).itemsize
+        return record[:, off:off + size].copy().view(dtype)[:, 0]
+
+    return (field(SIM_REC_MAGIC, "<u2"), field(SIM_REC_GEN, "<u2").astype(np.int64),
+            field(SIM_REC_FLOW, "<u2").astype(np.int64), field(SIM_REC_SEQ, "<u8"), field(SIM_REC_CSUM, "<u4"))
+
+
 @dataclass
 class SinkResult:
     received: int = 0
@@ -579,16 +589,12 @@ class Sink:
         rec = int(record_offsets(frame)[0]) if length >= SIM_MIN_FRAME else -1
         if rec < 0 or rec + SIM_REC_LEN > length:
             return
-        record = bytes(frame[0, rec:rec + SIM_REC_LEN])
-        if int(payload_checksum(frame, rec + SIM_REC_CSUM)[0]) != int.from_bytes(
-                record[SIM_REC_CSUM:SIM_REC_CSUM + 4], "little"):
+        magic, gen_id, flow, seq, csum = (int(v[0]) for v in record_fields(frame[:, rec:rec + SIM_REC_LEN]))
+        if payload_checksum(frame, rec + SIM_REC_CSUM)[0] != csum:
             return
-        magic, gen_id, flow = (int.from_bytes(record[off:off + 2], "little")
-                               for off in (SIM_REC_MAGIC, SIM_REC_GEN, SIM_REC_FLOW))
         gen = self.generators.get(gen_id)
         if magic != SIM_MAGIC or gen is None or flow >= gen.flows:
             return
-        seq = int.from_bytes(record[SIM_REC_SEQ:SIM_REC_SEQ + 8], "little")
         sent_at = gen.emitted.of(seq * gen.flows + flow)
         if sent_at is not None:
             self.latency.add(self.clock() - sent_at)
@@ -611,11 +617,7 @@ class Sink:
         found = (rec >= 0) & (rec + SIM_REC_LEN <= length)
         rec = np.where(found, rec, 0)
         record = np.take_along_axis(frames, rec[:, None] + np.arange(SIM_REC_LEN), 1)
-        magic = record[:, SIM_REC_MAGIC:SIM_REC_MAGIC + 2].copy().view("<u2")[:, 0]
-        gen = record[:, SIM_REC_GEN:SIM_REC_GEN + 2].copy().view("<u2")[:, 0].astype(np.int64)
-        flow = record[:, SIM_REC_FLOW:SIM_REC_FLOW + 2].copy().view("<u2")[:, 0].astype(np.int64)
-        seq = record[:, SIM_REC_SEQ:SIM_REC_SEQ + 8].copy().view("<u8")[:, 0]
-        csum = record[:, SIM_REC_CSUM:SIM_REC_CSUM + 4].copy().view("<u4")[:, 0]
+        magic, gen, flow, seq, csum = record_fields(record)
         gen_ok = gen < len(self.gen_known)
         gen_c = np.where(gen_ok, gen, 0)
         ok = found & (magic == SIM_MAGIC) & gen_ok & self.gen_known[gen_c] & (flow < self.gen_flows[gen_c])
