@@ -296,8 +296,9 @@ if AVAILABLE:
 
     @jit
     def sink_verify(data, lengths, gen_known, flow_size, gen_flows, gen_touch, max_flows, top, weights,
-                    expect_touch, res):
-        """The verifying sink over a batch.  res += [corrupt, untouched, reordered, top increase, verified]."""
+                    expect_touch, probe, res):
+        """The verifying sink over a batch.  res += [corrupt, untouched, reordered, top increase, verified];
+        res[5:8] = [generator, flow, sequence number + 1] of row ``probe`` when it verified (a latency sample)."""
         n_gen = gen_known.shape[0]
         for i in range(lengths.shape[0]):
             length = lengths[i]
@@ -333,6 +334,8 @@ if AVAILABLE:
             seq1 = np.uint64(1)
             for b in range(8):
                 seq1 += np.uint64(row[rec + SIM_REC_SEQ + b]) << np.uint64(8 * b)
+            if i == probe:
+                res[5], res[6], res[7] = gen, flow, np.int64(seq1)
             key = gen * max_flows + flow
             if seq1 <= top[key]:
                 res[2] += 1
@@ -372,6 +375,6 @@ def warm() -> None:
     for data in (frames, wide[:, :SIM_MIN_FRAME]):          # whole batches and (strided) slices of the TX batch
         rx_frames(u64_ring, 0, 0, 0, 0, *tables, info, -1, i64[:0], data, i64[:0], np.zeros(0, np.uint32))
         sink_verify(data, i64[:0], np.zeros(1, bool), i64, i64, np.zeros(1, np.uint8), 1, np.zeros(1, np.uint64),
-                    i64, False, info[:5])
+                    i64, False, -1, info)
     tx_walk(u64_ring, 0, 0, wide, i64, 0, *tables, info)
     _warm = True

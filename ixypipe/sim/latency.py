@@ -4,8 +4,9 @@ The software 82599 knows when each generated frame went into an RX
 descriptor (its generator stamps packet numbers with the model's clock as it
 commits them) and when a frame left a TX descriptor for the wire (the sink
 receives it in that step).  A sink samples one frame of every batch it
-receives: at a low rate that is every frame, at a high rate one per batch,
-so the cost is a few microseconds per batch whatever its size.  What it
+receives, the one its verification reports on: at a low rate that is every
+frame, at a high rate one per batch, so the cost is a few microseconds per
+batch whatever its size.  What it
 measures is what a tester with hardware timestamps (MoonGen) measures
 between two ports: RX stage, rings, worker, TX stage, and the model's own
 polling, on one clock.
@@ -15,6 +16,8 @@ the one before), so a percentile is exact to within 4.5 %.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -37,7 +40,7 @@ class LatencyHistogram:
 
     def add(self, ns: int) -> None:
         ns = max(int(ns), 1)
-        self.counts[min(int(np.log2(ns) * BUCKETS_PER_OCTAVE), BUCKETS - 1)] += 1
+        self.counts[min(int(math.log2(ns) * BUCKETS_PER_OCTAVE), BUCKETS - 1)] += 1
         self.samples += 1
         self.max_ns = max(self.max_ns, ns)
 

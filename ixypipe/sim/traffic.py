@@ -454,16 +454,6 @@ def record_offsets(frames: np.ndarray) -> np.ndarray:
     return np.where((v4 | v6) & (udp | tcp), rec, -1)
 
 
-def record_fields(record: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(magic, generator, flow, sequence number, checksum) of each row of an ``(n, SIM_REC_LEN)`` record matrix."""
-    def field(off: int, dtype: str) -> np.ndarray:
-        size = np.dtype(dtype).itemsize
-        return record[:, off:off + size].copy().view(dtype)[:, 0]
-
-    return (field(SIM_REC_MAGIC, "<u2"), field(SIM_REC_GEN, "<u2").astype(np.int64),
-            field(SIM_REC_FLOW, "<u2").astype(np.int64), field(SIM_REC_SEQ, "<u8"), field(SIM_REC_CSUM, "<u4"))
-
-
 @dataclass
 class SinkResult:
     received: int = 0
@@ -522,7 +512,7 @@ class Sink:
             from ixypipe.sim.kernels import sink_verify
             self._kernel = sink_verify
             self._weights = CSUM_WEIGHTS.astype(np.int64)
-            self._res = np.zeros(5, np.int64)
+            self._res = np.zeros(8, np.int64)
         self.expect_touch = expect_touch
         self.result = SinkResult()
         n_gen = max(generators, default=-1) + 1
@@ -561,14 +551,17 @@ class Sink:
             self.pcap.write(batch)
         if not self.verify:
             return
-        if self.clock is not None:
-            self._sample_latency(batch)
+        # one frame per batch (a different position each batch) is a latency sample if it verifies
+        probe = self._batches % n if self.clock is not None else -1
+        self._batches += 1
         if self._kernel is not None:
             res = self._res
             res[:] = 0
             self._kernel(batch.data, batch.lengths, self.gen_known, self.flow_size, self.gen_flows, self.gen_touch,
-                         self.max_flows, self.top, self._weights, self.expect_touch, res)
-            corrupt, untouched, reordered, rise, verified = (int(v) for v in res)
+                         self.max_flows, self.top, self._weights, self.expect_touch, probe, res)
+            corrupt, untouched, reordered, rise, verified, gen, flow, seq1 = res.tolist()
+            if seq1:
+                self._add_latency(gen, flow, seq1 - 1)
             r.corrupt += corrupt
             r.untouched += untouched
             r.reordered += reordered
@@ -577,24 +570,11 @@ class Sink:
             r.lost = max(0, self._top_sum - self._verified)
             return
         for rows, frames in batch.by_length():
-            self._verify(rows, frames)
+            self._verify(rows, frames, probe)
 
-    def _sample_latency(self, batch: PacketBatch) -> None:
-        """One frame of the batch (a different position each batch): its latency since its generator sent it,
-        when the frame is intact (its record's checksum holds) and the generator still has its time."""
-        i = self._batches % len(batch)
-        self._batches += 1
-        length = int(batch.lengths[i])
-        frame = batch.data[i:i + 1, :length]
-        rec = int(record_offsets(frame)[0]) if length >= SIM_MIN_FRAME else -1
-        if rec < 0 or rec + SIM_REC_LEN > length:
-            return
-        magic, gen_id, flow, seq, csum = (int(v[0]) for v in record_fields(frame[:, rec:rec + SIM_REC_LEN]))
-        if payload_checksum(frame, rec + SIM_REC_CSUM)[0] != csum:
-            return
-        gen = self.generators.get(gen_id)
-        if magic != SIM_MAGIC or gen is None or flow >= gen.flows:
-            return
+    def _add_latency(self, gen_id: int, flow: int, seq: int) -> None:
+        """A verified frame's latency since its generator sent it, if the generator still has its time."""
+        gen = self.generators[gen_id]
         sent_at = gen.emitted.of(seq * gen.flows + flow)
         if sent_at is not None:
             self.latency.add(self.clock() - sent_at)
@@ -607,7 +587,7 @@ class Sink:
             self._summary_at = now_ns
         return self._latency_summary
 
-    def _verify(self, rows: np.ndarray, frames: np.ndarray) -> None:
+    def _verify(self, rows: np.ndarray, frames: np.ndarray, probe: int = -1) -> None:
         r = self.result
         k, length = frames.shape
         if length < SIM_MIN_FRAME:
@@ -617,7 +597,11 @@ class Sink:
         found = (rec >= 0) & (rec + SIM_REC_LEN <= length)
         rec = np.where(found, rec, 0)
         record = np.take_along_axis(frames, rec[:, None] + np.arange(SIM_REC_LEN), 1)
-        magic, gen, flow, seq, csum = record_fields(record)
+        magic = record[:, SIM_REC_MAGIC:SIM_REC_MAGIC + 2].copy().view("<u2")[:, 0]
+        gen = record[:, SIM_REC_GEN:SIM_REC_GEN + 2].copy().view("<u2")[:, 0].astype(np.int64)
+        flow = record[:, SIM_REC_FLOW:SIM_REC_FLOW + 2].copy().view("<u2")[:, 0].astype(np.int64)
+        seq = record[:, SIM_REC_SEQ:SIM_REC_SEQ + 8].copy().view("<u8")[:, 0]
+        csum = record[:, SIM_REC_CSUM:SIM_REC_CSUM + 4].copy().view("<u4")[:, 0]
         gen_ok = gen < len(self.gen_known)
         gen_c = np.where(gen_ok, gen, 0)
         ok = found & (magic == SIM_MAGIC) & gen_ok & self.gen_known[gen_c] & (flow < self.gen_flows[gen_c])
@@ -628,6 +612,9 @@ class Sink:
             r.untouched += int((ok & (frames[:, SIM_TOUCH_OFF] != self.gen_touch[gen_c])).sum())
         if not ok.any():
             return
+        at = np.flatnonzero(rows == probe)                 # the batch's latency sample, if in this group and intact
+        if len(at) and ok[at[0]]:
+            self._add_latency(int(gen[at[0]]), int(flow[at[0]]), int(seq[at[0]]))
         self._order(gen[ok] * self.max_flows + flow[ok], seq[ok])
 
     def _order(self, key: np.ndarray, seq: np.ndarray) -> None:
