@@ -34,6 +34,8 @@ import os
 import signal
 import time
 
+import psutil
+
 SPIN_LOOPS = 64         # empty polls before yielding
 YIELD_LOOPS = 256       # yields before sleeping
 MIN_NAP = 20e-6          # seconds
@@ -136,6 +138,30 @@ def die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:          # the parent died before prctl took effect
         os._exit(1)
+
+
+def wait_for_answer(conn, pid: int, stall: float, ceiling: float = 600.0, slice_s: float = 0.5) -> bool:
+    """Wait until ``conn`` has something to read from child ``pid`` starting up: True when it has.
+
+    A busy machine (or numba compiling kernels on a first run) can hold a start-up for minutes, so
+    this waits for progress rather than for a clock: it gives up (False) only when the child used no
+    CPU and was not waiting for one for ``stall`` seconds, when it is gone, or after ``ceiling``.
+    """
+    start = last_move = time.monotonic()
+    last_cpu = -1.0
+    while not conn.poll(slice_s):
+        now = time.monotonic()
+        try:
+            proc = psutil.Process(pid)
+            times, status = proc.cpu_times(), proc.status()
+        except psutil.Error:
+            return conn.poll(0)                 # gone: an answer (or EOF) it left is still readable
+        cpu = times.user + times.system
+        if cpu != last_cpu or status == psutil.STATUS_RUNNING:
+            last_cpu, last_move = cpu, now      # working, or runnable and waiting for a CPU
+        if now - last_move > stall or now - start > ceiling:
+            return False
+    return True
 
 
 # ---- logging ------------------------------------------------------------------------

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ixypipe.proc import Backoff, Pacing, describe_exit, log_level, set_process_name, setup_logging
+from ixypipe.proc import (
+    Backoff,
+    Pacing,
+    describe_exit,
+    log_level,
+    set_process_name,
+    setup_logging,
+    wait_for_answer,
+)
 from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_CMD_RUN, SIM_CMD_STOP, SIM_CONTROL_DTYPE, SIM_COUNTERS_DTYPE
 from ixypipe.sim.model import STATS_PERIOD_NS
@@ -43,7 +51,7 @@ __all__ = ["GeneratorConfig", "PortCounters", "SimConfigError", "SimPortConfig",
 
 log = logging.getLogger(__name__)
 PROCESS_NAME = "ixypipe-sim"
-START_TIMEOUT = 30.0            # seconds for the model process to report ready
+START_TIMEOUT = 30.0            # seconds the starting model process may make no progress
 STOP_TIMEOUT = 5.0              # seconds for it to exit before it is killed
 PARENT_CHECK_LOOPS = 4096       # loops between checks that the parent is still alive
 COUNTERS_FILE = "counters"
@@ -122,9 +130,10 @@ class SimServer:
                       log_level()))
             self.process.start()
             child_end.close()
-            if not parent_end.poll(START_TIMEOUT):
+            if not wait_for_answer(parent_end, self.process.pid, START_TIMEOUT):
                 parent_end.close()
-                raise SimServerError(f"the simulator process did not start within {START_TIMEOUT:.0f} s")
+                raise SimServerError(f"the simulator process did not start: it made no progress for "
+                                     f"{START_TIMEOUT:.0f} s")
             try:
                 answer = parent_end.recv()
             except EOFError:
