@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from ixypipe.commands.options import Count
+
 
 @click.command()
-@click.option("--reserve", type=click.IntRange(min=0), metavar="N",
+@click.option("--reserve", type=Count(min=0), metavar="N",
               help="Reserve N pages of --size (root). 0 releases them.")
 @click.option("--mount", "mount_path", type=click.Path(file_okay=False), metavar="PATH",
               help="Mount hugetlbfs of --size pages at PATH, made if missing (root).")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from ixypipe.commands.options import PPS
+from ixypipe.commands.options import PPS, Count, Seconds
 from ixypipe.pipeline.report import rate_text
 from ixypipe.sim.server import GeneratorConfig, PortCounters, SimPortConfig, SimServer, SinkConfig
 from ixypipe.sim.sysfs import device_dir
@@ -150,14 +150,14 @@ def sim() -> None:
               help="Packets per second per generator, k/M suffixes accepted (300k, 1.5M); 0 = as fast as the RX "
                    "ring takes them (no loss).")
 @click.option("--flows", type=click.IntRange(1, 65535), default=4, show_default=True)
-@click.option("--count", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--count", type=Count(min=0), default=0, show_default=True,
               help="Packets per generator (0 = unlimited).")
 @click.option("--expect-touch", is_flag=True,
               help="Verifying sinks expect byte 1 of every frame incremented by one (as ixy-fwd does).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for the served tree (default: a new /dev/shm/ixypipe-sim-* directory).")
-@click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+@click.option("--duration", type=Seconds(min=0), default=None, help="Stop after this many seconds.")
+@click.option("--interval", type=Seconds(min=0.1), default=1.0, show_default=True,
               help="Seconds between counter lines.")
 def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: int, count: int,
           expect_touch: bool, root: Path | None, duration: float | None, interval: float) -> None:
