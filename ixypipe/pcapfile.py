@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ixypipe.datafile import file_kind, kernel_filesystem
+
 PCAP_MAGIC_USEC = 0xA1B2C3D4
 PCAP_MAGIC_NSEC = 0xA1B23C4D
 PCAP_VERSION = (2, 4)
@@ -146,6 +148,15 @@ def _regular(path: Path) -> None:
         raise PcapError(f"{path} is a directory, not a pcap file")
     if not stat.S_ISREG(mode):
         raise PcapError(f"{path} is not a regular file (a FIFO or device cannot be replayed)")
+    _not_kernel(path)
+
+
+def _not_kernel(path: Path) -> None:
+    """A capture is never a file of procfs or sysfs (/proc/version passes for a regular file)."""
+    fs = kernel_filesystem(path)
+    if fs is not None:
+        raise PcapError(f"{str(path)!r} is on {fs} (a kernel interface, not a data file); a capture must be a "
+                        "regular file")
 
 
 def read_header(path: str | os.PathLike) -> tuple[str, bool, int, int]:
@@ -178,16 +189,6 @@ def check_input(path: str | os.PathLike) -> CaptureInfo:
     return info
 
 
-_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                (stat.S_ISSOCK, "a socket"))
-
-
-def file_kind(mode: int) -> str:
-    """What a file that is not a regular file is ("a FIFO (named pipe)"), for messages."""
-    return next((what for test, what in _NOT_REGULAR if test(mode)), "not a regular file")
-
-
 def check_output(path: str | os.PathLike) -> None:
     """A path a capture can be written to: a regular file (or none yet) in an existing, writable directory.
 
@@ -199,6 +200,7 @@ def check_output(path: str | os.PathLike) -> None:
         parent = path.parent
         if not parent.is_dir():
             raise PcapError(f"directory {parent} for pcap file {path} does not exist") from None
+        _not_kernel(path)
         if not os.access(parent, os.W_OK | os.X_OK):
             raise PcapError(f"cannot create pcap file {path}: directory {parent} is not writable") from None
         return
@@ -207,6 +209,7 @@ def check_output(path: str | os.PathLike) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise PcapError(f"{str(path)!r} is {file_kind(st.st_mode)}; an output must be a regular file "
                         "(it is created or replaced)")
+    _not_kernel(path)
     if not os.access(path, os.W_OK):
         raise PcapError(f"cannot write pcap file {path}: permission denied")
 

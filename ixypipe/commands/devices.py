@@ -27,11 +27,13 @@ def devices(sysfs_root: str, proc_root: str, pci_ids: str | None) -> None:
     from ixypipe.ops.pcidevs import list_network_devices, status_lines
     from ixypipe.ops.pciids import PciNames, find_pci_ids
 
+    from ixypipe.datafile import DataFileError
+
     path = pci_ids or find_pci_ids()
     try:
         names = PciNames(path)
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="'--pci-ids'") from exc
+    except DataFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--pci-ids'") from None
     found = list_network_devices(sysfs_root, proc_root, names)
     if wants_json():
         emit_json({"type": "devices", "pci_ids": str(path) if path else None,

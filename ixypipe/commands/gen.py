@@ -84,6 +84,12 @@ def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, 
     if len(chosen) != 1:
         raise click.UsageError("choose exactly one port: --sim, --interface IFACE or --pcap FILE")
     target, where = chosen[0]
+    if pcap_path:
+        from ixypipe.pcapfile import PcapError, check_output
+        try:
+            check_output(pcap_path)
+        except PcapError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--pcap'") from None
     prof, size, flows = _profile(profile, size, vlan, flows)
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)   # a simulator process inherits "ignore Ctrl-C"
     try:

@@ -23,6 +23,8 @@ from pathlib import Path
 import click
 
 from ixypipe.commands.options import PPS, Count, Seconds
+from ixypipe.datafile import kernel_filesystem
+from ixypipe.pcapfile import PcapError, check_output
 from ixypipe.pipeline.report import rate_text
 from ixypipe.sim.server import GeneratorConfig, PortCounters, SimPortConfig, SimServer, SinkConfig
 from ixypipe.sim.sysfs import device_dir
@@ -67,6 +69,11 @@ def parse_wiring(specs: tuple[str, ...], n_ports: int) -> dict[int, dict]:
             kind, _, value = part.partition("=")
             if kind not in WIRE_KINDS or (kind == "pcap") != bool(value):
                 raise WiringError(f"{spec!r}: {part!r} is not one of {WIRE_HELP}", param_hint="--wire")
+            if kind == "pcap":
+                try:
+                    check_output(value)
+                except PcapError as exc:
+                    raise WiringError(f"{spec!r}: {exc}", param_hint="--wire") from None
             entry[kind] = value or True
         if "none" in entry and len(entry) > 1:
             raise WiringError(f"{spec!r}: 'none' cannot be combined", param_hint="--wire")
@@ -76,6 +83,22 @@ def parse_wiring(specs: tuple[str, ...], n_ports: int) -> dict[int, dict]:
     for i in range(n_ports):
         wiring.setdefault(i, {"gen": True, "sink": True})
     return wiring
+
+
+def served_root(root: Path) -> None:
+    """--root: an empty directory (made if missing) on a real filesystem, not a file, not in /proc or /sys."""
+    fs = kernel_filesystem(root)
+    if fs is not None:
+        raise click.BadParameter(f"{str(root)!r} is on {fs} (a kernel interface); the served tree needs a "
+                                 "directory on a real filesystem", param_hint="--root")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if any(root.iterdir()):
+            raise click.BadParameter(f"{root} is not empty", param_hint="--root")
+    except FileExistsError:
+        raise click.BadParameter(f"{str(root)!r} exists and is not a directory", param_hint="--root") from None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot use {str(root)!r}: {exc.strerror or exc}", param_hint="--root") from None
 
 
 def build_ports(n_ports: int, wiring: dict[int, dict], size: int, rate: float, flows: int, count: int,
@@ -173,9 +196,7 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
     wiring = parse_wiring(wires, n_ports)
     ports = build_ports(n_ports, wiring, size, rate, flows, count, expect_touch)
     if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-        if any(root.iterdir()):
-            raise click.BadParameter(f"{root} is not empty", param_hint="--root")
+        served_root(root)
     modes = {p.name: p.sink.mode if p.sink else "verify" for p in ports}
     server = SimServer(ports, None, root=root)
     stop: list[int] = []
