@@ -24,10 +24,9 @@ def devices(sysfs_root: str, proc_root: str, pci_ids: str | None) -> None:
     Take a device with 'ixypipe bind ADDRESS'; give it back with 'ixypipe unbind ADDRESS'.
     """
     from ixypipe.commands.options import emit_json, wants_json
+    from ixypipe.datafile import DataFileError
     from ixypipe.ops.pcidevs import list_network_devices, status_lines
     from ixypipe.ops.pciids import PciNames, find_pci_ids
-
-    from ixypipe.datafile import DataFileError
 
     path = pci_ids or find_pci_ids()
     try:

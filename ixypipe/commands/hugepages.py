@@ -11,7 +11,7 @@ from ixypipe.commands.options import Count
 @click.option("--reserve", type=Count(min=0), metavar="N",
               help="Reserve N pages of --size (root). 0 releases them.")
 @click.option("--mount", "mount_path", type=click.Path(file_okay=False), metavar="PATH",
-              help="Mount hugetlbfs of --size pages at PATH, made if missing (root).")
+              help="Mount hugetlbfs of --size pages at PATH, an existing empty directory (root).")
 @click.option("--size", default="2M", show_default=True, help="Page size for --reserve and --mount: 2M or 1G.")
 @click.option("--node", type=click.IntRange(min=0), help="With --reserve: reserve on this NUMA node only.")
 @click.option("--sysfs-root", default="/sys", hidden=True)
@@ -28,7 +28,16 @@ def command(reserve, mount_path, size, node, sysfs_root, mounts_file) -> None:
       ixypipe hugepages --reserve 4 --size 1G --mount /mnt/huge-1G
     """
     from ixypipe.commands.options import emit_json, wants_json
-    from ixypipe.ops.hugepages import HugepageSetupError, format_size, mount, parse_size, status, status_lines
+    from ixypipe.ops.hugepages import (
+        HugepageSetupError,
+        check_mount_point,
+        check_reserve,
+        format_size,
+        mount,
+        parse_size,
+        status,
+        status_lines,
+    )
     from ixypipe.ops.hugepages import reserve as do_reserve
 
     if node is not None and reserve is None:
@@ -37,6 +46,13 @@ def command(reserve, mount_path, size, node, sysfs_root, mounts_file) -> None:
         page = parse_size(size)
     except HugepageSetupError as exc:
         raise click.BadParameter(str(exc), param_hint="'--size'") from exc
+    for value, check, hint in ((reserve, lambda: check_reserve(reserve, page), "'--reserve'"),
+                               (mount_path, lambda: check_mount_point(mount_path), "'--mount'")):
+        try:
+            if value is not None:
+                check()
+        except HugepageSetupError as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from None
     said = (lambda text: None) if wants_json() else click.echo
     try:
         if reserve is not None:

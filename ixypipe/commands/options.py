@@ -80,7 +80,7 @@ class Seconds(click.FloatRange):
 class Count(click.IntRange):
     """A whole number from ``min`` to ``max`` (by default MAX_COUNT): packets, pages, iterations."""
 
-    name = "N"
+    name = "integer"
 
     def __init__(self, min: int = 0, max: int = MAX_COUNT):
         super().__init__(min=min, max=max)
