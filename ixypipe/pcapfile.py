@@ -9,7 +9,11 @@ header (byte order), interface descriptions (link type, snaplen, timestamp
 resolution), enhanced and simple packet blocks, and skips every other block
 type.  ``read_pcap`` loads a whole file into one array and indexes its
 packets; a file that ends inside a record is an error, or with
-``allow_cut`` the packets before it.  ``probe`` / ``check_input`` /
+``allow_cut`` the packets before it.  A field that cannot be right - a
+captured length past the snap length (or PCAP_MAX_CAPLEN), a sub-second
+timestamp of a second or more, a pcapng timestamp beyond int64 nanoseconds,
+a block whose trailing length differs from its leading one - is a PcapError
+naming the field and its byte offset, never taken for a cut file.  ``probe`` / ``check_input`` /
 ``check_output`` check a file before a run (format, link type, writable)
 without reading it all.  ``PcapWriter`` writes little-endian classic files
 and builds a whole batch - record headers and packet bytes - with numpy
@@ -36,6 +40,8 @@ PCAP_MAGIC_USEC = 0xA1B2C3D4
 PCAP_MAGIC_NSEC = 0xA1B23C4D
 PCAP_VERSION = (2, 4)
 PCAP_DEFAULT_SNAPLEN = 262144
+PCAP_MAX_CAPLEN = 262144                # libpcap's MAXIMUM_SNAPLEN: no record is read longer than this
+INT64_MAX = (1 << 63) - 1
 LINKTYPE_ETHERNET = 1
 PCAP_GLOBAL_HEADER_DTYPE = np.dtype([
     ("magic", "u4"), ("version_major", "u2"), ("version_minor", "u2"),
@@ -242,18 +248,38 @@ class _Loaded:
         return self.file.cut_at
 
 
+def caplen_limit(snaplen: int) -> int:
+    """The longest record a file of this snap length may hold (0 = none given: PCAP_MAX_CAPLEN)."""
+    return min(snaplen, PCAP_MAX_CAPLEN) if snaplen else PCAP_MAX_CAPLEN
+
+
+def limit_text(snaplen: int) -> str:
+    if snaplen and snaplen <= PCAP_MAX_CAPLEN:
+        return f"the snap length {snaplen}"
+    return f"the largest record read ({PCAP_MAX_CAPLEN} bytes)"
+
+
 def _read_classic(path: Path, raw: np.ndarray, info: CaptureInfo) -> _Loaded:
     data = raw.tobytes()
     rec = struct.Struct(info.order + "IIII")
     offsets, caplen, origlen, sec, frac = [], [], [], [], []
     pos, end = _GLOBAL, len(data)
     cut, detail = None, ""
+    limit = caplen_limit(info.snaplen)
+    frac_field, frac_end = ("ts_nsec", NS_PER_SEC) if info.nanosecond else ("ts_usec", NS_PER_SEC // NS_PER_USEC)
     while pos < end:
         if pos + _RECORD > end:
             cut, detail = pos, (f"{path}: record {len(offsets)} at byte {pos} is cut short "
                                 f"(the file ends inside its header)")
             break
         s, f, incl, orig = rec.unpack_from(data, pos)
+        where = f"{path}: record {len(offsets)} at byte {pos}"
+        if incl > limit:
+            raise PcapError(f"{where}: incl_len (byte {pos + 8}) is {incl}, beyond {limit_text(info.snaplen)}: a "
+                            f"corrupt field, not a cut file ({len(offsets)} packets before it)")
+        if f >= frac_end:
+            raise PcapError(f"{where}: {frac_field} (byte {pos + 4}) is {f}, out of range 0..{frac_end - 1}: a "
+                            f"corrupt field ({len(offsets)} packets before it)")
         if pos + _RECORD + incl > end:
             cut, detail = pos, (f"{path}: record {len(offsets)} at byte {pos} claims {incl} bytes but "
                                 f"the file ends after {end - pos - _RECORD}")
@@ -353,6 +379,10 @@ def _read_pcapng(path: Path, raw: np.ndarray) -> _Loaded:
             cut, detail = pos, (f"{path}: pcapng block {btype} at byte {pos} claims {blen} bytes but the file "
                                 f"ends after {end - pos}")
             break
+        (trailer,) = struct.unpack_from(order + "I", data, pos + blen - 4)
+        if trailer != blen:
+            raise PcapError(f"{path}: pcapng block {btype} at byte {pos}: its trailing length (byte "
+                            f"{pos + blen - 4}) is {trailer}, its leading length {blen}: a corrupt block")
         body, body_end = pos + _BLOCK_HEAD, pos + blen - 4
         if btype == PCAPNG_SHB and blen < _SHB_MIN:
             raise PcapError(f"{path}: pcapng section header at byte {pos} is too short ({blen} bytes)")
@@ -384,11 +414,19 @@ def _read_pcapng(path: Path, raw: np.ndarray) -> _Loaded:
             if start + incl > body_end:
                 raise PcapError(f"{path}: pcapng packet block at byte {pos} claims {incl} bytes of data in a "
                                 f"block of {blen}")
+            if incl > caplen_limit(snap):
+                raise PcapError(f"{path}: pcapng packet block at byte {pos}: captured length (byte {body + 12}) "
+                                f"is {incl}, beyond {limit_text(snap)} of interface {iface}: a corrupt field")
+            ticks = hi << 32 | lo
+            ns = ticks * NS_PER_SEC // resol
+            if ns > INT64_MAX:
+                raise PcapError(f"{path}: pcapng packet block at byte {pos}: timestamp (byte {body + 4}) is "
+                                f"{ticks} ticks of 1/{resol} s, beyond the year 2262 (int64 nanoseconds): a "
+                                "corrupt field")
             offsets.append(start)
             caplen.append(incl)
             origlen.append(orig)
-            ticks = hi << 32 | lo
-            ts.append(ticks * NS_PER_SEC // resol)
+            ts.append(ns)
         pos += blen
     return _Loaded(PcapFile(path, nano, snaplen, LINKTYPE_ETHERNET if linktype is None else linktype, raw,
                             np.asarray(offsets, np.int64), np.asarray(caplen, np.uint32),

@@ -791,10 +791,14 @@ def _file(r: _Reader, table: dict, name: str, key: str, base_dir: Path, must_exi
 
 def _capture(r: _Reader, key: str, path: str, read: bool) -> None:
     """A pcap file to replay (pcap or pcapng of Ethernet frames) or a path a capture can be written to."""
-    from ixypipe.pcapfile import PcapError, check_input, check_output
+    from ixypipe.pcapfile import PcapError, check_input, check_output, read_pcap
 
     try:
-        check_input(path) if read else check_output(path)
+        if read:
+            check_input(path)
+            read_pcap(path, allow_cut=True)     # every record: a corrupt field is this error, not a stage's death
+        else:
+            check_output(path)
     except PcapError as exc:
         raise r.fail(key, str(exc)) from None
 
