@@ -10,7 +10,8 @@ resolution), enhanced and simple packet blocks, and skips every other block
 type.  ``read_pcap`` loads a whole file into one array and indexes its
 packets; a file that ends inside a record is an error, or with
 ``allow_cut`` the packets before it.  A field that cannot be right - a
-captured length past the snap length (or PCAP_MAX_CAPLEN), a sub-second
+captured length past the snap length (or PCAP_MAX_CAPLEN) or the length
+on the wire, a sub-second
 timestamp of a second or more, a pcapng timestamp beyond int64 nanoseconds,
 a block whose trailing length differs from its leading one - is a PcapError
 naming the field and its byte offset, never taken for a cut file.  ``probe`` / ``check_input`` /
@@ -277,6 +278,9 @@ def _read_classic(path: Path, raw: np.ndarray, info: CaptureInfo) -> _Loaded:
         if incl > limit:
             raise PcapError(f"{where}: incl_len (byte {pos + 8}) is {incl}, beyond {limit_text(info.snaplen)}: a "
                             f"corrupt field, not a cut file ({len(offsets)} packets before it)")
+        if incl > orig:
+            raise PcapError(f"{where}: incl_len (byte {pos + 8}) is {incl}, more than orig_len {orig} (the packet's "
+                            f"length on the wire): a corrupt field, not a cut file ({len(offsets)} packets before it)")
         if f >= frac_end:
             raise PcapError(f"{where}: {frac_field} (byte {pos + 4}) is {f}, out of range 0..{frac_end - 1}: a "
                             f"corrupt field ({len(offsets)} packets before it)")
