@@ -74,7 +74,7 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
         raise click.UsageError(f"the forwarder needs exactly two PCI addresses, got {len(addresses)}")
     if ring < 8 or ring > MAX_RING_ENTRIES or ring & (ring - 1):
         raise click.BadParameter(f"must be a power of two from 8 to {MAX_RING_ENTRIES}, got {ring}",
-                                 param_hint="--ring")
+                                 param_hint="'--ring'")
     if sim:
         from ixypipe.sim.payload import Profile, ProfileError
         try:

@@ -45,40 +45,40 @@ def parse_wiring(specs: tuple[str, ...], n_ports: int) -> dict[int, dict]:
 
     def port_index(text: str, spec: str) -> int:
         if not text.strip().isdigit() or not 0 <= int(text) < n_ports:
-            raise WiringError(f"{spec!r}: port index {text!r} is not 0..{n_ports - 1}", param_hint="--wire")
+            raise WiringError(f"{spec!r}: port index {text!r} is not 0..{n_ports - 1}", param_hint="'--wire'")
         i = int(text)
         if i in wiring:
-            raise WiringError(f"{spec!r}: port {i} is already wired ({wiring[i]})", param_hint="--wire")
+            raise WiringError(f"{spec!r}: port {i} is already wired ({wiring[i]})", param_hint="'--wire'")
         return i
 
     for spec in specs:
         if "-" in spec and ":" not in spec:
             a, b = (port_index(x, spec) for x in spec.split("-", 1))
             if a == b:
-                raise WiringError(f"{spec!r}: a cable needs two different ports", param_hint="--wire")
+                raise WiringError(f"{spec!r}: a cable needs two different ports", param_hint="'--wire'")
             wiring[a] = {"cable": b}
             wiring[b] = {"cable": a}
             continue
         if ":" not in spec:
             raise WiringError(f"{spec!r}: expected I-J (cable) or I:KIND[+KIND...] with kinds {WIRE_HELP}",
-                              param_hint="--wire")
+                              param_hint="'--wire'")
         index, kinds = spec.split(":", 1)
         i = port_index(index, spec)
         entry: dict = {}
         for part in kinds.split("+"):
             kind, _, value = part.partition("=")
             if kind not in WIRE_KINDS or (kind == "pcap") != bool(value):
-                raise WiringError(f"{spec!r}: {part!r} is not one of {WIRE_HELP}", param_hint="--wire")
+                raise WiringError(f"{spec!r}: {part!r} is not one of {WIRE_HELP}", param_hint="'--wire'")
             if kind == "pcap":
                 try:
                     check_output(value)
                 except PcapError as exc:
-                    raise WiringError(f"{spec!r}: {exc}", param_hint="--wire") from None
+                    raise WiringError(f"{spec!r}: {exc}", param_hint="'--wire'") from None
             entry[kind] = value or True
         if "none" in entry and len(entry) > 1:
-            raise WiringError(f"{spec!r}: 'none' cannot be combined", param_hint="--wire")
+            raise WiringError(f"{spec!r}: 'none' cannot be combined", param_hint="'--wire'")
         if "sink" in entry and "count" in entry:
-            raise WiringError(f"{spec!r}: a port has one sink, 'sink' (verify) or 'count'", param_hint="--wire")
+            raise WiringError(f"{spec!r}: a port has one sink, 'sink' (verify) or 'count'", param_hint="'--wire'")
         wiring[i] = entry
     for i in range(n_ports):
         wiring.setdefault(i, {"gen": True, "sink": True})
@@ -90,15 +90,15 @@ def served_root(root: Path) -> None:
     fs = kernel_filesystem(root)
     if fs is not None:
         raise click.BadParameter(f"{str(root)!r} is on {fs} (a kernel interface); the served tree needs a "
-                                 "directory on a real filesystem", param_hint="--root")
+                                 "directory on a real filesystem", param_hint="'--root'")
     try:
         root.mkdir(parents=True, exist_ok=True)
         if any(root.iterdir()):
-            raise click.BadParameter(f"{root} is not empty", param_hint="--root")
+            raise click.BadParameter(f"{root} is not empty", param_hint="'--root'")
     except FileExistsError:
-        raise click.BadParameter(f"{str(root)!r} exists and is not a directory", param_hint="--root") from None
+        raise click.BadParameter(f"{str(root)!r} exists and is not a directory", param_hint="'--root'") from None
     except OSError as exc:
-        raise click.BadParameter(f"cannot use {str(root)!r}: {exc.strerror or exc}", param_hint="--root") from None
+        raise click.BadParameter(f"cannot use {str(root)!r}: {exc.strerror or exc}", param_hint="'--root'") from None
 
 
 def build_ports(n_ports: int, wiring: dict[int, dict], size: int, rate: float, flows: int, count: int,
