@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ixypipe import privilege
+from ixypipe.datafile import kernel_filesystem
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import HOT_PATHS, PortSpec
 from ixypipe.nic.registers import MFS_VLAN_EXTRA, OCTETS_FCS_LEN, rx_frame_limits
@@ -475,6 +476,10 @@ def read_pipeline_file(path: str | os.PathLike) -> str:
         raise ConfigError(file, "", f"cannot read the pipeline file: {why}") from None
     if problem:
         raise ConfigError(file, "", problem)
+    kernel_fs = kernel_filesystem(path)
+    if kernel_fs is not None:
+        os.close(fd)
+        raise ConfigError(file, "", f"is on {kernel_fs} (a kernel interface); a pipeline file must be a regular file")
     chunks, size = [], 0
     try:
         problem = _regular_file_problem(os.fstat(fd))           # swapped since the stat?
