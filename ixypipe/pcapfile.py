@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from ixypipe.datafile import file_kind, kernel_filesystem
 
@@ -222,14 +223,21 @@ def check_output(path: str | os.PathLike) -> None:
 
 
 def read_pcap(path: str | os.PathLike, allow_cut: bool = False) -> PcapFile:
-    """Load a pcap or pcapng file and index its packets.
+    """Load a pcap or pcapng file (no larger than the free memory) and index its packets.
 
     A file that ends inside a record is an error, or with ``allow_cut`` the
     packets before it with ``cut_at`` set (a capture still being written, or
     cut by a full disk)."""
     path = Path(path)
     info = probe(path)
-    raw = np.fromfile(path, np.uint8)
+    size, free = path.stat().st_size, psutil.virtual_memory().available
+    if size > free:
+        raise PcapError(f"{path} is {size} bytes, more than this machine's free memory ({free} bytes): a capture "
+                        "is loaded whole")
+    try:
+        raw = np.fromfile(path, np.uint8)
+    except MemoryError:
+        raise PcapError(f"{path} is {size} bytes, more than this machine can load") from None
     if info.format == "pcapng":
         loaded = _read_pcapng(path, raw)
     else:

@@ -442,3 +442,17 @@ def test_captures_on_procfs_and_sysfs_are_refused(tmp_path):
             (probe if os.path.exists(path) and "mem" not in path else check_output)(path)
     with pytest.raises(PcapError, match=r"'/proc/self/mem' is on procfs"):
         probe("/proc/self/mem")
+
+
+def test_a_capture_larger_than_the_free_memory_is_refused_before_it_is_read(tmp_path):
+    import psutil
+
+    path = tmp_path / "sparse.pcap"
+    with PcapWriter(path) as w:
+        w.write(b"a" * 60)
+    size = psutil.virtual_memory().total * 2
+    with open(path, "r+b") as f:                 # sparse: costs no disk
+        f.truncate(size)
+    assert check_input(path).format == "pcap"
+    with pytest.raises(PcapError, match=rf"{path} is {size} bytes, more than this machine's free memory"):
+        read_pcap(path, allow_cut=True)
