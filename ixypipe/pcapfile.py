@@ -10,11 +10,11 @@ resolution), enhanced and simple packet blocks, and skips every other block
 type.  ``read_pcap`` loads a whole file into one array and indexes its
 packets; a file that ends inside a record is an error, or with
 ``allow_cut`` the packets before it.  A field that cannot be right - a
-captured length past the snap length (or PCAP_MAX_CAPLEN) or the length
-on the wire, a sub-second
-timestamp of a second or more, a pcapng timestamp beyond int64 nanoseconds,
-a block whose trailing length differs from its leading one - is a PcapError
-naming the field and its byte offset, never taken for a cut file.  ``probe`` / ``check_input`` /
+captured length past the snap length (or PCAP_MAX_CAPLEN) or past the
+length on the wire, a sub-second timestamp of a second or more, a pcapng
+timestamp beyond int64 nanoseconds, a block whose trailing length differs
+from its leading one - is a PcapError naming the field and its byte
+offset, never taken for a cut file.  ``probe`` / ``check_input`` /
 ``check_output`` check a file before a run (format, link type, writable)
 without reading it all.  ``PcapWriter`` writes little-endian classic files
 and builds a whole batch - record headers and packet bytes - with numpy
