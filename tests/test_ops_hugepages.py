@@ -216,6 +216,21 @@ def test_cli_refuses_bad_values_before_touching_anything(args, message):
     assert res.exception is None or isinstance(res.exception, SystemExit)
 
 
+@needs_root
+def test_cli_refuses_a_missing_or_non_empty_mount_point(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep").write_text("x")
+    for where, message in [(tmp_path / "missing", f"mount point {tmp_path / 'missing'} does not exist; make it "
+                                                  f"first (mkdir -p {tmp_path / 'missing'})"),
+                           (tmp_path / "full", f"cannot mount hugetlbfs at {tmp_path / 'full'}: the directory is "
+                                               "not empty (a mount would hide what is in it)")]:
+        res = CliRunner().invoke(main, ["hugepages", "--mount", str(where)])
+        assert res.exit_code == 2, res.output
+        assert f"Invalid value for '--mount': {message}" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+    assert (tmp_path / "full", 2 << 20) not in memhuge.hugetlbfs_mount_table()
+
+
 def test_this_machine_read_only():
     lines = status_lines()
     if not hugepage_pools():

@@ -30,6 +30,7 @@ def command(reserve, mount_path, size, node, sysfs_root, mounts_file) -> None:
     from ixypipe.commands.options import emit_json, wants_json
     from ixypipe.ops.hugepages import (
         HugepageSetupError,
+        MountPointError,
         check_mount_point,
         check_reserve,
         format_size,
@@ -63,6 +64,8 @@ def command(reserve, mount_path, size, node, sysfs_root, mounts_file) -> None:
             made = mount(mount_path, page, mounts_file=mounts_file)
             said(f"{'mounted' if made else 'already mounted:'} hugetlbfs pagesize={format_size(page)} "
                        f"at {mount_path}")
+    except MountPointError as exc:                # missing or not empty: found out only when mounting
+        raise click.BadParameter(str(exc), param_hint="'--mount'") from None
     except HugepageSetupError as exc:
         raise click.ClickException(str(exc)) from exc
     if wants_json():

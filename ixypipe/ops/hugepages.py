@@ -40,6 +40,10 @@ class HugepageSetupError(Exception):
     """Hugepages cannot be shown, reserved or mounted; the message says why and what to do."""
 
 
+class MountPointError(HugepageSetupError):
+    """The path given to mount hugetlbfs on is no place for it (not absolute, missing, not empty, in /proc)."""
+
+
 @dataclass(frozen=True)
 class HugepagePool:
     size: int                 # page size in bytes
@@ -206,12 +210,12 @@ def check_mount_point(path: str | os.PathLike) -> Path:
     interface filesystems).  Whether it is an existing empty directory is checked when mounting."""
     text = os.fspath(path)
     if not text or not os.path.isabs(text):
-        raise HugepageSetupError(f"mount point {text!r} is not an absolute path (e.g. /mnt/huge)")
+        raise MountPointError(f"mount point {text!r} is not an absolute path (e.g. /mnt/huge)")
     if "\x00" in text:
-        raise HugepageSetupError(f"mount point {text!r} contains a NUL byte")
+        raise MountPointError(f"mount point {text!r} contains a NUL byte")
     fs = kernel_filesystem(text)
     if fs is not None:
-        raise HugepageSetupError(f"mount point {text!r} is on {fs} (a kernel interface); hugetlbfs goes on a "
+        raise MountPointError(f"mount point {text!r} is on {fs} (a kernel interface); hugetlbfs goes on a "
                                  "directory of a real filesystem (e.g. /mnt/huge)")
     return Path(os.path.normpath(text))
 
@@ -220,13 +224,13 @@ def _empty_directory(path: Path) -> None:
     try:
         entries = next(os.scandir(path), None) is not None
     except FileNotFoundError:
-        raise HugepageSetupError(f"mount point {path} does not exist; make it first (mkdir -p {path})") from None
+        raise MountPointError(f"mount point {path} does not exist; make it first (mkdir -p {path})") from None
     except NotADirectoryError:
-        raise HugepageSetupError(f"cannot mount hugetlbfs at {path}: it is not a directory") from None
+        raise MountPointError(f"cannot mount hugetlbfs at {path}: it is not a directory") from None
     except OSError as exc:
-        raise HugepageSetupError(f"cannot mount hugetlbfs at {path}: {exc.strerror or exc}") from None
+        raise MountPointError(f"cannot mount hugetlbfs at {path}: {exc.strerror or exc}") from None
     if entries:
-        raise HugepageSetupError(f"cannot mount hugetlbfs at {path}: the directory is not empty (a mount would "
+        raise MountPointError(f"cannot mount hugetlbfs at {path}: the directory is not empty (a mount would "
                                  "hide what is in it)")
 
 
