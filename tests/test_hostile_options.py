@@ -64,8 +64,11 @@ OPTION_CASES = [
     (["top", "-n", "0"], "'-n' / '--iterations'", "0 is not in the range 1"),
     *[(["cores", "--interval", v], "--interval", say) for v, say in [
         ("nan", f"'nan' {NOT_FINITE}"), ("inf", f"'inf' {NOT_FINITE}"), ("-0.5", "-0.5 is not in the range 0<=x")]],
-    (["hugepages", "--reserve", HUGE], "--reserve", f"{HUGE} is not in the range 0{COUNT_RANGE}"),
-    (["hugepages", "--reserve", "99999999999999"], "--reserve", "more than this machine's memory"),
+    # a sysfs root without pools: were the value ever taken, this machine's reservation stays as it is
+    (["hugepages", "--sysfs-root", "{tmp}", "--reserve", HUGE], "--reserve",
+     f"{HUGE} is not in the range 0{COUNT_RANGE}"),
+    (["hugepages", "--sysfs-root", "{tmp}", "--reserve", "99999999999999"], "--reserve",
+     "more than this machine's memory"),
     (["hugepages", "--mount", ""], "--mount", "mount point '' is not an absolute path"),
     (["hugepages", "--mount", "/proc/xyz"], "--mount", "mount point '/proc/xyz' is on procfs"),
 ]

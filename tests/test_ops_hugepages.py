@@ -208,12 +208,15 @@ def test_cli_on_fake_tree(tree):
     (["--mount", "/proc/xyz"], "mount point '/proc/xyz' is on procfs"),
     (["--mount", "/sys/fs"], "mount point '/sys/fs' is on sysfs"),
 ])
-def test_cli_refuses_bad_values_before_touching_anything(args, message):
-    """On this machine's own /sys: each is refused by its option (exit 2) before any write or mount."""
-    res = CliRunner().invoke(main, ["hugepages", *args])
+def test_cli_refuses_bad_values_before_touching_anything(args, message, tree):
+    """Each is refused by its option (exit 2) before any write or mount (a fake sysfs tree: were a value ever
+    taken, this machine's reservation stays as it is)."""
+    root, mounts = tree
+    res = CliRunner().invoke(main, ["hugepages", "--sysfs-root", str(root), "--mounts-file", str(mounts), *args])
     assert res.exit_code == 2, res.output
     assert f"Invalid value for '{args[0]}': {message}" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert (root / "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").read_text() == "512\n"
 
 
 @needs_root
