@@ -17,13 +17,20 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ixypipe.proc import Backoff, Pacing, describe_exit, log_level, set_process_name, setup_logging
+from ixypipe.proc import (
+    Backoff,
+    Pacing,
+    describe_exit,
+    ignore_stop_signals,
+    log_level,
+    set_process_name,
+    setup_logging,
+)
 from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_CMD_RUN, SIM_CMD_STOP, SIM_CONTROL_DTYPE, SIM_COUNTERS_DTYPE
 from ixypipe.sim.model import STATS_PERIOD_NS
@@ -248,8 +255,9 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
 
     setup_logging(log_level, "ixypipe-sim: %(levelname)s %(message)s")
     set_process_name(PROCESS_NAME)
-    # Ctrl-C in a terminal reaches the whole process group; the owner stops the model (SIM_CMD_STOP)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C in a terminal (a group's SIGTERM, SIGHUP) reaches the whole process group; the owner stops the
+    # model (SIM_CMD_STOP), and it leaves by itself when orphaned
+    ignore_stop_signals()
     parent = os.getppid()
     arenas, world, mm = [], None, None
     try:
