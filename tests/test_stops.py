@@ -219,8 +219,8 @@ def test_under_restart_a_death_while_running_or_while_draining_ends_the_run_alik
     intervals = intervals_of(got + out)
     assert intervals
     for interval in intervals:
-        idle = interval["stages"]["worker-0"]["idle"]
-        assert 0.0 <= idle <= 1.0, interval["stages"]["worker-0"]
+        w = interval["stages"]["worker-0"]
+        assert 0.0 <= w["idle"] <= 1.0 and w["batches"] >= 0 and w["stalls"] >= 0, w
 
 
 def test_a_restarted_row_counts_from_zero_in_the_interval_figures():
