@@ -403,22 +403,23 @@ class Supervisor:
             self._stage_failed(p, f"died: {how}", f"stage {p.name} (pid {p.process.pid}) died: {how}")
 
     def _lost_with_fork_server(self, p: StageProc) -> bool:
-        """True when ``p``'s exit status went with its fork server, which died: the server's death is named
-        (once) as the failure, and ``p`` died with it unless it had finished its work."""
+        """True when ``p``'s exit status went with its fork server, which died: ``p`` died with it unless it
+        had finished its work, and then the server's death is named (once, first) as the failure."""
         deadline = time.monotonic() + FORK_SERVER_GRACE    # its pipes close just before it can be reaped
         while not (how := forkserver.death()):
             if time.monotonic() >= deadline:
                 return False                    # the server runs: the stage itself left with 255
             time.sleep(0.01)
-        if not self.fork_server_died:
-            self.fork_server_died = how
-            msg = (f"the stages' fork server (pid {forkserver.server_pid()}) died: {how}; "
-                   "every process it had started died with it")
+        self.fork_server_died = how             # nothing is started from it any more
+        if self.table[p.row]["state"] == STAGE_STATE_DONE:
+            return True                         # it finished: only its exit status is lost
+        msg = (f"the stages' fork server (pid {forkserver.server_pid()}) died: {how}; "
+               "every process it had started died with it")
+        if msg not in self.failures:
             log.error("%s", msg)
             self.failures.append(msg)
-        if self.table[p.row]["state"] != STAGE_STATE_DONE:
-            self._stage_failed(p, "died with the fork server",
-                               f"stage {p.name} (pid {p.process.pid}) died with the fork server")
+        self._stage_failed(p, "died with the fork server",
+                           f"stage {p.name} (pid {p.process.pid}) died with the fork server")
         return True
 
     def _stage_failed(self, p: StageProc, died: str, msg: str) -> None:
