@@ -131,6 +131,12 @@ def set_timer_slack(ns: int) -> None:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)     # what stops a run: Ctrl-C, kill, hang-up
 
 
+def handled_stop_signals() -> tuple[signal.Signals, ...]:
+    """The stop signals an owner (the supervisor, ``sim serve``) acts on: all, but SIGHUP when it started
+    ignored (``nohup``: the user asked to outlive the terminal)."""
+    return tuple(s for s in STOP_SIGNALS if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN)
+
+
 def ignore_stop_signals() -> None:
     """A process its owner stops ignores what stops the owner: Ctrl-C, ``timeout``, systemd's stop and
     ``kill -TERM -PGID`` reach every process of the group at once, and the owner, which gets the same

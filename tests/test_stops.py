@@ -96,6 +96,28 @@ def test_a_signal_to_the_process_group_stops_the_run_as_one_to_the_supervisor_do
     assert alive == []
 
 
+def test_under_nohup_a_hang_up_does_not_stop_the_run():
+    """``nohup ixypipe run ...``: SIGHUP ignored from the start stays ignored (the user asked to outlive the
+    terminal); SIGTERM still stops the run."""
+    proc = start_in_own_group([*IXYPIPE, "run", str(FWD), "--json"],
+                              preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        got = read_until(proc.stdout, r'^\{"type": "interval"', proc)
+        os.killpg(proc.pid, signal.SIGHUP)
+        for _ in range(2):                      # it goes on forwarding
+            got += read_until(proc.stdout, r'^\{"type": "interval"', proc)
+        assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    s = summary_of(got + out)
+    assert s["stop_reason"] == "SIGTERM"
+    balanced(s)
+
+
 def test_timeout_stopping_the_run_leaves_the_accounting(tmp_path):
     """GNU timeout signals the command and then its whole process group: ``timeout 8 ixypipe run ...``.  Here
     ``timeout`` is told to stop by SIGTERM once the run forwards (as it does when its time is up: the same two

@@ -24,7 +24,7 @@ import click
 
 from ixypipe.commands.options import PPS
 from ixypipe.pipeline.report import rate_text
-from ixypipe.proc import STOP_SIGNALS
+from ixypipe.proc import handled_stop_signals
 from ixypipe.sim.server import GeneratorConfig, PortCounters, SimPortConfig, SimServer, SinkConfig
 from ixypipe.sim.sysfs import device_dir
 
@@ -181,7 +181,7 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
     server = SimServer(ports, None, root=root)
     stop: list[int] = []
     died = ""
-    old = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in STOP_SIGNALS}
+    old = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in handled_stop_signals()}
     try:
         server.start()
         served = server.sysfs_root

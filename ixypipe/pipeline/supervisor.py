@@ -10,7 +10,7 @@ and per-stage figures once a second and notices a dead stage at once.  On
 Ctrl-C, SIGTERM, --duration or --packets it stops the stages in data-flow
 order (RX, workers, TX), drains the rings, takes every buffer home, proves
 the accounting and removes everything it created.  SIGHUP stops it as
-SIGTERM does, and a signal sent to the whole process group (``timeout``,
+SIGTERM does (unless started ignoring it, as under nohup), and a signal sent to the whole process group (``timeout``,
 systemd's stop, ``kill -TERM -PGID``) the same way: the stages and the fork
 server ignore it (proc.ignore_stop_signals) and are stopped by this process.  When every traffic
 source is finite (pcap replays with ``loop`` > 0, software-NIC generators
@@ -53,7 +53,7 @@ from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops
 from ixypipe.pipeline.stages import stage_main
-from ixypipe.proc import STOP_SIGNALS, describe_exit, log_level
+from ixypipe.proc import describe_exit, handled_stop_signals, log_level
 from ixypipe.rings import wakeup
 from ixypipe.rings.spsc import Ring
 
@@ -125,7 +125,7 @@ class Supervisor:
 
     # ---- the whole run -------------------------------------------------------------
     def run(self) -> RunResult:
-        old = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        old = {sig: signal.signal(sig, self._on_signal) for sig in handled_stop_signals()}
         result = RunResult(exit_code=1)
         try:
             remove_stale()
