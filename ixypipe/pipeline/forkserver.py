@@ -18,10 +18,11 @@ stop its owner (proc.ignore_stop_signals), and so does what it forks: a
 SIGTERM to the whole process group (``timeout``, systemd's stop) is the
 owner's to act on.  When it dies all the same (kill -9), the exit status
 of every process it forked goes with it (multiprocessing reports 255);
-:func:`death` says how the server itself ended, for the owner to name it.  It warms only when started by
-:func:`context` for an owner whose ``ixypipe`` package is the one it
-imported; otherwise it forgets the package and every child imports it
-afresh, as a spawned one would.
+:func:`death` says how the server itself ended, for the owner to name it.
+
+It warms only when started by :func:`context` for an owner whose
+``ixypipe`` package is the one it imported; otherwise it forgets the
+package and every child imports it afresh, as a spawned one would.
 
 Python 3.11's fork server ignores the owner's sys.path: it starts as
 ``python -c``, whose first path entry is its working directory.  So the

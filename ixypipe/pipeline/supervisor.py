@@ -10,10 +10,11 @@ and per-stage figures once a second and notices a dead stage at once.  On
 Ctrl-C, SIGTERM, --duration or --packets it stops the stages in data-flow
 order (RX, workers, TX), drains the rings, takes every buffer home, proves
 the accounting and removes everything it created.  SIGHUP stops it as
-SIGTERM does (unless started ignoring it, as under nohup), and a signal sent to the whole process group (``timeout``,
-systemd's stop, ``kill -TERM -PGID``) the same way: the stages and the fork
-server ignore it (proc.ignore_stop_signals) and are stopped by this process.  When every traffic
-source is finite (pcap replays with ``loop`` > 0, software-NIC generators
+SIGTERM does (unless it started ignored, as under nohup), and a signal sent
+to the whole process group (``timeout``, systemd's stop, ``kill -TERM
+-PGID``) the same way: the stages, the fork server and the software 82599
+ignore it (proc.ignore_stop_signals) and are stopped by this process.  When
+every traffic source is finite (pcap replays with ``loop`` > 0, software-NIC generators
 with a ``count``) it stops the same way once they have all sent everything
 ("all sources finished"); the drain then carries the last packets through.
 """
@@ -404,7 +405,7 @@ class Supervisor:
 
     def _lost_with_fork_server(self, p: StageProc) -> bool:
         """True when ``p``'s exit status went with its fork server, which died: ``p`` died with it unless it
-        had finished its work, and then the server's death is named (once, first) as the failure."""
+        had finished its work, and then the server's death is named (once) as the failure."""
         deadline = time.monotonic() + FORK_SERVER_GRACE    # its pipes close just before it can be reaped
         while not (how := forkserver.death()):
             if time.monotonic() >= deadline:
