@@ -1,5 +1,5 @@
 """What every long-running ixypipe process does for itself: back off when idle, name itself, die with its
-parent, set up its logging.
+parent, leave stop signals to its owner, set up its logging.
 
 Used by the pipeline's stage processes and by the software 82599's model
 process alike.
@@ -128,6 +128,24 @@ def set_timer_slack(ns: int) -> None:
         ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)     # what stops a run: Ctrl-C, kill, hang-up
+
+
+def handled_stop_signals() -> tuple[signal.Signals, ...]:
+    """The stop signals an owner (the supervisor, ``sim serve``) acts on: all, but SIGHUP when it started
+    ignored (``nohup``: the user asked to outlive the terminal)."""
+    return tuple(s for s in STOP_SIGNALS if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN)
+
+
+def ignore_stop_signals() -> None:
+    """A process its owner stops ignores what stops the owner: Ctrl-C, ``timeout``, systemd's stop and
+    ``kill -TERM -PGID`` reach every process of the group at once, and the owner, which gets the same
+    signal, stops its children in order.  SIGKILL still ends it, and it dies with its owner
+    (:func:`die_with_parent`).  Ignored, not handled: no system call of the hot loop is interrupted."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def die_with_parent(parent: int) -> None:

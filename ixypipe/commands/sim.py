@@ -9,7 +9,7 @@ that is printed).  The model finds the driver's DMA memory by itself
 through /proc (sim/foreign.py).  Each port is wired to a generator and/or
 a sink (verifying ixypipe's own frames, or counting any frames; either may
 also write a pcap file) or cabled to another served port; counters are
-printed once a second and at the end (Ctrl-C, SIGTERM or ``--duration``),
+printed once a second and at the end (Ctrl-C, SIGTERM, SIGHUP or ``--duration``),
 and the served tree is removed on the way out.  It exits 1 when a DMA
 fault was reported or the model process died (the cause is printed).
 """
@@ -26,6 +26,7 @@ from ixypipe.commands.options import PPS, Count, Seconds
 from ixypipe.datafile import kernel_filesystem
 from ixypipe.pcapfile import PcapError, check_output
 from ixypipe.pipeline.report import rate_text
+from ixypipe.proc import handled_stop_signals
 from ixypipe.sim.server import GeneratorConfig, PortCounters, SimPortConfig, SimServer, SinkConfig
 from ixypipe.sim.sysfs import device_dir
 
@@ -201,7 +202,7 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
     server = SimServer(ports, None, root=root)
     stop: list[int] = []
     died = ""
-    old = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in handled_stop_signals()}
     try:
         server.start()
         served = server.sysfs_root

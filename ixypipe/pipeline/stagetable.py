@@ -33,6 +33,11 @@ SLOT = {name: STAGE_ROW_DTYPE.fields[name][1] // 8 for name in STAGE_ROW_DTYPE.n
         if STAGE_ROW_DTYPE.fields[name][0] == np.dtype("<i8")}
 
 
+# the counters a stage process publishes of itself (Stage.publish): a process that takes a row over (a
+# restarted worker) counts them from zero; the drop counters of a row add up over its processes
+PROCESS_FIELDS = ("loops", "idle_loops", "batches", "packets_in", "bytes_in", "packets_out", "bytes_out", "stalls")
+
+
 def arena_regions(n: int) -> list[RegionSize]:
     """The regions :func:`create` carves for ``n`` stages: the table, then every stage's counter block."""
     return [RegionSize(n * STAGE_ROW_DTYPE.itemsize, align=64),
@@ -71,6 +76,19 @@ class StageRow:
 
     def release(self) -> None:
         self.slots.release()
+
+
+def interval_base(before: np.void, after: np.void) -> np.void:
+    """The row to take the figures of the interval that ended with ``after`` from: ``before``, or, when
+    another process took the row over in between (a restarted worker: another pid, or fewer loops),
+    ``before`` with that process's own counters (PROCESS_FIELDS) at zero, so the new process reports
+    its own figures (never an idle share above 100 %)."""
+    if after["pid"] == before["pid"] and after["loops"] >= before["loops"]:
+        return before
+    base = before.copy()
+    for name in PROCESS_FIELDS:
+        base[name] = 0
+    return base
 
 
 def counter_blocks(arena: Arena) -> np.ndarray:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from ixypipe.proc import (
     Backoff,
     Pacing,
     describe_exit,
+    ignore_stop_signals,
     log_level,
     set_process_name,
     setup_logging,
@@ -257,8 +257,9 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
 
     setup_logging(log_level, "ixypipe-sim: %(levelname)s %(message)s")
     set_process_name(PROCESS_NAME)
-    # Ctrl-C in a terminal reaches the whole process group; the owner stops the model (SIM_CMD_STOP)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C in a terminal (a group's SIGTERM, SIGHUP) reaches the whole process group; the owner stops the
+    # model (SIM_CMD_STOP), and it leaves by itself when orphaned
+    ignore_stop_signals()
     parent = os.getppid()
     arenas, world, mm = [], None, None
     try:
