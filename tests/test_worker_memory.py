@@ -16,15 +16,25 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
-from support.runs import leftovers, start, summary_of, variant, wait_for_stats
+from support.runs import FWD, leftovers, start, summary_of, variant, wait_for_stats
 
-from ixypipe.layout import ARENA_CONTROL_SUFFIX, HUGEPAGE_SIZE, PAGE_SIZE, PKTBUF_HEADROOM
+from ixypipe.layout import (
+    ARENA_CONTROL_SUFFIX,
+    HUGEPAGE_SIZE,
+    PAGE_SIZE,
+    PKTBUF_HEADROOM,
+    STAGE_COUNTERS_DTYPE,
+    STAGE_ROW_DTYPE,
+    WAKE_LINE_DTYPE,
+)
 from ixypipe.memory.arena import SHM_DIR, Arena, ArenaError
 from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import stagetable
+from ixypipe.pipeline.planinfo import read_plan_info
 from ixypipe.rings.spsc import Ring
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -41,7 +51,10 @@ def pipeline_arena(request):
     def make(mode: str):
         if mode == "require":
             request.getfixturevalue("hugepages_ready")
-        arena = Arena.create(8 << 20, hugepages_mode=mode, tag="test", control=True)
+        size, control = Arena.split_size_for([*PacketBuffers.arena_regions(512, 2048),
+                                              *(Mempool.arena_regions(256) * 2), *(Ring.arena_regions(64) * 3),
+                                              *stagetable.arena_regions(3)])
+        arena = Arena.create(size, hugepages_mode=mode, tag="test", control_size=control)
         made.append(arena)
         bufs = PacketBuffers.create(arena, 512, 2048)
         pools = [Mempool.create(arena, bufs, f"pool{i}", i * 256, 256, i) for i in range(2)]
@@ -161,7 +174,7 @@ def test_a_span_that_does_not_own_its_pages_is_not_granted(pipeline_arena):
             ro.grant_writes([(stages + 64, 64)])
     finally:
         ro.close()
-    one_file = Arena.create(1 << 20, hugepages_mode="never", tag="test")
+    one_file = Arena.create(1 << 20, hugepages_mode="never", tag="test")       # no control file
     try:
         ro = Arena.attach(one_file.path, read_only=True)
         with pytest.raises(ArenaError, match="is one file: it cannot make some regions writable"):
@@ -270,6 +283,7 @@ def test_the_first_mib_behind_batch_data_base_is_packet_buffers_only(tmp_path):
 NUMPY = '''
 import numpy as np
 from ixypipe.pipeline import stagetable
+from ixypipe.pipeline.planinfo import read_plan_info
 
 calls = 0
 
@@ -341,3 +355,64 @@ def test_a_raw_write_into_another_stages_ring_kills_only_the_worker(tmp_path, re
     assert s["sim"]["p0"]["sink_received"] == s["ports"]["p0"]["tx_packets"] > 0      # TX p0's ring intact
     assert s["sim"]["p0"]["sink_corrupt"] == s["sim"]["p1"]["sink_corrupt"] == 0
     assert leftovers(proc.pid) == []
+
+
+def _union(spans) -> list[tuple[int, int]]:
+    """Sorted, merged [start, end) intervals (the kernel merges neighbouring mappings alike)."""
+    merged: list[list[int]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [tuple(m) for m in merged]
+
+
+def test_a_running_worker_maps_writable_exactly_its_buffers_rings_row_and_wake_lines():
+    proc = start([str(FWD), "--json"])
+    try:
+        wait_for_stats(proc)
+        [worker] = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.name() == "ixy-worker-0"]
+        maps = Path(f"/proc/{worker.pid}/maps").read_text().splitlines()
+        [path] = {line.split()[-1] for line in maps if re.search(r"/ixypipe-\d+-pkt-[0-9a-f]+$", line)}
+        arena = Arena.attach(path, read_only=True)
+        try:
+            info = read_plan_info(arena)
+            rows = {s["name"]: s["row"] for s in info["stages"]}
+            rings = [r for r in info["rings"] if r.startswith("w0>") or r.endswith(">w0")]
+            page = arena.granule
+
+            def whole(name, granule=PAGE_SIZE):
+                r = arena.region(name)
+                return r.offset, r.offset + -(-r.size // granule) * granule
+
+            def item(name, row, size):
+                return arena.region(name).offset + row * size, arena.region(name).offset + (row + 1) * size
+
+            expected = [whole("pktbufs", page), *(whole(r) for r in rings),
+                        item("stages", rows["worker-0"], STAGE_ROW_DTYPE.itemsize),
+                        item("stages.counters", rows["worker-0"], STAGE_COUNTERS_DTYPE.itemsize),
+                        *(item("wake", rows[s], WAKE_LINE_DTYPE.itemsize)
+                          for s in ("worker-0", "tx-p0-q0", "tx-p1-q0"))]
+            writable, seen = [], 0
+            for line in maps:
+                fields = line.split()
+                if len(fields) < 6 or not fields[-1].startswith(path):
+                    continue
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                at = int(fields[2], 16) + (arena.size if fields[-1].endswith(ARENA_CONTROL_SUFFIX) else 0)
+                seen += hi - lo
+                assert fields[1][3] == "s", line                    # shared, never a private copy
+                if "w" in fields[1]:
+                    writable.append((at, at + hi - lo))
+            assert seen == arena.size + arena.control_size          # both files, all of them
+            assert _union(writable) == _union(expected)
+            assert len(rings) == 6          # from two RX stages, to two TX stages, home to two pools
+        finally:
+            arena.close()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    _accounted(summary_of(out))

@@ -6,7 +6,7 @@ named regions from it: descriptor rings, packet buffers, free lists, SPSC
 rings, counters.  Other processes attach by path and find regions by name in
 the header.  Only offsets cross process boundaries.
 
-An arena made with ``control=True`` (the pipeline's packet arena) is two
+An arena made with a ``control_size`` (the pipeline's packet arena) is two
 files mapped side by side (memory/mapping.py): the first holds the header,
 the physical-address table and the DMA regions (packet buffers), each
 starting on a page of the file (2 MiB on hugetlbfs); the second, on /dev/shm
@@ -106,10 +106,12 @@ class Region:
 
 @dataclass(frozen=True)
 class RegionSize:
-    """What one region asks of an arena: its bytes, alignment, and whether it must sit in one 2 MiB page."""
+    """What one region asks of an arena: its bytes, alignment, whether it must sit in one 2 MiB page, and whether
+    a device reads or writes it (in a two-file arena only those go to the first file)."""
     size: int
     align: int = ARENA_MIN_ALIGN
     within_page: bool = False
+    dma: bool = False
 
     def worst_case(self) -> int:
         """The most arena bytes carving it can take, padding in front included, wherever it lands."""
@@ -174,7 +176,7 @@ class Arena:
     # ---- life cycle -------------------------------------------------------
     @classmethod
     def create(cls, size: int, hugepages_mode: str = "auto", directory: str | os.PathLike | None = None,
-               tag: str = "", physical: bool = True, control: bool = False) -> Arena:
+               tag: str = "", physical: bool = True, control_size: int = 0) -> Arena:
         """Create an arena of at least ``size`` usable bytes.
 
         ``hugepages_mode``: "auto" (hugepages when root and enough are free,
@@ -182,13 +184,15 @@ class Arena:
         hugepages cannot be had) or "never".  ``physical=False``: no device
         will be given a physical address of it (VFIO ports take IOVAs, kernel
         interfaces none), so /proc/self/pagemap is never read and hugepages
-        need no root.  ``control=True``: regions other than DMA ones go to a
-        control file on /dev/shm, each on pages of its own (module docstring).
+        need no root.  ``control_size`` > 0: regions other than DMA ones go to a
+        control file of that many bytes on /dev/shm, each on pages of its own
+        (module docstring); :meth:`split_size_for` gives both sizes.
         """
         if hugepages_mode not in ("auto", "require", "never"):
             raise ArenaError(f"hugepages mode must be auto, require or never, not {hugepages_mode!r}")
-        if size <= 0:
-            raise ArenaError(f"arena size must be positive, got {size}")
+        if size <= 0 or control_size < 0:
+            raise ArenaError(f"arena size must be positive, got {size} (and a control file of {control_size} bytes)")
+        control = control_size > 0
         use_huge, why_not = False, ""
         if hugepages_mode != "never":
             use_huge, why_not, directory = cls._hugepage_plan(size, directory, physical)
@@ -211,13 +215,11 @@ class Arena:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         except FileExistsError:
             raise ArenaError(f"arena file {path} already exists") from None
-        mapping, control_size = None, 0
+        mapping, control_size = None, _round_up(control_size, PAGE_SIZE)
         try:
             os.fchmod(fd, 0o600)
             os.ftruncate(fd, total)
             if control:
-                # sparse: only the pages regions are carved from are ever touched
-                control_size = _round_up(size + ARENA_MAX_REGIONS * PAGE_SIZE, PAGE_SIZE)
                 mapping = _map_two(path, fd, total, control_size, use_huge, writable=True, create=True)
                 mm = memoryview(mapping.array())
             else:
@@ -256,6 +258,18 @@ class Arena:
             raise ArenaError(f"{len(regions)} regions asked for; an arena holds at most {ARENA_MAX_REGIONS - 1} "
                              "besides its physical-address table")
         return sum(r.worst_case() for r in regions)
+
+    @staticmethod
+    def split_size_for(regions: Iterable[RegionSize]) -> tuple[int, int]:
+        """(``size``, ``control_size``) to :meth:`create` a two-file arena in which ``regions`` fit: the DMA
+        ones (``dma`` or ``within_page``) in the first file, the others in the control file, each on whole
+        pages of its own."""
+        regions = list(regions)
+        Arena.size_for(regions)                 # the same limit on their number
+        first = [r for r in regions if r.dma or r.within_page]
+        control = [r for r in regions if not (r.dma or r.within_page)]
+        return (max(sum(r.worst_case() for r in first), 1),
+                sum(_round_up(r.size, PAGE_SIZE) + max(r.align - PAGE_SIZE, 0) for r in control) + PAGE_SIZE)
 
     @staticmethod
     def _unique_name(tag: str) -> str:
@@ -347,7 +361,7 @@ class Arena:
     def grant_writes(self, spans: Iterable[tuple[int, int]]) -> None:
         """Map the regions ``spans`` ((offset, size) pairs) of a read-only attached arena writable.
 
-        Only a two-file arena (``create(control=True)``) can do this: there every region
+        Only a two-file arena (``create(control_size=...)``) can do this: there every region
         starts on a page of its file and owns its pages, so granting one exposes no
         neighbour; a span that does not start on a page is refused for that reason.
         :meth:`view` serves granted regions from writable arrays that reach no further.
@@ -434,7 +448,7 @@ class Arena:
 
     @property
     def has_control(self) -> bool:
-        """Whether non-DMA regions live in a control file of their own (``create(control=True)``)."""
+        """Whether non-DMA regions live in a control file of their own (``create(control_size=...)``)."""
         return bool(int(self.header["flags"][0]) & ARENA_FLAG_CONTROL) if self.header is not None else False
 
     @property

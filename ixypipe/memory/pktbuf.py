@@ -102,7 +102,7 @@ class PacketBuffers:
     @staticmethod
     def arena_regions(count: int, buf_size: int = DEFAULT_BUF_SIZE) -> list[RegionSize]:
         """The regions :meth:`create` carves: the count/size record, then the buffers aligned to their size."""
-        return [RegionSize(_META_DTYPE.itemsize), RegionSize(count * buf_size, align=buf_size)]
+        return [RegionSize(_META_DTYPE.itemsize), RegionSize(count * buf_size, align=buf_size, dma=True)]
 
     @staticmethod
     def bytes_needed(count: int, buf_size: int = DEFAULT_BUF_SIZE) -> int:
