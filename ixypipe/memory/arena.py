@@ -190,12 +190,15 @@ class Arena:
         """
         if hugepages_mode not in ("auto", "require", "never"):
             raise ArenaError(f"hugepages mode must be auto, require or never, not {hugepages_mode!r}")
-        if size <= 0 or control_size < 0:
-            raise ArenaError(f"arena size must be positive, got {size} (and a control file of {control_size} bytes)")
+        if size <= 0:
+            raise ArenaError(f"arena size must be positive, got {size}")
+        if control_size < 0:
+            raise ArenaError(f"a control file size cannot be negative, got {control_size}")
         control = control_size > 0
         use_huge, why_not = False, ""
         if hugepages_mode != "never":
-            use_huge, why_not, directory = cls._hugepage_plan(size, directory, physical)
+            use_huge, why_not, directory = cls._hugepage_plan(size + (HUGEPAGE_SIZE if control else 0), directory,
+                                                              physical)
             if not use_huge and hugepages_mode == "require":
                 raise ArenaError(f"hugepages required but unavailable: {why_not}")
         if use_huge:
