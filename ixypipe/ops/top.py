@@ -111,7 +111,7 @@ class Observer:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.arena = Arena.attach(self.path)
+        self.arena = Arena.attach(self.path, read_only=True)
         try:
             self.info = read_plan_info(self.arena)
             self.table = stagetable.table(self.arena)

@@ -10,7 +10,8 @@ counts a miss), so no packet is dropped between stages for lack of room.
 Who touches what:
 * RX owns its queue's descriptor ring and mempool; buffers come home to it
   through return rings.
-* Workers map only the packet arena: never the BAR or a descriptor ring.
+* Workers map only the packet arena: never the BAR or a descriptor ring; and of
+  it only what they write is writable (``attach_packet_arena``).
 * TX owns its queue's descriptor ring and sends completed buffers home.
 """
 
@@ -29,15 +30,21 @@ from ixypipe import privilege
 from ixypipe.layout import (
     STAGE_CMD_ABANDON,
     STAGE_CMD_DRAIN,
+    STAGE_COUNTERS_DTYPE,
+    STAGE_COUNTERS_REGION,
+    STAGE_ROW_DTYPE,
     STAGE_STATE_DEAD,
     STAGE_STATE_DONE,
     STAGE_STATE_DRAINING,
     STAGE_STATE_RUNNING,
+    WAKE_LINE_DTYPE,
+    WAKE_REGION,
 )
 from ixypipe.memory import batchcheck
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import DEFAULT_NAME as PACKET_BUFFERS
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import forkserver, stagetable
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
@@ -113,13 +120,40 @@ class Outbox:
         return self.held == 0
 
 
+def attach_packet_arena(plan: PipelinePlan, me: StagePlan) -> Arena:
+    """The packet arena as a stage maps it: RX and TX read-write; a worker read-only but for what it writes
+    (memory/arena.py's two-file arena): the packet buffers, its stage-table row, counter block and wake line,
+    the wake lines of the stages it feeds (its doorbells clear their flags) and the rings it is an end of.
+    The rest (mempools, other rings and rows, the plan, the arena's header and tables) it cannot write: a
+    write through any route faults in the worker alone."""
+    if me.role != "worker":
+        return Arena.attach(plan.packet_arena)
+    arena = Arena.attach(plan.packet_arena, read_only=True)
+
+    def whole(name: str) -> tuple[int, int]:
+        region = arena.region(name)
+        return region.offset, region.size
+
+    def item(name: str, row: int, size: int) -> tuple[int, int]:
+        return arena.region(name).offset + row * size, size
+
+    rings = [*me.in_rings, *me.out_ring_of.values(), *me.home_rings.values()]
+    spans = [whole(PACKET_BUFFERS), *(whole(r) for r in rings), item(stagetable.REGION, me.row, STAGE_ROW_DTYPE.itemsize),
+             item(STAGE_COUNTERS_REGION, me.row, STAGE_COUNTERS_DTYPE.itemsize)]
+    if arena.find(WAKE_REGION) is not None:
+        rows = {me.row, *(plan.consumer_row(r) for r in me.out_ring_of.values())}
+        spans += [item(WAKE_REGION, row, WAKE_LINE_DTYPE.itemsize) for row in sorted(rows)]
+    arena.grant_writes(spans)
+    return arena
+
+
 class Stage:
     """What every stage process has: the packet arena, its row, its counters."""
 
     def __init__(self, plan: PipelinePlan, me: StagePlan):
         self.plan = plan
         self.me = me
-        self.arena = Arena.attach(plan.packet_arena)
+        self.arena = attach_packet_arena(plan, me)
         self.bufs = PacketBuffers.attach(self.arena)
         batchcheck.warm_up(self.bufs.length)
         self.row = StageRow(self.arena, me.row)

@@ -100,10 +100,10 @@ class CounterWriter:
     """Publishes one stage's named counters into its block; the stage is the block's only writer."""
 
     def __init__(self, arena: Arena, row: int):
-        blocks = counter_blocks(arena)
-        self.values = blocks["values"][row]                 # views into the arena
-        self.names = blocks["names"][row]
-        self.count = blocks["count"][row:row + 1]
+        block = arena.item(arena.region(STAGE_COUNTERS_REGION), row, STAGE_COUNTERS_DTYPE)   # the stage's own pages
+        self.values = block["values"][0]                    # views into the arena
+        self.names = block["names"][0]
+        self.count = block["count"]
         self.slot: dict[str, int] = {}
         self.used = 0              # bytes of names written
         self.refused: set = set()  # names and values already reported

@@ -164,8 +164,9 @@ class Supervisor:
         try:
             # physical addresses only for ports that DMA with them (not VFIO's IOVAs, not kernel interfaces)
             physical = any(p.driver in ("ixgbe", "sim") and p.iommu != "vfio" for p in cfg.ports)
-            self.arena = Arena.create(Arena.size_for(packet_arena_regions(plan, cfg.buffer_size)),
-                                      hugepages_mode=cfg.hugepages, tag="pkt", physical=physical)
+            size, control = Arena.split_size_for(packet_arena_regions(plan, cfg.buffer_size))
+            self.arena = Arena.create(size, hugepages_mode=cfg.hugepages, tag="pkt", physical=physical,
+                                      control_size=control)     # workers get writable only what they write
             self.dev_arena = Arena.create(Arena.size_for(device_arena_regions(plan)),
                                           hugepages_mode=cfg.hugepages, tag="dev", physical=physical)
         except Exception as exc:
