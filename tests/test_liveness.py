@@ -179,7 +179,7 @@ def die(batch):
 def test_a_worker_that_keeps_dying_is_restarted_with_back_off_then_the_run_stops(tmp_path, shared_dir):
     # the module's code runs as the workers' user: its marker goes where that user may write
     (tmp_path / "dies.py").write_text(DIES.replace('pathlib.Path(__file__).with_suffix(".started")',
-                                                   repr(str(shared_dir / "dies.started"))))
+                                                   f"pathlib.Path({str(shared_dir / 'dies.started')!r})"))
     pipeline = variant(tmp_path, pipeline_keys={"max_restarts": "2"}, on_stage_death='"restart"',
                        function='"dies.py:die"')
     proc = start([str(pipeline), "--json"])

@@ -10,7 +10,6 @@ start-up watch, and a stop blames it, not the RX stages waiting on it.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ixypipe.pipeline.leftovers import run_of
 from ixypipe.privilege import DEFAULT_WORKER_USER, lookup
 from tests.support.runs import IXYPIPE, REPO, leftovers, run, start, summary_of, variant, wait_for_stats
 from tests.support.shareddir import worker_writable_dir
@@ -69,10 +69,15 @@ _, status = os.waitpid(pid, 0)
 GUARDED = os.waitstatus_to_exitcode(status)
 native = ctypes.CDLL(None).fork()      # C's fork: no guard; the child runs on as whatever the parent was
 if native == 0:
-    with open(f"{{REPORT}}/{{where}}-child", "w") as f:
+    with open(f"{{REPORT}}/{{where}}-child.tmp", "w") as f:
         f.write(f"{{os.getpid()}} {{os.getuid()}} {{os.geteuid()}}")
+    os.rename(f"{{REPORT}}/{{where}}-child.tmp", f"{{REPORT}}/{{where}}-child")
     while True:
         time.sleep(1)
+for _ in range(600):                   # the import goes on once the child has reported
+    if os.path.exists(f"{{REPORT}}/{{where}}-child"):
+        break
+    time.sleep(0.1)
 
 
 def setup(ctx):
@@ -82,6 +87,20 @@ def setup(ctx):
 def touch(batch):
     batch.data[batch.idx, 1] += 1
 '''
+
+
+def end(proc: subprocess.Popen) -> None:
+    """The test's own clean-up: a run killed by a failed assertion leaves its marked processes (they hold its
+    pipes); kill them, then reap the run."""
+    proc.kill()
+    proc.wait(CEILING)
+    for p in psutil.process_iter():
+        try:
+            if run_of(p) == proc.pid:
+                p.kill()
+        except psutil.Error:
+            pass
+    proc.communicate(timeout=CEILING)
 
 
 def child_report(path: Path) -> tuple[int, int, int]:
@@ -110,8 +129,7 @@ def test_a_module_that_forks_at_import_runs_its_children_unprivileged_and_the_ru
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=CEILING)     # returns: nothing holds its stdout any more
     finally:
-        proc.kill()
-        proc.communicate()
+        end(proc)
     assert proc.returncode == 1, err
     expected = (f"error: process {pid} (ixy-worker-0, uid {nobody.uid}, started by stage worker-0) was still "
                 "running after its stages ended: killed")
@@ -143,8 +161,9 @@ import ctypes, os, time
 
 def setup(ctx):
     if ctypes.CDLL(None).fork() == 0:
-        with open({report!r} + "/child", "w") as f:
+        with open({report!r} + "/child.tmp", "w") as f:
             f.write(f"{{os.getpid()}} {{os.getuid()}} {{os.geteuid()}}")
+        os.rename({report!r} + "/child.tmp", {report!r} + "/child")
         while True:
             time.sleep(1)
 
@@ -158,7 +177,6 @@ def touch(batch):
 def test_cleanup_names_and_kills_what_a_killed_run_left(tmp_path, shared_dir):
     (tmp_path / "w.py").write_text(SLEEPER_CHILD.format(report=str(shared_dir)))
     proc = start([str(variant(tmp_path, function='"w.py:touch"')), "--json"])
-    pid = None
     try:
         wait_for_stats(proc)
         pid, uid, _ = wait_for(lambda: child_report(shared_dir / "child"))
@@ -167,17 +185,12 @@ def test_cleanup_names_and_kills_what_a_killed_run_left(tmp_path, shared_dir):
         time.sleep(1)
         assert alive(pid)                                 # the stages died with it; this one did not
         res = subprocess.run([*IXYPIPE, "cleanup"], capture_output=True, text=True, timeout=CEILING, cwd=REPO)
+        assert res.returncode == 0, res.stderr
+        assert (f"killed process {pid} (ixy-worker-0, uid {uid}, started by stage worker-0), left by the run of "
+                f"pid {proc.pid}") in res.stdout.splitlines(), res.stdout
+        wait_for(lambda: not alive(pid), 10)
     finally:
-        proc.kill()
-        if pid is not None and alive(pid):
-            left = alive(pid)
-            os.kill(pid, signal.SIGKILL)                  # the test leaves nothing behind either
-            assert not left
-        proc.communicate(timeout=CEILING)
-    assert res.returncode == 0, res.stderr
-    assert (f"killed process {pid} (ixy-worker-0, uid {uid}, started by stage worker-0), left by the run of pid "
-            f"{proc.pid}") in res.stdout.splitlines(), res.stdout
-    wait_for(lambda: not alive(pid), 10)
+        end(proc)
 
 
 # ---- a worker stuck starting ----------------------------------------------------------------------------
@@ -204,7 +217,7 @@ def test_a_worker_stuck_in_setup_is_named_and_the_policy_applies(tmp_path, polic
     try:
         out, err = proc.communicate(timeout=CEILING + 60)
     finally:
-        proc.kill()
+        end(proc)
     took = time.monotonic() - began
     print(f"\nsetup() sleeping, setup_timeout 3 s, policy {policy}: exit after {took:.1f} s")
     assert proc.returncode == 1, err
@@ -230,7 +243,7 @@ def test_a_slow_setup_delays_the_traffic_and_a_short_run_blames_nobody(tmp_path)
     try:
         out, err = proc.communicate(timeout=CEILING + 60)
     finally:
-        proc.kill()
+        end(proc)
     assert proc.returncode == 0, err
     s = summary_of(out)
     assert s["ok"] is True and s["failures"] == [] and s["stop_reason"] == "duration 2 s"
@@ -270,7 +283,7 @@ def test_a_stop_blames_the_worker_in_setup_not_the_rx_stages_waiting_on_it(tmp_p
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=CEILING)
     finally:
-        proc.kill()
+        end(proc)
     assert proc.returncode == 1, err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and re.fullmatch(r"error: stage worker-0 made no progress draining for \d+ s "

@@ -17,7 +17,8 @@ never runs in the supervisor.  Errors only an import can show (an
 by :func:`probe`, which ``ixypipe run`` calls at --check and before it
 creates anything: it loads the worker in a short-lived child process with
 a time limit.  :func:`load_worker` and :func:`load` import; the probe's
-child and the worker stage call them.
+child and the worker stage call them, unprivileged and with their forks
+guarded (workers/confine.py), after :func:`preread` read a worker file.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def check_worker(spec: str, base_dir: str | Path = ".") -> None:
                                       f"{type(getattr(sys.modules[where], name)).__name__}, not a function")
             return
         try:
-            found = importlib.util.find_spec(where)
+            found = _locate(where)
         except ModuleNotFoundError as exc:
             raise WorkerLoadError(f"no module {where!r} ({exc})") from None
         except Exception as exc:
@@ -240,6 +241,25 @@ def check_worker(spec: str, base_dir: str | Path = ".") -> None:
     except (OSError, ValueError) as exc:
         raise WorkerLoadError(f"loading {file} failed: {type(exc).__name__}: {exc}") from None
     _check_defines(tree, spec, where, name)
+
+
+def _locate(name: str):
+    """The spec of module ``name``, found as importlib.util.find_spec finds it but without importing its
+    parent packages: their ``__init__`` is the user's code too, and must not run in the supervisor."""
+    spec, path = None, None
+    parts = name.split(".")
+    for i in range(len(parts)):
+        full = ".".join(parts[:i + 1])
+        if full in sys.modules:
+            spec = getattr(sys.modules[full], "__spec__", None)
+            path = getattr(sys.modules[full], "__path__", None)
+        else:
+            spec = next((s for f in sys.meta_path if hasattr(f, "find_spec")
+                         for s in [f.find_spec(full, path)] if s is not None), None)
+            path = spec.submodule_search_locations if spec is not None else None
+        if spec is None or (path is None and i < len(parts) - 1):
+            return None                          # no such module, or a parent that is not a package
+    return spec
 
 
 def _check_defines(tree: ast.Module, spec: str, where: str, name: str) -> None:
