@@ -292,3 +292,34 @@ def test_a_stop_blames_the_worker_in_setup_not_the_rx_stages_waiting_on_it(tmp_p
     assert s["in_flight"] == 0 and s["received"] == s["transmitted"] + sum(s["drops"].values())
     assert s["drops"]["stage_died"] > 0
     assert leftovers(proc.pid) == []
+
+
+# ---- the parts, without a pipeline ----------------------------------------------------------------------
+def test_the_liveness_watch_names_a_phase_only_once_it_lasted_the_limit():
+    import numpy as np
+
+    from ixypipe.layout import STAGE_PHASE_IMPORT, STAGE_PHASE_SETUP, STAGE_ROW_DTYPE, STAGE_STATE_RUNNING
+    from ixypipe.pipeline.liveness import Heartbeats
+
+    class Proc:
+        def __init__(self, row: int, pid: int):
+            self.row, self.process = row, type("P", (), {"pid": pid})()
+
+    table = np.zeros(3, STAGE_ROW_DTYPE)
+    table["phase"] = [STAGE_PHASE_IMPORT, STAGE_PHASE_SETUP, 0]     # row 2: starting, no user code yet
+    now = [0.0]
+    beats = Heartbeats(table, 2.0, clock=lambda: now[0])
+    procs = [Proc(0, 100), Proc(1, 101), Proc(2, 102)]
+    assert beats.stuck_starting(procs, 30.0) == []
+    now[0] = 29.9
+    assert beats.stuck_starting(procs, 30.0) == []
+    table["phase"][0] = STAGE_PHASE_SETUP            # row 0 got through its import: its setup() counts from now
+    assert beats.stuck_starting(procs, 30.0) == []
+    now[0] = 30.0
+    assert [(p.row, how, still) for p, how, still in beats.stuck_starting(procs, 30.0)] == [(1, "in setup()", 30.0)]
+    procs[1] = Proc(1, 201)                          # a replacement took row 1 over: its own time
+    table["state"][0] = STAGE_STATE_RUNNING          # row 0 is in its loop: the phase is over, whatever it says
+    now[0] = 60.0
+    assert beats.stuck_starting(procs, 30.0) == []
+    now[0] = 90.0
+    assert [(p.row, how) for p, how, _ in beats.stuck_starting(procs, 30.0)] == [(1, "in setup()")]

@@ -472,7 +472,8 @@ class Supervisor:
         Progress is a change in a stage's counters or state: a stage that moves
         packets, sends buffers home or finishes is never killed, however busy
         the machine.  One whose counters stand still for DRAIN_STALL while it
-        runs (or is stopped) is killed, and that is a failure of the run.
+        runs (or is stopped) is killed, and that is a failure of the run; not
+        one that only holds packets for a consumer still there (:meth:`_blame`).
         """
         procs = [p for p in self.procs if p.role == role]
         command = STAGE_CMD_ABANDON if self.sim_died else STAGE_CMD_DRAIN     # no NIC left to wait for
@@ -488,21 +489,10 @@ class Supervisor:
             alive = [p for p in procs if p.process.is_alive()]
             if not alive:
                 break
-            # a stage that only waits on its consumer is not to blame: with a consumer of a later role it is
-            # watched on with that role; with one watched here, the consumer is judged first
-            stalled = progress.stalled_procs(alive, stall)
-            watched = {p.row for p in procs}
-            waits = {p.row: self._consumers_waited_on(p) for p in stalled}
-            later = [p for p in stalled if waits[p.row] - watched]
+            later, blamed = self._blame(progress.stalled_procs(alive, stall), procs, progress)
             self._waiting += later
             procs = [p for p in procs if p not in later]
-            stuck_rows = {p.row for p in stalled}
-            for p in stalled:
-                if p in later:
-                    continue
-                if waits[p.row] & stuck_rows:
-                    progress.restart(p)       # its consumer goes first; then it gets a fresh DRAIN_STALL
-                    continue
+            for p in blamed:
                 phase = self.table[p.row]["phase"] if self.table[p.row]["state"] < STAGE_STATE_RUNNING else 0
                 why = f" (still {PHASES[int(phase)]})" if int(phase) in PHASES else ""
                 p.process.kill()
@@ -511,6 +501,23 @@ class Supervisor:
                                    f"stage {p.name} made no progress draining for {stall:.0f} s{why}: killed")
             multiprocessing.connection.wait([p.process.sentinel for p in alive], timeout=POLL)
         self._check_deaths()
+
+    def _blame(self, stalled: list[StageProc], watched: list[StageProc],
+               progress: Progress) -> tuple[list[StageProc], list[StageProc]]:
+        """Of the ``stalled`` stages: (those that only wait on a consumer of a later role, watched on with that
+        role; those to blame).  One that waits on a stalled consumer watched here is neither: the consumer is
+        judged first, and it gets a fresh DRAIN_STALL.  A stop never blames the stages that wait."""
+        rows, stuck = {p.row for p in watched}, {p.row for p in stalled}
+        later, blamed = [], []
+        for p in stalled:
+            waits = self._consumers_waited_on(p)
+            if waits - rows:
+                later.append(p)
+            elif waits & stuck:
+                progress.restart(p)
+            else:
+                blamed.append(p)
+        return later, blamed
 
     def _consumers_waited_on(self, p: StageProc) -> set[int]:
         """The live stages (rows) ``p`` waits on: it is in its loop and holds packets for full outputs whose
