@@ -96,18 +96,20 @@ def _helpers() -> set[int]:
     return {p for p in pids if p}
 
 
-def sweep(stages: set[str] | None = None, keep: set[int] = frozenset()) -> list[Leftover]:
-    """Kill every descendant of this process that carries this run's mark, except ``keep`` (and what they
-    started) and the multiprocessing helpers; returns what was found running (zombies are only reaped)."""
+def sweep(stages: set[str] | None = None, keep: set[int] = frozenset(),
+          keep_tree: set[int] = frozenset()) -> list[Leftover]:
+    """Kill every descendant of this process that carries this run's mark, except ``keep`` (the stage
+    processes themselves: they are ended, not swept), ``keep_tree`` and what they started (the simulator)
+    and the multiprocessing helpers; returns what was found running (zombies are only reaped).  A child of
+    a stage still alive is swept too: nothing of the user's code may outlive the run."""
     me = os.getpid()
     try:
         below = psutil.Process(me).children(recursive=True)
     except psutil.Error:
         return []
-    kept = set(keep) | _helpers()
-    spared = set(kept)
+    spared = set(keep) | set(keep_tree) | _helpers()
     for p in below:
-        if p.pid in kept:
+        if p.pid in keep_tree:
             try:
                 spared.update(c.pid for c in p.children(recursive=True))
             except psutil.Error:

@@ -533,7 +533,9 @@ class Supervisor:
 
     def _sweep_leftovers(self) -> None:
         """Processes the stages left behind (a worker's children: leftovers.py) are named, killed and a failure."""
-        for left in leftovers.sweep({s.name for s in self.plan.stages} if self.plan is not None else None):
+        stages = {s.name for s in self.plan.stages} if self.plan is not None else None
+        sim = {self.sim.pid} if self.sim is not None and self.sim.pid else set()
+        for left in leftovers.sweep(stages, keep={p.process.pid for p in self.procs}, keep_tree=sim):
             msg = f"{left.describe()} was still running after its stages ended: killed"
             log.error("%s", msg)
             self.failures.append(msg)
