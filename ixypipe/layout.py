@@ -131,6 +131,8 @@ STAGE_STATE_RUNNING = 1
 STAGE_STATE_DRAINING = 2
 STAGE_STATE_DONE = 3         # exited cleanly after a drain
 STAGE_STATE_DEAD = 4         # written by the supervisor once the process is gone: producers stop pushing to it
+STAGE_PHASE_IMPORT = 1       # a starting worker imports the user's module
+STAGE_PHASE_SETUP = 2        # ... runs its setup(ctx)
 STAGE_ROW_DTYPE = page_padded(np.dtype([
     ("command", "<i8"),
     ("pad0", "u1", (56,)),           # the supervisor's field on a cache line of its own
@@ -158,6 +160,7 @@ STAGE_ROW_DTYPE = page_padded(np.dtype([
     ("batch_no", "<i8"),             # batches taken; > ``batches`` while one is being processed
     ("forks", "<i8"),                # children of this (worker) process stopped at fork (written by the child)
     ("fork_pid", "<i8"),             # pid of the last one
+    ("phase", "<i8"),                # a starting worker: STAGE_PHASE_IMPORT or _SETUP (user code runs), else 0
 ]))     # a row per page: a worker may write its own row only
 DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route", "stage_died", "duplicate")
 

@@ -1,8 +1,9 @@
 """Dropping a process's privileges: another user, no capabilities, no new privileges.
 
 The worker stages run the user's code.  Once a worker has mapped the packet
-arena, opened its wake-up semaphores and loaded its module and compiled
-kernels, it needs nothing a plain user lacks, so it becomes one: started as
+arena, opened its wake-up semaphores and loaded ixypipe's compiled kernels,
+it needs nothing a plain user lacks, so it becomes one, before it imports
+the user's module (workers/confine.py; the import check's child too): started as
 root it switches to ``worker_user`` (``nobody`` unless the pipeline file
 names another), with no supplementary groups, an empty capability bounding
 set, no effective, permitted, inheritable or ambient capabilities, and
@@ -193,7 +194,8 @@ def drop_capabilities() -> None:
 
 
 def drop_worker(configured: str) -> Identity | None:
-    """What a worker stage does once set up: become its user (see the module docstring); returns whom."""
+    """What a worker stage does before the user's code runs: become its user (see the module docstring);
+    returns whom."""
     who = worker_identity(configured)
     if who is not None and who.uid != os.geteuid():
         jitcache.stop_saving()          # the cache directory belongs to the old user now

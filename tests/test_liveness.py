@@ -17,8 +17,15 @@ import pytest
 
 from ixypipe.pipeline.liveness import RESTART_BACKOFF, RESTART_WINDOW, Heartbeats, RestartBudget
 from tests.support.runs import leftovers, start, summary_of, variant, wait_for_stats
+from tests.support.shareddir import worker_writable_dir
 
 CEILING = 10.0           # seconds beyond stall_timeout: generous, for a machine busy with other work
+
+
+@pytest.fixture
+def shared_dir():
+    with worker_writable_dir() as path:
+        yield path
 
 
 def children_named(pid: int, name: str) -> list[psutil.Process]:
@@ -169,8 +176,10 @@ def die(batch):
 '''
 
 
-def test_a_worker_that_keeps_dying_is_restarted_with_back_off_then_the_run_stops(tmp_path):
-    (tmp_path / "dies.py").write_text(DIES)
+def test_a_worker_that_keeps_dying_is_restarted_with_back_off_then_the_run_stops(tmp_path, shared_dir):
+    # the module's code runs as the workers' user: its marker goes where that user may write
+    (tmp_path / "dies.py").write_text(DIES.replace('pathlib.Path(__file__).with_suffix(".started")',
+                                                   f"pathlib.Path({str(shared_dir / 'dies.started')!r})"))
     pipeline = variant(tmp_path, pipeline_keys={"max_restarts": "2"}, on_stage_death='"restart"',
                        function='"dies.py:die"')
     proc = start([str(pipeline), "--json"])

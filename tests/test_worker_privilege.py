@@ -1,7 +1,7 @@
 """Workers run the user's code without privilege: another user, no capability, no_new_privs.
 
 Started as root, a worker stage drops to ``nobody`` (or ``worker_user``)
-once it has mapped the packet arena and loaded its module and kernels; the
+once it has mapped the packet arena, before it imports the user's module; the
 RX and TX stages keep root's uid but no capability (see ixypipe/privilege.py
 for what they need).
 """

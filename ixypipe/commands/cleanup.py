@@ -2,7 +2,9 @@
 
 An object is stale when the pid in its name (``ixypipe-<pid>-...``) is gone
 or belongs to a process younger than the object; the supervisor runs the
-same clean-up at every start.
+same clean-up at every start.  Processes a run left behind when its
+supervisor was killed (a worker's children: pipeline/leftovers.py) are
+named and killed too.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import click
 
 from ixypipe.memory.arena import remove_stale, stale_objects
+from ixypipe.pipeline import leftovers
 from ixypipe.sim import sysfs as sim_sysfs
 
 
@@ -21,7 +24,10 @@ from ixypipe.sim import sysfs as sim_sysfs
               help="Look only in this directory (repeatable); default: /dev/shm and every hugetlbfs mount.")
 def command(dry_run: bool, directories: tuple[Path, ...]) -> None:
     """Remove ixypipe arenas in /dev/shm and hugetlbfs mounts, and software-82599 device trees,
-    whose owner process is dead."""
+    whose owner process is dead, and processes left running by a run that is gone."""
+    processes = [leftovers.describe(p) for p in leftovers.orphans()] if dry_run else leftovers.kill_orphans()
+    for left in processes:
+        click.echo(f"{'would kill' if dry_run else 'killed'} {left.describe()}, left by the run of pid {left.run}")
     dirs = list(directories) or None
     found = stale_objects(dirs) if dry_run else remove_stale(dirs)
     trees = sim_sysfs.stale_roots(*(dirs[:1] if dirs else []))
@@ -31,5 +37,5 @@ def command(dry_run: bool, directories: tuple[Path, ...]) -> None:
     found = [*found, *trees]
     for path in found:
         click.echo(f"{'would remove' if dry_run else 'removed'} {path}")
-    if not found:
+    if not found and not processes:
         click.echo("nothing to clean up")

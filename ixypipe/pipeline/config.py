@@ -79,6 +79,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "ports.generator.count": (0, 10**12),           # 0 = unlimited; 10**12 is 19 h at line rate
     "workers.processes": (1, 64),
     "workers.import_timeout": (1.0, 600.0),         # seconds for the worker's module to import
+    "workers.setup_timeout": (1.0, 3600.0),         # seconds a worker stage may take to import and run setup()
 }
 MAX_PORTS = 32                  # [[ports]] tables (DPDK's default RTE_MAX_ETHPORTS)
 MAX_FILE_BYTES = 1 << 20        # a pipeline file is a few kB; this bounds what a hostile path can make us read
@@ -97,6 +98,7 @@ DEFAULT_BUFFERS_PER_QUEUE = 4096
 DEFAULT_DESC_RING = 512
 DEFAULT_STATS_INTERVAL = 1.0
 DEFAULT_IMPORT_TIMEOUT = 10.0
+DEFAULT_SETUP_TIMEOUT = 30.0
 DEFAULT_STALL_TIMEOUT = 2.0
 DEFAULT_MAX_RESTARTS = 5
 
@@ -200,6 +202,7 @@ class WorkersConfig:
     per_packet: bool = False
     options: dict = field(default_factory=dict)     # [workers.options]: handed to the worker as ctx.options
     import_timeout: float = DEFAULT_IMPORT_TIMEOUT  # seconds the worker's module may take to import
+    setup_timeout: float = DEFAULT_SETUP_TIMEOUT    # ... and a worker stage its import and setup() (else: stuck)
     line: int | None = field(default=None, compare=False)   # of workers.function, for errors found later
 
 
@@ -435,7 +438,7 @@ PORT_DRIVER_KEYS = {
 }
 GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count", "profile", "vlan")
 SINK_KEYS = ("mode", "expect_touch", "pcap", "verify")
-WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options", "import_timeout")
+WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options", "import_timeout", "setup_timeout")
 STATS_KEYS = ("interval", "json")
 TOP_KEYS = ("pipeline", "ports", "workers", "cpus", "stats")
 
@@ -877,6 +880,7 @@ def _workers(r: _Reader, doc: dict, base_dir: Path) -> WorkersConfig:
     if not isinstance(options, dict):
         raise r.fail("workers.options", f"must be a table ([workers.options]), got {_show(options)}")
     import_timeout = r.number(w, "import_timeout", "workers", DEFAULT_IMPORT_TIMEOUT)
+    setup_timeout = r.number(w, "setup_timeout", "workers", DEFAULT_SETUP_TIMEOUT)
     from ixypipe.workers.loader import WorkerLoadError, check_worker
 
     try:
@@ -884,7 +888,7 @@ def _workers(r: _Reader, doc: dict, base_dir: Path) -> WorkersConfig:
     except WorkerLoadError as exc:
         raise r.fail("workers.function", printable(str(exc), MAX_PATH)) from None
     return WorkersConfig(function, processes, distribute, per_packet, dict(options), import_timeout,
-                         r.line_of("workers.function"))
+                         setup_timeout, r.line_of("workers.function"))
 
 
 def check_worker_imports(cfg: PipelineConfig) -> None:
@@ -898,7 +902,7 @@ def check_worker_imports(cfg: PipelineConfig) -> None:
 
     w = cfg.workers
     try:
-        probe(w.function, cfg.base_dir, w.per_packet, w.import_timeout)
+        probe(w.function, cfg.base_dir, w.per_packet, w.import_timeout, cfg.worker_user)
     except WorkerLoadError as exc:
         err = ConfigError(cfg.path, "workers.function", printable(str(exc), MAX_PATH), w.line)
         err.details = exc.details

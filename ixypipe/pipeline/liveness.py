@@ -10,6 +10,11 @@ machine, not hung: it is given STARVED_LIMIT times longer.  A stage's first
 batch may compile kernels, so until one batch is done the limit is at least
 FIRST_BATCH_GRACE.
 
+A worker that is still starting runs the user's code too: its import and
+``setup(ctx)`` (the row's ``phase``).  One that stays in them for
+``workers.setup_timeout`` is stuck (:meth:`Heartbeats.stuck_starting`),
+and named with the phase it is in.
+
 Restarts of one worker are limited to ``max_restarts`` within RESTART_WINDOW,
 each after a back-off that doubles from RESTART_BACKOFF.
 """
@@ -21,7 +26,7 @@ import time
 import numpy as np
 import psutil
 
-from ixypipe.layout import STAGE_STATE_RUNNING
+from ixypipe.layout import STAGE_PHASE_IMPORT, STAGE_PHASE_SETUP, STAGE_STATE_RUNNING, STAGE_STATE_STARTING
 from ixypipe.rings.spsc import Ring
 
 FIRST_BATCH_GRACE = 30.0      # seconds: a first batch may compile a worker's numba kernels
@@ -29,6 +34,7 @@ STARVED_LIMIT = 6             # a runnable stage that got no CPU gets this many 
 RESTART_WINDOW = 60.0         # seconds over which max_restarts counts
 RESTART_BACKOFF = 0.1         # seconds before the first restart; doubles with each restart in the window
 RESTART_BACKOFF_MAX = 5.0
+PHASES = {STAGE_PHASE_IMPORT: "importing its module", STAGE_PHASE_SETUP: "in setup()"}
 
 
 class Heartbeats:
@@ -40,6 +46,7 @@ class Heartbeats:
         self.clock = clock
         self.seen: dict[int, tuple[int, float]] = {}     # row -> (heartbeat, when it last changed)
         self.cpu: dict[int, float] = {}                  # row -> CPU time when its heartbeat was found still
+        self.phase: dict[int, tuple[int, int, float]] = {}   # row -> (pid, phase, since when) of a starting stage
 
     def hung(self, procs) -> list[tuple[object, str, float]]:
         """(proc, how, seconds still) for each of ``procs`` (StageProc) that is hung now."""
@@ -82,10 +89,31 @@ class Heartbeats:
             return f"the process got no CPU for {still:.0f} s"
         return ""
 
+    def stuck_starting(self, procs, limit: float) -> list[tuple[object, str, float]]:
+        """(proc, how, seconds) for each of ``procs`` that has been in one start-up phase (importing the user's
+        module, in setup()) for ``limit`` seconds; how is "in setup()" or "importing its module"."""
+        now = self.clock()
+        out = []
+        for p in procs:
+            row = self.table[p.row]
+            phase = int(row["phase"]) if int(row["state"]) == STAGE_STATE_STARTING else 0
+            key = (p.process.pid, phase)
+            last = self.phase.get(p.row)
+            if phase not in PHASES:
+                self.phase.pop(p.row, None)
+                continue
+            if last is None or last[:2] != key:
+                self.phase[p.row] = (*key, now)
+                continue
+            if now - last[2] >= limit:
+                out.append((p, PHASES[phase], now - last[2]))
+        return out
+
     def forget(self, row: int) -> None:
         """A new process took over ``row`` (a restart)."""
         self.seen.pop(row, None)
         self.cpu.pop(row, None)
+        self.phase.pop(row, None)
 
 
 def doing(plan, table: np.ndarray, arena, row: int) -> str:
@@ -95,7 +123,9 @@ def doing(plan, table: np.ndarray, arena, row: int) -> str:
     n, k = int(r["last_batch"]), int(r["last_ring"])
     source = me.in_rings[k] if 0 <= k < len(me.in_rings) else f"NIC queue {me.queue} of {plan.port_names[me.port]}"
     inside = {"worker": "inside the worker function", "rx": "handing a batch on", "tx": "posting to the NIC"}
-    if int(r["batch_no"]) == 0:
+    if int(r["state"]) == STAGE_STATE_STARTING and int(r["phase"]) in PHASES:
+        what = f"starting, {PHASES[int(r['phase'])]}"
+    elif int(r["batch_no"]) == 0:
         what = "no batch taken yet"
     elif int(r["batch_no"]) > int(r["batches"]):
         what = f"{inside[me.role]} with a batch of {n} packets from {source}"

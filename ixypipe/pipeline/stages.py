@@ -32,6 +32,8 @@ from ixypipe.layout import (
     STAGE_CMD_DRAIN,
     STAGE_COUNTERS_DTYPE,
     STAGE_COUNTERS_REGION,
+    STAGE_PHASE_IMPORT,
+    STAGE_PHASE_SETUP,
     STAGE_ROW_DTYPE,
     STAGE_STATE_DEAD,
     STAGE_STATE_DONE,
@@ -46,7 +48,7 @@ from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import DEFAULT_NAME as PACKET_BUFFERS
 from ixypipe.memory.pktbuf import PacketBuffers
-from ixypipe.pipeline import forkserver, stagetable
+from ixypipe.pipeline import forkserver, leftovers, stagetable
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import SLOT, StageRow
 from ixypipe.proc import (
@@ -61,6 +63,7 @@ from ixypipe.proc import (
 from ixypipe.protocols import FLOW_KEY_LEN, FLOW_KEY_OFF
 from ixypipe.rings.spsc import Ring
 from ixypipe.rings.wakeup import Doorbell, Sleeper
+from ixypipe.workers.confine import confine
 
 log = logging.getLogger(__name__)
 PUBLISH_EVERY = 64            # idle loops between counter publications
@@ -75,7 +78,6 @@ RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, when 
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
 PAUSED_SOURCES = ("sim", "pcap")   # port drivers whose traffic the supervisor pauses before it asks RX to drain
 DUP_SET_MAX = 64              # drop_duplicates: up to this batch size a Python set beats a numpy sort
-FORKED_CHILD_EXIT = 70        # exit code of a worker's forked child, stopped before it returns to user code
 _HEARTBEAT, _LAST_BATCH, _LAST_RING, _BATCH_NO = (SLOT[f] for f in ("heartbeat", "last_batch", "last_ring",
                                                                      "batch_no"))
 
@@ -388,8 +390,8 @@ def flow_worker(bufs: PacketBuffers, idx: np.ndarray, n: int) -> np.ndarray:
 
 # ---- worker -------------------------------------------------------------------------
 
-def run_worker(st: Stage, worker) -> None:
-    """The worker loop: ``worker`` is a loader.Worker (batch function, optional setup/teardown)."""
+def run_worker(st: Stage) -> None:
+    """The worker loop, after start_worker loaded the user's worker (batch function, optional setup/teardown)."""
     from ixypipe.pipeline.stagetable import CounterWriter
     from ixypipe.workers.api import DROP, Batch, WorkerContext, WorkerResultError  # the user API
 
@@ -406,12 +408,10 @@ def run_worker(st: Stage, worker) -> None:
                         dict(getattr(plan, "worker_options", {})), base_dir=plan.worker_base_dir)
     counters = ctx.counters
     published = CounterWriter(st.arena, me.row)
+    _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
+    worker = start_worker(st, ctx)          # unprivileged from here on; a failure stops the stage with its traceback
     errors = ErrorLog(me.name, worker.where)
     fn = worker.process
-    _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
-    privilege.drop_worker(plan.worker_user)     # the user's code runs unprivileged from here on (privilege.py)
-    if worker.setup is not None:
-        worker.setup(ctx)                   # a failure here stops the stage with its traceback
     got = np.empty(st.batch, np.uint32)
     while True:
         worked = False
@@ -452,6 +452,24 @@ def run_worker(st: Stage, worker) -> None:
             log.error("%s: teardown(ctx) raised:\n%s", me.name, "".join(traceback.format_exception(exc)).rstrip())
     published.publish(counters)
     errors.summary()
+
+
+def start_worker(st: Stage, ctx):
+    """Everything before the worker's loop that runs the user's code, in this order: the privilege drop and
+    the fork guard (workers/confine.py), the import, setup(ctx).  Until it is done the row's state stays
+    "starting" and its phase says which (the supervisor's start-up watch names a worker stuck in one)."""
+    from ixypipe.workers.loader import load
+
+    plan = st.plan
+    confine(plan.worker_function, plan.worker_base_dir, plan.worker_user, note_fork=fork_noter(st))
+    st.row["phase"] = STAGE_PHASE_IMPORT
+    worker = load(plan.worker_function, plan.worker_base_dir, per_packet=plan.worker_per_packet)
+    st.row["phase"] = STAGE_PHASE_SETUP
+    if worker.setup is not None:
+        worker.setup(ctx)
+    st.row["phase"] = 0
+    st.row["state"] = STAGE_STATE_RUNNING
+    return worker
 
 
 def _raised_in(exc: BaseException, fn) -> bool:
@@ -674,6 +692,7 @@ def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INF
     ignore_stop_signals()        # Ctrl-C, a group's SIGTERM/SIGHUP: the supervisor stops the stages in order
     if parent is not None:
         die_with_parent(forkserver.expected_parent(parent))
+        leftovers.mark_stage(parent, stage_name)      # what the stage starts carries the run's mark
     setup_logging(log_level, f"%(levelname)s {stage_name}: %(message)s")
     me = next(s for s in plan.stages if s.name == stage_name)
     set_process_name(f"ixy-{me.name}")
@@ -686,11 +705,7 @@ def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INF
     st.row["cpu"] = me.cpu if me.cpu is not None else -1
     try:
         if me.role == "worker":
-            from ixypipe.workers.loader import load
-            worker = load(plan.worker_function, plan.worker_base_dir, per_packet=plan.worker_per_packet)
-            stop_forked_children(st)
-            st.row["state"] = STAGE_STATE_RUNNING
-            run_worker(st, worker)
+            run_worker(st)
         else:
             run_device_stage(st)
     except Exception:
@@ -702,22 +717,21 @@ def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INF
     leave(0)
 
 
-def stop_forked_children(st: Stage) -> None:
-    """A child the worker's code forks (os.fork, multiprocessing's "fork") leaves at once, before it returns
-    to that code, so it never touches a ring; it notes itself in the stage's row for the supervisor.
+def fork_noter(st: Stage):
+    """What a child the worker's code forks (os.fork, multiprocessing's "fork") does before it leaves with
+    FORKED_CHILD_EXIT (workers/confine.py guard_forks): it notes itself in the stage's row for the supervisor.
 
-    The worker goes on (fork() returned a pid whose child exited with FORKED_CHILD_EXIT): nothing shared
-    was touched, so the run is intact and only reported.  fork+exec (subprocess) does not run these hooks
-    and is allowed: the new program does not inherit the mappings.
+    The worker goes on (fork() returned a pid whose child exited at once): nothing shared was touched, so
+    the run is intact and only reported.  fork+exec (subprocess) does not run these hooks and is allowed:
+    the new program does not inherit the mappings.
     """
     slots, forks, pid = st.slots, SLOT["forks"], SLOT["fork_pid"]
 
-    def child() -> None:
+    def note() -> None:
         slots[pid] = os.getpid()
         slots[forks] += 1
-        os._exit(FORKED_CHILD_EXIT)
 
-    os.register_at_fork(after_in_child=child)
+    return note
 
 
 def leave(code: int) -> None:

@@ -48,8 +48,8 @@ from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
-from ixypipe.pipeline import forkserver, planinfo, stagetable
-from ixypipe.pipeline.liveness import Heartbeats, RestartBudget, doing
+from ixypipe.pipeline import forkserver, leftovers, planinfo, stagetable
+from ixypipe.pipeline.liveness import PHASES, Heartbeats, RestartBudget, doing
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops
@@ -116,6 +116,7 @@ class Supervisor:
         self.budget = RestartBudget(cfg.max_restarts)
         self.heartbeats: Heartbeats | None = None
         self.hung = False
+        self._waiting: list[StageProc] = []   # draining: stages of an earlier role that only wait on a consumer
         self.forks: dict[int, int] = {}       # row -> forked children reported so far
         self.sim_died = False
         self.fork_server_died = ""            # how the stages' fork server ended, when it died under them
@@ -130,6 +131,7 @@ class Supervisor:
         result = RunResult(exit_code=1)
         try:
             remove_stale()
+            leftovers.become_subreaper()          # what a stage leaves behind stays findable (leftovers.py)
             self._ctx = forkserver.context()      # warms up while the arenas are built
             self._build()
             self._start_sim()
@@ -232,18 +234,24 @@ class Supervisor:
         Progress is a stage reaching "running" or a starting stage using CPU
         (loading modules, compiling kernels): on a busy machine that can take
         long, and only a stage that does nothing for START_STALL is given up on.
+        A worker running the user's code (importing it, in setup()) is the
+        liveness watch's: named once stuck for workers.setup_timeout, and
+        on_stage_death applies to it as to a death.
         """
         progress = Progress(self.procs, self.table)
         while True:
             if self.stop_reason:
                 return
             self._check_deaths()
+            self._check_hung()
+            self._restart_workers({})
             if self.failures:
-                raise PipelineError("a stage died while starting")
+                raise PipelineError("a stage hung while starting" if self.hung else "a stage died while starting")
             states = self.table["state"][[p.row for p in self.procs]]
             if (states >= STAGE_STATE_RUNNING).all():
                 return
-            starting = [p for p in self.procs if self.table[p.row]["state"] < STAGE_STATE_RUNNING]
+            starting = [p for p in self.procs if self.table[p.row]["state"] < STAGE_STATE_RUNNING
+                        and not self.table[p.row]["phase"] and not p.died]
             if progress.stalled(starting, START_STALL):
                 raise PipelineError(f"stages made no progress starting for {START_STALL:.0f} s: "
                                     f"{', '.join(p.name for p in starting)}")
@@ -378,6 +386,20 @@ class Supervisor:
             self._stage_failed(p, f"hung ({how}), killed",
                                f"stage {p.name} (pid {p.process.pid}) hung: its heartbeat stood still for "
                                f"{still:.1f} s ({how}); it was {what}; killed")
+        self._check_stuck_starting(live)
+
+    def _check_stuck_starting(self, live: list[StageProc]) -> None:
+        """A worker stuck in its import or setup() for workers.setup_timeout is named with the phase, killed."""
+        limit = self.cfg.workers.setup_timeout
+        for p, how, still in self.heartbeats.stuck_starting(live, limit):
+            if not p.process.is_alive():
+                continue                      # its death is reported as such
+            p.process.kill()
+            p.process.join(2)
+            self.hung = True
+            self._stage_failed(p, f"was stuck {how}, killed",
+                               f"stage {p.name} (pid {p.process.pid}) is stuck {how}: still there after "
+                               f"{still:.0f} s (workers.setup_timeout = {limit:g}); killed")
 
     def _check_forks(self) -> None:
         """A worker whose process forked: the child was stopped before returning to user code (see stages)."""
@@ -448,6 +470,7 @@ class Supervisor:
                             wakeup.wake(self.arena, p.row)
                 for role in ("rx", "worker", "tx"):          # data-flow order
                     self._drain_role(role)
+                self._sweep_leftovers()
             built = self.plan is not None and self.arena is not None
             unsent, sent_in_hand, sent_uncounted = self._drain_dead_tx() if built else (0, 0, 0)
             self._port_drops = port_drops(self.devices, self.sim)    # before the simulator's counters go
@@ -481,7 +504,8 @@ class Supervisor:
         Progress is a change in a stage's counters or state: a stage that moves
         packets, sends buffers home or finishes is never killed, however busy
         the machine.  One whose counters stand still for DRAIN_STALL while it
-        runs (or is stopped) is killed, and that is a failure of the run.
+        runs (or is stopped) is killed, and that is a failure of the run; not
+        one that only holds packets for a consumer still there (:meth:`_blame`).
         """
         procs = [p for p in self.procs if p.role == role]
         command = STAGE_CMD_ABANDON if self.sim_died else STAGE_CMD_DRAIN     # no NIC left to wait for
@@ -489,6 +513,7 @@ class Supervisor:
             self.table[p.row]["command"] = command
             if p.row in self._sleepers:
                 wakeup.wake(self.arena, p.row)        # a sleeping stage sees the command at once
+        procs, self._waiting = procs + self._waiting, []
         progress = Progress(procs, self.table)
         stall = max(DRAIN_STALL, self.cfg.stall_timeout + 1)    # a hung stage upstream is found first
         while True:
@@ -498,14 +523,57 @@ class Supervisor:
             alive = [p for p in procs if p.process.is_alive()]
             if not alive and not any(p.restart_at is not None for p in procs):
                 break
-            for p in progress.stalled_procs(alive, stall):
+            later, blamed = self._blame(progress.stalled_procs(alive, stall), procs, progress)
+            self._waiting += later
+            procs = [p for p in procs if p not in later]
+            for p in blamed:
+                phase = self.table[p.row]["phase"] if self.table[p.row]["state"] < STAGE_STATE_RUNNING else 0
+                why = f" (still {PHASES[int(phase)]})" if int(phase) in PHASES else ""
                 p.process.kill()
                 p.process.join(2)
                 p.given_up = True             # not replaced: the stop would wait on its successor again
                 self._stage_failed(p, "killed: no progress while draining",
-                                   f"stage {p.name} made no progress draining for {stall:.0f} s: killed")
+                                   f"stage {p.name} made no progress draining for {stall:.0f} s{why}: killed")
             multiprocessing.connection.wait([p.process.sentinel for p in alive], timeout=POLL)
         self._check_deaths()
+
+    def _blame(self, stalled: list[StageProc], watched: list[StageProc],
+               progress: Progress) -> tuple[list[StageProc], list[StageProc]]:
+        """Of the ``stalled`` stages: (those that only wait on a consumer of a later role, watched on with that
+        role; those to blame).  One that waits on a stalled consumer watched here is neither: the consumer is
+        judged first, and it gets a fresh DRAIN_STALL.  A stop never blames the stages that wait."""
+        rows, stuck = {p.row for p in watched}, {p.row for p in stalled}
+        later, blamed = [], []
+        for p in stalled:
+            waits = self._consumers_waited_on(p)
+            if waits - rows:
+                later.append(p)
+            elif waits & stuck:
+                progress.restart(p)
+            else:
+                blamed.append(p)
+        return later, blamed
+
+    def _consumers_waited_on(self, p: StageProc) -> set[int]:
+        """The live stages (rows) ``p`` waits on: it is in its loop and holds packets for full outputs whose
+        consumers are these.  A stage still starting (in setup()) waits on nothing: its row's figures are
+        its predecessor's, if any."""
+        row = self.table[p.row]
+        if int(row["state"]) < STAGE_STATE_RUNNING or int(row["held"]) <= 0:
+            return set()
+        me = next(s for s in self.plan.stages if s.row == p.row)
+        outs = list(me.out_rings) if me.role == "rx" else list(me.out_ring_of.values())
+        live = {q.row for q in self.procs if not q.died and q.process.is_alive()}
+        return {self.plan.consumer_row(r) for r in outs} & live
+
+    def _sweep_leftovers(self) -> None:
+        """Processes the stages left behind (a worker's children: leftovers.py) are named, killed and a failure."""
+        stages = {s.name for s in self.plan.stages} if self.plan is not None else None
+        sim = {self.sim.pid} if self.sim is not None and self.sim.pid else set()
+        for left in leftovers.sweep(stages, keep={p.process.pid for p in self.procs}, keep_tree=sim):
+            msg = f"{left.describe()} was still running after its stages ended: killed"
+            log.error("%s", msg)
+            self.failures.append(msg)
 
     def _dead_rows(self) -> set[int]:
         return {p.row for p in self.procs if p.died}
@@ -565,6 +633,7 @@ class Supervisor:
                 self.sim.stop()
             except Exception as exc:
                 log.error("stopping the simulator: %s", exc)
+        self._sweep_leftovers()
         for dev in self.devices.values():
             try:
                 dev.close()
@@ -659,6 +728,10 @@ class Progress:
         if cpu != self.cpu.get(p.row):
             self.cpu[p.row] = cpu
             self.ran[p.row] = now
+
+    def restart(self, p: StageProc) -> None:
+        """Count ``p``'s quiet time from now."""
+        self.changed[p.row] = time.monotonic()
 
     def stalled(self, procs: list[StageProc], limit: float) -> bool:
         """Starting: True when none of ``procs`` changed its counters or used CPU for ``limit`` seconds."""

@@ -17,7 +17,8 @@ never runs in the supervisor.  Errors only an import can show (an
 by :func:`probe`, which ``ixypipe run`` calls at --check and before it
 creates anything: it loads the worker in a short-lived child process with
 a time limit.  :func:`load_worker` and :func:`load` import; the probe's
-child and the worker stage call them.
+child and the worker stage call them, unprivileged and with their forks
+guarded (workers/confine.py), after :func:`preread` read a worker file.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import ast
 import importlib
 import importlib.util
 import inspect
+import linecache
 import multiprocessing
 import os
 import signal
@@ -150,15 +152,49 @@ def _resolve(path: str, base_dir: Path) -> Path:
     return file
 
 
+_PREREAD: dict[tuple[str, str], tuple[Path, bytes]] = {}   # (path, base_dir) -> the file and its source
+
+
+def preread(spec: str, base_dir: str | Path = ".") -> None:
+    """Read the worker file ``spec`` names now (a module on the path is imported as usual, later).
+
+    A confined process (workers/confine.py) reads it before it drops its
+    privileges and executes it after: the file may sit where the worker's
+    user cannot look (a 0700 directory of the user who runs ixypipe).  A
+    file that cannot be read is left to the import, which names the error.
+    """
+    if spec in BUILTINS or ":" not in spec:
+        return
+    where = spec.rsplit(":", 1)[0]
+    if not where.endswith(".py"):
+        return
+    try:
+        file = _resolve(where, Path(base_dir))
+        _PREREAD[(where, str(base_dir))] = (file, file.read_bytes())
+    except (WorkerLoadError, OSError):
+        pass
+
+
+def _exec_preread(module, file: Path, source: bytes) -> None:
+    """Execute ``file``'s ``source`` (read by :func:`preread`) in ``module``, as its loader would."""
+    text = source.decode("utf-8", "replace")
+    linecache.cache[str(file)] = (len(text), None, text.splitlines(True), str(file))   # tracebacks show lines
+    exec(compile(source, str(file), "exec", dont_inherit=True), module.__dict__)
+
+
 def _module_from_file(path: str, base_dir: Path):
-    file = _resolve(path, base_dir)
+    read = _PREREAD.get((path, str(base_dir)))
+    file = read[0] if read is not None else _resolve(path, base_dir)
     mod_name = f"ixypipe_user_{file.stem}_{abs(hash(str(file))):x}"
     if mod_name in sys.modules:
         return sys.modules[mod_name]
     spec = importlib.util.spec_from_file_location(mod_name, file)
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        if read is not None:
+            _exec_preread(module, file, read[1])
+        else:
+            spec.loader.exec_module(module)
     except Exception as exc:
         raise _failed(f"loading {file} failed: {type(exc).__name__}: {exc}", exc) from None
     sys.modules[mod_name] = module
@@ -188,7 +224,7 @@ def check_worker(spec: str, base_dir: str | Path = ".") -> None:
                                       f"{type(getattr(sys.modules[where], name)).__name__}, not a function")
             return
         try:
-            found = importlib.util.find_spec(where)
+            found = _locate(where)
         except ModuleNotFoundError as exc:
             raise WorkerLoadError(f"no module {where!r} ({exc})") from None
         except Exception as exc:
@@ -205,6 +241,25 @@ def check_worker(spec: str, base_dir: str | Path = ".") -> None:
     except (OSError, ValueError) as exc:
         raise WorkerLoadError(f"loading {file} failed: {type(exc).__name__}: {exc}") from None
     _check_defines(tree, spec, where, name)
+
+
+def _locate(name: str):
+    """The spec of module ``name``, found as importlib.util.find_spec finds it but without importing its
+    parent packages: their ``__init__`` is the user's code too, and must not run in the supervisor."""
+    spec, path = None, None
+    parts = name.split(".")
+    for i in range(len(parts)):
+        full = ".".join(parts[:i + 1])
+        if full in sys.modules:
+            spec = getattr(sys.modules[full], "__spec__", None)
+            path = getattr(sys.modules[full], "__path__", None)
+        else:
+            spec = next((s for f in sys.meta_path if hasattr(f, "find_spec")
+                         for s in [f.find_spec(full, path)] if s is not None), None)
+            path = spec.submodule_search_locations if spec is not None else None
+        if spec is None or (path is None and i < len(parts) - 1):
+            return None                          # no such module, or a parent that is not a package
+    return spec
 
 
 def _check_defines(tree: ast.Module, spec: str, where: str, name: str) -> None:
@@ -235,7 +290,8 @@ PROBE_START_LIMIT = 60.0     # seconds for the forked child to report in (only a
 CHECK_ENV = "IXYPIPE_WORKER_CHECK"   # set to "1" in the child, so module code can tell it is only checked
 
 
-def probe(spec: str, base_dir: str | Path = ".", per_packet: bool = False, timeout: float = IMPORT_TIMEOUT) -> None:
+def probe(spec: str, base_dir: str | Path = ".", per_packet: bool = False, timeout: float = IMPORT_TIMEOUT,
+          worker_user: str = "") -> None:
     """Load the worker ``spec`` names in a short-lived child process; raise WorkerLoadError if that fails.
 
     What only an import can show is found before a pipeline starts: a module
@@ -243,7 +299,9 @@ def probe(spec: str, base_dir: str | Path = ".", per_packet: bool = False, timeo
     never returns ("did not finish importing within N s"; the child and
     anything it started in its session are killed).  The child's output goes
     to /dev/null and it leaves without running exit handlers; a built-in
-    worker needs no child.
+    worker needs no child.  The child imports as the worker stage does:
+    as ``worker_user``, its forks guarded (workers/confine.py), and
+    whatever it started in its session is killed when it is done.
     """
     if spec in BUILTINS:
         return
@@ -252,7 +310,7 @@ def probe(spec: str, base_dir: str | Path = ".", per_packet: bool = False, timeo
     # already (numpy, the ixypipe API) is not counted against the module's time limit
     ctx = multiprocessing.get_context("fork")
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_probe_child, args=(spec, str(base_dir), per_packet, sender, os.getpid()),
+    child = ctx.Process(target=_probe_child, args=(spec, str(base_dir), per_packet, sender, os.getpid(), worker_user),
                         name="ixypipe-worker-check", daemon=True)
     child.start()
     sender.close()
@@ -289,17 +347,19 @@ def _receive(conn, timeout: float) -> tuple:
 
 
 def _end(child) -> None:
-    """Kill the child's session (the module may have started processes) and reap the child."""
-    if child.is_alive() and child.pid:
+    """Kill the child's session (the module may have started processes, also when the child is done) and
+    reap the child.  The group is killed before the child is reaped, so its id cannot have been reused."""
+    if child.pid:
         try:
             os.killpg(child.pid, signal.SIGKILL)            # the child made itself a session leader
-        except OSError:                                     # not yet: then only the child
+        except OSError:                                     # not yet (or nothing left): then only the child
             pass
+    if child.is_alive():
         child.kill()
     child.join(10)
 
 
-def _probe_child(spec: str, base_dir: str, per_packet: bool, conn, parent: int) -> None:
+def _probe_child(spec: str, base_dir: str, per_packet: bool, conn, parent: int, worker_user: str = "") -> None:
     die_with_parent(parent)                  # a SIGTERM'd or killed `ixypipe run` takes the check with it
     os.setsid()                              # its own session: a timeout kills what the module started too
     quiet = os.open(os.devnull, os.O_RDWR)
@@ -308,6 +368,8 @@ def _probe_child(spec: str, base_dir: str, per_packet: bool, conn, parent: int) 
     os.environ[CHECK_ENV] = "1"
     conn.send(("importing",))
     try:
+        from ixypipe.workers.confine import confine
+        confine(spec, base_dir, worker_user)     # unprivileged, forks guarded: as in the worker stage
         load(spec, base_dir, per_packet)
         reply: tuple = ("ok",)
     except WorkerLoadError as exc:
