@@ -52,7 +52,7 @@ def test_every_packet_and_buffer_accounted_for_is_ok():
                         worker_counters={"worker-0": {"seen": 980}})
     assert (acc.received, acc.transmitted, acc.in_flight) == (1000, 970, 0)
     assert acc.drops == {"worker": 10, "worker_error": 3, "bad_packet": 5, "no_route": 2, "stranded": 10,
-                         "stage_died": 0, "duplicate": 0}
+                         "stage_died": 0, "duplicate": 0, "bad_index": 0}
     assert (acc.buffers_total, acc.buffers_free, acc.buffers_in_nic) == (128, 50, 78)
     assert acc.ports == {"p0": {"rx_packets": 600, "rx_bytes": 36000, "tx_packets": 500, "tx_bytes": 32000},
                          "p1": {"rx_packets": 400, "rx_bytes": 24000, "tx_packets": 470, "tx_bytes": 30080}}

@@ -16,6 +16,7 @@ import pytest
 from ixypipe.layout import STAGE_COUNTER_NAMES_SIZE, STAGE_COUNTERS_MAX
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.stages import ErrorLog, verdicts
+from ixypipe.workers import api
 from ixypipe.workers.api import CounterLimitError, WorkerContext, WorkerResultError, add_count
 from ixypipe.workers.loader import WorkerLoadError, check_worker, load
 
@@ -44,21 +45,28 @@ def test_a_thousand_counters_with_long_names_are_published_whole(make_arena):
     assert stagetable.read_counters(blocks[1])[names[3]] == 1003
 
 
-def test_counter_limits_are_errors_naming_the_limit():
+def test_counters_past_the_limits_are_refused_with_one_warning_naming_the_limit(monkeypatch, caplog):
+    monkeypatch.setattr(api, "_refused", [0])              # this process's refusals start from none
     counters: dict[str, int] = {}
     for k in range(STAGE_COUNTERS_MAX):
         add_count(counters, f"c{k}", 1)
-    with pytest.raises(CounterLimitError) as info:
-        add_count(counters, "one more", 1)
-    assert str(info.value) == (f"counter 'one more' would be number {STAGE_COUNTERS_MAX + 1}: a worker has at most "
-                               f"{STAGE_COUNTERS_MAX} named counters (layout.STAGE_COUNTERS_MAX)")
+    add_count(counters, "one more", 1)                      # refused, never raised: the batch goes on
+    add_count(counters, "and another", 5)
+    assert len(counters) == STAGE_COUNTERS_MAX and "one more" not in counters and "and another" not in counters
+    assert [r.getMessage() for r in caplog.records] == [
+        f"counter 'one more' would be number {STAGE_COUNTERS_MAX + 1}: a worker has at most {STAGE_COUNTERS_MAX} "
+        "named counters (layout.STAGE_COUNTERS_MAX); this and every further new counter name is refused "
+        "(counted at the end), the packets go on"]
+    assert api.refused_counts() == 2
     add_count(counters, "c5", 1)                              # existing names still count
     assert counters["c5"] == 2
     long_names: dict[str, int] = {}
-    with pytest.raises(CounterLimitError, match=rf"the names of a worker's counters take at most "
-                                                rf"{STAGE_COUNTER_NAMES_SIZE} bytes \(layout.STAGE_COUNTER_NAMES_SIZE\)"):
-        for k in range(STAGE_COUNTERS_MAX):
-            add_count(long_names, f"{k:04d}" + "x" * 200, 1)
+    for k in range(STAGE_COUNTERS_MAX):
+        add_count(long_names, f"{k:04d}" + "x" * 200, 1)
+    assert sum(len(n.encode()) + 1 for n in long_names) <= STAGE_COUNTER_NAMES_SIZE < \
+        sum(len(n.encode()) + 1 for n in long_names) + 205
+    assert api.refused_counts() == 2 + STAGE_COUNTERS_MAX - len(long_names)
+    assert len(caplog.records) == 1                           # still the one warning
     for bad in ("", "a\0b", 7, "red\x1b[31m", "two\nlines"):
         with pytest.raises(CounterLimitError, match="^a counter name is a non-empty string of printable characters"):
             add_count({}, bad, 1)
@@ -237,10 +245,10 @@ def test_the_summary_shows_counters_summed_and_per_worker():
 
 
 def test_an_error_inside_the_api_is_placed_at_the_workers_line():
-    counters = {f"c{k}": 0 for k in range(STAGE_COUNTERS_MAX)}
+    counters: dict[str, int] = {}
     line = sys._getframe().f_lineno + 2
     try:
-        add_count(counters, "one too many", 1)
+        add_count(counters, "packets", "many")
     except CounterLimitError as exc:
         assert ErrorLog("worker-0").kind(exc) == ("CounterLimitError", f"{__file__}:{line}")
     else:

@@ -38,6 +38,7 @@ from ixypipe.layout import (
 from ixypipe.memory import batchcheck
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.homing import Homing
+from ixypipe.memory.ledger import Ledger
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import forkserver, stagetable
@@ -146,11 +147,12 @@ class Stage:
 
         return Outbox([self.ring(n) for n in names], bells, dead, discard)
 
-    def homing(self) -> Homing:
-        """Buffers go home through the return ring of the pool that owns them (it holds a whole pool)."""
+    def homing(self, ledger: Ledger | None = None) -> Homing:
+        """Buffers go home through the return ring of the pool that owns them (it holds a whole pool); with a
+        ``ledger``, each buffer sent home is forgotten in it."""
         rings = {pool: self.ring(r) for pool, r in self.me.home_rings.items()}
-        return Homing(self.bufs, {pool: ring.enqueue for pool, ring in rings.items()},
-                      {p.pool_id: (p.first, p.count) for p in self.plan.pools if p.pool_id in rings})
+        homes = {pool: ring.enqueue if ledger is None else ledger.forgetting(ring.enqueue) for pool, ring in rings.items()}
+        return Homing(self.bufs, homes, {p.pool_id: (p.first, p.count) for p in self.plan.pools if p.pool_id in rings})
 
     def draining(self) -> bool:
         return self.row["command"] >= STAGE_CMD_DRAIN
@@ -241,7 +243,8 @@ class Stage:
 def run_rx(st: Stage, device, pool: Mempool) -> None:
     me, plan, bufs = st.me, st.plan, st.bufs
     returns = [st.ring(r) for r in me.in_rings]
-    outbox = st.outbox(me.out_rings, pool.free)
+    lent = Ledger(bufs.count, [(pool.first, pool.count)])        # what is out with the workers and TX
+    outbox = st.outbox(me.out_rings, lent.forgetting(pool.free))
     n_workers = len(outbox.rings)
     fd = device.rx_fd(me.queue) if plan.idle == "wake" else None
     if fd is not None:                                     # the kernel wakes us when a frame arrives
@@ -257,7 +260,7 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
         for ring in returns:                               # 1. buffers come home
             n = ring.dequeue(home)
             if n:
-                pool.free(home[:n])
+                take_home(st, lent, pool, home[:n])
                 worked = True
         if outbox.held:                                    # 2. push what is pending
             if not outbox.flush():
@@ -271,6 +274,7 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 st.took(-1, n)
                 idx = got[:n].copy()
                 idx, nbytes = drop_bad_packets(st, bufs, idx, pool.free, device.min_rx_frame)
+                lent.take(idx)                             # the driver's own indices: all of them are lent
                 st.bytes_in += nbytes
                 rr = distribute(plan.distribute, bufs, idx, outbox, n_workers, rr)
                 st.packets_out += len(idx)
@@ -290,6 +294,20 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
             if time.monotonic() >= drain_deadline:
                 break
     st.row["state"] = STAGE_STATE_DRAINING         # out of the loop: no heartbeat from here on
+
+
+def take_home(st: Stage, lent: Ledger, pool: Mempool, idx: np.ndarray) -> None:
+    """Buffers back from a return ring go on the free list, but only those this RX queue lent out and did not
+    get back yet: a second return of one (or no buffer of its pool) is refused and counted as ``bad_index``,
+    never a second free-list entry."""
+    back, refused = lent.give_back(idx)
+    pool.free(back)
+    if refused:
+        if not st.row["drop_bad_index"]:
+            log.warning("%s: refused %d buffer indices from a return ring that are not out from pool %s "
+                        "(returned twice, or not its buffers): counted as bad_index", st.me.name, refused,
+                        pool.name)
+        st.row.add("drop_bad_index", refused)
 
 
 def drop_bad_packets(st: Stage, bufs: PacketBuffers, idx: np.ndarray, send_home,
@@ -338,7 +356,7 @@ def flow_worker(bufs: PacketBuffers, idx: np.ndarray, n: int) -> np.ndarray:
 def run_worker(st: Stage, worker) -> None:
     """The worker loop: ``worker`` is a loader.Worker (batch function, optional setup/teardown)."""
     from ixypipe.pipeline.stagetable import CounterWriter
-    from ixypipe.workers.api import DROP, Batch, WorkerContext, WorkerResultError  # the user API
+    from ixypipe.workers.api import DROP, Batch, WorkerContext, WorkerResultError, refused_counts  # user API
 
     me, plan, bufs = st.me, st.plan, st.bufs
     for header in (bufs.pool_id, bufs.index):      # which pool owns a buffer is not the worker's to change
@@ -371,21 +389,27 @@ def run_worker(st: Stage, worker) -> None:
                 if not n:
                     continue
                 worked = True
-                idx = got[:n].copy()
                 st.took(k, n)
                 st.packets_in += n
-                view = idx.view()
-                view.flags.writeable = False                # the worker may not reorder or duplicate buffers
-                batch = Batch(bufs, view, in_port, plan.forward_to[in_port], plan.port_names, counters, ctx)
+                idx = screen_input(st, got[:n], bufs.count, errors)     # private: what is routed
+                if not len(idx):
+                    continue
+                shown = idx.copy()                          # what the function sees: it may not change it
+                shown.flags.writeable = False
+                batch = Batch(bufs, shown, in_port, plan.forward_to[in_port], plan.port_names, counters, ctx)
                 try:
                     out = verdicts(batch, fn(batch))
-                except Exception as exc:                   # user code: drop the batch, keep running
+                except BaseException as exc:               # user code (SystemExit too): drop the batch, go on
+                    if stop_unwinding(exc):
+                        raise
                     # a wrong return value is the function's error, not verdicts()'s: name the function
                     errors.record(exc, returned=isinstance(exc, WorkerResultError) and _raised_in(exc, verdicts))
-                    st.row.add("drop_worker_error", n)
+                    st.row.add("drop_worker_error", len(idx))
                     homing.send(idx)
                     continue
-                route(st, idx, out, DROP, slot_of_port, outbox, homing)
+                idx, out = keep_unchanged(st, idx, batch, shown, out, homing, errors)
+                if len(idx):
+                    route(st, idx, out, DROP, slot_of_port, outbox, homing)
             if counters:
                 published.publish(counters)
         st.tick(worked, outbox.held, still_idle=lambda: not st.draining() and all(r.empty() for r in inputs))
@@ -395,10 +419,61 @@ def run_worker(st: Stage, worker) -> None:
     if worker.teardown is not None:
         try:
             worker.teardown(ctx)
-        except Exception as exc:
+        except BaseException as exc:
+            if stop_unwinding(exc):
+                raise
             log.error("%s: teardown(ctx) raised:\n%s", me.name, "".join(traceback.format_exception(exc)).rstrip())
     published.publish(counters)
     errors.summary()
+    refused = refused_counts()
+    if refused:
+        log.warning("%s: %d counter updates were refused: the worker's counter block was full", me.name, refused)
+
+
+def stop_unwinding(exc: BaseException) -> bool:
+    """Whether ``exc`` is the stage's own stop machinery unwinding through user code (an exception class or
+    instance marked ``ixypipe_stop = True``), which the worker loop lets through; anything else user code
+    raises, BaseException subclasses included, is the user's error."""
+    return bool(getattr(exc, "ixypipe_stop", False))
+
+
+def screen_input(st: Stage, idx: np.ndarray, count: int, errors: ErrorLog) -> np.ndarray:
+    """A worker's input batch without indices past the arena's ``count`` buffers (a corrupted ring): those are
+    no packet, counted as ``bad_index`` and sent nowhere.  Returns ``idx`` itself when all are buffers."""
+    lo, hi = batchcheck.span(idx)
+    if hi < count:
+        return idx
+    bad = idx >= count
+    st.row.add("drop_bad_index", int(bad.sum()))
+    errors.note("bad input index", f"{st.me.name}: index {int(idx[bad][0])} from an input ring is no buffer "
+                f"(the arena has {count}): refused, counted as bad_index; repeats are counted")
+    return idx[~bad]
+
+
+def keep_unchanged(st: Stage, idx: np.ndarray, batch, shown: np.ndarray, out, homing: Homing,
+                   errors: ErrorLog) -> tuple[np.ndarray, np.ndarray | int]:
+    """The packets whose index the worker's function left as it was shown, with their verdicts.
+
+    ``batch.idx`` is read-only, but the function may make it writable (or replace it): an index it changed
+    (to a buffer it was not given, another packet's, or no buffer at all) is never routed.  The packet given
+    at that position goes home, counted as ``worker_error``; the check is one compiled pass
+    (batchcheck.changed) over the private copy ``idx`` and what the function saw, ``shown``.
+    """
+    replaced = batch.idx is not shown
+    if not replaced and not batchcheck.changed(idx, shown):
+        return idx, out
+    moved = np.ones(len(idx), bool) if replaced else idx != shown
+    k = int(moved.sum())
+    homing.send(idx[moved])
+    st.row.add("drop_worker_error", k)
+    pos = int(np.argmax(moved))
+    what = ("replaced batch.idx" if replaced else
+            f"changed batch.idx (position {pos}: {int(shown[pos])} instead of buffer {int(idx[pos])})")
+    errors.note("changed batch.idx", f"{st.me.name}: the worker function {what}; a packet whose index was "
+                "changed is dropped (reason worker_error), repeats are counted")
+    if k == len(idx):
+        return idx[:0], out
+    return idx[~moved], out if isinstance(out, int) else out[~moved]
 
 
 def _raised_in(exc: BaseException, fn) -> bool:
@@ -413,18 +488,31 @@ def verdicts(batch, keep) -> np.ndarray | int:
         return int(batch.default_out)
     from ixypipe.workers.api import DROP, WorkerResultError
 
+    out = batch.out
+    if not isinstance(out, np.ndarray) or out.dtype.kind not in "iu" or out.shape != (batch.n,):
+        raise WorkerResultError(f"batch.out must stay an integer array of {batch.n} verdicts (a port index or "
+                                f"DROP), got {type(out).__name__} {getattr(out, 'dtype', '')} "
+                                f"{getattr(out, 'shape', '')}", about="batch.out")
+    out = verdict_array(out)
     if keep is None:
-        out = batch.out
-        if not isinstance(out, np.ndarray) or out.dtype.kind not in "iu" or out.shape != (batch.n,):
-            raise WorkerResultError(f"batch.out must stay an integer array of {batch.n} verdicts (a port index or "
-                                    f"DROP), got {type(out).__name__} {getattr(out, 'dtype', '')} "
-                                    f"{getattr(out, 'shape', '')}")
         return out
     mask = np.asarray(keep)
     if mask.dtype != np.bool_ or mask.shape != (batch.n,):
         raise WorkerResultError(f"a worker returns None or a boolean mask of {batch.n} packets, "
                                 f"got {type(keep).__name__} {getattr(mask, 'shape', '')}")
-    return np.where(mask, batch.out, DROP).astype(batch.out.dtype)
+    return np.where(mask, out, np.int16(DROP))
+
+
+VERDICT_MAX = int(np.iinfo(np.int16).max)
+
+
+def verdict_array(out: np.ndarray) -> np.ndarray:
+    """An integer verdict array of any width as int16: a value past int16 (no port has such an index) becomes
+    VERDICT_MAX, one below DROP becomes DROP - 1, so both stay "no route", never wrap into a port or DROP."""
+    if out.dtype == np.int16:
+        return out
+    wide = out.astype(np.int64) if out.dtype.kind == "i" else np.minimum(out, VERDICT_MAX).astype(np.int64)
+    return np.clip(wide, -2, VERDICT_MAX).astype(np.int16)
 
 
 def route(st: Stage, idx: np.ndarray, out: np.ndarray | int, drop: int, slot_of_port: list[int],
@@ -486,7 +574,7 @@ class ErrorLog:
     def kind(self, exc: BaseException, returned: bool = False) -> tuple[str, str]:
         """(exception type, where): the file and line it was raised at, or the function that returned it."""
         if returned:
-            return type(exc).__name__, f"the return value of {self.where}"
+            return type(exc).__name__, f"{getattr(exc, 'about', 'the return value')} of {self.where}"
         frames = traceback.extract_tb(exc.__traceback__)
         # the innermost frame of the worker's own code: a CounterLimitError raised inside batch.count
         # is the line that called batch.count (numpy's and ixypipe's frames are not the user's to fix)
@@ -515,6 +603,20 @@ class ErrorLog:
             self.last_log = now
             self.log_repeats()
 
+    def note(self, kind: str, message: str) -> None:
+        """A problem that is no exception (what the worker did to its batch): ``message`` is logged the first
+        time ``kind`` is seen, repeats are counted like an error's."""
+        key = (kind, self.where)
+        if key not in self.seen:
+            self.seen[key] = self.logged[key] = 1
+            log.warning("%s", message)
+            return
+        self.seen[key] += 1
+        now = self.clock()
+        if now - self.last_log >= self.REPEAT_LOG_SECONDS:
+            self.last_log = now
+            self.log_repeats()
+
     def log_repeats(self) -> None:
         for key, count in self.seen.items():
             if count > self.logged[key]:
@@ -528,8 +630,11 @@ class ErrorLog:
 
 # ---- TX -----------------------------------------------------------------------------
 
-def run_tx(st: Stage, device, homing: Homing) -> None:
+def run_tx(st: Stage, device, homing: Homing, ledger: Ledger | None = None) -> None:
+    """``homing`` sends buffers home and forgets them in ``ledger`` (see tx_ledger), which holds every
+    buffer this queue took and has not sent home yet."""
     me, bufs = st.me, st.bufs
+    ledger = ledger if ledger is not None else Ledger(bufs.count, [])
     inputs = [st.ring(r) for r in me.in_rings]
     st.pace(min(r.capacity for r in inputs))
     got = np.empty(st.batch, np.uint32)
@@ -561,7 +666,7 @@ def run_tx(st: Stage, device, homing: Homing) -> None:
                     homing.send(idx)
                     st.row.add("drop_stage_died", n)
                     continue
-                idx = drop_duplicates(st, idx)                       # never post one buffer twice
+                idx = admit(st, ledger, idx)                  # never post a foreign, unknown or held buffer
                 idx, nbytes = drop_bad_packets(st, bufs, idx, homing.send)   # a worker's bug never kills TX
                 n = len(idx)
                 sent = device.tx_batch(me.queue, idx)
@@ -575,6 +680,25 @@ def run_tx(st: Stage, device, homing: Homing) -> None:
     st.row["state"] = STAGE_STATE_DRAINING
     if not st.device_gone():
         device.tx_drain(me.queue, timeout=TX_DRAIN_SECONDS)
+
+
+def tx_ledger(st: Stage) -> tuple[Ledger, Homing]:
+    """A TX queue's ledger of the buffers in its hands (memory/ledger.py), of the pools it sends home to, and
+    its Homing, which forgets each buffer it sends home (the device's tx_done, drops, a gone device)."""
+    ledger = Ledger(st.bufs.count, [(p.first, p.count) for p in st.plan.pools if p.pool_id in st.me.home_rings])
+    return ledger, st.homing(ledger)
+
+
+def admit(st: Stage, ledger: Ledger, idx: np.ndarray) -> np.ndarray:
+    """What a TX queue may post of a batch from a ring: buffers of the pools it sends home to that it does not
+    hold already (posted, pending, or earlier in the batch).  An index past the pools counts as ``bad_index``,
+    one it holds as ``duplicate``; neither goes anywhere (they are not buffers this queue may touch)."""
+    good, outside, again = ledger.take(idx)
+    if outside:
+        st.row.add("drop_bad_index", outside)
+    if again:
+        st.row.add("drop_duplicate", again)
+    return good
 
 
 def drop_duplicates(st: Stage, idx: np.ndarray) -> np.ndarray:
@@ -691,10 +815,10 @@ def run_device_stage(st: Stage) -> None:
         st.row["state"] = STAGE_STATE_RUNNING
         run_rx(st, device, pool)
     else:
-        homing = st.homing()
+        ledger, homing = tx_ledger(st)
         device = attach_port(spec, dev_arena, st.bufs, None, tx_done=homing, sysfs_root=root)
         device.tx_batch(me.queue, np.empty(0, np.uint32))    # warm up, as for RX
         privilege.drop_capabilities()                        # keeps the user (privilege.py)
         st.row["state"] = STAGE_STATE_RUNNING
-        run_tx(st, device, homing)
+        run_tx(st, device, homing, ledger)
     device.close()
