@@ -60,7 +60,6 @@ RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file de
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, for sources that cannot be paused
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
-DUP_SET_MAX = 64              # drop_duplicates: up to this batch size a Python set beats a numpy sort
 FORKED_CHILD_EXIT = 70        # exit code of a worker's forked child, stopped before it returns to user code
 _HEARTBEAT, _LAST_BATCH, _LAST_RING, _BATCH_NO = (SLOT[f] for f in ("heartbeat", "last_batch", "last_ring",
                                                                      "batch_no"))
@@ -692,42 +691,19 @@ def tx_ledger(st: Stage) -> tuple[Ledger, Homing]:
 def admit(st: Stage, ledger: Ledger, idx: np.ndarray) -> np.ndarray:
     """What a TX queue may post of a batch from a ring: buffers of the pools it sends home to that it does not
     hold already (posted, pending, or earlier in the batch).  An index past the pools counts as ``bad_index``,
-    one it holds as ``duplicate``; neither goes anywhere (they are not buffers this queue may touch)."""
+    one it holds as ``duplicate``; neither goes anywhere (they are not buffers this queue may touch).
+
+    Checked where a bad index would do harm, before the descriptors: the rings live in shared memory and a
+    worker runs user code, so a TX stage's input is the last point where a corrupted ring (or a buggy stage
+    upstream) shows.  One buffer sent twice would go home twice, a double free that puts it in two places;
+    an index past the arena would make the compiled TX path read outside the buffers.
+    """
     good, outside, again = ledger.take(idx)
     if outside:
         st.row.add("drop_bad_index", outside)
     if again:
         st.row.add("drop_duplicate", again)
     return good
-
-
-def drop_duplicates(st: Stage, idx: np.ndarray) -> np.ndarray:
-    """A buffer index a second time in one batch: only the first goes on, each later one counts as ``duplicate``.
-
-    Checked where it would do harm: at TX, before the descriptors (one buffer
-    sent twice would then go home twice, a double free that puts it in two
-    places).  The rings live in the arena every worker maps writable, so a TX
-    stage's input is the last point where a corrupted ring (or a buggy stage
-    upstream) shows; RX takes its indices from the driver's own bookkeeping of
-    what it posted, never from the device.  The check is a set of the indices
-    for small batches (cheaper below DUP_SET_MAX) and a sort of a copy and one
-    compare for larger ones.  The later copies are not sent home (the buffer is
-    still in flight as the first copy).
-    """
-    if len(idx) <= DUP_SET_MAX:
-        if len(set(idx.tolist())) == len(idx):
-            return idx
-    else:
-        s = idx.copy()
-        s.sort()                                # in place on a copy: a little cheaper than np.sort
-        if not (s[1:] == s[:-1]).any():
-            return idx
-    order = np.argsort(idx, kind="stable")
-    ordered = idx[order]
-    later = np.zeros(len(idx), bool)
-    later[order[1:][ordered[1:] == ordered[:-1]]] = True
-    st.row.add("drop_duplicate", int(later.sum()))
-    return idx[~later]
 
 
 def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray, nbytes: int | None = None) -> None:
