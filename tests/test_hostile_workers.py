@@ -82,8 +82,16 @@ def verdicts(batch):
     global calls
     calls += 1
     batch.data[batch.idx, 1] += 1
-    kind = calls % 7
+    kind = calls % 9
     keep = np.ones(batch.n, bool)
+    if kind == 7:
+        batch.default_out = 10**9                            # no port, and past int16
+        batch.count("no route", batch.n)
+        return None
+    if kind == 8 and batch.n > 1:
+        batch.count("bad verdicts", batch.n)
+        batch.n = 1                                          # a mask of the wrong length, however it lies
+        return keep[:1]
     if kind == 1:
         batch.out = np.full(batch.n, np.nan)                 # float verdicts
     elif kind == 2:
@@ -96,7 +104,7 @@ def verdicts(batch):
         batch.out = np.full(batch.n, 2**64 - 1, np.uint64)   # no port: must not wrap to DROP (-1)
         batch.count("no route", batch.n)
         return keep
-    else:
+    elif kind in (0, 6, 8):
         return keep if kind == 6 else None
     batch.count("bad verdicts", batch.n)
     return keep                                              # a boolean mask with the bad batch.out
@@ -109,7 +117,8 @@ def test_any_batch_out_and_return_value_is_a_counted_drop_never_a_dead_stage(tmp
     assert s["drops"]["worker_error"] == c["bad verdicts"] > 0
     assert s["drops"]["no_route"] == c["no route"] > 0 and s["drops"]["worker"] == 0
     sinks_clean(s)
-    assert err.count("batch.out must stay an integer array") == 1           # one warning for the kind
+    assert err.count("batch.out must stay an integer array") == 1           # one warning for each kind
+    assert err.count("a worker returns None or a boolean mask of") == 1
     assert TRACEBACK not in err
 
 

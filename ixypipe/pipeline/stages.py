@@ -17,6 +17,7 @@ Who touches what:
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import select
 import signal
@@ -60,6 +61,7 @@ RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file de
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, for sources that cannot be paused
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
+VERDICT_MAX = int(np.iinfo(np.int16).max)   # verdicts are int16: a wider value is clamped here (no route)
 FORKED_CHILD_EXIT = 70        # exit code of a worker's forked child, stopped before it returns to user code
 _HEARTBEAT, _LAST_BATCH, _LAST_RING, _BATCH_NO = (SLOT[f] for f in ("heartbeat", "last_batch", "last_ring",
                                                                      "batch_no"))
@@ -397,7 +399,7 @@ def run_worker(st: Stage, worker) -> None:
                 shown.flags.writeable = False
                 batch = Batch(bufs, shown, in_port, plan.forward_to[in_port], plan.port_names, counters, ctx)
                 try:
-                    out = verdicts(batch, fn(batch))
+                    out = verdicts(batch, fn(batch), len(idx))
                 except BaseException as exc:               # user code (SystemExit too): drop the batch, go on
                     if stop_unwinding(exc):
                         raise
@@ -480,29 +482,31 @@ def _raised_in(exc: BaseException, fn) -> bool:
     return bool(frames) and frames[-1].name == fn.__name__ and frames[-1].filename == fn.__code__.co_filename
 
 
-def verdicts(batch, keep) -> np.ndarray | int:
+def verdicts(batch, keep, n: int | None = None) -> np.ndarray | int:
     """The batch's verdicts: an array with one per packet, or one port index for every packet when the
-    function left them all at the default (it never asked for ``batch.out``: no array is made)."""
+    function left them all at the default (it never asked for ``batch.out``: no array is made).
+
+    ``n``: the packets in the batch (the worker loop's own count: ``batch.n`` is the function's to change).
+    Anything that is not a verdict raises WorkerResultError; what is returned is an int16 array of ``n``
+    (verdict_array) or an int in -2..VERDICT_MAX, so routing it cannot fail."""
+    n = batch.n if n is None else n
     if keep is None and not batch.verdicts_set():
-        return int(batch.default_out)
+        return min(max(operator.index(batch.default_out), -2), VERDICT_MAX)
     from ixypipe.workers.api import DROP, WorkerResultError
 
     out = batch.out
-    if not isinstance(out, np.ndarray) or out.dtype.kind not in "iu" or out.shape != (batch.n,):
-        raise WorkerResultError(f"batch.out must stay an integer array of {batch.n} verdicts (a port index or "
+    if not isinstance(out, np.ndarray) or out.dtype.kind not in "iu" or out.shape != (n,):
+        raise WorkerResultError(f"batch.out must stay an integer array of {n} verdicts (a port index or "
                                 f"DROP), got {type(out).__name__} {getattr(out, 'dtype', '')} "
                                 f"{getattr(out, 'shape', '')}", about="batch.out")
     out = verdict_array(out)
     if keep is None:
         return out
     mask = np.asarray(keep)
-    if mask.dtype != np.bool_ or mask.shape != (batch.n,):
-        raise WorkerResultError(f"a worker returns None or a boolean mask of {batch.n} packets, "
+    if mask.dtype != np.bool_ or mask.shape != (n,):
+        raise WorkerResultError(f"a worker returns None or a boolean mask of {n} packets, "
                                 f"got {type(keep).__name__} {getattr(mask, 'shape', '')}")
     return np.where(mask, out, np.int16(DROP))
-
-
-VERDICT_MAX = int(np.iinfo(np.int16).max)
 
 
 def verdict_array(out: np.ndarray) -> np.ndarray:
