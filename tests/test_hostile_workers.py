@@ -90,6 +90,7 @@ def verdicts(batch):
         return None
     if kind == 8 and batch.n > 1:
         batch.count("bad verdicts", batch.n)
+        batch.out[:] = 0                                     # verdicts for every packet, then
         batch.n = 1                                          # a mask of the wrong length, however it lies
         return keep[:1]
     if kind == 1:
