@@ -17,7 +17,7 @@ from ixypipe.layout import STAGE_COUNTER_NAMES_SIZE, STAGE_COUNTERS_MAX
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.stages import ErrorLog, verdicts
 from ixypipe.workers import api
-from ixypipe.workers.api import CounterLimitError, WorkerContext, WorkerResultError, add_count
+from ixypipe.workers.api import DROP, CounterLimitError, WorkerContext, WorkerResultError, add_count
 from ixypipe.workers.loader import WorkerLoadError, check_worker, load
 
 REPO = Path(__file__).resolve().parent.parent
@@ -253,3 +253,62 @@ def test_an_error_inside_the_api_is_placed_at_the_workers_line():
         assert ErrorLog("worker-0").kind(exc) == ("CounterLimitError", f"{__file__}:{line}")
     else:
         raise AssertionError("no CounterLimitError")
+
+
+# ---- what a worker does to its batch's indices ----------------------------------------------------------
+class Row(dict):
+    def add(self, field, n):
+        self[field] = self.get(field, 0) + n
+
+
+def worker_stage():
+    return type("St", (), {"row": Row(), "me": type("Me", (), {"name": "worker-0"})()})()
+
+
+def test_a_changed_index_drops_the_packet_given_there_and_routes_the_rest(caplog):
+    from ixypipe.pipeline.stages import keep_unchanged
+
+    caplog.set_level(logging.WARNING)
+    st, home, errors = worker_stage(), [], ErrorLog("worker-0", "/x/w.py:3", clock=lambda: 0.0)
+    homing = type("H", (), {"send": staticmethod(home.extend)})()
+    idx = np.array([10, 11, 12, 13], np.uint32)
+    for _ in range(3):
+        shown = idx.copy()
+        shown.flags.writeable = False
+        batch = type("B", (), {"idx": shown})()
+        assert keep_unchanged(st, idx, batch, shown, 1, homing, errors) == (idx, 1)    # untouched: as is
+        shown.flags.writeable = True
+        shown[[0, 2]] = [2**32 - 1, 11]                     # garbage, and another packet's buffer
+        kept, out = keep_unchanged(st, idx, batch, shown, np.array([1, 0, DROP, 1], np.int16), homing, errors)
+        assert kept.tolist() == [11, 13] and out.tolist() == [0, 1]
+    assert home == [10, 12] * 3 and st.row == {"drop_worker_error": 6}
+    assert [r.getMessage() for r in caplog.records] == [
+        "worker-0: the worker function changed batch.idx (position 0: 4294967295 instead of buffer 10); a packet "
+        "whose index was changed is dropped (reason worker_error), repeats are counted"]
+    batch = type("B", (), {"idx": np.array([1, 2, 3, 4], np.uint32)})()          # replaced outright
+    kept, out = keep_unchanged(st, idx, batch, idx.copy(), 1, homing, errors)
+    assert len(kept) == 0 and st.row == {"drop_worker_error": 10} and home[-4:] == idx.tolist()
+    errors.summary()
+    assert caplog.records[-1].getMessage() == ("worker-0: changed batch.idx (/x/w.py:3) repeated 3 times so far "
+                                               "(3 since the last report)")
+
+
+def test_an_input_index_past_the_arena_is_no_packet(caplog):
+    from ixypipe.pipeline.stages import screen_input
+
+    st, errors = worker_stage(), ErrorLog("worker-0", "/x/w.py:3")
+    idx = np.array([3, 2**32 - 1, 7, 64], np.uint32)
+    assert screen_input(st, idx, 64, errors).tolist() == [3, 7] and st.row == {"drop_bad_index": 2}
+    clean = idx[[0, 2]]
+    assert screen_input(st, clean, 64, errors) is clean
+    assert "index 4294967295 from an input ring is no buffer (the arena has 64)" in caplog.text
+
+
+def test_only_the_stages_own_stop_is_let_through_user_code():
+    from ixypipe.pipeline.stages import stop_unwinding
+
+    for exc in (SystemExit(0), KeyboardInterrupt(), GeneratorExit(), ValueError()):
+        assert not stop_unwinding(exc)
+    stop = SystemExit(0)
+    stop.ixypipe_stop = True
+    assert stop_unwinding(stop)

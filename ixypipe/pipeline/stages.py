@@ -664,12 +664,11 @@ def run_tx(st: Stage, device, homing: Homing, ledger: Ledger | None = None) -> N
                 worked = True
                 st.took(k, n)
                 st.packets_in += n
-                idx = got[:n].copy()
+                idx = admit(st, ledger, got[:n].copy())      # never post a foreign, unknown or held buffer
                 if st.device_gone():                       # the NIC died: these can never go out
                     homing.send(idx)
-                    st.row.add("drop_stage_died", n)
+                    st.row.add("drop_stage_died", len(idx))
                     continue
-                idx = admit(st, ledger, idx)                  # never post a foreign, unknown or held buffer
                 idx, nbytes = drop_bad_packets(st, bufs, idx, homing.send)   # a worker's bug never kills TX
                 n = len(idx)
                 sent = device.tx_batch(me.queue, idx)
