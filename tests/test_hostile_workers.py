@@ -177,3 +177,42 @@ def test_counters_past_the_name_limit_are_refused_and_every_packet_still_goes_ou
     sinks_clean(s)
     assert err.count("a worker has at most 1024 named counters") == 1
     assert re.search(r"worker-0: \d+ counter updates were refused: the worker's counter block was full", err)
+
+
+SCRIBBLER = '''
+import numpy as np
+
+from ixypipe.memory.arena import Arena
+from ixypipe.rings.spsc import Ring
+
+PATH = []
+
+def forward(batch):
+    if not PATH:
+        PATH.append(batch.bufs.arena.path)
+    batch.data[batch.idx, 1] += 1
+
+
+def teardown(ctx):
+    # a worker running as root maps the arena again, writable, and writes into the rings it produces into
+    arena = Arena.attach(PATH[0])
+    Ring.attach(arena, "w0>tx-p0-q0").enqueue(np.array([2**32 - 1, 2**31], np.uint32))   # TX still reads this
+    Ring.attach(arena, "w0>pool0").enqueue(np.array([2**32 - 1], np.uint32))            # RX has stopped
+'''
+
+
+def test_a_corrupted_ring_is_refused_by_tx_and_named_by_the_supervisor_which_still_prints_its_summary(tmp_path):
+    (tmp_path / "hostile.py").write_text(SCRIBBLER)
+    pipeline = variant(tmp_path, {"worker_user": '"root"'}, function='"hostile.py:forward"')
+    res = subprocess.run([sys.executable, "-m", "ixypipe", "run", str(pipeline), "--duration", "3", "--json"],
+                         capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert res.returncode == 1, res.stderr
+    assert TRACEBACK not in res.stderr and "stage failed" not in res.stderr
+    s = summary_of(res.stdout)
+    buffers = s["buffers_total"]
+    failure = (f"stage worker-0 corrupted ring w0>pool0: index 4294967295 out of range (the arena has {buffers} "
+               "buffers)")
+    assert s["failures"] == [failure] and f"error: {failure}" in res.stderr
+    assert s["drops"]["bad_index"] == 2                     # TX refused both, sent neither anywhere
+    assert s["in_flight"] == 0 and s["problems"] == []      # the accounting itself is exact
+    sinks_clean(s)
