@@ -136,7 +136,7 @@ STAGE_ROW_DTYPE = np.dtype([
     ("drop_bad_packet", "<i8"),      # length 0 or larger than a buffer
     ("drop_no_route", "<i8"),        # verdict names a port that does not exist
     ("drop_stage_died", "<i8"),      # held for a consumer stage that died (the rest: buffers never home)
-    ("drop_duplicate", "<i8"),       # a buffer index a second time in one batch (corrupted ring or device)
+    ("drop_duplicate", "<i8"),       # TX: an index it holds already (twice in a batch, posted, pending)
     ("drop_bad_index", "<i8"),       # an index a consumer refused: no buffer, another pool's, already in flight/home
     ("last_batch", "<i8"),           # packets in the batch taken last (what a hung stage was holding)
     ("last_ring", "<i8"),            # where it came from: index into the stage's in_rings, -1 = its NIC queue

@@ -152,8 +152,10 @@ class Stage:
         """Buffers go home through the return ring of the pool that owns them (it holds a whole pool); with a
         ``ledger``, each buffer sent home is forgotten in it."""
         rings = {pool: self.ring(r) for pool, r in self.me.home_rings.items()}
-        homes = {pool: ring.enqueue if ledger is None else ledger.forgetting(ring.enqueue) for pool, ring in rings.items()}
-        return Homing(self.bufs, homes, {p.pool_id: (p.first, p.count) for p in self.plan.pools if p.pool_id in rings})
+        homes = {pool: ring.enqueue if ledger is None else ledger.forgetting(ring.enqueue)
+                 for pool, ring in rings.items()}
+        return Homing(self.bufs, homes,
+                      {p.pool_id: (p.first, p.count) for p in self.plan.pools if p.pool_id in rings})
 
     def draining(self) -> bool:
         return self.row["command"] >= STAGE_CMD_DRAIN
@@ -633,11 +635,10 @@ class ErrorLog:
 
 # ---- TX -----------------------------------------------------------------------------
 
-def run_tx(st: Stage, device, homing: Homing, ledger: Ledger | None = None) -> None:
-    """``homing`` sends buffers home and forgets them in ``ledger`` (see tx_ledger), which holds every
+def run_tx(st: Stage, device, homing: Homing, ledger: Ledger) -> None:
+    """``homing`` sends buffers home and forgets them in ``ledger`` (both from tx_ledger), which holds every
     buffer this queue took and has not sent home yet."""
     me, bufs = st.me, st.bufs
-    ledger = ledger if ledger is not None else Ledger(bufs.count, [])
     inputs = [st.ring(r) for r in me.in_rings]
     st.pace(min(r.capacity for r in inputs))
     got = np.empty(st.batch, np.uint32)

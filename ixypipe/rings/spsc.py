@@ -130,10 +130,11 @@ class Ring:
         n = len(items)
         head = self._head
         if self.capacity - (head - self._cached_tail) < n:
-            self._cached_tail = self._ctl[_TAIL]
-            room = self.capacity - (head - self._cached_tail)
+            # a consumer index written with garbage never makes room for more than a ring
+            room = min(max(self.capacity - (head - self._ctl[_TAIL]), 0), self.capacity)
+            self._cached_tail = head - self.capacity + room
             if room < n:
-                if room == 0:
+                if room <= 0:
                     return 0
                 n = room
                 items = items[:n]
@@ -178,10 +179,10 @@ class Ring:
         n = len(out)
         tail = self._tail
         if self._cached_head - tail < n:
-            self._cached_head = self._ctl[_HEAD]   # Arm: load-acquire here
-            # a producer index behind the consumer's or more than a ring ahead is garbage: never read past
-            # the slots (the entries read are checked by whoever uses them)
-            avail = min(self._cached_head - tail, self.capacity)
+            # Arm: load-acquire of the producer's index here.  One behind the consumer's or more than a ring
+            # ahead is garbage: never read past the slots (the entries read are checked by whoever uses them)
+            avail = min(max(self._ctl[_HEAD] - tail, 0), self.capacity)
+            self._cached_head = tail + avail
             if avail < n:
                 if avail <= 0:
                     return 0
