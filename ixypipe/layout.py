@@ -154,7 +154,8 @@ STAGE_ROW_DTYPE = page_padded(np.dtype([
     ("drop_bad_packet", "<i8"),      # length 0 or larger than a buffer
     ("drop_no_route", "<i8"),        # verdict names a port that does not exist
     ("drop_stage_died", "<i8"),      # held for a consumer stage that died (the rest: buffers never home)
-    ("drop_duplicate", "<i8"),       # a buffer index a second time in one batch (corrupted ring or device)
+    ("drop_duplicate", "<i8"),       # TX: an index it holds already (twice in a batch, posted, pending)
+    ("drop_bad_index", "<i8"),       # an index a consumer refused: no buffer, another pool's, already in flight/home
     ("last_batch", "<i8"),           # packets in the batch taken last (what a hung stage was holding)
     ("last_ring", "<i8"),            # where it came from: index into the stage's in_rings, -1 = its NIC queue
     ("batch_no", "<i8"),             # batches taken; > ``batches`` while one is being processed
@@ -162,7 +163,7 @@ STAGE_ROW_DTYPE = page_padded(np.dtype([
     ("fork_pid", "<i8"),             # pid of the last one
     ("phase", "<i8"),                # a starting worker: STAGE_PHASE_IMPORT or _SETUP (user code runs), else 0
 ]))     # a row per page: a worker may write its own row only
-DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route", "stage_died", "duplicate")
+DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route", "stage_died", "duplicate", "bad_index")
 
 # --- wake-up lines -------------------------------------------------------------
 # Region "wake": one cache line per stage row (its own line, so the producers

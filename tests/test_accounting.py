@@ -7,13 +7,15 @@ import io
 
 import numpy as np
 
-from ixypipe.layout import STAGE_ROW_DTYPE
+from ixypipe.layout import RING_HEAD_OFF, STAGE_ROW_DTYPE
 from ixypipe.memory.arena import Arena
+from ixypipe.memory.ledger import Ledger
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import PortSpec
 from ixypipe.pipeline.plan import build_plan
 from ixypipe.pipeline.report import Accounting, PoolCount
+from ixypipe.pipeline.stages import admit, take_home
 from ixypipe.pipeline.supervisor import packet_arena_regions, reclaim_rings
 from ixypipe.rings.spsc import Ring
 
@@ -52,7 +54,7 @@ def test_every_packet_and_buffer_accounted_for_is_ok():
                         worker_counters={"worker-0": {"seen": 980}})
     assert (acc.received, acc.transmitted, acc.in_flight) == (1000, 970, 0)
     assert acc.drops == {"worker": 10, "worker_error": 3, "bad_packet": 5, "no_route": 2, "stranded": 10,
-                         "stage_died": 0, "duplicate": 0}
+                         "stage_died": 0, "duplicate": 0, "bad_index": 0}
     assert (acc.buffers_total, acc.buffers_free, acc.buffers_in_nic) == (128, 50, 78)
     assert acc.ports == {"p0": {"rx_packets": 600, "rx_bytes": 36000, "tx_packets": 500, "tx_bytes": 32000},
                          "p1": {"rx_packets": 400, "rx_bytes": 24000, "tx_packets": 470, "tx_bytes": 30080}}
@@ -139,19 +141,26 @@ def test_reclaim_counts_packets_in_forward_rings_as_stranded_and_sends_every_buf
         assert all(Ring.attach(arena, r).empty() for r in p.ring_names())
 
 
+class Row(dict):
+    def add(self, field, n):
+        self[field] = self.get(field, 0) + n
+
+    def __getitem__(self, field):
+        return self.get(field, 0)
+
+
+def fake_stage():
+    return type("St", (), {"row": Row(), "me": type("Me", (), {"name": "rx-p0-q0"})()})()
+
+
 def test_a_duplicate_index_is_dropped_once_and_explains_the_buffer_it_overwrote():
-    from ixypipe.pipeline.stages import drop_duplicates
-
-    class Row(dict):
-        def add(self, field, n):
-            self[field] = self.get(field, 0) + n
-
-    st = type("St", (), {"row": Row()})()
+    st = fake_stage()
+    ledger = Ledger(16, [(0, 10)])
     idx = np.array([7, 3, 7, 9, 3, 7], np.uint32)
-    assert drop_duplicates(st, idx).tolist() == [7, 3, 9]          # the first of each, in order
+    assert admit(st, ledger, idx).tolist() == [7, 3, 9]          # the first of each, in order
     assert st.row == {"drop_duplicate": 3}
-    clean = np.array([1, 2, 3], np.uint32)
-    assert drop_duplicates(st, clean) is clean and st.row == {"drop_duplicate": 3}
+    clean = np.array([1, 2, 4], np.uint32)
+    assert admit(st, ledger, clean) is clean and st.row == {"drop_duplicate": 3}
     # a ring slot overwritten with another index: that buffer never comes home, the duplicate drop is its packet
     t = table(transmitted=(500, 469))
     t["drop_duplicate"][3] = 1
@@ -173,15 +182,88 @@ def test_a_run_that_lost_every_packet_is_a_failure_unless_the_worker_dropped_the
 
 
 def test_duplicates_are_found_in_small_and_large_batches():
-    from ixypipe.pipeline.stages import DUP_SET_MAX, drop_duplicates
-
-    class Row(dict):
-        def add(self, field, n):
-            self[field] = self.get(field, 0) + n
-
-    for n in (2, DUP_SET_MAX, DUP_SET_MAX + 1, 4096):
-        st = type("St", (), {"row": Row()})()
+    for n in (2, 64, 65, 4096):
+        st = fake_stage()
         idx = np.arange(1000, 1000 + n, dtype=np.uint32)
-        assert drop_duplicates(st, idx) is idx and st.row == {}
+        assert admit(st, Ledger(1000 + n, [(1000, n)]), idx) is idx and st.row == {}
         idx[-1] = idx[0]
-        assert drop_duplicates(st, idx).tolist() == list(range(1000, 1000 + n - 1)) and st.row == {"drop_duplicate": 1}
+        assert admit(st, Ledger(1000 + n, [(1000, n)]), idx).tolist() == list(range(1000, 1000 + n - 1))
+        assert st.row == {"drop_duplicate": 1}
+
+
+def test_tx_refuses_what_is_no_buffer_of_its_pools_and_what_it_holds_until_it_went_home():
+    st = fake_stage()
+    ledger = Ledger(2 * POOL, [(0, POOL)])                 # a TX queue that sends home to pool 0 only
+    sent = admit(st, ledger, np.array([5, 2**32 - 1, POOL + 3, 6], np.uint32))
+    assert sent.tolist() == [5, 6] and st.row == {"drop_bad_index": 2}       # no buffer; pool 1's buffer
+    assert admit(st, ledger, np.array([6, 7], np.uint32)).tolist() == [7]    # 6 is still in its hands
+    assert st.row == {"drop_bad_index": 2, "drop_duplicate": 1}
+    home = []
+    ledger.forgetting(home.extend)(np.array([5, 6], np.uint32))             # sent, went home: forgotten
+    assert home == [5, 6] and ledger.holding() == 1
+    assert admit(st, ledger, np.array([6, 5], np.uint32)).tolist() == [6, 5]  # reused: taken again
+
+
+def test_rx_takes_a_buffer_home_once_and_refuses_a_second_return(make_arena):
+    arena = make_arena(1 << 20, hugepages_mode="never")
+    bufs = PacketBuffers.create(arena, 2 * POOL)
+    pool = Mempool.create(arena, bufs, "pool0", 0, POOL, 0)
+    lent = Ledger(bufs.count, [(pool.first, pool.count)])
+    out = pool.alloc(8)
+    lent.take(out)
+    st = fake_stage()
+    take_home(st, lent, pool, out[:4])
+    assert pool.available() == POOL - 4 and st.row == {}
+    take_home(st, lent, pool, np.array([out[0], out[5], POOL + 1, 2**32 - 1, out[5]], np.uint32))
+    assert pool.available() == POOL - 3                     # only out[5]: out[0] is home, the rest no buffer of it
+    assert st.row == {"drop_bad_index": 4}
+    assert sorted(pool.free_indices().tolist()).count(int(out[0])) == 1       # never a second free-list entry
+
+
+def corrupted_pipeline(arena, p):
+    bufs = PacketBuffers.create(arena, p.buffer_count)
+    pools = [Mempool.create(arena, bufs, pp.name, pp.first, pp.count, pp.pool_id) for pp in p.pools]
+    for ring in p.rings:
+        Ring.create(arena, ring.name, ring.capacity)
+    return bufs, pools
+
+
+def test_reclaim_names_the_stage_and_ring_a_corruption_came_from_and_still_sends_the_rest_home():
+    p = plan()
+    with Arena.create(Arena.size_for(packet_arena_regions(p, 2048)), hugepages_mode="never", tag="test") as arena:
+        bufs, pools = corrupted_pipeline(arena, p)
+        a, b = pools[0].alloc(5), pools[1].alloc(7)
+        Ring.attach(arena, "w0>tx-p0-q0").enqueue(np.array([a[0], 2**32 - 1, a[1]], np.uint32))
+        Ring.attach(arena, "w0>tx-p1-q0").enqueue(np.array([b[0], b[0], b[1]], np.uint32))
+        Ring.attach(arena, "tx-p1-q0>pool1").enqueue(b[2:])
+        free_one = pools[0].alloc(1)
+        pools[0].free(free_one)
+        Ring.attach(arena, "tx-p0-q0>pool0").enqueue(np.array([a[2], free_one[0]], np.uint32))
+        failures: list[str] = []
+        assert reclaim_rings(p, arena, pools, bufs, failures) == 2 + 2       # the real ones in forward rings
+        assert failures == [
+            "stage worker-0 corrupted ring w0>tx-p0-q0: index 4294967295 out of range (the arena has 128 buffers)",
+            f"stage worker-0 corrupted ring w0>tx-p1-q0: buffer {b[0]} is not out of its pool (free already, "
+            "in a NIC ring, or twice in the rings)",
+            f"stage tx-p0-q0 corrupted ring tx-p0-q0>pool0: buffer {free_one[0]} is not out of its pool (free "
+            "already, in a NIC ring, or twice in the rings)"]
+        assert [pool.available() for pool in pools] == [POOL - 2, POOL]      # a[3], a[4] were never in a ring
+        assert sorted(pools[0].free_indices().tolist()) == sorted(set(pools[0].free_indices().tolist()))
+
+
+def test_reclaim_does_not_read_a_ring_whose_indices_are_garbage():
+    p = plan()
+    with Arena.create(Arena.size_for(packet_arena_regions(p, 2048)), hugepages_mode="never", tag="test") as arena:
+        bufs, pools = corrupted_pipeline(arena, p)
+        a = pools[0].alloc(3)
+        ring = Ring.attach(arena, "w0>tx-p0-q0")
+        ring.enqueue(a)
+        ring._ctl[RING_HEAD_OFF // 8] = 2**63 + 5     # the producer's index, as a stage could scribble it
+        out = np.empty(4096, np.uint32)
+        assert ring.dequeue(out) == ring.capacity    # a consumer never reads past the ring
+        assert ring.count() == ring.capacity
+        failures: list[str] = []
+        assert reclaim_rings(p, arena, pools, bufs, failures) == 0
+        assert failures == [f"stage worker-0 corrupted ring w0>tx-p0-q0: producer index {2**63 + 5} and consumer "
+                            f"index 64 are {2**63 + 5 - 64} apart (capacity 64); its entries were not read"]
+        assert pools[0].available() == POOL - 3

@@ -146,7 +146,7 @@ def test_view_rates_drops_waits_ring_fill_exact(pipeline_arena):
         "rx-p0-q0": "", "rx-p1-q0": "NIC p1 RX q0", "worker-0": "in 2 rings", "tx-p0-q0": "in w0>tx-p0-q0",
         "tx-p1-q0": "NIC p1 TX q0"}
     assert view.drops == {"worker": 0, "worker_error": 0, "bad_packet": 2, "no_route": 7, "stage_died": 0,
-                          "duplicate": 0}
+                          "duplicate": 0, "bad_index": 0}
     assert view.rings[0] == ("rx-p0-q0>w0", 16, 64)
     assert [(n.pid, n.cpu, n.cpu_percent, n.ports) for n in view.nics] == [(4242, 1, 99.0, ["p0", "p1"])]
     assert view.counters == {"dns dropped": (30, 10.0), long_name: (4, 2.0)}

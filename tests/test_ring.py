@@ -177,3 +177,19 @@ def test_attaching_something_that_is_not_a_ring_is_refused(make_arena):
     with pytest.raises(RingError, match=r"region 'junk' of arena ixypipe-.* is not a ring \(capacity 0"):
         Ring.attach(arena, "junk")
     assert Ring.region_size(64) == RING_SLOTS_OFFSET + 64 * 4
+
+
+def test_garbage_indices_never_make_either_end_go_past_the_ring(make_arena):
+    from ixypipe.layout import RING_HEAD_OFF, RING_TAIL_OFF
+
+    arena = make_arena(1 << 20, hugepages_mode="never")
+    ring = Ring.create(arena, "r", 8)
+    ring.enqueue(np.arange(3, dtype=np.uint32))
+    ring._ctl[RING_HEAD_OFF // 8] = 2**64 - 1                 # the producer's index, scribbled on
+    out = np.empty(100, np.uint32)
+    assert ring.dequeue(out) == 8 and ring.count() == 8 and ring.corrupted().startswith("producer index")
+    ring._ctl[RING_HEAD_OFF // 8] = 0                         # now behind the consumer
+    assert ring.dequeue(out) == 0 and ring.count() == 0
+    producer = Ring.attach(arena, "r")
+    producer._ctl[RING_TAIL_OFF // 8] = 2**40                 # the consumer's index, far ahead of the producer
+    assert producer.enqueue(np.arange(100, dtype=np.uint32)) == 8     # at most one ring's worth

@@ -16,7 +16,8 @@ import pytest
 from ixypipe.layout import STAGE_COUNTER_NAMES_SIZE, STAGE_COUNTERS_MAX
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.stages import ErrorLog, verdicts
-from ixypipe.workers.api import CounterLimitError, WorkerContext, WorkerResultError, add_count
+from ixypipe.workers import api
+from ixypipe.workers.api import DROP, CounterLimitError, WorkerContext, WorkerResultError, add_count
 from ixypipe.workers.loader import WorkerLoadError, check_worker, load
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,21 +45,28 @@ def test_a_thousand_counters_with_long_names_are_published_whole(make_arena):
     assert stagetable.read_counters(blocks[1])[names[3]] == 1003
 
 
-def test_counter_limits_are_errors_naming_the_limit():
+def test_counters_past_the_limits_are_refused_with_one_warning_naming_the_limit(monkeypatch, caplog):
+    monkeypatch.setattr(api, "_refused", [0])              # this process's refusals start from none
     counters: dict[str, int] = {}
     for k in range(STAGE_COUNTERS_MAX):
         add_count(counters, f"c{k}", 1)
-    with pytest.raises(CounterLimitError) as info:
-        add_count(counters, "one more", 1)
-    assert str(info.value) == (f"counter 'one more' would be number {STAGE_COUNTERS_MAX + 1}: a worker has at most "
-                               f"{STAGE_COUNTERS_MAX} named counters (layout.STAGE_COUNTERS_MAX)")
+    add_count(counters, "one more", 1)                      # refused, never raised: the batch goes on
+    add_count(counters, "and another", 5)
+    assert len(counters) == STAGE_COUNTERS_MAX and "one more" not in counters and "and another" not in counters
+    assert [r.getMessage() for r in caplog.records] == [
+        f"counter 'one more' would be number {STAGE_COUNTERS_MAX + 1}: a worker has at most {STAGE_COUNTERS_MAX} "
+        "named counters (layout.STAGE_COUNTERS_MAX); this and every further new counter name is refused "
+        "(counted at the end), the packets go on"]
+    assert api.refused_counts() == 2
     add_count(counters, "c5", 1)                              # existing names still count
     assert counters["c5"] == 2
     long_names: dict[str, int] = {}
-    with pytest.raises(CounterLimitError, match=rf"the names of a worker's counters take at most "
-                                                rf"{STAGE_COUNTER_NAMES_SIZE} bytes \(layout.STAGE_COUNTER_NAMES_SIZE\)"):
-        for k in range(STAGE_COUNTERS_MAX):
-            add_count(long_names, f"{k:04d}" + "x" * 200, 1)
+    for k in range(STAGE_COUNTERS_MAX):
+        add_count(long_names, f"{k:04d}" + "x" * 200, 1)
+    assert sum(len(n.encode()) + 1 for n in long_names) <= STAGE_COUNTER_NAMES_SIZE < \
+        sum(len(n.encode()) + 1 for n in long_names) + 205
+    assert api.refused_counts() == 2 + STAGE_COUNTERS_MAX - len(long_names)
+    assert len(caplog.records) == 1                           # still the one warning
     for bad in ("", "a\0b", 7, "red\x1b[31m", "two\nlines"):
         with pytest.raises(CounterLimitError, match="^a counter name is a non-empty string of printable characters"):
             add_count({}, bad, 1)
@@ -237,11 +245,70 @@ def test_the_summary_shows_counters_summed_and_per_worker():
 
 
 def test_an_error_inside_the_api_is_placed_at_the_workers_line():
-    counters = {f"c{k}": 0 for k in range(STAGE_COUNTERS_MAX)}
+    counters: dict[str, int] = {}
     line = sys._getframe().f_lineno + 2
     try:
-        add_count(counters, "one too many", 1)
+        add_count(counters, "packets", "many")
     except CounterLimitError as exc:
         assert ErrorLog("worker-0").kind(exc) == ("CounterLimitError", f"{__file__}:{line}")
     else:
         raise AssertionError("no CounterLimitError")
+
+
+# ---- what a worker does to its batch's indices ----------------------------------------------------------
+class Row(dict):
+    def add(self, field, n):
+        self[field] = self.get(field, 0) + n
+
+
+def worker_stage():
+    return type("St", (), {"row": Row(), "me": type("Me", (), {"name": "worker-0"})()})()
+
+
+def test_a_changed_index_drops_the_packet_given_there_and_routes_the_rest(caplog):
+    from ixypipe.pipeline.stages import keep_unchanged
+
+    caplog.set_level(logging.WARNING)
+    st, home, errors = worker_stage(), [], ErrorLog("worker-0", "/x/w.py:3", clock=lambda: 0.0)
+    homing = type("H", (), {"send": staticmethod(home.extend)})()
+    idx = np.array([10, 11, 12, 13], np.uint32)
+    for _ in range(3):
+        shown = idx.copy()
+        shown.flags.writeable = False
+        batch = type("B", (), {"idx": shown})()
+        assert keep_unchanged(st, idx, batch, shown, 1, homing, errors) == (idx, 1)    # untouched: as is
+        shown.flags.writeable = True
+        shown[[0, 2]] = [2**32 - 1, 11]                     # garbage, and another packet's buffer
+        kept, out = keep_unchanged(st, idx, batch, shown, np.array([1, 0, DROP, 1], np.int16), homing, errors)
+        assert kept.tolist() == [11, 13] and out.tolist() == [0, 1]
+    assert home == [10, 12] * 3 and st.row == {"drop_worker_error": 6}
+    assert [r.getMessage() for r in caplog.records] == [
+        "worker-0: the worker function changed batch.idx (position 0: 4294967295 instead of buffer 10); a packet "
+        "whose index was changed is dropped (reason worker_error), repeats are counted"]
+    batch = type("B", (), {"idx": np.array([1, 2, 3, 4], np.uint32)})()          # replaced outright
+    kept, out = keep_unchanged(st, idx, batch, idx.copy(), 1, homing, errors)
+    assert len(kept) == 0 and st.row == {"drop_worker_error": 10} and home[-4:] == idx.tolist()
+    errors.summary()
+    assert caplog.records[-1].getMessage() == ("worker-0: changed batch.idx (/x/w.py:3) repeated 3 times so far "
+                                               "(3 since the last report)")
+
+
+def test_an_input_index_past_the_arena_is_no_packet(caplog):
+    from ixypipe.pipeline.stages import screen_input
+
+    st, errors = worker_stage(), ErrorLog("worker-0", "/x/w.py:3")
+    idx = np.array([3, 2**32 - 1, 7, 64], np.uint32)
+    assert screen_input(st, idx, 64, errors).tolist() == [3, 7] and st.row == {"drop_bad_index": 2}
+    clean = idx[[0, 2]]
+    assert screen_input(st, clean, 64, errors) is clean
+    assert "index 4294967295 from an input ring is no buffer (the arena has 64)" in caplog.text
+
+
+def test_only_the_stages_own_stop_is_let_through_user_code():
+    from ixypipe.pipeline.stages import stop_unwinding
+
+    for exc in (SystemExit(0), KeyboardInterrupt(), GeneratorExit(), ValueError()):
+        assert not stop_unwinding(exc)
+    stop = SystemExit(0)
+    stop.ixypipe_stop = True
+    assert stop_unwinding(stop)

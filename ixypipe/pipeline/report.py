@@ -257,8 +257,9 @@ class Accounting:
             lost += pool.total - pool.free - pool.in_nic
         lost -= min(sent_in_hand, lost)          # missing, but already counted as transmitted
         # a duplicate index that overwrote another one in a ring lost that buffer (it never comes home: the
-        # duplicate drop stands for its packet); one added to a ring stands for no packet received
-        dup = acc.drops["duplicate"]
+        # duplicate drop stands for its packet); one added to a ring stands for no packet received.  So does an
+        # index a consumer refused (bad_index: no buffer, another pool's, one already in flight or home)
+        dup = acc.drops["duplicate"] + acc.drops["bad_index"]
         overwritten = min(dup, lost)
         lost -= overwritten
         if lost and not stage_lost:

@@ -18,6 +18,7 @@ Who touches what:
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import select
 import sys
@@ -45,6 +46,7 @@ from ixypipe.layout import (
 from ixypipe.memory import batchcheck
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.homing import Homing
+from ixypipe.memory.ledger import Ledger
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import DEFAULT_NAME as PACKET_BUFFERS
 from ixypipe.memory.pktbuf import PacketBuffers
@@ -77,7 +79,7 @@ TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish p
 RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, when a paused source still delivers
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
 PAUSED_SOURCES = ("sim", "pcap")   # port drivers whose traffic the supervisor pauses before it asks RX to drain
-DUP_SET_MAX = 64              # drop_duplicates: up to this batch size a Python set beats a numpy sort
+VERDICT_MAX = int(np.iinfo(np.int16).max)   # verdicts are int16: a wider value is clamped here (no route)
 _HEARTBEAT, _LAST_BATCH, _LAST_RING, _BATCH_NO = (SLOT[f] for f in ("heartbeat", "last_batch", "last_ring",
                                                                      "batch_no"))
 
@@ -190,10 +192,13 @@ class Stage:
 
         return Outbox([self.ring(n) for n in names], bells, dead, discard)
 
-    def homing(self) -> Homing:
-        """Buffers go home through the return ring of the pool that owns them (it holds a whole pool)."""
+    def homing(self, ledger: Ledger | None = None) -> Homing:
+        """Buffers go home through the return ring of the pool that owns them (it holds a whole pool); with a
+        ``ledger``, each buffer sent home is forgotten in it."""
         rings = {pool: self.ring(r) for pool, r in self.me.home_rings.items()}
-        return Homing(self.bufs, {pool: ring.enqueue for pool, ring in rings.items()},
+        homes = {pool: ring.enqueue if ledger is None else ledger.forgetting(ring.enqueue)
+                 for pool, ring in rings.items()}
+        return Homing(self.bufs, homes,
                       {p.pool_id: (p.first, p.count) for p in self.plan.pools if p.pool_id in rings})
 
     def draining(self) -> bool:
@@ -285,7 +290,8 @@ class Stage:
 def run_rx(st: Stage, device, pool: Mempool) -> None:
     me, plan, bufs = st.me, st.plan, st.bufs
     returns = [st.ring(r) for r in me.in_rings]
-    outbox = st.outbox(me.out_rings, pool.free)
+    lent = Ledger(bufs.count, [(pool.first, pool.count)])        # what is out with the workers and TX
+    outbox = st.outbox(me.out_rings, lent.forgetting(pool.free))
     n_workers = len(outbox.rings)
     fd = device.rx_fd(me.queue) if plan.idle == "wake" else None
     if fd is not None:                                     # the kernel wakes us when a frame arrives
@@ -307,7 +313,7 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
         for ring in returns:                               # 1. buffers come home
             n = ring.dequeue(home)
             if n:
-                pool.free(home[:n])
+                take_home(st, lent, pool, home[:n])
                 worked = True
         if outbox.held:                                    # 2. push what is pending
             if not outbox.flush():
@@ -321,6 +327,7 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 st.took(-1, n)
                 idx = got[:n].copy()
                 idx, nbytes = drop_bad_packets(st, bufs, idx, pool.free, device.min_rx_frame)
+                lent.take(idx)                             # the driver's own indices: all of them are lent
                 st.bytes_in += nbytes
                 rr = distribute(plan.distribute, bufs, idx, outbox, n_workers, rr)
                 st.packets_out += len(idx)
@@ -345,6 +352,20 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                                 plan.port_names[me.port], me.queue, RX_DRAIN_BUSY_MAX)
                 break
     st.row["state"] = STAGE_STATE_DRAINING         # out of the loop: no heartbeat from here on
+
+
+def take_home(st: Stage, lent: Ledger, pool: Mempool, idx: np.ndarray) -> None:
+    """Buffers back from a return ring go on the free list, but only those this RX queue lent out and did not
+    get back yet: a second return of one (or no buffer of its pool) is refused and counted as ``bad_index``,
+    never a second free-list entry."""
+    back, refused = lent.give_back(idx)
+    pool.free(back)
+    if refused:
+        if not st.row["drop_bad_index"]:
+            log.warning("%s: refused %d buffer indices from a return ring that are not out from pool %s "
+                        "(returned twice, or not its buffers): counted as bad_index", st.me.name, refused,
+                        pool.name)
+        st.row.add("drop_bad_index", refused)
 
 
 def drop_bad_packets(st: Stage, bufs: PacketBuffers, idx: np.ndarray, send_home,
@@ -393,7 +414,7 @@ def flow_worker(bufs: PacketBuffers, idx: np.ndarray, n: int) -> np.ndarray:
 def run_worker(st: Stage) -> None:
     """The worker loop, after start_worker loaded the user's worker (batch function, optional setup/teardown)."""
     from ixypipe.pipeline.stagetable import CounterWriter
-    from ixypipe.workers.api import DROP, Batch, WorkerContext, WorkerResultError  # the user API
+    from ixypipe.workers.api import DROP, Batch, WorkerContext, WorkerResultError, refused_counts  # user API
 
     me, plan, bufs = st.me, st.plan, st.bufs
     for header in (bufs.pool_id, bufs.index):      # which pool owns a buffer is not the worker's to change
@@ -424,21 +445,27 @@ def run_worker(st: Stage) -> None:
                 if not n:
                     continue
                 worked = True
-                idx = got[:n].copy()
                 st.took(k, n)
                 st.packets_in += n
-                view = idx.view()
-                view.flags.writeable = False                # the worker may not reorder or duplicate buffers
-                batch = Batch(bufs, view, in_port, plan.forward_to[in_port], plan.port_names, counters, ctx)
+                idx = screen_input(st, got[:n], bufs.count, errors)     # private: what is routed
+                if not len(idx):
+                    continue
+                shown = idx.copy()                          # what the function sees: it may not change it
+                shown.flags.writeable = False
+                batch = Batch(bufs, shown, in_port, plan.forward_to[in_port], plan.port_names, counters, ctx)
                 try:
-                    out = verdicts(batch, fn(batch))
-                except Exception as exc:                   # user code: drop the batch, keep running
+                    out = verdicts(batch, fn(batch), len(idx))
+                except BaseException as exc:               # user code (SystemExit too): drop the batch, go on
+                    if stop_unwinding(exc):
+                        raise
                     # a wrong return value is the function's error, not verdicts()'s: name the function
                     errors.record(exc, returned=isinstance(exc, WorkerResultError) and _raised_in(exc, verdicts))
-                    st.row.add("drop_worker_error", n)
+                    st.row.add("drop_worker_error", len(idx))
                     homing.send(idx)
                     continue
-                route(st, idx, out, DROP, slot_of_port, outbox, homing)
+                idx, out = keep_unchanged(st, idx, batch, shown, out, homing, errors)
+                if len(idx):
+                    route(st, idx, out, DROP, slot_of_port, outbox, homing)
             if counters:
                 published.publish(counters)
         st.tick(worked, outbox.held, still_idle=lambda: not st.draining() and all(r.empty() for r in inputs))
@@ -448,10 +475,61 @@ def run_worker(st: Stage) -> None:
     if worker.teardown is not None:
         try:
             worker.teardown(ctx)
-        except Exception as exc:
+        except BaseException as exc:
+            if stop_unwinding(exc):
+                raise
             log.error("%s: teardown(ctx) raised:\n%s", me.name, "".join(traceback.format_exception(exc)).rstrip())
     published.publish(counters)
     errors.summary()
+    refused = refused_counts()
+    if refused:
+        log.warning("%s: %d counter updates were refused: the worker's counter block was full", me.name, refused)
+
+
+def stop_unwinding(exc: BaseException) -> bool:
+    """Whether ``exc`` is the stage's own stop machinery unwinding through user code (an exception class or
+    instance marked ``ixypipe_stop = True``), which the worker loop lets through; anything else user code
+    raises, BaseException subclasses included, is the user's error."""
+    return bool(getattr(exc, "ixypipe_stop", False))
+
+
+def screen_input(st: Stage, idx: np.ndarray, count: int, errors: ErrorLog) -> np.ndarray:
+    """A worker's input batch without indices past the arena's ``count`` buffers (a corrupted ring): those are
+    no packet, counted as ``bad_index`` and sent nowhere.  Returns ``idx`` itself when all are buffers."""
+    lo, hi = batchcheck.span(idx)
+    if hi < count:
+        return idx
+    bad = idx >= count
+    st.row.add("drop_bad_index", int(bad.sum()))
+    errors.note("bad input index", f"{st.me.name}: index {int(idx[bad][0])} from an input ring is no buffer "
+                f"(the arena has {count}): refused, counted as bad_index; repeats are counted")
+    return idx[~bad]
+
+
+def keep_unchanged(st: Stage, idx: np.ndarray, batch, shown: np.ndarray, out, homing: Homing,
+                   errors: ErrorLog) -> tuple[np.ndarray, np.ndarray | int]:
+    """The packets whose index the worker's function left as it was shown, with their verdicts.
+
+    ``batch.idx`` is read-only, but the function may make it writable (or replace it): an index it changed
+    (to a buffer it was not given, another packet's, or no buffer at all) is never routed.  The packet given
+    at that position goes home, counted as ``worker_error``; the check is one compiled pass
+    (batchcheck.changed) over the private copy ``idx`` and what the function saw, ``shown``.
+    """
+    replaced = batch.idx is not shown
+    if not replaced and not batchcheck.changed(idx, shown):
+        return idx, out
+    moved = np.ones(len(idx), bool) if replaced else idx != shown
+    k = int(moved.sum())
+    homing.send(idx[moved])
+    st.row.add("drop_worker_error", k)
+    pos = int(np.argmax(moved))
+    what = ("replaced batch.idx" if replaced else
+            f"changed batch.idx (position {pos}: {int(shown[pos])} instead of buffer {int(idx[pos])})")
+    errors.note("changed batch.idx", f"{st.me.name}: the worker function {what}; a packet whose index was "
+                "changed is dropped (reason worker_error), repeats are counted")
+    if k == len(idx):
+        return idx[:0], out
+    return idx[~moved], out if isinstance(out, int) else out[~moved]
 
 
 def start_worker(st: Stage, ctx):
@@ -477,25 +555,40 @@ def _raised_in(exc: BaseException, fn) -> bool:
     return bool(frames) and frames[-1].name == fn.__name__ and frames[-1].filename == fn.__code__.co_filename
 
 
-def verdicts(batch, keep) -> np.ndarray | int:
+def verdicts(batch, keep, n: int | None = None) -> np.ndarray | int:
     """The batch's verdicts: an array with one per packet, or one port index for every packet when the
-    function left them all at the default (it never asked for ``batch.out``: no array is made)."""
+    function left them all at the default (it never asked for ``batch.out``: no array is made).
+
+    ``n``: the packets in the batch (the worker loop's own count: ``batch.n`` is the function's to change).
+    Anything that is not a verdict raises WorkerResultError; what is returned is an int16 array of ``n``
+    (verdict_array) or an int in -2..VERDICT_MAX, so routing it cannot fail."""
+    n = batch.n if n is None else n
     if keep is None and not batch.verdicts_set():
-        return int(batch.default_out)
+        return min(max(operator.index(batch.default_out), -2), VERDICT_MAX)
     from ixypipe.workers.api import DROP, WorkerResultError
 
+    out = batch.out
+    if not isinstance(out, np.ndarray) or out.dtype.kind not in "iu" or out.shape != (n,):
+        raise WorkerResultError(f"batch.out must stay an integer array of {n} verdicts (a port index or "
+                                f"DROP), got {type(out).__name__} {getattr(out, 'dtype', '')} "
+                                f"{getattr(out, 'shape', '')}", about="batch.out")
+    out = verdict_array(out)
     if keep is None:
-        out = batch.out
-        if not isinstance(out, np.ndarray) or out.dtype.kind not in "iu" or out.shape != (batch.n,):
-            raise WorkerResultError(f"batch.out must stay an integer array of {batch.n} verdicts (a port index or "
-                                    f"DROP), got {type(out).__name__} {getattr(out, 'dtype', '')} "
-                                    f"{getattr(out, 'shape', '')}")
         return out
     mask = np.asarray(keep)
-    if mask.dtype != np.bool_ or mask.shape != (batch.n,):
-        raise WorkerResultError(f"a worker returns None or a boolean mask of {batch.n} packets, "
+    if mask.dtype != np.bool_ or mask.shape != (n,):
+        raise WorkerResultError(f"a worker returns None or a boolean mask of {n} packets, "
                                 f"got {type(keep).__name__} {getattr(mask, 'shape', '')}")
-    return np.where(mask, batch.out, DROP).astype(batch.out.dtype)
+    return np.where(mask, out, np.int16(DROP))
+
+
+def verdict_array(out: np.ndarray) -> np.ndarray:
+    """An integer verdict array of any width as int16: a value past int16 (no port has such an index) becomes
+    VERDICT_MAX, one below DROP becomes DROP - 1, so both stay "no route", never wrap into a port or DROP."""
+    if out.dtype == np.int16:
+        return out
+    wide = out.astype(np.int64) if out.dtype.kind == "i" else np.minimum(out, VERDICT_MAX).astype(np.int64)
+    return np.clip(wide, -2, VERDICT_MAX).astype(np.int16)
 
 
 def route(st: Stage, idx: np.ndarray, out: np.ndarray | int, drop: int, slot_of_port: list[int],
@@ -557,7 +650,7 @@ class ErrorLog:
     def kind(self, exc: BaseException, returned: bool = False) -> tuple[str, str]:
         """(exception type, where): the file and line it was raised at, or the function that returned it."""
         if returned:
-            return type(exc).__name__, f"the return value of {self.where}"
+            return type(exc).__name__, f"{getattr(exc, 'about', 'the return value')} of {self.where}"
         frames = traceback.extract_tb(exc.__traceback__)
         # the innermost frame of the worker's own code: a CounterLimitError raised inside batch.count
         # is the line that called batch.count (numpy's and ixypipe's frames are not the user's to fix)
@@ -586,6 +679,20 @@ class ErrorLog:
             self.last_log = now
             self.log_repeats()
 
+    def note(self, kind: str, message: str) -> None:
+        """A problem that is no exception (what the worker did to its batch): ``message`` is logged the first
+        time ``kind`` is seen, repeats are counted like an error's."""
+        key = (kind, self.where)
+        if key not in self.seen:
+            self.seen[key] = self.logged[key] = 1
+            log.warning("%s", message)
+            return
+        self.seen[key] += 1
+        now = self.clock()
+        if now - self.last_log >= self.REPEAT_LOG_SECONDS:
+            self.last_log = now
+            self.log_repeats()
+
     def log_repeats(self) -> None:
         for key, count in self.seen.items():
             if count > self.logged[key]:
@@ -599,7 +706,9 @@ class ErrorLog:
 
 # ---- TX -----------------------------------------------------------------------------
 
-def run_tx(st: Stage, device, homing: Homing) -> None:
+def run_tx(st: Stage, device, homing: Homing, ledger: Ledger) -> None:
+    """``homing`` sends buffers home and forgets them in ``ledger`` (both from tx_ledger), which holds every
+    buffer this queue took and has not sent home yet."""
     me, bufs = st.me, st.bufs
     inputs = [st.ring(r) for r in me.in_rings]
     st.pace(min(r.capacity for r in inputs))
@@ -627,12 +736,11 @@ def run_tx(st: Stage, device, homing: Homing) -> None:
                 worked = True
                 st.took(k, n)
                 st.packets_in += n
-                idx = got[:n].copy()
+                idx = admit(st, ledger, got[:n].copy())      # never post a foreign, unknown or held buffer
                 if st.device_gone():                       # the NIC died: these can never go out
                     homing.send(idx)
-                    st.row.add("drop_stage_died", n)
+                    st.row.add("drop_stage_died", len(idx))
                     continue
-                idx = drop_duplicates(st, idx)                       # never post one buffer twice
                 idx, nbytes = drop_bad_packets(st, bufs, idx, homing.send)   # a worker's bug never kills TX
                 n = len(idx)
                 sent = device.tx_batch(me.queue, idx)
@@ -648,33 +756,29 @@ def run_tx(st: Stage, device, homing: Homing) -> None:
         device.tx_drain(me.queue, timeout=TX_DRAIN_SECONDS)
 
 
-def drop_duplicates(st: Stage, idx: np.ndarray) -> np.ndarray:
-    """A buffer index a second time in one batch: only the first goes on, each later one counts as ``duplicate``.
+def tx_ledger(st: Stage) -> tuple[Ledger, Homing]:
+    """A TX queue's ledger of the buffers in its hands (memory/ledger.py), of the pools it sends home to, and
+    its Homing, which forgets each buffer it sends home (the device's tx_done, drops, a gone device)."""
+    ledger = Ledger(st.bufs.count, [(p.first, p.count) for p in st.plan.pools if p.pool_id in st.me.home_rings])
+    return ledger, st.homing(ledger)
 
-    Checked where it would do harm: at TX, before the descriptors (one buffer
-    sent twice would then go home twice, a double free that puts it in two
-    places).  The rings live in the arena every worker maps writable, so a TX
-    stage's input is the last point where a corrupted ring (or a buggy stage
-    upstream) shows; RX takes its indices from the driver's own bookkeeping of
-    what it posted, never from the device.  The check is a set of the indices
-    for small batches (cheaper below DUP_SET_MAX) and a sort of a copy and one
-    compare for larger ones.  The later copies are not sent home (the buffer is
-    still in flight as the first copy).
+
+def admit(st: Stage, ledger: Ledger, idx: np.ndarray) -> np.ndarray:
+    """What a TX queue may post of a batch from a ring: buffers of the pools it sends home to that it does not
+    hold already (posted, pending, or earlier in the batch).  An index past the pools counts as ``bad_index``,
+    one it holds as ``duplicate``; neither goes anywhere (they are not buffers this queue may touch).
+
+    Checked where a bad index would do harm, before the descriptors: the rings live in shared memory and a
+    worker runs user code, so a TX stage's input is the last point where a corrupted ring (or a buggy stage
+    upstream) shows.  One buffer sent twice would go home twice, a double free that puts it in two places;
+    an index past the arena would make the compiled TX path read outside the buffers.
     """
-    if len(idx) <= DUP_SET_MAX:
-        if len(set(idx.tolist())) == len(idx):
-            return idx
-    else:
-        s = idx.copy()
-        s.sort()                                # in place on a copy: a little cheaper than np.sort
-        if not (s[1:] == s[:-1]).any():
-            return idx
-    order = np.argsort(idx, kind="stable")
-    ordered = idx[order]
-    later = np.zeros(len(idx), bool)
-    later[order[1:][ordered[1:] == ordered[:-1]]] = True
-    st.row.add("drop_duplicate", int(later.sum()))
-    return idx[~later]
+    good, outside, again = ledger.take(idx)
+    if outside:
+        st.row.add("drop_bad_index", outside)
+    if again:
+        st.row.add("drop_duplicate", again)
+    return good
 
 
 def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray, nbytes: int | None = None) -> None:
@@ -758,10 +862,10 @@ def run_device_stage(st: Stage) -> None:
         st.row["state"] = STAGE_STATE_RUNNING
         run_rx(st, device, pool)
     else:
-        homing = st.homing()
+        ledger, homing = tx_ledger(st)
         device = attach_port(spec, dev_arena, st.bufs, None, tx_done=homing, sysfs_root=root)
         device.tx_batch(me.queue, np.empty(0, np.uint32))    # warm up, as for RX
         privilege.drop_capabilities()                        # keeps the user (privilege.py)
         st.row["state"] = STAGE_STATE_RUNNING
-        run_tx(st, device, homing)
+        run_tx(st, device, homing, ledger)
     device.close()

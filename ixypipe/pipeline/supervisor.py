@@ -48,7 +48,7 @@ from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
-from ixypipe.pipeline import forkserver, leftovers, planinfo, stagetable
+from ixypipe.pipeline import forkserver, leftovers, planinfo, reclaim, stagetable
 from ixypipe.pipeline.liveness import PHASES, Heartbeats, RestartBudget, doing
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
@@ -479,9 +479,12 @@ class Supervisor:
             if self.started:
                 self._capture_failures(sim_counters)
             if built and self.started:      # a start-up failure prints only its error
-                orphaned = orphaned_packets(self.plan, self.arena, self._dead_rows())
-                stranded = reclaim_rings(self.plan, self.arena, self.pools, self.bufs) - orphaned
-                accounting = self._account(stranded, unsent, orphaned, sent_in_hand, sent_uncounted)
+                orphaned, stranded = self._reclaim()
+                try:
+                    accounting = self._account(stranded, unsent, orphaned, sent_in_hand, sent_uncounted)
+                except Exception as exc:       # a table a stage scribbled on: say so, still clean up
+                    self.failures.append(f"the accounting failed: {type(exc).__name__}: {exc}")
+                    return self._finish(None)
                 if accounting.lost_everything:
                     self.failures.append(f"every packet was lost: received {accounting.received:,}, "
                                          "transmitted none, dropped by the worker's verdicts "
@@ -493,10 +496,32 @@ class Supervisor:
                 accounting.print(self.out, self.json_lines)
         finally:
             self._release()
+        return self._finish(accounting)
+
+    def _finish(self, accounting: Accounting | None) -> RunResult:
         ok = not self.failures and (accounting.ok if accounting is not None else not self.started)
         for failure in self.failures:
             print(f"error: {failure}", file=sys.stderr)
         return RunResult(0 if ok else 1, accounting, self.stop_reason, list(self.failures))
+
+    def _reclaim(self) -> tuple[int, int]:
+        """(orphaned, stranded) packets once every ring is emptied (pipeline/reclaim.py): shared memory is
+        untrusted, so whatever a stage left there becomes a named failure, never an exception."""
+        try:
+            orphaned = orphaned_packets(self.plan, self.arena, self._dead_rows())
+        except Exception as exc:
+            self.failures.append(f"counting what dead stages left in their rings failed: {type(exc).__name__}: {exc}")
+            orphaned = 0
+        in_nic = []
+        for pool_plan in self.plan.pools:
+            dev = self.devices.get(pool_plan.port)
+            try:
+                in_nic.append(dev.rx_held(pool_plan.queue) if dev is not None else [])
+            except Exception as exc:
+                self.failures.append(f"port {pool_plan.port} queue {pool_plan.queue}: reading its RX ring failed: "
+                                     f"{type(exc).__name__}: {exc}")
+        stranded = reclaim.reclaim_rings(self.plan, self.arena, self.pools, self.bufs, self.failures, in_nic)
+        return orphaned, max(0, stranded - orphaned)
 
     def _drain_role(self, role: str) -> None:
         """Ask every stage of ``role`` to drain and wait while they make progress; kill one that stalls.
@@ -677,25 +702,13 @@ def orphaned_packets(plan: PipelinePlan, arena: Arena, dead_rows: set[int]) -> i
     return total
 
 
-def reclaim_rings(plan: PipelinePlan, arena: Arena, pools: list[Mempool], bufs: PacketBuffers) -> int:
-    """After every stage stopped: empty all rings, sending buffers home.
+def reclaim_rings(plan: PipelinePlan, arena: Arena, pools: list[Mempool], bufs: PacketBuffers,
+                  failures: list[str] | None = None) -> int:
+    """After every stage stopped: empty all rings, sending buffers home (pipeline/reclaim.py).
 
     Returns how many packets were stranded in forward rings.
     """
-    stranded = 0
-    home = Homing.to_pools(bufs, pools)
-    scratch = np.empty(1 << 16, np.uint32)
-    for r in plan.rings:
-        ring = Ring.attach(arena, r.name)
-        while True:
-            n = ring.dequeue(scratch)
-            if not n:
-                break
-            if r.kind == RING_FORWARD:
-                stranded += n
-            home(scratch[:n])
-        ring.close()
-    return stranded
+    return reclaim.reclaim_rings(plan, arena, pools, bufs, failures)
 
 
 class Progress:

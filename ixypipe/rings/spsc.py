@@ -101,8 +101,18 @@ class Ring:
 
     # ---- state (either side) ---------------------------------------------
     def count(self) -> int:
-        """Entries in the ring now (exact only when neither side is moving)."""
-        return self._ctl[_HEAD] - self._ctl[_TAIL]
+        """Entries in the ring now (exact only when neither side is moving; 0..capacity even when the
+        indices were overwritten with garbage: see :meth:`corrupted`)."""
+        return min(max(self._ctl[_HEAD] - self._ctl[_TAIL], 0), self.capacity)
+
+    def corrupted(self) -> str | None:
+        """What is wrong with the ring's indices (producer behind the consumer, or more than a ring ahead), or
+        None."""
+        head, tail = self._ctl[_HEAD], self._ctl[_TAIL]
+        if not 0 <= head - tail <= self.capacity:
+            return f"producer index {head} and consumer index {tail} are {head - tail} apart (capacity " \
+                   f"{self.capacity})"
+        return None
 
     def empty(self) -> bool:
         return self._ctl[_HEAD] == self._ctl[_TAIL]
@@ -120,10 +130,11 @@ class Ring:
         n = len(items)
         head = self._head
         if self.capacity - (head - self._cached_tail) < n:
-            self._cached_tail = self._ctl[_TAIL]
-            room = self.capacity - (head - self._cached_tail)
+            # a consumer index written with garbage never makes room for more than a ring
+            room = min(max(self.capacity - (head - self._ctl[_TAIL]), 0), self.capacity)
+            self._cached_tail = head - self.capacity + room
             if room < n:
-                if room == 0:
+                if room <= 0:
                     return 0
                 n = room
                 items = items[:n]
@@ -168,10 +179,12 @@ class Ring:
         n = len(out)
         tail = self._tail
         if self._cached_head - tail < n:
-            self._cached_head = self._ctl[_HEAD]   # Arm: load-acquire here
-            avail = self._cached_head - tail
+            # Arm: load-acquire of the producer's index here.  One behind the consumer's or more than a ring
+            # ahead is garbage: never read past the slots (the entries read are checked by whoever uses them)
+            avail = min(max(self._ctl[_HEAD] - tail, 0), self.capacity)
+            self._cached_head = tail + avail
             if avail < n:
-                if avail == 0:
+                if avail <= 0:
                     return 0
                 n = avail
         i = tail & self._mask

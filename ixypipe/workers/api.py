@@ -24,6 +24,7 @@ function for simple cases; it loops in Python and is the slow path.
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,16 +43,29 @@ from ixypipe.protocols import ETH_ADDR_LEN, ETH_DST_OFF, ETH_SRC_OFF, ETH_TYPE_O
 from ixypipe.workers import rewrite
 from ixypipe.workers.headers import L4, Eth, Headers, IPv4, IPv6
 
+log = logging.getLogger(__name__)
 DROP = -1
 PER_PACKET_ATTR = "__ixypipe_per_packet__"
 
 
 class WorkerResultError(ValueError):
-    """A worker returned or set something that is not a verdict."""
+    """A worker returned or set something that is not a verdict; ``about`` names which (for the error log)."""
+
+    def __init__(self, message: str, about: str = "the return value"):
+        super().__init__(message)
+        self.about = about
 
 
 class CounterLimitError(WorkerResultError):
-    """A counter past what a worker's counter block holds."""
+    """A counter name or count that is not one (raised to the worker), or past what a worker's counter
+    block holds (:class:`CounterSpaceError`: refused with one warning, never raised)."""
+
+
+class CounterSpaceError(CounterLimitError):
+    """A new counter name that does not fit the worker's counter block."""
+
+
+_refused = [0]          # counter updates refused in this process because the block was full
 
 
 @dataclass
@@ -82,8 +96,20 @@ def add_count(counters: dict[str, int], name: str, value: int) -> None:
         raise CounterLimitError(f"counter {name!r}: a count is an integer, got {value!r} "
                                 f"({type(value).__name__})") from None
     if name not in counters:
-        name = check_new_counter(counters, name)
+        try:
+            name = check_new_counter(counters, name)
+        except CounterSpaceError as exc:          # refused, once loudly: the packets are not the counter's
+            _refused[0] += 1
+            if _refused[0] == 1:
+                log.warning("%s; this and every further new counter name is refused (counted at the end), "
+                            "the packets go on", exc)
+            return
     counters[name] += value
+
+
+def refused_counts() -> int:
+    """Counter updates refused in this process because the counter block was full."""
+    return _refused[0]
 
 
 def counter_name(name) -> str:
@@ -104,11 +130,11 @@ def check_new_counter(counters: dict[str, int], name: str) -> str:
     if name in counters:
         return name
     if len(counters) >= STAGE_COUNTERS_MAX:
-        raise CounterLimitError(f"counter {name!r} would be number {len(counters) + 1}: a worker has at most "
+        raise CounterSpaceError(f"counter {name!r} would be number {len(counters) + 1}: a worker has at most "
                                 f"{STAGE_COUNTERS_MAX} named counters (layout.STAGE_COUNTERS_MAX)")
     used = sum(len(n.encode()) + 1 for n in counters) + len(name.encode()) + 1
     if used > STAGE_COUNTER_NAMES_SIZE:
-        raise CounterLimitError(f"counter {name!r}: the names of a worker's counters take at most "
+        raise CounterSpaceError(f"counter {name!r}: the names of a worker's counters take at most "
                                 f"{STAGE_COUNTER_NAMES_SIZE} bytes (layout.STAGE_COUNTER_NAMES_SIZE), "
                                 f"these would take {used}")
     counters[name] = 0
@@ -299,8 +325,8 @@ class Batch:
     def count(self, name: str, value: int = 1) -> None:
         """Add to a named counter; shown live in the stats and in the final summary.
 
-        Any name (full, UTF-8); past the stage's counter block (layout.STAGE_COUNTERS_MAX names,
-        STAGE_COUNTER_NAMES_SIZE bytes of names) a CounterLimitError names the limit.
+        Any name (full, UTF-8); a new name past the stage's counter block (layout.STAGE_COUNTERS_MAX names,
+        STAGE_COUNTER_NAMES_SIZE bytes of names) is refused: one warning names the limit, the batch goes on.
         """
         add_count(self.counters, name, value)
 
