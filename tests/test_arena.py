@@ -143,8 +143,9 @@ def test_arena_bigger_than_free_hugepages_says_how_to_reserve_more():
         Arena.create(too_big, hugepages_mode="require", tag="test")
     text = str(err.value)
     assert "hugepages required but unavailable" in text
-    assert "/proc/sys/vm/nr_hugepages" in text
-    assert "mount -t hugetlbfs" in text
+    more = hugepages.total_hugepages() + arena_mod._pages_for(too_big) - hugepages.free_hugepages()
+    assert f"reserve them with 'ixypipe hugepages --reserve {more}'" in text
+    assert "mount hugetlbfs with 'ixypipe hugepages --mount /mnt/huge'" in text
 
 
 def test_fallback_warns_exactly_once_and_gives_simulated_addresses(monkeypatch, caplog, make_arena):

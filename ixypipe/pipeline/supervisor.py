@@ -154,8 +154,7 @@ class Supervisor:
         cfg = self.cfg
         plan = plan_from_config(cfg)          # the arena paths are filled in once the arenas exist
         try:
-            # physical addresses only for ports that DMA with them (not VFIO's IOVAs, not kernel interfaces)
-            physical = any(p.driver in ("ixgbe", "sim") and p.iommu != "vfio" for p in cfg.ports)
+            physical = uses_physical_addresses(cfg)
             self.arena = Arena.create(Arena.size_for(packet_arena_regions(plan, cfg.buffer_size)),
                                       hugepages_mode=cfg.hugepages, tag="pkt", physical=physical)
             self.dev_arena = Arena.create(Arena.size_for(device_arena_regions(plan)),
@@ -545,6 +544,12 @@ class Supervisor:
             if arena is not None:
                 arena.destroy()
         self.arena = self.dev_arena = None
+
+
+def uses_physical_addresses(cfg) -> bool:
+    """Whether the arenas need a physical-address table: only for ports that DMA with physical addresses
+    (not VFIO's IOVAs, not kernel interfaces)."""
+    return any(p.driver in ("ixgbe", "sim") and p.iommu != "vfio" for p in cfg.ports)
 
 
 def packet_arena_regions(plan: PipelinePlan, buffer_size: int) -> list[RegionSize]:
