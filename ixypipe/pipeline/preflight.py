@@ -5,7 +5,9 @@ validated config meets this machine: each AF_PACKET port's interface
 exists and is up in the network namespace the command runs in, each
 ``ixgbe`` port's PCI device is there and is an 82599, ``hot_path =
 "numba"`` has numba, ``hugepages = "require"`` finds enough free
-hugepages (and a hugetlbfs mount) for the run's two arenas.  (The worker module's import is checked before, in a
+hugepages (and a hugetlbfs mount) for the run's two arenas, and no
+other running pipeline holds a port's interface or PCI device
+(pipeline.claims) unless the port says ``share = true``.  (The worker module's import is checked before, in a
 child with a time limit: config.check_worker_imports, exit 2 when it fails.)
 Nothing is mapped, bound or started.  Each check
 gives a :class:`Finding`; the command prints them as text or JSON.
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass
 from ixypipe.nic.af_packet import check_interface
 from ixypipe.nic.device import DeviceError
 from ixypipe.nic.pci import check_82599, device_dir, read_identity
+from ixypipe.pipeline import claims
 
 
 @dataclass
@@ -39,6 +42,10 @@ def preflight(cfg, sysfs_root: str = "/sys", mounts_file: str = "/proc/mounts") 
             found.append(_interface(p))
         elif p.driver == "ixgbe":
             found.append(_pci(p, sysfs_root))
+        held = claims.in_use(p)
+        if held:
+            found.append(Finding(f"port {p.name}: in use", False, f"{held}; stop it, or say share = true in "
+                                                                  f"port {p.name} to share it on purpose"))
         if getattr(p, "hot_path", "auto") == "numba" and importlib.util.find_spec("numba") is None:
             found.append(Finding(f"port {p.name}: hot_path", False,
                                  "hot_path = \"numba\" needs the numba package (pip install -e '.[fast]')"))

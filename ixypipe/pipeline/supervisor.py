@@ -43,7 +43,7 @@ from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
-from ixypipe.pipeline import forkserver, planinfo, stagetable
+from ixypipe.pipeline import claims, forkserver, planinfo, stagetable
 from ixypipe.pipeline.liveness import Heartbeats, RestartBudget, doing
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
@@ -115,6 +115,7 @@ class Supervisor:
         self._port_drops: dict[str, dict[str, int]] = {}
         self.started = False
         self._ctx = None                      # the multiprocessing context stages are started with
+        self.claims: list[claims.Claim] = []   # the interfaces and PCI devices held for the run's life
 
     # ---- the whole run -------------------------------------------------------------
     def run(self) -> RunResult:
@@ -122,6 +123,7 @@ class Supervisor:
         result = RunResult(exit_code=1)
         try:
             remove_stale()
+            self._claim_devices()
             self._ctx = forkserver.context()      # warms up while the arenas are built
             self._build()
             self._start_sim()
@@ -136,6 +138,7 @@ class Supervisor:
             try:
                 result = self._shutdown()
             finally:
+                claims.release(self.claims)
                 for sig, handler in old.items():
                     signal.signal(sig, handler)
         return result
@@ -148,6 +151,13 @@ class Supervisor:
         self.stop_reason = name
         if not self.procs:
             raise KeyboardInterrupt(name)   # still starting: unwind now
+
+    def _claim_devices(self) -> None:
+        """Refuse to start on an interface or PCI device another running pipeline uses (pipeline.claims)."""
+        try:
+            self.claims = claims.claim_ports(self.cfg)
+        except claims.ClaimError as exc:
+            raise PipelineError(str(exc)) from None
 
     # ---- building ------------------------------------------------------------------
     def _build(self) -> None:
