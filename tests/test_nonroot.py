@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import stat
 import subprocess
 import sys
@@ -166,7 +167,8 @@ from pathlib import Path
 from tests.support import users
 res = users.run_as(pwd.getpwnam(sys.argv[1]), ["-c", "import json, sys, numpy, ixypipe; print(json.dumps("
                    "[sys.prefix, sys.base_prefix, ixypipe.__file__]))"], Path(sys.argv[2]),
-                   {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}, sys.argv[3], timeout=120)
+                   {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": sys.argv[4]}, sys.argv[3],
+                   timeout=120)
 print(json.dumps([res.returncode, res.stdout, res.stderr]))
 '''
 
@@ -184,8 +186,10 @@ def test_the_user_runs_the_interpreter_of_a_venv_under_a_closed_directory(user, 
                    check=True, capture_output=True, timeout=120)
     python = venv / "bin" / "python"
     assert python.is_symlink() and not python.resolve().is_relative_to(venv)
-    res = subprocess.run([str(python), "-c", VENV_PROBE, who.pw_name, str(work), str(REPO)], capture_output=True,
-                         text=True, timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    # the packages of this test run (pytest, numpy: perhaps in this run's own venv, not beside the interpreter)
+    path = os.pathsep.join([str(REPO), *site.getsitepackages()])
+    res = subprocess.run([str(python), "-c", VENV_PROBE, who.pw_name, str(work), str(REPO), path],
+                         capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": path})
     assert res.returncode == 0, res.stderr
     code, out, err = json.loads(res.stdout)
     assert code == 0, err
