@@ -203,3 +203,23 @@ def test_a_plan_region_outside_its_arena_is_a_plan_info_error_not_a_crash(make_a
     entry["offset"] = arena.size + 4096
     with pytest.raises(PlanInfoError, match=f"lies outside its {arena.size}-byte mapping"):
         read_plan_info(arena)
+
+
+def test_ixypipe_fwd_is_refused_a_pci_device_a_pipeline_uses():
+    """ixypipe fwd on real addresses resets both NICs: not one a running pipeline holds; the claim it took on
+    the first one goes back when the second is refused."""
+    from click.testing import CliRunner
+
+    from ixypipe.cli import main
+
+    a, b = "0000:fe:1f.6", "0000:fe:1f.7"          # addresses no test or machine here uses
+    held = claims.claim(nic("n1", pci=b), "bridge", "/b.toml")
+    try:
+        res = CliRunner().invoke(main, ["fwd", a, b, "--duration", "1"])
+        assert res.exit_code == 1, res.output
+        assert (f"port p1: PCI device {b} is in use by pipeline 'bridge' (pid {os.getpid()}, /b.toml, port n1); two "
+                "pipelines on one device both receive every frame and both transmit. Stop it first") in res.output
+        assert not (claims.CLAIM_DIR / f"{claims.CLAIM_PREFIX}pci-{a}").exists()
+    finally:
+        claims.release([held])
+    assert not (claims.CLAIM_DIR / f"{claims.CLAIM_PREFIX}pci-{b}").exists()

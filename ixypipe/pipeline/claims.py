@@ -106,8 +106,9 @@ def _open(path: Path) -> int:
         return fd
 
 
-def claim(port, pipeline: str, file: str, directory: Path = CLAIM_DIR) -> Claim | None:
-    """Hold ``port``'s device for this process's life; ClaimError naming the holder when another has it."""
+def claim(port, pipeline: str, file: str, directory: Path = CLAIM_DIR, how_to_share: str = "") -> Claim | None:
+    """Hold ``port``'s device for this process's life; ClaimError naming the holder when another has it
+    (ending with ``how_to_share``, by default: say share = true in the port)."""
     device = device_of(port)
     if device is None:
         return None
@@ -125,9 +126,9 @@ def claim(port, pipeline: str, file: str, directory: Path = CLAIM_DIR) -> Claim 
                 log.warning("port %s: %s is also used by %s, which does not share it; joining it as "
                             "share = true says", port.name, what, describe(others))
                 return Claim(port.name, what, path, None)
+            hint = how_to_share or f"Stop the other one, or say share = true in port {port.name} to share it on purpose"
             raise ClaimError(f"port {port.name}: {what} is in use by {describe(others)}; two pipelines on one "
-                             f"device both receive every frame and both transmit. Stop the other one, or say "
-                             f"share = true in port {port.name} to share it on purpose") from None
+                             f"device both receive every frame and both transmit. {hint}") from None
         try:
             same = os.fstat(fd).st_ino == path.stat().st_ino
         except FileNotFoundError:
