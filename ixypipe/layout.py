@@ -38,7 +38,9 @@ ARENA_HEADER_DTYPE = np.dtype([
     ("flags", "<u4"),
     ("owner_pid", "<u4"),
     ("iova_base", "<u8"),       # fallback arenas: simulated I/O address of offset 0
-    ("pad", "u1", (24,)),
+    ("control_size", "<u8"),    # ARENA_FLAG_CONTROL: bytes of the control file
+    ("control_next", "<u8"),    # ARENA_FLAG_CONTROL: its bump allocator (an arena offset, >= size)
+    ("pad", "u1", (8,)),
 ])
 ARENA_REGION_DTYPE = np.dtype([
     ("name", f"S{ARENA_REGION_NAME_LEN}"),
@@ -50,6 +52,12 @@ ARENA_DATA_OFFSET = PAGE_SIZE * (
     (ARENA_TABLE_OFFSET + ARENA_MAX_REGIONS * ARENA_REGION_DTYPE.itemsize + PAGE_SIZE - 1) // PAGE_SIZE)
 ARENA_FLAG_HUGEPAGES = 0x1      # backed by hugetlbfs: physical addresses are real
 ARENA_FLAG_NO_PHYS = 0x2        # made without a physical-address table (only IOVAs reach a device: VFIO)
+# Control regions (rings, free lists, the stage table...) live in a second file on /dev/shm, the arena's
+# name plus ARENA_CONTROL_SUFFIX, mapped right after the first one: arena offsets from ``size`` on are
+# its bytes.  Each control region starts on a 4 KiB page and owns its pages, so a worker process can be
+# given exactly the pages it writes; only DMA regions (packet buffers) stay in the first file.
+ARENA_FLAG_CONTROL = 0x4
+ARENA_CONTROL_SUFFIX = ".ctl"
 # Name of the region holding the physical address of every hugepage of the
 # arena, filled by the creator (root) so attaching processes need no pagemap.
 ARENA_PHYS_REGION = "arena.phys"
@@ -104,6 +112,14 @@ RING_TAIL_OFF = 2 * CACHE_LINE  # u64 free-running count of slots consumed
 RING_SLOTS_OFFSET = 3 * CACHE_LINE
 RING_SLOT_DTYPE = np.dtype("<u4")
 
+def page_padded(dtype: np.dtype) -> np.dtype:
+    """``dtype`` with its item size rounded up to whole pages: in an array of them each item owns its pages,
+    so one item can be mapped writable in a process that sees the others read-only."""
+    size = (dtype.itemsize + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    return np.dtype({"names": list(dtype.names), "formats": [dtype.fields[n][0] for n in dtype.names],
+                     "offsets": [dtype.fields[n][1] for n in dtype.names], "itemsize": size})
+
+
 # --- pipeline stage control and counters --------------------------------------
 # Region "stages": one row per stage process.  The supervisor writes only
 # ``command``; the stage writes every other field (single writer per field).
@@ -115,7 +131,7 @@ STAGE_STATE_RUNNING = 1
 STAGE_STATE_DRAINING = 2
 STAGE_STATE_DONE = 3         # exited cleanly after a drain
 STAGE_STATE_DEAD = 4         # written by the supervisor once the process is gone: producers stop pushing to it
-STAGE_ROW_DTYPE = np.dtype([
+STAGE_ROW_DTYPE = page_padded(np.dtype([
     ("command", "<i8"),
     ("pad0", "u1", (56,)),           # the supervisor's field on a cache line of its own
     ("state", "<i8"),
@@ -142,7 +158,7 @@ STAGE_ROW_DTYPE = np.dtype([
     ("batch_no", "<i8"),             # batches taken; > ``batches`` while one is being processed
     ("forks", "<i8"),                # children of this (worker) process stopped at fork (written by the child)
     ("fork_pid", "<i8"),             # pid of the last one
-])
+]))     # a row per page: a worker may write its own row only
 DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route", "stage_died", "duplicate")
 
 # --- wake-up lines -------------------------------------------------------------
@@ -152,11 +168,11 @@ DROP_REASONS = ("worker", "worker_error", "bad_packet", "no_route", "stage_died"
 # producer that enqueued for it posts the semaphore only when it reads
 # ``sleeping`` set, so a busy consumer costs its producers no system call.
 WAKE_REGION = "wake"
-WAKE_LINE_DTYPE = np.dtype([
+WAKE_LINE_DTYPE = page_padded(np.dtype([
     ("sleeping", "<i8"),
     ("wakeups", "<i8"),       # times the consumer woke from its semaphore
     ("pad", "u1", (48,)),
-])
+]))     # a line per page: a worker writes its own and those of the stages it feeds, no other
 
 # Region "stages.counters": one block per stage row of named counters (Batch.count) with
 # full names.  The stage is the only writer: it appends a name's UTF-8 bytes and a NUL to
@@ -168,12 +184,12 @@ STAGE_COUNTER_NAMES_SIZE = 32 * 1024  # bytes of names per stage (UTF-8, each fo
 STAGE_COUNTER_NAME_MAX = 128         # bytes of one name; a longer one is cut at a character boundary
 STAGE_COUNTER_VALUE_MAX = 2**63 - 1  # values are int64: a counter is shown clamped to 0..this
 STAGE_COUNTERS_REGION = "stages.counters"
-STAGE_COUNTERS_DTYPE = np.dtype([
+STAGE_COUNTERS_DTYPE = page_padded(np.dtype([
     ("count", "<i8"),                # names published
     ("pad", "u1", (56,)),
     ("values", "<i8", (STAGE_COUNTERS_MAX,)),
     ("names", "u1", (STAGE_COUNTER_NAMES_SIZE,)),
-])
+]))     # whole pages per block, like the rows
 
 # --- software ports' counters in the device arena (af_packet, pcap) -------------
 # Region "<driver>.<port>": a header line, then one counter line per RX queue,

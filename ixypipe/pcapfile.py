@@ -9,7 +9,12 @@ header (byte order), interface descriptions (link type, snaplen, timestamp
 resolution), enhanced and simple packet blocks, and skips every other block
 type.  ``read_pcap`` loads a whole file into one array and indexes its
 packets; a file that ends inside a record is an error, or with
-``allow_cut`` the packets before it.  ``probe`` / ``check_input`` /
+``allow_cut`` the packets before it.  A field that cannot be right - a
+captured length past the snap length (or PCAP_MAX_CAPLEN) or past the
+length on the wire, a sub-second timestamp of a second or more, a pcapng
+timestamp beyond int64 nanoseconds, a block whose trailing length differs
+from its leading one - is a PcapError naming the field and its byte
+offset, never taken for a cut file.  ``probe`` / ``check_input`` /
 ``check_output`` check a file before a run (format, link type, writable)
 without reading it all.  ``PcapWriter`` writes little-endian classic files
 and builds a whole batch - record headers and packet bytes - with numpy
@@ -29,11 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
+
+from ixypipe.datafile import file_kind, kernel_filesystem
 
 PCAP_MAGIC_USEC = 0xA1B2C3D4
 PCAP_MAGIC_NSEC = 0xA1B23C4D
 PCAP_VERSION = (2, 4)
 PCAP_DEFAULT_SNAPLEN = 262144
+PCAP_MAX_CAPLEN = 262144                # libpcap's MAXIMUM_SNAPLEN: no record is read longer than this
+INT64_MAX = (1 << 63) - 1
 LINKTYPE_ETHERNET = 1
 PCAP_GLOBAL_HEADER_DTYPE = np.dtype([
     ("magic", "u4"), ("version_major", "u2"), ("version_minor", "u2"),
@@ -146,6 +156,15 @@ def _regular(path: Path) -> None:
         raise PcapError(f"{path} is a directory, not a pcap file")
     if not stat.S_ISREG(mode):
         raise PcapError(f"{path} is not a regular file (a FIFO or device cannot be replayed)")
+    _not_kernel(path)
+
+
+def _not_kernel(path: Path) -> None:
+    """A capture is never a file of procfs or sysfs (/proc/version passes for a regular file)."""
+    fs = kernel_filesystem(path)
+    if fs is not None:
+        raise PcapError(f"{str(path)!r} is on {fs} (a kernel interface, not a data file); a capture must be a "
+                        "regular file")
 
 
 def read_header(path: str | os.PathLike) -> tuple[str, bool, int, int]:
@@ -178,16 +197,6 @@ def check_input(path: str | os.PathLike) -> CaptureInfo:
     return info
 
 
-_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                (stat.S_ISSOCK, "a socket"))
-
-
-def file_kind(mode: int) -> str:
-    """What a file that is not a regular file is ("a FIFO (named pipe)"), for messages."""
-    return next((what for test, what in _NOT_REGULAR if test(mode)), "not a regular file")
-
-
 def check_output(path: str | os.PathLike) -> None:
     """A path a capture can be written to: a regular file (or none yet) in an existing, writable directory.
 
@@ -199,6 +208,7 @@ def check_output(path: str | os.PathLike) -> None:
         parent = path.parent
         if not parent.is_dir():
             raise PcapError(f"directory {parent} for pcap file {path} does not exist") from None
+        _not_kernel(path)
         if not os.access(parent, os.W_OK | os.X_OK):
             raise PcapError(f"cannot create pcap file {path}: directory {parent} is not writable") from None
         return
@@ -207,19 +217,27 @@ def check_output(path: str | os.PathLike) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise PcapError(f"{str(path)!r} is {file_kind(st.st_mode)}; an output must be a regular file "
                         "(it is created or replaced)")
+    _not_kernel(path)
     if not os.access(path, os.W_OK):
         raise PcapError(f"cannot write pcap file {path}: permission denied")
 
 
 def read_pcap(path: str | os.PathLike, allow_cut: bool = False) -> PcapFile:
-    """Load a pcap or pcapng file and index its packets.
+    """Load a pcap or pcapng file (no larger than the free memory) and index its packets.
 
     A file that ends inside a record is an error, or with ``allow_cut`` the
     packets before it with ``cut_at`` set (a capture still being written, or
     cut by a full disk)."""
     path = Path(path)
     info = probe(path)
-    raw = np.fromfile(path, np.uint8)
+    size, free = path.stat().st_size, psutil.virtual_memory().available
+    if size > free:
+        raise PcapError(f"{path} is {size} bytes, more than this machine's free memory ({free} bytes): a capture "
+                        "is loaded whole")
+    try:
+        raw = np.fromfile(path, np.uint8)
+    except MemoryError:
+        raise PcapError(f"{path} is {size} bytes, more than this machine can load") from None
     if info.format == "pcapng":
         loaded = _read_pcapng(path, raw)
     else:
@@ -239,18 +257,41 @@ class _Loaded:
         return self.file.cut_at
 
 
+def caplen_limit(snaplen: int) -> int:
+    """The longest record a file of this snap length may hold (0 = none given: PCAP_MAX_CAPLEN)."""
+    return min(snaplen, PCAP_MAX_CAPLEN) if snaplen else PCAP_MAX_CAPLEN
+
+
+def limit_text(snaplen: int) -> str:
+    if snaplen and snaplen <= PCAP_MAX_CAPLEN:
+        return f"the snap length {snaplen}"
+    return f"the largest record read ({PCAP_MAX_CAPLEN} bytes)"
+
+
 def _read_classic(path: Path, raw: np.ndarray, info: CaptureInfo) -> _Loaded:
     data = raw.tobytes()
     rec = struct.Struct(info.order + "IIII")
     offsets, caplen, origlen, sec, frac = [], [], [], [], []
     pos, end = _GLOBAL, len(data)
     cut, detail = None, ""
+    limit = caplen_limit(info.snaplen)
+    frac_field, frac_end = ("ts_nsec", NS_PER_SEC) if info.nanosecond else ("ts_usec", NS_PER_SEC // NS_PER_USEC)
     while pos < end:
         if pos + _RECORD > end:
             cut, detail = pos, (f"{path}: record {len(offsets)} at byte {pos} is cut short "
                                 f"(the file ends inside its header)")
             break
         s, f, incl, orig = rec.unpack_from(data, pos)
+        where = f"{path}: record {len(offsets)} at byte {pos}"
+        if incl > limit:
+            raise PcapError(f"{where}: incl_len (byte {pos + 8}) is {incl}, beyond {limit_text(info.snaplen)}: a "
+                            f"corrupt field, not a cut file ({len(offsets)} packets before it)")
+        if incl > orig:
+            raise PcapError(f"{where}: incl_len (byte {pos + 8}) is {incl}, more than orig_len {orig} (the packet's "
+                            f"length on the wire): a corrupt field, not a cut file ({len(offsets)} packets before it)")
+        if f >= frac_end:
+            raise PcapError(f"{where}: {frac_field} (byte {pos + 4}) is {f}, out of range 0..{frac_end - 1}: a "
+                            f"corrupt field ({len(offsets)} packets before it)")
         if pos + _RECORD + incl > end:
             cut, detail = pos, (f"{path}: record {len(offsets)} at byte {pos} claims {incl} bytes but "
                                 f"the file ends after {end - pos - _RECORD}")
@@ -350,6 +391,10 @@ def _read_pcapng(path: Path, raw: np.ndarray) -> _Loaded:
             cut, detail = pos, (f"{path}: pcapng block {btype} at byte {pos} claims {blen} bytes but the file "
                                 f"ends after {end - pos}")
             break
+        (trailer,) = struct.unpack_from(order + "I", data, pos + blen - 4)
+        if trailer != blen:
+            raise PcapError(f"{path}: pcapng block {btype} at byte {pos}: its trailing length (byte "
+                            f"{pos + blen - 4}) is {trailer}, its leading length {blen}: a corrupt block")
         body, body_end = pos + _BLOCK_HEAD, pos + blen - 4
         if btype == PCAPNG_SHB and blen < _SHB_MIN:
             raise PcapError(f"{path}: pcapng section header at byte {pos} is too short ({blen} bytes)")
@@ -381,11 +426,19 @@ def _read_pcapng(path: Path, raw: np.ndarray) -> _Loaded:
             if start + incl > body_end:
                 raise PcapError(f"{path}: pcapng packet block at byte {pos} claims {incl} bytes of data in a "
                                 f"block of {blen}")
+            if incl > caplen_limit(snap):
+                raise PcapError(f"{path}: pcapng packet block at byte {pos}: captured length (byte {body + 12}) "
+                                f"is {incl}, beyond {limit_text(snap)} of interface {iface}: a corrupt field")
+            ticks = hi << 32 | lo
+            ns = ticks * NS_PER_SEC // resol
+            if ns > INT64_MAX:
+                raise PcapError(f"{path}: pcapng packet block at byte {pos}: timestamp (byte {body + 4}) is "
+                                f"{ticks} ticks of 1/{resol} s, beyond the year 2262 (int64 nanoseconds): a "
+                                "corrupt field")
             offsets.append(start)
             caplen.append(incl)
             origlen.append(orig)
-            ticks = hi << 32 | lo
-            ts.append(ticks * NS_PER_SEC // resol)
+            ts.append(ns)
         pos += blen
     return _Loaded(PcapFile(path, nano, snaplen, LINKTYPE_ETHERNET if linktype is None else linktype, raw,
                             np.asarray(offsets, np.int64), np.asarray(caplen, np.uint32),

@@ -1,5 +1,5 @@
 """What every long-running ixypipe process does for itself: back off when idle, name itself, die with its
-parent, set up its logging.
+parent, leave stop signals to its owner, set up its logging.
 
 Used by the pipeline's stage processes and by the software 82599's model
 process alike.
@@ -33,6 +33,8 @@ import logging
 import os
 import signal
 import time
+
+import psutil
 
 SPIN_LOOPS = 64         # empty polls before yielding
 YIELD_LOOPS = 256       # yields before sleeping
@@ -128,6 +130,24 @@ def set_timer_slack(ns: int) -> None:
         pass
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)     # what stops a run: Ctrl-C, kill, hang-up
+
+
+def handled_stop_signals() -> tuple[signal.Signals, ...]:
+    """The stop signals an owner (the supervisor, ``sim serve``) acts on: all, but SIGHUP when it started
+    ignored (``nohup``: the user asked to outlive the terminal)."""
+    return tuple(s for s in STOP_SIGNALS if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN)
+
+
+def ignore_stop_signals() -> None:
+    """A process its owner stops ignores what stops the owner: Ctrl-C, ``timeout``, systemd's stop and
+    ``kill -TERM -PGID`` reach every process of the group at once, and the owner, which gets the same
+    signal, stops its children in order.  SIGKILL still ends it, and it dies with its owner
+    (:func:`die_with_parent`).  Ignored, not handled: no system call of the hot loop is interrupted."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def die_with_parent(parent: int) -> None:
     """A child must not outlive its owner (e.g. kill -9 of the supervisor): the kernel kills it."""
     try:
@@ -136,6 +156,30 @@ def die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:          # the parent died before prctl took effect
         os._exit(1)
+
+
+def wait_for_answer(conn, pid: int, stall: float, ceiling: float = 600.0, slice_s: float = 0.5) -> bool:
+    """Wait until ``conn`` has something to read from child ``pid`` starting up: True when it has.
+
+    A busy machine (or numba compiling kernels on a first run) can hold a start-up for minutes, so
+    this waits for progress rather than for a clock: it gives up (False) only when the child used no
+    CPU and was not waiting for one for ``stall`` seconds, when it is gone, or after ``ceiling``.
+    """
+    start = last_move = time.monotonic()
+    last_cpu = -1.0
+    while not conn.poll(slice_s):
+        now = time.monotonic()
+        try:
+            proc = psutil.Process(pid)
+            times, status = proc.cpu_times(), proc.status()
+        except psutil.Error:
+            return conn.poll(0)                 # gone: an answer (or EOF) it left is still readable
+        cpu = times.user + times.system
+        if cpu != last_cpu or status == psutil.STATUS_RUNNING:
+            last_cpu, last_move = cpu, now      # working, or runnable and waiting for a CPU
+        if now - last_move > stall or now - start > ceiling:
+            return False
+    return True
 
 
 # ---- logging ------------------------------------------------------------------------

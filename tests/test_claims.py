@@ -201,7 +201,7 @@ def test_a_plan_region_outside_its_arena_is_a_plan_info_error_not_a_crash(make_a
     arena.alloc(PLAN_INFO_REGION, PLAN_INFO_SIZE)
     entry = next(e for e in arena.table if bytes(e["name"]) == PLAN_INFO_REGION.encode())
     entry["offset"] = arena.size + 4096
-    with pytest.raises(PlanInfoError, match=f"lies outside its {arena.size}-byte mapping"):
+    with pytest.raises(PlanInfoError, match=r"region of arena .* is cut short \(0 bytes\)"):
         read_plan_info(arena)
 
 

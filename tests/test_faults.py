@@ -143,7 +143,7 @@ def test_after_kill_9_of_the_supervisor_nothing_runs_and_cleanup_removes_the_lef
     _, alive = psutil.wait_procs([psutil.Process(p) for p in stages if psutil.pid_exists(p)], timeout=10)
     assert alive == []                          # stages and simulator die with their supervisor
     left = leftovers(proc.pid)
-    assert len(left) == 2                       # the packet and the device arena
+    assert len(left) == 3                       # the packet arena, its control file and the device arena
     res = subprocess.run([sys.executable, "-m", "ixypipe", "cleanup"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0
     for path in left:

@@ -79,9 +79,13 @@ def test_a_buffer_of_a_pool_without_home_is_named(pools):
     bufs, (p0, p1, p2) = pools
     homing = Homing.to_pools(bufs, (p0, p2))
     stray = p1.alloc_exact(2)
-    with pytest.raises(HomingError, match=rf"buffer {int(stray[0])} belongs to pool id 1, which has no home here "
-                                          r"\(homes for pool ids \[0, 2\]\)"):
+    with pytest.raises(HomingError, match=rf"buffer {int(stray[0])} is in the index range of no pool with a home "
+                                          rf"here \(id 0 \[0, {PER_POOL}\), id 2 \[{2 * PER_POOL}, {3 * PER_POOL}\)\)"):
         homing.send(stray)
     assert p0.available() == p2.available() == PER_POOL
+    # without ranges the headers name the pool (one process that owns its pools)
+    with pytest.raises(HomingError, match=rf"buffer {int(stray[0])} belongs to pool id 1, which has no home here "
+                                          r"\(homes for pool ids \[0, 2\]\)"):
+        Homing(bufs, {0: p0.free, 2: p2.free}).send(stray)
     with pytest.raises(HomingError, match=r"pool ids \[5\] have an index range but no home"):
         Homing(bufs, {0: p0.free}, {5: (0, 8)})

@@ -302,6 +302,9 @@ path_case("file-symlink-self", "a loop of symbolic links", lambda d: symlink(d, 
 path_case("file-dangling-symlink", "no such pipeline file", lambda d: symlink(d, "dangling.toml", str(d / "nowhere")))
 path_case("file-symlink-to-fifo", "is a FIFO", lambda d: symlink(d, "to-fifo.toml", fifo(d)))
 path_case("file-socket", "is a socket", unix_socket)
+path_case("file-proc-version", "/proc/version: is on procfs (a kernel interface)", lambda d: "/proc/version")
+path_case("file-proc-self-mem", "is on procfs (a kernel interface)", lambda d: "/proc/self/mem")
+path_case("file-symlink-to-proc", "is on procfs (a kernel interface)", lambda d: symlink(d, "p.toml", "/proc/cpuinfo"))
 path_case("file-directory", "directory", directory)
 path_case("file-name-too-long", "File name too long", lambda d: str(d / ("n" * 5000 + ".toml")))
 path_case("file-under-a-file", "cannot read the pipeline file", lambda d: str(FWD / "x.toml"))
@@ -357,6 +360,49 @@ doc_case("pcap-read-directory", ": ports[0].path", pcap_port(made_dir, "read"))
 doc_case("pcap-read-fifo", ": ports[0].path", pcap_port(fifo, "read"))
 doc_case("pcap-read-missing", ": ports[0].path", pcap_port(lambda d: str(d / "nope.pcap"), "read"))
 doc_case("pcap-read-dev-zero", ": ports[0].path", pcap_port(lambda d: "/dev/zero", "read"))
+# files on procfs and sysfs stat as regular files (or sit in a directory that exists): refused by filesystem
+for _n, _path in {"proc-self-mem": "/proc/self/mem", "proc-version": "/proc/version",
+                  "proc-new": "/proc/ixypipe-new.pcap", "sys-new": "/sys/kernel/ixypipe.pcap"}.items():
+    doc_case(f"sink-pcap-{_n}", ": ports[0].sink.pcap", sink_pcap(lambda d, p=_path: p), also=("(a kernel interface",))
+    doc_case(f"pcap-write-{_n}", ": ports[0].path", pcap_port(lambda d, p=_path: p, "write"),
+             also=("(a kernel interface",))
+doc_case("pcap-read-proc-version", ": ports[0].path", pcap_port(lambda d: "/proc/version", "read"),
+         also=("'/proc/version' is on procfs",))
+doc_case("pcap-read-proc-self-mem", ": ports[0].path", pcap_port(lambda d: "/proc/self/mem", "read"),
+         also=("'/proc/self/mem' is on procfs",))
+
+
+# captures with one corrupt field mid-file: named with the record and byte, never called a cut file
+def corrupt_pcap(name: str, change: Callable[[bytearray], None]) -> Callable[[Path], str]:
+    def make(d: Path) -> str:
+        with PcapWriter(d / f"{name}.pcap", nanosecond=False) as w:
+            w.write_batch([bytes([i]) * 60 for i in range(100)])
+        raw = bytearray((d / f"{name}.pcap").read_bytes())
+        change(raw)
+        (d / f"{name}.pcap").write_bytes(raw)
+        return str(d / f"{name}.pcap")
+    return make
+
+
+REC60 = 24 + 60 * (16 + 60)          # record 60 of 100 60-byte packets
+
+
+def set_u32(offset: int, value: int) -> Callable[[bytearray], None]:
+    return lambda raw: raw.__setitem__(slice(offset, offset + 4), value.to_bytes(4, "little"))
+
+
+for _n, _change, _says in [
+        ("caplen-2-31", set_u32(REC60 + 8, 1 << 31), f"record 60 at byte {REC60}: incl_len (byte {REC60 + 8}) is "
+                                                     f"2147483648, beyond the snap length 262144: a corrupt field"),
+        ("caplen-1MiB", set_u32(REC60 + 8, 1 << 20), f"record 60 at byte {REC60}: incl_len (byte {REC60 + 8}) is "
+                                                     "1048576, beyond the snap length"),
+        ("caplen-bit-flip", set_u32(REC60 + 8, 60 ^ (1 << 22)), f"record 60 at byte {REC60}: incl_len"),
+        ("caplen-0", set_u32(REC60 + 8, 0), "a corrupt field"),   # record 61 is then read from packet bytes
+        ("ts-usec-too-big", set_u32(REC60 + 4, 1_000_000), f"record 60 at byte {REC60}: ts_usec (byte {REC60 + 4}) "
+                                                           "is 1000000, out of range 0..999999"),
+        ("snaplen-59", set_u32(16, 59), "record 0 at byte 24: incl_len (byte 32) is 60, beyond the snap length 59")]:
+    doc_case(f"pcap-read-corrupt-{_n}", ": ports[0].path", pcap_port(corrupt_pcap(_n, _change), "read"),
+             also=(_says,))
 doc_case("pcap-write-what-is-read", ": ports[1].path", lambda x, d: x.__setitem__("ports", [
     {"name": "p0", "driver": "pcap", "path": input_pcap(d)},
     {"name": "p1", "driver": "pcap", "path": input_pcap(d), "mode": "write"}]), also=("is also",))
@@ -449,7 +495,8 @@ def test_check_rejects_hostile_file(case, corpus_dir, ceiling):
 # ones that used to hang or crash a run (FIFO, /dev/zero, an import that never returns, colliding PCI, ...)
 MUST = {"file-fifo", "file-dev-zero", "worker-never-imports", "worker-raises", "pci-default-of-first",
         "sink-pcap-dev-full", "sink-pcap-directory", "nesting-arrays-3000", "name-pipeline-huge", "name-pipeline-ansi",
-        "number-ports.generator.rate_mpps-3", "number-pipeline.stats_interval-0", "file-symlink-loop"}
+        "number-ports.generator.rate_mpps-3", "number-pipeline.stats_interval-0", "file-symlink-loop",
+        "sink-pcap-proc-self-mem", "pcap-read-corrupt-caplen-2-31"}
 SAMPLE = [(c, check) for i, c in enumerate(CASES) for check in (True, False)
           if c.id in MUST or (i % 30 == 0 and check == (i % 60 == 0))]
 # The default run takes MUST both ways and, of the every-30th sample, one case of each error kind MUST has

@@ -107,6 +107,50 @@ def test_reserve_write_failure_names_the_file(tree):
         reserve(9, sysfs_root=root, geteuid=lambda: 0)
 
 
+def test_reserve_beyond_the_machine_is_refused_before_anything_is_written(tree):
+    root, _ = tree
+    target = root / "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+    with pytest.raises(HugepageSetupError, match=r"99999999999999 2M hugepages are 209715199999997902848 bytes, "
+                                                 r"more than this machine's memory \(1073741824 bytes: at most "
+                                                 r"512 pages\)"):
+        reserve(99999999999999, sysfs_root=root, geteuid=lambda: 0, mem_total=1 << 30)
+    assert target.read_text() == "512\n"
+    assert reserve(512, sysfs_root=root, geteuid=lambda: 0, mem_total=1 << 30).total == 512   # all of it is fine
+
+
+def test_fewer_pages_than_asked_are_given_back(tree):
+    """The kernel grants what it can (22.5 of 23 GB once): the old count goes back and the error says so."""
+    root, _ = tree
+    target = root / "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+    written = []
+
+    def kernel(path: Path, count: int) -> None:         # a kernel with room for 600 pages
+        written.append(count)
+        path.write_text(f"{min(count, 600)}\n")
+
+    with pytest.raises(HugepageSetupError, match=r"asked for 1000 2M hugepages but the kernel reserved only 600, "
+                                                 r"put back to the 512 reserved before: memory is short"):
+        reserve(1000, sysfs_root=root, geteuid=lambda: 0, write=kernel)
+    assert written == [1000, 512]
+    assert target.read_text() == "512\n"
+
+
+def test_mount_point_must_be_an_absolute_existing_empty_directory_outside_proc_and_sys(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("")
+    ran = []
+    for where, message in [("", "mount point '' is not an absolute path"),
+                           ("huge", "mount point 'huge' is not an absolute path"),
+                           ("/proc/xyz", "mount point '/proc/xyz' is on procfs"),
+                           ("/proc", "mount point '/proc' is on procfs"),
+                           ("/sys/kernel/mm", "mount point '/sys/kernel/mm' is on sysfs"),
+                           (str(tmp_path / "missing"), "does not exist; make it first"),
+                           (str(tmp_path), "the directory is not empty")]:
+        with pytest.raises(HugepageSetupError, match=message):
+            mount(where, mounts_file=str(mounts), geteuid=lambda: 0, run=lambda *a, **k: ran.append(a))
+    assert ran == [] and not (tmp_path / "missing").exists()
+
+
 def test_parse_size():
     assert [parse_size(s) for s in ("2M", "2MB", "1G", "2048k", "4096")] == [2 << 20, 2 << 20, 1 << 30, 2 << 20, 4096]
     with pytest.raises(HugepageSetupError, match="hugepage size 'huge' is not a size like 2M or 1G"):
@@ -129,6 +173,7 @@ def test_mount_refusals(tmp_path):
 @needs_root
 def test_mount_for_real_then_unmount(tmp_path):
     where = tmp_path / "huge"
+    where.mkdir()
     try:
         assert mount(where) is True
         assert (where, 2 << 20) in memhuge.hugetlbfs_mount_table()
@@ -151,6 +196,42 @@ def test_cli_on_fake_tree(tree):
     assert res.exit_code == 2 and "--node goes with --reserve" in res.output
     res = runner.invoke(main, ["hugepages", "--sysfs-root", str(root), "--reserve", "1", "--size", "4M"])
     assert res.exit_code == 1 and "this machine has no 4M hugepages; sizes offered: 2M, 1G" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--reserve", "99999999999999"], "99999999999999 2M hugepages are 209715199999997902848 bytes, more than "
+                                      "this machine's memory"),
+    (["--reserve", "-1"], "-1 is not in the range 0<=x<="),
+    (["--reserve", "1e3"], "'1e3' is not a valid integer"),
+    (["--mount", ""], "mount point '' is not an absolute path"),
+    (["--mount", "."], "mount point '.' is not an absolute path"),
+    (["--mount", "/proc/xyz"], "mount point '/proc/xyz' is on procfs"),
+    (["--mount", "/sys/fs"], "mount point '/sys/fs' is on sysfs"),
+])
+def test_cli_refuses_bad_values_before_touching_anything(args, message, tree):
+    """Each is refused by its option (exit 2) before any write or mount (a fake sysfs tree: were a value ever
+    taken, this machine's reservation stays as it is)."""
+    root, mounts = tree
+    res = CliRunner().invoke(main, ["hugepages", "--sysfs-root", str(root), "--mounts-file", str(mounts), *args])
+    assert res.exit_code == 2, res.output
+    assert f"Invalid value for '{args[0]}': {message}" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert (root / "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").read_text() == "512\n"
+
+
+@needs_root
+def test_cli_refuses_a_missing_or_non_empty_mount_point(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep").write_text("x")
+    for where, message in [(tmp_path / "missing", f"mount point {tmp_path / 'missing'} does not exist; make it "
+                                                  f"first (mkdir -p {tmp_path / 'missing'})"),
+                           (tmp_path / "full", f"cannot mount hugetlbfs at {tmp_path / 'full'}: the directory is "
+                                               "not empty (a mount would hide what is in it)")]:
+        res = CliRunner().invoke(main, ["hugepages", "--mount", str(where)])
+        assert res.exit_code == 2, res.output
+        assert f"Invalid value for '--mount': {message}" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+    assert (tmp_path / "full", 2 << 20) not in memhuge.hugetlbfs_mount_table()
 
 
 def test_this_machine_read_only():

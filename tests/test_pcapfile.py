@@ -297,3 +297,162 @@ def test_editcap_pcapng_reads_like_the_pcap_it_came_from(tmp_path):
     assert b.format == "pcapng"
     assert b.packets() == a.packets()
     assert list(b.ts_ns) == list(a.ts_ns)
+
+
+# ---- corrupt fields: named with their byte offset, never taken for a cut file (#24) ------------------------
+def hundred(path, nanosecond=False) -> int:
+    """100 60-byte packets; returns the byte where record 60 starts."""
+    with PcapWriter(path, nanosecond=nanosecond) as w:
+        w.write_batch([bytes([i]) * 60 for i in range(100)])
+    return 24 + 60 * (16 + 60)
+
+
+def patch(path, offset: int, fmt: str, value: int) -> None:
+    raw = bytearray(path.read_bytes())
+    struct.pack_into(fmt, raw, offset, value)
+    path.write_bytes(raw)
+
+
+@pytest.mark.parametrize("caplen, why", [(1 << 31, "beyond the snap length 262144"),
+                                         (1 << 20, "beyond the snap length 262144"),
+                                         (262145, "beyond the snap length 262144"),
+                                         (60 ^ (1 << 17), "more than orig_len 60 (the packet's length on the wire)"),
+                                         (61, "more than orig_len 60 (the packet's length on the wire)")])
+def test_a_record_length_past_the_snap_length_is_a_corrupt_field_not_a_cut_file(tmp_path, caplen, why):
+    path = tmp_path / "x.pcap"
+    at = hundred(path)
+    patch(path, at + 8, "<I", caplen)
+    for allow_cut in (False, True):          # a replay (allow_cut) refuses it too: it is not a cut file
+        with pytest.raises(PcapError) as err:
+            read_pcap(path, allow_cut=allow_cut)
+        assert str(err.value) == (f"{path}: record 60 at byte {at}: incl_len (byte {at + 8}) is {caplen}, {why}: "
+                                  "a corrupt field, not a cut file (60 packets before it)")
+
+
+def test_a_zero_record_length_mid_file_is_caught_at_the_next_header(tmp_path):
+    """caplen 0 makes the reader take packet 60's bytes for record 61's header: its fields cannot be right."""
+    path = tmp_path / "x.pcap"
+    at = hundred(path)
+    patch(path, at + 8, "<I", 0)
+    with pytest.raises(PcapError, match=rf"record 61 at byte {at + 16}: incl_len \(byte {at + 24}\) is 1010580540, "
+                                        r"beyond the snap length 262144: a corrupt field, not a cut file \(61 "
+                                        r"packets before it\)"):
+        read_pcap(path, allow_cut=True)
+
+
+@pytest.mark.parametrize("nanosecond, field, top", [(False, "ts_usec", 999_999), (True, "ts_nsec", 999_999_999)])
+def test_a_subsecond_timestamp_of_a_second_or_more_is_a_corrupt_field(tmp_path, nanosecond, field, top):
+    path = tmp_path / "x.pcap"
+    at = hundred(path, nanosecond)
+    patch(path, at + 4, "<I", top)
+    assert len(read_pcap(path)) == 100                       # the largest one is fine
+    patch(path, at + 4, "<I", top + 1)
+    with pytest.raises(PcapError, match=rf"record 60 at byte {at}: {field} \(byte {at + 4}\) is {top + 1}, out of "
+                                        rf"range 0..{top}: a corrupt field"):
+        read_pcap(path)
+
+
+def test_a_small_snap_length_bounds_the_records(tmp_path):
+    path = tmp_path / "x.pcap"
+    with PcapWriter(path, snaplen=64) as w:
+        w.write_batch([b"a" * 100])                            # cut to 64 by the writer: fine
+    assert read_pcap(path).caplen.tolist() == [64]
+    patch(path, 16, "<I", 63)                                   # the header's snaplen now says 63
+    with pytest.raises(PcapError, match=r"record 0 at byte 24: incl_len \(byte 32\) is 64, beyond the snap "
+                                        r"length 63: a corrupt field"):
+        read_pcap(path)
+
+
+def test_a_genuinely_cut_last_record_keeps_its_message(tmp_path):
+    path = tmp_path / "x.pcap"
+    at = hundred(path)
+    path.write_bytes(path.read_bytes()[:at + 16 + 30])
+    p = read_pcap(path, allow_cut=True)
+    assert (len(p), p.cut_at) == (60, at)
+    assert p.cut_message() == (f"{path} is cut short: the file ends inside the record at byte {at}; 60 whole "
+                               "packets read before it")
+
+
+def test_a_pcapng_timestamp_beyond_int64_nanoseconds_is_named(tmp_path):
+    """A large high word used to raise OverflowError ("Python int too large to convert to C long")."""
+    path = tmp_path / "x.pcapng"
+    raw = ng_file("<", [b"a" * 60, b"b" * 60], ts=[5, 0xFFFF_FFFF << 32])
+    path.write_bytes(raw)
+    epb = len(ng_file("<", [b"a" * 60])) - 24                   # the second packet block (the ISB is 24 bytes)
+    with pytest.raises(PcapError, match=rf"{path}: pcapng packet block at byte {epb}: timestamp \(byte "
+                                        rf"{epb + 12}\) is {0xFFFF_FFFF << 32} ticks of 1/1000000 s, beyond the "
+                                        r"year 2262 \(int64 nanoseconds\): a corrupt field"):
+        read_pcap(path)
+    path.write_bytes(ng_file("<", [b"a" * 60], ts=[9_000_000_000_000_000]))   # 2255: still fine
+    assert read_pcap(path).ts_ns.tolist() == [9_000_000_000_000_000_000]
+
+
+def test_a_pcapng_block_whose_trailing_length_differs_is_corrupt(tmp_path):
+    path = tmp_path / "x.pcapng"
+    raw = bytearray(ng_file(">", [b"a" * 60, b"b" * 60]))
+    epb = len(ng_file(">", [b"a" * 60])) - 24
+    blen = 12 + 20 + 60
+    struct.pack_into(">I", raw, epb + blen - 4, blen + 4)
+    path.write_bytes(raw)
+    with pytest.raises(PcapError, match=rf"pcapng block 6 at byte {epb}: its trailing length \(byte "
+                                        rf"{epb + blen - 4}\) is {blen + 4}, its leading length {blen}: a corrupt "
+                                        "block"):
+        read_pcap(path, allow_cut=True)
+
+
+def test_a_pcapng_packet_past_its_interface_snap_length_is_corrupt(tmp_path):
+    path = tmp_path / "x.pcapng"
+    path.write_bytes(ng_file("<", [b"a" * 60, b"b" * 65536]))     # ng_file's interface has snaplen 65535
+    with pytest.raises(PcapError, match=r"captured length \(byte \d+\) is 65536, beyond the snap length 65535 of "
+                                        "interface 0: a corrupt field"):
+        read_pcap(path)
+
+
+@pytest.mark.parametrize("case", ["timestamp", "trailer", "caplen", "bad-length"])
+def test_pcapng_structure_errors_are_exit_2_at_check_and_run(tmp_path, case):
+    from click.testing import CliRunner
+
+    from ixypipe.cli import main
+
+    pkts = [b"a" * 60, b"b" * 60]
+    raw = bytearray(ng_file("<", pkts, ts=[0, 0xFFFF_FFFF << 32] if case == "timestamp" else None))
+    epb = len(ng_file("<", pkts[:1])) - 24
+    if case == "trailer":
+        struct.pack_into("<I", raw, epb + 88, 0)
+    elif case == "caplen":
+        struct.pack_into("<I", raw, epb + 20, 1 << 31)
+    elif case == "bad-length":
+        struct.pack_into("<I", raw, epb + 4, 7)
+    (tmp_path / "in.pcapng").write_bytes(raw)
+    (tmp_path / "p.toml").write_text(
+        '[[ports]]\nname = "in"\ndriver = "pcap"\npath = "in.pcapng"\nforward_to = "out"\n\n'
+        '[[ports]]\nname = "out"\ndriver = "pcap"\npath = "out.pcap"\nmode = "write"\n\n'
+        '[workers]\nfunction = "touch"\n')
+    for check in (["--check"], ["--duration", "5"]):
+        res = CliRunner().invoke(main, ["run", str(tmp_path / "p.toml"), *check])
+        assert res.exit_code == 2, res.output
+        assert "Traceback" not in res.output
+        assert f"p.toml: ports[0].path (line 4): {tmp_path / 'in.pcapng'}: pcapng " in res.stderr
+    assert not (tmp_path / "out.pcap").exists()
+
+
+def test_captures_on_procfs_and_sysfs_are_refused(tmp_path):
+    for path, fs in (("/proc/version", "procfs"), ("/proc/self/mem", "procfs"), ("/sys/kernel/mm/x.pcap", "sysfs")):
+        with pytest.raises(PcapError, match=rf"'{path}' is on {fs} \(a kernel interface, not a data file\)"):
+            (probe if os.path.exists(path) and "mem" not in path else check_output)(path)
+    with pytest.raises(PcapError, match=r"'/proc/self/mem' is on procfs"):
+        probe("/proc/self/mem")
+
+
+def test_a_capture_larger_than_the_free_memory_is_refused_before_it_is_read(tmp_path):
+    import psutil
+
+    path = tmp_path / "sparse.pcap"
+    with PcapWriter(path) as w:
+        w.write(b"a" * 60)
+    size = psutil.virtual_memory().total * 2
+    with open(path, "r+b") as f:                 # sparse: costs no disk
+        f.truncate(size)
+    assert check_input(path).format == "pcap"
+    with pytest.raises(PcapError, match=rf"{path} is {size} bytes, more than this machine's free memory"):
+        read_pcap(path, allow_cut=True)

@@ -76,3 +76,26 @@ def test_json_intervals_have_type_time_pipeline_and_cumulative_port_drops():
     assert (second["ports"]["b"]["rx_undersize"], second["ports"]["b"]["rx_undersize_total"]) == (5, 7)
     assert port_drops(devs) == {"a": {"rx_missed": 0, "rx_too_long": 0, "rx_undersize": 0},
                                 "b": {"rx_missed": 9, "rx_too_long": 1, "rx_undersize": 7}}
+
+
+def test_a_restarted_worker_reports_its_own_figures_never_an_idle_share_above_100_percent():
+    """The interval a worker was replaced in compares the new process's counters (from zero) with the dead
+    one's: 300 loops (100 idle) against 9,000 (8,900 idle) read as an idle share of -8,800 / -8,700 (101 %; 300 %
+    in the run of issue 24) and -100 batches.  Now the new process's own figures are shown; the row's drops
+    still add up."""
+    p = plan()
+    table = np.zeros(len(p.stages), STAGE_ROW_DTYPE)
+    out = io.StringIO()
+    printer = StatsPrinter(p, table, {}, out, json_lines=True)
+    worker = p.stages[2].row
+    row = table[worker]
+    row["pid"], row["loops"], row["idle_loops"], row["batches"], row["drop_worker"] = 100, 9_000, 8_900, 100, 4
+    printer.interval(1.0)
+    row["pid"], row["loops"], row["idle_loops"], row["batches"], row["drop_worker"] = 200, 300, 100, 200, 6
+    printer.interval(2.0)
+    row["loops"], row["idle_loops"], row["batches"] = 400, 190, 210
+    printer.interval(3.0)
+    first, restarted, after = (json.loads(x)["stages"]["worker-0"] for x in out.getvalue().splitlines())
+    assert (first["idle"], first["batches"]) == (8_900 / 9_000, 100)
+    assert (restarted["idle"], restarted["batches"], restarted["drops"]) == (100 / 300, 200, {"worker": 2})
+    assert (after["idle"], after["batches"]) == (90 / 100, 10)

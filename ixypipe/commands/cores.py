@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import psutil
 
+from ixypipe.commands.options import Seconds
 from ixypipe.pipeline.placement import CpuTopology, Placement, plan_placement, read_topology
 
 BUSY_PERCENT = 50.0          # a CPU this busy already has work: a polling stage there runs at half speed
@@ -72,7 +73,7 @@ def pipeline_placement(pipeline: str, topo: CpuTopology,
 
 @click.command()
 @click.argument("pipeline", required=False, type=click.Path(dir_okay=False))
-@click.option("--interval", type=click.FloatRange(min=0), default=0.5, show_default=True, metavar="SECONDS",
+@click.option("--interval", type=Seconds(min=0), default=0.5, show_default=True, metavar="SECONDS",
               help="How long to measure how busy each CPU is (0: since the last call, i.e. not measured).")
 @click.option("--sysfs-root", default="/sys", show_default=True, hidden=True,
               help="Read the topology from this tree (tests).")

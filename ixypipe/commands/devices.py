@@ -24,14 +24,15 @@ def devices(sysfs_root: str, proc_root: str, pci_ids: str | None) -> None:
     Take a device with 'ixypipe bind ADDRESS'; give it back with 'ixypipe unbind ADDRESS'.
     """
     from ixypipe.commands.options import emit_json, wants_json
+    from ixypipe.datafile import DataFileError
     from ixypipe.ops.pcidevs import list_network_devices, status_lines
     from ixypipe.ops.pciids import PciNames, find_pci_ids
 
     path = pci_ids or find_pci_ids()
     try:
         names = PciNames(path)
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="'--pci-ids'") from exc
+    except DataFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--pci-ids'") from None
     found = list_network_devices(sysfs_root, proc_root, names)
     if wants_json():
         emit_json({"type": "devices", "pci_ids": str(path) if path else None,

@@ -15,7 +15,7 @@ import time
 
 import click
 
-from ixypipe.commands.options import PPS
+from ixypipe.commands.options import PPS, Count, Seconds
 from ixypipe.layout import DEFAULT_BUF_SIZE
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.homing import Homing
@@ -24,6 +24,7 @@ from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceError, PortSpec
 from ixypipe.nic.registers import DEFAULT_RING_ENTRIES, MAX_RING_ENTRIES
 from ixypipe.ops.forwarder import Forwarder
+from ixypipe.sim.traffic import MAX_FLOWS
 
 MIN_POOL = 4096                 # ixy: at least 4096 buffers per RX queue
 DRAIN_TIMEOUT = 5.0
@@ -35,9 +36,9 @@ PORT_NAMES = ("p0", "p1")
 @click.argument("addresses", nargs=-1, metavar="[PCI_A PCI_B]")
 @click.option("--sim", is_flag=True, help="Forward between two software 82599s with traffic generators "
               "and verifying sinks instead of real NICs.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--duration", type=Seconds(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this many seconds (default: until Ctrl-C).")
-@click.option("--packets", type=click.IntRange(min=1), metavar="N",
+@click.option("--packets", type=Count(min=1), metavar="N",
               help="Stop once N packets were received (both ports together).")
 @click.option("--batch", type=click.IntRange(1, MAX_RING_ENTRIES), default=32, show_default=True,
               help="Packets per rx_batch/tx_batch call.")
@@ -47,7 +48,8 @@ PORT_NAMES = ("p0", "p1")
               help="--sim: each generator's rate in packets per second, k/M suffixes accepted (300k, 1.5M); "
                    "0: as fast as the RX ring takes, no loss.")
 @click.option("--packet-size", type=int, default=60, show_default=True, help="--sim: frame size without FCS.")
-@click.option("--flows", type=int, default=4, show_default=True, help="--sim: flows per generator.")
+@click.option("--flows", type=click.IntRange(1, MAX_FLOWS), default=4, show_default=True,
+              help="--sim: flows per generator.")
 @click.option("--no-touch", is_flag=True, help="Do not increment byte 1 of each packet.")
 @click.option("--hugepages", type=click.Choice(["auto", "require", "never"]), default=None,
               help="Arena backing (default: auto with --sim, require on real NICs).")
@@ -72,7 +74,13 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
         raise click.UsageError(f"the forwarder needs exactly two PCI addresses, got {len(addresses)}")
     if ring < 8 or ring > MAX_RING_ENTRIES or ring & (ring - 1):
         raise click.BadParameter(f"must be a power of two from 8 to {MAX_RING_ENTRIES}, got {ring}",
-                                 param_hint="--ring")
+                                 param_hint="'--ring'")
+    if sim:
+        from ixypipe.sim.payload import Profile, ProfileError
+        try:
+            Profile().sizes(packet_size)
+        except ProfileError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--packet-size'") from None
     mode = hugepages or ("auto" if sim else "require")
     pool_size = max(MIN_POOL, 2 * ring)
     from ixypipe.nic.ixgbe import IxgbeDevice

@@ -7,7 +7,7 @@ import signal
 
 import click
 
-from ixypipe.commands.options import PPS
+from ixypipe.commands.options import PPS, Count, Seconds
 from ixypipe.sim.payload import PROFILES
 
 # the generator's own checks name its fields; the user typed these options
@@ -50,9 +50,9 @@ def _mac(ctx, param, value: str) -> bytes:
               help="Packets per second, k/M suffixes accepted (300k, 1.5M); 0 = as fast as the port takes them.")
 @click.option("--flows", type=int, default=None,
               help="Flows (source port and address differ per flow).  Default 1, imix 12.")
-@click.option("--count", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--count", type=Count(min=0), default=0, show_default=True,
               help="Packets to send; 0 = until --duration or Ctrl-C.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--duration", type=Seconds(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this many seconds.")
 @click.option("--batch", type=click.IntRange(1, 512), default=64, show_default=True, help="Frames per tx_batch.")
 @click.option("--dst-mac", default="ff:ff:ff:ff:ff:ff", show_default=True, callback=_mac,
@@ -84,6 +84,12 @@ def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, 
     if len(chosen) != 1:
         raise click.UsageError("choose exactly one port: --sim, --interface IFACE or --pcap FILE")
     target, where = chosen[0]
+    if pcap_path:
+        from ixypipe.pcapfile import PcapError, check_output
+        try:
+            check_output(pcap_path)
+        except PcapError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--pcap'") from None
     prof, size, flows = _profile(profile, size, vlan, flows)
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)   # a simulator process inherits "ignore Ctrl-C"
     try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
+from ixypipe.commands.options import Count
+
 
 @click.command()
-@click.option("--reserve", type=click.IntRange(min=0), metavar="N",
+@click.option("--reserve", type=Count(min=0), metavar="N",
               help="Reserve N pages of --size (root). 0 releases them.")
 @click.option("--mount", "mount_path", type=click.Path(file_okay=False), metavar="PATH",
-              help="Mount hugetlbfs of --size pages at PATH, made if missing (root).")
+              help="Mount hugetlbfs of --size pages at PATH, an existing empty directory (root).")
 @click.option("--size", default="2M", show_default=True, help="Page size for --reserve and --mount: 2M or 1G.")
 @click.option("--node", type=click.IntRange(min=0), help="With --reserve: reserve on this NUMA node only.")
 @click.option("--sysfs-root", default="/sys", hidden=True)
@@ -26,7 +28,17 @@ def command(reserve, mount_path, size, node, sysfs_root, mounts_file) -> None:
       ixypipe hugepages --reserve 4 --size 1G --mount /mnt/huge-1G
     """
     from ixypipe.commands.options import emit_json, wants_json
-    from ixypipe.ops.hugepages import HugepageSetupError, format_size, mount, parse_size, status, status_lines
+    from ixypipe.ops.hugepages import (
+        HugepageSetupError,
+        MountPointError,
+        check_mount_point,
+        check_reserve,
+        format_size,
+        mount,
+        parse_size,
+        status,
+        status_lines,
+    )
     from ixypipe.ops.hugepages import reserve as do_reserve
 
     if node is not None and reserve is None:
@@ -35,6 +47,13 @@ def command(reserve, mount_path, size, node, sysfs_root, mounts_file) -> None:
         page = parse_size(size)
     except HugepageSetupError as exc:
         raise click.BadParameter(str(exc), param_hint="'--size'") from exc
+    for value, check, hint in ((reserve, lambda: check_reserve(reserve, page), "'--reserve'"),
+                               (mount_path, lambda: check_mount_point(mount_path), "'--mount'")):
+        try:
+            if value is not None:
+                check()
+        except HugepageSetupError as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from None
     said = (lambda text: None) if wants_json() else click.echo
     try:
         if reserve is not None:
@@ -45,6 +64,8 @@ def command(reserve, mount_path, size, node, sysfs_root, mounts_file) -> None:
             made = mount(mount_path, page, mounts_file=mounts_file)
             said(f"{'mounted' if made else 'already mounted:'} hugetlbfs pagesize={format_size(page)} "
                        f"at {mount_path}")
+    except MountPointError as exc:                # missing or not empty: found out only when mounting
+        raise click.BadParameter(str(exc), param_hint="'--mount'") from None
     except HugepageSetupError as exc:
         raise click.ClickException(str(exc)) from exc
     if wants_json():

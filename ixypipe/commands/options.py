@@ -6,7 +6,12 @@
   spellings land in the context's ``meta``, which a command reads with
   :func:`wants_json`.
 * :data:`PPS` is the one type of every rate option: packets per second,
-  with k/M suffixes (``--rate 1.5M`` = 1,500,000 pps).
+  with k/M suffixes (``--rate 1.5M`` = 1,500,000 pps), at most MAX_RATE_PPS.
+* :class:`Seconds` is the type of every duration and interval, :class:`Count`
+  of every number of packets, pages or iterations: NaN, infinities, negative
+  numbers and values beyond MAX_SECONDS / MAX_COUNT are usage errors (exit 2,
+  "Invalid value for '--duration'"), so no command runs forever or overflows
+  a 64-bit counter on a typo.
 * A command reports a failure by raising :class:`CommandError` (exit 1, or
   the code it gives); with ``--json`` any click error, usage errors
   included, is printed as ``{"type": "error", "message": ..., "exit_code": N}``
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 
 import click
@@ -25,6 +31,9 @@ from ixypipe.proc import set_log_level
 
 JSON_KEY = "ixypipe.json"
 ARGV_KEY = "ixypipe.argv"
+MAX_SECONDS = 1e9                # ~31 years: any duration or interval beyond it is a typo
+MAX_COUNT = (1 << 63) - 1        # packets, pages, iterations: what a signed 64-bit counter holds
+MAX_RATE_PPS = 1e10              # 10 Gpps, beyond any port (100 Gbit/s of 64-byte frames is 149 Mpps)
 
 
 class RateType(click.ParamType):
@@ -45,10 +54,36 @@ class RateType(click.ParamType):
             number = float(m.group(1)) * self._SUFFIX[m.group(2)]
         if number < 0:
             self.fail(f"{value!r} is negative; a rate is >= 0 packets per second", param, ctx)
+        if not number <= MAX_RATE_PPS:
+            self.fail(f"{value!r} is beyond {MAX_RATE_PPS:.0e} packets per second", param, ctx)
         return number
 
 
 PPS = RateType()
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds from ``min`` (excluded with ``min_open``) to ``max``: durations, intervals."""
+
+    name = "SECONDS"
+
+    def __init__(self, min: float = 0.0, min_open: bool = False, max: float = MAX_SECONDS):
+        super().__init__(min=min, max=max, min_open=min_open)
+
+    def convert(self, value, param, ctx) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class Count(click.IntRange):
+    """A whole number from ``min`` to ``max`` (by default MAX_COUNT): packets, pages, iterations."""
+
+    name = "integer"
+
+    def __init__(self, min: int = 0, max: int = MAX_COUNT):
+        super().__init__(min=min, max=max)
 
 
 class CommandError(click.ClickException):

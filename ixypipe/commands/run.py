@@ -8,15 +8,15 @@ import sys
 
 import click
 
-from ixypipe.commands.options import CommandError, emit_json, set_json, wants_json
+from ixypipe.commands.options import CommandError, Count, Seconds, emit_json, set_json, wants_json
 from ixypipe.proc import log_level
 
 
 @click.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--duration", type=Seconds(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM).")
-@click.option("--packets", type=click.IntRange(min=1), metavar="N",
+@click.option("--packets", type=Count(min=1), metavar="N",
               help="Stop once the RX stages have received N packets.")
 @click.option("--json", is_flag=True, expose_value=False, callback=set_json,
               help="Print one JSON object per interval and a JSON summary instead of text (with --check: "

@@ -9,7 +9,7 @@ that is printed).  The model finds the driver's DMA memory by itself
 through /proc (sim/foreign.py).  Each port is wired to a generator and/or
 a sink (verifying ixypipe's own frames, or counting any frames; either may
 also write a pcap file) or cabled to another served port; counters are
-printed once a second and at the end (Ctrl-C, SIGTERM or ``--duration``),
+printed once a second and at the end (Ctrl-C, SIGTERM, SIGHUP or ``--duration``),
 and the served tree is removed on the way out.  It exits 1 when a DMA
 fault was reported or the model process died (the cause is printed).
 """
@@ -22,8 +22,11 @@ from pathlib import Path
 
 import click
 
-from ixypipe.commands.options import PPS
+from ixypipe.commands.options import PPS, Count, Seconds
+from ixypipe.datafile import kernel_filesystem
+from ixypipe.pcapfile import PcapError, check_output
 from ixypipe.pipeline.report import rate_text
+from ixypipe.proc import handled_stop_signals
 from ixypipe.sim.server import GeneratorConfig, PortCounters, SimPortConfig, SimServer, SinkConfig
 from ixypipe.sim.sysfs import device_dir
 
@@ -43,39 +46,60 @@ def parse_wiring(specs: tuple[str, ...], n_ports: int) -> dict[int, dict]:
 
     def port_index(text: str, spec: str) -> int:
         if not text.strip().isdigit() or not 0 <= int(text) < n_ports:
-            raise WiringError(f"{spec!r}: port index {text!r} is not 0..{n_ports - 1}", param_hint="--wire")
+            raise WiringError(f"{spec!r}: port index {text!r} is not 0..{n_ports - 1}", param_hint="'--wire'")
         i = int(text)
         if i in wiring:
-            raise WiringError(f"{spec!r}: port {i} is already wired ({wiring[i]})", param_hint="--wire")
+            raise WiringError(f"{spec!r}: port {i} is already wired ({wiring[i]})", param_hint="'--wire'")
         return i
 
     for spec in specs:
         if "-" in spec and ":" not in spec:
             a, b = (port_index(x, spec) for x in spec.split("-", 1))
             if a == b:
-                raise WiringError(f"{spec!r}: a cable needs two different ports", param_hint="--wire")
+                raise WiringError(f"{spec!r}: a cable needs two different ports", param_hint="'--wire'")
             wiring[a] = {"cable": b}
             wiring[b] = {"cable": a}
             continue
         if ":" not in spec:
             raise WiringError(f"{spec!r}: expected I-J (cable) or I:KIND[+KIND...] with kinds {WIRE_HELP}",
-                              param_hint="--wire")
+                              param_hint="'--wire'")
         index, kinds = spec.split(":", 1)
         i = port_index(index, spec)
         entry: dict = {}
         for part in kinds.split("+"):
             kind, _, value = part.partition("=")
             if kind not in WIRE_KINDS or (kind == "pcap") != bool(value):
-                raise WiringError(f"{spec!r}: {part!r} is not one of {WIRE_HELP}", param_hint="--wire")
+                raise WiringError(f"{spec!r}: {part!r} is not one of {WIRE_HELP}", param_hint="'--wire'")
+            if kind == "pcap":
+                try:
+                    check_output(value)
+                except PcapError as exc:
+                    raise WiringError(f"{spec!r}: {exc}", param_hint="'--wire'") from None
             entry[kind] = value or True
         if "none" in entry and len(entry) > 1:
-            raise WiringError(f"{spec!r}: 'none' cannot be combined", param_hint="--wire")
+            raise WiringError(f"{spec!r}: 'none' cannot be combined", param_hint="'--wire'")
         if "sink" in entry and "count" in entry:
-            raise WiringError(f"{spec!r}: a port has one sink, 'sink' (verify) or 'count'", param_hint="--wire")
+            raise WiringError(f"{spec!r}: a port has one sink, 'sink' (verify) or 'count'", param_hint="'--wire'")
         wiring[i] = entry
     for i in range(n_ports):
         wiring.setdefault(i, {"gen": True, "sink": True})
     return wiring
+
+
+def served_root(root: Path) -> None:
+    """--root: an empty directory (made if missing) on a real filesystem, not a file, not in /proc or /sys."""
+    fs = kernel_filesystem(root)
+    if fs is not None:
+        raise click.BadParameter(f"{str(root)!r} is on {fs} (a kernel interface); the served tree needs a "
+                                 "directory on a real filesystem", param_hint="'--root'")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if any(root.iterdir()):
+            raise click.BadParameter(f"{root} is not empty", param_hint="'--root'")
+    except FileExistsError:
+        raise click.BadParameter(f"{str(root)!r} exists and is not a directory", param_hint="'--root'") from None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot use {str(root)!r}: {exc.strerror or exc}", param_hint="'--root'") from None
 
 
 def build_ports(n_ports: int, wiring: dict[int, dict], size: int, rate: float, flows: int, count: int,
@@ -150,14 +174,14 @@ def sim() -> None:
               help="Packets per second per generator, k/M suffixes accepted (300k, 1.5M); 0 = as fast as the RX "
                    "ring takes them (no loss).")
 @click.option("--flows", type=click.IntRange(1, 65535), default=4, show_default=True)
-@click.option("--count", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--count", type=Count(min=0), default=0, show_default=True,
               help="Packets per generator (0 = unlimited).")
 @click.option("--expect-touch", is_flag=True,
               help="Verifying sinks expect byte 1 of every frame incremented by one (as ixy-fwd does).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory for the served tree (default: a new /dev/shm/ixypipe-sim-* directory).")
-@click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+@click.option("--duration", type=Seconds(min=0), default=None, help="Stop after this many seconds.")
+@click.option("--interval", type=Seconds(min=0.1), default=1.0, show_default=True,
               help="Seconds between counter lines.")
 def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: int, count: int,
           expect_touch: bool, root: Path | None, duration: float | None, interval: float) -> None:
@@ -173,14 +197,12 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
     wiring = parse_wiring(wires, n_ports)
     ports = build_ports(n_ports, wiring, size, rate, flows, count, expect_touch)
     if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-        if any(root.iterdir()):
-            raise click.BadParameter(f"{root} is not empty", param_hint="--root")
+        served_root(root)
     modes = {p.name: p.sink.mode if p.sink else "verify" for p in ports}
     server = SimServer(ports, None, root=root)
     stop: list[int] = []
     died = ""
-    old = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in handled_stop_signals()}
     try:
         server.start()
         served = server.sysfs_root

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
+from ixypipe.commands.options import Count, Seconds
+
 
 @click.command()
 @click.argument("pipeline", required=False, metavar="[PID|NAME]")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, metavar="SECONDS",
+@click.option("--interval", type=Seconds(min=0.1), default=1.0, show_default=True, metavar="SECONDS",
               help="Seconds between refreshes.")
-@click.option("-n", "--iterations", type=click.IntRange(min=1), metavar="N",
+@click.option("-n", "--iterations", type=Count(min=1), metavar="N",
               help="Stop after N refreshes (default: until q or Ctrl-C).")
 @click.option("--once", is_flag=True, help="One frame (rates over one interval), then exit: for scripts.")
 @click.option("--list", "list_only", is_flag=True, help="Only list the running pipelines.")

@@ -13,8 +13,13 @@ whole pool, so only a double free can fill it).
 Batches nearly always come from one pool, so that case costs a bounds check
 and one call: given each pool's index range (Mempools own contiguous
 ranges), a batch whose smallest and largest index fall in one pool's range
-goes there whole.  Only a mixed batch is grouped by pool id.  There is no
+goes there whole.  Only a mixed batch is grouped by pool.  There is no
 registry: each Homing holds exactly the homes it was given.
+
+Given ranges, the pool id in a buffer's header is never read: a worker
+process can write over headers (they share pages with packet data), and a
+buffer sent home by a forged pool id would land in another pool's free list.
+Without ranges (one process owning its pools, tests) the headers serve.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ class Homing:
             raise HomingError(f"pool ids {sorted(missing)} have an index range but no home")
         # the range, id and home of the pool that took the last batch (lo > end: none yet)
         self._lo, self._end, self._pid, self._home = 1, 0, -1, None
+        # the pools by first index: where a buffer belongs, whatever its header says
+        by_first = sorted(self.ranges.items(), key=lambda item: item[1][0])
+        self._firsts = np.array([first for _, (first, _) in by_first], np.int64)
+        self._ends = np.array([end for _, (_, end) in by_first], np.int64)
+        self._ids = np.array([pid for pid, _ in by_first], np.int64)
 
     @classmethod
     def to_pools(cls, bufs: PacketBuffers, pools: Iterable) -> Homing:
@@ -77,14 +87,26 @@ class Homing:
             if took is not None and took != len(idx):
                 self._short(self._pid, self._home, took, len(idx))
             return
-        pid = int(self.bufs.pool_id[lo])
-        first, end = self.ranges.get(pid, (1, 0))
-        if first <= lo and hi < end:
-            self._lo, self._end, self._pid, self._home = first, end, pid, self.homes[pid]
+        k = int(np.searchsorted(self._firsts, lo, "right")) - 1
+        if k >= 0 and hi < self._ends[k]:
+            pid = int(self._ids[k])
+            self._lo, self._end, self._pid, self._home = int(self._firsts[k]), int(self._ends[k]), pid, self.homes[pid]
         self._send_grouped(idx)
 
+    def owners(self, idx: np.ndarray) -> np.ndarray:
+        """The pool id of each buffer: from the index ranges when given, else from the headers."""
+        if not self.ranges:
+            return self.bufs.pool_id[idx]
+        k = np.searchsorted(self._firsts, idx, "right") - 1
+        inside = (k >= 0) & (idx < self._ends[np.maximum(k, 0)])
+        if not inside.all():
+            pools = ", ".join(f"id {pid} [{first}, {end})" for pid, (first, end) in sorted(self.ranges.items()))
+            raise HomingError(f"buffer {int(idx[~inside][0])} is in the index range of no pool with a home here "
+                              f"({pools})")
+        return self._ids[k]
+
     def _send_grouped(self, idx: np.ndarray) -> None:
-        owners = self.bufs.pool_id[idx]
+        owners = self.owners(idx)
         first = owners[0]
         if (owners == first).all():
             self._put(int(first), idx)

@@ -7,6 +7,16 @@ and holds packet data at PKTBUF_HEADROOM, the address the NIC DMAs to.
 Buffers are a power of two in size and the region is aligned to the buffer
 size, so no buffer straddles a 2 MiB hugepage.  The header fields are also
 exposed as strided numpy views so a whole batch is read or written at once.
+
+What to trust: the headers sit in the pages a worker process writes (its
+packets' data shares them), so a worker can overwrite any header field.
+Only the length is the worker's to set, and every stage checks lengths
+before use (memory/batchcheck.py).  The physical address is never read back
+from a header: each process computes it from the arena's own table
+(``Arena.phys``), so a restarted stage attaching after a worker wrote over
+the headers still gets the right ones.  The pool id and index are written
+for ixy's sake and for debugging; system code takes a buffer's pool from
+the pools' index ranges (memory/homing.py), never from its header.
 """
 
 from __future__ import annotations
@@ -51,21 +61,20 @@ class PacketBuffers:
         region = arena.region(name)
         self.offset = region.offset
         self.max_data = self.buf_size - PKTBUF_HEADROOM
-        self.raw = arena.buf[region.offset:region.offset + self.count * self.buf_size].reshape(
-            self.count, self.buf_size)
+        # from view(): writable in a worker that was granted the buffers, not a way into the rest of the arena
+        self.raw = arena.view(region)[:self.count * self.buf_size].reshape(self.count, self.buf_size)
         # the data area of every buffer, as a (count, max_data) array
         self.data = self.raw[:, PKTBUF_HEADROOM:]
         self.length = self._field(PKTBUF_LEN_OFF, np.uint32)
         self.pool_id = self._field(PKTBUF_POOL_OFF, np.uint32)
         self.index = self._field(PKTBUF_INDEX_OFF, np.uint32)
-        # the DMA address of every buffer, precomputed once
-        self.phys = self._field(PKTBUF_PHYS_OFF, np.uint64).copy()
+        # the DMA address of every buffer, precomputed once from the arena's table, never from the headers
+        self.phys = arena.phys(self.offset + np.arange(self.count, dtype=np.uint64) * np.uint64(self.buf_size))
         self.data_phys = self.phys + np.uint64(PKTBUF_HEADROOM)
 
     def _field(self, offset: int, dtype) -> np.ndarray:
         """One header field of every buffer as a strided view (writes go to the arena)."""
-        return np.ndarray((self.count,), dtype=dtype, buffer=self.arena.mm,
-                          offset=self.offset + offset, strides=(self.buf_size,))
+        return np.ndarray((self.count,), dtype=dtype, buffer=self.raw, offset=offset, strides=(self.buf_size,))
 
     @classmethod
     def create(cls, arena: Arena, count: int, buf_size: int = DEFAULT_BUF_SIZE,
@@ -75,14 +84,11 @@ class PacketBuffers:
             raise BufferError(f"buffer count must be 1..{0xFFFFFFFF}, got {count}")
         meta = arena.alloc(name + ".meta", _META_DTYPE.itemsize)
         arena.view(meta, _META_DTYPE)[0] = (count, buf_size)
-        region = arena.alloc(name, count * buf_size, align=buf_size)
+        arena.alloc(name, count * buf_size, align=buf_size, dma=True)
         self = cls(arena, name)
         headers = self.raw[:, :PKTBUF_HEADROOM]
         headers[:] = 0
-        phys = arena.phys(region.offset + np.arange(count, dtype=np.uint64) * np.uint64(buf_size))
-        self._field(PKTBUF_PHYS_OFF, np.uint64)[:] = phys
-        self.phys[:] = phys
-        self.data_phys[:] = phys + np.uint64(PKTBUF_HEADROOM)
+        self._field(PKTBUF_PHYS_OFF, np.uint64)[:] = self.phys     # ixy's pkt_buf has it; nothing reads it back
         self.index[:] = np.arange(count, dtype=np.uint32)
         return self
 
@@ -96,7 +102,7 @@ class PacketBuffers:
     @staticmethod
     def arena_regions(count: int, buf_size: int = DEFAULT_BUF_SIZE) -> list[RegionSize]:
         """The regions :meth:`create` carves: the count/size record, then the buffers aligned to their size."""
-        return [RegionSize(_META_DTYPE.itemsize), RegionSize(count * buf_size, align=buf_size)]
+        return [RegionSize(_META_DTYPE.itemsize), RegionSize(count * buf_size, align=buf_size, dma=True)]
 
     @staticmethod
     def bytes_needed(count: int, buf_size: int = DEFAULT_BUF_SIZE) -> int:

@@ -5,8 +5,12 @@ and the per-NUMA-node ones in ``<sysfs>/devices/system/node/node<K>/hugepages``
 (the sysfs root is a parameter so tests use a fake tree), and the hugetlbfs
 mounts through ixypipe.memory.hugepages.  :func:`reserve` writes
 ``nr_hugepages`` of one size (system-wide or on one node) and reads it back,
-since the kernel may grant fewer pages than asked; :func:`mount` mounts
-hugetlbfs of one page size.  Both need root and say so.
+since the kernel may grant fewer pages than asked (then it puts the old
+count back: a failed reservation changes nothing); :func:`mount` mounts
+hugetlbfs of one page size.  Both need root and say so.  What they are
+given is checked first (:func:`check_reserve`: no more memory than the
+machine has; :func:`check_mount_point`: an absolute, existing, empty
+directory outside /proc and /sys).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+from ixypipe.datafile import kernel_filesystem
 from ixypipe.layout import HUGEPAGE_SIZE
 from ixypipe.memory.hugepages import SYSTEM_POOLS, hugetlbfs_mount_table
 
@@ -30,6 +37,10 @@ _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 class HugepageSetupError(Exception):
     """Hugepages cannot be shown, reserved or mounted; the message says why and what to do."""
+
+
+class MountPointError(HugepageSetupError):
+    """The path given to mount hugetlbfs on is no place for it (not absolute, missing, not empty, in /proc)."""
 
 
 @dataclass(frozen=True)
@@ -141,11 +152,28 @@ def pool_file(sysfs_root: str | os.PathLike, size: int, node: int | None) -> Pat
     return base / f"hugepages-{size // 1024}kB" / "nr_hugepages"
 
 
-def reserve(count: int, size: int = HUGEPAGE_SIZE, node: int | None = None, sysfs_root: str | os.PathLike = "/sys",
-            geteuid: Callable[[], int] = os.geteuid) -> HugepagePool:
-    """Set the number of reserved pages of ``size`` (on ``node``, or system-wide); returns the new pool."""
+def check_reserve(count: int, size: int, mem_total: int | None = None) -> None:
+    """``count`` pages of ``size`` can be asked for: not negative, not more than the machine's memory."""
     if count < 0:
         raise HugepageSetupError(f"cannot reserve a negative number of hugepages ({count})")
+    total = psutil.virtual_memory().total if mem_total is None else mem_total
+    if count * size > total:
+        raise HugepageSetupError(f"{count} {format_size(size)} hugepages are {count * size} bytes, more than this "
+                                 f"machine's memory ({total} bytes: at most {total // size} pages)")
+
+
+def _write_count(target: Path, count: int) -> None:
+    target.write_text(f"{count}\n")
+
+
+def reserve(count: int, size: int = HUGEPAGE_SIZE, node: int | None = None, sysfs_root: str | os.PathLike = "/sys",
+            geteuid: Callable[[], int] = os.geteuid, mem_total: int | None = None,
+            write: Callable[[Path, int], None] = _write_count) -> HugepagePool:
+    """Set the number of reserved pages of ``size`` (on ``node``, or system-wide); returns the new pool.
+
+    When the kernel grants fewer than ``count`` the previous count is written back and HugepageSetupError
+    says what happened.  ``mem_total`` (bytes) and ``write`` (how a count reaches the kernel) are for tests."""
+    check_reserve(count, size, mem_total)
     _require_root(f"reserving {format_size(size)} hugepages", geteuid)
     sizes = sorted({p.size for p in hugepage_pools(sysfs_root)})
     if size not in sizes:
@@ -155,25 +183,60 @@ def reserve(count: int, size: int = HUGEPAGE_SIZE, node: int | None = None, sysf
         raise HugepageSetupError(f"there is no NUMA node {node}; nodes: "
                                  f"{', '.join(map(str, nodes(sysfs_root))) or 'none'}")
     target = pool_file(sysfs_root, size, node)
+    before = _read_int(target)
     try:
-        target.write_text(f"{count}\n")
+        write(target, count)
     except OSError as exc:
         raise HugepageSetupError(f"cannot reserve hugepages: writing {count} to {target} failed: "
                                  f"{exc.strerror}") from exc
     got = _read_int(target)
     where = "" if node is None else f" on node {node}"
     if got < count:
+        try:
+            write(target, before)
+            back = f"put back to the {_read_int(target)} reserved before"
+        except OSError as exc:
+            back = f"and putting back the {before} reserved before failed ({exc.strerror}): {got} stay reserved"
         raise HugepageSetupError(f"asked for {count} {format_size(size)} hugepages{where} but the kernel reserved "
-                                 f"only {got}: memory is short or fragmented (reserve early after boot, or on "
-                                 "the kernel command line: hugepages=N)")
+                                 f"only {got}, {back}: memory is short or fragmented (reserve early after boot, "
+                                 "or on the kernel command line: hugepages=N)")
     pool = [p for p in hugepage_pools(sysfs_root) if p.size == size and p.node == node]
     return pool[0]
 
 
+def check_mount_point(path: str | os.PathLike) -> Path:
+    """A place hugetlbfs may be mounted as written: an absolute path outside /proc, /sys (and the kernel's other
+    interface filesystems).  Whether it is an existing empty directory is checked when mounting."""
+    text = os.fspath(path)
+    if not text or not os.path.isabs(text):
+        raise MountPointError(f"mount point {text!r} is not an absolute path (e.g. /mnt/huge)")
+    if "\x00" in text:
+        raise MountPointError(f"mount point {text!r} contains a NUL byte")
+    fs = kernel_filesystem(text)
+    if fs is not None:
+        raise MountPointError(f"mount point {text!r} is on {fs} (a kernel interface); hugetlbfs goes on a "
+                                 "directory of a real filesystem (e.g. /mnt/huge)")
+    return Path(os.path.normpath(text))
+
+
+def _empty_directory(path: Path) -> None:
+    try:
+        entries = next(os.scandir(path), None) is not None
+    except FileNotFoundError:
+        raise MountPointError(f"mount point {path} does not exist; make it first (mkdir -p {path})") from None
+    except NotADirectoryError:
+        raise MountPointError(f"cannot mount hugetlbfs at {path}: it is not a directory") from None
+    except OSError as exc:
+        raise MountPointError(f"cannot mount hugetlbfs at {path}: {exc.strerror or exc}") from None
+    if entries:
+        raise MountPointError(f"cannot mount hugetlbfs at {path}: the directory is not empty (a mount would "
+                                 "hide what is in it)")
+
+
 def mount(path: str | os.PathLike, size: int = HUGEPAGE_SIZE, mounts_file: str = "/proc/mounts",
           geteuid: Callable[[], int] = os.geteuid, run=subprocess.run) -> bool:
-    """Mount hugetlbfs of page ``size`` at ``path`` (made if missing); False when it already is."""
-    path = Path(path).absolute()
+    """Mount hugetlbfs of page ``size`` at ``path`` (an existing empty directory); False when it already is."""
+    path = check_mount_point(path)
     for mounted, mounted_size in hugetlbfs_mount_table(mounts_file):
         if mounted == path:
             if mounted_size == size:
@@ -181,9 +244,7 @@ def mount(path: str | os.PathLike, size: int = HUGEPAGE_SIZE, mounts_file: str =
             raise HugepageSetupError(f"{path} is already a hugetlbfs mount of {format_size(mounted_size)} pages, "
                                      f"not {format_size(size)}; unmount it first (umount {path})")
     _require_root(f"mounting hugetlbfs at {path}", geteuid)
-    if path.exists() and not path.is_dir():
-        raise HugepageSetupError(f"cannot mount hugetlbfs at {path}: it is not a directory")
-    path.mkdir(parents=True, exist_ok=True)
+    _empty_directory(path)
     res = run(["mount", "-t", "hugetlbfs", "-o", f"pagesize={format_size(size)}", "nodev", str(path)],
               capture_output=True, text=True)
     if res.returncode:

@@ -6,7 +6,8 @@ four hex digits, two spaces and the name; the vendor's device lines follow,
 indented by one tab; subsystem lines (two tabs) and the device classes at
 the end of the file (lines starting with ``C``) are not needed here.  When
 no database is installed, :class:`PciNames` answers None and callers show
-the ids alone.
+the ids alone.  A database is a regular file of at most MAX_PCI_IDS_BYTES
+(today's is about 1.5 MB); anything else is a DataFileError.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ixypipe.datafile import read_bounded
+
+MAX_PCI_IDS_BYTES = 64 << 20
 PCI_IDS_PATHS = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids")
 
 
@@ -33,7 +37,7 @@ class PciNames:
         self.vendors: dict[int, str] = {}
         self.devices: dict[tuple[int, int], str] = {}
         if self.path is not None:
-            self._parse(self.path.read_text(encoding="utf-8", errors="replace"))
+            self._parse(read_bounded(self.path, MAX_PCI_IDS_BYTES).decode("utf-8", errors="replace"))
 
     @classmethod
     def system(cls) -> PciNames:

@@ -111,7 +111,7 @@ class Observer:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.arena = Arena.attach(self.path)
+        self.arena = Arena.attach(self.path, read_only=True)
         try:
             self.info = read_plan_info(self.arena)
             self.table = stagetable.table(self.arena)
@@ -234,7 +234,8 @@ def compute_view(obs: Observer, before: Sample, after: Sample) -> TopView:
     stages = []
     totals = dict.fromkeys(DROP_REASONS, 0)
     for s in obs.plan.stages:
-        a, b = before.rows[s.row], after.rows[s.row]
+        b = after.rows[s.row]
+        a = stagetable.interval_base(before.rows[s.row], b)          # a restarted worker: its own figures
         loops = int(b["loops"] - a["loops"])
         idle = int(b["idle_loops"] - a["idle_loops"]) / loops if loops > 0 else 1.0
         drops = {r: int(b[f"drop_{r}"]) for r in DROP_REASONS}

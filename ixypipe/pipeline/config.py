@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ixypipe import privilege
+from ixypipe.datafile import kernel_filesystem
 from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import HOT_PATHS, PortSpec
 from ixypipe.nic.registers import MFS_VLAN_EXTRA, OCTETS_FCS_LEN, rx_frame_limits
@@ -476,6 +477,10 @@ def read_pipeline_file(path: str | os.PathLike) -> str:
         raise ConfigError(file, "", f"cannot read the pipeline file: {why}") from None
     if problem:
         raise ConfigError(file, "", problem)
+    kernel_fs = kernel_filesystem(path)
+    if kernel_fs is not None:
+        os.close(fd)
+        raise ConfigError(file, "", f"is on {kernel_fs} (a kernel interface); a pipeline file must be a regular file")
     chunks, size = [], 0
     try:
         problem = _regular_file_problem(os.fstat(fd))           # swapped since the stat?
@@ -794,10 +799,14 @@ def _file(r: _Reader, table: dict, name: str, key: str, base_dir: Path, must_exi
 
 def _capture(r: _Reader, key: str, path: str, read: bool) -> None:
     """A pcap file to replay (pcap or pcapng of Ethernet frames) or a path a capture can be written to."""
-    from ixypipe.pcapfile import PcapError, check_input, check_output
+    from ixypipe.pcapfile import PcapError, check_input, check_output, read_pcap
 
     try:
-        check_input(path) if read else check_output(path)
+        if read:
+            check_input(path)
+            read_pcap(path, allow_cut=True)     # every record: a corrupt field is this error, not a stage's death
+        else:
+            check_output(path)
     except PcapError as exc:
         raise r.fail(key, str(exc)) from None
 

@@ -13,10 +13,16 @@ exit status through the process sentinel).
 
 The server is started once per process and ends with it: it dies with its
 owner (parent-death signal), and what it forks dies with it, so a kill -9
-of ``ixypipe run`` takes every stage along.  It warms only when started by
-:func:`context` for an owner whose ``ixypipe`` package is the one it
-imported; otherwise it forgets the package and every child imports it
-afresh, as a spawned one would.
+of ``ixypipe run`` takes every stage along.  It ignores the signals that
+stop its owner (proc.ignore_stop_signals), and so does what it forks: a
+SIGTERM to the whole process group (``timeout``, systemd's stop) is the
+owner's to act on.  When it dies all the same (kill -9), the exit status
+of every process it forked goes with it (multiprocessing reports 255);
+:func:`death` says how the server itself ended, for the owner to name it.
+
+It warms only when started by :func:`context` for an owner whose
+``ixypipe`` package is the one it imported; otherwise it forgets the
+package and every child imports it afresh, as a spawned one would.
 
 Python 3.11's fork server ignores the owner's sys.path: it starts as
 ``python -c``, whose first path entry is its working directory.  So the
@@ -35,12 +41,11 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
-import signal
 import sys
 from pathlib import Path
 
 import ixypipe
-from ixypipe.proc import die_with_parent, set_process_name
+from ixypipe.proc import describe_exit, die_with_parent, ignore_stop_signals, set_process_name
 
 log = logging.getLogger(__name__)
 ENV_OWNER = "IXYPIPE_FORK_SERVER_OWNER"     # "<owner pid>:<its ixypipe package directory>", for the server only
@@ -64,6 +69,29 @@ def context() -> multiprocessing.context.BaseContext:
         os.chdir(here)
         del os.environ[ENV_OWNER]
     return ctx
+
+
+def server_pid() -> int | None:
+    """The pid of this process's fork server, None when none was started (multiprocessing keeps it)."""
+    return getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+
+
+def death() -> str:
+    """How this process's fork server ended ("killed by SIGKILL", "exit code 1"), "" while it runs.
+
+    Looked at without reaping it (WNOWAIT), so multiprocessing still finds it dead and starts another
+    if asked to."""
+    pid = server_pid()
+    if pid is None:
+        return ""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:           # reaped already (multiprocessing replaced it): not ours to judge
+        return ""
+    if info is None:
+        return ""
+    killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+    return describe_exit(-info.si_status if killed else info.si_status)
 
 
 def expected_parent(owner: int) -> int:
@@ -90,8 +118,8 @@ def _serve() -> None:
     """In the server (imported as its preload): die with the owner, name itself, warm up."""
     owner, _, package = os.environ.pop(ENV_OWNER).partition(":")
     os.environ[ENV_SERVER] = str(os.getpid())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the owner's to handle (the server does the same
-    die_with_parent(int(owner))                       # once it serves; what it forks inherits it)
+    ignore_stop_signals()                 # the owner's to handle; what it forks inherits it (SIGINT: multiprocessing
+    die_with_parent(int(owner))           # ignores it too once it serves, and gives its children this setting back)
     set_process_name(PROCESS_NAME)
     if package != str(Path(ixypipe.__file__).parent):
         # another ixypipe than the owner's: children must import theirs (their sys.path is the owner's).  The

@@ -102,9 +102,8 @@ def read_plan_info(arena: Arena) -> dict:
         raise PlanInfoError(f"arena {arena.name} has no {PLAN_INFO_REGION} region (not a pipeline's packet "
                             "arena, or its supervisor has not finished building it)")
     view = arena.view(region)
-    if view.size < PLAN_INFO_TEXT_OFF:      # past the end of the mapping: an arena of another layout, or cut
-        raise PlanInfoError(f"the {PLAN_INFO_REGION} region of arena {arena.name} lies outside its "
-                            f"{arena.size}-byte mapping")
+    if len(view) < PLAN_INFO_TEXT_OFF:          # the file is still being sized, or is another layout's
+        raise PlanInfoError(f"the {PLAN_INFO_REGION} region of arena {arena.name} is cut short ({len(view)} bytes)")
     problem = "it is empty"
     for _ in range(READ_ATTEMPTS):
         n = int(view[:PLAN_INFO_LEN_DTYPE.itemsize].view(PLAN_INFO_LEN_DTYPE)[0])

@@ -62,7 +62,8 @@ def _hugepages(cfg, sysfs_root: str, mounts_file: str) -> Finding:
     from ixypipe.pipeline.supervisor import uses_physical_addresses as physical
 
     plan = plan_from_config(cfg)
-    sizes = [Arena.size_for(packet_arena_regions(plan, cfg.buffer_size)), Arena.size_for(device_arena_regions(plan))]
+    packets = Arena.planned_size(*Arena.split_size_for(packet_arena_regions(plan, cfg.buffer_size)))
+    sizes = [packets, Arena.size_for(device_arena_regions(plan))]        # as Supervisor._build makes them
     why_not, mount = hugepage_shortfall(sizes, physical(cfg), sysfs_root=sysfs_root,
                                         mounts_file=mounts_file)
     what = 'hugepages = "require"'

@@ -138,7 +138,8 @@ class StatsPrinter:
         self.last_drops = drops_now
         stages = {}
         for s in self.plan.stages:
-            new, old = rows[s.row], self.last_rows[s.row]
+            new = rows[s.row]
+            old = stagetable.interval_base(self.last_rows[s.row], new)     # a restarted worker: its own figures
             loops = int(new["loops"] - old["loops"])
             stages[s.name] = {
                 "cpu": int(new["cpu"]),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from ixypipe.layout import ARENA_PREFIX
+from ixypipe.layout import ARENA_CONTROL_SUFFIX, ARENA_PREFIX
 from ixypipe.memory import hugepages
 from ixypipe.memory.arena import SHM_DIR, Arena, ArenaError, owner_pid_of
 from ixypipe.pipeline.planinfo import PlanInfoError, read_plan_info
@@ -50,7 +50,8 @@ def owner_alive(pid: int) -> bool:
 
 def is_packet_arena(name: str) -> bool:
     pid = owner_pid_of(name)
-    return pid is not None and name.startswith(f"{ARENA_PREFIX}{pid}-{PACKET_ARENA_TAG}-")
+    return (pid is not None and name.startswith(f"{ARENA_PREFIX}{pid}-{PACKET_ARENA_TAG}-")
+            and not name.endswith(ARENA_CONTROL_SUFFIX))
 
 
 def find_pipelines(directories: list[Path] | None = None) -> list[RunningPipeline]:
@@ -65,7 +66,7 @@ def find_pipelines(directories: list[Path] | None = None) -> list[RunningPipelin
             if not is_packet_arena(entry.name) or not owner_alive(owner_pid_of(entry.name)):
                 continue
             try:
-                arena = Arena.attach(entry)
+                arena = Arena.attach(entry, read_only=True)
             except ArenaError:
                 continue            # being made or being removed
             try:
@@ -87,7 +88,7 @@ def held_cpus(exclude_pid: int | None = None, directories: list[Path] | None = N
         if p.pid == exclude_pid:
             continue
         try:
-            arena = Arena.attach(p.path)
+            arena = Arena.attach(p.path, read_only=True)
         except ArenaError:
             continue
         try:

@@ -10,7 +10,8 @@ counts a miss), so no packet is dropped between stages for lack of room.
 Who touches what:
 * RX owns its queue's descriptor ring and mempool; buffers come home to it
   through return rings.
-* Workers map only the packet arena: never the BAR or a descriptor ring.
+* Workers map only the packet arena: never the BAR or a descriptor ring; and of
+  it only what they write is writable (``attach_packet_arena``).
 * TX owns its queue's descriptor ring and sends completed buffers home.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import signal
 import sys
 import time
 import traceback
@@ -30,20 +30,34 @@ from ixypipe import privilege
 from ixypipe.layout import (
     STAGE_CMD_ABANDON,
     STAGE_CMD_DRAIN,
+    STAGE_COUNTERS_DTYPE,
+    STAGE_COUNTERS_REGION,
+    STAGE_ROW_DTYPE,
     STAGE_STATE_DEAD,
     STAGE_STATE_DONE,
     STAGE_STATE_DRAINING,
     STAGE_STATE_RUNNING,
+    WAKE_LINE_DTYPE,
+    WAKE_REGION,
 )
 from ixypipe.memory import batchcheck
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import DEFAULT_NAME as PACKET_BUFFERS
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import forkserver, stagetable
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import SLOT, StageRow
-from ixypipe.proc import Backoff, Pacing, die_with_parent, set_process_name, set_timer_slack, setup_logging
+from ixypipe.proc import (
+    Backoff,
+    Pacing,
+    die_with_parent,
+    ignore_stop_signals,
+    set_process_name,
+    set_timer_slack,
+    setup_logging,
+)
 from ixypipe.protocols import FLOW_KEY_LEN, FLOW_KEY_OFF
 from ixypipe.rings.spsc import Ring
 from ixypipe.rings.wakeup import Doorbell, Sleeper
@@ -57,8 +71,9 @@ WAKE_SPIN_LOOPS = 4          # empty polls (each yielding the CPU) before a stag
 WAKE_TIMEOUT = 0.1           # seconds a sleeping stage waits at most (heartbeat, commands)
 RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file descriptor polls it this long
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
-RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, for sources that cannot be paused
+RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, when a paused source still delivers
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
+PAUSED_SOURCES = ("sim", "pcap")   # port drivers whose traffic the supervisor pauses before it asks RX to drain
 DUP_SET_MAX = 64              # drop_duplicates: up to this batch size a Python set beats a numpy sort
 FORKED_CHILD_EXIT = 70        # exit code of a worker's forked child, stopped before it returns to user code
 _HEARTBEAT, _LAST_BATCH, _LAST_RING, _BATCH_NO = (SLOT[f] for f in ("heartbeat", "last_batch", "last_ring",
@@ -105,13 +120,40 @@ class Outbox:
         return self.held == 0
 
 
+def attach_packet_arena(plan: PipelinePlan, me: StagePlan) -> Arena:
+    """The packet arena as a stage maps it: RX and TX read-write; a worker read-only but for what it writes
+    (memory/arena.py's two-file arena): the packet buffers, its stage-table row, counter block and wake line,
+    the wake lines of the stages it feeds (its doorbells clear their flags) and the rings it is an end of.
+    The rest (mempools, other rings and rows, the plan, the arena's header and tables) it cannot write: a
+    write through any route faults in the worker alone."""
+    if me.role != "worker":
+        return Arena.attach(plan.packet_arena)
+    arena = Arena.attach(plan.packet_arena, read_only=True)
+
+    def whole(name: str) -> tuple[int, int]:
+        region = arena.region(name)
+        return region.offset, region.size
+
+    def item(name: str, row: int, size: int) -> tuple[int, int]:
+        return arena.region(name).offset + row * size, size
+
+    rings = [*me.in_rings, *me.out_ring_of.values(), *me.home_rings.values()]
+    spans = [whole(PACKET_BUFFERS), *(whole(r) for r in rings), item(stagetable.REGION, me.row, STAGE_ROW_DTYPE.itemsize),
+             item(STAGE_COUNTERS_REGION, me.row, STAGE_COUNTERS_DTYPE.itemsize)]
+    if arena.find(WAKE_REGION) is not None:
+        rows = {me.row, *(plan.consumer_row(r) for r in me.out_ring_of.values())}
+        spans += [item(WAKE_REGION, row, WAKE_LINE_DTYPE.itemsize) for row in sorted(rows)]
+    arena.grant_writes(spans)
+    return arena
+
+
 class Stage:
     """What every stage process has: the packet arena, its row, its counters."""
 
     def __init__(self, plan: PipelinePlan, me: StagePlan):
         self.plan = plan
         self.me = me
-        self.arena = Arena.attach(plan.packet_arena)
+        self.arena = attach_packet_arena(plan, me)
         self.bufs = PacketBuffers.attach(self.arena)
         batchcheck.warm_up(self.bufs.length)
         self.row = StageRow(self.arena, me.row)
@@ -252,6 +294,12 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
     home = np.empty(pool.count, np.uint32)
     rr = 0
     idle_polls, drain_deadline = 0, None
+    # asked to drain, RX takes what a paused source (the software 82599's generators, a file replay) already
+    # put in the NIC ring and carries it through, so the model's count of delivered frames matches to the
+    # frame.  From any other source (a wire, an interface) it takes nothing more: what is still in the NIC
+    # ring was never received (the NIC counted it; the pipeline's accounting does not), and the stop does not
+    # wait on traffic that never ends
+    drains_nic = plan.ports[me.port].driver in PAUSED_SOURCES
     while True:
         worked, moved = False, 0
         for ring in returns:                               # 1. buffers come home
@@ -276,10 +324,12 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 st.packets_out += len(idx)
         st.tick(worked, outbox.held, moved)
         if st.draining():
-            # stop pulling once the NIC ring stayed empty for a while (the supervisor paused what it
-            # can pause first), or after RX_DRAIN_BUSY_MAX of a source that cannot be paused (a live
-            # interface), then hand on what is in hand.  Loops blocked on a full output ring (a worker
-            # still starting after a restart) neither poll nor count: the NIC ring may still hold frames
+            # a paused source: stop pulling once the NIC ring stayed empty for a while, or after
+            # RX_DRAIN_BUSY_MAX if it still delivers (a pause the model never confirmed), then hand on what
+            # is in hand.  Loops blocked on a full output ring (a worker still starting after a restart)
+            # neither poll nor count: the NIC ring may still hold frames.  Any other source: no more pulls
+            if drain_deadline is None and not drains_nic:
+                drain_deadline = 0.0
             if outbox.held:
                 continue
             if drain_deadline is None:
@@ -288,6 +338,9 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
             if idle_polls > RX_DRAIN_IDLE_POLLS:
                 drain_deadline = 0.0
             if time.monotonic() >= drain_deadline:
+                if drain_deadline:
+                    log.warning("port %s queue %d still delivered frames %g s into the drain: no more taken",
+                                plan.port_names[me.port], me.queue, RX_DRAIN_BUSY_MAX)
                 break
     st.row["state"] = STAGE_STATE_DRAINING         # out of the loop: no heartbeat from here on
 
@@ -618,7 +671,7 @@ def count_sent(st: Stage, bufs: PacketBuffers, idx: np.ndarray, nbytes: int | No
 def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INFO,
                parent: int | None = None) -> None:
     """Entry point of a stage process (forked by the supervisor's fork server, pipeline/forkserver.py)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the supervisor's to handle
+    ignore_stop_signals()        # Ctrl-C, a group's SIGTERM/SIGHUP: the supervisor stops the stages in order
     if parent is not None:
         die_with_parent(forkserver.expected_parent(parent))
     setup_logging(log_level, f"%(levelname)s {stage_name}: %(message)s")

@@ -33,6 +33,11 @@ SLOT = {name: STAGE_ROW_DTYPE.fields[name][1] // 8 for name in STAGE_ROW_DTYPE.n
         if STAGE_ROW_DTYPE.fields[name][0] == np.dtype("<i8")}
 
 
+# the counters a stage process publishes of itself (Stage.publish): a process that takes a row over (a
+# restarted worker) counts them from zero; the drop counters of a row add up over its processes
+PROCESS_FIELDS = ("loops", "idle_loops", "batches", "packets_in", "bytes_in", "packets_out", "bytes_out", "stalls")
+
+
 def arena_regions(n: int) -> list[RegionSize]:
     """The regions :func:`create` carves for ``n`` stages: the table, then every stage's counter block."""
     return [RegionSize(n * STAGE_ROW_DTYPE.itemsize, align=64),
@@ -73,6 +78,19 @@ class StageRow:
         self.slots.release()
 
 
+def interval_base(before: np.void, after: np.void) -> np.void:
+    """The row to take the figures of the interval that ended with ``after`` from: ``before``, or, when
+    another process took the row over in between (a restarted worker: another pid, or fewer loops),
+    ``before`` with that process's own counters (PROCESS_FIELDS) at zero, so the new process reports
+    its own figures (never an idle share above 100 %)."""
+    if after["pid"] == before["pid"] and after["loops"] >= before["loops"]:
+        return before
+    base = before.copy()
+    for name in PROCESS_FIELDS:
+        base[name] = 0
+    return base
+
+
 def counter_blocks(arena: Arena) -> np.ndarray:
     """Every stage's counter block (layout.STAGE_COUNTERS_DTYPE), a view."""
     return arena.view(arena.region(STAGE_COUNTERS_REGION), STAGE_COUNTERS_DTYPE)
@@ -82,10 +100,10 @@ class CounterWriter:
     """Publishes one stage's named counters into its block; the stage is the block's only writer."""
 
     def __init__(self, arena: Arena, row: int):
-        blocks = counter_blocks(arena)
-        self.values = blocks["values"][row]                 # views into the arena
-        self.names = blocks["names"][row]
-        self.count = blocks["count"][row:row + 1]
+        block = arena.item(arena.region(STAGE_COUNTERS_REGION), row, STAGE_COUNTERS_DTYPE)   # the stage's own pages
+        self.values = block["values"][0]                    # views into the arena
+        self.names = block["names"][0]
+        self.count = block["count"]
         self.slot: dict[str, int] = {}
         self.used = 0              # bytes of names written
         self.refused: set = set()  # names and values already reported

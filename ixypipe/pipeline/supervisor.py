@@ -9,8 +9,12 @@ forkserver.py, with everything imported once).  While running it prints per-port
 and per-stage figures once a second and notices a dead stage at once.  On
 Ctrl-C, SIGTERM, --duration or --packets it stops the stages in data-flow
 order (RX, workers, TX), drains the rings, takes every buffer home, proves
-the accounting and removes everything it created.  When every traffic
-source is finite (pcap replays with ``loop`` > 0, software-NIC generators
+the accounting and removes everything it created.  SIGHUP stops it as
+SIGTERM does (unless it started ignored, as under nohup), and a signal sent
+to the whole process group (``timeout``, systemd's stop, ``kill -TERM
+-PGID``) the same way: the stages, the fork server and the software 82599
+ignore it (proc.ignore_stop_signals) and are stopped by this process.  When
+every traffic source is finite (pcap replays with ``loop`` > 0, software-NIC generators
 with a ``count``) it stops the same way once they have all sent everything
 ("all sources finished"); the drain then carries the last packets through.
 """
@@ -38,6 +42,7 @@ from ixypipe.layout import (
     STAGE_STATE_DONE,
     STAGE_STATE_RUNNING,
 )
+from ixypipe.memory import batchcheck
 from ixypipe.memory.arena import Arena, RegionSize, remove_stale
 from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
@@ -49,7 +54,7 @@ from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops
 from ixypipe.pipeline.stages import stage_main
-from ixypipe.proc import describe_exit, log_level
+from ixypipe.proc import describe_exit, handled_stop_signals, log_level
 from ixypipe.rings import wakeup
 from ixypipe.rings.spsc import Ring
 
@@ -62,6 +67,8 @@ POLL = 0.05                   # seconds between checks of the stop conditions
 SIM_PAUSE_WAIT = 10.0         # seconds for the software 82599 to confirm its generators stopped
 DEAD_TX_DRAIN_TIMEOUT = 2.0   # seconds for the NIC to finish what a dead TX stage posted
 SOURCES_FINISHED = "all sources finished"
+FORK_SERVER_LOST = 255        # multiprocessing's exit code of a process whose fork server died (its status went too)
+FORK_SERVER_GRACE = 1.0       # seconds for a fork server that closed its pipes to be seen dead
 
 
 class PipelineError(Exception):
@@ -111,6 +118,7 @@ class Supervisor:
         self.hung = False
         self.forks: dict[int, int] = {}       # row -> forked children reported so far
         self.sim_died = False
+        self.fork_server_died = ""            # how the stages' fork server ended, when it died under them
         self._sleepers: list[int] = []
         self._port_drops: dict[str, dict[str, int]] = {}
         self.started = False
@@ -119,7 +127,7 @@ class Supervisor:
 
     # ---- the whole run -------------------------------------------------------------
     def run(self) -> RunResult:
-        old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        old = {sig: signal.signal(sig, self._on_signal) for sig in handled_stop_signals()}
         result = RunResult(exit_code=1)
         try:
             remove_stale()
@@ -165,14 +173,16 @@ class Supervisor:
         plan = plan_from_config(cfg)          # the arena paths are filled in once the arenas exist
         try:
             physical = uses_physical_addresses(cfg)
-            self.arena = Arena.create(Arena.size_for(packet_arena_regions(plan, cfg.buffer_size)),
-                                      hugepages_mode=cfg.hugepages, tag="pkt", physical=physical)
+            size, control = Arena.split_size_for(packet_arena_regions(plan, cfg.buffer_size))
+            self.arena = Arena.create(size, hugepages_mode=cfg.hugepages, tag="pkt", physical=physical,
+                                      control_size=control)     # workers get writable only what they write
             self.dev_arena = Arena.create(Arena.size_for(device_arena_regions(plan)),
                                           hugepages_mode=cfg.hugepages, tag="dev", physical=physical)
         except Exception as exc:
             raise PipelineError(f"cannot create the DMA arenas: {exc}") from exc
         plan.packet_arena, plan.device_arena = str(self.arena.path), str(self.dev_arena.path)
         self.bufs = PacketBuffers.create(self.arena, plan.buffer_count, cfg.buffer_size)
+        batchcheck.warm_up(self.bufs.length)  # now, not in the stop: emptying the rings sends buffers home with it
         self.pools = [Mempool.create(self.arena, self.bufs, p.name, p.first, p.count, p.pool_id)
                       for p in plan.pools]
         for ring in plan.rings:
@@ -334,7 +344,7 @@ class Supervisor:
         and its death stops the run.  The buffers a dead one held are found missing
         at the end and counted as dropped with reason stage_died.
         """
-        if self.cfg.on_stage_death != "restart":
+        if self.cfg.on_stage_death != "restart" or self.fork_server_died:     # nothing to start them from
             return
         now = time.monotonic()
         for p in self.procs:
@@ -398,8 +408,30 @@ class Supervisor:
                 continue
             if code == 0 and self.table[p.row]["state"] == STAGE_STATE_DONE:
                 continue
+            if code == FORK_SERVER_LOST and self._lost_with_fork_server(p):
+                continue
             how = describe_exit(code)
             self._stage_failed(p, f"died: {how}", f"stage {p.name} (pid {p.process.pid}) died: {how}")
+
+    def _lost_with_fork_server(self, p: StageProc) -> bool:
+        """True when ``p``'s exit status went with its fork server, which died: ``p`` died with it unless it
+        had finished its work, and then the server's death is named (once) as the failure."""
+        deadline = time.monotonic() + FORK_SERVER_GRACE    # its pipes close just before it can be reaped
+        while not (how := forkserver.death()):
+            if time.monotonic() >= deadline:
+                return False                    # the server runs: the stage itself left with 255
+            time.sleep(0.01)
+        self.fork_server_died = how             # nothing is started from it any more
+        if self.table[p.row]["state"] == STAGE_STATE_DONE:
+            return True                         # it finished: only its exit status is lost
+        msg = (f"the stages' fork server (pid {forkserver.server_pid()}) died: {how}; "
+               "every process it had started died with it")
+        if msg not in self.failures:
+            log.error("%s", msg)
+            self.failures.append(msg)
+        self._stage_failed(p, "died with the fork server",
+                           f"stage {p.name} (pid {p.process.pid}) died with the fork server")
+        return True
 
     def _stage_failed(self, p: StageProc, died: str, msg: str) -> None:
         p.died = died
@@ -470,12 +502,15 @@ class Supervisor:
         stall = max(DRAIN_STALL, self.cfg.stall_timeout + 1)    # a hung stage upstream is found first
         while True:
             self._check_hung()                # any stage: a hung consumer would hold its producers up
+            self._check_deaths()
+            self._restart_workers({})         # policy "restart": a worker that dies now is replaced as before
             alive = [p for p in procs if p.process.is_alive()]
-            if not alive:
+            if not alive and not any(p.restart_at is not None for p in procs):
                 break
             for p in progress.stalled_procs(alive, stall):
                 p.process.kill()
                 p.process.join(2)
+                p.given_up = True             # not replaced: the stop would wait on its successor again
                 self._stage_failed(p, "killed: no progress while draining",
                                    f"stage {p.name} made no progress draining for {stall:.0f} s: killed")
             multiprocessing.connection.wait([p.process.sentinel for p in alive], timeout=POLL)

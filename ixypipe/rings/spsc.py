@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ixypipe.layout import RING_CAPACITY_OFF, RING_HEAD_OFF, RING_SLOT_DTYPE, RING_SLOTS_OFFSET, RING_TAIL_OFF
-from ixypipe.memory.arena import Arena, RegionSize
+from ixypipe.memory.arena import Arena, Region, RegionSize
 
 _HEAD = RING_HEAD_OFF // 8
 _TAIL = RING_TAIL_OFF // 8
@@ -57,7 +57,7 @@ class Ring:
         end = start + self.capacity * RING_SLOT_DTYPE.itemsize
         # the slots twice: a numpy view (any input dtype, cast on copy) and a
         # memoryview of uint32, whose slice copies cost a third of numpy's
-        self._slots = arena.buf[start:end].view(RING_SLOT_DTYPE)
+        self._slots = arena.view(Region(name, start, end - start), RING_SLOT_DTYPE)   # writable where granted
         raw = memoryview(arena.mm)[start:end]
         self._slot_mv = raw.cast(_SLOT_FORMAT)
         raw.release()

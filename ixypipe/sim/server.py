@@ -17,13 +17,21 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ixypipe.proc import Backoff, Pacing, describe_exit, log_level, set_process_name, setup_logging
+from ixypipe.proc import (
+    Backoff,
+    Pacing,
+    describe_exit,
+    ignore_stop_signals,
+    log_level,
+    set_process_name,
+    setup_logging,
+    wait_for_answer,
+)
 from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_CMD_RUN, SIM_CMD_STOP, SIM_CONTROL_DTYPE, SIM_COUNTERS_DTYPE
 from ixypipe.sim.model import STATS_PERIOD_NS
@@ -43,7 +51,7 @@ __all__ = ["GeneratorConfig", "PortCounters", "SimConfigError", "SimPortConfig",
 
 log = logging.getLogger(__name__)
 PROCESS_NAME = "ixypipe-sim"
-START_TIMEOUT = 30.0            # seconds for the model process to report ready
+START_TIMEOUT = 30.0            # seconds the starting model process may make no progress
 STOP_TIMEOUT = 5.0              # seconds for it to exit before it is killed
 PARENT_CHECK_LOOPS = 4096       # loops between checks that the parent is still alive
 COUNTERS_FILE = "counters"
@@ -122,9 +130,10 @@ class SimServer:
                       log_level()))
             self.process.start()
             child_end.close()
-            if not parent_end.poll(START_TIMEOUT):
+            if not wait_for_answer(parent_end, self.process.pid, START_TIMEOUT):
                 parent_end.close()
-                raise SimServerError(f"the simulator process did not start within {START_TIMEOUT:.0f} s")
+                raise SimServerError(f"the simulator process did not start: it made no progress for "
+                                     f"{START_TIMEOUT:.0f} s")
             try:
                 answer = parent_end.recv()
             except EOFError:
@@ -248,8 +257,9 @@ def serve(ports, arena_paths, root, conn, stats_period_ns, log_level=logging.WAR
 
     setup_logging(log_level, "ixypipe-sim: %(levelname)s %(message)s")
     set_process_name(PROCESS_NAME)
-    # Ctrl-C in a terminal reaches the whole process group; the owner stops the model (SIM_CMD_STOP)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C in a terminal (a group's SIGTERM, SIGHUP) reaches the whole process group; the owner stops the
+    # model (SIM_CMD_STOP), and it leaves by itself when orphaned
+    ignore_stop_signals()
     parent = os.getppid()
     arenas, world, mm = [], None, None
     try:
