@@ -143,19 +143,20 @@ def test_arena_bigger_than_free_hugepages_says_how_to_reserve_more():
         Arena.create(too_big, hugepages_mode="require", tag="test")
     text = str(err.value)
     assert "hugepages required but unavailable" in text
-    assert "/proc/sys/vm/nr_hugepages" in text
-    assert "mount -t hugetlbfs" in text
+    more = hugepages.total_hugepages() + arena_mod._pages_for(too_big) - hugepages.free_hugepages()
+    assert f"reserve them with 'ixypipe hugepages --reserve {more}'" in text
+    assert "mount hugetlbfs with 'ixypipe hugepages --mount /mnt/huge'" in text
 
 
 def test_fallback_warns_exactly_once_and_gives_simulated_addresses(monkeypatch, caplog, make_arena):
     monkeypatch.setattr(arena_mod, "_warned_fallback", False)
-    monkeypatch.setattr(hugepages, "free_hugepages", lambda size=HUGEPAGE_SIZE: 0)
+    monkeypatch.setattr(hugepages, "free_hugepages", lambda size=HUGEPAGE_SIZE, sysfs_root="/sys": 0)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     with caplog.at_level(logging.WARNING, logger="ixypipe.memory.arena"):
         arenas = [make_arena(1 << 20, "auto") for _ in range(3)]
     warnings = [r.getMessage() for r in caplog.records if "/dev/shm arena on 4 KiB pages" in r.getMessage()]
     assert len(warnings) == 1, warnings
-    assert "simulated" in warnings[0] and "nr_hugepages" in warnings[0]
+    assert "simulated" in warnings[0] and "'ixypipe hugepages --reserve " in warnings[0]
     arena = arenas[0]
     assert not arena.hugepages and arena.path.parent == Path("/dev/shm")
     region = arena.alloc("r", 4096)

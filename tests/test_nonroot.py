@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import stat
 import subprocess
 import sys
@@ -158,3 +159,40 @@ def test_after_stop_saving_new_kernels_are_compiled_but_not_written(tmp_path):
     assert res.stdout.strip() == "3.0"
     data = sorted(p.name for p in cache.glob("*/*.nbc"))
     assert len(data) == 1 and data[0].startswith("kernel.twice-"), data     # the int64 one only
+
+
+VENV_PROBE = '''
+import json, pwd, sys
+from pathlib import Path
+from tests.support import users
+res = users.run_as(pwd.getpwnam(sys.argv[1]), ["-c", "import json, sys, numpy, ixypipe; print(json.dumps("
+                   "[sys.prefix, sys.base_prefix, ixypipe.__file__]))"], Path(sys.argv[2]),
+                   {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": sys.argv[4]}, sys.argv[3],
+                   timeout=120)
+print(json.dumps([res.returncode, res.stdout, res.stderr]))
+'''
+
+
+def test_the_user_runs_the_interpreter_of_a_venv_under_a_closed_directory(user, tmp_path):
+    """A venv's python is a symlink to an interpreter outside the venv (here under /root or a pyenv), and
+    the venv lies under pytest's tmp_path (mode 0700): the user still runs it, as that venv, at its own path.
+    (users.run_as used to bind the prefix elsewhere and set PYTHONHOME, which turns venv detection off and
+    could not place the resolved interpreter: "... is not in the subpath of ...venv".)"""
+    who, work = user
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    venv = closed / "v"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+                   check=True, capture_output=True, timeout=120)
+    python = venv / "bin" / "python"
+    assert python.is_symlink() and not python.resolve().is_relative_to(venv)
+    # the packages of this test run (pytest, numpy: perhaps in this run's own venv, not beside the interpreter)
+    path = os.pathsep.join([str(REPO), *site.getsitepackages()])
+    res = subprocess.run([str(python), "-c", VENV_PROBE, who.pw_name, str(work), str(REPO), path],
+                         capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": path})
+    assert res.returncode == 0, res.stderr
+    code, out, err = json.loads(res.stdout)
+    assert code == 0, err
+    prefix, base, package = json.loads(out)
+    assert prefix == str(venv) and base == sys.base_prefix and package == str(PACKAGE / "__init__.py")
+    assert stat.S_IMODE(closed.stat().st_mode) == 0o700           # nothing was opened outside the namespace

@@ -91,6 +91,8 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
                *(r for _ in PORT_NAMES for r in Mempool.arena_regions(pool_size)),
                *(r for spec in specs for r in IxgbeDevice.arena_regions(spec))]
     with contextlib.ExitStack() as stack:
+        if not sim:                               # a running pipeline's NIC is not reset under it
+            claim_devices(stack, specs)
         try:
             arena = Arena.create(Arena.size_for(regions), hugepages_mode=mode, tag="fwd")
         except Exception as exc:
@@ -146,6 +148,21 @@ def start_sim(stack: contextlib.ExitStack, arena: Arena, specs: list[PortSpec], 
         raise click.ClickException(f"simulated ports: {exc}") from exc
     stack.callback(running.server.stop)
     return running
+
+
+def claim_devices(stack: contextlib.ExitStack, specs: list[PortSpec]) -> None:
+    """Hold both PCI devices while forwarding (ixypipe.pipeline.claims), refused when a pipeline uses one."""
+    from types import SimpleNamespace
+
+    from ixypipe.pipeline import claims
+
+    for spec in specs:
+        port = SimpleNamespace(name=spec.name, driver="ixgbe", pci=spec.address.lower(), share=False)
+        try:
+            held = claims.claim(port, "ixypipe fwd", "(the command line)", how_to_share="Stop it first")
+        except claims.ClaimError as exc:
+            raise click.ClickException(str(exc)) from None
+        stack.callback(claims.release, [held])
 
 
 def drain_sim(fwd: Forwarder, server) -> None:

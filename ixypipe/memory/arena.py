@@ -197,7 +197,7 @@ class Arena:
         control = control_size > 0
         use_huge, why_not = False, ""
         if hugepages_mode != "never":
-            use_huge, why_not, directory = cls._hugepage_plan(size + (HUGEPAGE_SIZE if control else 0), directory,
+            use_huge, why_not, directory = cls._hugepage_plan(cls.planned_size(size, control_size), directory,
                                                               physical)
             if not use_huge and hugepages_mode == "require":
                 raise ArenaError(f"hugepages required but unavailable: {why_not}")
@@ -280,18 +280,15 @@ class Arena:
         return f"{ARENA_PREFIX}{os.getpid()}-{tag + '-' if tag else ''}{secrets.token_hex(8)}"
 
     @staticmethod
+    def planned_size(size: int, control_size: int = 0) -> int:
+        """The usable bytes :meth:`create` asks hugepages for: a control arena's first DMA region starts on
+        a page after the header's, one more page."""
+        return size + (HUGEPAGE_SIZE if control_size > 0 else 0)
+
+    @staticmethod
     def _hugepage_plan(size: int, directory, physical: bool = True) -> tuple[bool, str, Path | None]:
-        if physical and os.geteuid() != 0:
-            return False, "not root, so physical addresses cannot be read", None
-        mounts = [Path(directory)] if directory else hugepages.hugetlbfs_mounts()
-        if not mounts:
-            return False, "no hugetlbfs mount; " + hugepages.reserve_advice(_pages_for(size)), None
-        need = _pages_for(size)
-        free = hugepages.free_hugepages()
-        if free < need:
-            return (False, f"the arena needs {need} free 2 MiB hugepages but {free} are free; "
-                    + hugepages.reserve_advice(hugepages.total_hugepages() + need - free), None)
-        return True, "", mounts[0]
+        why_not, mount = hugepage_shortfall([size], physical, directory)
+        return not why_not, why_not, mount
 
     def _init_header(self, total: int, use_huge: bool, physical: bool = True, control_size: int = 0) -> None:
         if not _mlock(self.buf, total) and use_huge:
@@ -579,6 +576,26 @@ class Arena:
         phys = self.view(self.region(ARENA_PHYS_REGION), np.uint64)
         order = np.argsort(phys, kind="stable")
         return phys[order].copy(), (order.astype(np.uint64) << np.uint64(HUGEPAGE_SHIFT)), HUGEPAGE_SIZE
+
+
+def hugepage_shortfall(sizes: Iterable[int], physical: bool = True, directory=None,
+                       sysfs_root: str | os.PathLike = "/sys", mounts_file: str = "/proc/mounts"
+                       ) -> tuple[str, Path | None]:
+    """Why arenas of these usable ``sizes`` (made one after another) cannot all be on 2 MiB hugepages here,
+    saying how to reserve and mount them ("" when they can), and the hugetlbfs mount they would go to."""
+    sizes = list(sizes)
+    if physical and os.geteuid() != 0:
+        return "not root, so physical addresses cannot be read", None
+    mounts = [Path(directory)] if directory else hugepages.hugetlbfs_mounts(mounts_file=mounts_file)
+    need = sum(_pages_for(size) for size in sizes)
+    if not mounts:
+        return "no hugetlbfs mount; " + hugepages.reserve_advice(need), None
+    free = hugepages.free_hugepages(sysfs_root=sysfs_root)
+    if free < need:
+        whose = "the arena needs" if len(sizes) == 1 else f"the {len(sizes)} arenas need"
+        return (f"{whose} {need} free 2 MiB hugepages but {free} are free; "
+                + hugepages.reserve_advice(hugepages.total_hugepages(sysfs_root=sysfs_root) + need - free)), None
+    return "", mounts[0]
 
 
 def _control_path(path: Path) -> Path:

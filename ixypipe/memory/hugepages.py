@@ -11,23 +11,23 @@ from pathlib import Path
 
 from ixypipe.layout import HUGEPAGE_SIZE
 
-SYS_HUGEPAGES = Path("/sys/kernel/mm/hugepages")
+SYSTEM_POOLS = "kernel/mm/hugepages"          # under the sysfs root: one hugepages-<N>kB directory per size
 
 
-def hugepage_dir(size: int = HUGEPAGE_SIZE) -> Path:
-    return SYS_HUGEPAGES / f"hugepages-{size // 1024}kB"
+def hugepage_dir(size: int = HUGEPAGE_SIZE, sysfs_root: str | os.PathLike = "/sys") -> Path:
+    return Path(sysfs_root) / SYSTEM_POOLS / f"hugepages-{size // 1024}kB"
 
 
-def free_hugepages(size: int = HUGEPAGE_SIZE) -> int:
+def free_hugepages(size: int = HUGEPAGE_SIZE, sysfs_root: str | os.PathLike = "/sys") -> int:
     try:
-        return int((hugepage_dir(size) / "free_hugepages").read_text())
+        return int((hugepage_dir(size, sysfs_root) / "free_hugepages").read_text())
     except OSError:
         return 0
 
 
-def total_hugepages(size: int = HUGEPAGE_SIZE) -> int:
+def total_hugepages(size: int = HUGEPAGE_SIZE, sysfs_root: str | os.PathLike = "/sys") -> int:
     try:
-        return int((hugepage_dir(size) / "nr_hugepages").read_text())
+        return int((hugepage_dir(size, sysfs_root) / "nr_hugepages").read_text())
     except OSError:
         return 0
 
@@ -60,8 +60,8 @@ def hugetlbfs_mounts(size: int = HUGEPAGE_SIZE, mounts_file: str = "/proc/mounts
 
 
 def reserve_advice(pages: int) -> str:
-    return (f"reserve them with 'echo {pages} > /proc/sys/vm/nr_hugepages' and mount hugetlbfs with "
-            f"'mkdir -p /mnt/huge && mount -t hugetlbfs nodev /mnt/huge' (as root)")
+    return (f"reserve them with 'ixypipe hugepages --reserve {pages}' and mount hugetlbfs with "
+            f"'ixypipe hugepages --mount /mnt/huge' (as root)")
 
 
 def hugetlbfs_mount_table(mounts_file: str = "/proc/mounts") -> list[tuple[Path, int]]:

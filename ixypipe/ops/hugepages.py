@@ -26,9 +26,8 @@ import psutil
 
 from ixypipe.datafile import kernel_filesystem
 from ixypipe.layout import HUGEPAGE_SIZE
-from ixypipe.memory.hugepages import hugetlbfs_mount_table
+from ixypipe.memory.hugepages import SYSTEM_POOLS, hugetlbfs_mount_table
 
-SYSTEM_POOLS = "kernel/mm/hugepages"
 NODES = "devices/system/node"
 _POOL_RE = re.compile(r"^hugepages-(\d+)kB$")
 _NODE_RE = re.compile(r"^node(\d+)$")

@@ -168,6 +168,7 @@ class PortConfig:
     iommu: str = "none"             # ixgbe, sim: "vfio", "none" (physical addresses) or "auto"
     hot_path: str = "auto"          # ixgbe, sim, af_packet: the driver's RX/TX kernels, "auto" (numba when installed),
                                     # "numpy" or "numba"
+    share: bool = False             # ixgbe, af_packet: run beside other pipelines on this device on purpose
 
     def to_spec(self) -> PortSpec:
         """The driver's view of this port: address = pci / interface / path, extras in options."""
@@ -432,8 +433,8 @@ PORT_COMMON_KEYS = ("name", "driver", "rx_queues", "tx_queues", "rx_ring_size", 
                     "forward_to")
 PORT_DRIVER_KEYS = {
     "sim": ("pci", "generator", "sink", "iommu", "hot_path"),
-    "ixgbe": ("pci", "iommu", "hot_path"),
-    "af_packet": ("interface", "qdisc_bypass", "fanout_defrag", "hot_path"),
+    "ixgbe": ("pci", "iommu", "hot_path", "share"),
+    "af_packet": ("interface", "qdisc_bypass", "fanout_defrag", "hot_path", "share"),
     "pcap": ("path", "mode", "loop", "rate_mpps"),
 }
 GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count", "profile", "vlan")
@@ -741,6 +742,8 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
         fields["pci"] = pci.lower()
         fields["iommu"] = r.string(p, "iommu", key, "none", IOMMU_MODES)
         fields["hot_path"] = r.string(p, "hot_path", key, "auto", HOT_PATHS)
+    if driver in ("ixgbe", "af_packet"):
+        fields["share"] = r.boolean(p, "share", key, False)
     if driver == "sim":
         fields["generator"] = _generator(r, p, f"{key}.generator", buffer_size)
         fields["sink"] = _sink(r, p, f"{key}.sink", base_dir)

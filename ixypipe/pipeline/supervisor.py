@@ -48,7 +48,7 @@ from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
-from ixypipe.pipeline import forkserver, leftovers, planinfo, reclaim, stagetable
+from ixypipe.pipeline import claims, forkserver, leftovers, planinfo, reclaim, stagetable
 from ixypipe.pipeline.liveness import PHASES, Heartbeats, RestartBudget, doing
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
 from ixypipe.pipeline.planinfo import write_plan_info
@@ -124,6 +124,7 @@ class Supervisor:
         self._port_drops: dict[str, dict[str, int]] = {}
         self.started = False
         self._ctx = None                      # the multiprocessing context stages are started with
+        self.claims: list[claims.Claim] = []   # the interfaces and PCI devices held for the run's life
 
     # ---- the whole run -------------------------------------------------------------
     def run(self) -> RunResult:
@@ -131,6 +132,7 @@ class Supervisor:
         result = RunResult(exit_code=1)
         try:
             remove_stale()
+            self._claim_devices()
             leftovers.become_subreaper()          # what a stage leaves behind stays findable (leftovers.py)
             self._ctx = forkserver.context()      # warms up while the arenas are built
             self._build()
@@ -146,6 +148,7 @@ class Supervisor:
             try:
                 result = self._shutdown()
             finally:
+                claims.release(self.claims)
                 for sig, handler in old.items():
                     signal.signal(sig, handler)
         return result
@@ -159,13 +162,19 @@ class Supervisor:
         if not self.procs:
             raise KeyboardInterrupt(name)   # still starting: unwind now
 
+    def _claim_devices(self) -> None:
+        """Refuse to start on an interface or PCI device another running pipeline uses (pipeline.claims)."""
+        try:
+            self.claims = claims.claim_ports(self.cfg)
+        except claims.ClaimError as exc:
+            raise PipelineError(str(exc)) from None
+
     # ---- building ------------------------------------------------------------------
     def _build(self) -> None:
         cfg = self.cfg
         plan = plan_from_config(cfg)          # the arena paths are filled in once the arenas exist
         try:
-            # physical addresses only for ports that DMA with them (not VFIO's IOVAs, not kernel interfaces)
-            physical = any(p.driver in ("ixgbe", "sim") and p.iommu != "vfio" for p in cfg.ports)
+            physical = uses_physical_addresses(cfg)
             size, control = Arena.split_size_for(packet_arena_regions(plan, cfg.buffer_size))
             self.arena = Arena.create(size, hugepages_mode=cfg.hugepages, tag="pkt", physical=physical,
                                       control_size=control)     # workers get writable only what they write
@@ -674,6 +683,12 @@ class Supervisor:
             if arena is not None:
                 arena.destroy()
         self.arena = self.dev_arena = None
+
+
+def uses_physical_addresses(cfg) -> bool:
+    """Whether the arenas need a physical-address table: only for ports that DMA with physical addresses
+    (not VFIO's IOVAs, not kernel interfaces)."""
+    return any(p.driver in ("ixgbe", "sim") and p.iommu != "vfio" for p in cfg.ports)
 
 
 def packet_arena_regions(plan: PipelinePlan, buffer_size: int) -> list[RegionSize]:
