@@ -45,7 +45,7 @@ from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
 from ixypipe.pipeline import forkserver, planinfo, stagetable
 from ixypipe.pipeline.liveness import Heartbeats, RestartBudget, doing
-from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
+from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config, unfed_tx_queues
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops
 from ixypipe.pipeline.stages import stage_main
@@ -153,6 +153,8 @@ class Supervisor:
     def _build(self) -> None:
         cfg = self.cfg
         plan = plan_from_config(cfg)          # the arena paths are filled in once the arenas exist
+        for line in unfed_tx_queues(plan.ports, cfg.workers.processes):
+            log.warning(line)
         try:
             # physical addresses only for ports that DMA with them (not VFIO's IOVAs, not kernel interfaces)
             physical = any(p.driver in ("ixgbe", "sim") and p.iommu != "vfio" for p in cfg.ports)
