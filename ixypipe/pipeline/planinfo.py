@@ -102,6 +102,9 @@ def read_plan_info(arena: Arena) -> dict:
         raise PlanInfoError(f"arena {arena.name} has no {PLAN_INFO_REGION} region (not a pipeline's packet "
                             "arena, or its supervisor has not finished building it)")
     view = arena.view(region)
+    if len(view) < PLAN_INFO_TEXT_OFF:      # the file is shorter than its region table says: being made or removed
+        raise PlanInfoError(f"the {PLAN_INFO_REGION} region of arena {arena.name} lies past the end of the file "
+                            "(the arena is being made or removed)")
     problem = "it is empty"
     for _ in range(READ_ATTEMPTS):
         n = int(view[:PLAN_INFO_LEN_DTYPE.itemsize].view(PLAN_INFO_LEN_DTYPE)[0])

@@ -44,7 +44,7 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
 from ixypipe.pipeline import forkserver, planinfo, stagetable
-from ixypipe.pipeline.liveness import Heartbeats, RestartBudget, doing
+from ixypipe.pipeline.liveness import FlowWatch, Heartbeats, RestartBudget, doing
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config, unfed_tx_queues
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops
@@ -59,6 +59,7 @@ DRAIN_STALL = 5.0             # seconds a draining stage may go without its coun
 STARVED_LIMIT = 6             # ... times this when it did not even get the CPU (a busy machine)
 PROGRESS_FIELDS = ("state", "batches", "packets_in", "packets_out", "held", "drop_stage_died")
 POLL = 0.05                   # seconds between checks of the stop conditions
+FLOW_CHECK = 0.5              # seconds between checks that the pipeline as a whole moves (liveness.FlowWatch)
 SIM_PAUSE_WAIT = 10.0         # seconds for the software 82599 to confirm its generators stopped
 DEAD_TX_DRAIN_TIMEOUT = 2.0   # seconds for the NIC to finish what a dead TX stage posted
 SOURCES_FINISHED = "all sources finished"
@@ -109,6 +110,8 @@ class Supervisor:
         self.budget = RestartBudget(cfg.max_restarts)
         self.heartbeats: Heartbeats | None = None
         self.hung = False
+        self.flow: FlowWatch | None = None    # the whole pipeline's progress, while running
+        self.stalled = False
         self.forks: dict[int, int] = {}       # row -> forked children reported so far
         self.sim_died = False
         self._sleepers: list[int] = []
@@ -260,10 +263,11 @@ class Supervisor:
             if ready:
                 self._check_deaths()
             self._check_hung()
+            self._check_stalled()
             self._check_forks()
             self._restart_workers(sentinels)
             if self.failures:
-                self.stop_reason = "stage hung" if self.hung else "stage died"
+                self.stop_reason = "pipeline stalled" if self.stalled else "stage hung" if self.hung else "stage died"
                 break
             if self.sim is not None and not self.sim.is_alive():
                 self.failures.append(f"the software 82599 (pid {self.sim.pid}) died: {self.sim.death_cause()}")
@@ -370,6 +374,36 @@ class Supervisor:
             self._stage_failed(p, f"hung ({how}), killed",
                                f"stage {p.name} (pid {p.process.pid}) hung: its heartbeat stood still for "
                                f"{still:.1f} s ({how}); it was {what}; killed")
+
+    def _check_stalled(self) -> None:
+        """Frames wait while the stages loop and nothing moves for stall_timeout: name it (with what each
+        stage waits on) and apply on_stage_death: "restart" replaces the workers that hold a full ring up,
+        anything else (or no such worker) stops the run."""
+        now = time.monotonic()
+        if self.flow is None:
+            self.flow = FlowWatch(self.plan, self.arena, self.table, self.cfg.stall_timeout)
+            self._next_flow_check = now
+        if now < self._next_flow_check:
+            return
+        self._next_flow_check = now + FLOW_CHECK
+        drops = port_drops(self.devices, self.sim)
+        msg = self.flow.check({port: d.get("rx_missed", 0) for port, d in drops.items()})
+        if not msg:
+            return
+        rows = set(self.flow.culprits())
+        workers = [p for p in self.procs if p.row in rows and p.role == "worker" and not p.died]
+        if self.cfg.on_stage_death == "restart" and workers:
+            log.error("%s", msg)
+            for p in workers:
+                p.process.kill()
+                p.process.join(2)
+                self._stage_failed(p, "stalled the pipeline, killed", f"stage {p.name} (pid {p.process.pid}) "
+                                   "held a full ring up while the pipeline stalled (above): killed")
+            self.flow = None                   # a fresh watch for the replacements
+            return
+        self.stalled = True
+        log.error("%s", msg)
+        self.failures.append(msg)
 
     def _check_forks(self) -> None:
         """A worker whose process forked: the child was stopped before returning to user code (see stages)."""
@@ -538,6 +572,9 @@ class Supervisor:
             except Exception as exc:
                 log.warning("closing %s: %s", dev.name, exc)
         self.devices = {}
+        if self.flow is not None:
+            self.flow.close()               # its ring views, before the arena goes
+            self.flow = None
         self.pools = []
         self.bufs = None
         self.table = None
