@@ -383,7 +383,7 @@ class Supervisor:
         if self.flow is None:
             self.flow = FlowWatch(self.plan, self.arena, self.table, self.cfg.stall_timeout)
             self._next_flow_check = now
-        if now < self._next_flow_check:
+        if now < self._next_flow_check or self.failures:      # a death or hang found first is handled first
             return
         self._next_flow_check = now + FLOW_CHECK
         drops = port_drops(self.devices, self.sim)
@@ -399,6 +399,7 @@ class Supervisor:
                 p.process.join(2)
                 self._stage_failed(p, "stalled the pipeline, killed", f"stage {p.name} (pid {p.process.pid}) "
                                    "held a full ring up while the pipeline stalled (above): killed")
+            self.flow.close()
             self.flow = None                   # a fresh watch for the replacements
             return
         self.stalled = True
