@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from ixypipe.layout import STAGE_STATE_RUNNING
+from ixypipe.layout import STAGE_STATE_RUNNING, STAGE_STATE_STARTING
 from ixypipe.nic.device import PortSpec
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.liveness import FlowWatch
@@ -168,6 +168,15 @@ def test_a_consumer_that_takes_or_is_pushed_back_or_starved_is_no_stall(watched)
     assert watch.check({}) == ""
     table[worker]["batch_no"] = int(table[worker]["batches"]) + 1     # inside a batch (compiling, say)
     assert loop(table, clock, 5.0, {}, watch) == ""
+    table[worker]["batch_no"] = table[worker]["batches"]
+    table[worker]["state"] = STAGE_STATE_STARTING          # a replacement starting (its heartbeat reset) ...
+    table[worker]["heartbeat"] = 0
+    assert loop(table, clock, 5.0, {"p0": 0}, watch) == ""
+    assert loop(table, clock, 5.0, {"p0": 10_000}, watch) == ""   # ... while the port misses frames
+    table[worker]["state"] = STAGE_STATE_RUNNING           # it runs and takes nothing: a stall again
+    assert loop(table, clock, 2.0, {"p0": 20_000}, watch).startswith(
+        "pipeline stalled: ring rx-p0-q0>w0 stayed full for 2.0 s, its consumer taking nothing, "
+        "port p0 missed 10,000 frames while no stage moved a packet for 2.0 s; ")
 
 
 def test_a_port_missing_frames_while_nothing_moves_is_a_stall(watched):

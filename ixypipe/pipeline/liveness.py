@@ -148,9 +148,9 @@ class FlowWatch:
     takes from.  :meth:`check` names a stall when, for ``stall_timeout``,
 
     * a forward ring stayed full and its consumer took nothing from it while
-      that consumer looped, outside a batch; or
+      that consumer looped, running and outside a batch; or
     * no stage took or sent a packet while a port missed frames and the
-      stages looped, none inside a batch.
+      stages looped, every one running and none inside a batch.
 
     An idle pipeline (nothing waits) and a starved one (no stage loops; the
     heartbeat watch judges those) are not stalls.
@@ -172,7 +172,8 @@ class FlowWatch:
         """'' while packets move or nothing waits; else what waits and what each stage waits on."""
         now = self.clock()
         t = self.table
-        inside = t["batch_no"] > t["batches"]                # rows inside a batch (a first one may compile)
+        # rows inside a batch (a first one may compile) or not in their loop (starting after a restart, dead)
+        inside = (t["batch_no"] > t["batches"]) | (t["state"] != STAGE_STATE_RUNNING)
         waiting = self._stuck_rings(now, inside)
         moved = int(t["packets_in"].sum() + t["packets_out"].sum())
         beats = int(t["heartbeat"].sum())
