@@ -98,7 +98,7 @@ def describe_replay(p) -> None:
 
 def check_machine(cfg) -> None:
     """--check: what would run, and every check on this machine (ixypipe.pipeline.preflight); exit 1 on a failure."""
-    from ixypipe.pipeline.plan import plan_from_config
+    from ixypipe.pipeline.plan import plan_from_config, unfed_tx_queues
     from ixypipe.pipeline.preflight import Finding, preflight
 
     findings = [*preflight(cfg), Finding(f"workers: {cfg.workers.function}", True,   # check_worker_imports passed
@@ -125,6 +125,8 @@ def check_machine(cfg) -> None:
         click.echo(f"  workers: {w.processes} x {w.function} ({w.distribute}), batch {cfg.batch_size}, "
                    f"rings {cfg.ring_size}")
         click.echo(f"  stages: {' '.join(s.name for s in plan.stages)}")
+        for line in unfed_tx_queues(plan.ports, w.processes):
+            click.echo(f"  note: {line}")
         for f in findings:
             click.echo(f"  {'ok' if f.ok else 'FAILED'}  {f.what}: {f.message}")
         click.echo("ok" if not failed else f"{len(failed)} check{'s' if len(failed) > 1 else ''} failed")
