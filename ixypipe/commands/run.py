@@ -21,10 +21,18 @@ from ixypipe.proc import log_level
 @click.option("--json", is_flag=True, expose_value=False, callback=set_json,
               help="Print one JSON object per interval and a JSON summary instead of text (with --check: "
                    "one JSON object); errors as JSON too.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics on this TCP port (/metrics, text format): per-port, per-stage, "
+                   "ring, worker-counter and software-82599 figures of the latest stats interval, labelled with "
+                   "the pipeline's name.  0 = none (the default, or [stats] metrics_port).")
+@click.option("--metrics-address", metavar="ADDRESS",
+              help="Address the metrics endpoint listens on (default 127.0.0.1, or [stats] metrics_address; "
+                   "0.0.0.0 or :: for every interface).")
 @click.option("--check", is_flag=True,
               help="Only validate: the file, and on this machine interfaces, PCI devices and the worker's "
                    "import; print what would run (exit 1 when a check fails).")
-def run(pipeline: str, duration: float | None, packets: int | None, check: bool) -> None:
+def run(pipeline: str, duration: float | None, packets: int | None, metrics_port: int | None,
+        metrics_address: str | None, check: bool) -> None:
     """Run the pipeline described by PIPELINE (a TOML file).
 
     \b
@@ -50,6 +58,7 @@ def run(pipeline: str, duration: float | None, packets: int | None, check: bool)
       ixypipe run pipelines/fwd.toml
       ixypipe run pipelines/fwd.toml --duration 10 --json > stats.jsonl
       ixypipe run pipelines/fwd.toml --packets 1000000
+      ixypipe run pipelines/fwd.toml --metrics-port 9101   # curl localhost:9101/metrics
     """
     # Ctrl-C / kill -INT stops a run at every step, as the supervisor's own handler does once it runs: a run
     # started with `&` from a script inherits SIGINT ignored, and would otherwise sit out its checks deaf to it
@@ -71,10 +80,29 @@ def run(pipeline: str, duration: float | None, packets: int | None, check: bool)
         return
     from ixypipe.pipeline.supervisor import Supervisor
 
-    result = Supervisor(cfg, duration=duration, packets=packets, json_lines=True if wants_json() else None).run()
+    server = serve_metrics(cfg, metrics_port, metrics_address)     # a port in use: refused before anything starts
+    try:
+        result = Supervisor(cfg, duration=duration, packets=packets, json_lines=True if wants_json() else None,
+                            metrics=server).run()
+    finally:
+        if server is not None:
+            server.close()                # the endpoint ends with the run
     if wants_json() and result.accounting is None and result.failures:     # failed before any summary
         emit_json({"type": "error", "message": "; ".join(result.failures), "exit_code": result.exit_code})
     sys.exit(result.exit_code)
+
+
+def serve_metrics(cfg, port: int | None, address: str | None):
+    """The metrics endpoint the options (or else the file's [stats]) ask for, listening; None for port 0."""
+    port = cfg.stats.metrics_port if port is None else port
+    if not port:
+        return None
+    from ixypipe.pipeline.metrics import MetricsError, MetricsServer
+
+    try:
+        return MetricsServer(port, address or cfg.stats.metrics_address)
+    except MetricsError as exc:
+        raise CommandError(str(exc), 1) from None
 
 
 def verbose() -> bool:
