@@ -301,3 +301,25 @@ def test_help_names_the_metrics_options():
     assert res.returncode == 0
     assert "--metrics-port PORT" in res.stdout and "Prometheus" in res.stdout
     assert "--metrics-address ADDRESS" in res.stdout and "127.0.0.1" in res.stdout
+
+
+def test_check_tries_the_metrics_port():
+    port = free_port()
+    res = CliRunner().invoke(main, ["run", str(FWD), "--check", "--metrics-port", str(port)])
+    assert res.exit_code == 0, res.output
+    assert f"ok  metrics: port {port} on 127.0.0.1: free" in res.output
+    with socket.socket() as taken:                       # the check closed its socket: the port can be taken
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        res = CliRunner().invoke(main, ["run", str(FWD), "--check", "--metrics-port", str(port)])
+    assert res.exit_code == 1
+    assert (f"FAILED  metrics: port {port} on 127.0.0.1: cannot serve metrics on 127.0.0.1:{port}: "
+            "address already in use") in res.output
+
+
+def test_an_address_not_on_this_host_is_named():
+    port = free_port()
+    res = CliRunner().invoke(main, ["run", str(FWD), "--check", "--metrics-port", str(port),
+                                    "--metrics-address", "192.0.2.1"])        # TEST-NET-1: on no interface here
+    assert res.exit_code == 1
+    assert f"cannot serve metrics on 192.0.2.1:{port}: Cannot assign requested address" in res.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -75,12 +76,13 @@ def run(pipeline: str, duration: float | None, packets: int | None, metrics_port
     except ConfigError as exc:
         shown = f"{exc}\n{exc.details}" if exc.details and verbose() else str(exc)   # -v: the traceback after it
         raise CommandError(shown, 2) from exc
+    cfg = with_metrics(cfg, metrics_port, metrics_address)
     if check:
         check_machine(cfg)
         return
     from ixypipe.pipeline.supervisor import Supervisor
 
-    server = serve_metrics(cfg, metrics_port, metrics_address)     # a port in use: refused before anything starts
+    server = serve_metrics(cfg)         # a port in use: refused before anything starts
     try:
         result = Supervisor(cfg, duration=duration, packets=packets, json_lines=True if wants_json() else None,
                             metrics=server).run()
@@ -92,17 +94,36 @@ def run(pipeline: str, duration: float | None, packets: int | None, metrics_port
     sys.exit(result.exit_code)
 
 
-def serve_metrics(cfg, port: int | None, address: str | None):
-    """The metrics endpoint the options (or else the file's [stats]) ask for, listening; None for port 0."""
-    port = cfg.stats.metrics_port if port is None else port
-    if not port:
+def with_metrics(cfg, port: int | None, address: str | None):
+    """``cfg`` with the metrics options in place of the file's [stats] metrics_port / metrics_address."""
+    stats = dataclasses.replace(cfg.stats, metrics_port=cfg.stats.metrics_port if port is None else port,
+                                metrics_address=address or cfg.stats.metrics_address)
+    return dataclasses.replace(cfg, stats=stats)
+
+
+def serve_metrics(cfg):
+    """The metrics endpoint ``cfg`` asks for, listening (None for port 0); CommandError when it cannot."""
+    if not cfg.stats.metrics_port:
         return None
     from ixypipe.pipeline.metrics import MetricsError, MetricsServer
 
     try:
-        return MetricsServer(port, address or cfg.stats.metrics_address)
+        return MetricsServer(cfg.stats.metrics_port, cfg.stats.metrics_address)
     except MetricsError as exc:
         raise CommandError(str(exc), 1) from None
+
+
+def metrics_finding(cfg):
+    """--check: can the metrics endpoint listen where ``cfg`` asks (tried, then closed)?"""
+    from ixypipe.pipeline.metrics import MetricsError, MetricsServer
+    from ixypipe.pipeline.preflight import Finding
+
+    what = f"metrics: port {cfg.stats.metrics_port} on {cfg.stats.metrics_address}"
+    try:
+        MetricsServer(cfg.stats.metrics_port, cfg.stats.metrics_address).close()
+    except MetricsError as exc:
+        return Finding(what, False, str(exc))
+    return Finding(what, True, "free: Prometheus can scrape /metrics there while the pipeline runs")
 
 
 def verbose() -> bool:
@@ -130,7 +151,8 @@ def check_machine(cfg) -> None:
     from ixypipe.pipeline.preflight import Finding, preflight
 
     findings = [*preflight(cfg), Finding(f"workers: {cfg.workers.function}", True,   # check_worker_imports passed
-                                         "imports and names a callable (checked in a child process)")]
+                                         "imports and names a callable (checked in a child process)"),
+                *([metrics_finding(cfg)] if cfg.stats.metrics_port else [])]
     failed = [f for f in findings if not f.ok]
     plan = plan_from_config(cfg)
     w = cfg.workers
