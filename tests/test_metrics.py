@@ -28,6 +28,7 @@ from ixypipe.pipeline.metrics import MetricsError, MetricsServer, Snapshot, _Lat
 from ixypipe.pipeline.report import IntervalFigures
 from ixypipe.sim.world import PortCounters
 from tests.support.runs import FWD, IXYPIPE, REPO, leftovers, start, summary_of, variant
+from tests.support.shareddir import worker_writable_dir
 
 CEILING = 120            # seconds: a pipeline starting on a busy two-CPU machine, then its first intervals
 PORTS = ("p0", "p1")
@@ -254,6 +255,28 @@ def test_scrape_of_a_running_pipeline_agrees_with_its_json_interval():
     with pytest.raises(urllib.error.URLError):           # the endpoint ended with the run
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30)
     assert leftovers(proc.pid) == []
+
+
+def test_a_workers_counters_scrape_as_its_json_interval_shows_them():
+    with worker_writable_dir() as d:                     # the worker (nobody, when root) reads its rules there
+        (d / "acl.csv").write_text("action,field,prefix,proto,ports\ndeny,src,192.0.2.0/24,any,any\n")
+        path = variant(d, function=f'"{REPO}/examples/acl.py:acl"', expect_touch="false",
+                       distribute='"flow"\n[workers.options]\nacl = "acl.csv"')
+        port = free_port()
+        proc = start([str(path), "--json", "--metrics-port", str(port), "--duration", "600"])
+        try:
+            lines = Lines(proc)
+            m = wait_for_traffic(port, proc)
+            interval = lines.interval_at(round(value(m, "ixypipe_uptime_seconds"), 3), proc)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=CEILING)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()
+    assert interval["counters"]["acl_allowed"] > 0
+    assert m["ixypipe_worker_counter"] == {
+        (("name", "acl_allowed"), ("stage", "worker-0")): interval["counters"]["acl_allowed"],
+        (("name", "acl_denied"), ("stage", "worker-0")): 0}
 
 
 def test_a_metrics_port_in_use_is_refused_before_the_pipeline_starts(tmp_path):
