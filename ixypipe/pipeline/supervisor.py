@@ -98,8 +98,9 @@ class RunResult:
 
 class Supervisor:
     def __init__(self, cfg, duration: float | None = None, packets: int | None = None,
-                 json_lines: bool | None = None, out=None):
+                 json_lines: bool | None = None, out=None, metrics=None):
         self.cfg = cfg
+        self.metrics = metrics                # a listening metrics.MetricsServer, or None (its owner closes it)
         self.duration = duration
         self.packets = packets
         self.json_lines = cfg.stats.json if json_lines is None else json_lines
@@ -279,7 +280,8 @@ class Supervisor:
     def _watch(self) -> None:
         printer = StatsPrinter(self.plan, self.table, self.devices, self.out, self.json_lines, self.sim,
                                counters=lambda: stagetable.stage_counters(self.arena, self.plan),
-                               publish=lambda d: planinfo.publish_port_drops(self.arena, self.plan.port_names, d))
+                               publish=lambda d: planinfo.publish_port_drops(self.arena, self.plan.port_names, d),
+                               observe=self.metrics.watch(self.plan, self.arena, self.sim) if self.metrics else None)
         started = time.monotonic()
         next_print = started + self.cfg.stats.interval
         sentinels = {p.process.sentinel: p for p in self.procs}
