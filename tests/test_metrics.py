@@ -188,7 +188,11 @@ def wait_for_traffic(port: int, proc) -> dict:
             m = scrape(port)
         except (urllib.error.URLError, ConnectionError):
             m = {}
-        if m and value(m, "ixypipe_port_rx_packets_total", port="p0") > 0:
+        # every port received and every stage has worked (and used a measurable slice of CPU): what the
+        # checks below take for granted; an early interval on a loaded machine may show one port or stage idle
+        if m and all(v > 0 for v in m.get("ixypipe_port_rx_packets_total", {0: 0}).values()) and \
+                all(v > 0 for v in m.get("ixypipe_stage_batches_total", {0: 0}).values()) and \
+                all(v > 0 for v in m.get("ixypipe_stage_cpu_seconds_total", {0: 0}).values()):
             return m
         time.sleep(0.2)
     raise AssertionError("the scrape never showed packets received")
