@@ -26,6 +26,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from ixypipe.pipeline.running import owner_alive
+
 log = logging.getLogger(__name__)
 
 CLAIM_DIR = Path("/dev/shm")
@@ -57,16 +59,6 @@ def device_of(port) -> tuple[str, str] | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def holders(path: Path) -> list[dict]:
     """The live holders written in a claim file (one JSON object per line), oldest first."""
     try:
@@ -79,7 +71,7 @@ def holders(path: Path) -> list[dict]:
             h = json.loads(line)
         except ValueError:
             continue
-        if isinstance(h, dict) and isinstance(h.get("pid"), int) and _alive(h["pid"]):
+        if isinstance(h, dict) and isinstance(h.get("pid"), int) and owner_alive(h["pid"]):
             found.append(h)
     return found
 

@@ -682,11 +682,7 @@ class ErrorLog:
                 log.error("%s: the worker function raised at %s; the batch is dropped (reason worker_error), "
                           "repeats are counted:\n%s", self.stage, key[1], text)
             return
-        self.seen[key] += 1
-        now = self.clock()
-        if now - self.last_log >= self.REPEAT_LOG_SECONDS:
-            self.last_log = now
-            self.log_repeats()
+        self._repeat(key)
 
     def note(self, kind: str, message: str) -> None:
         """A problem that is no exception (what the worker did to its batch): ``message`` is logged the first
@@ -696,6 +692,10 @@ class ErrorLog:
             self.seen[key] = self.logged[key] = 1
             log.warning("%s", message)
             return
+        self._repeat(key)
+
+    def _repeat(self, key: tuple[str, str]) -> None:
+        """Count a kind seen before; report the repeats at most every REPEAT_LOG_SECONDS."""
         self.seen[key] += 1
         now = self.clock()
         if now - self.last_log >= self.REPEAT_LOG_SECONDS:
