@@ -164,7 +164,8 @@ def is_cached(source_file: str) -> bool:
         d = d / _CacheLocator.get_suitable_cache_subpath(str(src))
     try:
         since = src.stat().st_mtime
-        return any(f.stat().st_mtime >= since for f in d.glob(f"{src.stem}.*.nbi"))
+        tag = f"py{sys.version_info.major}{sys.version_info.minor}"       # numba's index names, per Python
+        return any(f.stat().st_mtime >= since for f in d.glob(f"{src.stem}.*.{tag}.nbi"))
     except OSError:
         return False
 
