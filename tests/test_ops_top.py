@@ -84,6 +84,28 @@ def test_plan_info_errors_name_the_problem(make_arena):
         write_plan_info(arena, plan)
 
 
+def test_waits_on_out_only_when_the_ring_shown_is_full(pipeline_arena):
+    """A worker that found its output full in many loops waits on it only while the level top shows agrees
+    (issue #24: "WAITS ON out w2>tx-p0-q0" beside that ring at 0)."""
+    arena, plan = pipeline_arena
+    table = stagetable.table(arena)
+    with Observer(arena.path) as obs:
+        table["state"] = STAGE_STATE_RUNNING
+        before = obs.sample()
+        worker = table[2:3]
+        worker["loops"] += 100
+        worker["idle_loops"] += 60
+        worker["stalls"] += 50                            # half its loops found an output full
+        empty = compute_view(obs, before, obs.sample())
+        Ring.attach(arena, "w0>tx-p1-q0").enqueue(np.arange(64, dtype=np.uint32))
+        full = compute_view(obs, before, obs.sample())
+    waits = {s.name: s.waits_on for s in empty.stages}
+    assert waits["worker-0"] == ""                        # outputs at 0/64: not "out ..."
+    assert {n: f for n, f, _ in empty.rings}["w0>tx-p1-q0"] == 0
+    assert {s.name: s.waits_on for s in full.stages}["worker-0"] == "out w0>tx-p1-q0"
+    assert {n: f for n, f, _ in full.rings}["w0>tx-p1-q0"] == 64
+
+
 def test_find_and_choose_by_pid_and_name(pipeline_arena):
     arena, _ = pipeline_arena
     found = [p for p in find_pipelines([SHM_DIR]) if p.path == arena.path]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -21,10 +22,18 @@ from ixypipe.proc import log_level
 @click.option("--json", is_flag=True, expose_value=False, callback=set_json,
               help="Print one JSON object per interval and a JSON summary instead of text (with --check: "
                    "one JSON object); errors as JSON too.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics on this TCP port (/metrics, text format): per-port, per-stage, "
+                   "ring, worker-counter and software-82599 figures of the latest stats interval, labelled with "
+                   "the pipeline's name.  0 = none (the default, or [stats] metrics_port).")
+@click.option("--metrics-address", metavar="ADDRESS",
+              help="Address the metrics endpoint listens on (default 127.0.0.1, or [stats] metrics_address; "
+                   "0.0.0.0 or :: for every interface).")
 @click.option("--check", is_flag=True,
               help="Only validate: the file, and on this machine interfaces, PCI devices and the worker's "
                    "import; print what would run (exit 1 when a check fails).")
-def run(pipeline: str, duration: float | None, packets: int | None, check: bool) -> None:
+def run(pipeline: str, duration: float | None, packets: int | None, metrics_port: int | None,
+        metrics_address: str | None, check: bool) -> None:
     """Run the pipeline described by PIPELINE (a TOML file).
 
     \b
@@ -50,6 +59,7 @@ def run(pipeline: str, duration: float | None, packets: int | None, check: bool)
       ixypipe run pipelines/fwd.toml
       ixypipe run pipelines/fwd.toml --duration 10 --json > stats.jsonl
       ixypipe run pipelines/fwd.toml --packets 1000000
+      ixypipe run pipelines/fwd.toml --metrics-port 9101   # curl localhost:9101/metrics
     """
     # Ctrl-C / kill -INT stops a run at every step, as the supervisor's own handler does once it runs: a run
     # started with `&` from a script inherits SIGINT ignored, and would otherwise sit out its checks deaf to it
@@ -66,15 +76,54 @@ def run(pipeline: str, duration: float | None, packets: int | None, check: bool)
     except ConfigError as exc:
         shown = f"{exc}\n{exc.details}" if exc.details and verbose() else str(exc)   # -v: the traceback after it
         raise CommandError(shown, 2) from exc
+    cfg = with_metrics(cfg, metrics_port, metrics_address)
     if check:
         check_machine(cfg)
         return
     from ixypipe.pipeline.supervisor import Supervisor
 
-    result = Supervisor(cfg, duration=duration, packets=packets, json_lines=True if wants_json() else None).run()
+    server = serve_metrics(cfg)         # a port in use: refused before anything starts
+    try:
+        result = Supervisor(cfg, duration=duration, packets=packets, json_lines=True if wants_json() else None,
+                            metrics=server).run()
+    finally:
+        if server is not None:
+            server.close()                # the endpoint ends with the run
     if wants_json() and result.accounting is None and result.failures:     # failed before any summary
         emit_json({"type": "error", "message": "; ".join(result.failures), "exit_code": result.exit_code})
     sys.exit(result.exit_code)
+
+
+def with_metrics(cfg, port: int | None, address: str | None):
+    """``cfg`` with the metrics options in place of the file's [stats] metrics_port / metrics_address."""
+    stats = dataclasses.replace(cfg.stats, metrics_port=cfg.stats.metrics_port if port is None else port,
+                                metrics_address=address or cfg.stats.metrics_address)
+    return dataclasses.replace(cfg, stats=stats)
+
+
+def serve_metrics(cfg):
+    """The metrics endpoint ``cfg`` asks for, listening (None for port 0); CommandError when it cannot."""
+    if not cfg.stats.metrics_port:
+        return None
+    from ixypipe.pipeline.metrics import MetricsError, MetricsServer
+
+    try:
+        return MetricsServer(cfg.stats.metrics_port, cfg.stats.metrics_address)
+    except MetricsError as exc:
+        raise CommandError(str(exc), 1) from None
+
+
+def metrics_finding(cfg):
+    """--check: can the metrics endpoint listen where ``cfg`` asks (tried, then closed)?"""
+    from ixypipe.pipeline.metrics import MetricsError, MetricsServer
+    from ixypipe.pipeline.preflight import Finding
+
+    what = f"metrics: port {cfg.stats.metrics_port} on {cfg.stats.metrics_address}"
+    try:
+        MetricsServer(cfg.stats.metrics_port, cfg.stats.metrics_address).close()
+    except MetricsError as exc:
+        return Finding(what, False, str(exc))
+    return Finding(what, True, "free: Prometheus can scrape /metrics there while the pipeline runs")
 
 
 def verbose() -> bool:
@@ -98,11 +147,12 @@ def describe_replay(p) -> None:
 
 def check_machine(cfg) -> None:
     """--check: what would run, and every check on this machine (ixypipe.pipeline.preflight); exit 1 on a failure."""
-    from ixypipe.pipeline.plan import plan_from_config
+    from ixypipe.pipeline.plan import plan_from_config, unfed_tx_queues
     from ixypipe.pipeline.preflight import Finding, preflight
 
     findings = [*preflight(cfg), Finding(f"workers: {cfg.workers.function}", True,   # check_worker_imports passed
-                                         "imports and names a callable (checked in a child process)")]
+                                         "imports and names a callable (checked in a child process)"),
+                *([metrics_finding(cfg)] if cfg.stats.metrics_port else [])]
     failed = [f for f in findings if not f.ok]
     plan = plan_from_config(cfg)
     w = cfg.workers
@@ -125,6 +175,8 @@ def check_machine(cfg) -> None:
         click.echo(f"  workers: {w.processes} x {w.function} ({w.distribute}), batch {cfg.batch_size}, "
                    f"rings {cfg.ring_size}")
         click.echo(f"  stages: {' '.join(s.name for s in plan.stages)}")
+        for line in unfed_tx_queues(plan.ports, w.processes):
+            click.echo(f"  note: {line}")
         for f in findings:
             click.echo(f"  {'ok' if f.ok else 'FAILED'}  {f.what}: {f.message}")
         click.echo("ok" if not failed else f"{len(failed)} check{'s' if len(failed) > 1 else ''} failed")

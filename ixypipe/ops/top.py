@@ -43,6 +43,7 @@ STATE_NAMES = {STAGE_STATE_STARTING: "starting", STAGE_STATE_RUNNING: "running",
                STAGE_STATE_DRAINING: "draining", STAGE_STATE_DONE: "done", STAGE_STATE_DEAD: "dead"}
 IDLE_WAITING = 0.5          # a stage whose input was empty in this share of its loops or more waits for it
 STALL_WAITING = 0.05        # ... and one that found an output full in this share (and more often) waits on it
+OUT_FULL_SHOWN = 0.5        # ... when that output is at least this full now (else it is pushing again)
 
 
 @dataclass
@@ -205,8 +206,10 @@ def _waits_on(s, port: str, state: str, idle: float, stall_share: float, fill: d
             return f"NIC {port} TX q{s.queue}"          # no free TX descriptor
         outs = getattr(s, "out", [])
         if outs:
-            fullest = max(outs, key=lambda r: fill.get(r, (0, 1))[0] / max(fill.get(r, (0, 1))[1], 1))
-            return f"out {fullest}"
+            share = {r: fill.get(r, (0, 1))[0] / max(fill.get(r, (0, 1))[1], 1) for r in outs}
+            fullest = max(outs, key=share.get)
+            if share[fullest] >= OUT_FULL_SHOWN:     # named only when the level shown beside it agrees
+                return f"out {fullest}"
     if input_share >= IDLE_WAITING:
         if s.role == "rx":
             return f"NIC {port} RX q{s.queue}"           # the port gives nothing

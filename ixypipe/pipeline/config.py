@@ -67,6 +67,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "pipeline.stall_timeout": (0.5, 600.0),         # seconds; well above the longest wait of an idle stage (0.1 s)
     "pipeline.max_restarts": (0, 1000),             # worker restarts per stage within a minute
     "stats.interval": (0.1, 3600.0),
+    "stats.metrics_port": (0, 65535),               # TCP port of the Prometheus endpoint, 0 = none
     "ports.rx_queues": (1, 16),
     "ports.tx_queues": (1, 16),
     "ports.rx_ring_size": (8, 4096),                # descriptors per NIC ring, power of two
@@ -85,6 +86,7 @@ MAX_PORTS = 32                  # [[ports]] tables (DPDK's default RTE_MAX_ETHPO
 MAX_FILE_BYTES = 1 << 20        # a pipeline file is a few kB; this bounds what a hostile path can make us read
 MAX_DEPTH = 16                  # tables and arrays nested in a pipeline file (the schema needs 4)
 MAX_NAME = 64                   # characters in the pipeline's name (it reaches terminals and process names)
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"   # where the metrics endpoint listens unless told otherwise
 MAX_PATH = 4096                 # characters in a path (Linux PATH_MAX)
 NAME_RE = re.compile(rf"[\x20-\x7e]{{1,{MAX_NAME}}}")      # printable ASCII: no escapes, NUL or newlines
 PORT_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,15}")
@@ -219,6 +221,8 @@ class CpuConfig:
 class StatsConfig:
     interval: float = DEFAULT_STATS_INTERVAL
     json: bool = False
+    metrics_port: int = 0                           # the Prometheus endpoint (pipeline/metrics.py), 0 = none
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
 
 
 @dataclass(frozen=True)
@@ -440,7 +444,7 @@ PORT_DRIVER_KEYS = {
 GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count", "profile", "vlan")
 SINK_KEYS = ("mode", "expect_touch", "pcap", "verify")
 WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options", "import_timeout", "setup_timeout")
-STATS_KEYS = ("interval", "json")
+STATS_KEYS = ("interval", "json", "metrics_port", "metrics_address")
 TOP_KEYS = ("pipeline", "ports", "workers", "cpus", "stats")
 
 
@@ -597,7 +601,9 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
             raise r.fail("stats.interval", f"disagrees with pipeline.stats_interval ({interval:g}); "
                                            "give the interval once")
         interval = r.number(st, "interval", "stats", DEFAULT_STATS_INTERVAL)
-    stats = StatsConfig(interval, r.boolean(st, "json", "stats", False))
+    stats = StatsConfig(interval, r.boolean(st, "json", "stats", False),
+                        r.integer(st, "metrics_port", "stats", 0),
+                        r.string(st, "metrics_address", "stats", DEFAULT_METRICS_ADDRESS, limit=MAX_NAME))
 
     return PipelineConfig(file, name, batch_size, ring_size, buffer_size, bpq, hugepages, on_stage_death,
                           ports, workers, cpus, stats, idle, worker_user,

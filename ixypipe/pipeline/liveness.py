@@ -168,3 +168,122 @@ class RestartBudget:
 
     def recent(self, name: str) -> int:
         return len(self.times.get(name, []))
+
+
+class FlowWatch:
+    """The pipeline's progress as a whole, beside each stage's heartbeat (issue #24's silent 0 pps).
+
+    Every stage may be looping (heartbeats move, so none is hung) while packets
+    stop: a stage holding output it never pushes, a ring its consumer never
+    takes from.  :meth:`check` names a stall when, for ``stall_timeout``,
+
+    * a forward ring stayed full and its consumer took nothing from it while
+      that consumer looped, running and outside a batch; or
+    * no stage took or sent a packet while a port missed frames and the
+      stages looped, every one running and none inside a batch.
+
+    An idle pipeline (nothing waits) and a starved one (no stage loops; the
+    heartbeat watch judges those) are not stalls.
+    """
+
+    def __init__(self, plan, arena, table: np.ndarray, stall_timeout: float, clock=time.monotonic):
+        self.plan = plan
+        self.table = table
+        self.stall_timeout = stall_timeout
+        self.clock = clock
+        self.rings = {name: Ring.attach(arena, name) for name in plan.forward_rings()}
+        self.consumer = {name: plan.consumer_row(name) for name in self.rings}
+        now = clock()
+        self.moved, self.since, self.beats = -1, now, 0    # packets moved, when that last changed, heartbeats then
+        self.missed: dict[str, int] = {}                    # per port: frames missed when it last changed
+        self.full: dict[str, tuple[int, float, int]] = {}   # full ring -> (taken, since when, consumer's beat)
+
+    def check(self, missed: dict[str, int]) -> str:
+        """'' while packets move or nothing waits; else what waits and what each stage waits on."""
+        now = self.clock()
+        t = self.table
+        # rows inside a batch (a first one may compile) or not in their loop (starting after a restart, dead)
+        inside = (t["batch_no"] > t["batches"]) | (t["state"] != STAGE_STATE_RUNNING)
+        waiting = self._stuck_rings(now, inside)
+        moved = int(t["packets_in"].sum() + t["packets_out"].sum())
+        beats = int(t["heartbeat"].sum())
+        if moved != self.moved or inside.any():
+            self.moved, self.since, self.beats, self.missed = moved, now, beats, dict(missed)
+        elif now - self.since >= self.stall_timeout and beats != self.beats:
+            waiting += [f"port {port} missed {n - self.missed.get(port, n):,} frames while no stage moved a packet "
+                        f"for {now - self.since:.1f} s" for port, n in missed.items() if n > self.missed.get(port, n)]
+        if not waiting:
+            return ""
+        stages = "; ".join(f"{s.name} {stage_waits_on(s, t[s.row], self.rings)}" for s in self.plan.stages)
+        return f"pipeline stalled: {', '.join(waiting)}; {stages}"
+
+    def _stuck_rings(self, now: float, inside: np.ndarray) -> list[str]:
+        """Full rings whose consumer loops, outside a batch, yet took nothing from them for stall_timeout."""
+        stuck = []
+        beat = self.table["heartbeat"]
+        for name, ring in self.rings.items():
+            row = self.consumer[name]
+            taken = ring.taken()
+            seen = self.full.get(name)
+            if not ring.full() or inside[row] or seen is None or seen[0] != taken or self._pushed_back(row):
+                self.full[name] = (taken, now, int(beat[row]))
+                if not ring.full():
+                    self.full.pop(name)
+                continue
+            if now - seen[1] >= self.stall_timeout and int(beat[row]) != seen[2]:
+                stuck.append(f"ring {name} stayed full for {now - seen[1]:.1f} s, its consumer taking nothing")
+        return stuck
+
+    def _pushed_back(self, row: int) -> bool:
+        """The stage of ``row`` holds packets for a full output (a full ring, or the NIC for a TX stage):
+        it waits for its consumer, whose own input is judged instead."""
+        s = next(s for s in self.plan.stages if s.row == row)
+        return bool(self.table[row]["held"]) and (s.role == "tx" or _out_full(s, self.rings))
+
+    def culprits(self) -> list[int]:
+        """Rows of the stages that hold a full forward ring up: its consumer, when that one is not itself
+        waiting for a full output (what restarting would clear)."""
+        rows = []
+        for s in self.plan.stages:
+            ins = [self.rings[r] for r in s.in_rings if r in self.rings]
+            if any(r.full() for r in ins) and not _out_full(s, self.rings):
+                rows.append(s.row)
+        return rows
+
+    def close(self) -> None:
+        for ring in self.rings.values():
+            ring.close()
+        self.rings = {}
+
+
+def _outs(s) -> list[str]:
+    return list(s.out_rings) or list(s.out_ring_of.values())
+
+
+def _out_full(s, rings: dict) -> bool:
+    return any(rings[r].full() for r in _outs(s) if r in rings)
+
+
+def stage_waits_on(s, row, rings: dict) -> str:
+    """What one stage waits on now, from its row and the levels of its forward rings (shown with it)."""
+    def level(name: str) -> str:
+        ring = rings[name]
+        return f"{name} {ring.count()}/{ring.capacity}"
+
+    outs = [r for r in _outs(s) if r in rings]
+    held = int(row["held"])
+    if held and s.role == "tx":
+        return f"waits on the NIC (no free descriptor on TX queue {s.queue}, holding {held})"
+    if held:
+        full = [r for r in outs if rings[r].full()]
+        if full:
+            return f"waits on out {', '.join(level(r) for r in full)} (holding {held})"
+        return f"holds {held} for outputs that are not full ({', '.join(level(r) for r in outs)}): it does not push"
+    ins = [r for r in s.in_rings if r in rings]
+    if s.role == "rx":
+        return f"waits on the NIC (RX queue {s.queue})"
+    if ins and all(rings[r].count() == 0 for r in ins):
+        return "waits on in (every input empty)"
+    if ins:
+        return f"does not take from {', '.join(level(r) for r in ins if rings[r].count())}"
+    return "waits on the NIC"

@@ -10,6 +10,9 @@ Rings, all SPSC:
   worker w / tx(p,t) -> pool k        return path: buffers go home to the RX stage owning pool k
 Return rings hold a whole pool, so sending a buffer home never fails.
 The plan lists every ring with its kind and capacity (:class:`RingPlan`).
+A TX queue is a stage only when a worker feeds it: as in DPDK, where each lcore owns one TX queue
+per port, a worker sends on one queue per port (spreading a worker's flows over several queues would
+let the NIC reorder a flow), so with fewer workers than tx_queues the rest stay configured but unused.
 """
 
 from __future__ import annotations
@@ -141,7 +144,7 @@ def build_plan(name: str, packet_arena: str, device_arena: str, ports: list[Port
     for w in range(workers):
         stages.append(StagePlan(f"worker-{w}", "worker", len(stages), worker=w))
     for p, spec in enumerate(ports):
-        for t in range(spec.tx_queues):
+        for t in range(min(spec.tx_queues, workers)):      # the queues some worker feeds (w % tx_queues)
             stages.append(StagePlan(tx_name(spec.name, t), "tx", len(stages), port=p, queue=t))
     rx_stages = [s for s in stages if s.role == "rx"]
     tx_stages = {(s.port, s.queue): s for s in stages if s.role == "tx"}
@@ -175,6 +178,14 @@ def _rings(stages: list[StagePlan], ring_size: int, buffers_per_queue: int) -> l
         for r in s.home_rings.values():
             rings.setdefault(r, RingPlan(r, RING_RETURN, return_ring_capacity(buffers_per_queue)))
     return list(rings.values())
+
+
+def unfed_tx_queues(ports: list[PortSpec], workers: int) -> list[str]:
+    """One line per port with more TX queues than workers: the queues no worker feeds (they get no stage)."""
+    return [f"port {spec.name}: TX queue{'s' if spec.tx_queues - workers > 1 else ''} "
+            f"{', '.join(str(t) for t in range(workers, spec.tx_queues))} not used (tx_queues = "
+            f"{spec.tx_queues}, workers = {workers}: each worker sends on one TX queue per port)"
+            for spec in ports if spec.tx_queues > workers]
 
 
 def plan_from_config(cfg, packet_arena: str = "", device_arena: str = "") -> PipelinePlan:

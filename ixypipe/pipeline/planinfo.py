@@ -103,8 +103,8 @@ def read_plan_info(arena: Arena) -> dict:
                             "arena, or its supervisor has not finished building it)")
     view = arena.view(region)
     if len(view) < region.size:           # another supervisor's arena, still being sized or of another layout
-        raise PlanInfoError(f"the {PLAN_INFO_REGION} region of arena {arena.name} lies outside its "
-                            f"{len(arena.buf):,} mapped bytes")
+        raise PlanInfoError(f"the {PLAN_INFO_REGION} region of arena {arena.name} is cut short ({len(view)} "
+                            f"bytes): its {region.size} bytes lie past the {len(arena.buf):,} mapped")
     problem = "it is empty"
     for _ in range(READ_ATTEMPTS):
         n = int(view[:PLAN_INFO_LEN_DTYPE.itemsize].view(PLAN_INFO_LEN_DTYPE)[0])

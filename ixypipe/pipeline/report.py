@@ -98,12 +98,25 @@ def port_drops(devices: dict, sim=None) -> dict[str, dict[str, int]]:
 PORT_DROP_NAMES = {"rx_missed": "missed", "rx_too_long": "too_long", "rx_undersize": "runt"}
 
 
+@dataclass(frozen=True)
+class IntervalFigures:
+    """What StatsPrinter gathered at the end of one interval, for its observers (pipeline/metrics.py)."""
+    elapsed: float                                  # seconds since the traffic started (the JSON's "t")
+    ports: dict[str, dict[str, int]]                # port_totals: since start
+    port_drops: dict[str, dict[str, int]]           # port_drops: since start
+    rows: np.ndarray                                # a copy of the stage table
+    stages: dict[str, dict]                         # the JSON interval's stage objects (idle: this interval)
+    counters: dict[str, dict[str, int]]             # stage -> the worker's named counters
+
+
 class StatsPrinter:
     """Per-second figures: ixy-style lines per port, one line of stages, or JSON interval objects."""
 
-    def __init__(self, plan, table, devices, out, json_lines: bool, sim=None, counters=None, publish=None):
+    def __init__(self, plan, table, devices, out, json_lines: bool, sim=None, counters=None, publish=None,
+                 observe=None):
         self.plan = plan
         self.publish = publish            # (port drops) -> None: shows them to observers (ixypipe top)
+        self.observe = observe            # (IntervalFigures) -> None: the metrics endpoint (pipeline/metrics.py)
         self.counters = counters          # () -> {stage: {name: value}}: the workers' named counters
         self.last_counters: dict[str, int] = {}
         self.table = table
@@ -160,6 +173,8 @@ class StatsPrinter:
         rates = {k: (v - self.last_counters.get(k, 0)) / dt for k, v in total.items()} if dt > 0 else {}
         self.last_counters = total
         self.last, self.last_rows, self.last_time = now_totals, rows, elapsed
+        if self.observe is not None:
+            self.observe(IntervalFigures(elapsed, now_totals, drops_now, rows, stages, per_stage))
         if self.json_lines:
             print(json.dumps({"type": "interval", "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                               "pipeline": self.plan.name, "t": round(elapsed, 3), "ports": ports,

@@ -102,6 +102,15 @@ class Outbox:
         self.held = 0
 
     def put(self, k: int, idx: np.ndarray) -> None:
+        """Push ``idx`` into ring ``k``; what does not fit waits behind what already waits for that ring.
+
+        A worker puts one batch per input ring in a pass, so a second batch can find ring ``k`` with
+        packets pending: it queues behind them (order kept, nothing overwritten, ``held`` exact).
+        """
+        if len(self.pending[k]):
+            self.pending[k] = np.concatenate((self.pending[k], idx))
+            self.held += len(idx)
+            return
         sent = self.rings[k].enqueue(idx)
         if sent and self.doorbells:
             self.doorbells[k].ring()

@@ -50,8 +50,8 @@ from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
 from ixypipe.pipeline import claims, forkserver, leftovers, planinfo, reclaim, stagetable
 from ixypipe.pipeline.firstrun import FirstRun
-from ixypipe.pipeline.liveness import PHASES, Heartbeats, RestartBudget, doing
-from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config
+from ixypipe.pipeline.liveness import PHASES, FlowWatch, Heartbeats, RestartBudget, doing
+from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config, unfed_tx_queues
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops
 from ixypipe.pipeline.stages import stage_main
@@ -65,6 +65,7 @@ DRAIN_STALL = 5.0             # seconds a draining stage may go without its coun
 STARVED_LIMIT = 6             # ... times this when it did not even get the CPU (a busy machine)
 PROGRESS_FIELDS = ("state", "batches", "packets_in", "packets_out", "held", "drop_stage_died")
 POLL = 0.05                   # seconds between checks of the stop conditions
+FLOW_CHECK = 0.5              # seconds between checks that the pipeline as a whole moves (liveness.FlowWatch)
 SIM_PAUSE_WAIT = 10.0         # seconds for the software 82599 to confirm its generators stopped
 DEAD_TX_DRAIN_TIMEOUT = 2.0   # seconds for the NIC to finish what a dead TX stage posted
 SOURCES_FINISHED = "all sources finished"
@@ -98,8 +99,9 @@ class RunResult:
 
 class Supervisor:
     def __init__(self, cfg, duration: float | None = None, packets: int | None = None,
-                 json_lines: bool | None = None, out=None):
+                 json_lines: bool | None = None, out=None, metrics=None):
         self.cfg = cfg
+        self.metrics = metrics                # a listening metrics.MetricsServer, or None (its owner closes it)
         self.duration = duration
         self.packets = packets
         self.json_lines = cfg.stats.json if json_lines is None else json_lines
@@ -118,6 +120,8 @@ class Supervisor:
         self.heartbeats: Heartbeats | None = None
         self.hung = False
         self._waiting: list[StageProc] = []   # draining: stages of an earlier role that only wait on a consumer
+        self.flow: FlowWatch | None = None    # the whole pipeline's progress, while running
+        self.stalled = False
         self.forks: dict[int, int] = {}       # row -> forked children reported so far
         self.sim_died = False
         self.fork_server_died = ""            # how the stages' fork server ended, when it died under them
@@ -175,6 +179,8 @@ class Supervisor:
     def _build(self) -> None:
         cfg = self.cfg
         plan = plan_from_config(cfg)          # the arena paths are filled in once the arenas exist
+        for line in unfed_tx_queues(plan.ports, cfg.workers.processes):
+            log.warning(line)
         try:
             physical = uses_physical_addresses(cfg)
             size, control = Arena.split_size_for(packet_arena_regions(plan, cfg.buffer_size))
@@ -278,7 +284,8 @@ class Supervisor:
     def _watch(self) -> None:
         printer = StatsPrinter(self.plan, self.table, self.devices, self.out, self.json_lines, self.sim,
                                counters=lambda: stagetable.stage_counters(self.arena, self.plan),
-                               publish=lambda d: planinfo.publish_port_drops(self.arena, self.plan.port_names, d))
+                               publish=lambda d: planinfo.publish_port_drops(self.arena, self.plan.port_names, d),
+                               observe=self.metrics.watch(self.plan, self.arena, self.sim) if self.metrics else None)
         started = time.monotonic()
         next_print = started + self.cfg.stats.interval
         sentinels = {p.process.sentinel: p for p in self.procs}
@@ -289,10 +296,11 @@ class Supervisor:
             if ready:
                 self._check_deaths()
             self._check_hung()
+            self._check_stalled()
             self._check_forks()
             self._restart_workers(sentinels)
             if self.failures:
-                self.stop_reason = "stage hung" if self.hung else "stage died"
+                self.stop_reason = "pipeline stalled" if self.stalled else "stage hung" if self.hung else "stage died"
                 break
             if self.sim is not None and not self.sim.is_alive():
                 self.failures.append(f"the software 82599 (pid {self.sim.pid}) died: {self.sim.death_cause()}")
@@ -413,6 +421,37 @@ class Supervisor:
             self._stage_failed(p, f"was stuck {how}, killed",
                                f"stage {p.name} (pid {p.process.pid}) is stuck {how}: still there after "
                                f"{still:.0f} s (workers.setup_timeout = {limit:g}); killed")
+
+    def _check_stalled(self) -> None:
+        """Frames wait while the stages loop and nothing moves for stall_timeout: name it (with what each
+        stage waits on) and apply on_stage_death: "restart" replaces the workers that hold a full ring up,
+        anything else (or no such worker) stops the run."""
+        now = time.monotonic()
+        if self.flow is None:
+            self.flow = FlowWatch(self.plan, self.arena, self.table, self.cfg.stall_timeout)
+            self._next_flow_check = now
+        if now < self._next_flow_check or self.failures:      # a death or hang found first is handled first
+            return
+        self._next_flow_check = now + FLOW_CHECK
+        drops = port_drops(self.devices, self.sim)
+        msg = self.flow.check({port: d.get("rx_missed", 0) for port, d in drops.items()})
+        if not msg:
+            return
+        rows = set(self.flow.culprits())
+        workers = [p for p in self.procs if p.row in rows and p.role == "worker" and not p.died]
+        if self.cfg.on_stage_death == "restart" and workers:
+            log.error("%s", msg)
+            for p in workers:
+                p.process.kill()
+                p.process.join(2)
+                self._stage_failed(p, "stalled the pipeline, killed", f"stage {p.name} (pid {p.process.pid}) "
+                                   "held a full ring up while the pipeline stalled (above): killed")
+            self.flow.close()
+            self.flow = None                   # a fresh watch for the replacements
+            return
+        self.stalled = True
+        log.error("%s", msg)
+        self.failures.append(msg)
 
     def _check_forks(self) -> None:
         """A worker whose process forked: the child was stopped before returning to user code (see stages)."""
@@ -678,6 +717,9 @@ class Supervisor:
             except Exception as exc:
                 log.warning("closing %s: %s", dev.name, exc)
         self.devices = {}
+        if self.flow is not None:
+            self.flow.close()               # its ring views, before the arena goes
+            self.flow = None
         self.pools = []
         self.bufs = None
         self.table = None

@@ -120,6 +120,10 @@ class Ring:
     def full(self) -> bool:
         return self._ctl[_HEAD] - self._ctl[_TAIL] == self.capacity
 
+    def taken(self) -> int:
+        """Entries the consumer has taken since the ring was made (its free-running index)."""
+        return self._ctl[_TAIL]
+
     # ---- producer ---------------------------------------------------------
     def enqueue(self, items: np.ndarray) -> int:
         """Push as many of ``items`` (uint32 indices) as fit; returns how many went in.
