@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ENV_DIR = "NUMBA_CACHE_DIR"          # numba's own setting
 ENV_OFF = "IXYPIPE_NUMBA_CACHE"      # "off": an ancestor decided there is no usable cache
+ENV_NUMBA = "IXYPIPE_NUMBA"          # "off": the numpy paths (set by the user, or by an ancestor that warned)
 SUBDIR = Path("ixypipe") / "numba"
 TMP_PREFIX = "ixypipe-numba-"
 PRIVATE_DIR_MODE = 0o700
@@ -42,6 +43,7 @@ PUBLIC_DIR_MODE = 0o777              # less the umask, as Python makes __pycache
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 
 _dispatchers: list = []
+_numba: list = []                     # [module or None], once decided
 
 
 def _writable(directory: Path, mode: int = PRIVATE_DIR_MODE) -> bool:
@@ -117,6 +119,55 @@ def _use(d: Path) -> Path:
         numba.config.CACHE_DIR = str(d)
     log.debug("numba caches compiled kernels in %s", d)
     return d
+
+
+def load_numba():
+    """The numba module, or None (the numpy paths serve): decided once per process, warned about once per run.
+
+    numba that is missing or broken (an llvmlite or numpy it does not accept) costs most of the rate, so the
+    cause is logged once; the decision goes into the environment, so the processes a run starts take the
+    numpy paths without importing or warning again."""
+    if not _numba:
+        _numba.append(_import_numba())
+    return _numba[0]
+
+
+def decide_before_children() -> None:
+    """Before a process starts others (~0.2 s when numba loads): a numba that cannot be loaded is found so
+    here, and the one warning comes from this process; its children inherit the decision."""
+    load_numba()
+
+
+def _import_numba():
+    if os.environ.get(ENV_NUMBA) == "off":
+        return None
+    try:
+        import numba
+        return numba
+    except Exception as exc:             # ImportError, or a dependency that fails while numba loads
+        cause = f"{type(exc).__name__}: {exc}"
+    os.environ[ENV_NUMBA] = "off"
+    log.warning("numba cannot be loaded (%s): the numpy paths serve, at a fraction of the compiled rate "
+                "(pip install numba; %s=off chooses the numpy paths without this warning)", cause, ENV_NUMBA)
+    return None
+
+
+def is_cached(source_file: str) -> bool:
+    """Whether numba has compiled kernels of the module at ``source_file`` cached (an index at least as new as
+    the source), judged from the files alone: a cheap check before a run, so a first run can say it compiles."""
+    src = Path(source_file).resolve()
+    d = cache_dir(str(src.parent))
+    if d is None:
+        return False
+    if d != src.parent / "__pycache__":          # numba's user-wide and NUMBA_CACHE_DIR locations: a subdirectory
+        from numba.core.caching import _CacheLocator
+        d = d / _CacheLocator.get_suitable_cache_subpath(str(src))
+    try:
+        since = src.stat().st_mtime
+        tag = f"py{sys.version_info.major}{sys.version_info.minor}"       # numba's index names, per Python
+        return any(f.stat().st_mtime >= since for f in d.glob(f"{src.stem}.*.{tag}.nbi"))
+    except OSError:
+        return False
 
 
 def njit(source_file: str, **options):

@@ -173,7 +173,7 @@ def test_check_json_stage_names_from_port_names_and_hot_path(tmp_path):
     assert doc["type"] == "check" and doc["ok"] is True
     assert doc["stages"] == ["rx-a-q0", "rx-b-q0", "worker-0", "tx-a-q0", "tx-b-q0"]
     assert [p["name"] for p in doc["ports"]] == ["a", "b"]
-    assert doc["checks"] == [{"what": "workers: touch", "ok": True, "message": "imports and names a callable (checked in a child process)"}]
+    assert doc["checks"] == [{"what": "workers: forward", "ok": True, "message": "imports and names a callable (checked in a child process)"}]
     text = ixypipe("run", pipeline(tmp_path, TWO_SIM_PORTS), "--check")
     assert text.returncode == 0 and "stages: rx-a-q0 rx-b-q0 worker-0 tx-a-q0 tx-b-q0" in text.stdout
 

@@ -181,7 +181,7 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path):
     assert port.promiscuous is True and port.forward_to == "a"   # one port sends back out of itself
     assert port.generator is None and port.sink is None and port.pci == ""
     assert (cfg.workers.function, cfg.workers.processes, cfg.workers.distribute, cfg.workers.per_packet) == (
-        "touch", 1, "flow", False)
+        "forward", 1, "flow", False)    # no [workers]: forward
     assert (cfg.cpus.rx, cfg.cpus.workers, cfg.cpus.tx, cfg.cpus.sim) == (None, None, None, None)
     assert (cfg.stats.interval, cfg.stats.json) == (DEFAULT_STATS_INTERVAL, False)
 

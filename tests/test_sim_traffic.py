@@ -132,10 +132,10 @@ def test_sink_detects_corruption_but_not_mac_rewrites():
     b.data[4, 0:12] = 0xEE                           # both MACs rewritten: fine
     s = sink_for(g)
     s.receive(b)
-    assert (s.result.received, s.result.corrupt) == (5, 3)
+    assert (s.result.received, s.result.corrupt, s.result.rewritten) == (5, 3, 3)    # the record intact: rewritten
     foreign = PacketBatch.from_frames([bytes(60), bytes(100)])
     s.receive(foreign)
-    assert s.result.corrupt == 5
+    assert (s.result.corrupt, s.result.rewritten) == (5, 3)                           # not the generator's frames
 
 
 def test_sink_checks_that_byte_1_was_touched_once():
@@ -276,6 +276,7 @@ def test_the_sink_finds_loss_reordering_and_corruption_in_every_profile(name, vl
     s = Sink({3: g}, compiled=compiled)
     s.receive(bad)
     assert (s.result.received, s.result.lost, s.result.reordered, s.result.corrupt) == (6 * flows - 1, 1, 1, 1)
+    assert (clean.result.rewritten, s.result.rewritten) == (0, 1)      # a generator's frame with a byte changed
     if vlan is not None:                                                # a stripped tag changes the frame
         untagged = b.take(np.arange(flows))
         s2 = Sink({3: g}, compiled=compiled)

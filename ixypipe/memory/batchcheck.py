@@ -18,10 +18,7 @@ import numpy as np
 
 from ixypipe import jitcache
 
-try:
-    import numba
-except ImportError:          # the numpy path serves
-    numba = None
+numba = jitcache.load_numba()         # None: the numpy path serves (jitcache warns once, with the cause)
 
 COMPILED = numba is not None
 

@@ -40,10 +40,7 @@ from ixypipe.nic.af_packet_abi import (
 )
 from ixypipe.protocols import ETH_HEADER_LEN, ETH_P_8021Q, VLAN_TAG_LEN
 
-try:
-    import numba
-except ImportError:          # the numpy path serves
-    numba = None
+numba = jitcache.load_numba()         # None: the numpy path serves (jitcache warns once, with the cause)
 
 AVAILABLE = numba is not None
 

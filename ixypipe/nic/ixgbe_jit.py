@@ -28,10 +28,7 @@ from ixypipe import jitcache
 from ixypipe.nic import registers as R
 from ixypipe.nic.ixgbe_numpy import RX_ERROR_NO_EOP, TX_BAD_INDEX, TX_BAD_LENGTH, TX_ERROR
 
-try:
-    import numba
-except ImportError:          # the numpy path serves
-    numba = None
+numba = jitcache.load_numba()         # None: the numpy path serves (jitcache warns once, with the cause)
 
 AVAILABLE = numba is not None
 

@@ -199,7 +199,7 @@ class PortConfig:
 
 @dataclass(frozen=True)
 class WorkersConfig:
-    function: str = "touch"
+    function: str = "forward"       # no [workers]: a bump in the wire, frames leave as they came
     processes: int = 1
     distribute: str = "flow"
     per_packet: bool = False
@@ -881,7 +881,7 @@ def _sink(r: _Reader, p: dict, key: str, base_dir: Path) -> SinkSpec | None:
 
 def _workers(r: _Reader, doc: dict, base_dir: Path) -> WorkersConfig:
     w = r.table(doc, "workers", "workers", WORKERS_KEYS)
-    function = r.string(w, "function", "workers", "touch")
+    function = r.string(w, "function", "workers", "forward")
     processes = r.integer(w, "processes", "workers", 1)
     distribute = r.string(w, "distribute", "workers", "flow", DISTRIBUTIONS)
     per_packet = r.boolean(w, "per_packet", "workers", False)

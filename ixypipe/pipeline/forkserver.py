@@ -45,6 +45,7 @@ import sys
 from pathlib import Path
 
 import ixypipe
+from ixypipe import jitcache
 from ixypipe.proc import describe_exit, die_with_parent, ignore_stop_signals, set_process_name
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ PROCESS_NAME = "ixypipe-fork"
 def context() -> multiprocessing.context.BaseContext:
     """The multiprocessing context to start stages with; the server is started (once) now, so it warms up
     while the caller builds the pipeline."""
+    jitcache.decide_before_children()           # numba missing: warned once here, not in every process
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
     package = Path(ixypipe.__file__).parent

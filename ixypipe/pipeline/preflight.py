@@ -15,9 +15,9 @@ gives a :class:`Finding`; the command prints them as text or JSON.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import asdict, dataclass
 
+from ixypipe import jitcache
 from ixypipe.nic.af_packet import check_interface
 from ixypipe.nic.device import DeviceError
 from ixypipe.nic.pci import check_82599, device_dir, read_identity
@@ -46,9 +46,9 @@ def preflight(cfg, sysfs_root: str = "/sys", mounts_file: str = "/proc/mounts") 
         if held:
             found.append(Finding(f"port {p.name}: in use", False, f"{held}; stop it, or say share = true in "
                                                                   f"port {p.name} to share it on purpose"))
-        if getattr(p, "hot_path", "auto") == "numba" and importlib.util.find_spec("numba") is None:
+        if getattr(p, "hot_path", "auto") == "numba" and jitcache.load_numba() is None:
             found.append(Finding(f"port {p.name}: hot_path", False,
-                                 "hot_path = \"numba\" needs the numba package (pip install -e '.[fast]')"))
+                                 "hot_path = \"numba\" needs the numba package, which cannot be loaded (pip install numba)"))
     if cfg.hugepages == "require":
         found.append(_hugepages(cfg, sysfs_root, mounts_file))
     return found

@@ -22,6 +22,7 @@ import psutil
 
 from ixypipe.layout import DROP_REASONS
 from ixypipe.pipeline import stagetable
+from ixypipe.pipeline.hints import lost_note, sink_hints
 from ixypipe.sim.block import SIM_SIZE_FIELDS
 from ixypipe.sim.traffic import SIZE_BUCKET_NAMES
 
@@ -224,6 +225,7 @@ class Accounting:
     sim: dict | None = None
     sink_modes: dict[str, str] = field(default_factory=dict)     # sim port -> "verify" or "count"
     problems: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)     # what to change when a problem is the worker's design (hints.py)
     stop_reason: str = ""                  # what ended the run (SIGINT, duration 5 s, stage died, ...)
     failures: list[str] = field(default_factory=list)   # stages that died or were killed: the run failed
 
@@ -328,6 +330,7 @@ class Accounting:
                 self.problems.append(f"sink of {p.name}: {c['sink_untouched']} packets not touched by the worker")
             if c.get("dma_faults"):
                 self.problems.append(f"port {p.name}: {c['dma_faults']} DMA faults")
+        self.hints = sink_hints(cfg, {k: v if isinstance(v, dict) else asdict(v) for k, v in self.sim.items()})
 
     def print(self, out, json_lines: bool) -> None:
         sim = {k: (v if isinstance(v, dict) else asdict(v)) for k, v in (self.sim or {}).items()}
@@ -373,5 +376,6 @@ class Accounting:
             lines.append(f"sim {name}: generated {c.get('generated', 0):,}, missed at RX {c.get('rx_missed', 0):,}, "
                          f"sink received {c.get('sink_received', 0):,}, {judged}")
         lines += [f"PROBLEM: {p}" for p in self.problems]
-        lines.append("accounting OK" if self.ok else "accounting BROKEN")
+        lines += [f"hint: {h}" for h in self.hints]
+        lines.append("accounting OK" + lost_note(sim, self.sink_modes) if self.ok else "accounting BROKEN")
         print("\n".join(lines), file=out, flush=True)

@@ -49,6 +49,7 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
 from ixypipe.pipeline import claims, forkserver, leftovers, planinfo, reclaim, stagetable
+from ixypipe.pipeline.firstrun import FirstRun
 from ixypipe.pipeline.liveness import PHASES, FlowWatch, Heartbeats, RestartBudget, doing
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config, unfed_tx_queues
 from ixypipe.pipeline.planinfo import write_plan_info
@@ -138,6 +139,7 @@ class Supervisor:
             remove_stale()
             self._claim_devices()
             leftovers.become_subreaper()          # what a stage leaves behind stays findable (leftovers.py)
+            self._first_run = FirstRun(self.cfg)  # says so when kernels are not cached yet
             self._ctx = forkserver.context()      # warms up while the arenas are built
             self._build()
             self._start_sim()
@@ -264,7 +266,9 @@ class Supervisor:
                 raise PipelineError("a stage hung while starting" if self.hung else "a stage died while starting")
             states = self.table["state"][[p.row for p in self.procs]]
             if (states >= STAGE_STATE_RUNNING).all():
+                self._first_run.done()
                 return
+            self._first_run.progress(int((states >= STAGE_STATE_RUNNING).sum()), len(states))
             starting = [p for p in self.procs if self.table[p.row]["state"] < STAGE_STATE_RUNNING
                         and not self.table[p.row]["phase"] and not p.died]
             if progress.stalled(starting, START_STALL):

@@ -24,5 +24,5 @@ SIM_LATENCY_FIELDS = ("sink_latency_samples", "sink_latency_p50_ns", "sink_laten
                       "sink_latency_max_ns")
 SIM_COUNTER_FIELDS = ("generated", "gen_bytes", "rx_delivered", "rx_missed", "rx_undersize", "rx_oversize",
                       "tx_sent", "tx_bytes", "sink_received", "sink_lost", "sink_reordered", "sink_corrupt", "sink_untouched",
-                      "dma_faults", "sink_bytes", "sink_pcap_failed") + SIM_LATENCY_FIELDS + SIM_SIZE_FIELDS
+                      "dma_faults", "sink_bytes", "sink_pcap_failed", "sink_rewritten") + SIM_LATENCY_FIELDS + SIM_SIZE_FIELDS
 SIM_COUNTERS_DTYPE = np.dtype([(name, "<i8") for name in SIM_COUNTER_FIELDS])

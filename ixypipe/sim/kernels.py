@@ -60,10 +60,7 @@ from ixypipe.sim.payload import (
     SIM_TOUCH_OFF,
 )
 
-try:
-    import numba
-except ImportError:          # the numpy path serves
-    numba = None
+numba = jitcache.load_numba()         # None: the numpy path serves (jitcache warns once, with the cause)
 
 AVAILABLE = numba is not None
 
@@ -298,7 +295,8 @@ if AVAILABLE:
     def sink_verify(data, lengths, gen_known, flow_size, gen_flows, gen_touch, max_flows, top, weights,
                     expect_touch, probe, res):
         """The verifying sink over a batch.  res += [corrupt, untouched, reordered, top increase, verified];
-        res[5:8] = [generator, flow, sequence number + 1] of row ``probe`` when it verified (a latency sample)."""
+        res[5:8] = [generator, flow, sequence number + 1] of row ``probe`` when it verified (a latency sample);
+        res[8] += the corrupt frames that carry a record of a known generator and flow (rewritten)."""
         n_gen = gen_known.shape[0]
         for i in range(lengths.shape[0]):
             length = lengths[i]
@@ -315,7 +313,10 @@ if AVAILABLE:
             flow = np.int64(row[rec + SIM_REC_FLOW]) | np.int64(row[rec + SIM_REC_FLOW + 1]) << 8
             ok = magic == SIM_MAGIC and gen < n_gen
             if ok:
-                ok = gen_known[gen] and flow < gen_flows[gen] and flow_size[gen * max_flows + flow] == length
+                ok = gen_known[gen] and flow < gen_flows[gen]
+            ours = ok
+            if ok:
+                ok = flow_size[gen * max_flows + flow] == length
             if ok:
                 total = np.int64(0)
                 for p in range(np.uint64(ETH_HEADER_LEN), np.uint64(length)):
@@ -328,6 +329,8 @@ if AVAILABLE:
                 ok = total % _CSUM_MOD == csum
             if not ok:
                 res[0] += 1
+                if ours:
+                    res[8] += 1
                 continue
             if expect_touch and row[SIM_TOUCH_OFF] != gen_touch[gen]:
                 res[1] += 1
@@ -366,7 +369,7 @@ def warm() -> None:
         return
     u64_ring = np.zeros((1, 2), np.uint64)
     i64 = np.zeros(1, np.int64)
-    info = np.zeros(8, np.int64)
+    info = np.zeros(9, np.int64)
     tables = (i64[:0], i64[:0], i64[:0], i64[:0], typed_buffers([]))
     frames = np.zeros((1, SIM_MIN_FRAME), np.uint8)
     queues_changed(np.zeros(1, np.uint32), i64[:0], 1, np.zeros(0, bool))

@@ -463,6 +463,7 @@ class SinkResult:
     corrupt: int = 0
     untouched: int = 0
     pcap_failed: int = 0      # frames the sink's capture file could not take (disk full...)
+    rewritten: int = 0        # of the corrupt: a record of a known generator and flow, other bytes changed
 
 
 class SinkCapture:
@@ -512,7 +513,7 @@ class Sink:
             from ixypipe.sim.kernels import sink_verify
             self._kernel = sink_verify
             self._weights = CSUM_WEIGHTS.astype(np.int64)
-            self._res = np.zeros(8, np.int64)
+            self._res = np.zeros(9, np.int64)
         self.expect_touch = expect_touch
         self.result = SinkResult()
         n_gen = max(generators, default=-1) + 1
@@ -559,10 +560,11 @@ class Sink:
             res[:] = 0
             self._kernel(batch.data, batch.lengths, self.gen_known, self.flow_size, self.gen_flows, self.gen_touch,
                          self.max_flows, self.top, self._weights, self.expect_touch, probe, res)
-            corrupt, untouched, reordered, rise, verified, gen, flow, seq1 = res.tolist()
+            corrupt, untouched, reordered, rise, verified, gen, flow, seq1, rewritten = res.tolist()
             if seq1:
                 self._add_latency(gen, flow, seq1 - 1)
             r.corrupt += corrupt
+            r.rewritten += rewritten
             r.untouched += untouched
             r.reordered += reordered
             self._top_sum += rise
@@ -605,9 +607,11 @@ class Sink:
         gen_ok = gen < len(self.gen_known)
         gen_c = np.where(gen_ok, gen, 0)
         ok = found & (magic == SIM_MAGIC) & gen_ok & self.gen_known[gen_c] & (flow < self.gen_flows[gen_c])
+        ours = ok.copy()                                   # a generator's record: changed frames are "rewritten"
         ok &= self.flow_size[np.where(ok, gen_c * self.max_flows + flow, 0)] == length
         ok &= payload_checksum(frames, rec + SIM_REC_CSUM) == csum
         r.corrupt += int(k - ok.sum())
+        r.rewritten += int((ours & ~ok).sum())
         if self.expect_touch:
             r.untouched += int((ok & (frames[:, SIM_TOUCH_OFF] != self.gen_touch[gen_c])).sum())
         if not ok.any():

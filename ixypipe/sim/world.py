@@ -98,6 +98,7 @@ class PortCounters:
     dma_faults: int = 0
     sink_bytes: int = 0             # frame bytes without FCS
     sink_pcap_failed: int = 0       # frames the sink's pcap file could not take (logged once)
+    sink_rewritten: int = 0         # of sink_corrupt: the generator's record intact, other bytes changed
     sink_latency_samples: int = 0   # a verifying sink: frames whose one-way latency it sampled (one per batch)
     sink_latency_p50_ns: int = 0    # ... their percentiles, from the generator's RX descriptor to this port's
     sink_latency_p90_ns: int = 0    # wire (sim/latency.py)
@@ -336,7 +337,7 @@ class SimWorld:
                 gen.sent if gen else 0, self._gen_bytes[name], p.rx_delivered, p.rx_missed, p.rx_undersize,
                 p.rx_oversize, p.tx_sent, p.tx_bytes, s.received if s else 0, s.lost if s else 0, s.reordered if s else 0,
                 s.corrupt if s else 0, s.untouched if s else 0, len(p.faults), s.received_bytes if s else 0,
-                s.pcap_failed if s else 0)
+                s.pcap_failed if s else 0, s.rewritten if s else 0)
             row[lat:lat + len(SIM_LATENCY_FIELDS)] = sink.latency_summary(now, exact) if isinstance(sink, Sink) else 0
             row[len(row) - len(SIM_SIZE_FIELDS):] = sink.sizes if sink is not None else 0
 

@@ -68,10 +68,7 @@ from ixypipe.protocols import (
     VLAN_TAG_LEN,
 )
 
-try:
-    import numba
-except ImportError:          # the numpy path serves
-    numba = None
+numba = jitcache.load_numba()         # None: the numpy path serves (jitcache warns once, with the cause)
 
 AVAILABLE = numba is not None and os.environ.get("IXYPIPE_HEADERS", "") != "numpy"
 
