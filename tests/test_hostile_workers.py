@@ -216,3 +216,25 @@ def test_a_corrupted_ring_is_refused_by_tx_and_named_by_the_supervisor_which_sti
     assert s["drops"]["bad_index"] == 2                     # TX refused both, sent neither anywhere
     assert s["in_flight"] == 0 and s["problems"] == []      # the accounting itself is exact
     sinks_clean(s)
+
+
+SETUP_EXITS = '''
+import sys
+
+def setup(ctx):
+    sys.exit(0)                                     # ended the stage with exit code 0 and no word of why
+
+def fwd(batch):
+    batch.data[batch.idx, 1] += 1
+'''
+
+
+def test_a_setup_that_raises_system_exit_is_named_as_the_stage_failure(tmp_path):
+    (tmp_path / "hostile.py").write_text(SETUP_EXITS)
+    pipeline = variant(tmp_path, function='"hostile.py:fwd"')
+    res = subprocess.run([sys.executable, "-m", "ixypipe", "run", str(pipeline), "--duration", "30"],
+                         capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert res.returncode == 1, res.stderr
+    assert re.search(r"worker-0: stage failed:\n(?:.*\n)*?.*sys\.exit\(0\).*\n(?:.*\n)*?SystemExit: 0\n", res.stderr), res.stderr
+    assert "stage worker-0 (pid " in res.stderr and "died: exit code 3" in res.stderr
+    assert "died: exit code 0" not in res.stderr

@@ -821,7 +821,7 @@ def stage_main(plan: PipelinePlan, stage_name: str, log_level: int = logging.INF
             run_worker(st)
         else:
             run_device_stage(st)
-    except Exception:
+    except BaseException:        # SystemExit or KeyboardInterrupt from a worker's import or setup() too
         log.error("stage failed:\n%s", traceback.format_exc().rstrip())
         st.publish()
         leave(3)
