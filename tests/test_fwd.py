@@ -132,8 +132,9 @@ def run_cli(*args, timeout=60):
 
 
 def test_cli_forwards_between_two_simulated_ports():
-    # a count, not a clock: on a loaded machine 1.5 s forwarded anywhere from 471 to 471,775 packets
-    res = run_cli("--sim", "--packets", "4000", "--batch", "64")
+    # 2 s: at least one per-second line; no rate is asserted (a loaded machine forwarded anywhere from 471 to
+    # 471,775 packets in 1.5 s)
+    res = run_cli("--sim", "--duration", "2", "--batch", "64")
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     assert re.search(r"^\[p0\] RX: \d+\.\d\d Mbit/s \d+\.\d\d Mpps$", out, re.M)
@@ -141,7 +142,6 @@ def test_cli_forwards_between_two_simulated_ports():
     verdicts = re.findall(r"^\[(p\d)\] sink: received (\d+) of (\d+) generated at (p\d); missed at p\d RX (\d+), "
                           r"dropped at p\d TX (\d+); lost \d+, reordered 0, corrupt 0, untouched 0$", out, re.M)
     assert sorted(v[0] for v in verdicts) == ["p0", "p1"]
-    assert sum(int(v[1]) + int(v[5]) for v in verdicts) >= 4000     # every packet RX took was sent or dropped
     for _, received, generated, _, missed, dropped in verdicts:
         assert int(received) > 0
         assert int(received) + int(missed) + int(dropped) == int(generated)
