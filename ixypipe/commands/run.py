@@ -9,7 +9,15 @@ import sys
 
 import click
 
-from ixypipe.commands.options import CommandError, Count, Seconds, emit_json, set_json, wants_json, wants_quiet
+from ixypipe.commands.options import (
+    CommandError,
+    Count,
+    Seconds,
+    emit_json,
+    set_json,
+    wants_json,
+    wants_quiet,
+)
 from ixypipe.proc import log_level
 
 
