@@ -127,7 +127,7 @@ def test_quiet_prints_warnings_the_ready_line_and_the_summary_only():
     assert res.returncode == 0, res.stderr
     out = res.stdout.splitlines()
     assert out[0] == ready_line("fwd", 5, ["p0", "p1"]) and out[1] == "== accounting =="
-    assert out[-1] == "accounting OK"
+    assert out[-1].startswith("accounting OK")      # (a busy machine may add why the sinks lost some)
     assert not [line for line in out if line.startswith(("[p0]", "[p1]", "stages: ", "counters: "))]
     assert not [line for line in res.stderr.splitlines() if line.startswith("INFO ")], res.stderr
 
