@@ -1,7 +1,7 @@
 """The ``ixypipe`` command: a click group; each command lives in ixypipe/commands/.
 
 The group gives every command the shared options of ixypipe.commands.options
-(-v/--verbose and --json, before or after the sub-command) and, when --json
+(-v/--verbose, -q/--quiet and --json, before or after the sub-command) and, when --json
 is on the command line, turns any click error (usage errors: exit 2) into
 one JSON error object.
 """
@@ -19,6 +19,7 @@ from ixypipe.commands.options import (
     emit_json,
     error_object,
     set_json,
+    set_quiet,
     set_verbose,
     shared_params,
     wants_json,
@@ -100,7 +101,7 @@ class LazyGroup(click.Group):
 
 
 def _share(cmd: click.Command) -> None:
-    """-v/--verbose and --json on ``cmd`` and, for a group (sim), on each of its commands."""
+    """-v/--verbose, -q/--quiet and --json on ``cmd`` and, for a group (sim), on each of its commands."""
     taken = {opt for p in cmd.params for opt in p.opts}
     cmd.params.extend(p for p in shared_params() if not taken & set(p.opts))
     for sub in getattr(cmd, "commands", {}).values():
@@ -111,6 +112,8 @@ def _share(cmd: click.Command) -> None:
 @click.version_option(__version__, "--version", prog_name="ixypipe", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=set_verbose,
               help="Log debug messages (also after the sub-command).")
+@click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
+              help="Only warnings, errors, the ready line and the summary (also after the sub-command).")
 @click.option("--json", is_flag=True, expose_value=False, callback=set_json,
               help="JSON output where a command has it, and errors as JSON (also after the sub-command).")
 def main() -> None:
@@ -123,5 +126,6 @@ def main() -> None:
       ixypipe fwd --sim                    ixy-fwd: one process, two ports
     """
     ctx = click.get_current_context()
-    setup_logging(logging.DEBUG if ctx.meta.get("ixypipe.verbose") else logging.INFO,
-                  "%(levelname)s %(name)s: %(message)s")
+    level = (logging.DEBUG if ctx.meta.get("ixypipe.verbose") else
+             logging.WARNING if ctx.meta.get("ixypipe.quiet") else logging.INFO)
+    setup_logging(level, "%(levelname)s %(name)s: %(message)s")

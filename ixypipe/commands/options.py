@@ -1,6 +1,6 @@
-"""What every ``ixypipe`` sub-command shares: -v/--json anywhere, the packet-rate type, errors as text or JSON.
+"""What every ``ixypipe`` sub-command shares: -v/-q/--json anywhere, the packet-rate type, errors as text or JSON.
 
-* ``-v/--verbose`` and ``--json`` are accepted before or after the
+* ``-v/--verbose``, ``-q/--quiet`` and ``--json`` are accepted before or after the
   sub-command (``ixypipe --json cores`` = ``ixypipe cores --json``): the
   group adds :func:`shared_params` to every command it loads, and both
   spellings land in the context's ``meta``, which a command reads with
@@ -30,6 +30,7 @@ import click
 from ixypipe.proc import set_log_level
 
 JSON_KEY = "ixypipe.json"
+QUIET_KEY = "ixypipe.quiet"
 ARGV_KEY = "ixypipe.argv"
 MAX_SECONDS = 1e9                # ~31 years: any duration or interval beyond it is a typo
 MAX_COUNT = (1 << 63) - 1        # packets, pages, iterations: what a signed 64-bit counter holds
@@ -103,16 +104,32 @@ def set_verbose(ctx: click.Context, param, value: bool) -> None:
         ctx.meta["ixypipe.verbose"] = True
 
 
+def set_quiet(ctx: click.Context, param, value: bool) -> None:
+    if value:
+        ctx.meta[QUIET_KEY] = True
+        if not ctx.meta.get("ixypipe.verbose"):
+            set_log_level(logging.WARNING)    # warnings and errors only; -v wins over -q for the log
+
+
+def wants_quiet(ctx: click.Context | None = None) -> bool:
+    """-q/--quiet was given, before or after the sub-command: no per-second figures, no progress lines."""
+    ctx = ctx or click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(QUIET_KEY))
+
+
 def set_json(ctx: click.Context, param, value: bool) -> None:
     if value:
         ctx.meta[JSON_KEY] = True
 
 
 def shared_params() -> list[click.Option]:
-    """-v/--verbose and --json as options of one command (fresh objects for each command)."""
+    """-v/--verbose, -q/--quiet and --json as options of one command (fresh objects for each command)."""
     return [
         click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=set_verbose, is_eager=True,
                      help="Log debug messages (also before the sub-command)."),
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=set_quiet, is_eager=True,
+                     help="Only warnings, errors, the ready line and the summary: no per-second figures "
+                          "(also before the sub-command)."),
         click.Option(["--json"], is_flag=True, expose_value=False, callback=set_json, is_eager=True,
                      help="Print JSON instead of text (also before the sub-command); errors too."),
     ]

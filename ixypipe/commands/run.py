@@ -9,7 +9,15 @@ import sys
 
 import click
 
-from ixypipe.commands.options import CommandError, Count, Seconds, emit_json, set_json, wants_json
+from ixypipe.commands.options import (
+    CommandError,
+    Count,
+    Seconds,
+    emit_json,
+    set_json,
+    wants_json,
+    wants_quiet,
+)
 from ixypipe.proc import log_level
 
 
@@ -85,7 +93,7 @@ def run(pipeline: str, duration: float | None, packets: int | None, metrics_port
     server = serve_metrics(cfg)         # a port in use: refused before anything starts
     try:
         result = Supervisor(cfg, duration=duration, packets=packets, json_lines=True if wants_json() else None,
-                            metrics=server).run()
+                            metrics=server, quiet=wants_quiet()).run()
     finally:
         if server is not None:
             server.close()                # the endpoint ends with the run

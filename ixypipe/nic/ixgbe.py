@@ -493,7 +493,7 @@ class IxgbeDevice(Device):
         global_reset(bar, sleep)
         disable_interrupts(bar)             # the reset turned the defaults back on
         self._mac = read_mac(bar)
-        log.info("%s: reset 82599 %s, MAC %s", self.name, self.spec.address, format_mac(self._mac))
+        log.debug("%s: reset 82599 %s, MAC %s", self.name, self.spec.address, format_mac(self._mac))
         wait_eeprom_auto_read(bar, sleep)
         wait_dma_init(bar, sleep)
         init_link(bar)

@@ -113,8 +113,9 @@ class StatsPrinter:
     """Per-second figures: ixy-style lines per port, one line of stages, or JSON interval objects."""
 
     def __init__(self, plan, table, devices, out, json_lines: bool, sim=None, counters=None, publish=None,
-                 observe=None):
+                 observe=None, quiet: bool = False):
         self.plan = plan
+        self.quiet = quiet                # -q: figures go to observers only, nothing is printed
         self.publish = publish            # (port drops) -> None: shows them to observers (ixypipe top)
         self.observe = observe            # (IntervalFigures) -> None: the metrics endpoint (pipeline/metrics.py)
         self.counters = counters          # () -> {stage: {name: value}}: the workers' named counters
@@ -175,6 +176,8 @@ class StatsPrinter:
         self.last, self.last_rows, self.last_time = now_totals, rows, elapsed
         if self.observe is not None:
             self.observe(IntervalFigures(elapsed, now_totals, drops_now, rows, stages, per_stage))
+        if self.quiet:
+            return
         if self.json_lines:
             print(json.dumps({"type": "interval", "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                               "pipeline": self.plan.name, "t": round(elapsed, 3), "ports": ports,

@@ -54,6 +54,7 @@ from ixypipe.pipeline.liveness import PHASES, FlowWatch, Heartbeats, RestartBudg
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config, unfed_tx_queues
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops
+from ixypipe.pipeline.service import Notifier, print_ready, ready_line
 from ixypipe.pipeline.stages import stage_main
 from ixypipe.proc import describe_exit, handled_stop_signals, log_level
 from ixypipe.rings import wakeup
@@ -99,8 +100,10 @@ class RunResult:
 
 class Supervisor:
     def __init__(self, cfg, duration: float | None = None, packets: int | None = None,
-                 json_lines: bool | None = None, out=None, metrics=None):
+                 json_lines: bool | None = None, out=None, metrics=None, quiet: bool = False):
         self.cfg = cfg
+        self.quiet = quiet                    # -q: no per-second figures (the ready line and summary stay)
+        self.notify = Notifier()              # sd_notify when run by systemd (pipeline/service.py)
         self.metrics = metrics                # a listening metrics.MetricsServer, or None (its owner closes it)
         self.duration = duration
         self.packets = packets
@@ -147,6 +150,7 @@ class Supervisor:
             self._spawn_stages()
             self._wait_running()
             self._start_traffic()
+            self._ready()
             self._watch()
         except PipelineError as exc:
             self.failures.append(str(exc))
@@ -155,6 +159,7 @@ class Supervisor:
                 result = self._shutdown()
             finally:
                 claims.release(self.claims)
+                self.notify.close()
                 for sig, handler in old.items():
                     signal.signal(sig, handler)
         return result
@@ -224,7 +229,7 @@ class Supervisor:
                                                          sysfs_root=self.plan.sysfs_roots.get(spec.name))
             except Exception as exc:
                 raise PipelineError(f"port {spec.name} ({spec.driver} {spec.address}): {exc}") from exc
-            log.info("port %s: %s %s up", spec.name, spec.driver, spec.address)
+            log.debug("port %s: %s %s up", spec.name, spec.driver, spec.address)     # "ready" says when it forwards
 
     # ---- stages --------------------------------------------------------------------
     def _spawn_stages(self) -> None:
@@ -281,11 +286,20 @@ class Supervisor:
         if self.sim is not None:
             self.sim.start_traffic()
 
+    def _ready(self) -> None:
+        """Traffic can flow: say so once (the "ready" line or JSON object) and tell systemd (READY=1)."""
+        if self.stop_reason:
+            return                      # a stop came while starting: never ready
+        stages, ports = len(self.procs), list(self.plan.port_names)
+        print_ready(self.out, self.json_lines, self.plan.name, stages, ports)
+        self.notify.ready(ready_line(self.plan.name, stages, ports))
+
     def _watch(self) -> None:
         printer = StatsPrinter(self.plan, self.table, self.devices, self.out, self.json_lines, self.sim,
                                counters=lambda: stagetable.stage_counters(self.arena, self.plan),
                                publish=lambda d: planinfo.publish_port_drops(self.arena, self.plan.port_names, d),
-                               observe=self.metrics.watch(self.plan, self.arena, self.sim) if self.metrics else None)
+                               observe=self.metrics.watch(self.plan, self.arena, self.sim) if self.metrics else None,
+                               quiet=self.quiet)
         started = time.monotonic()
         next_print = started + self.cfg.stats.interval
         sentinels = {p.process.sentinel: p for p in self.procs}
@@ -308,9 +322,11 @@ class Supervisor:
                 self.sim_died = True
                 self.stop_reason = "simulator died"
                 break
+            self.notify.watchdog()            # healthy this turn: a loop that stops turning lets systemd's fire
             now = time.monotonic()
             if now >= next_print:
                 printer.interval(now - started)
+                self.notify.figures(self.plan, self.table, now - started)
                 next_print += self.cfg.stats.interval
             if self.duration is not None and now - started >= self.duration:
                 self.stop_reason = f"duration {self.duration:g} s"
@@ -509,6 +525,7 @@ class Supervisor:
     def _shutdown(self) -> RunResult:
         """Stop the stages in data-flow order, finish what dead ones left, take every buffer home, account."""
         accounting = None
+        self.notify.stopping(self.stop_reason or "; ".join(self.failures) or "start-up failed")
         try:
             if self.procs:
                 if self.sim is not None and self.sim.is_alive() and not self.sim.pause_traffic(wait=SIM_PAUSE_WAIT):

@@ -36,7 +36,7 @@ def summary_of(stdout: str) -> dict:
 
 def intervals_of(stdout: str) -> list[dict]:
     return [d for d in (json.loads(line) for line in stdout.splitlines() if line.startswith("{"))
-            if not d.get("summary")]
+            if d.get("type") == "interval"]
 
 
 def variant(tmp_path: Path, pipeline_keys: dict[str, str] | None = None, **replace: str) -> Path:
