@@ -296,3 +296,21 @@ def test_try_says_what_the_pipeline_does_with_the_same_worker_and_capture(tmp_pa
     assert s["drops"]["worker"] == tried.tally()["DROP"] == 9
     assert s["ports"]["in"]["tx_packets"] == tried.tally()["in"] == 3
     assert s["user_counters"] == tried.counters == {"seen": 15, "teardowns": 1}
+
+
+def test_the_readme_walk_through_filters_dns_for_10_0_0_0_8(tmp_path):
+    """The README's "Try a worker offline" section: its worker, tried on a VLAN + IPv6 + IPv4 mix, and the
+    lines its sed command changes in pipelines/fwd.toml are there."""
+    section = (REPO / "README.md").read_text().split("## Try a worker offline", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "dns_filter.py").write_text(code)
+    wrpcap(str(tmp_path / "dns.pcap"), [Ether(f) for f in mix()])
+    done = run_try(tmp_path, "dns_filter.py:dns_filter", "dns.pcap", "--json")
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert [p["verdict"] for p in got["packets"]] == ["out", "DROP", "out", "out", "out"]
+    assert got["counters"] == {"dns_refused": 1}
+    fwd = (REPO / "pipelines" / "fwd.toml").read_text().splitlines()
+    assert sum(line.startswith('function = "touch"') for line in fwd) == 1
+    assert sum(line.startswith("expect_touch = true") for line in fwd) == 2
+    assert "ixypipe try dns_filter.py:dns_filter dns.pcap" in section
