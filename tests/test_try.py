@@ -233,8 +233,12 @@ def test_ixypipe_try_json_and_a_worker_that_raises(tmp_path):
     (("touch", "nothere.pcap"), "nothere.pcap"),
     (("touch", "mix.pcap", "--port-in", "x"), "--port-in 'x' is not one of the ports (in, out)"),
     (("touch", "mix.pcap", "--options", "novalue"), "--options 'novalue': give key=value"),
+    (("hooks.py:f", "mix.pcap"), "worker hooks.py:f: setup(ctx) raised KeyError: 'acl' (at "),
+    (("hooks.py:f", "mix.pcap", "--options", "acl=1"), "worker hooks.py:f: teardown(ctx) raised ZeroDivisionError"),
 ])
 def test_ixypipe_try_names_what_was_wrong(tmp_path, args, message):
+    (tmp_path / "hooks.py").write_text("def setup(ctx):\n    ctx.options['acl']\n\ndef f(batch):\n    pass\n\n"
+                                       "def teardown(ctx):\n    1 / 0\n")
     wrpcap(str(tmp_path / "mix.pcap"), [Ether(f) for f in mix()])
     done = run_try(tmp_path, *args)
     assert done.returncode != 0 and message in done.stderr, done.stderr
@@ -314,3 +318,11 @@ def test_the_readme_walk_through_filters_dns_for_10_0_0_0_8(tmp_path):
     assert sum(line.startswith('function = "touch"') for line in fwd) == 1
     assert sum(line.startswith("expect_touch = true") for line in fwd) == 2
     assert "ixypipe try dns_filter.py:dns_filter dns.pcap" in section
+
+
+def test_ixypipe_try_per_packet_gets_fields(tmp_path):
+    (tmp_path / "pp.py").write_text("def dns(pkt, f):\n    return f.dport != 53\n")
+    wrpcap(str(tmp_path / "mix.pcap"), [Ether(f) for f in mix()])
+    done = run_try(tmp_path, "pp.py:dns", "mix.pcap", "--per-packet", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [p["verdict"] for p in json.loads(done.stdout)["packets"]] == ["DROP", "DROP", "out", "out", "out"]

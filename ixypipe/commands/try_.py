@@ -20,7 +20,7 @@ import click
 
 from ixypipe.commands.options import CommandError, wants_json
 from ixypipe.pcapfile import PcapError, read_pcap, require_ethernet
-from ixypipe.pipeline.offline import OfflineRun, run_frames
+from ixypipe.pipeline.offline import HookError, OfflineRun, run_frames
 from ixypipe.workers.api import TRY_PORTS
 from ixypipe.workers.loader import WorkerLoadError, load
 
@@ -102,9 +102,8 @@ def command(worker: str, pcap: str, ports: str, port_in: str | None, options: tu
         raise CommandError(f"worker {worker}: {exc}" + (f" (at {exc.where})" if exc.where else "")) from None
     try:
         run = run_frames(loaded, capture.packets(), names, in_port, None, opts, str(Path.cwd()), batch_size)
-    except Exception as exc:                     # setup() or teardown() raised: the pipeline would stop too
-        raise CommandError(f"worker {worker}: setup(ctx) or teardown(ctx) raised {type(exc).__name__}: {exc}") \
-            from None
+    except HookError as exc:
+        raise CommandError(f"worker {worker}: {exc}") from None
     if wants_json():
         click.echo(json.dumps({
             "type": "try", "worker": worker, "pcap": pcap, "ports": names, "port_in": names[in_port],

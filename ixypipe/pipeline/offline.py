@@ -46,6 +46,10 @@ from ixypipe.workers.headers import from_bytes
 from ixypipe.workers.loader import Worker
 
 WORKER_ERROR = "worker_error"
+
+
+class HookError(Exception):
+    """setup(ctx) or teardown(ctx) raised (a pipeline's worker stage stops on the first, logs the second)."""
 NO_ROUTE = "no_route"
 
 
@@ -137,8 +141,7 @@ def run_frames(worker: Worker, frames: list[bytes], port_names: list[str], in_po
     """Run ``worker`` over ``frames`` in batches of ``batch_size``, as a worker stage would (see module doc)."""
     frames = [bytes(f) for f in frames]
     ctx = WorkerContext(0, 1, list(port_names), dict(options or {}), base_dir=base_dir)
-    if worker.setup is not None:
-        worker.setup(ctx)
+    _hook(worker.setup, "setup", ctx)
     fields = packet_fields(from_bytes(frames)) if frames else []
     errors_of = ErrorLog("try", worker.where)
     bufs = buffers_for(frames)
@@ -167,11 +170,20 @@ def run_frames(worker: Worker, frames: list[bytes], port_names: list[str], in_po
                           f"{int(moved.sum())} packets dropped (worker_error)")
             names = [WORKER_ERROR if m else v for v, m in zip(names, moved.tolist(), strict=True)]
         verdict += names
-    if worker.teardown is not None:
-        worker.teardown(ctx)
+    _hook(worker.teardown, "teardown", ctx)
     results = []
     for i, frame in enumerate(frames):
         after = bufs.packet(i).tobytes()
         results.append(PacketResult(i + 1, len(frame), fields[i].summary(), verdict[i], len(after),
                                     changed_fields(frame, after, fields[i]), after))
     return OfflineRun(results, dict(ctx.counters), errors, spent * 1000)
+
+
+def _hook(fn, name: str, ctx: WorkerContext) -> None:
+    if fn is None:
+        return
+    try:
+        fn(ctx)
+    except Exception as exc:
+        raise HookError(f"{name}(ctx) raised {type(exc).__name__}: {exc} (at {ErrorLog(name).kind(exc)[1]})") \
+            from exc
