@@ -94,6 +94,7 @@ def test_src_in_and_dst_in_on_a_mixed_batch():
     assert l3.dst_in("10.0.0.0/8").tolist() == [False, False, True, False, False]
     assert l3.src_in("2001:db8::/32").tolist() == [False, True, False, False, False]
     assert l3.src_in(["10.9.0.0/16", "2001:db8::1"]).tolist() == [False, True, False, True, False]
+    assert l3.dst_in(ipaddress.ip_address("10.0.0.1")).tolist() == [False, False, True, False, False]
     assert l3.v4.tolist() == [True, False, True, True, False] and l3.v6.tolist() == [False, True, False, False, False]
     assert (~l3.src_in("0.0.0.0/0")).tolist() == [False, True, False, False, True]    # not IPv4 -> not in
 
@@ -104,6 +105,10 @@ def test_src_in_and_dst_in_on_a_mixed_batch():
                     "('10.0.0.0/33' does not appear to be an IPv4 or IPv6 network)"),
     ([], "an empty list of prefixes matches nothing: give at least one"),
     (8, "a prefix is a string such as '10.0.0.0/8' (or a list of them), got int"),
+    (["10.0.0.0/8", 167772160], "a prefix is a string such as '10.0.0.0/8' or an ipaddress network, got "
+                                "167772160 (int)"),
+    ("2001:db8::1/129", "'2001:db8::1/129' is not an address prefix such as '10.0.0.0/8' or '2001:db8::/32' "
+                        "('2001:db8::1/129' does not appear to be an IPv4 or IPv6 network)"),
 ])
 def test_bad_prefixes_are_refused_with_what_was_wrong(prefix, message):
     with pytest.raises(PrefixError) as info:

@@ -50,8 +50,11 @@ def compile_prefixes(prefixes: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarra
             np.array([list(n.netmask.packed) for n in v6], np.uint8).reshape(-1, IP6_ADDR_LEN))
 
 
+_ONE = (str, ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address)
+
+
 def _as_tuple(prefixes) -> tuple:
-    if isinstance(prefixes, str | ipaddress.IPv4Network | ipaddress.IPv6Network):
+    if isinstance(prefixes, _ONE):
         return (prefixes,)
     try:
         found = tuple(prefixes)
@@ -60,6 +63,10 @@ def _as_tuple(prefixes) -> tuple:
                           f"{type(prefixes).__name__}") from None
     if not found:
         raise PrefixError("an empty list of prefixes matches nothing: give at least one")
+    for p in found:
+        if not isinstance(p, _ONE):
+            raise PrefixError(f"a prefix is a string such as '10.0.0.0/8' or an ipaddress network, got {p!r} "
+                              f"({type(p).__name__})")
     return found
 
 
