@@ -77,11 +77,18 @@ def in_v4(addrs: np.ndarray, nets: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return ((addrs[:, None] & masks[None, :]) == nets[None, :]).any(axis=1)
 
 
+def _halves(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 16) address bytes as two big-endian uint64 columns (high, low)."""
+    words = np.ascontiguousarray(rows, np.uint8).view(">u8")
+    return words[:, 0], words[:, 1]
+
+
 def in_v6(rows: np.ndarray, nets: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Which (n, 16) addresses lie in any of the networks."""
+    """Which (n, 16) addresses lie in any of the networks (compared as two 64-bit halves)."""
     if not len(nets):
         return np.zeros(len(rows), bool)
-    return ((rows[:, None, :] & masks[None, :, :]) == nets[None, :, :]).all(axis=2).any(axis=1)
+    (hi, lo), (nh, nl), (mh, ml) = _halves(rows), _halves(nets), _halves(masks)
+    return (((hi[:, None] & mh) == nh) & ((lo[:, None] & ml) == nl)).any(axis=1)
 
 
 class L3:
