@@ -39,6 +39,7 @@ COMMANDS = {
     "unbind": "bind",
     "cores": "cores",
     "top": "top",
+    "try": "try_",
 }
 
 

@@ -45,10 +45,8 @@ def bufs(make_arena):
 
 def make_batch(bufs: PacketBuffers, frames: list[bytes], in_port: int = 0, default_out: int = 1,
                counters: dict | None = None) -> Batch:
-    idx = np.arange(3, 3 + len(frames), dtype=np.uint32)        # not starting at 0: global indices
-    for i, f in zip(idx, frames, strict=True):
-        bufs.write_packet(int(i), f)
-    return Batch(bufs, idx, in_port, default_out, PORTS, {} if counters is None else counters)
+    """Batch.from_frames into the test's buffers from buffer 3 on (not 0: indices are global)."""
+    return Batch.from_frames(frames, in_port, default_out, PORTS, counters, bufs=bufs, first=3)
 
 
 def test_a_new_batch_sends_everything_to_the_default_port(bufs):

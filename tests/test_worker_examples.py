@@ -48,12 +48,9 @@ class Runner:
             self.worker.setup(self.ctx)
 
     def run(self, pkts, in_port: int = 0) -> list[int]:
-        frames = [bytes(p) for p in pkts]
-        idx = np.arange(5, 5 + len(frames), dtype=np.uint32)
-        for i, f in zip(idx, frames, strict=True):
-            self.bufs.write_packet(int(i), f)
-        batch = Batch(self.bufs, idx, in_port, 1, PORTS, self.ctx.counters, self.ctx)
-        self.idx = idx
+        batch = Batch.from_frames([bytes(p) for p in pkts], in_port, 1, PORTS, ctx=self.ctx, bufs=self.bufs,
+                                  first=5)
+        self.idx = batch.idx
         out = verdicts(batch, self.worker.process(batch))       # an int: every packet to that port
         return np.broadcast_to(out, (batch.n,)).tolist()
 

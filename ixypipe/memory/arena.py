@@ -249,6 +249,15 @@ class Arena:
             raise
         return arena
 
+    @classmethod
+    def private(cls, size: int, tag: str = "private") -> Arena:
+        """An arena only this process maps (no hugepages, no DMA): its /dev/shm file is removed at once, the
+        memory goes when the last view of it does.  For batches built in-process (Batch.from_frames)."""
+        arena = cls.create(size, hugepages_mode="never", physical=False, tag=tag)
+        arena.path.unlink(missing_ok=True)
+        _created.pop(arena.path, None)
+        return arena
+
     @staticmethod
     def size_for(regions: Iterable[RegionSize]) -> int:
         """The ``size`` to :meth:`create` an arena with so that ``regions`` fit, carved in any order.

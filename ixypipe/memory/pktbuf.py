@@ -93,6 +93,12 @@ class PacketBuffers:
         return self
 
     @classmethod
+    def private(cls, count: int, buf_size: int = DEFAULT_BUF_SIZE) -> PacketBuffers:
+        """``count`` buffers in an arena of this process's own (Arena.private): nothing to clean up."""
+        check_buf_size(buf_size)
+        return cls.create(Arena.private(cls.bytes_needed(count, buf_size)), count, buf_size)
+
+    @classmethod
     def attach(cls, arena: Arena, name: str = DEFAULT_NAME) -> PacketBuffers:
         try:
             return cls(arena, name)

@@ -19,13 +19,20 @@ The function may instead return a boolean mask (True keeps the verdict,
 False drops).  ``batch.data`` is the arena's (buffers x bytes) array, so
 fancy indexing with ``batch.idx`` reads and writes packets in place, whole
 batches at a time.  :func:`per_packet` wraps a ``handle(pkt) -> bool``
-function for simple cases; it loops in Python and is the slow path.
+(or ``handle(pkt, f) -> bool``, ``f`` the packet's parsed fields) function
+for simple cases; it loops in Python and is the slow path.
+
+``Batch.from_frames(frames)`` and ``Batch.from_pcap(path)`` build a batch
+outside a pipeline, over packet buffers of this process's own, so a worker
+function can be tried in a Python shell or a test (``ixypipe try`` does).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import operator
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +40,8 @@ from typing import Any
 import numpy as np
 
 from ixypipe.layout import (
+    DEFAULT_BUF_SIZE,
+    HUGEPAGE_SIZE,
     PKTBUF_HEADROOM,
     STAGE_COUNTER_NAME_MAX,
     STAGE_COUNTER_NAMES_SIZE,
@@ -41,10 +50,13 @@ from ixypipe.layout import (
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.protocols import ETH_ADDR_LEN, ETH_DST_OFF, ETH_SRC_OFF, ETH_TYPE_OFF
 from ixypipe.workers import rewrite
+from ixypipe.workers.fields import PacketFields, packet_fields
 from ixypipe.workers.headers import L4, Eth, Headers, IPv4, IPv6
+from ixypipe.workers.prefix import L3
 
 log = logging.getLogger(__name__)
 DROP = -1
+TRY_PORTS = ("in", "out")         # the ports of a batch built outside a pipeline, unless given
 PER_PACKET_ATTR = "__ixypipe_per_packet__"
 
 
@@ -159,6 +171,45 @@ class Batch:
         self._headers: Headers | None = None
         self.ctx = ctx
 
+    # ---- batches outside a pipeline ---------------------------------------------------
+    @classmethod
+    def from_frames(cls, frames, in_port: int = 0, default_out: int | None = None,
+                    port_names=TRY_PORTS, counters: dict | None = None, ctx: WorkerContext | None = None,
+                    bufs: PacketBuffers | None = None, first: int = 0) -> Batch:
+        """A batch of ``frames`` (bytes each) as a worker stage builds it, to run a worker function on.
+
+        The frames are copied into packet buffers of this process's own (``bufs``: into those, from buffer
+        ``first`` on); every verdict starts at ``default_out`` (the port after ``in_port`` unless given).
+        Parsing, verdicts, rewrites and counters behave as in a pipeline; ``batch.counters`` has the counts.
+        """
+        frames = [bytes(f) for f in frames]
+        port_names = list(port_names)
+        if not 0 <= in_port < len(port_names):
+            raise ValueError(f"in_port {in_port} is not one of the {len(port_names)} ports ({', '.join(port_names)})")
+        if default_out is None:
+            default_out = (in_port + 1) % len(port_names)
+        if bufs is None:
+            bufs = buffers_for(frames)
+        idx = np.arange(first, first + len(frames), dtype=np.uint32)
+        for i, f in zip(idx, frames, strict=True):
+            bufs.write_packet(int(i), f)
+        if ctx is not None and counters is None:
+            counters = ctx.counters
+        return cls(bufs, idx, in_port, default_out, port_names, {} if counters is None else counters, ctx)
+
+    @classmethod
+    def from_pcap(cls, path: str | os.PathLike, **kwargs) -> Batch:
+        """A batch of every frame of a pcap or pcapng file (Ethernet link type); keywords as from_frames."""
+        from ixypipe.pcapfile import read_pcap, require_ethernet
+
+        capture = read_pcap(path)
+        require_ethernet(path, capture.linktype)
+        return cls.from_frames(capture.packets(), **kwargs)
+
+    def frames(self) -> list[bytes]:
+        """Every packet's bytes now (after the function's rewrites), as bytes."""
+        return [self.packet(i).tobytes() for i in range(self.n)]
+
     # ---- verdict array ---------------------------------------------------------------
     @property
     def out(self) -> np.ndarray:
@@ -266,6 +317,16 @@ class Batch:
         return self.headers.ipv6
 
     @property
+    def l3(self) -> L3:
+        """IPv4 or IPv6: v4, v6 (masks), src_in(prefixes), dst_in(prefixes) - e.g. l3.src_in("10.0.0.0/8")."""
+        return L3(self.headers.ipv4, self.headers.ipv6)
+
+    def fields(self) -> list[PacketFields]:
+        """Every packet's parsed headers as a record (eth_type, vlans, ip, src, dst, proto, sport, dport,
+        offsets): for per-packet code and printing; a batch function uses the vectors."""
+        return packet_fields(self.headers)
+
+    @property
     def l4(self) -> L4:
         """proto, off, masks tcp/udp/sctp/icmp, sport, dport, tcp_flags, icmp_type, icmp_code."""
         return self.headers.l4
@@ -331,6 +392,15 @@ class Batch:
         add_count(self.counters, name, value)
 
 
+def buffers_for(frames: list[bytes]) -> PacketBuffers:
+    """Private packet buffers (PacketBuffers.private) for ``frames``: one each, large enough for the longest."""
+    longest = max([len(f) for f in frames] + [1])
+    size = DEFAULT_BUF_SIZE
+    while size - PKTBUF_HEADROOM < longest and size < HUGEPAGE_SIZE:
+        size *= 2
+    return PacketBuffers.private(max(len(frames), 1), size)
+
+
 def _mac_bytes(mac) -> np.ndarray:
     if isinstance(mac, str):
         try:
@@ -343,13 +413,34 @@ def _mac_bytes(mac) -> np.ndarray:
     return arr
 
 
-def per_packet(handle: Callable[[np.ndarray], bool]) -> Callable[[Batch], np.ndarray]:
-    """Turn ``handle(pkt) -> bool`` (True = forward) into a batch function.  Slow: a Python loop."""
+def wants_fields(handle: Callable) -> bool:
+    """Whether ``handle`` takes a second positional argument (the packet's PacketFields)."""
+    try:
+        params = inspect.signature(handle).parameters.values()
+    except (TypeError, ValueError):                   # a builtin without a signature: the one-argument form
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def per_packet(handle: Callable[..., bool]) -> Callable[[Batch], np.ndarray]:
+    """Turn ``handle(pkt) -> bool`` (True = forward) into a batch function.  Slow: a Python loop.
+
+    ``pkt`` is the packet's bytes (a uint8 view: writes go to the packet).  A ``handle(pkt, f)`` that takes a
+    second argument also gets the packet's parsed headers ``f`` (fields.PacketFields: ``f.ip``, ``f.src``,
+    ``f.dst``, ``f.proto``, ``f.sport``, ``f.dport``, ``f.vlans``, ``f.payload_off``...), VLAN tags and IPv6
+    extension headers walked as for batch.l4.
+    """
     if getattr(handle, PER_PACKET_ATTR, False) and hasattr(handle, "__wrapped__"):
         return handle
+    with_fields = wants_fields(handle)
 
     def batch_fn(batch: Batch) -> np.ndarray:
         keep = np.empty(batch.n, dtype=bool)
+        if with_fields:
+            for i, f in enumerate(batch.fields()):
+                keep[i] = bool(handle(batch.packet(i), f))
+            return keep
         for i in range(batch.n):
             keep[i] = bool(handle(batch.packet(i)))
         return keep
