@@ -38,6 +38,7 @@ COMMANDS = {
     "unbind": "bind",
     "cores": "cores",
     "top": "top",
+    "netns": "netns",
 }
 
 
