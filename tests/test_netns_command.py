@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -85,21 +84,20 @@ def test_up_builds_a_testbed_ixypipe_forwards_ping_through_and_down_removes_it(n
         ping = subprocess.run(["ip", "netns", "exec", a["netns"], "ping", "-n", "-c", "3", "-i", "0.5", "-W", "5",
                                "10.77.0.2"], capture_output=True, text=True, timeout=60)
         assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
-        run.send_signal(signal.SIGINT)
+        status = json.loads(netns_cmd("status", "--json").stdout)
+        assert [(t["name"], t["status"]) for t in status["testbeds"]] == [(name, "up")]
+        down = netns_cmd("down", name, "--json")              # SIGTERM: the pipeline stops in order
         out, err = run.communicate(timeout=120)
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
+    assert down.returncode == 0, down.stdout + down.stderr
+    doc = json.loads(down.stdout)
+    assert (doc["type"], doc["removed"], doc["forgotten"]) == ("netns_down", [name], []) and run.pid in doc["stopped"]
     assert run.returncode == 0, err
     summary = summary_of(out)
     assert summary["ports"]["a"]["rx_packets"] >= 3 and summary["ports"]["b"]["rx_packets"] >= 3
-
-    status = json.loads(netns_cmd("status", "--json").stdout)
-    assert [(t["name"], t["status"]) for t in status["testbeds"]] == [(name, "up")]
-    res = netns_cmd("down", name, "--json")
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert json.loads(res.stdout) == {"type": "netns_down", "removed": [name], "forgotten": []}
     assert not set(tb["namespaces"]) & set(list_namespaces())
     assert not pipeline.exists() and not Path(tb["state"]).exists()
     assert json.loads(netns_cmd("status", "--json").stdout)["testbeds"] == []
@@ -146,7 +144,7 @@ def test_a_testbed_whose_namespaces_are_gone_shows_as_gone_and_down_forgets_it(n
     status = json.loads(netns_cmd("status", "--json").stdout)["testbeds"]
     assert sorted((t["name"], t["status"]) for t in status) == sorted([(gone, "gone"), (kept, "up")])
     res = netns_cmd("down", kept, "--json")                     # removes kept, forgets the gone one
-    assert json.loads(res.stdout) == {"type": "netns_down", "removed": [kept], "forgotten": [gone]}
+    assert json.loads(res.stdout) == {"type": "netns_down", "removed": [kept], "forgotten": [gone], "stopped": []}
     assert json.loads(netns_cmd("status", "--json").stdout)["testbeds"] == []
     assert not [n for n in list_namespaces() if gone in n or kept in n]
 

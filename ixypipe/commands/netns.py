@@ -56,20 +56,23 @@ def up(name: str | None) -> None:
 @click.argument("name", required=False)
 @click.option("--all", "everything", is_flag=True, help="Remove every testbed.")
 def down(name: str | None, everything: bool) -> None:
-    """Remove testbed NAME (namespaces, links, pipeline file), or all with --all; forget those already gone."""
+    """Remove testbed NAME (namespaces, links, pipeline file), or all with --all; forget those already gone.
+
+    What runs in its namespaces (a pipeline) gets SIGTERM and 30 s to stop, then SIGKILL."""
     if bool(name) == everything:
         raise click.UsageError("give a testbed's NAME or --all (`ixypipe netns status` lists them)")
     try:
         chosen = testbeds.kept_testbeds() if everything else [testbeds.find_kept(name)]
         stale = [s for s in testbeds.kept_testbeds() if s["status"] == "gone" and s not in chosen]
-        for state in [*chosen, *stale]:
-            testbeds.remove_kept(state)
+        stopped = [pid for state in [*chosen, *stale] for pid in testbeds.remove_kept(state)]
     except testbeds.NetnsError as exc:
         raise CommandError(str(exc)) from None
     if wants_json():
         emit_json({"type": "netns_down", "removed": [s["name"] for s in chosen],
-                   "forgotten": [s["name"] for s in stale]})
+                   "forgotten": [s["name"] for s in stale], "stopped": stopped})
         return
+    if stopped:
+        click.echo(f"stopped {len(stopped)} process(es) running in the namespaces: {' '.join(map(str, stopped))}")
     for state in chosen:
         click.echo(f"removed testbed {state['name']} ({', '.join(state.get('namespaces', []))})"
                    if state["status"] != "gone" else f"forgot testbed {state['name']} (already gone)")

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +50,7 @@ STATE_DIR = Path(os.environ.get("IXYPIPE_NETNS_STATE", "/run/ixypipe/netns"))
 NAME_FORM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,15}$")
 DEFAULT_SUBNET = "10.77.0"
 COMMAND_TIMEOUT = 20.0
+STOP_TIMEOUT = 30.0              # `netns down`: what runs in a testbed has this long to stop on SIGTERM
 CAPTURE_BUFFER = 64 << 20
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _live: set[VethTestbed] = set()
@@ -376,7 +378,11 @@ def keep_testbed(name: str, subnet: str = DEFAULT_SUBNET) -> dict:
     if state_file(name).exists():
         raise NetnsError(f"testbed {name} exists already ({state_file(name)}); `ixypipe netns down {name}` "
                          "removes it, `ixypipe netns status` lists the testbeds")
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NetnsError(f"cannot create {STATE_DIR} for the testbed's state ({exc.strerror}); needs root") \
+            from None
     try:
         tb = VethTestbed(subnet=subnet, name=name, wire=True)
     except NetnsError as exc:
@@ -412,12 +418,40 @@ def kept_testbeds() -> list[dict]:
     return found
 
 
-def remove_kept(state: dict) -> None:
-    """Remove a saved testbed: its namespaces (and what runs there), links, pipeline file and state."""
+def stop_processes_in(namespaces: list[str], timeout: float = STOP_TIMEOUT) -> list[int]:
+    """SIGTERM every process in ``namespaces`` (a pipeline stops in order; its stages ignore it) and wait
+    up to ``timeout`` for them to end; returns their pids (``close`` SIGKILLs whatever is left)."""
+    present = set(list_namespaces())
+    pids = sorted({int(p) for ns in namespaces if ns in present
+                   for p in run(["ip", "netns", "pids", ns], check=False).stdout.split() if p.isdigit()})
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(0.1)
+    return pids
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent (e.g. whoever started ixypipe)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
+
+
+def remove_kept(state: dict) -> list[int]:
+    """Remove a saved testbed: stop what runs there, delete its namespaces (and so its links), its pipeline
+    file and state; returns the pids stopped."""
+    stopped = []
     if "error" not in state:
+        stopped = stop_processes_in(state["namespaces"])
         VethTestbed.from_state(state).close()
         Path(state["pipeline"]).unlink(missing_ok=True)
     Path(state["state"]).unlink(missing_ok=True)
+    return stopped
 
 
 def find_kept(name: str) -> dict:
