@@ -40,6 +40,7 @@ COMMANDS = {
     "cores": "cores",
     "top": "top",
     "try": "try_",
+    "netns": "netns",
 }
 
 

@@ -73,6 +73,7 @@ from ixypipe.nic.af_packet_abi import (
     TPACKET_V2,
 )
 from ixypipe.nic.device import Device, DeviceError, DeviceStats, LinkState, PortSpec, TxDone, choose_hot_path
+from ixypipe.nic.netns_id import describe_netns
 from ixypipe.protocols import ETH_HEADER_LEN, ETH_P_8021Q, VLAN_TAG_LEN
 
 SYS_CLASS_NET = Path("/sys/class/net")
@@ -108,7 +109,8 @@ def check_interface(ifname: str, port: str = "") -> int:
         index = socket.if_nametoindex(ifname)
     except OSError:
         raise AfPacketError(f"{who}no such network interface {ifname!r} in this network namespace "
-                            "(see `ip link`)") from None
+                            f"({describe_netns()}; `ip link` lists its interfaces, `ixypipe netns status` "
+                            "the testbeds and where their interfaces are)") from None
     try:
         flags = int(_sys(ifname, "flags"), 16)
     except (OSError, ValueError):

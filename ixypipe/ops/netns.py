@@ -10,6 +10,14 @@ reports in the counts) and checksum and segmentation offloads are switched
 off on the hosts' ends, so frames on the wire are real, complete frames.
 Everything is removed by ``close`` (also when building failed half-way and
 when the process exits); ``remove_stale`` removes what a killed run left.
+
+With ``wire=True`` the outer ends live in a third namespace (``-w``) instead
+of the caller's, so nothing is added to the root namespace; ixypipe then runs
+there (``ip netns exec <wire> ixypipe run ...``).  A testbed with a ``name``
+(namespaces ``ixyn-<name>-a|b|w``) can be kept past the process
+(``keep``): its description is saved as JSON in STATE_DIR, where
+``ixypipe netns down`` and ``status`` (ixypipe/commands/netns.py) find it
+and ``VethTestbed.from_state`` turns it back into a testbed to ``close``.
 All commands go through ``ip`` and ``ethtool``; commands in a host run with
 ``ip netns exec``.  ``python -m ixypipe.ops.netns send|capture`` puts exact
 frames on a host's interface or records what arrives there (a raw packet
@@ -21,8 +29,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import json
 import os
+import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -34,8 +45,12 @@ from ixypipe.nic.af_packet_abi import ETH_P_ALL, PACKET_IGNORE_OUTGOING, SOL_PAC
 from ixypipe.protocols import ETH_HEADER_LEN, ETH_TYPE_OFF
 
 NETNS_PREFIX = "ixyt"
+KEPT_PREFIX = "ixyn"             # testbeds kept by `ixypipe netns up`: ixyn-<name>-a|b|w (no pid in it)
+STATE_DIR = Path(os.environ.get("IXYPIPE_NETNS_STATE", "/run/ixypipe/netns"))
+NAME_FORM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,15}$")
 DEFAULT_SUBNET = "10.77.0"
 COMMAND_TIMEOUT = 20.0
+STOP_TIMEOUT = 30.0              # `netns down`: what runs in a testbed has this long to stop on SIGTERM
 CAPTURE_BUFFER = 64 << 20
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _live: set[VethTestbed] = set()
@@ -157,17 +172,28 @@ class VethTestbed:
             tb.a.run(["ping", "-c", "3", tb.b.ip])
     """
 
-    def __init__(self, subnet: str = DEFAULT_SUBNET, mtu: int = 1500, offloads: bool = False):
+    def __init__(self, subnet: str = DEFAULT_SUBNET, mtu: int = 1500, offloads: bool = False,
+                 name: str | None = None, wire: bool = False, _build: bool = True):
         self.tag = secrets.token_hex(3)
-        base = f"{NETNS_PREFIX}-{os.getpid()}-{self.tag}"
+        if name is not None and not NAME_FORM.match(name):
+            raise NetnsError(f"testbed name {name!r}: 1-16 letters, digits or '_', starting with a letter or digit")
+        self.name = name
+        base = f"{KEPT_PREFIX}-{name}" if name else f"{NETNS_PREFIX}-{os.getpid()}-{self.tag}"
+        self.wire = f"{base}-w" if wire else None
         self.port_a = f"ixy{self.tag}a"
         self.port_b = f"ixy{self.tag}b"
         self.a = Host(f"{base}-a", f"{subnet}.1", self.port_a)
         self.b = Host(f"{base}-b", f"{subnet}.2", self.port_b)
         self.bridge_name = f"ixy{self.tag}br"
+        self.subnet = subnet
         self.mtu = mtu
         self.offloads = offloads
         self.closed = False
+        if not _build:
+            return
+        taken = sorted(set(self.namespaces) & set(list_namespaces()))
+        if taken:                             # never build into (or, on failure, delete) someone else's
+            raise NetnsError(f"namespace {', '.join(taken)} exists already")
         _live.add(self)
         try:
             self._build()
@@ -176,18 +202,52 @@ class VethTestbed:
             raise
 
     @property
+    def namespaces(self) -> list[str]:
+        return [h.netns for h in self.hosts] + ([self.wire] if self.wire else [])
+
+    def outer(self, argv: list[str]) -> list[str]:
+        """``argv`` run where the outer ends live (the wire namespace, or the caller's)."""
+        return ["ip", "netns", "exec", self.wire, *argv] if self.wire else argv
+
+    # ---- kept past the process: a description as JSON, and a testbed made from it again ----
+    def keep(self) -> dict:
+        """Leave the testbed up when this process exits; returns its description (see ``from_state``)."""
+        _live.discard(self)
+        return self.state()
+
+    def state(self) -> dict:
+        hosts = {key: {"netns": h.netns, "interface": h.ifname, "ip": h.ip, "outer": h.peer}
+                 for key, h in zip("ab", self.hosts, strict=True)}
+        return {"name": self.name, "tag": self.tag, "wire": self.wire, "subnet": self.subnet, "mtu": self.mtu,
+                "hosts": hosts, "bridge": self.bridge_name, "namespaces": self.namespaces}
+
+    @classmethod
+    def from_state(cls, state: dict) -> VethTestbed:
+        """The testbed a ``state`` describes, to ``close`` it (or ``add_bridge``); builds nothing."""
+        tb = cls(subnet=state["subnet"], mtu=state["mtu"], name=state["name"], wire=bool(state["wire"]),
+                 _build=False)
+        tb.tag, tb.wire, tb.bridge_name = state["tag"], state["wire"], state["bridge"]
+        for host, key in zip(tb.hosts, "ab", strict=True):
+            saved = state["hosts"][key]
+            host.netns, host.ifname, host.ip, host.peer = saved["netns"], saved["interface"], saved["ip"], \
+                saved["outer"]
+        tb.port_a, tb.port_b = tb.a.peer, tb.b.peer
+        return tb
+
+    @property
     def hosts(self) -> tuple[Host, Host]:
         return self.a, self.b
 
     def _build(self) -> None:
+        for netns in self.namespaces:
+            run(["ip", "netns", "add", netns])
+            for scope in ("all", "default"):       # before a link moves in, so it starts without IPv6
+                _write_sysctl(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6", "1", netns)
         for host in self.hosts:
-            run(["ip", "netns", "add", host.netns])
-            for scope in ("all", "default"):       # before the link moves in, so it starts without IPv6
-                _write_sysctl(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6", "1", host.netns)
-            run(["ip", "link", "add", host.peer, "mtu", str(self.mtu), "type", "veth",
-                 "peer", "name", f"i{host.peer}", "mtu", str(self.mtu)])
-            _write_sysctl(f"/proc/sys/net/ipv6/conf/{host.peer}/disable_ipv6", "1")
-            run(["ip", "link", "set", f"i{host.peer}", "netns", host.netns])
+            run(self.outer(["ip", "link", "add", host.peer, "mtu", str(self.mtu), "type", "veth",
+                            "peer", "name", f"i{host.peer}", "mtu", str(self.mtu)]))
+            _write_sysctl(f"/proc/sys/net/ipv6/conf/{host.peer}/disable_ipv6", "1", self.wire)
+            run(self.outer(["ip", "link", "set", f"i{host.peer}", "netns", host.netns]))
             ns = ["ip", "-n", host.netns]
             run([*ns, "link", "set", f"i{host.peer}", "name", host.ifname])
             run([*ns, "addr", "add", f"{host.ip}/24", "dev", host.ifname])
@@ -195,23 +255,26 @@ class VethTestbed:
             if not self.offloads:
                 run(host.argv(["ethtool", "-K", host.ifname, "tx", "off", "tso", "off", "gso", "off",
                                "gro", "off"]))
-                run(["ethtool", "-K", host.peer, "gro", "off", "tso", "off", "gso", "off"])
+                run(self.outer(["ethtool", "-K", host.peer, "gro", "off", "tso", "off", "gso", "off"]))
             run([*ns, "link", "set", host.ifname, "up"])
-            run(["ip", "link", "set", host.peer, "up"])
+            run(self.outer(["ip", "link", "set", host.peer, "up"]))
 
     # ---- a Linux bridge between the two outer ends (the kernel's own bump in the wire) ----
     def add_bridge(self) -> str:
-        run(["ip", "link", "add", self.bridge_name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
-        _write_sysctl(f"/proc/sys/net/ipv6/conf/{self.bridge_name}/disable_ipv6", "1")
+        run(self.outer(["ip", "link", "add", self.bridge_name, "type", "bridge", "stp_state", "0",
+                        "forward_delay", "0"]))
+        _write_sysctl(f"/proc/sys/net/ipv6/conf/{self.bridge_name}/disable_ipv6", "1", self.wire)
         for port in (self.port_a, self.port_b):
-            run(["ip", "link", "set", port, "master", self.bridge_name])
-        run(["ip", "link", "set", self.bridge_name, "up"])
+            run(self.outer(["ip", "link", "set", port, "master", self.bridge_name]))
+        run(self.outer(["ip", "link", "set", self.bridge_name, "up"]))
         return self.bridge_name
 
     def remove_bridge(self) -> None:
+        if self.wire and self.wire not in list_namespaces():
+            return                                # gone with its namespace
         for port in (self.port_a, self.port_b):
-            run(["ip", "link", "set", port, "nomaster"], check=False)
-        run(["ip", "link", "del", self.bridge_name], check=False)
+            run(self.outer(["ip", "link", "set", port, "nomaster"]), check=False)
+        run(self.outer(["ip", "link", "del", self.bridge_name]), check=False)
 
     # ---- tear-down -------------------------------------------------------------------
     def close(self) -> None:
@@ -223,16 +286,17 @@ class VethTestbed:
         for host in self.hosts:
             host.stop_processes()
         self.remove_bridge()
-        for host in self.hosts:
-            pids = run(["ip", "netns", "pids", host.netns], check=False).stdout.split()
+        for netns in self.namespaces:
+            pids = run(["ip", "netns", "pids", netns], check=False).stdout.split()
             for pid in pids:                      # only ever processes started inside our namespace
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), 9)
-            res = run(["ip", "netns", "del", host.netns], check=False)
+            res = run(["ip", "netns", "del", netns], check=False)
             if res.returncode and "No such file" not in res.stderr:
                 errors.append(res.stderr.strip())
-            # the outer end goes with its peer; a link that never moved in is deleted here
-            run(["ip", "link", "del", host.peer], check=False)
+        if not self.wire:
+            for host in self.hosts:               # the outer end goes with its peer; one never moved in here
+                run(["ip", "link", "del", host.peer], check=False)
         _live.discard(self)
         if errors:
             raise NetnsError("testbed clean-up: " + "; ".join(errors))
@@ -244,11 +308,15 @@ class VethTestbed:
         self.close()
 
 
+def list_namespaces() -> list[str]:
+    """Every named network namespace (``ip netns list``)."""
+    res = run(["ip", "netns", "list"], check=False)
+    return [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
+
+
 def namespaces_made() -> list[str]:
     """Namespaces a testbed made (``ixyt-<pid>-...``), alive or not."""
-    res = run(["ip", "netns", "list"], check=False)
-    names = [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
-    return [n for n in names if n.startswith(NETNS_PREFIX + "-")]
+    return [n for n in list_namespaces() if n.startswith(NETNS_PREFIX + "-")]
 
 
 def remove_stale() -> list[str]:
@@ -261,6 +329,137 @@ def remove_stale() -> list[str]:
             removed.append(name)
     return removed
 
+
+
+# ---- testbeds kept past the process (`ixypipe netns up|down|status`) --------------------------
+
+IXYPIPE = '"$(command -v ixypipe)"'    # sudo's secure_path would not find a virtual environment's ixypipe
+
+
+def state_file(name: str) -> Path:
+    return STATE_DIR / f"{name}.json"
+
+
+def pipeline_text(state: dict) -> str:
+    """A pipeline joining the testbed's two outer ends, as pipelines/bridge-veth.toml does."""
+    ports = "".join(f"""
+[[ports]]
+name = "{key}"
+driver = "af_packet"
+interface = "{state["hosts"][key]["outer"]}"
+forward_to = "{other}"
+rx_ring_size = 1024
+tx_ring_size = 1024
+""" for key, other in (("a", "b"), ("b", "a")))
+    return (f"# ixypipe as a bump in the wire between the two hosts of testbed {state['name']}\n"
+            f"# (made by `ixypipe netns up`; run it inside namespace {state['wire']})\n\n"
+            f'[pipeline]\nname = "netns-{state["name"]}"\nbatch_size = 64\nring_size = 1024\n'
+            f'buffers_per_queue = 4096\nhugepages = "auto"\n{ports}\n'
+            f'[workers]\nfunction = "forward"\nprocesses = 1\n\n[stats]\ninterval = 1.0\n')
+
+
+def usage_commands(state: dict) -> dict[str, str]:
+    """Ready-to-paste shell lines for using the testbed, by what they do."""
+    a, b, wire, path = state["hosts"]["a"], state["hosts"]["b"], state["wire"], state["pipeline"]
+    return {
+        "check": f"sudo ip netns exec {wire} {IXYPIPE} run {path} --check",
+        "run": f"sudo ip netns exec {wire} {IXYPIPE} run {path}",
+        "ping": f"sudo ip netns exec {a['netns']} ping {b['ip']}",
+        "iperf3_server": f"sudo ip netns exec {b['netns']} iperf3 -s",
+        "iperf3_client": f"sudo ip netns exec {a['netns']} iperf3 -c {b['ip']}",
+        "down": f"sudo {IXYPIPE} netns down {state['name']}",
+    }
+
+
+def keep_testbed(name: str, subnet: str = DEFAULT_SUBNET) -> dict:
+    """Build testbed ``name`` (hosts and a wire namespace), write its pipeline file and state; leave it up."""
+    if not NAME_FORM.match(name):
+        raise NetnsError(f"testbed name {name!r}: 1-16 letters, digits or '_', starting with a letter or digit")
+    if state_file(name).exists():
+        raise NetnsError(f"testbed {name} exists already ({state_file(name)}); `ixypipe netns down {name}` "
+                         "removes it, `ixypipe netns status` lists the testbeds")
+    try:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NetnsError(f"cannot create {STATE_DIR} for the testbed's state ({exc.strerror}); needs root") \
+            from None
+    try:
+        tb = VethTestbed(subnet=subnet, name=name, wire=True)
+    except NetnsError as exc:
+        raise NetnsError(f"testbed {name}: {exc}") from None
+    state = tb.state()
+    state["pipeline"] = str(STATE_DIR / f"{name}.toml")
+    state["state"] = str(state_file(name))
+    state["created"] = time.time()
+    try:
+        Path(state["pipeline"]).write_text(pipeline_text(state))
+        state_file(name).write_text(json.dumps(state, indent=1) + "\n")
+    except BaseException:
+        tb.close()
+        Path(state["pipeline"]).unlink(missing_ok=True)
+        raise
+    tb.keep()
+    return state
+
+
+def kept_testbeds() -> list[dict]:
+    """The saved testbeds, each with ``status``: up (every namespace there), partial or gone."""
+    present = set(list_namespaces())
+    found = []
+    for path in sorted(STATE_DIR.glob("*.json")):
+        try:
+            state = json.loads(path.read_text())
+            there = [n for n in state["namespaces"] if n in present]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            state, there = {"name": path.stem, "state": str(path), "error": f"unreadable: {exc}"}, []
+        state["status"] = ("up" if len(there) == len(state.get("namespaces", ())) else "partial") if there \
+            else "gone"
+        found.append(state)
+    return found
+
+
+def stop_processes_in(namespaces: list[str], timeout: float = STOP_TIMEOUT) -> list[int]:
+    """SIGTERM every process in ``namespaces`` (a pipeline stops in order; its stages ignore it) and wait
+    up to ``timeout`` for them to end; returns their pids (``close`` SIGKILLs whatever is left)."""
+    present = set(list_namespaces())
+    pids = sorted({int(p) for ns in namespaces if ns in present
+                   for p in run(["ip", "netns", "pids", ns], check=False).stdout.split() if p.isdigit()})
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(0.1)
+    return pids
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent (e.g. whoever started ixypipe)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
+
+
+def remove_kept(state: dict) -> list[int]:
+    """Remove a saved testbed: stop what runs there, delete its namespaces (and so its links), its pipeline
+    file and state; returns the pids stopped."""
+    stopped = []
+    if "error" not in state:
+        stopped = stop_processes_in(state["namespaces"])
+        VethTestbed.from_state(state).close()
+        Path(state["pipeline"]).unlink(missing_ok=True)
+    Path(state["state"]).unlink(missing_ok=True)
+    return stopped
+
+
+def find_kept(name: str) -> dict:
+    for state in kept_testbeds():
+        if state["name"] == name:
+            return state
+    names = ", ".join(s["name"] for s in kept_testbeds()) or "none"
+    raise NetnsError(f"no testbed {name!r} (testbeds: {names}; `ixypipe netns status` lists them)")
 
 # ---- frames in and out of an interface of the current namespace (run inside a host) -------
 
