@@ -68,11 +68,13 @@ def start(args: list[str]) -> subprocess.Popen:
                             cwd=REPO)
 
 
-def wait_for_stats(proc: subprocess.Popen, timeout: float = 40) -> None:
+def wait_for_stats(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the first per-second figures (a JSON interval, or a ``[p0]`` line): traffic has flowed for an
+    interval.  The ready line comes before any packet, so it does not count."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        if line.startswith("{") or line.startswith("[p0]"):
+        if (line.startswith("{") and '"type": "interval"' in line) or line.startswith("[p0]"):
             return
         if proc.poll() is not None:
             raise AssertionError(f"exited early: {proc.returncode} {proc.stderr.read()}")
