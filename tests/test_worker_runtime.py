@@ -302,13 +302,3 @@ def test_an_input_index_past_the_arena_is_no_packet(caplog):
     clean = idx[[0, 2]]
     assert screen_input(st, clean, 64, errors) is clean
     assert "index 4294967295 from an input ring is no buffer (the arena has 64)" in caplog.text
-
-
-def test_only_the_stages_own_stop_is_let_through_user_code():
-    from ixypipe.pipeline.stages import stop_unwinding
-
-    for exc in (SystemExit(0), KeyboardInterrupt(), GeneratorExit(), ValueError()):
-        assert not stop_unwinding(exc)
-    stop = SystemExit(0)
-    stop.ixypipe_stop = True
-    assert stop_unwinding(stop)

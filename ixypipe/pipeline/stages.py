@@ -465,8 +465,6 @@ def run_worker(st: Stage) -> None:
                 try:
                     out = verdicts(batch, fn(batch), len(idx))
                 except BaseException as exc:               # user code (SystemExit too): drop the batch, go on
-                    if stop_unwinding(exc):
-                        raise
                     # a wrong return value is the function's error, not verdicts()'s: name the function
                     errors.record(exc, returned=isinstance(exc, WorkerResultError) and _raised_in(exc, verdicts))
                     st.row.add("drop_worker_error", len(idx))
@@ -484,22 +482,13 @@ def run_worker(st: Stage) -> None:
     if worker.teardown is not None:
         try:
             worker.teardown(ctx)
-        except BaseException as exc:
-            if stop_unwinding(exc):
-                raise
+        except BaseException as exc:       # SystemExit too: the stage still ends as drained
             log.error("%s: teardown(ctx) raised:\n%s", me.name, "".join(traceback.format_exception(exc)).rstrip())
     published.publish(counters)
     errors.summary()
     refused = refused_counts()
     if refused:
         log.warning("%s: %d counter updates were refused: the worker's counter block was full", me.name, refused)
-
-
-def stop_unwinding(exc: BaseException) -> bool:
-    """Whether ``exc`` is the stage's own stop machinery unwinding through user code (an exception class or
-    instance marked ``ixypipe_stop = True``), which the worker loop lets through; anything else user code
-    raises, BaseException subclasses included, is the user's error."""
-    return bool(getattr(exc, "ixypipe_stop", False))
 
 
 def screen_input(st: Stage, idx: np.ndarray, count: int, errors: ErrorLog) -> np.ndarray:
