@@ -14,9 +14,10 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import PortSpec
 from ixypipe.pipeline.plan import build_plan
+from ixypipe.pipeline.reclaim import reclaim_rings
 from ixypipe.pipeline.report import Accounting, PoolCount
 from ixypipe.pipeline.stages import admit, take_home
-from ixypipe.pipeline.supervisor import packet_arena_regions, reclaim_rings
+from ixypipe.pipeline.supervisor import packet_arena_regions
 from ixypipe.rings.spsc import Ring
 
 POOL = 64

@@ -780,15 +780,6 @@ def orphaned_packets(plan: PipelinePlan, arena: Arena, dead_rows: set[int]) -> i
     return total
 
 
-def reclaim_rings(plan: PipelinePlan, arena: Arena, pools: list[Mempool], bufs: PacketBuffers,
-                  failures: list[str] | None = None) -> int:
-    """After every stage stopped: empty all rings, sending buffers home (pipeline/reclaim.py).
-
-    Returns how many packets were stranded in forward rings.
-    """
-    return reclaim.reclaim_rings(plan, arena, pools, bufs, failures)
-
-
 class Progress:
     """When each stage last showed progress: a change in its counters or state, and when it last got CPU.
 
