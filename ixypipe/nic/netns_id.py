@@ -24,9 +24,14 @@ def _inode(path: Path | str) -> int | None:
         return None
 
 
+def netns_inode(proc: Path = Path("/proc")) -> int | None:
+    """The inode that names this process's network namespace (None where /proc does not tell)."""
+    return _inode(proc / "self" / "ns" / "net")
+
+
 def netns_name(proc: Path = Path("/proc"), run_dir: Path = NETNS_RUN_DIR) -> str:
     """The name `ip netns identify` would give, else '' (the root or an unnamed namespace)."""
-    mine = _inode(proc / "self" / "ns" / "net")
+    mine = netns_inode(proc)
     if mine is None:
         return ""
     try:
@@ -41,7 +46,7 @@ def describe_netns(proc: Path = Path("/proc"), run_dir: Path = NETNS_RUN_DIR) ->
     name = netns_name(proc, run_dir)
     if name:
         return f"namespace {name}"
-    mine = _inode(proc / "self" / "ns" / "net")
+    mine = netns_inode(proc)
     root = _inode(proc / "1" / "ns" / "net") or INIT_NET_INODE
     if mine is not None and mine == root:
         return "the root namespace"

@@ -26,6 +26,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from ixypipe.nic.netns_id import netns_inode
 from ixypipe.pipeline.running import owner_alive
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def device_of(port) -> tuple[str, str] | None:
             index = socket.if_nametoindex(port.interface)
         except OSError:
             return None              # opening the port says the interface is missing
-        return f"net{os.stat('/proc/self/ns/net').st_ino}-if{index}", f"interface {port.interface}"
+        return f"net{netns_inode()}-if{index}", f"interface {port.interface}"
     if port.driver == "ixgbe":
         return f"pci-{port.pci}", f"PCI device {port.pci}"
     return None
