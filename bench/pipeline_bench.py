@@ -75,6 +75,8 @@ def saturated(workers: int, batch: int, seconds: float) -> dict:
             if d.get("summary"):
                 summary = d
                 continue
+            if d.get("type") != "interval":          # the ready object comes before the first interval
+                continue
             samples.append((time.perf_counter(), cpu_sample(root)))
             forwarded.append(sum(p["tx_packets"] for p in d["ports"].values()))    # running totals
             batches.append({name: s["batches"] for name, s in d.get("stages", {}).items()})    # this interval
