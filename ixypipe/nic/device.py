@@ -174,6 +174,10 @@ class Device(ABC):
         None when the port has no compiled transmit."""
         return None
 
+    def rx_housekeeping(self, queue: int) -> None:  # noqa: B027 - most drivers do all of it in their kernel
+        """What rx_batch does besides receiving (reading the kernel's drop counter, a warning), for the compiled
+        stage loop to call between its runs."""
+
     @abstractmethod
     def read_stats(self) -> DeviceStats:
         """Cumulative counters (the driver accumulates clear-on-read registers)."""

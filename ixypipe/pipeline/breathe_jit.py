@@ -37,7 +37,7 @@ import numpy as np
 from ixypipe import jitcache
 from ixypipe.layout import STAGE_CMD_DRAIN
 from ixypipe.pipeline.stagetable import SLOT
-from ixypipe.protocols import FLOW_KEY_OFF
+from ixypipe.protocols import FLOW_HASH_MIX, FLOW_KEY_OFF
 from ixypipe.rings import spsc_jit
 from ixypipe.rings.spsc_jit import RING_ROW_WORDS
 
@@ -65,7 +65,6 @@ MODE_ONE, MODE_ROUND_ROBIN, MODE_FLOW = range(3)
 # a home: [first, end) of the pool's buffers, then the return ring's row
 HOME_FIRST, HOME_END, HOME_RING = 0, 1, 2
 HOME_WORDS = 2 + RING_ROW_WORDS
-FLOW_MIX = 0x9E3779B1         # the Fibonacci multiplier of stages.flow_worker (the reference)
 
 _CMD = SLOT["command"]
 _HEARTBEAT, _LOOPS, _IDLE, _BATCHES = SLOT["heartbeat"], SLOT["loops"], SLOT["idle_loops"], SLOT["batches"]
@@ -78,7 +77,7 @@ rx_run = tx_run = None
 if AVAILABLE:
     jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
     push, pull, bell = spsc_jit.push, spsc_jit.pull, spsc_jit.bell
-    _MIX = np.uint64(FLOW_MIX)
+    _MIX = np.uint64(FLOW_HASH_MIX)
     _LOW32 = np.uint64(0xFFFFFFFF)
     _SHIFT16 = np.uint64(16)
 

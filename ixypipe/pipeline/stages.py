@@ -17,6 +17,7 @@ Who touches what:
 
 from __future__ import annotations
 
+import errno
 import logging
 import operator
 import os
@@ -64,14 +65,14 @@ from ixypipe.proc import (
     set_timer_slack,
     setup_logging,
 )
-from ixypipe.protocols import FLOW_KEY_LEN, FLOW_KEY_OFF
+from ixypipe.protocols import FLOW_HASH_MIX, FLOW_KEY_LEN, FLOW_KEY_OFF
 from ixypipe.rings.spsc import Ring
 from ixypipe.rings.wakeup import Doorbell, Sleeper
 from ixypipe.workers.confine import confine
 
 log = logging.getLogger(__name__)
 PUBLISH_EVERY = 64            # idle loops between counter publications
-FLOW_MIX = np.uint32(0x9E3779B1)  # Fibonacci hashing multiplier
+FLOW_MIX = np.uint32(FLOW_HASH_MIX)
 LIGHT_BATCH_DIVISOR = 8      # on shared CPUs, a poll that got < batch/8 packets still naps
 STAGE_TIMER_SLACK_NS = 1000
 WAKE_SPIN_LOOPS = 4          # empty polls (each yielding the CPU) before a stage blocks ("wake" mode)
@@ -363,6 +364,7 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                     outbox.keep(k, idx)
             elif code == K.RUN_DEVICE:
                 device.rx_batch(me.queue, got)      # the driver's own call raises its error with its words
+            device.rx_housekeeping(me.queue)
             note_refused(st, pool)
             continue
         worked, moved = False, 0
@@ -778,8 +780,9 @@ def run_tx(st: Stage, device, homing: Homing, ledger: Ledger) -> None:
             if code == K.RUN_STALLED:
                 pending = fast.leftovers()
             elif code == K.RUN_DEVICE:
-                raise DeviceError(f"{me.name}: the compiled transmit of port {plan.port_names[me.port]} reported "
-                                  f"{int(fast.state[K.ST_VALUE])} for a batch its ledger had admitted")
+                value = int(fast.state[K.ST_VALUE])
+                raise DeviceError(f"{me.name}: transmit on port {plan.port_names[me.port]} failed: " + (
+                    os.strerror(-value) if -value in errno.errorcode else f"driver error {value}"))
             elif code == K.RUN_HOME:
                 raise HomingError(f"{me.name}: a buffer sent home found no home or a full return ring "
                                   "(a buffer freed twice)")
