@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ixypipe.workers.api import Batch, WorkerContext
 
@@ -100,3 +101,23 @@ def test_the_readme_sample_lines_are_what_ixypipe_try_prints(tmp_path):
         assert line in printed
     assert sum(line.endswith(" DROP") for line in printed) == 3
     assert np.count_nonzero([line.endswith(" out") for line in printed]) == 3
+
+
+def mkdocs_build(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+                           str(root / "site")], cwd=root, capture_output=True, text=True, timeout=120)
+
+
+def test_the_docs_build_strict_and_a_broken_anchor_fails_it(tmp_path):
+    """What .ci/run does: `mkdocs build --strict` passes on docs/, and fails on a link to a missing anchor."""
+    pytest.importorskip("mkdocs", reason="pip install -e '.[docs]'")
+    import shutil
+    for root, broken in ((tmp_path / "good", ""), (tmp_path / "bad", "[x](worker-api.md#no-such-section)\n")):
+        shutil.copytree(REPO / "docs", root / "docs")
+        shutil.copy(REPO / "mkdocs.yml", root)
+        with open(root / "docs" / "index.md", "a") as f:
+            f.write(broken)
+    good, bad = mkdocs_build(tmp_path / "good"), mkdocs_build(tmp_path / "bad")
+    assert good.returncode == 0, good.stderr
+    assert bad.returncode == 1
+    assert "does not contain an anchor '#no-such-section'" in bad.stderr
