@@ -58,6 +58,11 @@ def test_the_worker_api_examples_run_and_give_what_they_say(monkeypatch, capsys)
     assert ns["syn"].tolist() == [False, False, False, False, True, False]
     assert ns["vlan7"].tolist() == [False, False, True, False, False, False]
     assert ns["batch"].counters == {"dns_dropped": 5}
+    text = (REPO / "docs" / "worker-api.md").read_text()
+    cut = {"batch": Batch.from_pcap(SAMPLE)}
+    exec(next(c for c in re.findall(r"```python\n(.*?)```", text, re.S) if "set_lengths" in c), cut)
+    assert cut["first"][12:14].tobytes() == b"\x08\x00"
+    assert cut["batch"].lengths.tolist() == [64, 64, 64, 64, 54, 64]
     assert "[False, False, False, False, True, False] {'dns_dropped': 5}" in capsys.readouterr().out
 
     batch = Batch.from_pcap(SAMPLE)
