@@ -36,13 +36,14 @@ def feed(q, out):
 
 @numba.njit
 def wire(q, bufs):
-    """A fake NIC transmit queue: takes up to room[0] buffers, logs them, and they are done at once."""
+    """A fake NIC transmit queue with room[0] free slots left: logs what it takes, done with it at once."""
     log, logged, room, freed = q
     n = min(bufs.shape[0], room[0])
     for j in range(n):
         log[logged[0] + j] = bufs[j]
         freed[j] = bufs[j]
     logged[0] += n
+    room[0] -= n
     return n, n
 
 
@@ -74,12 +75,15 @@ class Rig:
         p[K.P_MIN_LEN], p[K.P_MAX_DATA], p[K.P_MODE] = 1, self.bufs.max_data, mode
         return p
 
-    def rx(self, src, params):
+    def rx(self, src, params, fresh=True):
+        """One run; ``src``: the indices the fake NIC hands out, or (indices, position) to go on where it was."""
         stack, top = self.pool.free_stack()
-        self.parts = np.zeros((len(self.outs), 64), np.uint32)
-        self.parts_n = np.zeros(len(self.outs), np.int64)
-        self.state = np.zeros(K.STATE_WORDS, np.int64)
-        return K.rx_run(feed, (src, np.zeros(1, np.int64)), self.words, self.slots, self.row, stack, top,
+        if fresh:
+            self.parts = np.zeros((len(self.outs), 64), np.uint32)
+            self.parts_n = np.zeros(len(self.outs), np.int64)
+            self.state = np.zeros(K.STATE_WORDS, np.int64)
+        q = src if isinstance(src, tuple) else (src, np.zeros(1, np.int64))
+        return K.rx_run(feed, q, self.words, self.slots, self.row, stack, top,
                         self.lent.held, spsc_jit.ring_rows(self.returns), spsc_jit.ring_rows(self.outs),
                         np.zeros((len(self.outs), 2), np.int64), self.bufs.length, self.bufs.data,
                         np.empty(64, np.uint32), np.empty(POOL, np.uint32), self.parts, self.parts_n, self.state,
@@ -156,14 +160,24 @@ def test_rx_pass_takes_home_only_what_is_out_and_counts_the_rest_as_bad_index(ma
     assert sorted(r.pool.free_indices().tolist()).count(int(src[0])) == 1
 
 
-def test_rx_pass_stalls_with_the_rest_in_order_and_round_robin_turns(make_arena):
+def test_rx_pass_stalls_with_the_rest_in_order_and_pushes_it_before_pulling_again(make_arena):
     r = Rig(make_arena, out_capacity=(4, 4))
     src = r.frames(10)
-    code = r.rx(src, r.params(mode=K.MODE_ROUND_ROBIN))
-    assert code == K.RUN_STALLED
+    q = (src, np.zeros(1, np.int64))
+    assert r.rx(q, r.params(mode=K.MODE_ROUND_ROBIN)) == K.RUN_STALLED
     assert drain(r.outs[0]) == src[:4].tolist() and r.parts_n.tolist() == [6, 0]
-    assert r.parts[0, :6].tolist() == src[4:].tolist()     # what did not fit, in order, for the Outbox
+    assert r.parts[0, :6].tolist() == src[4:].tolist()     # what did not fit, in order
     assert r.state[K.ST_RR] == 1                           # the next batch goes to the other worker
+    assert r.counters("held", "packets_in") == [6, 10]
+    # 4 more fit, then a pass that moves nothing is a stall
+    assert r.rx(q, r.params(mode=K.MODE_ROUND_ROBIN), fresh=False) == K.RUN_STALLED
+    assert drain(r.outs[0]) == src[4:8].tolist() and r.counters("held", "stalls") == [2, 1]
+    assert r.rx(q, r.params(mode=K.MODE_ROUND_ROBIN), fresh=False) == K.RUN_IDLE
+    assert drain(r.outs[0]) == src[8:].tolist() and r.counters("held", "packets_in") == [0, 10]
+    r.outs[0].enqueue(np.arange(4, dtype=np.uint32))       # full again
+    r.parts[0, :1], r.parts_n[0] = 7, 1
+    assert r.rx(q, r.params(mode=K.MODE_ROUND_ROBIN), fresh=False) == K.RUN_STALLED
+    assert r.counters("stalls", "packets_in") == [2, 10]   # and nothing more was pulled
 
 
 def test_rx_pass_returns_at_a_command_before_pulling(make_arena):
@@ -176,14 +190,15 @@ def test_rx_pass_returns_at_a_command_before_pulling(make_arena):
 
 class TxRig(Rig):
     def tx(self, room, batch=32):
-        self.log = np.zeros(256, np.uint32)
-        self.logged = np.zeros(1, np.int64)
+        if not hasattr(self, "log"):
+            self.log = np.zeros(256, np.uint32)
+            self.logged = np.zeros(1, np.int64)
+            self.ledger = Ledger(self.bufs.count, [(0, POOL)])
+            self.pending = np.zeros(64, np.uint32)
+            self.state = np.zeros(K.STATE_WORDS, np.int64)
+            self.handing = np.ones(1, np.int64)
         freed = np.zeros(256, np.uint32)
-        self.ledger = Ledger(self.bufs.count, [(0, POOL)])
         homes = np.concatenate(([0, POOL], spsc_jit.ring_row(self.returns[0].offset, 128)))[None, :]
-        self.pending = np.zeros(64, np.uint32)
-        self.state = np.zeros(K.STATE_WORDS, np.int64)
-        self.handing = np.ones(1, np.int64)
         return K.tx_run(wire, (self.log, self.logged, np.array([room]), freed), freed, self.handing, 0, self.words,
                         self.slots, self.row, self.ledger.held, self.ledger.ranges, homes,
                         spsc_jit.ring_rows(self.outs[:1]), self.bufs.length, np.empty(64, np.uint32),
@@ -202,14 +217,19 @@ def test_tx_pass_admits_by_the_ledger_checks_lengths_and_sends_home_what_the_nic
     assert not r.ledger.held.any() and r.handing[0] == 0
 
 
-def test_tx_pass_stalls_on_a_full_nic_ring_with_the_rest_pending(make_arena):
+def test_tx_pass_stalls_on_a_full_nic_ring_keeps_the_rest_and_posts_it_first_later(make_arena):
     r = TxRig(make_arena)
     idx = r.frames(5)
     r.outs[0].enqueue(idx)
-    assert r.tx(room=2) == K.RUN_STALLED
+    assert r.tx(room=2) == K.RUN_STALLED                      # the retry posted nothing: Python waits
     assert r.pending[:r.state[K.ST_LEFT]].tolist() == idx[2:].tolist()
-    assert r.counters("packets_out", "bytes_out") == [2, 120]
+    assert r.counters("packets_out", "bytes_out", "held", "stalls") == [2, 120, 3, 1]
     assert sorted(np.flatnonzero(r.ledger.held).tolist()) == sorted(idx[2:].tolist())   # still in its hands
+    more = r.frames(2, seed=2)
+    r.outs[0].enqueue(more)
+    assert r.tx(room=64) == K.RUN_IDLE
+    assert r.log[:r.logged[0]].tolist() == [*idx.tolist(), *more.tolist()]    # the rest first, in order
+    assert r.counters("packets_out", "held") == [7, 0] and not r.ledger.held.any()
 
 
 def test_flow_keys_of_equal_flows_land_together(make_arena):

@@ -94,9 +94,16 @@ class RxPasses:
 
         _warm_up(self.run)
 
-    def leftovers(self) -> list[tuple[int, np.ndarray]]:
-        """(output, indices) that a stalled run could not push, each a copy."""
-        return [(k, self.parts[k, :n].copy()) for k, n in enumerate(self.parts_n.tolist()) if n]
+    def waiting(self) -> list[int]:
+        """The outputs that hold packets a full ring did not take yet."""
+        return [k for k, n in enumerate(self.parts_n.tolist()) if n]
+
+    def hand_over(self, outbox) -> None:
+        """What waits for full rings goes to the stage's Outbox (Python's passes take over: a drain, a worker
+        that died)."""
+        for k in self.waiting():
+            outbox.keep(k, self.parts[k, :self.parts_n[k]].copy())
+            self.parts_n[k] = 0
 
 
 class TxPasses:
@@ -114,8 +121,11 @@ class TxPasses:
 
         _warm_up(self.run)
 
-    def leftovers(self) -> np.ndarray:
-        return self.pending[:int(self.state[K.ST_LEFT])].copy()
+    def hand_over(self) -> np.ndarray:
+        """What the NIC ring did not take yet, for Python's passes (a drain, a port that is gone)."""
+        left = self.pending[:int(self.state[K.ST_LEFT])].copy()
+        self.state[K.ST_LEFT] = 0
+        return left
 
 
 def bind_rx(st, device, pool, lent, outbox, returns, distribute: str) -> RxPasses | None:

@@ -49,7 +49,7 @@ AVAILABLE = numba is not None and spsc_jit.AVAILABLE
 RUN_IDLE = 0          # idle_passes passes in a row found nothing to do
 RUN_BUDGET = 1        # max_passes passes ran (Python looks at the world every few milliseconds)
 RUN_COMMAND = 2       # the supervisor asked to drain or abandon: Python's loop takes over
-RUN_STALLED = 3       # an output did not take everything: what is left is in the leftovers
+RUN_STALLED = 3       # an output (a worker's ring, the NIC ring) took nothing: Python waits; the rest stays here
 RUN_LIGHT = 4         # a pass moved fewer than ``light`` packets: Python naps so a batch builds up
 RUN_DEVICE = 5        # the driver's kernel reported trouble (its code in state[ST_VALUE]): Python raises
 RUN_HOME = 6          # a buffer had no home, or its home was full (a double free): Python raises
@@ -71,6 +71,7 @@ _HEARTBEAT, _LOOPS, _IDLE, _BATCHES = SLOT["heartbeat"], SLOT["loops"], SLOT["id
 _PIN, _BIN, _POUT, _BOUT = SLOT["packets_in"], SLOT["bytes_in"], SLOT["packets_out"], SLOT["bytes_out"]
 _LAST_BATCH, _LAST_RING, _BATCH_NO = SLOT["last_batch"], SLOT["last_ring"], SLOT["batch_no"]
 _BAD_PACKET, _BAD_INDEX, _DUPLICATE = SLOT["drop_bad_packet"], SLOT["drop_bad_index"], SLOT["drop_duplicate"]
+_HELD, _STALLS = SLOT["held"], SLOT["stalls"]
 
 rx_run = tx_run = None
 
@@ -197,7 +198,19 @@ if AVAILABLE:
                             refused += 1
                     top[0] = free
                     row[_BAD_INDEX] += refused
-            n = rx_kernel(q, got[:batch])                          # 2. a batch from the NIC queue
+            held = parts_n.sum()
+            if held:                                               # 2. push what is pending, pull nothing
+                for k in range(outs.shape[0]):
+                    if parts_n[k]:
+                        _push_ring(words, slots, outs, bells, wake, k, parts, parts_n)
+                left = parts_n.sum()
+                row[_HELD] = left
+                if left == held:
+                    row[_STALLS] += 1
+                    return RUN_STALLED                             # Python waits (or discards for a dead worker)
+                empty = 0
+                continue
+            n = rx_kernel(q, got[:batch])                          # 3. a batch from the NIC queue
             if n < 0:
                 state[ST_VALUE] = n
                 return RUN_DEVICE
@@ -206,7 +219,7 @@ if AVAILABLE:
                 _took(row, -1, n)
                 good = nbytes = 0
                 free = np.int64(top[0])
-                for i in range(n):                                 # 3. lengths: a bad one goes home at once
+                for i in range(n):                                 # 4. lengths: a bad one goes home at once
                     b = got[i]
                     size = np.int64(length[b])
                     if size < lo or size > hi:
@@ -222,8 +235,9 @@ if AVAILABLE:
                 row[_BIN] += nbytes
                 row[_POUT] += good
                 if good and not _distribute(words, slots, outs, bells, wake, mode, data, got, good, parts,
-                                            parts_n, state):
-                    return RUN_STALLED                             # 4. Python's Outbox keeps the rest
+                                            parts_n, state):   # 5. to the workers: what does not fit waits
+                    row[_HELD] = parts_n.sum()
+                    return RUN_STALLED
                 if n < light:
                     return RUN_LIGHT
             if worked:
@@ -246,6 +260,30 @@ if AVAILABLE:
         for _ in range(params[P_MAX_PASSES]):
             if _loop_start(row):
                 return RUN_COMMAND
+            left = state[ST_LEFT]
+            if left:                                                   # the NIC ring was full: retry first
+                posted, cleaned = tx_kernel(q, pending[:left])
+                if cleaned:
+                    if not _send_home(words, slots, homes, held, freed, 0, cleaned):
+                        return RUN_HOME
+                    handing[handing_slot] = 0
+                if posted < 0:
+                    state[ST_VALUE] = posted
+                    return RUN_DEVICE
+                if not posted:
+                    row[_STALLS] += 1
+                    return RUN_STALLED                                 # Python waits
+                nbytes = 0
+                for j in range(posted):
+                    nbytes += np.int64(length[pending[j]])
+                for j in range(left - posted):
+                    pending[j] = pending[posted + j]
+                state[ST_LEFT] = left - posted
+                row[_HELD] = left - posted
+                row[_POUT] += posted
+                row[_BOUT] += nbytes
+                empty = 0
+                continue
             worked = False
             for k in range(inputs.shape[0]):
                 n = pull(words, slots, inputs[k], got, 0, batch)       # 1. a batch from a worker
@@ -295,7 +333,8 @@ if AVAILABLE:
                         pending[j - posted] = good[j]
                     row[_BOUT] += nbytes
                     state[ST_LEFT] = taken - posted
-                    return RUN_STALLED                                  # Python retries the rest
+                    row[_HELD] = taken - posted
+                    break                                               # the next pass retries the rest
                 row[_BOUT] += nbytes
                 if n < light:
                     return RUN_LIGHT

@@ -77,6 +77,7 @@ LIGHT_BATCH_DIVISOR = 8      # on shared CPUs, a poll that got < batch/8 packets
 STAGE_TIMER_SLACK_NS = 1000
 WAKE_SPIN_LOOPS = 4          # empty polls (each yielding the CPU) before a stage blocks ("wake" mode)
 WAKE_TIMEOUT = 0.1           # seconds a sleeping stage waits at most (heartbeat, commands)
+STAGE_MAX_NAP = 100e-6       # a paced nap on a shared CPU lasts at most this (the latency one stage adds)
 RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file descriptor polls it this long
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, when a paused source still delivers
@@ -300,10 +301,12 @@ class Stage:
             self.rx_poll.poll(RX_WAIT_MS)
 
     def pace(self, capacity: int) -> None:
-        """On shared CPUs, nap by the input's rate (proc.Pacing): about half a batch (at most a quarter of
-        the input ring, ``capacity``) builds up between polls."""
+        """On shared CPUs, nap by the input's rate (proc.Pacing): a quarter of the input ring (``capacity``)
+        builds up between polls, or STAGE_MAX_NAP's worth if that comes first.  Not a batch: the compiled
+        passes take what built up in batches, so what a wake-up costs is spread over as many packets at
+        batch 32 as at 2048, and the nap's cap bounds the latency a stage adds."""
         if self.plan.shared_cpus and self.plan.idle != "spin":
-            self.pacing = Pacing(min(self.batch, capacity // 2))
+            self.pacing = Pacing(max(self.batch, capacity // 2), max_nap=STAGE_MAX_NAP)
 
     def wait(self) -> None:
         """One idle wait: a paced nap when a rate is known and no drain is asked, else the back-off ladder."""
@@ -323,7 +326,7 @@ def breathe_compiled(st: Stage, passes, still_idle=None) -> int:
     st.absorb()
     if code == K.RUN_IDLE:
         st.rest(0, still_idle)
-    elif code == K.RUN_LIGHT:
+    elif code in (K.RUN_LIGHT, K.RUN_STALLED):
         st.wait()
     else:
         st.idle_streak = 0
@@ -359,9 +362,9 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
     while True:
         if fast is not None and not outbox.held and not st.draining():     # the compiled passes
             code = breathe_compiled(st, fast)
-            if code == K.RUN_STALLED:
-                for k, idx in fast.leftovers():
-                    outbox.keep(k, idx)
+            if code == K.RUN_COMMAND or (code == K.RUN_STALLED and any(outbox.consumer_dead(k)
+                                                                      for k in fast.waiting())):
+                fast.hand_over(outbox)              # Python's passes drain, or discard what a dead worker's
             elif code == K.RUN_DEVICE:
                 device.rx_batch(me.queue, got)      # the driver's own call raises its error with its words
             device.rx_housekeeping(me.queue)
@@ -777,8 +780,8 @@ def run_tx(st: Stage, device, homing: Homing, ledger: Ledger) -> None:
     while True:
         if fast is not None and not len(pending) and not st.draining():   # the compiled passes
             code = breathe_compiled(st, fast, still_idle)
-            if code == K.RUN_STALLED:
-                pending = fast.leftovers()
+            if code == K.RUN_COMMAND:
+                pending = fast.hand_over()              # Python's passes drain it, or drop it for a gone port
             elif code == K.RUN_DEVICE:
                 value = int(fast.state[K.ST_VALUE])
                 raise DeviceError(f"{me.name}: transmit on port {plan.port_names[me.port]} failed: " + (
