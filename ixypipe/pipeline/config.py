@@ -41,6 +41,8 @@ from ixypipe.sim.payload import (
     Profile,
     ProfileError,
 )
+from ixypipe.sim.replay import replayed_length
+from ixypipe.sim.shape import SHAPE_FIELDS, FlowShape, ShapeError
 from ixypipe.sim.traffic import SINK_MODES
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "ports.generator.rate_mpps": (0.0, LINE_RATE_MPPS),              # 0 = as fast as the RX ring takes
     "ports.generator.flows": (1, 65535),            # the simulator's generator numbers flows in a u16
     "ports.generator.count": (0, 10**12),           # 0 = unlimited; 10**12 is 19 h at line rate
+    "ports.generator.seed": (0, 2**32 - 1),         # the flows' draws (sim/shape.py)
     "workers.processes": (1, 64),
     "workers.import_timeout": (1.0, 600.0),         # seconds for the worker's module to import
     "workers.setup_timeout": (1.0, 3600.0),         # seconds a worker stage may take to import and run setup()
@@ -134,6 +137,8 @@ class GeneratorSpec:
     count: int = 0                  # 0 = unlimited
     profile: str = "udp"            # sim.payload.PROFILES
     vlan: int | None = None         # 802.1Q VID of every frame
+    shape: FlowShape | None = None  # src, dst, sport, dport, protocol / mix, seed (GENERATOR_SHAPE_KEYS)
+    template: str = ""              # absolute path of a pcap file the flows replay, "" = none
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,8 @@ class PortConfig:
         return SimPortConfig(
             name=self.name, pci_address=self.pci or None, iommu=self.iommu != "none",
             generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
-                                      count=g.count, profile=g.profile, vlan=g.vlan) if g else None,
+                                      count=g.count, profile=g.profile, vlan=g.vlan, shape=g.shape,
+                                      template=g.template or None) if g else None,
             sink=SinkConfig(mode=s.mode, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None)
 
 
@@ -441,7 +447,21 @@ PORT_DRIVER_KEYS = {
     "af_packet": ("interface", "qdisc_bypass", "fanout_defrag", "hot_path", "share"),
     "pcap": ("path", "mode", "loop", "rate_mpps"),
 }
-GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count", "profile", "vlan")
+# [ports.generator] keys shaping the flows like a user's traffic (docs/generator.md, sim/shape.py, sim/replay.py):
+# key -> (type, default, doc); validated by sim.shape.FlowShape.parse (errors name the key) and _generator
+GENERATOR_SHAPE_KEYS: dict[str, tuple[str, str, str]] = {
+    "src": ("network or list of networks", "10.<port>.x.x / fd00::<port>:x",
+            'source networks, IPv4 and IPv6: "10.0.0.0/8", ["10.0.0.0/8", "2001:db8::/64"]'),
+    "dst": ("network or list of networks", "10.255.0.1 / fd00::ff01",
+            "destination networks; they decide each flow's IP version (src must hold the same versions)"),
+    "sport": ("port, range or list", "spread over the flows for RSS", 'source ports: 53, "1024-65535", [53, "8000-8080"]'),
+    "dport": ("port, range or list", "5000 (UDP), 80 (TCP)", "destination ports (not for ICMP flows)"),
+    "protocol": ("'udp', 'tcp' or 'icmp'", "the profile's", "every flow's protocol (TCP: SYN; ICMP: echo request)"),
+    "mix": ("table of protocol weights", "", "protocols by share of the flows: {udp = 0.7, tcp = 0.2, icmp = 0.1}"),
+    "seed": ("integer", "0", "seeds each flow's draw of the fields above: same seed, same flows"),
+    "template": ("path of a pcap file", "", "replay its frames, flow f = frame f % N, src/dst/ports varied per flow"),
+}
+GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count", "profile", "vlan", *GENERATOR_SHAPE_KEYS)
 SINK_KEYS = ("mode", "expect_touch", "pcap", "verify")
 WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options", "import_timeout", "setup_timeout")
 STATS_KEYS = ("interval", "json", "metrics_port", "metrics_address")
@@ -751,7 +771,7 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
     if driver in ("ixgbe", "af_packet"):
         fields["share"] = r.boolean(p, "share", key, False)
     if driver == "sim":
-        fields["generator"] = _generator(r, p, f"{key}.generator", buffer_size)
+        fields["generator"] = _generator(r, p, f"{key}.generator", buffer_size, base_dir)
         fields["sink"] = _sink(r, p, f"{key}.sink", base_dir)
     elif driver == "af_packet":
         if "interface" not in p:
@@ -830,25 +850,33 @@ def _subtable(r: _Reader, p: dict, name: str, key: str, allowed: tuple[str, ...]
     return value
 
 
-def _generator(r: _Reader, p: dict, key: str, buffer_size: int) -> GeneratorSpec | None:
+def _generator(r: _Reader, p: dict, key: str, buffer_size: int, base_dir: Path) -> GeneratorSpec | None:
     g = _subtable(r, p, "generator", key, GENERATOR_KEYS)
     if g is None:
         return None
     name = r.string(g, "profile", key, "udp", PROFILES)
     vlan = r.integer(g, "vlan", key, DEFAULT_VID, *VID_RANGE) if "vlan" in g else None
     profile = Profile(name, vlan)
-    size = r.integer(g, "packet_size", key, profile.default_size, profile.min_size, profile.max_size)
-    flows = r.integer(g, "flows", key, profile.default_flows or 4)
+    shape, template, frames = _generator_shape(r, g, key, profile, base_dir)
+    least = shape.min_size(profile) if shape.given and not profile.runt else profile.min_size
+    size = r.integer(g, "packet_size", key, max(least, profile.default_size), least, profile.max_size)
+    flows = r.integer(g, "flows", key, len(frames) if frames else profile.default_flows or 4)
     try:
-        sizes = profile.sizes(size, buffer_size - PKTBUF_HEADROOM)
+        sizes = (tuple(replayed_length(len(f)) for f in frames) if frames else
+                 profile.sizes(size, buffer_size - PKTBUF_HEADROOM, least))
+        if frames and max(sizes) > buffer_size - PKTBUF_HEADROOM:
+            raise ProfileError(f"template frames with the record appended are up to {max(sizes)} bytes, more "
+                               f"than a packet buffer holds ({buffer_size - PKTBUF_HEADROOM})")
     except ProfileError as exc:
-        raise r.fail(f"{key}.packet_size", f"{exc} ([pipeline] buffer_size = {buffer_size})") from None
+        raise r.fail(f"{key}.template" if frames else f"{key}.packet_size",
+                     f"{exc} ([pipeline] buffer_size = {buffer_size})") from None
     # the generator feeds a software 82599, whose driver sets a max frame size that keeps every frame in
     # a buffer (registers.rx_frame_limits): it would drop longer ones as too_long, every one of them
     mfs = rx_frame_limits(buffer_size - PKTBUF_HEADROOM)[1]
     longest = mfs - OCTETS_FCS_LEN + (MFS_VLAN_EXTRA if profile.tag_len else 0)
     if max(sizes) > longest:
-        raise r.fail(f"{key}.packet_size", f"packet size {max(sizes)} is longer than the port takes: with "
+        raise r.fail(f"{key}.template" if frames else f"{key}.packet_size",
+                     f"packet size {max(sizes)} is longer than the port takes: with "
                      f"{buffer_size}-byte buffers its 82599 driver sets a max frame size of {mfs} bytes with FCS "
                      f"({mfs - OCTETS_FCS_LEN} without, {mfs - OCTETS_FCS_LEN + MFS_VLAN_EXTRA} with an 802.1Q "
                      f"tag) and the NIC drops longer frames; a larger buffer_size makes room ([pipeline] "
@@ -858,7 +886,31 @@ def _generator(r: _Reader, p: dict, key: str, buffer_size: int) -> GeneratorSpec
     except ProfileError as exc:
         raise r.fail(f"{key}.flows", str(exc)) from None
     return GeneratorSpec(size, r.number(g, "rate_mpps", key, 0.0), flows, r.integer(g, "count", key, 0),
-                         name, profile.vlan)
+                         name, profile.vlan, shape if shape.given else None, template)
+
+
+def _generator_shape(r: _Reader, g: dict, key: str, profile: Profile, base_dir: Path):
+    """(FlowShape, template path, template frames) of a [ports.generator] table (GENERATOR_SHAPE_KEYS)."""
+    from ixypipe.sim.replay import ReplayError, template_frames
+    from ixypipe.sim.traffic import MAX_FLOWS
+
+    try:
+        shape = FlowShape.parse(**{k: g[k] for k in SHAPE_FIELDS if k in g}, seed=r.integer(g, "seed", key, 0))
+        shape.check_profile(profile)
+    except ShapeError as exc:
+        raise r.fail(f"{key}.{exc.field}", str(exc)) from None
+    if "template" not in g:
+        return shape, "", []
+    clash = [k for k in ("packet_size", "profile", "vlan", "protocol", "mix") if k in g]
+    if clash:
+        raise r.fail(f"{key}.{clash[0]}", "a template's frames keep their own sizes, tags and protocols; with "
+                                          "template give rate_mpps, flows, count, src, dst, sport, dport, seed")
+    path = _file(r, g, "template", key, base_dir, must_exist=True)
+    try:
+        frames = template_frames(path, MAX_FLOWS)
+    except ReplayError as exc:
+        raise r.fail(f"{key}.template", printable(str(exc), MAX_PATH)) from None
+    return shape, path, frames
 
 
 def _sink(r: _Reader, p: dict, key: str, base_dir: Path) -> SinkSpec | None:
