@@ -452,6 +452,7 @@ class Generator:
         self._kernel_tables = None
         self._credit = 0.0
         self._last_ns: int | None = None
+        self.credit_lost = 0.0            # packets the rate allowed but the caller did not take in time
 
     @property
     def record_off(self) -> int:
@@ -468,9 +469,11 @@ class Generator:
         if self.rate_pps > 0:
             now_ns = time.monotonic_ns() if now_ns is None else now_ns
             if self._last_ns is not None:
-                # credit for at most 10 ms, so a stall is not followed by a huge burst
-                self._credit = min(self._credit + (now_ns - self._last_ns) * 1e-9 * self.rate_pps,
-                                   max(1.0, self.rate_pps * 0.01))
+                # credit for at most 10 ms, so a stall is not followed by a huge burst; what is cut off
+                # is rate the generator could not keep (credit_lost)
+                credit = self._credit + (now_ns - self._last_ns) * 1e-9 * self.rate_pps
+                self._credit = min(credit, max(1.0, self.rate_pps * 0.01))
+                self.credit_lost += credit - self._credit
             self._last_ns = now_ns
             n = min(n, int(self._credit))
         left = self.remaining()
