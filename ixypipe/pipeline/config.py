@@ -80,7 +80,6 @@ RANGES: dict[str, tuple[float, float]] = {
     "ports.generator.rate_mpps": (0.0, LINE_RATE_MPPS),              # 0 = as fast as the RX ring takes
     "ports.generator.flows": (1, 65535),            # the simulator's generator numbers flows in a u16
     "ports.generator.count": (0, 10**12),           # 0 = unlimited; 10**12 is 19 h at line rate
-    "ports.generator.seed": (0, 2**32 - 1),         # the flows' draws (sim/shape.py)
     "workers.processes": (1, 64),
     "workers.import_timeout": (1.0, 600.0),         # seconds for the worker's module to import
     "workers.setup_timeout": (1.0, 3600.0),         # seconds a worker stage may take to import and run setup()
@@ -458,10 +457,11 @@ GENERATOR_SHAPE_KEYS: dict[str, tuple[str, str, str]] = {
     "dport": ("port, range or list", "5000 (UDP), 80 (TCP)", "destination ports (not for ICMP flows)"),
     "protocol": ("'udp', 'tcp' or 'icmp'", "the profile's", "every flow's protocol (TCP: SYN; ICMP: echo request)"),
     "mix": ("table of protocol weights", "", "protocols by share of the flows: {udp = 0.7, tcp = 0.2, icmp = 0.1}"),
-    "seed": ("integer", "0", "seeds each flow's draw of the fields above: same seed, same flows"),
+    "seed": ("integer 0 .. 2**32 - 1", "0", "seeds each flow's draw of the fields above: same seed, same flows"),
     "template": ("path of a pcap file", "", "replay its frames, flow f = frame f % N, src/dst/ports varied per flow"),
 }
 GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count", "profile", "vlan", *GENERATOR_SHAPE_KEYS)
+SEED_MAX = 2**32 - 1
 SINK_KEYS = ("mode", "expect_touch", "pcap", "verify")
 WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options", "import_timeout", "setup_timeout")
 STATS_KEYS = ("interval", "json", "metrics_port", "metrics_address")
@@ -895,7 +895,8 @@ def _generator_shape(r: _Reader, g: dict, key: str, profile: Profile, base_dir: 
     from ixypipe.sim.traffic import MAX_FLOWS
 
     try:
-        shape = FlowShape.parse(**{k: g[k] for k in SHAPE_FIELDS if k in g}, seed=r.integer(g, "seed", key, 0))
+        seed = r.integer(g, "seed", key, 0, 0, SEED_MAX)
+        shape = FlowShape.parse(**{k: g[k] for k in SHAPE_FIELDS if k in g}, seed=seed)
         shape.check_profile(profile)
     except ShapeError as exc:
         raise r.fail(f"{key}.{exc.field}", str(exc)) from None
