@@ -1,9 +1,10 @@
 """The software 82599's own traffic format: what its generator writes and its verifying sink checks.
 
 Generated frames are Ethernet II (optionally with one 802.1Q tag), IPv4
-(no options) or IPv6 (no extension headers), then UDP or TCP; right after
-the L4 header comes a little-endian record the sink checks: magic,
-generator id, flow id, sequence number, checksum.  A :class:`Profile`
+(no options) or IPv6 (no extension headers), then UDP, TCP or an ICMP echo
+request; right after the L4 header comes a little-endian record the sink
+checks: magic, generator id, flow id, sequence number, checksum (frames
+replayed from a capture carry it as a trailer instead: ``sim/replay.py``).  A :class:`Profile`
 says which layout and which sizes a generator makes; the sink finds the
 record in any of them by walking the headers (:func:`record_offset`).
 """

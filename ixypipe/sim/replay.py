@@ -222,7 +222,7 @@ def _draws(shape: FlowShape, gen_id: int, flows: int) -> dict[str, dict]:
         for version in (4, 6):
             own = [n for n in nets if n.version == version]
             if own:
-                rng = field_rng(shape, gen_id, field if version == 4 else ("host" if field == "src" else "dhost"))
+                rng = field_rng(shape, gen_id, f"{field}{version}")
                 out[field][version] = draw_hosts(rng, own, spread(rng, flows, [1.0] * len(own)))
     for field in ("sport", "dport"):
         ranges = getattr(shape, field)

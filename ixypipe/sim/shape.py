@@ -52,11 +52,12 @@ from ixypipe.protocols import (
 from ixypipe.sim.payload import SIM_REC_LEN
 
 SHAPE_PROTOCOLS = ("udp", "tcp", "icmp")
-PROTO_NUMBER = {"udp": IPPROTO_UDP, "tcp": IPPROTO_TCP, "icmp": IPPROTO_ICMP}
 SHAPE_FIELDS = ("src", "dst", "sport", "dport", "protocol", "mix")
 MAX_ITEMS = 256                 # networks or port items in one field
 PORT_MAX = 65535
-_STREAM = {"src": 1, "dst": 2, "sport": 3, "dport": 4, "protocol": 5, "host": 6, "dhost": 7}
+# one random stream per field and purpose, so a field's draws do not depend on which other fields are given
+_STREAM = {name: i for i, name in enumerate(("src", "dst", "sport", "dport", "protocol", "src-host", "dst-host",
+                                             "src4", "src6", "dst4", "dst6"), 1)}
 
 
 class ShapeError(ValueError):
@@ -109,10 +110,6 @@ class FlowShape:
         return bool(self.src or self.dst or self.sport or self.dport or self.mix)
 
     @property
-    def sets_addresses(self) -> bool:
-        return bool(self.src or self.dst)
-
-    @property
     def protocols(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.mix)
 
@@ -124,7 +121,7 @@ class FlowShape:
     def check_profile(self, profile) -> None:
         """ShapeError unless this shape goes with ``profile`` (a payload.Profile): runts take no shape,
         tcp-syn fixes the protocol, ipv6 the IP version."""
-        first = next((f for f in SHAPE_FIELDS if getattr(self, f, None) or (f == "protocol" and self.mix)), None)
+        first = next((f for f in ("src", "dst", "sport", "dport", "mix") if getattr(self, f)), None)
         if profile.runt and first:
             raise ShapeError(first, "profile 'runt' makes frames cut short of their headers; it takes no "
                                     f"{'/'.join(SHAPE_FIELDS)}")
@@ -343,8 +340,7 @@ def shape_tuples(shape: FlowShape, gen_id: int, flows: int, default_v6: bool, de
                 if len(rows):
                     pick[rows] = np.array(own)[spread(rng, len(rows), [1.0] * len(own))]
             picks[field] = pick
-        setattr(out, field, draw_hosts(field_rng(shape, gen_id, "host" if field == "src" else "dhost"), nets,
-                                       picks[field]))
+        setattr(out, field, draw_hosts(field_rng(shape, gen_id, f"{field}-host"), nets, picks[field]))
     for field in ("sport", "dport"):
         ranges = getattr(shape, field)
         if ranges:

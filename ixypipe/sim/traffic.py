@@ -6,11 +6,15 @@ default; IMIX sizes, an 802.1Q tag, IPv6/UDP, TCP SYN, runts: see
 ``payload.Profile``) from one precomputed template per flow; per packet
 only the sequence number and the payload checksum change, and both are
 written for a whole batch at once.
-Flows differ in the low 16 bits of the source IP *and* the UDP source port,
-not in lockstep (see :func:`flow_tuples`), so RSS spreads them evenly over
-any number of queues, as real traffic spreads.
+By default flows differ in the low 16 bits of the source IP *and* the UDP
+source port, not in lockstep (see :func:`flow_tuples`), so RSS spreads them
+evenly over any number of queues, as real traffic spreads; a flow shape
+(``sim/shape.py``) gives them the user's networks, ports and protocols
+(UDP, TCP SYN, ICMP echo, IPv4 and IPv6 mixed), and a template
+(``sim/replay.py``) replays a capture's frames with the record appended.
 The :class:`Sink` checks every frame it receives, vectorized per batch:
-it finds the record by walking the headers (any profile's layout), then
+it finds the record by walking the headers (any layout a generator makes;
+a replaying generator's record is the frame's last 18 bytes), then
 magic, generator and flow ids, the flow's frame size, the checksum over everything after the
 Ethernet header (so a worker may rewrite MAC addresses), per-flow sequence
 order (loss and reordering) and, when asked, that byte 1 was incremented
@@ -453,12 +457,6 @@ class Generator:
         self._credit = 0.0
         self._last_ns: int | None = None
         self.credit_lost = 0.0            # packets the rate allowed but the caller did not take in time
-
-    @property
-    def record_off(self) -> int:
-        """The record's offset when every flow has it at one place (-1: a runt, or offsets differ)."""
-        first = int(self.flow_rec[0])
-        return first if (self.flow_rec == first).all() else -1
 
     def remaining(self) -> int | None:
         return None if self.count == 0 else self.count - self.sent
