@@ -121,7 +121,7 @@ def test_every_rate_option_is_pps():
 def test_gen_rate_with_a_suffix_is_paced_and_shown_scaled(tmp_path):
     res = ixypipe("gen", "--pcap", str(tmp_path / "out.pcap"), "--count", "2000", "--rate", "20k")
     assert res.returncode == 0, res.stderr
-    assert "generating 60-byte IPv4/UDP frames, 1 flows, 20.0 kpps onto pcap" in res.stdout
+    assert "generating 60-byte IPv4/UDP frames, 1 flow, 20.0 kpps onto pcap" in res.stdout
     seconds = float(res.stdout.split(" in ")[1].split(" s")[0])
     assert seconds >= 2000 / 20e3 * 0.9                 # paced by the rate the suffix gave
 

@@ -300,6 +300,9 @@ def test_the_reference_example_is_valid_and_its_values_are_the_defaults(tmp_path
                           'path = "in.pcap"\n', tmp_path / "fwd.toml")
     assert documented == bare
     keys = set(re.findall(r"^#? ?([a-z_]+) = ", example, re.M))
+    # the keys shaping the generator's flows have their own page, with their own example
+    shaping = re.search(r"```toml\n(.*?)```", (HERE.parent / "docs" / "generator.md").read_text(), re.S).group(1)
+    keys |= set(re.findall(r"^#? ?([a-z_]+) = ", shaping, re.M))
     from ixypipe.pipeline import config
     every_key = {*config.PIPELINE_KEYS, *config.PORT_COMMON_KEYS, *sum(config.PORT_DRIVER_KEYS.values(), ()),
                  *config.GENERATOR_KEYS, *config.SINK_KEYS, *config.WORKERS_KEYS, *config.CPU_ROLES,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import signal
+import sys
 
 import click
 
 from ixypipe.commands.options import PPS, Count, Seconds
 from ixypipe.sim.payload import PROFILES
+from ixypipe.sim.shape import SHAPE_PROTOCOLS
 
 # the generator's own checks name its fields; the user typed these options
 OPTION_OF_FIELD = {"packet_size": "--size", "flows": "--flows", "count": "--count", "rate": "--rate"}
@@ -59,8 +61,20 @@ def _mac(ctx, param, value: str) -> bytes:
               help="Destination MAC address of every frame.")
 @click.option("--hugepages", type=click.Choice(["auto", "require", "never"]), default="auto", show_default=True,
               help="Arena backing.")
+@click.option("--src", metavar="NETS", help="Source networks, comma-separated (10.0.0.0/8,2001:db8::/64): each flow "
+                                           "draws a host of one.")
+@click.option("--dst", metavar="NETS", help="Destination networks; they decide each flow's IP version.")
+@click.option("--sport", metavar="PORTS", help="Source ports: 53, 1024-65535 or a list (53,8000-8080).")
+@click.option("--dport", metavar="PORTS", help="Destination ports, as --sport (not for ICMP flows).")
+@click.option("--protocol", type=click.Choice(SHAPE_PROTOCOLS), help="Every flow's protocol (tcp: SYN, icmp: echo).")
+@click.option("--mix", metavar="WEIGHTS", help="Protocols by share of the flows: udp=0.7,tcp=0.2,icmp=0.1.")
+@click.option("--seed", type=Count(min=0, max=2**32 - 1), default=0, show_default=True,
+              help="Seeds each flow's draw of --src/--dst/--sport/--dport/--mix.")
+@click.option("--template", type=click.Path(dir_okay=False), metavar="FILE.pcap",
+              help="Replay this capture's frames (flow f = frame f % N; --src/--dst/ports varied per flow, the "
+                   "sink's 18-byte record appended).  Default --flows: its frame count.")
 def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, duration, batch, dst_mac,
-            hugepages) -> None:
+            hugepages, src, dst, sport, dport, protocol, mix, seed, template) -> None:
     """Send generated traffic (IPv4/UDP or another --profile) out of one port.
 
     \b
@@ -74,6 +88,9 @@ def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, 
       ixypipe gen --pcap out.pcap --count 1000 --flows 16
       ixypipe gen --pcap imix.pcap --count 1200 --profile imix
       ixypipe gen --sim --profile vlan --vlan 42 --size 128 --count 1000
+      ixypipe gen --sim --count 10000 --flows 64 --src 10.0.0.0/8,192.0.2.0/24 \\
+          --dst 192.168.1.0/24 --dport 53,80,443 --mix udp=0.7,tcp=0.2,icmp=0.1
+      ixypipe gen --pcap out.pcap --template dns.pcap --flows 100 --src 198.51.100.0/24
     """
     from ixypipe.memory.arena import ArenaError
     from ixypipe.ops.generate import GenError, GenSession
@@ -90,10 +107,11 @@ def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, 
             check_output(pcap_path)
         except PcapError as exc:
             raise click.BadParameter(str(exc), param_hint="'--pcap'") from None
-    prof, size, flows = _profile(profile, size, vlan, flows)
+    shape, frames = _shape(src, dst, sport, dport, protocol, mix, seed, template, profile, size, vlan)
+    prof, size, flows = _profile(profile, size, vlan, flows, shape, frames)
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)   # a simulator process inherits "ignore Ctrl-C"
     try:
-        session = GenSession(target, where, size, flows, hugepages, dst_mac, prof)
+        session = GenSession(target, where, size, flows, hugepages, dst_mac, prof, shape, template)
     except (GenError, ArenaError) as exc:
         raise click.ClickException(str(exc)) from exc
     except ValueError as exc:
@@ -105,14 +123,20 @@ def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, 
     try:
         gen = session.generator(count, rate / 1e6)
         what = f"{where or 'software 82599 ' + session.dev.spec.address}"
-        sizes = "IMIX" if profile == "imix" else f"{size}-byte"
-        click.echo(f"generating {sizes} {prof.describe()} frames, {flows} flows, "
+        if frames:
+            kinds = f"{len(frames)} replayed {'frame' if len(frames) == 1 else 'frames'} of {template}"
+        else:
+            kinds = (f"{'IMIX' if profile == 'imix' else f'{size}-byte'} {prof.describe()} frames"
+                     + (f" ({shape.describe()})" if shape.given else ""))
+        click.echo(f"generating {kinds}, {flows} {'flow' if flows == 1 else 'flows'}, "
                    f"{rate_text(rate) if rate else 'as fast as it goes'} onto {target} {what}")
-        if count:
+        name = target if target == "sim" else where
+        if count and sys.stdout.isatty():
             with click.progressbar(length=count, label="sending", show_pos=True) as bar:
                 result = session.run(gen, batch, duration, progress=bar.update, stop=lambda: bool(stopped))
-        else:
-            result = session.run(gen, batch, duration, stop=lambda: bool(stopped))
+        else:                           # the figures of every second, with a rate it cannot keep
+            result = session.run(gen, batch, duration, stop=lambda: bool(stopped),
+                                 tick=lambda t: click.echo(t.line(name)))
     finally:
         signal.signal(signal.SIGINT, old)
         session.close()
@@ -127,7 +151,34 @@ def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, 
         raise click.ClickException("the sink did not receive every frame intact and in order")
 
 
-def _profile(name: str, size: int | None, vlan: int | None, flows: int | None):
+def _shape(src, dst, sport, dport, protocol, mix, seed, template, profile, size, vlan):
+    """The FlowShape and the template's frames (None), each bad value reported against its flag (exit 2)."""
+    from ixypipe.sim.payload import Profile, ProfileError
+    from ixypipe.sim.replay import ReplayError, template_frames
+    from ixypipe.sim.shape import FlowShape, ShapeError
+    from ixypipe.sim.traffic import MAX_FLOWS
+
+    try:
+        shape = FlowShape.parse(src, dst, sport, dport, protocol, mix, seed)
+        shape.check_profile(Profile(profile, vlan))
+    except ShapeError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'--{exc.field}'") from None
+    except ProfileError:
+        shape = FlowShape()         # _profile reports it against its flag
+    if template is None:
+        return shape, None
+    clash = [flag for flag, given in (("--size", size is not None), ("--profile", profile != "udp"),
+                                      ("--vlan", vlan is not None), ("--protocol", protocol), ("--mix", mix)) if given]
+    if clash:
+        raise click.UsageError(f"{clash[0]} does not go with --template: a template's frames keep their own sizes, "
+                               "tags and protocols")
+    try:
+        return shape, template_frames(template, MAX_FLOWS)
+    except ReplayError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--template'") from None
+
+
+def _profile(name: str, size: int | None, vlan: int | None, flows: int | None, shape=None, frames=None):
     """The Profile, frame size and flow count, each bad value reported against its flag (exit 2)."""
     from ixypipe.sim.payload import Profile, ProfileError
 
@@ -135,10 +186,13 @@ def _profile(name: str, size: int | None, vlan: int | None, flows: int | None):
         prof = Profile(name, vlan)
     except ProfileError as exc:
         raise click.BadParameter(str(exc), param_hint="'--vlan'") from None
-    size = prof.default_size if size is None else size
-    flows = (prof.default_flows or 1) if flows is None else flows
+    least = shape.min_size(prof) if shape is not None and shape.given and not prof.runt else None
+    size = max(prof.default_size, least or 0) if size is None else size
+    flows = (len(frames) if frames else prof.default_flows or 1) if flows is None else flows
+    if frames:
+        return prof, size, flows
     try:
-        prof.sizes(size)
+        prof.sizes(size, min_size=least)
     except ProfileError as exc:
         raise click.BadParameter(str(exc), param_hint="'--size'") from None
     try:

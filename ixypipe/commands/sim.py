@@ -125,7 +125,9 @@ def describe_wiring(port: SimPortConfig) -> str:
     if port.generator:
         g = port.generator
         rate = rate_text(g.rate_pps) if g.rate_pps else "as fast as RX takes"
-        parts.append(f"generator -> RX ({g.packet_size} B, {g.flows} flows, {rate}"
+        shape = f", {g.shape.describe()}" if g.shape is not None and g.shape.given else ""
+        what = f"template {g.template}" if g.template else f"{g.packet_size} B"
+        parts.append(f"generator -> RX ({what}, {g.flows} {'flow' if g.flows == 1 else 'flows'}{shape}, {rate}"
                      f"{f', {g.count} packets' if g.count else ''})")
     if port.sink:
         kind = "verifying sink" if port.sink.mode == "verify" else "counting sink"

@@ -40,6 +40,8 @@ from ixypipe.pipeline.keys import (
     MAX_PATH,
 )
 from ixypipe.sim.payload import Profile, ProfileError
+from ixypipe.sim.replay import replayed_length
+from ixypipe.sim.shape import SHAPE_FIELDS, FlowShape, ShapeError
 
 if TYPE_CHECKING:
     from ixypipe.sim.world import SimPortConfig
@@ -98,6 +100,8 @@ class GeneratorSpec:
     count: int = keys.default("ports.generator.count")
     profile: str = keys.default("ports.generator.profile")
     vlan: int | None = None         # 802.1Q VID of every frame
+    shape: FlowShape | None = None  # src, dst, sport, dport, protocol / mix, seed (keys.py)
+    template: str = ""              # absolute path of a pcap file the flows replay, "" = none
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,8 @@ class PortConfig:
         return SimPortConfig(
             name=self.name, pci_address=self.pci or None, iommu=self.iommu != "none",
             generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
-                                      count=g.count, profile=g.profile, vlan=g.vlan) if g else None,
+                                      count=g.count, profile=g.profile, vlan=g.vlan, shape=g.shape,
+                                      template=g.template or None) if g else None,
             sink=SinkConfig(mode=s.mode, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None)
 
 
@@ -723,7 +728,7 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
     if driver in ("ixgbe", "af_packet"):
         fields["share"] = r.value(p, "share", key)
     if driver == "sim":
-        fields["generator"] = _generator(r, p, f"{key}.generator", buffer_size)
+        fields["generator"] = _generator(r, p, f"{key}.generator", buffer_size, base_dir)
         fields["sink"] = _sink(r, p, f"{key}.sink", base_dir)
     elif driver == "af_packet":
         if "interface" not in p:
@@ -802,25 +807,33 @@ def _subtable(r: _Reader, p: dict, name: str, key: str, allowed: tuple[str, ...]
     return value
 
 
-def _generator(r: _Reader, p: dict, key: str, buffer_size: int) -> GeneratorSpec | None:
+def _generator(r: _Reader, p: dict, key: str, buffer_size: int, base_dir: Path) -> GeneratorSpec | None:
     g = _subtable(r, p, "generator", key, GENERATOR_KEYS)
     if g is None:
         return None
     name = r.value(g, "profile", key)
     vlan = r.value(g, "vlan", key) if "vlan" in g else None
     profile = Profile(name, vlan)
-    size = r.value(g, "packet_size", key, profile.default_size, profile.min_size, profile.max_size)
-    flows = r.value(g, "flows", key, profile.default_flows or 4)
+    shape, template, frames = _generator_shape(r, g, key, profile, base_dir)
+    least = shape.min_size(profile) if shape.given and not profile.runt else profile.min_size
+    size = r.value(g, "packet_size", key, max(least, profile.default_size), least, profile.max_size)
+    flows = r.value(g, "flows", key, len(frames) if frames else profile.default_flows or 4)
     try:
-        sizes = profile.sizes(size, buffer_size - PKTBUF_HEADROOM)
+        sizes = (tuple(replayed_length(len(f)) for f in frames) if frames else
+                 profile.sizes(size, buffer_size - PKTBUF_HEADROOM, least))
+        if frames and max(sizes) > buffer_size - PKTBUF_HEADROOM:
+            raise ProfileError(f"template frames with the record appended are up to {max(sizes)} bytes, more "
+                               f"than a packet buffer holds ({buffer_size - PKTBUF_HEADROOM})")
     except ProfileError as exc:
-        raise r.fail(f"{key}.packet_size", f"{exc} ([pipeline] buffer_size = {buffer_size})") from None
+        raise r.fail(f"{key}.template" if frames else f"{key}.packet_size",
+                     f"{exc} ([pipeline] buffer_size = {buffer_size})") from None
     # the generator feeds a software 82599, whose driver sets a max frame size that keeps every frame in
     # a buffer (registers.rx_frame_limits): it would drop longer ones as too_long, every one of them
     mfs = rx_frame_limits(buffer_size - PKTBUF_HEADROOM)[1]
     longest = mfs - OCTETS_FCS_LEN + (MFS_VLAN_EXTRA if profile.tag_len else 0)
     if max(sizes) > longest:
-        raise r.fail(f"{key}.packet_size", f"packet size {max(sizes)} is longer than the port takes: with "
+        raise r.fail(f"{key}.template" if frames else f"{key}.packet_size",
+                     f"packet size {max(sizes)} is longer than the port takes: with "
                      f"{buffer_size}-byte buffers its 82599 driver sets a max frame size of {mfs} bytes with FCS "
                      f"({mfs - OCTETS_FCS_LEN} without, {mfs - OCTETS_FCS_LEN + MFS_VLAN_EXTRA} with an 802.1Q "
                      f"tag) and the NIC drops longer frames; a larger buffer_size makes room ([pipeline] "
@@ -829,8 +842,33 @@ def _generator(r: _Reader, p: dict, key: str, buffer_size: int) -> GeneratorSpec
         profile.check_flows(flows)
     except ProfileError as exc:
         raise r.fail(f"{key}.flows", str(exc)) from None
-    return GeneratorSpec(size, r.value(g, "rate_mpps", key), flows, r.value(g, "count", key),
-                         name, profile.vlan)
+    return GeneratorSpec(size, r.value(g, "rate_mpps", key), flows, r.value(g, "count", key), name, profile.vlan,
+                         shape if shape.given else None, template)
+
+
+def _generator_shape(r: _Reader, g: dict, key: str, profile: Profile, base_dir: Path):
+    """(FlowShape, template path, template frames) of a [ports.generator] table (keys.py's shaping rows)."""
+    from ixypipe.sim.replay import ReplayError, template_frames
+    from ixypipe.sim.traffic import MAX_FLOWS
+
+    try:
+        seed = r.value(g, "seed", key, 0)
+        shape = FlowShape.parse(**{k: g[k] for k in SHAPE_FIELDS if k in g}, seed=seed)
+        shape.check_profile(profile)
+    except ShapeError as exc:
+        raise r.fail(f"{key}.{exc.field}", str(exc)) from None
+    if "template" not in g:
+        return shape, "", []
+    clash = [k for k in ("packet_size", "profile", "vlan", "protocol", "mix") if k in g]
+    if clash:
+        raise r.fail(f"{key}.{clash[0]}", "a template's frames keep their own sizes, tags and protocols; with "
+                                          "template give rate_mpps, flows, count, src, dst, sport, dport, seed")
+    path = _file(r, g, "template", key, base_dir, must_exist=True)
+    try:
+        frames = template_frames(path, MAX_FLOWS)
+    except ReplayError as exc:
+        raise r.fail(f"{key}.template", printable(str(exc), MAX_PATH)) from None
+    return shape, path, frames
 
 
 def _sink(r: _Reader, p: dict, key: str, base_dir: Path) -> SinkSpec | None:

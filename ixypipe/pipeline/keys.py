@@ -38,6 +38,7 @@ DEFAULT_METRICS_ADDRESS = "127.0.0.1"
 # the kinds of value a row can hold (keydoc shows them as they are written here)
 INTEGER, NUMBER, BOOLEAN, STRING = "integer", "number", "boolean", "string"
 TABLE, TABLES, CPU_LIST = "table", "array of tables", "list of CPU ids"
+NETWORKS, PORTS, MIX = "network or list of networks", "port, range or list", "table of protocol weights"
 ROW_DEFAULT = object()          # "the row's own default" where a reader may be given a computed one
 
 
@@ -169,6 +170,25 @@ KEYS: tuple[Key, ...] = (
         "(< 60 bytes, for negative tests: the 82599 drops them).", choices=tuple(PROFILES)),
     Key("ports.generator.vlan", INTEGER, None, "An 802.1Q tag with this VID on every frame of any profile "
         "(profile `vlan`: 100).", range=VID_RANGE, example=100),
+    # shaping the flows like a user's traffic (sim/shape.py, sim/replay.py validate the values; docs/generator.md)
+    Key("ports.generator.src", NETWORKS, None, "Source networks, IPv4 and IPv6, one or a list: "
+        "`\"10.0.0.0/8\"`, `[\"10.0.0.0/8\", \"2001:db8::/64\"]`. Default: 10.<port>.x.x (fd00::<port>:x for "
+        "IPv6).", example="10.0.0.0/8"),
+    Key("ports.generator.dst", NETWORKS, None, "Destination networks; they decide each flow's IP version (`src` "
+        "must hold the same versions). Default: 10.255.0.1 (fd00::ff01).", example="192.168.1.0/24"),
+    Key("ports.generator.sport", PORTS, None, "Source ports: `53`, `\"1024-65535\"`, `[53, \"8000-8080\"]`. "
+        "Default: spread over the flows (for RSS).", example="1024-65535"),
+    Key("ports.generator.dport", PORTS, None, "Destination ports (not for ICMP flows). Default: 5000 (UDP), 80 "
+        "(TCP).", example=53),
+    Key("ports.generator.protocol", STRING, None, "Every flow's protocol: `udp`, `tcp` (SYN) or `icmp` (echo "
+        "request). Default: the profile's.", example="udp"),
+    Key("ports.generator.mix", MIX, None, "Protocols by share of the flows, spread evenly: "
+        "`{udp = 0.7, tcp = 0.2, icmp = 0.1}`.", example={"udp": 0.7, "tcp": 0.3}),
+    Key("ports.generator.seed", INTEGER, None, "Seeds each flow's draw of the fields above: same seed, same "
+        "flows. Default: 0.", range=(0, 2**32 - 1), example=7),
+    Key("ports.generator.template", STRING, None, "A pcap file whose frames the flows replay (flow f sends "
+        "frame f % N), src/dst/ports varied per flow; the sink's record goes in an Ethernet trailer. Not with "
+        "packet_size, profile, vlan, protocol or mix.", example="dns.pcap"),
     # ---- [ports.sink] --------------------------------------------------------------------------------
     Key("ports.sink.mode", STRING, "verify", "`verify`: ixypipe's own generator frames, each checked for "
         "magic, checksum, flow order and loss; `count`: any frames (another generator, a pcap replay, a "

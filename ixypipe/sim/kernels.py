@@ -34,11 +34,14 @@ from ixypipe.protocols import (
     ETHERTYPE_IPV4,
     ETHERTYPE_IPV6,
     ETHERTYPE_VLAN,
+    ICMP_ECHO_HEADER_LEN,
     IP4_MIN_IHL,
     IP4_PROTO,
     IP4_VER_IHL,
     IP4_VERSION,
     IP6_NEXT_HEADER,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
     IPPROTO_TCP,
     IPPROTO_UDP,
     IPV4_HEADER_LEN,
@@ -109,14 +112,13 @@ if AVAILABLE:
 
     @jit
     def gen_rx(ring, head, room, skip, bsize, base, size, owner, offset, bufs, info,
-               q, templates, tlen, base_csum, seq_w, rec, sent, flows, n, flow_queue, flow_hash):
+               q, templates, tlen, base_csum, weights, rec, sent, flows, n, flow_queue, flow_hash):
         """Packets ``sent .. sent + n`` of the generator that go to queue ``q``, but the first ``skip`` of
         them, into its ring from ``head``; returns how many were written.  Flow f's frame is the first
-        ``tlen[f]`` bytes of its template; its record starts at ``rec`` (-1: a runt, nothing to stamp).
+        ``tlen[f]`` bytes of its template; its record starts at ``rec[f]`` (-1: a runt, nothing to stamp),
+        ``weights`` are the payload checksum's per byte position.
         info: [reason, address, frames for q among the n, bad frame's length, bytes written]."""
         nring = ring.shape[0]
-        seq_off = np.uint64(rec + SIM_REC_SEQ) if rec >= 0 else np.uint64(0)
-        csum_off = np.uint64(rec + SIM_REC_CSUM) if rec >= 0 else np.uint64(0)
         nbytes = 0
         good = 0
         rows = 0
@@ -144,12 +146,14 @@ if AVAILABLE:
                         o = np.uint64(offset[run] + addr - base[run])
                         for b in range(np.uint64(plen)):      # unsigned indices: no wrap-around test, so it vectorizes
                             buf[o + b] = templates[f, b]
-                        if rec >= 0:
+                        if rec[f] >= 0:
+                            seq_off = np.uint64(rec[f] + SIM_REC_SEQ)
+                            csum_off = np.uint64(rec[f] + SIM_REC_CSUM)
                             delta = np.int64(0)
                             for b in range(8):
                                 byte = (seq >> (8 * b)) & 0xFF
                                 buf[o + seq_off + np.uint64(b)] = byte
-                                delta += byte * seq_w[b]
+                                delta += byte * weights[seq_off + np.uint64(b)]
                             csum = (base_csum[f] + delta) % _CSUM_MOD
                             for b in range(4):
                                 buf[o + csum_off + np.uint64(b)] = (csum >> (8 * b)) & 0xFF
@@ -287,17 +291,33 @@ if AVAILABLE:
             rec = l4 + UDP_HEADER_LEN
         elif proto == IPPROTO_TCP:
             rec = l4 + TCP_HEADER_LEN
+        elif proto == (IPPROTO_ICMPV6 if ethertype == ETHERTYPE_IPV6 else IPPROTO_ICMP):
+            rec = l4 + ICMP_ECHO_HEADER_LEN
         else:
             return -1
         return rec if rec + SIM_REC_LEN <= length else -1
 
     @jit
-    def sink_verify(data, lengths, gen_known, flow_size, gen_flows, gen_touch, max_flows, top, weights,
+    def _known_at(row, rec, gen_known, gen_trailer, trailer):
+        """The generator id of the record at ``rec`` when it has the magic and is a known generator's whose
+        record sits there (a trailer or not), else -1."""
+        magic = np.int64(row[rec + SIM_REC_MAGIC]) | np.int64(row[rec + SIM_REC_MAGIC + 1]) << 8
+        gen = np.int64(row[rec + SIM_REC_GEN]) | np.int64(row[rec + SIM_REC_GEN + 1]) << 8
+        if magic == SIM_MAGIC and gen < gen_known.shape[0] and gen_known[gen] and gen_trailer[gen] == trailer:
+            return gen
+        return -1
+
+    @jit
+    def sink_verify(data, lengths, gen_known, gen_trailer, flow_size, gen_flows, gen_touch, max_flows, top, weights,
                     expect_touch, probe, res):
         """The verifying sink over a batch.  res += [corrupt, untouched, reordered, top increase, verified];
         res[5:8] = [generator, flow, sequence number + 1] of row ``probe`` when it verified (a latency sample);
-        res[8] += the corrupt frames that carry a record of a known generator and flow (rewritten)."""
+        res[8] += the corrupt frames that carry a record of a known generator and flow (rewritten).  A
+        generator with ``gen_trailer`` set (a replayed capture) has its record in the frame's last bytes."""
         n_gen = gen_known.shape[0]
+        trailers = False
+        for g in range(n_gen):
+            trailers |= gen_trailer[g]
         for i in range(lengths.shape[0]):
             length = lengths[i]
             if length < SIM_MIN_FRAME:
@@ -305,6 +325,9 @@ if AVAILABLE:
                 continue
             row = data[i]
             rec = record_offset(row, length)
+            if trailers and (rec < 0 or _known_at(row, rec, gen_known, gen_trailer, False) < 0):
+                if _known_at(row, length - SIM_REC_LEN, gen_known, gen_trailer, True) >= 0:
+                    rec = length - SIM_REC_LEN
             if rec < 0:
                 res[0] += 1
                 continue
@@ -373,11 +396,11 @@ def warm() -> None:
     tables = (i64[:0], i64[:0], i64[:0], i64[:0], typed_buffers([]))
     frames = np.zeros((1, SIM_MIN_FRAME), np.uint8)
     queues_changed(np.zeros(1, np.uint32), i64[:0], 1, np.zeros(0, bool))
-    gen_rx(u64_ring, 0, 0, 0, 0, *tables, info, 0, frames, i64, i64, i64, -1, 0, 1, 0, i64, np.zeros(1, np.uint32))
+    gen_rx(u64_ring, 0, 0, 0, 0, *tables, info, 0, frames, i64, i64, i64, i64, 0, 1, 0, i64, np.zeros(1, np.uint32))
     wide = np.zeros((2, 2 * SIM_MIN_FRAME), np.uint8)
     for data in (frames, wide[:, :SIM_MIN_FRAME]):          # whole batches and (strided) slices of the TX batch
         rx_frames(u64_ring, 0, 0, 0, 0, *tables, info, -1, i64[:0], data, i64[:0], np.zeros(0, np.uint32))
-        sink_verify(data, i64[:0], np.zeros(1, bool), i64, i64, np.zeros(1, np.uint8), 1, np.zeros(1, np.uint64),
-                    i64, False, -1, info)
+        sink_verify(data, i64[:0], np.zeros(1, bool), np.zeros(1, bool), i64, i64, np.zeros(1, np.uint8), 1,
+                    np.zeros(1, np.uint64), i64, False, -1, info)
     tx_walk(u64_ring, 0, 0, wide, i64, 0, *tables, info)
     _warm = True

@@ -1,9 +1,10 @@
 """The software 82599's own traffic format: what its generator writes and its verifying sink checks.
 
 Generated frames are Ethernet II (optionally with one 802.1Q tag), IPv4
-(no options) or IPv6 (no extension headers), then UDP or TCP; right after
-the L4 header comes a little-endian record the sink checks: magic,
-generator id, flow id, sequence number, checksum.  A :class:`Profile`
+(no options) or IPv6 (no extension headers), then UDP, TCP or an ICMP echo
+request; right after the L4 header comes a little-endian record the sink
+checks: magic, generator id, flow id, sequence number, checksum (frames
+replayed from a capture carry it as a trailer instead: ``sim/replay.py``).  A :class:`Profile`
 says which layout and which sizes a generator makes; the sink finds the
 record in any of them by walking the headers (:func:`record_offset`).
 """
@@ -134,16 +135,20 @@ class Profile:
                 "ipv6": "IPv6/UDP", "tcp-syn": "IPv4/TCP SYN", "runt": "runt (IPv4/UDP cut short)"}[self.name]
         return what + tag
 
-    def sizes(self, packet_size: int, max_data: int | None = None) -> tuple[int, ...]:
-        """Frame size of each flow, repeating (one entry unless IMIX); checked against the profile
-        and, when given, the packet buffer's data size.  IMIX sizes grow by the tag when tagged."""
+    def sizes(self, packet_size: int, max_data: int | None = None, min_size: int | None = None) -> tuple[int, ...]:
+        """Frame size of each flow, repeating (one entry unless IMIX); checked against the profile (or
+        ``min_size``: a flow shape's largest layout, sim/shape.py) and, when given, the packet buffer's
+        data size.  IMIX sizes grow by the tag when tagged."""
         sizes = tuple(s + self.tag_len for s in IMIX_PATTERN) if self.name == "imix" else (packet_size,)
+        least = self.min_size if min_size is None else min_size
         for s in set(sizes):
-            if not self.min_size <= s <= self.max_size:
-                limit = f"{self.min_size}..{self.max_size}"
+            if not least <= s <= self.max_size:
+                limit = f"{least}..{self.max_size}"
+                headers = (f"the {self.describe()} headers" if min_size is None else
+                           "the headers of the flows' largest layout (IP version and protocol)")
                 why = (" (runts are shorter than the 60-byte Ethernet minimum)" if self.runt else
-                       f" (the {self.describe()} headers and the {SIM_REC_LEN}-byte record need "
-                       f"{self.min_size})" if s < self.min_size else " (jumbo frames up to 9018)")
+                       f" ({headers} and the {SIM_REC_LEN}-byte record need "
+                       f"{least})" if s < least else " (jumbo frames up to 9018)")
                 raise ProfileError(f"packet size must be {limit} bytes without FCS for profile {self.name}{why}, "
                                    f"got {s}")
             if max_data is not None and s > max_data:

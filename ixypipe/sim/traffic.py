@@ -6,11 +6,15 @@ default; IMIX sizes, an 802.1Q tag, IPv6/UDP, TCP SYN, runts: see
 ``payload.Profile``) from one precomputed template per flow; per packet
 only the sequence number and the payload checksum change, and both are
 written for a whole batch at once.
-Flows differ in the low 16 bits of the source IP *and* the UDP source port,
-not in lockstep (see :func:`flow_tuples`), so RSS spreads them evenly over
-any number of queues, as real traffic spreads.
+By default flows differ in the low 16 bits of the source IP *and* the UDP
+source port, not in lockstep (see :func:`flow_tuples`), so RSS spreads them
+evenly over any number of queues, as real traffic spreads; a flow shape
+(``sim/shape.py``) gives them the user's networks, ports and protocols
+(UDP, TCP SYN, ICMP echo, IPv4 and IPv6 mixed), and a template
+(``sim/replay.py``) replays a capture's frames with the record appended.
 The :class:`Sink` checks every frame it receives, vectorized per batch:
-it finds the record by walking the headers (any profile's layout), then
+it finds the record by walking the headers (any layout a generator makes;
+a replaying generator's record is the frame's last 18 bytes), then
 magic, generator and flow ids, the flow's frame size, the checksum over everything after the
 Ethernet header (so a worker may rewrite MAC addresses), per-flow sequence
 order (loss and reordering) and, when asked, that byte 1 was incremented
@@ -39,6 +43,11 @@ from ixypipe.protocols import (
     ETHERTYPE_IPV4,
     ETHERTYPE_IPV6,
     ETHERTYPE_VLAN,
+    ICMP6_ECHO_REQUEST,
+    ICMP_ECHO_HEADER_LEN,
+    ICMP_ECHO_ID,
+    ICMP_ECHO_REQUEST,
+    ICMP_TYPE,
     IP4_CSUM,
     IP4_DST,
     IP4_MIN_IHL,
@@ -55,6 +64,8 @@ from ixypipe.protocols import (
     IP6_PAYLOAD_LEN,
     IP6_SRC,
     IP6_VERSION,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
     IPPROTO_TCP,
     IPPROTO_UDP,
     IPV4_HEADER_LEN,
@@ -88,7 +99,9 @@ from ixypipe.sim.payload import (
     ProfileError,
     vlan_tci,
 )
+from ixypipe.sim.replay import replay_templates
 from ixypipe.sim.rss import toeplitz_tables
+from ixypipe.sim.shape import FlowShape, FlowTuples, ShapeError, shape_tuples
 
 log = logging.getLogger(__name__)
 MAX_FLOWS = 65535
@@ -261,64 +274,118 @@ def flow_tuples(gen_id: int, flows: int) -> tuple[np.ndarray, np.ndarray]:
     return fields >> 16, fields & 0xFFFF
 
 
-def build_templates(gen_id: int, flows: int, packet_size: int, src_mac: bytes, dst_mac: bytes,
-                    profile: Profile = PLAIN) -> np.ndarray:
-    """One frame per flow of ``packet_size`` bytes, sequence number 0 and checksum not yet set:
-    ``(flows, packet_size)``.  A runt is the plain layout cut to its size (no record)."""
-    full = max(packet_size, profile.record_off + SIM_REC_LEN)
+def default_tuples(gen_id: int, flows: int, v6: np.ndarray, proto: np.ndarray) -> FlowTuples:
+    """The generator's own tuples for flows of these IP versions and protocols: from 10.<gen>.x.x (IPv4)
+    or fd00::<gen>:x (IPv6) and the source ports of :func:`flow_tuples`, to 10.255.0.1 or fd00::ff01,
+    port 5000 (UDP) or 80 (TCP)."""
+    ip16, sport = flow_tuples(gen_id, flows)
+    src = np.zeros((flows, IP6_ADDR_LEN), np.uint8)
+    src[:, :4] = (10, gen_id & 0xFF, 0, 0)
+    src[:, 2], src[:, 3] = ip16 >> 8, ip16 & 0xFF
+    six = np.frombuffer(GEN_IP6_PREFIX, np.uint8).copy()
+    six[IP6_ADDR_LEN - 3] = gen_id & 0xFF
+    src[v6] = six
+    src[v6, IP6_ADDR_LEN - 2], src[v6, IP6_ADDR_LEN - 1] = ip16[v6] >> 8, ip16[v6] & 0xFF
+    dst = np.zeros((flows, IP6_ADDR_LEN), np.uint8)
+    dst[:, :4] = np.frombuffer(GEN_DST_IP, np.uint8)
+    dst[v6] = np.frombuffer(GEN_DST_IP6, np.uint8)
+    dport = np.where(proto == IPPROTO_TCP, TCP_DST_PORT, UDP_DST_PORT).astype(np.uint16)
+    return FlowTuples(np.asarray(v6, bool), np.asarray(proto, np.uint8), src, dst, sport.astype(np.uint16), dport)
+
+
+def profile_tuples(gen_id: int, flows: int, profile: Profile, shape: FlowShape | None = None) -> FlowTuples:
+    """Each flow's tuple: the profile's defaults, with the shape's fields (sim/shape.py) drawn in."""
+    v6 = np.full(flows, profile.ipv6, bool)
+    if shape is None or not shape.given:
+        return default_tuples(gen_id, flows, v6, np.full(flows, profile.l4_proto, np.uint8))
+    return shape_tuples(shape, gen_id, flows, profile.ipv6, profile.l4_proto,
+                        lambda v6, proto: default_tuples(gen_id, flows, v6, proto))
+
+
+def record_offsets_of(tuples: FlowTuples, tag_len: int) -> np.ndarray:
+    """Where each flow's record starts: after its L4 header (UDP 8, TCP 20, ICMP echo 8 bytes)."""
+    l4 = ETH_HEADER_LEN + tag_len + np.where(tuples.v6, IPV6_HEADER_LEN, IPV4_HEADER_LEN)
+    udp = tuples.proto == IPPROTO_UDP
+    return l4 + np.where(tuples.proto == IPPROTO_TCP, TCP_HEADER_LEN, np.where(udp, UDP_HEADER_LEN,
+                                                                                 ICMP_ECHO_HEADER_LEN))
+
+
+def build_templates(gen_id: int, tuples: FlowTuples, lengths: np.ndarray, src_mac: bytes, dst_mac: bytes,
+                    vlan: int | None = None, runt: bool = False) -> np.ndarray:
+    """One frame per flow, ``lengths[f]`` bytes (padded with zeros to the longest), sequence number 0 and
+    checksum not yet set.  A runt is the IPv4/UDP layout cut to its size (no record).  L4 checksums
+    are left 0 (the record's checksum guards the content); the IPv4 header checksum is set."""
+    flows = len(tuples)
+    tag = VLAN_TAG_LEN if vlan is not None else 0
+    rec = record_offsets_of(tuples, tag)
+    full = max(int(lengths.max()), int(rec.max()) + SIM_REC_LEN)
     t = np.zeros((flows, full), np.uint8)
     t[:, ETH_DST_OFF:ETH_DST_OFF + ETH_ADDR_LEN] = np.frombuffer(dst_mac, np.uint8)
     t[:, ETH_SRC_OFF:ETH_SRC_OFF + ETH_ADDR_LEN] = np.frombuffer(src_mac, np.uint8)
     type_off = ETH_TYPE_OFF
-    if profile.vlan is not None:
+    if vlan is not None:
         _be16(t, type_off, ETHERTYPE_VLAN)
-        _be16(t, type_off + 2 + VLAN_TCI_OFF, vlan_tci(profile.vlan))
+        _be16(t, type_off + 2 + VLAN_TCI_OFF, vlan_tci(vlan))
         type_off += VLAN_TAG_LEN
-    l3, l4, size = profile.l3_off, profile.l4_off, max(packet_size, SIM_MIN_FRAME)
-    ip16, sport = flow_tuples(gen_id, flows)
-    if profile.ipv6:
-        _be16(t, type_off, ETHERTYPE_IPV6)
-        t[:, l3] = IP6_VERSION << 4
-        _be16(t, l3 + IP6_PAYLOAD_LEN, size - l4)
-        t[:, l3 + IP6_NEXT_HEADER] = profile.l4_proto
-        t[:, l3 + IP6_HOP_LIMIT] = IP_TTL
-        src = l3 + IP6_SRC
-        t[:, src:src + IP6_ADDR_LEN] = np.frombuffer(GEN_IP6_PREFIX, np.uint8)
-        t[:, src + IP6_ADDR_LEN - 3] = gen_id & 0xFF
-        _be16(t, src + IP6_ADDR_LEN - 2, ip16)
-        t[:, l3 + IP6_DST:l3 + IP6_DST + IP6_ADDR_LEN] = np.frombuffer(GEN_DST_IP6, np.uint8)
-    else:
-        _be16(t, type_off, ETHERTYPE_IPV4)
-        t[:, l3 + IP4_VER_IHL] = IP4_VERSION << 4 | IP4_MIN_IHL
-        _be16(t, l3 + IP4_TOTAL_LEN, size - l3)
-        t[:, l3 + IP4_TTL] = IP_TTL
-        t[:, l3 + IP4_PROTO] = profile.l4_proto
-        t[:, l3 + IP4_SRC] = 10
-        t[:, l3 + IP4_SRC + 1] = gen_id & 0xFF
-        _be16(t, l3 + IP4_SRC + 2, ip16)
-        t[:, l3 + IP4_DST:l3 + IP4_DST + 4] = np.frombuffer(GEN_DST_IP, np.uint8)
-    _be16(t, l4 + L4_SPORT, sport)
-    if profile.tcp:
-        _be16(t, l4 + L4_DPORT, TCP_DST_PORT)
-        t[:, l4 + TCP_SEQ:l4 + TCP_SEQ + 4] = np.frombuffer(TCP_ISN.to_bytes(4, "big"), np.uint8)
-        t[:, l4 + TCP_DATA_OFF] = (TCP_HEADER_LEN // 4) << 4
-        t[:, l4 + TCP_DATA_OFF + 1] = TCP_SYN_FLAGS
-        _be16(t, l4 + TCP_WINDOW, TCP_SYN_WINDOW)
-    else:
-        _be16(t, l4 + L4_DPORT, UDP_DST_PORT)
-        _be16(t, l4 + UDP_LEN, size - l4)
-    if not profile.ipv6:
-        for f in range(flows):   # once per flow at set-up, not per packet
-            csum = _ipv4_header_checksum(t[f, l3:l3 + IPV4_HEADER_LEN])
-            t[f, l3 + IP4_CSUM:l3 + IP4_CSUM + 2] = (csum >> 8, csum & 0xFF)
-    rec = profile.record_off
-    t[:, rec + SIM_REC_MAGIC:rec + SIM_REC_MAGIC + 2] = np.frombuffer(SIM_MAGIC.to_bytes(2, "little"), np.uint8)
-    t[:, rec + SIM_REC_GEN:rec + SIM_REC_GEN + 2] = np.frombuffer(gen_id.to_bytes(2, "little"), np.uint8)
-    flow = np.arange(flows, dtype=np.uint32)
-    t[:, rec + SIM_REC_FLOW:rec + SIM_REC_FLOW + 2] = flow.astype("<u2").view(np.uint8).reshape(flows, 2)
-    fill = np.arange(rec + SIM_REC_LEN, full, dtype=np.uint32)
-    t[:, rec + SIM_REC_LEN:] = (fill * 31 + gen_id).astype(np.uint8)
-    return t[:, :packet_size]
+    l3 = ETH_HEADER_LEN + tag
+    size = np.maximum(lengths, rec + SIM_REC_LEN)      # the lengths the headers give (a runt's: uncut)
+    for six in (False, True):
+        rows = np.flatnonzero(tuples.v6 == six)
+        if not len(rows):
+            continue
+        r = t[rows]
+        l4 = l3 + (IPV6_HEADER_LEN if six else IPV4_HEADER_LEN)
+        if six:
+            _be16(r, type_off, ETHERTYPE_IPV6)
+            r[:, l3] = IP6_VERSION << 4
+            _be16(r, l3 + IP6_PAYLOAD_LEN, size[rows] - l4)
+            r[:, l3 + IP6_NEXT_HEADER] = tuples.proto[rows]
+            r[:, l3 + IP6_HOP_LIMIT] = IP_TTL
+            r[:, l3 + IP6_SRC:l3 + IP6_SRC + IP6_ADDR_LEN] = tuples.src[rows]
+            r[:, l3 + IP6_DST:l3 + IP6_DST + IP6_ADDR_LEN] = tuples.dst[rows]
+        else:
+            _be16(r, type_off, ETHERTYPE_IPV4)
+            r[:, l3 + IP4_VER_IHL] = IP4_VERSION << 4 | IP4_MIN_IHL
+            _be16(r, l3 + IP4_TOTAL_LEN, size[rows] - l3)
+            r[:, l3 + IP4_TTL] = IP_TTL
+            r[:, l3 + IP4_PROTO] = tuples.proto[rows]
+            r[:, l3 + IP4_SRC:l3 + IP4_SRC + 4] = tuples.src[rows, :4]
+            r[:, l3 + IP4_DST:l3 + IP4_DST + 4] = tuples.dst[rows, :4]
+        proto = tuples.proto[rows]
+        tcp, udp = proto == IPPROTO_TCP, proto == IPPROTO_UDP
+        icmp = ~(tcp | udp)
+        _be16(r, l4 + L4_SPORT, np.where(icmp, 0, tuples.sport[rows]))
+        _be16(r, l4 + L4_DPORT, np.where(icmp, 0, tuples.dport[rows]))
+        if tcp.any():
+            r[tcp, l4 + TCP_SEQ:l4 + TCP_SEQ + 4] = np.frombuffer(TCP_ISN.to_bytes(4, "big"), np.uint8)
+            r[tcp, l4 + TCP_DATA_OFF] = (TCP_HEADER_LEN // 4) << 4
+            r[tcp, l4 + TCP_DATA_OFF + 1] = TCP_SYN_FLAGS
+            r[tcp, l4 + TCP_WINDOW] = TCP_SYN_WINDOW >> 8
+            r[tcp, l4 + TCP_WINDOW + 1] = TCP_SYN_WINDOW & 0xFF
+        if udp.any():
+            r[udp, l4 + UDP_LEN] = (size[rows][udp] - l4) >> 8
+            r[udp, l4 + UDP_LEN + 1] = (size[rows][udp] - l4) & 0xFF
+        if icmp.any():                       # echo request: identifier = the flow's source port, sequence 0
+            r[icmp, l4 + ICMP_TYPE] = ICMP6_ECHO_REQUEST if six else ICMP_ECHO_REQUEST
+            r[icmp, l4 + ICMP_ECHO_ID] = tuples.sport[rows][icmp] >> 8
+            r[icmp, l4 + ICMP_ECHO_ID + 1] = tuples.sport[rows][icmp] & 0xFF
+        if not six:
+            for i in range(len(rows)):   # once per flow at set-up, not per packet
+                csum = _ipv4_header_checksum(r[i, l3:l3 + IPV4_HEADER_LEN])
+                r[i, l3 + IP4_CSUM:l3 + IP4_CSUM + 2] = (csum >> 8, csum & 0xFF)
+        t[rows] = r
+    if not runt:
+        rows = np.arange(flows)
+        at = rec[:, None] + np.arange(SIM_REC_LEN)
+        record = np.zeros((flows, SIM_REC_LEN), np.uint8)
+        record[:, SIM_REC_MAGIC:SIM_REC_MAGIC + 2] = np.frombuffer(SIM_MAGIC.to_bytes(2, "little"), np.uint8)
+        record[:, SIM_REC_GEN:SIM_REC_GEN + 2] = np.frombuffer(gen_id.to_bytes(2, "little"), np.uint8)
+        record[:, SIM_REC_FLOW:SIM_REC_FLOW + 2] = rows.astype("<u2").view(np.uint8).reshape(flows, 2)
+        t[rows[:, None], at] = record
+    fill = np.arange(full, dtype=np.uint32)
+    pad = fill[None, :] >= (rec + SIM_REC_LEN)[:, None]
+    t[pad] = np.broadcast_to((fill * 31 + gen_id).astype(np.uint8), t.shape)[pad]
+    return t[:, :int(lengths.max())] * (np.arange(int(lengths.max())) < lengths[:, None])
 
 
 def _be16(t: np.ndarray, off: int, value) -> None:
@@ -333,42 +400,63 @@ class Generator:
 
     Each flow has one frame size (the profile's sizes, repeating over the
     flows: IMIX gives 12 flows 7:4:1 of 60/590/1514 bytes) and one template
-    of that size, padded with zeros to the widest; ``record_off`` is where
-    the record starts (-1 for runts, which carry none)."""
+    of that size, padded with zeros to the widest.  A ``shape``
+    (sim/shape.py) gives the flows the user's addresses, ports and protocols;
+    a ``template`` (a capture's frames, sim/replay.py) replays them instead,
+    with the record appended as a trailer (``trailer``).  ``flow_rec`` is
+    where each flow's record starts (-1 for runts, which carry none)."""
 
     def __init__(self, gen_id: int, packet_size: int, flows: int, count: int, rate_pps: float,
-                 src_mac: bytes, dst_mac: bytes, profile: Profile = PLAIN, max_data: int | None = None):
-        try:
-            sizes = profile.sizes(packet_size, max_data)
-            profile.check_flows(flows)
-        except ProfileError as exc:
-            raise TrafficError(f"generator {exc}") from None
+                 src_mac: bytes, dst_mac: bytes, profile: Profile = PLAIN, max_data: int | None = None,
+                 shape: FlowShape | None = None, template: list[bytes] | None = None):
         if not 1 <= flows <= MAX_FLOWS:
             raise TrafficError(f"generator flows must be 1..{MAX_FLOWS}, got {flows}")
+        try:
+            if shape is not None:
+                shape.check_profile(profile)
+            if template is None:
+                least = shape.min_size(profile) if shape is not None and shape.given and not profile.runt else None
+                sizes = profile.sizes(packet_size, max_data, least)
+                profile.check_flows(flows)
+        except ShapeError as exc:
+            raise TrafficError(f"generator {exc.field} {exc}") from None
+        except ProfileError as exc:
+            raise TrafficError(f"generator {exc}") from None
         if count < 0:
             raise TrafficError(f"generator count must be >= 0 (0 = unlimited), got {count}")
         if rate_pps < 0:
             raise TrafficError(f"generator rate must be >= 0 pps (0 = as fast as the ring takes), got {rate_pps}")
         self.gen_id = gen_id
         self.profile = profile
-        self.packet_size = max(sizes)         # the widest frame
+        self.shape = shape
         self.flows = flows
         self.count = count
         self.rate_pps = rate_pps
-        self.flow_lengths = np.array([sizes[f % len(sizes)] for f in range(flows)], np.int64)
-        self._one_size = len(set(sizes)) == 1
-        self.record_off = -1 if profile.runt else profile.record_off
-        self.templates = np.zeros((flows, self.packet_size), np.uint8)
-        for size in set(sizes):
-            rows = np.flatnonzero(self.flow_lengths == size)
-            self.templates[rows, :size] = build_templates(gen_id, flows, size, src_mac, dst_mac, profile)[rows]
-        self.base_csum = payload_checksum(self.templates, max(self.record_off, 0) + SIM_REC_CSUM).astype(np.uint64)
+        self.trailer = template is not None
+        if template is not None:
+            self.templates, self.flow_lengths, rec = replay_templates(template, flows, gen_id, shape, src_mac,
+                                                                      dst_mac)
+            if max_data is not None and int(self.flow_lengths.max()) > max_data:
+                raise TrafficError(f"generator template: a frame of {int(self.flow_lengths.max())} bytes with the "
+                                   f"record does not fit a packet buffer, which holds {max_data}")
+            self.tuples = None
+        else:
+            self.flow_lengths = np.array([sizes[f % len(sizes)] for f in range(flows)], np.int64)
+            self.tuples = profile_tuples(gen_id, flows, profile, shape)
+            self.templates = build_templates(gen_id, self.tuples, self.flow_lengths, src_mac, dst_mac, profile.vlan,
+                                             profile.runt)
+            rec = np.full(flows, -1, np.int64) if profile.runt else record_offsets_of(self.tuples, profile.tag_len)
+        self.flow_rec = np.asarray(rec, np.int64)
+        self.packet_size = int(self.flow_lengths.max())         # the widest frame
+        self._one_size = bool((self.flow_lengths == self.packet_size).all())
+        self.base_csum = payload_checksum(self.templates, np.maximum(self.flow_rec, 0) + SIM_REC_CSUM).astype(np.uint64)
         self.touch_byte = int(self.templates[0, SIM_TOUCH_OFF])
         self.sent = 0                     # packets generated so far (= index of the next one)
         self.emitted = EmitTimes()        # when the last ones went into RX descriptors (latency samples)
         self._kernel_tables = None
         self._credit = 0.0
         self._last_ns: int | None = None
+        self.credit_lost = 0.0            # packets the rate allowed but the caller did not take in time
 
     def remaining(self) -> int | None:
         return None if self.count == 0 else self.count - self.sent
@@ -379,9 +467,11 @@ class Generator:
         if self.rate_pps > 0:
             now_ns = time.monotonic_ns() if now_ns is None else now_ns
             if self._last_ns is not None:
-                # credit for at most 10 ms, so a stall is not followed by a huge burst
-                self._credit = min(self._credit + (now_ns - self._last_ns) * 1e-9 * self.rate_pps,
-                                   max(1.0, self.rate_pps * 0.01))
+                # credit for at most 10 ms, so a stall is not followed by a huge burst; what is cut off
+                # is rate the generator could not keep (credit_lost)
+                credit = self._credit + (now_ns - self._last_ns) * 1e-9 * self.rate_pps
+                self._credit = min(credit, max(1.0, self.rate_pps * 0.01))
+                self.credit_lost += credit - self._credit
             self._last_ns = now_ns
             n = min(n, int(self._credit))
         left = self.remaining()
@@ -406,15 +496,16 @@ class Generator:
         flow = (k % np.uint64(self.flows)).astype(np.intp)
         data = self.templates[flow]
         lengths = self.flow_lengths[flow]
-        rec = self.record_off
-        if rec >= 0:
+        rec = self.flow_rec[flow]
+        if self.flow_rec[0] >= 0:
             seq = k // np.uint64(self.flows)
             seq_bytes = seq.astype("<u8").view(np.uint8).reshape(n, 8)
-            seq_off = rec + SIM_REC_SEQ
-            data[:, seq_off:seq_off + 8] = seq_bytes
-            delta = (seq_bytes.astype(np.float64) @ CSUM_WEIGHTS[seq_off:seq_off + 8]).astype(np.uint64)
+            rows = np.arange(n)[:, None]
+            seq_at = rec[:, None] + SIM_REC_SEQ + np.arange(8)
+            data[rows, seq_at] = seq_bytes
+            delta = (seq_bytes.astype(np.float64) * CSUM_WEIGHTS[seq_at]).sum(axis=1).astype(np.uint64)
             csum = ((self.base_csum[flow] + delta) % np.uint64(_CSUM_MOD)).astype("<u4")
-            data[:, rec + SIM_REC_CSUM:rec + SIM_REC_CSUM + 4] = csum.view(np.uint8).reshape(n, 4)
+            data[rows, rec[:, None] + SIM_REC_CSUM + np.arange(4)] = csum.view(np.uint8).reshape(n, 4)
         return PacketBatch(data, lengths)
 
     def commit(self, n: int, now_ns: int | None = None) -> None:
@@ -425,19 +516,18 @@ class Generator:
         self.sent += n
 
     def kernel_tables(self) -> tuple:
-        """(templates, per-flow lengths, base checksums, sequence-number byte weights, record offset), the
+        """(templates, per-flow lengths, base checksums, checksum weights, per-flow record offsets), the
         arguments the compiled RX walk takes before the packet numbers."""
         if self._kernel_tables is None:
-            seq_off = max(self.record_off, 0) + SIM_REC_SEQ
-            seq_w = CSUM_WEIGHTS[seq_off:seq_off + 8].astype(np.int64)
-            self._kernel_tables = (self.templates, self.flow_lengths, self.base_csum.astype(np.int64), seq_w,
-                                   self.record_off)
+            self._kernel_tables = (self.templates, self.flow_lengths, self.base_csum.astype(np.int64),
+                                   CSUM_WEIGHTS.astype(np.int64), self.flow_rec)
         return self._kernel_tables
 
 
 def record_offsets(frames: np.ndarray) -> np.ndarray:
     """Where each frame's record starts, found by walking its headers (an optional 802.1Q tag, IPv4
-    without options or IPv6, UDP or TCP without options); -1 for a layout no generator makes.
+    without options or IPv6, UDP, TCP without options or ICMP echo); -1 for a layout no generator makes
+    (a replayed capture's record is a trailer instead: :meth:`Sink._verify`).
     ``frames`` is at least SIM_MIN_FRAME bytes wide."""
     rows = np.arange(len(frames))
     ethertype = frames[:, ETH_TYPE_OFF].astype(np.int64) << 8 | frames[:, ETH_TYPE_OFF + 1]
@@ -450,8 +540,9 @@ def record_offsets(frames: np.ndarray) -> np.ndarray:
     proto = np.where(v6, frames[rows, l3 + IP6_NEXT_HEADER], frames[rows, l3 + IP4_PROTO])
     l4 = l3 + np.where(v6, IPV6_HEADER_LEN, IPV4_HEADER_LEN)
     udp, tcp = proto == IPPROTO_UDP, proto == IPPROTO_TCP
-    rec = l4 + np.where(tcp, TCP_HEADER_LEN, UDP_HEADER_LEN)
-    return np.where((v4 | v6) & (udp | tcp), rec, -1)
+    icmp = np.where(v6, proto == IPPROTO_ICMPV6, proto == IPPROTO_ICMP)
+    rec = l4 + np.where(tcp, TCP_HEADER_LEN, np.where(udp, UDP_HEADER_LEN, ICMP_ECHO_HEADER_LEN))
+    return np.where((v4 | v6) & (udp | tcp | icmp), rec, -1)
 
 
 @dataclass
@@ -521,7 +612,9 @@ class Sink:
         self.gen_known = np.zeros(max(n_gen, 1), bool)
         self.gen_flows = np.zeros(max(n_gen, 1), np.int64)
         self.gen_touch = np.zeros(max(n_gen, 1), np.uint8)
+        self.gen_trailer = np.zeros(max(n_gen, 1), bool)      # its record is the frame's last bytes (a template)
         for gid, g in generators.items():
+            self.gen_trailer[gid] = g.trailer
             self.gen_known[gid] = True
             self.gen_flows[gid] = g.flows
             self.gen_touch[gid] = (g.touch_byte + 1) & 0xFF
@@ -558,8 +651,8 @@ class Sink:
         if self._kernel is not None:
             res = self._res
             res[:] = 0
-            self._kernel(batch.data, batch.lengths, self.gen_known, self.flow_size, self.gen_flows, self.gen_touch,
-                         self.max_flows, self.top, self._weights, self.expect_touch, probe, res)
+            self._kernel(batch.data, batch.lengths, self.gen_known, self.gen_trailer, self.flow_size, self.gen_flows,
+                         self.gen_touch, self.max_flows, self.top, self._weights, self.expect_touch, probe, res)
             corrupt, untouched, reordered, rise, verified, gen, flow, seq1, rewritten = res.tolist()
             if seq1:
                 self._add_latency(gen, flow, seq1 - 1)
@@ -599,6 +692,13 @@ class Sink:
         found = (rec >= 0) & (rec + SIM_REC_LEN <= length)
         rec = np.where(found, rec, 0)
         record = np.take_along_axis(frames, rec[:, None] + np.arange(SIM_REC_LEN), 1)
+        if self.gen_trailer.any():          # a replayed capture's record is the frame's last 18 bytes
+            mine = found & self._known(record, trailer=False)
+            tail = np.take_along_axis(frames, np.full((k, 1), length - SIM_REC_LEN) + np.arange(SIM_REC_LEN), 1)
+            use_tail = ~mine & self._known(tail, trailer=True)
+            rec = np.where(use_tail, length - SIM_REC_LEN, rec)
+            record = np.where(use_tail[:, None], tail, record)
+            found |= use_tail
         magic = record[:, SIM_REC_MAGIC:SIM_REC_MAGIC + 2].copy().view("<u2")[:, 0]
         gen = record[:, SIM_REC_GEN:SIM_REC_GEN + 2].copy().view("<u2")[:, 0].astype(np.int64)
         flow = record[:, SIM_REC_FLOW:SIM_REC_FLOW + 2].copy().view("<u2")[:, 0].astype(np.int64)
@@ -620,6 +720,15 @@ class Sink:
         if len(at) and ok[at[0]]:
             self._add_latency(int(gen[at[0]]), int(flow[at[0]]), int(seq[at[0]]))
         self._order(gen[ok] * self.max_flows + flow[ok], seq[ok])
+
+    def _known(self, record: np.ndarray, trailer: bool) -> np.ndarray:
+        """Rows of ``record`` (k, SIM_REC_LEN) with the magic and a known generator whose record sits
+        there (a trailer, or after the L4 header)."""
+        magic = record[:, SIM_REC_MAGIC:SIM_REC_MAGIC + 2].copy().view("<u2")[:, 0]
+        gen = record[:, SIM_REC_GEN:SIM_REC_GEN + 2].copy().view("<u2")[:, 0].astype(np.int64)
+        gen_ok = gen < len(self.gen_known)
+        gen_c = np.where(gen_ok, gen, 0)
+        return (magic == SIM_MAGIC) & gen_ok & self.gen_known[gen_c] & (self.gen_trailer[gen_c] == trailer)
 
     def _order(self, key: np.ndarray, seq: np.ndarray) -> None:
         """Reordered = not above its flow's highest sequence so far; lost = sequence numbers

@@ -38,7 +38,9 @@ from ixypipe.sim.foreign import DriverLeft, ForeignDma
 from ixypipe.sim.iommu import IommuDma, table_path
 from ixypipe.sim.model import STATS_PERIOD_NS, Fault, SimPort
 from ixypipe.sim.payload import Profile
-from ixypipe.sim.traffic import SINK_MODES, SIZE_BUCKET_NAMES, CountSink, Generator, Sink
+from ixypipe.sim.replay import template_frames
+from ixypipe.sim.shape import FlowShape
+from ixypipe.sim.traffic import MAX_FLOWS, SINK_MODES, SIZE_BUCKET_NAMES, CountSink, Generator, Sink
 
 log = logging.getLogger(__name__)
 GEN_BATCH = 2048                # most frames a generator sends per step (a step costs ~25 us besides its frames)
@@ -60,6 +62,14 @@ class GeneratorConfig:
     seed: int = 0                   # reserved: the generated traffic is fully determined by the other fields
     profile: str = "udp"            # payload.PROFILES: udp, imix, vlan, ipv6, tcp-syn, runt
     vlan: int | None = None         # 802.1Q VID of every frame (the vlan profile's default: 100)
+    shape: FlowShape | None = None  # the flows' addresses, ports and protocols (sim/shape.py, with its seed)
+    template: str | None = None     # a pcap file whose frames the flows replay (sim/replay.py)
+
+    def make(self, gen_id: int, src_mac: bytes, dst_mac: bytes) -> Generator:
+        """This generator (ValueError when a setting cannot be generated, ReplayError for the template)."""
+        frames = template_frames(self.template, MAX_FLOWS) if self.template else None
+        return Generator(gen_id, self.packet_size, self.flows, self.count, self.rate_pps, src_mac, dst_mac,
+                         Profile(self.profile, self.vlan), shape=self.shape, template=frames)
 
 
 @dataclass
@@ -220,9 +230,8 @@ class SimWorld:
             g = cfg.generator
             if g is not None:
                 try:
-                    self.generators[cfg.name] = Generator(i, g.packet_size, g.flows, g.count, g.rate_pps,
-                                                          GEN_MAC_PREFIX + bytes((i & 0xFF,)),
-                                                          self.ports[cfg.name].mac, Profile(g.profile, g.vlan))
+                    self.generators[cfg.name] = g.make(i, GEN_MAC_PREFIX + bytes((i & 0xFF,)),
+                                                       self.ports[cfg.name].mac)
                 except ValueError as exc:
                     raise SimConfigError(f"port {cfg.name}: {exc}") from None
         by_id = {i: self.generators[c.name] for i, c in enumerate(self.configs) if c.name in self.generators}
