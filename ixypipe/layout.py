@@ -235,3 +235,18 @@ PORT_DROPS_DTYPE = np.dtype([
     ("rx_too_long", "<i8"),          # longer than a packet buffer
     ("rx_undersize", "<i8"),         # runts (shorter than 64 bytes with FCS), which an 82599 drops
 ])
+
+# --- ixgbe driver: per-queue software state in the device arena (not a register: the driver's own) ---
+# Region "ixgbe.<port>.rxq<q>.state" / ".txq<q>.state": one cache line of u64 words, so a
+# stage process that attaches continues exactly where the opener (or a previous stage) left.
+QSTATE_WORDS = 8
+QSTATE_RX_NEXT = 0         # RX: next descriptor to read
+QSTATE_TX_CLEAN = 0        # TX: first descriptor not yet cleaned
+QSTATE_TX_TAIL = 1         # TX: next descriptor to post (= TDT)
+QSTATE_ENTRIES = 2         # ring entries, checked on attach
+# TX: buffers the last clean took off the ring and not yet handed home.  They were sent and counted: if the TX
+# stage dies holding them, the supervisor must not count them again as lost with it (stage_died).
+QSTATE_TX_HANDING = 3
+# TX: descriptors posted since the queue was set up, counted right after the doorbell.  A TX stage counts what it
+# posted only after the driver returns: if it dies in between, the supervisor takes the rest from here.
+QSTATE_TX_POSTED = 4

@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from ixypipe import layout as Q
 from ixypipe.memory import hugepages
 from ixypipe.memory.arena import Arena, ArenaError, RegionSize
 from ixypipe.memory.homing import Homing
@@ -91,16 +92,16 @@ class _Queue:
         self.burst = None                                # the hot-path kernel bound to this queue
         if create:
             self.state[:] = 0
-            self.state[R.QSTATE_ENTRIES] = entries
-        elif int(self.state[R.QSTATE_ENTRIES]) != entries:
-            raise DeviceError(f"{prefix}: the arena's ring has {int(self.state[R.QSTATE_ENTRIES])} entries, "
+            self.state[Q.QSTATE_ENTRIES] = entries
+        elif int(self.state[Q.QSTATE_ENTRIES]) != entries:
+            raise DeviceError(f"{prefix}: the arena's ring has {int(self.state[Q.QSTATE_ENTRIES])} entries, "
                               f"the port spec says {entries}")
 
     @staticmethod
     def arena_regions(entries: int) -> list[RegionSize]:
         """The descriptor ring (in one page: physically contiguous), the buffer-index array, the state words."""
         return [RegionSize(entries * R.DESC_SIZE, align=R.RING_ALIGN, within_page=True),
-                RegionSize(entries * 4, align=64), RegionSize(R.QSTATE_WORDS * 8, align=64)]
+                RegionSize(entries * 4, align=64), RegionSize(Q.QSTATE_WORDS * 8, align=64)]
 
 
 def _region(arena: Arena, name: str, need: RegionSize, create: bool):
@@ -306,7 +307,7 @@ def start_rx_queue(bar: pci.Bar, q: int, rxq: RxQueue, data_phys: np.ndarray, sl
     rxq.filled = True
     rxq.desc64[:, 0] = data_phys[idx]                 # the NIC writes the frame at buffer + headroom
     rxq.desc64[:, 1] = 0                               # no header split; also clears DD of every slot
-    rxq.state[R.QSTATE_RX_NEXT] = 0
+    rxq.state[Q.QSTATE_RX_NEXT] = 0
     bar.set_flags(R.RXDCTL(q), R.RXDCTL_ENABLE)
     bar.wait_set(R.RXDCTL(q), R.RXDCTL_ENABLE, f"RXDCTL({q}).ENABLE (RX queue {q} start)",
                  QUEUE_ENABLE_TIMEOUT, sleep)
@@ -318,8 +319,8 @@ def start_rx_queue(bar: pci.Bar, q: int, rxq: RxQueue, data_phys: np.ndarray, sl
 
 # 4.6.8 Transmit Initialization: enabling a queue
 def start_tx_queue(bar: pci.Bar, q: int, txq: TxQueue, sleep) -> None:
-    txq.state[R.QSTATE_TX_CLEAN] = 0
-    txq.state[R.QSTATE_TX_TAIL] = 0
+    txq.state[Q.QSTATE_TX_CLEAN] = 0
+    txq.state[Q.QSTATE_TX_TAIL] = 0
     bar.write(R.TDH(q), 0)
     bar.write(R.TDT(q), 0)
     bar.set_flags(R.TXDCTL(q), R.TXDCTL_ENABLE)
@@ -546,7 +547,7 @@ class IxgbeDevice(Device):
         if got < 0:
             raise self._no_eop(queue, int(rxq.bad[0]))
         if got and rxq.pool.debug:          # the kernel popped from the free stack: tell the pool
-            rxq.pool.note_popped(rxq.slot_buf[(int(rxq.state[R.QSTATE_RX_NEXT]) - got + np.arange(got)) & rxq.mask])
+            rxq.pool.note_popped(rxq.slot_buf[(int(rxq.state[Q.QSTATE_RX_NEXT]) - got + np.arange(got)) & rxq.mask])
         return got
 
     def _no_eop(self, queue: int, descriptor: int) -> DeviceError:
@@ -572,7 +573,7 @@ class IxgbeDevice(Device):
         txq = self._tx_queue(queue)
         if not self.compiled or self.tx_done is None:
             return None
-        return ixgbe_jit.tx_queue, txq.record, txq.freed, txq.state, R.QSTATE_TX_HANDING
+        return ixgbe_jit.tx_queue, txq.record, txq.freed, txq.state, Q.QSTATE_TX_HANDING
 
     def rx_held(self, queue: int) -> np.ndarray:
         """Buffer indices sitting in the RX descriptors of ``queue`` (every slot holds one)."""
@@ -583,16 +584,14 @@ class IxgbeDevice(Device):
         txq = self._tx_queue(queue)
         if self.tx_done is None:
             self.check_tx_done(queue)
-        r = txq.burst(bufs)
-        if r < 0:
-            self._hand_back(txq, ixgbe_numpy.TX_ERROR - r)
+        posted, cleaned = txq.burst(bufs)
+        self._hand_back(txq, cleaned)
+        if posted < 0:
             kind, position = int(txq.error[0]), int(txq.error[1])
             if kind == ixgbe_numpy.TX_BAD_INDEX:
                 raise self._bad_index(queue, int(bufs[position]))
             raise self._bad_length(queue, bufs, position)
-        if r >> 32:
-            self._hand_back(txq, r >> 32)
-        return r & 0xFFFFFFFF
+        return posted
 
     def _hand_back(self, txq: TxQueue, cleaned: int) -> None:
         """The kernel cleaned ``cleaned`` descriptors: their buffers (txq.freed) go to tx_done."""
@@ -603,7 +602,7 @@ class IxgbeDevice(Device):
             self._home_range(txq.freed[:cleaned], lo, hi)
         else:
             self.tx_done(txq.freed[:cleaned].copy())
-        txq.state[R.QSTATE_TX_HANDING] = 0
+        txq.state[Q.QSTATE_TX_HANDING] = 0
 
     def _bad_index(self, queue: int, index: int) -> DeviceError:
         return DeviceError(f"{self.name} TX queue {queue}: buffer index {index} is out of range "
@@ -623,15 +622,15 @@ class IxgbeDevice(Device):
     def tx_pending(self, queue: int) -> int:
         """Descriptors posted and not yet cleaned (their buffers are still the NIC's)."""
         txq = self._tx_queue(queue)
-        return (int(txq.state[R.QSTATE_TX_TAIL]) - int(txq.state[R.QSTATE_TX_CLEAN])) & txq.mask
+        return (int(txq.state[Q.QSTATE_TX_TAIL]) - int(txq.state[Q.QSTATE_TX_CLEAN])) & txq.mask
 
     def tx_posted(self, queue: int) -> int | None:
         """Descriptors posted on the queue since it was set up (by whichever process posted them)."""
-        return int(self._tx_queue(queue).state[R.QSTATE_TX_POSTED])
+        return int(self._tx_queue(queue).state[Q.QSTATE_TX_POSTED])
 
     def tx_sent_in_hand(self, queue: int) -> int:
         """Buffers the queue's last clean took off the ring that its process has not handed home yet."""
-        return int(self._tx_queue(queue).state[R.QSTATE_TX_HANDING])
+        return int(self._tx_queue(queue).state[Q.QSTATE_TX_HANDING])
 
     def tx_drain(self, queue: int, timeout: float = 1.0) -> int:
         """Wait until every posted descriptor is done and its buffer handed to tx_done.
@@ -645,8 +644,8 @@ class IxgbeDevice(Device):
             if pending == 0:
                 return 0
             self.check_tx_done(queue)
-            self._hand_back(txq, txq.burst(_NOTHING) >> 32)      # whole clean batches
-            clean, tail = int(txq.state[R.QSTATE_TX_CLEAN]), int(txq.state[R.QSTATE_TX_TAIL])
+            self._hand_back(txq, txq.burst(_NOTHING)[1])      # whole clean batches
+            clean, tail = int(txq.state[Q.QSTATE_TX_CLEAN]), int(txq.state[Q.QSTATE_TX_TAIL])
             pending = (tail - clean) & txq.mask
             if pending == 0:
                 return 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ixypipe import jitcache
+from ixypipe import layout as Q
 from ixypipe.nic import registers as R
 from ixypipe.nic.ixgbe_numpy import RX_ERROR_NO_EOP, TX_BAD_INDEX, TX_BAD_LENGTH, TX_ERROR
 
@@ -44,8 +45,8 @@ _TX_DD = np.uint64(R.TXD_STAT_DD)
 _TX_CMD = np.uint64(R.TXD_CMD_DATA)
 _TX_OLINFO_SHIFT = np.uint64(R.TXD_WORD2_OLINFO_SHIFT + R.TXD_PAYLEN_SHIFT)
 _ZERO = np.uint64(0)
-_TX_CLEAN, _TX_TAIL, _TX_HANDING, _TX_POSTED = (R.QSTATE_TX_CLEAN, R.QSTATE_TX_TAIL, R.QSTATE_TX_HANDING,
-                                              R.QSTATE_TX_POSTED)
+_TX_CLEAN, _TX_TAIL, _TX_HANDING, _TX_POSTED = (Q.QSTATE_TX_CLEAN, Q.QSTATE_TX_TAIL, Q.QSTATE_TX_HANDING,
+                                              Q.QSTATE_TX_POSTED)
 
 rx_burst = tx_burst = None
 
@@ -86,11 +87,11 @@ if AVAILABLE:
     @jit
     def tx_burst(desc, slot_buf, state, buf_len, data_phys, regs, tdt_index, clean_batch, freed, lohi,
                  error, max_data, bufs):
-        """Clean, then post ``bufs``; returns posted | cleaned << 32.
+        """Clean, then post ``bufs``; returns (posted, cleaned).
 
         The cleaned buffers are ``freed[:cleaned]``, their smallest and largest index in ``lohi``
         (so the caller can see at once whether one mempool owns them all).  A bad buffer posts
-        nothing and returns TX_ERROR - cleaned, with (TX_BAD_*, its position in bufs) in ``error``.
+        nothing and returns (TX_ERROR, cleaned), with (TX_BAD_*, its position in bufs) in ``error``.
         """
         mask = np.int64(desc.shape[0] - 1)
         clean = np.int64(state[_TX_CLEAN])
@@ -125,7 +126,7 @@ if AVAILABLE:
             else:
                 continue
             error[1] = j      # nothing posted; what was cleaned is in state already: the caller hands it back
-            return TX_ERROR - cleaned
+            return np.int64(TX_ERROR), cleaned
         for j in range(n):
             b = bufs[j]
             length = np.uint64(buf_len[b])
@@ -137,7 +138,7 @@ if AVAILABLE:
             state[_TX_TAIL] = tail
             regs[tdt_index] = tail
             state[_TX_POSTED] += n
-        return n | (cleaned << 32)
+        return n, cleaned
 
     @jit
     def rx_queue(q, out):
@@ -147,10 +148,7 @@ if AVAILABLE:
     @jit
     def tx_queue(q, bufs):
         """tx_burst over one queue's record ``q`` (TxQueue.record): (posted, cleaned), the cleaned buffers in
-        the record's ``freed``; posted < 0 is tx_burst's error (TX_ERROR - cleaned)."""
-        r = tx_burst(*q, bufs)
-        if r < 0:
-            return r, TX_ERROR - r
-        return r & 0xFFFFFFFF, r >> 32
+        the record's ``freed``; posted TX_ERROR: a bad buffer (tx_burst's error)."""
+        return tx_burst(*q, bufs)
 else:
     rx_queue = tx_queue = None

@@ -22,8 +22,8 @@ Contract (all arrays are arena views or the queue's own scratch arrays):
   error, max_data, bufs)``: first cleans whole batches of ``clean_batch``
   descriptors whose last one has DD (their buffers to ``freed``, smallest
   and largest index to ``lohi``), then posts as many of ``bufs`` as fit (one
-  slot stays free) and writes TDT once.  Returns ``posted | cleaned << 32``;
-  a bad buffer posts nothing and returns ``TX_ERROR - cleaned`` with
+  slot stays free) and writes TDT once.  Returns ``(posted, cleaned)``; a
+  bad buffer posts nothing and returns ``(TX_ERROR, cleaned)`` with
   (TX_BAD_*, its position in ``bufs``) in ``error``.
 
 Descriptor fields are read and written through the descriptors' u64 words
@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ixypipe import layout as Q
 from ixypipe.nic import registers as R
 
 RX_ERROR_NO_EOP = -1       # rx_burst: a descriptor has DD without EOP (multi-buffer frame)
-TX_ERROR = -1              # tx_burst: a bad buffer; what and where in its ``error`` array
+TX_ERROR = -1              # tx_burst's posted: a bad buffer; what and where in its ``error`` array
 TX_BAD_LENGTH = 1          # the buffer's length is 0 or larger than a buffer holds
 TX_BAD_INDEX = 2           # the buffer index is outside the packet buffers
 
@@ -45,9 +46,9 @@ assert R.RXD_WORD2_STATUS_SHIFT == 0, "rx_burst reads status_error as the low bi
 _RX_DD_EOP = np.uint64(R.RX_DD_EOP)
 _RX_DD = R.RXD_STAT_DD
 _RX_LENGTH = R.RXD_LENGTH_HALFWORD
-_RX_NEXT = R.QSTATE_RX_NEXT
-_TX_CLEAN, _TX_TAIL, _TX_HANDING, _TX_POSTED = (R.QSTATE_TX_CLEAN, R.QSTATE_TX_TAIL, R.QSTATE_TX_HANDING,
-                                              R.QSTATE_TX_POSTED)
+_RX_NEXT = Q.QSTATE_RX_NEXT
+_TX_CLEAN, _TX_TAIL, _TX_HANDING, _TX_POSTED = (Q.QSTATE_TX_CLEAN, Q.QSTATE_TX_TAIL, Q.QSTATE_TX_HANDING,
+                                              Q.QSTATE_TX_POSTED)
 _TX_DD_IN_WORD = R.TXD_STAT_DD << R.TXD_WORD2_STATUS_SHIFT    # DD as a bit of the second word
 _TX_CMD = np.uint64(R.TXD_CMD_DATA)
 # (len | CMD) | (len << PAYLEN) in one multiply: length and command bits never overlap
@@ -102,7 +103,7 @@ def rx_burst(desc, slot_buf, state, buf_len, data_phys, stack, top, regs, rdt_in
 
 def tx_burst(desc, slot_buf, state, buf_len, data_phys, regs, tdt_index, clean_batch, freed, lohi, error,
              max_data, bufs):
-    """Clean, then post ``bufs``; returns posted | cleaned << 32 (or TX_ERROR - cleaned)."""
+    """Clean, then post ``bufs``; returns (posted, cleaned), posted TX_ERROR for a bad buffer."""
     entries = len(desc)
     mask = entries - 1
     clean, tail = int(state[_TX_CLEAN]), int(state[_TX_TAIL])
@@ -118,7 +119,7 @@ def tx_burst(desc, slot_buf, state, buf_len, data_phys, regs, tdt_index, clean_b
     # one slot stays free: TDT == TDH means "nothing to send", so a full ring would look empty
     n = min(len(bufs), (clean - tail - 1) & mask)
     if n == 0:
-        return cleaned << 32
+        return 0, cleaned
     idx = bufs[:n]
     try:
         if idx.dtype.kind == "i" and int(idx.min()) < 0:
@@ -126,10 +127,10 @@ def tx_burst(desc, slot_buf, state, buf_len, data_phys, regs, tdt_index, clean_b
         lens = buf_len[idx]
     except IndexError:
         error[0], error[1] = TX_BAD_INDEX, int(np.flatnonzero((idx < 0) | (idx >= len(buf_len)))[0])
-        return TX_ERROR - cleaned
+        return TX_ERROR, cleaned
     if int((lens - np.uint32(1)).max()) >= max_data:       # 0 wraps to the largest u32
         error[0], error[1] = TX_BAD_LENGTH, int(np.flatnonzero((lens == 0) | (lens > max_data))[0])
-        return TX_ERROR - cleaned
+        return TX_ERROR, cleaned
     end = tail + n
     if end <= entries:                  # one pass, or two when the batch wraps around the ring end
         parts = ((tail, end, idx, lens),)
@@ -146,7 +147,7 @@ def tx_burst(desc, slot_buf, state, buf_len, data_phys, regs, tdt_index, clean_b
     state[_TX_TAIL] = tail
     regs[tdt_index] = tail              # one doorbell per batch (x86: stores stay in order)
     state[_TX_POSTED] += n
-    return n | (cleaned << 32)
+    return n, cleaned
 
 
 def collect(slot_buf, state, freed, lohi, clean: int, count: int) -> None:

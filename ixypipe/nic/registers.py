@@ -309,21 +309,6 @@ TXD_WORD2_OLINFO_SHIFT = (TXD_OLINFO_WORD * 4 - DESC_WORD2_BYTE) * 8            
 TXD_WORD2_STATUS_SHIFT = (TXD_STATUS_BYTE - DESC_WORD2_BYTE) * 8                  # 32
 DESC_FILL_BYTE = 0xFF      # ixy fills a new ring with 0xFF before handing it to the device
 
-# --- ixgbe driver: per-queue software state in the device arena -------------------------
-# Region "ixgbe.<port>.rxq<q>.state" / ".txq<q>.state": one cache line of u64 words, so a
-# stage process that attaches continues exactly where the opener (or a previous stage) left.
-QSTATE_WORDS = 8
-QSTATE_RX_NEXT = 0         # RX: next descriptor to read
-QSTATE_TX_CLEAN = 0        # TX: first descriptor not yet cleaned
-QSTATE_TX_TAIL = 1         # TX: next descriptor to post (= TDT)
-QSTATE_ENTRIES = 2         # ring entries, checked on attach
-# TX: buffers the last clean took off the ring and not yet handed home.  They were sent and counted: if the TX
-# stage dies holding them, the supervisor must not count them again as lost with it (stage_died).
-QSTATE_TX_HANDING = 3
-# TX: descriptors posted since the queue was set up, counted right after the doorbell.  A TX stage counts what it
-# posted only after the driver returns: if it dies in between, the supervisor takes the rest from here.
-QSTATE_TX_POSTED = 4
-
 # --- reset values (what the software 82599 restores on CTRL.RST) ---------------------
 AUTOC_RESET_VALUE = (0x1 << AUTOC_LMS_SHIFT) | AUTOC_10G_PMA_PMD_MASK   # 1G link mode, not XAUI
 SRRCTL_RESET_VALUE = 0x00000402         # BSIZEPKT 2 KB, BSIZEHDR 256 B, legacy descriptors
