@@ -81,6 +81,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "workers.processes": (1, 64),
     "workers.import_timeout": (1.0, 600.0),         # seconds for the worker's module to import
     "workers.setup_timeout": (1.0, 3600.0),         # seconds a worker stage may take to import and run setup()
+    "workers.keyed_tables": (0, 64),                # keyed tables (batch.count_by) per worker, 0 = none
+    "workers.keyed_slots": (1 << 10, 1 << 26),      # slots per keyed table, power of two; 3/4 of them hold keys
 }
 MAX_PORTS = 32                  # [[ports]] tables (DPDK's default RTE_MAX_ETHPORTS)
 MAX_FILE_BYTES = 1 << 20        # a pipeline file is a few kB; this bounds what a hostile path can make us read
@@ -103,6 +105,8 @@ DEFAULT_IMPORT_TIMEOUT = 10.0
 DEFAULT_SETUP_TIMEOUT = 30.0
 DEFAULT_STALL_TIMEOUT = 2.0
 DEFAULT_MAX_RESTARTS = 5
+DEFAULT_KEYED_TABLES = 4         # workers/keyed.py DEFAULT_TABLES
+DEFAULT_KEYED_SLOTS = 1 << 18    # workers/keyed.py DEFAULT_SLOTS: 196,608 keys per table, 4 MiB of /dev/shm
 
 
 def printable(text: str, limit: int = 80) -> str:
@@ -207,6 +211,8 @@ class WorkersConfig:
     import_timeout: float = DEFAULT_IMPORT_TIMEOUT  # seconds the worker's module may take to import
     setup_timeout: float = DEFAULT_SETUP_TIMEOUT    # ... and a worker stage its import and setup() (else: stuck)
     line: int | None = field(default=None, compare=False)   # of workers.function, for errors found later
+    keyed_tables: int = DEFAULT_KEYED_TABLES        # keyed tables (batch.count_by) per worker
+    keyed_slots: int = DEFAULT_KEYED_SLOTS          # slots per keyed table (a power of two)
 
 
 @dataclass(frozen=True)
@@ -443,7 +449,8 @@ PORT_DRIVER_KEYS = {
 }
 GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count", "profile", "vlan")
 SINK_KEYS = ("mode", "expect_touch", "pcap", "verify")
-WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options", "import_timeout", "setup_timeout")
+WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options", "import_timeout", "setup_timeout",
+                "keyed_tables", "keyed_slots")
 STATS_KEYS = ("interval", "json", "metrics_port", "metrics_address")
 TOP_KEYS = ("pipeline", "ports", "workers", "cpus", "stats")
 
@@ -896,8 +903,10 @@ def _workers(r: _Reader, doc: dict, base_dir: Path) -> WorkersConfig:
         check_worker(function, base_dir)       # reads the source, never imports it (no side effects here)
     except WorkerLoadError as exc:
         raise r.fail("workers.function", printable(str(exc), MAX_PATH)) from None
+    keyed_tables = r.integer(w, "keyed_tables", "workers", DEFAULT_KEYED_TABLES)
+    keyed_slots = r.integer(w, "keyed_slots", "workers", DEFAULT_KEYED_SLOTS, power_of_two=True)
     return WorkersConfig(function, processes, distribute, per_packet, dict(options), import_timeout,
-                         setup_timeout, r.line_of("workers.function"))
+                         setup_timeout, r.line_of("workers.function"), keyed_tables, keyed_slots)
 
 
 def check_worker_imports(cfg: PipelineConfig) -> None:
