@@ -262,8 +262,9 @@ def read_block(block: np.ndarray) -> list[TableState]:
     count = min(int(header["count"][0]), int(header["tables"][0]))
     out = []
     for t, name in enumerate(_names(block["table"]["name"][0], count)):
-        used = np.flatnonzero(block["values"][0][t])    # values first: a key is written before its value
-        vals = block["values"][0][t][used]               # a value only grows: still not 0
+        values = block["values"][0][t].copy()      # one pass over a table the worker may be writing: a copy,
+        used = np.flatnonzero(values)              # values first (a key is written before its value)
+        vals = values[used]
         keys = block["keys"][0][t][used]
         out.append(TableState(name, keys, vals,
                               dict(zip(KEYED_STATS, (int(v) for v in block["table"]["stats"][0][t]), strict=True))))
