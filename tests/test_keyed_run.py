@@ -103,3 +103,51 @@ def test_counting_100000_sources_forwards_every_packet_and_the_merged_top_is_exa
     assert b["top"] == expected_top(src, sizes, 10)
     assert s["user_counters"]["teardowns"] == 2                              # teardown(ctx)'s dict, merged
     assert keyed["worker_ids"]["top"] == [{"key": 101, "amount": 2}, {"key": 100, "amount": 1}]
+
+
+GUARDED = '''
+import numpy as np
+from ixypipe.layout import KEYED_REGION
+
+calls = 0
+
+
+def guarded(batch):
+    global calls
+    calls += 1
+    batch.count_by("src", batch.ipv4.src)
+    if batch.ctx.worker != 0:
+        return
+    if calls == 2:                          # its own block's header, garbage: the supervisor reads by the plan
+        header = batch.ctx.keyed.block["header"]
+        header["count"], header["tables"], header["slots"] = 10**9, -5, 3
+    elif calls == 3:                        # the other worker's block: not writable here
+        arena = batch.bufs.arena
+        batch.count("tried", batch.n)
+        arena.view(arena.region(KEYED_REGION), np.uint8)[-4096:] = 1
+'''
+
+
+def test_a_worker_cannot_write_another_workers_block_and_its_own_header_cannot_mislead_the_summary(tmp_path):
+    rng = np.random.default_rng(4)
+    src = (0x0A000000 + rng.integers(0, 500, 3000)).astype(np.uint32)
+    with PcapWriter(tmp_path / "in.pcap") as w:
+        w.write_batch(frames_of(src, np.full(len(src), 60), rng))
+    (tmp_path / "guarded.py").write_text(GUARDED)
+    (tmp_path / "p.toml").write_text(
+        '[pipeline]\nname = "keyed"\nhugepages = "never"\n\n'
+        '[[ports]]\nname = "in"\ndriver = "pcap"\npath = "in.pcap"\nforward_to = "out"\n\n'
+        '[[ports]]\nname = "out"\ndriver = "pcap"\npath = "out.pcap"\nmode = "write"\nforward_to = "in"\n\n'
+        '[workers]\nfunction = "guarded.py:guarded"\nprocesses = 2\nkeyed_tables = 2\nkeyed_slots = 4096\n')
+    res = subprocess.run([*IXYPIPE, "run", str(tmp_path / "p.toml"), "--json"], capture_output=True, text=True,
+                         timeout=CEILING, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert "read-only" in res.stderr                       # numpy's words for the refused write, logged once
+    s = summary_of(res.stdout)
+    tried = s["worker_counters"]["worker-0"]["tried"]
+    assert s["drops"]["worker_error"] == tried > 0
+    assert s["received"] == len(src) and s["transmitted"] == len(src) - tried
+    assert set(s["keyed_counters"]) == {"src"}             # not the tables its count said, only those made
+    t = s["keyed_counters"]["src"]
+    assert (t["keys"], t["updates"], t["capacity"]) == (len(np.unique(src)), len(src), 3072)
+    assert t["top"] == expected_top(src, np.ones(len(src), np.int64), 10)

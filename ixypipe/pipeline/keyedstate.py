@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ixypipe.layout import KEYED_HEADER_DTYPE, KEYED_REGION, KEYED_STATS, PAGE_SIZE, keyed_block_dtype
+from ixypipe.layout import KEYED_REGION, KEYED_STATS, PAGE_SIZE, keyed_block_dtype
 from ixypipe.memory.arena import Arena, RegionSize
 from ixypipe.workers.keyed import TableState, fill_limit, read_block
 
@@ -46,26 +46,25 @@ def create(arena: Arena, workers: int, tables: int, slots: int) -> None:
         header["slots"] = slots
 
 
-def block_dtype(arena: Arena) -> np.dtype | None:
-    """The dtype of a block of this arena's region (from the first block's header), None without one."""
-    region = arena.find(KEYED_REGION)
-    if region is None:
+def block_dtype(arena: Arena, plan) -> np.dtype | None:
+    """The dtype of a block of the plan's region, None without one.  From the plan, never from a block's
+    header: a worker may write its block, and a size it wrote must not steer what the supervisor reads."""
+    if plan.keyed_tables <= 0 or arena.find(KEYED_REGION) is None:
         return None
-    header = arena.view(region, np.uint8)[:KEYED_HEADER_DTYPE.itemsize].view(KEYED_HEADER_DTYPE)[0]
-    return keyed_block_dtype(int(header["tables"]), int(header["slots"]))
+    return keyed_block_dtype(plan.keyed_tables, plan.keyed_slots)
 
 
-def block_span(arena: Arena, worker: int) -> tuple[int, int] | None:
+def block_span(arena: Arena, plan, worker: int) -> tuple[int, int] | None:
     """(offset, size) of worker ``worker``'s block, for Arena.grant_writes; None without a region."""
-    dtype = block_dtype(arena)
+    dtype = block_dtype(arena, plan)
     if dtype is None:
         return None
     return arena.region(KEYED_REGION).offset + worker * dtype.itemsize, dtype.itemsize
 
 
-def block(arena: Arena, worker: int) -> np.ndarray | None:
+def block(arena: Arena, plan, worker: int) -> np.ndarray | None:
     """Worker ``worker``'s block (a one-item view; writable where granted), None without a region."""
-    dtype = block_dtype(arena)
+    dtype = block_dtype(arena, plan)
     return None if dtype is None else arena.item(arena.region(KEYED_REGION), worker, dtype)
 
 
@@ -128,7 +127,7 @@ def merge(per_worker: dict[str, list[TableState]], slots: int, n: int = TOP_N) -
 
 def merged(arena: Arena, plan, n: int = TOP_N) -> dict[str, MergedTable]:
     """Every worker's keyed tables, summed per key ({} when the pipeline has none or nothing was counted)."""
-    dtype = block_dtype(arena)
+    dtype = block_dtype(arena, plan)
     if dtype is None:
         return {}
     region = arena.region(KEYED_REGION)

@@ -154,7 +154,7 @@ def attach_packet_arena(plan: PipelinePlan, me: StagePlan) -> Arena:
     rings = [*me.in_rings, *me.out_ring_of.values(), *me.home_rings.values()]
     spans = [whole(PACKET_BUFFERS), *(whole(r) for r in rings), item(stagetable.REGION, me.row, STAGE_ROW_DTYPE.itemsize),
              item(STAGE_COUNTERS_REGION, me.row, STAGE_COUNTERS_DTYPE.itemsize)]
-    keyed = keyedstate.block_span(arena, me.worker)
+    keyed = keyedstate.block_span(arena, plan, me.worker)
     if keyed is not None:
         spans.append(keyed)
     if arena.find(WAKE_REGION) is not None:
@@ -450,7 +450,7 @@ def run_worker(st: Stage) -> None:
                         dict(getattr(plan, "worker_options", {})), base_dir=plan.worker_base_dir)
     counters = ctx.counters
     published = CounterWriter(st.arena, me.row)
-    block = keyedstate.block(st.arena, me.worker)
+    block = keyedstate.block(st.arena, plan, me.worker)
     ctx.keyed = keyed.KeyedTables(block) if block is not None else keyed.refusing()   # batch.count_by's tables
     _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
     keyed.warm_up()                                                          # ... and the keyed-counter kernel

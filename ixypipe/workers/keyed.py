@@ -257,11 +257,14 @@ def _names(names: np.ndarray, count: int) -> list[str]:
 
 
 def read_block(block: np.ndarray) -> list[TableState]:
-    """Every table of a block, as copies (a live block may change while it is read; each value is whole)."""
-    header = block["header"]
-    count = min(int(header["count"][0]), int(header["tables"][0]))
+    """Every table of a block, as copies (a live block may change while it is read; each value is whole).
+    Only the block's shape bounds what is read: its header is the worker's to write."""
+    names = block["table"]["name"][0]
+    count = min(max(int(block["header"]["count"][0]), 0), len(names))
     out = []
-    for t, name in enumerate(_names(block["table"]["name"][0], count)):
+    for t, name in enumerate(_names(names, count)):
+        if not name:                               # never made (a name is not empty): a header written over
+            continue
         values = block["values"][0][t].copy()      # one pass over a table the worker may be writing: a copy,
         used = np.flatnonzero(values)              # values first (a key is written before its value)
         vals = values[used]
