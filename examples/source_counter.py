@@ -8,12 +8,12 @@ The tables are compiled hash tables in the workers' shared memory: no name
 limit, no Python per packet.  The run's summary (and ``--json``'s
 "keyed_counters", and ``--metrics-port``'s ixypipe_keyed_* series) shows each
 table's distinct keys, totals, overflow and its top 10 addresses summed over
-the workers; a key is the address as an integer (ipaddress.ip_address(k)).
+the workers (``kind="ipv4"``: shown as addresses; the JSON has the integer too).
 """
 
 
 def count_sources(batch):
     v4 = batch.ipv4
     src = v4.src[v4.valid]
-    batch.count_by("src_packets", src)                          # 1 per packet
-    batch.count_by("src_bytes", src, batch.lengths[v4.valid])   # its length per packet
+    batch.count_by("src_packets", src, kind="ipv4")                          # 1 per packet
+    batch.count_by("src_bytes", src, batch.lengths[v4.valid], kind="ipv4")   # its length in bytes

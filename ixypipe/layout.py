@@ -210,8 +210,10 @@ KEYED_STAT = {name: i for i, name in enumerate(KEYED_STATS)}
 KEYED_TABLE_DTYPE = np.dtype([
     ("name", "u1", (KEYED_NAME_MAX,)),   # UTF-8, NUL-padded
     ("stats", "<i8", (len(KEYED_STATS),)),   # keys held, amounts counted (count and sum), what did not fit
-    ("pad", "u1", (24,)),
+    ("kind", "u1"),                  # how its keys are shown: an index into KEYED_KINDS
+    ("pad", "u1", (23,)),
 ])
+KEYED_KINDS = ("int", "ipv4", "mac", "hex")   # a key as a number, an IPv4 address, a MAC address, 0x...
 KEYED_HEADER_DTYPE = np.dtype([
     ("count", "<i8"),                # tables in use
     ("tables", "<i8"),               # tables the block holds (the supervisor's)

@@ -159,7 +159,8 @@ def test_the_merge_sums_per_key_over_workers_and_ranks_the_top():
     assert src.workers["worker-1"]["used"] == 3
     assert keyedstate.top(np.array([4, 2, 3], np.uint64), np.array([7, 7, 7], np.uint64), 2) == [(2, 7), (3, 7)]
     doc = keyedstate.as_json(m)["src"]
-    assert doc["type"] == "keyed_table" and doc["top"][0] == {"key": 3, "amount": 10} and doc["capacity"] == 768
+    assert doc["type"] == "keyed_table" and doc["kind"] == "int" and doc["capacity"] == 768
+    assert doc["top"][0] == {"key": 3, "key_text": "3", "amount": 10}
     lines = keyedstate.text_lines(keyedstate.as_json(m), 2)
     assert lines[0] == "keyed src: 5 keys, 7 updates, total 29, overflow 0"
     assert lines[1] == "  top: 3 10, 2 9"
@@ -205,8 +206,8 @@ def test_metrics_show_each_tables_figures_and_its_top_keys_as_bounded_series():
     from tests.test_metrics import CollectorRegistry, generate_latest, snapshot
 
     a, b = KeyedTables(private_block(1, 1024)), KeyedTables(private_block(1, 1024))
-    a.count_by("src", np.arange(30), np.arange(1, 31))       # 30 keys: only the top TOP_N become series
-    b.count_by("src", [0, 1], 100)
+    a.count_by("src", 0x0A000000 + np.arange(30), np.arange(1, 31), kind="ipv4")   # 30 keys: TOP_N series
+    b.count_by("src", 0x0A000000 + np.array([0, 1]), 100, kind="ipv4")
     snap = snapshot()
     snap = dataclasses.replace(snap, figures=dataclasses.replace(
         snap.figures, keyed=keyedstate.merge({"worker-0": a.read(), "worker-1": b.read()}, 1024)))
@@ -225,6 +226,19 @@ def test_metrics_show_each_tables_figures_and_its_top_keys_as_bounded_series():
     assert m["ixypipe_keyed_overflow_updates_total"] == {(("table", "src"),): 0}
     top = m["ixypipe_keyed_top_amount"]
     assert len(top) == keyedstate.TOP_N
-    assert top[(("key", "1"), ("rank", "1"), ("table", "src"))] == 102
-    assert top[(("key", "0"), ("rank", "2"), ("table", "src"))] == 101
-    assert top[(("key", "29"), ("rank", "3"), ("table", "src"))] == 30
+    assert top[(("key", "10.0.0.1"), ("rank", "1"), ("table", "src"))] == 102
+    assert top[(("key", "10.0.0.0"), ("rank", "2"), ("table", "src"))] == 101
+    assert top[(("key", "10.0.0.29"), ("rank", "3"), ("table", "src"))] == 30
+
+
+def test_a_tables_kind_says_how_its_keys_are_shown():
+    assert [keyed.key_text(0x0A000102, k) for k in ("int", "ipv4", "hex")] == ["167772418", "10.0.1.2", "0xa000102"]
+    assert keyed.key_text(0x020000000001, "mac") == "02:00:00:00:00:01"
+    t = KeyedTables(private_block(2, 1024))
+    t.count_by("mac", [0x020000000001], kind="mac")
+    t.count_by("mac", [0x020000000001], kind="ipv4")          # the first call's kind stays
+    assert [(s.name, s.kind) for s in t.read()] == [("mac", "mac")]
+    with pytest.raises(KeyedError, match="kind is one of int, ipv4, mac, hex .* got 'ip'"):
+        t.count_by("x", [1], kind="ip")
+    m = keyedstate.merge({"w": t.read()}, 1024)
+    assert keyedstate.text_lines(keyedstate.as_json(m))[1] == "  top: 02:00:00:00:00:01 2"

@@ -4,6 +4,7 @@ keys, merged over the workers, are what the input says; teardown's returned dict
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 import subprocess
 import sys
@@ -24,8 +25,8 @@ WORKER = '''
 def count_sources(batch):
     v4 = batch.ipv4
     src = v4.src[v4.valid]
-    batch.count_by("src", src)
-    batch.count_by("src_bytes", src, batch.lengths[v4.valid])
+    batch.count_by("src", src, kind="ipv4")
+    batch.count_by("src_bytes", src, batch.lengths[v4.valid], kind="ipv4")
 
 
 def teardown(ctx):
@@ -55,13 +56,14 @@ def frames_of(src: np.ndarray, sizes: np.ndarray, rng) -> list[bytes]:
     return [r + bytes(int(s) - len(r)) for r, s in zip(rows, sizes, strict=True)]
 
 
-def expected_top(keys: np.ndarray, amounts: np.ndarray, n: int) -> list[dict]:
+def expected_top(keys: np.ndarray, amounts: np.ndarray, n: int, ipv4: bool = True) -> list[dict]:
     """The top ``n`` keys by summed amount, largest first, a tie to the lower key: from the input alone."""
     totals: dict[int, int] = {}
     for k, a in zip(keys.tolist(), amounts.tolist(), strict=True):
         totals[k] = totals.get(k, 0) + a
     ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-    return [{"key": k, "amount": a} for k, a in ranked]
+    return [{"key": k, "key_text": str(ipaddress.IPv4Address(k)) if ipv4 else str(k), "amount": a}
+            for k, a in ranked]
 
 
 def test_counting_100000_sources_forwards_every_packet_and_the_merged_top_is_exact(tmp_path):
@@ -102,7 +104,9 @@ def test_counting_100000_sources_forwards_every_packet_and_the_merged_top_is_exa
     assert (b["keys"], b["total"]) == (SOURCES, int(sizes.sum()))
     assert b["top"] == expected_top(src, sizes, 10)
     assert s["user_counters"]["teardowns"] == 2                              # teardown(ctx)'s dict, merged
-    assert keyed["worker_ids"]["top"] == [{"key": 101, "amount": 2}, {"key": 100, "amount": 1}]
+    assert keyed["worker_ids"]["top"] == [{"key": 101, "key_text": "101", "amount": 2},
+                                          {"key": 100, "key_text": "100", "amount": 1}]
+    assert t["kind"] == "ipv4" and keyed["worker_ids"]["kind"] == "int"
 
 
 GUARDED = '''
@@ -115,7 +119,7 @@ calls = 0
 def guarded(batch):
     global calls
     calls += 1
-    batch.count_by("src", batch.ipv4.src)
+    batch.count_by("src", batch.ipv4.src, kind="ipv4")
     if batch.ctx.worker != 0:
         return
     if calls == 2:                          # its own block's header, garbage: the supervisor reads by the plan

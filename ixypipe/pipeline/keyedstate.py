@@ -21,7 +21,7 @@ import numpy as np
 
 from ixypipe.layout import KEYED_REGION, KEYED_STATS, PAGE_SIZE, keyed_block_dtype
 from ixypipe.memory.arena import Arena, RegionSize
-from ixypipe.workers.keyed import TableState, fill_limit, read_block
+from ixypipe.workers.keyed import TableState, fill_limit, key_text, read_block
 
 TOP_N = 10                 # keys per table in the summary, its JSON and the metrics (bounded cardinality)
 TOP_PER_INTERVAL = 3       # keys per table on a per-second text line
@@ -77,11 +77,12 @@ class MergedTable:
     stats: dict[str, int]                       # KEYED_STATS summed over the workers ("used": per worker, added)
     top: list[tuple[int, int]]                  # (key, amount), largest first
     workers: dict[str, dict[str, int]] = field(default_factory=dict)   # stage -> its own figures
+    kind: str = "int"                           # how keys are shown (layout.KEYED_KINDS)
 
     def as_json(self) -> dict:
-        return {"type": "keyed_table", "keys": self.keys, "capacity": self.capacity,
+        return {"type": "keyed_table", "kind": self.kind, "keys": self.keys, "capacity": self.capacity,
                 **{k: v for k, v in self.stats.items() if k != "used"},
-                "top": [{"key": k, "amount": a} for k, a in self.top],
+                "top": [{"key": k, "key_text": key_text(k, self.kind), "amount": a} for k, a in self.top],
                 "workers": self.workers}
 
 
@@ -121,7 +122,7 @@ def merge(per_worker: dict[str, list[TableState]], slots: int, n: int = TOP_N) -
         keys, values = sum_per_key([t.keys for _, t in parts], [t.values for _, t in parts])
         stats = {k: sum(t.stats[k] for _, t in parts) for k in KEYED_STATS}
         out[name] = MergedTable(name, len(keys), fill_limit(slots), stats, top(keys, values, n),
-                                {stage: dict(t.stats) for stage, t in parts})
+                                {stage: dict(t.stats) for stage, t in parts}, parts[0][1].kind)
     return out
 
 
@@ -148,5 +149,5 @@ def text_lines(tables: dict[str, dict], n: int = TOP_N) -> list[str]:
                 f"holds {t['capacity']:,} keys: raise workers.keyed_slots)") if t["overflow_updates"] else ", overflow 0"
         lines.append(f"keyed {name}: {t['keys']:,} keys, {t['updates']:,} updates, total {t['total']:,}{over}")
         if t["top"][:n]:
-            lines.append("  top: " + ", ".join(f"{e['key']} {e['amount']:,}" for e in t["top"][:n]))
+            lines.append("  top: " + ", ".join(f"{e['key_text']} {e['amount']:,}" for e in t["top"][:n]))
     return lines

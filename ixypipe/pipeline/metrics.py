@@ -14,7 +14,8 @@ with the interval of the same ``ixypipe_uptime_seconds`` (the JSON's "t").
 
 Every family has the label ``pipeline``; ports add ``port``, stages
 ``stage``, rings ``ring``, keyed counters ``table`` (their top keys
-``rank`` and ``key``: keyedstate.TOP_N per table, so the series stay few).  Counters end in ``_total``; figures that can go
+``rank`` and ``key``, the key shown by the table's kind: keyedstate.TOP_N
+per table, so the series stay few).  Counters end in ``_total``; figures that can go
 down (a worker's counters, a sink's "lost") are gauges.  A restarted worker
 counts its own loops, batches, packets and CPU from zero (a counter reset);
 drops by reason add up over its processes, as in the summary.
@@ -40,6 +41,7 @@ from ixypipe.pipeline.report import PORT_DROP_NAMES, IntervalFigures
 from ixypipe.rings.spsc import Ring, RingError
 from ixypipe.sim.block import SIM_SIZE_FIELDS
 from ixypipe.sim.traffic import SIZE_BUCKET_NAMES
+from ixypipe.workers.keyed import key_text
 
 log = logging.getLogger(__name__)
 PORT_RANGE = (1, RANGES["stats.metrics_port"][1])     # 0 (the file's and the option's default) = no endpoint
@@ -150,7 +152,7 @@ def families(snap: Snapshot) -> list[Metric]:
         add(CounterMetricFamily, metric, doc, ["table"], (([name], t.stats[stat]) for name, t in keyed.items()))
     add(GaugeMetricFamily, "ixypipe_keyed_top_amount", "A top key of a keyed table by amount, summed over the "
         "workers (rank 1 = largest)", ["table", "rank", "key"],
-        (([name, str(rank), str(key)], amount) for name, t in keyed.items()
+        (([name, str(rank), key_text(key, t.kind)], amount) for name, t in keyed.items()
          for rank, (key, amount) in enumerate(t.top, 1)))
 
     add(GaugeMetricFamily, "ixypipe_ring_entries", "Buffer indices in the forward ring now", ["ring"],

@@ -106,9 +106,9 @@ class WorkerContext:
         """Add to a named counter (as batch.count; teardown may count too)."""
         add_count(self.counters, name, value)
 
-    def count_by(self, table: str, keys, n=None) -> None:
+    def count_by(self, table: str, keys, n=None, kind: str = "int") -> None:
         """Add to keyed table ``table`` per key (as batch.count_by; teardown may count too)."""
-        self.keyed_tables().count_by(table, keys, n)
+        self.keyed_tables().count_by(table, keys, n, kind)
 
     def keyed_tables(self) -> KeyedTables:
         """The keyed tables: the pipeline's, or private ones made on first use (outside a pipeline)."""
@@ -431,23 +431,24 @@ class Batch:
         """
         add_count(self.counters, name, value)
 
-    def count_by(self, table: str, keys, n=None) -> None:
+    def count_by(self, table: str, keys, n=None, kind: str = "int") -> None:
         """Add ``n`` (default 1; an integer, or one per key such as ``batch.lengths``) to each key's value in
         keyed table ``table``: a hash table per worker, summed per key over the workers in the summary,
         its JSON ("keyed_counters") and the metrics, with its top keys and totals.
 
         ``keys``: one integer per element (a 1-D integer array of any length, e.g.
-        ``batch.ipv4.src[batch.ipv4.valid]``).  Amounts of 0 are not counted.  A table holds
+        ``batch.ipv4.src[batch.ipv4.valid]``); ``kind`` says how the summary shows them: "int", "ipv4"
+        (10.0.0.1), "mac" or "hex" (the first call's).  Amounts of 0 are not counted.  A table holds
         3/4 of workers.keyed_slots keys; an amount for a key that does not fit is counted as the
         table's overflow, never lost silently.  A worker has workers.keyed_tables tables: a call for
         one more is refused (one warning, counted), the batch goes on.
         """
         if self.ctx is not None:
-            self.ctx.count_by(table, keys, n)
+            self.ctx.count_by(table, keys, n, kind)
             return
         if self._keyed is None:
             self._keyed = KeyedTables(private_block())
-        self._keyed.count_by(table, keys, n)
+        self._keyed.count_by(table, keys, n, kind)
 
     def keyed_tables(self) -> KeyedTables | None:
         """The tables count_by counted into (None before the first call outside a pipeline)."""

@@ -28,6 +28,7 @@ from ixypipe.layout import (
     KEYED_FILL_DEN,
     KEYED_FILL_NUM,
     KEYED_HASH_MUL,
+    KEYED_KINDS,
     KEYED_NAME_MAX,
     KEYED_STAT,
     KEYED_STATS,
@@ -140,6 +141,19 @@ class TableState:
     keys: np.ndarray          # uint64
     values: np.ndarray        # uint64
     stats: dict[str, int]
+    kind: str = "int"         # how its keys are shown (KEYED_KINDS, key_text)
+
+
+def key_text(key: int, kind: str) -> str:
+    """A key as a person reads it: ``kind`` "ipv4" 10.0.0.1 (the low 32 bits), "mac" 02:00:00:00:00:01 (the
+    low 48 bits), "hex" 0x1f, else the number."""
+    if kind == "ipv4":
+        return ".".join(str(key >> s & 0xFF) for s in (24, 16, 8, 0))
+    if kind == "mac":
+        return ":".join(f"{key >> s & 0xFF:02x}" for s in range(40, -8, -8))
+    if kind == "hex":
+        return f"{key:#x}"
+    return str(key)
 
 
 def private_block(tables: int = DEFAULT_TABLES, slots: int = DEFAULT_SLOTS) -> np.ndarray:
@@ -207,14 +221,16 @@ class KeyedTables:
         self.limit = fill_limit(self.slots)
         self.names = block["table"]["name"][0]
         self.stats = block["table"]["stats"][0]
+        self.kinds = block["table"]["kind"][0]
         self.keys = block["keys"][0]
         self.values = block["values"][0]
         self.compiled = keyed_jit.AVAILABLE if compiled is None else compiled and keyed_jit.AVAILABLE
         self.index = {name: t for t, name in enumerate(_names(self.names, int(self.count[0])))}
         self._warned = False
 
-    def table(self, name: str) -> int | None:
-        """The number of table ``name``, made on first use; None when every table is taken (warned once)."""
+    def table(self, name: str, kind: str = "int") -> int | None:
+        """The number of table ``name``, made on first use (its keys shown as ``kind``); None when every
+        table is taken (warned once)."""
         t = self.index.get(name)
         if t is not None:
             return t
@@ -232,14 +248,17 @@ class KeyedTables:
         raw = name.encode()
         self.names[t, :] = 0
         self.names[t, :len(raw)] = np.frombuffer(raw, np.uint8)
+        self.kinds[t] = KEYED_KINDS.index(kind)
         self.count[0] = t + 1                        # after the name's bytes
         self.index[name] = t
         return t
 
-    def count_by(self, name: str, keys, n=None) -> None:
+    def count_by(self, name: str, keys, n=None, kind: str = "int") -> None:
+        if kind not in KEYED_KINDS:
+            raise KeyedError(f"kind is one of {', '.join(KEYED_KINDS)} (how the summary shows a key), got {kind!r}")
         keys = key_array(keys)
         amounts = amount_array(n, len(keys))
-        t = self.table(name)
+        t = self.table(name, kind)
         if t is None:
             self.refused[0] += 1
             return
@@ -260,6 +279,7 @@ def read_block(block: np.ndarray) -> list[TableState]:
     """Every table of a block, as copies (a live block may change while it is read; each value is whole).
     Only the block's shape bounds what is read: its header is the worker's to write."""
     names = block["table"]["name"][0]
+    kinds = block["table"]["kind"][0]
     count = min(max(int(block["header"]["count"][0]), 0), len(names))
     out = []
     for t, name in enumerate(_names(names, count)):
@@ -270,7 +290,8 @@ def read_block(block: np.ndarray) -> list[TableState]:
         vals = values[used]
         keys = block["keys"][0][t][used]
         out.append(TableState(name, keys, vals,
-                              dict(zip(KEYED_STATS, (int(v) for v in block["table"]["stats"][0][t]), strict=True))))
+                              dict(zip(KEYED_STATS, (int(v) for v in block["table"]["stats"][0][t]), strict=True)),
+                              KEYED_KINDS[kinds[t]] if kinds[t] < len(KEYED_KINDS) else "int"))
     return out
 
 
