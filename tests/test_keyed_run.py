@@ -5,6 +5,7 @@ keys, merged over the workers, are what the input says; teardown's returned dict
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 import subprocess
 import sys
@@ -155,3 +156,36 @@ def test_a_worker_cannot_write_another_workers_block_and_its_own_header_cannot_m
     t = s["keyed_counters"]["src"]
     assert (t["keys"], t["updates"], t["capacity"]) == (len(np.unique(src)), len(src), 3072)
     assert t["top"] == expected_top(src, np.ones(len(src), np.int64), 10)
+
+
+TRIED = '''
+def by_source(batch):
+    batch.count_by("src", batch.ipv4.src, batch.lengths, kind="ipv4")
+
+
+def teardown(ctx):
+    return {"done": 1, "ports": {53: 2}}
+'''
+
+
+def test_ixypipe_try_shows_keyed_tables_and_what_teardown_returned(tmp_path):
+    import json
+
+    frames = [frame(0x0A000001 + i % 2, 0x0B000001, 1000, 53, 60 + i) for i in range(5)]
+    with PcapWriter(tmp_path / "five.pcap") as w:
+        w.write_batch(frames)
+    (tmp_path / "tried.py").write_text(TRIED)
+    run = [*IXYPIPE, "try", "tried.py:by_source", "five.pcap", "--batch-size", "2"]
+    text = subprocess.run(run, capture_output=True, text=True, timeout=CEILING, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    at = lines.index("counters: done=1")
+    assert lines[at + 1:at + 5] == ["keyed src: 2 keys, 5 updates, total 310, overflow 0",
+                                    "  top: 10.0.0.1 186, 10.0.0.2 124",
+                                    "keyed ports: 1 keys, 1 updates, total 2, overflow 0", "  top: 53 2"]
+    done = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=CEILING, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    got = json.loads(done.stdout)
+    assert got["keyed_counters"]["src"]["top"] == [{"key": 0x0A000001, "key_text": "10.0.0.1", "amount": 186},
+                                                   {"key": 0x0A000002, "key_text": "10.0.0.2", "amount": 124}]
