@@ -242,3 +242,34 @@ def test_a_tables_kind_says_how_its_keys_are_shown():
         t.count_by("x", [1], kind="ip")
     m = keyedstate.merge({"w": t.read()}, 1024)
     assert keyedstate.text_lines(keyedstate.as_json(m))[1] == "  top: 02:00:00:00:00:01 2"
+
+
+def test_stats_intervals_show_the_merged_tables_in_text_and_json():
+    import io
+    import json
+
+    from ixypipe.layout import STAGE_ROW_DTYPE
+    from ixypipe.pipeline.report import StatsPrinter
+    from tests.test_stats_lines import plan
+
+    a = KeyedTables(private_block(1, 1024))
+    a.count_by("src", 0x0A000000 + np.array([1, 1, 2, 3, 4]), kind="ipv4")
+    tables = {}
+    p = plan()
+    table = np.zeros(len(p.stages), STAGE_ROW_DTYPE)
+    for json_lines in (False, True):
+        out = io.StringIO()
+        printer = StatsPrinter(p, table, {}, out, json_lines=json_lines, keyed=lambda: tables)
+        printer.interval(1.0)                    # nothing counted yet: no keyed line, no key
+        tables.update(keyedstate.merge({"worker-0": a.read()}, 1024))
+        printer.interval(2.0)
+        first, second = out.getvalue().split("stages: ")[1:] if not json_lines else out.getvalue().splitlines()
+        if json_lines:
+            assert "keyed_counters" not in json.loads(first)
+            assert json.loads(second)["keyed_counters"]["src"]["top"][0] == {"key": 0x0A000001,
+                                                                            "key_text": "10.0.0.1", "amount": 2}
+        else:
+            assert "keyed" not in first
+            assert second.splitlines()[1:] == ["keyed src: 4 keys, 5 updates, total 5, overflow 0",
+                                               "  top: 10.0.0.1 2, 10.0.0.2 1, 10.0.0.3 1"]
+        tables.clear()
