@@ -214,6 +214,8 @@ KEYED_TABLE_DTYPE = np.dtype([
     ("pad", "u1", (23,)),
 ])
 KEYED_KINDS = ("int", "ipv4", "mac", "hex")   # a key as a number, an IPv4 address, a MAC address, 0x...
+KEYED_SLOT_BYTES = 16                # a key and its value
+KEYED_BLOCK_MAX = 1 << 30            # bytes of one worker's tables (keyed_tables x keyed_slots x 16), at most
 KEYED_HEADER_DTYPE = np.dtype([
     ("count", "<i8"),                # tables in use
     ("tables", "<i8"),               # tables the block holds (the supervisor's)

@@ -273,3 +273,32 @@ def test_stats_intervals_show_the_merged_tables_in_text_and_json():
             assert second.splitlines()[1:] == ["keyed src: 4 keys, 5 updates, total 5, overflow 0",
                                                "  top: 10.0.0.1 2, 10.0.0.2 1, 10.0.0.3 1"]
         tables.clear()
+
+
+PIPELINE = ('[[ports]]\nname = "a"\ndriver = "sim"\nforward_to = "b"\n[[ports]]\nname = "b"\ndriver = "sim"\n'
+            'forward_to = "a"\n[workers]\nprocesses = 2\n')
+
+
+def test_keyed_sizes_are_read_and_bounded_with_errors_naming_the_keys(tmp_path):
+    from ixypipe.pipeline.config import ConfigError, check_keyed_fits, parse_pipeline
+    from ixypipe.pipeline.plan import plan_from_config
+
+    cfg = parse_pipeline(PIPELINE, tmp_path / "k.toml")
+    assert (cfg.workers.keyed_tables, cfg.workers.keyed_slots) == (keyed.DEFAULT_TABLES, keyed.DEFAULT_SLOTS)
+    cfg = parse_pipeline(PIPELINE + "keyed_tables = 2\nkeyed_slots = 2048\n", tmp_path / "k.toml")
+    plan = plan_from_config(cfg)
+    assert (plan.keyed_tables, plan.keyed_slots) == (2, 2048)
+    with pytest.raises(ConfigError, match=r"workers.keyed_slots \(line 11\): must be a power of two from 1024 to "
+                                          r"67108864, got 3000"):
+        parse_pipeline(PIPELINE + "keyed_slots = 3000\n", tmp_path / "k.toml")
+    with pytest.raises(ConfigError, match=r"workers.keyed_slots \(line 12\): 64 tables \(workers.keyed_tables\) "
+                                          r"of 67108864 slots of 16 bytes take 65,536 MiB per worker, more than "
+                                          r"the 1,024 MiB allowed: fewer tables or slots"):
+        parse_pipeline(PIPELINE + "keyed_tables = 64\nkeyed_slots = 67108864\n", tmp_path / "k.toml")
+    big = parse_pipeline(PIPELINE + "keyed_tables = 16\nkeyed_slots = 4194304\n", tmp_path / "k.toml")
+    with pytest.raises(ConfigError, match=r"workers.keyed_slots.*2 workers x 16 keyed tables \(workers.keyed_tables\) "
+                                          r"of 4194304 slots need 2,048 MiB of /dev/shm, which has 1,000 MiB free"):
+        check_keyed_fits(big, plan_from_config(big), shm_free=1000 << 20)
+    check_keyed_fits(big, plan_from_config(big), shm_free=3000 << 20)
+    none = parse_pipeline(PIPELINE + "keyed_tables = 0\n", tmp_path / "k.toml")
+    check_keyed_fits(none, plan_from_config(none), shm_free=0)        # no region: nothing to fit

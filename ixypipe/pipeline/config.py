@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ixypipe import privilege
 from ixypipe.datafile import kernel_filesystem
-from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
+from ixypipe.layout import KEYED_BLOCK_MAX, KEYED_SLOT_BYTES, MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import HOT_PATHS, PortSpec
 from ixypipe.nic.registers import MFS_VLAN_EXTRA, OCTETS_FCS_LEN, rx_frame_limits
 from ixypipe.nic.vfio import IOMMU_MODES
@@ -905,6 +905,11 @@ def _workers(r: _Reader, doc: dict, base_dir: Path) -> WorkersConfig:
         raise r.fail("workers.function", printable(str(exc), MAX_PATH)) from None
     keyed_tables = r.integer(w, "keyed_tables", "workers", DEFAULT_KEYED_TABLES)
     keyed_slots = r.integer(w, "keyed_slots", "workers", DEFAULT_KEYED_SLOTS, power_of_two=True)
+    if keyed_tables * keyed_slots * KEYED_SLOT_BYTES > KEYED_BLOCK_MAX:
+        raise r.fail("workers.keyed_slots", f"{keyed_tables} tables (workers.keyed_tables) of {keyed_slots} slots of "
+                                            f"{KEYED_SLOT_BYTES} bytes take {keyed_tables * keyed_slots * KEYED_SLOT_BYTES >> 20:,} "
+                                            f"MiB per worker, more than the {KEYED_BLOCK_MAX >> 20:,} MiB allowed: "
+                                            "fewer tables or slots")
     return WorkersConfig(function, processes, distribute, per_packet, dict(options), import_timeout,
                          setup_timeout, r.line_of("workers.function"), keyed_tables, keyed_slots)
 
@@ -950,6 +955,26 @@ def check_plan_fits(cfg: PipelineConfig) -> None:
                               f"rings and {len(plan.pools)} mempools need {len(regions)} regions of the {what} "
                               f"arena, more than the {ARENA_MAX_REGIONS - 1} it holds; use fewer worker processes "
                               "or ports[].rx_queues / tx_queues") from None
+    check_keyed_fits(cfg, plan)
+
+
+def check_keyed_fits(cfg: PipelineConfig, plan, shm_free=None) -> None:
+    """ConfigError when the workers' keyed tables (pipeline/keyedstate.py) cannot fit /dev/shm, where the
+    packet arena's control file lives (``shm_free``: its free bytes; read from the file system if None)."""
+    from ixypipe.memory.arena import SHM_DIR
+    from ixypipe.pipeline.keyedstate import arena_regions
+
+    need = sum(r.size for r in arena_regions(cfg.workers.processes, plan.keyed_tables, plan.keyed_slots))
+    if not need:
+        return
+    if shm_free is None:
+        st = os.statvfs(SHM_DIR)
+        shm_free = st.f_bavail * st.f_frsize
+    if need > shm_free:
+        raise ConfigError(cfg.path, "workers.keyed_slots",
+                          f"{cfg.workers.processes} workers x {plan.keyed_tables} keyed tables (workers.keyed_tables) "
+                          f"of {plan.keyed_slots} slots need {need >> 20:,} MiB of {SHM_DIR}, which has "
+                          f"{shm_free >> 20:,} MiB free: fewer tables or slots (keyed_tables = 0: none)")
 
 
 def available_cpus() -> list[int]:
