@@ -216,6 +216,8 @@ KEYED_TABLE_DTYPE = np.dtype([
 KEYED_KINDS = ("int", "ipv4", "mac", "hex")   # a key as a number, an IPv4 address, a MAC address, 0x...
 KEYED_SLOT_BYTES = 16                # a key and its value
 KEYED_BLOCK_MAX = 1 << 30            # bytes of one worker's tables (keyed_tables x keyed_slots x 16), at most
+KEYED_DEFAULT_TABLES = 4             # tables per worker unless the pipeline file says (workers.keyed_tables)
+KEYED_DEFAULT_SLOTS = 1 << 18        # slots per table (workers.keyed_slots): 196,608 keys, 4 MiB
 KEYED_HEADER_DTYPE = np.dtype([
     ("count", "<i8"),                # tables in use
     ("tables", "<i8"),               # tables the block holds (the supervisor's)

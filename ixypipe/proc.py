@@ -83,11 +83,12 @@ class Pacing:
     gives 0.0: the caller's back-off ladder serves, as it always did.
     """
 
-    __slots__ = ("want", "clock", "ns_per_unit", "since", "start_count")
+    __slots__ = ("want", "clock", "ns_per_unit", "since", "start_count", "max_nap")
 
-    def __init__(self, want: int, clock=time.monotonic_ns):
+    def __init__(self, want: int, clock=time.monotonic_ns, max_nap: float = PACE_MAX_NAP):
         self.want = max(1, want)
         self.clock = clock
+        self.max_nap = max_nap
         self.ns_per_unit = 0.0           # 0.0: no steady rate
         self.since = clock()
         self.start_count = 0
@@ -100,7 +101,7 @@ class Pacing:
             moved = count - self.start_count
             self.ns_per_unit = elapsed / moved if moved >= self.want else 0.0
             self.since, self.start_count = now, count
-        return min(PACE_MAX_NAP, PACE_SHARE * self.want * self.ns_per_unit * 1e-9)
+        return min(self.max_nap, PACE_SHARE * self.want * self.ns_per_unit * 1e-9)
 
 
 def describe_exit(code: int) -> str:

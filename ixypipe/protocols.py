@@ -17,6 +17,7 @@ ETH_MIN_FRAME = 60                 # the Ethernet minimum without FCS (64 on the
 # IPv4 source and destination address and the first four L4 bytes (the ports)
 FLOW_KEY_OFF = ETH_HEADER_LEN + 12
 FLOW_KEY_LEN = 12
+FLOW_HASH_MIX = 0x9E3779B1          # the key's three words XORed, times this (Fibonacci hashing), bits 16+
 
 # --- IPv4 without options, UDP ---------------------------------------------------
 IPV4_HEADER_LEN = 20

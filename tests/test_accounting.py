@@ -151,7 +151,7 @@ class Row(dict):
 
 
 def fake_stage():
-    return type("St", (), {"row": Row(), "me": type("Me", (), {"name": "rx-p0-q0"})()})()
+    return type("St", (), {"row": Row(), "refused_noted": False, "me": type("Me", (), {"name": "rx-p0-q0"})()})()
 
 
 def test_a_duplicate_index_is_dropped_once_and_explains_the_buffer_it_overwrote():

@@ -287,13 +287,13 @@ def test_mutated_documents_are_accepted_or_rejected_with_config_error(data, tmp_
         assert cfg.ports and all(p.forward_to in {q.name for q in cfg.ports} for p in cfg.ports)
 
 
-def test_the_readme_example_is_valid_and_its_values_are_the_defaults(tmp_path):
-    readme = (HERE.parent / "README.md").read_text()
-    section = readme.split("## Pipeline files", 1)[1].split("\n## ", 1)[0]
+def test_the_reference_example_is_valid_and_its_values_are_the_defaults(tmp_path):
+    reference = (HERE.parent / "docs" / "pipeline-file.md").read_text()
+    section = reference.split("## Example", 1)[1]
     example = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
     PcapWriter(tmp_path / "in.pcap").close()      # a valid (empty) capture: the file is checked
     documented = parse_pipeline(example, tmp_path / "fwd.toml")
-    # the same ports with nothing but the required keys: every value the README shows is the default
+    # the same ports with nothing but the required keys: every value the reference shows is the default
     bare = parse_pipeline('[[ports]]\nname = "p0"\ndriver = "sim"\nforward_to = "p1"\n[ports.generator]\n'
                           '[ports.sink]\n[[ports]]\nname = "p1"\ndriver = "af_packet"\nforward_to = "p0"\n'
                           'interface = "veth0"\n[[ports]]\nname = "p2"\ndriver = "pcap"\nforward_to = "p0"\n'

@@ -189,3 +189,30 @@ def test_ixypipe_try_shows_keyed_tables_and_what_teardown_returned(tmp_path):
     got = json.loads(done.stdout)
     assert got["keyed_counters"]["src"]["top"] == [{"key": 0x0A000001, "key_text": "10.0.0.1", "amount": 186},
                                                    {"key": 0x0A000002, "key_text": "10.0.0.2", "amount": 124}]
+
+
+def test_the_keyed_counters_page_examples_run_and_give_what_it_says(tmp_path):
+    import re
+
+    text = (REPO / "docs" / "keyed-counters.md").read_text()
+    counting, merging = re.findall(r"```python\n(.*?)```", text, re.S)
+    example = (REPO / "examples" / "source_counter.py").read_text()
+    assert "def count_sources" + example.split("def count_sources", 1)[1] == counting     # the page shows it
+    (tmp_path / "counting.py").write_text(counting)
+    (tmp_path / "merging.py").write_text(merging)
+    frames = [frame(0x0A000001 + i % 2, 0x0B000001, 1000, 53 + i % 2, 60 + i) for i in range(5)]
+    with PcapWriter(tmp_path / "five.pcap") as w:
+        w.write_batch(frames)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = {}
+    for worker in ("counting.py:count_sources", "merging.py:worker"):
+        done = subprocess.run([*IXYPIPE, "try", worker, "five.pcap"], capture_output=True, text=True,
+                              timeout=CEILING, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr
+        out[worker] = done.stdout.splitlines()
+    assert out["counting.py:count_sources"][-6:-1] == [
+        "counters: none", "keyed src_packets: 2 keys, 5 updates, total 5, overflow 0",
+        "  top: 10.0.0.1 3, 10.0.0.2 2", "keyed src_bytes: 2 keys, 5 updates, total 310, overflow 0",
+        "  top: 10.0.0.1 186, 10.0.0.2 124"]
+    assert out["merging.py:worker"][-4:-1] == [
+        "counters: ports_seen=2", "keyed udp_ports: 2 keys, 2 updates, total 5, overflow 0", "  top: 53 3, 54 2"]

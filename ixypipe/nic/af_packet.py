@@ -163,7 +163,11 @@ class PacketRing:
         self.mac = self._field("tp_mac")
         self.vlan_tci = self._field("tp_vlan_tci")
         self.vlan_tpid = self._field("tp_vlan_tpid")
-        self.cursor = 0
+        self.at = np.zeros(1, np.int64)          # the cursor, in an array: compiled queue kernels move it too
+
+    @property
+    def cursor(self) -> int:
+        return int(self.at[0])
 
     def _field(self, name: str) -> np.ndarray:
         dtype, offset = _HDR.fields[name][:2]
@@ -176,7 +180,7 @@ class PacketRing:
         return w
 
     def advance(self, n: int) -> None:
-        self.cursor = (self.cursor + n) % self.count
+        self.at[0] = (self.at[0] + n) % self.count
 
     def close(self) -> None:
         self.frames = self.status = self.length = self.snaplen = self.mac = None
@@ -213,6 +217,7 @@ class PortCounters:
         self.tx = [words[(self.rx_queues + t) * per_line:(self.rx_queues + t + 1) * per_line]
                    for t in range(self.tx_queues)]
         self._table = lines.view(_Q)
+        self.words = lines.view(np.uint64).reshape(self.rx_queues + self.tx_queues, per_line)  # compiled kernels' view
 
     @staticmethod
     def arena_regions(rx_queues: int, tx_queues: int) -> list[RegionSize]:
@@ -291,16 +296,29 @@ class RxQueue:
         self.compiled = dev.compiled
         self.free_stack = pool.free_stack()
         self.result = np.zeros(4, np.int64)
+        self.largest = np.zeros(1, np.int64)     # the largest frame dropped as too long so far
+        ring, words = self.ring, dev.counters.words[queue]
+        # the compiled stage loop's record of this queue (af_packet_jit.rx_queue)
+        self.record = (ring.status, ring.length, ring.snaplen, ring.mac, ring.vlan_tci, ring.vlan_tpid, ring.frames,
+                       ring.at, bufs.max_data, bufs.data, bufs.length, self.free_stack.stack, self.free_stack.top,
+                       self.result, words, self.largest)
         if self.compiled:                  # load the kernel now, not with the first frame
             self._walk_compiled(np.empty(0, np.uint32), 0)
 
-    def receive(self, out: np.ndarray) -> int:
-        ring = self.ring
-        want = min(len(out), self.pool.available())
+    def housekeeping(self) -> None:
+        """What receiving does besides frames: the kernel's drops every STATS_POLL_SECONDS, and once the warning
+        about frames too long for a buffer (the compiled stage loop calls it between its runs)."""
         now = time.monotonic()
         if now >= self.next_poll:
             self.poll_kernel_stats()
             self.next_poll = now + STATS_POLL_SECONDS
+        if self.largest[0] and not self.warned_too_long:
+            self._warn_too_long(int(self.largest[0]), self.dev.bufs.max_data)
+
+    def receive(self, out: np.ndarray) -> int:
+        ring = self.ring
+        want = min(len(out), self.pool.available())
+        self.housekeeping()
         if want <= 0 or not ring.status[ring.cursor] & TP_STATUS_USER:    # an idle poll costs one load
             return 0
         walk = self._walk_compiled if self.compiled else self._walk_numpy
@@ -308,6 +326,7 @@ class RxQueue:
         ring.advance(examined)
         if truncated:
             PortCounters.add(self.line, "truncated", truncated)
+            self.largest[0] = max(int(self.largest[0]), largest)
             if not self.warned_too_long:
                 self._warn_too_long(largest, self.dev.bufs.max_data)
         if k:
@@ -423,11 +442,25 @@ class TxQueue:
             raise
         self.room = self.ring.frame_size - TPACKET2_TX_DATA_OFF
         self.line = dev.counters.tx[queue]
-        self.kick_pending = False
+        self.kick = np.zeros(1, np.int64)        # 1: a send() kick is owed (the kernel was busy or refused)
         self.compiled = dev.compiled
         self.result = np.zeros(3, np.int64)
+        self.freed = np.empty(self.ring.count, np.uint32)    # a send takes at most a ring of frames
+        ring, bufs = self.ring, dev.bufs
+        # the compiled stage loop's record of this queue (af_packet_jit.tx_queue)
+        self.record = (ring.status, ring.length, ring.frames, ring.at, bufs.length, bufs.data, TPACKET2_TX_DATA_OFF,
+                       self.room, self.result, dev.counters.words[dev.counters.rx_queues + queue],
+                       self.sock.fileno(), self.freed, self.kick)
         if self.compiled:                  # load the kernel now, not with the first frame
             self._place_compiled(np.empty(0, np.uint32))
+
+    @property
+    def kick_pending(self) -> bool:
+        return bool(self.kick[0])
+
+    @kick_pending.setter
+    def kick_pending(self, owed: bool) -> None:
+        self.kick[0] = owed
 
     def send(self, idx: np.ndarray) -> int:
         if len(idx) == 0:
@@ -645,6 +678,21 @@ class AfPacketDevice(Device):
         """Wait until the queue's ring has sent everything; returns frames still pending."""
         txq = self.txq.get(queue)
         return txq.drain(timeout) if txq is not None else 0
+
+    def compiled_rx(self, queue: int):
+        rxq = self._rx_queue(queue)
+        if not self.compiled or rxq.pool.debug:      # a debug pool learns of pops through rx_batch only
+            return None
+        return af_packet_jit.rx_queue, rxq.record
+
+    def compiled_tx(self, queue: int):
+        if not self.compiled or self.tx_done is None:
+            return None
+        txq = self._tx_queue(queue)
+        return af_packet_jit.tx_queue, txq.record, txq.freed, np.zeros(1, np.int64), 0   # copied: nothing in hand
+
+    def rx_housekeeping(self, queue: int) -> None:
+        self._rx_queue(queue).housekeeping()
 
     def rx_fd(self, queue: int) -> int | None:
         """The queue's packet socket: poll() reports POLLIN when the kernel put a frame in the RX ring."""

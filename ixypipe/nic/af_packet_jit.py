@@ -26,9 +26,13 @@ noalias, so the kernel never sees a status before the data.
 
 from __future__ import annotations
 
+import socket
+from errno import EAGAIN, EINTR, ENETDOWN, ENOBUFS, ENOMEM, ENXIO
+
 import numpy as np
 
 from ixypipe import jitcache
+from ixypipe.layout import SOFT_PORT_QUEUE_DTYPE
 from ixypipe.nic.af_packet_abi import (
     TP_STATUS_AVAILABLE,
     TP_STATUS_KERNEL,
@@ -48,6 +52,10 @@ AVAILABLE = numba is not None
 RX_EXAMINED, RX_TRUNCATED, RX_LARGEST_TRUNCATED, RX_BYTES = range(4)
 # result slots of tx_frames: frames queued for the kernel, their bytes, frames dropped for a bad length
 TX_QUEUED, TX_BYTES, TX_DROPPED = range(3)
+# u64 words of a queue's counter line (layout.SOFT_PORT_QUEUE_DTYPE)
+Q_PACKETS, Q_BYTES, Q_DROPPED, Q_TRUNCATED, Q_KICKS = (SOFT_PORT_QUEUE_DTYPE.fields[f][1] // 8 for f in (
+    "packets", "bytes", "dropped", "truncated", "kicks"))
+MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 _MAC_PAIR = 12               # destination + source MAC: where an 802.1Q tag goes back in
 
 rx_frames = tx_frames = None
@@ -136,3 +144,74 @@ if AVAILABLE:
         result[TX_BYTES] = nbytes
         result[TX_DROPPED] = dropped
         return taken
+
+    from numba import types
+    from numba.core.extending import intrinsic
+
+    _send = types.ExternalFunction("send", types.intp(types.intc, types.voidptr, types.uintp, types.intc))
+    _errno = types.ExternalFunction("__errno_location", types.CPointer(types.intc)())
+
+    @intrinsic
+    def _null(typingctx):
+        def codegen(context, builder, signature, args):
+            return context.get_constant_null(types.voidptr)
+        return types.voidptr(), codegen
+
+    @jit
+    def rx_queue(q, out):
+        """RxQueue.receive's frame work over the queue's record ``q`` (RxQueue.record): the compiled stage
+        loops' receive.  The kernel's drop counter and the too-long warning stay in Python (housekeeping)."""
+        (status, length, snaplen, mac, vlan_tci, vlan_tpid, frames, at, max_data, data, buf_len, stack, top,
+         result, line, largest) = q
+        want = min(np.int64(out.shape[0]), np.int64(top[0]))
+        if want <= 0 or not np.int64(status[at[0]]) & TP_STATUS_USER:      # an idle poll costs one load
+            return 0
+        k = rx_frames(status, length, snaplen, mac, vlan_tci, vlan_tpid, frames, at[0], want, max_data, data,
+                      buf_len, stack, top, out, result)
+        at[0] = (at[0] + result[RX_EXAMINED]) % status.shape[0]
+        if result[RX_TRUNCATED]:
+            line[Q_TRUNCATED] += np.uint64(result[RX_TRUNCATED])
+            largest[0] = max(largest[0], result[RX_LARGEST_TRUNCATED])
+        if k:
+            line[Q_PACKETS] += np.uint64(k)
+            line[Q_BYTES] += np.uint64(result[RX_BYTES])
+        return k
+
+    @jit
+    def _kick(line, fd, kick):
+        """One non-blocking send() (TxQueue._kick); 0, or -errno of a failure that is no back-pressure."""
+        line[Q_KICKS] += np.uint64(1)
+        kick[0] = 0
+        if _send(fd, _null(), 0, MSG_DONTWAIT) >= 0:
+            return 0
+        err = np.int64(_errno()[0])
+        if err == EAGAIN or err == EINTR:
+            kick[0] = 1
+            return 0
+        if err == ENOBUFS or err == ENOMEM or err == ENETDOWN or err == ENXIO:
+            line[Q_DROPPED] += np.uint64(1)     # the queueing layer dropped a frame; the rest wait for a kick
+            kick[0] = 1
+            return 0
+        return -err
+
+    @jit
+    def tx_queue(q, bufs):
+        """TxQueue.send over the queue's record ``q`` (TxQueue.record): (taken, taken) - the frames are copies,
+        so every buffer taken is done at once and listed in ``freed``; a kick that failed for good returns
+        (-errno, taken)."""
+        status, length, frames, at, buf_len, data, data_off, room, result, line, fd, freed, kick = q
+        n = tx_frames(status, length, frames, at[0], bufs, buf_len, data, data_off, room, result)
+        if n == 0:
+            return (_kick(line, fd, kick) if kick[0] else 0), 0
+        at[0] = (at[0] + n) % status.shape[0]
+        line[Q_DROPPED] += np.uint64(result[TX_DROPPED])
+        err = 0
+        if result[TX_QUEUED]:
+            line[Q_PACKETS] += np.uint64(result[TX_QUEUED])
+            line[Q_BYTES] += np.uint64(result[TX_BYTES])
+            err = _kick(line, fd, kick)
+        for j in range(n):
+            freed[j] = bufs[j]
+        return (err if err else n), n
+else:
+    rx_queue = tx_queue = None

@@ -161,6 +161,23 @@ class Device(ABC):
         """
         return None
 
+    def compiled_rx(self, queue: int):
+        """``(kernel, record)`` for the compiled stage loop (pipeline/breathe_jit.py): the numba function
+        ``kernel(record, out)`` receives into ``out`` as rx_batch does (a negative return is the driver's error,
+        which rx_batch raises); None when the port has no compiled receive (the Python loop serves)."""
+        return None
+
+    def compiled_tx(self, queue: int):
+        """``(kernel, record, freed, handing, slot)``: ``kernel(record, bufs)`` cleans and posts as tx_batch
+        does and returns (posted, cleaned) with the cleaned buffers in ``freed[:cleaned]`` (a negative posted is
+        the driver's error); once they are home the loop stores 0 in ``handing[slot]`` (see tx_sent_in_hand).
+        None when the port has no compiled transmit."""
+        return None
+
+    def rx_housekeeping(self, queue: int) -> None:  # noqa: B027 - most drivers do all of it in their kernel
+        """What rx_batch does besides receiving (reading the kernel's drop counter, a warning), for the compiled
+        stage loop to call between its runs."""
+
     @abstractmethod
     def read_stats(self) -> DeviceStats:
         """Cumulative counters (the driver accumulates clear-on-read registers)."""

@@ -133,8 +133,9 @@ class RxQueue(_Queue):
         ``data_addr``: each buffer's DMA address (physical, or its IOVA under VFIO)."""
         if self.pool is not None:
             stack, top = self.pool.free_stack()
-            self.burst = functools.partial(kernels.rx_burst, self.desc64, self.slot_buf, self.state, bufs.length,
-                                           data_addr, stack, top, self.regs, self.rdt, self.bad)
+            self.record = (self.desc64, self.slot_buf, self.state, bufs.length, data_addr, stack, top, self.regs,
+                           self.rdt, self.bad)
+            self.burst = functools.partial(kernels.rx_burst, *self.record)
 
 
 class TxQueue(_Queue):
@@ -150,9 +151,9 @@ class TxQueue(_Queue):
 
     def bind(self, kernels, bufs: PacketBuffers, data_addr: np.ndarray) -> None:
         """Bind ``kernels.tx_burst`` to this queue's arrays: ``self.burst(bufs)`` cleans and posts."""
-        self.burst = functools.partial(kernels.tx_burst, self.desc64, self.slot_buf, self.state, bufs.length,
-                                       data_addr, self.regs, self.tdt, self.clean_batch, self.freed,
-                                       self.lohi, self.error, bufs.max_data)
+        self.record = (self.desc64, self.slot_buf, self.state, bufs.length, data_addr, self.regs, self.tdt,
+                       self.clean_batch, self.freed, self.lohi, self.error, bufs.max_data)
+        self.burst = functools.partial(kernels.tx_burst, *self.record)
 
 
 # ---- init steps, in ixy's order (datasheet section in each comment) ------------------------
@@ -560,6 +561,18 @@ class IxgbeDevice(Device):
         if rxq.pool is None:
             raise DeviceError(f"{self.name}: RX queue {queue} was attached without its mempool")
         return rxq
+
+    def compiled_rx(self, queue: int):
+        rxq = self._rx_queue(queue)
+        if not self.compiled or rxq.pool.debug:      # a debug pool learns of pops through rx_batch only
+            return None
+        return ixgbe_jit.rx_queue, rxq.record
+
+    def compiled_tx(self, queue: int):
+        txq = self._tx_queue(queue)
+        if not self.compiled or self.tx_done is None:
+            return None
+        return ixgbe_jit.tx_queue, txq.record, txq.freed, txq.state, R.QSTATE_TX_HANDING
 
     def rx_held(self, queue: int) -> np.ndarray:
         """Buffer indices sitting in the RX descriptors of ``queue`` (every slot holds one)."""

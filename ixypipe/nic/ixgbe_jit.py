@@ -138,3 +138,19 @@ if AVAILABLE:
             regs[tdt_index] = tail
             state[_TX_POSTED] += n
         return n | (cleaned << 32)
+
+    @jit
+    def rx_queue(q, out):
+        """rx_burst over one queue's record ``q`` (RxQueue.record): the compiled stage loops' receive."""
+        return rx_burst(*q, out)
+
+    @jit
+    def tx_queue(q, bufs):
+        """tx_burst over one queue's record ``q`` (TxQueue.record): (posted, cleaned), the cleaned buffers in
+        the record's ``freed``; posted < 0 is tx_burst's error (TX_ERROR - cleaned)."""
+        r = tx_burst(*q, bufs)
+        if r < 0:
+            return r, TX_ERROR - r
+        return r & 0xFFFFFFFF, r >> 32
+else:
+    rx_queue = tx_queue = None

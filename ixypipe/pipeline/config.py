@@ -1,11 +1,12 @@
 """Pipeline files: TOML read with tomllib and validated into frozen dataclasses.
 
-This module owns the pipeline file format (README "Pipeline files"): its
-tables, keys, defaults and limits, and the checks that run before anything
-is mapped: the file itself (a regular file of at most 1 MiB, looked at
-before it is opened), nesting depth, types and the ranges of every number
-(one table, RANGES), printable bounded names and strings, unknown keys (the
-error lists the allowed ones), port names and ``forward_to`` links,
+This module reads the pipeline file format (docs/pipeline-file.md) whose
+keys, types, defaults, ranges and choices are the rows of pipeline/keys.py
+(_Reader.value checks a value as its row says), and runs the checks that go
+beyond one key before anything is mapped: the file itself (a regular file of
+at most 1 MiB, looked at before it is opened), nesting depth, printable
+bounded names and strings, unknown keys (the error lists the allowed ones,
+from the table), port names and ``forward_to`` links,
 driver-specific keys, colliding PCI addresses, input and output files,
 mempool sizing, CPU ids against this machine, and the worker function
 (checked from its source here; check_worker_imports imports it in a child).
@@ -27,86 +28,47 @@ from typing import TYPE_CHECKING, Any
 
 from ixypipe import privilege
 from ixypipe.datafile import kernel_filesystem
-from ixypipe.layout import KEYED_BLOCK_MAX, KEYED_SLOT_BYTES, MIN_BUF_SIZE, PKTBUF_HEADROOM
-from ixypipe.nic.device import HOT_PATHS, PortSpec
+from ixypipe.layout import KEYED_BLOCK_MAX, KEYED_SLOT_BYTES, PKTBUF_HEADROOM
+from ixypipe.nic.device import PortSpec
 from ixypipe.nic.registers import MFS_VLAN_EXTRA, OCTETS_FCS_LEN, rx_frame_limits
-from ixypipe.nic.vfio import IOMMU_MODES
 from ixypipe.pcapfile import file_kind
-from ixypipe.sim.payload import (
-    DEFAULT_VID,
-    PROFILES,
-    SIM_MAX_FRAME,
-    SIM_MIN_FRAME,
-    VID_RANGE,
-    Profile,
-    ProfileError,
+from ixypipe.pipeline import keys
+from ixypipe.pipeline.keys import (
+    DEFAULT_METRICS_ADDRESS,
+    DRIVERS,
+    MAX_NAME,
+    MAX_PATH,
 )
-from ixypipe.sim.traffic import SINK_MODES
+from ixypipe.sim.payload import Profile, ProfileError
 
 if TYPE_CHECKING:
     from ixypipe.sim.world import SimPortConfig
 
 # ---- schema limits --------------------------------------------------------------------------
-DRIVERS = ("sim", "ixgbe", "af_packet", "pcap")
-HUGEPAGE_MODES = ("auto", "require", "never")
-STAGE_DEATH_POLICIES = ("stop", "restart")
-# how an idle stage waits: auto = spin on CPUs the pipeline has to itself (isolated), wake otherwise
-IDLE_MODES = ("auto", "spin", "wake", "nap")
-DISTRIBUTIONS = ("flow", "round-robin")
-PCAP_MODES = ("read", "write")
-CPU_ROLES = ("rx", "workers", "tx", "sim")
-# Every number a pipeline file may give: key -> (lowest, highest), both allowed.  README "Pipeline
-# files" shows these ranges beside each key; tests/test_hostile_files.py tries both ends and beyond.
-LINE_RATE_MPPS = 14.88          # 10 GbE with 64-byte frames: faster than any 82599 port can take them
-RANGES: dict[str, tuple[float, float]] = {
-    "pipeline.batch_size": (1, 4096),
-    "pipeline.ring_size": (64, 65536),              # SPSC ring capacity, power of two
-    "pipeline.buffer_size": (MIN_BUF_SIZE, 16384),  # packet buffer, power of two (64 bytes of it are header)
-    "pipeline.buffers_per_queue": (1, 1 << 20),     # and at least what the rings can hold (see below)
-    "pipeline.stats_interval": (0.1, 3600.0),       # seconds
-    "pipeline.stall_timeout": (0.5, 600.0),         # seconds; well above the longest wait of an idle stage (0.1 s)
-    "pipeline.max_restarts": (0, 1000),             # worker restarts per stage within a minute
-    "stats.interval": (0.1, 3600.0),
-    "stats.metrics_port": (0, 65535),               # TCP port of the Prometheus endpoint, 0 = none
-    "ports.rx_queues": (1, 16),
-    "ports.tx_queues": (1, 16),
-    "ports.rx_ring_size": (8, 4096),                # descriptors per NIC ring, power of two
-    "ports.tx_ring_size": (8, 4096),
-    "ports.loop": (0, 1_000_000),                   # pcap replays, 0 = forever
-    "ports.rate_mpps": (0.0, LINE_RATE_MPPS),       # pcap replay pace, 0 = as fast as possible
-    "ports.generator.packet_size": (SIM_MIN_FRAME, SIM_MAX_FRAME),   # and at most buffer_size - 64
-    "ports.generator.rate_mpps": (0.0, LINE_RATE_MPPS),              # 0 = as fast as the RX ring takes
-    "ports.generator.flows": (1, 65535),            # the simulator's generator numbers flows in a u16
-    "ports.generator.count": (0, 10**12),           # 0 = unlimited; 10**12 is 19 h at line rate
-    "workers.processes": (1, 64),
-    "workers.import_timeout": (1.0, 600.0),         # seconds for the worker's module to import
-    "workers.setup_timeout": (1.0, 3600.0),         # seconds a worker stage may take to import and run setup()
-    "workers.keyed_tables": (0, 64),                # keyed tables (batch.count_by) per worker, 0 = none
-    "workers.keyed_slots": (1 << 10, 1 << 26),      # slots per keyed table, power of two; 3/4 of them hold keys
-}
+# Every key's type, default, range and choices are rows of pipeline/keys.py; the names below are drawn
+# from that table for the code and tests that use them.
+RANGES: dict[str, tuple[float, float]] = keys.ranges()     # every number: key -> (lowest, highest)
+CPU_ROLES = keys.names("cpus")
 MAX_PORTS = 32                  # [[ports]] tables (DPDK's default RTE_MAX_ETHPORTS)
 MAX_FILE_BYTES = 1 << 20        # a pipeline file is a few kB; this bounds what a hostile path can make us read
 MAX_DEPTH = 16                  # tables and arrays nested in a pipeline file (the schema needs 4)
-MAX_NAME = 64                   # characters in the pipeline's name (it reaches terminals and process names)
-DEFAULT_METRICS_ADDRESS = "127.0.0.1"   # where the metrics endpoint listens unless told otherwise
-MAX_PATH = 4096                 # characters in a path (Linux PATH_MAX)
 NAME_RE = re.compile(rf"[\x20-\x7e]{{1,{MAX_NAME}}}")      # printable ASCII: no escapes, NUL or newlines
 PORT_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,15}")
 PCI_ADDRESS_RE = re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
 INTERFACE_RE = re.compile(r"[^/\s]{1,15}")     # Linux IFNAMSIZ - 1, no slash or blank
 
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_RING_SIZE = 1024
-DEFAULT_BUFFER_SIZE = 2048
-DEFAULT_BUFFERS_PER_QUEUE = 4096
-DEFAULT_DESC_RING = 512
-DEFAULT_STATS_INTERVAL = 1.0
-DEFAULT_IMPORT_TIMEOUT = 10.0
-DEFAULT_SETUP_TIMEOUT = 30.0
-DEFAULT_STALL_TIMEOUT = 2.0
-DEFAULT_MAX_RESTARTS = 5
-DEFAULT_KEYED_TABLES = 4         # workers/keyed.py DEFAULT_TABLES
-DEFAULT_KEYED_SLOTS = 1 << 18    # workers/keyed.py DEFAULT_SLOTS: 196,608 keys per table, 4 MiB of /dev/shm
+DEFAULT_BATCH_SIZE = keys.default("pipeline.batch_size")
+DEFAULT_RING_SIZE = keys.default("pipeline.ring_size")
+DEFAULT_BUFFER_SIZE = keys.default("pipeline.buffer_size")
+DEFAULT_BUFFERS_PER_QUEUE = keys.default("pipeline.buffers_per_queue")
+DEFAULT_DESC_RING = keys.default("ports.rx_ring_size")
+DEFAULT_STATS_INTERVAL = keys.default("stats.interval")
+DEFAULT_IMPORT_TIMEOUT = keys.default("workers.import_timeout")
+DEFAULT_SETUP_TIMEOUT = keys.default("workers.setup_timeout")
+DEFAULT_STALL_TIMEOUT = keys.default("pipeline.stall_timeout")
+DEFAULT_MAX_RESTARTS = keys.default("pipeline.max_restarts")
+DEFAULT_KEYED_TABLES = keys.default("workers.keyed_tables")
+DEFAULT_KEYED_SLOTS = keys.default("workers.keyed_slots")
 
 
 def printable(text: str, limit: int = 80) -> str:
@@ -133,18 +95,18 @@ class ConfigError(ValueError):
 class GeneratorSpec:
     """Traffic a simulated port's wire delivers (sim ports only)."""
     packet_size: int = 60
-    rate_mpps: float = 0.0          # 0 = as fast as the RX ring takes it
+    rate_mpps: float = keys.default("ports.generator.rate_mpps")
     flows: int = 4
-    count: int = 0                  # 0 = unlimited
-    profile: str = "udp"            # sim.payload.PROFILES
+    count: int = keys.default("ports.generator.count")
+    profile: str = keys.default("ports.generator.profile")
     vlan: int | None = None         # 802.1Q VID of every frame
 
 
 @dataclass(frozen=True)
 class SinkSpec:
     """What takes the frames a simulated port transmits (sim ports only)."""
-    mode: str = "verify"            # "verify": ixypipe's generator frames; "count": any frames
-    expect_touch: bool = False
+    mode: str = keys.default("ports.sink.mode")
+    expect_touch: bool = keys.default("ports.sink.expect_touch")
     pcap: str = ""                  # absolute path, "" = no capture
 
     @property
@@ -159,22 +121,21 @@ class PortConfig:
     pci: str = ""                   # ixgbe (required), sim (optional: the simulator assigns one)
     interface: str = ""             # af_packet
     path: str = ""                  # pcap: absolute path (relative ones are resolved against the file)
-    rx_queues: int = 1
-    tx_queues: int = 1
-    rx_ring_size: int = DEFAULT_DESC_RING
-    tx_ring_size: int = DEFAULT_DESC_RING
-    promiscuous: bool = True
+    rx_queues: int = keys.default("ports.rx_queues")
+    tx_queues: int = keys.default("ports.tx_queues")
+    rx_ring_size: int = keys.default("ports.rx_ring_size")
+    tx_ring_size: int = keys.default("ports.tx_ring_size")
+    promiscuous: bool = keys.default("ports.promiscuous")
     forward_to: str = ""            # port name; always filled in after validation
     generator: GeneratorSpec | None = None
     sink: SinkSpec | None = None
-    pcap_mode: str = "read"
-    pcap_loop: int = 1
-    pcap_rate_mpps: float = 0.0
+    pcap_mode: str = keys.default("ports.mode")
+    pcap_loop: int = keys.default("ports.loop")
+    pcap_rate_mpps: float = keys.default("ports.rate_mpps")
     af_packet_options: dict = field(default_factory=dict)   # qdisc_bypass, fanout_defrag when given
-    iommu: str = "none"             # ixgbe, sim: "vfio", "none" (physical addresses) or "auto"
-    hot_path: str = "auto"          # ixgbe, sim, af_packet: the driver's RX/TX kernels, "auto" (numba when installed),
-                                    # "numpy" or "numba"
-    share: bool = False             # ixgbe, af_packet: run beside other pipelines on this device on purpose
+    iommu: str = keys.default("ports.iommu")
+    hot_path: str = keys.default("ports.hot_path")
+    share: bool = keys.default("ports.share")
 
     def to_spec(self) -> PortSpec:
         """The driver's view of this port: address = pci / interface / path, extras in options."""
@@ -203,10 +164,10 @@ class PortConfig:
 
 @dataclass(frozen=True)
 class WorkersConfig:
-    function: str = "forward"       # no [workers]: a bump in the wire, frames leave as they came
-    processes: int = 1
-    distribute: str = "flow"
-    per_packet: bool = False
+    function: str = keys.default("workers.function")
+    processes: int = keys.default("workers.processes")
+    distribute: str = keys.default("workers.distribute")
+    per_packet: bool = keys.default("workers.per_packet")
     options: dict = field(default_factory=dict)     # [workers.options]: handed to the worker as ctx.options
     import_timeout: float = DEFAULT_IMPORT_TIMEOUT  # seconds the worker's module may take to import
     setup_timeout: float = DEFAULT_SETUP_TIMEOUT    # ... and a worker stage its import and setup() (else: stuck)
@@ -226,8 +187,8 @@ class CpuConfig:
 @dataclass(frozen=True)
 class StatsConfig:
     interval: float = DEFAULT_STATS_INTERVAL
-    json: bool = False
-    metrics_port: int = 0                           # the Prometheus endpoint (pipeline/metrics.py), 0 = none
+    json: bool = keys.default("stats.json")
+    metrics_port: int = keys.default("stats.metrics_port")   # the Prometheus endpoint (pipeline/metrics.py), 0 = none
     metrics_address: str = DEFAULT_METRICS_ADDRESS
 
 
@@ -245,7 +206,7 @@ class PipelineConfig:
     workers: WorkersConfig
     cpus: CpuConfig
     stats: StatsConfig
-    idle: str = "auto"
+    idle: str = keys.default("pipeline.idle")
     worker_user: str = ""        # whom the workers become ("": nobody when run as root, else the caller)
     stall_timeout: float = DEFAULT_STALL_TIMEOUT   # seconds without a heartbeat before a stage counts as hung
     max_restarts: int = DEFAULT_MAX_RESTARTS       # on_stage_death = "restart": per stage and minute
@@ -373,6 +334,22 @@ class _Reader:
                 where = f"{key}.{k}" if key else k
                 raise self.fail(where, f"unknown key{why}; allowed keys: {', '.join(allowed)}")
 
+    def value(self, table: dict, name: str, key: str, default: Any = keys.ROW_DEFAULT, lo: int | None = None,
+              hi: int | None = None) -> Any:
+        """``table[name]`` checked as its row in pipeline/keys.py says (type, range, power of two, choices),
+        or the row's default when absent; ``default``, ``lo`` and ``hi`` where this file computes them."""
+        k = keys.row(f"{key}.{name}")
+        d = k.default if default is keys.ROW_DEFAULT else default
+        if k.type == keys.INTEGER:
+            return self.integer(table, name, key, d, lo, hi, k.power_of_two)
+        if k.type == keys.NUMBER:
+            return self.number(table, name, key, d, lo, hi=hi)
+        if k.type == keys.BOOLEAN:
+            return self.boolean(table, name, key, d)
+        if k.type == keys.STRING:
+            return self.string(table, name, key, "" if d is None else d, k.choices, k.limit)
+        raise TypeError(f"{k.path} is a {k.type}, not a single value")
+
     def integer(self, table: dict, name: str, key: str, default: int, lo: int | None = None,
                 hi: int | None = None, power_of_two: bool = False) -> int:
         """A whole number within ``lo``..``hi``, by default the key's range in RANGES."""
@@ -437,22 +414,15 @@ def _range(lo: int | None, hi: int | None) -> str:
 
 
 # ---- the tables -----------------------------------------------------------------------------
-PIPELINE_KEYS = ("name", "batch_size", "ring_size", "buffer_size", "buffers_per_queue", "hugepages",
-                 "on_stage_death", "stats_interval", "idle", "worker_user", "stall_timeout", "max_restarts")
-PORT_COMMON_KEYS = ("name", "driver", "rx_queues", "tx_queues", "rx_ring_size", "tx_ring_size", "promiscuous",
-                    "forward_to")
-PORT_DRIVER_KEYS = {
-    "sim": ("pci", "generator", "sink", "iommu", "hot_path"),
-    "ixgbe": ("pci", "iommu", "hot_path", "share"),
-    "af_packet": ("interface", "qdisc_bypass", "fanout_defrag", "hot_path", "share"),
-    "pcap": ("path", "mode", "loop", "rate_mpps"),
-}
-GENERATOR_KEYS = ("packet_size", "rate_mpps", "flows", "count", "profile", "vlan")
-SINK_KEYS = ("mode", "expect_touch", "pcap", "verify")
-WORKERS_KEYS = ("function", "processes", "distribute", "per_packet", "options", "import_timeout", "setup_timeout",
-                "keyed_tables", "keyed_slots")
-STATS_KEYS = ("interval", "json", "metrics_port", "metrics_address")
-TOP_KEYS = ("pipeline", "ports", "workers", "cpus", "stats")
+# the keys each table takes, in the order the errors list them (rows of pipeline/keys.py)
+PIPELINE_KEYS = keys.names("pipeline")
+PORT_COMMON_KEYS = keys.names("ports")
+PORT_DRIVER_KEYS = {driver: keys.names("ports", driver) for driver in DRIVERS}
+GENERATOR_KEYS = keys.names("ports.generator")
+SINK_KEYS = keys.names("ports.sink")
+WORKERS_KEYS = keys.names("workers")
+STATS_KEYS = keys.names("stats")
+TOP_KEYS = keys.names("")
 
 
 def load_pipeline(path: str | os.PathLike) -> PipelineConfig:
@@ -567,31 +537,31 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
 
     pl = r.table(doc, "pipeline", "pipeline", PIPELINE_KEYS)
     default_name = "".join(c if NAME_RE.fullmatch(c) else "_" for c in Path(path).stem[:MAX_NAME]) or "pipeline"
-    name = r.string(pl, "name", "pipeline", default_name, limit=MAX_NAME)
+    name = r.value(pl, "name", "pipeline", default_name)
     if not NAME_RE.fullmatch(name):
         raise r.fail("pipeline.name", f"must be 1 to {MAX_NAME} printable ASCII characters (no control "
                                       f"characters or escapes), got {_show(name)}")
-    batch_size = r.integer(pl, "batch_size", "pipeline", DEFAULT_BATCH_SIZE)
-    ring_size = r.integer(pl, "ring_size", "pipeline", DEFAULT_RING_SIZE, power_of_two=True)
+    batch_size = r.value(pl, "batch_size", "pipeline")
+    ring_size = r.value(pl, "ring_size", "pipeline")
     if ring_size < batch_size:
         raise r.fail("pipeline.ring_size", f"must hold at least one batch (batch_size {batch_size}), "
                                            f"got {ring_size}")
-    buffer_size = r.integer(pl, "buffer_size", "pipeline", DEFAULT_BUFFER_SIZE, power_of_two=True)
-    hugepages = r.string(pl, "hugepages", "pipeline", "auto", HUGEPAGE_MODES)
-    on_stage_death = r.string(pl, "on_stage_death", "pipeline", "stop", STAGE_DEATH_POLICIES)
-    idle = r.string(pl, "idle", "pipeline", "auto", IDLE_MODES)
-    worker_user = r.string(pl, "worker_user", "pipeline", "")
+    buffer_size = r.value(pl, "buffer_size", "pipeline")
+    hugepages = r.value(pl, "hugepages", "pipeline")
+    on_stage_death = r.value(pl, "on_stage_death", "pipeline")
+    idle = r.value(pl, "idle", "pipeline")
+    worker_user = r.value(pl, "worker_user", "pipeline")
     why = privilege.check_switch(worker_user) if worker_user or "worker_user" not in pl else "must not be empty"
     if why:
         raise r.fail("pipeline.worker_user", f"{why}; give the user name or uid the workers run as "
                                              f"(default {privilege.DEFAULT_WORKER_USER} when run as root)")
-    stall_timeout = r.number(pl, "stall_timeout", "pipeline", DEFAULT_STALL_TIMEOUT)
-    max_restarts = r.integer(pl, "max_restarts", "pipeline", DEFAULT_MAX_RESTARTS)
+    stall_timeout = r.value(pl, "stall_timeout", "pipeline")
+    max_restarts = r.value(pl, "max_restarts", "pipeline")
 
     ports = _ports(r, doc, buffer_size, base_dir)
 
     per_queue_needed, why = _buffers_needed(ports, batch_size)
-    bpq = r.integer(pl, "buffers_per_queue", "pipeline", max(DEFAULT_BUFFERS_PER_QUEUE, per_queue_needed))
+    bpq = r.value(pl, "buffers_per_queue", "pipeline", max(DEFAULT_BUFFERS_PER_QUEUE, per_queue_needed))
     if bpq < per_queue_needed:
         raise r.fail("pipeline.buffers_per_queue",
                      f"must be at least {per_queue_needed} ({why}) so a full RX ring, a full TX ring and "
@@ -602,15 +572,14 @@ def parse_pipeline(text: str, path: str | os.PathLike) -> PipelineConfig:
     cpus = _cpus(r, doc)
 
     st = r.table(doc, "stats", "stats", STATS_KEYS)
-    interval = r.number(pl, "stats_interval", "pipeline", DEFAULT_STATS_INTERVAL)
+    interval = r.value(pl, "stats_interval", "pipeline")
     if "interval" in st:
-        if "stats_interval" in pl and r.number(st, "interval", "stats", 1.0) != interval:
+        if "stats_interval" in pl and r.value(st, "interval", "stats") != interval:
             raise r.fail("stats.interval", f"disagrees with pipeline.stats_interval ({interval:g}); "
                                            "give the interval once")
-        interval = r.number(st, "interval", "stats", DEFAULT_STATS_INTERVAL)
-    stats = StatsConfig(interval, r.boolean(st, "json", "stats", False),
-                        r.integer(st, "metrics_port", "stats", 0),
-                        r.string(st, "metrics_address", "stats", DEFAULT_METRICS_ADDRESS, limit=MAX_NAME))
+        interval = r.value(st, "interval", "stats")
+    stats = StatsConfig(interval, r.value(st, "json", "stats"), r.value(st, "metrics_port", "stats"),
+                        r.value(st, "metrics_address", "stats"))
 
     return PipelineConfig(file, name, batch_size, ring_size, buffer_size, bpq, hugepages, on_stage_death,
                           ports, workers, cpus, stats, idle, worker_user,
@@ -653,7 +622,7 @@ def _ports(r: _Reader, doc: dict, buffer_size: int, base_dir: Path) -> list[Port
         key = f"ports[{i}]"
         if "name" not in p:
             raise r.fail(key, "missing required key name (the port's name, [A-Za-z0-9_-]{1,15})")
-        name = r.string(p, "name", key, "")
+        name = r.value(p, "name", key)
         if not PORT_NAME_RE.fullmatch(name):
             raise r.fail(f"{key}.name", f"must be 1 to 15 of A-Z a-z 0-9 _ -, got {_show(name)}")
         if name in first_seen:
@@ -662,7 +631,7 @@ def _ports(r: _Reader, doc: dict, buffer_size: int, base_dir: Path) -> list[Port
         first_seen[name] = i
         if "driver" not in p:
             raise r.fail(key, f"missing required key driver (one of {_choices(DRIVERS)})")
-        driver = r.string(p, "driver", key, "", DRIVERS)
+        driver = r.value(p, "driver", key)
         allowed = PORT_COMMON_KEYS + PORT_DRIVER_KEYS[driver]
         r.only(p, key, allowed, f" for a {driver!r} port")
         ports.append(_port(r, p, key, name, driver, buffer_size, base_dir))
@@ -737,26 +706,26 @@ def _replace(p: PortConfig, **changes) -> PortConfig:
 
 
 def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: int, base_dir: Path) -> PortConfig:
-    rx_queues = r.integer(p, "rx_queues", key, 1)
-    tx_queues = r.integer(p, "tx_queues", key, 1)
-    rx_ring = r.integer(p, "rx_ring_size", key, DEFAULT_DESC_RING, power_of_two=True)
-    tx_ring = r.integer(p, "tx_ring_size", key, DEFAULT_DESC_RING, power_of_two=True)
-    promiscuous = r.boolean(p, "promiscuous", key, True)
-    forward_to = r.string(p, "forward_to", key, "")
+    rx_queues = r.value(p, "rx_queues", key)
+    tx_queues = r.value(p, "tx_queues", key)
+    rx_ring = r.value(p, "rx_ring_size", key)
+    tx_ring = r.value(p, "tx_ring_size", key)
+    promiscuous = r.value(p, "promiscuous", key)
+    forward_to = r.value(p, "forward_to", key)
     fields: dict[str, Any] = {}
     if driver in ("ixgbe", "sim"):
         if driver == "ixgbe" and "pci" not in p:
             raise r.fail(key, "missing required key pci for an 'ixgbe' port (its PCI address, "
                               "\"DDDD:BB:DD.F\", e.g. \"0000:03:00.0\")")
-        pci = r.string(p, "pci", key, "")
+        pci = r.value(p, "pci", key)
         if pci and not PCI_ADDRESS_RE.fullmatch(pci):
             raise r.fail(f"{key}.pci", f"must be a PCI address \"DDDD:BB:DD.F\" (hex), e.g. \"0000:03:00.0\", "
                                        f"got {_show(pci)}")
         fields["pci"] = pci.lower()
-        fields["iommu"] = r.string(p, "iommu", key, "none", IOMMU_MODES)
-        fields["hot_path"] = r.string(p, "hot_path", key, "auto", HOT_PATHS)
+        fields["iommu"] = r.value(p, "iommu", key)
+        fields["hot_path"] = r.value(p, "hot_path", key)
     if driver in ("ixgbe", "af_packet"):
-        fields["share"] = r.boolean(p, "share", key, False)
+        fields["share"] = r.value(p, "share", key)
     if driver == "sim":
         fields["generator"] = _generator(r, p, f"{key}.generator", buffer_size)
         fields["sink"] = _sink(r, p, f"{key}.sink", base_dir)
@@ -764,25 +733,25 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
         if "interface" not in p:
             raise r.fail(key, "missing required key interface for an 'af_packet' port (a kernel "
                               "interface name, e.g. \"veth0\")")
-        interface = r.string(p, "interface", key, "")
+        interface = r.value(p, "interface", key)
         if not INTERFACE_RE.fullmatch(interface):
             raise r.fail(f"{key}.interface", f"must be an interface name of 1 to 15 characters without '/' "
                                              f"or blanks, got {_show(interface)}")
         fields["interface"] = interface
-        fields["af_packet_options"] = {k: r.boolean(p, k, key, False) for k in ("qdisc_bypass", "fanout_defrag")
+        fields["af_packet_options"] = {k: r.value(p, k, key, False) for k in ("qdisc_bypass", "fanout_defrag")
                                        if k in p}
-        fields["hot_path"] = r.string(p, "hot_path", key, "auto", HOT_PATHS)
+        fields["hot_path"] = r.value(p, "hot_path", key)
     elif driver == "pcap":
         if "path" not in p:
             raise r.fail(key, "missing required key path for a 'pcap' port (the pcap file, relative to "
                               "the pipeline file's directory)")
-        mode = r.string(p, "mode", key, "read", PCAP_MODES)
+        mode = r.value(p, "mode", key)
         fields["path"] = _file(r, p, "path", key, base_dir, must_exist=mode == "read")
         if mode == "read":
             _capture(r, f"{key}.path", fields["path"], read=True)
         fields["pcap_mode"] = mode
-        fields["pcap_loop"] = r.integer(p, "loop", key, 1)
-        fields["pcap_rate_mpps"] = r.number(p, "rate_mpps", key, 0.0)
+        fields["pcap_loop"] = r.value(p, "loop", key)
+        fields["pcap_rate_mpps"] = r.value(p, "rate_mpps", key)
         if rx_queues != 1 or tx_queues != 1:
             bad = "rx_queues" if rx_queues != 1 else "tx_queues"
             raise r.fail(f"{key}.{bad}", f"a 'pcap' port has exactly one RX and one TX queue, "
@@ -841,11 +810,11 @@ def _generator(r: _Reader, p: dict, key: str, buffer_size: int) -> GeneratorSpec
     g = _subtable(r, p, "generator", key, GENERATOR_KEYS)
     if g is None:
         return None
-    name = r.string(g, "profile", key, "udp", PROFILES)
-    vlan = r.integer(g, "vlan", key, DEFAULT_VID, *VID_RANGE) if "vlan" in g else None
+    name = r.value(g, "profile", key)
+    vlan = r.value(g, "vlan", key) if "vlan" in g else None
     profile = Profile(name, vlan)
-    size = r.integer(g, "packet_size", key, profile.default_size, profile.min_size, profile.max_size)
-    flows = r.integer(g, "flows", key, profile.default_flows or 4)
+    size = r.value(g, "packet_size", key, profile.default_size, profile.min_size, profile.max_size)
+    flows = r.value(g, "flows", key, profile.default_flows or 4)
     try:
         sizes = profile.sizes(size, buffer_size - PKTBUF_HEADROOM)
     except ProfileError as exc:
@@ -864,7 +833,7 @@ def _generator(r: _Reader, p: dict, key: str, buffer_size: int) -> GeneratorSpec
         profile.check_flows(flows)
     except ProfileError as exc:
         raise r.fail(f"{key}.flows", str(exc)) from None
-    return GeneratorSpec(size, r.number(g, "rate_mpps", key, 0.0), flows, r.integer(g, "count", key, 0),
+    return GeneratorSpec(size, r.value(g, "rate_mpps", key), flows, r.value(g, "count", key),
                          name, profile.vlan)
 
 
@@ -876,10 +845,10 @@ def _sink(r: _Reader, p: dict, key: str, base_dir: Path) -> SinkSpec | None:
     if "verify" in s and "mode" in s:
         raise r.fail(f"{key}.verify", "give mode or the older verify = true/false, not both")
     if "verify" in s:           # the older spelling: verify = false is a counting sink
-        mode = "verify" if r.boolean(s, "verify", key, True) else "count"
+        mode = "verify" if r.value(s, "verify", key) else "count"
     else:
-        mode = r.string(s, "mode", key, "verify", SINK_MODES)
-    expect_touch = r.boolean(s, "expect_touch", key, False)
+        mode = r.value(s, "mode", key)
+    expect_touch = r.value(s, "expect_touch", key)
     if expect_touch and mode != "verify":
         raise r.fail(f"{key}.expect_touch", f"needs mode = 'verify' (a {mode!r} sink does not look inside "
                                             "frames), got mode = " + repr(mode))
@@ -888,23 +857,23 @@ def _sink(r: _Reader, p: dict, key: str, base_dir: Path) -> SinkSpec | None:
 
 def _workers(r: _Reader, doc: dict, base_dir: Path) -> WorkersConfig:
     w = r.table(doc, "workers", "workers", WORKERS_KEYS)
-    function = r.string(w, "function", "workers", "forward")
-    processes = r.integer(w, "processes", "workers", 1)
-    distribute = r.string(w, "distribute", "workers", "flow", DISTRIBUTIONS)
-    per_packet = r.boolean(w, "per_packet", "workers", False)
+    function = r.value(w, "function", "workers")
+    processes = r.value(w, "processes", "workers")
+    distribute = r.value(w, "distribute", "workers")
+    per_packet = r.value(w, "per_packet", "workers")
     options = w.get("options", {})
     if not isinstance(options, dict):
         raise r.fail("workers.options", f"must be a table ([workers.options]), got {_show(options)}")
-    import_timeout = r.number(w, "import_timeout", "workers", DEFAULT_IMPORT_TIMEOUT)
-    setup_timeout = r.number(w, "setup_timeout", "workers", DEFAULT_SETUP_TIMEOUT)
+    import_timeout = r.value(w, "import_timeout", "workers")
+    setup_timeout = r.value(w, "setup_timeout", "workers")
     from ixypipe.workers.loader import WorkerLoadError, check_worker
 
     try:
         check_worker(function, base_dir)       # reads the source, never imports it (no side effects here)
     except WorkerLoadError as exc:
         raise r.fail("workers.function", printable(str(exc), MAX_PATH)) from None
-    keyed_tables = r.integer(w, "keyed_tables", "workers", DEFAULT_KEYED_TABLES)
-    keyed_slots = r.integer(w, "keyed_slots", "workers", DEFAULT_KEYED_SLOTS, power_of_two=True)
+    keyed_tables = r.value(w, "keyed_tables", "workers")
+    keyed_slots = r.value(w, "keyed_slots", "workers")
     if keyed_tables * keyed_slots * KEYED_SLOT_BYTES > KEYED_BLOCK_MAX:
         raise r.fail("workers.keyed_slots", f"{keyed_tables} tables (workers.keyed_tables) of {keyed_slots} slots of "
                                             f"{KEYED_SLOT_BYTES} bytes take {keyed_tables * keyed_slots * KEYED_SLOT_BYTES >> 20:,} "

@@ -36,8 +36,8 @@ def sink_hints(cfg, sim: dict[str, dict]) -> list[str]:
             foreign and "frames that are not the generator's: " + ", ".join(foreign))))
         ports = sorted({s.split()[0] for s in rewritten + foreign})
         hints.append(f"the worker ({worker}) rewrites packets ({seen}): use mode = \"count\" in [ports.sink] of "
-                     f"{', '.join(ports)} (a verifying sink expects the generator's frames unchanged; see README, "
-                     "Pipeline files)")
+                     f"{', '.join(ports)} (a verifying sink expects the generator's frames unchanged; see "
+                     "docs/pipeline-file.md, [ports.sink])")
     if untouched and worker != "touch":
         hints.append(f"expect_touch = true checks for the touch worker's data[1]++, which {worker} does not do: set "
                      f"expect_touch = false in [ports.sink] of {', '.join(untouched)} (MAC rewrites pass a "

@@ -17,6 +17,7 @@ Who touches what:
 
 from __future__ import annotations
 
+import errno
 import logging
 import operator
 import os
@@ -45,14 +46,16 @@ from ixypipe.layout import (
 )
 from ixypipe.memory import batchcheck
 from ixypipe.memory.arena import Arena
-from ixypipe.memory.homing import Homing
+from ixypipe.memory.homing import Homing, HomingError
 from ixypipe.memory.ledger import Ledger
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import DEFAULT_NAME as PACKET_BUFFERS
 from ixypipe.memory.pktbuf import PacketBuffers
-from ixypipe.pipeline import forkserver, keyedstate, leftovers, stagetable
+from ixypipe.nic.device import DeviceError
+from ixypipe.pipeline import breathe, forkserver, keyedstate, leftovers, stagetable
+from ixypipe.pipeline import breathe_jit as K
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
-from ixypipe.pipeline.stagetable import SLOT, StageRow
+from ixypipe.pipeline.stagetable import PROCESS_FIELDS, SLOT, StageRow
 from ixypipe.proc import (
     Backoff,
     Pacing,
@@ -62,18 +65,19 @@ from ixypipe.proc import (
     set_timer_slack,
     setup_logging,
 )
-from ixypipe.protocols import FLOW_KEY_LEN, FLOW_KEY_OFF
+from ixypipe.protocols import FLOW_HASH_MIX, FLOW_KEY_LEN, FLOW_KEY_OFF
 from ixypipe.rings.spsc import Ring
 from ixypipe.rings.wakeup import Doorbell, Sleeper
 from ixypipe.workers.confine import confine
 
 log = logging.getLogger(__name__)
 PUBLISH_EVERY = 64            # idle loops between counter publications
-FLOW_MIX = np.uint32(0x9E3779B1)  # Fibonacci hashing multiplier
+FLOW_MIX = np.uint32(FLOW_HASH_MIX)
 LIGHT_BATCH_DIVISOR = 8      # on shared CPUs, a poll that got < batch/8 packets still naps
 STAGE_TIMER_SLACK_NS = 1000
 WAKE_SPIN_LOOPS = 4          # empty polls (each yielding the CPU) before a stage blocks ("wake" mode)
 WAKE_TIMEOUT = 0.1           # seconds a sleeping stage waits at most (heartbeat, commands)
+STAGE_MAX_NAP = 100e-6       # a paced nap on a shared CPU lasts at most this (the latency one stage adds)
 RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file descriptor polls it this long
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, when a paused source still delivers
@@ -82,6 +86,7 @@ PAUSED_SOURCES = ("sim", "pcap")   # port drivers whose traffic the supervisor p
 VERDICT_MAX = int(np.iinfo(np.int16).max)   # verdicts are int16: a wider value is clamped here (no route)
 _HEARTBEAT, _LAST_BATCH, _LAST_RING, _BATCH_NO = (SLOT[f] for f in ("heartbeat", "last_batch", "last_ring",
                                                                      "batch_no"))
+_PROCESS_SLOTS = [SLOT[f] for f in PROCESS_FIELDS]
 
 
 class Outbox:
@@ -117,6 +122,11 @@ class Outbox:
         if sent < len(idx):
             self.pending[k] = idx[sent:].copy()
             self.held += len(idx) - sent
+
+    def keep(self, k: int, idx: np.ndarray) -> None:
+        """``idx`` did not fit into ring ``k`` (a compiled pass stalled): it waits for the next flush."""
+        self.pending[k] = np.concatenate((self.pending[k], idx)) if len(self.pending[k]) else idx
+        self.held += len(idx)
 
     def flush(self) -> bool:
         """Push what is pending; True when nothing is left."""
@@ -184,6 +194,7 @@ class Stage:
         self.idle_streak = 0
         self.pacing = None           # shared CPUs: set by the loop, which knows its input's capacity
         self.rx_poll = None          # "wake" mode RX: a select.poll on the port's file descriptor, if it has one
+        self.refused_noted = False    # RX: the warning about indices a return ring gave back that were not out
         self.loops = self.idle = self.batches = 0
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = self.stalls = 0
 
@@ -232,6 +243,12 @@ class Stage:
         row["held"] = held
         row["stalls"] = self.stalls
 
+    def absorb(self) -> None:
+        """Take this process's counters back from its row, where a compiled run (breathe_jit.py) counted."""
+        slots = self.slots
+        (self.loops, self.idle, self.batches, self.packets_in, self.bytes_in, self.packets_out, self.bytes_out,
+         self.stalls) = (slots[_PROCESS_SLOTS[k]] for k in range(len(PROCESS_FIELDS)))
+
     def took(self, ring: int, n: int) -> None:
         """A batch of ``n`` was taken from in_rings[ring] (-1: the NIC queue): what a hung stage was holding."""
         self.batches += 1
@@ -267,9 +284,13 @@ class Stage:
                 self.backoff.work()
             return
         self.idle += 1
-        self.idle_streak += 1
         if self.idle % PUBLISH_EVERY == 0:
             self.publish(held)
+        self.rest(held, still_idle)
+
+    def rest(self, held: int = 0, still_idle=None) -> None:
+        """The wait after a loop that found nothing to do (see tick)."""
+        self.idle_streak += 1
         sleeps = self.sleeper is not None and still_idle is not None
         polls = self.rx_poll is not None and not self.draining()     # draining: count empty polls quickly
         if held or not (sleeps or polls):
@@ -284,10 +305,12 @@ class Stage:
             self.rx_poll.poll(RX_WAIT_MS)
 
     def pace(self, capacity: int) -> None:
-        """On shared CPUs, nap by the input's rate (proc.Pacing): about half a batch (at most a quarter of
-        the input ring, ``capacity``) builds up between polls."""
+        """On shared CPUs, nap by the input's rate (proc.Pacing): a quarter of the input ring (``capacity``)
+        builds up between polls, or STAGE_MAX_NAP's worth if that comes first.  Not a batch: the compiled
+        passes take what built up in batches, so what a wake-up costs is spread over as many packets at
+        batch 32 as at 2048, and the nap's cap bounds the latency a stage adds."""
         if self.plan.shared_cpus and self.plan.idle != "spin":
-            self.pacing = Pacing(min(self.batch, capacity // 2))
+            self.pacing = Pacing(max(self.batch, capacity // 2), max_nap=STAGE_MAX_NAP)
 
     def wait(self) -> None:
         """One idle wait: a paced nap when a rate is known and no drain is asked, else the back-off ladder."""
@@ -296,6 +319,23 @@ class Stage:
             time.sleep(nap)
         else:
             self.backoff.wait()
+
+
+# ---- the compiled passes -------------------------------------------------------------
+
+def breathe_compiled(st: Stage, passes, still_idle=None) -> int:
+    """One run of a stage's compiled passes (pipeline/breathe.py), then what Python decides: the run counted
+    in the row, so the stage takes its counters back, and an idle run is followed by the idle wait (tick's)."""
+    code = passes.run()
+    st.absorb()
+    if code == K.RUN_IDLE:
+        st.rest(0, still_idle)
+    elif code in (K.RUN_LIGHT, K.RUN_STALLED):
+        st.wait()
+    else:
+        st.idle_streak = 0
+        st.backoff.work()
+    return code
 
 
 # ---- RX -----------------------------------------------------------------------------
@@ -321,7 +361,19 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
     # ring was never received (the NIC counted it; the pipeline's accounting does not), and the stop does not
     # wait on traffic that never ends
     drains_nic = plan.ports[me.port].driver in PAUSED_SOURCES
+    fast = breathe.bind_rx(st, device, pool, lent, outbox, returns, plan.distribute)   # loads its kernel now
+    st.row["state"] = STAGE_STATE_RUNNING
     while True:
+        if fast is not None and not outbox.held and not st.draining():     # the compiled passes
+            code = breathe_compiled(st, fast)
+            if code == K.RUN_COMMAND or (code == K.RUN_STALLED and any(outbox.consumer_dead(k)
+                                                                      for k in fast.waiting())):
+                fast.hand_over(outbox)              # Python's passes drain, or discard what a dead worker's
+            elif code == K.RUN_DEVICE:
+                device.rx_batch(me.queue, got)      # the driver's own call raises its error with its words
+            device.rx_housekeeping(me.queue)
+            note_refused(st, pool)
+            continue
         worked, moved = False, 0
         for ring in returns:                               # 1. buffers come home
             n = ring.dequeue(home)
@@ -374,11 +426,18 @@ def take_home(st: Stage, lent: Ledger, pool: Mempool, idx: np.ndarray) -> None:
     back, refused = lent.give_back(idx)
     pool.free(back)
     if refused:
-        if not st.row["drop_bad_index"]:
-            log.warning("%s: refused %d buffer indices from a return ring that are not out from pool %s "
-                        "(returned twice, or not its buffers): counted as bad_index", st.me.name, refused,
-                        pool.name)
         st.row.add("drop_bad_index", refused)
+        note_refused(st, pool)
+
+
+def note_refused(st: Stage, pool: Mempool) -> None:
+    """Say once that a return ring gave back indices that were not out (the Python and the compiled passes
+    count them in the row's ``bad_index``)."""
+    if st.row["drop_bad_index"] and not st.refused_noted:
+        st.refused_noted = True
+        log.warning("%s: refused %d buffer indices from a return ring that are not out from pool %s "
+                    "(returned twice, or not its buffers): counted as bad_index", st.me.name,
+                    st.row["drop_bad_index"], pool.name)
 
 
 def drop_bad_packets(st: Stage, bufs: PacketBuffers, idx: np.ndarray, send_home,
@@ -722,12 +781,30 @@ class ErrorLog:
 def run_tx(st: Stage, device, homing: Homing, ledger: Ledger) -> None:
     """``homing`` sends buffers home and forgets them in ``ledger`` (both from tx_ledger), which holds every
     buffer this queue took and has not sent home yet."""
-    me, bufs = st.me, st.bufs
+    me, bufs, plan = st.me, st.bufs, st.plan
     inputs = [st.ring(r) for r in me.in_rings]
     st.pace(min(r.capacity for r in inputs))
     got = np.empty(st.batch, np.uint32)
     pending = np.empty(0, np.uint32)
+    fast = breathe.bind_tx(st, device, ledger, inputs)     # loads its kernel now
+    st.row["state"] = STAGE_STATE_RUNNING
+
+    def still_idle() -> bool:
+        return not st.draining() and all(r.empty() for r in inputs)
+
     while True:
+        if fast is not None and not len(pending) and not st.draining():   # the compiled passes
+            code = breathe_compiled(st, fast, still_idle)
+            if code == K.RUN_COMMAND:
+                pending = fast.hand_over()              # Python's passes drain it, or drop it for a gone port
+            elif code == K.RUN_DEVICE:
+                value = int(fast.state[K.ST_VALUE])
+                raise DeviceError(f"{me.name}: transmit on port {plan.port_names[me.port]} failed: " + (
+                    os.strerror(-value) if -value in errno.errorcode else f"driver error {value}"))
+            elif code == K.RUN_HOME:
+                raise HomingError(f"{me.name}: a buffer sent home found no home or a full return ring "
+                                  "(a buffer freed twice)")
+            continue
         worked = False
         if len(pending) and st.device_gone():             # nothing will ever take them
             homing.send(pending)
@@ -761,7 +838,7 @@ def run_tx(st: Stage, device, homing: Homing, ledger: Ledger) -> None:
                 if sent < n:
                     pending = idx[sent:]
                     break
-        st.tick(worked, len(pending), still_idle=lambda: not st.draining() and all(r.empty() for r in inputs))
+        st.tick(worked, len(pending), still_idle=still_idle)
         if st.draining() and not worked and not len(pending) and all(r.empty() for r in inputs):
             break
     st.row["state"] = STAGE_STATE_DRAINING
@@ -872,13 +949,11 @@ def run_device_stage(st: Stage) -> None:
         device = attach_port(spec, dev_arena, st.bufs, {me.queue: pool}, sysfs_root=root)
         device.rx_batch(me.queue, np.empty(0, np.uint32))    # warm up (a compiled hot path loads now)
         privilege.drop_capabilities()                        # keeps the user (privilege.py)
-        st.row["state"] = STAGE_STATE_RUNNING
         run_rx(st, device, pool)
     else:
         ledger, homing = tx_ledger(st)
         device = attach_port(spec, dev_arena, st.bufs, None, tx_done=homing, sysfs_root=root)
         device.tx_batch(me.queue, np.empty(0, np.uint32))    # warm up, as for RX
         privilege.drop_capabilities()                        # keeps the user (privilege.py)
-        st.row["state"] = STAGE_STATE_RUNNING
         run_tx(st, device, homing, ledger)
     device.close()

@@ -43,6 +43,7 @@ class Ring:
     def __init__(self, arena: Arena, name: str):
         region = arena.region(name)
         self.name = name
+        self.offset = region.offset          # where the ring starts in the arena (spsc_jit.ring_row)
         ctl = memoryview(arena.mm)[region.offset:region.offset + RING_SLOTS_OFFSET]
         self._ctl = ctl.cast("Q")          # plain Python ints: faster than numpy scalars
         ctl.release()
@@ -61,10 +62,10 @@ class Ring:
         raw = memoryview(arena.mm)[start:end]
         self._slot_mv = raw.cast(_SLOT_FORMAT)
         raw.release()
-        self._head = self._ctl[_HEAD]       # producer's own index
-        self._tail = self._ctl[_TAIL]       # consumer's own index
-        self._cached_tail = self._tail      # producer's copy of the consumer's index
-        self._cached_head = self._head      # consumer's copy of the producer's index
+        # each end reads its own index from the arena (a compiled loop may have moved it: spsc_jit.py) and
+        # keeps a copy of the other end's, which is only ever behind the truth, so it never promises too much
+        self._cached_tail = self._ctl[_TAIL]      # producer's copy of the consumer's index
+        self._cached_head = self._ctl[_HEAD]      # consumer's copy of the producer's index
 
     @staticmethod
     def region_size(capacity: int) -> int:
@@ -132,7 +133,7 @@ class Ring:
         memoryview) takes the fast path, anything else is cast by numpy.
         """
         n = len(items)
-        head = self._head
+        head = self._ctl[_HEAD]
         if self.capacity - (head - self._cached_tail) < n:
             # a consumer index written with garbage never makes room for more than a ring
             room = min(max(self.capacity - (head - self._ctl[_TAIL]), 0), self.capacity)
@@ -174,14 +175,13 @@ class Ring:
 
     def _publish_head(self, head: int) -> None:
         # Arm: store-release here (dmb ishst before the store); x86 TSO needs nothing.
-        self._head = head
         self._ctl[_HEAD] = head
 
     # ---- consumer ---------------------------------------------------------
     def dequeue(self, out: np.ndarray) -> int:
         """Take up to ``len(out)`` entries into ``out`` (a uint32 array); returns how many."""
         n = len(out)
-        tail = self._tail
+        tail = self._ctl[_TAIL]
         if self._cached_head - tail < n:
             # Arm: load-acquire of the producer's index here.  One behind the consumer's or more than a ring
             # ahead is garbage: never read past the slots (the entries read are checked by whoever uses them)
@@ -217,5 +217,4 @@ class Ring:
 
     def _publish_tail(self, tail: int) -> None:
         # Arm: the slot loads above must complete before this store (store-release).
-        self._tail = tail
         self._ctl[_TAIL] = tail

@@ -23,6 +23,8 @@ end; ``remove_stale`` in memory/arena.py removes those of dead owners.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import threading
 
 import numpy as np
@@ -44,6 +46,27 @@ def fence() -> None:
 
 def semaphore_name(arena: Arena, row: int) -> str:
     return f"/{arena.name}.wake{row}"
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.sem_open.restype = ctypes.c_void_p
+_libc.sem_open.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.sem_close.argtypes = [ctypes.c_void_p]
+
+
+def semaphore_address(arena: Arena, row: int) -> int:
+    """The address of consumer ``row``'s semaphore mapped by libc's sem_open, for a compiled producer that posts it
+    itself (spsc_jit.bell); the process keeps the mapping until it exits (a stage needs it for its whole life)."""
+    address = _libc.sem_open(semaphore_name(arena, row).encode(), 0)
+    if not address:            # SEM_FAILED is NULL in glibc's ctypes view
+        err = ctypes.get_errno()
+        raise OSError(err, f"sem_open {semaphore_name(arena, row)}: {os.strerror(err)}")
+    return address
+
+
+def line_word(arena: Arena, row: int) -> int:
+    """The u64 word (of the whole arena) where consumer ``row``'s wake line starts (spsc_jit.bell)."""
+    return (arena.region(WAKE_REGION).offset + row * WAKE_LINE_DTYPE.itemsize) // 8
 
 
 def arena_regions(n: int) -> list[RegionSize]:

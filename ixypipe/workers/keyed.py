@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ixypipe.layout import (
+    KEYED_DEFAULT_SLOTS,
+    KEYED_DEFAULT_TABLES,
     KEYED_FILL_DEN,
     KEYED_FILL_NUM,
     KEYED_HASH_MUL,
@@ -37,8 +39,8 @@ from ixypipe.layout import (
 from ixypipe.workers import keyed_jit
 
 log = logging.getLogger(__name__)
-DEFAULT_TABLES = 4                   # tables per worker unless the pipeline file says (workers.keyed_tables)
-DEFAULT_SLOTS = 1 << 18              # slots per table (workers.keyed_slots): 196,608 keys at 3/4 full, 4 MiB
+DEFAULT_TABLES = KEYED_DEFAULT_TABLES     # outside a pipeline (a pipeline's come from its file)
+DEFAULT_SLOTS = KEYED_DEFAULT_SLOTS
 _MUL = np.uint64(KEYED_HASH_MUL)
 _USED, _UPDATES, _TOTAL, _OVER, _OVER_AMOUNT = (KEYED_STAT[k] for k in
                                                 ("used", "updates", "total", "overflow_updates", "overflow_amount"))

@@ -1,0 +1,139 @@
+"""Binding an RX or TX stage to its compiled passes (breathe_jit.py): arrays, ring tables and parameters, once.
+
+``RxPasses``/``TxPasses`` gather what the stage already has (its row, rings,
+pool, ledger, the driver's compiled queue record) into the arrays the
+kernel takes, so a run is one call with no argument built per call.  Each
+offers ``run()`` (the reason the run returned, breathe_jit.RUN_*) and hands
+what a stalled run left over to the Python side.  ``bind_rx``/``bind_tx``
+return None when the stage cannot run compiled (numba missing, a port
+without a compiled queue kernel or with ``hot_path = "numpy"``, a debug
+pool): the Python passes in stages.py serve then, as the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ixypipe.layout import STAGE_ROW_DTYPE
+from ixypipe.pipeline import breathe_jit as K
+from ixypipe.pipeline import stagetable
+from ixypipe.rings import spsc_jit, wakeup
+
+# a busy run returns to Python after this many passes: at batch 32 about half a millisecond, so commands,
+# publication and logging are never late by more than that
+RUN_PASSES = 256
+# empty passes a run makes before it returns RUN_IDLE: "spin" stays compiled that long, the other idle modes
+# hand an idle stage to Python at once (it yields, sleeps or polls)
+SPIN_IDLE_PASSES = 64
+DISTRIBUTION_MODES = {"round-robin": K.MODE_ROUND_ROBIN, "flow": K.MODE_FLOW}
+
+
+def _row_words(st) -> np.ndarray:
+    off = st.arena.region(stagetable.REGION).offset + st.me.row * STAGE_ROW_DTYPE.itemsize
+    return st.arena.buf[off:off + STAGE_ROW_DTYPE.itemsize].view(np.int64)
+
+
+def _params(st, light: int, min_len: int, mode: int = K.MODE_ONE) -> np.ndarray:
+    p = np.zeros(K.PARAM_WORDS, np.int64)
+    p[K.P_BATCH] = st.batch
+    p[K.P_MAX_PASSES] = RUN_PASSES
+    p[K.P_IDLE_PASSES] = SPIN_IDLE_PASSES if st.plan.idle == "spin" else 1
+    p[K.P_LIGHT] = light
+    p[K.P_MIN_LEN] = min_len
+    p[K.P_MAX_DATA] = st.bufs.max_data
+    p[K.P_MODE] = mode
+    p[K.P_WAKE] = st.plan.idle == "wake"
+    return p
+
+
+def _homes(st) -> np.ndarray:
+    """One row per pool the stage sends home to: its index range and its return ring."""
+    rows = []
+    for pool_id, ring_name in sorted(st.me.home_rings.items()):
+        pool = st.plan.pools[pool_id]
+        ring = st.ring(ring_name)
+        rows.append(np.concatenate(([pool.first, pool.first + pool.count],
+                                    spsc_jit.ring_row(ring.offset, ring.capacity))))
+    return np.stack(rows) if rows else np.zeros((1, K.HOME_WORDS), np.int64)
+
+
+def _warm_up(run: functools.partial) -> None:
+    """Compile (or load from the cache) the kernel for these arguments now, with a run of no passes: before
+    the stage reports running, never with its first packet."""
+    params = run.args[-1]
+    passes = params[K.P_MAX_PASSES]
+    params[K.P_MAX_PASSES] = 0
+    try:
+        run()
+    finally:
+        params[K.P_MAX_PASSES] = passes
+
+
+class RxPasses:
+    """An RX stage's compiled passes: one NIC queue to the workers' rings."""
+
+    def __init__(self, st, kernel, record, pool, lent, outbox, returns, distribute: str, min_len: int):
+        words, slots = spsc_jit.arena_words(st.arena.buf)
+        n_out = len(outbox.rings)
+        self.parts = np.zeros((n_out, max(st.batch, 1)), np.uint32)
+        self.parts_n = np.zeros(n_out, np.int64)
+        self.state = np.zeros(K.STATE_WORDS, np.int64)
+        rows = [st.plan.consumer_row(r.name) for r in outbox.rings]
+        bells = np.array([(wakeup.line_word(st.arena, r), wakeup.semaphore_address(st.arena, r))
+                          if st.plan.idle == "wake" else (0, 0) for r in rows], np.int64)
+        stack, top = pool.free_stack()
+        params = _params(st, st.light, min_len, DISTRIBUTION_MODES.get(distribute, K.MODE_ONE) if n_out > 1
+                         else K.MODE_ONE)
+        self.run = functools.partial(
+            K.rx_run, kernel, record, words, slots, _row_words(st), stack, top, lent.held,
+            spsc_jit.ring_rows(returns), spsc_jit.ring_rows(outbox.rings), bells, st.bufs.length, st.bufs.data,
+            np.empty(max(st.batch, 1), np.uint32), np.empty(pool.count, np.uint32), self.parts, self.parts_n,
+            self.state, params)
+
+        _warm_up(self.run)
+
+    def waiting(self) -> list[int]:
+        """The outputs that hold packets a full ring did not take yet."""
+        return [k for k, n in enumerate(self.parts_n.tolist()) if n]
+
+    def hand_over(self, outbox) -> None:
+        """What waits for full rings goes to the stage's Outbox (Python's passes take over: a drain, a worker
+        that died)."""
+        for k in self.waiting():
+            outbox.keep(k, self.parts[k, :self.parts_n[k]].copy())
+            self.parts_n[k] = 0
+
+
+class TxPasses:
+    """A TX stage's compiled passes: the workers' rings to one NIC queue, finished buffers home."""
+
+    def __init__(self, st, kernel, record, freed, handing, slot, ledger, inputs):
+        words, slots = spsc_jit.arena_words(st.arena.buf)
+        self.pending = np.empty(max(st.batch, 1), np.uint32)
+        self.state = np.zeros(K.STATE_WORDS, np.int64)
+        self.run = functools.partial(
+            K.tx_run, kernel, record, freed, handing, slot, words, slots, _row_words(st), ledger.held,
+            ledger.ranges, _homes(st), spsc_jit.ring_rows(inputs), st.bufs.length,
+            np.empty(max(st.batch, 1), np.uint32), np.empty(max(st.batch, 1), np.uint32), self.pending,
+            self.state, _params(st, 0, 1))
+
+        _warm_up(self.run)
+
+    def hand_over(self) -> np.ndarray:
+        """What the NIC ring did not take yet, for Python's passes (a drain, a port that is gone)."""
+        left = self.pending[:int(self.state[K.ST_LEFT])].copy()
+        self.state[K.ST_LEFT] = 0
+        return left
+
+
+def bind_rx(st, device, pool, lent, outbox, returns, distribute: str) -> RxPasses | None:
+    bound = device.compiled_rx(st.me.queue) if K.AVAILABLE else None
+    return None if bound is None else RxPasses(st, *bound, pool, lent, outbox, returns, distribute,
+                                               device.min_rx_frame)
+
+
+def bind_tx(st, device, ledger, inputs) -> TxPasses | None:
+    bound = device.compiled_tx(st.me.queue) if K.AVAILABLE else None
+    return None if bound is None else TxPasses(st, *bound, ledger, inputs)

@@ -1,0 +1,348 @@
+"""The compiled stage passes: RX and TX "breathe" in numba, many passes per call from Python.
+
+Each stage pass is ixy-fwd's ``forward()`` with the pipeline's rings around
+it: buffers come home, pull a batch, check it, push it on, count.  One call
+(``rx_run``, ``tx_run``) runs passes until one of the RUN_* reasons below
+and returns it, so the interpreter runs once per idle period, back-pressure
+episode, command or RUN_BUDGET passes, never once per batch.  Python
+(pipeline/stages.py) keeps what it must do: the idle policy (yield, sleep on
+the semaphore, poll a socket, nap), commands and the drain, logging, and
+back-pressure (a stalled pass hands what did not fit to the stage's
+Outbox, whose Python loop stays the reference path).
+
+What a pass touches, all in the packet arena or the stage's own memory:
+
+* the rings, as rows of a table (rings/spsc_jit.py: ``push``, ``pull``,
+  ``bell`` for the doorbell of a consumer that sleeps);
+* the stage's row of the stage table as int64 words (the counters Stage.publish
+  writes, the heartbeat, the command);
+* RX: the driver's compiled receive (``rx_kernel(q, out)``: the NIC queue
+  refills itself from the pool's free stack), the pool's free stack (buffers
+  home), and the private ledger of buffers lent out (memory/ledger.py);
+* TX: the driver's compiled transmit (``tx_kernel(q, bufs)`` -> (posted,
+  cleaned) with the cleaned buffers in ``freed``), the private ledger of
+  buffers it holds and the return rings of the pools it sends home to.
+
+Every check of the Python passes is made here too, counted in the same row
+fields: an index a return ring gives back that is not out (``bad_index``),
+a length outside 1..max_data (``bad_packet``), an index a TX queue may not
+hold (``bad_index``) or holds already (``duplicate``).  The Python passes in
+stages.py are the reference; the data-path tests run both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ixypipe import jitcache
+from ixypipe.layout import STAGE_CMD_DRAIN
+from ixypipe.pipeline.stagetable import SLOT
+from ixypipe.protocols import FLOW_HASH_MIX, FLOW_KEY_OFF
+from ixypipe.rings import spsc_jit
+from ixypipe.rings.spsc_jit import RING_ROW_WORDS
+
+numba = jitcache.load_numba()
+
+AVAILABLE = numba is not None and spsc_jit.AVAILABLE
+
+# why a run returned
+RUN_IDLE = 0          # idle_passes passes in a row found nothing to do
+RUN_BUDGET = 1        # max_passes passes ran (Python looks at the world every few milliseconds)
+RUN_COMMAND = 2       # the supervisor asked to drain or abandon: Python's loop takes over
+RUN_STALLED = 3       # an output (a worker's ring, the NIC ring) took nothing: Python waits; the rest stays here
+RUN_LIGHT = 4         # a pass moved fewer than ``light`` packets: Python naps so a batch builds up
+RUN_DEVICE = 5        # the driver's kernel reported trouble (its code in state[ST_VALUE]): Python raises
+RUN_HOME = 6          # a buffer had no home, or its home was full (a double free): Python raises
+
+# params: what Python decides once per stage
+P_BATCH, P_MAX_PASSES, P_IDLE_PASSES, P_LIGHT, P_MIN_LEN, P_MAX_DATA, P_MODE, P_WAKE = range(8)
+PARAM_WORDS = 8
+# state: what lives across runs
+ST_RR, ST_VALUE, ST_LEFT = range(3)
+STATE_WORDS = 4
+# distribution modes
+MODE_ONE, MODE_ROUND_ROBIN, MODE_FLOW = range(3)
+# a home: [first, end) of the pool's buffers, then the return ring's row
+HOME_FIRST, HOME_END, HOME_RING = 0, 1, 2
+HOME_WORDS = 2 + RING_ROW_WORDS
+
+_CMD = SLOT["command"]
+_HEARTBEAT, _LOOPS, _IDLE, _BATCHES = SLOT["heartbeat"], SLOT["loops"], SLOT["idle_loops"], SLOT["batches"]
+_PIN, _BIN, _POUT, _BOUT = SLOT["packets_in"], SLOT["bytes_in"], SLOT["packets_out"], SLOT["bytes_out"]
+_LAST_BATCH, _LAST_RING, _BATCH_NO = SLOT["last_batch"], SLOT["last_ring"], SLOT["batch_no"]
+_BAD_PACKET, _BAD_INDEX, _DUPLICATE = SLOT["drop_bad_packet"], SLOT["drop_bad_index"], SLOT["drop_duplicate"]
+_HELD, _STALLS = SLOT["held"], SLOT["stalls"]
+
+rx_run = tx_run = None
+
+if AVAILABLE:
+    jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
+    push, pull, bell = spsc_jit.push, spsc_jit.pull, spsc_jit.bell
+    _MIX = np.uint64(FLOW_HASH_MIX)
+    _LOW32 = np.uint64(0xFFFFFFFF)
+    _SHIFT16 = np.uint64(16)
+
+    @jit
+    def _loop_start(row):
+        """One more loop: the heartbeat moves; True when a command waits (Python's loop handles it)."""
+        loops = row[_LOOPS] + 1
+        row[_LOOPS] = loops
+        row[_HEARTBEAT] = loops
+        return row[_CMD] >= STAGE_CMD_DRAIN
+
+    @jit
+    def _took(row, ring, n):
+        """A batch of ``n`` from in-ring ``ring`` (-1: the NIC queue): what a hung stage was holding."""
+        row[_PIN] += n
+        row[_BATCHES] += 1
+        row[_LAST_BATCH] = n
+        row[_LAST_RING] = ring
+        row[_BATCH_NO] += 1
+
+    @jit
+    def _push_ring(words, slots, outs, bells, wake, k, parts, parts_n):
+        """Push parts[k, :parts_n[k]] into output ``k``, ring its consumer's bell; what did not fit moves to
+        the front of parts[k] and stays counted in parts_n[k].  True when all went in."""
+        n = parts_n[k]
+        sent = push(words, slots, outs[k], parts[k], 0, n)
+        if sent and wake:
+            bell(words, bells[k, 0], bells[k, 1])
+        if sent < n:
+            for j in range(n - sent):
+                parts[k, j] = parts[k, sent + j]
+        parts_n[k] = n - sent
+        return sent == n
+
+    @jit
+    def _distribute(words, slots, outs, bells, wake, mode, data, idx, n, parts, parts_n, state):
+        """Hand idx[:n] to the workers (stages.distribute is the reference); True when every ring took its part."""
+        n_out = outs.shape[0]
+        if mode == MODE_FLOW and n_out > 1:
+            for w in range(n_out):
+                parts_n[w] = 0
+            for i in range(n):
+                b = idx[i]
+                h = np.uint64(0)
+                for word in range(3):
+                    off = FLOW_KEY_OFF + 4 * word
+                    h ^= (np.uint64(data[b, off]) | (np.uint64(data[b, off + 1]) << np.uint64(8))
+                          | (np.uint64(data[b, off + 2]) << np.uint64(16))
+                          | (np.uint64(data[b, off + 3]) << np.uint64(24)))
+                w = np.int64(((h * _MIX) & _LOW32) >> _SHIFT16) % n_out
+                parts[w, parts_n[w]] = b
+                parts_n[w] += 1
+            ok = True
+            for w in range(n_out):
+                if parts_n[w] and not _push_ring(words, slots, outs, bells, wake, w, parts, parts_n):
+                    ok = False
+            return ok
+        k = 0
+        if mode == MODE_ROUND_ROBIN and n_out > 1:
+            k = state[ST_RR]
+            state[ST_RR] = (k + 1) % n_out
+        for w in range(n_out):
+            parts_n[w] = 0
+        for i in range(n):
+            parts[k, i] = idx[i]
+        parts_n[k] = n
+        return _push_ring(words, slots, outs, bells, wake, k, parts, parts_n)
+
+    @jit
+    def _send_home(words, slots, homes, held, idx, start, n):
+        """Send idx[start:start + n] home through their pools' return rings, forgetting each in the ledger
+        ``held``; False when one has no home or its ring is full (a return ring holds a whole pool)."""
+        i = start
+        end = start + n
+        while i < end:
+            b = np.int64(idx[i])
+            h = -1
+            for p in range(homes.shape[0]):
+                if homes[p, HOME_FIRST] <= b < homes[p, HOME_END]:
+                    h = p
+                    break
+            if h < 0:
+                return False
+            j = i
+            while j < end and homes[h, HOME_FIRST] <= np.int64(idx[j]) < homes[h, HOME_END]:
+                held[idx[j]] = 0
+                j += 1
+            if push(words, slots, homes[h, HOME_RING:], idx, i, j - i) != j - i:
+                return False
+            i = j
+        return True
+
+    @jit
+    def rx_run(rx_kernel, q, words, slots, row, stack, top, lent, returns, outs, bells, length, data,
+               got, home, parts, parts_n, state, params):
+        """RX passes: buffers home, a batch from the NIC queue, lengths checked, handed to the workers."""
+        batch, light, wake, mode = params[P_BATCH], params[P_LIGHT], params[P_WAKE], params[P_MODE]
+        lo, hi = params[P_MIN_LEN], params[P_MAX_DATA]
+        empty = 0
+        for _ in range(params[P_MAX_PASSES]):
+            if _loop_start(row):
+                return RUN_COMMAND
+            worked = False
+            for r in range(returns.shape[0]):                      # 1. buffers come home
+                n = pull(words, slots, returns[r], home, 0, home.shape[0])
+                if n:
+                    worked = True
+                    free = np.int64(top[0])
+                    refused = 0
+                    for i in range(n):                             # only what is out: never a second entry
+                        b = np.int64(home[i])
+                        if b < lent.shape[0] and lent[b]:
+                            lent[b] = 0
+                            stack[free] = b
+                            free += 1
+                        else:
+                            refused += 1
+                    top[0] = free
+                    row[_BAD_INDEX] += refused
+            held = parts_n.sum()
+            if held:                                               # 2. push what is pending, pull nothing
+                for k in range(outs.shape[0]):
+                    if parts_n[k]:
+                        _push_ring(words, slots, outs, bells, wake, k, parts, parts_n)
+                left = parts_n.sum()
+                row[_HELD] = left
+                if left == held:
+                    row[_STALLS] += 1
+                    return RUN_STALLED                             # Python waits (or discards for a dead worker)
+                empty = 0
+                continue
+            n = rx_kernel(q, got[:batch])                          # 3. a batch from the NIC queue
+            if n < 0:
+                state[ST_VALUE] = n
+                return RUN_DEVICE
+            if n:
+                worked = True
+                _took(row, -1, n)
+                good = nbytes = 0
+                free = np.int64(top[0])
+                for i in range(n):                                 # 4. lengths: a bad one goes home at once
+                    b = got[i]
+                    size = np.int64(length[b])
+                    if size < lo or size > hi:
+                        stack[free] = b
+                        free += 1
+                    else:
+                        got[good] = b
+                        lent[b] = 1
+                        nbytes += size
+                        good += 1
+                top[0] = free
+                row[_BAD_PACKET] += n - good
+                row[_BIN] += nbytes
+                row[_POUT] += good
+                if good and not _distribute(words, slots, outs, bells, wake, mode, data, got, good, parts,
+                                            parts_n, state):   # 5. to the workers: what does not fit waits
+                    row[_HELD] = parts_n.sum()
+                    return RUN_STALLED
+                if n < light:
+                    return RUN_LIGHT
+            if worked:
+                empty = 0
+            else:
+                row[_IDLE] += 1
+                empty += 1
+                if empty >= params[P_IDLE_PASSES]:
+                    return RUN_IDLE
+        return RUN_BUDGET
+
+    @jit
+    def tx_run(tx_kernel, q, freed, handing, handing_slot, words, slots, row, held, ranges, homes, inputs,
+               length, got, good, pending, state, params):
+        """TX passes: a batch from each input ring, admitted by the ledger, lengths checked, posted; what the
+        NIC finished goes home."""
+        batch, light = params[P_BATCH], params[P_LIGHT]
+        hi = params[P_MAX_DATA]
+        empty = 0
+        for _ in range(params[P_MAX_PASSES]):
+            if _loop_start(row):
+                return RUN_COMMAND
+            left = state[ST_LEFT]
+            if left:                                                   # the NIC ring was full: retry first
+                posted, cleaned = tx_kernel(q, pending[:left])
+                if cleaned:
+                    if not _send_home(words, slots, homes, held, freed, 0, cleaned):
+                        return RUN_HOME
+                    handing[handing_slot] = 0
+                if posted < 0:
+                    state[ST_VALUE] = posted
+                    return RUN_DEVICE
+                if not posted:
+                    row[_STALLS] += 1
+                    return RUN_STALLED                                 # Python waits
+                nbytes = 0
+                for j in range(posted):
+                    nbytes += np.int64(length[pending[j]])
+                for j in range(left - posted):
+                    pending[j] = pending[posted + j]
+                state[ST_LEFT] = left - posted
+                row[_HELD] = left - posted
+                row[_POUT] += posted
+                row[_BOUT] += nbytes
+                empty = 0
+                continue
+            worked = False
+            for k in range(inputs.shape[0]):
+                n = pull(words, slots, inputs[k], got, 0, batch)       # 1. a batch from a worker
+                if not n:
+                    continue
+                worked = True
+                _took(row, k, n)
+                taken = outside = again = nbad = nbytes = 0
+                for i in range(n):                                     # 2. the ledger admits, lengths checked
+                    b = np.int64(got[i])
+                    inside = False
+                    for r in range(ranges.shape[0]):
+                        if ranges[r, 0] <= b < ranges[r, 1]:
+                            inside = True
+                            break
+                    if not inside:
+                        outside += 1
+                    elif held[b]:
+                        again += 1
+                    else:
+                        held[b] = 1
+                        size = np.int64(length[b])
+                        if size < 1 or size > hi:
+                            got[nbad] = b                              # bad ones gather at the front
+                            nbad += 1
+                        else:
+                            good[taken] = b
+                            taken += 1
+                            nbytes += size
+                row[_BAD_INDEX] += outside
+                row[_DUPLICATE] += again
+                row[_BAD_PACKET] += nbad
+                if nbad and not _send_home(words, slots, homes, held, got, 0, nbad):
+                    return RUN_HOME
+                posted, cleaned = tx_kernel(q, good[:taken])            # 3. clean, then post
+                if cleaned:
+                    if not _send_home(words, slots, homes, held, freed, 0, cleaned):   # 4. done: home
+                        return RUN_HOME
+                    handing[handing_slot] = 0
+                if posted < 0:
+                    state[ST_VALUE] = posted
+                    return RUN_DEVICE
+                row[_POUT] += posted
+                if posted < taken:
+                    for j in range(posted, taken):
+                        nbytes -= np.int64(length[good[j]])
+                        pending[j - posted] = good[j]
+                    row[_BOUT] += nbytes
+                    state[ST_LEFT] = taken - posted
+                    row[_HELD] = taken - posted
+                    break                                               # the next pass retries the rest
+                row[_BOUT] += nbytes
+                if n < light:
+                    return RUN_LIGHT
+            if worked:
+                empty = 0
+            else:
+                row[_IDLE] += 1
+                empty += 1
+                if empty >= params[P_IDLE_PASSES]:
+                    return RUN_IDLE
+        return RUN_BUDGET
