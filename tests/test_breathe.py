@@ -83,11 +83,11 @@ class Rig:
             self.parts_n = np.zeros(len(self.outs), np.int64)
             self.state = np.zeros(K.STATE_WORDS, np.int64)
         q = src if isinstance(src, tuple) else (src, np.zeros(1, np.int64))
-        return K.rx_run(feed, q, self.words, self.slots, self.row, stack, top,
-                        self.lent.held, spsc_jit.ring_rows(self.returns), spsc_jit.ring_rows(self.outs),
-                        np.zeros((len(self.outs), 2), np.int64), self.bufs.length, self.bufs.data,
-                        np.empty(64, np.uint32), np.empty(POOL, np.uint32), self.parts, self.parts_n, self.state,
-                        params)
+        stage = (self.words, self.slots, self.row, stack, top, self.lent.held, spsc_jit.ring_rows(self.returns),
+                 spsc_jit.ring_rows(self.outs), np.zeros((len(self.outs), 2), np.int64), self.bufs.length,
+                 self.bufs.data, np.empty(64, np.uint32), np.empty(POOL, np.uint32), self.parts, self.parts_n,
+                 self.state)
+        return K.run(K.rx_breathe, feed, q, stage, self.row, params)
 
     def counters(self, *names):
         return [int(self.row[SLOT[n]]) for n in names]
@@ -194,15 +194,16 @@ class TxRig(Rig):
             self.log = np.zeros(256, np.uint32)
             self.logged = np.zeros(1, np.int64)
             self.ledger = Ledger(self.bufs.count, [(0, POOL)])
-            self.pending = np.zeros(64, np.uint32)
+            self.pending = np.zeros(32, np.uint32)
             self.state = np.zeros(K.STATE_WORDS, np.int64)
             self.handing = np.ones(1, np.int64)
         freed = np.zeros(256, np.uint32)
         homes = np.concatenate(([0, POOL], spsc_jit.ring_row(self.returns[0].offset, 128)))[None, :]
-        return K.tx_run(wire, (self.log, self.logged, np.array([room]), freed), freed, self.handing, 0, self.words,
-                        self.slots, self.row, self.ledger.held, self.ledger.ranges, homes,
-                        spsc_jit.ring_rows(self.outs[:1]), self.bufs.length, np.empty(64, np.uint32),
-                        np.empty(64, np.uint32), self.pending, self.state, self.params(batch=batch))
+        stage = (freed, self.handing, 0, self.words, self.slots, self.row, self.ledger.held, self.ledger.ranges,
+                 homes, spsc_jit.ring_rows(self.outs[:1]), self.bufs.length, np.empty(64, np.uint32), self.pending,
+                 self.state)
+        return K.run(K.tx_breathe, wire, (self.log, self.logged, np.array([room]), freed), stage, self.row,
+                     self.params(batch=batch))
 
 
 def test_tx_pass_admits_by_the_ledger_checks_lengths_and_sends_home_what_the_nic_finished(make_arena):

@@ -86,12 +86,11 @@ class RxPasses:
         stack, top = pool.free_stack()
         params = _params(st, st.light, min_len, DISTRIBUTION_MODES.get(distribute, K.MODE_ONE) if n_out > 1
                          else K.MODE_ONE)
-        self.run = functools.partial(
-            K.rx_run, kernel, record, words, slots, _row_words(st), stack, top, lent.held,
-            spsc_jit.ring_rows(returns), spsc_jit.ring_rows(outbox.rings), bells, st.bufs.length, st.bufs.data,
-            np.empty(max(st.batch, 1), np.uint32), np.empty(pool.count, np.uint32), self.parts, self.parts_n,
-            self.state, params)
-
+        stage = (words, slots, _row_words(st), stack, top, lent.held, spsc_jit.ring_rows(returns),
+                 spsc_jit.ring_rows(outbox.rings), bells, st.bufs.length, st.bufs.data,
+                 np.empty(max(st.batch, 1), np.uint32), np.empty(pool.count, np.uint32), self.parts, self.parts_n,
+                 self.state)
+        self.run = functools.partial(K.ENTRIES[kernel], record, stage, stage[2], params)
         _warm_up(self.run)
 
     def waiting(self) -> list[int]:
@@ -113,12 +112,11 @@ class TxPasses:
         words, slots = spsc_jit.arena_words(st.arena.buf)
         self.pending = np.empty(max(st.batch, 1), np.uint32)
         self.state = np.zeros(K.STATE_WORDS, np.int64)
-        self.run = functools.partial(
-            K.tx_run, kernel, record, freed, handing, slot, words, slots, _row_words(st), ledger.held,
-            ledger.ranges, _homes(st), spsc_jit.ring_rows(inputs), st.bufs.length,
-            np.empty(max(st.batch, 1), np.uint32), np.empty(max(st.batch, 1), np.uint32), self.pending,
-            self.state, _params(st, 0, 1))
-
+        row = _row_words(st)
+        stage = (freed, handing, slot, words, slots, row, ledger.held, ledger.ranges, _homes(st),
+                 spsc_jit.ring_rows(inputs), st.bufs.length, np.empty(max(st.batch, 1), np.uint32), self.pending,
+                 self.state)
+        self.run = functools.partial(K.ENTRIES[kernel], record, stage, row, _params(st, 0, 1))
         _warm_up(self.run)
 
     def hand_over(self) -> np.ndarray:
@@ -130,10 +128,14 @@ class TxPasses:
 
 def bind_rx(st, device, pool, lent, outbox, returns, distribute: str) -> RxPasses | None:
     bound = device.compiled_rx(st.me.queue) if K.AVAILABLE else None
+    if bound is not None and bound[0] not in K.ENTRIES:
+        bound = None                 # a driver kernel without an entry point here: the Python passes serve
     return None if bound is None else RxPasses(st, *bound, pool, lent, outbox, returns, distribute,
                                                device.min_rx_frame)
 
 
 def bind_tx(st, device, ledger, inputs) -> TxPasses | None:
     bound = device.compiled_tx(st.me.queue) if K.AVAILABLE else None
+    if bound is not None and bound[0] not in K.ENTRIES:
+        bound = None
     return None if bound is None else TxPasses(st, *bound, ledger, inputs)

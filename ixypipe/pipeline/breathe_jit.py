@@ -1,9 +1,10 @@
 """The compiled stage passes: RX and TX "breathe" in numba, many passes per call from Python.
 
-Each stage pass is ixy-fwd's ``forward()`` with the pipeline's rings around
-it: buffers come home, pull a batch, check it, push it on, count.  One call
-(``rx_run``, ``tx_run``) runs passes until one of the RUN_* reasons below
-and returns it, so the interpreter runs once per idle period, back-pressure
+Each stage pass (``rx_breathe``, ``tx_breathe``) is ixy-fwd's ``forward()``
+with the pipeline's rings around it: buffers come home, pull a batch, check
+it, push it on, count.  One call of the loop they share (``run``: the
+heartbeat, the supervisor's command, idle counting, a budget of passes)
+runs passes until one of the RUN_* reasons below and returns it, so the interpreter runs once per idle period, back-pressure
 episode, command or RUN_BUDGET passes, never once per batch.  Python
 (pipeline/stages.py) keeps what it must do: the idle policy (yield, sleep on
 the semaphore, poll a socket, nap), commands and the drain, logging, and
@@ -46,6 +47,7 @@ numba = jitcache.load_numba()
 AVAILABLE = numba is not None and spsc_jit.AVAILABLE
 
 # why a run returned
+RUN_MORE = -1         # (a pass's own answer) go on with the next pass
 RUN_IDLE = 0          # idle_passes passes in a row found nothing to do
 RUN_BUDGET = 1        # max_passes passes ran (Python looks at the world every few milliseconds)
 RUN_COMMAND = 2       # the supervisor asked to drain or abandon: Python's loop takes over
@@ -73,10 +75,18 @@ _LAST_BATCH, _LAST_RING, _BATCH_NO = SLOT["last_batch"], SLOT["last_ring"], SLOT
 _BAD_PACKET, _BAD_INDEX, _DUPLICATE = SLOT["drop_bad_packet"], SLOT["drop_bad_index"], SLOT["drop_duplicate"]
 _HELD, _STALLS = SLOT["held"], SLOT["stalls"]
 
-rx_run = tx_run = None
+run = rx_breathe = tx_breathe = None
 
 if AVAILABLE:
+    import numba as _numba
+
+    from ixypipe.nic import af_packet_jit, ixgbe_jit
+
     jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
+    # ``run`` and the passes take the kernel they call as an argument (a dispatcher type): never cached on their
+    # own, since numba's cache index would keep the key of every kernel ever passed (a test's, a worker's module)
+    # and unpickle all of them in every process.  Each stage kind has a cached entry point below instead.
+    generic = _numba.njit(nogil=True, boundscheck=False)
     push, pull, bell = spsc_jit.push, spsc_jit.pull, spsc_jit.bell
     _MIX = np.uint64(FLOW_HASH_MIX)
     _LOW32 = np.uint64(0xFFFFFFFF)
@@ -171,76 +181,20 @@ if AVAILABLE:
             i = j
         return True
 
-    @jit
-    def rx_run(rx_kernel, q, words, slots, row, stack, top, lent, returns, outs, bells, length, data,
-               got, home, parts, parts_n, state, params):
-        """RX passes: buffers home, a batch from the NIC queue, lengths checked, handed to the workers."""
-        batch, light, wake, mode = params[P_BATCH], params[P_LIGHT], params[P_WAKE], params[P_MODE]
-        lo, hi = params[P_MIN_LEN], params[P_MAX_DATA]
+    @generic
+    def run(breathe, kernel, q, stage, row, params):
+        """The loop every compiled stage shares: heartbeat and command, one pass, idle counting, the budget.
+
+        ``breathe(kernel, q, stage, params)`` is one pass of the stage (its driver's or worker's ``kernel`` with
+        its record ``q``; ``stage``: the stage's arrays) and returns (packets moved, RUN_MORE or why to stop)."""
         empty = 0
         for _ in range(params[P_MAX_PASSES]):
             if _loop_start(row):
                 return RUN_COMMAND
-            worked = False
-            for r in range(returns.shape[0]):                      # 1. buffers come home
-                n = pull(words, slots, returns[r], home, 0, home.shape[0])
-                if n:
-                    worked = True
-                    free = np.int64(top[0])
-                    refused = 0
-                    for i in range(n):                             # only what is out: never a second entry
-                        b = np.int64(home[i])
-                        if b < lent.shape[0] and lent[b]:
-                            lent[b] = 0
-                            stack[free] = b
-                            free += 1
-                        else:
-                            refused += 1
-                    top[0] = free
-                    row[_BAD_INDEX] += refused
-            held = parts_n.sum()
-            if held:                                               # 2. push what is pending, pull nothing
-                for k in range(outs.shape[0]):
-                    if parts_n[k]:
-                        _push_ring(words, slots, outs, bells, wake, k, parts, parts_n)
-                left = parts_n.sum()
-                row[_HELD] = left
-                if left == held:
-                    row[_STALLS] += 1
-                    return RUN_STALLED                             # Python waits (or discards for a dead worker)
-                empty = 0
-                continue
-            n = rx_kernel(q, got[:batch])                          # 3. a batch from the NIC queue
-            if n < 0:
-                state[ST_VALUE] = n
-                return RUN_DEVICE
-            if n:
-                worked = True
-                _took(row, -1, n)
-                good = nbytes = 0
-                free = np.int64(top[0])
-                for i in range(n):                                 # 4. lengths: a bad one goes home at once
-                    b = got[i]
-                    size = np.int64(length[b])
-                    if size < lo or size > hi:
-                        stack[free] = b
-                        free += 1
-                    else:
-                        got[good] = b
-                        lent[b] = 1
-                        nbytes += size
-                        good += 1
-                top[0] = free
-                row[_BAD_PACKET] += n - good
-                row[_BIN] += nbytes
-                row[_POUT] += good
-                if good and not _distribute(words, slots, outs, bells, wake, mode, data, got, good, parts,
-                                            parts_n, state):   # 5. to the workers: what does not fit waits
-                    row[_HELD] = parts_n.sum()
-                    return RUN_STALLED
-                if n < light:
-                    return RUN_LIGHT
-            if worked:
+            moved, code = breathe(kernel, q, stage, params)
+            if code != RUN_MORE:
+                return code
+            if moved:
                 empty = 0
             else:
                 row[_IDLE] += 1
@@ -250,99 +204,186 @@ if AVAILABLE:
         return RUN_BUDGET
 
     @jit
-    def tx_run(tx_kernel, q, freed, handing, handing_slot, words, slots, row, held, ranges, homes, inputs,
-               length, got, good, pending, state, params):
-        """TX passes: a batch from each input ring, admitted by the ledger, lengths checked, posted; what the
-        NIC finished goes home."""
-        batch, light = params[P_BATCH], params[P_LIGHT]
-        hi = params[P_MAX_DATA]
-        empty = 0
-        for _ in range(params[P_MAX_PASSES]):
-            if _loop_start(row):
-                return RUN_COMMAND
-            left = state[ST_LEFT]
-            if left:                                                   # the NIC ring was full: retry first
-                posted, cleaned = tx_kernel(q, pending[:left])
-                if cleaned:
-                    if not _send_home(words, slots, homes, held, freed, 0, cleaned):
-                        return RUN_HOME
-                    handing[handing_slot] = 0
-                if posted < 0:
-                    state[ST_VALUE] = posted
-                    return RUN_DEVICE
-                if not posted:
-                    row[_STALLS] += 1
-                    return RUN_STALLED                                 # Python waits
-                nbytes = 0
-                for j in range(posted):
-                    nbytes += np.int64(length[pending[j]])
-                for j in range(left - posted):
-                    pending[j] = pending[posted + j]
-                state[ST_LEFT] = left - posted
-                row[_HELD] = left - posted
-                row[_POUT] += posted
-                row[_BOUT] += nbytes
-                empty = 0
-                continue
-            worked = False
-            for k in range(inputs.shape[0]):
-                n = pull(words, slots, inputs[k], got, 0, batch)       # 1. a batch from a worker
-                if not n:
-                    continue
-                worked = True
-                _took(row, k, n)
-                taken = outside = again = nbad = nbytes = 0
-                for i in range(n):                                     # 2. the ledger admits, lengths checked
-                    b = np.int64(got[i])
-                    inside = False
-                    for r in range(ranges.shape[0]):
-                        if ranges[r, 0] <= b < ranges[r, 1]:
-                            inside = True
-                            break
-                    if not inside:
-                        outside += 1
-                    elif held[b]:
-                        again += 1
-                    else:
-                        held[b] = 1
-                        size = np.int64(length[b])
-                        if size < 1 or size > hi:
-                            got[nbad] = b                              # bad ones gather at the front
-                            nbad += 1
-                        else:
-                            good[taken] = b
-                            taken += 1
-                            nbytes += size
-                row[_BAD_INDEX] += outside
-                row[_DUPLICATE] += again
-                row[_BAD_PACKET] += nbad
-                if nbad and not _send_home(words, slots, homes, held, got, 0, nbad):
-                    return RUN_HOME
-                posted, cleaned = tx_kernel(q, good[:taken])            # 3. clean, then post
-                if cleaned:
-                    if not _send_home(words, slots, homes, held, freed, 0, cleaned):   # 4. done: home
-                        return RUN_HOME
-                    handing[handing_slot] = 0
-                if posted < 0:
-                    state[ST_VALUE] = posted
-                    return RUN_DEVICE
-                row[_POUT] += posted
-                if posted < taken:
-                    for j in range(posted, taken):
-                        nbytes -= np.int64(length[good[j]])
-                        pending[j - posted] = good[j]
-                    row[_BOUT] += nbytes
-                    state[ST_LEFT] = taken - posted
-                    row[_HELD] = taken - posted
-                    break                                               # the next pass retries the rest
-                row[_BOUT] += nbytes
-                if n < light:
-                    return RUN_LIGHT
-            if worked:
-                empty = 0
+    def _take_home(words, slots, row, stack, top, lent, returns, home):
+        """RX: buffers back from the return rings go on the free stack, only those that are out (the ledger
+        ``lent``): a second return or a foreign index is counted as bad_index, never a second entry."""
+        moved = 0
+        for r in range(returns.shape[0]):
+            n = pull(words, slots, returns[r], home, 0, home.shape[0])
+            free = np.int64(top[0])
+            for i in range(n):
+                b = np.int64(home[i])
+                if b < lent.shape[0] and lent[b]:
+                    lent[b] = 0
+                    stack[free] = b
+                    free += 1
+                else:
+                    row[_BAD_INDEX] += 1
+            top[0] = free
+            moved += n
+        return moved
+
+    @jit
+    def _flush(words, slots, row, outs, bells, wake, parts, parts_n):
+        """Push what waits for full rings; (moved, RUN_MORE), or RUN_STALLED when nothing moved."""
+        waiting = parts_n.sum()
+        for k in range(outs.shape[0]):
+            if parts_n[k]:
+                _push_ring(words, slots, outs, bells, wake, k, parts, parts_n)
+        left = parts_n.sum()
+        row[_HELD] = left
+        if left == waiting:
+            row[_STALLS] += 1
+            return 0, RUN_STALLED
+        return waiting - left, RUN_MORE
+
+    @jit
+    def _keep_good_lengths(row, stack, top, lent, length, got, n, lo, hi):
+        """RX: packets whose length is outside lo..hi go home at once (bad_packet); the rest stay at the front
+        of ``got``, lent out.  Returns how many stay."""
+        good = nbytes = 0
+        free = np.int64(top[0])
+        for i in range(n):
+            b = got[i]
+            size = np.int64(length[b])
+            if size < lo or size > hi:
+                stack[free] = b
+                free += 1
             else:
-                row[_IDLE] += 1
-                empty += 1
-                if empty >= params[P_IDLE_PASSES]:
-                    return RUN_IDLE
-        return RUN_BUDGET
+                got[good] = b
+                lent[b] = 1
+                nbytes += size
+                good += 1
+        top[0] = free
+        row[_BAD_PACKET] += n - good
+        row[_BIN] += nbytes
+        row[_POUT] += good
+        return good
+
+    @generic
+    def rx_breathe(rx_kernel, q, stage, params):
+        """One RX pass: buffers home, push what waits, a batch from the NIC queue, lengths, to the workers."""
+        words, slots, row, stack, top, lent, returns, outs, bells, length, data, got, home, parts, parts_n, state = stage
+        wake = params[P_WAKE]
+        moved = _take_home(words, slots, row, stack, top, lent, returns, home)            # 1. buffers home
+        if parts_n.sum():                                                                  # 2. what waits, first
+            pushed, code = _flush(words, slots, row, outs, bells, wake, parts, parts_n)
+            return moved + pushed, code
+        n = rx_kernel(q, got[:params[P_BATCH]])                                           # 3. from the NIC
+        if n <= 0:
+            state[ST_VALUE] = n
+            return moved, RUN_MORE if n == 0 else RUN_DEVICE
+        _took(row, -1, n)
+        good = _keep_good_lengths(row, stack, top, lent, length, got, n, params[P_MIN_LEN],   # 4. lengths
+                                  params[P_MAX_DATA])
+        if good and not _distribute(words, slots, outs, bells, wake, params[P_MODE], data, got, good, parts,
+                                    parts_n, state):                                      # 5. to the workers
+            row[_HELD] = parts_n.sum()
+            return moved + n, RUN_STALLED
+        return moved + n, RUN_LIGHT if n < params[P_LIGHT] else RUN_MORE
+
+    @jit
+    def _admit(row, held, ranges, length, got, n, good, hi):
+        """TX: what a queue may post of a batch (memory/ledger.py's claim): buffers of its pools it does not hold
+        yet (else bad_index, duplicate), with a length in 1..hi (else bad_packet: those gather at the front of
+        ``got``, held, for home).  Returns (good ones in ``good``, bad-length ones, their bytes)."""
+        taken = outside = again = nbad = nbytes = 0
+        for i in range(n):
+            b = np.int64(got[i])
+            inside = False
+            for r in range(ranges.shape[0]):
+                if ranges[r, 0] <= b < ranges[r, 1]:
+                    inside = True
+                    break
+            if not inside:
+                outside += 1
+            elif held[b]:
+                again += 1
+            else:
+                held[b] = 1
+                size = np.int64(length[b])
+                if size < 1 or size > hi:
+                    got[nbad] = b
+                    nbad += 1
+                else:
+                    good[taken] = b
+                    taken += 1
+                    nbytes += size
+        row[_BAD_INDEX] += outside
+        row[_DUPLICATE] += again
+        row[_BAD_PACKET] += nbad
+        return taken, nbad, nbytes
+
+    @generic
+    def _post(tx_kernel, q, words, slots, row, held, homes, length, freed, handing, slot, bufs, n, state):
+        """TX: clean and post bufs[:n]; what the NIC finished goes home.  What did not fit moves to the front
+        of ``bufs``, counted in state[ST_LEFT].  Returns (posted, RUN_MORE or why to stop)."""
+        posted, cleaned = tx_kernel(q, bufs[:n])
+        if cleaned:
+            if not _send_home(words, slots, homes, held, freed, 0, cleaned):
+                return 0, RUN_HOME
+            handing[slot] = 0
+        if posted < 0:
+            state[ST_VALUE] = posted
+            return 0, RUN_DEVICE
+        nbytes = 0
+        for j in range(posted):
+            nbytes += np.int64(length[bufs[j]])
+        for j in range(n - posted):
+            bufs[j] = bufs[posted + j]
+        state[ST_LEFT] = n - posted
+        row[_HELD] = n - posted
+        row[_POUT] += posted
+        row[_BOUT] += nbytes
+        return posted, RUN_MORE
+
+    @generic
+    def tx_breathe(tx_kernel, q, stage, params):
+        """One TX pass: retry what the NIC ring did not take, else a batch from each worker ring, admitted by
+        the ledger, lengths checked, posted; what the NIC finished goes home."""
+        freed, handing, slot, words, slots, row, held, ranges, homes, inputs, length, got, pending, state = stage
+        left = state[ST_LEFT]
+        if left:                                                                  # 1. the NIC ring was full
+            posted, code = _post(tx_kernel, q, words, slots, row, held, homes, length, freed, handing, slot,
+                                 pending, left, state)
+            if code == RUN_MORE and not posted:
+                row[_STALLS] += 1
+                code = RUN_STALLED
+            return posted, code
+        moved = 0
+        for k in range(inputs.shape[0]):
+            n = pull(words, slots, inputs[k], got, 0, params[P_BATCH])              # 2. a batch from a worker
+            if not n:
+                continue
+            _took(row, k, n)
+            moved += n
+            taken, nbad, _ = _admit(row, held, ranges, length, got, n, pending, params[P_MAX_DATA])   # 3. admit
+            if nbad and not _send_home(words, slots, homes, held, got, 0, nbad):
+                return moved, RUN_HOME
+            posted, code = _post(tx_kernel, q, words, slots, row, held, homes, length, freed, handing, slot,
+                                 pending, taken, state)                             # 4. post, finished home
+            if code != RUN_MORE or state[ST_LEFT]:
+                return moved, code
+        return moved, RUN_MORE
+
+    # the cached entry points: one per stage kind and driver, the kernels as globals
+    @jit
+    def rx_run_ixgbe(q, stage, row, params):
+        return run(rx_breathe, ixgbe_jit.rx_queue, q, stage, row, params)
+
+    @jit
+    def tx_run_ixgbe(q, stage, row, params):
+        return run(tx_breathe, ixgbe_jit.tx_queue, q, stage, row, params)
+
+    @jit
+    def rx_run_af_packet(q, stage, row, params):
+        return run(rx_breathe, af_packet_jit.rx_queue, q, stage, row, params)
+
+    @jit
+    def tx_run_af_packet(q, stage, row, params):
+        return run(tx_breathe, af_packet_jit.tx_queue, q, stage, row, params)
+
+    ENTRIES = {ixgbe_jit.rx_queue: rx_run_ixgbe, ixgbe_jit.tx_queue: tx_run_ixgbe,
+               af_packet_jit.rx_queue: rx_run_af_packet, af_packet_jit.tx_queue: tx_run_af_packet}
+else:
+    ENTRIES = {}

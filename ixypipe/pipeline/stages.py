@@ -364,16 +364,17 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
     fast = breathe.bind_rx(st, device, pool, lent, outbox, returns, plan.distribute)   # loads its kernel now
     st.row["state"] = STAGE_STATE_RUNNING
     while True:
-        if fast is not None and not outbox.held and not st.draining():     # the compiled passes
-            code = breathe_compiled(st, fast)
-            if code == K.RUN_COMMAND or (code == K.RUN_STALLED and any(outbox.consumer_dead(k)
-                                                                      for k in fast.waiting())):
-                fast.hand_over(outbox)              # Python's passes drain, or discard what a dead worker's
-            elif code == K.RUN_DEVICE:
-                device.rx_batch(me.queue, got)      # the driver's own call raises its error with its words
-            device.rx_housekeeping(me.queue)
-            note_refused(st, pool)
-            continue
+        if fast is not None:
+            if not outbox.held and not st.draining():      # the compiled passes
+                code = breathe_compiled(st, fast)
+                if code == K.RUN_STALLED and any(outbox.consumer_dead(k) for k in fast.waiting()):
+                    fast.hand_over(outbox)          # Python's Outbox discards what waits for a dead worker
+                elif code == K.RUN_DEVICE:
+                    device.rx_batch(me.queue, got)  # the driver's own call raises its error with its words
+                device.rx_housekeeping(me.queue)
+                note_refused(st, pool)
+                continue
+            fast.hand_over(outbox)       # Python's passes go on (a drain, a dead worker): nothing stays compiled
         worked, moved = False, 0
         for ring in returns:                               # 1. buffers come home
             n = ring.dequeue(home)
@@ -793,18 +794,19 @@ def run_tx(st: Stage, device, homing: Homing, ledger: Ledger) -> None:
         return not st.draining() and all(r.empty() for r in inputs)
 
     while True:
-        if fast is not None and not len(pending) and not st.draining():   # the compiled passes
-            code = breathe_compiled(st, fast, still_idle)
-            if code == K.RUN_COMMAND:
-                pending = fast.hand_over()              # Python's passes drain it, or drop it for a gone port
-            elif code == K.RUN_DEVICE:
-                value = int(fast.state[K.ST_VALUE])
-                raise DeviceError(f"{me.name}: transmit on port {plan.port_names[me.port]} failed: " + (
-                    os.strerror(-value) if -value in errno.errorcode else f"driver error {value}"))
-            elif code == K.RUN_HOME:
-                raise HomingError(f"{me.name}: a buffer sent home found no home or a full return ring "
-                                  "(a buffer freed twice)")
-            continue
+        if fast is not None:
+            if not len(pending) and not st.draining():   # the compiled passes
+                code = breathe_compiled(st, fast, still_idle)
+                if code == K.RUN_DEVICE:
+                    value = int(fast.state[K.ST_VALUE])
+                    raise DeviceError(f"{me.name}: transmit on port {plan.port_names[me.port]} failed: " + (
+                        os.strerror(-value) if -value in errno.errorcode else f"driver error {value}"))
+                if code == K.RUN_HOME:
+                    raise HomingError(f"{me.name}: a buffer sent home found no home or a full return ring "
+                                      "(a buffer freed twice)")
+                continue
+            if fast.state[K.ST_LEFT]:    # Python's passes go on (a drain, a gone port): nothing stays compiled
+                pending = np.concatenate((pending, fast.hand_over()))
         worked = False
         if len(pending) and st.device_gone():             # nothing will ever take them
             homing.send(pending)
