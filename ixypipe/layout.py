@@ -195,6 +195,49 @@ STAGE_COUNTERS_DTYPE = page_padded(np.dtype([
     ("names", "u1", (STAGE_COUNTER_NAMES_SIZE,)),
 ]))     # whole pages per block, like the rows
 
+# Region "workers.keyed": one block per worker (by worker number) of keyed counters
+# (Batch.count_by): up to ``tables`` named hash tables of ``slots`` slots each, open
+# addressing over uint64 keys with linear probing (workers/keyed.py).  A slot is in use
+# when its value is not 0 (an amount of 0 is never counted).  The worker is the block's
+# only writer: it writes a table's name, then bumps ``count``; a key before its value.
+# The supervisor writes ``tables`` and ``slots`` once, before the worker starts.
+KEYED_REGION = "workers.keyed"
+KEYED_NAME_MAX = 64                  # bytes of a table's name (UTF-8); a longer one is cut at a character
+KEYED_FILL_NUM, KEYED_FILL_DEN = 3, 4  # a table takes new keys while under 3/4 full: probes stay short
+KEYED_HASH_MUL = 0x9E3779B97F4A7C15  # Fibonacci hashing: the top bits of key * this pick the first slot
+KEYED_STATS = ("used", "updates", "total", "overflow_updates", "overflow_amount")
+KEYED_STAT = {name: i for i, name in enumerate(KEYED_STATS)}
+KEYED_TABLE_DTYPE = np.dtype([
+    ("name", "u1", (KEYED_NAME_MAX,)),   # UTF-8, NUL-padded
+    ("stats", "<i8", (len(KEYED_STATS),)),   # keys held, amounts counted (count and sum), what did not fit
+    ("kind", "u1"),                  # how its keys are shown: an index into KEYED_KINDS
+    ("pad", "u1", (23,)),
+])
+KEYED_KINDS = ("int", "ipv4", "mac", "hex")   # a key as a number, an IPv4 address, a MAC address, 0x...
+KEYED_SLOT_BYTES = 16                # a key and its value
+KEYED_BLOCK_MAX = 1 << 30            # bytes of one worker's tables (keyed_tables x keyed_slots x 16), at most
+KEYED_DEFAULT_TABLES = 4             # tables per worker unless the pipeline file says (workers.keyed_tables)
+KEYED_DEFAULT_SLOTS = 1 << 18        # slots per table (workers.keyed_slots): 196,608 keys, 4 MiB
+KEYED_HEADER_DTYPE = np.dtype([
+    ("count", "<i8"),                # tables in use
+    ("tables", "<i8"),               # tables the block holds (the supervisor's)
+    ("slots", "<i8"),                # slots per table, a power of two (the supervisor's)
+    ("refused", "<i8"),              # count_by calls refused: every table was taken
+    ("pad", "u1", (32,)),
+])
+
+
+def keyed_block_dtype(tables: int, slots: int) -> np.dtype:
+    """One worker's block of keyed counters: its header, the tables' names and figures, then every table's
+    keys and values (``tables`` x ``slots`` each), on whole pages so a worker can be given its own block."""
+    return page_padded(np.dtype([
+        ("header", KEYED_HEADER_DTYPE),
+        ("table", KEYED_TABLE_DTYPE, (max(tables, 1),)),
+        ("keys", "<u8", (max(tables, 1), slots)),
+        ("values", "<u8", (max(tables, 1), slots)),
+    ], align=True))
+
+
 # --- software ports' counters in the device arena (af_packet, pcap) -------------
 # Region "<driver>.<port>": a header line, then one counter line per RX queue,
 # then one per TX queue.  Each line has a single writer (that queue's stage).

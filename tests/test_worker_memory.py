@@ -28,12 +28,14 @@ from ixypipe.layout import (
     STAGE_COUNTERS_DTYPE,
     STAGE_ROW_DTYPE,
     WAKE_LINE_DTYPE,
+    keyed_block_dtype,
 )
 from ixypipe.memory.arena import SHM_DIR, Arena, ArenaError
 from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import stagetable
+from ixypipe.pipeline.config import DEFAULT_KEYED_SLOTS, DEFAULT_KEYED_TABLES
 from ixypipe.pipeline.planinfo import read_plan_info
 from ixypipe.rings.spsc import Ring
 
@@ -396,7 +398,8 @@ def test_a_running_worker_maps_writable_exactly_its_buffers_rings_row_and_wake_l
                         item("stages", rows["worker-0"], STAGE_ROW_DTYPE.itemsize),
                         item("stages.counters", rows["worker-0"], STAGE_COUNTERS_DTYPE.itemsize),
                         *(item("wake", rows[s], WAKE_LINE_DTYPE.itemsize)
-                          for s in ("worker-0", "tx-p0-q0", "tx-p1-q0"))]
+                          for s in ("worker-0", "tx-p0-q0", "tx-p1-q0")),
+                        item("workers.keyed", 0, keyed_block_dtype(DEFAULT_KEYED_TABLES, DEFAULT_KEYED_SLOTS).itemsize)]
             writable, seen = [], 0
             for line in maps:
                 fields = line.split()

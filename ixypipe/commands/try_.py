@@ -20,6 +20,7 @@ import click
 
 from ixypipe.commands.options import CommandError, wants_json
 from ixypipe.pcapfile import PcapError, read_pcap, require_ethernet
+from ixypipe.pipeline import keyedstate
 from ixypipe.pipeline.offline import HookError, OfflineRun, run_frames
 from ixypipe.workers.api import TRY_PORTS
 from ixypipe.workers.loader import WorkerLoadError, load
@@ -55,6 +56,7 @@ def render(run: OfflineRun, ports: list[str]) -> list[str]:
     lines += [f"error: {e}" for e in run.errors]
     counters = ", ".join(f"{k}={v}" for k, v in run.counters.items())
     lines.append(f"counters: {counters or 'none'}")
+    lines += keyedstate.text_lines(run.keyed)
     tally = run.tally()
     order = [*ports, "DROP", "no_route", "worker_error"]
     parts = [f"{tally[v]} {'to ' + v if v in ports else v}" for v in order if v in tally]
@@ -111,7 +113,8 @@ def command(worker: str, pcap: str, ports: str, port_in: str | None, options: tu
                          "new_length": p.new_length,
                          "rewrote": [{"first": a, "last": b, "fields": f} for a, b, f in p.changes]}
                         for p in run.packets],
-            "errors": run.errors, "counters": run.counters, "verdicts": run.tally(), "ms": round(run.ms, 3)}))
+            "errors": run.errors, "counters": run.counters, "keyed_counters": run.keyed, "verdicts": run.tally(),
+            "ms": round(run.ms, 3)}))
         return
     default_out = names[(in_port + 1) % len(names)]
     click.echo(f"{worker} on {len(run.packets)} frames of {pcap}, in on {names[in_port]!r}, "

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ixypipe import privilege
 from ixypipe.datafile import kernel_filesystem
-from ixypipe.layout import PKTBUF_HEADROOM
+from ixypipe.layout import KEYED_BLOCK_MAX, KEYED_SLOT_BYTES, PKTBUF_HEADROOM
 from ixypipe.nic.device import PortSpec
 from ixypipe.nic.registers import MFS_VLAN_EXTRA, OCTETS_FCS_LEN, rx_frame_limits
 from ixypipe.pcapfile import file_kind
@@ -69,6 +69,8 @@ DEFAULT_IMPORT_TIMEOUT = keys.default("workers.import_timeout")
 DEFAULT_SETUP_TIMEOUT = keys.default("workers.setup_timeout")
 DEFAULT_STALL_TIMEOUT = keys.default("pipeline.stall_timeout")
 DEFAULT_MAX_RESTARTS = keys.default("pipeline.max_restarts")
+DEFAULT_KEYED_TABLES = keys.default("workers.keyed_tables")
+DEFAULT_KEYED_SLOTS = keys.default("workers.keyed_slots")
 
 
 def printable(text: str, limit: int = 80) -> str:
@@ -175,6 +177,8 @@ class WorkersConfig:
     import_timeout: float = DEFAULT_IMPORT_TIMEOUT  # seconds the worker's module may take to import
     setup_timeout: float = DEFAULT_SETUP_TIMEOUT    # ... and a worker stage its import and setup() (else: stuck)
     line: int | None = field(default=None, compare=False)   # of workers.function, for errors found later
+    keyed_tables: int = DEFAULT_KEYED_TABLES        # keyed tables (batch.count_by) per worker
+    keyed_slots: int = DEFAULT_KEYED_SLOTS          # slots per keyed table (a power of two)
 
 
 @dataclass(frozen=True)
@@ -906,8 +910,15 @@ def _workers(r: _Reader, doc: dict, base_dir: Path) -> WorkersConfig:
         check_worker(function, base_dir)       # reads the source, never imports it (no side effects here)
     except WorkerLoadError as exc:
         raise r.fail("workers.function", printable(str(exc), MAX_PATH)) from None
+    keyed_tables = r.value(w, "keyed_tables", "workers")
+    keyed_slots = r.value(w, "keyed_slots", "workers")
+    if keyed_tables * keyed_slots * KEYED_SLOT_BYTES > KEYED_BLOCK_MAX:
+        raise r.fail("workers.keyed_slots", f"{keyed_tables} tables (workers.keyed_tables) of {keyed_slots} slots of "
+                                            f"{KEYED_SLOT_BYTES} bytes take {keyed_tables * keyed_slots * KEYED_SLOT_BYTES >> 20:,} "
+                                            f"MiB per worker, more than the {KEYED_BLOCK_MAX >> 20:,} MiB allowed: "
+                                            "fewer tables or slots")
     return WorkersConfig(function, processes, distribute, per_packet, dict(options), import_timeout,
-                         setup_timeout, r.line_of("workers.function"))
+                         setup_timeout, r.line_of("workers.function"), keyed_tables, keyed_slots)
 
 
 def check_worker_imports(cfg: PipelineConfig) -> None:
@@ -951,6 +962,26 @@ def check_plan_fits(cfg: PipelineConfig) -> None:
                               f"rings and {len(plan.pools)} mempools need {len(regions)} regions of the {what} "
                               f"arena, more than the {ARENA_MAX_REGIONS - 1} it holds; use fewer worker processes "
                               "or ports[].rx_queues / tx_queues") from None
+    check_keyed_fits(cfg, plan)
+
+
+def check_keyed_fits(cfg: PipelineConfig, plan, shm_free=None) -> None:
+    """ConfigError when the workers' keyed tables (pipeline/keyedstate.py) cannot fit /dev/shm, where the
+    packet arena's control file lives (``shm_free``: its free bytes; read from the file system if None)."""
+    from ixypipe.memory.arena import SHM_DIR
+    from ixypipe.pipeline.keyedstate import arena_regions
+
+    need = sum(r.size for r in arena_regions(cfg.workers.processes, plan.keyed_tables, plan.keyed_slots))
+    if not need:
+        return
+    if shm_free is None:
+        st = os.statvfs(SHM_DIR)
+        shm_free = st.f_bavail * st.f_frsize
+    if need > shm_free:
+        raise ConfigError(cfg.path, "workers.keyed_slots",
+                          f"{cfg.workers.processes} workers x {plan.keyed_tables} keyed tables (workers.keyed_tables) "
+                          f"of {plan.keyed_slots} slots need {need >> 20:,} MiB of {SHM_DIR}, which has "
+                          f"{shm_free >> 20:,} MiB free: fewer tables or slots (keyed_tables = 0: none)")
 
 
 def available_cpus() -> list[int]:

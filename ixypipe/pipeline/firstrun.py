@@ -20,8 +20,8 @@ from ixypipe import jitcache
 log = logging.getLogger(__name__)
 
 # the compiled modules every run loads (stages' batch checks, the workers' header parser), and those a driver adds
-ALWAYS = ("ixypipe.memory.batchcheck", "ixypipe.workers.headers_jit", "ixypipe.rings.spsc_jit",
-          "ixypipe.pipeline.breathe_jit")
+ALWAYS = ("ixypipe.memory.batchcheck", "ixypipe.workers.headers_jit", "ixypipe.workers.keyed_jit",
+          "ixypipe.rings.spsc_jit", "ixypipe.pipeline.breathe_jit")
 BY_DRIVER = {"sim": ("ixypipe.nic.ixgbe_jit", "ixypipe.sim.kernels"), "ixgbe": ("ixypipe.nic.ixgbe_jit",),
              "af_packet": ("ixypipe.nic.af_packet_jit",)}
 EXPECTED_S = 10             # a first run's compiling on the 2-vCPU development machine: 6-15 s as busy as it is

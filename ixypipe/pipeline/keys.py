@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ixypipe.layout import MIN_BUF_SIZE
+from ixypipe.layout import KEYED_DEFAULT_SLOTS, KEYED_DEFAULT_TABLES, MIN_BUF_SIZE
 from ixypipe.nic.device import HOT_PATHS
 from ixypipe.nic.vfio import IOMMU_MODES
 from ixypipe.sim.payload import PROFILES, SIM_MAX_FRAME, SIM_MIN_FRAME, VID_RANGE
@@ -221,6 +221,12 @@ KEYS: tuple[Key, ...] = (
     Key("workers.setup_timeout", NUMBER, 30.0, "Seconds a worker stage may spend importing the module and "
         "in `setup(ctx)`; past that it is named (\"is stuck in setup()\") and `on_stage_death` applies.",
         range=(1.0, 3600.0)),
+    Key("workers.keyed_tables", INTEGER, KEYED_DEFAULT_TABLES, "Keyed tables (`batch.count_by`) per worker; a call for one more "
+        "is refused (one warning, counted). 0: none. See [keyed counters](keyed-counters.md).", range=(0, 64)),
+    Key("workers.keyed_slots", INTEGER, KEYED_DEFAULT_SLOTS, "Slots per keyed table; 3/4 of them hold keys (196,608 by "
+        "default), an amount for a key past that is counted as overflow. 16 bytes each of `/dev/shm` per table "
+        "and worker, used as they are written; one worker's tables take at most 1 GiB.",
+        range=(1 << 10, 1 << 26), power_of_two=True),
     # ---- [cpus] ----------------------------------------------------------------------------------------
     Key("cpus", TABLE, None, "Leave it out (or leave out a role) for automatic placement: isolated CPUs "
         "first, one stage per physical core before hyper-thread siblings, near the NIC's NUMA node, and a CPU "

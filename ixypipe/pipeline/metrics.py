@@ -13,7 +13,9 @@ it reads no shared memory and counts nothing, so the endpoint always agrees
 with the interval of the same ``ixypipe_uptime_seconds`` (the JSON's "t").
 
 Every family has the label ``pipeline``; ports add ``port``, stages
-``stage``, rings ``ring``.  Counters end in ``_total``; figures that can go
+``stage``, rings ``ring``, keyed counters ``table`` (their top keys
+``rank`` and ``key``, the key shown by the table's kind: keyedstate.TOP_N
+per table, so the series stay few).  Counters end in ``_total``; figures that can go
 down (a worker's counters, a sink's "lost") are gauges.  A restarted worker
 counts its own loops, batches, packets and CPU from zero (a counter reset);
 drops by reason add up over its processes, as in the summary.
@@ -39,6 +41,7 @@ from ixypipe.pipeline.report import PORT_DROP_NAMES, IntervalFigures
 from ixypipe.rings.spsc import Ring, RingError
 from ixypipe.sim.block import SIM_SIZE_FIELDS
 from ixypipe.sim.traffic import SIZE_BUCKET_NAMES
+from ixypipe.workers.keyed import key_text
 
 log = logging.getLogger(__name__)
 PORT_RANGE = (1, RANGES["stats.metrics_port"][1])     # 0 (the file's and the option's default) = no endpoint
@@ -68,6 +71,14 @@ SIM_FIGURES = {
     "dma_faults": ("ixypipe_sim_dma_faults", "DMA to addresses outside every registered region", True),
     "sink_lost": ("ixypipe_sim_sink_lost_packets",
                   "Sequence numbers below each flow's highest never received (a late frame stops counting)", False),
+}
+# a keyed table's figures (keyedstate.MergedTable.stats) shown as counters: stat -> (metric name, help)
+KEYED_COUNTERS = {
+    "updates": ("ixypipe_keyed_updates_total", "Amounts counted into a keyed table (elements of count_by calls)"),
+    "total": ("ixypipe_keyed_amount_total", "Sum of the amounts counted into a keyed table"),
+    "overflow_updates": ("ixypipe_keyed_overflow_updates_total",
+                         "Amounts for keys that did not fit a worker's keyed table (counted in no key)"),
+    "overflow_amount": ("ixypipe_keyed_overflow_amount_total", "Sum of the amounts for keys that did not fit"),
 }
 LATENCY_QUANTILES = {"0.5": "sink_latency_p50_ns", "0.9": "sink_latency_p90_ns", "0.99": "sink_latency_p99_ns",
                      "1": "sink_latency_max_ns"}
@@ -133,6 +144,16 @@ def families(snap: Snapshot) -> list[Metric]:
         ["stage"], (([s], f.stages[s]["rss_kib"] * 1024) for s, _, _ in snap.stages))
     add(GaugeMetricFamily, "ixypipe_worker_counter", "A worker's named counter (batch.count; may go down)",
         ["stage", "name"], (([s, k], v) for s, c in f.counters.items() for k, v in c.items()))
+
+    keyed = f.keyed
+    add(GaugeMetricFamily, "ixypipe_keyed_keys", "Distinct keys of a keyed table (batch.count_by), over the workers",
+        ["table"], (([name], t.keys) for name, t in keyed.items()))
+    for stat, (metric, doc) in KEYED_COUNTERS.items():
+        add(CounterMetricFamily, metric, doc, ["table"], (([name], t.stats[stat]) for name, t in keyed.items()))
+    add(GaugeMetricFamily, "ixypipe_keyed_top_amount", "A top key of a keyed table by amount, summed over the "
+        "workers (rank 1 = largest)", ["table", "rank", "key"],
+        (([name, str(rank), key_text(key, t.kind)], amount) for name, t in keyed.items()
+         for rank, (key, amount) in enumerate(t.top, 1)))
 
     add(GaugeMetricFamily, "ixypipe_ring_entries", "Buffer indices in the forward ring now", ["ring"],
         (([r], n) for r, (n, _) in snap.rings.items()))

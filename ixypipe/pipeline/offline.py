@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ixypipe.pipeline import keyedstate
 from ixypipe.pipeline.stages import ErrorLog, verdicts
 from ixypipe.protocols import (
     ETH_DST_OFF,
@@ -40,7 +41,7 @@ from ixypipe.protocols import (
     UDP_CSUM,
     VLAN_TAG_LEN,
 )
-from ixypipe.workers.api import DROP, Batch, WorkerContext, buffers_for
+from ixypipe.workers.api import DROP, Batch, WorkerContext, buffers_for, merge_state
 from ixypipe.workers.fields import PacketFields, packet_fields
 from ixypipe.workers.headers import from_bytes
 from ixypipe.workers.loader import Worker
@@ -81,6 +82,7 @@ class OfflineRun:
     counters: dict[str, int]
     errors: list[str]           # one line per batch the function raised on (or whose indices it changed)
     ms: float                   # time in the worker function (and the verdict check), milliseconds
+    keyed: dict = field(default_factory=dict)     # keyed tables (count_by), as the summary's "keyed_counters"
 
     def tally(self) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -176,14 +178,18 @@ def run_frames(worker: Worker, frames: list[bytes], port_names: list[str], in_po
         after = bufs.packet(i).tobytes()
         results.append(PacketResult(i + 1, len(frame), fields[i].summary(), verdict[i], len(after),
                                     changed_fields(frame, after, fields[i]), after))
-    return OfflineRun(results, dict(ctx.counters), errors, spent * 1000)
+    keyed = ctx.keyed_tables()
+    tables = keyedstate.as_json(keyedstate.merge({"try": keyed.read()}, keyed.slots))
+    return OfflineRun(results, dict(ctx.counters), errors, spent * 1000, tables)
 
 
 def _hook(fn, name: str, ctx: WorkerContext) -> None:
     if fn is None:
         return
     try:
-        fn(ctx)
+        returned = fn(ctx)
+        if name == "teardown":
+            merge_state(ctx, returned)      # what teardown returns is merged, as in a pipeline
     except Exception as exc:
         raise HookError(f"{name}(ctx) raised {type(exc).__name__}: {exc} (at {ErrorLog(name).kind(exc)[1]})") \
             from exc

@@ -88,6 +88,8 @@ class PipelinePlan:
     worker_options: dict = field(default_factory=dict)   # [workers.options], the workers' ctx.options
     idle: str = "nap"            # how idle stages wait: "spin", "wake" or "nap" (placement resolves "auto")
     worker_user: str = ""        # whom workers become after start-up ("": nobody when root; see privilege.py)
+    keyed_tables: int = 0        # keyed tables (batch.count_by) per worker, in the arena's workers.keyed region
+    keyed_slots: int = 0         # slots per keyed table
 
     def consumer_row(self, ring: str) -> int:
         """The stage-table row of the stage that consumes ``ring``."""
@@ -199,4 +201,5 @@ def plan_from_config(cfg, packet_arena: str = "", device_arena: str = "") -> Pip
                       cfg.workers.distribute)
     plan.worker_options = dict(cfg.workers.options)
     plan.worker_user = cfg.worker_user
+    plan.keyed_tables, plan.keyed_slots = cfg.workers.keyed_tables, cfg.workers.keyed_slots
     return plan

@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 
 from ixypipe.layout import DROP_REASONS
-from ixypipe.pipeline import stagetable
+from ixypipe.pipeline import keyedstate, stagetable
 from ixypipe.pipeline.hints import lost_note, sink_hints
 from ixypipe.sim.block import SIM_SIZE_FIELDS
 from ixypipe.sim.traffic import SIZE_BUCKET_NAMES
@@ -107,14 +107,16 @@ class IntervalFigures:
     rows: np.ndarray                                # a copy of the stage table
     stages: dict[str, dict]                         # the JSON interval's stage objects (idle: this interval)
     counters: dict[str, dict[str, int]]             # stage -> the worker's named counters
+    keyed: dict = field(default_factory=dict)       # table -> keyedstate.MergedTable: summed over the workers
 
 
 class StatsPrinter:
     """Per-second figures: ixy-style lines per port, one line of stages, or JSON interval objects."""
 
     def __init__(self, plan, table, devices, out, json_lines: bool, sim=None, counters=None, publish=None,
-                 observe=None, quiet: bool = False):
+                 observe=None, quiet: bool = False, keyed=None):
         self.plan = plan
+        self.keyed = keyed                # () -> {table: keyedstate.MergedTable}: the workers' keyed counters
         self.quiet = quiet                # -q: figures go to observers only, nothing is printed
         self.publish = publish            # (port drops) -> None: shows them to observers (ixypipe top)
         self.observe = observe            # (IntervalFigures) -> None: the metrics endpoint (pipeline/metrics.py)
@@ -171,17 +173,20 @@ class StatsPrinter:
         for name, c in per_stage.items():
             stages[name]["counters"] = c
         total = stagetable.summed(per_stage)
+        keyed = self.keyed() if self.keyed is not None else {}
         rates = {k: (v - self.last_counters.get(k, 0)) / dt for k, v in total.items()} if dt > 0 else {}
         self.last_counters = total
         self.last, self.last_rows, self.last_time = now_totals, rows, elapsed
         if self.observe is not None:
-            self.observe(IntervalFigures(elapsed, now_totals, drops_now, rows, stages, per_stage))
+            self.observe(IntervalFigures(elapsed, now_totals, drops_now, rows, stages, per_stage, keyed))
         if self.quiet:
             return
         if self.json_lines:
             print(json.dumps({"type": "interval", "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                               "pipeline": self.plan.name, "t": round(elapsed, 3), "ports": ports,
-                              "stages": stages, "counters": total}), file=self.out, flush=True)
+                              "stages": stages, "counters": total,
+                              **({"keyed_counters": keyedstate.as_json(keyed)} if keyed else {})}),
+                  file=self.out, flush=True)
             return
         lines = []
         for name, p in ports.items():
@@ -199,6 +204,7 @@ class StatsPrinter:
         lines.append("stages: " + " | ".join(parts))
         if total:
             lines.append("counters: " + " | ".join(f"{k} {v:,} (+{rates.get(k, 0):,.0f}/s)" for k, v in total.items()))
+        lines += keyedstate.text_lines(keyedstate.as_json(keyed), keyedstate.TOP_PER_INTERVAL)
         print("\n".join(lines), file=self.out, flush=True)
 
 
@@ -224,6 +230,7 @@ class Accounting:
     ports: dict[str, dict[str, int]] = field(default_factory=dict)
     user_counters: dict[str, int] = field(default_factory=dict)       # summed over workers
     worker_counters: dict[str, dict[str, int]] = field(default_factory=dict)   # per worker stage
+    keyed_counters: dict[str, dict] = field(default_factory=dict)   # keyed tables summed over the workers (JSON form)
     restarts: int = 0
     sim: dict | None = None
     sink_modes: dict[str, str] = field(default_factory=dict)     # sim port -> "verify" or "count"
@@ -245,7 +252,8 @@ class Accounting:
     def of(cls, plan, table: np.ndarray, pools: list[PoolCount], stranded: int = 0, died: Iterable[str] = (),
            restarts: int = 0, sim_died: bool = False, port_drops: dict[str, dict[str, int]] | None = None,
            unsent: int = 0, worker_counters: dict[str, dict[str, int]] | None = None,
-           orphaned: int = 0, sent_in_hand: int = 0, sent_uncounted: int = 0) -> Accounting:
+           orphaned: int = 0, sent_in_hand: int = 0, sent_uncounted: int = 0,
+           keyed: dict | None = None) -> Accounting:
         """The accounting of a stopped pipeline, from plain data.
 
         ``table``: the stage table (counters per stage row of ``plan``);
@@ -295,6 +303,7 @@ class Accounting:
         acc.ports = port_totals(plan, table)
         acc.worker_counters = dict(worker_counters or {})      # per worker stage: its named counters
         acc.user_counters = stagetable.summed(acc.worker_counters)
+        acc.keyed_counters = keyedstate.as_json(keyed or {})     # ``keyed``: keyedstate.merged, table -> merge
         return acc
 
     def check_sim(self, cfg) -> None:
@@ -364,6 +373,7 @@ class Accounting:
             if len(self.worker_counters) > 1:
                 lines += [f"  {stage}: " + ", ".join(f"{k} {v:,}" for k, v in c.items())
                           for stage, c in self.worker_counters.items()]
+        lines += keyedstate.text_lines(self.keyed_counters)
         for name, c in sim.items():
             sizes = {label: c.get(f, 0) for label, f in zip(SIZE_BUCKET_NAMES, SIM_SIZE_FIELDS, strict=True)}
             if self.sink_modes.get(name) == "count":     # any traffic, counted by size, never judged

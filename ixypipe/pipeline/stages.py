@@ -52,7 +52,7 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import DEFAULT_NAME as PACKET_BUFFERS
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceError
-from ixypipe.pipeline import breathe, forkserver, leftovers, stagetable
+from ixypipe.pipeline import breathe, forkserver, keyedstate, leftovers, stagetable
 from ixypipe.pipeline import breathe_jit as K
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import PROCESS_FIELDS, SLOT, StageRow
@@ -145,7 +145,8 @@ class Outbox:
 
 def attach_packet_arena(plan: PipelinePlan, me: StagePlan) -> Arena:
     """The packet arena as a stage maps it: RX and TX read-write; a worker read-only but for what it writes
-    (memory/arena.py's two-file arena): the packet buffers, its stage-table row, counter block and wake line,
+    (memory/arena.py's two-file arena): the packet buffers, its stage-table row, counter block, keyed-counter
+    block and wake line,
     the wake lines of the stages it feeds (its doorbells clear their flags) and the rings it is an end of.
     The rest (mempools, other rings and rows, the plan, the arena's header and tables) it cannot write: a
     write through any route faults in the worker alone."""
@@ -163,6 +164,9 @@ def attach_packet_arena(plan: PipelinePlan, me: StagePlan) -> Arena:
     rings = [*me.in_rings, *me.out_ring_of.values(), *me.home_rings.values()]
     spans = [whole(PACKET_BUFFERS), *(whole(r) for r in rings), item(stagetable.REGION, me.row, STAGE_ROW_DTYPE.itemsize),
              item(STAGE_COUNTERS_REGION, me.row, STAGE_COUNTERS_DTYPE.itemsize)]
+    keyed = keyedstate.block_span(arena, plan, me.worker)
+    if keyed is not None:
+        spans.append(keyed)
     if arena.find(WAKE_REGION) is not None:
         rows = {me.row, *(plan.consumer_row(r) for r in me.out_ring_of.values())}
         spans += [item(WAKE_REGION, row, WAKE_LINE_DTYPE.itemsize) for row in sorted(rows)]
@@ -483,7 +487,15 @@ def flow_worker(bufs: PacketBuffers, idx: np.ndarray, n: int) -> np.ndarray:
 def run_worker(st: Stage) -> None:
     """The worker loop, after start_worker loaded the user's worker (batch function, optional setup/teardown)."""
     from ixypipe.pipeline.stagetable import CounterWriter
-    from ixypipe.workers.api import DROP, Batch, WorkerContext, WorkerResultError, refused_counts  # user API
+    from ixypipe.workers import keyed
+    from ixypipe.workers.api import (  # user API
+        DROP,
+        Batch,
+        WorkerContext,
+        WorkerResultError,
+        merge_state,
+        refused_counts,
+    )
 
     me, plan, bufs = st.me, st.plan, st.bufs
     for header in (bufs.pool_id, bufs.index):      # which pool owns a buffer is not the worker's to change
@@ -498,7 +510,10 @@ def run_worker(st: Stage) -> None:
                         dict(getattr(plan, "worker_options", {})), base_dir=plan.worker_base_dir)
     counters = ctx.counters
     published = CounterWriter(st.arena, me.row)
+    block = keyedstate.block(st.arena, plan, me.worker)
+    ctx.keyed = keyed.KeyedTables(block) if block is not None else keyed.refusing()   # batch.count_by's tables
     _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
+    keyed.warm_up()                                                          # ... and the keyed-counter kernel
     worker = start_worker(st, ctx)          # unprivileged from here on; a failure stops the stage with its traceback
     errors = ErrorLog(me.name, worker.where)
     fn = worker.process
@@ -541,7 +556,7 @@ def run_worker(st: Stage) -> None:
     st.row["state"] = STAGE_STATE_DRAINING
     if worker.teardown is not None:
         try:
-            worker.teardown(ctx)
+            merge_state(ctx, worker.teardown(ctx))       # a dict it returns: its own state, summed over workers
         except BaseException as exc:       # SystemExit too: the stage still ends as drained
             log.error("%s: teardown(ctx) raised:\n%s", me.name, "".join(traceback.format_exception(exc)).rstrip())
     published.publish(counters)

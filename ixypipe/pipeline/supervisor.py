@@ -48,7 +48,7 @@ from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
-from ixypipe.pipeline import claims, forkserver, leftovers, planinfo, reclaim, stagetable
+from ixypipe.pipeline import claims, forkserver, keyedstate, leftovers, planinfo, reclaim, stagetable
 from ixypipe.pipeline.firstrun import FirstRun
 from ixypipe.pipeline.liveness import PHASES, FlowWatch, Heartbeats, RestartBudget, doing
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config, unfed_tx_queues
@@ -203,6 +203,7 @@ class Supervisor:
         for ring in plan.rings:
             Ring.create(self.arena, ring.name, ring.capacity)
         stagetable.create(self.arena, len(plan.stages))
+        keyedstate.create(self.arena, len(plan.stages_of("worker")), plan.keyed_tables, plan.keyed_slots)
         wakeup.create(self.arena, plan.sleeper_rows(), len(plan.stages))
         self._sleepers = plan.sleeper_rows()
         self.table = stagetable.table(self.arena)
@@ -297,6 +298,7 @@ class Supervisor:
     def _watch(self) -> None:
         printer = StatsPrinter(self.plan, self.table, self.devices, self.out, self.json_lines, self.sim,
                                counters=lambda: stagetable.stage_counters(self.arena, self.plan),
+                               keyed=lambda: keyedstate.merged(self.arena, self.plan),
                                publish=lambda d: planinfo.publish_port_drops(self.arena, self.plan.port_names, d),
                                observe=self.metrics.watch(self.plan, self.arena, self.sim) if self.metrics else None,
                                quiet=self.quiet)
@@ -715,7 +717,8 @@ class Supervisor:
                              died=[s.name for s in self.plan.stages if s.row in dead], restarts=self.restarts,
                              sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent,
                              sent_in_hand=sent_in_hand, sent_uncounted=sent_uncounted,
-                             worker_counters=stagetable.stage_counters(self.arena, self.plan))
+                             worker_counters=stagetable.stage_counters(self.arena, self.plan),
+                             keyed=keyedstate.merged(self.arena, self.plan))
 
     def _release(self) -> None:
         for p in self.procs:
@@ -760,6 +763,7 @@ def packet_arena_regions(plan: PipelinePlan, buffer_size: int) -> list[RegionSiz
             *(r for pool in plan.pools for r in Mempool.arena_regions(pool.count)),
             *(r for ring in plan.rings for r in Ring.arena_regions(ring.capacity)),
             *stagetable.arena_regions(len(plan.stages)),
+            *keyedstate.arena_regions(len(plan.stages_of("worker")), plan.keyed_tables, plan.keyed_slots),
             *wakeup.arena_regions(len(plan.stages)),
             *planinfo.arena_regions()]
 

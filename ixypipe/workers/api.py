@@ -22,6 +22,11 @@ batches at a time.  :func:`per_packet` wraps a ``handle(pkt) -> bool``
 (or ``handle(pkt, f) -> bool``, ``f`` the packet's parsed fields) function
 for simple cases; it loops in Python and is the slow path.
 
+``batch.count_by("src", batch.ipv4.src[batch.ipv4.valid])`` counts per key
+(workers/keyed.py: compiled hash tables of bounded size, summed per key over
+the workers by the supervisor); ``teardown(ctx)`` may return a dict of a
+worker's own state to merge the same way (:func:`merge_state`).
+
 ``Batch.from_frames(frames)`` and ``Batch.from_pcap(path)`` build a batch
 outside a pipeline, over packet buffers of this process's own, so a worker
 function can be tried in a Python shell or a test (``ixypipe try`` does).
@@ -52,6 +57,7 @@ from ixypipe.protocols import ETH_ADDR_LEN, ETH_DST_OFF, ETH_SRC_OFF, ETH_TYPE_O
 from ixypipe.workers import rewrite
 from ixypipe.workers.fields import PacketFields, packet_fields
 from ixypipe.workers.headers import L4, Eth, Headers, IPv4, IPv6
+from ixypipe.workers.keyed import KeyedError, KeyedTables, private_block
 from ixypipe.workers.prefix import L3
 
 log = logging.getLogger(__name__)
@@ -94,10 +100,43 @@ class WorkerContext:
     base_dir: str = "."          # the pipeline file's directory: resolve file names in options against it
     counters: dict[str, int] = field(default_factory=dict)    # the named counters (batch.count adds here)
     state: dict[str, Any] = field(default_factory=dict)
+    keyed: KeyedTables | None = None     # the keyed tables (count_by): the worker's arena block in a pipeline
 
     def count(self, name: str, value: int = 1) -> None:
         """Add to a named counter (as batch.count; teardown may count too)."""
         add_count(self.counters, name, value)
+
+    def count_by(self, table: str, keys, n=None, kind: str = "int") -> None:
+        """Add to keyed table ``table`` per key (as batch.count_by; teardown may count too)."""
+        self.keyed_tables().count_by(table, keys, n, kind)
+
+    def keyed_tables(self) -> KeyedTables:
+        """The keyed tables: the pipeline's, or private ones made on first use (outside a pipeline)."""
+        if self.keyed is None:
+            self.keyed = KeyedTables(private_block())
+        return self.keyed
+
+
+def merge_state(ctx: WorkerContext, state) -> None:
+    """Merge what ``teardown(ctx)`` returned into what the supervisor sums over the workers: ``None`` is
+    nothing; a dict maps a name to an integer (added to that named counter, as ctx.count) or to a dict of
+    integer key -> amount (added to that keyed table, as ctx.count_by).  Anything else is a KeyedError
+    naming the entry (the stage logs it; what was merged before it stays)."""
+    if state is None:
+        return
+    if not isinstance(state, dict):
+        raise KeyedError(f"teardown(ctx) returns None or a dict of name -> int or name -> {{key: amount}}, "
+                         f"got {type(state).__name__}")
+    for name, value in state.items():
+        if isinstance(value, dict):
+            ctx.count_by(name, np.fromiter((operator.index(k) & 0xFFFF_FFFF_FFFF_FFFF for k in value.keys()),
+                                           np.uint64, len(value)),
+                         np.fromiter((operator.index(v) for v in value.values()), np.int64, len(value)))
+        elif isinstance(value, int | np.integer) and not isinstance(value, bool):
+            ctx.count(name, int(value))
+        else:
+            raise KeyedError(f"teardown(ctx) returned {name!r}: {type(value).__name__}; an entry is an integer "
+                             f"(a named counter) or a dict of integer key -> amount (a keyed table)")
 
 
 def add_count(counters: dict[str, int], name: str, value: int) -> None:
@@ -170,6 +209,7 @@ class Batch:
         self._lengths: np.ndarray | None = None
         self._headers: Headers | None = None
         self.ctx = ctx
+        self._keyed: KeyedTables | None = None     # no ctx: private tables, made on first count_by
 
     # ---- batches outside a pipeline ---------------------------------------------------
     @classmethod
@@ -390,6 +430,29 @@ class Batch:
         STAGE_COUNTER_NAMES_SIZE bytes of names) is refused: one warning names the limit, the batch goes on.
         """
         add_count(self.counters, name, value)
+
+    def count_by(self, table: str, keys, n=None, kind: str = "int") -> None:
+        """Add ``n`` (default 1; an integer, or one per key such as ``batch.lengths``) to each key's value in
+        keyed table ``table``: a hash table per worker, summed per key over the workers in the summary,
+        its JSON ("keyed_counters") and the metrics, with its top keys and totals.
+
+        ``keys``: one integer per element (a 1-D integer array of any length, e.g.
+        ``batch.ipv4.src[batch.ipv4.valid]``); ``kind`` says how the summary shows them: "int", "ipv4"
+        (10.0.0.1), "mac" or "hex" (the first call's).  Amounts of 0 are not counted.  A table holds
+        3/4 of workers.keyed_slots keys; an amount for a key that does not fit is counted as the
+        table's overflow, never lost silently.  A worker has workers.keyed_tables tables: a call for
+        one more is refused (one warning, counted), the batch goes on.
+        """
+        if self.ctx is not None:
+            self.ctx.count_by(table, keys, n, kind)
+            return
+        if self._keyed is None:
+            self._keyed = KeyedTables(private_block())
+        self._keyed.count_by(table, keys, n, kind)
+
+    def keyed_tables(self) -> KeyedTables | None:
+        """The tables count_by counted into (None before the first call outside a pipeline)."""
+        return self.ctx.keyed_tables() if self.ctx is not None else self._keyed
 
 
 def buffers_for(frames: list[bytes]) -> PacketBuffers:
