@@ -87,7 +87,10 @@ class Rig:
                  spsc_jit.ring_rows(self.outs), np.zeros((len(self.outs), 2), np.int64), self.bufs.length,
                  self.bufs.data, np.empty(64, np.uint32), np.empty(POOL, np.uint32), self.parts, self.parts_n,
                  self.state)
-        return K.run(K.rx_breathe, feed, q, stage, self.row, params)
+        return K.run(K.rx_breathe, feed, q, stage, self.row, params, self.waits(self.returns))
+
+    def waits(self, inputs):
+        return (self.words, spsc_jit.ring_rows(inputs), np.array([-1, 1], np.int32), np.zeros(2, np.int64))
 
     def counters(self, *names):
         return [int(self.row[SLOT[n]]) for n in names]
@@ -203,7 +206,7 @@ class TxRig(Rig):
                  homes, spsc_jit.ring_rows(self.outs[:1]), self.bufs.length, np.empty(64, np.uint32), self.pending,
                  self.state)
         return K.run(K.tx_breathe, wire, (self.log, self.logged, np.array([room]), freed), stage, self.row,
-                     self.params(batch=batch))
+                     self.params(batch=batch), self.waits(self.outs[:1]))
 
 
 def test_tx_pass_admits_by_the_ledger_checks_lengths_and_sends_home_what_the_nic_finished(make_arena):
@@ -243,3 +246,47 @@ def test_flow_keys_of_equal_flows_land_together(make_arena):
     got = [drain(o) for o in r.outs]
     holders = [k for k, g in enumerate(got) if set(src[::2].tolist()) <= set(g)]
     assert len(holders) == 1 and sum(map(len, got)) == 12
+
+
+def test_an_idle_compiled_consumer_sleeps_on_its_semaphore_until_a_bell_and_wakes_into_its_next_pass(make_arena):
+    """wakeup_jit.sleep and bell on a real wake line and semaphore: the TX loop sleeps (IDLE_SLEEP), a
+    producer's bell from another thread posts it, and the packet it brought goes out in the same run."""
+    import threading
+    import time
+
+    from ixypipe.rings import wakeup, wakeup_jit
+
+    r = TxRig(make_arena)
+    wakeup.create(r.arena, [0], 1)
+    try:
+        line, sem = wakeup.line_word(r.arena, 0), wakeup.semaphore_address(r.arena, 0)
+        params = r.params()
+        params[K.P_IDLE_MODE], params[K.P_YIELDS], params[K.P_WAIT_MS] = K.IDLE_SLEEP, 2, 5000
+        params[K.P_LINE], params[K.P_SEM] = line, sem
+        idx = r.frames(3)
+        posted = []
+
+        def producer():
+            while not r.words[line + wakeup_jit.WAKE_SLEEPING]:      # until the loop sleeps
+                time.sleep(0.001)
+            r.outs[0].enqueue(idx)
+            posted.append(wakeup_jit.bell(r.words, line, sem))
+
+        t = threading.Thread(target=producer)
+        t.start()
+        r.tx(room=64)           # warm the rig's arrays up (compiles the default run)
+        t0 = time.monotonic()
+        freed = np.zeros(256, np.uint32)
+        homes = np.concatenate(([0, POOL], spsc_jit.ring_row(r.returns[0].offset, 128)))[None, :]
+        stage = (freed, r.handing, 0, r.words, r.slots, r.row, r.ledger.held, r.ledger.ranges, homes,
+                 spsc_jit.ring_rows(r.outs[:1]), r.bufs.length, np.empty(64, np.uint32), r.pending, r.state)
+        params[K.P_MAX_PASSES] = 5       # 2 yields, the sleep, the pass that sends, one more yield
+        code = K.run(K.tx_breathe, wire, (r.log, r.logged, np.array([64]), freed), stage, r.row, params,
+                     r.waits(r.outs[:1]))
+        t.join()
+        assert posted == [True]                                   # it was asleep when the bell rang
+        assert r.log[:r.logged[0]].tolist()[-3:] == idx.tolist()  # and sent what woke it, in the same run
+        assert code == K.RUN_BUDGET and time.monotonic() - t0 < 5.0
+        assert int(r.words[line + wakeup_jit.WAKE_WAKEUPS]) == 1 and not r.words[line + wakeup_jit.WAKE_SLEEPING]
+    finally:
+        wakeup.unlink(r.arena, [0])

@@ -19,7 +19,7 @@ import numpy as np
 from ixypipe.layout import STAGE_ROW_DTYPE
 from ixypipe.pipeline import breathe_jit as K
 from ixypipe.pipeline import stagetable
-from ixypipe.rings import spsc_jit, wakeup
+from ixypipe.rings import spsc_jit, wakeup, wakeup_jit
 
 # a busy run returns to Python after this many passes: at batch 32 about half a millisecond, so commands,
 # publication and logging are never late by more than that
@@ -28,6 +28,10 @@ RUN_PASSES = 256
 # hand an idle stage to Python at once (it yields, sleeps or polls)
 SPIN_IDLE_PASSES = 64
 DISTRIBUTION_MODES = {"round-robin": K.MODE_ROUND_ROBIN, "flow": K.MODE_FLOW}
+# the "wake" idle mode (the Python passes in stages.py and the compiled loop alike)
+WAKE_SPIN_LOOPS = 4          # empty polls (each yielding the CPU) before a stage blocks
+WAKE_TIMEOUT = 0.1           # seconds a sleeping stage waits at most (heartbeat, commands)
+RX_WAIT_MS = 50              # an RX stage whose port has a file descriptor polls it this long
 
 
 def _row_words(st) -> np.ndarray:
@@ -35,8 +39,19 @@ def _row_words(st) -> np.ndarray:
     return st.arena.buf[off:off + STAGE_ROW_DTYPE.itemsize].view(np.int64)
 
 
-def _params(st, light: int, min_len: int, mode: int = K.MODE_ONE) -> np.ndarray:
+def _params(st, light: int, min_len: int, mode: int = K.MODE_ONE, fd: int | None = None) -> np.ndarray:
+    """What the kernel needs to know of the stage, once: batch, budget, checks, distribution, the idle policy
+    (in "wake" mode a ring consumer sleeps on its semaphore and an RX queue with a file descriptor polls it, in
+    compiled code; otherwise an idle run returns and Python naps)."""
     p = np.zeros(K.PARAM_WORDS, np.int64)
+    if st.plan.idle == "wake" and (st.me.role != "rx" or fd is not None):
+        p[K.P_YIELDS] = WAKE_SPIN_LOOPS
+        if st.me.role == "rx":
+            p[K.P_IDLE_MODE], p[K.P_WAIT_MS] = K.IDLE_POLL, RX_WAIT_MS
+        else:
+            p[K.P_IDLE_MODE], p[K.P_WAIT_MS] = K.IDLE_SLEEP, int(WAKE_TIMEOUT * 1000)
+            p[K.P_LINE] = wakeup.line_word(st.arena, st.me.row)
+            p[K.P_SEM] = wakeup.semaphore_address(st.arena, st.me.row)
     p[K.P_BATCH] = st.batch
     p[K.P_MAX_PASSES] = RUN_PASSES
     p[K.P_IDLE_PASSES] = SPIN_IDLE_PASSES if st.plan.idle == "spin" else 1
@@ -59,10 +74,16 @@ def _homes(st) -> np.ndarray:
     return np.stack(rows) if rows else np.zeros((1, K.HOME_WORDS), np.int64)
 
 
+def _waits(words: np.ndarray, inputs, fd: int | None = None) -> tuple:
+    """The shared loop's ``waits``: the arena's words, the rings a sleeper looks at, a pollfd, a timespec."""
+    return (words, spsc_jit.ring_rows(inputs), np.array([-1 if fd is None else fd, wakeup_jit.POLLIN], np.int32),
+            np.zeros(2, np.int64))
+
+
 def _warm_up(run: functools.partial) -> None:
     """Compile (or load from the cache) the kernel for these arguments now, with a run of no passes: before
     the stage reports running, never with its first packet."""
-    params = run.args[-1]
+    params = run.args[-2]
     passes = params[K.P_MAX_PASSES]
     params[K.P_MAX_PASSES] = 0
     try:
@@ -74,7 +95,8 @@ def _warm_up(run: functools.partial) -> None:
 class RxPasses:
     """An RX stage's compiled passes: one NIC queue to the workers' rings."""
 
-    def __init__(self, st, kernel, record, pool, lent, outbox, returns, distribute: str, min_len: int):
+    def __init__(self, st, kernel, record, pool, lent, outbox, returns, distribute: str, min_len: int,
+                 fd: int | None):
         words, slots = spsc_jit.arena_words(st.arena.buf)
         n_out = len(outbox.rings)
         self.parts = np.zeros((n_out, max(st.batch, 1)), np.uint32)
@@ -85,12 +107,13 @@ class RxPasses:
                           if st.plan.idle == "wake" else (0, 0) for r in rows], np.int64)
         stack, top = pool.free_stack()
         params = _params(st, st.light, min_len, DISTRIBUTION_MODES.get(distribute, K.MODE_ONE) if n_out > 1
-                         else K.MODE_ONE)
+                         else K.MODE_ONE, fd)
+        self.waits_itself = params[K.P_IDLE_MODE] != K.IDLE_RETURN
         stage = (words, slots, _row_words(st), stack, top, lent.held, spsc_jit.ring_rows(returns),
                  spsc_jit.ring_rows(outbox.rings), bells, st.bufs.length, st.bufs.data,
                  np.empty(max(st.batch, 1), np.uint32), np.empty(pool.count, np.uint32), self.parts, self.parts_n,
                  self.state)
-        self.run = functools.partial(K.ENTRIES[kernel], record, stage, stage[2], params)
+        self.run = functools.partial(K.ENTRIES[kernel], record, stage, stage[2], params, _waits(words, returns, fd))
         _warm_up(self.run)
 
     def waiting(self) -> list[int]:
@@ -116,7 +139,9 @@ class TxPasses:
         stage = (freed, handing, slot, words, slots, row, ledger.held, ledger.ranges, _homes(st),
                  spsc_jit.ring_rows(inputs), st.bufs.length, np.empty(max(st.batch, 1), np.uint32), self.pending,
                  self.state)
-        self.run = functools.partial(K.ENTRIES[kernel], record, stage, row, _params(st, 0, 1))
+        params = _params(st, 0, 1)
+        self.waits_itself = params[K.P_IDLE_MODE] != K.IDLE_RETURN
+        self.run = functools.partial(K.ENTRIES[kernel], record, stage, row, params, _waits(words, inputs))
         _warm_up(self.run)
 
     def hand_over(self) -> np.ndarray:
@@ -130,8 +155,9 @@ def bind_rx(st, device, pool, lent, outbox, returns, distribute: str) -> RxPasse
     bound = device.compiled_rx(st.me.queue) if K.AVAILABLE else None
     if bound is not None and bound[0] not in K.ENTRIES:
         bound = None                 # a driver kernel without an entry point here: the Python passes serve
+    fd = device.rx_fd(st.me.queue) if st.plan.idle == "wake" else None
     return None if bound is None else RxPasses(st, *bound, pool, lent, outbox, returns, distribute,
-                                               device.min_rx_frame)
+                                               device.min_rx_frame, fd)
 
 
 def bind_tx(st, device, ledger, inputs) -> TxPasses | None:

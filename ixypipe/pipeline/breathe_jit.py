@@ -39,12 +39,12 @@ from ixypipe import jitcache
 from ixypipe.layout import STAGE_CMD_DRAIN
 from ixypipe.pipeline.stagetable import SLOT
 from ixypipe.protocols import FLOW_HASH_MIX, FLOW_KEY_OFF
-from ixypipe.rings import spsc_jit
+from ixypipe.rings import spsc_jit, wakeup_jit
 from ixypipe.rings.spsc_jit import RING_ROW_WORDS
 
 numba = jitcache.load_numba()
 
-AVAILABLE = numba is not None and spsc_jit.AVAILABLE
+AVAILABLE = numba is not None and spsc_jit.AVAILABLE and wakeup_jit.AVAILABLE
 
 # why a run returned
 RUN_MORE = -1         # (a pass's own answer) go on with the next pass
@@ -58,7 +58,12 @@ RUN_HOME = 6          # a buffer had no home, or its home was full (a double fre
 
 # params: what Python decides once per stage
 P_BATCH, P_MAX_PASSES, P_IDLE_PASSES, P_LIGHT, P_MIN_LEN, P_MAX_DATA, P_MODE, P_WAKE = range(8)
-PARAM_WORDS = 8
+P_IDLE_MODE, P_YIELDS, P_WAIT_MS, P_LINE, P_SEM = range(8, 13)
+PARAM_WORDS = 13
+# how the shared loop waits once passes find nothing (params[P_IDLE_MODE])
+IDLE_RETURN = 0       # after P_IDLE_PASSES empty passes return RUN_IDLE: Python waits (naps, spin)
+IDLE_SLEEP = 1        # a ring consumer: P_YIELDS yields, then sleep on its semaphore (wakeup_jit.sleep)
+IDLE_POLL = 2         # an RX queue with a file descriptor: P_YIELDS yields, then poll() it
 # state: what lives across runs
 ST_RR, ST_VALUE, ST_LEFT = range(3)
 STATE_WORDS = 4
@@ -87,7 +92,8 @@ if AVAILABLE:
     # own, since numba's cache index would keep the key of every kernel ever passed (a test's, a worker's module)
     # and unpickle all of them in every process.  Each stage kind has a cached entry point below instead.
     generic = _numba.njit(nogil=True, boundscheck=False)
-    push, pull, bell = spsc_jit.push, spsc_jit.pull, spsc_jit.bell
+    push, pull = spsc_jit.push, spsc_jit.pull
+    bell = wakeup_jit.bell
     _MIX = np.uint64(FLOW_HASH_MIX)
     _LOW32 = np.uint64(0xFFFFFFFF)
     _SHIFT16 = np.uint64(16)
@@ -182,11 +188,17 @@ if AVAILABLE:
         return True
 
     @generic
-    def run(breathe, kernel, q, stage, row, params):
-        """The loop every compiled stage shares: heartbeat and command, one pass, idle counting, the budget.
+    def run(breathe, kernel, q, stage, row, params, waits):
+        """The loop every compiled stage shares: heartbeat and command, one pass, the idle policy, a budget.
 
         ``breathe(kernel, q, stage, params)`` is one pass of the stage (its driver's or worker's ``kernel`` with
-        its record ``q``; ``stage``: the stage's arrays) and returns (packets moved, RUN_MORE or why to stop)."""
+        its record ``q``; ``stage``: the stage's arrays) and returns (packets moved, RUN_MORE or why to stop).
+        An idle stage waits here, in compiled code, when it can (params[P_IDLE_MODE]): a ring consumer sleeps on
+        its semaphore until a producer rings, an RX queue with a file descriptor polls it; a wake-up goes
+        straight into the next pass.  ``waits``: (the input rings' table, pollfd int32[2], timespec int64[2]).
+        A wait that timed out returns RUN_IDLE, so Python looks at the world about every P_WAIT_MS when idle."""
+        words, inputs, fds, ts = waits
+        mode = params[P_IDLE_MODE]
         empty = 0
         for _ in range(params[P_MAX_PASSES]):
             if _loop_start(row):
@@ -196,11 +208,23 @@ if AVAILABLE:
                 return code
             if moved:
                 empty = 0
-            else:
-                row[_IDLE] += 1
-                empty += 1
+                continue
+            row[_IDLE] += 1
+            empty += 1
+            if mode == IDLE_RETURN:
                 if empty >= params[P_IDLE_PASSES]:
                     return RUN_IDLE
+            elif empty <= params[P_YIELDS]:
+                wakeup_jit.relax()                  # a consumer this stage just woke on the same CPU runs first
+            else:
+                if mode == IDLE_SLEEP:
+                    woken = wakeup_jit.sleep(words, params[P_LINE], params[P_SEM], inputs,
+                                             row[_CMD:_CMD + 1], ts, params[P_WAIT_MS])
+                else:
+                    woken = wakeup_jit.poll(fds, params[P_WAIT_MS])
+                if not woken:
+                    return RUN_IDLE
+                empty = 0
         return RUN_BUDGET
 
     @jit
@@ -368,20 +392,20 @@ if AVAILABLE:
 
     # the cached entry points: one per stage kind and driver, the kernels as globals
     @jit
-    def rx_run_ixgbe(q, stage, row, params):
-        return run(rx_breathe, ixgbe_jit.rx_queue, q, stage, row, params)
+    def rx_run_ixgbe(q, stage, row, params, waits):
+        return run(rx_breathe, ixgbe_jit.rx_queue, q, stage, row, params, waits)
 
     @jit
-    def tx_run_ixgbe(q, stage, row, params):
-        return run(tx_breathe, ixgbe_jit.tx_queue, q, stage, row, params)
+    def tx_run_ixgbe(q, stage, row, params, waits):
+        return run(tx_breathe, ixgbe_jit.tx_queue, q, stage, row, params, waits)
 
     @jit
-    def rx_run_af_packet(q, stage, row, params):
-        return run(rx_breathe, af_packet_jit.rx_queue, q, stage, row, params)
+    def rx_run_af_packet(q, stage, row, params, waits):
+        return run(rx_breathe, af_packet_jit.rx_queue, q, stage, row, params, waits)
 
     @jit
-    def tx_run_af_packet(q, stage, row, params):
-        return run(tx_breathe, af_packet_jit.tx_queue, q, stage, row, params)
+    def tx_run_af_packet(q, stage, row, params, waits):
+        return run(tx_breathe, af_packet_jit.tx_queue, q, stage, row, params, waits)
 
     ENTRIES = {ixgbe_jit.rx_queue: rx_run_ixgbe, ixgbe_jit.tx_queue: tx_run_ixgbe,
                af_packet_jit.rx_queue: rx_run_af_packet, af_packet_jit.tx_queue: tx_run_af_packet}

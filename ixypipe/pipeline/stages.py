@@ -54,6 +54,7 @@ from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceError
 from ixypipe.pipeline import breathe, forkserver, keyedstate, leftovers, stagetable
 from ixypipe.pipeline import breathe_jit as K
+from ixypipe.pipeline.breathe import RX_WAIT_MS, WAKE_SPIN_LOOPS, WAKE_TIMEOUT
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import PROCESS_FIELDS, SLOT, StageRow
 from ixypipe.proc import (
@@ -75,10 +76,7 @@ PUBLISH_EVERY = 64            # idle loops between counter publications
 FLOW_MIX = np.uint32(FLOW_HASH_MIX)
 LIGHT_BATCH_DIVISOR = 8      # on shared CPUs, a poll that got < batch/8 packets still naps
 STAGE_TIMER_SLACK_NS = 1000
-WAKE_SPIN_LOOPS = 4          # empty polls (each yielding the CPU) before a stage blocks ("wake" mode)
-WAKE_TIMEOUT = 0.1           # seconds a sleeping stage waits at most (heartbeat, commands)
 STAGE_MAX_NAP = 100e-6       # a paced nap on a shared CPU lasts at most this (the latency one stage adds)
-RX_WAIT_MS = 50              # "wake" mode: an RX stage whose port has a file descriptor polls it this long
 TX_DRAIN_SECONDS = 2.0       # at most this long waiting for the NIC to finish posted descriptors
 RX_DRAIN_BUSY_MAX = 5.0       # seconds of pulling after a drain is asked, when a paused source still delivers
 RX_DRAIN_IDLE_POLLS = 100     # empty polls that prove the NIC ring is empty
@@ -329,7 +327,10 @@ def breathe_compiled(st: Stage, passes, still_idle=None) -> int:
     code = passes.run()
     st.absorb()
     if code == K.RUN_IDLE:
-        st.rest(0, still_idle)
+        if passes.waits_itself:          # it slept or polled in compiled code, and the time ran out
+            st.idle_streak = 0
+        else:
+            st.rest(0, still_idle)
     elif code in (K.RUN_LIGHT, K.RUN_STALLED):
         st.wait()
     else:

@@ -9,10 +9,7 @@ index, the word of its consumer index, its first slot).  Each end reads its
 own index from the arena every time rather than keeping a private copy, so
 a stage can use a ring from compiled code and from ``spsc.Ring`` in turn.
 
-``bell`` is ``wakeup.Doorbell.ring`` in compiled code: a full fence (an
-LLVM ``fence seq_cst``: a locked instruction on x86), the consumer's
-``sleeping`` flag, and ``sem_post`` on its POSIX semaphore, called from
-libc by address (``wakeup.semaphore_address``).
+The doorbells and the sleeping side are in wakeup_jit.py.
 
 Compiler ordering: numba gives array arguments no ``noalias``, so the slot
 stores stay before the store of the producer index, and the consumer's slot
@@ -34,7 +31,6 @@ AVAILABLE = numba is not None
 # the columns of a ring's row (int64): capacity, u64 word of head, u64 word of tail, u32 word of slot 0
 RING_CAP, RING_HEAD, RING_TAIL, RING_SLOTS = range(4)
 RING_ROW_WORDS = 4
-WAKE_SLEEPING = 0            # u64 word of the flag in a wake line (wakeup.py's _SLEEPING)
 
 
 def ring_row(offset: int, capacity: int) -> np.ndarray:
@@ -57,29 +53,10 @@ def arena_words(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 assert RING_CAPACITY_OFF == 0 and RING_SLOT_DTYPE == np.uint32
 
-push = pull = bell = fence = None
+push = pull = None
 
 if AVAILABLE:
-    from numba import types
-    from numba.core.extending import intrinsic
-
     jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
-    _sem_post = types.ExternalFunction("sem_post", types.intc(types.voidptr))
-
-    @intrinsic
-    def fence(typingctx):
-        """A full memory barrier (see wakeup.py for why producers and sleepers need one)."""
-        def codegen(context, builder, signature, args):
-            builder.fence("seq_cst")
-            return context.get_dummy_value()
-        return types.void(), codegen
-
-    @intrinsic
-    def _pointer(typingctx, address):
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
-        return types.voidptr(address), codegen
-
     @jit
     def push(words, slots, ring, src, start, n):
         """Producer: put src[start:start + n] in the ring ``ring`` (a row); returns how many fit."""
@@ -110,13 +87,3 @@ if AVAILABLE:
         if n:
             words[ring[RING_TAIL]] = np.uint64(tail + n)
         return n
-
-    @jit
-    def bell(words, line_word, sem_address):
-        """Wake the consumer whose wake line starts at u64 word ``line_word`` if it sleeps; True if posted."""
-        fence()
-        if words[line_word + WAKE_SLEEPING] != 0:
-            words[line_word + WAKE_SLEEPING] = 0
-            _sem_post(_pointer(sem_address))
-            return True
-        return False
