@@ -69,7 +69,7 @@ import numpy as np
 import psutil
 
 from ixypipe.ops.netns import VethTestbed
-from ixypipe.pipeline.config import IDLE_MODES
+from ixypipe.pipeline.keys import IDLE_MODES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from python_floor import PythonFloor  # noqa: E402  (bench/ is not a package)

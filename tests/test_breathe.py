@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ixypipe.layout import STAGE_CMD_DRAIN, STAGE_ROW_DTYPE
+from ixypipe.layout import STAGE_CMD_DRAIN, STAGE_CMD_RUN, STAGE_ROW_DTYPE
 from ixypipe.memory.ledger import Ledger
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
@@ -261,14 +261,16 @@ def test_an_idle_compiled_consumer_sleeps_on_its_semaphore_until_a_bell_and_wake
     try:
         line, sem = wakeup.line_word(r.arena, 0), wakeup.semaphore_address(r.arena, 0)
         params = r.params()
-        params[K.P_IDLE_MODE], params[K.P_YIELDS], params[K.P_WAIT_MS] = K.IDLE_SLEEP, 2, 5000
+        params[K.P_IDLE_MODE], params[K.P_YIELDS], params[K.P_WAIT_MS] = K.IDLE_SLEEP, 2, 1000
         params[K.P_LINE], params[K.P_SEM] = line, sem
+        r.row[SLOT["command"]] = STAGE_CMD_RUN                     # what a running stage's row says
         idx = r.frames(3)
         posted = []
 
         def producer():
-            while not r.words[line + wakeup_jit.WAKE_SLEEPING]:      # until the loop sleeps
-                time.sleep(0.001)
+            deadline = time.monotonic() + 60
+            while not r.words[line + wakeup_jit.WAKE_SLEEPING] and time.monotonic() < deadline:
+                time.sleep(0.001)                                   # until the loop sleeps
             r.outs[0].enqueue(idx)
             posted.append(wakeup_jit.bell(r.words, line, sem))
 

@@ -19,6 +19,7 @@ import select
 import numpy as np
 
 from ixypipe import jitcache
+from ixypipe.layout import STAGE_CMD_DRAIN
 from ixypipe.rings.spsc_jit import RING_HEAD, RING_TAIL
 
 numba = jitcache.load_numba()
@@ -77,11 +78,11 @@ if AVAILABLE:
     @jit
     def sleep(words, line_word, sem_address, inputs, command, ts, ms):
         """Mark the consumer sleeping, look at its input rings (``inputs``, a ring table) and its ``command``
-        word once more, then block on its semaphore for at most ``ms``; True when woken by a post (or when
+        word (a drain asked) once more, then block on its semaphore for at most ``ms``; True when woken by a post (or when
         there was something after all), False when the time ran out.  ``ts``: int64[2] for the deadline."""
         words[line_word + WAKE_SLEEPING] = 1
         fence()
-        if command[0] != 0 or not _all_empty(words, inputs):
+        if command[0] >= STAGE_CMD_DRAIN or not _all_empty(words, inputs):
             words[line_word + WAKE_SLEEPING] = 0
             return True
         _clock_gettime(CLOCK_REALTIME, ts.ctypes.data)
