@@ -7,7 +7,7 @@ import signal
 
 import click
 
-from ixypipe.commands.options import PPS, Count, Seconds
+from ixypipe.commands.options import PPS, Count, Seconds, emit_json, wants_json
 from ixypipe.sim.payload import PROFILES
 
 # the generator's own checks name its fields; the user typed these options
@@ -79,6 +79,7 @@ def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, 
     from ixypipe.ops.generate import GenError, GenSession
     from ixypipe.pipeline.report import rate_text
 
+    as_json = wants_json()
     chosen = [(t, w) for t, w, on in (("sim", "", sim), ("af_packet", interface, interface),
                                       ("pcap", pcap_path, pcap_path)) if on]
     if len(chosen) != 1:
@@ -104,11 +105,13 @@ def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, 
     old = signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))
     try:
         gen = session.generator(count, rate / 1e6)
-        what = f"{where or 'software 82599 ' + session.dev.spec.address}"
+        address = where or session.dev.spec.address
+        what = address if where else f"software 82599 {address}"
         sizes = "IMIX" if profile == "imix" else f"{size}-byte"
-        click.echo(f"generating {sizes} {prof.describe()} frames, {flows} flows, "
-                   f"{rate_text(rate) if rate else 'as fast as it goes'} onto {target} {what}")
-        if count:
+        if not as_json:
+            click.echo(f"generating {sizes} {prof.describe()} frames, {flows} flows, "
+                       f"{rate_text(rate) if rate else 'as fast as it goes'} onto {target} {what}")
+        if count and not as_json:
             with click.progressbar(length=count, label="sending", show_pos=True) as bar:
                 result = session.run(gen, batch, duration, progress=bar.update, stop=lambda: bool(stopped))
         else:
@@ -116,13 +119,18 @@ def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, 
     finally:
         signal.signal(signal.SIGINT, old)
         session.close()
-    for line in result.summary():
-        click.echo(line)
+    if as_json:
+        emit_json({"type": "gen", "target": target, "port": address, "profile": profile, "size": size,
+                   "flows": flows, "rate_pps": rate, **result.as_json()})
+    else:
+        for line in result.summary():
+            click.echo(line)
     s = result.sink
     if s and prof.runt:                 # runts carry no record: the verifying sink can only call them corrupt
         if s["sink_received"] != result.sent or s["sink_corrupt"] != result.sent:
             raise click.ClickException("the sink did not receive every runt")
-        click.echo(f"(runts carry no sequence record: the sink counts all {result.sent} as corrupt, as it should)")
+        if not as_json:
+            click.echo(f"(runts carry no sequence record: the sink counts all {result.sent} as corrupt, as it should)")
     elif s and (s["sink_received"] != result.sent or s["sink_lost"] or s["sink_corrupt"] or s["sink_reordered"]):
         raise click.ClickException("the sink did not receive every frame intact and in order")
 

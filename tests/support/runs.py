@@ -29,7 +29,7 @@ def run(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
 
 def summary_of(stdout: str) -> dict:
     lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-    summaries = [d for d in lines if d.get("summary")]
+    summaries = [d for d in lines if d.get("type") == "summary"]
     assert summaries, f"no JSON summary in:\n{stdout}"
     return summaries[-1]
 
