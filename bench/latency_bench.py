@@ -313,7 +313,8 @@ def sim_latency(mode: str, rate_mpps: float, tmp: Path) -> dict:
     path.write_text(text)
     res = subprocess.run([sys.executable, "-m", "ixypipe", "run", str(path), "--duration", str(SIM_SECONDS), "--json"],
                          capture_output=True, text=True, cwd=REPO, timeout=SIM_SECONDS + 120)
-    summaries = [json.loads(line) for line in res.stdout.splitlines() if line.startswith('{"') and '"summary"' in line]
+    summaries = [d for d in (json.loads(line) for line in res.stdout.splitlines() if line.startswith("{"))
+                 if d["type"] == "summary"]
     if res.returncode != 0 or not summaries:
         raise SystemExit(f"ixypipe run {path.name} failed: {res.stderr[-2000:]}")
     c = summaries[-1]["sim"]["p1"]

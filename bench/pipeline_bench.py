@@ -84,7 +84,7 @@ def saturated(workers: int, batch: int, seconds: float) -> dict:
             if not line.startswith("{"):
                 continue
             d = json.loads(line)
-            if d.get("summary"):
+            if d["type"] == "summary":
                 summary = d
                 continue
             if d.get("type") != "interval":          # the ready object comes before the first interval
@@ -141,8 +141,8 @@ def run_pipeline(workers: int, batch: int, rate: float, seconds: float) -> dict:
     out = io.StringIO()
     result = Supervisor(cfg, duration=seconds + 1, json_lines=True, out=out).run()
     lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
-    intervals = [d for d in lines if not d.get("summary")][1:]     # the first second warms up
-    summary = next(d for d in lines if d.get("summary"))
+    intervals = [d for d in lines if d["type"] == "interval"][1:]     # the first second warms up
+    summary = next(d for d in lines if d["type"] == "summary")
     mpps = [sum(p["tx_mpps"] for p in d["ports"].values()) for d in intervals]
     missed_after_warmup = sum(p.get("rx_missed", 0) for d in intervals for p in d["ports"].values())
     return {"mpps": sum(mpps) / len(mpps) if mpps else 0.0, "ok": result.exit_code == 0 and summary["ok"],

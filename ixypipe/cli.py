@@ -117,7 +117,8 @@ def _share(cmd: click.Command) -> None:
 @click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
               help="Only warnings, errors, the ready line and the summary (also after the sub-command).")
 @click.option("--json", is_flag=True, expose_value=False, callback=set_json,
-              help="JSON output where a command has it, and errors as JSON (also after the sub-command).")
+              help="JSON Lines on stdout, errors included: every object has a type and a time (docs/json.md; "
+                   "also after the sub-command).")
 def main() -> None:
     """ixypipe: a user-space 82599 data plane in Python.
 

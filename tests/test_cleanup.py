@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -80,6 +81,20 @@ def test_cleanup_with_nothing_stale_says_so(tmp_path):
     assert result.exit_code == 0
     assert result.output == "nothing to clean up\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{ARENA_PREFIX}{os.getpid()}-mine", "not-ours"])
+
+
+def test_cleanup_json_lists_then_removes_the_stale_file(tmp_path):
+    stale = tmp_path / f"{ARENA_PREFIX}{_dead_pid()}-gone"
+    stale.touch()
+    (tmp_path / f"{ARENA_PREFIX}{os.getpid()}-mine").touch()
+    runner = CliRunner()
+    dry = json.loads(runner.invoke(main, ["cleanup", "--dry-run", "--json", "--dir", str(tmp_path)]).output)
+    assert (dry["type"], dry["dry_run"], dry["paths"]) == ("cleanup", True, [str(stale)]) and stale.exists()
+    done = runner.invoke(main, ["--json", "cleanup", "--dir", str(tmp_path)])
+    assert done.exit_code == 0 and done.output.count("\n") == 1, done.output            # one object, no text
+    doc = json.loads(done.output)
+    assert (doc["dry_run"], doc["paths"]) == (False, [str(stale)]) and not stale.exists()
+    assert all({"pid", "name", "stage", "run"} == set(p) for p in doc["processes"])
 
 
 def _dead_pid() -> int:

@@ -138,7 +138,9 @@ def test_gen_bad_size_is_a_usage_error_naming_the_flag(tmp_path):
 def test_usage_errors_as_json(args):
     res = ixypipe(*args)
     assert res.returncode == 2 and res.stderr == ""
-    assert json.loads(res.stdout) == {"type": "error", "exit_code": 2,
+    doc = json.loads(res.stdout)
+    assert isinstance(doc.pop("time"), float)
+    assert doc == {"type": "error", "exit_code": 2,
                                       "message": "Invalid value for '--size': packet size must be 60..9018 "
                                                  "bytes without FCS for profile udp (the IPv4/UDP headers and the "
                                                  "18-byte record need 60), got 59"}
@@ -171,8 +173,9 @@ def test_check_json_stage_names_from_port_names_and_hot_path(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(res.stdout)
     assert doc["type"] == "check" and doc["ok"] is True
-    assert doc["stages"] == ["rx-a-q0", "rx-b-q0", "worker-0", "tx-a-q0", "tx-b-q0"]
-    assert [p["name"] for p in doc["ports"]] == ["a", "b"]
+    assert doc["stages"] == {"rx-a-q0": {"role": "rx"}, "rx-b-q0": {"role": "rx"}, "worker-0": {"role": "worker"},
+                             "tx-a-q0": {"role": "tx"}, "tx-b-q0": {"role": "tx"}}
+    assert list(doc["ports"]) == ["a", "b"] and doc["ports"]["a"]["driver"] == "sim"
     assert doc["checks"] == [{"what": "workers: forward", "ok": True, "message": "imports and names a callable (checked in a child process)"}]
     text = ixypipe("run", pipeline(tmp_path, TWO_SIM_PORTS), "--check")
     assert text.returncode == 0 and "stages: rx-a-q0 rx-b-q0 worker-0 tx-a-q0 tx-b-q0" in text.stdout

@@ -61,7 +61,7 @@ def indices(batch):
 
 def test_indices_a_worker_changes_never_leave_it_and_are_counted_as_worker_errors(tmp_path):
     s, err = run_worker(tmp_path, INDICES, "indices", expect_touch="false")
-    c = s["user_counters"]
+    c = s["counters"]
     assert c["garbage"] > 0 and c["duplicated"] > 0 and c["borrowed"] > 0
     # the packet given at each changed position went home; nothing else was lost, reordered or sent twice
     assert s["drops"]["worker_error"] == c["garbage"] + c["duplicated"] + c["borrowed"]
@@ -114,7 +114,7 @@ def verdicts(batch):
 
 def test_any_batch_out_and_return_value_is_a_counted_drop_never_a_dead_stage(tmp_path):
     s, err = run_worker(tmp_path, VERDICTS, "verdicts", expect_touch="false")
-    c = s["user_counters"]
+    c = s["counters"]
     assert s["drops"]["worker_error"] == c["bad verdicts"] > 0
     assert s["drops"]["no_route"] == c["no route"] > 0 and s["drops"]["worker"] == 0
     sinks_clean(s)
@@ -146,7 +146,7 @@ def raises(batch):
 
 def test_base_exceptions_from_user_code_are_caught_and_counted(tmp_path):
     s, err = run_worker(tmp_path, RAISES, "raises")
-    assert s["drops"]["worker_error"] == s["user_counters"]["raised"] > 0
+    assert s["drops"]["worker_error"] == s["counters"]["raised"] > 0
     sinks_clean(s)
     assert s["sim"]["p0"]["sink_untouched"] == 0        # what went out was the untouched-by-error batches
     for kind in ("KeyboardInterrupt", "GeneratorExit", "SystemExit"):
@@ -170,7 +170,7 @@ def per_source(batch):
 
 def test_counters_past_the_name_limit_are_refused_and_every_packet_still_goes_out(tmp_path):
     s, err = run_worker(tmp_path, COUNTERS, "per_source")
-    c = s["user_counters"]
+    c = s["counters"]
     assert len(c) == 1024 and "packets" in c                 # the first 1,023 sources and "packets"
     assert c["packets"] == s["received"] == s["transmitted"] > 1024
     assert sum(s["drops"].values()) == 0

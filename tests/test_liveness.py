@@ -268,9 +268,9 @@ def test_counters_take_any_int_and_names_are_checked_when_first_used(tmp_path):
         proc.kill()
     assert proc.returncode == 0, err
     s = summary_of(out)
-    batches = s["user_counters"]["\u00e9" * 64]
+    batches = s["counters"]["\u00e9" * 64]
     assert batches > 4
-    assert s["user_counters"] == {"huge": 2**63 - 1, "negative": 0, "\u00e9" * 64: batches}
+    assert s["counters"] == {"huge": 2**63 - 1, "negative": 0, "\u00e9" * 64: batches}
     assert err.count("counter 'huge' is ") == 1 and "shown as 9223372036854775807" in err
     assert err.count("counter 'negative' is ") == 1
     assert "a counter name is a non-empty string of printable characters, got 'bad\\x1b[31mname'" in err
@@ -316,7 +316,7 @@ def test_a_worker_that_forks_gets_its_child_stopped_and_reported(tmp_path):
     assert re.search(r"worker-0 forked \(child pid \d+\); the child was stopped before it could touch a ring "
                      r"\(1 so far\): a worker may not fork", report), report
     s = summary_of(out)
-    assert s["user_counters"] == {"child exit 70": 1}     # the worker went on; its child left at once
+    assert s["counters"] == {"child exit 70": 1}     # the worker went on; its child left at once
     assert s["failures"] == []
     balanced(s)
     _, alive = psutil.wait_procs(family, timeout=10)

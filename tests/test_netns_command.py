@@ -18,6 +18,7 @@ import pytest
 
 from ixypipe.nic.netns_id import describe_netns, netns_name
 from ixypipe.ops.netns import VethTestbed, list_namespaces
+from tests.support.outputschema import validated
 from tests.support.runs import IXYPIPE, REPO, summary_of
 from tests.support.system import TESTBED_TOOLS, needs_root, require_tools
 
@@ -59,9 +60,9 @@ def test_up_builds_a_testbed_ixypipe_forwards_ping_through_and_down_removes_it(n
     name = unique()
     res = netns_cmd("up", "--name", name, "--json")
     assert res.returncode == 0, res.stdout + res.stderr
-    tb = json.loads(res.stdout)
+    [tb] = validated(res.stdout)                       # fits docs/schema/ixypipe-output.schema.json
     a, b, wire = tb["hosts"]["a"], tb["hosts"]["b"], tb["wire"]
-    assert (tb["type"], tb["name"], tb["status"]) == ("netns", name, "up")
+    assert (tb["type"], tb["name"], tb["status"]) == ("netns_up", name, "up")
     assert tb["namespaces"] == [f"ixyn-{name}-a", f"ixyn-{name}-b", f"ixyn-{name}-w"] == [a["netns"], b["netns"],
                                                                                          wire]
     assert set(tb["namespaces"]) <= set(list_namespaces())
@@ -84,7 +85,7 @@ def test_up_builds_a_testbed_ixypipe_forwards_ping_through_and_down_removes_it(n
         ping = subprocess.run(["ip", "netns", "exec", a["netns"], "ping", "-n", "-c", "3", "-i", "0.5", "-W", "5",
                                "10.77.0.2"], capture_output=True, text=True, timeout=60)
         assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
-        status = json.loads(netns_cmd("status", "--json").stdout)
+        [status] = validated(netns_cmd("status", "--json").stdout)
         assert [(t["name"], t["status"]) for t in status["testbeds"]] == [(name, "up")]
         down = netns_cmd("down", name, "--json")              # SIGTERM: the pipeline stops in order
         out, err = run.communicate(timeout=120)
@@ -93,11 +94,12 @@ def test_up_builds_a_testbed_ixypipe_forwards_ping_through_and_down_removes_it(n
             run.kill()
             run.wait()
     assert down.returncode == 0, down.stdout + down.stderr
-    doc = json.loads(down.stdout)
+    [doc] = validated(down.stdout)
     assert (doc["type"], doc["removed"], doc["forgotten"]) == ("netns_down", [name], []) and run.pid in doc["stopped"]
     assert run.returncode == 0, err
     summary = summary_of(out)
     assert summary["ports"]["a"]["rx_packets"] >= 3 and summary["ports"]["b"]["rx_packets"] >= 3
+    validated(out)                                      # the run in the testbed too: ready, intervals, summary
     assert not set(tb["namespaces"]) & set(list_namespaces())
     assert not pipeline.exists() and not Path(tb["state"]).exists()
     assert json.loads(netns_cmd("status", "--json").stdout)["testbeds"] == []
@@ -144,7 +146,8 @@ def test_a_testbed_whose_namespaces_are_gone_shows_as_gone_and_down_forgets_it(n
     status = json.loads(netns_cmd("status", "--json").stdout)["testbeds"]
     assert sorted((t["name"], t["status"]) for t in status) == sorted([(gone, "gone"), (kept, "up")])
     res = netns_cmd("down", kept, "--json")                     # removes kept, forgets the gone one
-    assert json.loads(res.stdout) == {"type": "netns_down", "removed": [kept], "forgotten": [gone], "stopped": []}
+    down = json.loads(res.stdout)
+    assert down.pop("time") > 0 and down == {"type": "netns_down", "removed": [kept], "forgotten": [gone], "stopped": []}
     assert json.loads(netns_cmd("status", "--json").stdout)["testbeds"] == []
     assert not [n for n in list_namespaces() if gone in n or kept in n]
 

@@ -16,6 +16,7 @@ from ixypipe.ops import binding
 from ixypipe.ops.binding import BindError, give_back, take
 from ixypipe.ops.pcidevs import list_network_devices, routed_interfaces, status_lines
 from tests.support.fakesys import FakeDevice, FakeKernel, make_tree
+from tests.support.outputschema import validated
 
 NIC_A = "0000:03:00.0"      # 82599 on ixgbe, interface up with routes
 NIC_B = "0000:03:00.1"      # 82599 on ixgbe, interface down
@@ -140,8 +141,17 @@ def test_cli_devices_bind_unbind(host, monkeypatch, tmp_path):
     assert res.exit_code == 1 and "is up and carries routes (10.0.2.0/24)" in res.output
     res = runner.invoke(main, ["bind", NIC_B, "--vfio", *roots])
     assert res.exit_code == 0 and res.output.startswith(f"{NIC_B} moved from ixgbe to vfio-pci\nIOMMU group 18 (")
+    res = runner.invoke(main, ["unbind", NIC_B, *roots, "--json"])
+    [doc] = validated(res.output)                       # fits docs/schema/ixypipe-output.schema.json
+    assert doc.pop("time") > 0 and doc == {"type": "unbind", "address": NIC_B, "driver": "ixgbe",
+                                           "message": f"{NIC_B} moved from vfio-pci back to ixgbe"}
+    res = runner.invoke(main, ["bind", NIC_B, *roots])
+    assert (res.exit_code, res.output) == (0, f"{NIC_B} taken from ixgbe: no kernel driver now, ready for ixypipe\n")
+    res = runner.invoke(main, ["--json", "bind", NIC_B, *roots])          # already taken: nothing to do, said so
+    [doc] = validated(res.output)
+    assert doc["driver"] is None and doc["type"] == "bind" and doc["address"] == NIC_B
     res = runner.invoke(main, ["unbind", NIC_B, *roots])
-    assert (res.exit_code, res.output) == (0, f"{NIC_B} moved from vfio-pci back to ixgbe\n")
+    assert (res.exit_code, res.output) == (0, f"{NIC_B} moved from no driver back to ixgbe\n")
     res = runner.invoke(main, ["bind", NIC_B, "--vfio", "--driver", "igb_uio", *roots])
     assert res.exit_code == 2 and "--vfio and --driver name different drivers" in res.output
 

@@ -23,7 +23,7 @@ import pytest
 from ixypipe.layout import PLAN_INFO_REGION, STAGE_STATE_RUNNING
 from ixypipe.memory.arena import SHM_DIR, Arena
 from ixypipe.nic.device import PortSpec
-from ixypipe.ops.top import Observer, PortView, Sample, StageView, TopView, compute_view, render
+from ixypipe.ops.top import Observer, PortView, Sample, StageView, TopView, compute_view, render, view_json
 from ixypipe.pipeline import stagetable
 from ixypipe.pipeline.plan import build_plan
 from ixypipe.pipeline.planinfo import PlanInfoError, publish_port_drops, read_plan_info, write_plan_info
@@ -172,6 +172,12 @@ def test_view_rates_drops_waits_ring_fill_exact(pipeline_arena):
     assert view.rings[0] == ("rx-p0-q0>w0", 16, 64)
     assert [(n.pid, n.cpu, n.cpu_percent, n.ports) for n in view.nics] == [(4242, 1, 99.0, ["p0", "p1"])]
     assert view.counters == {"dns dropped": (30, 10.0), long_name: (4, 2.0)}
+    doc = view_json(view)              # keyed by name, counters and their rates apart, as run's intervals
+    assert doc["type"] == "top" and list(doc["ports"]) == ["p0", "p1"] and doc["ports"]["p0"]["rx_pps"] == 1e6
+    assert doc["stages"]["worker-0"]["drops"] == {"no_route": 7} and "name" not in doc["stages"]["worker-0"]
+    assert doc["rings"]["rx-p0-q0>w0"] == {"entries": 16, "capacity": 64}
+    assert doc["counters"] == {"dns dropped": 30, long_name: 4}
+    assert doc["counter_rates"] == {"dns dropped": 10.0, long_name: 2.0}
     lines = render(view, 80, 50)
     assert lines[0].startswith(f"ixypipe top - demo (pid {os.getpid()}), up ")
     assert "PORT           RX    Mbit/s         TX    Mbit/s  DROPS since start" in lines
@@ -382,12 +388,13 @@ def test_top_once_and_json_for_scripts(running_fwd):
     [line] = res.stdout.splitlines()                                              # one object, one interval
     doc = json.loads(line)
     assert doc["type"] == "top" and doc["pipeline"] == "fwd" and doc["pid"] == pid
-    assert [p["name"] for p in doc["ports"]] == ["p0", "p1"] and all(p["rx_packets"] > 0 for p in doc["ports"])
-    assert [s["name"] for s in doc["stages"]] == ["rx-p0-q0", "rx-p1-q0", "worker-0", "tx-p0-q0", "tx-p1-q0"]
-    assert all({"cpu_percent", "idle", "waits_on", "in_pps", "drops"} <= set(s) for s in doc["stages"])
+    assert list(doc["ports"]) == ["p0", "p1"] and all(p["rx_packets"] > 0 for p in doc["ports"].values())
+    assert list(doc["stages"]) == ["rx-p0-q0", "rx-p1-q0", "worker-0", "tx-p0-q0", "tx-p1-q0"]
+    assert all({"cpu_percent", "idle", "waits_on", "in_pps", "drops"} <= set(s) for s in doc["stages"].values())
     [nic] = doc["nics"]
     assert nic["ports"] == ["p0", "p1"] and psutil.Process(nic["pid"]).name() == "ixypipe-sim"
-    assert {r["name"] for r in doc["rings"]} == {"rx-p0-q0>w0", "rx-p1-q0>w0", "w0>tx-p0-q0", "w0>tx-p1-q0"}
+    assert set(doc["rings"]) == {"rx-p0-q0>w0", "rx-p1-q0>w0", "w0>tx-p0-q0", "w0>tx-p1-q0"}
+    assert all(r["capacity"] > 0 for r in doc["rings"].values())
     text = subprocess.run([sys.executable, "-m", "ixypipe", "top", str(pid), "--once", "--interval", "0.5"],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert text.returncode == 0 and text.stdout.startswith(f"ixypipe top - fwd (pid {pid})")

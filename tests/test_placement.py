@@ -227,6 +227,7 @@ def test_cores_json_on_this_machine():
     res = cores("--json", str(FWD))
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
+    assert out["type"] == "cores"
     topo = read_topology()
     assert [c["cpu"] for c in out["cpus"]] == topo.cpus
     assert all(0.0 <= c["busy_percent"] <= 100.0 for c in out["cpus"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -140,7 +141,10 @@ def test_quiet_json_has_the_ready_object_and_the_summary_only():
     assert res.returncode == 0, res.stderr
     docs = [line for line in res.stdout.splitlines() if line.startswith("{")]
     assert len(docs) == 2 and intervals_of(res.stdout) == []
-    assert '"type": "ready"' in docs[0] and '"stages": 5' in docs[0] and '"ports": ["p0", "p1"]' in docs[0]
+    ready = json.loads(docs[0])
+    assert ready["type"] == "ready" and ready["pipeline"] == "fwd" and list(ready["ports"]) == ["p0", "p1"]
+    assert ready["ports"]["p0"] == {"driver": "sim"} and len(ready["stages"]) == 5
+    assert ready["stages"]["worker-0"]["role"] == "worker" and ready["stages"]["worker-0"]["cpu"] >= 0
     s = summary_of(res.stdout)
     assert s["ok"] is True and s["received"] > 0
 

@@ -228,6 +228,7 @@ def test_ixypipe_try_json_and_a_worker_that_raises(tmp_path):
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert got["type"] == "try" and got["verdicts"] == {"worker_error": 5} and got["counters"] == {}
+    assert got["port_names"] == ["in", "out"] and got["port_in"] == "in"
     assert [p["verdict"] for p in got["packets"]] == ["worker_error"] * 5
     assert got["errors"] == [f"packets {a}-{b}: ZeroDivisionError: division by zero (at {tmp_path}/bad.py:2)"
                              for a, b in ((1, 2), (3, 4), (5, 5))]
@@ -304,7 +305,7 @@ def test_try_says_what_the_pipeline_does_with_the_same_worker_and_capture(tmp_pa
     assert read_pcap(tmp_path / "out.pcap").packets() == [p.data for p in tried.packets if p.verdict == "out"]
     assert s["drops"]["worker"] == tried.tally()["DROP"] == 9
     assert s["ports"]["in"]["tx_packets"] == tried.tally()["in"] == 3
-    assert s["user_counters"] == tried.counters == {"seen": 15, "teardowns": 1}
+    assert s["counters"] == tried.counters == {"seen": 15, "teardowns": 1}
 
 
 def test_the_readme_walk_through_filters_dns_for_10_0_0_0_8(tmp_path):

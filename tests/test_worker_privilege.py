@@ -228,7 +228,7 @@ def test_the_flow_counter_example_runs_as_its_file_says_and_its_worker_writes_th
         s = summary_of(res.stdout)
         assert s["ok"] and s["stop_reason"] == "all sources finished"
         assert s["received"] == s["transmitted"] == 20000 and sum(s["drops"].values()) == 0
-        assert s["user_counters"] == {"flows": 16, "flow_packets": 20000, "flow_bytes": 10000 * 60 + 10000 * 128}
+        assert s["counters"] == {"flows": 16, "flow_packets": 20000, "flow_bytes": 10000 * 60 + 10000 * 128}
         # the worker wrote it after dropping to its user (nobody when the test runs as root)
         assert FLOW_TABLE.stat().st_uid == (lookup(DEFAULT_WORKER_USER).uid if os.geteuid() == 0 else os.geteuid())
         rows = list(csv.reader(FLOW_TABLE.open()))

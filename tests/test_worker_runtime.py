@@ -214,11 +214,11 @@ def test_counters_setup_and_teardown_in_a_running_pipeline(tmp_path):
     assert s["summary"] and s["ok"]
     names = ["udp packets seen by this worker on any port"] + [f"a rather long counter name number {k}"
                                                                for k in range(11)]
-    assert list(s["user_counters"]) == names + ["teardown seen"]
-    assert s["user_counters"][names[0]] == s["received"] > 1000           # the generators send UDP only
-    assert all(s["user_counters"][n] == s["received"] for n in names[1:])
-    assert s["user_counters"]["teardown seen"] == 1
-    assert s["worker_counters"] == {"worker-0": s["user_counters"]}
+    assert list(s["counters"]) == names + ["teardown seen"]
+    assert s["counters"][names[0]] == s["received"] > 1000           # the generators send UDP only
+    assert all(s["counters"][n] == s["received"] for n in names[1:])
+    assert s["counters"]["teardown seen"] == 1
+    assert s["worker_counters"] == {"worker-0": s["counters"]}
     live = [d for d in docs if "counters" in d and not d.get("summary")]
     assert live and list(live[-1]["counters"]) == names
     assert any("counters" in st for st in live[-1]["stages"].values())
@@ -242,6 +242,11 @@ def test_the_summary_shows_counters_summed_and_per_worker():
     lines = out.getvalue().splitlines()
     at = lines.index("worker counters: dns dropped 7, flows 3")
     assert lines[at + 1:at + 3] == ["  worker-0: dns dropped 5, flows 1", "  worker-1: dns dropped 2, flows 2"]
+    out = io.StringIO()
+    acc.print(out, json_lines=True)            # the JSON summary names them as every JSON object does: counters
+    doc = json.loads(out.getvalue())
+    assert doc["counters"] == {"dns dropped": 7, "flows": 3} and "user_counters" not in doc
+    assert doc["worker_counters"]["worker-1"] == {"dns dropped": 2, "flows": 2} and doc["type"] == "summary"
 
 
 def test_an_error_inside_the_api_is_placed_at_the_workers_line():

@@ -20,12 +20,20 @@ def _with_common(f):
 
 
 def _run(action, address: str, driver: str | None, force: bool, sysfs_root: str, proc_root: str) -> None:
-    from ixypipe.ops.binding import BindError
+    """Do ``action``; print what it said, or with --json one object: the address, its driver now, the message."""
+    from ixypipe.commands.options import emit_json, wants_json
+    from ixypipe.ops.binding import BindError, driver_of
 
     try:
-        click.echo(action(address, driver=driver, force=force, sysfs_root=sysfs_root, proc_root=proc_root))
+        said = action(address, driver=driver, force=force, sysfs_root=sysfs_root, proc_root=proc_root)
     except BindError as exc:
         raise click.ClickException(str(exc)) from exc
+    if wants_json():
+        full, now = driver_of(address, sysfs_root)
+        emit_json({"type": click.get_current_context().info_name, "address": full, "driver": now,
+                   "message": said})
+        return
+    click.echo(said)
 
 
 @click.command()

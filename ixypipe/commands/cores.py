@@ -10,7 +10,6 @@ kernel parameters (isolcpus=, nohz_full=, rcu_nocbs=) would set some aside.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -94,7 +93,7 @@ def cores(pipeline: str | None, interval: float, sysfs_root: str) -> None:
       ixypipe cores pipelines/fwd.toml
       ixypipe cores pipelines/fwd.toml --json
     """
-    from ixypipe.commands.options import CommandError, wants_json
+    from ixypipe.commands.options import CommandError, emit_json, wants_json
     from ixypipe.pipeline.config import ConfigError
     from ixypipe.pipeline.placement import PlacementError
     from ixypipe.pipeline.running import held_cpus, holders_text
@@ -117,7 +116,8 @@ def cores(pipeline: str | None, interval: float, sysfs_root: str) -> None:
             notes.append(f"CPU {cpu} is {busy[cpu]:.0f}% busy already: stages placed there get what is left "
                          f"(pin them elsewhere with a [cpus] table)")
     if wants_json():
-        click.echo(json.dumps({
+        emit_json({
+            "type": "cores",
             "cpus": [{"cpu": c, "core": core_of(topo, c), "numa_node": topo.numa_node.get(c),
                       "isolated": c in topo.isolated, "siblings": sorted(topo.siblings.get(c, set())),
                       "busy_percent": busy[c], "held_by": held.get(c, [])} for c in topo.cpus],
@@ -126,7 +126,7 @@ def cores(pipeline: str | None, interval: float, sysfs_root: str) -> None:
             "oversubscribed": placement.oversubscribed if placement else None,
             "warnings": notes,
             "advice": advice,
-        }))
+        })
         return
     click.echo(f"CPUs usable here: {cpu_list_text(topo.cpus)} ({len(topo.cpus)}); isolated: "
                f"{cpu_list_text(topo.isolated) or 'none'}")

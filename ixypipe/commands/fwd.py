@@ -10,12 +10,13 @@ packet generated on one port must arrive at the other port's sink with byte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 
 import click
 
-from ixypipe.commands.options import PPS, Count, Seconds
+from ixypipe.commands.options import PPS, Count, Seconds, emit_json, wants_json
 from ixypipe.layout import DEFAULT_BUF_SIZE
 from ixypipe.memory.arena import Arena
 from ixypipe.memory.homing import Homing
@@ -23,7 +24,7 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceError, PortSpec
 from ixypipe.nic.registers import DEFAULT_RING_ENTRIES, MAX_RING_ENTRIES
-from ixypipe.ops.forwarder import Forwarder
+from ixypipe.ops.forwarder import Forwarder, mbit_per_s
 from ixypipe.sim.traffic import MAX_FLOWS
 
 MIN_POOL = 4096                 # ixy: at least 4096 buffers per RX queue
@@ -68,6 +69,8 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
       ixypipe fwd --sim --duration 5           two simulated 82599s
       ixypipe fwd 0000:03:00.0 0000:03:00.1    two real 82599s (root, hugepages)
     """
+    as_json = wants_json()
+    say = (lambda text: None) if as_json else click.echo       # --json: objects only, on stdout
     if sim == bool(addresses):
         raise click.UsageError("give two PCI addresses, or --sim (and no addresses)")
     if addresses and len(addresses) != 2:
@@ -116,20 +119,48 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
                 raise click.ClickException(f"port {spec.name} ({spec.address}): {exc}") from exc
             stack.callback(dev.close)
             devs.append(dev)
-            click.echo(f"[{spec.name}] {spec.address} up, {dev.link_state().speed_mbit} Mbit/s")
+            say(f"[{spec.name}] {spec.address} up, {dev.link_state().speed_mbit} Mbit/s")
         fwd = Forwarder(devs[0], devs[1], batch=batch, touch=not no_touch)
         if server is not None:
             server.start_traffic()
-        fwd.run(duration=duration, packets=packets, out=click.echo)
+        result = fwd.run(duration=duration, packets=packets, out=None if as_json else click.echo,
+                         figures=(lambda deltas, seconds, elapsed: emit_json(interval_json(fwd, deltas, seconds,
+                                                                                           elapsed)))
+                         if as_json else None)
         if server is None:
             fwd.drain()
+            if as_json:
+                emit_json(summary_json(fwd, result, None, []))
             return
         server.pause_traffic()
         drain_sim(fwd, server)
         counters = server.stop()
-        problems = judge(fwd, counters, click.echo)
+        problems = judge(fwd, counters, say)
+        if as_json:
+            emit_json(summary_json(fwd, result, counters, problems))
     if problems:
         sys.exit(1)
+
+
+def interval_json(fwd: Forwarder, deltas: dict, seconds: float, elapsed: float) -> dict:
+    """One ``fwd_interval`` object: per port, the interval's rates and the packets since the start."""
+    ports = {}
+    for i, name in enumerate(fwd.names):
+        d = deltas[name]
+        ports[name] = {"rx_pps": d.rx_packets / seconds, "rx_mbit": mbit_per_s(d.rx_packets, d.rx_bytes, seconds),
+                       "tx_pps": d.tx_packets / seconds, "tx_mbit": mbit_per_s(d.tx_packets, d.tx_bytes, seconds),
+                       "rx_packets": fwd.received[i], "tx_packets": fwd.transmitted[i]}
+    return {"type": "fwd_interval", "elapsed": round(elapsed, 3), "ports": ports}
+
+
+def summary_json(fwd: Forwarder, result, counters: dict | None, problems: list[str]) -> dict:
+    """The ``fwd_summary`` object: per port what it received, transmitted and refused at TX (after the drain),
+    with --sim the software 82599's counters of that port, and the problems judge() found."""
+    ports = {name: {"rx_packets": fwd.received[i], "tx_packets": fwd.transmitted[i], "tx_dropped": fwd.dropped[i],
+                    **({"sim": dataclasses.asdict(counters[name])} if counters else {})}
+             for i, name in enumerate(fwd.names)}
+    return {"type": "fwd_summary", "ok": not problems, "stop_reason": result.stop_reason,
+            "seconds": round(result.seconds, 6), "ports": ports, "problems": problems}
 
 
 def start_sim(stack: contextlib.ExitStack, arena: Arena, specs: list[PortSpec], packet_size: int, flows: int,

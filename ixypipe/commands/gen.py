@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ixypipe.commands.options import PPS, Count, Seconds
+from ixypipe.commands.options import PPS, Count, Seconds, emit_json, wants_json
 from ixypipe.sim.payload import PROFILES
 from ixypipe.sim.shape import SHAPE_PROTOCOLS
 
@@ -96,6 +96,7 @@ def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, 
     from ixypipe.ops.generate import GenError, GenSession
     from ixypipe.pipeline.report import rate_text
 
+    as_json = wants_json()
     chosen = [(t, w) for t, w, on in (("sim", "", sim), ("af_packet", interface, interface),
                                       ("pcap", pcap_path, pcap_path)) if on]
     if len(chosen) != 1:
@@ -122,31 +123,38 @@ def command(sim, interface, pcap_path, profile, size, vlan, rate, flows, count, 
     old = signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))
     try:
         gen = session.generator(count, rate / 1e6)
-        what = f"{where or 'software 82599 ' + session.dev.spec.address}"
+        address = where or session.dev.spec.address
+        what = address if where else f"software 82599 {address}"
         if frames:
             kinds = f"{len(frames)} replayed {'frame' if len(frames) == 1 else 'frames'} of {template}"
         else:
             kinds = (f"{'IMIX' if profile == 'imix' else f'{size}-byte'} {prof.describe()} frames"
                      + (f" ({shape.describe()})" if shape.given else ""))
-        click.echo(f"generating {kinds}, {flows} {'flow' if flows == 1 else 'flows'}, "
-                   f"{rate_text(rate) if rate else 'as fast as it goes'} onto {target} {what}")
+        if not as_json:
+            click.echo(f"generating {kinds}, {flows} {'flow' if flows == 1 else 'flows'}, "
+                       f"{rate_text(rate) if rate else 'as fast as it goes'} onto {target} {what}")
         name = target if target == "sim" else where
-        if count and sys.stdout.isatty():
+        if count and sys.stdout.isatty() and not as_json:
             with click.progressbar(length=count, label="sending", show_pos=True) as bar:
                 result = session.run(gen, batch, duration, progress=bar.update, stop=lambda: bool(stopped))
         else:                           # the figures of every second, with a rate it cannot keep
             result = session.run(gen, batch, duration, stop=lambda: bool(stopped),
-                                 tick=lambda t: click.echo(t.line(name)))
+                                 tick=None if as_json else lambda t: click.echo(t.line(name)))
     finally:
         signal.signal(signal.SIGINT, old)
         session.close()
-    for line in result.summary():
-        click.echo(line)
+    if as_json:
+        emit_json({"type": "gen", "target": target, "port": address, "profile": profile, "size": size,
+                   "flows": flows, "rate_pps": rate, **result.as_json()})
+    else:
+        for line in result.summary():
+            click.echo(line)
     s = result.sink
     if s and prof.runt:                 # runts carry no record: the verifying sink can only call them corrupt
         if s["sink_received"] != result.sent or s["sink_corrupt"] != result.sent:
             raise click.ClickException("the sink did not receive every runt")
-        click.echo(f"(runts carry no sequence record: the sink counts all {result.sent} as corrupt, as it should)")
+        if not as_json:
+            click.echo(f"(runts carry no sequence record: the sink counts all {result.sent} as corrupt, as it should)")
     elif s and (s["sink_received"] != result.sent or s["sink_lost"] or s["sink_corrupt"] or s["sink_reordered"]):
         raise click.ClickException("the sink did not receive every frame intact and in order")
 

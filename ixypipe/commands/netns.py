@@ -35,7 +35,7 @@ def up(name: str | None) -> None:
         raise CommandError(str(exc)) from None
     commands = testbeds.usage_commands(state)
     if wants_json():
-        emit_json({"type": "netns", **state, "status": "up", "commands": commands})
+        emit_json({"type": "netns_up", **state, "status": "up", "commands": commands})
         return
     a, b = state["hosts"]["a"], state["hosts"]["b"]
     click.echo(f"testbed {name} is up (state: {state['state']})")

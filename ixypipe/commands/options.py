@@ -14,19 +14,22 @@
   a 64-bit counter on a typo.
 * A command reports a failure by raising :class:`CommandError` (exit 1, or
   the code it gives); with ``--json`` any click error, usage errors
-  included, is printed as ``{"type": "error", "message": ..., "exit_code": N}``
-  on stdout instead of text (see ixypipe.cli).
+  included, is printed as ``{"type": "error", "time": ..., "message": ...,
+  "exit_code": N}`` on stdout instead of text (see ixypipe.cli).
+* With ``--json`` every command prints JSON Lines on stdout, each object
+  with ``type`` and ``time`` (:func:`emit_json`; docs/json.md, the schema in
+  docs/schema/ixypipe-output.schema.json).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
 
 import click
 
+from ixypipe.jsonout import json_line
 from ixypipe.proc import set_log_level
 
 JSON_KEY = "ixypipe.json"
@@ -147,7 +150,8 @@ def wants_json(ctx: click.Context | None = None) -> bool:
 
 
 def emit_json(obj: dict) -> None:
-    click.echo(json.dumps(obj))
+    """One JSON output object on its own line of stdout, stamped with ``time`` (ixypipe.jsonout)."""
+    click.echo(json_line(obj))
 
 
 def error_object(exc: click.ClickException) -> dict:

@@ -166,12 +166,12 @@ def check_machine(cfg) -> None:
     w = cfg.workers
     if wants_json():
         emit_json({"type": "check", "ok": not failed, "pipeline": cfg.name, "path": str(cfg.path),
-                   "ports": [{"name": p.name, "driver": p.driver, "address": p.pci or p.interface or p.path,
-                              "rx_queues": p.rx_queues, "tx_queues": p.tx_queues, "forward_to": p.forward_to}
-                             for p in cfg.ports],
+                   "ports": {p.name: {"driver": p.driver, "address": p.pci or p.interface or p.path,
+                                      "rx_queues": p.rx_queues, "tx_queues": p.tx_queues,
+                                      "forward_to": p.forward_to} for p in cfg.ports},
                    "workers": {"function": w.function, "processes": w.processes, "distribute": w.distribute},
                    "batch_size": cfg.batch_size, "ring_size": cfg.ring_size,
-                   "stages": [s.name for s in plan.stages],
+                   "stages": {s.name: {"role": s.role} for s in plan.stages},      # not placed yet: no cpu
                    "checks": [f.as_dict() for f in findings]})
     else:
         click.echo(f"pipeline {cfg.name}: {cfg.path}")

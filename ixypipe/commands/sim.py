@@ -16,13 +16,14 @@ fault was reported or the model process died (the cause is printed).
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from pathlib import Path
 
 import click
 
-from ixypipe.commands.options import PPS, Count, Seconds
+from ixypipe.commands.options import PPS, Count, Seconds, emit_json, wants_json
 from ixypipe.datafile import kernel_filesystem
 from ixypipe.pcapfile import PcapError, check_output
 from ixypipe.pipeline.report import rate_text
@@ -32,6 +33,7 @@ from ixypipe.sim.sysfs import device_dir
 
 WIRE_KINDS = ("gen", "sink", "count", "pcap", "none")
 WIRE_HELP = "gen, sink, count, pcap=FILE, none"
+RATE_FIELDS = ("generated", "rx_delivered", "tx_sent", "sink_received")     # --json intervals: these per second
 
 
 class WiringError(click.BadParameter):
@@ -152,6 +154,15 @@ def counter_line(label: str, c: PortCounters, prev: PortCounters | None, seconds
             f"tx {rate('tx_sent')}  sink {rate('sink_received')} ({judged})  dma faults {c.dma_faults}")
 
 
+def counters_json(c: PortCounters, prev: PortCounters | None = None, seconds: float = 0.0) -> dict:
+    """One port's counters (cumulative) for --json, with the interval's rates when ``prev`` is given."""
+    doc = dataclasses.asdict(c)
+    if prev is not None and seconds > 0:
+        doc.update({f"{field}_pps": (getattr(c, field) - getattr(prev, field)) / seconds
+                    for field in RATE_FIELDS})
+    return doc
+
+
 def mount_command(root: Path, driver: str) -> str:
     """The shell command that runs ``driver`` with the served tree over /sys/bus/pci/devices."""
     return (f"unshare -m sh -c 'mount --bind {root}/bus/pci/devices /sys/bus/pci/devices && "
@@ -205,14 +216,22 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
     stop: list[int] = []
     died = ""
     old = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in handled_stop_signals()}
+    as_json = wants_json()
     try:
         server.start()
         served = server.sysfs_root
-        for p in ports:
+        addrs = " ".join(server.addresses[p.name] for p in ports)
+        if as_json:
+            emit_json({"type": "sim_serve", "sysfs_root": str(served),
+                       "ports": {p.name: {"address": server.addresses[p.name],
+                                          "sysfs": str(device_dir(served, server.addresses[p.name])),
+                                          "wiring": describe_wiring(p)} for p in ports},
+                       "driver_command": mount_command(served, '<your driver> ' + addrs)})
+        for p in [] if as_json else ports:
             addr = server.addresses[p.name]
             click.echo(f"port {p.name}  {addr}  sysfs {device_dir(served, addr)}  {describe_wiring(p)}")
-        addrs = " ".join(server.addresses[p.name] for p in ports)
-        click.echo(f"driver: {mount_command(served, '<your driver> ' + addrs)}")
+        if not as_json:
+            click.echo(f"driver: {mount_command(served, '<your driver> ' + addrs)}")
         click.echo("Ctrl-C stops; counters every "
                    f"{interval:g} s (gen/rx/tx/sink rates, cumulative loss and faults)", err=True)
         server.start_traffic()
@@ -226,7 +245,11 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
             now = time.monotonic()
             if now - last >= interval:
                 cur = server.counters()
-                for name in server.names:
+                if as_json:
+                    emit_json({"type": "sim_interval", "elapsed": round(now - start, 3),
+                               "ports": {name: counters_json(cur[name], prev[name], now - last)
+                                         for name in server.names}})
+                for name in [] if as_json else server.names:
                     click.echo(counter_line(name, cur[name], prev[name], now - last, modes[name]))
                 prev, last = cur, now
             if duration is not None and now - start >= duration:
@@ -235,12 +258,16 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
         final = server.stop()
         for s, handler in old.items():
             signal.signal(s, handler)
-    for name, c in final.items():
+    faults = any(c.dma_faults for c in final.values())
+    if as_json:
+        emit_json({"type": "sim_summary", "ok": not died and not faults, "error": died or None,
+                   "ports": {name: counters_json(c) for name, c in final.items()}})
+    for name, c in [] if as_json else final.items():
         click.echo(counter_line(f"final {name}", c, None, 0, modes[name]))
     if died:
         click.echo(f"error: {died}; the ports are gone", err=True)
         raise SystemExit(1)
-    if any(c.dma_faults for c in final.values()):
+    if faults:
         raise SystemExit(1)
 
 

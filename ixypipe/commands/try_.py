@@ -12,13 +12,12 @@ in the function.  Nothing is started, no hugepages or root are needed.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 
 import click
 
-from ixypipe.commands.options import CommandError, wants_json
+from ixypipe.commands.options import CommandError, emit_json, wants_json
 from ixypipe.pcapfile import PcapError, read_pcap, require_ethernet
 from ixypipe.pipeline import keyedstate
 from ixypipe.pipeline.offline import HookError, OfflineRun, run_frames
@@ -107,14 +106,14 @@ def command(worker: str, pcap: str, ports: str, port_in: str | None, options: tu
     except HookError as exc:
         raise CommandError(f"worker {worker}: {exc}") from None
     if wants_json():
-        click.echo(json.dumps({
-            "type": "try", "worker": worker, "pcap": pcap, "ports": names, "port_in": names[in_port],
+        emit_json({
+            "type": "try", "worker": worker, "pcap": pcap, "port_names": names, "port_in": names[in_port],
             "packets": [{"number": p.number, "length": p.length, "summary": p.summary, "verdict": p.verdict,
                          "new_length": p.new_length,
                          "rewrote": [{"first": a, "last": b, "fields": f} for a, b, f in p.changes]}
                         for p in run.packets],
             "errors": run.errors, "counters": run.counters, "keyed_counters": run.keyed, "verdicts": run.tally(),
-            "ms": round(run.ms, 3)}))
+            "ms": round(run.ms, 3)})
         return
     default_out = names[(in_port + 1) % len(names)]
     click.echo(f"{worker} on {len(run.packets)} frames of {pcap}, in on {names[in_port]!r}, "

@@ -82,6 +82,12 @@ def current_driver(path: Path) -> str | None:
     return os.path.basename(os.readlink(link)) if link.is_symlink() else None
 
 
+def driver_of(address: str, sysfs_root: str | os.PathLike = "/sys") -> tuple[str, str | None]:
+    """The device's full PCI address and the driver bound to it now (None: no driver)."""
+    address = normalize_address(address)
+    return address, current_driver(Path(sysfs_root) / PCI_DEVICES_DIR / address)
+
+
 def _settle(path: Path, want: Callable[[str | None], bool], timeout: float = SETTLE_TIMEOUT) -> str | None:
     deadline = time.monotonic() + timeout
     while True:

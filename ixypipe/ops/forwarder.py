@@ -128,16 +128,20 @@ class Forwarder:
         return n
 
     def run(self, duration: float | None = None, packets: int | None = None, stats_every: float = 1.0,
-            out: Callable[[str], object] | None = print) -> ForwardResult:
+            out: Callable[[str], object] | None = print,
+            figures: Callable[[dict[str, DeviceStats], float, float], object] | None = None) -> ForwardResult:
         """Forward until ``duration`` seconds passed, ``packets`` were received, or Ctrl-C.
 
         Ctrl-C (SIGINT) only sets a flag that the loop sees at its next clock
         check, so it never lands in the middle of a batch and no buffer is
-        lost; the summary is printed either way.
+        lost; the summary is printed (to ``out``) either way.  ``figures``: called
+        every ``stats_every`` seconds with each port's DeviceStats of the
+        interval, its length and the seconds since the start, in place of
+        printing ixy-fwd's lines (``ixypipe fwd --json``).
         """
         step, forward = self.step, self.forward_once
         start = last = time.monotonic()
-        printing = out is not None and bool(stats_every)
+        printing = (out is not None or figures is not None) and bool(stats_every)
         before = {d.name: d.read_stats() for d in self.devs} if printing else {}
         reason = "ctrl-c"
         loops = 0
@@ -156,11 +160,17 @@ class Forwarder:
                     break
                 now = time.monotonic()
                 if printing and now - last >= stats_every:
+                    deltas = {}
                     for d in self.devs:
                         stats = d.read_stats()
-                        for line in stats_lines(d.name, stats - before[d.name], now - last):
-                            out(line)
+                        deltas[d.name] = stats - before[d.name]
                         before[d.name] = stats
+                    if figures is not None:
+                        figures(deltas, now - last, now - start)
+                    else:
+                        for name, delta in deltas.items():
+                            for line in stats_lines(name, delta, now - last):
+                                out(line)
                     last = now
                 if duration is not None and now - start >= duration:
                     reason = f"duration {duration:g} s"

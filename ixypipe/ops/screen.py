@@ -14,7 +14,6 @@ after ``iterations`` frames, or when the pipeline ends.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import shutil
@@ -25,6 +24,7 @@ import time
 import tty
 from collections.abc import Callable
 
+from ixypipe.jsonout import json_line
 from ixypipe.ops.top import Observer, compute_view, render, view_json
 
 ALT_SCREEN_ON = "\x1b[?1049h"
@@ -124,7 +124,7 @@ def run_screen(obs: Observer, interval: float = 1.0, iterations: int | None = No
 
     def show() -> None:
         if as_json:
-            out.write(json.dumps(view_json(view)) + "\n")
+            out.write(json_line(view_json(view)) + "\n")
         elif live:
             columns, rows = terminal_size(out)
             draw(out, render(view, columns, rows)[:rows])

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import psutil
 
+from ixypipe.jsonout import json_object
 from ixypipe.layout import (
     DROP_REASONS,
     STAGE_STATE_DEAD,
@@ -266,11 +267,18 @@ def compute_view(obs: Observer, before: Sample, after: Sample) -> TopView:
 
 
 def view_json(view: TopView) -> dict:
-    """One interval as a JSON-ready object (``ixypipe top --json``); rates in packets per second."""
-    doc = {"type": "top", "time": time.time()}
+    """One interval as a JSON-ready object (``ixypipe top --json``); rates in packets per second.
+
+    Ports, stages and rings are objects keyed by name, and the workers' counters
+    ``counters`` (values) beside ``counter_rates`` (per second), as in ``ixypipe run --json``'s
+    intervals (docs/json.md)."""
+    doc = json_object("top")
     doc.update(asdict(view))
-    doc["rings"] = [{"name": n, "entries": f, "capacity": c} for n, f, c in view.rings]
-    doc["counters"] = {k: {"value": v, "per_s": r} for k, (v, r) in view.counters.items()}
+    doc["ports"] = {p.pop("name"): p for p in doc["ports"]}
+    doc["stages"] = {s.pop("name"): s for s in doc["stages"]}
+    doc["rings"] = {n: {"entries": f, "capacity": c} for n, f, c in view.rings}
+    doc["counters"] = {k: v for k, (v, _) in view.counters.items()}
+    doc["counter_rates"] = {k: r for k, (_, r) in view.counters.items()}
     return doc
 
 

@@ -10,7 +10,7 @@ forward ring's fill, the software 82599's generator and sink counts), all
 read in the supervisor's thread, and stores one :class:`Snapshot`.  A
 scrape turns the latest snapshot into metric families (:func:`families`):
 it reads no shared memory and counts nothing, so the endpoint always agrees
-with the interval of the same ``ixypipe_uptime_seconds`` (the JSON's "t").
+with the interval of the same ``ixypipe_uptime_seconds`` (the JSON's "elapsed").
 
 Every family has the label ``pipeline``; ports add ``port``, stages
 ``stage``, rings ``ring``, keyed counters ``table`` (their top keys
@@ -115,7 +115,7 @@ def families(snap: Snapshot) -> list[Metric]:
         out.append(fam)
 
     add(GaugeMetricFamily, "ixypipe_uptime_seconds", "Seconds since the traffic started, at the latest interval "
-        "(the JSON interval's t)", [], iter([([], f.elapsed)]))
+        "(the JSON interval's elapsed)", [], iter([([], f.elapsed)]))
     for d in ("rx", "tx"):
         for unit in ("packets", "bytes"):
             what = "taken from the port's RX queues" if d == "rx" else "posted to the port's TX queues"

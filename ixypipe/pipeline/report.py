@@ -12,14 +12,13 @@ in flight (which must be zero), and that every buffer came home.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
 import psutil
 
+from ixypipe.jsonout import json_line
 from ixypipe.layout import DROP_REASONS
 from ixypipe.pipeline import keyedstate, stagetable
 from ixypipe.pipeline.hints import lost_note, sink_hints
@@ -96,12 +95,13 @@ def port_drops(devices: dict, sim=None) -> dict[str, dict[str, int]]:
 
 
 PORT_DROP_NAMES = {"rx_missed": "missed", "rx_too_long": "too_long", "rx_undersize": "runt"}
+JSON_NAMES = {"user_counters": "counters"}    # Accounting field -> its name in the JSON summary (docs/json.md)
 
 
 @dataclass(frozen=True)
 class IntervalFigures:
     """What StatsPrinter gathered at the end of one interval, for its observers (pipeline/metrics.py)."""
-    elapsed: float                                  # seconds since the traffic started (the JSON's "t")
+    elapsed: float                                  # seconds since the traffic started (the JSON's "elapsed")
     ports: dict[str, dict[str, int]]                # port_totals: since start
     port_drops: dict[str, dict[str, int]]           # port_drops: since start
     rows: np.ndarray                                # a copy of the stage table
@@ -182,10 +182,9 @@ class StatsPrinter:
         if self.quiet:
             return
         if self.json_lines:
-            print(json.dumps({"type": "interval", "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                              "pipeline": self.plan.name, "t": round(elapsed, 3), "ports": ports,
-                              "stages": stages, "counters": total,
-                              **({"keyed_counters": keyedstate.as_json(keyed)} if keyed else {})}),
+            print(json_line({"type": "interval", "pipeline": self.plan.name, "elapsed": round(elapsed, 3),
+                             "ports": ports, "stages": stages, "counters": total, "counter_rates": rates,
+                             **({"keyed_counters": keyedstate.as_json(keyed)} if keyed else {})}),
                   file=self.out, flush=True)
             return
         lines = []
@@ -344,12 +343,17 @@ class Accounting:
                 self.problems.append(f"port {p.name}: {c['dma_faults']} DMA faults")
         self.hints = sink_hints(cfg, {k: v if isinstance(v, dict) else asdict(v) for k, v in self.sim.items()})
 
+    def as_json(self, sim: dict) -> dict:
+        """The JSON summary (docs/json.md): the fields, the summed worker counters as ``counters``."""
+        doc = {"type": "summary", "summary": True, "ok": self.ok and not self.failures}
+        doc.update((JSON_NAMES.get(k, k), v) for k, v in asdict(self).items() if k != "sim")
+        doc["sim"] = sim
+        return doc
+
     def print(self, out, json_lines: bool) -> None:
         sim = {k: (v if isinstance(v, dict) else asdict(v)) for k, v in (self.sim or {}).items()}
         if json_lines:
-            doc = {k: v for k, v in asdict(self).items() if k != "sim"}
-            doc.update(type="summary", summary=True, ok=self.ok and not self.failures, sim=sim)
-            print(json.dumps(doc), file=out, flush=True)
+            print(json_line(self.as_json(sim)), file=out, flush=True)
             return
         dropped = sum(self.drops.values())
         reasons = ", ".join(f"{k} {v}" for k, v in self.drops.items() if v) or "none"

@@ -16,13 +16,12 @@ build (systemd-python), so it is written here.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import time
-from datetime import UTC, datetime
 
+from ixypipe.jsonout import json_line
 from ixypipe.pipeline.report import port_totals, rate_text
 
 log = logging.getLogger(__name__)
@@ -32,14 +31,17 @@ def ready_line(pipeline: str, stages: int, ports: list[str]) -> str:
     return f"ready: {stages} stages forwarding on {', '.join(ports)} (pipeline {pipeline})"
 
 
-def ready_object(pipeline: str, stages: int, ports: list[str]) -> dict:
-    return {"type": "ready", "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "pipeline": pipeline, "stages": stages, "ports": list(ports)}
+def ready_object(plan) -> dict:
+    """The ready line as JSON: its ports and stages keyed by name, as every JSON object keys them."""
+    return {"type": "ready", "pipeline": plan.name,
+            "ports": {p.name: {"driver": p.driver} for p in plan.ports},
+            "stages": {s.name: {"role": s.role, "cpu": -1 if s.cpu is None else int(s.cpu)} for s in plan.stages}}
 
 
-def print_ready(out, json_lines: bool, pipeline: str, stages: int, ports: list[str]) -> None:
-    """The one line (or JSON object) that says the pipeline forwards: printed once, before the first figures."""
-    text = json.dumps(ready_object(pipeline, stages, ports)) if json_lines else ready_line(pipeline, stages, ports)
+def print_ready(out, json_lines: bool, plan) -> None:
+    """The one line (or JSON object) that says ``plan``'s pipeline forwards: printed once, before the figures."""
+    text = (json_line(ready_object(plan)) if json_lines
+            else ready_line(plan.name, len(plan.stages), list(plan.port_names)))
     print(text, file=out, flush=True)
 
 

@@ -292,7 +292,7 @@ class Supervisor:
         if self.stop_reason:
             return                      # a stop came while starting: never ready
         stages, ports = len(self.procs), list(self.plan.port_names)
-        print_ready(self.out, self.json_lines, self.plan.name, stages, ports)
+        print_ready(self.out, self.json_lines, self.plan)
         self.notify.ready(ready_line(self.plan.name, stages, ports))
 
     def _watch(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from ixypipe.layout import ARENA_PREFIX
 from ixypipe.memory import hugepages
+from tests.support.outputschema import validated
 
 REPO = Path(__file__).resolve().parent.parent.parent
 FWD = REPO / "pipelines" / "fwd.toml"
@@ -27,16 +27,19 @@ def run(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([*IXYPIPE, "run", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
+def json_objects(stdout: str) -> list[dict]:
+    """The JSON objects of ``run --json``'s stdout, each checked against the output schema (outputschema.py)."""
+    return validated("\n".join(line for line in stdout.splitlines() if line.startswith("{")))
+
+
 def summary_of(stdout: str) -> dict:
-    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-    summaries = [d for d in lines if d.get("summary")]
+    summaries = [d for d in json_objects(stdout) if d["type"] == "summary"]
     assert summaries, f"no JSON summary in:\n{stdout}"
     return summaries[-1]
 
 
 def intervals_of(stdout: str) -> list[dict]:
-    return [d for d in (json.loads(line) for line in stdout.splitlines() if line.startswith("{"))
-            if d.get("type") == "interval"]
+    return [d for d in json_objects(stdout) if d["type"] == "interval"]
 
 
 def variant(tmp_path: Path, pipeline_keys: dict[str, str] | None = None, **replace: str) -> Path:
