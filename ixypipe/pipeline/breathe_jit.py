@@ -37,6 +37,7 @@ import numpy as np
 
 from ixypipe import jitcache
 from ixypipe.layout import STAGE_CMD_DRAIN
+from ixypipe.memory import batchcheck
 from ixypipe.pipeline.stagetable import SLOT
 from ixypipe.protocols import FLOW_HASH_MIX, FLOW_KEY_OFF
 from ixypipe.rings import spsc_jit, wakeup_jit
@@ -93,6 +94,7 @@ if AVAILABLE:
     # and unpickle all of them in every process.  Each stage kind has a cached entry point below instead.
     generic = _numba.njit(nogil=True, boundscheck=False)
     push, pull = spsc_jit.push, spsc_jit.pull
+    claim, settle = batchcheck.claim_compiled, batchcheck.settle_compiled
     bell = wakeup_jit.bell
     _MIX = np.uint64(FLOW_HASH_MIX)
     _LOW32 = np.uint64(0xFFFFFFFF)
@@ -230,21 +232,19 @@ if AVAILABLE:
     @jit
     def _take_home(words, slots, row, stack, top, lent, returns, home):
         """RX: buffers back from the return rings go on the free stack, only those that are out (the ledger
-        ``lent``): a second return or a foreign index is counted as bad_index, never a second entry."""
+        ``lent``, memory/ledger.py's give_back): a second return or a foreign index is counted as bad_index,
+        never a second entry."""
         moved = 0
         for r in range(returns.shape[0]):
             n = pull(words, slots, returns[r], home, 0, home.shape[0])
-            free = np.int64(top[0])
-            for i in range(n):
-                b = np.int64(home[i])
-                if b < lent.shape[0] and lent[b]:
-                    lent[b] = 0
-                    stack[free] = b
-                    free += 1
-                else:
-                    row[_BAD_INDEX] += 1
-            top[0] = free
-            moved += n
+            if n:
+                back, refused = settle(home[:n], lent, home)       # the ones it may take, at the front
+                free = np.int64(top[0])
+                for i in range(back):
+                    stack[free + i] = home[i]
+                top[0] = free + back
+                row[_BAD_INDEX] += refused
+                moved += n
         return moved
 
     @jit
@@ -308,35 +308,24 @@ if AVAILABLE:
 
     @jit
     def _admit(row, held, ranges, length, got, n, good, hi):
-        """TX: what a queue may post of a batch (memory/ledger.py's claim): buffers of its pools it does not hold
-        yet (else bad_index, duplicate), with a length in 1..hi (else bad_packet: those gather at the front of
-        ``got``, held, for home).  Returns (good ones in ``good``, bad-length ones, their bytes)."""
-        taken = outside = again = nbad = nbytes = 0
-        for i in range(n):
-            b = np.int64(got[i])
-            inside = False
-            for r in range(ranges.shape[0]):
-                if ranges[r, 0] <= b < ranges[r, 1]:
-                    inside = True
-                    break
-            if not inside:
-                outside += 1
-            elif held[b]:
-                again += 1
+        """TX: what a queue may post of a batch (memory/ledger.py's take: buffers of its pools it does not hold
+        yet, else bad_index or duplicate), with a length in 1..hi (else bad_packet: those move to the front of
+        ``got``, held, for home).  Returns (good ones in ``good``, bad-length ones)."""
+        taken, outside, again = claim(got[:n], ranges, held, good)
+        kept = nbad = 0
+        for i in range(taken):
+            b = good[i]
+            size = np.int64(length[b])
+            if size < 1 or size > hi:
+                got[nbad] = b
+                nbad += 1
             else:
-                held[b] = 1
-                size = np.int64(length[b])
-                if size < 1 or size > hi:
-                    got[nbad] = b
-                    nbad += 1
-                else:
-                    good[taken] = b
-                    taken += 1
-                    nbytes += size
+                good[kept] = b
+                kept += 1
         row[_BAD_INDEX] += outside
         row[_DUPLICATE] += again
         row[_BAD_PACKET] += nbad
-        return taken, nbad, nbytes
+        return kept, nbad
 
     @generic
     def _post(tx_kernel, q, words, slots, row, held, homes, length, freed, handing, slot, bufs, n, state):
@@ -381,7 +370,7 @@ if AVAILABLE:
                 continue
             _took(row, k, n)
             moved += n
-            taken, nbad, _ = _admit(row, held, ranges, length, got, n, pending, params[P_MAX_DATA])   # 3. admit
+            taken, nbad = _admit(row, held, ranges, length, got, n, pending, params[P_MAX_DATA])   # 3. admit
             if nbad and not _send_home(words, slots, homes, held, got, 0, nbad):
                 return moved, RUN_HOME
             posted, code = _post(tx_kernel, q, words, slots, row, held, homes, length, freed, handing, slot,
