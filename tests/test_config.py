@@ -51,7 +51,14 @@ EXPECTED = {
     "bad_port_name": "ports[1].name (line 12): must be 1 to 15 of A-Z a-z 0-9 _ -, got 'port one'",
     "duplicate_port_names": "ports[1].name (line 12): duplicate port name 'p0' (already ports[0]); "
                             "port names must be unique",
-    "bad_driver": "ports[1].driver (line 13): must be one of 'sim', 'ixgbe', 'af_packet', 'pcap', got 'e1000'",
+    "bad_driver": "ports[1].driver (line 13): must be one of 'sim', 'ixgbe', 'virtio', 'af_packet', 'pcap', got 'e1000'",
+    "virtio_without_pci": "ports[1] (line 11): missing required key pci for an 'virtio' port (its PCI address, ",
+    "virtio_two_queues": "ports[0].rx_queues (line 10): a virtio port has one queue pair (the driver does not do MQ "
+                         "yet), got 2",
+    "transport_on_82599": "ports[0].transport (line 9): only for a virtio port (driver = \"virtio\", or a sim port "
+                          "with device = \"virtio\")",
+    "virtio_legacy_ring_sizes": "ports[0].tx_ring_size (line 12): a legacy virtio device has one queue size: "
+                                "rx_ring_size (512) and tx_ring_size (256) must be equal",
     "ixgbe_without_pci": "ports[1] (line 11): missing required key pci for an 'ixgbe' port (its PCI address, "
                          "\"DDDD:BB:DD.F\", e.g. \"0000:03:00.0\")",
     "iommu_bad": "ports[0].iommu (line 9): must be one of 'vfio', 'none', 'auto', got 'on'",

@@ -31,6 +31,7 @@ from ixypipe.layout import MIN_BUF_SIZE, PKTBUF_HEADROOM
 from ixypipe.nic.device import HOT_PATHS, PortSpec
 from ixypipe.nic.registers import MFS_VLAN_EXTRA, OCTETS_FCS_LEN, rx_frame_limits
 from ixypipe.nic.vfio import IOMMU_MODES
+from ixypipe.nic.virtio_pci import TRANSPORTS as VIRTIO_TRANSPORTS
 from ixypipe.pcapfile import file_kind
 from ixypipe.sim.payload import (
     DEFAULT_VID,
@@ -47,7 +48,8 @@ if TYPE_CHECKING:
     from ixypipe.sim.world import SimPortConfig
 
 # ---- schema limits --------------------------------------------------------------------------
-DRIVERS = ("sim", "ixgbe", "af_packet", "pcap")
+DRIVERS = ("sim", "ixgbe", "virtio", "af_packet", "pcap")
+SIM_DEVICES = ("82599", "virtio")          # what a sim port's device is (ixypipe.sim.world)
 HUGEPAGE_MODES = ("auto", "require", "never")
 STAGE_DEATH_POLICIES = ("stop", "restart")
 # how an idle stage waits: auto = spin on CPUs the pipeline has to itself (isolated), wake otherwise
@@ -171,6 +173,9 @@ class PortConfig:
     hot_path: str = "auto"          # ixgbe, sim, af_packet: the driver's RX/TX kernels, "auto" (numba when installed),
                                     # "numpy" or "numba"
     share: bool = False             # ixgbe, af_packet: run beside other pipelines on this device on purpose
+    device: str = "82599"           # sim: the software device, "82599" or "virtio" (then driven by the virtio driver)
+    transport: str = "auto"         # virtio, sim virtio: "legacy", "modern" or "auto" (a sim device: modern)
+    mrg_rxbuf: bool = True          # virtio, sim virtio: negotiate MRG_RXBUF when offered (12-byte header)
 
     def to_spec(self) -> PortSpec:
         """The driver's view of this port: address = pci / interface / path, extras in options."""
@@ -181,7 +186,11 @@ class PortConfig:
             options = {**self.af_packet_options, "hot_path": self.hot_path}
         elif self.driver in ("ixgbe", "sim"):
             options = {"iommu": self.iommu, "hot_path": self.hot_path}
-        address = {"ixgbe": self.pci, "sim": self.pci, "af_packet": self.interface, "pcap": self.path}[self.driver]
+        if self.driver == "virtio" or self.device == "virtio":
+            options = {"device": "virtio", "transport": self.transport, "mrg_rxbuf": self.mrg_rxbuf,
+                       "hot_path": self.hot_path}
+        address = {"ixgbe": self.pci, "sim": self.pci, "virtio": self.pci, "af_packet": self.interface,
+                   "pcap": self.path}[self.driver]
         return PortSpec(self.name, self.driver, address, self.rx_queues, self.tx_queues, self.rx_ring_size,
                         self.tx_ring_size, self.promiscuous, options)
 
@@ -191,7 +200,9 @@ class PortConfig:
 
         g, s = self.generator, self.sink
         return SimPortConfig(
-            name=self.name, pci_address=self.pci or None, iommu=self.iommu != "none",
+            name=self.name, pci_address=self.pci or None, iommu=self.iommu != "none", device=self.device,
+            transport="legacy" if self.transport == "legacy" else "modern",
+            queue_size=max(self.rx_ring_size, self.tx_ring_size),
             generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
                                       count=g.count, profile=g.profile, vlan=g.vlan) if g else None,
             sink=SinkConfig(mode=s.mode, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None)
@@ -436,8 +447,9 @@ PIPELINE_KEYS = ("name", "batch_size", "ring_size", "buffer_size", "buffers_per_
 PORT_COMMON_KEYS = ("name", "driver", "rx_queues", "tx_queues", "rx_ring_size", "tx_ring_size", "promiscuous",
                     "forward_to")
 PORT_DRIVER_KEYS = {
-    "sim": ("pci", "generator", "sink", "iommu", "hot_path"),
+    "sim": ("pci", "generator", "sink", "iommu", "hot_path", "device", "transport", "mrg_rxbuf"),
     "ixgbe": ("pci", "iommu", "hot_path", "share"),
+    "virtio": ("pci", "transport", "mrg_rxbuf", "hot_path"),
     "af_packet": ("interface", "qdisc_bypass", "fanout_defrag", "hot_path", "share"),
     "pcap": ("path", "mode", "loop", "rate_mpps"),
 }
@@ -689,7 +701,7 @@ def _check_pci_addresses(r: _Reader, ports: list[PortConfig]) -> None:
     seen: dict[tuple[bool, str], tuple[int, bool]] = {}
     sim_index = 0
     for i, p in enumerate(ports):
-        if p.driver not in ("sim", "ixgbe"):
+        if p.driver not in ("sim", "ixgbe", "virtio"):
             continue
         given = bool(p.pci)
         address = p.pci
@@ -737,17 +749,26 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
     promiscuous = r.boolean(p, "promiscuous", key, True)
     forward_to = r.string(p, "forward_to", key, "")
     fields: dict[str, Any] = {}
-    if driver in ("ixgbe", "sim"):
-        if driver == "ixgbe" and "pci" not in p:
-            raise r.fail(key, "missing required key pci for an 'ixgbe' port (its PCI address, "
+    if driver in ("ixgbe", "sim", "virtio"):
+        if driver != "sim" and "pci" not in p:
+            raise r.fail(key, f"missing required key pci for an {driver!r} port (its PCI address, "
                               "\"DDDD:BB:DD.F\", e.g. \"0000:03:00.0\")")
         pci = r.string(p, "pci", key, "")
         if pci and not PCI_ADDRESS_RE.fullmatch(pci):
             raise r.fail(f"{key}.pci", f"must be a PCI address \"DDDD:BB:DD.F\" (hex), e.g. \"0000:03:00.0\", "
                                        f"got {_show(pci)}")
         fields["pci"] = pci.lower()
-        fields["iommu"] = r.string(p, "iommu", key, "none", IOMMU_MODES)
+        if driver != "virtio":
+            fields["iommu"] = r.string(p, "iommu", key, "none", IOMMU_MODES)
         fields["hot_path"] = r.string(p, "hot_path", key, "auto", HOT_PATHS)
+    if driver == "sim":
+        fields["device"] = r.string(p, "device", key, "82599", SIM_DEVICES)
+    if driver == "virtio" or fields.get("device") == "virtio":
+        _virtio(r, p, key, fields, rx_queues, tx_queues, rx_ring, tx_ring)
+    elif "transport" in p or "mrg_rxbuf" in p:
+        bad = "transport" if "transport" in p else "mrg_rxbuf"
+        raise r.fail(f"{key}.{bad}", "only for a virtio port (driver = \"virtio\", or a sim port with "
+                                     "device = \"virtio\")")
     if driver in ("ixgbe", "af_packet"):
         fields["share"] = r.boolean(p, "share", key, False)
     if driver == "sim":
@@ -782,6 +803,22 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
                                          f"got {rx_queues if bad == 'rx_queues' else tx_queues}")
     return PortConfig(name, driver, rx_queues=rx_queues, tx_queues=tx_queues, rx_ring_size=rx_ring,
                       tx_ring_size=tx_ring, promiscuous=promiscuous, forward_to=forward_to, **fields)
+
+
+def _virtio(r: _Reader, p: dict, key: str, fields: dict, rx_queues: int, tx_queues: int, rx_ring: int,
+            tx_ring: int) -> None:
+    """A virtio port's keys: transport, mrg_rxbuf; one queue pair; a software one has no IOMMU."""
+    fields["transport"] = r.string(p, "transport", key, "auto", VIRTIO_TRANSPORTS)
+    fields["mrg_rxbuf"] = r.boolean(p, "mrg_rxbuf", key, True)
+    if rx_queues != 1 or tx_queues != 1:
+        bad = "rx_queues" if rx_queues != 1 else "tx_queues"
+        raise r.fail(f"{key}.{bad}", "a virtio port has one queue pair (the driver does not do MQ yet), got "
+                                     f"{rx_queues if bad == 'rx_queues' else tx_queues}")
+    if fields.get("iommu", "none") != "none":
+        raise r.fail(f"{key}.iommu", "a software virtio-net device has no simulated IOMMU")
+    if fields["transport"] == "legacy" and rx_ring != tx_ring:
+        raise r.fail(f"{key}.tx_ring_size", f"a legacy virtio device has one queue size: rx_ring_size "
+                                            f"({rx_ring}) and tx_ring_size ({tx_ring}) must be equal")
 
 
 def _file(r: _Reader, table: dict, name: str, key: str, base_dir: Path, must_exist: bool) -> str:

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # the compiled modules every run loads (stages' batch checks, the workers' header parser), and those a driver adds
 ALWAYS = ("ixypipe.memory.batchcheck", "ixypipe.workers.headers_jit")
 BY_DRIVER = {"sim": ("ixypipe.nic.ixgbe_jit", "ixypipe.sim.kernels"), "ixgbe": ("ixypipe.nic.ixgbe_jit",),
+             "virtio": ("ixypipe.nic.virtio_jit",),
              "af_packet": ("ixypipe.nic.af_packet_jit",)}
 EXPECTED_S = 10             # a first run's compiling on the 2-vCPU development machine: 6-15 s as busy as it is
 PROGRESS_EVERY_S = 5.0

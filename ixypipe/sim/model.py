@@ -259,6 +259,13 @@ class SimPort:
         self._ard_pending = True
         self._an_allowed = True
 
+    @property
+    def compiled(self) -> bool:
+        return self.kernels is not None
+
+    def link_is_up(self) -> bool:
+        return bool(self.reg(R.LINKS) & R.LINKS_UP)
+
     # ---- the step -----------------------------------------------------------------------
     def step(self) -> int:
         """React to what the driver wrote and do pending TX; returns the descriptors handled."""

@@ -1,0 +1,595 @@
+"""One software virtio-net device: watches its virtio-PCI registers, serves split virtqueues by DMA.
+
+``SimVirtioPort`` offers the interface the world drives (``step``,
+``receive``, ``rx_free``, ``rx_ready``, ``classify``, the counters and
+``faults``, ``wire_out``) like the software 82599 (model.py), behind one of
+two transports: **legacy** (device 0x1000, the I/O BAR0 as ``resource0``) or
+**modern** (device 0x1041, the common, notify, ISR and device structures in
+BAR4, named by vendor capabilities in config space).  It offers VERSION_1
+(modern) or ANY_LAYOUT (legacy), MAC, STATUS and MRG_RXBUF; one queue pair
+(queue 0 receives, 1 transmits), each of ``queue_size`` entries at most.
+The device polls, so it sets USED_F_NO_NOTIFY in every used ring and never
+raises an interrupt.
+
+``step()`` reacts to the registers (status 0 resets the device, FEATURES_OK
+is refused for features it does not offer, DRIVER_OK brings the configured
+queues up) and transmits: each available TX chain is gathered, its
+virtio_net_hdr checked and its frame put on the wire, then a used entry.
+Frames from the wire (``receive``) go into the chains of the RX queue's
+available entries, header first (num_buffers 1 with the 12-byte header),
+with a used entry (head, bytes written); with no available entry a frame is
+missed.
+
+Strict, like the 82599 model: a queue whose rings are not inside the
+driver's registered memory, an available entry or a ``next`` past the ring,
+a chain that loops, a device-writable descriptor in a TX chain (device-
+readable in an RX chain), INDIRECT without negotiating it, a TX header that
+asks for checksum or segmentation offload not negotiated, a TX frame not
+1..SIM_MAX_FRAME bytes, an RX chain too small for the header and the frame,
+and avail.idx running more than the ring ahead are :class:`Fault`\\ s: logged,
+recorded, and the queue stops until the device is reset; nothing is
+published for the bad entry.  Features accepted that were not offered are a
+fault too (modern: FEATURES_OK does not stay set; legacy: DEVICE_NEEDS_RESET).
+
+Where it differs from a device in a machine: it cannot trap register
+accesses, only see their latest values.  Registers multiplexed behind a
+select (queue_select, the feature selects) are therefore served as a mirror:
+each step the model takes the values the driver wrote for the queue it last
+showed, and shows the newly selected queue's; a driver must let the model
+step between selections (the driver's ``settle``, after the step counter at
+virtio_regs.SIM_*_STEPS).  Without MRG_RXBUF a frame is never split over
+buffers, with it neither (``num_buffers`` is always 1): a chain too small is
+a fault, not a merge.  No control queue, no MQ, no interrupts.
+
+Two implementations of the walks (``hot_path``): the numpy reference here
+(``tx_walk_numpy``/``rx_walk_numpy``, array by array over the entries and
+chain depth) and the numba one (``sim/virtio_kernels.py``); both give the
+same frames, rings, counters and faults.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ixypipe.nic import virtio_regs as V
+from ixypipe.nic.registers import PCI_CFG_COMMAND, PCI_COMMAND_BUS_MASTER
+from ixypipe.sim import virtio_kernels as K
+from ixypipe.sim.dma import DmaSpace
+from ixypipe.sim.model import HOT_PATHS, Fault
+from ixypipe.sim.payload import SIM_MAX_FRAME
+from ixypipe.sim.traffic import PacketBatch
+
+log = logging.getLogger(__name__)
+
+MAX_TX_BATCH = 1024
+TRANSPORTS = ("legacy", "modern")
+OFFERED_COMMON = V.bit(V.F_MAC) | V.bit(V.F_STATUS) | V.bit(V.F_MRG_RXBUF)
+OFFERED = {"legacy": OFFERED_COMMON | V.bit(V.F_ANY_LAYOUT), "modern": OFFERED_COMMON | V.bit(V.F_VERSION_1)}
+DEVICE_ID = {"legacy": V.DEVICE_ID_NET_TRANSITIONAL, "modern": V.DEVICE_ID_NET_MODERN}
+
+REASONS = {
+    K.BAD_HEAD: "available entry {pos} names descriptor {desc}, past the {n}-entry ring",
+    K.BAD_NEXT: "descriptor {desc}'s next is {addr}, past the {n}-entry ring",
+    K.LOOP: "the descriptor chain from {desc} loops (longer than the {n}-entry ring)",
+    K.INDIRECT: "descriptor {desc} is INDIRECT, but RING_INDIRECT_DESC was not negotiated",
+    K.BAD_ADDRESS: "buffer [{addr:#x}, +{extra}) of descriptor {desc} is {outside}",
+    K.NO_CSUM: "the virtio_net_hdr of the chain at {desc} asks for NEEDS_CSUM, but CSUM was not negotiated",
+    K.NO_GSO: "the virtio_net_hdr of the chain at {desc} asks for segmentation (gso_type {addr}), but no "
+              "HOST_TSO/UFO feature was negotiated",
+    K.BAD_LENGTH: "the chain at {desc} carries a {addr}-byte frame after the header; a frame is 1..{maxf} bytes",
+    K.TOO_SMALL: "the chain at {desc} holds {addr} bytes, too few for the {hdr}-byte header and a {extra}-byte "
+                 "frame (frames are not split over buffers)",
+}
+DIRECTION_REASON = {"tx": "descriptor {desc} is device-writable (WRITE) in a transmit chain",
+                    "rx": "descriptor {desc} is device-readable (no WRITE) in a receive chain"}
+
+
+def _u(view: np.ndarray, off: int, size: int) -> int:
+    return int(view[off:off + size].view(f"<u{size}")[0])
+
+
+def _put(view: np.ndarray, off: int, size: int, value: int) -> None:
+    view[off:off + size].view(f"<u{size}")[0] = value
+
+
+@dataclass
+class VirtQueue:
+    index: int
+    size: int = 0               # as the driver set it (modern) or the device's (legacy)
+    desc_addr: int = 0
+    avail_addr: int = 0
+    used_addr: int = 0
+    enabled: bool = False
+    live: bool = False
+    faulted: bool = False
+    last_avail: int = 0
+    desc: np.ndarray | None = None
+    avail: np.ndarray | None = None
+    used_hdr: np.ndarray | None = None
+    used_ring: np.ndarray | None = None
+
+    def drop_views(self) -> None:
+        self.desc = self.avail = self.used_hdr = self.used_ring = None
+        self.live = False
+
+
+class SimVirtioPort:
+    """The virtio-net device behind one fake PCI function (``bar``: resource0 or resource4 as uint8)."""
+
+    def __init__(self, name: str, transport: str, bar: np.ndarray, mac: bytes, dma: DmaSpace,
+                 config: np.ndarray | None = None, queue_size: int = V.SIM_DEFAULT_QUEUE_SIZE, hot_path: str = "auto"):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"port {name}: virtio transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        if hot_path not in HOT_PATHS:
+            raise ValueError(f"hot_path must be one of {', '.join(HOT_PATHS)}, got {hot_path!r}")
+        if hot_path == "numba" and not K.AVAILABLE:
+            raise ValueError("hot_path numba needs the numba package (pip install numba)")
+        if not V.MIN_QUEUE_SIZE <= queue_size <= V.MAX_QUEUE_SIZE or queue_size & (queue_size - 1):
+            raise ValueError(f"port {name}: virtio queue size must be a power of two from {V.MIN_QUEUE_SIZE} to "
+                             f"{V.MAX_QUEUE_SIZE}, got {queue_size}")
+        self.name = name
+        self.transport = transport
+        self.bar = bar
+        self.mac = bytes(mac)
+        self.dma = dma
+        self.config = config
+        self.queue_size = queue_size
+        self.walks = K if hot_path != "numpy" and K.AVAILABLE else None
+        if self.walks is not None:
+            K.warm()
+        self.kernels = None             # the 82599's compiled generator path (world.py) does not apply
+        self.compiled = self.walks is not None
+        self.offered = OFFERED[transport]
+        self.wire_out: list = []
+        self.faults: list[Fault] = []
+        self.rx_delivered = self.rx_bytes = self.rx_missed = 0
+        self.rx_undersize = self.rx_oversize = 0          # virtio-net has no MAC length checks: always 0
+        self.tx_sent = self.tx_bytes = 0
+        self.steps = 0
+        self._info = np.zeros(8, np.int64)
+        self._hb = np.zeros(V.NET_HDR_MRG_LEN, np.uint8)
+        self._out = None
+        if transport == "legacy":
+            self.regs = bar[:V.LEGACY_DEVICE_CONFIG]
+            self.devcfg = bar[V.LEGACY_DEVICE_CONFIG:V.LEGACY_DEVICE_CONFIG + V.NET_CFG_SIZE]
+            self.steps_at = V.SIM_LEGACY_STEPS
+        else:
+            self.regs = bar[V.SIM_COMMON_OFF:V.SIM_COMMON_OFF + V.COMMON_SIZE]
+            self.devcfg = bar[V.SIM_DEVICE_OFF:V.SIM_DEVICE_OFF + V.NET_CFG_SIZE]
+            self.steps_at = V.SIM_MODERN_STEPS
+        self.power_on()
+
+    # ---- reset and registers ---------------------------------------------------------------
+    def power_on(self) -> None:
+        """Registers at their reset values, device config (MAC, link up), every queue down."""
+        self.bar[:] = 0
+        self.devcfg[V.NET_CFG_MAC:V.NET_CFG_MAC + 6] = np.frombuffer(self.mac, np.uint8)
+        _put(self.devcfg, V.NET_CFG_STATUS, 2, V.NET_S_LINK_UP)
+        _put(self.devcfg, V.NET_CFG_MAX_PAIRS, 2, 1)
+        self._device_reset()
+
+    def _device_reset(self) -> None:
+        """Status 0 written: features, queues and the mirrors back to their reset values."""
+        self.queues = [VirtQueue(i) for i in range(2)]
+        self.features = 0
+        self._running = False
+        self._features_checked = False
+        self._in_reset = True
+        self._gf = [0, 0]
+        regs = self.regs
+        if self.transport == "legacy":
+            _put(regs, V.LEGACY_DEVICE_FEATURES, 4, self.offered & 0xFFFFFFFF)
+            _put(regs, V.LEGACY_DRIVER_FEATURES, 4, 0)
+            _put(regs, V.LEGACY_QUEUE_SELECT, 2, 0)
+            self._show_queue(0)
+        else:
+            for off, size in ((V.COMMON_DFSELECT, 4), (V.COMMON_GFSELECT, 4), (V.COMMON_GF, 4), (V.COMMON_Q_SELECT, 2)):
+                _put(regs, off, size, 0)
+            _put(regs, V.COMMON_DF, 4, self.offered & 0xFFFFFFFF)
+            _put(regs, V.COMMON_NUMQ, 2, len(self.queues))
+            self._dfsel = self._gfsel = 0
+            self._show_queue(0)
+        self._snapshot = regs.tobytes()
+
+    def _show_queue(self, sel: int) -> None:
+        """What reads of the per-queue registers return while queue ``sel`` is selected."""
+        regs = self.regs
+        q = self.queues[sel] if sel < len(self.queues) else None
+        self._sel = sel
+        if self.transport == "legacy":
+            _put(regs, V.LEGACY_QUEUE_SIZE, 2, self.queue_size if q else 0)
+            _put(regs, V.LEGACY_QUEUE_PFN, 4, (q.desc_addr >> V.LEGACY_PFN_SHIFT) if q else 0)
+            return
+        _put(regs, V.COMMON_Q_SIZE, 2, (q.size or self.queue_size) if q else 0)
+        _put(regs, V.COMMON_Q_ENABLE, 2, int(q.enabled) if q else 0)
+        _put(regs, V.COMMON_Q_NOFF, 2, sel if q else 0)
+        for off, value in ((V.COMMON_Q_DESC, q.desc_addr if q else 0), (V.COMMON_Q_AVAIL, q.avail_addr if q else 0),
+                           (V.COMMON_Q_USED, q.used_addr if q else 0)):
+            _put(regs, off, 8, value)
+
+    def _config_fault(self, reason: str) -> None:
+        fault = Fault(self.name, "config", -1, -1, 0, reason)
+        self.faults.append(fault)
+        log.error("virtio device fault: %s", fault)
+
+    def _control(self) -> int:
+        """React to what the driver wrote since the last step (one comparison when nothing changed)."""
+        regs = self.regs
+        now = regs.tobytes()
+        if now == self._snapshot:
+            return 0
+        status_off = V.LEGACY_STATUS if self.transport == "legacy" else V.COMMON_STATUS
+        status = int(regs[status_off])
+        if status == 0:
+            if not self._in_reset:
+                self._device_reset()
+            self._snapshot = regs.tobytes()
+            return 1
+        self._in_reset = False
+        if self.transport == "legacy":
+            self._legacy_writes()
+        else:
+            self._modern_writes(status)
+        status = int(regs[status_off])
+        if status & V.STATUS_DRIVER_OK and not self._running and not status & V.STATUS_NEEDS_RESET:
+            self._start(status_off)
+        self._snapshot = regs.tobytes()
+        return 1
+
+    def _legacy_writes(self) -> None:
+        regs = self.regs
+        pfn = _u(regs, V.LEGACY_QUEUE_PFN, 4)
+        q = self.queues[self._sel] if self._sel < len(self.queues) else None
+        if q is not None and pfn != q.desc_addr >> V.LEGACY_PFN_SHIFT and not self._running:
+            q.desc_addr = pfn << V.LEGACY_PFN_SHIFT
+            q.size = self.queue_size
+            q.avail_addr = q.desc_addr + V.avail_offset(q.size)
+            q.used_addr = q.desc_addr + V.used_offset(q.size)
+            q.enabled = pfn != 0
+        sel = _u(regs, V.LEGACY_QUEUE_SELECT, 2)
+        if sel != self._sel:
+            self._show_queue(sel)
+        self.features = _u(regs, V.LEGACY_DRIVER_FEATURES, 4)
+
+    def _modern_writes(self, status: int) -> None:
+        regs = self.regs
+        gf = _u(regs, V.COMMON_GF, 4)
+        if self._gfsel < 2:
+            self._gf[self._gfsel] = gf
+        gfsel = _u(regs, V.COMMON_GFSELECT, 4)
+        if gfsel != self._gfsel:
+            self._gfsel = gfsel
+            _put(regs, V.COMMON_GF, 4, self._gf[gfsel] if gfsel < 2 else 0)
+        dfsel = _u(regs, V.COMMON_DFSELECT, 4)
+        if dfsel != self._dfsel:
+            self._dfsel = dfsel
+            _put(regs, V.COMMON_DF, 4, (self.offered >> (32 * dfsel)) & 0xFFFFFFFF if dfsel < 2 else 0)
+        self.features = self._gf[0] | self._gf[1] << 32
+        q = self.queues[self._sel] if self._sel < len(self.queues) else None
+        if q is not None and not self._running:
+            q.size = _u(regs, V.COMMON_Q_SIZE, 2)
+            q.desc_addr = _u(regs, V.COMMON_Q_DESC, 8)
+            q.avail_addr = _u(regs, V.COMMON_Q_AVAIL, 8)
+            q.used_addr = _u(regs, V.COMMON_Q_USED, 8)
+            q.enabled = _u(regs, V.COMMON_Q_ENABLE, 2) == 1
+        sel = _u(regs, V.COMMON_Q_SELECT, 2)
+        if sel != self._sel:
+            self._show_queue(sel)
+        if status & V.STATUS_FEATURES_OK and not self._features_checked:
+            self._features_checked = True
+            why = self._features_problem()
+            if why:
+                regs[V.COMMON_STATUS] = status & ~V.STATUS_FEATURES_OK     # 3.1.1: the device refuses
+                self._config_fault(why)
+
+    def _features_problem(self) -> str:
+        extra = self.features & ~self.offered
+        if extra:
+            return f"the driver accepted features the device does not offer: {V.feature_names(extra)}"
+        if self.transport == "modern" and not self.features & V.bit(V.F_VERSION_1):
+            return "a modern driver must accept VERSION_1"
+        return ""
+
+    def _start(self, status_off: int) -> None:
+        """DRIVER_OK: the configured queues go live (their rings must be inside registered memory)."""
+        why = self._features_problem() if self.transport == "legacy" else ""
+        if self.transport == "modern" and not self.regs[status_off] & V.STATUS_FEATURES_OK:
+            why = "DRIVER_OK without FEATURES_OK"
+        if why:
+            self._config_fault(why)
+            self.regs[status_off] |= V.STATUS_NEEDS_RESET
+            return
+        self._running = True
+        for q in self.queues:
+            if not q.enabled:
+                continue
+            direction = "rx" if q.index % 2 == 0 else "tx"
+            n = q.size
+            if not V.MIN_QUEUE_SIZE <= n <= self.queue_size or n & (n - 1):
+                self._fault(q, direction, -1, q.desc_addr, f"queue size {n} is not a power of two up to "
+                            f"{self.queue_size}")
+                continue
+            parts = (self.dma.ring(q.desc_addr, n * V.DESC_SIZE, "<u8"),
+                     self.dma.ring(q.avail_addr, V.RING_HEADER + 2 * n + 2, "<u2"),
+                     self.dma.ring(q.used_addr, V.RING_HEADER + V.USED_ELEM_SIZE * n, "<u4"))
+            for what, part, addr in zip(("descriptor table", "available ring", "used ring"), parts,
+                                        (q.desc_addr, q.avail_addr, q.used_addr), strict=True):
+                if part is None:
+                    self._fault(q, direction, -1, addr, f"the {what} at {addr:#x} is {self.dma.outside}")
+                    break
+            else:
+                q.desc = parts[0].reshape(n, 2)
+                q.avail = parts[1]
+                q.used_hdr = parts[2][:1].view("<u2")
+                q.used_ring = parts[2][1:1 + 2 * n].reshape(n, 2)
+                q.used_hdr[0] = V.USED_F_NO_NOTIFY          # a polling device: notifications are not needed
+                q.last_avail = 0
+                q.live = True
+
+    def _fault(self, q: VirtQueue, direction: str, descriptor: int, address: int, reason: str) -> None:
+        fault = Fault(self.name, direction, q.index, descriptor, address, reason)
+        self.faults.append(fault)
+        log.error("DMA fault: %s; queue stopped", fault)
+        q.drop_views()
+        q.faulted = True
+
+    def _bus_master(self) -> bool:
+        return self.config is None or bool(int(self.config[PCI_CFG_COMMAND]) & PCI_COMMAND_BUS_MASTER)
+
+    # ---- the step -------------------------------------------------------------------------
+    def step(self) -> int:
+        work = self._control()
+        txq = self.queues[1]
+        if txq.live and self._bus_master():
+            work += self._transmit(txq)
+        self.steps += 1
+        _put(self.bar, self.steps_at, 4, self.steps & 0xFFFFFFFF)
+        return work
+
+    def link_is_up(self) -> bool:
+        return bool(_u(self.devcfg, V.NET_CFG_STATUS, 2) & V.NET_S_LINK_UP)
+
+    def _hdr_len(self) -> int:
+        return V.net_hdr_len(self.features)
+
+    def _allow(self) -> int:
+        f = self.features
+        return ((K.ALLOW_INDIRECT if f & V.bit(V.F_RING_INDIRECT_DESC) else 0)
+                | (K.ALLOW_CSUM if f & V.bit(V.F_CSUM) else 0) | (K.ALLOW_GSO if f & V.bit(V.F_HOST_TSO4) else 0))
+
+    def _pending(self, q: VirtQueue, direction: str) -> int:
+        """Available entries the device has not taken; a driver running ahead by more than the ring faults."""
+        ahead = (int(q.avail[1]) - q.last_avail) & 0xFFFF
+        if ahead > len(q.desc):
+            self._fault(q, direction, -1, q.avail_addr, f"avail.idx {int(q.avail[1])} is {ahead} entries ahead of "
+                        f"the device's {q.last_avail}: more than the {len(q.desc)}-entry ring")
+            return 0
+        return ahead
+
+    def _walk_fault(self, q: VirtQueue, direction: str, info: np.ndarray) -> None:
+        reason, pos, desc, addr, extra = (int(v) for v in (info[0], info[1], info[2], info[3], info[6]))
+        if reason == K.TOO_SMALL:
+            extra = int(info[4])
+        template = DIRECTION_REASON[direction] if reason == K.WRONG_DIRECTION else REASONS[reason]
+        text = template.format(pos=(q.last_avail + pos) & 0xFFFF, desc=desc, addr=addr, extra=extra,
+                               n=len(q.desc), outside=self.dma.outside, maxf=SIM_MAX_FRAME, hdr=self._hdr_len())
+        self._fault(q, direction, desc, addr if reason in (K.BAD_ADDRESS, K.INDIRECT, K.WRONG_DIRECTION) else 0, text)
+
+    # ---- transmit -------------------------------------------------------------------------
+    def _transmit(self, q: VirtQueue) -> int:
+        pending = min(self._pending(q, "tx"), MAX_TX_BATCH)
+        if pending == 0:
+            return 0
+        info = self._info
+        info[:] = 0
+        if self.walks is not None:
+            if self._out is None:
+                self._out = (np.zeros((MAX_TX_BATCH, SIM_MAX_FRAME), np.uint8), np.zeros(MAX_TX_BATCH, np.int64))
+            out, lengths = self._out
+            base, size, owner, offset, bufs = self.dma.kernel_tables()
+            good = self.walks.tx_walk(q.desc, q.avail, q.used_hdr, q.used_ring, q.last_avail, pending, self._hdr_len(),
+                                      self._allow(), base, size, owner, offset, bufs, out, lengths, self._hb, info)
+            batch = PacketBatch(out[:good, :int(info[4])], lengths[:good].copy()) if good else None
+        else:
+            good, batch = tx_walk_numpy(q, pending, self._hdr_len(), self._allow(), self.dma, info)
+        if good:
+            q.last_avail = (q.last_avail + good) & 0xFFFF
+            for deliver in self.wire_out:
+                deliver(batch)
+            self.tx_sent += good
+            self.tx_bytes += int(batch.lengths.sum())
+        if info[0] != K.OK:
+            self._walk_fault(q, "tx", info)
+        return good
+
+    # ---- receive --------------------------------------------------------------------------
+    def rx_ready(self) -> bool:
+        return self.queues[0].live and self._bus_master()
+
+    def rx_free(self) -> np.ndarray:
+        q = self.queues[0]
+        if not q.live:
+            return np.zeros(1, np.int64)
+        return np.array([self._pending(q, "rx") if q.live else 0], np.int64)
+
+    def classify(self, batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
+        """One queue pair: every frame to RX queue 0, hash 0."""
+        return np.zeros(len(batch), np.int64), np.zeros(len(batch), np.uint32)
+
+    def receive(self, batch: PacketBatch, queues=None, hashes=None) -> int:
+        """Frames arriving from the wire; returns how many were delivered (the rest are missed)."""
+        n = len(batch)
+        q = self.queues[0]
+        if n == 0:
+            return 0
+        if not self.rx_ready():
+            self.rx_missed += n
+            return 0
+        take = min(n, self._pending(q, "rx"))
+        good = 0
+        if take:
+            info = self._info
+            info[:] = 0
+            if self.walks is not None:
+                base, size, owner, offset, bufs = self.dma.kernel_tables()
+                good = self.walks.rx_walk(q.desc, q.avail, q.used_hdr, q.used_ring, q.last_avail, take,
+                                          self._hdr_len(), self._allow(), base, size, owner, offset, bufs,
+                                          batch.data, batch.lengths, 0, info)
+            else:
+                good = rx_walk_numpy(q, batch, take, self._hdr_len(), self._allow(), self.dma, info)
+            if good:
+                q.last_avail = (q.last_avail + good) & 0xFFFF
+                self.rx_delivered += good
+                self.rx_bytes += int(info[5])
+            if info[0] != K.OK:
+                self._walk_fault(q, "rx", info)
+        self.rx_missed += n - good
+        return good
+
+    def detach(self) -> None:
+        for q in self.queues:
+            q.drop_views()
+        self.wire_out = []
+        self.bar = self.config = self.regs = self.devcfg = None
+
+
+# ---- the numpy reference walks ----------------------------------------------------------------------
+
+def _chains(q: VirtQueue, count: int, writable: bool, allow: int, dma: DmaSpace, info: np.ndarray):
+    """Walk the chains of ``count`` available entries, all at once, one chain depth per pass.
+
+    Returns (heads, segments, totals, first_bad): segments is a list of (rows, descriptors, addresses,
+    lengths, chain positions) per depth; the first bad entry's reason is in ``info`` (as the kernels')."""
+    n = len(q.desc)
+    mask = n - 1
+    heads = q.avail[2 + ((q.last_avail + np.arange(count)) & mask)].astype(np.int64)
+    reason = np.zeros(count, np.int64)
+    where = np.zeros((count, 3), np.int64)              # descriptor, address, length of what was wrong
+    reason[heads >= n] = K.BAD_HEAD
+    where[heads >= n, 0] = heads[heads >= n]
+    cur = np.where(heads < n, heads, 0)
+    active = heads < n
+    totals = np.zeros(count, np.int64)
+    segments = []
+    for _ in range(n + 1):
+        rows = np.flatnonzero(active)
+        if not len(rows):
+            break
+        d = cur[rows]
+        w1 = q.desc[d, 1]
+        flags = ((w1 >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int64)
+        length = (w1 & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        addr = q.desc[d, 0].astype(np.int64)
+        ok, arena, offset = dma.resolve(addr, np.maximum(length, 1))
+        bad = np.zeros(len(rows), np.int64)
+        bad[~ok & (length > 0)] = K.BAD_ADDRESS
+        bad[((flags & V.DESC_F_WRITE) != 0) != writable] = K.WRONG_DIRECTION
+        if not allow & K.ALLOW_INDIRECT:
+            bad[(flags & V.DESC_F_INDIRECT) != 0] = K.INDIRECT
+        nxt = (w1 >> np.uint64(48)).astype(np.int64)
+        more = (flags & V.DESC_F_NEXT) != 0
+        bad[(bad == 0) & more & (nxt >= n)] = K.BAD_NEXT
+        for_next = np.where(bad == K.BAD_NEXT, nxt, addr)
+        hit = bad != 0
+        reason[rows[hit]] = bad[hit]
+        where[rows[hit]] = np.stack([d[hit], for_next[hit], length[hit]], axis=1)
+        good = ~hit
+        segments.append((rows[good], d[good], arena[good], offset[good], length[good], totals[rows[good]]))
+        totals[rows[good]] += length[good]
+        active[rows] = good & more
+        cur[rows] = np.where(good & more, nxt, 0)
+    looping = np.flatnonzero(active)
+    reason[looping] = K.LOOP
+    where[looping, 0] = heads[looping]
+    where[looping, 1] = 0
+    return heads, segments, totals, reason, where
+
+
+def _first_bad(reason: np.ndarray, where: np.ndarray, info: np.ndarray) -> int:
+    bad = np.flatnonzero(reason)
+    if not len(bad):
+        return len(reason)
+    j = int(bad[0])
+    info[0], info[1], info[2], info[3], info[6] = reason[j], j, where[j, 0], where[j, 1], where[j, 2]
+    return j
+
+
+def tx_walk_numpy(q: VirtQueue, count: int, hdr_len: int, allow: int, dma: DmaSpace, info: np.ndarray):
+    """The reference of ``virtio_kernels.tx_walk``: returns (good, PacketBatch of the good frames)."""
+    heads, segments, totals, reason, where = _chains(q, count, False, allow, dma, info)
+    frame = totals - hdr_len
+    short = (reason == 0) & ((frame < 1) | (frame > SIM_MAX_FRAME))
+    reason[short] = K.BAD_LENGTH
+    where[short, 0], where[short, 1] = heads[short], frame[short]
+    width = max(int(totals.max()), hdr_len) if count else hdr_len
+    chain = np.zeros((count, width), np.uint8)
+    for rows, _d, arena, offset, length, pos in segments:
+        some = length > 0
+        rows, arena, offset, length, pos = rows[some], arena[some], offset[some], length[some], pos[some]
+        if not len(rows):
+            continue
+        data = dma.read(arena, offset, length).data
+        cols = np.arange(data.shape[1])
+        mask = cols < length[:, None]
+        chain[np.broadcast_to(rows[:, None], mask.shape)[mask], (pos[:, None] + cols)[mask]] = data[mask]
+    hdr = chain[:, :hdr_len]
+    ok = reason == 0
+    csum = ok & ((hdr[:, V.NET_HDR_FLAGS] & V.NET_HDR_F_NEEDS_CSUM) != 0) & (not allow & K.ALLOW_CSUM)
+    reason[csum] = K.NO_CSUM
+    where[csum, 0], where[csum, 1] = heads[csum], 0
+    gso = (reason == 0) & (hdr[:, V.NET_HDR_GSO_TYPE] != V.NET_HDR_GSO_NONE) & (not allow & K.ALLOW_GSO)
+    reason[gso] = K.NO_GSO
+    where[gso, 0], where[gso, 1] = heads[gso], hdr[gso, V.NET_HDR_GSO_TYPE]
+    good = _first_bad(reason, where, info)
+    if good:
+        n = len(q.desc)
+        used = int(q.used_hdr[1])
+        slots = (used + np.arange(good)) & (n - 1)
+        q.used_ring[slots, 0] = heads[:good]
+        q.used_ring[slots, 1] = 0
+        q.used_hdr[1] = (used + good) & 0xFFFF
+    lengths = frame[:good]
+    batch = PacketBatch(chain[:good, hdr_len:hdr_len + (int(lengths.max()) if good else 0)], lengths.copy())
+    return good, batch
+
+
+def rx_walk_numpy(q: VirtQueue, batch: PacketBatch, count: int, hdr_len: int, allow: int, dma: DmaSpace,
+                  info: np.ndarray) -> int:
+    """The reference of ``virtio_kernels.rx_walk``: frames ``batch[:count]`` into the available chains."""
+    heads, segments, totals, reason, where = _chains(q, count, True, allow, dma, info)
+    flen = batch.lengths[:count].astype(np.int64)
+    small = (reason == 0) & (totals < hdr_len + flen)
+    reason[small] = K.TOO_SMALL
+    where[small, 0], where[small, 1], where[small, 2] = heads[small], totals[small], 0
+    good = _first_bad(reason, where, info)
+    if info[0] == K.TOO_SMALL:
+        info[4] = flen[good]
+    if good == 0:
+        return 0
+    end = hdr_len + flen[:good]
+    image = np.zeros((good, hdr_len + batch.data.shape[1]), np.uint8)      # header + frame, as written
+    if hdr_len == V.NET_HDR_MRG_LEN:
+        image[:, V.NET_HDR_NUM_BUFFERS] = 1
+    image[:, hdr_len:] = batch.data[:good]
+    for rows, _d, arena, offset, length, pos in segments:
+        keep = rows < good
+        rows, arena, offset, length, pos = rows[keep], arena[keep], offset[keep], length[keep], pos[keep]
+        take = np.minimum(length, end[rows] - pos)
+        some = take > 0
+        if not some.any():
+            continue
+        rows, arena, offset, take, pos = rows[some], arena[some], offset[some], take[some], pos[some]
+        width = int(take.max())
+        cols = np.minimum(pos[:, None] + np.arange(width), image.shape[1] - 1)
+        dma.write(arena, offset, PacketBatch(image[rows[:, None], cols], take))
+    n = len(q.desc)
+    used = int(q.used_hdr[1])
+    slots = (used + np.arange(good)) & (n - 1)
+    q.used_ring[slots, 0] = heads[:good]
+    q.used_ring[slots, 1] = end
+    q.used_hdr[1] = (used + good) & 0xFFFF
+    info[5] = int(flen[:good].sum())
+    return good
