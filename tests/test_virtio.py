@@ -13,7 +13,7 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import virtio_jit
 from ixypipe.nic import virtio_regs as V
-from ixypipe.nic.device import DeviceStats, LinkState, PortSpec
+from ixypipe.nic.device import DeviceError, DeviceStats, LinkState, PortSpec
 from ixypipe.nic.virtio import VirtioDevice
 from ixypipe.sim.traffic import PacketBatch
 from ixypipe.sim.world import SimPortConfig, SimWorld
@@ -146,3 +146,149 @@ def test_without_mrg_rxbuf_the_legacy_header_is_ten_bytes(rig):
     frames = random_frames(np.random.default_rng(3), 10)
     port.receive(PacketBatch.from_frames(frames))
     assert receive_all(r, dev, 10) == frames
+
+
+# ---- the device's strict faults: each stops the queue and names what was wrong ----------------------------
+
+def tx_with(r: Rig, dev: VirtioDevice, n: int = 3):
+    """Post ``n`` frames without letting the device see them yet; returns (queue, wire, frames)."""
+    wire: list[bytes] = []
+    r.world.ports["p0"].wire_out.append(lambda b: wire.extend(b.frame(i) for i in range(len(b))))
+    frames = [bytes([j + 1]) * 60 for j in range(n)]
+    assert dev.tx_batch(0, r.packets(frames)) == n
+    return dev._tx[0], wire, frames
+
+
+def only_fault(r: Rig) -> str:
+    faults = r.world.faults
+    assert len(faults) == 1, faults
+    return str(faults[0])
+
+
+def check_tx_stopped_after_first(r: Rig, txq, wire, frames) -> None:
+    """The frame before the bad entry went out, nothing after it; the queue is stopped."""
+    assert wire == frames[:1]
+    assert int(txq.used_hdr[1]) == 1
+    port = r.world.ports["p0"]
+    assert not port.queues[1].live
+    r.world.step()
+    assert wire == frames[:1]
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda q, d: q.desc.__setitem__((d, 0), 1 << 45),
+     "tx queue 1 descriptor 1 address 0x200000000000: buffer [0x200000000000, +72) of descriptor 1 is outside "
+     "registered memory"),
+    (lambda q, d: q.desc.__setitem__((d, 1), q.desc[d, 1] | np.uint64((V.DESC_F_NEXT << 32) | (d << 48))),
+     "tx queue 1 descriptor 1 address 0x0: the descriptor chain from 1 loops (longer than the 256-entry ring)"),
+    (lambda q, d: q.avail.__setitem__(2 + 1, 300),
+     "tx queue 1 descriptor 300 address 0x0: available entry 1 names descriptor 300, past the 256-entry ring"),
+    (lambda q, d: q.desc.__setitem__((d, 1), q.desc[d, 1] | np.uint64((V.DESC_F_NEXT << 32) | (999 << 48))),
+     "descriptor 1's next is 999, past the 256-entry ring"),
+    (lambda q, d: q.desc.__setitem__((d, 1), q.desc[d, 1] | np.uint64(V.DESC_F_INDIRECT << 32)),
+     "descriptor 1 is INDIRECT, but RING_INDIRECT_DESC was not negotiated"),
+    (lambda q, d: q.desc.__setitem__((d, 1), q.desc[d, 1] | np.uint64(V.DESC_F_WRITE << 32)),
+     "descriptor 1 is device-writable (WRITE) in a transmit chain"),
+    (lambda q, d: q.desc.__setitem__((d, 1), np.uint64(5)),
+     "the chain at 1 carries a -7-byte frame after the header; a frame is 1..9018 bytes"),
+], ids=["outside", "loop", "head_past_ring", "next_past_ring", "indirect", "writable", "short"])
+def test_tx_faults_stop_the_queue_and_name_the_descriptor(rig, corrupt, message):
+    r = rig()
+    dev = r.open("p0")
+    txq, wire, frames = tx_with(r, dev)
+    corrupt(txq, int(txq.avail[2 + 1]))
+    r.world.step()
+    assert message in only_fault(r)
+    assert only_fault(r).startswith("port p0 tx queue 1 ")
+    check_tx_stopped_after_first(r, txq, wire, frames)
+
+
+@pytest.mark.parametrize("byte, value, message", [
+    (V.NET_HDR_FLAGS, V.NET_HDR_F_NEEDS_CSUM,
+     "the virtio_net_hdr of the chain at 1 asks for NEEDS_CSUM, but CSUM was not negotiated"),
+    (V.NET_HDR_GSO_TYPE, 1, "the virtio_net_hdr of the chain at 1 asks for segmentation (gso_type 1), but no "
+                            "HOST_TSO/UFO feature was negotiated"),
+], ids=["csum", "gso"])
+def test_tx_header_asking_for_offloads_not_negotiated_is_a_fault(rig, byte, value, message):
+    r = rig()
+    dev = r.open("p0")
+    txq, wire, frames = tx_with(r, dev)
+    b = int(txq.slot_buf[int(txq.avail[2 + 1])])
+    hdr_len = int(txq.state[V.QSTATE_HDR_LEN])
+    r.bufs.raw[b, 64 - hdr_len + byte] = value          # the header the driver zeroed, as a buggy driver sets it
+    r.world.step()
+    assert message in only_fault(r)
+    check_tx_stopped_after_first(r, txq, wire, frames)
+
+
+def test_avail_index_running_ahead_of_the_ring_is_a_fault(rig):
+    r = rig()
+    dev = r.open("p0")
+    txq = dev._tx[0]
+    txq.avail[1] = RING + 1
+    r.world.step()
+    assert only_fault(r).startswith("port p0 tx queue 1 address 0x")
+    assert f"avail.idx {RING + 1} is {RING + 1} entries ahead of the device's 0: more than the 256-entry ring" \
+        in only_fault(r)
+
+
+@pytest.mark.parametrize("what", ["readable", "too_small"])
+def test_rx_faults_stop_the_queue(rig, what):
+    r = rig()
+    dev = r.open("p0")
+    rxq = dev._rx[0]
+    port = r.world.ports["p0"]
+    d = int(rxq.avail[2 + 1])
+    if what == "readable":
+        rxq.desc[d, 1] = rxq.desc[d, 1] & ~np.uint64(V.DESC_F_WRITE << 32)
+        message = f"rx queue 0 descriptor {d} address {int(rxq.desc[d, 0]):#x}: descriptor {d} is device-readable " \
+                  "(no WRITE) in a receive chain"
+    else:
+        rxq.desc[d, 1] = (rxq.desc[d, 1] & ~np.uint64(0xFFFFFFFF)) | np.uint64(40)
+        message = f"rx queue 0 descriptor {d} address 0x0: the chain at {d} holds 40 bytes, too few for the " \
+                  "12-byte header and a 60-byte frame (frames are not split over buffers)"
+    frames = [bytes([j + 1]) * 60 for j in range(3)]
+    assert port.receive(PacketBatch.from_frames(frames)) == 1
+    assert message in only_fault(r)
+    assert port.rx_missed == 2 and not port.queues[0].live
+    assert receive_all(r, dev, 1) == frames[:1]
+
+
+def test_features_the_device_does_not_offer_are_refused(rig, monkeypatch):
+    from ixypipe.nic import virtio
+    r = rig()
+    real = virtio.negotiate_features
+
+    def greedy(t, name, mrg_rxbuf, pairs):
+        features = real(t, name, mrg_rxbuf, pairs) | V.bit(V.F_CSUM)
+        t.set_driver_features(features)
+        return features
+
+    monkeypatch.setattr(virtio, "negotiate_features", greedy)
+    with pytest.raises(DeviceError) as info:
+        r.open("p0")
+    if r.world.ports["p0"].transport == "modern":
+        assert "the device refused the features" in str(info.value) and "CSUM" in str(info.value)
+    else:
+        assert "the device reports status 0x47 (FAILED or NEEDS_RESET) after DRIVER_OK" in str(info.value)
+    assert only_fault(r) == "port p0 config: the driver accepted features the device does not offer: CSUM"
+    assert r.pools[0].available() == POOL           # the failed open gave its RX buffers back
+
+
+def test_a_ring_outside_the_drivers_memory_is_a_fault(rig, monkeypatch):
+    from ixypipe.nic import virtio
+    r = rig()
+    real = virtio.setup_queue
+
+    def misplaced(t, name, index, q):
+        if index == 1:
+            q.dma_addr += 1 << 40
+        real(t, name, index, q)
+
+    monkeypatch.setattr(virtio, "setup_queue", misplaced)
+    dev = r.open("p0")
+    txq = dev._tx[0]
+    assert only_fault(r) == (f"port p0 tx queue 1 address {txq.dma_addr:#x}: the descriptor table at "
+                             f"{txq.dma_addr:#x} is outside registered memory")
+    assert not r.world.ports["p0"].queues[1].live and r.world.ports["p0"].queues[0].live
+    dev.close()

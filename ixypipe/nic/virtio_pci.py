@@ -198,6 +198,9 @@ class LegacyTransport(Transport):
         the legacy layout puts them."""
         if desc % V.LEGACY_ALIGN or avail != desc + V.avail_offset(size) or used != desc + V.used_offset(size):
             raise PciError(f"{self.path.name}: queue {q} is not in the legacy layout at a 4096-aligned address")
+        if desc >> (32 + V.LEGACY_PFN_SHIFT):
+            raise PciError(f"{self.path.name}: queue {q} at {desc:#x} is above what the legacy interface's 32-bit "
+                           "page frame number reaches (16 TiB)")
         self.write("", V.LEGACY_QUEUE_SELECT, 2, q)
         self.settle()
         self.write("", V.LEGACY_QUEUE_PFN, 4, desc >> V.LEGACY_PFN_SHIFT)

@@ -102,8 +102,10 @@ class Fault:
     reason: str
 
     def __str__(self) -> str:
-        return (f"port {self.port} {self.direction} queue {self.queue} descriptor {self.descriptor} "
-                f"address {self.address:#x}: {self.reason}")
+        if self.queue < 0:          # not a queue's: the device's configuration (a virtio device's features)
+            return f"port {self.port} {self.direction}: {self.reason}"
+        where = f" descriptor {self.descriptor}" if self.descriptor >= 0 else ""     # < 0: the ring itself
+        return f"port {self.port} {self.direction} queue {self.queue}{where} address {self.address:#x}: {self.reason}"
 
 
 class _Queue:

@@ -374,7 +374,7 @@ class SimVirtioPort:
         if reason == K.TOO_SMALL:
             extra = int(info[4])
         template = DIRECTION_REASON[direction] if reason == K.WRONG_DIRECTION else REASONS[reason]
-        text = template.format(pos=(q.last_avail + pos) & 0xFFFF, desc=desc, addr=addr, extra=extra,
+        text = template.format(pos=q.last_avail, desc=desc, addr=addr, extra=extra,
                                n=len(q.desc), outside=self.dma.outside, maxf=SIM_MAX_FRAME, hdr=self._hdr_len())
         self._fault(q, direction, desc, addr if reason in (K.BAD_ADDRESS, K.INDIRECT, K.WRONG_DIRECTION) else 0, text)
 
