@@ -60,14 +60,23 @@ if AVAILABLE:
     from ixypipe.sim.kernels import _find
 
     jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
+    inline = jitcache.njit(__file__, nogil=True, boundscheck=False, inline="always")
 
-    @jit
+    @inline
     def _check_chain(desc, head, writable, allow, base, size, info, j):
-        """Walk the chain from ``head``: returns its total bytes, or -1 with info filled."""
+        """Walk the chain from ``head``: returns (its total bytes, the DMA run of a lone descriptor or -1 for a
+        chain), or (-1, -1) with info filled."""
         n = desc.shape[0]
         if head >= n:
             info[0], info[1], info[2], info[3] = BAD_HEAD, j, head, 0
-            return -1
+            return -1, -1
+        w1 = desc[head, 1]
+        flags = np.int64((w1 >> _S32) & np.uint64(0xFFFF))
+        if flags & (_NEXT | _INDIR) == 0 and ((flags & _WRITE) != 0) == writable:     # the common case: one buffer
+            length = np.int64(w1 & _U32)
+            run = _find(base, size, np.int64(desc[head, 0]), length) if length > 0 else np.int64(0)
+            if run >= 0:
+                return length, run
         d = head
         total = 0
         for _ in range(n + 1):
@@ -77,24 +86,24 @@ if AVAILABLE:
             addr = np.int64(desc[d, 0])
             if flags & _INDIR and not allow & ALLOW_INDIRECT:
                 info[0], info[1], info[2], info[3] = INDIRECT, j, d, addr
-                return -1
+                return -1, -1
             if ((flags & _WRITE) != 0) != writable:
                 info[0], info[1], info[2], info[3] = WRONG_DIRECTION, j, d, addr
-                return -1
+                return -1, -1
             if length > 0 and _find(base, size, addr, length) < 0:
                 info[0], info[1], info[2], info[3] = BAD_ADDRESS, j, d, addr
                 info[6] = length
-                return -1
+                return -1, -1
             total += length
             if not flags & _NEXT:
-                return total
+                return total, -1
             nxt = np.int64(w1 >> _S48)
             if nxt >= n:
                 info[0], info[1], info[2], info[3] = BAD_NEXT, j, d, nxt
-                return -1
+                return -1, -1
             d = nxt
         info[0], info[1], info[2], info[3] = LOOP, j, head, 0
-        return -1
+        return -1, -1
 
     @jit
     def tx_walk(desc, avail, used_hdr, used_ring, last_avail, count, hdr_len, allow, base, size, owner, offset,
@@ -108,9 +117,11 @@ if AVAILABLE:
         nbytes = 0
         used_idx = np.int64(used_hdr[1])
         maxw = out.shape[1]
+        own = -1
+        buf = bufs[0]
         for j in range(count):
             head = np.int64(avail[2 + ((last_avail + j) & mask)])
-            total = _check_chain(desc, head, False, allow, base, size, info, j)
+            total, lone = _check_chain(desc, head, False, allow, base, size, info, j)
             if total < 0:
                 break
             frame = total - hdr_len
@@ -119,13 +130,25 @@ if AVAILABLE:
                 break
             d = head
             pos = 0
-            while True:
+            if lone >= 0:                   # one descriptor: header, then the frame
+                if owner[lone] != own:
+                    own = owner[lone]
+                    buf = bufs[own]
+                o = offset[lone] + np.int64(desc[head, 0]) - base[lone]
+                for b in range(hdr_len):
+                    hb[b] = buf[o + b]
+                o += hdr_len
+                for b in range(frame):
+                    out[j, b] = buf[o + b]
+            while lone < 0:
                 w1 = desc[d, 1]
                 length = np.int64(w1 & _U32)
                 if length > 0:
                     addr = np.int64(desc[d, 0])
                     run = _find(base, size, addr, length)
-                    buf = bufs[owner[run]]
+                    if owner[run] != own:            # a typed list's item costs: fetched when the arena changes
+                        own = owner[run]
+                        buf = bufs[own]
                     o = offset[run] + addr - base[run]
                     b = 0
                     while b < length and pos + b < hdr_len:
@@ -168,9 +191,11 @@ if AVAILABLE:
         nbytes = 0
         used_idx = np.int64(used_hdr[1])
         good = 0
+        own = -1
+        buf = bufs[0]
         for j in range(count):
             head = np.int64(avail[2 + ((last_avail + j) & mask)])
-            total = _check_chain(desc, head, True, allow, base, size, info, j)
+            total, lone = _check_chain(desc, head, True, allow, base, size, info, j)
             if total < 0:
                 break
             flen = np.int64(lengths[first + j])
@@ -180,13 +205,28 @@ if AVAILABLE:
             d = head
             pos = 0
             end = hdr_len + flen
+            if lone >= 0:                   # one descriptor: header, then the frame
+                if owner[lone] != own:
+                    own = owner[lone]
+                    buf = bufs[own]
+                o = offset[lone] + np.int64(desc[head, 0]) - base[lone]
+                for b in range(hdr_len):
+                    buf[o + b] = 0
+                if hdr_len == V.NET_HDR_MRG_LEN:
+                    buf[o + V.NET_HDR_NUM_BUFFERS] = 1
+                o += hdr_len
+                for b in range(flen):
+                    buf[o + b] = data[first + j, b]
+                pos = end
             while pos < end:
                 w1 = desc[d, 1]
                 length = np.int64(w1 & _U32)
                 if length > 0:
                     addr = np.int64(desc[d, 0])
                     run = _find(base, size, addr, length)
-                    buf = bufs[owner[run]]
+                    if owner[run] != own:
+                        own = owner[run]
+                        buf = bufs[own]
                     o = offset[run] + addr - base[run]
                     b = 0
                     while b < length and pos + b < hdr_len:
