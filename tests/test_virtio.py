@@ -292,3 +292,121 @@ def test_a_ring_outside_the_drivers_memory_is_a_fault(rig, monkeypatch):
                              f"{txq.dma_addr:#x} is outside registered memory")
     assert not r.world.ports["p0"].queues[1].live and r.world.ports["p0"].queues[0].live
     dev.close()
+
+
+# ---- the driver's bookkeeping --------------------------------------------------------------------------
+
+def test_seventy_thousand_packets_wrap_the_u16_indices_and_lose_no_buffer(rig):
+    r = rig([SimPortConfig("p0", device="virtio"), SimPortConfig("p1", device="virtio", cable_to="p0")])
+    tx, rx = r.open("p0"), r.open("p1")
+    total, sent, got = 70_000, 0, 0
+    out = np.zeros(128, np.uint32)
+    seen = np.zeros(total, bool)
+    while got < total:
+        if sent < total:
+            idx = r.pools[0].alloc(min(128, total - sent))
+            r.bufs.length[idx] = 64
+            r.bufs.data[idx, :4] = (sent + np.arange(len(idx), dtype="<u4")).view(np.uint8).reshape(-1, 4)
+            posted = tx.tx_batch(0, idx)
+            r.pools[0].free(idx[posted:])
+            sent += posted
+        r.world.step()
+        n = rx.rx_batch(0, out)
+        seq = r.bufs.data[out[:n], :4].copy().view("<u4").ravel()
+        assert (seq == got + np.arange(n)).all()          # in order, none lost, none twice
+        seen[seq] = True
+        r.pools[1].free(out[:n].copy())
+        got += n
+    assert seen.all()
+    assert tx.tx_drain(0, timeout=5) == 0
+    assert int(tx._tx[0].avail[1]) == total % 65536 and int(rx._rx[0].used_hdr[1]) == total % 65536
+    assert r.pools[0].available() == POOL - RING and r.pools[1].available() == POOL - RING
+    assert tx.read_stats().tx_packets == rx.read_stats().rx_packets == total
+    assert r.world.faults == []
+
+
+def test_tx_refuses_bad_buffers_before_posting_any(rig):
+    r = rig()
+    dev = r.open("p0")
+    idx = r.packets([b"x" * 60] * 3)
+    r.bufs.length[idx[1]] = 0
+    with pytest.raises(DeviceError, match=rf"p0 TX queue 0: buffer {idx[1]} has length 0; a packet must be "
+                                          r"1\.\.1984 bytes"):
+        dev.tx_batch(0, idx)
+    with pytest.raises(DeviceError, match=r"p0 TX queue 0: buffer index 99999 is out of range \(the arena has "
+                                          r"2048 packet buffers\)"):
+        dev.tx_batch(0, np.array([99999], np.uint32))
+    assert dev.tx_pending(0) == 0 and int(dev._tx[0].avail[1]) == 0
+
+
+def test_a_full_tx_queue_takes_what_fits_and_the_rest_stays_the_callers(rig):
+    r = rig()
+    dev = r.open("p0")
+    idx = r.packets([b"y" * 60] * (RING + 10))
+    assert dev.tx_batch(0, idx) == RING
+    assert dev.tx_pending(0) == RING and dev.tx_posted(0) == RING
+    r.world.step()
+    assert dev.tx_batch(0, idx[RING:]) == 10           # the device finished the first ring: cleaned, room again
+    assert dev.tx_drain(0, timeout=5) == 0
+
+
+def test_rx_waits_when_the_mempool_is_empty(rig):
+    r = rig()
+    dev = r.open("p0")
+    port = r.world.ports["p0"]
+    taken = r.pools[0].alloc(r.pools[0].available())
+    frames = [bytes([i]) * 60 for i in range(5)]
+    assert port.receive(PacketBatch.from_frames(frames)) == 5
+    out = np.zeros(8, np.uint32)
+    assert dev.rx_batch(0, out) == 0                   # no fresh buffer to swap in: the frames wait
+    r.pools[0].free(taken)
+    assert receive_all(r, dev, 5) == frames
+
+
+def test_attach_takes_over_the_queues(rig):
+    r = rig()
+    opened = r.open("p0")
+    port = r.world.ports["p0"]
+    spec = r.spec("p0")
+    stage = VirtioDevice.attach(spec, r.arena, r.bufs, {0: r.pools[0]}, tx_done=r.home,
+                                sysfs_root=str(r.world.sysfs_root))
+    try:
+        frames = random_frames(np.random.default_rng(4), 20)
+        port.receive(PacketBatch.from_frames(frames))
+        assert receive_all(r, stage, 20) == frames
+        assert stage.mac == opened.mac and stage.read_stats().rx_packets == 20
+        with pytest.raises(DeviceError, match="resource busy"):
+            VirtioDevice.open(spec, r.arena, r.bufs, [r.pools[0]], sysfs_root=str(r.world.sysfs_root))
+    finally:
+        stage.close()
+
+
+def test_a_port_without_tx_done_does_not_transmit(rig):
+    r = rig()
+    i = 0
+    dev = VirtioDevice.open(r.spec("p0"), r.arena, r.bufs, [r.pools[i]], sysfs_root=str(r.world.sysfs_root),
+                            sleep=lambda s: r.world.step())
+    r.devices.append(dev)
+    with pytest.raises(DeviceError, match="opened without tx_done"):
+        dev.tx_batch(0, r.packets([b"z" * 60]))
+
+
+def test_reset_stats_starts_the_counts_again(rig):
+    r = rig()
+    dev = r.open("p0")
+    r.world.ports["p0"].receive(PacketBatch.from_frames([b"a" * 100] * 4))
+    assert len(receive_all(r, dev, 4)) == 4
+    assert dev.read_stats() == DeviceStats(rx_packets=4, rx_bytes=400)
+    dev.reset_stats()
+    assert dev.read_stats() == DeviceStats()
+
+
+def test_closing_the_port_resets_the_device(rig):
+    r = rig()
+    dev = r.open("p0")
+    port = r.world.ports["p0"]
+    r.devices.remove(dev)
+    dev.close()
+    r.world.step()
+    assert not port.queues[0].live and not port.queues[1].live
+    assert port.receive(PacketBatch.from_frames([b"b" * 60])) == 0 and port.rx_missed == 1

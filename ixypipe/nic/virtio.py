@@ -451,7 +451,7 @@ class VirtioDevice(Device):
             if self.tx_pending(queue) == 0:
                 return 0
             if attempt < polls:
-                time.sleep(DRAIN_POLL_INTERVAL)
+                self.transport.sleep(DRAIN_POLL_INTERVAL)     # (a test steps the software device here)
         pending = self.tx_pending(queue)
         log.warning("%s TX queue %d: %d descriptors still pending after %g s", self.name, queue, pending, timeout)
         return pending
