@@ -15,8 +15,9 @@ and two transports with one interface:
 Registers multiplexed by a select register (queue and feature selects) are
 written, then :meth:`settle` is called before the next selection: on
 silicon it is the read that flushes posted writes; on the software device
-(``simulated``), whose model sees only the latest value of each register, it
-also waits until the model has taken two steps (virtio_regs.SIM_*_STEPS).
+(``simulated``, or its directory has virtio_regs.SIM_MARKER), whose model
+sees only the latest value of each register, it also waits until the model
+has taken two steps (virtio_regs.SIM_*_STEPS).
 """
 
 from __future__ import annotations
@@ -342,6 +343,7 @@ def open_transport(address: str, sysfs_root: str | os.PathLike, transport: str, 
     if not path.is_dir():
         raise PciError(f"no such PCI device {address} (no {path}; `lspci -D` lists the machine's PCI addresses)")
     check_virtio_net(address, pci.read_identity(path))
+    simulated = simulated or (path / V.SIM_MARKER).exists()      # served by `ixypipe sim serve`, too
     caps = virtio_capabilities(read_config_space(path))
     modern = transport == "modern" or (transport == "auto" and V.CFG_COMMON in caps)
     if not modern:

@@ -197,6 +197,8 @@ SIM_NOTIFY_MULTIPLIER = 4
 # register (queue and feature selects) therefore need one model step between selections.  The model counts
 # its steps here (u32) and a driver opening a software device (spec.driver "sim") waits for two after such a
 # write (VirtioPci.settle); on silicon the same place is the status read that flushes posted writes.
+# A software device's directory carries SIM_MARKER (real sysfs never does), so any driver process finds it.
+SIM_MARKER = "ixypipe-sim-virtio"
 SIM_LEGACY_STEPS = 0x80                     # in resource0
 SIM_MODERN_STEPS = 0x3F00                   # in resource4
 SIM_CAP_START = 0x40                        # the first capability in config space

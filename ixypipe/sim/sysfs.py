@@ -197,6 +197,7 @@ def create_virtio_device(root: Path, address: str, transport: str) -> DeviceFile
     finally:
         os.close(fd)
     (d / "driver" / "unbind").write_text("")
+    (d / V.SIM_MARKER).write_text("a software virtio-net device: let its model step between register selections\n")
     (d / "vendor").write_text(f"{V.PCI_VENDOR_VIRTIO:#06x}\n")
     (d / "device").write_text(f"{device_id:#06x}\n")
     (d / "class").write_text(f"{CLASS_CODE_ETHERNET:#08x}\n")

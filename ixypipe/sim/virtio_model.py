@@ -381,8 +381,19 @@ class SimVirtioPort:
     # ---- transmit -------------------------------------------------------------------------
     def _transmit(self, q: VirtQueue) -> int:
         pending = min(self._pending(q, "tx"), MAX_TX_BATCH)
-        if pending == 0:
-            return 0
+        done = 0
+        while pending:
+            good = self._transmit_walk(q, pending)
+            done += good
+            pending -= good
+            # a foreign driver may have mapped more memory since the table was read: read it again, then retry
+            if self._info[0] != K.BAD_ADDRESS or not pending or not self.dma.after_miss():
+                break
+        if self._info[0] != K.OK:
+            self._walk_fault(q, "tx", self._info)
+        return done
+
+    def _transmit_walk(self, q: VirtQueue, pending: int) -> int:
         info = self._info
         info[:] = 0
         if self.walks is not None:
@@ -401,8 +412,6 @@ class SimVirtioPort:
                 deliver(batch)
             self.tx_sent += good
             self.tx_bytes += int(batch.lengths.sum())
-        if info[0] != K.OK:
-            self._walk_fault(q, "tx", info)
         return good
 
     # ---- receive --------------------------------------------------------------------------
@@ -430,23 +439,34 @@ class SimVirtioPort:
             return 0
         take = min(n, self._pending(q, "rx"))
         good = 0
-        if take:
-            info = self._info
-            info[:] = 0
-            if self.walks is not None:
-                base, size, owner, offset, bufs = self.dma.kernel_tables()
-                good = self.walks.rx_walk(q.desc, q.avail, q.used_hdr, q.used_ring, q.last_avail, take,
-                                          self._hdr_len(), self._allow(), base, size, owner, offset, bufs,
-                                          batch.data, batch.lengths, 0, info)
-            else:
-                good = rx_walk_numpy(q, batch, take, self._hdr_len(), self._allow(), self.dma, info)
-            if good:
-                q.last_avail = (q.last_avail + good) & 0xFFFF
-                self.rx_delivered += good
-                self.rx_bytes += int(info[5])
-            if info[0] != K.OK:
-                self._walk_fault(q, "rx", info)
+        info = self._info
+        info[:] = 0
+        while good < take:
+            got = self._receive_walk(q, batch, good, take - good)
+            good += got
+            if info[0] != K.BAD_ADDRESS or good == take or not self.dma.after_miss():
+                break
+        if info[0] != K.OK:
+            self._walk_fault(q, "rx", info)
         self.rx_missed += n - good
+        return good
+
+    def _receive_walk(self, q: VirtQueue, batch: PacketBatch, first: int, count: int) -> int:
+        """Frames ``batch[first:first + count]`` into the RX queue's next available chains."""
+        info = self._info
+        info[:] = 0
+        if self.walks is not None:
+            base, size, owner, offset, bufs = self.dma.kernel_tables()
+            good = self.walks.rx_walk(q.desc, q.avail, q.used_hdr, q.used_ring, q.last_avail, count,
+                                      self._hdr_len(), self._allow(), base, size, owner, offset, bufs,
+                                      batch.data, batch.lengths, first, info)
+        else:
+            part = batch if first == 0 else batch.take(slice(first, first + count))
+            good = rx_walk_numpy(q, part, count, self._hdr_len(), self._allow(), self.dma, info)
+        if good:
+            q.last_avail = (q.last_avail + good) & 0xFFFF
+            self.rx_delivered += good
+            self.rx_bytes += int(info[5])
         return good
 
     def detach(self) -> None:

@@ -176,6 +176,13 @@ def validate_ports(ports: list[SimPortConfig]) -> list[SimPortConfig]:
     return ports
 
 
+def bar_file(cfg: SimPortConfig) -> str:
+    """The resource file of a port's registers: an 82599's BAR0, a legacy virtio I/O BAR0, modern virtio's BAR4."""
+    if cfg.device == "virtio" and cfg.transport == "modern":
+        return f"resource{V.SIM_MODERN_BAR}"
+    return "resource0"
+
+
 def create_port_files(root: Path, cfg: SimPortConfig, address: str, index: int) -> sysfs.DeviceFiles:
     """The fake sysfs directory of simulated port ``index``: an 82599's or a virtio-net function's."""
     if cfg.device == "virtio":
@@ -198,8 +205,8 @@ class SimWorld:
         self.sysfs_root = Path(root) if root is not None else sysfs.make_root()
         self.addresses = {p.name: p.pci_address or sysfs.default_address(i) for i, p in enumerate(ports)}
         if foreign:
-            self.dma = ForeignDma([sysfs.device_dir(self.sysfs_root, a) / "resource0"
-                                   for a in self.addresses.values()])
+            self.dma = ForeignDma([sysfs.device_dir(self.sysfs_root, self.addresses[p.name]) / bar_file(p)
+                                   for p in self.configs])
         else:
             self.dma = DmaSpace(arena if isinstance(arena, (list, tuple)) else [arena])
         self.counters_array = counters if counters is not None else np.zeros(len(ports), SIM_COUNTERS_DTYPE)
@@ -270,13 +277,9 @@ class SimWorld:
 
     def _build_virtio(self, cfg: SimPortConfig, i: int, addr: str, create: bool) -> None:
         """A software virtio-net function at ``addr`` (its tree, its BAR mapped, its model)."""
-        if isinstance(self.dma, ForeignDma):
-            raise SimConfigError(f"port {cfg.name}: a software virtio-net device serves ixypipe's arenas only "
-                                 "(no foreign driver)")
         d = sysfs.device_dir(self.sysfs_root, addr)
         files = (create_port_files(self.sysfs_root, cfg, addr, i) if create else
-                 sysfs.DeviceFiles(addr, d, d / ("resource0" if cfg.transport == "legacy"
-                                                 else f"resource{V.SIM_MODERN_BAR}"), d / "config"))
+                 sysfs.DeviceFiles(addr, d, d / bar_file(cfg), d / "config"))
         bar_mm, bar = sysfs.map_file(files.bar_file)
         cfg_mm, config = sysfs.map_file(files.config_file)
         self._maps += [bar_mm, cfg_mm]
