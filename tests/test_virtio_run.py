@@ -36,3 +36,21 @@ def test_virtio_sim_as_shipped_says_accounting_ok():
     assert res.returncode == 0, res.stderr
     assert "accounting OK" in res.stdout
     assert "[p1] TX:" in res.stdout
+
+
+def test_preflight_checks_a_virtio_ports_pci_function(tmp_path):
+    from ixypipe.pipeline.config import parse_pipeline
+    from ixypipe.pipeline.preflight import preflight
+    from tests.support.fakesys import FakeDevice, make_tree
+
+    host = make_tree(tmp_path, [FakeDevice("0000:00:04.0", 0x1AF4, 0x1000, 0x020000, "virtio-pci", "virtio-pci"),
+                                FakeDevice("0000:03:00.0", 0x8086, 0x10FB, 0x020000, "ixgbe", "ixgbe")],
+                     drivers=["virtio-pci", "ixgbe"])
+    text = ('[[ports]]\nname = "p0"\ndriver = "virtio"\npci = "0000:00:04.0"\n'
+            '[[ports]]\nname = "p1"\ndriver = "virtio"\npci = "0000:03:00.0"\n')
+    cfg = parse_pipeline(text, tmp_path / "v.toml")
+    found = {f.what: f for f in preflight(cfg, sysfs_root=host.sysfs)}
+    good, bad = found["port p0: PCI device 0000:00:04.0"], found["port p1: PCI device 0000:03:00.0"]
+    assert good.ok and good.message == "a virtio-net function, bound to virtio-pci"
+    assert not bad.ok and bad.message == ("PCI device 0000:03:00.0 (vendor 0x8086, device 0x10fb) is not a virtio "
+                                         "device: the vendor is not 0x1af4")
