@@ -53,8 +53,8 @@ EXPECTED = {
                             "port names must be unique",
     "bad_driver": "ports[1].driver (line 13): must be one of 'sim', 'ixgbe', 'virtio', 'af_packet', 'pcap', got 'e1000'",
     "virtio_without_pci": "ports[1] (line 11): missing required key pci for an 'virtio' port (its PCI address, ",
-    "virtio_two_queues": "ports[0].rx_queues (line 10): a virtio port has one queue pair (the driver does not do MQ "
-                         "yet), got 2",
+    "virtio_unpaired_queues": "ports[0].tx_queues (line 11): a virtio port's queues come in pairs (MQ): rx_queues "
+                              "and tx_queues must be equal, at most 16; got 2 and 1",
     "transport_on_82599": "ports[0].transport (line 9): only for a virtio port (driver = \"virtio\", or a sim port "
                           "with device = \"virtio\")",
     "virtio_legacy_ring_sizes": "ports[0].tx_ring_size (line 12): a legacy virtio device has one queue size: "

@@ -410,3 +410,83 @@ def test_closing_the_port_resets_the_device(rig):
     r.world.step()
     assert not port.queues[0].live and not port.queues[1].live
     assert port.receive(PacketBatch.from_frames([b"b" * 60])) == 0 and port.rx_missed == 1
+
+
+# ---- several queue pairs (MQ) ------------------------------------------------------------------------------
+
+def test_queue_pairs_spread_flows_over_rx_queues_and_each_tx_queue_transmits(rig):
+    from ixypipe.sim.traffic import Generator
+
+    r = rig()
+    transport = r.world.ports["p0"].transport
+    r.close()
+    pairs = 4
+    arena = r.arena
+    bufs = PacketBuffers.create(arena, POOL * pairs, name="mq")
+    pools = [Mempool.create(arena, bufs, f"mq{i}", i * POOL, POOL, i) for i in range(pairs)]
+    world = SimWorld([SimPortConfig("p0", device="virtio", transport=transport, queue_pairs=pairs)], arena,
+                     hot_path=r.hot_path)
+    spec = PortSpec("p0", "sim", world.addresses["p0"], rx_queues=pairs, tx_queues=pairs, rx_ring_size=RING,
+                    tx_ring_size=RING, options={"hot_path": r.hot_path})
+    dev = VirtioDevice.open(spec, arena, bufs, pools, tx_done=Homing.to_pools(bufs, pools),
+                            sysfs_root=str(world.sysfs_root), sleep=lambda s: world.step())
+    try:
+        port = world.ports["p0"]
+        assert dev.features & V.bit(V.F_MQ) and dev.features & V.bit(V.F_CTRL_VQ)
+        assert port.pairs == pairs and all(q.live for q in port.queues)
+        gen = Generator(0, 60, 16, 0, 0, b"\x02" * 6, port.mac)
+        batch = gen.make(400)
+        flows = (np.arange(400) % 16)
+        assert port.receive(batch) == 400
+        out = np.zeros(512, np.uint32)
+        where = {}
+        frames = {}
+        for q in range(pairs):
+            n = dev.rx_batch(q, out)
+            for i in out[:n]:
+                f = bufs.packet(int(i)).tobytes()
+                frames[f] = q
+            pools[q].free(out[:n].copy())
+        assert len(frames) == 400                                    # every frame arrived, each once
+        for k in range(400):
+            q = frames[batch.frame(k)]
+            assert where.setdefault(int(flows[k]), q) == q           # a flow always reaches the same queue
+        assert sorted(set(where.values())) == list(range(pairs))     # and the flows use every queue
+        wire: list[bytes] = []
+        port.wire_out.append(lambda b: wire.extend(b.frame(i) for i in range(len(b))))
+        for q in range(pairs):
+            idx = pools[q].alloc(2)
+            for j, i in enumerate(idx):
+                bufs.write_packet(int(i), bytes([q, j]) * 30)
+            assert dev.tx_batch(q, idx) == 2
+        world.step()
+        assert sorted(wire) == sorted(bytes([q, j]) * 30 for q in range(pairs) for j in range(2))
+        assert world.faults == []
+    finally:
+        dev.close()
+        world.close()
+
+
+def test_a_queue_pair_beyond_pair_zero_without_mq_is_a_fault(rig, monkeypatch):
+    from ixypipe.nic import virtio
+    r = rig()
+    transport = r.world.ports["p0"].transport
+    r.close()
+    world = SimWorld([SimPortConfig("p0", device="virtio", transport=transport, queue_pairs=2)], r.arena,
+                     hot_path=r.hot_path)
+    r.world = world
+    real = virtio.driver_ok
+    extra = []
+
+    def with_queue_two(t, name):           # a buggy driver: one pair negotiated, a second pair's RX queue enabled
+        q = virtio.VirtioQueue(r.arena, "extra", RING, True, tx=False)
+        extra.append(q)
+        virtio.setup_queue(t, name, 2, q)
+        real(t, name)
+
+    monkeypatch.setattr(virtio, "driver_ok", with_queue_two)
+    dev = r.open("p0")
+    assert not dev.features & V.bit(V.F_MQ)
+    assert only_fault(r) == (f"port p0 rx queue 2 address {extra[0].dma_addr:#x}: virtqueue 2 is enabled, but MQ "
+                             "was not negotiated (without it only queues 0 and 1, and the control queue 2, exist)")
+    assert world.ports["p0"].queues[0].live and not world.ports["p0"].queues[2].live

@@ -3,16 +3,21 @@ through the virtio driver, every packet accounted."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support.runs import REPO, run, summary_of
 
 VIRTIO_SIM = REPO / "pipelines" / "virtio-sim.toml"
 COUNT = 20_000
 
 
-def test_virtio_sim_forwards_every_generated_packet_exactly(tmp_path):
-    # rate 0 (as fast as the RX virtqueue takes it) and a count: nothing is missed, so every counter is exact
+@pytest.mark.parametrize("pairs", [1, 2])
+def test_virtio_sim_forwards_every_generated_packet_exactly(tmp_path, pairs):
+    # rate 0 (as fast as the RX virtqueue takes it) and a count: nothing is missed, so every counter is exact;
+    # with two queue pairs (MQ) each port has two RX and two TX stages
     text = VIRTIO_SIM.read_text().replace("rate_mpps = 0.3", f"rate_mpps = 0\ncount = {COUNT}")
-    assert text.count(f"count = {COUNT}") == 2
+    text = text.replace("\nforward_to =", f"\nrx_queues = {pairs}\ntx_queues = {pairs}\nforward_to =")
+    assert text.count(f"count = {COUNT}") == 2 and text.count(f"rx_queues = {pairs}") == 2
     path = tmp_path / "virtio.toml"
     path.write_text(text)
     res = run([str(path), "--packets", str(2 * COUNT), "--json"], timeout=180)

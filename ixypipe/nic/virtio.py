@@ -2,7 +2,10 @@
 
 Owns the device's bring-up (virtio 1.x section 3.1.1, one small function
 per step), the virtqueues and the batch hot paths.  Queue 2k receives and
-2k+1 transmits for queue pair k (5.1.2).  Each virtqueue (descriptor table,
+2k+1 transmits for queue pair k (5.1.2); with several pairs the driver
+negotiates MQ and CTRL_VQ and enables them with MQ_VQ_PAIRS_SET on the
+control queue (5.1.6.5.5), and each pair is served by its own RX and TX
+stage like an 82599's RSS queues.  Each virtqueue (descriptor table,
 available ring, used ring, in the legacy layout so both transports take it)
 and the driver's per-queue state (buffer index per descriptor, TX's free
 descriptor stack, state words with the statistics) live in named regions of
@@ -46,6 +49,8 @@ DRAIN_POLL_INTERVAL = 0.001
 STATUS_TIMEOUT = 30.0
 LINK_SPEED_MBIT = 10000             # virtio-net reports no speed without SPEED_DUPLEX: ixy says 10G too
 _NOTHING = np.empty(0, np.uint32)
+CTRL_CMD_BYTES = 64                 # the control command's bytes: class, command, data, and the ack at CTRL_ACK_OFF
+CTRL_ACK_OFF = 8
 
 
 class VirtioQueue:
@@ -173,6 +178,35 @@ def driver_ok(t: virtio_pci.Transport, name: str) -> None:
                           "after DRIVER_OK")
 
 
+# 5.1.6.5.5 Automatic receive steering in multiqueue mode: VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET on the control queue
+def set_queue_pairs(t: virtio_pci.Transport, name: str, q: VirtioQueue, cmd: np.ndarray, cmd_addr: int,
+                    pairs: int) -> None:
+    """One command, three descriptors: class and command, the u16 pair count (device-readable), the ack byte."""
+    cmd[:] = 0
+    cmd[0], cmd[1] = V.CTRL_NET_MQ, V.CTRL_MQ_VQ_PAIRS_SET
+    cmd[V.CTRL_HDR_LEN:V.CTRL_HDR_LEN + 2] = np.frombuffer(pairs.to_bytes(2, "little"), np.uint8)
+    cmd[CTRL_ACK_OFF] = 0xFF
+    next_flag = np.uint64(V.DESC_F_NEXT) << np.uint64(V.DESC_FLAGS_SHIFT)
+    q.desc[0] = (cmd_addr, np.uint64(V.CTRL_HDR_LEN) | next_flag | (np.uint64(1) << np.uint64(V.DESC_NEXT_SHIFT)))
+    q.desc[1] = (cmd_addr + V.CTRL_HDR_LEN, np.uint64(2) | next_flag | (np.uint64(2) << np.uint64(V.DESC_NEXT_SHIFT)))
+    q.desc[2] = (cmd_addr + CTRL_ACK_OFF, np.uint64(1) | (np.uint64(V.DESC_F_WRITE) << np.uint64(V.DESC_FLAGS_SHIFT)))
+    used = int(q.used_hdr[1])
+    a = int(q.state[V.QSTATE_AVAIL])
+    q.avail[2 + (a & q.mask)] = 0
+    q.avail[1] = (a + 1) & 0xFFFF
+    q.state[V.QSTATE_AVAIL] = (a + 1) & 0xFFFF
+    if not q.device_suppresses_notify():
+        t.notify(int(q.state[V.QSTATE_NOTIFY]))
+    deadline = time.monotonic() + V.CTRL_TIMEOUT
+    while int(q.used_hdr[1]) == used:
+        if time.monotonic() > deadline:
+            raise DeviceError(f"port {name!r}: the device did not answer MQ_VQ_PAIRS_SET({pairs}) on the control "
+                              f"queue within {V.CTRL_TIMEOUT:g} s")
+        t.sleep(0.001)
+    if cmd[CTRL_ACK_OFF] != V.CTRL_OK:
+        raise DeviceError(f"port {name!r}: the device refused MQ_VQ_PAIRS_SET({pairs}) (ack {int(cmd[CTRL_ACK_OFF])})")
+
+
 def fill_rx(q: VirtioQueue, pool: Mempool, data_addr: np.ndarray, hdr_len: int, max_data: int) -> None:
     """Every descriptor holds a pool buffer (device-writable, header + a whole frame) and is available."""
     idx = pool.alloc_exact(q.entries)
@@ -194,9 +228,8 @@ def check_spec(spec: PortSpec) -> None:
     if spec.rx_queues != spec.tx_queues:
         raise DeviceError(f"{where}: virtio queues come in pairs: rx_queues ({spec.rx_queues}) must equal "
                           f"tx_queues ({spec.tx_queues})")
-    if spec.rx_queues != 1:
-        raise DeviceError(f"{where}: the virtio driver drives one queue pair (MQ is not done yet), got "
-                          f"{spec.rx_queues}")
+    if not 1 <= spec.rx_queues <= V.MAX_QUEUE_PAIRS:
+        raise DeviceError(f"{where}: a virtio port has 1..{V.MAX_QUEUE_PAIRS} queue pairs, got {spec.rx_queues}")
     for key in ("rx_ring_size", "tx_ring_size"):
         n = getattr(spec, key)
         if not V.MIN_QUEUE_SIZE <= n <= V.MAX_QUEUE_SIZE or n & (n - 1):
@@ -226,6 +259,12 @@ class VirtioDevice(Device):
                     for q in range(spec.rx_queues)]
         self._tx = [VirtioQueue(arena, f"{base}.txq{q}", spec.tx_ring_size, create, tx=True)
                     for q in range(spec.tx_queues)]
+        self._ctrl = None
+        if spec.rx_queues > 1:          # MQ: the control queue and the bytes of its one command
+            self._ctrl = VirtioQueue(arena, f"{base}.ctrl", spec.rx_ring_size, create, tx=False)
+            self._ctrl_cmd = arena.view(_region(arena, f"{base}.ctrl.cmd", RegionSize(CTRL_CMD_BYTES, align=64),
+                                                create), np.uint8)
+            self._ctrl_cmd_addr = int(arena.phys(arena.find(f"{base}.ctrl.cmd").offset))
         self._pools = rx_pools
         self._bad = np.zeros(4, np.int64)
         self._freed = {q: np.empty(txq.entries, np.uint32) for q, txq in enumerate(self._tx)}
@@ -256,8 +295,11 @@ class VirtioDevice(Device):
     # ---- life cycle ---------------------------------------------------------------------
     @classmethod
     def arena_regions(cls, spec: PortSpec) -> list[RegionSize]:
+        control = (VirtioQueue.arena_regions(spec.rx_ring_size, False) + [RegionSize(CTRL_CMD_BYTES, align=64)]
+                   if spec.rx_queues > 1 else [])
         return ([r for _ in range(spec.rx_queues) for r in VirtioQueue.arena_regions(spec.rx_ring_size, False)]
-                + [r for _ in range(spec.tx_queues) for r in VirtioQueue.arena_regions(spec.tx_ring_size, True)])
+                + [r for _ in range(spec.tx_queues) for r in VirtioQueue.arena_regions(spec.tx_ring_size, True)]
+                + control)
 
     @classmethod
     def open(cls, spec: PortSpec, arena: Arena, bufs: PacketBuffers, rx_pools: list[Mempool],
@@ -329,7 +371,15 @@ class VirtioDevice(Device):
             prepare_tx(txq)
             setup_queue(t, name, V.rx_queue_index(pair), rxq)
             setup_queue(t, name, V.tx_queue_index(pair), txq)
+        if self._ctrl is not None:
+            most = t.read("device", V.NET_CFG_MAX_PAIRS, 2)
+            if len(self._rx) > most:
+                raise DeviceError(f"port {name!r}: the device has at most {most} queue pairs, the port asks for "
+                                  f"{len(self._rx)}")
+            setup_queue(t, name, V.ctrl_queue_index(most, self.features), self._ctrl)
         driver_ok(t, name)
+        if self._ctrl is not None:
+            set_queue_pairs(t, name, self._ctrl, self._ctrl_cmd, self._ctrl_cmd_addr, len(self._rx))
         self._mac = self._read_config_mac()
         self._bind()
         log.debug("%s: virtio-net %s (%s), features %s, header %d bytes", name, self.spec.address, t.kind,
@@ -353,7 +403,7 @@ class VirtioDevice(Device):
             self.transport.set_status(0)
         for q in self._rx + self._tx:
             q.burst = None
-        self._rx, self._tx = [], []
+        self._rx, self._tx, self._ctrl, self._ctrl_cmd = [], [], None, None
         self.transport.close()
         self.transport = None
 

@@ -161,6 +161,15 @@ def net_hdr_len(features: int) -> int:
     return NET_HDR_MRG_LEN if features & (bit(F_MRG_RXBUF) | bit(F_VERSION_1)) else NET_HDR_LEN
 
 
+# ---- 5.1.6.5 Control Virtqueue: struct virtio_net_ctrl {class u8, command u8, data[], ack u8} ----------
+CTRL_HDR_LEN = 2
+CTRL_NET_MQ = 4                             # class
+CTRL_MQ_VQ_PAIRS_SET = 0                    # command; data: virtqueue_pairs u16
+CTRL_OK = 0
+CTRL_ERR = 1
+CTRL_TIMEOUT = 30.0                         # seconds the driver waits for the device to answer a command
+MAX_QUEUE_PAIRS = 16                        # what this driver drives (the spec allows 0x8000)
+
 # ---- queue indices (5.1.2) --------------------------------------------------------------------------
 def rx_queue_index(pair: int) -> int:
     return 2 * pair
@@ -168,6 +177,11 @@ def rx_queue_index(pair: int) -> int:
 
 def tx_queue_index(pair: int) -> int:
     return 2 * pair + 1
+
+
+def ctrl_queue_index(max_pairs: int, features: int) -> int:
+    """The control virtqueue comes after the device's queue pairs: 2 * max_virtqueue_pairs with MQ, else 2."""
+    return 2 * max_pairs if features & bit(F_MQ) else 2
 
 
 # ---- the driver's per-queue state words in the arena (its own layout, not the spec's) ---------------

@@ -32,6 +32,7 @@ from ixypipe.nic.device import HOT_PATHS, PortSpec
 from ixypipe.nic.registers import MFS_VLAN_EXTRA, OCTETS_FCS_LEN, rx_frame_limits
 from ixypipe.nic.vfio import IOMMU_MODES
 from ixypipe.nic.virtio_pci import TRANSPORTS as VIRTIO_TRANSPORTS
+from ixypipe.nic.virtio_regs import MAX_QUEUE_PAIRS
 from ixypipe.pcapfile import file_kind
 from ixypipe.sim.payload import (
     DEFAULT_VID,
@@ -202,7 +203,7 @@ class PortConfig:
         return SimPortConfig(
             name=self.name, pci_address=self.pci or None, iommu=self.iommu != "none", device=self.device,
             transport="legacy" if self.transport == "legacy" else "modern",
-            queue_size=max(self.rx_ring_size, self.tx_ring_size),
+            queue_size=max(self.rx_ring_size, self.tx_ring_size), queue_pairs=self.rx_queues,
             generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
                                       count=g.count, profile=g.profile, vlan=g.vlan) if g else None,
             sink=SinkConfig(mode=s.mode, expect_touch=s.expect_touch, pcap=s.pcap or None) if s else None)
@@ -807,13 +808,12 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
 
 def _virtio(r: _Reader, p: dict, key: str, fields: dict, rx_queues: int, tx_queues: int, rx_ring: int,
             tx_ring: int) -> None:
-    """A virtio port's keys: transport, mrg_rxbuf; one queue pair; a software one has no IOMMU."""
+    """A virtio port's keys: transport, mrg_rxbuf; queues in pairs; a software one has no IOMMU."""
     fields["transport"] = r.string(p, "transport", key, "auto", VIRTIO_TRANSPORTS)
     fields["mrg_rxbuf"] = r.boolean(p, "mrg_rxbuf", key, True)
-    if rx_queues != 1 or tx_queues != 1:
-        bad = "rx_queues" if rx_queues != 1 else "tx_queues"
-        raise r.fail(f"{key}.{bad}", "a virtio port has one queue pair (the driver does not do MQ yet), got "
-                                     f"{rx_queues if bad == 'rx_queues' else tx_queues}")
+    if rx_queues != tx_queues or rx_queues > MAX_QUEUE_PAIRS:
+        raise r.fail(f"{key}.tx_queues", f"a virtio port's queues come in pairs (MQ): rx_queues and tx_queues must "
+                                         f"be equal, at most {MAX_QUEUE_PAIRS}; got {rx_queues} and {tx_queues}")
     if fields.get("iommu", "none") != "none":
         raise r.fail(f"{key}.iommu", "a software virtio-net device has no simulated IOMMU")
     if fields["transport"] == "legacy" and rx_ring != tx_ring:

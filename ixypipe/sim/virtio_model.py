@@ -6,8 +6,12 @@
 two transports: **legacy** (device 0x1000, the I/O BAR0 as ``resource0``) or
 **modern** (device 0x1041, the common, notify, ISR and device structures in
 BAR4, named by vendor capabilities in config space).  It offers VERSION_1
-(modern) or ANY_LAYOUT (legacy), MAC, STATUS and MRG_RXBUF; one queue pair
-(queue 0 receives, 1 transmits), each of ``queue_size`` entries at most.
+(modern) or ANY_LAYOUT (legacy), MAC, STATUS and MRG_RXBUF, and with
+``queue_pairs`` > 1 MQ and CTRL_VQ: queue 2k receives and 2k+1 transmits for
+pair k, the control queue comes last and takes MQ_VQ_PAIRS_SET; frames are
+steered to a pair by the Toeplitz hash of their IPv4 5-tuple (the flow
+always reaches the same RX queue).  Every virtqueue has ``queue_size``
+entries at most.
 The device polls, so it sets USED_F_NO_NOTIFY in every used ring and never
 raises an interrupt.
 
@@ -39,7 +43,8 @@ showed, and shows the newly selected queue's; a driver must let the model
 step between selections (the driver's ``settle``, after the step counter at
 virtio_regs.SIM_*_STEPS).  Without MRG_RXBUF a frame is never split over
 buffers, with it neither (``num_buffers`` is always 1): a chain too small is
-a fault, not a merge.  No control queue, no MQ, no interrupts.
+a fault, not a merge.  The control queue knows MQ_VQ_PAIRS_SET only (others
+are acked with VIRTIO_NET_ERR).  No interrupts.
 
 Two implementations of the walks (``hot_path``): the numpy reference here
 (``tx_walk_numpy``/``rx_walk_numpy``, array by array over the entries and
@@ -55,11 +60,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ixypipe.nic import virtio_regs as V
-from ixypipe.nic.registers import PCI_CFG_COMMAND, PCI_COMMAND_BUS_MASTER
+from ixypipe.nic.registers import (
+    PCI_CFG_COMMAND,
+    PCI_COMMAND_BUS_MASTER,
+    RSS_DEFAULT_KEY,
+    RSS_FIELDS_IPV4,
+)
 from ixypipe.sim import virtio_kernels as K
 from ixypipe.sim.dma import DmaSpace
 from ixypipe.sim.model import HOT_PATHS, Fault
 from ixypipe.sim.payload import SIM_MAX_FRAME
+from ixypipe.sim.rss import RETA_INDEX_MASK, Rss
 from ixypipe.sim.traffic import PacketBatch
 
 log = logging.getLogger(__name__)
@@ -84,6 +95,7 @@ REASONS = {
                  "frame (frames are not split over buffers)",
 }
 DIRECTION_REASON = {"tx": "descriptor {desc} is device-writable (WRITE) in a transmit chain",
+                    "ctrl": "",
                     "rx": "descriptor {desc} is device-readable (no WRITE) in a receive chain"}
 
 
@@ -120,7 +132,8 @@ class SimVirtioPort:
     """The virtio-net device behind one fake PCI function (``bar``: resource0 or resource4 as uint8)."""
 
     def __init__(self, name: str, transport: str, bar: np.ndarray, mac: bytes, dma: DmaSpace,
-                 config: np.ndarray | None = None, queue_size: int = V.SIM_DEFAULT_QUEUE_SIZE, hot_path: str = "auto"):
+                 config: np.ndarray | None = None, queue_size: int = V.SIM_DEFAULT_QUEUE_SIZE, hot_path: str = "auto",
+                 queue_pairs: int = 1):
         if transport not in TRANSPORTS:
             raise ValueError(f"port {name}: virtio transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
         if hot_path not in HOT_PATHS:
@@ -142,7 +155,11 @@ class SimVirtioPort:
             K.warm()
         self.kernels = None             # the 82599's compiled generator path (world.py) does not apply
         self.compiled = self.walks is not None
-        self.offered = OFFERED[transport]
+        if not 1 <= queue_pairs <= V.MAX_QUEUE_PAIRS:
+            raise ValueError(f"port {name}: virtio queue pairs must be 1..{V.MAX_QUEUE_PAIRS}, got {queue_pairs}")
+        self.max_pairs = queue_pairs
+        self.offered = OFFERED[transport] | (V.bit(V.F_MQ) | V.bit(V.F_CTRL_VQ) if queue_pairs > 1 else 0)
+        self.rss = Rss()
         self.wire_out: list = []
         self.faults: list[Fault] = []
         self.rx_delivered = self.rx_bytes = self.rx_missed = 0
@@ -168,12 +185,14 @@ class SimVirtioPort:
         self.bar[:] = 0
         self.devcfg[V.NET_CFG_MAC:V.NET_CFG_MAC + 6] = np.frombuffer(self.mac, np.uint8)
         _put(self.devcfg, V.NET_CFG_STATUS, 2, V.NET_S_LINK_UP)
-        _put(self.devcfg, V.NET_CFG_MAX_PAIRS, 2, 1)
+        _put(self.devcfg, V.NET_CFG_MAX_PAIRS, 2, self.max_pairs)
         self._device_reset()
 
     def _device_reset(self) -> None:
         """Status 0 written: features, queues and the mirrors back to their reset values."""
-        self.queues = [VirtQueue(i) for i in range(2)]
+        control = 1 if self.offered & V.bit(V.F_CTRL_VQ) else 0
+        self.queues = [VirtQueue(i) for i in range(2 * self.max_pairs + control)]
+        self.pairs = 1                      # 5.1.6.5.5: queue pair 0 only, until MQ_VQ_PAIRS_SET
         self.features = 0
         self._running = False
         self._features_checked = False
@@ -303,10 +322,15 @@ class SimVirtioPort:
             self.regs[status_off] |= V.STATUS_NEEDS_RESET
             return
         self._running = True
+        ctrl = V.ctrl_queue_index(self.max_pairs, self.features) if self.features & V.bit(V.F_CTRL_VQ) else -1
         for q in self.queues:
             if not q.enabled:
                 continue
-            direction = "rx" if q.index % 2 == 0 else "tx"
+            direction = "ctrl" if q.index == ctrl else "rx" if q.index % 2 == 0 else "tx"
+            if q.index >= 2 and q.index != ctrl and not self.features & V.bit(V.F_MQ):
+                self._fault(q, direction, -1, q.desc_addr, f"virtqueue {q.index} is enabled, but MQ was not "
+                            "negotiated (without it only queues 0 and 1, and the control queue 2, exist)")
+                continue
             n = q.size
             if not V.MIN_QUEUE_SIZE <= n <= self.queue_size or n & (n - 1):
                 self._fault(q, direction, -1, q.desc_addr, f"queue size {n} is not a power of two up to "
@@ -342,9 +366,12 @@ class SimVirtioPort:
     # ---- the step -------------------------------------------------------------------------
     def step(self) -> int:
         work = self._control()
-        txq = self.queues[1]
-        if txq.live and self._bus_master():
-            work += self._transmit(txq)
+        if self._running and self._bus_master():
+            for txq in self.queues[1:2 * self.max_pairs:2]:
+                if txq.live:
+                    work += self._transmit(txq)
+            if len(self.queues) > 2 * self.max_pairs and self.queues[-1].live:
+                work += self._control_queue(self.queues[-1])
         self.steps += 1
         _put(self.bar, self.steps_at, 4, self.steps & 0xFFFFFFFF)
         return work
@@ -416,25 +443,43 @@ class SimVirtioPort:
 
     # ---- receive --------------------------------------------------------------------------
     def rx_ready(self) -> bool:
-        return self.queues[0].live and self._bus_master()
+        return self._bus_master() and any(q.live for q in self.queues[0:2 * self.pairs:2])
 
     def rx_free(self) -> np.ndarray:
-        q = self.queues[0]
-        if not q.live:
-            return np.zeros(1, np.int64)
-        return np.array([self._pending(q, "rx") if q.live else 0], np.int64)
+        """Available entries per RX queue (queue pair k's receiveq), 0 where it is not live."""
+        free = np.zeros(self.max_pairs, np.int64)
+        for k in range(self.pairs):
+            q = self.queues[2 * k]
+            if q.live:
+                free[k] = self._pending(q, "rx")
+        return free
 
     def classify(self, batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
-        """One queue pair: every frame to RX queue 0, hash 0."""
-        return np.zeros(len(batch), np.int64), np.zeros(len(batch), np.uint32)
+        """The queue pair of every frame (5.1.6.5.5: steered by flow; here the Toeplitz hash of its IPv4 5-tuple
+        with the usual key, modulo the pairs in use) and that hash."""
+        if self.pairs == 1 or len(batch) == 0:
+            return np.zeros(len(batch), np.int64), np.zeros(len(batch), np.uint32)
+        hashes = self.rss.hash(batch.data, RSS_FIELDS_IPV4, RSS_DEFAULT_KEY)
+        return ((hashes & np.uint32(RETA_INDEX_MASK)) % self.pairs).astype(np.int64), hashes
 
     def receive(self, batch: PacketBatch, queues=None, hashes=None) -> int:
         """Frames arriving from the wire; returns how many were delivered (the rest are missed)."""
         n = len(batch)
-        q = self.queues[0]
         if n == 0:
             return 0
         if not self.rx_ready():
+            self.rx_missed += n
+            return 0
+        if queues is None:
+            queues, hashes = self.classify(batch)
+        if self.pairs == 1 or (queues == queues[0]).all():
+            return self._receive_queue(self.queues[2 * int(queues[0])], batch)
+        return sum(self._receive_queue(self.queues[2 * int(k)], batch.take(np.flatnonzero(queues == k)))
+                   for k in np.unique(queues))
+
+    def _receive_queue(self, q: VirtQueue, batch: PacketBatch) -> int:
+        n = len(batch)
+        if not q.live:
             self.rx_missed += n
             return 0
         take = min(n, self._pending(q, "rx"))
@@ -450,6 +495,60 @@ class SimVirtioPort:
             self._walk_fault(q, "rx", info)
         self.rx_missed += n - good
         return good
+
+    # ---- the control virtqueue (5.1.6.5): rare, so plain Python over the chain --------------------------------
+    def _control_queue(self, q: VirtQueue) -> int:
+        pending = self._pending(q, "ctrl")
+        for _ in range(pending):
+            head = int(q.avail[2 + (q.last_avail & (len(q.desc) - 1))])
+            parts = self._ctrl_chain(q, head)
+            if parts is None:
+                return 1
+            readable = b"".join(bytes(self.dma.bufs[a][o:o + n]) for a, o, n, w in parts if not w)
+            writable = [(a, o, n) for a, o, n, w in parts if w]
+            if len(readable) < V.CTRL_HDR_LEN or not writable:
+                self._fault(q, "ctrl", head, 0, "a control command needs a class and command byte and a "
+                            "device-writable ack byte")
+                return 1
+            ack = V.CTRL_ERR
+            cls, cmd, data = readable[0], readable[1], readable[V.CTRL_HDR_LEN:]
+            if cls == V.CTRL_NET_MQ and cmd == V.CTRL_MQ_VQ_PAIRS_SET and len(data) >= 2:
+                want = int.from_bytes(data[:2], "little")
+                if self.features & V.bit(V.F_MQ) and 1 <= want <= self.max_pairs:
+                    self.pairs = want
+                    ack = V.CTRL_OK
+                else:
+                    log.warning("port %s: MQ_VQ_PAIRS_SET %d refused (MQ %s, at most %d pairs)", self.name, want,
+                                "negotiated" if self.features & V.bit(V.F_MQ) else "not negotiated", self.max_pairs)
+            a, o, _ = writable[-1]
+            self.dma.bufs[a][o] = ack
+            used = int(q.used_hdr[1])
+            q.used_ring[used & (len(q.desc) - 1)] = (head, 1)
+            q.used_hdr[1] = (used + 1) & 0xFFFF
+            q.last_avail = (q.last_avail + 1) & 0xFFFF
+        return pending
+
+    def _ctrl_chain(self, q: VirtQueue, head: int) -> list | None:
+        """(arena, offset, length, device-writable) of each descriptor of the chain at ``head``; None after a fault."""
+        n = len(q.desc)
+        parts, d = [], head
+        for _ in range(n + 1):
+            if d >= n:
+                self._fault(q, "ctrl", d, 0, f"descriptor {d} is past the {n}-entry ring")
+                return None
+            w1 = int(q.desc[d, 1])
+            addr, length, flags = int(q.desc[d, 0]), w1 & 0xFFFFFFFF, (w1 >> 32) & 0xFFFF
+            ok, arena, offset = self.dma.resolve([addr], [max(length, 1)])
+            if not ok[0]:
+                self._fault(q, "ctrl", d, addr, f"buffer [{addr:#x}, +{length}) of descriptor {d} is "
+                            f"{self.dma.outside}")
+                return None
+            parts.append((int(arena[0]), int(offset[0]), length, bool(flags & V.DESC_F_WRITE)))
+            if not flags & V.DESC_F_NEXT:
+                return parts
+            d = w1 >> 48
+        self._fault(q, "ctrl", head, 0, f"the descriptor chain from {head} loops (longer than the {n}-entry ring)")
+        return None
 
     def _receive_walk(self, q: VirtQueue, batch: PacketBatch, first: int, count: int) -> int:
         """Frames ``batch[first:first + count]`` into the RX queue's next available chains."""

@@ -85,6 +85,7 @@ class SimPortConfig:
     device: str = "82599"           # or "virtio": a software virtio-net function (sim/virtio_model.py)
     transport: str = "legacy"       # virtio: "legacy" (I/O BAR0) or "modern" (capabilities, BAR4)
     queue_size: int = V.SIM_DEFAULT_QUEUE_SIZE      # virtio: entries of each virtqueue (the most a driver may use)
+    queue_pairs: int = 1            # virtio: queue pairs offered (more than one: MQ and a control queue)
 
 
 @dataclass
@@ -286,7 +287,8 @@ class SimWorld:
         mac = cfg.mac or PORT_MAC_PREFIX + bytes((i,))
         try:
             self.ports[cfg.name] = SimVirtioPort(cfg.name, cfg.transport, bar, mac, self.dma, config=config,
-                                                 queue_size=cfg.queue_size, hot_path=self.hot_path)
+                                                 queue_size=cfg.queue_size, hot_path=self.hot_path,
+                                                 queue_pairs=cfg.queue_pairs)
         except ValueError as exc:
             raise SimConfigError(str(exc)) from None
 
