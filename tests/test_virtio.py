@@ -490,3 +490,25 @@ def test_a_queue_pair_beyond_pair_zero_without_mq_is_a_fault(rig, monkeypatch):
     assert only_fault(r) == (f"port p0 rx queue 2 address {extra[0].dma_addr:#x}: virtqueue 2 is enabled, but MQ "
                              "was not negotiated (without it only queues 0 and 1, and the control queue 2, exist)")
     assert world.ports["p0"].queues[0].live and not world.ports["p0"].queues[2].live
+
+
+def test_a_stage_that_attached_notifies_when_the_device_asks_for_it(rig):
+    r = rig()
+    opened = r.open("p0")
+    port = r.world.ports["p0"]
+    stage = VirtioDevice.attach(r.spec("p0"), r.arena, r.bufs, None, tx_done=r.home,
+                                sysfs_root=str(r.world.sysfs_root))
+    try:
+        bar = port.bar
+        where = (V.LEGACY_QUEUE_NOTIFY if port.transport == "legacy"
+                 else V.SIM_NOTIFY_OFF + 1 * V.SIM_NOTIFY_MULTIPLIER)      # the sim's queue_notify_off is the index
+        bar[where:where + 2] = 0xFF
+        assert stage.tx_batch(0, r.packets([b"n" * 60])) == 1
+        assert bar[where:where + 2].view("<u2")[0] == 0xFFFF          # NO_NOTIFY set: no notification
+        port.queues[1].used_hdr[0] = 0                                 # the device wants notifications now
+        assert stage.tx_batch(0, r.packets([b"m" * 60])) == 1
+        assert bar[where:where + 2].view("<u2")[0] == 1                # TX queue 1 notified
+    finally:
+        stage.close()
+    assert opened.tx_drain(0, timeout=5) == 0                          # both frames went out and home
+    assert r.pools[0].available() == POOL - RING

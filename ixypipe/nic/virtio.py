@@ -165,7 +165,7 @@ def setup_queue(t: virtio_pci.Transport, name: str, index: int, q: VirtioQueue) 
                           f"{q.entries}")
     q.avail[0] = V.AVAIL_F_NO_INTERRUPT          # this driver polls: no interrupts, please
     t.enable_queue(index, q.entries, q.dma_addr, q.avail_addr, q.used_addr)
-    q.state[V.QSTATE_NOTIFY] = getattr(t, "_notify_at", {}).get(index, index)
+    q.state[V.QSTATE_NOTIFY] = index | t.notify_offset(index) << 16     # for every process that notifies
 
 
 # 3.1.1 step 8: DRIVER_OK
@@ -196,7 +196,8 @@ def set_queue_pairs(t: virtio_pci.Transport, name: str, q: VirtioQueue, cmd: np.
     q.avail[1] = (a + 1) & 0xFFFF
     q.state[V.QSTATE_AVAIL] = (a + 1) & 0xFFFF
     if not q.device_suppresses_notify():
-        t.notify(int(q.state[V.QSTATE_NOTIFY]))
+        where = int(q.state[V.QSTATE_NOTIFY])
+        t.notify(where & 0xFFFF, where >> 16)
     deadline = time.monotonic() + V.CTRL_TIMEOUT
     while int(q.used_hdr[1]) == used:
         if time.monotonic() > deadline:
@@ -417,8 +418,12 @@ class VirtioDevice(Device):
             if self._pools[queue].debug:
                 self._pools[queue].note_popped(out[:got])
             if not rxq.device_suppresses_notify():
-                self.transport.notify(int(rxq.state[V.QSTATE_NOTIFY]))
+                self._notify(rxq)
         return got
+
+    def _notify(self, q: VirtioQueue) -> None:
+        where = int(q.state[V.QSTATE_NOTIFY])
+        self.transport.notify(where & 0xFFFF, where >> 16)
 
     def _bad_used(self, queue: int) -> DeviceError:
         kind, where, what, length = (int(v) for v in self._bad)
@@ -460,7 +465,7 @@ class VirtioDevice(Device):
         self._hand_back(queue, r >> 32)
         posted = r & 0xFFFFFFFF
         if posted and not txq.device_suppresses_notify():
-            self.transport.notify(int(txq.state[V.QSTATE_NOTIFY]))
+            self._notify(txq)
         return posted
 
     def _hand_back(self, queue: int, cleaned: int) -> None:

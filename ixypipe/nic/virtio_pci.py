@@ -207,7 +207,10 @@ class LegacyTransport(Transport):
         self.write("", V.LEGACY_QUEUE_PFN, 4, desc >> V.LEGACY_PFN_SHIFT)
         self.settle()
 
-    def notify(self, q: int) -> None:
+    def notify_offset(self, q: int) -> int:
+        return 0                    # legacy: one queue_notify register, written with the queue's index
+
+    def notify(self, q: int, offset: int) -> None:
         self.write("", V.LEGACY_QUEUE_NOTIFY, 2, q)
 
     def num_queues(self) -> int | None:
@@ -239,7 +242,6 @@ class ModernTransport(Transport):
                             V.CFG_DEVICE: "device"}.get(cfg_type, str(cfg_type))] = buf[offset:offset + length]
             self.notify_multiplier = caps[V.CFG_NOTIFY][3]
             self.sim_bar = self.maps.get(V.SIM_MODERN_BAR, (None, None))[1] if simulated else None
-            self._notify_at: dict[int, int] = {}
         except BaseException:
             self.views, self.maps = {}, {}
             self.close()
@@ -304,16 +306,20 @@ class ModernTransport(Transport):
         self.write("common", V.COMMON_Q_DESC, 8, desc)
         self.write("common", V.COMMON_Q_AVAIL, 8, avail)
         self.write("common", V.COMMON_Q_USED, 8, used)
+        self.notify_offset(q)
+        self.write("common", V.COMMON_Q_ENABLE, 2, 1)
+        self.settle()
+
+    def notify_offset(self, q: int) -> int:
+        """4.1.4.4: queue_notify_off x notify_off_multiplier, read while queue ``q`` is selected."""
         off = self.read("common", V.COMMON_Q_NOFF, 2) * self.notify_multiplier
         if off + 2 > len(self.views["notify"]):
             raise PciError(f"{self.path.name}: queue {q}'s notify address (offset {off:#x}) is outside the "
                            "notify structure")
-        self._notify_at[q] = off
-        self.write("common", V.COMMON_Q_ENABLE, 2, 1)
-        self.settle()
+        return off
 
-    def notify(self, q: int) -> None:
-        self.write("notify", self._notify_at[q], 2, q)
+    def notify(self, q: int, offset: int) -> None:
+        self.write("notify", offset, 2, q)
 
     def close(self) -> None:
         self.views = {}
