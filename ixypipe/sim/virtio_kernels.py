@@ -74,7 +74,7 @@ if AVAILABLE:
         flags = np.int64((w1 >> _S32) & np.uint64(0xFFFF))
         if flags & (_NEXT | _INDIR) == 0 and ((flags & _WRITE) != 0) == writable:     # the common case: one buffer
             length = np.int64(w1 & _U32)
-            run = _find(base, size, np.int64(desc[head, 0]), length) if length > 0 else np.int64(0)
+            run = _find(base, size, np.int64(desc[head, 0]), length) if length > 0 else np.int64(-1)
             if run >= 0:
                 return length, run
         d = head
@@ -134,12 +134,13 @@ if AVAILABLE:
                 if owner[lone] != own:
                     own = owner[lone]
                     buf = bufs[own]
-                o = offset[lone] + np.int64(desc[head, 0]) - base[lone]
-                for b in range(hdr_len):
+                o = np.uint64(offset[lone] + np.int64(desc[head, 0]) - base[lone])
+                for b in range(np.uint64(hdr_len)):       # unsigned indices: no wrap-around test, so it vectorizes
                     hb[b] = buf[o + b]
-                o += hdr_len
-                for b in range(frame):
-                    out[j, b] = buf[o + b]
+                o += np.uint64(hdr_len)
+                row = out[j]
+                for b in range(np.uint64(frame)):
+                    row[b] = buf[o + b]
             while lone < 0:
                 w1 = desc[d, 1]
                 length = np.int64(w1 & _U32)
@@ -209,14 +210,15 @@ if AVAILABLE:
                 if owner[lone] != own:
                     own = owner[lone]
                     buf = bufs[own]
-                o = offset[lone] + np.int64(desc[head, 0]) - base[lone]
-                for b in range(hdr_len):
+                o = np.uint64(offset[lone] + np.int64(desc[head, 0]) - base[lone])
+                for b in range(np.uint64(hdr_len)):       # unsigned indices: no wrap-around test, so it vectorizes
                     buf[o + b] = 0
                 if hdr_len == V.NET_HDR_MRG_LEN:
-                    buf[o + V.NET_HDR_NUM_BUFFERS] = 1
-                o += hdr_len
-                for b in range(flen):
-                    buf[o + b] = data[first + j, b]
+                    buf[o + np.uint64(V.NET_HDR_NUM_BUFFERS)] = 1
+                o += np.uint64(hdr_len)
+                row = data[first + j]
+                for b in range(np.uint64(flen)):
+                    buf[o + b] = row[b]
                 pos = end
             while pos < end:
                 w1 = desc[d, 1]
