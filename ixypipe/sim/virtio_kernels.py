@@ -63,20 +63,25 @@ if AVAILABLE:
     inline = jitcache.njit(__file__, nogil=True, boundscheck=False, inline="always")
 
     @inline
+    def _lone(desc, head, writable, base, size):
+        """The DMA run of the buffer when ``head`` is a lone, well-formed descriptor inside registered memory
+        (the common case, checked without walking a chain), else -1: then _check_chain walks and judges it."""
+        if head >= desc.shape[0]:
+            return -1
+        w1 = desc[head, 1]
+        flags = np.int64((w1 >> _S32) & np.uint64(0xFFFF))
+        length = np.int64(w1 & _U32)
+        if flags & (_NEXT | _INDIR) != 0 or ((flags & _WRITE) != 0) != writable or length <= 0:
+            return -1
+        return _find(base, size, np.int64(desc[head, 0]), length)
+
+    @jit
     def _check_chain(desc, head, writable, allow, base, size, info, j):
-        """Walk the chain from ``head``: returns (its total bytes, the DMA run of a lone descriptor or -1 for a
-        chain), or (-1, -1) with info filled."""
+        """Walk the chain from ``head``: returns its total bytes, or -1 with info filled."""
         n = desc.shape[0]
         if head >= n:
             info[0], info[1], info[2], info[3] = BAD_HEAD, j, head, 0
-            return -1, -1
-        w1 = desc[head, 1]
-        flags = np.int64((w1 >> _S32) & np.uint64(0xFFFF))
-        if flags & (_NEXT | _INDIR) == 0 and ((flags & _WRITE) != 0) == writable:     # the common case: one buffer
-            length = np.int64(w1 & _U32)
-            run = _find(base, size, np.int64(desc[head, 0]), length) if length > 0 else np.int64(-1)
-            if run >= 0:
-                return length, run
+            return -1
         d = head
         total = 0
         for _ in range(n + 1):
@@ -86,24 +91,24 @@ if AVAILABLE:
             addr = np.int64(desc[d, 0])
             if flags & _INDIR and not allow & ALLOW_INDIRECT:
                 info[0], info[1], info[2], info[3] = INDIRECT, j, d, addr
-                return -1, -1
+                return -1
             if ((flags & _WRITE) != 0) != writable:
                 info[0], info[1], info[2], info[3] = WRONG_DIRECTION, j, d, addr
-                return -1, -1
+                return -1
             if length > 0 and _find(base, size, addr, length) < 0:
                 info[0], info[1], info[2], info[3] = BAD_ADDRESS, j, d, addr
                 info[6] = length
-                return -1, -1
+                return -1
             total += length
             if not flags & _NEXT:
-                return total, -1
+                return total
             nxt = np.int64(w1 >> _S48)
             if nxt >= n:
                 info[0], info[1], info[2], info[3] = BAD_NEXT, j, d, nxt
-                return -1, -1
+                return -1
             d = nxt
         info[0], info[1], info[2], info[3] = LOOP, j, head, 0
-        return -1, -1
+        return -1
 
     @jit
     def tx_walk(desc, avail, used_hdr, used_ring, last_avail, count, hdr_len, allow, base, size, owner, offset,
@@ -121,7 +126,9 @@ if AVAILABLE:
         buf = bufs[0]
         for j in range(count):
             head = np.int64(avail[2 + ((last_avail + j) & mask)])
-            total, lone = _check_chain(desc, head, False, allow, base, size, info, j)
+            lone = _lone(desc, head, False, base, size)
+            total = np.int64(desc[head, 1] & _U32) if lone >= 0 else _check_chain(desc, head, False, allow, base,
+                                                                                  size, info, j)
             if total < 0:
                 break
             frame = total - hdr_len
@@ -135,11 +142,11 @@ if AVAILABLE:
                     own = owner[lone]
                     buf = bufs[own]
                 o = np.uint64(offset[lone] + np.int64(desc[head, 0]) - base[lone])
-                for b in range(np.uint64(hdr_len)):       # unsigned indices: no wrap-around test, so it vectorizes
-                    hb[b] = buf[o + b]
+                hb[V.NET_HDR_FLAGS] = buf[o + np.uint64(V.NET_HDR_FLAGS)]         # the header's fields checked
+                hb[V.NET_HDR_GSO_TYPE] = buf[o + np.uint64(V.NET_HDR_GSO_TYPE)]
                 o += np.uint64(hdr_len)
                 row = out[j]
-                for b in range(np.uint64(frame)):
+                for b in range(np.uint64(frame)):       # unsigned indices: no wrap-around test, so it vectorizes
                     row[b] = buf[o + b]
             while lone < 0:
                 w1 = desc[d, 1]
@@ -196,7 +203,9 @@ if AVAILABLE:
         buf = bufs[0]
         for j in range(count):
             head = np.int64(avail[2 + ((last_avail + j) & mask)])
-            total, lone = _check_chain(desc, head, True, allow, base, size, info, j)
+            lone = _lone(desc, head, True, base, size)
+            total = np.int64(desc[head, 1] & _U32) if lone >= 0 else _check_chain(desc, head, True, allow, base,
+                                                                                 size, info, j)
             if total < 0:
                 break
             flen = np.int64(lengths[first + j])
