@@ -59,3 +59,33 @@ def test_preflight_checks_a_virtio_ports_pci_function(tmp_path):
     assert good.ok and good.message == "a virtio-net function, bound to virtio-pci"
     assert not bad.ok and bad.message == ("PCI device 0000:03:00.0 (vendor 0x8086, device 0x10fb) is not a virtio "
                                          "device: the vendor is not 0x1af4")
+
+
+def test_the_first_run_of_virtio_sim_names_the_virtio_kernels_it_compiles(tmp_path):
+    from tests.test_fast_default import env_with, python
+
+    code = ("from ixypipe.pipeline.config import load_pipeline; from ixypipe.pipeline.firstrun import uncached; "
+            f"print(uncached(load_pipeline({str(VIRTIO_SIM)!r})))")
+    r = python(code, env_with(tmp_path, NUMBA_CACHE_DIR=str(tmp_path / "cache")))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(["ixypipe.memory.batchcheck", "ixypipe.workers.headers_jit",
+                                    "ixypipe.nic.virtio_jit", "ixypipe.sim.virtio_kernels"])
+
+
+def test_virtio_sim_on_the_numpy_paths_forwards_exactly(tmp_path):
+    import subprocess
+
+    from tests.support.runs import IXYPIPE
+    from tests.test_fast_default import env_with
+
+    count = 5000
+    path = tmp_path / "virtio.toml"
+    path.write_text(VIRTIO_SIM.read_text().replace("rate_mpps = 0.3", f"rate_mpps = 0\ncount = {count}"))
+    res = subprocess.run([*IXYPIPE, "run", str(path), "--packets", str(2 * count), "--json"], capture_output=True,
+                         text=True, timeout=300, cwd=REPO, env=env_with(tmp_path, IXYPIPE_NUMBA="off"))
+    assert res.returncode == 0, res.stderr
+    s = summary_of(res.stdout)
+    assert s["ok"] and (s["received"], s["transmitted"], s["in_flight"]) == (2 * count, 2 * count, 0)
+    for name in ("p0", "p1"):
+        sim = s["sim"][name]
+        assert (sim["generated"], sim["sink_received"], sim["sink_lost"], sim["sink_corrupt"]) == (count, count, 0, 0)
