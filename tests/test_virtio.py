@@ -512,3 +512,19 @@ def test_a_stage_that_attached_notifies_when_the_device_asks_for_it(rig):
         stage.close()
     assert opened.tx_drain(0, timeout=5) == 0                          # both frames went out and home
     assert r.pools[0].available() == POOL - RING
+
+
+def test_a_debug_pool_sees_every_buffer_the_rx_kernel_pops(rig):
+    # the kernel pops fresh buffers off the pool's stack itself; a debug pool must learn of them, or it calls
+    # their free, once they come back around the ring, a double free
+    r = rig()
+    r.pools[0] = Mempool.attach(r.arena, r.bufs, "pool0", debug=True)
+    dev = r.open("p0")
+    frames = [bytes([k % 251]) * 60 for k in range(3 * RING)]
+    for k in range(0, len(frames), 100):
+        r.world.ports["p0"].receive(PacketBatch.from_frames(frames[k:k + 100]))
+        assert receive_all(r, dev, len(frames[k:k + 100])) == frames[k:k + 100]    # each batch freed once
+    assert r.pools[0].available() == POOL - RING
+    # the pool counts what sits in the descriptors as taken: freeing one (as the supervisor's reclaim of a dead
+    # RX stage does) is no double free
+    r.pools[0].free(dev.rx_held(0))

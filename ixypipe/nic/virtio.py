@@ -415,8 +415,10 @@ class VirtioDevice(Device):
         if got < 0:
             raise self._bad_used(queue)
         if got:
-            if self._pools[queue].debug:
-                self._pools[queue].note_popped(out[:got])
+            if self._pools[queue].debug:     # the kernel popped fresh buffers into the used entries' descriptors
+                last = int(rxq.state[V.QSTATE_LAST_USED])
+                ids = rxq.used_ring[(last - got + np.arange(got)) & rxq.mask, 0]
+                self._pools[queue].note_popped(rxq.slot_buf[ids])
             if not rxq.device_suppresses_notify():
                 self._notify(rxq)
         return got
