@@ -528,3 +528,48 @@ def test_a_debug_pool_sees_every_buffer_the_rx_kernel_pops(rig):
     # the pool counts what sits in the descriptors as taken: freeing one (as the supervisor's reclaim of a dead
     # RX stage does) is no double free
     r.pools[0].free(dev.rx_held(0))
+
+
+# ---- descriptor chains (a foreign driver may split header and frame): gathered and scattered exactly ------------
+
+def test_a_tx_chain_is_gathered_header_first_then_the_frame(rig):
+    r = rig()
+    dev = r.open("p0")
+    wire: list[bytes] = []
+    r.world.ports["p0"].wire_out.append(lambda b: wire.extend(b.frame(i) for i in range(len(b))))
+    txq = dev._tx[0]
+    hdr = int(txq.state[V.QSTATE_HDR_LEN])
+    frame = bytes(range(100))
+    b = r.pools[0].alloc_exact(3)
+    r.bufs.data[b[0], :hdr] = 0                              # the header alone
+    r.bufs.data[b[1], :30] = np.frombuffer(frame[:30], np.uint8)
+    r.bufs.data[b[2], :70] = np.frombuffer(frame[30:], np.uint8)
+    nxt = np.uint64(V.DESC_F_NEXT << V.DESC_FLAGS_SHIFT)
+    txq.desc[5] = (r.bufs.data_phys[b[0]], np.uint64(hdr) | nxt | np.uint64(9 << V.DESC_NEXT_SHIFT))
+    txq.desc[9] = (r.bufs.data_phys[b[1]], np.uint64(30) | nxt | np.uint64(7 << V.DESC_NEXT_SHIFT))
+    txq.desc[7] = (r.bufs.data_phys[b[2]], np.uint64(70))
+    txq.avail[2] = 5
+    txq.avail[1] = 1
+    r.world.step()
+    assert wire == [frame]
+    assert txq.used_hdr[1] == 1 and tuple(txq.used_ring[0]) == (5, 0)
+    assert r.world.faults == []
+
+
+def test_an_rx_chain_is_filled_header_first_then_the_frame(rig):
+    r = rig()
+    dev = r.open("p0")
+    rxq = dev._rx[0]
+    hdr = int(rxq.state[V.QSTATE_HDR_LEN])
+    nxt = np.uint64(V.DESC_F_NEXT << V.DESC_FLAGS_SHIFT)
+    write = np.uint64(V.DESC_F_WRITE << V.DESC_FLAGS_SHIFT)
+    bufs = [int(rxq.slot_buf[d]) for d in (0, 1, 2)]
+    rxq.desc[0, 1] = np.uint64(20) | write | nxt | np.uint64(1 << V.DESC_NEXT_SHIFT)
+    rxq.desc[1, 1] = np.uint64(20) | write | nxt | np.uint64(2 << V.DESC_NEXT_SHIFT)
+    frame = bytes(range(100, 200))
+    assert r.world.ports["p0"].receive(PacketBatch.from_frames([frame])) == 1
+    assert rxq.used_hdr[1] == 1 and tuple(rxq.used_ring[0]) == (0, hdr + 100)
+    image = b"".join(r.bufs.raw[bufs[k], 64 - hdr:64 - hdr + n].tobytes() for k, n in ((0, 20), (1, 20), (2, 100)))
+    expect_hdr = bytes(hdr) if hdr == V.NET_HDR_LEN else bytes(10) + b"\x01\x00"     # num_buffers 1
+    assert image[:hdr + 100] == expect_hdr + frame
+    assert r.world.faults == []
