@@ -111,3 +111,18 @@ def test_a_driver_process_forwards_between_two_served_virtio_ports(tmp_path, tra
         assert (c.gen_bytes, c.tx_bytes) == (COUNT * size, COUNT * other)
         assert (c.sink_lost, c.sink_reordered, c.sink_corrupt, c.sink_untouched, c.dma_faults) == (0, 0, 0, 0, 0)
     assert not root.exists()
+
+
+def test_sim_serve_command_serves_virtio_net_functions():
+    from click.testing import CliRunner
+
+    from ixypipe.cli import main
+    result = CliRunner().invoke(main, ["sim", "serve", "--ports", "1", "--device", "virtio", "--transport", "legacy",
+                                       "--duration", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    served = [line for line in lines if line.startswith("port ")]
+    assert len(served) == 1 and "0000:5e:00.0" in served[0]
+    assert any(line.startswith("final p0: gen 0") and line.endswith("dma faults 0") for line in lines)
+    bad = CliRunner().invoke(main, ["sim", "serve", "--device", "e1000"])
+    assert bad.exit_code == 2 and "'e1000' is not one of '82599', 'virtio'" in bad.output
