@@ -70,7 +70,8 @@ class VirtioQueue:
         self.used_hdr = used[:V.RING_HEADER].view("<u2")
         self.used_ring = used[V.RING_HEADER:V.RING_HEADER + V.USED_ELEM_SIZE * entries].view("<u4").reshape(entries, 2)
         self.ring_bytes = ring
-        self.dma_addr = int(arena.phys(regions["ring"].offset))
+        self.ring_offset = regions["ring"].offset
+        self.dma_addr = int(arena.phys(self.ring_offset))     # the transport may say otherwise (VirtioDevice)
         self.slot_buf = arena.view(regions["bufs"], np.uint32)
         self.state = arena.view(regions["state"], np.uint64)
         self.free_ids = arena.view(regions["free"], np.uint32) if tx else None
@@ -265,7 +266,13 @@ class VirtioDevice(Device):
             self._ctrl = VirtioQueue(arena, f"{base}.ctrl", spec.rx_ring_size, create, tx=False)
             self._ctrl_cmd = arena.view(_region(arena, f"{base}.ctrl.cmd", RegionSize(CTRL_CMD_BYTES, align=64),
                                                 create), np.uint8)
-            self._ctrl_cmd_addr = int(arena.phys(arena.find(f"{base}.ctrl.cmd").offset))
+        # what the device is told: physical addresses on PCI, the frontend's addresses over vhost-user
+        self._data_addr = transport.dma_addresses(bufs.arena, bufs.offset + np.arange(bufs.count, dtype=np.uint64)
+                                                  * np.uint64(bufs.buf_size) + np.uint64(PKTBUF_HEADROOM))
+        for q in self._rx + self._tx + ([self._ctrl] if self._ctrl is not None else []):
+            q.dma_addr = int(transport.dma_addresses(arena, q.ring_offset))
+        if self._ctrl is not None:
+            self._ctrl_cmd_addr = int(transport.dma_addresses(arena, arena.find(f"{base}.ctrl.cmd").offset))
         self._pools = rx_pools
         self._bad = np.zeros(4, np.int64)
         self._freed = {q: np.empty(txq.entries, np.uint32) for q, txq in enumerate(self._tx)}
@@ -284,13 +291,13 @@ class VirtioDevice(Device):
             if pool is not None:
                 stack, top = pool.free_stack()
                 rxq.burst = functools.partial(k.rx_burst, rxq.desc, rxq.avail, rxq.used_hdr, rxq.used_ring,
-                                              rxq.slot_buf, rxq.state, bufs.length, bufs.data_phys, stack, top,
+                                              rxq.slot_buf, rxq.state, bufs.length, self._data_addr, stack, top,
                                               self._bad)
         for q, txq in enumerate(self._tx):
             hlen = int(txq.state[V.QSTATE_HDR_LEN])
             hdr = bufs.raw[:, PKTBUF_HEADROOM - hlen:PKTBUF_HEADROOM]
             txq.burst = functools.partial(k.tx_burst, txq.desc, txq.avail, txq.used_hdr, txq.used_ring,
-                                          txq.slot_buf, txq.state, txq.free_ids, bufs.length, bufs.data_phys, hdr,
+                                          txq.slot_buf, txq.state, txq.free_ids, bufs.length, self._data_addr, hdr,
                                           self._freed[q], self._lohi, self._error, bufs.max_data)
 
     # ---- life cycle ---------------------------------------------------------------------
@@ -368,7 +375,7 @@ class VirtioDevice(Device):
         for q in self._rx + self._tx:
             q.state[V.QSTATE_HDR_LEN] = hdr_len
         for pair, (rxq, txq) in enumerate(zip(self._rx, self._tx, strict=True)):
-            fill_rx(rxq, self._pools[pair], self.bufs.data_phys, hdr_len, self.bufs.max_data)
+            fill_rx(rxq, self._pools[pair], self._data_addr, hdr_len, self.bufs.max_data)
             prepare_tx(txq)
             setup_queue(t, name, V.rx_queue_index(pair), rxq)
             setup_queue(t, name, V.tx_queue_index(pair), txq)

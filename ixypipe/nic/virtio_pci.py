@@ -136,6 +136,11 @@ class Transport:
     def set_status(self, value: int) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def dma_addresses(arena, offsets):
+        """What the device is told for these arena offsets: their physical addresses (PCI, no IOMMU)."""
+        return arena.phys(offsets)
+
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
