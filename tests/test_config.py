@@ -51,7 +51,10 @@ EXPECTED = {
     "bad_port_name": "ports[1].name (line 12): must be 1 to 15 of A-Z a-z 0-9 _ -, got 'port one'",
     "duplicate_port_names": "ports[1].name (line 12): duplicate port name 'p0' (already ports[0]); "
                             "port names must be unique",
-    "bad_driver": "ports[1].driver (line 13): must be one of 'sim', 'ixgbe', 'virtio', 'af_packet', 'pcap', got 'e1000'",
+    "bad_driver": "ports[1].driver (line 13): must be one of 'sim', 'ixgbe', 'virtio', 'vhost-user', 'af_packet', 'pcap', "
+                  "got 'e1000'",
+    "vhost_user_without_socket": "ports[0] (line 6): missing required key socket for a 'vhost-user' port (the "
+                                 "backend's unix socket, e.g. \"/tmp/vhost-user0.sock\")",
     "virtio_without_pci": "ports[1] (line 11): missing required key pci for an 'virtio' port (its PCI address, ",
     "virtio_unpaired_queues": "ports[0].tx_queues (line 11): a virtio port's queues come in pairs (MQ): rx_queues "
                               "and tx_queues must be equal, at most 16; got 2 and 1",

@@ -17,6 +17,7 @@ DRIVERS = {
     "ixgbe": ("ixypipe.nic.ixgbe", "IxgbeDevice"),
     "sim": ("ixypipe.nic.ixgbe", "IxgbeDevice"),
     "virtio": ("ixypipe.nic.virtio", "VirtioDevice"),
+    "vhost-user": ("ixypipe.nic.vhost_user", "VhostUserDevice"),
     "af_packet": ("ixypipe.nic.af_packet", "AfPacketDevice"),
     "pcap": ("ixypipe.nic.pcap", "PcapDevice"),
 }

@@ -13,15 +13,16 @@ backend that wants notifications gets a write on the kick eventfd.  The
 backend has no config space here: the port's MAC is made from the socket
 path (locally administered) and its link is up while connected.
 
-This is the frontend in client mode, opened in one process (the stage
-processes of a pipeline would need the memory table's addresses of the
-opener: not done yet, nor server mode or reconnection).
+This is the frontend in client mode.  The process that opens the port keeps
+the socket; stage processes attach with the opener's addresses (carried in
+the port spec) and no socket.  Not done yet: server mode, reconnection.
 """
 
 from __future__ import annotations
 
 import array
 import hashlib
+import logging
 import os
 import socket
 import struct
@@ -32,7 +33,10 @@ import numpy as np
 
 from ixypipe.memory.arena import Arena
 from ixypipe.nic import virtio_regs as V
-from ixypipe.nic.device import DeviceError
+from ixypipe.nic.device import DeviceError, PortSpec
+from ixypipe.nic.virtio import VirtioDevice, check_spec
+
+log = logging.getLogger(__name__)
 
 # ---- the protocol (vhost-user.rst) ------------------------------------------------------------------
 GET_FEATURES, SET_FEATURES, SET_OWNER = 1, 2, 3
@@ -73,6 +77,16 @@ def _reply(sock: socket.socket, request: int, size: int) -> bytes:
     return payload
 
 
+def made_up_config(path: Path) -> np.ndarray:
+    """The net config a vhost-user port has without the backend's: a locally administered unicast MAC made from the
+    socket path (the same in every process), link up."""
+    digest = hashlib.sha256(str(path).encode()).digest()
+    config = np.zeros(V.NET_CFG_SIZE, np.uint8)
+    config[:6] = np.frombuffer(bytes([0x02]) + digest[:5], np.uint8)
+    config[V.NET_CFG_STATUS] = V.NET_S_LINK_UP
+    return config
+
+
 class VhostUserTransport:
     """What VirtioDevice's init steps need (the PCI transports' interface), over a vhost-user socket."""
     kind = "modern"                 # VERSION_1 is required, features are confirmed with FEATURES_OK
@@ -81,6 +95,7 @@ class VhostUserTransport:
         self.path = Path(socket_path)
         self.sleep = sleep
         self.arenas = arenas
+        self.bases = {a.name: a.buf.ctypes.data for a in arenas}
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         deadline = time.monotonic() + timeout
         while True:
@@ -99,10 +114,7 @@ class VhostUserTransport:
         self._kicks: dict[int, int] = {}
         self._calls: dict[int, int] = {}
         self._mem_sent = False
-        digest = hashlib.sha256(str(self.path).encode()).digest()
-        self._config = np.zeros(V.NET_CFG_SIZE, np.uint8)
-        self._config[:6] = np.frombuffer(bytes([0x02]) + digest[:5], np.uint8)    # locally administered, unicast
-        self._config[V.NET_CFG_STATUS] = V.NET_S_LINK_UP
+        self._config = made_up_config(self.path)
         _send(self.sock, SET_OWNER)
 
     # ---- status and features (no device status over vhost-user: kept here) --------------------------------
@@ -128,19 +140,18 @@ class VhostUserTransport:
         """The device config this frontend makes up: MAC from the socket path, link up."""
         return int.from_bytes(self._config[offset:offset + size].tobytes(), "little")
 
-    @staticmethod
-    def dma_addresses(arena: Arena, offsets):
-        """This process's virtual addresses: the memory table maps them 1:1 (guest_phys_addr = userspace_addr)."""
-        return np.asarray(offsets, dtype=np.uint64) + np.uint64(arena.buf.ctypes.data)
+    def dma_addresses(self, arena: Arena, offsets):
+        """The opener's virtual addresses: the memory table maps them 1:1 (guest_phys_addr = userspace_addr)."""
+        return np.asarray(offsets, dtype=np.uint64) + np.uint64(self.bases[arena.name])
 
     # ---- memory and vrings ------------------------------------------------------------------------------
     def _send_memory_table(self) -> None:
         regions, fds = [], []
-        for arena in self.arenas:
+        for arena in self.arenas:       # its (first) file: buffers and rings; a control file holds neither
             fd = os.open(arena.path, os.O_RDWR)
             fds.append(fd)
-            base = arena.buf.ctypes.data
-            regions.append(REGION.pack(base, arena.size, base, 0))
+            base = self.bases[arena.name]
+            regions.append(REGION.pack(base, os.fstat(fd).st_size, base, 0))
         if len(regions) > MAX_REGIONS:
             raise VhostUserError(f"vhost-user carries at most {MAX_REGIONS} memory regions, got {len(regions)}")
         try:
@@ -182,28 +193,92 @@ class VhostUserTransport:
         self._kicks, self._calls = {}, {}
 
 
-def open_vhost_user(spec, arena: Arena, bufs, rx_pools: list, tx_done=None, sleep=time.sleep,
-                    hot_path: str | None = None):
-    """Connect to the backend at ``spec.address`` (a socket path) and set the port up like a virtio-net device."""
-    from ixypipe.nic.virtio import VirtioDevice, check_spec
 
-    check_spec(spec)
-    if len(rx_pools) != spec.rx_queues:
-        raise DeviceError(f"port {spec.name!r}: {spec.rx_queues} RX queues need {spec.rx_queues} mempools, "
-                          f"got {len(rx_pools)}")
-    for what, a in (("device", arena), ("packet", bufs.arena)):
-        if not a.hugepages:
-            raise DeviceError(f"port {spec.name!r}: the {what} arena {a.name} is not on hugepages; a vhost-user "
-                              "backend maps the frontend's memory from hugetlbfs files")
-    t = VhostUserTransport(spec.address, [arena] if bufs.arena is arena else [arena, bufs.arena], sleep)
-    dev = None
-    try:
-        dev = VirtioDevice(spec, t, arena, bufs, dict(enumerate(rx_pools)), tx_done, create=True, owner=True,
-                           hot_path=hot_path)
-        dev.init_device(bool(spec.options.get("mrg_rxbuf", True)))
-    except BaseException:
-        if dev is not None:
-            dev._return_ring_buffers()
-        t.close()
-        raise
-    return dev
+class StageTransport:
+    """What a stage process that attached to a vhost-user port needs: the opener's addresses and config.
+
+    It has no socket and no kick eventfd: a backend that polls (DPDK's net_vhost sets USED_F_NO_NOTIFY) never
+    needs one; one that asks for notifications is told once in the log that stage processes cannot give them."""
+    kind = "modern"
+
+    def __init__(self, socket_path: str, bases: dict[str, int], sleep=time.sleep):
+        self.path = Path(socket_path)
+        self.bases = dict(bases)
+        self.sleep = sleep
+        self._config = made_up_config(self.path)
+        self._warned = False
+
+    def read(self, where: str, offset: int, size: int) -> int:
+        return int.from_bytes(self._config[offset:offset + size].tobytes(), "little")
+
+    def dma_addresses(self, arena: Arena, offsets):
+        try:
+            base = self.bases[arena.name]
+        except KeyError:
+            raise DeviceError(f"vhost-user port on {self.path}: arena {arena.name} is not in its memory table") from None
+        return np.asarray(offsets, dtype=np.uint64) + np.uint64(base)
+
+    def notify(self, q: int, offset: int) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("vhost-user backend on %s asks for notifications on queue %d; a stage process has no kick "
+                        "eventfd, so it relies on the backend polling", self.path, q)
+
+    def set_status(self, value: int) -> None:
+        """Only the opener speaks to the backend."""
+
+    def close(self) -> None:
+        pass
+
+
+class VhostUserDevice(VirtioDevice):
+    """A virtio-net device behind a vhost-user socket (``spec.address``), client mode."""
+    driver_name = "vhost-user"
+
+    @classmethod
+    def open(cls, spec: PortSpec, arena: Arena, bufs, rx_pools: list, tx_done=None, sleep=time.sleep,
+             hot_path: str | None = None, **_ignored) -> VhostUserDevice:
+        """Connect to the backend and set the port up (the memory table, every vring)."""
+        check_spec(spec)
+        if spec.rx_queues != 1:
+            raise DeviceError(f"port {spec.name!r}: a vhost-user port has one queue pair so far, got {spec.rx_queues}")
+        if len(rx_pools) != spec.rx_queues:
+            raise DeviceError(f"port {spec.name!r}: {spec.rx_queues} RX queues need {spec.rx_queues} mempools, "
+                              f"got {len(rx_pools)}")
+        if spec.options.get("mode", "client") != "client":
+            raise DeviceError(f"port {spec.name!r}: vhost-user mode {spec.options['mode']!r} is not done yet; "
+                              "use mode = \"client\" with a backend that listens (e.g. DPDK's net_vhost)")
+        t = VhostUserTransport(spec.address, [arena] if bufs.arena is arena else [arena, bufs.arena], sleep)
+        dev = None
+        try:
+            dev = cls(spec, t, arena, bufs, dict(enumerate(rx_pools)), tx_done, create=True, owner=True,
+                      hot_path=hot_path)
+            dev.init_device(bool(spec.options.get("mrg_rxbuf", True)))
+        except BaseException:
+            if dev is not None:
+                dev._return_ring_buffers()
+            t.close()
+            raise
+        spec.options["vhost_user_bases"] = dict(t.bases)     # for the stage processes (VhostUserDevice.attach)
+        return dev
+
+    @classmethod
+    def attach(cls, spec: PortSpec, arena: Arena, bufs, rx_pools: dict | None, tx_done=None, sleep=time.sleep,
+               hot_path: str | None = None, **_ignored) -> VhostUserDevice:
+        """Use the rings another process set up, with its addresses (no socket: the opener keeps it)."""
+        check_spec(spec)
+        bases = spec.options.get("vhost_user_bases")
+        if bases is None:
+            raise DeviceError(f"port {spec.name!r}: open the vhost-user port (VhostUserDevice.open) before attaching")
+        dev = cls(spec, StageTransport(spec.address, bases, sleep), arena, bufs, dict(rx_pools or {}), tx_done,
+                  create=False, owner=False, hot_path=hot_path)
+        dev._mac = dev._read_config_mac()
+        dev._bind()
+        return dev
+
+
+
+def open_vhost_user(spec, arena: Arena, bufs, rx_pools: list, tx_done=None, sleep=time.sleep,
+                    hot_path: str | None = None) -> VhostUserDevice:
+    """Connect to the backend at ``spec.address`` (a socket path) and set the port up like a virtio-net device."""
+    return VhostUserDevice.open(spec, arena, bufs, rx_pools, tx_done=tx_done, sleep=sleep, hot_path=hot_path)

@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     from ixypipe.sim.world import SimPortConfig
 
 # ---- schema limits --------------------------------------------------------------------------
-DRIVERS = ("sim", "ixgbe", "virtio", "af_packet", "pcap")
+DRIVERS = ("sim", "ixgbe", "virtio", "vhost-user", "af_packet", "pcap")
+VHOST_USER_MODES = ("client",)         # server mode is not done yet
 SIM_DEVICES = ("82599", "virtio")          # what a sim port's device is (ixypipe.sim.world)
 HUGEPAGE_MODES = ("auto", "require", "never")
 STAGE_DEATH_POLICIES = ("stop", "restart")
@@ -176,7 +177,9 @@ class PortConfig:
     share: bool = False             # ixgbe, af_packet: run beside other pipelines on this device on purpose
     device: str = "82599"           # sim: the software device, "82599" or "virtio" (then driven by the virtio driver)
     transport: str = "auto"         # virtio, sim virtio: "legacy", "modern" or "auto" (a sim device: modern)
-    mrg_rxbuf: bool = True          # virtio, sim virtio: negotiate MRG_RXBUF when offered (12-byte header)
+    mrg_rxbuf: bool = True          # virtio, sim virtio, vhost-user: negotiate MRG_RXBUF when offered (12-byte header)
+    socket: str = ""                # vhost-user: the backend's unix socket (absolute; relative ones from the file)
+    vhost_mode: str = "client"      # vhost-user: "client" (the backend listens)
 
     def to_spec(self) -> PortSpec:
         """The driver's view of this port: address = pci / interface / path, extras in options."""
@@ -190,8 +193,10 @@ class PortConfig:
         if self.driver == "virtio" or self.device == "virtio":
             options = {"device": "virtio", "transport": self.transport, "mrg_rxbuf": self.mrg_rxbuf,
                        "hot_path": self.hot_path}
-        address = {"ixgbe": self.pci, "sim": self.pci, "virtio": self.pci, "af_packet": self.interface,
-                   "pcap": self.path}[self.driver]
+        elif self.driver == "vhost-user":
+            options = {"mode": self.vhost_mode, "mrg_rxbuf": self.mrg_rxbuf, "hot_path": self.hot_path}
+        address = {"ixgbe": self.pci, "sim": self.pci, "virtio": self.pci, "vhost-user": self.socket,
+                   "af_packet": self.interface, "pcap": self.path}[self.driver]
         return PortSpec(self.name, self.driver, address, self.rx_queues, self.tx_queues, self.rx_ring_size,
                         self.tx_ring_size, self.promiscuous, options)
 
@@ -451,6 +456,7 @@ PORT_DRIVER_KEYS = {
     "sim": ("pci", "generator", "sink", "iommu", "hot_path", "device", "transport", "mrg_rxbuf"),
     "ixgbe": ("pci", "iommu", "hot_path", "share"),
     "virtio": ("pci", "transport", "mrg_rxbuf", "hot_path"),
+    "vhost-user": ("socket", "mode", "mrg_rxbuf", "hot_path"),
     "af_packet": ("interface", "qdisc_bypass", "fanout_defrag", "hot_path", "share"),
     "pcap": ("path", "mode", "loop", "rate_mpps"),
 }
@@ -766,6 +772,8 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
         fields["device"] = r.string(p, "device", key, "82599", SIM_DEVICES)
     if driver == "virtio" or fields.get("device") == "virtio":
         _virtio(r, p, key, fields, rx_queues, tx_queues, rx_ring, tx_ring)
+    elif driver == "vhost-user":
+        _vhost_user(r, p, key, fields, base_dir, rx_queues, tx_queues)
     elif "transport" in p or "mrg_rxbuf" in p:
         bad = "transport" if "transport" in p else "mrg_rxbuf"
         raise r.fail(f"{key}.{bad}", "only for a virtio port (driver = \"virtio\", or a sim port with "
@@ -819,6 +827,24 @@ def _virtio(r: _Reader, p: dict, key: str, fields: dict, rx_queues: int, tx_queu
     if fields["transport"] == "legacy" and rx_ring != tx_ring:
         raise r.fail(f"{key}.tx_ring_size", f"a legacy virtio device has one queue size: rx_ring_size "
                                             f"({rx_ring}) and tx_ring_size ({tx_ring}) must be equal")
+
+
+def _vhost_user(r: _Reader, p: dict, key: str, fields: dict, base_dir: Path, rx_queues: int, tx_queues: int) -> None:
+    """A vhost-user port: its socket (the backend may create it later), client mode, one queue pair."""
+    if "socket" not in p:
+        raise r.fail(key, "missing required key socket for a 'vhost-user' port (the backend's unix socket, e.g. "
+                          "\"/tmp/vhost-user0.sock\")")
+    raw = r.string(p, "socket", key, "")
+    if not raw:
+        raise r.fail(f"{key}.socket", "must be a socket path, got an empty string")
+    fields["socket"] = str(Path(raw) if Path(raw).is_absolute() else base_dir / raw)
+    fields["vhost_mode"] = r.string(p, "mode", key, "client", VHOST_USER_MODES)
+    fields["mrg_rxbuf"] = r.boolean(p, "mrg_rxbuf", key, True)
+    fields["hot_path"] = r.string(p, "hot_path", key, "auto", HOT_PATHS)
+    if rx_queues != 1 or tx_queues != 1:
+        bad = "rx_queues" if rx_queues != 1 else "tx_queues"
+        raise r.fail(f"{key}.{bad}", f"a 'vhost-user' port has one queue pair so far, got "
+                                     f"{rx_queues if bad == 'rx_queues' else tx_queues}")
 
 
 def _file(r: _Reader, table: dict, name: str, key: str, base_dir: Path, must_exist: bool) -> str:
