@@ -5,11 +5,13 @@ memory table and drives the rings. Both directions are counted exactly against t
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import subprocess
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -31,7 +33,7 @@ COUNT = 10_000
 
 def start_testpmd(tmp_path, mode: str) -> tuple[subprocess.Popen, str]:
     sock = str(tmp_path / "vhu.sock")
-    proc = subprocess.Popen(["dpdk-testpmd", "-l", "0,1", "--no-pci", "--file-prefix", f"ixyvhu{tmp_path.name[-8:]}",
+    proc = subprocess.Popen(["dpdk-testpmd", "-l", "0,1", "--no-pci", "--file-prefix", f"ixyvhu{os.getpid()}-{zlib.crc32(str(tmp_path).encode())}",
                              "-m", "256", "--vdev", f"net_vhost0,iface={sock},queues=1", "--",
                              f"--forward-mode={mode}", *(["--port-topology=loop"] if mode == "io" else []),
                              "--auto-start", "--total-num-mbufs=8192", "--stats-period", "1"],
