@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,12 +33,16 @@ COUNT = 10_000
 
 
 def start_testpmd(tmp_path, mode: str) -> tuple[subprocess.Popen, str]:
+    """testpmd serving ``<tmp_path>/vhu.sock``; its hugepage files are unlinked at once (--huge-unlink) and its
+    runtime directory goes with stop_testpmd, so nothing stays behind."""
     sock = str(tmp_path / "vhu.sock")
-    proc = subprocess.Popen(["dpdk-testpmd", "-l", "0,1", "--no-pci", "--file-prefix", f"ixyvhu{os.getpid()}-{zlib.crc32(str(tmp_path).encode())}",
+    prefix = f"ixyvhu{os.getpid()}-{zlib.crc32(str(tmp_path).encode())}"
+    proc = subprocess.Popen(["dpdk-testpmd", "-l", "0,1", "--no-pci", "--file-prefix", prefix, "--huge-unlink",
                              "-m", "256", "--vdev", f"net_vhost0,iface={sock},queues=1", "--",
                              f"--forward-mode={mode}", *(["--port-topology=loop"] if mode == "io" else []),
                              "--auto-start", "--total-num-mbufs=8192", "--stats-period", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc.runtime_dir = Path("/var/run/dpdk") / prefix
     return proc, sock
 
 
@@ -49,6 +54,8 @@ def stop_testpmd(proc: subprocess.Popen) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.communicate()[0]
+    finally:
+        shutil.rmtree(proc.runtime_dir, ignore_errors=True)
 
 
 def accumulated(out: str, field: str) -> int:
