@@ -51,7 +51,17 @@ EXPECTED = {
     "bad_port_name": "ports[1].name (line 12): must be 1 to 15 of A-Z a-z 0-9 _ -, got 'port one'",
     "duplicate_port_names": "ports[1].name (line 12): duplicate port name 'p0' (already ports[0]); "
                             "port names must be unique",
-    "bad_driver": "ports[1].driver (line 13): must be one of 'sim', 'ixgbe', 'af_packet', 'pcap', got 'e1000'",
+    "bad_driver": "ports[1].driver (line 13): must be one of 'sim', 'ixgbe', 'virtio', 'vhost-user', 'af_packet', 'pcap', "
+                  "got 'e1000'",
+    "vhost_user_without_socket": "ports[0] (line 6): missing required key socket for a 'vhost-user' port (the "
+                                 "backend's unix socket, e.g. \"/tmp/vhost-user0.sock\")",
+    "virtio_without_pci": "ports[1] (line 11): missing required key pci for an 'virtio' port (its PCI address, ",
+    "virtio_unpaired_queues": "ports[0].tx_queues (line 11): a virtio port's queues come in pairs (MQ): rx_queues "
+                              "and tx_queues must be equal, at most 16; got 2 and 1",
+    "transport_on_82599": "ports[0].transport (line 9): only for a virtio port (driver = \"virtio\", or a sim port "
+                          "with device = \"virtio\")",
+    "virtio_legacy_ring_sizes": "ports[0].tx_ring_size (line 12): a legacy virtio device has one queue size: "
+                                "rx_ring_size (512) and tx_ring_size (256) must be equal",
     "ixgbe_without_pci": "ports[1] (line 11): missing required key pci for an 'ixgbe' port (its PCI address, "
                          "\"DDDD:BB:DD.F\", e.g. \"0000:03:00.0\")",
     "iommu_bad": "ports[0].iommu (line 9): must be one of 'vfio', 'none', 'auto', got 'on'",
@@ -157,7 +167,7 @@ def test_missing_file_and_binary_file(tmp_path):
 def test_fwd_toml_loads_as_written():
     cfg = load_pipeline(FWD)
     assert isinstance(cfg, PipelineConfig)
-    assert (cfg.name, cfg.batch_size, cfg.ring_size, cfg.buffers_per_queue) == ("fwd", 2048, 4096, 16384)
+    assert (cfg.name, cfg.batch_size, cfg.ring_size, cfg.buffers_per_queue) == ("fwd", 32, 4096, 16384)
     assert (cfg.hugepages, cfg.on_stage_death, cfg.buffer_size) == ("auto", "stop", DEFAULT_BUFFER_SIZE)
     assert [(p.name, p.driver, p.forward_to) for p in cfg.ports] == [("p0", "sim", "p1"), ("p1", "sim", "p0")]
     assert [(p.rx_ring_size, p.tx_ring_size) for p in cfg.ports] == [(4096, 4096), (4096, 4096)]
@@ -303,6 +313,9 @@ def test_the_reference_example_is_valid_and_its_values_are_the_defaults(tmp_path
     # the keys shaping the generator's flows have their own page, with their own example
     shaping = re.search(r"```toml\n(.*?)```", (HERE.parent / "docs" / "generator.md").read_text(), re.S).group(1)
     keys |= set(re.findall(r"^#? ?([a-z_]+) = ", shaping, re.M))
+    # and the virtio and vhost-user ports theirs
+    for block in re.findall(r"```toml\n(.*?)```", (HERE.parent / "docs" / "virtio.md").read_text(), re.S):
+        keys |= set(re.findall(r"^#? ?([a-z_]+) = ", block, re.M))
     from ixypipe.pipeline import config
     every_key = {*config.PIPELINE_KEYS, *config.PORT_COMMON_KEYS, *sum(config.PORT_DRIVER_KEYS.values(), ()),
                  *config.GENERATOR_KEYS, *config.SINK_KEYS, *config.WORKERS_KEYS, *config.CPU_ROLES,

@@ -3,7 +3,8 @@
 tx_done receives every buffer whose transmission is complete, exactly once
 (after tx_drain at the latest); a port without tx_done refuses to transmit
 and takes no buffer.  Each driver runs the same checks: ixgbe against an
-in-process software 82599, pcap writing a file, af_packet on a veth pair.
+in-process software 82599, virtio against an in-process software virtio-net
+function, pcap writing a file, af_packet on a veth pair.
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ class Ports:
         self.closers: list = []
 
     def open(self, driver: str, tx_done):
-        if driver == "sim":
+        if driver in ("sim", "virtio"):        # virtio: the virtio driver on a software virtio-net function
             from ixypipe.sim.world import SimPortConfig, SimWorld
 
-            world = SimWorld([SimPortConfig("p0")], self.arena)
+            world = SimWorld([SimPortConfig("p0", device="virtio" if driver == "virtio" else "82599",
+                                            queue_size=64)], self.arena)
             self.closers.append(world.close)
-            spec = PortSpec("p0", "sim", world.addresses["p0"], rx_ring_size=64, tx_ring_size=64)
-            dev = ports.device_class("sim").open(spec, self.arena, self.bufs, [self.pool], tx_done=tx_done,
-                                                 sysfs_root=str(world.sysfs_root), sleep=lambda s: world.step())
+            spec = PortSpec("p0", "sim", world.addresses["p0"], rx_ring_size=64, tx_ring_size=64,
+                            options={"device": "virtio"} if driver == "virtio" else {})
+            dev = ports.spec_class(spec).open(spec, self.arena, self.bufs, [self.pool], tx_done=tx_done,
+                                              sysfs_root=str(world.sysfs_root), sleep=lambda s: world.step())
         elif driver == "pcap":
             spec = PortSpec("p0", "pcap", str(self.tmp_path / "out.pcap"), options={"mode": "write"})
             dev = ports.open_port(spec, self.arena, self.bufs, [self.pool], tx_done=tx_done)
@@ -84,7 +87,7 @@ def opened(make_arena, request, tmp_path):
     p.close()
 
 
-DRIVERS = ["sim", "pcap", pytest.param("af_packet", marks=needs_root)]
+DRIVERS = ["sim", "virtio", "pcap", pytest.param("af_packet", marks=needs_root)]
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

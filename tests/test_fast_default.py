@@ -65,7 +65,7 @@ def test_an_empty_kernel_cache_is_found_without_compiling(tmp_path):
     r = python(code, env_with(tmp_path, NUMBA_CACHE_DIR=str(cache)))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(["ixypipe.memory.batchcheck", "ixypipe.workers.headers_jit",
-                                    "ixypipe.workers.keyed_jit", "ixypipe.rings.spsc_jit",
+                                    "ixypipe.workers.keyed_jit", "ixypipe.rings.spsc_jit", "ixypipe.rings.wakeup_jit",
                                     "ixypipe.pipeline.breathe_jit", "ixypipe.nic.ixgbe_jit", "ixypipe.sim.kernels"])
     assert not list(cache.rglob("*.nb*"))               # judged from the files: nothing was compiled
 

@@ -43,7 +43,7 @@ def ops(host, kernel):
 def test_listing_marks_82599s_drivers_interfaces_and_active(host):
     devs = {d.address: d for d in list_network_devices(host.sysfs, host.proc)}
     assert sorted(devs) == [VIRTIO, NIC_A, NIC_B, VF]                       # the GPU is not listed
-    assert (devs[NIC_A].kind, devs[VF].kind, devs[VIRTIO].kind) == ("82599", "82599 VF", "")
+    assert (devs[NIC_A].kind, devs[VF].kind, devs[VIRTIO].kind) == ("82599", "82599 VF", "virtio-net")
     assert devs[NIC_A].interfaces[0].routes == ["10.0.2.0/24"] and devs[NIC_A].interfaces[0].active
     assert not devs[VIRTIO].interfaces[0].active                             # up, but no route
     assert status_lines(list(devs.values())) == [
@@ -53,11 +53,11 @@ def test_listing_marks_82599s_drivers_interfaces_and_active(host):
         "",
         "Network devices using a kernel driver",
         "=" * 37,
-        "0000:00:03.0 1af4:1041 if=eth0 drv=virtio-pci numa=0",
+        "0000:00:03.0 1af4:1041 virtio-net if=eth0 drv=virtio-pci numa=0",
         "0000:03:00.0 8086:10fb Intel 82599 if=eth1 drv=ixgbe numa=0 *Active*",
         "0000:03:00.1 8086:10fb Intel 82599 if=eth2 drv=ixgbe numa=1",
         "",
-        "4 network devices, 2 of them Intel 82599 (take one with: ixypipe bind ADDRESS)",
+        "4 network devices, 2 of them Intel 82599, 1 virtio-net (take one with: ixypipe bind ADDRESS)",
     ]
 
 
@@ -242,7 +242,7 @@ def test_names_come_from_pci_ids_and_fall_back_to_ids(host, tmp_path):
     assert res.exit_code == 0, res.output
     assert ("0000:03:00.0 8086:10fb 'Intel Corporation 82599ES 10-Gigabit SFI/SFP+ Network Connection' "
             "Intel 82599 if=eth1 drv=ixgbe numa=0 *Active*") in res.output.splitlines()
-    assert "0000:00:03.0 1af4:1041 'Red Hat, Inc. Virtio 1.0 network device' if=eth0 drv=virtio-pci numa=0" \
+    assert "0000:00:03.0 1af4:1041 'Red Hat, Inc. Virtio 1.0 network device' virtio-net if=eth0 drv=virtio-pci numa=0" \
         in res.output.splitlines()
     # without a database (a fresh machine without the pci.ids package): the ids alone
     bare = status_lines(list_network_devices(host.sysfs, host.proc, PciNames(None)))

@@ -16,7 +16,7 @@ def devices(sysfs_root: str, proc_root: str, pci_ids: str | None) -> None:
 
     \b
     Each line: PCI address, vendor:device id, the name from the system's
-    pci.ids (Debian package pci.ids), 'Intel 82599' for the NICs ixypipe
+    pci.ids (Debian package pci.ids), 'Intel 82599' or 'virtio-net' for the NICs ixypipe
     drives, kernel interfaces, the bound driver, NUMA node, and *Active*
     when an interface is up and carries routes.  --json: one object.
       0000:03:00.0 8086:10fb 'Intel Corporation 82599ES 10-Gigabit SFI/SFP+

@@ -1,4 +1,4 @@
-"""``ixypipe sim serve``: software 82599 ports for any user-space driver process, in any language.
+"""``ixypipe sim serve``: software 82599 (or virtio-net) ports for any user-space driver process, in any language.
 
 Starts N simulated ports in a model process and prints, for each, the PCI
 address it answers to and the fake sysfs device directory that holds it
@@ -30,6 +30,8 @@ from ixypipe.pipeline.report import rate_text
 from ixypipe.proc import handled_stop_signals
 from ixypipe.sim.server import GeneratorConfig, PortCounters, SimPortConfig, SimServer, SinkConfig
 from ixypipe.sim.sysfs import device_dir
+from ixypipe.sim.virtio_model import TRANSPORTS as VIRTIO_TRANSPORTS
+from ixypipe.sim.world import SIM_DEVICES
 
 WIRE_KINDS = ("gen", "sink", "count", "pcap", "none")
 WIRE_HELP = "gen, sink, count, pcap=FILE, none"
@@ -105,7 +107,7 @@ def served_root(root: Path) -> None:
 
 
 def build_ports(n_ports: int, wiring: dict[int, dict], size: int, rate: float, flows: int, count: int,
-                expect_touch: bool) -> list[SimPortConfig]:
+                expect_touch: bool, device: str = "82599", transport: str = "modern") -> list[SimPortConfig]:
     ports = []
     for i in range(n_ports):
         w = wiring[i]
@@ -116,7 +118,8 @@ def build_ports(n_ports: int, wiring: dict[int, dict], size: int, rate: float, f
         elif w.get("count") or w.get("pcap"):
             sink = SinkConfig("count", pcap=w.get("pcap") or None)
         cable = f"p{w['cable']}" if "cable" in w else None
-        ports.append(SimPortConfig(f"p{i}", generator=gen, sink=sink, cable_to=cable))
+        ports.append(SimPortConfig(f"p{i}", generator=gen, sink=sink, cable_to=cable, device=device,
+                                   transport=transport))
     return ports
 
 
@@ -171,12 +174,12 @@ def mount_command(root: Path, driver: str) -> str:
 
 @click.group(name="sim")
 def sim() -> None:
-    """The software 82599."""
+    """The software 82599 and virtio-net devices."""
 
 
 @sim.command(name="serve")
 @click.option("--ports", "n_ports", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Simulated 82599 ports to serve.")
+              help="Simulated ports to serve.")
 @click.option("--wire", "wires", multiple=True, metavar="SPEC",
               help="I-J: cable ports I and J; I:KIND[+KIND] with gen (generator), sink (verifying sink: "
                    "ixypipe's frames), count (counting sink: any frames, sizes), pcap=FILE (the sink also "
@@ -196,9 +199,14 @@ def sim() -> None:
 @click.option("--duration", type=Seconds(min=0), default=None, help="Stop after this many seconds.")
 @click.option("--interval", type=Seconds(min=0.1), default=1.0, show_default=True,
               help="Seconds between counter lines.")
+@click.option("--device", type=click.Choice(SIM_DEVICES), default="82599", show_default=True,
+              help="The device every port is: an Intel 82599, or a virtio-net function (vendor 0x1af4).")
+@click.option("--transport", type=click.Choice(VIRTIO_TRANSPORTS), default="modern", show_default=True,
+              help="virtio-net: the legacy I/O BAR0 (device 0x1000) or the modern capabilities in BAR4 (0x1041).")
 def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: int, count: int,
-          expect_touch: bool, root: Path | None, duration: float | None, interval: float) -> None:
-    """Serve N software 82599 ports to any user-space driver process until Ctrl-C.
+          expect_touch: bool, root: Path | None, duration: float | None, interval: float, device: str,
+          transport: str) -> None:
+    """Serve N software 82599 (or virtio-net) ports to any user-space driver process until Ctrl-C.
 
     \b
     Run an unmodified driver against them (as root, in another shell):
@@ -208,7 +216,7 @@ def serve(n_ports: int, wires: tuple[str, ...], size: int, rate: float, flows: i
     reported fault, never a write.
     """
     wiring = parse_wiring(wires, n_ports)
-    ports = build_ports(n_ports, wiring, size, rate, flows, count, expect_touch)
+    ports = build_ports(n_ports, wiring, size, rate, flows, count, expect_touch, device, transport)
     if root is not None:
         served_root(root)
     modes = {p.name: p.sink.mode if p.sink else "verify" for p in ports}

@@ -26,6 +26,7 @@ from ixypipe.nic.registers import (
     PCI_CLASS_NETWORK,
     PCI_VENDOR_INTEL,
 )
+from ixypipe.nic.virtio_regs import NET_DEVICE_IDS, PCI_VENDOR_VIRTIO
 from ixypipe.ops.pciids import PciNames
 
 # drivers that hand the device to user space (ixypipe's own driver needs no kernel driver at all)
@@ -58,7 +59,9 @@ class NetDevice:
 
     @property
     def kind(self) -> str:
-        """'82599', '82599 VF' or ''."""
+        """'82599', '82599 VF', 'virtio-net' (the NICs ixypipe drives) or ''."""
+        if self.vendor == PCI_VENDOR_VIRTIO and self.device in NET_DEVICE_IDS:
+            return "virtio-net"
         if self.vendor != PCI_VENDOR_INTEL:
             return ""
         if self.device in IXGBE_82599_DEVICE_IDS:
@@ -83,7 +86,7 @@ class NetDevice:
         if self.name:
             parts.append(f"'{self.name}'")
         if self.kind:
-            parts.append(f"Intel {self.kind}")
+            parts.append(self.kind if self.kind == "virtio-net" else f"Intel {self.kind}")
         if self.interfaces:
             parts.append("if=" + ",".join(i.name for i in self.interfaces))
         parts.append(f"drv={self.driver or 'none'}")
@@ -188,6 +191,7 @@ def status_lines(devices: list[NetDevice]) -> list[str]:
         lines += [d.line() for d in group] or ["<none>"]
         lines.append("")
     n82599 = sum(1 for d in devices if d.kind == "82599")
-    lines.append(f"{len(devices)} network devices, {n82599} of them Intel 82599 "
+    nvirtio = sum(1 for d in devices if d.kind == "virtio-net")
+    lines.append(f"{len(devices)} network devices, {n82599} of them Intel 82599, {nvirtio} virtio-net "
                  "(take one with: ixypipe bind ADDRESS)")
     return lines

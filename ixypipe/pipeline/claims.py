@@ -55,7 +55,7 @@ def device_of(port) -> tuple[str, str] | None:
         except OSError:
             return None              # opening the port says the interface is missing
         return f"net{netns_inode()}-if{index}", f"interface {port.interface}"
-    if port.driver == "ixgbe":
+    if port.driver in ("ixgbe", "virtio"):
         return f"pci-{port.pci}", f"PCI device {port.pci}"
     return None
 

@@ -31,6 +31,8 @@ from ixypipe.datafile import kernel_filesystem
 from ixypipe.layout import KEYED_BLOCK_MAX, KEYED_SLOT_BYTES, PKTBUF_HEADROOM
 from ixypipe.nic.device import PortSpec
 from ixypipe.nic.registers import MFS_VLAN_EXTRA, OCTETS_FCS_LEN, rx_frame_limits
+from ixypipe.nic.virtio_pci import TRANSPORTS as VIRTIO_TRANSPORTS
+from ixypipe.nic.virtio_regs import MAX_QUEUE_PAIRS
 from ixypipe.pcapfile import file_kind
 from ixypipe.pipeline import keys
 from ixypipe.pipeline.keys import (
@@ -38,6 +40,8 @@ from ixypipe.pipeline.keys import (
     DRIVERS,
     MAX_NAME,
     MAX_PATH,
+    SIM_DEVICES,
+    VHOST_USER_MODES,
 )
 from ixypipe.sim.payload import Profile, ProfileError
 from ixypipe.sim.replay import replayed_length
@@ -140,6 +144,11 @@ class PortConfig:
     iommu: str = keys.default("ports.iommu")
     hot_path: str = keys.default("ports.hot_path")
     share: bool = keys.default("ports.share")
+    device: str = "82599"           # sim: the software device, "82599" or "virtio" (then driven by the virtio driver)
+    transport: str = "auto"         # virtio, sim virtio: "legacy", "modern" or "auto" (a sim device: modern)
+    mrg_rxbuf: bool = True          # virtio, sim virtio, vhost-user: negotiate MRG_RXBUF when offered (12-byte header)
+    socket: str = ""                # vhost-user: the backend's unix socket (absolute; relative ones from the file)
+    vhost_mode: str = "client"      # vhost-user: "client" (the backend listens)
 
     def to_spec(self) -> PortSpec:
         """The driver's view of this port: address = pci / interface / path, extras in options."""
@@ -150,7 +159,13 @@ class PortConfig:
             options = {**self.af_packet_options, "hot_path": self.hot_path}
         elif self.driver in ("ixgbe", "sim"):
             options = {"iommu": self.iommu, "hot_path": self.hot_path}
-        address = {"ixgbe": self.pci, "sim": self.pci, "af_packet": self.interface, "pcap": self.path}[self.driver]
+        if self.driver == "virtio" or self.device == "virtio":
+            options = {"device": "virtio", "transport": self.transport, "mrg_rxbuf": self.mrg_rxbuf,
+                       "hot_path": self.hot_path}
+        elif self.driver == "vhost-user":
+            options = {"mode": self.vhost_mode, "mrg_rxbuf": self.mrg_rxbuf, "hot_path": self.hot_path}
+        address = {"ixgbe": self.pci, "sim": self.pci, "virtio": self.pci, "vhost-user": self.socket,
+                   "af_packet": self.interface, "pcap": self.path}[self.driver]
         return PortSpec(self.name, self.driver, address, self.rx_queues, self.tx_queues, self.rx_ring_size,
                         self.tx_ring_size, self.promiscuous, options)
 
@@ -160,7 +175,9 @@ class PortConfig:
 
         g, s = self.generator, self.sink
         return SimPortConfig(
-            name=self.name, pci_address=self.pci or None, iommu=self.iommu != "none",
+            name=self.name, pci_address=self.pci or None, iommu=self.iommu != "none", device=self.device,
+            transport="legacy" if self.transport == "legacy" else "modern",
+            queue_size=max(self.rx_ring_size, self.tx_ring_size), queue_pairs=self.rx_queues,
             generator=GeneratorConfig(packet_size=g.packet_size, rate_pps=g.rate_mpps * 1e6, flows=g.flows,
                                       count=g.count, profile=g.profile, vlan=g.vlan, shape=g.shape,
                                       template=g.template or None) if g else None,
@@ -670,7 +687,7 @@ def _check_pci_addresses(r: _Reader, ports: list[PortConfig]) -> None:
     seen: dict[tuple[bool, str], tuple[int, bool]] = {}
     sim_index = 0
     for i, p in enumerate(ports):
-        if p.driver not in ("sim", "ixgbe"):
+        if p.driver not in ("sim", "ixgbe", "virtio"):
             continue
         given = bool(p.pci)
         address = p.pci
@@ -718,17 +735,28 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
     promiscuous = r.value(p, "promiscuous", key)
     forward_to = r.value(p, "forward_to", key)
     fields: dict[str, Any] = {}
-    if driver in ("ixgbe", "sim"):
-        if driver == "ixgbe" and "pci" not in p:
-            raise r.fail(key, "missing required key pci for an 'ixgbe' port (its PCI address, "
+    if driver in ("ixgbe", "sim", "virtio"):
+        if driver != "sim" and "pci" not in p:
+            raise r.fail(key, f"missing required key pci for an {driver!r} port (its PCI address, "
                               "\"DDDD:BB:DD.F\", e.g. \"0000:03:00.0\")")
         pci = r.value(p, "pci", key)
         if pci and not PCI_ADDRESS_RE.fullmatch(pci):
             raise r.fail(f"{key}.pci", f"must be a PCI address \"DDDD:BB:DD.F\" (hex), e.g. \"0000:03:00.0\", "
                                        f"got {_show(pci)}")
         fields["pci"] = pci.lower()
-        fields["iommu"] = r.value(p, "iommu", key)
+        if driver != "virtio":
+            fields["iommu"] = r.value(p, "iommu", key)
         fields["hot_path"] = r.value(p, "hot_path", key)
+    if driver == "sim":
+        fields["device"] = r.string(p, "device", key, "82599", SIM_DEVICES)
+    if driver == "virtio" or fields.get("device") == "virtio":
+        _virtio(r, p, key, fields, rx_queues, tx_queues, rx_ring, tx_ring)
+    elif driver == "vhost-user":
+        _vhost_user(r, p, key, fields, base_dir, rx_queues, tx_queues)
+    elif "transport" in p or "mrg_rxbuf" in p:
+        bad = "transport" if "transport" in p else "mrg_rxbuf"
+        raise r.fail(f"{key}.{bad}", "only for a virtio port (driver = \"virtio\", or a sim port with "
+                                     "device = \"virtio\")")
     if driver in ("ixgbe", "af_packet"):
         fields["share"] = r.value(p, "share", key)
     if driver == "sim":
@@ -763,6 +791,39 @@ def _port(r: _Reader, p: dict, key: str, name: str, driver: str, buffer_size: in
                                          f"got {rx_queues if bad == 'rx_queues' else tx_queues}")
     return PortConfig(name, driver, rx_queues=rx_queues, tx_queues=tx_queues, rx_ring_size=rx_ring,
                       tx_ring_size=tx_ring, promiscuous=promiscuous, forward_to=forward_to, **fields)
+
+
+def _virtio(r: _Reader, p: dict, key: str, fields: dict, rx_queues: int, tx_queues: int, rx_ring: int,
+            tx_ring: int) -> None:
+    """A virtio port's keys: transport, mrg_rxbuf; queues in pairs; a software one has no IOMMU."""
+    fields["transport"] = r.string(p, "transport", key, "auto", VIRTIO_TRANSPORTS)
+    fields["mrg_rxbuf"] = r.boolean(p, "mrg_rxbuf", key, True)
+    if rx_queues != tx_queues or rx_queues > MAX_QUEUE_PAIRS:
+        raise r.fail(f"{key}.tx_queues", f"a virtio port's queues come in pairs (MQ): rx_queues and tx_queues must "
+                                         f"be equal, at most {MAX_QUEUE_PAIRS}; got {rx_queues} and {tx_queues}")
+    if fields.get("iommu", "none") != "none":
+        raise r.fail(f"{key}.iommu", "a software virtio-net device has no simulated IOMMU")
+    if fields["transport"] == "legacy" and rx_ring != tx_ring:
+        raise r.fail(f"{key}.tx_ring_size", f"a legacy virtio device has one queue size: rx_ring_size "
+                                            f"({rx_ring}) and tx_ring_size ({tx_ring}) must be equal")
+
+
+def _vhost_user(r: _Reader, p: dict, key: str, fields: dict, base_dir: Path, rx_queues: int, tx_queues: int) -> None:
+    """A vhost-user port: its socket (the backend may create it later), client mode, one queue pair."""
+    if "socket" not in p:
+        raise r.fail(key, "missing required key socket for a 'vhost-user' port (the backend's unix socket, e.g. "
+                          "\"/tmp/vhost-user0.sock\")")
+    raw = r.string(p, "socket", key, "")
+    if not raw:
+        raise r.fail(f"{key}.socket", "must be a socket path, got an empty string")
+    fields["socket"] = str(Path(raw) if Path(raw).is_absolute() else base_dir / raw)
+    fields["vhost_mode"] = r.string(p, "mode", key, "client", VHOST_USER_MODES)
+    fields["mrg_rxbuf"] = r.boolean(p, "mrg_rxbuf", key, True)
+    fields["hot_path"] = r.value(p, "hot_path", key)
+    if rx_queues != 1 or tx_queues != 1:
+        bad = "rx_queues" if rx_queues != 1 else "tx_queues"
+        raise r.fail(f"{key}.{bad}", f"a 'vhost-user' port has one queue pair so far, got "
+                                     f"{rx_queues if bad == 'rx_queues' else tx_queues}")
 
 
 def _file(r: _Reader, table: dict, name: str, key: str, base_dir: Path, must_exist: bool) -> str:

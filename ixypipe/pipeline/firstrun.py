@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 # the compiled modules every run loads (stages' batch checks, the workers' header parser), and those a driver adds
 ALWAYS = ("ixypipe.memory.batchcheck", "ixypipe.workers.headers_jit", "ixypipe.workers.keyed_jit",
-          "ixypipe.rings.spsc_jit", "ixypipe.pipeline.breathe_jit")
+          "ixypipe.rings.spsc_jit", "ixypipe.rings.wakeup_jit", "ixypipe.pipeline.breathe_jit")
 BY_DRIVER = {"sim": ("ixypipe.nic.ixgbe_jit", "ixypipe.sim.kernels"), "ixgbe": ("ixypipe.nic.ixgbe_jit",),
+             "virtio": ("ixypipe.nic.virtio_jit",),
+             "sim-virtio": ("ixypipe.nic.virtio_jit", "ixypipe.sim.virtio_kernels"),   # a sim port with device virtio
              "af_packet": ("ixypipe.nic.af_packet_jit",)}
 EXPECTED_S = 10             # a first run's compiling on the 2-vCPU development machine: 6-15 s as busy as it is
 PROGRESS_EVERY_S = 5.0
@@ -34,7 +36,8 @@ def uncached(cfg) -> list[str]:
         return []
     names = dict.fromkeys(ALWAYS)
     for p in cfg.ports:
-        names.update(dict.fromkeys(BY_DRIVER.get(p.driver, ())))
+        kind = "sim-virtio" if p.driver == "sim" and p.device == "virtio" else p.driver
+        names.update(dict.fromkeys(BY_DRIVER.get(kind, ())))
     return [n for n in names if not jitcache.is_cached(importlib.util.find_spec(n).origin)]
 
 

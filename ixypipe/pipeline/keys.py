@@ -24,7 +24,9 @@ from ixypipe.nic.vfio import IOMMU_MODES
 from ixypipe.sim.payload import PROFILES, SIM_MAX_FRAME, SIM_MIN_FRAME, VID_RANGE
 from ixypipe.sim.traffic import SINK_MODES
 
-DRIVERS = ("sim", "ixgbe", "af_packet", "pcap")
+DRIVERS = ("sim", "ixgbe", "virtio", "vhost-user", "af_packet", "pcap")
+SIM_DEVICES = ("82599", "virtio")        # what a sim port's software device is (ixypipe.sim.world)
+VHOST_USER_MODES = ("client",)           # server mode is not done yet
 HUGEPAGE_MODES = ("auto", "require", "never")
 STAGE_DEATH_POLICIES = ("stop", "restart")
 IDLE_MODES = ("auto", "spin", "wake", "nap")    # auto = spin on CPUs the pipeline has to itself, else wake
@@ -107,8 +109,9 @@ KEYS: tuple[Key, ...] = (
     Key("ports", TABLES, None, "One table per port, at most 32; their order gives them their index. "
         "Required: at least one, each with a `name` and a `driver`."),
     Key("ports.name", STRING, None, "Required: 1-15 of `A-Z a-z 0-9 _ -`, unique.", example="p0"),
-    Key("ports.driver", STRING, None, "Required: `sim` (a software 82599 driven by the real driver), "
-        "`ixgbe` (an 82599 bound to ixypipe), `af_packet` (a kernel interface), `pcap` (a file).",
+    Key("ports.driver", STRING, None, "Required: `sim` (a software 82599, or virtio-net device, driven by the "
+        "real driver), `ixgbe` (an 82599 bound to ixypipe), `virtio` (a virtio-net PCI function), `vhost-user` "
+        "(a vhost-user backend's socket), `af_packet` (a kernel interface), `pcap` (a file).",
         choices=DRIVERS, example="sim"),
     Key("ports.rx_queues", INTEGER, 1, "RX queues (a `pcap` port has exactly one).", range=(1, 16)),
     Key("ports.tx_queues", INTEGER, 1, "TX queues; worker *w* sends on TX queue *w* % tx_queues of each "
@@ -124,7 +127,7 @@ KEYS: tuple[Key, ...] = (
         "three or more.", example="p1"),
     Key("ports.pci", STRING, None, "The PCI address `DDDD:BB:DD.F` (hex). Required for `ixgbe`; optional "
         "for `sim` (the simulator assigns 0000:5e:00.0, 0000:5e:00.1, 0000:5f:00.0 ... in order). No two "
-        "ports of a kind may share one.", drivers=("sim", "ixgbe"), example="0000:03:00.0"),
+        "ports of a kind may share one.", drivers=("sim", "ixgbe", "virtio"), example="0000:03:00.0"),
     Key("ports.interface", STRING, None, "Required: the kernel interface's name (1-15 characters, no `/` "
         "or blanks).", drivers=("af_packet",), example="veth0"),
     Key("ports.path", STRING, None, "Required: the pcap file, relative to the pipeline file's directory. "
@@ -150,10 +153,22 @@ KEYS: tuple[Key, ...] = (
         "Default: false.", drivers=("af_packet",), example=False),
     Key("ports.hot_path", STRING, "auto", "The driver's RX/TX loops: `auto` (compiled when numba loads), "
         "`numpy` (the pure path), `numba` (compiled, or an error without numba).", choices=HOT_PATHS,
-        drivers=("sim", "ixgbe", "af_packet")),
+        drivers=("sim", "ixgbe", "virtio", "vhost-user", "af_packet")),
     Key("ports.share", BOOLEAN, False, "True: run on purpose beside another running pipeline on the same "
         "device; otherwise a port whose interface or PCI device another pipeline uses is refused at start, "
         "naming that pipeline.", drivers=("ixgbe", "af_packet")),
+    # virtio-net ports (docs/virtio.md); their values are checked in config.py's _virtio and _vhost_user
+    Key("ports.device", STRING, None, "`sim` ports: the software device, `82599` (the default) or `virtio` "
+        "(a virtio-net function, driven by the virtio driver).", drivers=("sim",), example="virtio"),
+    Key("ports.transport", STRING, None, "virtio-PCI transport: `legacy` (the I/O BAR), `modern` (PCI "
+        "capabilities, memory BARs) or `auto` (the default; a sim device: modern).", drivers=("sim", "virtio"),
+        example="modern"),
+    Key("ports.mrg_rxbuf", BOOLEAN, None, "Negotiate VIRTIO_NET_F_MRG_RXBUF when the device offers it (12-byte "
+        "header). Default: true.", drivers=("sim", "virtio", "vhost-user"), example=True),
+    Key("ports.socket", STRING, None, "Required for `vhost-user`: the backend's unix socket (relative to the "
+        "pipeline file's directory).", drivers=("vhost-user",), example="/tmp/vhost-user.sock"),
+    Key("ports.mode", STRING, None, "`vhost-user`: `client` (the backend listens on `socket`; the default). "
+        "Server mode is not done yet.", drivers=("vhost-user",), example="client"),
     # ---- [ports.generator] ---------------------------------------------------------------------------
     Key("ports.generator.packet_size", INTEGER, None, "Frame bytes without FCS, from the profile's "
         "smallest (udp 60, vlan 64, tcp-syn 72, ipv6 80, runt 14..59; the default) and at most "
@@ -248,7 +263,9 @@ KEYS: tuple[Key, ...] = (
         "(like `run --metrics-address`).", limit=MAX_NAME),
 )
 
-BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
+BY_PATH: dict[str, Key] = {}
+for _k in KEYS:                  # a path two drivers take with other meanings (ports.mode): the first row here
+    BY_PATH.setdefault(_k.path, _k)
 
 
 def row(path: str) -> Key:

@@ -21,6 +21,7 @@ from ixypipe import jitcache
 from ixypipe.nic.af_packet import check_interface
 from ixypipe.nic.device import DeviceError
 from ixypipe.nic.pci import check_82599, device_dir, read_identity
+from ixypipe.nic.virtio_pci import check_virtio_net
 from ixypipe.pipeline import claims
 
 
@@ -40,7 +41,7 @@ def preflight(cfg, sysfs_root: str = "/sys", mounts_file: str = "/proc/mounts") 
     for p in cfg.ports:
         if p.driver == "af_packet":
             found.append(_interface(p))
-        elif p.driver == "ixgbe":
+        elif p.driver in ("ixgbe", "virtio"):
             found.append(_pci(p, sysfs_root))
         held = claims.in_use(p)
         if held:
@@ -87,9 +88,9 @@ def _pci(p, sysfs_root: str) -> Finding:
     if not path.exists():
         return Finding(what, False, f"no PCI device {p.pci} ({path} is missing; see 'ixypipe devices')")
     try:
-        check_82599(p.pci, read_identity(path))
+        (check_virtio_net if p.driver == "virtio" else check_82599)(p.pci, read_identity(path))
     except DeviceError as exc:
         return Finding(what, False, str(exc))
     driver = path / "driver"
     bound = driver.resolve().name if driver.exists() else "no driver"
-    return Finding(what, True, f"an 82599, bound to {bound}")
+    return Finding(what, True, f"{'a virtio-net function' if p.driver == 'virtio' else 'an 82599'}, bound to {bound}")

@@ -754,7 +754,7 @@ class Supervisor:
 def uses_physical_addresses(cfg) -> bool:
     """Whether the arenas need a physical-address table: only for ports that DMA with physical addresses
     (not VFIO's IOVAs, not kernel interfaces)."""
-    return any(p.driver in ("ixgbe", "sim") and p.iommu != "vfio" for p in cfg.ports)
+    return any(p.driver in ("ixgbe", "sim", "virtio") and p.iommu != "vfio" for p in cfg.ports)
 
 
 def packet_arena_regions(plan: PipelinePlan, buffer_size: int) -> list[RegionSize]:

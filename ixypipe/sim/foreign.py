@@ -5,9 +5,10 @@ packet buffers itself, in hugetlbfs memory (named files, files unlinked at
 once, or MAP_HUGETLB), and writes the physical addresses its own pagemap
 gives into the descriptors.  This module finds that memory as root:
 
-* the driver: every process that maps a served port's ``resource0``
+* the driver: every process that maps a served port's register file
   (matched by device and inode in ``/proc/PID/maps``, so a bind mount in
-  another mount namespace is found too); :func:`pids_mapping`;
+  another mount namespace is found too) or holds it open (``/proc/PID/fd``:
+  a legacy virtio I/O BAR is read and written, not mapped); :func:`pids_mapping`;
 * its hugepage mappings: lines of ``/proc/PID/maps`` on a hugetlbfs mount
   of *that process's* mount table (``/proc/PID/mountinfo``) or on the
   kernel's internal one (``/anon_hugepage``); :func:`hugepage_mappings`;
@@ -201,15 +202,24 @@ def _maps_file(pid: int, files: set) -> bool:
     return False
 
 
+def _holds_file(pid: int, files: set) -> bool:
+    """``pid`` has one of ``files`` open (a legacy virtio I/O BAR is read and written, never mapped)."""
+    try:
+        fds = list((PROC / str(pid) / "fd").iterdir())
+    except OSError:
+        return False
+    return any(_file_id(fd) in files for fd in fds)
+
+
 def pids_mapping(paths: list[Path], exclude: set[int] | frozenset = frozenset(),
                  candidates: list[int] | None = None) -> list[int]:
-    """Processes (other than ``exclude``) that have any of ``paths`` mapped, by device and inode."""
+    """Processes (other than ``exclude``) that have any of ``paths`` mapped or open, by device and inode."""
     files = {fid for fid in (_file_id(p) for p in paths) if fid is not None}
     if not files:
         return []
     if candidates is None:
         candidates = sorted(int(e.name) for e in PROC.iterdir() if e.name.isdigit())
-    return [pid for pid in candidates if pid not in exclude and _maps_file(pid, files)]
+    return [pid for pid in candidates if pid not in exclude and (_maps_file(pid, files) or _holds_file(pid, files))]
 
 
 class ForeignDma(DmaSpace):

@@ -102,8 +102,10 @@ class Fault:
     reason: str
 
     def __str__(self) -> str:
-        return (f"port {self.port} {self.direction} queue {self.queue} descriptor {self.descriptor} "
-                f"address {self.address:#x}: {self.reason}")
+        if self.queue < 0:          # not a queue's: the device's configuration (a virtio device's features)
+            return f"port {self.port} {self.direction}: {self.reason}"
+        where = f" descriptor {self.descriptor}" if self.descriptor >= 0 else ""     # < 0: the ring itself
+        return f"port {self.port} {self.direction} queue {self.queue}{where} address {self.address:#x}: {self.reason}"
 
 
 class _Queue:
@@ -258,6 +260,13 @@ class SimPort:
         self._load_defaults()        # also clears CTRL.RST|LNK_RST: the reset is done
         self._ard_pending = True
         self._an_allowed = True
+
+    @property
+    def compiled(self) -> bool:
+        return self.kernels is not None
+
+    def link_is_up(self) -> bool:
+        return bool(self.reg(R.LINKS) & R.LINKS_UP)
 
     # ---- the step -----------------------------------------------------------------------
     def step(self) -> int:

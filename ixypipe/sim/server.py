@@ -43,6 +43,7 @@ from ixypipe.sim.world import (
     SimWorld,
     SinkConfig,
     counters_from,
+    create_port_files,
     validate_ports,
 )
 
@@ -112,8 +113,7 @@ class SimServer:
         self.sysfs_root = self._given_root or sysfs.make_root()
         try:
             for i, p in enumerate(self.ports):
-                sysfs.create_device(self.sysfs_root, self.addresses[p.name],
-                                    iommu_group=sysfs.iommu_group_of(i) if p.iommu else None)
+                create_port_files(self.sysfs_root, p, self.addresses[p.name], i)
             block = self.sysfs_root / COUNTERS_FILE
             fd = os.open(block, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
             try:

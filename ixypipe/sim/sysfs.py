@@ -1,4 +1,4 @@
-"""The fake sysfs tree of the software 82599 ports.
+"""The fake sysfs tree of the software 82599 and virtio-net ports.
 
 ``<root>/bus/pci/devices/<pci address>/`` holds what the unchanged pci.py
 path opens: ``config`` (256 bytes of PCI config space: Intel's vendor id,
@@ -8,7 +8,9 @@ the driver and by the model), ``driver/unbind`` (writable) and the text
 files ``vendor``, ``device`` and ``class`` as real sysfs has them.  The
 root defaults to a fresh directory in /dev/shm (tmpfs: the BAR lives in
 memory) named ``ixypipe-sim-<pid>-<random>``, removed by :func:`remove_tree`;
-trees of dead owners are found by :func:`stale_roots`.
+trees of dead owners are found by :func:`stale_roots`.  A virtio-net port's
+directory (:func:`create_virtio_device`) has virtio's identity and its
+transport's BAR file instead.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import mmap
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ixypipe.nic import registers as R
+from ixypipe.nic import virtio_regs as V
 
 PCI_CONFIG_SIZE = 256
 SIM_ROOT_PREFIX = "ixypipe-sim-"
@@ -152,3 +156,51 @@ def add_iommu_group(root: Path, address: str, group: int) -> None:
         if not node.exists():
             node.touch(mode=mode)
             node.chmod(mode)
+
+
+def create_virtio_device(root: Path, address: str, transport: str) -> DeviceFiles:
+    """One software virtio-net function: config space with virtio's identity (and, for the modern transport,
+    the vendor capabilities naming its structures in BAR4); ``resource0`` (legacy: the I/O BAR's registers)
+    or ``resource4`` (modern: common, ISR, device and notify structures).  ``bar_file`` is that resource."""
+    d = device_dir(root, address)
+    if d.exists():
+        raise FileExistsError(f"simulated PCI device {address} already exists under {root}")
+    (d / "driver").mkdir(parents=True, mode=0o700)
+    device_id = V.DEVICE_ID_NET_TRANSITIONAL if transport == "legacy" else V.DEVICE_ID_NET_MODERN
+    config = bytearray(PCI_CONFIG_SIZE)
+    struct.pack_into("<HH", config, R.PCI_CFG_VENDOR, V.PCI_VENDOR_VIRTIO, device_id)
+    struct.pack_into("<HH", config, V.PCI_CFG_SUBSYS_VENDOR, V.PCI_VENDOR_VIRTIO, V.VIRTIO_ID_NET)
+    config[PCI_CFG_SUBCLASS] = (CLASS_CODE_ETHERNET >> 8) & 0xFF
+    config[R.PCI_CFG_CLASS] = R.PCI_CLASS_NETWORK
+    if transport == "legacy":
+        bar, size = d / "resource0", V.SIM_LEGACY_BAR_SIZE
+    else:
+        bar, size = d / f"resource{V.SIM_MODERN_BAR}", V.SIM_MODERN_BAR_SIZE
+        config[V.PCI_CFG_STATUS] |= V.PCI_STATUS_CAP_LIST
+        config[V.PCI_CFG_CAP_PTR] = V.SIM_CAP_START
+        caps = [(V.CFG_COMMON, V.SIM_COMMON_OFF, V.COMMON_SIZE), (V.CFG_NOTIFY, V.SIM_NOTIFY_OFF, 0x1000),
+                (V.CFG_ISR, V.SIM_ISR_OFF, 4), (V.CFG_DEVICE, V.SIM_DEVICE_OFF, 0x100)]
+        at = V.SIM_CAP_START
+        for i, (cfg_type, offset, length) in enumerate(caps):
+            cap_len = V.NOTIFY_CAP_SIZE if cfg_type == V.CFG_NOTIFY else V.CAP_SIZE
+            nxt = at + 24 if i + 1 < len(caps) else 0
+            struct.pack_into("<BBBBB3xII", config, at, V.PCI_CAP_ID_VNDR, nxt, cap_len, cfg_type, V.SIM_MODERN_BAR,
+                             offset, length)
+            if cfg_type == V.CFG_NOTIFY:
+                struct.pack_into("<I", config, at + V.CAP_NOTIFY_MULTIPLIER, V.SIM_NOTIFY_MULTIPLIER)
+            at += 24
+    cfg = d / "config"
+    cfg.write_bytes(bytes(config))
+    fd = os.open(bar, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    (d / "driver" / "unbind").write_text("")
+    (d / V.SIM_MARKER).write_text("a software virtio-net device: let its model step between register selections\n")
+    (d / "vendor").write_text(f"{V.PCI_VENDOR_VIRTIO:#06x}\n")
+    (d / "device").write_text(f"{device_id:#06x}\n")
+    (d / "class").write_text(f"{CLASS_CODE_ETHERNET:#08x}\n")
+    for f in (cfg, d / "driver" / "unbind", d / "vendor", d / "device", d / "class"):
+        f.chmod(0o600)
+    return DeviceFiles(address, d, bar, cfg)

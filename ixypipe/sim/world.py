@@ -1,6 +1,7 @@
-"""The simulated world: software 82599 ports, their fake sysfs trees and the wires between them.
+"""The simulated world: software 82599 and virtio-net ports, their fake sysfs trees and the wires between them.
 
-A :class:`SimWorld` owns one :class:`~ixypipe.sim.model.SimPort` per
+A :class:`SimWorld` owns one :class:`~ixypipe.sim.model.SimPort` (or
+:class:`~ixypipe.sim.virtio_model.SimVirtioPort`, ``device = "virtio"``) per
 configured port (its BAR0 is the ``resource0`` file of the port's fake
 sysfs device), the DMA space of the registered arenas, and the wires: a
 generator feeding a port's RX side, a sink taking its TX side (verifying
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ixypipe.memory.arena import Arena
-from ixypipe.nic import registers as R
+from ixypipe.nic import virtio_regs as V
 from ixypipe.pcapfile import PcapError, check_output
 from ixypipe.sim import sysfs
 from ixypipe.sim.block import SIM_COUNTER_FIELDS, SIM_COUNTERS_DTYPE, SIM_LATENCY_FIELDS, SIM_SIZE_FIELDS
@@ -41,12 +42,15 @@ from ixypipe.sim.payload import Profile
 from ixypipe.sim.replay import template_frames
 from ixypipe.sim.shape import FlowShape
 from ixypipe.sim.traffic import MAX_FLOWS, SINK_MODES, SIZE_BUCKET_NAMES, CountSink, Generator, Sink
+from ixypipe.sim.virtio_model import TRANSPORTS as VIRTIO_TRANSPORTS
+from ixypipe.sim.virtio_model import SimVirtioPort
 
 log = logging.getLogger(__name__)
 GEN_BATCH = 2048                # most frames a generator sends per step (a step costs ~25 us besides its frames)
 HOT_PATH_ENV = "IXYPIPE_SIM_HOT_PATH"
 PORT_MAC_PREFIX = bytes((0x02, 0x49, 0x58, 0x53, 0x00))     # 02:49:58:53:00:<port index> ("IXS")
 GEN_MAC_PREFIX = bytes((0x02, 0x47, 0x45, 0x4E, 0x00))      # 02:47:45:4e:00:<generator id> ("GEN")
+SIM_DEVICES = ("82599", "virtio")
 
 
 class SimConfigError(ValueError):
@@ -88,6 +92,10 @@ class SimPortConfig:
     sink: SinkConfig | None = None
     cable_to: str | None = None
     iommu: bool = False             # behind a simulated IOMMU: VFIO nodes, DMA only through MAP_DMA mappings
+    device: str = "82599"           # or "virtio": a software virtio-net function (sim/virtio_model.py)
+    transport: str = "legacy"       # virtio: "legacy" (I/O BAR0) or "modern" (capabilities, BAR4)
+    queue_size: int = V.SIM_DEFAULT_QUEUE_SIZE      # virtio: entries of each virtqueue (the most a driver may use)
+    queue_pairs: int = 1            # virtio: queue pairs offered (more than one: MQ and a control queue)
 
 
 @dataclass
@@ -148,6 +156,13 @@ def validate_ports(ports: list[SimPortConfig]) -> list[SimPortConfig]:
                                  f"got {p.sink.mode!r}")
         if p.mac is not None and len(p.mac) != 6:
             raise SimConfigError(f"port {p.name}: mac must be 6 bytes, got {len(p.mac)}")
+        if p.device not in SIM_DEVICES:
+            raise SimConfigError(f"port {p.name}: device must be one of {', '.join(SIM_DEVICES)}, got {p.device!r}")
+        if p.device == "virtio" and p.transport not in VIRTIO_TRANSPORTS:
+            raise SimConfigError(f"port {p.name}: virtio transport must be one of {', '.join(VIRTIO_TRANSPORTS)}, "
+                                 f"got {p.transport!r}")
+        if p.device == "virtio" and p.iommu:
+            raise SimConfigError(f"port {p.name}: a software virtio-net device has no simulated IOMMU")
         if p.cable_to is not None:
             if p.cable_to not in names or p.cable_to == p.name:
                 raise SimConfigError(f"port {p.name}: cable_to {p.cable_to!r} must name another port of {names}")
@@ -172,6 +187,20 @@ def validate_ports(ports: list[SimPortConfig]) -> list[SimPortConfig]:
     return ports
 
 
+def bar_file(cfg: SimPortConfig) -> str:
+    """The resource file of a port's registers: an 82599's BAR0, a legacy virtio I/O BAR0, modern virtio's BAR4."""
+    if cfg.device == "virtio" and cfg.transport == "modern":
+        return f"resource{V.SIM_MODERN_BAR}"
+    return "resource0"
+
+
+def create_port_files(root: Path, cfg: SimPortConfig, address: str, index: int) -> sysfs.DeviceFiles:
+    """The fake sysfs directory of simulated port ``index``: an 82599's or a virtio-net function's."""
+    if cfg.device == "virtio":
+        return sysfs.create_virtio_device(root, address, cfg.transport)
+    return sysfs.create_device(root, address, iommu_group=sysfs.iommu_group_of(index) if cfg.iommu else None)
+
+
 class SimWorld:
     """Ports, wires and sysfs trees, stepped in-process (``create=False``: the trees already exist)."""
 
@@ -187,8 +216,8 @@ class SimWorld:
         self.sysfs_root = Path(root) if root is not None else sysfs.make_root()
         self.addresses = {p.name: p.pci_address or sysfs.default_address(i) for i, p in enumerate(ports)}
         if foreign:
-            self.dma = ForeignDma([sysfs.device_dir(self.sysfs_root, a) / "resource0"
-                                   for a in self.addresses.values()])
+            self.dma = ForeignDma([sysfs.device_dir(self.sysfs_root, self.addresses[p.name]) / bar_file(p)
+                                   for p in self.configs])
         else:
             self.dma = DmaSpace(arena if isinstance(arena, (list, tuple)) else [arena])
         self.counters_array = counters if counters is not None else np.zeros(len(ports), SIM_COUNTERS_DTYPE)
@@ -212,8 +241,11 @@ class SimWorld:
     def _build(self, create: bool, stats_period_ns: int, clock) -> None:
         for i, cfg in enumerate(self.configs):
             addr = self.addresses[cfg.name]
+            if cfg.device == "virtio":
+                self._build_virtio(cfg, i, addr, create)
+                continue
             if create:
-                sysfs.create_device(self.sysfs_root, addr, iommu_group=sysfs.iommu_group_of(i) if cfg.iommu else None)
+                create_port_files(self.sysfs_root, cfg, addr, i)
             dma = self.dma
             if cfg.iommu:       # translated through its group's IOMMU table (ixypipe.sim.iommu)
                 dma = IommuDma(table_path(self.sysfs_root, sysfs.iommu_group_of(i)),
@@ -246,12 +278,28 @@ class SimWorld:
                 if cfg.sink.mode == "count":
                     sink = CountSink(cfg.sink.pcap)
                 else:
-                    sink = Sink(by_id, True, cfg.sink.expect_touch, cfg.sink.pcap, compiled=port.kernels is not None,
+                    sink = Sink(by_id, True, cfg.sink.expect_touch, cfg.sink.pcap, compiled=port.compiled,
                                 clock=clock)
                 self.sinks[cfg.name] = sink
                 port.wire_out.append(sink.receive)
             if cfg.cable_to is not None:
                 port.wire_out.append(self.ports[cfg.cable_to].receive)
+
+    def _build_virtio(self, cfg: SimPortConfig, i: int, addr: str, create: bool) -> None:
+        """A software virtio-net function at ``addr`` (its tree, its BAR mapped, its model)."""
+        d = sysfs.device_dir(self.sysfs_root, addr)
+        files = (create_port_files(self.sysfs_root, cfg, addr, i) if create else
+                 sysfs.DeviceFiles(addr, d, d / bar_file(cfg), d / "config"))
+        bar_mm, bar = sysfs.map_file(files.bar_file)
+        cfg_mm, config = sysfs.map_file(files.config_file)
+        self._maps += [bar_mm, cfg_mm]
+        mac = cfg.mac or PORT_MAC_PREFIX + bytes((i,))
+        try:
+            self.ports[cfg.name] = SimVirtioPort(cfg.name, cfg.transport, bar, mac, self.dma, config=config,
+                                                 queue_size=cfg.queue_size, hot_path=self.hot_path,
+                                                 queue_pairs=cfg.queue_pairs)
+        except ValueError as exc:
+            raise SimConfigError(str(exc)) from None
 
     # ---- running --------------------------------------------------------------------------
     def start_traffic(self) -> None:
@@ -370,7 +418,7 @@ class SimWorld:
         self.dma.release()
 
     def link_up(self, name: str) -> bool:
-        return bool(self.ports[name].reg(R.LINKS) & R.LINKS_UP)
+        return self.ports[name].link_is_up()
 
     def close(self) -> None:
         for name, sink in self.sinks.items():

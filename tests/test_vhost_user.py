@@ -1,0 +1,200 @@
+"""The virtio driver as a vhost-user frontend against a real, independent backend: DPDK testpmd's net_vhost.
+
+testpmd serves the socket (its default server mode); ixypipe connects, shares its hugepage arena through the
+memory table and drives the rings. Both directions are counted exactly against testpmd's own statistics."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ixypipe.memory.homing import Homing
+from ixypipe.memory.mempool import Mempool
+from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.nic import virtio_regs as V
+from ixypipe.nic.device import DeviceError, PortSpec
+from ixypipe.nic.vhost_user import open_vhost_user
+from tests.support.system import needs_hugepages, needs_root
+
+pytestmark = [needs_root, needs_hugepages,
+              pytest.mark.skipif(shutil.which("dpdk-testpmd") is None, reason="dpdk-testpmd is not installed "
+                                                                               "(apt-get install dpdk-dev)")]
+POOL = 4096
+COUNT = 10_000
+
+
+def start_testpmd(tmp_path, mode: str) -> tuple[subprocess.Popen, str]:
+    """testpmd serving ``<tmp_path>/vhu.sock``; its hugepage files are unlinked at once (--huge-unlink) and its
+    runtime directory goes with stop_testpmd, so nothing stays behind."""
+    sock = str(tmp_path / "vhu.sock")
+    prefix = f"ixyvhu{os.getpid()}-{zlib.crc32(str(tmp_path).encode())}"
+    proc = subprocess.Popen(["dpdk-testpmd", "-l", "0,1", "--no-pci", "--file-prefix", prefix, "--huge-unlink",
+                             "-m", "256", "--vdev", f"net_vhost0,iface={sock},queues=1", "--",
+                             f"--forward-mode={mode}", *(["--port-topology=loop"] if mode == "io" else []),
+                             "--auto-start", "--total-num-mbufs=8192", "--stats-period", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc.runtime_dir = Path("/var/run/dpdk") / prefix
+    return proc, sock
+
+
+def stop_testpmd(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[0]
+    finally:
+        shutil.rmtree(proc.runtime_dir, ignore_errors=True)
+
+
+def accumulated(out: str, field: str) -> int:
+    """testpmd's final 'Accumulated forward statistics for all ports' value of ``field``."""
+    block = out.rsplit("Accumulated forward statistics for all ports", 1)
+    assert len(block) == 2, out[-2000:]
+    return int(re.search(rf"{field}: (\d+)", block[1]).group(1))
+
+
+@pytest.fixture
+def port(make_arena, tmp_path, request):
+    """(open(), bufs, pool, testpmd process) with testpmd in the mode the test names; all stopped afterwards."""
+    made = []
+
+    def build(mode: str):
+        proc, sock = start_testpmd(tmp_path, mode)
+        arena = make_arena(16 << 20, hugepages_mode="require")
+        bufs = PacketBuffers.create(arena, POOL)
+        pool = Mempool.create(arena, bufs, "pool0", 0, POOL, 0)
+        made.append(proc)
+        spec = PortSpec("v0", "vhost-user", sock, rx_ring_size=256, tx_ring_size=256)
+        dev = open_vhost_user(spec, arena, bufs, [pool], tx_done=Homing.to_pools(bufs, [pool]))
+        made.append(dev)
+        return dev, bufs, pool, proc
+
+    yield build
+    for thing in reversed(made):
+        if isinstance(thing, subprocess.Popen):
+            stop_testpmd(thing)
+        else:
+            thing.close()
+
+
+def test_ixypipe_to_testpmd_rxonly_counts_every_frame(port):
+    dev, bufs, pool, proc = port("rxonly")
+    assert dev.features & V.bit(V.F_VERSION_1)
+    frame = bytes(range(60))
+    sent = 0
+    deadline = time.monotonic() + 60
+    while sent < COUNT and time.monotonic() < deadline:
+        idx = pool.alloc(min(32, COUNT - sent))
+        for i in idx:
+            bufs.write_packet(int(i), frame)
+        n = dev.tx_batch(0, idx)
+        pool.free(idx[n:])
+        sent += n
+    assert sent == COUNT
+    assert dev.tx_drain(0, timeout=30) == 0                   # the backend used every descriptor
+    assert dev.read_stats().tx_packets == COUNT and dev.read_stats().tx_bytes == 60 * COUNT
+    assert pool.available() == POOL - 256                     # every sent buffer home, the RX ring's held
+    out = stop_testpmd(proc)
+    assert accumulated(out, "RX-packets") == COUNT, out[-2000:]
+
+
+def test_testpmd_txonly_to_ixypipe_is_counted_with_lengths_and_bytes(port):
+    dev, bufs, pool, proc = port("txonly")
+    out = np.zeros(64, np.uint32)
+    got = 0
+    deadline = time.monotonic() + 60
+    lengths: set[int] = set()
+    while got < COUNT and time.monotonic() < deadline:
+        n = dev.rx_batch(0, out)
+        lengths.update(bufs.length[out[:n]].tolist())
+        if n:
+            frame = bufs.packet(int(out[0])).tobytes()
+            assert frame[12:14] == b"\x08\x00" and frame[23] == 17          # testpmd's txonly: IPv4 UDP
+        pool.free(out[:n].copy())
+        got += n
+    assert got >= COUNT
+    text = stop_testpmd(proc)                                  # no more frames come once it has stopped
+    while (n := dev.rx_batch(0, out)):                         # what it sent before stopping is in the ring
+        lengths.update(bufs.length[out[:n]].tolist())
+        pool.free(out[:n].copy())
+        got += n
+    assert lengths == {64}
+    assert got == accumulated(text, "TX-packets")              # every frame testpmd counted as sent, received
+    assert dev.read_stats().rx_packets == got and dev.read_stats().rx_bytes == 64 * got
+
+
+def test_no_backend_on_the_socket_is_a_clear_error(make_arena, tmp_path):
+    from ixypipe.nic.vhost_user import VhostUserTransport
+    with pytest.raises(DeviceError, match=rf"no vhost-user backend listens on {tmp_path}/none.sock .* after 0.2 s"):
+        VhostUserTransport(str(tmp_path / "none.sock"), [], timeout=0.2)
+
+
+PIPELINE = """
+[pipeline]
+name = "vhost"
+batch_size = 256
+ring_size = 1024
+buffers_per_queue = 4096
+
+[[ports]]
+name = "p0"
+driver = "sim"
+forward_to = "p1"
+rx_ring_size = 512
+tx_ring_size = 512
+
+[ports.generator]
+packet_size = 60
+rate_mpps = 0
+flows = 4
+count = {count}
+
+[ports.sink]
+verify = true
+
+[[ports]]
+name = "p1"
+driver = "vhost-user"
+socket = "vhu.sock"
+forward_to = "p0"
+rx_ring_size = 512
+tx_ring_size = 512
+
+[workers]
+function = "forward"
+"""
+
+
+def test_a_pipeline_loops_through_testpmd_io_and_every_packet_is_accounted(tmp_path):
+    from tests.support.runs import run, summary_of
+
+    proc, sock = start_testpmd(tmp_path, "io")          # with --port-topology=loop: back out of the same port
+    path = tmp_path / "vhost.toml"
+    path.write_text(PIPELINE.format(count=COUNT))
+    try:
+        # the generator stops at COUNT; frames testpmd drops are never received, so the run ends by duration
+        res = run([str(path), "--duration", "15", "--json"], timeout=300)
+    finally:
+        text = stop_testpmd(proc)
+    assert res.returncode == 0, res.stderr
+    s = summary_of(res.stdout)
+    assert s["ok"] and s["in_flight"] == 0
+    sim, p1 = s["sim"]["p0"], s["ports"]["p1"]
+    assert sim["generated"] == s["ports"]["p0"]["rx_packets"] == COUNT
+    assert p1["tx_packets"] == accumulated(text, "RX-packets") == COUNT         # all of it reached testpmd
+    assert p1["rx_packets"] == accumulated(text, "TX-packets")                   # what it sent back, received
+    assert sim["sink_received"] == p1["rx_packets"]                              # and forwarded to the sink
+    assert sim["sink_lost"] == accumulated(text, "TX-dropped")                   # the rest testpmd counted dropped
+    assert sim["sink_corrupt"] == sim["sink_reordered"] == 0
