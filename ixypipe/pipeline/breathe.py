@@ -127,3 +127,72 @@ def bind_rx(st, device, pool, lent, outbox, returns, distribute: str) -> RxPasse
 def bind_tx(st, device, ledger, inputs) -> TxPasses | None:
     bound = device.compiled_tx(st.me.queue) if K.AVAILABLE else None
     return None if bound is None else TxPasses(st, *bound, ledger, inputs)
+
+
+class WorkerPasses:
+    """A worker stage's compiled passes: the RX stages' rings through the worker's compiled function
+    (workers/compiled.py) to the TX rings of the verdicts' ports, drops home.
+
+    Made in two steps: the arrays before the worker's code runs (the doorbells' semaphores open while the
+    stage is still privileged), then :meth:`bind` to the loaded worker's compiled function, which compiles the
+    passes for it.  A worker maps the arena read-only but for its own regions (stages.attach_packet_arena):
+    the kernel takes the arena through Arena.compiled_bytes, whose pages keep that protection."""
+
+    def __init__(self, st, outbox, inputs, defaults: list[int], slot_of_port: list[int]):
+        whole = st.arena.compiled_bytes()
+        words, slots = spsc_jit.arena_words(whole)
+        off = st.arena.region(stagetable.REGION).offset + st.me.row * STAGE_ROW_DTYPE.itemsize
+        row = whole[off:off + STAGE_ROW_DTYPE.itemsize].view(np.int64)
+        self.batch = batch = max(st.batch, 1)
+        n_out = len(outbox.rings)
+        self.compiled = None
+        self.got = np.empty(batch, np.uint32)
+        self.parts = np.zeros((n_out, batch), np.uint32)
+        self.parts_n = np.zeros(n_out, np.int64)
+        self.state = np.zeros(K.STATE_WORDS, np.int64)
+        rows = [st.plan.consumer_row(r.name) for r in outbox.rings]
+        bells = np.array([(wakeup.line_word(st.arena, r), wakeup.semaphore_address(st.arena, r))
+                          if st.plan.idle == "wake" else (0, 0) for r in rows], np.int64)
+        self.params = np.zeros(K.WORKER_PARAM_WORDS, np.int64)
+        self.params[:K.PARAM_WORDS] = _params(st, 0, 1)
+        self.params[K.P_BUFFERS] = st.bufs.count
+        self.before = (words, slots, row, spsc_jit.ring_rows(inputs), np.array(defaults, np.int64),
+                       spsc_jit.ring_rows(outbox.rings), bells, np.array(slot_of_port, np.int64), _homes(st),
+                       np.zeros(st.bufs.count, np.uint8), st.bufs.data, st.bufs.length, st.bufs.raw.reshape(-1),
+                       self.got, np.empty(batch, np.uint32), np.empty(batch, np.int16), np.empty(batch, np.uint32))
+
+    def bind(self, compiled) -> WorkerPasses | None:
+        """Compile (or load) the passes for ``compiled`` (a CompiledWorker); None when there is none."""
+        if compiled is None or getattr(compiled.kernel, "py_func", None) is None:
+            return None
+        from ixypipe.workers.compiled import empty_headers
+
+        self.compiled = compiled
+        self.counts = np.zeros(len(compiled.counters), np.int64)
+        self.params[K.P_HEADERS] = compiled.headers
+        run = K.worker_run if compiled.cached else K.worker_run_fresh
+        self.run = functools.partial(
+            run, compiled.kernel, *self.before, empty_headers(self.batch if compiled.headers else 0),
+            np.empty(self.batch, np.int64), np.empty(self.batch, np.uint32), self.counts, self.parts, self.parts_n,
+            self.state, self.params)
+        _warm_up(self.run)
+        return self
+
+    def leftovers(self) -> list[tuple[int, np.ndarray]]:
+        """(output, indices) that a stalled run could not push, each a copy."""
+        return [(k, self.parts[k, :n].copy()) for k, n in enumerate(self.parts_n.tolist()) if n]
+
+    def in_hand(self) -> np.ndarray:
+        """The batch the worker's function held when it raised (a copy); then nothing is in hand."""
+        n = int(self.state[K.ST_CALLING])
+        self.state[K.ST_CALLING] = 0
+        return self.got[:n].copy()
+
+    def counters(self) -> dict[str, int]:
+        return dict(zip(self.compiled.counters, self.counts.tolist(), strict=True))
+
+
+def prepare_worker(st, outbox, inputs, defaults: list[int], slot_of_port: list[int]) -> WorkerPasses | None:
+    """A worker stage's compiled passes, to :meth:`WorkerPasses.bind` once its worker is loaded; None without
+    numba."""
+    return WorkerPasses(st, outbox, inputs, defaults, slot_of_port) if K.AVAILABLE else None

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ixypipe import jitcache
-from ixypipe.layout import STAGE_CMD_DRAIN
+from ixypipe.layout import PKTBUF_HEADROOM, STAGE_CMD_DRAIN
 from ixypipe.pipeline.stagetable import SLOT
 from ixypipe.protocols import FLOW_KEY_OFF
 from ixypipe.rings import spsc_jit
@@ -308,3 +308,110 @@ if AVAILABLE:
                 if empty >= params[P_IDLE_PASSES]:
                     return RUN_IDLE
         return RUN_BUDGET
+
+
+# ---- the worker ---------------------------------------------------------------------
+
+# a worker's params, after the common ones: parse headers before each call; buffers in the arena (an index from
+# an input ring at or past it is no buffer)
+P_HEADERS, P_BUFFERS = PARAM_WORDS, PARAM_WORDS + 1
+WORKER_PARAM_WORDS = PARAM_WORDS + 2
+ST_CALLING = 3        # packets the worker's function holds (got[:n]): what an exception leaves to Python
+assert ST_CALLING < STATE_WORDS
+_DROP_WORKER, _WORKER_ERROR, _NO_ROUTE = SLOT["drop_worker"], SLOT["drop_worker_error"], SLOT["drop_no_route"]
+VERDICT_DROP = -1     # workers/api.py's DROP
+
+worker_run = worker_run_fresh = None
+
+if AVAILABLE:
+    from ixypipe.workers import headers_jit
+
+    def _worker_run(fn, words, slots, row, inputs, defaults, outs, bells, slot_of_port, homes, held, data, length,
+                    flat, got, shown, out, gone, h, base, blen, counts, parts, parts_n, state, params):
+        """Worker passes: a batch from each input ring, the worker's compiled function ``fn`` over it
+        (workers/compiled.py has its contract), each packet to the TX ring of its verdict's port or home."""
+        batch, wake, buffers = params[P_BATCH], params[P_WAKE], params[P_BUFFERS]
+        empty = 0
+        for _ in range(params[P_MAX_PASSES]):
+            if _loop_start(row):
+                return RUN_COMMAND
+            worked = False
+            for k in range(inputs.shape[0]):
+                n = pull(words, slots, inputs[k], got, 0, batch)        # 1. a batch from an RX stage
+                if not n:
+                    continue
+                worked = True
+                _took(row, k, n)
+                m = 0
+                for i in range(n):                                      # 2. no buffer: refused (screen_input)
+                    if got[i] < buffers:
+                        got[m] = got[i]
+                        m += 1
+                row[_BAD_INDEX] += n - m
+                if not m:
+                    continue
+                for i in range(m):                                      # 3. what the function sees
+                    shown[i] = got[i]
+                    out[i] = defaults[k]
+                if params[P_HEADERS]:
+                    h.bools[:, :m] = False
+                    h.u8[:, :m] = 0
+                    h.u16[:, :m] = 0
+                    h.u32[:, :m] = 0
+                    h.i64[:, :m] = 0
+                    h.addr[:, :m, :] = 0
+                    for i in range(m):
+                        base[i] = np.int64(got[i]) * data.strides[0] + PKTBUF_HEADROOM    # in ``flat``
+                        blen[i] = length[got[i]]
+                    headers_jit.kernel(flat, base[:m], blen[:m], params[P_MAX_DATA], h.bools, h.u8, h.u16, h.u32,
+                                       h.i64, h.addr)
+                state[ST_CALLING] = m
+                fn(data, length, shown, m, out, h, counts)               # 4. the worker's function
+                state[ST_CALLING] = 0
+                for w in range(outs.shape[0]):
+                    parts_n[w] = 0
+                g = dropped = error = lost = routed = 0
+                for i in range(m):                                      # 5. by verdict
+                    b = got[i]
+                    v = np.int64(out[i])
+                    if shown[i] != b:                                    # an index it changed: never routed
+                        gone[g] = b
+                        g += 1
+                        error += 1
+                    elif v == VERDICT_DROP:
+                        gone[g] = b
+                        g += 1
+                        dropped += 1
+                    elif v < 0 or v >= slot_of_port.shape[0] or slot_of_port[v] < 0:
+                        gone[g] = b
+                        g += 1
+                        lost += 1
+                    else:
+                        w = slot_of_port[v]
+                        parts[w, parts_n[w]] = b
+                        parts_n[w] += 1
+                        routed += 1
+                row[_WORKER_ERROR] += error
+                row[_DROP_WORKER] += dropped
+                row[_NO_ROUTE] += lost
+                row[_POUT] += routed
+                if g and not _send_home(words, slots, homes, held, gone, 0, g):
+                    return RUN_HOME
+                ok = True
+                for w in range(outs.shape[0]):                          # 6. on to TX
+                    if parts_n[w] and not _push_ring(words, slots, outs, bells, wake, w, parts, parts_n):
+                        ok = False
+                if not ok:
+                    return RUN_STALLED                                   # Python's Outbox keeps the rest
+            if worked:
+                empty = 0
+            else:
+                row[_IDLE] += 1
+                empty += 1
+                if empty >= params[P_IDLE_PASSES]:
+                    return RUN_IDLE
+        return RUN_BUDGET
+
+    worker_run = jit(_worker_run)
+    # for a user's function: never cached (numba's cache of this kernel would not see an edit of that function)
+    worker_run_fresh = numba.njit(nogil=True, boundscheck=False)(_worker_run)

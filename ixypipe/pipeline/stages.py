@@ -493,11 +493,29 @@ def run_worker(st: Stage) -> None:
     counters = ctx.counters
     published = CounterWriter(st.arena, me.row)
     _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
-    worker = start_worker(st, ctx)          # unprivileged from here on; a failure stops the stage with its traceback
+    passes = breathe.prepare_worker(st, outbox, inputs, [plan.forward_to[p] for p in me.in_ports], slot_of_port)
+    fast = []                               # a compiled worker's passes, compiled before the stage runs
+
+    def bind(worker) -> None:
+        fast.append(passes.bind(worker.compiled) if passes is not None else None)
+
+    worker = start_worker(st, ctx, bind)    # unprivileged from here on; a failure stops the stage with its traceback
     errors = ErrorLog(me.name, worker.where)
     fn = worker.process
+    fast = fast[0]
+    if fast is not None:
+        log.debug("%s: the worker function runs compiled (%s)", me.name, worker.where)
     got = np.empty(st.batch, np.uint32)
+
+    def still_idle() -> bool:
+        return not st.draining() and all(r.empty() for r in inputs)
+
     while True:
+        if fast is not None and not outbox.held and not st.draining():      # the compiled passes
+            breathe_worker(st, fast, outbox, homing, errors, counters, still_idle)
+            if counters:
+                published.publish(counters)
+            continue
         worked = False
         if outbox.held:
             if not outbox.flush():
@@ -529,7 +547,7 @@ def run_worker(st: Stage) -> None:
                     route(st, idx, out, DROP, slot_of_port, outbox, homing)
             if counters:
                 published.publish(counters)
-        st.tick(worked, outbox.held, still_idle=lambda: not st.draining() and all(r.empty() for r in inputs))
+        st.tick(worked, outbox.held, still_idle=still_idle)
         if st.draining() and not worked and not outbox.held and all(r.empty() for r in inputs):
             break
     st.row["state"] = STAGE_STATE_DRAINING
@@ -543,6 +561,42 @@ def run_worker(st: Stage) -> None:
     refused = refused_counts()
     if refused:
         log.warning("%s: %d counter updates were refused: the worker's counter block was full", me.name, refused)
+
+
+def breathe_worker(st: Stage, fast, outbox: Outbox, homing: Homing, errors: ErrorLog, counters: dict,
+                   still_idle) -> None:
+    """One run of a compiled worker's passes (breathe.WorkerPasses), then what Python does: what a stall left
+    goes to the Outbox, the function's counts to the named counters, and an exception it raised drops the
+    batch it held (``worker_error``), logged once by kind as a Python worker's."""
+    bad_before, changed_before = st.row["drop_bad_index"], st.row["drop_worker_error"]
+    try:
+        code = breathe_compiled(st, fast, still_idle)
+        if st.row["drop_worker_error"] > changed_before:     # the run's only worker_error: a changed index
+            errors.note("changed batch.idx", f"{st.me.name}: the compiled worker function at {errors.where} "
+                        "changed idx; a packet whose index was changed is dropped (reason worker_error), repeats "
+                        "are counted")
+    except Exception as exc:                        # raised in the worker's compiled function
+        st.absorb()
+        idx = fast.in_hand()
+        errors.note(type(exc).__name__, f"{st.me.name}: the compiled worker function at {errors.where} "
+                    f"raised {type(exc).__name__}: {exc}; the batch is dropped (reason worker_error), repeats are "
+                    "counted")
+        st.row.add("drop_worker_error", len(idx))
+        homing.send(idx)
+        code = None
+    if code == K.RUN_STALLED:
+        for k, idx in fast.leftovers():
+            outbox.keep(k, idx)
+    elif code == K.RUN_HOME:
+        raise HomingError(f"{st.me.name}: a buffer sent home found no home or a full return ring "
+                          "(a buffer freed twice)")
+    for name, value in fast.counters().items():
+        if value or name not in counters:
+            counters[name] = counters.get(name, 0) + value
+    fast.counts[:] = 0
+    if st.row["drop_bad_index"] > bad_before:
+        errors.note("bad input index", f"{st.me.name}: an index from an input ring is no buffer (the arena has "
+                    f"{st.bufs.count}): refused, counted as bad_index; repeats are counted")
 
 
 def screen_input(st: Stage, idx: np.ndarray, count: int, errors: ErrorLog) -> np.ndarray:
@@ -584,10 +638,11 @@ def keep_unchanged(st: Stage, idx: np.ndarray, batch, shown: np.ndarray, out, ho
     return idx[~moved], out if isinstance(out, int) else out[~moved]
 
 
-def start_worker(st: Stage, ctx):
+def start_worker(st: Stage, ctx, prepare=None):
     """Everything before the worker's loop that runs the user's code, in this order: the privilege drop and
-    the fork guard (workers/confine.py), the import, setup(ctx).  Until it is done the row's state stays
-    "starting" and its phase says which (the supervisor's start-up watch names a worker stuck in one)."""
+    the fork guard (workers/confine.py), the import, setup(ctx), then ``prepare(worker)`` (a compiled worker's
+    passes compile).  Until it is done the row's state stays "starting" and its phase says which (the
+    supervisor's start-up watch names a worker stuck in one)."""
     from ixypipe.workers.loader import load
 
     plan = st.plan
@@ -597,6 +652,8 @@ def start_worker(st: Stage, ctx):
     st.row["phase"] = STAGE_PHASE_SETUP
     if worker.setup is not None:
         worker.setup(ctx)
+    if prepare is not None:
+        prepare(worker)
     st.row["phase"] = 0
     st.row["state"] = STAGE_STATE_RUNNING
     return worker
