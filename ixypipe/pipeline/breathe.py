@@ -28,6 +28,9 @@ RUN_PASSES = 256
 # hand an idle stage to Python at once (it yields, sleeps or polls)
 SPIN_IDLE_PASSES = 64
 DISTRIBUTION_MODES = {"round-robin": K.MODE_ROUND_ROBIN, "flow": K.MODE_FLOW}
+# a worker whose TX ring is full naps between these (seconds) until half the ring is free (WorkerPasses.stall_nap)
+STALL_NAP_MIN, STALL_NAP_MAX = 20e-6, 1e-3
+ROOM_UNSEEN = -(1 << 62)
 
 
 def _row_words(st) -> np.ndarray:
@@ -156,6 +159,13 @@ class WorkerPasses:
         self.params = np.zeros(K.WORKER_PARAM_WORDS, np.int64)
         self.params[:K.PARAM_WORDS] = _params(st, 0, 1)
         self.params[K.P_BUFFERS] = st.bufs.count
+        # a full TX ring is pushed to again once half of it is free, when the stage naps (not in "spin" mode):
+        # one nap per half a ring of packets, not one per batch
+        self.capacity = min(r.capacity for r in outbox.rings)
+        self.naps = st.plan.idle != "spin"
+        self.params[K.P_ROOM] = self.capacity // 2 if self.naps else 0
+        self.nap = STALL_NAP_MIN
+        self.state[K.ST_ROOM] = ROOM_UNSEEN
         self.before = (words, slots, row, spsc_jit.ring_rows(inputs), np.array(defaults, np.int64),
                        spsc_jit.ring_rows(outbox.rings), bells, np.array(slot_of_port, np.int64), _homes(st),
                        np.zeros(st.bufs.count, np.uint8), st.bufs.data, st.bufs.length, st.bufs.raw.reshape(-1),
@@ -179,8 +189,24 @@ class WorkerPasses:
         return self
 
     def leftovers(self) -> list[tuple[int, np.ndarray]]:
-        """(output, indices) that a stalled run could not push, each a copy."""
-        return [(k, self.parts[k, :n].copy()) for k, n in enumerate(self.parts_n.tolist()) if n]
+        """(output, indices) that stalled runs could not push yet, each a copy; the passes forget them (the
+        caller's Outbox takes them over)."""
+        left = [(k, self.parts[k, :n].copy()) for k, n in enumerate(self.parts_n.tolist()) if n]
+        self.parts_n[:] = 0
+        return left
+
+    def stall_nap(self, stalled: bool) -> float:
+        """Seconds to nap after a run (0.0: none), learnt from the room the full rings had when the passes
+        looked again: too little doubles the nap, a ring found nearly empty (its consumer waited) halves it."""
+        seen = int(self.state[K.ST_ROOM])
+        self.state[K.ST_ROOM] = ROOM_UNSEEN
+        if seen < 0 and seen != ROOM_UNSEEN and -seen - 1 > self.capacity * 7 // 8:
+            self.nap = max(STALL_NAP_MIN, self.nap / 2)
+        if not stalled or not self.naps:
+            return 0.0
+        if seen >= 0:
+            self.nap = min(STALL_NAP_MAX, self.nap * 2)
+        return self.nap
 
     def in_hand(self) -> np.ndarray:
         """The batch the worker's function held when it raised (a copy); then nothing is in hand."""

@@ -21,12 +21,17 @@ What a pass touches, all in the packet arena or the stage's own memory:
   home), and the private ledger of buffers lent out (memory/ledger.py);
 * TX: the driver's compiled transmit (``tx_kernel(q, bufs)`` -> (posted,
   cleaned) with the cleaned buffers in ``freed``), the private ledger of
-  buffers it holds and the return rings of the pools it sends home to.
+  buffers it holds and the return rings of the pools it sends home to;
+* worker (``worker_run``): the worker's compiled function (workers/compiled.py,
+  called per batch with the batch's arrays), the TX rings of the verdicts'
+  ports, the return rings for drops.
 
 Every check of the Python passes is made here too, counted in the same row
 fields: an index a return ring gives back that is not out (``bad_index``),
 a length outside 1..max_data (``bad_packet``), an index a TX queue may not
-hold (``bad_index``) or holds already (``duplicate``).  The Python passes in
+hold (``bad_index``) or holds already (``duplicate``), an index a worker's
+input gives that is no buffer (``bad_index``), a verdict that is no port
+(``no_route``), an index the worker's function changed (``worker_error``).  The Python passes in
 stages.py are the reference; the data-path tests run both.
 """
 
@@ -77,7 +82,7 @@ rx_run = tx_run = None
 
 if AVAILABLE:
     jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
-    push, pull, bell = spsc_jit.push, spsc_jit.pull, spsc_jit.bell
+    push, pull, bell, room = spsc_jit.push, spsc_jit.pull, spsc_jit.bell, spsc_jit.room
     _MIX = np.uint64(FLOW_MIX)
     _LOW32 = np.uint64(0xFFFFFFFF)
     _SHIFT16 = np.uint64(16)
@@ -313,12 +318,15 @@ if AVAILABLE:
 # ---- the worker ---------------------------------------------------------------------
 
 # a worker's params, after the common ones: parse headers before each call; buffers in the arena (an index from
-# an input ring at or past it is no buffer)
-P_HEADERS, P_BUFFERS = PARAM_WORDS, PARAM_WORDS + 1
-WORKER_PARAM_WORDS = PARAM_WORDS + 2
+# an input ring at or past it is no buffer); the room a full output ring must have again before the passes push
+# to it (Python naps meanwhile: one wait per that many packets, not one per batch)
+P_HEADERS, P_BUFFERS, P_ROOM = PARAM_WORDS, PARAM_WORDS + 1, PARAM_WORDS + 2
+WORKER_PARAM_WORDS = PARAM_WORDS + 3
 ST_CALLING = 3        # packets the worker's function holds (got[:n]): what an exception leaves to Python
+ST_ROOM = ST_LEFT     # a stalled worker: the room its full rings had at the last look (-room - 1: it pushed then)
 assert ST_CALLING < STATE_WORDS
 _DROP_WORKER, _WORKER_ERROR, _NO_ROUTE = SLOT["drop_worker"], SLOT["drop_worker_error"], SLOT["drop_no_route"]
+_HELD, _STALLS = SLOT["held"], SLOT["stalls"]
 VERDICT_DROP = -1     # workers/api.py's DROP
 
 worker_run = worker_run_fresh = None
@@ -326,15 +334,43 @@ worker_run = worker_run_fresh = None
 if AVAILABLE:
     from ixypipe.workers import headers_jit
 
+    @jit
+    def _push_parts(words, slots, outs, bells, wake, parts, parts_n, row):
+        """Push what waits in parts (routed, not yet taken by a TX ring); True when nothing is left.  What is
+        left stays there for the next pass or run (Python moves it to its Outbox only for the drain)."""
+        ok = True
+        for w in range(outs.shape[0]):
+            if parts_n[w] and not _push_ring(words, slots, outs, bells, wake, w, parts, parts_n):
+                ok = False
+        if ok:
+            row[_HELD] = 0
+        else:
+            row[_STALLS] += 1
+            row[_HELD] = parts_n.sum()
+        return ok
+
     def _worker_run(fn, words, slots, row, inputs, defaults, outs, bells, slot_of_port, homes, held, data, length,
                     flat, got, shown, out, gone, h, base, blen, counts, parts, parts_n, state, params):
         """Worker passes: a batch from each input ring, the worker's compiled function ``fn`` over it
-        (workers/compiled.py has its contract), each packet to the TX ring of its verdict's port or home."""
+        (workers/compiled.py has its contract), each packet to the TX ring of its verdict's port or home.
+        Packets a full TX ring did not take wait in parts: no batch is pulled until they are in."""
         batch, wake, buffers = params[P_BATCH], params[P_WAKE], params[P_BUFFERS]
         empty = 0
         for _ in range(params[P_MAX_PASSES]):
             if _loop_start(row):
                 return RUN_COMMAND
+            if parts_n.any():                                           # what a full TX ring left
+                least = np.int64(1) << 62
+                for w in range(outs.shape[0]):
+                    if parts_n[w]:
+                        least = min(least, room(words, outs[w]))
+                state[ST_ROOM] = least
+                for w in range(outs.shape[0]):
+                    if parts_n[w] and room(words, outs[w]) < max(parts_n[w], params[P_ROOM]):
+                        return RUN_STALLED                               # Python naps longer, then runs again
+                if not _push_parts(words, slots, outs, bells, wake, parts, parts_n, row):
+                    return RUN_STALLED
+                state[ST_ROOM] = -least - 1                              # resumed with this much room
             worked = False
             for k in range(inputs.shape[0]):
                 n = pull(words, slots, inputs[k], got, 0, batch)        # 1. a batch from an RX stage
@@ -397,12 +433,8 @@ if AVAILABLE:
                 row[_POUT] += routed
                 if g and not _send_home(words, slots, homes, held, gone, 0, g):
                     return RUN_HOME
-                ok = True
-                for w in range(outs.shape[0]):                          # 6. on to TX
-                    if parts_n[w] and not _push_ring(words, slots, outs, bells, wake, w, parts, parts_n):
-                        ok = False
-                if not ok:
-                    return RUN_STALLED                                   # Python's Outbox keeps the rest
+                if not _push_parts(words, slots, outs, bells, wake, parts, parts_n, row):    # 6. on to TX
+                    return RUN_STALLED
             if worked:
                 empty = 0
             else:

@@ -85,6 +85,7 @@ VERDICT_MAX = int(np.iinfo(np.int16).max)   # verdicts are int16: a wider value 
 _HEARTBEAT, _LAST_BATCH, _LAST_RING, _BATCH_NO = (SLOT[f] for f in ("heartbeat", "last_batch", "last_ring",
                                                                      "batch_no"))
 _PROCESS_SLOTS = [SLOT[f] for f in PROCESS_FIELDS]
+_BAD_INDEX, _WORKER_ERROR = SLOT["drop_bad_index"], SLOT["drop_worker_error"]
 
 
 class Outbox:
@@ -512,10 +513,13 @@ def run_worker(st: Stage) -> None:
 
     while True:
         if fast is not None and not outbox.held and not st.draining():      # the compiled passes
-            breathe_worker(st, fast, outbox, homing, errors, counters, still_idle)
+            breathe_worker(st, fast, homing, errors, counters, still_idle)
             if counters:
                 published.publish(counters)
             continue
+        if fast is not None:                         # what compiled passes could not push yet: the drain's now
+            for k, idx in fast.leftovers():
+                outbox.keep(k, idx)
         worked = False
         if outbox.held:
             if not outbox.flush():
@@ -563,15 +567,16 @@ def run_worker(st: Stage) -> None:
         log.warning("%s: %d counter updates were refused: the worker's counter block was full", me.name, refused)
 
 
-def breathe_worker(st: Stage, fast, outbox: Outbox, homing: Homing, errors: ErrorLog, counters: dict,
-                   still_idle) -> None:
-    """One run of a compiled worker's passes (breathe.WorkerPasses), then what Python does: what a stall left
-    goes to the Outbox, the function's counts to the named counters, and an exception it raised drops the
-    batch it held (``worker_error``), logged once by kind as a Python worker's."""
-    bad_before, changed_before = st.row["drop_bad_index"], st.row["drop_worker_error"]
+def breathe_worker(st: Stage, fast, homing: Homing, errors: ErrorLog, counters: dict, still_idle) -> None:
+    """One run of a compiled worker's passes (breathe.WorkerPasses), then what Python does: a stalled run (a
+    full TX ring: the passes keep what it did not take) naps until half the ring is free (stall_nap),
+    the function's counts go to the named counters, and an exception it raised drops the batch it held
+    (``worker_error``), logged once by kind as a Python worker's."""
+    slots = st.slots
+    bad_before, changed_before = slots[_BAD_INDEX], slots[_WORKER_ERROR]
     try:
         code = breathe_compiled(st, fast, still_idle)
-        if st.row["drop_worker_error"] > changed_before:     # the run's only worker_error: a changed index
+        if slots[_WORKER_ERROR] > changed_before:     # the run's only worker_error: a changed index
             errors.note("changed batch.idx", f"{st.me.name}: the compiled worker function at {errors.where} "
                         "changed idx; a packet whose index was changed is dropped (reason worker_error), repeats "
                         "are counted")
@@ -584,17 +589,20 @@ def breathe_worker(st: Stage, fast, outbox: Outbox, homing: Homing, errors: Erro
         st.row.add("drop_worker_error", len(idx))
         homing.send(idx)
         code = None
-    if code == K.RUN_STALLED:
-        for k, idx in fast.leftovers():
-            outbox.keep(k, idx)
+    nap = fast.stall_nap(code == K.RUN_STALLED)
+    if nap and not st.draining():
+        time.sleep(nap)
+    elif code == K.RUN_STALLED:
+        st.wait()
     elif code == K.RUN_HOME:
         raise HomingError(f"{st.me.name}: a buffer sent home found no home or a full return ring "
                           "(a buffer freed twice)")
-    for name, value in fast.counters().items():
-        if value or name not in counters:
-            counters[name] = counters.get(name, 0) + value
-    fast.counts[:] = 0
-    if st.row["drop_bad_index"] > bad_before:
+    if fast.compiled.counters:
+        for name, value in fast.counters().items():
+            if value or name not in counters:
+                counters[name] = counters.get(name, 0) + value
+        fast.counts[:] = 0
+    if slots[_BAD_INDEX] > bad_before:
         errors.note("bad input index", f"{st.me.name}: an index from an input ring is no buffer (the arena has "
                     f"{st.bufs.count}): refused, counted as bad_index; repeats are counted")
 

@@ -57,7 +57,7 @@ def arena_words(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 assert RING_CAPACITY_OFF == 0 and RING_SLOT_DTYPE == np.uint32
 
-push = pull = bell = fence = None
+push = pull = room = bell = fence = None
 
 if AVAILABLE:
     from numba import types
@@ -95,6 +95,12 @@ if AVAILABLE:
         if n:
             words[ring[RING_HEAD]] = np.uint64(head + n)
         return n
+
+    @jit
+    def room(words, ring):
+        """Producer: how many entries the ring ``ring`` takes now (push's count for a long enough ``src``)."""
+        cap = ring[RING_CAP]
+        return min(max(cap - (np.int64(words[ring[RING_HEAD]]) - np.int64(words[ring[RING_TAIL]])), 0), cap)
 
     @jit
     def pull(words, slots, ring, dst, start, want):
