@@ -27,7 +27,7 @@ from ixypipe.pipeline.stages import verdicts  # noqa: E402
 from ixypipe.workers.api import DROP, Batch, WorkerContext  # noqa: E402
 from ixypipe.workers.compiled import CompiledWorker, compiled_worker  # noqa: E402
 from ixypipe.workers.loader import load  # noqa: E402
-from tests.support.runs import summary_of  # noqa: E402
+from tests.support.runs import intervals_of, summary_of, variant  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 IXYPIPE = [sys.executable, "-m", "ixypipe", "-v"]
@@ -175,6 +175,25 @@ def test_garbage_verdicts_of_a_compiled_function_are_no_route(tmp_path):
     assert 0 < len(kept) < len(FRAMES)
     assert s["drops"]["no_route"] == (len(FRAMES) - len(kept)) * 3
     assert out == kept * 3 and s["transmitted"] == len(kept) * 3
+
+
+def test_a_compiled_worker_held_up_by_full_tx_rings_loses_and_reorders_nothing(tmp_path):
+    """Saturated, with rings of two batches: the passes keep what a full TX ring did not take, push it once the
+    ring has room, and hand it to the Python loop for the drain; every packet arrives, in order, touched."""
+    per_port = 100_000
+    pipeline = variant(tmp_path, batch_size="32", ring_size="64", tx_ring_size="64",
+                       rate_mpps=f"0.0\ncount = {per_port}")
+    res = subprocess.run([*IXYPIPE, "run", str(pipeline), "--json"], capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert COMPILED_NOTE in res.stderr
+    s = summary_of(res.stdout)
+    assert s["ok"] and s["stop_reason"] == "all sources finished" and s["in_flight"] == 0
+    assert s["received"] == s["transmitted"] == 2 * per_port and sum(s["drops"].values()) == 0
+    for sim in s["sim"].values():
+        assert sim["sink_received"] == per_port
+        assert sim["sink_lost"] == sim["sink_reordered"] == sim["sink_corrupt"] == sim["sink_untouched"] == 0
+    assert sum(d["stages"]["worker-0"]["stalls"] for d in intervals_of(res.stdout)) > 0
 
 
 def test_compiled_worker_refuses_bad_counter_names():
