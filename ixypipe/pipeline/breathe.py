@@ -175,6 +175,8 @@ class WorkerPasses:
         """Compile (or load) the passes for ``compiled`` (a CompiledWorker); None when there is none."""
         if compiled is None or getattr(compiled.kernel, "py_func", None) is None:
             return None
+        if compiled is self.compiled:
+            return self
         from ixypipe.workers.compiled import empty_headers
 
         self.compiled = compiled

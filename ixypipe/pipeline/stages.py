@@ -479,6 +479,7 @@ def run_worker(st: Stage) -> None:
     """The worker loop, after start_worker loaded the user's worker (batch function, optional setup/teardown)."""
     from ixypipe.pipeline.stagetable import CounterWriter
     from ixypipe.workers.api import DROP, Batch, WorkerContext, WorkerResultError, refused_counts  # user API
+    from ixypipe.workers.builtin_jit import COMPILED
 
     me, plan, bufs = st.me, st.plan, st.bufs
     for header in (bufs.pool_id, bufs.index):      # which pool owns a buffer is not the worker's to change
@@ -495,6 +496,8 @@ def run_worker(st: Stage) -> None:
     published = CounterWriter(st.arena, me.row)
     _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
     passes = breathe.prepare_worker(st, outbox, inputs, [plan.forward_to[p] for p in me.in_ports], slot_of_port)
+    if passes is not None and plan.worker_function in COMPILED:     # a built-in: compiled (and cached) while the
+        passes.bind(COMPILED[plan.worker_function])                 # stage may still write numba's cache
     fast = []                               # a compiled worker's passes, compiled before the stage runs
 
     def bind(worker) -> None:
