@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import pickle
 import stat
 import sys
 import tempfile
@@ -181,6 +182,7 @@ def njit(source_file: str, **options):
         d = jit(fn)
         if cached:
             _dispatchers.append(d)
+            _tolerate_save_races(d)
         return d
 
     return decorate
@@ -188,6 +190,25 @@ def njit(source_file: str, **options):
 
 def _no_save(sig, data) -> None:
     pass
+
+
+def _tolerate_save_races(dispatcher) -> None:
+    """A kernel saved to the cache by two processes at once (two RX stages of a first run) can make numba's
+    index code fail in one of them (a KeyError or EOFError reading the index the other is writing): the kernel
+    is compiled and in memory all the same, so that process goes on without saving it rather than dying."""
+    cache = getattr(dispatcher, "_cache", None)
+    if cache is None:
+        return
+    save = cache.save_overload
+
+    def save_overload(sig, data) -> None:
+        try:
+            save(sig, data)
+        except (KeyError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:   # another writes the index
+            log.debug("%s: not saved to numba's cache (%s: %s); compiled all the same", dispatcher.__name__,
+                      type(exc).__name__, exc)
+
+    cache.save_overload = save_overload
 
 
 def stop_saving() -> None:

@@ -214,7 +214,7 @@ def test_a_dns_filter_on_the_sim_path_drops_exactly_the_outside_queries(tmp_path
     s = summary_of(res.stdout)
     assert s["stop_reason"] == "all sources finished" and s["ok"]
     assert s["received"] == 1600 and s["drops"]["worker"] == drop0 + drop1
-    assert s["user_counters"]["dns_dropped"] == drop0 + drop1
+    assert s["counters"]["dns_dropped"] == drop0 + drop1
     assert s["sim"]["p1"]["sink_received"] == 1000 - drop0 and s["sim"]["p0"]["sink_received"] == 600 - drop1
     for port in ("p0", "p1"):
         sim = s["sim"][port]

@@ -104,7 +104,7 @@ def test_counting_100000_sources_forwards_every_packet_and_the_merged_top_is_exa
     b = keyed["src_bytes"]
     assert (b["keys"], b["total"]) == (SOURCES, int(sizes.sum()))
     assert b["top"] == expected_top(src, sizes, 10)
-    assert s["user_counters"]["teardowns"] == 2                              # teardown(ctx)'s dict, merged
+    assert s["counters"]["teardowns"] == 2                              # teardown(ctx)'s dict, merged
     assert keyed["worker_ids"]["top"] == [{"key": 101, "key_text": "101", "amount": 2},
                                           {"key": 100, "key_text": "100", "amount": 1}]
     assert t["kind"] == "ipv4" and keyed["worker_ids"]["kind"] == "int"

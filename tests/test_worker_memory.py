@@ -166,6 +166,38 @@ def test_granted_regions_are_writable_and_a_write_beside_them_kills_only_the_wri
         ro.close()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_compiled_code_writes_a_read_only_attach_only_where_it_was_granted(pipeline_arena, mode):
+    """A compiled worker's passes take the arena through compiled_bytes (numba stores into no array numpy marks
+    read-only): a store into a granted ring lands, one into another ring kills the writer alone."""
+    spsc_jit = pytest.importorskip("ixypipe.rings.spsc_jit")
+    if not spsc_jit.AVAILABLE:
+        pytest.skip("numba is not installed")
+    arena, bufs, pools, rings = pipeline_arena(mode)
+    ro = Arena.attach(arena.path, read_only=True)
+    try:
+        ro.grant_writes([(ro.region("rx>w0").offset, ro.region("rx>w0").size)])
+        words, slots = spsc_jit.arena_words(ro.compiled_bytes())
+        src = np.arange(7, 10, dtype=np.uint32)
+        assert spsc_jit.push(words, slots, spsc_jit.ring_row(rings[0].offset, rings[0].capacity), src, 0, 3) == 3
+        got = np.zeros(3, np.uint32)
+        assert rings[0].dequeue(got) == 3 and got.tolist() == [7, 8, 9]        # the creator sees them
+        other = spsc_jit.ring_row(rings[2].offset, rings[2].capacity)
+        assert _fault_of(lambda: spsc_jit.push(words, slots, other, src, 0, 3)) == signal.SIGSEGV
+        assert rings[2].count() == 0
+        words = slots = None                     # no view may outlive the mapping
+    finally:
+        ro.close()
+    one_file = Arena.create(1 << 20, hugepages_mode="never", tag="test")
+    try:
+        ro = Arena.attach(one_file.path, read_only=True)
+        with pytest.raises(ArenaError, match="is one file attached read-only: compiled code cannot write it"):
+            ro.compiled_bytes()
+        ro.close()
+    finally:
+        one_file.destroy()
+
+
 def test_a_span_that_does_not_own_its_pages_is_not_granted(pipeline_arena):
     arena, *_ = pipeline_arena("never")
     ro = Arena.attach(arena.path, read_only=True)

@@ -403,6 +403,19 @@ class Arena:
             for fd in fds.values():
                 os.close(fd)
 
+    def compiled_bytes(self) -> np.ndarray:
+        """The whole arena as one uint8 array that compiled code may store through, addressed by arena offset
+        (the stage passes of pipeline/breathe_jit.py, which take the arena as words and slots).
+
+        numba refuses stores into an array numpy marks read-only, so a read-only attach gives this one
+        unmarked; its pages keep their protection: a store outside what :meth:`grant_writes` made writable
+        faults, as through any other route.  A writable attach gives ``buf`` itself."""
+        if not self.read_only:
+            return self.buf
+        if self._mapping is None:
+            raise ArenaError(f"arena {self.name} is one file attached read-only: compiled code cannot write it")
+        return np.frombuffer(self.mm, np.uint8)
+
     def close(self) -> None:
         """Unmap (numpy views into the arena must be gone by then)."""
         if self.mm is None:

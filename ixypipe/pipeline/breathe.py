@@ -32,6 +32,9 @@ DISTRIBUTION_MODES = {"round-robin": K.MODE_ROUND_ROBIN, "flow": K.MODE_FLOW}
 WAKE_SPIN_LOOPS = 4          # empty polls (each yielding the CPU) before a stage blocks
 WAKE_TIMEOUT = 0.1           # seconds a sleeping stage waits at most (heartbeat, commands)
 RX_WAIT_MS = 50              # an RX stage whose port has a file descriptor polls it this long
+# a worker whose TX ring is full naps between these (seconds) until half the ring is free (WorkerPasses.stall_nap)
+STALL_NAP_MIN, STALL_NAP_MAX = 20e-6, 1e-3
+ROOM_UNSEEN = -(1 << 62)
 
 
 def _row_words(st) -> np.ndarray:
@@ -165,3 +168,99 @@ def bind_tx(st, device, ledger, inputs) -> TxPasses | None:
     if bound is not None and bound[0] not in K.ENTRIES:
         bound = None
     return None if bound is None else TxPasses(st, *bound, ledger, inputs)
+
+
+class WorkerPasses:
+    """A worker stage's compiled passes: the RX stages' rings through the worker's compiled function
+    (workers/compiled.py) to the TX rings of the verdicts' ports, drops home.
+
+    Made in two steps: the arrays before the worker's code runs (the doorbells' semaphores open while the
+    stage is still privileged), then :meth:`bind` to the loaded worker's compiled function, which compiles the
+    passes for it.  A worker maps the arena read-only but for its own regions (stages.attach_packet_arena):
+    the kernel takes the arena through Arena.compiled_bytes, whose pages keep that protection."""
+
+    def __init__(self, st, outbox, inputs, defaults: list[int], slot_of_port: list[int]):
+        whole = st.arena.compiled_bytes()
+        words, slots = spsc_jit.arena_words(whole)
+        off = st.arena.region(stagetable.REGION).offset + st.me.row * STAGE_ROW_DTYPE.itemsize
+        row = whole[off:off + STAGE_ROW_DTYPE.itemsize].view(np.int64)
+        self.batch = batch = max(st.batch, 1)
+        n_out = len(outbox.rings)
+        self.compiled = None
+        self.got = np.empty(batch, np.uint32)
+        self.parts = np.zeros((n_out, batch), np.uint32)
+        self.parts_n = np.zeros(n_out, np.int64)
+        self.state = np.zeros(K.STATE_WORDS, np.int64)
+        rows = [st.plan.consumer_row(r.name) for r in outbox.rings]
+        bells = np.array([(wakeup.line_word(st.arena, r), wakeup.semaphore_address(st.arena, r))
+                          if st.plan.idle == "wake" else (0, 0) for r in rows], np.int64)
+        self.params = np.zeros(K.WORKER_PARAM_WORDS, np.int64)
+        self.params[:K.PARAM_WORDS] = _params(st, 0, 1)
+        self.waits_itself = self.params[K.P_IDLE_MODE] != K.IDLE_RETURN
+        self.row = row
+        self.waits = _waits(words, inputs)
+        self.params[K.P_BUFFERS] = st.bufs.count
+        # a full TX ring is pushed to again once half of it is free, when the stage naps (not in "spin" mode):
+        # one nap per half a ring of packets, not one per batch
+        self.capacity = min(r.capacity for r in outbox.rings)
+        self.naps = st.plan.idle != "spin"
+        self.params[K.P_ROOM] = self.capacity // 2 if self.naps else 0
+        self.nap = STALL_NAP_MIN
+        self.state[K.ST_ROOM] = ROOM_UNSEEN
+        self.before = (words, slots, row, spsc_jit.ring_rows(inputs), np.array(defaults, np.int64),
+                       spsc_jit.ring_rows(outbox.rings), bells, np.array(slot_of_port, np.int64), _homes(st),
+                       np.zeros(st.bufs.count, np.uint8), st.bufs.data, st.bufs.length, st.bufs.raw.reshape(-1),
+                       self.got, np.empty(batch, np.uint32), np.empty(batch, np.int16), np.empty(batch, np.uint32))
+
+    def bind(self, compiled) -> WorkerPasses | None:
+        """Compile (or load) the passes for ``compiled`` (a CompiledWorker); None when there is none."""
+        if compiled is None or getattr(compiled.kernel, "py_func", None) is None:
+            return None
+        if compiled is self.compiled:
+            return self
+        from ixypipe.workers.compiled import empty_headers
+
+        self.compiled = compiled
+        self.counts = np.zeros(len(compiled.counters), np.int64)
+        self.params[K.P_HEADERS] = compiled.headers
+        stage = (*self.before, empty_headers(self.batch if compiled.headers else 0), np.empty(self.batch, np.int64),
+                 np.empty(self.batch, np.uint32), self.counts, self.parts, self.parts_n, self.state)
+        entry = K.worker_run if compiled.cached else functools.partial(K.run, K.worker_breathe)
+        self.run = functools.partial(entry, compiled.kernel, 0, stage, self.row, self.params, self.waits)
+        _warm_up(self.run)
+        return self
+
+    def leftovers(self) -> list[tuple[int, np.ndarray]]:
+        """(output, indices) that stalled runs could not push yet, each a copy; the passes forget them (the
+        caller's Outbox takes them over)."""
+        left = [(k, self.parts[k, :n].copy()) for k, n in enumerate(self.parts_n.tolist()) if n]
+        self.parts_n[:] = 0
+        return left
+
+    def stall_nap(self, stalled: bool) -> float:
+        """Seconds to nap after a run (0.0: none), learnt from the room the full rings had when the passes
+        looked again: too little doubles the nap, a ring found nearly empty (its consumer waited) halves it."""
+        seen = int(self.state[K.ST_ROOM])
+        self.state[K.ST_ROOM] = ROOM_UNSEEN
+        if seen < 0 and seen != ROOM_UNSEEN and -seen - 1 > self.capacity * 7 // 8:
+            self.nap = max(STALL_NAP_MIN, self.nap / 2)
+        if not stalled or not self.naps:
+            return 0.0
+        if seen >= 0:
+            self.nap = min(STALL_NAP_MAX, self.nap * 2)
+        return self.nap
+
+    def in_hand(self) -> np.ndarray:
+        """The batch the worker's function held when it raised (a copy); then nothing is in hand."""
+        n = int(self.state[K.ST_CALLING])
+        self.state[K.ST_CALLING] = 0
+        return self.got[:n].copy()
+
+    def counters(self) -> dict[str, int]:
+        return dict(zip(self.compiled.counters, self.counts.tolist(), strict=True))
+
+
+def prepare_worker(st, outbox, inputs, defaults: list[int], slot_of_port: list[int]) -> WorkerPasses | None:
+    """A worker stage's compiled passes, to :meth:`WorkerPasses.bind` once its worker is loaded; None without
+    numba."""
+    return WorkerPasses(st, outbox, inputs, defaults, slot_of_port) if K.AVAILABLE else None

@@ -22,7 +22,10 @@ What a pass touches, all in the packet arena or the stage's own memory:
   home), and the private ledger of buffers lent out (memory/ledger.py);
 * TX: the driver's compiled transmit (``tx_kernel(q, bufs)`` -> (posted,
   cleaned) with the cleaned buffers in ``freed``), the private ledger of
-  buffers it holds and the return rings of the pools it sends home to.
+  buffers it holds and the return rings of the pools it sends home to;
+* worker (``worker_breathe``): the worker's compiled function (workers/compiled.py,
+  called per batch with the batch's arrays), the TX rings of the verdicts'
+  ports, the return rings for drops.
 
 Every check of the Python passes is made here too, counted in the same row
 fields: an index a return ring gives back that is not out (``bad_index``),
@@ -36,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from ixypipe import jitcache
-from ixypipe.layout import STAGE_CMD_DRAIN
+from ixypipe.layout import PKTBUF_HEADROOM, STAGE_CMD_DRAIN
 from ixypipe.memory import batchcheck
 from ixypipe.pipeline.stagetable import SLOT
 from ixypipe.protocols import FLOW_HASH_MIX, FLOW_KEY_OFF
@@ -93,7 +96,7 @@ if AVAILABLE:
     # own, since numba's cache index would keep the key of every kernel ever passed (a test's, a worker's module)
     # and unpickle all of them in every process.  Each stage kind has a cached entry point below instead.
     generic = _numba.njit(nogil=True, boundscheck=False)
-    push, pull = spsc_jit.push, spsc_jit.pull
+    push, pull, room = spsc_jit.push, spsc_jit.pull, spsc_jit.room
     claim, settle = batchcheck.claim_compiled, batchcheck.settle_compiled
     bell = wakeup_jit.bell
     _MIX = np.uint64(FLOW_HASH_MIX)
@@ -400,3 +403,132 @@ if AVAILABLE:
                af_packet_jit.rx_queue: rx_run_af_packet, af_packet_jit.tx_queue: tx_run_af_packet}
 else:
     ENTRIES = {}
+
+
+# ---- the worker ---------------------------------------------------------------------
+
+# a worker's params, after the common ones: parse headers before each call; buffers in the arena (an index from
+# an input ring at or past it is no buffer); the room a full output ring must have again before the passes push
+# to it (Python naps meanwhile: one wait per that many packets, not one per batch)
+P_HEADERS, P_BUFFERS, P_ROOM = PARAM_WORDS, PARAM_WORDS + 1, PARAM_WORDS + 2
+WORKER_PARAM_WORDS = PARAM_WORDS + 3
+ST_CALLING = 3        # packets the worker's function holds (got[:n]): what an exception leaves to Python
+ST_ROOM = ST_LEFT     # a stalled worker: the room its full rings had at the last look (-room - 1: it pushed then)
+assert ST_CALLING < STATE_WORDS
+_DROP_WORKER, _WORKER_ERROR, _NO_ROUTE = SLOT["drop_worker"], SLOT["drop_worker_error"], SLOT["drop_no_route"]
+VERDICT_DROP = -1     # workers/api.py's DROP
+
+worker_breathe = worker_run = None
+
+if AVAILABLE:
+    from ixypipe.workers import headers_jit
+
+    @jit
+    def _push_parts(words, slots, outs, bells, wake, parts, parts_n, row):
+        """Push what waits in parts (routed, not yet taken by a TX ring); True when nothing is left.  What is
+        left stays there for the next pass or run (Python moves it to its Outbox only for the drain)."""
+        ok = True
+        for w in range(outs.shape[0]):
+            if parts_n[w] and not _push_ring(words, slots, outs, bells, wake, w, parts, parts_n):
+                ok = False
+        if ok:
+            row[_HELD] = 0
+        else:
+            row[_STALLS] += 1
+            row[_HELD] = parts_n.sum()
+        return ok
+
+    @generic
+    def worker_breathe(fn, q, stage, params):
+        """One worker pass: push what full TX rings left (once they have room again), else a batch from each
+        RX ring, the worker's compiled function ``fn`` over it (workers/compiled.py has its contract), each
+        packet to the TX ring of its verdict's port or home.  ``q``: unused (a driver's record elsewhere)."""
+        (words, slots, row, inputs, defaults, outs, bells, slot_of_port, homes, held, data, length, flat, got, shown,
+         out, gone, h, base, blen, counts, parts, parts_n, state) = stage
+        batch, wake, buffers = params[P_BATCH], params[P_WAKE], params[P_BUFFERS]
+        if parts_n.any():                                               # what a full TX ring left
+            least = np.int64(1) << 62
+            for w in range(outs.shape[0]):
+                if parts_n[w]:
+                    least = min(least, room(words, outs[w]))
+            state[ST_ROOM] = least
+            for w in range(outs.shape[0]):
+                if parts_n[w] and room(words, outs[w]) < max(parts_n[w], params[P_ROOM]):
+                    return 0, RUN_STALLED                               # Python naps longer, then runs again
+            waiting = parts_n.sum()
+            if not _push_parts(words, slots, outs, bells, wake, parts, parts_n, row):
+                return 0, RUN_STALLED
+            state[ST_ROOM] = -least - 1                                 # resumed with this much room
+            return waiting, RUN_MORE
+        moved = 0
+        for k in range(inputs.shape[0]):
+            n = pull(words, slots, inputs[k], got, 0, batch)            # 1. a batch from an RX stage
+            if not n:
+                continue
+            moved += n
+            _took(row, k, n)
+            m = 0
+            for i in range(n):                                          # 2. no buffer: refused (screen_input)
+                if got[i] < buffers:
+                    got[m] = got[i]
+                    m += 1
+            row[_BAD_INDEX] += n - m
+            if not m:
+                continue
+            for i in range(m):                                          # 3. what the function sees
+                shown[i] = got[i]
+                out[i] = defaults[k]
+            if params[P_HEADERS]:
+                h.bools[:, :m] = False
+                h.u8[:, :m] = 0
+                h.u16[:, :m] = 0
+                h.u32[:, :m] = 0
+                h.i64[:, :m] = 0
+                h.addr[:, :m, :] = 0
+                for i in range(m):
+                    base[i] = np.int64(got[i]) * data.strides[0] + PKTBUF_HEADROOM    # in ``flat``
+                    blen[i] = length[got[i]]
+                headers_jit.kernel(flat, base[:m], blen[:m], params[P_MAX_DATA], h.bools, h.u8, h.u16, h.u32,
+                                   h.i64, h.addr)
+            state[ST_CALLING] = m
+            fn(data, length, shown, m, out, h, counts)                  # 4. the worker's function
+            state[ST_CALLING] = 0
+            for w in range(outs.shape[0]):
+                parts_n[w] = 0
+            g = dropped = error = lost = routed = 0
+            for i in range(m):                                          # 5. by verdict
+                b = got[i]
+                v = np.int64(out[i])
+                if shown[i] != b:                                        # an index it changed: never routed
+                    gone[g] = b
+                    g += 1
+                    error += 1
+                elif v == VERDICT_DROP:
+                    gone[g] = b
+                    g += 1
+                    dropped += 1
+                elif v < 0 or v >= slot_of_port.shape[0] or slot_of_port[v] < 0:
+                    gone[g] = b
+                    g += 1
+                    lost += 1
+                else:
+                    w = slot_of_port[v]
+                    parts[w, parts_n[w]] = b
+                    parts_n[w] += 1
+                    routed += 1
+            row[_WORKER_ERROR] += error
+            row[_DROP_WORKER] += dropped
+            row[_NO_ROUTE] += lost
+            row[_POUT] += routed
+            if g and not _send_home(words, slots, homes, held, gone, 0, g):
+                return moved, RUN_HOME
+            if not _push_parts(words, slots, outs, bells, wake, parts, parts_n, row):    # 6. on to TX
+                return moved, RUN_STALLED
+        return moved, RUN_MORE
+
+    @jit
+    def worker_run(fn, q, stage, row, params, waits):
+        """The cached entry point for the built-in workers (workers/builtin_jit.py) only: a user's function
+        runs through the uncached ``run`` (numba's cache of this one would not see an edit of that function,
+        and would keep its key for every process)."""
+        return run(worker_breathe, fn, q, stage, row, params, waits)

@@ -85,6 +85,7 @@ VERDICT_MAX = int(np.iinfo(np.int16).max)   # verdicts are int16: a wider value 
 _HEARTBEAT, _LAST_BATCH, _LAST_RING, _BATCH_NO = (SLOT[f] for f in ("heartbeat", "last_batch", "last_ring",
                                                                      "batch_no"))
 _PROCESS_SLOTS = [SLOT[f] for f in PROCESS_FIELDS]
+_BAD_INDEX, _WORKER_ERROR = SLOT["drop_bad_index"], SLOT["drop_worker_error"]
 
 
 class Outbox:
@@ -331,7 +332,7 @@ def breathe_compiled(st: Stage, passes, still_idle=None) -> int:
             st.idle_streak = 0
         else:
             st.rest(0, still_idle)
-    elif code in (K.RUN_LIGHT, K.RUN_STALLED):
+    elif code == K.RUN_LIGHT:
         st.wait()
     else:
         st.idle_streak = 0
@@ -370,6 +371,8 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 code = breathe_compiled(st, fast)
                 if code == K.RUN_STALLED and any(outbox.consumer_dead(k) for k in fast.waiting()):
                     fast.hand_over(outbox)          # Python's Outbox discards what waits for a dead worker
+                elif code == K.RUN_STALLED:
+                    st.wait()                       # a worker's ring is full: back-pressure
                 elif code == K.RUN_DEVICE:
                     device.rx_batch(me.queue, got)  # the driver's own call raises its error with its words
                 device.rx_housekeeping(me.queue)
@@ -497,6 +500,7 @@ def run_worker(st: Stage) -> None:
         merge_state,
         refused_counts,
     )
+    from ixypipe.workers.builtin_jit import COMPILED
 
     me, plan, bufs = st.me, st.plan, st.bufs
     for header in (bufs.pool_id, bufs.index):      # which pool owns a buffer is not the worker's to change
@@ -514,12 +518,35 @@ def run_worker(st: Stage) -> None:
     block = keyedstate.block(st.arena, plan, me.worker)
     ctx.keyed = keyed.KeyedTables(block) if block is not None else keyed.refusing()   # batch.count_by's tables
     _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
+    passes = breathe.prepare_worker(st, outbox, inputs, [plan.forward_to[p] for p in me.in_ports], slot_of_port)
+    if passes is not None and plan.worker_function in COMPILED:     # a built-in: compiled (and cached) while the
+        passes.bind(COMPILED[plan.worker_function])                 # stage may still write numba's cache
+    fast = []                               # a compiled worker's passes, compiled before the stage runs
+
+    def bind(worker) -> None:
+        fast.append(passes.bind(worker.compiled) if passes is not None else None)
+
     keyed.warm_up()                                                          # ... and the keyed-counter kernel
-    worker = start_worker(st, ctx)          # unprivileged from here on; a failure stops the stage with its traceback
+    worker = start_worker(st, ctx, bind)    # unprivileged from here on; a failure stops the stage with its traceback
     errors = ErrorLog(me.name, worker.where)
     fn = worker.process
+    fast = fast[0]
+    if fast is not None:
+        log.debug("%s: the worker function runs compiled (%s)", me.name, worker.where)
     got = np.empty(st.batch, np.uint32)
+
+    def still_idle() -> bool:
+        return not st.draining() and all(r.empty() for r in inputs)
+
     while True:
+        if fast is not None and not outbox.held and not st.draining():      # the compiled passes
+            breathe_worker(st, fast, homing, errors, counters, still_idle)
+            if counters:
+                published.publish(counters)
+            continue
+        if fast is not None:                         # what compiled passes could not push yet: the drain's now
+            for k, idx in fast.leftovers():
+                outbox.keep(k, idx)
         worked = False
         if outbox.held:
             if not outbox.flush():
@@ -551,7 +578,7 @@ def run_worker(st: Stage) -> None:
                     route(st, idx, out, DROP, slot_of_port, outbox, homing)
             if counters:
                 published.publish(counters)
-        st.tick(worked, outbox.held, still_idle=lambda: not st.draining() and all(r.empty() for r in inputs))
+        st.tick(worked, outbox.held, still_idle=still_idle)
         if st.draining() and not worked and not outbox.held and all(r.empty() for r in inputs):
             break
     st.row["state"] = STAGE_STATE_DRAINING
@@ -565,6 +592,46 @@ def run_worker(st: Stage) -> None:
     refused = refused_counts()
     if refused:
         log.warning("%s: %d counter updates were refused: the worker's counter block was full", me.name, refused)
+
+
+def breathe_worker(st: Stage, fast, homing: Homing, errors: ErrorLog, counters: dict, still_idle) -> None:
+    """One run of a compiled worker's passes (breathe.WorkerPasses), then what Python does: a stalled run (a
+    full TX ring: the passes keep what it did not take) naps until half the ring is free (stall_nap),
+    the function's counts go to the named counters, and an exception it raised drops the batch it held
+    (``worker_error``), logged once by kind as a Python worker's."""
+    slots = st.slots
+    bad_before, changed_before = slots[_BAD_INDEX], slots[_WORKER_ERROR]
+    try:
+        code = breathe_compiled(st, fast, still_idle)
+        if slots[_WORKER_ERROR] > changed_before:     # the run's only worker_error: a changed index
+            errors.note("changed batch.idx", f"{st.me.name}: the compiled worker function at {errors.where} "
+                        "changed idx; a packet whose index was changed is dropped (reason worker_error), repeats "
+                        "are counted")
+    except Exception as exc:                        # raised in the worker's compiled function
+        st.absorb()
+        idx = fast.in_hand()
+        errors.note(type(exc).__name__, f"{st.me.name}: the compiled worker function at {errors.where} "
+                    f"raised {type(exc).__name__}: {exc}; the batch is dropped (reason worker_error), repeats are "
+                    "counted")
+        st.row.add("drop_worker_error", len(idx))
+        homing.send(idx)
+        code = None
+    nap = fast.stall_nap(code == K.RUN_STALLED)
+    if nap and not st.draining():
+        time.sleep(nap)
+    elif code == K.RUN_STALLED:
+        st.wait()
+    elif code == K.RUN_HOME:
+        raise HomingError(f"{st.me.name}: a buffer sent home found no home or a full return ring "
+                          "(a buffer freed twice)")
+    if fast.compiled.counters:
+        for name, value in fast.counters().items():
+            if value or name not in counters:
+                counters[name] = counters.get(name, 0) + value
+        fast.counts[:] = 0
+    if slots[_BAD_INDEX] > bad_before:
+        errors.note("bad input index", f"{st.me.name}: an index from an input ring is no buffer (the arena has "
+                    f"{st.bufs.count}): refused, counted as bad_index; repeats are counted")
 
 
 def screen_input(st: Stage, idx: np.ndarray, count: int, errors: ErrorLog) -> np.ndarray:
@@ -606,10 +673,11 @@ def keep_unchanged(st: Stage, idx: np.ndarray, batch, shown: np.ndarray, out, ho
     return idx[~moved], out if isinstance(out, int) else out[~moved]
 
 
-def start_worker(st: Stage, ctx):
+def start_worker(st: Stage, ctx, prepare=None):
     """Everything before the worker's loop that runs the user's code, in this order: the privilege drop and
-    the fork guard (workers/confine.py), the import, setup(ctx).  Until it is done the row's state stays
-    "starting" and its phase says which (the supervisor's start-up watch names a worker stuck in one)."""
+    the fork guard (workers/confine.py), the import, setup(ctx), then ``prepare(worker)`` (a compiled worker's
+    passes compile).  Until it is done the row's state stays "starting" and its phase says which (the
+    supervisor's start-up watch names a worker stuck in one)."""
     from ixypipe.workers.loader import load
 
     plan = st.plan
@@ -619,6 +687,8 @@ def start_worker(st: Stage, ctx):
     st.row["phase"] = STAGE_PHASE_SETUP
     if worker.setup is not None:
         worker.setup(ctx)
+    if prepare is not None:
+        prepare(worker)
     st.row["phase"] = 0
     st.row["state"] = STAGE_STATE_RUNNING
     return worker
@@ -798,6 +868,8 @@ def run_tx(st: Stage, device, homing: Homing, ledger: Ledger) -> None:
         if fast is not None:
             if not len(pending) and not st.draining():   # the compiled passes
                 code = breathe_compiled(st, fast, still_idle)
+                if code == K.RUN_STALLED:
+                    st.wait()                       # the NIC ring is full
                 if code == K.RUN_DEVICE:
                     value = int(fast.state[K.ST_VALUE])
                     raise DeviceError(f"{me.name}: transmit on port {plan.port_names[me.port]} failed: " + (

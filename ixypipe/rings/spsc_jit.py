@@ -53,7 +53,7 @@ def arena_words(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 assert RING_CAPACITY_OFF == 0 and RING_SLOT_DTYPE == np.uint32
 
-push = pull = None
+push = pull = room = None
 
 if AVAILABLE:
     jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
@@ -72,6 +72,12 @@ if AVAILABLE:
         if n:
             words[ring[RING_HEAD]] = np.uint64(head + n)
         return n
+
+    @jit
+    def room(words, ring):
+        """Producer: how many entries the ring ``ring`` takes now (push's count for a long enough ``src``)."""
+        cap = ring[RING_CAP]
+        return min(max(cap - (np.int64(words[ring[RING_HEAD]]) - np.int64(words[ring[RING_TAIL]])), 0), cap)
 
     @jit
     def pull(words, slots, ring, dst, start, want):

@@ -41,6 +41,8 @@ from ixypipe.proc import die_with_parent
 from ixypipe.workers.api import PER_PACKET_ATTR, WorkerContext
 from ixypipe.workers.api import per_packet as wrap_per_packet
 from ixypipe.workers.builtin import BUILTINS
+from ixypipe.workers.builtin_jit import COMPILED
+from ixypipe.workers.compiled import CompiledWorker
 
 
 class WorkerLoadError(Exception):
@@ -72,6 +74,7 @@ class Worker:
     setup: Callable[[WorkerContext], None] | None = None
     teardown: Callable[[WorkerContext], None] | None = None
     where: str = ""                  # "file:line" of the batch function, for error messages
+    compiled: object = None          # its workers/compiled.py CompiledWorker, when the stage may run it compiled
 
 
 def load_worker(spec: str, base_dir: str | Path = ".", per_packet: bool = False) -> Callable:
@@ -79,13 +82,18 @@ def load_worker(spec: str, base_dir: str | Path = ".", per_packet: bool = False)
     _, fn = _find(spec, Path(base_dir))
     if not callable(fn):
         raise WorkerLoadError(f"{spec!r} names a value of type {type(fn).__name__}, not a function")
-    if per_packet and not inspect.isclass(fn) and not getattr(fn, PER_PACKET_ATTR, False):
+    if per_packet and not inspect.isclass(fn) and not getattr(fn, PER_PACKET_ATTR, False) \
+            and not isinstance(fn, CompiledWorker):
         fn = wrap_per_packet(fn)
     return fn
 
 
 def load(spec: str, base_dir: str | Path = ".", per_packet: bool = False) -> Worker:
-    """The worker ``spec`` names, ready to run: a class is instantiated, a module's hooks are found."""
+    """The worker ``spec`` names, ready to run: a class is instantiated, a module's hooks are found.  A built-in
+    with a compiled twin (workers/builtin_jit.py) and a function marked ``@compiled_worker`` come with their
+    CompiledWorker in ``compiled``."""
+    if spec in BUILTINS:
+        return Worker(BUILTINS[spec], where=_where(BUILTINS[spec]), compiled=COMPILED.get(spec))
     module, _ = _find(spec, Path(base_dir))
     found = load_worker(spec, base_dir, per_packet)
     if inspect.isclass(found):
@@ -103,7 +111,7 @@ def load(spec: str, base_dir: str | Path = ".", per_packet: bool = False) -> Wor
     for name, hook in zip(("setup", "teardown"), hooks, strict=True):
         if hook is not None and not callable(hook):
             raise WorkerLoadError(f"{spec}: the module's {name} is a {type(hook).__name__}, not a function")
-    return Worker(found, hooks[0], hooks[1], _where(found))
+    return Worker(found, hooks[0], hooks[1], _where(found), found if isinstance(found, CompiledWorker) else None)
 
 
 def _where(fn) -> str:
