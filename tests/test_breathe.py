@@ -87,7 +87,7 @@ class Rig:
                  spsc_jit.ring_rows(self.outs), np.zeros((len(self.outs), 2), np.int64), self.bufs.length,
                  self.bufs.data, np.empty(64, np.uint32), np.empty(POOL, np.uint32), self.parts, self.parts_n,
                  self.state)
-        return K.run(K.rx_breathe, feed, q, stage, self.row, params, self.waits(self.returns))
+        return K.loop("rx", feed, cached=False)(q, stage, self.row, params, self.waits(self.returns))
 
     def waits(self, inputs):
         return (self.words, spsc_jit.ring_rows(inputs), np.array([-1, 1], np.int32), np.zeros(2, np.int64))
@@ -205,7 +205,7 @@ class TxRig(Rig):
         stage = (freed, self.handing, 0, self.words, self.slots, self.row, self.ledger.held, self.ledger.ranges,
                  homes, spsc_jit.ring_rows(self.outs[:1]), self.bufs.length, np.empty(64, np.uint32), self.pending,
                  self.state)
-        return K.run(K.tx_breathe, wire, (self.log, self.logged, np.array([room]), freed), stage, self.row,
+        return K.loop("tx", wire, cached=False)((self.log, self.logged, np.array([room]), freed), stage, self.row,
                      self.params(batch=batch), self.waits(self.outs[:1]))
 
 
@@ -283,7 +283,7 @@ def test_an_idle_compiled_consumer_sleeps_on_its_semaphore_until_a_bell_and_wake
         stage = (freed, r.handing, 0, r.words, r.slots, r.row, r.ledger.held, r.ledger.ranges, homes,
                  spsc_jit.ring_rows(r.outs[:1]), r.bufs.length, np.empty(64, np.uint32), r.pending, r.state)
         params[K.P_MAX_PASSES] = 5       # 2 yields, the sleep, the pass that sends, one more yield
-        code = K.run(K.tx_breathe, wire, (r.log, r.logged, np.array([64]), freed), stage, r.row, params,
+        code = K.loop("tx", wire, cached=False)((r.log, r.logged, np.array([64]), freed), stage, r.row, params,
                      r.waits(r.outs[:1]))
         t.join()
         assert posted == [True]                                   # it was asleep when the bell rang

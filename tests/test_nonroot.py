@@ -26,7 +26,7 @@ from tests.support.runs import FWD, REPO, check_sinks, summary_of
 
 TEST_USER = "ixynonroot"
 PACKAGE = REPO / "ixypipe"
-JIT_DIRS = ("memory", "nic", "sim", "workers")      # where the compiled modules live (one cache subdirectory each)
+JIT_DIRS = ("memory", "nic", "pipeline", "rings", "sim", "workers")    # where the compiled modules live (one cache subdirectory each)
 
 
 @pytest.fixture

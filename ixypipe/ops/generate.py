@@ -111,6 +111,12 @@ class GenResult:
     def shortfall(self) -> str:
         return shortfall(self.asked_pps, self.mpps * 1e6, self.tx_full, self.credit_lost)
 
+    def as_json(self) -> dict:
+        """The figures of ``ixypipe gen --json`` (docs/json.md)."""
+        return {"sent": self.sent, "bytes": self.bytes, "seconds": round(self.seconds, 6),
+                "pps": self.sent / self.seconds if self.seconds > 0 else 0.0, "stop_reason": self.stop_reason,
+                "sink": dict(self.sink) or None}
+
     def summary(self) -> list[str]:
         lines = [f"sent {self.sent} packets ({self.bytes} bytes) in {self.seconds:.2f} s, "
                  f"{rate_text(self.mpps * 1e6)}; stopped by {self.stop_reason}"]

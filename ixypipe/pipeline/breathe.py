@@ -116,7 +116,8 @@ class RxPasses:
                  spsc_jit.ring_rows(outbox.rings), bells, st.bufs.length, st.bufs.data,
                  np.empty(max(st.batch, 1), np.uint32), np.empty(pool.count, np.uint32), self.parts, self.parts_n,
                  self.state)
-        self.run = functools.partial(K.ENTRIES[kernel], record, stage, stage[2], params, _waits(words, returns, fd))
+        self.run = functools.partial(K.loop("rx", kernel), record, stage, stage[2], params,
+                                     _waits(words, returns, fd))
         _warm_up(self.run)
 
     def waiting(self) -> list[int]:
@@ -144,7 +145,7 @@ class TxPasses:
                  self.state)
         params = _params(st, 0, 1)
         self.waits_itself = params[K.P_IDLE_MODE] != K.IDLE_RETURN
-        self.run = functools.partial(K.ENTRIES[kernel], record, stage, row, params, _waits(words, inputs))
+        self.run = functools.partial(K.loop("tx", kernel), record, stage, row, params, _waits(words, inputs))
         _warm_up(self.run)
 
     def hand_over(self) -> np.ndarray:
@@ -156,8 +157,6 @@ class TxPasses:
 
 def bind_rx(st, device, pool, lent, outbox, returns, distribute: str) -> RxPasses | None:
     bound = device.compiled_rx(st.me.queue) if K.AVAILABLE else None
-    if bound is not None and bound[0] not in K.ENTRIES:
-        bound = None                 # a driver kernel without an entry point here: the Python passes serve
     fd = device.rx_fd(st.me.queue) if st.plan.idle == "wake" else None
     return None if bound is None else RxPasses(st, *bound, pool, lent, outbox, returns, distribute,
                                                device.min_rx_frame, fd)
@@ -165,8 +164,6 @@ def bind_rx(st, device, pool, lent, outbox, returns, distribute: str) -> RxPasse
 
 def bind_tx(st, device, ledger, inputs) -> TxPasses | None:
     bound = device.compiled_tx(st.me.queue) if K.AVAILABLE else None
-    if bound is not None and bound[0] not in K.ENTRIES:
-        bound = None
     return None if bound is None else TxPasses(st, *bound, ledger, inputs)
 
 
@@ -225,8 +222,9 @@ class WorkerPasses:
         self.params[K.P_HEADERS] = compiled.headers
         stage = (*self.before, empty_headers(self.batch if compiled.headers else 0), np.empty(self.batch, np.int64),
                  np.empty(self.batch, np.uint32), self.counts, self.parts, self.parts_n, self.state)
-        entry = K.worker_run if compiled.cached else functools.partial(K.run, K.worker_breathe)
-        self.run = functools.partial(entry, compiled.kernel, 0, stage, self.row, self.params, self.waits)
+        # a built-in's kernel is ixypipe's: its loop is cached; a user's function's is compiled in the process
+        self.run = functools.partial(K.loop("worker", compiled.kernel, compiled.cached), 0, stage, self.row,
+                                     self.params, self.waits)
         _warm_up(self.run)
         return self
 

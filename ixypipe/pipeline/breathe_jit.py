@@ -84,18 +84,14 @@ _LAST_BATCH, _LAST_RING, _BATCH_NO = SLOT["last_batch"], SLOT["last_ring"], SLOT
 _BAD_PACKET, _BAD_INDEX, _DUPLICATE = SLOT["drop_bad_packet"], SLOT["drop_bad_index"], SLOT["drop_duplicate"]
 _HELD, _STALLS = SLOT["held"], SLOT["stalls"]
 
-run = rx_breathe = tx_breathe = None
+# the kernel each copy of the loop and passes calls (``loop`` fills them in; here so that the names exist)
+BREATHE = RX_KERNEL = TX_KERNEL = WORKER_FN = None
 
 if AVAILABLE:
     import numba as _numba
 
-    from ixypipe.nic import af_packet_jit, ixgbe_jit
-
     jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
-    # ``run`` and the passes take the kernel they call as an argument (a dispatcher type): never cached on their
-    # own, since numba's cache index would keep the key of every kernel ever passed (a test's, a worker's module)
-    # and unpickle all of them in every process.  Each stage kind has a cached entry point below instead.
-    generic = _numba.njit(nogil=True, boundscheck=False)
+    fresh = _numba.njit(nogil=True, boundscheck=False)
     push, pull, room = spsc_jit.push, spsc_jit.pull, spsc_jit.room
     claim, settle = batchcheck.claim_compiled, batchcheck.settle_compiled
     bell = wakeup_jit.bell
@@ -192,12 +188,12 @@ if AVAILABLE:
             i = j
         return True
 
-    @generic
-    def run(breathe, kernel, q, stage, row, params, waits):
+    def _run(q, stage, row, params, waits):
         """The loop every compiled stage shares: heartbeat and command, one pass, the idle policy, a budget.
 
-        ``breathe(kernel, q, stage, params)`` is one pass of the stage (its driver's or worker's ``kernel`` with
-        its record ``q``; ``stage``: the stage's arrays) and returns (packets moved, RUN_MORE or why to stop).
+        ``BREATHE(q, stage, params)`` is one pass of the stage (its driver's or worker's kernel with its record
+        ``q``; ``stage``: the stage's arrays) and returns (packets moved, RUN_MORE or why to stop); ``loop``
+        makes a copy of this function for each pass and kernel.
         An idle stage waits here, in compiled code, when it can (params[P_IDLE_MODE]): a ring consumer sleeps on
         its semaphore until a producer rings, an RX queue with a file descriptor polls it; a wake-up goes
         straight into the next pass.  ``waits``: (the input rings' table, pollfd int32[2], timespec int64[2]).
@@ -208,7 +204,7 @@ if AVAILABLE:
         for _ in range(params[P_MAX_PASSES]):
             if _loop_start(row):
                 return RUN_COMMAND
-            moved, code = breathe(kernel, q, stage, params)
+            moved, code = BREATHE(q, stage, params)
             if code != RUN_MORE:
                 return code
             if moved:
@@ -287,8 +283,7 @@ if AVAILABLE:
         row[_POUT] += good
         return good
 
-    @generic
-    def rx_breathe(rx_kernel, q, stage, params):
+    def _rx_breathe(q, stage, params):
         """One RX pass: buffers home, push what waits, a batch from the NIC queue, lengths, to the workers."""
         words, slots, row, stack, top, lent, returns, outs, bells, length, data, got, home, parts, parts_n, state = stage
         wake = params[P_WAKE]
@@ -296,7 +291,7 @@ if AVAILABLE:
         if parts_n.sum():                                                                  # 2. what waits, first
             pushed, code = _flush(words, slots, row, outs, bells, wake, parts, parts_n)
             return moved + pushed, code
-        n = rx_kernel(q, got[:params[P_BATCH]])                                           # 3. from the NIC
+        n = RX_KERNEL(q, got[:params[P_BATCH]])                                           # 3. from the NIC
         if n <= 0:
             state[ST_VALUE] = n
             return moved, RUN_MORE if n == 0 else RUN_DEVICE
@@ -330,11 +325,11 @@ if AVAILABLE:
         row[_BAD_PACKET] += nbad
         return kept, nbad
 
-    @generic
-    def _post(tx_kernel, q, words, slots, row, held, homes, length, freed, handing, slot, bufs, n, state):
-        """TX: clean and post bufs[:n]; what the NIC finished goes home.  What did not fit moves to the front
-        of ``bufs``, counted in state[ST_LEFT].  Returns (posted, RUN_MORE or why to stop)."""
-        posted, cleaned = tx_kernel(q, bufs[:n])
+    @jit
+    def _posted(words, slots, row, held, homes, length, freed, handing, slot, bufs, n, posted, cleaned, state):
+        """TX: what the driver's kernel did with bufs[:n] (posted, cleaned): what the NIC finished goes home,
+        what did not fit moves to the front of ``bufs``, counted in state[ST_LEFT].  Returns (posted, RUN_MORE
+        or why to stop)."""
         if cleaned:
             if not _send_home(words, slots, homes, held, freed, 0, cleaned):
                 return 0, RUN_HOME
@@ -353,15 +348,15 @@ if AVAILABLE:
         row[_BOUT] += nbytes
         return posted, RUN_MORE
 
-    @generic
-    def tx_breathe(tx_kernel, q, stage, params):
+    def _tx_breathe(q, stage, params):
         """One TX pass: retry what the NIC ring did not take, else a batch from each worker ring, admitted by
         the ledger, lengths checked, posted; what the NIC finished goes home."""
         freed, handing, slot, words, slots, row, held, ranges, homes, inputs, length, got, pending, state = stage
         left = state[ST_LEFT]
         if left:                                                                  # 1. the NIC ring was full
-            posted, code = _post(tx_kernel, q, words, slots, row, held, homes, length, freed, handing, slot,
-                                 pending, left, state)
+            posted, cleaned = TX_KERNEL(q, pending[:left])
+            posted, code = _posted(words, slots, row, held, homes, length, freed, handing, slot, pending, left,
+                                   posted, cleaned, state)
             if code == RUN_MORE and not posted:
                 row[_STALLS] += 1
                 code = RUN_STALLED
@@ -376,33 +371,12 @@ if AVAILABLE:
             taken, nbad = _admit(row, held, ranges, length, got, n, pending, params[P_MAX_DATA])   # 3. admit
             if nbad and not _send_home(words, slots, homes, held, got, 0, nbad):
                 return moved, RUN_HOME
-            posted, code = _post(tx_kernel, q, words, slots, row, held, homes, length, freed, handing, slot,
-                                 pending, taken, state)                             # 4. post, finished home
+            posted, cleaned = TX_KERNEL(q, pending[:taken])                  # 4. post, finished home
+            posted, code = _posted(words, slots, row, held, homes, length, freed, handing, slot, pending, taken,
+                                   posted, cleaned, state)
             if code != RUN_MORE or state[ST_LEFT]:
                 return moved, code
         return moved, RUN_MORE
-
-    # the cached entry points: one per stage kind and driver, the kernels as globals
-    @jit
-    def rx_run_ixgbe(q, stage, row, params, waits):
-        return run(rx_breathe, ixgbe_jit.rx_queue, q, stage, row, params, waits)
-
-    @jit
-    def tx_run_ixgbe(q, stage, row, params, waits):
-        return run(tx_breathe, ixgbe_jit.tx_queue, q, stage, row, params, waits)
-
-    @jit
-    def rx_run_af_packet(q, stage, row, params, waits):
-        return run(rx_breathe, af_packet_jit.rx_queue, q, stage, row, params, waits)
-
-    @jit
-    def tx_run_af_packet(q, stage, row, params, waits):
-        return run(tx_breathe, af_packet_jit.tx_queue, q, stage, row, params, waits)
-
-    ENTRIES = {ixgbe_jit.rx_queue: rx_run_ixgbe, ixgbe_jit.tx_queue: tx_run_ixgbe,
-               af_packet_jit.rx_queue: rx_run_af_packet, af_packet_jit.tx_queue: tx_run_af_packet}
-else:
-    ENTRIES = {}
 
 
 # ---- the worker ---------------------------------------------------------------------
@@ -418,7 +392,6 @@ assert ST_CALLING < STATE_WORDS
 _DROP_WORKER, _WORKER_ERROR, _NO_ROUTE = SLOT["drop_worker"], SLOT["drop_worker_error"], SLOT["drop_no_route"]
 VERDICT_DROP = -1     # workers/api.py's DROP
 
-worker_breathe = worker_run = None
 
 if AVAILABLE:
     from ixypipe.workers import headers_jit
@@ -438,8 +411,7 @@ if AVAILABLE:
             row[_HELD] = parts_n.sum()
         return ok
 
-    @generic
-    def worker_breathe(fn, q, stage, params):
+    def _worker_breathe(q, stage, params):
         """One worker pass: push what full TX rings left (once they have room again), else a batch from each
         RX ring, the worker's compiled function ``fn`` over it (workers/compiled.py has its contract), each
         packet to the TX ring of its verdict's port or home.  ``q``: unused (a driver's record elsewhere)."""
@@ -491,7 +463,7 @@ if AVAILABLE:
                 headers_jit.kernel(flat, base[:m], blen[:m], params[P_MAX_DATA], h.bools, h.u8, h.u16, h.u32,
                                    h.i64, h.addr)
             state[ST_CALLING] = m
-            fn(data, length, shown, m, out, h, counts)                  # 4. the worker's function
+            WORKER_FN(data, length, shown, m, out, h, counts)                  # 4. the worker's function
             state[ST_CALLING] = 0
             for w in range(outs.shape[0]):
                 parts_n[w] = 0
@@ -526,9 +498,38 @@ if AVAILABLE:
                 return moved, RUN_STALLED
         return moved, RUN_MORE
 
-    @jit
-    def worker_run(fn, q, stage, row, params, waits):
-        """The cached entry point for the built-in workers (workers/builtin_jit.py) only: a user's function
-        runs through the uncached ``run`` (numba's cache of this one would not see an edit of that function,
-        and would keep its key for every process)."""
-        return run(worker_breathe, fn, q, stage, row, params, waits)
+
+_BUILT: dict = {}      # (kind, kernel, cached) -> its loop
+
+
+def loop(kind: str, kernel, cached: bool = True):
+    """The compiled loop of a stage kind ("rx", "tx", "worker") around ``kernel`` (a driver's compiled queue
+    kernel, a worker's compiled function): ``loop(...)(q, stage, row, params, waits)``.
+
+    numba cannot cache a function that takes a kernel as an argument (its cache keys would hold the
+    kernel's dispatcher, which another process fails to load), so each kernel gets its own copy of the pass
+    and of ``_run``, with the kernel as a global, named after it so each has its own cache entry.  ``cached``
+    False for a user's function or a test's kernel: compiled in the process, never written to the cache."""
+    key = (kind, kernel, cached)
+    if key not in _BUILT:
+        deco = jit if cached else fresh
+        module = getattr(kernel, "__module__", "") or ""
+        name = f"{kind}_{module.rpartition('.')[2]}_{getattr(kernel, '__name__', 'kernel')}"
+        passes = {"rx": (_rx_breathe, "RX_KERNEL"), "tx": (_tx_breathe, "TX_KERNEL"),
+                  "worker": (_worker_breathe, "WORKER_FN")}
+        body, slot = passes[kind]
+        breathe = deco(_specialised(body, f"{body.__name__}_{name}", {slot: kernel}))
+        _BUILT[key] = deco(_specialised(_run, f"_run_{name}", {"BREATHE": breathe}))
+    return _BUILT[key]
+
+
+def _specialised(fn, name: str, names: dict):
+    """A copy of the Python function ``fn`` whose globals ``names`` are given, under its own name."""
+    import types
+
+    scope = dict(fn.__globals__)
+    scope.update(names)
+    copy = types.FunctionType(fn.__code__, scope, name, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = name
+    copy.__module__ = fn.__module__
+    return copy

@@ -532,7 +532,7 @@ def run_worker(st: Stage) -> None:
     fn = worker.process
     fast = fast[0]
     if fast is not None:
-        log.debug("%s: the worker function runs compiled (%s)", me.name, worker.where)
+        log.debug("the worker function runs compiled (%s)", worker.where)
     got = np.empty(st.batch, np.uint32)
 
     def still_idle() -> bool:

@@ -619,7 +619,15 @@ class Supervisor:
             alive = [p for p in procs if p.process.is_alive()]
             if not alive and not any(p.restart_at is not None for p in procs):
                 break
-            later, blamed = self._blame(progress.stalled_procs(alive, stall), procs, progress)
+            # a stage still starting in ixypipe's own code (compiling its kernels on a first run) gets the start-up
+            # time a worker's setup gets, not the drain's: it is no hung stage (one in the user's import or setup()
+            # is judged as before)
+            starting = [p for p in alive if self.table[p.row]["state"] < STAGE_STATE_RUNNING
+                        and not self.table[p.row]["phase"]]
+            others = [p for p in alive if p not in starting]
+            stalled = (progress.stalled_procs(others, stall)
+                       + progress.stalled_procs(starting, max(stall, self.cfg.workers.setup_timeout)))
+            later, blamed = self._blame(stalled, procs, progress)
             self._waiting += later
             procs = [p for p in procs if p not in later]
             for p in blamed:
