@@ -131,8 +131,8 @@ calls = 0
 def raises(batch):
     global calls
     calls += 1
-    kind = calls % 4
-    if kind:
+    kind = calls % 5              # an odd cycle: batches from both ports' rings (taken in turn) go out too
+    if kind in (1, 2, 3):
         batch.count("raised", batch.n)
     if kind == 1:
         raise KeyboardInterrupt
