@@ -127,14 +127,14 @@ class StatsPrinter:
         self.out = out
         self.json_lines = json_lines
         self.sim = sim
-        self.last = port_totals(plan, table)
         self.last_rows = table.copy()
+        self.last = port_totals(plan, self.last_rows)
         self.last_time = None
         self.last_drops = port_drops(devices, sim)
 
     def interval(self, elapsed: float) -> None:
-        now_totals = port_totals(self.plan, self.table)
-        rows = self.table.copy()
+        rows = self.table.copy()        # one moment: the compiled stages write their rows as they go
+        now_totals = port_totals(self.plan, rows)
         dt = elapsed - (self.last_time or 0.0)
         drops_now = port_drops(self.devices, self.sim)
         if self.publish is not None:
