@@ -261,7 +261,7 @@ def test_an_idle_compiled_consumer_sleeps_on_its_semaphore_until_a_bell_and_wake
     try:
         line, sem = wakeup.line_word(r.arena, 0), wakeup.semaphore_address(r.arena, 0)
         params = r.params()
-        params[K.P_IDLE_MODE], params[K.P_YIELDS], params[K.P_WAIT_MS] = K.IDLE_SLEEP, 2, 1000
+        params[K.P_IDLE_MODE], params[K.P_WAIT_MS] = K.IDLE_SLEEP, 1000
         params[K.P_LINE], params[K.P_SEM] = line, sem
         r.row[SLOT["command"]] = STAGE_CMD_RUN                     # what a running stage's row says
         idx = r.frames(3)
@@ -282,7 +282,7 @@ def test_an_idle_compiled_consumer_sleeps_on_its_semaphore_until_a_bell_and_wake
         homes = np.concatenate(([0, POOL], spsc_jit.ring_row(r.returns[0].offset, 128)))[None, :]
         stage = (freed, r.handing, 0, r.words, r.slots, r.row, r.ledger.held, r.ledger.ranges, homes,
                  spsc_jit.ring_rows(r.outs[:1]), r.bufs.length, np.empty(64, np.uint32), r.pending, r.state)
-        params[K.P_MAX_PASSES] = 5       # 2 yields, the sleep, the pass that sends, one more yield
+        params[K.P_MAX_PASSES] = 2       # an empty pass and the sleep, the pass that sends
         code = K.loop("tx", wire, cached=False)((r.log, r.logged, np.array([64]), freed), stage, r.row, params,
                      r.waits(r.outs[:1]))
         t.join()

@@ -25,11 +25,10 @@ from ixypipe.rings import spsc_jit, wakeup, wakeup_jit
 # publication and logging are never late by more than that
 RUN_PASSES = 256
 # empty passes a run makes before it returns RUN_IDLE: "spin" stays compiled that long, the other idle modes
-# hand an idle stage to Python at once (it yields, sleeps or polls)
+# hand an idle stage to Python at once (it sleeps, polls or naps)
 SPIN_IDLE_PASSES = 64
 DISTRIBUTION_MODES = {"round-robin": K.MODE_ROUND_ROBIN, "flow": K.MODE_FLOW}
 # the "wake" idle mode (the Python passes in stages.py and the compiled loop alike)
-WAKE_SPIN_LOOPS = 4          # empty polls (each yielding the CPU) before a stage blocks
 WAKE_TIMEOUT = 0.1           # seconds a sleeping stage waits at most (heartbeat, commands)
 RX_WAIT_MS = 50              # an RX stage whose port has a file descriptor polls it this long
 # a worker whose TX ring is full naps between these (seconds) until half the ring is free (WorkerPasses.stall_nap)
@@ -48,7 +47,6 @@ def _params(st, light: int, min_len: int, mode: int = K.MODE_ONE, fd: int | None
     compiled code; otherwise an idle run returns and Python naps)."""
     p = np.zeros(K.PARAM_WORDS, np.int64)
     if st.plan.idle == "wake" and (st.me.role != "rx" or fd is not None):
-        p[K.P_YIELDS] = WAKE_SPIN_LOOPS
         if st.me.role == "rx":
             p[K.P_IDLE_MODE], p[K.P_WAIT_MS] = K.IDLE_POLL, RX_WAIT_MS
         else:

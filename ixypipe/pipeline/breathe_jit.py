@@ -6,7 +6,7 @@ it, push it on, count.  One call of the loop they share (``run``: the
 heartbeat, the supervisor's command, idle counting, a budget of passes)
 runs passes until one of the RUN_* reasons below and returns it, so the interpreter runs once per idle period, back-pressure
 episode, command or RUN_BUDGET passes, never once per batch.  Python
-(pipeline/stages.py) keeps what it must do: the idle policy (yield, sleep on
+(pipeline/stages.py) keeps what it must do: the idle policy (sleep on
 the semaphore, poll a socket, nap), commands and the drain, logging, and
 back-pressure (a stalled pass hands what did not fit to the stage's
 Outbox, whose Python loop stays the reference path).
@@ -62,12 +62,12 @@ RUN_HOME = 6          # a buffer had no home, or its home was full (a double fre
 
 # params: what Python decides once per stage
 P_BATCH, P_MAX_PASSES, P_IDLE_PASSES, P_LIGHT, P_MIN_LEN, P_MAX_DATA, P_MODE, P_WAKE = range(8)
-P_IDLE_MODE, P_YIELDS, P_WAIT_MS, P_LINE, P_SEM = range(8, 13)
-PARAM_WORDS = 13
+P_IDLE_MODE, P_WAIT_MS, P_LINE, P_SEM = range(8, 12)
+PARAM_WORDS = 12
 # how the shared loop waits once passes find nothing (params[P_IDLE_MODE])
 IDLE_RETURN = 0       # after P_IDLE_PASSES empty passes return RUN_IDLE: Python waits (naps, spin)
-IDLE_SLEEP = 1        # a ring consumer: P_YIELDS yields, then sleep on its semaphore (wakeup_jit.sleep)
-IDLE_POLL = 2         # an RX queue with a file descriptor: P_YIELDS yields, then poll() it
+IDLE_SLEEP = 1        # a ring consumer: sleep on its semaphore at the first empty pass (wakeup_jit.sleep)
+IDLE_POLL = 2         # an RX queue with a file descriptor: poll() it at the first empty pass
 # state: what lives across runs
 ST_RR, ST_VALUE, ST_LEFT = range(3)
 STATE_WORDS = 4
@@ -215,9 +215,10 @@ if AVAILABLE:
             if mode == IDLE_RETURN:
                 if empty >= params[P_IDLE_PASSES]:
                     return RUN_IDLE
-            elif empty <= params[P_YIELDS]:
-                wakeup_jit.relax()                  # a consumer this stage just woke on the same CPU runs first
             else:
+                # no sched_yield first: on a CPU shared with a busy process (the software 82599, a neighbour)
+                # a yield hands it the rest of its time slice, milliseconds; a sleeper woken by a bell or
+                # poll() is scheduled at once
                 if mode == IDLE_SLEEP:
                     woken = wakeup_jit.sleep(words, params[P_LINE], params[P_SEM], inputs,
                                              row[_CMD:_CMD + 1], ts, params[P_WAIT_MS])

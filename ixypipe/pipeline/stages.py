@@ -54,7 +54,7 @@ from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceError
 from ixypipe.pipeline import breathe, forkserver, keyedstate, leftovers, stagetable
 from ixypipe.pipeline import breathe_jit as K
-from ixypipe.pipeline.breathe import RX_WAIT_MS, WAKE_SPIN_LOOPS, WAKE_TIMEOUT
+from ixypipe.pipeline.breathe import RX_WAIT_MS, WAKE_TIMEOUT
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
 from ixypipe.pipeline.stagetable import PROCESS_FIELDS, SLOT, StageRow
 from ixypipe.proc import (
@@ -190,7 +190,6 @@ class Stage:
         self.light = max(1, plan.batch_size // LIGHT_BATCH_DIVISOR) if plan.shared_cpus and plan.idle == "nap" else 0
         wakes = plan.idle == "wake"
         self.sleeper = Sleeper(self.arena, me.row) if wakes and me.role in ("worker", "tx") else None
-        self.idle_streak = 0
         self.pacing = None           # shared CPUs: set by the loop, which knows its input's capacity
         self.rx_poll = None          # "wake" mode RX: a select.poll on the port's file descriptor, if it has one
         self.refused_noted = False    # RX: the warning about indices a return ring gave back that were not out
@@ -262,9 +261,11 @@ class Stage:
         Idle waiting by the pipeline's ``idle`` mode: "spin" never sleeps;
         "wake" lets a stage that can block (a ring consumer, ``still_idle``
         given, sleeps on its semaphore until a producer rings; an RX stage
-        whose port has a file descriptor blocks in poll()) yield the CPU a few
-        times, so a consumer it just woke on the same CPU runs, then block: a
-        lone packet is picked up at once and an idle stage costs nothing.
+        whose port has a file descriptor blocks in poll()) block at once, with
+        no sched_yield first: on a CPU shared with a busy process a yield hands
+        it the rest of its time slice (milliseconds), while a sleeper that is
+        woken runs at once; a lone packet is picked up at once and an idle
+        stage costs nothing.
         Everything else waits in ``wait``: a nap paced by the input's rate,
         else the back-off ladder (spin, yield, short naps).  In "nap" mode on a shared CPU a
         loop that moved only a trickle naps too: a batch builds up, which
@@ -275,7 +276,6 @@ class Stage:
         self.loops += 1
         self.slots[_HEARTBEAT] = self.loops
         if worked:
-            self.idle_streak = 0
             self.publish(held)
             if moved and moved < self.light:
                 self.wait()
@@ -289,13 +289,10 @@ class Stage:
 
     def rest(self, held: int = 0, still_idle=None) -> None:
         """The wait after a loop that found nothing to do (see tick)."""
-        self.idle_streak += 1
         sleeps = self.sleeper is not None and still_idle is not None
         polls = self.rx_poll is not None and not self.draining()     # draining: count empty polls quickly
         if held or not (sleeps or polls):
             self.wait()
-        elif self.idle_streak <= WAKE_SPIN_LOOPS:
-            os.sched_yield()            # a consumer this stage just woke on the same CPU runs first
         elif sleeps:
             self.publish(held)
             self.sleeper.sleep(still_idle, WAKE_TIMEOUT)
@@ -328,14 +325,11 @@ def breathe_compiled(st: Stage, passes, still_idle=None) -> int:
     code = passes.run()
     st.absorb()
     if code == K.RUN_IDLE:
-        if passes.waits_itself:          # it slept or polled in compiled code, and the time ran out
-            st.idle_streak = 0
-        else:
+        if not passes.waits_itself:      # else it slept or polled in compiled code, and the time ran out
             st.rest(0, still_idle)
     elif code == K.RUN_LIGHT:
         st.wait()
     else:
-        st.idle_streak = 0
         st.backoff.work()
     return code
 

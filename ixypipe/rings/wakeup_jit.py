@@ -6,8 +6,8 @@ explains the protocol and why both sides fence), so a compiled stage and a
 Python one wake each other.  The fence is an LLVM ``fence seq_cst`` (a
 locked instruction on x86).  What the loops need from the kernel is called
 from libc directly: ``sem_post`` and ``sem_timedwait`` on the semaphore
-libc's ``sem_open`` mapped (``wakeup.semaphore_address``), ``clock_gettime``,
-``sched_yield``, and ``poll`` on a port's file descriptor; a stage that
+libc's ``sem_open`` mapped (``wakeup.semaphore_address``), ``clock_gettime``
+and ``poll`` on a port's file descriptor; a stage that
 sleeps or polls in compiled code wakes straight into its next pass, without
 the interpreter.
 """
@@ -31,7 +31,7 @@ CLOCK_REALTIME = 0                      # sem_timedwait's deadline is on this cl
 POLLIN = select.POLLIN
 NS = 1_000_000_000
 
-bell = sleep = poll = relax = fence = None
+bell = sleep = poll = fence = None
 
 if AVAILABLE:
     from numba import types
@@ -41,7 +41,6 @@ if AVAILABLE:
     _sem_post = types.ExternalFunction("sem_post", types.intc(types.voidptr))
     _sem_timedwait = types.ExternalFunction("sem_timedwait", types.intc(types.voidptr, types.voidptr))
     _clock_gettime = types.ExternalFunction("clock_gettime", types.intc(types.intc, types.voidptr))
-    _sched_yield = types.ExternalFunction("sched_yield", types.intc())
     _poll = types.ExternalFunction("poll", types.intc(types.voidptr, types.uintp, types.intc))
 
     @intrinsic
@@ -99,8 +98,3 @@ if AVAILABLE:
         """poll() one file descriptor for POLLIN (``fds``: int32[2], the fd and the events, as struct
         pollfd); True when it is readable, False when ``ms`` ran out."""
         return _poll(fds.ctypes.data, 1, ms) > 0
-
-    @jit
-    def relax():
-        """Give the CPU to a process this one just woke on the same CPU."""
-        _sched_yield()
