@@ -10,6 +10,7 @@ from ixypipe.layout import STAGE_CMD_DRAIN, STAGE_CMD_RUN, STAGE_ROW_DTYPE
 from ixypipe.memory.ledger import Ledger
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
+from ixypipe.pipeline import breathe
 from ixypipe.pipeline import breathe_jit as K
 from ixypipe.pipeline.stages import flow_worker
 from ixypipe.pipeline.stagetable import SLOT
@@ -90,7 +91,7 @@ class Rig:
         return K.loop("rx", feed, cached=False)(q, stage, self.row, params, self.waits(self.returns))
 
     def waits(self, inputs):
-        return (self.words, spsc_jit.ring_rows(inputs), np.array([-1, 1], np.int32), np.zeros(2, np.int64))
+        return breathe._waits(self.words, inputs)
 
     def counters(self, *names):
         return [int(self.row[SLOT[n]]) for n in names]
@@ -310,3 +311,27 @@ def test_fwd_forwards_every_generated_frame_on_the_compiled_and_the_reference_pa
     assert s["received"] + missed == 2 * per_port and s["transmitted"] == s["received"] and s["in_flight"] == 0
     assert s["sim"]["p0"]["sink_received"] + s["sim"]["p1"]["sink_received"] == s["received"]
     check_sinks(s)
+
+
+def test_the_compiled_paced_nap_is_proc_pacing_in_nanoseconds():
+    """breathe_jit.paced_nap_ns (the compiled loop's naps) against proc.Pacing (the Python passes'), on one
+    made-up clock: no rate until a window brought ``want`` packets, then half the time ``want`` takes, capped."""
+    from ixypipe.proc import PACE_WINDOW_NS, Pacing
+
+    now = [5_000_000_000]
+    ref = Pacing(2048, clock=lambda: now[0], max_nap=100e-6)
+    pace = np.zeros(K.PACE_WORDS, np.int64)
+    assert K.paced_nap_ns(pace, 0, now[0], 2048, 100_000) == 0
+    count = 0
+    steps = [(PACE_WINDOW_NS // 4, 100),            # a trickle: no steady rate
+             (PACE_WINDOW_NS, 1000),                # still fewer than want in the window
+             (PACE_WINDOW_NS, 6000),                # 6000 in 20 ms: 3.33 us each -> half of 2048 = 3.4 ms -> cap
+             (PACE_WINDOW_NS, 400_000),             # 50 ns each -> 51.2 us
+             (PACE_WINDOW_NS // 2, 10)]             # inside a window: the last rate holds
+    got, want = [], []
+    for dt, n in steps:
+        now[0] += dt
+        count += n
+        got.append(int(K.paced_nap_ns(pace, count, now[0], 2048, 100_000)))
+        want.append(round(ref.nap(count) * 1e9))
+    assert got == want == [0, 0, 100_000, 51_200, 51_200]

@@ -31,9 +31,6 @@ DISTRIBUTION_MODES = {"round-robin": K.MODE_ROUND_ROBIN, "flow": K.MODE_FLOW}
 # the "wake" idle mode (the Python passes in stages.py and the compiled loop alike)
 WAKE_TIMEOUT = 0.1           # seconds a sleeping stage waits at most (heartbeat, commands)
 RX_WAIT_MS = 50              # an RX stage whose port has a file descriptor polls it this long
-# a worker whose TX ring is full naps between these (seconds) until half the ring is free (WorkerPasses.stall_nap)
-STALL_NAP_MIN, STALL_NAP_MAX = 20e-6, 1e-3
-ROOM_UNSEEN = -(1 << 62)
 
 
 def _row_words(st) -> np.ndarray:
@@ -42,10 +39,18 @@ def _row_words(st) -> np.ndarray:
 
 
 def _params(st, light: int, min_len: int, mode: int = K.MODE_ONE, fd: int | None = None) -> np.ndarray:
-    """What the kernel needs to know of the stage, once: batch, budget, checks, distribution, the idle policy
-    (in "wake" mode a ring consumer sleeps on its semaphore and an RX queue with a file descriptor polls it, in
-    compiled code; otherwise an idle run returns and Python naps)."""
+    """What the kernel needs to know of the stage, once: batch, budget, checks, distribution, the idle policy.
+
+    In "wake" mode a ring consumer sleeps on its semaphore and an RX queue with a file descriptor polls it, in
+    compiled code.  A stage whose naps are paced (Stage.pace: shared CPUs, not "spin") naps in compiled code
+    with the same pacing: an RX queue with nothing to block on when idle, any stage whose output is full or
+    whose pass moved a trickle (``light``, "nap" mode).  Otherwise an idle run returns and Python waits (its
+    back-off ladder)."""
     p = np.zeros(K.PARAM_WORDS, np.int64)
+    naps = st.pacing is not None
+    if naps:
+        p[K.P_NAP_WANT] = st.pacing.want
+        p[K.P_NAP_MAX] = int(st.pacing.max_nap * 1e9)
     if st.plan.idle == "wake" and (st.me.role != "rx" or fd is not None):
         if st.me.role == "rx":
             p[K.P_IDLE_MODE], p[K.P_WAIT_MS] = K.IDLE_POLL, RX_WAIT_MS
@@ -53,6 +58,8 @@ def _params(st, light: int, min_len: int, mode: int = K.MODE_ONE, fd: int | None
             p[K.P_IDLE_MODE], p[K.P_WAIT_MS] = K.IDLE_SLEEP, int(WAKE_TIMEOUT * 1000)
             p[K.P_LINE] = wakeup.line_word(st.arena, st.me.row)
             p[K.P_SEM] = wakeup.semaphore_address(st.arena, st.me.row)
+    elif naps and st.me.role == "rx":
+        p[K.P_IDLE_MODE] = K.IDLE_NAP
     p[K.P_BATCH] = st.batch
     p[K.P_MAX_PASSES] = RUN_PASSES
     p[K.P_IDLE_PASSES] = SPIN_IDLE_PASSES if st.plan.idle == "spin" else 1
@@ -76,9 +83,10 @@ def _homes(st) -> np.ndarray:
 
 
 def _waits(words: np.ndarray, inputs, fd: int | None = None) -> tuple:
-    """The shared loop's ``waits``: the arena's words, the rings a sleeper looks at, a pollfd, a timespec."""
+    """The shared loop's ``waits``: the arena's words, the rings a sleeper looks at, a pollfd, a timespec, the
+    pace of its naps."""
     return (words, spsc_jit.ring_rows(inputs), np.array([-1 if fd is None else fd, wakeup_jit.POLLIN], np.int32),
-            np.zeros(2, np.int64))
+            np.zeros(2, np.int64), np.zeros(K.PACE_WORDS, np.int64))
 
 
 def _warm_up(run: functools.partial) -> None:
@@ -197,11 +205,7 @@ class WorkerPasses:
         self.params[K.P_BUFFERS] = st.bufs.count
         # a full TX ring is pushed to again once half of it is free, when the stage naps (not in "spin" mode):
         # one nap per half a ring of packets, not one per batch
-        self.capacity = min(r.capacity for r in outbox.rings)
-        self.naps = st.plan.idle != "spin"
-        self.params[K.P_ROOM] = self.capacity // 2 if self.naps else 0
-        self.nap = STALL_NAP_MIN
-        self.state[K.ST_ROOM] = ROOM_UNSEEN
+        self.params[K.P_ROOM] = min(r.capacity for r in outbox.rings) // 2 if st.plan.idle != "spin" else 0
         self.before = (words, slots, row, spsc_jit.ring_rows(inputs), np.array(defaults, np.int64),
                        spsc_jit.ring_rows(outbox.rings), bells, np.array(slot_of_port, np.int64), _homes(st),
                        np.zeros(st.bufs.count, np.uint8), st.bufs.data, st.bufs.length, st.bufs.raw.reshape(-1),
@@ -232,19 +236,6 @@ class WorkerPasses:
         left = [(k, self.parts[k, :n].copy()) for k, n in enumerate(self.parts_n.tolist()) if n]
         self.parts_n[:] = 0
         return left
-
-    def stall_nap(self, stalled: bool) -> float:
-        """Seconds to nap after a run (0.0: none), learnt from the room the full rings had when the passes
-        looked again: too little doubles the nap, a ring found nearly empty (its consumer waited) halves it."""
-        seen = int(self.state[K.ST_ROOM])
-        self.state[K.ST_ROOM] = ROOM_UNSEEN
-        if seen < 0 and seen != ROOM_UNSEEN and -seen - 1 > self.capacity * 7 // 8:
-            self.nap = max(STALL_NAP_MIN, self.nap / 2)
-        if not stalled or not self.naps:
-            return 0.0
-        if seen >= 0:
-            self.nap = min(STALL_NAP_MAX, self.nap * 2)
-        return self.nap
 
     def in_hand(self) -> np.ndarray:
         """The batch the worker's function held when it raised (a copy); then nothing is in hand."""

@@ -42,6 +42,7 @@ from ixypipe import jitcache
 from ixypipe.layout import PKTBUF_HEADROOM, STAGE_CMD_DRAIN
 from ixypipe.memory import batchcheck
 from ixypipe.pipeline.stagetable import SLOT
+from ixypipe.proc import MAX_NAP, MIN_NAP, PACE_SHARE, PACE_WINDOW_NS
 from ixypipe.protocols import FLOW_HASH_MIX, FLOW_KEY_OFF
 from ixypipe.rings import spsc_jit, wakeup_jit
 from ixypipe.rings.spsc_jit import RING_ROW_WORDS
@@ -62,12 +63,23 @@ RUN_HOME = 6          # a buffer had no home, or its home was full (a double fre
 
 # params: what Python decides once per stage
 P_BATCH, P_MAX_PASSES, P_IDLE_PASSES, P_LIGHT, P_MIN_LEN, P_MAX_DATA, P_MODE, P_WAKE = range(8)
-P_IDLE_MODE, P_WAIT_MS, P_LINE, P_SEM = range(8, 12)
-PARAM_WORDS = 12
+P_IDLE_MODE, P_WAIT_MS, P_LINE, P_SEM, P_NAP_WANT, P_NAP_MAX = range(8, 14)
+PARAM_WORDS = 14
 # how the shared loop waits once passes find nothing (params[P_IDLE_MODE])
 IDLE_RETURN = 0       # after P_IDLE_PASSES empty passes return RUN_IDLE: Python waits (naps, spin)
 IDLE_SLEEP = 1        # a ring consumer: sleep on its semaphore at the first empty pass (wakeup_jit.sleep)
 IDLE_POLL = 2         # an RX queue with a file descriptor: poll() it at the first empty pass
+IDLE_NAP = 3          # a stage with nothing to block on (an 82599's RX queue): nap (``_wait``) and look again
+# params[P_NAP_WANT] > 0 (shared CPUs, not "spin"): a pass that stalled on a full output, or moved fewer than
+# ``light`` packets, naps in compiled code (``_wait``) as an IDLE_NAP stage's empty pass does, instead of
+# returning for Python's nap; the nap is paced as proc.Pacing's (the reference): about the time
+# PACE_SHARE * P_NAP_WANT packets take to arrive, at most P_NAP_MAX ns, else proc.Backoff's ladder of naps
+# the run's ``pace`` words: the pacing window's start and count, ps per packet (0: no steady rate), the next
+# back-off nap
+PACE_SINCE, PACE_COUNT, PACE_PS, PACE_BACKOFF = range(4)
+PACE_WORDS = 4
+_MIN_NAP_NS, _MAX_NAP_NS = int(MIN_NAP * 1e9), int(MAX_NAP * 1e9)
+_PACE_SHARE_PERMILLE = int(PACE_SHARE * 1000)
 # state: what lives across runs
 ST_RR, ST_VALUE, ST_LEFT = range(3)
 STATE_WORDS = 4
@@ -188,6 +200,31 @@ if AVAILABLE:
             i = j
         return True
 
+    @jit
+    def paced_nap_ns(pace, count, now, want, most):
+        """proc.Pacing.nap in integers: the nap (ns) for ``count`` packets so far at ``now`` (ns); 0 when no
+        steady rate is known (a window of PACE_WINDOW_NS brought fewer than ``want``)."""
+        if pace[PACE_SINCE] == 0:                   # the first look starts the first window
+            pace[PACE_SINCE] = now
+            pace[PACE_COUNT] = count
+        elapsed = now - pace[PACE_SINCE]
+        if elapsed >= PACE_WINDOW_NS:
+            moved = count - pace[PACE_COUNT]
+            pace[PACE_PS] = elapsed * 1000 // moved if moved >= want else 0
+            pace[PACE_SINCE] = now
+            pace[PACE_COUNT] = count
+        return min(most, _PACE_SHARE_PERMILLE * want * pace[PACE_PS] // 1_000_000)
+
+    @jit
+    def _wait(row, params, pace, ts):
+        """A stage's nap in compiled code (IDLE_NAP, a stall, a light pass): paced by the packets it took, else
+        the next rung of the back-off ladder (MIN_NAP doubling to MAX_NAP, reset by a pass that moved)."""
+        ns = paced_nap_ns(pace, row[_PIN], wakeup_jit.now_ns(ts), params[P_NAP_WANT], params[P_NAP_MAX])
+        if ns <= 0:
+            ns = max(pace[PACE_BACKOFF], _MIN_NAP_NS)
+            pace[PACE_BACKOFF] = min(ns * 2, _MAX_NAP_NS)
+        wakeup_jit.nap(ts, ns)
+
     def _run(q, stage, row, params, waits):
         """The loop every compiled stage shares: heartbeat and command, one pass, the idle policy, a budget.
 
@@ -195,26 +232,36 @@ if AVAILABLE:
         ``q``; ``stage``: the stage's arrays) and returns (packets moved, RUN_MORE or why to stop); ``loop``
         makes a copy of this function for each pass and kernel.
         An idle stage waits here, in compiled code, when it can (params[P_IDLE_MODE]): a ring consumer sleeps on
-        its semaphore until a producer rings, an RX queue with a file descriptor polls it; a wake-up goes
-        straight into the next pass.  ``waits``: (the input rings' table, pollfd int32[2], timespec int64[2]).
-        A wait that timed out returns RUN_IDLE, so Python looks at the world about every P_WAIT_MS when idle."""
-        words, inputs, fds, ts = waits
+        its semaphore until a producer rings, an RX queue with a file descriptor polls it, an 82599's RX queue
+        naps; a wake-up goes straight into the next pass.  On shared CPUs a stalled or light pass naps here too
+        (params[P_NAP_WANT]).  ``waits``: (the input rings' table, pollfd int32[2], timespec int64[2], the pace
+        words).  A wait that timed out returns RUN_IDLE, so Python looks at the world about every P_WAIT_MS when
+        idle; a run whose last pass stalled returns RUN_STALLED (Python looks for a consumer that died)."""
+        words, inputs, fds, ts, pace = waits
         mode = params[P_IDLE_MODE]
+        naps = params[P_NAP_WANT] > 0
         empty = 0
+        code = RUN_MORE
         for _ in range(params[P_MAX_PASSES]):
             if _loop_start(row):
                 return RUN_COMMAND
             moved, code = BREATHE(q, stage, params)
             if code != RUN_MORE:
-                return code
+                if not naps or (code != RUN_STALLED and code != RUN_LIGHT):
+                    return code
+                _wait(row, params, pace, ts)            # a full output, or a trickle: let some build up
+                continue
             if moved:
                 empty = 0
+                pace[PACE_BACKOFF] = 0
                 continue
             row[_IDLE] += 1
             empty += 1
             if mode == IDLE_RETURN:
                 if empty >= params[P_IDLE_PASSES]:
                     return RUN_IDLE
+            elif mode == IDLE_NAP:
+                _wait(row, params, pace, ts)
             else:
                 # no sched_yield first: on a CPU shared with a busy process (the software 82599, a neighbour)
                 # a yield hands it the rest of its time slice, milliseconds; a sleeper woken by a bell or
@@ -227,7 +274,7 @@ if AVAILABLE:
                 if not woken:
                     return RUN_IDLE
                 empty = 0
-        return RUN_BUDGET
+        return RUN_STALLED if code == RUN_STALLED else RUN_BUDGET
 
     @jit
     def _take_home(words, slots, row, stack, top, lent, returns, home):
@@ -384,11 +431,10 @@ if AVAILABLE:
 
 # a worker's params, after the common ones: parse headers before each call; buffers in the arena (an index from
 # an input ring at or past it is no buffer); the room a full output ring must have again before the passes push
-# to it (Python naps meanwhile: one wait per that many packets, not one per batch)
+# to it (the loop naps meanwhile: one wait per that many packets, not one per batch)
 P_HEADERS, P_BUFFERS, P_ROOM = PARAM_WORDS, PARAM_WORDS + 1, PARAM_WORDS + 2
 WORKER_PARAM_WORDS = PARAM_WORDS + 3
 ST_CALLING = 3        # packets the worker's function holds (got[:n]): what an exception leaves to Python
-ST_ROOM = ST_LEFT     # a stalled worker: the room its full rings had at the last look (-room - 1: it pushed then)
 assert ST_CALLING < STATE_WORDS
 _DROP_WORKER, _WORKER_ERROR, _NO_ROUTE = SLOT["drop_worker"], SLOT["drop_worker_error"], SLOT["drop_no_route"]
 VERDICT_DROP = -1     # workers/api.py's DROP
@@ -420,18 +466,12 @@ if AVAILABLE:
          out, gone, h, base, blen, counts, parts, parts_n, state) = stage
         batch, wake, buffers = params[P_BATCH], params[P_WAKE], params[P_BUFFERS]
         if parts_n.any():                                               # what a full TX ring left
-            least = np.int64(1) << 62
-            for w in range(outs.shape[0]):
-                if parts_n[w]:
-                    least = min(least, room(words, outs[w]))
-            state[ST_ROOM] = least
             for w in range(outs.shape[0]):
                 if parts_n[w] and room(words, outs[w]) < max(parts_n[w], params[P_ROOM]):
-                    return 0, RUN_STALLED                               # Python naps longer, then runs again
+                    return 0, RUN_STALLED                               # the loop naps, then looks again
             waiting = parts_n.sum()
             if not _push_parts(words, slots, outs, bells, wake, parts, parts_n, row):
                 return 0, RUN_STALLED
-            state[ST_ROOM] = -least - 1                                 # resumed with this much room
             return waiting, RUN_MORE
         moved = 0
         for k in range(inputs.shape[0]):

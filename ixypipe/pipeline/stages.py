@@ -590,7 +590,7 @@ def run_worker(st: Stage) -> None:
 
 def breathe_worker(st: Stage, fast, homing: Homing, errors: ErrorLog, counters: dict, still_idle) -> None:
     """One run of a compiled worker's passes (breathe.WorkerPasses), then what Python does: a stalled run (a
-    full TX ring: the passes keep what it did not take) naps until half the ring is free (stall_nap),
+    full TX ring: the passes keep what it did not take; on shared CPUs they nap until half the ring is free),
     the function's counts go to the named counters, and an exception it raised drops the batch it held
     (``worker_error``), logged once by kind as a Python worker's."""
     slots = st.slots
@@ -610,10 +610,7 @@ def breathe_worker(st: Stage, fast, homing: Homing, errors: ErrorLog, counters: 
         st.row.add("drop_worker_error", len(idx))
         homing.send(idx)
         code = None
-    nap = fast.stall_nap(code == K.RUN_STALLED)
-    if nap and not st.draining():
-        time.sleep(nap)
-    elif code == K.RUN_STALLED:
+    if code == K.RUN_STALLED:
         st.wait()
     elif code == K.RUN_HOME:
         raise HomingError(f"{st.me.name}: a buffer sent home found no home or a full return ring "

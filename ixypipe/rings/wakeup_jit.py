@@ -6,8 +6,8 @@ explains the protocol and why both sides fence), so a compiled stage and a
 Python one wake each other.  The fence is an LLVM ``fence seq_cst`` (a
 locked instruction on x86).  What the loops need from the kernel is called
 from libc directly: ``sem_post`` and ``sem_timedwait`` on the semaphore
-libc's ``sem_open`` mapped (``wakeup.semaphore_address``), ``clock_gettime``
-and ``poll`` on a port's file descriptor; a stage that
+libc's ``sem_open`` mapped (``wakeup.semaphore_address``), ``clock_gettime``,
+``nanosleep`` and ``poll`` on a port's file descriptor; a stage that
 sleeps or polls in compiled code wakes straight into its next pass, without
 the interpreter.
 """
@@ -28,10 +28,11 @@ AVAILABLE = numba is not None
 
 WAKE_SLEEPING, WAKE_WAKEUPS = 0, 1      # u64 words of a wake line (layout.WAKE_LINE_DTYPE, wakeup.py)
 CLOCK_REALTIME = 0                      # sem_timedwait's deadline is on this clock
+CLOCK_MONOTONIC = 1                     # what naps are paced by
 POLLIN = select.POLLIN
 NS = 1_000_000_000
 
-bell = sleep = poll = fence = None
+bell = sleep = poll = fence = now_ns = nap = None
 
 if AVAILABLE:
     from numba import types
@@ -42,6 +43,7 @@ if AVAILABLE:
     _sem_timedwait = types.ExternalFunction("sem_timedwait", types.intc(types.voidptr, types.voidptr))
     _clock_gettime = types.ExternalFunction("clock_gettime", types.intc(types.intc, types.voidptr))
     _poll = types.ExternalFunction("poll", types.intc(types.voidptr, types.uintp, types.intc))
+    _nanosleep = types.ExternalFunction("nanosleep", types.intc(types.voidptr, types.voidptr))
 
     @intrinsic
     def fence(typingctx):
@@ -98,3 +100,16 @@ if AVAILABLE:
         """poll() one file descriptor for POLLIN (``fds``: int32[2], the fd and the events, as struct
         pollfd); True when it is readable, False when ``ms`` ran out."""
         return _poll(fds.ctypes.data, 1, ms) > 0
+
+    @jit
+    def now_ns(ts):
+        """CLOCK_MONOTONIC in nanoseconds (``ts``: int64[2], scratch for the struct timespec)."""
+        _clock_gettime(CLOCK_MONOTONIC, ts.ctypes.data)
+        return ts[0] * NS + ts[1]
+
+    @jit
+    def nap(ts, ns):
+        """Sleep ``ns`` nanoseconds (a signal cuts it short, which is harmless: the caller looks again)."""
+        ts[0] = ns // NS
+        ts[1] = ns % NS
+        _nanosleep(ts.ctypes.data, 0)
