@@ -87,6 +87,10 @@ TESTPMD_INSTALL = "apt-get install -y dpdk-dev"
 WAKE_PROCESSES = 7              # the sleepers a ping through bridge-veth wakes: ping, RX, worker, TX each way
 BRIDGE, TESTPMD_ROW, WAKE_ROW = "linux bridge", "dpdk testpmd", f"wake floor ({WAKE_PROCESSES} proc)"
 DEFAULT_MODE = "default"        # bridge-veth.toml's idle as it is
+# a Python worker that parses headers (batch.l4) on every batch: issue #25's second latency target (<= 2x)
+PYTHON_WORKER = f"{REPO / 'examples' / 'dns_guard.py'}:dns_guard"
+PYTHON_WORKER_ROW = "ixypipe + Python worker"
+FLOOR_TARGET = {PYTHON_WORKER_ROW: 2.0}         # else 1.5
 
 
 def ping_rtts(tb: VethTestbed, count: int) -> np.ndarray:
@@ -184,13 +188,15 @@ class Testpmd:
 class Pipeline:
     """``ixypipe run`` of bridge-veth.toml on the testbed's ends in one idle mode ("default": the file's)."""
 
-    def __init__(self, tb: VethTestbed, mode: str, tmp: Path):
+    def __init__(self, tb: VethTestbed, mode: str, tmp: Path, worker: str | None = None):
         text = BRIDGE_VETH.read_text()
+        if worker is not None:
+            text = text.replace('function = "forward"', f'function = "{worker}"', 1)
         text = text.replace('interface = "veth-a"', f'interface = "{tb.port_a}"')
         text = text.replace('interface = "veth-b"', f'interface = "{tb.port_b}"')
         if mode != DEFAULT_MODE:
             text = text.replace("[pipeline]\n", f'[pipeline]\nidle = "{mode}"\n', 1)
-        path = tmp / f"bridge-veth-{mode}.toml"
+        path = tmp / f"bridge-veth-{mode}{'-worker' if worker else ''}.toml"
         path.write_text(text)
         self.proc = subprocess.Popen([sys.executable, "-m", "ixypipe", "run", str(path), "--json"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
@@ -251,7 +257,7 @@ def measure_wake_floor(pings: int) -> dict:
 
 
 def one_round(tb: VethTestbed, modes: list[str], pings: int, load_mbit: int, tcp_seconds: int,
-              idle_seconds: float, floor: bool, testpmd: bool, tmp: Path) -> dict:
+              idle_seconds: float, floor: bool, testpmd: bool, tmp: Path, python_worker: bool = False) -> dict:
     """Every row once, in order, on the same testbed."""
     rows = {}
     tb.add_bridge()
@@ -284,6 +290,12 @@ def one_round(tb: VethTestbed, modes: list[str], pings: int, load_mbit: int, tcp
                 rows[pipeline_row(mode)]["idle_cpu"] = round(p.idle_cpu(idle_seconds), 4)
         finally:
             p.stop()
+    if python_worker:                      # the file's idle mode, the worker parsing every batch's headers
+        p = Pipeline(tb, DEFAULT_MODE, tmp, PYTHON_WORKER)
+        try:
+            rows[PYTHON_WORKER_ROW] = measure(tb, pings, 0, 0)
+        finally:
+            p.stop()
     return rows
 
 
@@ -298,7 +310,7 @@ def target_ratios(rows: dict) -> dict:
         mine = p50(name) if name.startswith("ixypipe") else None
         if mine is None:
             continue
-        out[name] = {"p50_ms": mine,
+        out[name] = {"p50_ms": mine, "target": FLOOR_TARGET.get(name, 1.5),
                      "x_bridge_plus_floor": round(mine / (bridge + floor), 2) if bridge and floor else None,
                      "x_testpmd": round(mine / testpmd, 2) if testpmd else None}
     return out
@@ -351,7 +363,7 @@ def print_round(rows: dict, ratios: dict, load_mbit: int) -> None:
         floor = "n/a" if q["x_bridge_plus_floor"] is None else f"{q['x_bridge_plus_floor']:.2f}"
         testpmd = "n/a" if q["x_testpmd"] is None else f"{q['x_testpmd']:.2f}"
         print(f"{name}: ping p50 {q['p50_ms']:.3f} ms = {floor} x (bridge p50 + wake floor p50) "
-              f"(target <= 1.5), {testpmd} x testpmd p50")
+              f"(target <= {q['target']:g}), {testpmd} x testpmd p50")
     if load_mbit:
         print(f"ping+udp: pings while iperf3 sends {load_mbit} Mbit/s of UDP A->B")
     print("wake floor: a token round 7 futex sleepers, no network (bench/wake_floor.c); "
@@ -372,9 +384,11 @@ def print_round(rows: dict, ratios: dict, load_mbit: int) -> None:
               help=f"measure DPDK testpmd (when {TESTPMD} is installed)")
 @click.option("--sim-rates", default="0.001,0.3", show_default=True,
               help="generator rates (Mpps per port) for the latency between software 82599 ports; '' skips it")
+@click.option("--python-worker/--no-python-worker", default=True, show_default=True,
+              help="also measure pings with a Python worker that parses headers (examples/dns_guard.py)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
 def main(modes: str, pings: int, rounds: int, load_mbit: int, tcp_seconds: int, idle_seconds: float, floor: bool,
-         testpmd: bool, sim_rates: str, as_json: bool) -> None:
+         testpmd: bool, sim_rates: str, python_worker: bool, as_json: bool) -> None:
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
     for m in mode_list:
         if m != DEFAULT_MODE and m not in IDLE_MODES:
@@ -388,7 +402,8 @@ def main(modes: str, pings: int, rounds: int, load_mbit: int, tcp_seconds: int, 
     measured = []
     with VethTestbed() as tb, tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
-            rows = one_round(tb, mode_list, pings, load_mbit, tcp_seconds, idle_seconds, floor, testpmd, Path(tmp))
+            rows = one_round(tb, mode_list, pings, load_mbit, tcp_seconds, idle_seconds, floor, testpmd, Path(tmp),
+                             python_worker)
             measured.append({"rows": rows, "ratios": target_ratios(rows)})
         sim = {f"sim ports idle={mode}": [sim_latency(mode, float(r), Path(tmp)) for r in sim_rates.split(",")
                                           if r.strip()]
