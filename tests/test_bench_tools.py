@@ -60,8 +60,10 @@ def test_target_ratios_are_over_bridge_plus_floor_and_testpmd():
     lb = bench_module("latency_bench")
     rows = {lb.BRIDGE: {"low_rate": {"p50_ms": 0.1}}, lb.TESTPMD_ROW: {"low_rate": {"p50_ms": 0.15}},
             lb.WAKE_ROW: {"low_rate": {"p50_ms": 0.2}}, "python floor": {"low_rate": {"p50_ms": 0.8}},
-            "ixypipe default idle": {"low_rate": {"p50_ms": 0.6}}, "ixypipe idle=spin": {"low_rate": {"received": 0}}}
-    assert lb.target_ratios(rows) == {"ixypipe default idle": {"p50_ms": 0.6, "x_bridge_plus_floor": 2.0,
-                                                               "x_testpmd": 4.0}}
+            "ixypipe default idle": {"low_rate": {"p50_ms": 0.6}}, "ixypipe idle=spin": {"low_rate": {"received": 0}},
+            lb.PYTHON_WORKER_ROW: {"low_rate": {"p50_ms": 0.9}}}
+    assert lb.target_ratios(rows) == {
+        "ixypipe default idle": {"p50_ms": 0.6, "target": 1.5, "x_bridge_plus_floor": 2.0, "x_testpmd": 4.0},
+        lb.PYTHON_WORKER_ROW: {"p50_ms": 0.9, "target": 2.0, "x_bridge_plus_floor": 3.0, "x_testpmd": 6.0}}
     rows[lb.TESTPMD_ROW] = {"missing": "dpdk-testpmd is not installed"}
     assert lb.target_ratios(rows)["ixypipe default idle"]["x_testpmd"] is None
