@@ -136,6 +136,21 @@ def test_transmitted_frames_reach_the_wire_byte_exact(rig):
     assert dev.read_stats() == DeviceStats(tx_packets=100, tx_bytes=sum(map(len, frames)))
 
 
+def test_a_long_frame_after_short_ones_goes_out_byte_exact_and_in_order(rig):
+    """The compiled TX walk gathers into rows as wide as the widest frame so far (128 bytes at first): a longer
+    frame makes it stop, widen the rows and go on (no fault), so one batch of mixed lengths leaves in order."""
+    r = rig()
+    dev = r.open("p0")
+    wire: list[bytes] = []
+    r.world.ports["p0"].wire_out.append(lambda b: wire.extend(b.frame(i) for i in range(len(b))))
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (60, 127, 128, 129, 1514, 60, 700, 1514)]
+    assert dev.tx_batch(0, r.packets(frames)) == len(frames)
+    r.world.step()
+    assert wire == frames
+    assert not r.world.faults
+
+
 def test_without_mrg_rxbuf_the_legacy_header_is_ten_bytes(rig):
     r = rig()
     dev = r.open("p0", mrg_rxbuf=False)
