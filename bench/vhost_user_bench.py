@@ -123,6 +123,10 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 # ---- ixypipe's loops ---------------------------------------------------------------------------------
 
+_memcpy = numba.types.ExternalFunction("memcpy", numba.types.uintp(numba.types.uintp, numba.types.uintp,
+                                                                   numba.types.uintp))
+
+
 @numba.njit(nogil=True, boundscheck=False)
 def tx_loop(rec, stack, top, data, length, template, bufs, iterations, counts):
     """txonly: up to len(bufs) buffers off the pool's stack, headers written, posted; the rest and what the
@@ -134,8 +138,7 @@ def tx_loop(rec, stack, top, data, length, template, bufs, iterations, counts):
         for j in range(n):
             b = stack[t - 1 - j]
             bufs[j] = b
-            for k in range(template.shape[0]):
-                data[b, k] = template[k]
+            _memcpy(data[b].ctypes.data, template.ctypes.data, template.shape[0])   # as txonly's rte_memcpy
             length[b] = FRAME
         t -= n
         posted, cleaned = virtio_jit.tx_queue(rec, bufs[:n])
