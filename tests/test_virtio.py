@@ -664,3 +664,40 @@ def test_compiled_kick_writes_one_to_an_eventfd_and_counts_what_it_cannot_send()
             os.eventfd_read(fd)
     finally:
         os.close(fd)
+
+
+@NO_NUMBA
+def test_compiled_rx_reports_a_bad_used_entry_as_rx_batch_raises_it(make_arena):
+    """The compiled loop's RUN_DEVICE path: rx_queue returns RX_ERROR without taking anything, and rx_batch
+    (which the RX stage then calls) raises the driver's message."""
+    r = Rig(make_arena(48 << 20), [SimPortConfig("p0", device="virtio", transport="modern")], "numba")
+    try:
+        dev = r.open("p0")
+        rx_kernel, rx_record = dev.compiled_rx(0)
+        rxq = dev._rx[0]
+        rxq.used_ring[0] = (999, 72)              # as a broken device would publish it
+        rxq.used_hdr[1] = 1
+        out = np.zeros(32, np.uint32)
+        assert rx_kernel(rx_record, out) == virtio_jit.RX_ERROR
+        assert int(rxq.state[V.QSTATE_LAST_USED]) == 0 and rxq.kick[V.KICK_WANTED] == 0
+        with pytest.raises(DeviceError, match=r"p0 RX queue 0: used entry 0 names descriptor 999, past the ring"):
+            dev.rx_batch(0, out)
+    finally:
+        r.close()
+
+
+@NO_NUMBA
+def test_no_compiled_kernels_for_the_numpy_path_or_a_port_that_does_not_transmit(make_arena):
+    r = Rig(make_arena(48 << 20), [SimPortConfig("p0", device="virtio", transport="legacy"),
+                                   SimPortConfig("p1", device="virtio", transport="legacy")], "numpy")
+    try:
+        dev = r.open("p0")                        # the rig's hot_path: numpy
+        assert dev.compiled_rx(0) is None and dev.compiled_tx(0) is None
+        spec = r.spec("p1", hot_path="numba")
+        quiet = VirtioDevice.open(spec, r.arena, r.bufs, [r.pools[1]], tx_done=None,
+                                  sysfs_root=str(r.world.sysfs_root), sleep=lambda s: r.world.step())
+        r.devices.append(quiet)
+        assert quiet.compiled_tx(0) is None       # without tx_done it does not transmit (Device contract)
+        assert quiet.compiled_rx(0)[0] is virtio_jit.rx_queue
+    finally:
+        r.close()
