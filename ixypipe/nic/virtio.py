@@ -311,7 +311,8 @@ class VirtioDevice(Device):
     def refresh_kicks(self) -> None:
         """Tell each queue's kick words how this process notifies it (the transport's kick_target; a transport
         without one cannot notify: KICK_NONE).  A transport that made new kick file descriptors (a reconnected
-        vhost-user backend) calls this again."""
+        vhost-user backend) calls this again before it closes the old ones: the words change in place, so a
+        compiled loop already bound to the record writes to the new descriptor."""
         target = getattr(self.transport, "kick_target", None)
         for q in self._rx + self._tx:
             where = int(q.state[V.QSTATE_NOTIFY])
@@ -435,6 +436,7 @@ class VirtioDevice(Device):
             self.transport.set_status(0)
         for q in self._rx + self._tx:
             q.burst = q.record = None
+            q.kick_cell = np.zeros(1, np.uint16)     # no view of a BAR left: the transport can unmap it
         self._rx, self._tx, self._ctrl, self._ctrl_cmd = [], [], None, None
         self.transport.close()
         self.transport = None
