@@ -136,6 +136,21 @@ def test_transmitted_frames_reach_the_wire_byte_exact(rig):
     assert dev.read_stats() == DeviceStats(tx_packets=100, tx_bytes=sum(map(len, frames)))
 
 
+def test_a_long_frame_after_short_ones_goes_out_byte_exact_and_in_order(rig):
+    """The compiled TX walk gathers into rows as wide as the widest frame so far (128 bytes at first): a longer
+    frame makes it stop, widen the rows and go on (no fault), so one batch of mixed lengths leaves in order."""
+    r = rig()
+    dev = r.open("p0")
+    wire: list[bytes] = []
+    r.world.ports["p0"].wire_out.append(lambda b: wire.extend(b.frame(i) for i in range(len(b))))
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (60, 127, 128, 129, 1514, 60, 700, 1514)]
+    assert dev.tx_batch(0, r.packets(frames)) == len(frames)
+    r.world.step()
+    assert wire == frames
+    assert not r.world.faults
+
+
 def test_without_mrg_rxbuf_the_legacy_header_is_ten_bytes(rig):
     r = rig()
     dev = r.open("p0", mrg_rxbuf=False)
@@ -573,3 +588,116 @@ def test_an_rx_chain_is_filled_header_first_then_the_frame(rig):
     expect_hdr = bytes(hdr) if hdr == V.NET_HDR_LEN else bytes(10) + b"\x01\x00"     # num_buffers 1
     assert image[:hdr + 100] == expect_hdr + frame
     assert r.world.faults == []
+
+
+# ---- the compiled stage loops' queue kernels (virtio_jit.rx_queue / tx_queue) and their kicks ----------------
+
+@NO_NUMBA
+@pytest.mark.parametrize("transport", ["legacy", "modern"])
+def test_compiled_queue_kernels_move_frames_and_kick_a_device_that_asks(make_arena, transport):
+    """What the compiled stage loops call: frames byte-exact both ways, the cleaned buffers in ``freed``, and
+    once the device clears USED_F_NO_NOTIFY, a kick per batch through the transport's own register (the queue
+    index in queue_notify of resource0, or a store to the modern notify structure)."""
+    r = Rig(make_arena(48 << 20), [SimPortConfig("p0", device="virtio", transport=transport)], "numba")
+    try:
+        dev = r.open("p0")
+        port = r.world.ports["p0"]
+        rx_kernel, rx_record = dev.compiled_rx(0)
+        tx_kernel, tx_record, freed, handing, slot = dev.compiled_tx(0)
+        assert (rx_kernel, tx_kernel, handing[slot]) == (virtio_jit.rx_queue, virtio_jit.tx_queue, 0)
+        wire: list[bytes] = []
+        port.wire_out.append(lambda b: wire.extend(b.frame(i) for i in range(len(b))))
+        frames = random_frames(np.random.default_rng(7), 40)
+        idx = r.packets(frames)
+        assert tx_kernel(tx_record, idx) == (40, 0)
+        r.world.step()
+        assert wire == frames
+        assert tx_kernel(tx_record, idx[:0]) == (0, 40)           # the used entries come back, buffers in freed
+        assert sorted(freed[:40].tolist()) == sorted(idx.tolist()) and handing[slot] == 40
+        assert port.receive(PacketBatch.from_frames(frames[:30])) == 30
+        out = np.zeros(32, np.uint32)
+        assert rx_kernel(rx_record, out) == 30
+        assert [r.bufs.packet(int(i)).tobytes() for i in out[:30]] == frames[:30]
+        rxq, txq = dev._rx[0], dev._tx[0]
+        assert rxq.kick[V.KICK_WANTED] == txq.kick[V.KICK_WANTED] == 0     # the device polls: NO_NOTIFY
+        # a device that wants notifications: every batch kicks, through the register the transport names
+        port.queues[0].used_hdr[0] = port.queues[1].used_hdr[0] = 0
+        assert tx_kernel(tx_record, r.packets(frames[:5])) == (5, 0)
+        assert txq.kick[V.KICK_WANTED] == 1
+        if transport == "legacy":
+            assert int(port.regs[V.LEGACY_QUEUE_NOTIFY:V.LEGACY_QUEUE_NOTIFY + 2].view("<u2")[0]) == 1
+        else:
+            notify = port.bar[V.SIM_NOTIFY_OFF:V.SIM_NOTIFY_OFF + 16].view("<u2")
+            assert int(notify[V.SIM_NOTIFY_MULTIPLIER // 2]) == 1       # queue 1's cell: offset 1 x multiplier
+        assert port.receive(PacketBatch.from_frames(frames[:3])) == 3
+        assert rx_kernel(rx_record, out) == 3
+        assert rxq.kick[V.KICK_WANTED] == 1
+        assert not port.faults
+    finally:
+        r.close()
+
+
+@NO_NUMBA
+def test_compiled_kick_writes_one_to_an_eventfd_and_counts_what_it_cannot_send():
+    """The vhost-user kick (KICK_EVENTFD) adds 1 to the eventfd per kick; KICK_NONE only counts; a device that
+    sets USED_F_NO_NOTIFY gets nothing."""
+    import os
+
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        kick = np.zeros(V.KICK_WORDS, np.int64)
+        kick[V.KICK_MODE], kick[V.KICK_FD], kick[V.KICK_ONE] = V.KICK_EVENTFD, fd, 1
+        cell = np.zeros(1, np.uint16)
+        used_hdr = np.zeros(2, np.uint16)
+        virtio_jit._notify(used_hdr, kick, cell)
+        virtio_jit._notify(used_hdr, kick, cell)
+        assert os.eventfd_read(fd) == 2 and kick[V.KICK_WANTED] == 2
+        used_hdr[0] = V.USED_F_NO_NOTIFY
+        virtio_jit._notify(used_hdr, kick, cell)
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(fd)
+        kick[V.KICK_MODE] = V.KICK_NONE
+        used_hdr[0] = 0
+        virtio_jit._notify(used_hdr, kick, cell)
+        assert kick[V.KICK_WANTED] == 3
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(fd)
+    finally:
+        os.close(fd)
+
+
+@NO_NUMBA
+def test_compiled_rx_reports_a_bad_used_entry_as_rx_batch_raises_it(make_arena):
+    """The compiled loop's RUN_DEVICE path: rx_queue returns RX_ERROR without taking anything, and rx_batch
+    (which the RX stage then calls) raises the driver's message."""
+    r = Rig(make_arena(48 << 20), [SimPortConfig("p0", device="virtio", transport="modern")], "numba")
+    try:
+        dev = r.open("p0")
+        rx_kernel, rx_record = dev.compiled_rx(0)
+        rxq = dev._rx[0]
+        rxq.used_ring[0] = (999, 72)              # as a broken device would publish it
+        rxq.used_hdr[1] = 1
+        out = np.zeros(32, np.uint32)
+        assert rx_kernel(rx_record, out) == virtio_jit.RX_ERROR
+        assert int(rxq.state[V.QSTATE_LAST_USED]) == 0 and rxq.kick[V.KICK_WANTED] == 0
+        with pytest.raises(DeviceError, match=r"p0 RX queue 0: used entry 0 names descriptor 999, past the ring"):
+            dev.rx_batch(0, out)
+    finally:
+        r.close()
+
+
+@NO_NUMBA
+def test_no_compiled_kernels_for_the_numpy_path_or_a_port_that_does_not_transmit(make_arena):
+    r = Rig(make_arena(48 << 20), [SimPortConfig("p0", device="virtio", transport="legacy"),
+                                   SimPortConfig("p1", device="virtio", transport="legacy")], "numpy")
+    try:
+        dev = r.open("p0")                        # the rig's hot_path: numpy
+        assert dev.compiled_rx(0) is None and dev.compiled_tx(0) is None
+        spec = r.spec("p1", hot_path="numba")
+        quiet = VirtioDevice.open(spec, r.arena, r.bufs, [r.pools[1]], tx_done=None,
+                                  sysfs_root=str(r.world.sysfs_root), sleep=lambda s: r.world.step())
+        r.devices.append(quiet)
+        assert quiet.compiled_tx(0) is None       # without tx_done it does not transmit (Device contract)
+        assert quiet.compiled_rx(0)[0] is virtio_jit.rx_queue
+    finally:
+        r.close()

@@ -1,6 +1,9 @@
 """``ixypipe fwd``: ixy-fwd, one process forwarding between two ports, on real 82599s or simulated ones.
 
-Builds the DMA arena, one mempool per port and the two ixgbe ports, runs
+Builds the DMA arena, one mempool per port and the two ports (ixgbe by
+default; ``--driver virtio`` for virtio-net functions, ``--driver
+vhost-user`` for two vhost-user sockets; with ``--sim`` the software 82599
+or, ``--driver virtio``, the software virtio-net device), runs
 :class:`ixypipe.ops.forwarder.Forwarder` until --duration, --packets or Ctrl-C, drains,
 and (with --sim) judges what the software 82599's verifying sinks saw: every
 packet generated on one port must arrive at the other port's sink with byte
@@ -31,12 +34,18 @@ MIN_POOL = 4096                 # ixy: at least 4096 buffers per RX queue
 DRAIN_TIMEOUT = 5.0
 DRAIN_SETTLE = 0.05             # counters unchanged this long: the wires are empty
 PORT_NAMES = ("p0", "p1")
+DRIVERS = ("ixgbe", "virtio", "vhost-user")
 
 
 @click.command()
-@click.argument("addresses", nargs=-1, metavar="[PCI_A PCI_B]")
-@click.option("--sim", is_flag=True, help="Forward between two software 82599s with traffic generators "
-              "and verifying sinks instead of real NICs.")
+@click.argument("addresses", nargs=-1, metavar="[PCI_A PCI_B | SOCKET_A SOCKET_B]")
+@click.option("--sim", is_flag=True, help="Forward between two software 82599s (software virtio-net devices with "
+              "--driver virtio) with traffic generators and verifying sinks instead of real NICs.")
+@click.option("--driver", type=click.Choice(DRIVERS), default="ixgbe", show_default=True,
+              help="The ports' driver: 82599s, virtio-net functions (PCI addresses), or vhost-user frontends "
+                   "(the backends' socket paths, e.g. DPDK's net_vhost).")
+@click.option("--transport", type=click.Choice(["legacy", "modern"]), default="modern", show_default=True,
+              help="--sim --driver virtio: the software device's virtio-PCI transport.")
 @click.option("--duration", type=Seconds(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this many seconds (default: until Ctrl-C).")
 @click.option("--packets", type=Count(min=1), metavar="N",
@@ -54,7 +63,8 @@ PORT_NAMES = ("p0", "p1")
 @click.option("--no-touch", is_flag=True, help="Do not increment byte 1 of each packet.")
 @click.option("--hugepages", type=click.Choice(["auto", "require", "never"]), default=None,
               help="Arena backing (default: auto with --sim, require on real NICs).")
-def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, flows, no_touch, hugepages):
+def command(addresses, sim, driver, transport, duration, packets, batch, ring, rate, packet_size, flows, no_touch,
+            hugepages):
     """Forward between two ports in one process, like ixy-fwd.
 
     \b
@@ -67,14 +77,21 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
     \b
     Examples:
       ixypipe fwd --sim --duration 5           two simulated 82599s
+      ixypipe fwd --sim --driver virtio        two software virtio-net devices
       ixypipe fwd 0000:03:00.0 0000:03:00.1    two real 82599s (root, hugepages)
+      ixypipe fwd --driver vhost-user /tmp/a.sock /tmp/b.sock
+                                               two vhost-user backends
     """
     as_json = wants_json()
     say = (lambda text: None) if as_json else click.echo       # --json: objects only, on stdout
+    what = "socket paths" if driver == "vhost-user" else "PCI addresses"
     if sim == bool(addresses):
-        raise click.UsageError("give two PCI addresses, or --sim (and no addresses)")
+        raise click.UsageError(f"give two {what}, or --sim (and no addresses)")
     if addresses and len(addresses) != 2:
-        raise click.UsageError(f"the forwarder needs exactly two PCI addresses, got {len(addresses)}")
+        raise click.UsageError(f"the forwarder needs exactly two {what}, got {len(addresses)}")
+    if sim and driver == "vhost-user":
+        raise click.UsageError("--sim simulates 82599s or virtio-net functions (--driver virtio), not vhost-user "
+                               "backends")
     if ring < 8 or ring > MAX_RING_ENTRIES or ring & (ring - 1):
         raise click.BadParameter(f"must be a power of two from 8 to {MAX_RING_ENTRIES}, got {ring}",
                                  param_hint="'--ring'")
@@ -86,15 +103,20 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
             raise click.BadParameter(str(exc), param_hint="'--packet-size'") from None
     mode = hugepages or ("auto" if sim else "require")
     pool_size = max(MIN_POOL, 2 * ring)
-    from ixypipe.nic.ixgbe import IxgbeDevice
+    from ixypipe.nic import ports
 
-    specs = [PortSpec(name, "sim" if sim else "ixgbe", addr, rx_ring_size=ring, tx_ring_size=ring)
+    options = {"device": "virtio", "transport": transport} if sim and driver == "virtio" else {}
+    specs = [PortSpec(name, "sim" if sim else driver, addr, rx_ring_size=ring, tx_ring_size=ring,
+                      options=dict(options))
              for name, addr in zip(PORT_NAMES, addresses or ("", ""), strict=True)]
-    regions = [*PacketBuffers.arena_regions(2 * pool_size, DEFAULT_BUF_SIZE),
-               *(r for _ in PORT_NAMES for r in Mempool.arena_regions(pool_size)),
-               *(r for spec in specs for r in IxgbeDevice.arena_regions(spec))]
+    try:
+        regions = [*PacketBuffers.arena_regions(2 * pool_size, DEFAULT_BUF_SIZE),
+                   *(r for _ in PORT_NAMES for r in Mempool.arena_regions(pool_size)),
+                   *(r for spec in specs for r in ports.arena_regions(spec))]
+    except DeviceError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--ring'") from None
     with contextlib.ExitStack() as stack:
-        if not sim:                               # a running pipeline's NIC is not reset under it
+        if not sim and driver != "vhost-user":    # a running pipeline's NIC is not reset under it
             claim_devices(stack, specs)
         try:
             arena = Arena.create(Arena.size_for(regions), hugepages_mode=mode, tag="fwd")
@@ -107,14 +129,15 @@ def command(addresses, sim, duration, packets, batch, ring, rate, packet_size, f
         server = None
         roots = dict.fromkeys(PORT_NAMES, "/sys")
         if sim:
-            running = start_sim(stack, arena, specs, packet_size, flows, rate, touch=not no_touch)
+            running = start_sim(stack, arena, specs, packet_size, flows, rate, touch=not no_touch,
+                                virtio=transport if driver == "virtio" else None)
             server, roots = running.server, running.sysfs_roots
 
         home = Homing.to_pools(bufs, pools)       # either port transmits buffers of both pools
         devs = []
         for spec, pool in zip(specs, pools, strict=True):
             try:
-                dev = IxgbeDevice.open(spec, arena, bufs, [pool], tx_done=home, sysfs_root=roots[spec.name])
+                dev = ports.open_port(spec, arena, bufs, [pool], tx_done=home, sysfs_root=roots[spec.name])
             except DeviceError as exc:
                 raise click.ClickException(f"port {spec.name} ({spec.address}): {exc}") from exc
             stack.callback(dev.close)
@@ -164,13 +187,16 @@ def summary_json(fwd: Forwarder, result, counters: dict | None, problems: list[s
 
 
 def start_sim(stack: contextlib.ExitStack, arena: Arena, specs: list[PortSpec], packet_size: int, flows: int,
-              rate_pps: float, touch: bool):
+              rate_pps: float, touch: bool, virtio: str | None = None):
+    """``virtio``: the transport of software virtio-net devices (their queues as large as the ports' rings);
+    None: software 82599s."""
     from ixypipe.sim.launch import start_sim as launch
     from ixypipe.sim.server import GeneratorConfig, SimPortConfig, SinkConfig
 
+    device = {"device": "virtio", "transport": virtio, "queue_size": specs[0].rx_ring_size} if virtio else {}
     ports = [SimPortConfig(name, generator=GeneratorConfig(packet_size=packet_size, rate_pps=rate_pps,
                                                            flows=flows),
-                           sink=SinkConfig(expect_touch=touch)) for name in PORT_NAMES]
+                           sink=SinkConfig(expect_touch=touch), **device) for name in PORT_NAMES]
     try:
         # The model process starts ignoring SIGINT, so Ctrl-C stops only the forwarder, which then
         # drains the wires and asks the model for its verdict.
@@ -188,7 +214,7 @@ def claim_devices(stack: contextlib.ExitStack, specs: list[PortSpec]) -> None:
     from ixypipe.pipeline import claims
 
     for spec in specs:
-        port = SimpleNamespace(name=spec.name, driver="ixgbe", pci=spec.address.lower(), share=False)
+        port = SimpleNamespace(name=spec.name, driver=spec.driver, pci=spec.address.lower(), share=False)
         try:
             held = claims.claim(port, "ixypipe fwd", "(the command line)", how_to_share="Stop it first")
         except claims.ClaimError as exc:

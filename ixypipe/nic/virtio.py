@@ -76,6 +76,10 @@ class VirtioQueue:
         self.state = arena.view(regions["state"], np.uint64)
         self.free_ids = arena.view(regions["free"], np.uint32) if tx else None
         self.burst = None
+        self.record = None                                   # the compiled stage loops' (VirtioDevice._bind)
+        self.kick = np.zeros(V.KICK_WORDS, np.int64)         # how compiled code notifies (virtio_jit._notify)
+        self.kick_cell = np.zeros(1, np.uint16)
+        self.kicks_reported = 0
         if create:
             ring[:] = 0
             self.state[:] = 0
@@ -283,22 +287,43 @@ class VirtioDevice(Device):
         self._mac = b"\0" * 6
 
     def _bind(self) -> None:
-        """Bind each queue's kernel once the header length is known (open: after negotiation)."""
+        """Bind each queue's kernel once the header length is known (open: after negotiation); the compiled
+        record is the kernel's arguments and the queue's kick words (virtio_jit.rx_queue/tx_queue)."""
         k = virtio_jit if self.compiled else virtio_numpy
         bufs = self.bufs
         for q, rxq in enumerate(self._rx):
             pool = self._pools.get(q)
             if pool is not None:
                 stack, top = pool.free_stack()
-                rxq.burst = functools.partial(k.rx_burst, rxq.desc, rxq.avail, rxq.used_hdr, rxq.used_ring,
-                                              rxq.slot_buf, rxq.state, bufs.length, self._data_addr, stack, top,
-                                              self._bad)
+                args = (rxq.desc, rxq.avail, rxq.used_hdr, rxq.used_ring, rxq.slot_buf, rxq.state, bufs.length,
+                        self._data_addr, stack, top, self._bad)
+                rxq.burst = functools.partial(k.rx_burst, *args)
+                rxq.record = (*args, rxq.kick, rxq.kick_cell)
         for q, txq in enumerate(self._tx):
             hlen = int(txq.state[V.QSTATE_HDR_LEN])
             hdr = bufs.raw[:, PKTBUF_HEADROOM - hlen:PKTBUF_HEADROOM]
-            txq.burst = functools.partial(k.tx_burst, txq.desc, txq.avail, txq.used_hdr, txq.used_ring,
-                                          txq.slot_buf, txq.state, txq.free_ids, bufs.length, self._data_addr, hdr,
-                                          self._freed[q], self._lohi, self._error, bufs.max_data)
+            args = (txq.desc, txq.avail, txq.used_hdr, txq.used_ring, txq.slot_buf, txq.state, txq.free_ids,
+                    bufs.length, self._data_addr, hdr, self._freed[q], self._lohi, self._error, bufs.max_data)
+            txq.burst = functools.partial(k.tx_burst, *args)
+            txq.record = (*args, txq.kick, txq.kick_cell)
+        self.refresh_kicks()
+
+    def refresh_kicks(self) -> None:
+        """Tell each queue's kick words how this process notifies it (the transport's kick_target; a transport
+        without one cannot notify: KICK_NONE).  A transport that made new kick file descriptors (a reconnected
+        vhost-user backend) calls this again before it closes the old ones: the words change in place, so a
+        compiled loop already bound to the record writes to the new descriptor."""
+        target = getattr(self.transport, "kick_target", None)
+        for q in self._rx + self._tx:
+            where = int(q.state[V.QSTATE_NOTIFY])
+            mode, fd, offset, cell = (V.KICK_NONE, -1, 0, None) if target is None else target(where & 0xFFFF,
+                                                                                             where >> 16)
+            q.kick[V.KICK_MODE], q.kick[V.KICK_FD], q.kick[V.KICK_OFFSET] = mode, fd, offset
+            q.kick[V.KICK_VALUE], q.kick[V.KICK_ONE] = where & 0xFFFF, 1
+            if cell is not None:
+                q.kick_cell = cell
+            if q.record is not None and q.record[-1] is not q.kick_cell:
+                q.record = (*q.record[:-1], q.kick_cell)
 
     # ---- life cycle ---------------------------------------------------------------------
     @classmethod
@@ -410,7 +435,8 @@ class VirtioDevice(Device):
         if self.owner:
             self.transport.set_status(0)
         for q in self._rx + self._tx:
-            q.burst = None
+            q.burst = q.record = None
+            q.kick_cell = np.zeros(1, np.uint16)     # no view of a BAR left: the transport can unmap it
         self._rx, self._tx, self._ctrl, self._ctrl_cmd = [], [], None, None
         self.transport.close()
         self.transport = None
@@ -429,6 +455,26 @@ class VirtioDevice(Device):
             if not rxq.device_suppresses_notify():
                 self._notify(rxq)
         return got
+
+    def compiled_rx(self, queue: int):
+        rxq = self._rx_queue(queue)
+        if not self.compiled or self._pools[queue].debug:    # a debug pool learns of pops through rx_batch only
+            return None
+        return virtio_jit.rx_queue, rxq.record
+
+    def compiled_tx(self, queue: int):
+        txq = self._tx_queue(queue)
+        if not self.compiled or self.tx_done is None:
+            return None
+        return virtio_jit.tx_queue, txq.record, self._freed[queue], txq.state, V.QSTATE_HANDING
+
+    def rx_housekeeping(self, queue: int) -> None:
+        """Kicks the compiled passes wanted but could not make (this process has no way to notify): the
+        transport hears of them, as from rx_batch (a vhost-user stage process logs it once)."""
+        q = self._rx[queue]
+        if q.kick[V.KICK_MODE] == V.KICK_NONE and q.kick[V.KICK_WANTED] != q.kicks_reported:
+            q.kicks_reported = int(q.kick[V.KICK_WANTED])
+            self._notify(q)
 
     def _notify(self, q: VirtioQueue) -> None:
         where = int(q.state[V.QSTATE_NOTIFY])

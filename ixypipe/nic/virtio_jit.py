@@ -7,6 +7,18 @@ installed unless the port asks for ``hot_path="numpy"``; both are tested
 against the software virtio-net device.  numba gives array arguments no
 ``noalias``, so the ring stores stay before the avail.idx store; x86 keeps
 them in order (on Arm a dma_wmb() would go before it).
+
+``rx_queue`` and ``tx_queue`` are the compiled stage loops' kernels
+(pipeline/breathe_jit.py, the contract in nic/device.py): a burst over one
+queue's record (``VirtioQueue.record``: the burst's arrays, then the queue's
+kick words and notify cell), then the notification the Python path makes
+through the transport: after a full fence (the avail.idx store before the
+load of the used ring's flags, 2.7.13 of the specification), unless the
+device set USED_F_NO_NOTIFY, a kick as ``virtio_regs.KICK_*`` says - a
+16-bit store to the mapped notify structure (modern PCI), pwrite() to the
+I/O BAR (legacy PCI), write() to the kick eventfd (vhost-user) - or, in a
+process that cannot notify, only a count (KICK_WANTED) that the driver's
+housekeeping reports.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ _LAST, _AVAIL, _TOP, _HANDING, _POSTED, _HDR = (V.QSTATE_LAST_USED, V.QSTATE_AVA
 _PACKETS, _BYTES = V.QSTATE_PACKETS, V.QSTATE_BYTES
 _U32 = np.uint64(0xFFFFFFFF)
 
-rx_burst = tx_burst = None
+rx_burst = tx_burst = rx_queue = tx_queue = None
 
 if AVAILABLE:
     jit = jitcache.njit(__file__, nogil=True, boundscheck=False)
@@ -144,3 +156,51 @@ if AVAILABLE:
             state[_PACKETS] += k
             state[_BYTES] += nbytes
         return k | (cleaned << 32)
+
+    from numba import types
+
+    from ixypipe.rings.wakeup_jit import fence
+
+    _write = types.ExternalFunction("write", types.intp(types.intc, types.voidptr, types.uintp))
+    _pwrite = types.ExternalFunction("pwrite", types.intp(types.intc, types.voidptr, types.uintp, types.int64))
+    _NO_NOTIFY = np.uint16(V.USED_F_NO_NOTIFY)
+
+    @jit
+    def _notify(used_hdr, kick, cell):
+        """After avail.idx moved: kick the device unless it suppresses notifications (2.7.10/2.7.13)."""
+        fence()                                           # the avail.idx store is visible before the flags load
+        if used_hdr[0] & _NO_NOTIFY:
+            return
+        kick[V.KICK_WANTED] += 1
+        mode = kick[V.KICK_MODE]
+        if mode == V.KICK_STORE:
+            cell[0] = np.uint16(kick[V.KICK_VALUE])
+        elif mode == V.KICK_PWRITE:                       # the queue index: the low two bytes of its word
+            _pwrite(kick[V.KICK_FD], kick[V.KICK_VALUE:].ctypes.data, 2, kick[V.KICK_OFFSET])
+        elif mode == V.KICK_EVENTFD:                      # eventfd adds the u64 written: 1
+            _write(kick[V.KICK_FD], kick[V.KICK_ONE:].ctypes.data, 8)
+
+    @jit
+    def rx_queue(q, out):
+        """rx_burst over one queue's record ``q`` (VirtioQueue.record), then the kick: the compiled stage loops'
+        receive.  A negative return is rx_burst's RX_ERROR (what was wrong in the record's ``bad``)."""
+        desc, avail, used_hdr, used_ring, slot_buf, state, buf_len, data_addr, stack, top, bad, kick, cell = q
+        got = rx_burst(desc, avail, used_hdr, used_ring, slot_buf, state, buf_len, data_addr, stack, top, bad, out)
+        if got > 0:
+            _notify(used_hdr, kick, cell)
+        return got
+
+    @jit
+    def tx_queue(q, bufs):
+        """tx_burst over one queue's record ``q`` (VirtioQueue.record), then the kick: (posted, cleaned) with the
+        cleaned buffers in the record's ``freed``; posted TX_ERROR: a bad buffer (what and where in ``error``)."""
+        (desc, avail, used_hdr, used_ring, slot_buf, state, free_ids, buf_len, data_addr, hdr, freed, lohi, error,
+         max_data, kick, cell) = q
+        r = tx_burst(desc, avail, used_hdr, used_ring, slot_buf, state, free_ids, buf_len, data_addr, hdr, freed,
+                     lohi, error, max_data, bufs)
+        if r < 0:
+            return np.int64(TX_ERROR), np.int64(TX_ERROR) - r
+        posted = r & np.int64(0xFFFFFFFF)
+        if posted:
+            _notify(used_hdr, kick, cell)
+        return posted, r >> 32

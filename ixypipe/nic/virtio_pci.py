@@ -141,6 +141,11 @@ class Transport:
         """What the device is told for these arena offsets: their physical addresses (PCI, no IOMMU)."""
         return arena.phys(offsets)
 
+    def kick_target(self, q: int, offset: int) -> tuple[int, int, int, np.ndarray | None]:
+        """How compiled code notifies queue ``q`` (virtio_regs.KICK_*): (mode, fd, file offset, the notify cell
+        as a one-element u16 view for a store)."""
+        return V.KICK_NONE, -1, 0, None
+
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
@@ -217,6 +222,9 @@ class LegacyTransport(Transport):
 
     def notify(self, q: int, offset: int) -> None:
         self.write("", V.LEGACY_QUEUE_NOTIFY, 2, q)
+
+    def kick_target(self, q: int, offset: int) -> tuple[int, int, int, np.ndarray | None]:
+        return V.KICK_PWRITE, self.fd, V.LEGACY_QUEUE_NOTIFY, None
 
     def num_queues(self) -> int | None:
         return None
@@ -325,6 +333,9 @@ class ModernTransport(Transport):
 
     def notify(self, q: int, offset: int) -> None:
         self.write("notify", offset, 2, q)
+
+    def kick_target(self, q: int, offset: int) -> tuple[int, int, int, np.ndarray | None]:
+        return V.KICK_STORE, -1, 0, self.views["notify"][offset:offset + 2].view("<u2")
 
     def close(self) -> None:
         self.views = {}

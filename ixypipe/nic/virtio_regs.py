@@ -196,6 +196,14 @@ QSTATE_NOTIFY = 7           # the queue's index | its notify offset << 16 (moder
 QSTATE_PACKETS = 8          # packets received / posted for transmission (the driver's statistics)
 QSTATE_BYTES = 9            # ... and their frame bytes (without the virtio_net_hdr)
 QSTATE_WORDS = 16
+
+# ---- how compiled code notifies a queue (virtio_jit's kick words, the driver's own layout) ---------------
+KICK_NONE = 0               # this process cannot notify (a vhost-user stage process): kicks wanted are counted
+KICK_STORE = 1              # modern PCI: a 16-bit store of the queue index at its notify address (a mapped BAR)
+KICK_PWRITE = 2             # legacy PCI: pwrite() of the queue index to queue_notify in resource0
+KICK_EVENTFD = 3            # vhost-user: write() of 1 to the queue's kick eventfd
+KICK_MODE, KICK_FD, KICK_VALUE, KICK_OFFSET, KICK_ONE, KICK_WANTED = range(6)   # int64 words
+KICK_WORDS = 6
 TX_CLEAN_BATCH = 32
 
 # ---- the software device: its PCI resources and the step counter of its model ------------------------

@@ -78,6 +78,7 @@ from ixypipe.sim.virtio_walks import rx_walk_numpy, tx_walk_numpy
 log = logging.getLogger(__name__)
 
 MAX_TX_BATCH = 1024
+TX_ROW_WIDTH = 128          # the compiled TX walk's first row width; rows widen (WIDER) up to SIM_MAX_FRAME
 TRANSPORTS = ("legacy", "modern")
 OFFERED_COMMON = V.bit(V.F_MAC) | V.bit(V.F_STATUS) | V.bit(V.F_MRG_RXBUF)
 OFFERED = {"legacy": OFFERED_COMMON | V.bit(V.F_ANY_LAYOUT), "modern": OFFERED_COMMON | V.bit(V.F_VERSION_1)}
@@ -415,6 +416,9 @@ class SimVirtioPort:
             good = self._transmit_walk(q, pending)
             done += good
             pending -= good
+            if self._info[0] == K.WIDER:        # a frame wider than the rows so far: wider rows, go on
+                self._widen(int(self._info[3]))
+                continue
             # a foreign driver may have mapped more memory since the table was read: read it again, then retry
             if self._info[0] != K.BAD_ADDRESS or not pending or not self.dma.after_miss():
                 break
@@ -427,11 +431,12 @@ class SimVirtioPort:
         info[:] = 0
         if self.walks is not None:
             if self._out is None:
-                self._out = (np.zeros((MAX_TX_BATCH, SIM_MAX_FRAME), np.uint8), np.zeros(MAX_TX_BATCH, np.int64))
+                self._widen(TX_ROW_WIDTH)
             out, lengths = self._out
             base, size, owner, offset, bufs = self.dma.kernel_tables()
             good = self.walks.tx_walk(q.desc, q.avail, q.used_hdr, q.used_ring, q.last_avail, pending, self._hdr_len(),
-                                      self._allow(), base, size, owner, offset, bufs, out, lengths, self._hb, info)
+                                      self._allow(), base, size, owner, offset, bufs, out, lengths, self._hb,
+                                      SIM_MAX_FRAME, info)
             batch = PacketBatch(out[:good, :int(info[4])], lengths[:good].copy()) if good else None
         else:
             good, batch = tx_walk_numpy(q, pending, self._hdr_len(), self._allow(), self.dma, info)
@@ -442,6 +447,14 @@ class SimVirtioPort:
             self.tx_sent += good
             self.tx_bytes += int(batch.lengths.sum())
         return good
+
+    def _widen(self, frame: int) -> None:
+        """Rows for the compiled TX walk at least ``frame`` bytes wide (doubling, at most SIM_MAX_FRAME): frames
+        sit close together, so a batch of small ones stays in a few pages."""
+        width = TX_ROW_WIDTH if self._out is None else self._out[0].shape[1]
+        while width < frame:
+            width = min(2 * width, SIM_MAX_FRAME)
+        self._out = (np.zeros((MAX_TX_BATCH, width), np.uint8), np.zeros(MAX_TX_BATCH, np.int64))
 
     # ---- receive --------------------------------------------------------------------------
     def rx_ready(self) -> bool:
