@@ -31,7 +31,7 @@ CLOCK_REALTIME = 0                      # sem_timedwait's deadline is on this cl
 POLLIN = select.POLLIN
 NS = 1_000_000_000
 
-bell = sleep = poll = relax = fence = None
+bell = sleep = poll = relax = fence = realtime_ns = None
 
 if AVAILABLE:
     from numba import types
@@ -104,3 +104,10 @@ if AVAILABLE:
     def relax():
         """Give the CPU to a process this one just woke on the same CPU."""
         _sched_yield()
+
+if AVAILABLE:
+    @jit
+    def realtime_ns(ts):
+        """The wall clock (CLOCK_REALTIME, what pcap stamps count) in ns since the epoch; ``ts``: int64[2]."""
+        _clock_gettime(CLOCK_REALTIME, ts.ctypes.data)
+        return ts[0] * NS + ts[1]
