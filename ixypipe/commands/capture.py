@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import click
 
 from ixypipe.commands.options import CommandError, Count, Seconds, emit_json, wants_json, wants_quiet
+
+CAPTURE_NICE = 10          # the capture gives way to the data path on a shared CPU: it drops copies, not packets
 
 
 def _target(pipeline: str | None):
@@ -58,7 +61,8 @@ def command(pipeline: str | None, port: str, path: str, count: int | None, direc
     data path never waits.  Without a capture a stage pays one load of a
     flag per batch.  Stops after --count frames, --timeout seconds, Ctrl-C
     or SIGTERM, or when the pipeline ends; one capture per port and
-    direction at a time.  --json prints one "capture" object at the end.
+    direction at a time.  It runs at nice 10: on a CPU it shares with the
+    pipeline it gives way.  --json prints one "capture" object at the end.
     """
     from ixypipe.ops.capture import Capture, CaptureError
     from ixypipe.pcapfile import PcapError, PcapWriter, check_output
@@ -73,6 +77,7 @@ def command(pipeline: str | None, port: str, path: str, count: int | None, direc
     except CaptureError as exc:
         raise CommandError(str(exc), exc.exit_code) from exc
     quiet = wants_json() or wants_quiet()
+    os.nice(CAPTURE_NICE)
     stopped: list[int] = []
 
     def on_signal(signum, frame) -> None:
