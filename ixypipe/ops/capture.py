@@ -37,6 +37,7 @@ from ixypipe.pipeline.running import RunningPipeline, owner_alive
 DIRECTIONS = {"rx": ("rx",), "tx": ("tx",), "both": ("rx", "tx")}
 POLL_S = 0.001              # a capture with nothing to take looks again after this long
 ALIVE_EVERY_S = 0.5         # ... and at the pipeline's supervisor this often
+MERGE_HOLD_S = 0.25         # frames of several rings wait this long for earlier ones of the others
 _FLOCK = "hhqqixxxx"        # struct flock (x86-64 and arm64): type, whence, start, len, pid
 
 
@@ -92,6 +93,7 @@ class Capture:
         self.blocks: dict[str, int] = {}          # stage name -> its mirror block, once claimed
         self.base: dict[str, tuple[int, int]] = {}
         self._fd: int | None = None
+        self._held: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None   # merged frames not yet written
         try:
             self.arena = Arena.attach(target.path, read_only=True)
         except ArenaError as exc:
@@ -144,30 +146,30 @@ class Capture:
         for name, k in self.blocks.items():
             self.base[name] = mirror.claim(self.arena, k, self.pid)
 
-    def take(self, limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """What the rings hold now (at most ``limit`` frames), in time order: (lengths, times ns, rows)."""
-        got = []
+    def take(self, limit: int | None, final: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frames to write now (at most ``limit``), in time order: (lengths, times ns, rows).
+
+        One ring gives its frames in time order.  Several (``both``, a port's queues) are merged: a stage
+        stamps a batch before it copies and publishes it, so a frame of one ring can show up after a later
+        one of another; frames stay here until MERGE_HOLD_S old, then go out sorted (``final``: all)."""
+        got = [self._held] if self._held is not None else []
         for k in self.blocks.values():
             ctl = mirror.control(self.arena, k)
             if ctl[mirror.C_REQUEST] != self.pid:        # cleared under us (a supervisor that took us for dead)
                 ctl[mirror.C_REQUEST] = self.pid
-            part = mirror.take(self.arena, k, limit)
+            part = mirror.take(self.arena, k, limit if len(self.blocks) == 1 else None)
             if len(part[0]):
                 got.append(part)
-        if not got:
-            empty = np.zeros(0, np.int64)
-            return empty, empty, np.zeros((0, 0), np.uint8)
-        width = max(part[2].shape[1] for part in got)
-        lengths = np.concatenate([part[0] for part in got])
-        stamps = np.concatenate([part[1] for part in got])
-        rows = np.zeros((len(lengths), width), np.uint8)
-        at = 0
-        for part in got:
-            rows[at:at + len(part[0]), :part[2].shape[1]] = part[2]
-            at += len(part[0])
-        if len(got) > 1:
+        self._held = None
+        lengths, stamps, rows = _joined(got)
+        if len(self.blocks) > 1 and len(lengths):
             order = np.argsort(stamps, kind="stable")
             lengths, stamps, rows = lengths[order], stamps[order], rows[order]
+            if not final:
+                ready = int(np.searchsorted(stamps, time.time_ns() - int(MERGE_HOLD_S * 1e9), side="right"))
+                if ready < len(lengths):
+                    self._held = lengths[ready:], stamps[ready:], rows[ready:]
+                    lengths, stamps, rows = lengths[:ready], stamps[:ready], rows[:ready]
         if limit is not None:
             lengths, stamps, rows = lengths[:limit], stamps[:limit], rows[:limit]
         return lengths, stamps, rows
@@ -195,12 +197,7 @@ class Capture:
         next_alive, next_progress = t0, t0 + progress_every
         reason = ""
         while not reason:
-            left = None if count is None else count - result.captured
-            lengths, stamps, rows = self.take(left)
-            if len(lengths):
-                writer.write_batch(rows, lengths, stamps)     # lengths are 1..snap: both passes check first
-                result.captured += len(lengths)
-                result.bytes += int(lengths.sum())
+            lengths = self._write(writer, result, count)
             now = time.monotonic()
             if count is not None and result.captured >= count:
                 reason = f"{count} frames"
@@ -220,10 +217,20 @@ class Capture:
             if not reason and not len(lengths):
                 time.sleep(POLL_S)
         self.release()
+        self._write(writer, result, count, final=True)       # what the merge still held
         result.per_stage, result.dropped = self.counts()
         result.seconds = time.monotonic() - t0
         result.stop_reason = reason
         return result
+
+    def _write(self, writer: PcapWriter, result: CaptureResult, count: int | None, final: bool = False) -> np.ndarray:
+        left = None if count is None else count - result.captured
+        lengths, stamps, rows = self.take(left, final)
+        if len(lengths):
+            writer.write_batch(rows, lengths, stamps)     # lengths are 1..snap: both passes check first
+            result.captured += len(lengths)
+            result.bytes += int(lengths.sum())
+        return lengths
 
     def release(self) -> None:
         """The stages copy no more for this capture."""
@@ -250,3 +257,19 @@ class Capture:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Several (lengths, times, rows) as one; rows padded to the widest."""
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros((0, 0), np.uint8)
+    lengths = np.concatenate([p[0] for p in parts])
+    stamps = np.concatenate([p[1] for p in parts])
+    rows = np.zeros((len(lengths), max(p[2].shape[1] for p in parts)), np.uint8)
+    at = 0
+    for p in parts:
+        rows[at:at + len(p[0]), :p[2].shape[1]] = p[2]
+        at += len(p[0])
+    return lengths, stamps, rows
