@@ -30,7 +30,7 @@ from ixypipe.sim.payload import SIM_MAGIC, SIM_PAYLOAD_OFF, SIM_REC_CSUM, SIM_RE
 from ixypipe.sim.traffic import payload_checksum
 from ixypipe.sim.world import GEN_MAC_PREFIX
 from tests.support.outputschema import validated
-from tests.support.runs import IXYPIPE, REPO, check_sinks, summary_of, variant
+from tests.support.runs import FWD, IXYPIPE, REPO, check_sinks, summary_of, variant
 from tests.support.system import needs_hugepages
 
 CEILING = 180            # seconds: generous, for a machine the whole team shares
@@ -126,7 +126,8 @@ class Running:
                                      stderr=subprocess.PIPE, text=True, cwd=REPO)
         deadline = time.monotonic() + CEILING
         while '"type": "interval"' not in self.out_path.read_text():     # traffic flowed for an interval
-            assert self.proc.poll() is None, f"the run ended early: {self.proc.stderr.read()}"
+            assert self.proc.poll() is None, \
+                f"the run ended early: {self.out_path.read_text()} {self.proc.stderr.read()}"
             assert time.monotonic() < deadline, "no stats interval"
             time.sleep(0.2)
         self.pid = self.proc.pid
@@ -149,8 +150,10 @@ class Running:
 def fwd(tmp_path):
     runs = []
 
-    def start(**replace: str) -> Running:
-        runs.append(Running(variant(tmp_path, **replace), tmp_path))
+    def start(path: Path | None = None, **replace: str) -> Running:
+        path = path or variant(tmp_path, **replace)
+        runs.append(Running(path, tmp_path))
+        runs[-1].file = path
         return runs[-1]
 
     yield start
@@ -215,21 +218,25 @@ def test_capture_writes_the_generators_frames_and_the_run_stays_exact(fwd, hot_p
 
 @needs_hugepages
 def test_capture_refuses_what_it_cannot_do_and_a_killed_capture_stops_its_stage(fwd, tmp_path):
-    run = fwd()
+    name = f"capture-test-{os.getpid()}"                  # other pipelines named fwd may run beside this one
+    path = tmp_path / "named.toml"
+    path.write_text(FWD.read_text().replace('name = "fwd"', f'name = "{name}"', 1))
+    run = fwd(path)
     pid = str(run.pid)
     out = str(tmp_path / "x.pcap")
     res = ixypipe("capture", "no-such-pipeline", "--port", "p0", "-w", out)
     assert res.returncode == 1 and "no running pipeline has pid or name 'no-such-pipeline'" in res.stderr
     res = ixypipe("capture", pid, "--port", "p9", "-w", out)
-    assert res.returncode == 2 and "pipeline fwd has no port 'p9'; its ports: p0, p1" in res.stderr
+    assert res.returncode == 2 and f"pipeline {name} has no port 'p9'; its ports: p0, p1" in res.stderr
     res = ixypipe("capture", pid, "--port", "p0", "-w", str(tmp_path / "no-dir" / "x.pcap"))
     assert res.returncode == 2 and f"directory {tmp_path / 'no-dir'} for pcap file" in res.stderr
     res = ixypipe("capture", pid, "--port", "p0", "-w", str(tmp_path), "--json")
     assert res.returncode == 2 and "Invalid value for '-w'" in validated(res.stdout)[0]["message"]
     assert not Path(out).exists()
 
-    both = capture(pid, "--port", "p0", "--direction", "both", "--count", "400", "-w", str(tmp_path / "b.pcap"))
-    assert both["captured"] == 400 and both["stages"] == ["rx-p0-q0", "tx-p0-q0"]
+    both = capture(str(run.file), "--port", "p0", "--direction", "both", "--count", "400", "-w",
+                   str(tmp_path / "b.pcap"))                        # the pipeline named by its file
+    assert both["captured"] == 400 and both["stages"] == ["rx-p0-q0", "tx-p0-q0"] and both["pid"] == run.pid
     f = read_pcap(tmp_path / "b.pcap")
     gens = np.array([f.packet(i)[11] for i in range(len(f))])     # source MAC's last byte: the generator
     assert set(gens.tolist()) <= {0, 1}
@@ -248,7 +255,7 @@ def test_capture_refuses_what_it_cannot_do_and_a_killed_capture_stops_its_stage(
         wait_until(lambda: ctl[mirror.C_REQUEST] == first.pid, "the capture's request")
         res = ixypipe("capture", pid, "--port", "p0", "-w", out)
         assert res.returncode == 1, res.stderr
-        assert f"port p0 (rx-p0-q0) of pipeline fwd is being captured by pid {first.pid}" in res.stderr
+        assert f"port p0 (rx-p0-q0) of pipeline {name} is being captured by pid {first.pid}" in res.stderr
         wait_until(lambda: (tmp_path / "killed.pcap").stat().st_size > 24, "frames in the killed capture's file")
         first.kill()                                                # SIGKILL: no clean-up of its own
         first.wait()
