@@ -134,7 +134,12 @@ class Capture:
         except OSError as exc:
             raise CaptureError(f"cannot open arena {self.target.path}: {exc.strerror}") from exc
         for name, k in wanted.items():
-            if not _lock(self._fd, k):
+            try:
+                free = _lock(self._fd, k)
+            except OSError as exc:
+                raise CaptureError(f"cannot lock the mirror ring of {name} in {self.target.path}: "
+                                   f"{exc.strerror}") from exc
+            if not free:
                 holder = int(mirror.control(self.arena, k)[mirror.C_REQUEST])
                 who = f"pid {holder}" if holder else "another capture"
                 raise CaptureError(f"port {port} ({name}) of pipeline {info['name']} is being captured by "
