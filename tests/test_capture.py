@@ -256,7 +256,9 @@ def test_capture_refuses_what_it_cannot_do_and_a_killed_capture_stops_its_stage(
         res = ixypipe("capture", pid, "--port", "p0", "-w", out)
         assert res.returncode == 1, res.stderr
         assert f"port p0 (rx-p0-q0) of pipeline {name} is being captured by pid {first.pid}" in res.stderr
-        wait_until(lambda: (tmp_path / "killed.pcap").stat().st_size > 24, "frames in the killed capture's file")
+        wait_until(lambda: (tmp_path / "killed.pcap").stat().st_size > 24 or first.poll() is not None,
+                   "frames in the killed capture's file")
+        assert first.poll() is None, first.communicate()
         first.kill()                                                # SIGKILL: no clean-up of its own
         first.wait()
         wait_until(lambda: ctl[mirror.C_REQUEST] == 0, "the supervisor clearing the dead capture's request")
@@ -268,6 +270,17 @@ def test_capture_refuses_what_it_cannot_do_and_a_killed_capture_stops_its_stage(
         generator_frames(tmp_path / "killed.pcap", gen=0, touched=False)   # what it wrote stays readable
         again = capture(pid, "--port", "p0", "--count", "10", "-w", out)   # the port is free again
         assert again["captured"] == 10
+        ctrl_c = subprocess.Popen([*IXYPIPE, "capture", pid, "--port", "p0", "-w", out, "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        wait_until(lambda: ctl[mirror.C_REQUEST] == ctrl_c.pid, "the request of the capture to interrupt")
+        wait_until(lambda: Path(out).stat().st_size > 24 or ctrl_c.poll() is not None, "frames in the file")
+        assert ctrl_c.poll() is None, ctrl_c.communicate()
+        ctrl_c.send_signal(signal.SIGINT)
+        stdout, stderr = ctrl_c.communicate(timeout=CEILING)
+        assert ctrl_c.returncode == 0, stderr
+        done = validated(stdout)[0]
+        assert done["stop_reason"] == "interrupted" and done["captured"] == len(read_pcap(out)) > 0
+        assert ctl[mirror.C_REQUEST] == 0                               # it withdrew its request itself
     finally:
         if first.poll() is None:
             first.kill()
