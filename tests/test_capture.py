@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ixypipe.memory.arena import Arena
+from ixypipe.memory.arena import Arena, RegionSize
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import PortSpec
 from ixypipe.pcapfile import read_pcap
@@ -108,6 +108,52 @@ def test_reap_clears_the_request_of_a_capture_that_is_gone(make_arena):
     assert mirror.reap(arena, lambda pid: pid == os.getpid()) == [4242]
     assert [int(mirror.control(arena, k)[mirror.C_REQUEST]) for k in range(4)] == [0, 0, 0, os.getpid()]
     assert mirror.reap(arena, lambda pid: True) == []
+
+
+def test_frames_of_two_rings_go_out_in_time_order_even_when_one_is_published_late(tmp_path):
+    """--direction both: a frame stays with the capture until MERGE_HOLD_S old, so an earlier one another
+    stage publishes late still goes out before it; a capture's lock refuses a second capture of the rings."""
+    from ixypipe.ops.capture import MERGE_HOLD_S, Capture, CaptureError
+    from ixypipe.pipeline.planinfo import write_plan_info
+    from ixypipe.pipeline.running import RunningPipeline
+
+    plan = small_plan()
+    regions = [*PacketBuffers.arena_regions(64, 256), *mirror.arena_regions(plan, 192), RegionSize(64 * 1024),
+               RegionSize(64 * 1024)]
+    size, control = Arena.split_size_for(regions)
+    arena = Arena.create(size, hugepages_mode="never", tag="pkt", control_size=control)   # as a supervisor's
+    try:
+        bufs = PacketBuffers.create(arena, 64, 256)
+        mirror.create(arena, plan, bufs.max_data)
+        write_plan_info(arena, plan)
+        target = RunningPipeline(arena.path, os.getpid(), "demo")
+        with Capture(target, "p0", "both") as cap:
+            assert cap.stage_names == ["rx-p0-q0", "tx-p0-q0"]
+            with pytest.raises(CaptureError, match="port p0 .rx-p0-q0. of pipeline demo is being captured by"):
+                Capture(target, "p0", "rx")
+            cap.start()
+            rx, tx = (mirror.Tap.of(arena, plan.stages, s, bufs) for s in plan.stages if s.name in cap.stage_names)
+            bufs.write_packet(0, b"A" * 60)
+            bufs.write_packet(1, b"B" * 70)
+            bufs.write_packet(2, b"C" * 80)
+            rx.copy(np.array([0], np.uint32))                        # A, stamped now
+            now = int(rx.stamp[0])
+            lengths, _, _ = cap.take(None)
+            assert len(lengths) == 0                                 # A waits for earlier frames of tx
+            tx.copy(np.array([1], np.uint32))
+            tx.stamp[0] = now - 1000                                 # B: stamped before A, published after
+            rx.copy(np.array([2], np.uint32))
+            rx.stamp[1] = now - int(10 * MERGE_HOLD_S * 1e9)        # C: long ago (as if the ring were slow)
+            lengths, stamps, rows = cap.take(None)
+            assert lengths.tolist() == [80]                          # C is old enough; A and B wait
+            lengths, stamps, rows = cap.take(None, final=True)       # the end: all that waits, in time order
+            assert lengths.tolist() == [70, 60] and stamps.tolist() == [now - 1000, now]
+            assert rows[0, :70].tobytes() == b"B" * 70 and rows[1, :60].tobytes() == b"A" * 60
+        assert int(mirror.control(arena, 0)[mirror.C_REQUEST]) == 0     # closed: requests withdrawn
+        with Capture(target, "p0", "rx"):                            # and the lock let go
+            pass
+    finally:
+        arena.destroy()
 
 
 # ---- against a running pipeline ---------------------------------------------------------------------
