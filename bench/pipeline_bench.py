@@ -24,10 +24,15 @@ the sinks.
    60 % and 50 % of the saturated rate until a run whose NICs miss nothing
    after the first second; the sinks must see every packet in order.
 3. ``--ixy-fwd``: ixy-fwd (ixypipe.ops.forwarder.Forwarder) in one process, model in another.
+4. ``--capture rx|tx|both``: each saturated run again with ``ixypipe capture`` of port p0 in that
+   direction running beside it from the first stats line to the end (into a temporary file): the CPU
+   per packet of p0's capturing stages against p1's and against the run without, and what the capture
+   wrote and dropped.
 
     python3 bench/pipeline_bench.py [--seconds 6] [--batches 32,256,2048] [--workers 1,2] [--lossless] [--ixy-fwd]
                                     [--worker-costs 0,100,500,1000] [--markdown]
     python3 bench/pipeline_bench.py --seconds 3 --workers 1         # about a minute
+    python3 bench/pipeline_bench.py --seconds 5 --workers 1 --batches 32 --capture both
 """
 
 from __future__ import annotations
@@ -69,8 +74,9 @@ def cpu_sample(root: psutil.Process) -> dict[int, tuple[str, float]]:
     return out
 
 
-def saturated(workers: int, batch: int, seconds: float) -> dict:
-    """One saturated ``ixypipe run`` in a subprocess; CPU per forwarded packet of each of its processes."""
+def saturated(workers: int, batch: int, seconds: float, capture: str | None = None) -> dict:
+    """One saturated ``ixypipe run`` in a subprocess; CPU per forwarded packet of each of its processes.
+    ``capture``: a direction of port p0 that ``ixypipe capture`` copies meanwhile (its own CPU not counted)."""
     with tempfile.NamedTemporaryFile("w", suffix=".toml", dir=FWD.parent, prefix=".bench-") as f:
         f.write(pipeline_text(workers, batch, 0.0))
         f.flush()
@@ -80,6 +86,7 @@ def saturated(workers: int, batch: int, seconds: float) -> dict:
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         root = psutil.Process(proc.pid)
         samples, forwarded, batches, summary = [], [], [], None
+        capturing, captured = None, None
         for line in proc.stdout:
             if not line.startswith("{"):
                 continue
@@ -92,7 +99,18 @@ def saturated(workers: int, batch: int, seconds: float) -> dict:
             samples.append((time.perf_counter(), cpu_sample(root)))
             forwarded.append(sum(p["tx_packets"] for p in d["ports"].values()))    # running totals
             batches.append({name: s["batches"] for name, s in d.get("stages", {}).items()})    # this interval
+            if capture and capturing is None and forwarded[-1] > 0:
+                out = tempfile.NamedTemporaryFile(suffix=".pcap", prefix="ixypipe-bench-")   # noqa: SIM115
+                capturing = (out, subprocess.Popen(
+                    [sys.executable, "-m", "ixypipe", "capture", str(proc.pid), "-p", "p0", "--direction",
+                     capture, "-w", out.name, "--json"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL, text=True))
         proc.wait()
+        if capturing is not None:
+            out, cap = capturing
+            text, _ = cap.communicate(timeout=120)          # it ends with the pipeline
+            captured = next((json.loads(x) for x in text.splitlines() if x.startswith("{")), None)
+            out.close()
     flowing = next((i for i, n in enumerate(forwarded) if n > 0), len(forwarded))
     start = flowing + WARMUP_LINES
     if start >= len(samples) - 1:
@@ -110,7 +128,7 @@ def saturated(workers: int, batch: int, seconds: float) -> dict:
             stage_batches[name] = stage_batches.get(name, 0) + n
     return {"mpps": packets / (t1 - t0) / 1e6, "packets": packets, "batches": stage_batches,
             "ns": {name: cpu / max(packets, 1) * 1e9 for name, cpu in per_process.items()},
-            "ok": proc.returncode == 0 and summary is not None and summary["ok"],
+            "ok": proc.returncode == 0 and summary is not None and summary["ok"], "capture": captured,
             "problems": (summary or {}).get("problems", []) or [f"exit {proc.returncode}"],
             "sink": {k: sum(c[k] for c in summary["sim"].values()) for k in
                      ("sink_received", "sink_lost", "sink_reordered", "sink_corrupt")} if summary else {}}
@@ -181,6 +199,18 @@ def print_run(workers: int, batch: int, r: dict) -> None:
     print(f"      sinks: {r['sink']}")
 
 
+def print_capture(direction: str, batch: int, plain: dict, mirrored: dict) -> None:
+    """p0's RX/TX stage CPU per forwarded packet without and with a capture of p0 (``direction``); p1's
+    stages beside them as the control."""
+    c = mirrored["capture"] or {}
+    print(f"  batch {batch}, capture of p0 {direction}: {c.get('captured', 0):,} frames written, "
+          f"{c.get('dropped', 0):,} copies dropped (mirror ring full), stopped: {c.get('stop_reason', '?')}; "
+          f"{plain['mpps']:.3f} -> {mirrored['mpps']:.3f} Mpps wall")
+    for name in sorted(n for n in plain["ns"] if ROLE_RE.match(n) and not n.startswith(("worker", "ixy-worker"))):
+        print(f"      {name:<16} CPU ns/packet {plain['ns'][name]:7.1f} without, "
+              f"{mirrored['ns'].get(name, 0.0):7.1f} with the capture")
+
+
 def fmt_ns(stages: dict[str, float], role: str) -> str:
     return f"{stages[role]:.0f}" if role in stages else "-"
 
@@ -244,6 +274,8 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true", help="print the sizing table as markdown")
     ap.add_argument("--lossless", action="store_true", help="also search the highest rate without NIC misses")
     ap.add_argument("--ixy-fwd", action="store_true", help="also run the single-process ixy-fwd")
+    ap.add_argument("--capture", choices=("rx", "tx", "both"),
+                    help="also each run with 'ixypipe capture' of p0 in this direction beside it")
     args = ap.parse_args()
     try:
         asked = [int(b) for b in args.batches.split(",")]
@@ -263,6 +295,8 @@ def main() -> None:
             r = saturated(workers, asked_batch, args.seconds)
             measured.setdefault(workers, {})[batch] = r
             print_run(workers, batch, r)
+            if args.capture:
+                print_capture(args.capture, batch, r, saturated(workers, asked_batch, args.seconds, args.capture))
             if args.lossless:
                 tried = []
                 for share in LOSSLESS_STEPS:

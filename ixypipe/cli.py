@@ -39,6 +39,7 @@ COMMANDS = {
     "unbind": "bind",
     "cores": "cores",
     "top": "top",
+    "capture": "capture",
     "try": "try_",
     "netns": "netns",
 }

@@ -293,3 +293,40 @@ QSTATE_TX_HANDING = 3
 # TX: descriptors posted since the queue was set up, counted right after the doorbell.  A TX stage counts what it
 # posted only after the driver returns: if it dies in between, the supervisor takes the rest from here.
 QSTATE_TX_POSTED = 4
+
+# --- mirror rings: copies of the frames a stage takes, for 'ixypipe capture' ----------------------
+# Region "mirror" of the packet arena: a header page, then one block per RX and TX stage (in the plan's
+# order of those stages).  A block is a control part and a ring of ``slots`` copies of at most ``snap``
+# bytes each.  While ``request`` holds a capture's pid the stage copies every frame it takes into the
+# ring (never the buffer: its index stays where the pipeline put it) and counts those that find the ring
+# full in ``dropped``; the capture reads from ``tail`` to ``head``.  Single writers: the capture writes
+# ``request`` and ``tail`` (the supervisor clears the ``request`` of a capture that died), the stage
+# ``head``, ``copied`` and ``dropped``, the supervisor the header once.
+MIRROR_REGION = "mirror"
+MIRROR_BLOCK_BYTES = 2 << 20         # about this many bytes of ring per RX or TX stage (pages touched only when used)
+MIRROR_MIN_SLOTS = 64
+MIRROR_HEADER_DTYPE = page_padded(np.dtype([
+    ("blocks", "<i8"),
+    ("slots", "<i8"),                # per block, a power of two
+    ("snap", "<i8"),                 # bytes kept of a frame (the buffers' largest packet)
+]))
+MIRROR_CTL_DTYPE = np.dtype([
+    ("request", "<i8"),              # pid of the capture reading this ring; 0: nobody, the stage copies nothing
+    ("tail", "<i8"),                 # slots the capture took (free-running)
+    ("pad0", "u1", (48,)),
+    ("head", "<i8"),                 # slots the stage filled (free-running)
+    ("copied", "<i8"),               # frames copied since the pipeline started
+    ("dropped", "<i8"),              # frames not copied because the ring was full (the data path never waits)
+    ("pad1", "u1", (40,)),
+])
+
+
+def mirror_block_dtype(slots: int, snap: int) -> np.dtype:
+    """One stage's mirror block: its control lines, then per slot the frame's length on the wire, its time
+    (ns since the epoch) and its first ``snap`` bytes; whole pages, so a capture is given its control page."""
+    return page_padded(np.dtype([
+        ("ctl", MIRROR_CTL_DTYPE),
+        ("length", "<i8", (slots,)),
+        ("stamp", "<i8", (slots,)),
+        ("data", "u1", (slots, snap)),
+    ]))

@@ -12,6 +12,7 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.pipeline import breathe
 from ixypipe.pipeline import breathe_jit as K
+from ixypipe.pipeline.mirror import Tap
 from ixypipe.pipeline.stages import flow_worker
 from ixypipe.pipeline.stagetable import SLOT
 from ixypipe.protocols import FLOW_KEY_LEN, FLOW_KEY_OFF
@@ -87,8 +88,12 @@ class Rig:
         stage = (self.words, self.slots, self.row, stack, top, self.lent.held, spsc_jit.ring_rows(self.returns),
                  spsc_jit.ring_rows(self.outs), np.zeros((len(self.outs), 2), np.int64), self.bufs.length,
                  self.bufs.data, np.empty(64, np.uint32), np.empty(POOL, np.uint32), self.parts, self.parts_n,
-                 self.state)
+                 self.state, self.tap().compiled)
         return K.loop("rx", feed, cached=False)(q, stage, self.row, params, self.waits(self.returns))
+
+    def tap(self):
+        """The stage's mirror tap (pipeline/mirror.py): idle unless a test gave it one."""
+        return getattr(self, "mirror", None) or Tap.idle(self.bufs.data, self.bufs.length)
 
     def waits(self, inputs):
         return breathe._waits(self.words, inputs)
@@ -205,7 +210,7 @@ class TxRig(Rig):
         homes = np.concatenate(([0, POOL], spsc_jit.ring_row(self.returns[0].offset, 128)))[None, :]
         stage = (freed, self.handing, 0, self.words, self.slots, self.row, self.ledger.held, self.ledger.ranges,
                  homes, spsc_jit.ring_rows(self.outs[:1]), self.bufs.length, np.empty(64, np.uint32), self.pending,
-                 self.state)
+                 self.state, self.tap().compiled)
         return K.loop("tx", wire, cached=False)((self.log, self.logged, np.array([room]), freed), stage, self.row,
                      self.params(batch=batch), self.waits(self.outs[:1]))
 
@@ -282,7 +287,8 @@ def test_an_idle_compiled_consumer_sleeps_on_its_semaphore_until_a_bell_and_wake
         freed = np.zeros(256, np.uint32)
         homes = np.concatenate(([0, POOL], spsc_jit.ring_row(r.returns[0].offset, 128)))[None, :]
         stage = (freed, r.handing, 0, r.words, r.slots, r.row, r.ledger.held, r.ledger.ranges, homes,
-                 spsc_jit.ring_rows(r.outs[:1]), r.bufs.length, np.empty(64, np.uint32), r.pending, r.state)
+                 spsc_jit.ring_rows(r.outs[:1]), r.bufs.length, np.empty(64, np.uint32), r.pending, r.state,
+                 r.tap().compiled)
         params[K.P_MAX_PASSES] = 2       # an empty pass and the sleep, the pass that sends
         code = K.loop("tx", wire, cached=False)((r.log, r.logged, np.array([64]), freed), stage, r.row, params,
                      r.waits(r.outs[:1]))

@@ -38,7 +38,8 @@ STANDALONE = {
     "fwd-sim": (["fwd", "--sim", "--duration", "2", "--rate", "20k"], ["fwd_interval+", "fwd_summary"]),
 }
 COVERED_ELSEWHERE = {"bind": "tests/test_ops_devices.py", "unbind": "tests/test_ops_devices.py",
-                     "netns": "tests/test_netns_command.py (up, down)"}
+                     "netns": "tests/test_netns_command.py (up, down)",
+                     "capture": "tests/test_capture.py (beside a running pipeline)"}
 
 COUNTING_WORKER = """\
 def seen(batch):

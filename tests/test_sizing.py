@@ -100,6 +100,7 @@ def test_the_plan_lists_its_rings_with_kind_and_capacity_and_the_supervisor_size
     assert {r.capacity for r in back} == {1 << (cfg.buffers_per_queue - 1).bit_length()}
     packet = packet_arena_regions(plan, cfg.buffer_size)
     # buffer record + buffers, one free stack per pool, every ring, the stage table and counter blocks,
-    # the workers' keyed-counter blocks, the wake lines, plan.json and the ports' drops for observers
-    assert len(packet) == 2 + len(plan.pools) + len(plan.rings) + 2 + 1 + 1 + 2
+    # the workers' keyed-counter blocks, the wake lines, the RX/TX stages' mirror rings (ixypipe capture),
+    # plan.json and the ports' drops for observers
+    assert len(packet) == 2 + len(plan.pools) + len(plan.rings) + 2 + 1 + 1 + 1 + 2
     assert len(device_arena_regions(plan)) == sum(3 * (s.rx_queues + s.tx_queues) for s in plan.ports)

@@ -121,7 +121,7 @@ class RxPasses:
         stage = (words, slots, _row_words(st), stack, top, lent.held, spsc_jit.ring_rows(returns),
                  spsc_jit.ring_rows(outbox.rings), bells, st.bufs.length, st.bufs.data,
                  np.empty(max(st.batch, 1), np.uint32), np.empty(pool.count, np.uint32), self.parts, self.parts_n,
-                 self.state)
+                 self.state, st.tap.compiled)
         self.run = functools.partial(K.loop("rx", kernel), record, stage, stage[2], params,
                                      _waits(words, returns, fd))
         _warm_up(self.run)
@@ -148,7 +148,7 @@ class TxPasses:
         row = _row_words(st)
         stage = (freed, handing, slot, words, slots, row, ledger.held, ledger.ranges, _homes(st),
                  spsc_jit.ring_rows(inputs), st.bufs.length, np.empty(max(st.batch, 1), np.uint32), self.pending,
-                 self.state)
+                 self.state, st.tap.compiled)
         params = _params(st, 0, 1)
         self.waits_itself = params[K.P_IDLE_MODE] != K.IDLE_RETURN
         self.run = functools.partial(K.loop("tx", kernel), record, stage, row, params, _waits(words, inputs))

@@ -23,6 +23,8 @@ What a pass touches, all in the packet arena or the stage's own memory:
 * TX: the driver's compiled transmit (``tx_kernel(q, bufs)`` -> (posted,
   cleaned) with the cleaned buffers in ``freed``), the private ledger of
   buffers it holds and the return rings of the pools it sends home to;
+* RX and TX, while a capture asks: the stage's mirror ring (mirror_jit.py: a copy of each frame taken,
+  never its buffer);
 * worker (``worker_breathe``): the worker's compiled function (workers/compiled.py,
   called per batch with the batch's arrays), the TX rings of the verdicts'
   ports, the return rings for drops.
@@ -41,6 +43,7 @@ import numpy as np
 from ixypipe import jitcache
 from ixypipe.layout import PKTBUF_HEADROOM, STAGE_CMD_DRAIN
 from ixypipe.memory import batchcheck
+from ixypipe.pipeline import mirror_jit
 from ixypipe.pipeline.stagetable import SLOT
 from ixypipe.proc import MAX_NAP, MIN_NAP, PACE_SHARE, PACE_WINDOW_NS
 from ixypipe.protocols import FLOW_HASH_MIX, FLOW_KEY_OFF
@@ -49,7 +52,7 @@ from ixypipe.rings.spsc_jit import RING_ROW_WORDS
 
 numba = jitcache.load_numba()
 
-AVAILABLE = numba is not None and spsc_jit.AVAILABLE and wakeup_jit.AVAILABLE
+AVAILABLE = numba is not None and spsc_jit.AVAILABLE and wakeup_jit.AVAILABLE and mirror_jit.AVAILABLE
 
 # why a run returned
 RUN_MORE = -1         # (a pass's own answer) go on with the next pass
@@ -333,7 +336,8 @@ if AVAILABLE:
 
     def _rx_breathe(q, stage, params):
         """One RX pass: buffers home, push what waits, a batch from the NIC queue, lengths, to the workers."""
-        words, slots, row, stack, top, lent, returns, outs, bells, length, data, got, home, parts, parts_n, state = stage
+        (words, slots, row, stack, top, lent, returns, outs, bells, length, data, got, home, parts, parts_n, state,
+         tap) = stage
         wake = params[P_WAKE]
         moved = _take_home(words, slots, row, stack, top, lent, returns, home)            # 1. buffers home
         if parts_n.sum():                                                                  # 2. what waits, first
@@ -346,6 +350,8 @@ if AVAILABLE:
         _took(row, -1, n)
         good = _keep_good_lengths(row, stack, top, lent, length, got, n, params[P_MIN_LEN],   # 4. lengths
                                   params[P_MAX_DATA])
+        if good and mirror_jit.wanted(tap):                                               # a capture's copies
+            mirror_jit.copy(tap, got, good)
         if good and not _distribute(words, slots, outs, bells, wake, params[P_MODE], data, got, good, parts,
                                     parts_n, state):                                      # 5. to the workers
             row[_HELD] = parts_n.sum()
@@ -399,7 +405,7 @@ if AVAILABLE:
     def _tx_breathe(q, stage, params):
         """One TX pass: retry what the NIC ring did not take, else a batch from each worker ring, admitted by
         the ledger, lengths checked, posted; what the NIC finished goes home."""
-        freed, handing, slot, words, slots, row, held, ranges, homes, inputs, length, got, pending, state = stage
+        freed, handing, slot, words, slots, row, held, ranges, homes, inputs, length, got, pending, state, tap = stage
         left = state[ST_LEFT]
         if left:                                                                  # 1. the NIC ring was full
             posted, cleaned = TX_KERNEL(q, pending[:left])
@@ -419,6 +425,8 @@ if AVAILABLE:
             taken, nbad = _admit(row, held, ranges, length, got, n, pending, params[P_MAX_DATA])   # 3. admit
             if nbad and not _send_home(words, slots, homes, held, got, 0, nbad):
                 return moved, RUN_HOME
+            if taken and mirror_jit.wanted(tap):                                 # a capture's copies
+                mirror_jit.copy(tap, pending, taken)
             posted, cleaned = TX_KERNEL(q, pending[:taken])                  # 4. post, finished home
             posted, code = _posted(words, slots, row, held, homes, length, freed, handing, slot, pending, taken,
                                    posted, cleaned, state)

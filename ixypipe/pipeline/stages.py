@@ -52,7 +52,7 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import DEFAULT_NAME as PACKET_BUFFERS
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic.device import DeviceError
-from ixypipe.pipeline import breathe, forkserver, keyedstate, leftovers, stagetable
+from ixypipe.pipeline import breathe, forkserver, keyedstate, leftovers, mirror, stagetable
 from ixypipe.pipeline import breathe_jit as K
 from ixypipe.pipeline.breathe import RX_WAIT_MS, WAKE_TIMEOUT
 from ixypipe.pipeline.plan import PipelinePlan, StagePlan
@@ -183,6 +183,7 @@ class Stage:
         self.bufs = PacketBuffers.attach(self.arena)
         batchcheck.warm_up(self.bufs.length)
         self.row = StageRow(self.arena, me.row)
+        self.tap = mirror.Tap.of(self.arena, plan.stages, me, self.bufs)    # RX, TX: copies for a capture
         self.slots = self.row.slots          # the heartbeat and batch marks: one memoryview store each
         self.backoff = Backoff(plan.idle == "spin", plan.shared_cpus)
         self.batch = plan.batch_size
@@ -392,6 +393,7 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
                 idx = got[:n].copy()
                 idx, nbytes = drop_bad_packets(st, bufs, idx, pool.free, device.min_rx_frame)
                 lent.take(idx)                             # the driver's own indices: all of them are lent
+                st.tap.copy(idx)                           # while a capture asks (pipeline/mirror.py)
                 st.bytes_in += nbytes
                 rr = distribute(plan.distribute, bufs, idx, outbox, n_workers, rr)
                 st.packets_out += len(idx)
@@ -898,6 +900,7 @@ def run_tx(st: Stage, device, homing: Homing, ledger: Ledger) -> None:
                     st.row.add("drop_stage_died", len(idx))
                     continue
                 idx, nbytes = drop_bad_packets(st, bufs, idx, homing.send)   # a worker's bug never kills TX
+                st.tap.copy(idx)                           # while a capture asks (pipeline/mirror.py)
                 n = len(idx)
                 sent = device.tx_batch(me.queue, idx)
                 count_sent(st, bufs, idx[:sent], nbytes if sent == n else None)

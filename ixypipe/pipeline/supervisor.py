@@ -35,6 +35,7 @@ import psutil
 
 from ixypipe.layout import (
     DROP_REASONS,
+    PKTBUF_HEADROOM,
     STAGE_CMD_ABANDON,
     STAGE_CMD_DRAIN,
     STAGE_CMD_RUN,
@@ -48,12 +49,13 @@ from ixypipe.memory.homing import Homing
 from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import ports as port_factory
-from ixypipe.pipeline import claims, forkserver, keyedstate, leftovers, planinfo, reclaim, stagetable
+from ixypipe.pipeline import claims, forkserver, keyedstate, leftovers, mirror, planinfo, reclaim, stagetable
 from ixypipe.pipeline.firstrun import FirstRun
 from ixypipe.pipeline.liveness import PHASES, FlowWatch, Heartbeats, RestartBudget, doing
 from ixypipe.pipeline.plan import RING_FORWARD, PipelinePlan, plan_from_config, unfed_tx_queues
 from ixypipe.pipeline.planinfo import write_plan_info
 from ixypipe.pipeline.report import Accounting, PoolCount, StatsPrinter, port_drops
+from ixypipe.pipeline.running import owner_alive
 from ixypipe.pipeline.service import Notifier, print_ready, ready_line
 from ixypipe.pipeline.stages import stage_main
 from ixypipe.proc import describe_exit, handled_stop_signals, log_level
@@ -205,6 +207,7 @@ class Supervisor:
         stagetable.create(self.arena, len(plan.stages))
         keyedstate.create(self.arena, len(plan.stages_of("worker")), plan.keyed_tables, plan.keyed_slots)
         wakeup.create(self.arena, plan.sleeper_rows(), len(plan.stages))
+        mirror.create(self.arena, plan, self.bufs.max_data)     # for 'ixypipe capture'
         self._sleepers = plan.sleeper_rows()
         self.table = stagetable.table(self.arena)
         self.plan = plan
@@ -314,6 +317,7 @@ class Supervisor:
             self._check_hung()
             self._check_stalled()
             self._check_forks()
+            self._reap_captures()
             self._restart_workers(sentinels)
             if self.failures:
                 self.stop_reason = "pipeline stalled" if self.stalled else "stage hung" if self.hung else "stage died"
@@ -480,6 +484,12 @@ class Supervisor:
                 self.forks[p.row] = n
                 log.warning("%s forked (child pid %d); the child was stopped before it could touch a ring "
                             "(%d so far): a worker may not fork", p.name, int(self.table[p.row]["fork_pid"]), n)
+
+    def _reap_captures(self) -> None:
+        """A capture that died (killed -9) leaves its request in the mirror rings: clear it, so the stage stops
+        copying for nobody (pipeline/mirror.py)."""
+        for pid in mirror.reap(self.arena, owner_alive):
+            log.info("the capture with pid %d is gone: its stages copy no more frames", pid)
 
     def _received(self) -> int:
         return int(self.table["packets_in"][[s.row for s in self.plan.stages_of("rx")]].sum())
@@ -773,6 +783,7 @@ def packet_arena_regions(plan: PipelinePlan, buffer_size: int) -> list[RegionSiz
             *stagetable.arena_regions(len(plan.stages)),
             *keyedstate.arena_regions(len(plan.stages_of("worker")), plan.keyed_tables, plan.keyed_slots),
             *wakeup.arena_regions(len(plan.stages)),
+            *mirror.arena_regions(plan, buffer_size - PKTBUF_HEADROOM),
             *planinfo.arena_regions()]
 
 

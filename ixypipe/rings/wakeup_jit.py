@@ -32,7 +32,7 @@ CLOCK_MONOTONIC = 1                     # what naps are paced by
 POLLIN = select.POLLIN
 NS = 1_000_000_000
 
-bell = sleep = poll = fence = now_ns = nap = None
+bell = sleep = poll = fence = now_ns = realtime_ns = nap = None
 
 if AVAILABLE:
     from numba import types
@@ -105,6 +105,12 @@ if AVAILABLE:
     def now_ns(ts):
         """CLOCK_MONOTONIC in nanoseconds (``ts``: int64[2], scratch for the struct timespec)."""
         _clock_gettime(CLOCK_MONOTONIC, ts.ctypes.data)
+        return ts[0] * NS + ts[1]
+
+    @jit
+    def realtime_ns(ts):
+        """The wall clock (CLOCK_REALTIME, what pcap stamps count) in ns since the epoch; ``ts``: int64[2]."""
+        _clock_gettime(CLOCK_REALTIME, ts.ctypes.data)
         return ts[0] * NS + ts[1]
 
     @jit
