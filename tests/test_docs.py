@@ -108,6 +108,25 @@ def test_the_readme_sample_lines_are_what_ixypipe_try_prints(tmp_path):
     assert np.count_nonzero([line.endswith(" out") for line in printed]) == 3
 
 
+
+def test_the_readme_dns_pipeline_runs_and_ends_as_the_readme_says(tmp_path):
+    """The README's dns.toml beside its dns_filter.py, run as shown: every outside query dropped by the worker
+    and counted, every inside one at p0's sink, and the summary's words as the README quotes them."""
+    section = (REPO / "README.md").read_text().split("## Try a worker offline", 1)[1].split("\n## ", 1)[0]
+    (tmp_path / "dns_filter.py").write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
+    (tmp_path / "dns.toml").write_text(section.split("```toml\n", 1)[1].split("```", 1)[0])
+    done = subprocess.run([sys.executable, "-m", "ixypipe", "run", "dns.toml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    said = section.split("```toml\n", 1)[1].split("```", 1)[1]
+    quotes = re.findall(r"`([^`]*40,000[^`]*)`", said)
+    assert len(quotes) == 2, quotes                     # the drops and the worker's counter
+    for quoted in quotes:
+        words = r"\s+".join(map(re.escape, quoted.split()))        # the summary aligns its columns
+        assert re.search(words, done.stdout), (quoted, done.stdout)
+    assert re.search(r"sim p0: generated 40,000, missed at RX 0, sink received 40,000, lost 0", done.stdout)
+    assert "accounting OK" in done.stdout
+
 def mkdocs_build(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
                            str(root / "site")], cwd=root, capture_output=True, text=True, timeout=120)

@@ -72,6 +72,16 @@ def test_the_first_run_of_virtio_sim_names_the_virtio_kernels_it_compiles(tmp_pa
     assert r.stdout.strip() == str([*ALWAYS, "ixypipe.nic.virtio_jit", "ixypipe.sim.virtio_kernels"])
 
 
+def exact_summary(res, count: int) -> dict:
+    """The run's summary, checked: ``count`` frames generated on each port, every one forwarded and verified."""
+    s = summary_of(res.stdout)
+    assert s["ok"] and (s["received"], s["transmitted"], s["in_flight"]) == (2 * count, 2 * count, 0)
+    for name in ("p0", "p1"):
+        sim = s["sim"][name]
+        assert (sim["generated"], sim["sink_received"], sim["sink_lost"], sim["sink_corrupt"]) == (count, count, 0, 0)
+    return s
+
+
 def test_virtio_sim_on_the_numpy_paths_forwards_exactly(tmp_path):
     import subprocess
 
@@ -84,11 +94,7 @@ def test_virtio_sim_on_the_numpy_paths_forwards_exactly(tmp_path):
     res = subprocess.run([*IXYPIPE, "run", str(path), "--packets", str(2 * count), "--json"], capture_output=True,
                          text=True, timeout=300, cwd=REPO, env=env_with(tmp_path, IXYPIPE_NUMBA="off"))
     assert res.returncode == 0, res.stderr
-    s = summary_of(res.stdout)
-    assert s["ok"] and (s["received"], s["transmitted"], s["in_flight"]) == (2 * count, 2 * count, 0)
-    for name in ("p0", "p1"):
-        sim = s["sim"][name]
-        assert (sim["generated"], sim["sink_received"], sim["sink_lost"], sim["sink_corrupt"]) == (count, count, 0, 0)
+    exact_summary(res, count)
 
 
 def test_virtio_sim_on_the_python_stage_passes_forwards_exactly(tmp_path):
@@ -102,9 +108,6 @@ def test_virtio_sim_on_the_python_stage_passes_forwards_exactly(tmp_path):
     path.write_text(text)
     res = run([str(path), "--packets", str(2 * count), "--json"], timeout=180)
     assert res.returncode == 0, res.stderr
-    s = summary_of(res.stdout)
-    assert s["ok"] and (s["received"], s["transmitted"], s["in_flight"]) == (2 * count, 2 * count, 0)
+    s = exact_summary(res, count)
     for name in ("p0", "p1"):
-        sim = s["sim"][name]
-        assert (sim["generated"], sim["sink_received"], sim["sink_lost"], sim["sink_corrupt"]) == (count, count, 0, 0)
         assert s["ports"][name]["tx_packets"] == count

@@ -356,7 +356,7 @@ class Accounting:
             print(json_line(self.as_json(sim)), file=out, flush=True)
             return
         dropped = sum(self.drops.values())
-        reasons = ", ".join(f"{k} {v}" for k, v in self.drops.items() if v) or "none"
+        reasons = ", ".join(f"{k} {v:,}" for k, v in self.drops.items() if v) or "none"
         lines = [
             "== accounting ==",
             *(f"FAILED: {f}" for f in self.failures),
