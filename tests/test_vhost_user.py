@@ -30,17 +30,20 @@ pytestmark = [needs_root, needs_hugepages,
                                                                                "(apt-get install dpdk-dev)")]
 POOL = 4096
 COUNT = 10_000
+RING = 256
 
 
-def start_testpmd(tmp_path, mode: str) -> tuple[subprocess.Popen, str]:
-    """testpmd serving ``<tmp_path>/vhu.sock``; its hugepage files are unlinked at once (--huge-unlink) and its
-    runtime directory goes with stop_testpmd, so nothing stays behind."""
+def start_testpmd(tmp_path, mode: str, client: bool = False, run: int = 0) -> tuple[subprocess.Popen, str]:
+    """testpmd serving ``<tmp_path>/vhu.sock`` (``client``: connecting to it, ixypipe's port in server mode);
+    its hugepage files are unlinked at once (--huge-unlink) and its runtime directory goes with stop_testpmd,
+    so nothing stays behind.  ``run`` tells the testpmds of one test apart."""
     sock = str(tmp_path / "vhu.sock")
-    prefix = f"ixyvhu{os.getpid()}-{zlib.crc32(str(tmp_path).encode())}"
+    prefix = f"ixyvhu{os.getpid()}-{zlib.crc32(str(tmp_path).encode())}-{run}"
+    iface = f"iface={sock},queues=1" + (",client=1" if client else "")
     proc = subprocess.Popen(["dpdk-testpmd", "-l", "0,1", "--no-pci", "--file-prefix", prefix, "--huge-unlink",
-                             "-m", "256", "--vdev", f"net_vhost0,iface={sock},queues=1", "--",
+                             "-m", "256", "--vdev", f"net_vhost0,{iface}", "--",
                              f"--forward-mode={mode}", *(["--port-topology=loop"] if mode == "io" else []),
-                             "--auto-start", "--total-num-mbufs=8192", "--stats-period", "1"],
+                             "--auto-start", "--no-flush-rx", "--total-num-mbufs=8192", "--stats-period", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc.runtime_dir = Path("/var/run/dpdk") / prefix
     return proc, sock
@@ -67,16 +70,18 @@ def accumulated(out: str, field: str) -> int:
 
 @pytest.fixture
 def port(make_arena, tmp_path, request):
-    """(open(), bufs, pool, testpmd process) with testpmd in the mode the test names; all stopped afterwards."""
+    """(open(), bufs, pool, testpmd process) with testpmd in the mode the test names (``server``: the port in
+    server mode, testpmd connecting); all stopped afterwards."""
     made = []
 
-    def build(mode: str):
-        proc, sock = start_testpmd(tmp_path, mode)
+    def build(mode: str, server: bool = False):
+        proc, sock = start_testpmd(tmp_path, mode, client=server)
+        made.append(proc)
         arena = make_arena(16 << 20, hugepages_mode="require")
         bufs = PacketBuffers.create(arena, POOL)
         pool = Mempool.create(arena, bufs, "pool0", 0, POOL, 0)
-        made.append(proc)
-        spec = PortSpec("v0", "vhost-user", sock, rx_ring_size=256, tx_ring_size=256)
+        spec = PortSpec("v0", "vhost-user", sock, rx_ring_size=RING, tx_ring_size=RING,
+                        options={"mode": "server" if server else "client", "connect_timeout": 120.0})
         dev = open_vhost_user(spec, arena, bufs, [pool], tx_done=Homing.to_pools(bufs, [pool]))
         made.append(dev)
         return dev, bufs, pool, proc
@@ -89,25 +94,76 @@ def port(make_arena, tmp_path, request):
             thing.close()
 
 
-def test_ixypipe_to_testpmd_rxonly_counts_every_frame(port):
-    dev, bufs, pool, proc = port("rxonly")
-    assert dev.features & V.bit(V.F_VERSION_1)
-    frame = bytes(range(60))
+def send(dev, bufs, pool, count: int, frame: bytes = bytes(range(60)), timeout: float = 120) -> int:
+    """Post ``count`` frames of ``frame`` on TX queue 0, as many as the ring takes; how many it took."""
     sent = 0
-    deadline = time.monotonic() + 60
-    while sent < COUNT and time.monotonic() < deadline:
-        idx = pool.alloc(min(32, COUNT - sent))
+    deadline = time.monotonic() + timeout
+    while sent < count and time.monotonic() < deadline:
+        idx = pool.alloc(min(32, count - sent))
         for i in idx:
             bufs.write_packet(int(i), frame)
         n = dev.tx_batch(0, idx)
         pool.free(idx[n:])
         sent += n
-    assert sent == COUNT
+        if not n:
+            time.sleep(0.001)
+    return sent
+
+
+def test_ixypipe_to_testpmd_rxonly_counts_every_frame(port):
+    dev, bufs, pool, proc = port("rxonly")
+    assert dev.features & V.bit(V.F_VERSION_1)
+    assert send(dev, bufs, pool, COUNT) == COUNT
     assert dev.tx_drain(0, timeout=30) == 0                   # the backend used every descriptor
     assert dev.read_stats().tx_packets == COUNT and dev.read_stats().tx_bytes == 60 * COUNT
-    assert pool.available() == POOL - 256                     # every sent buffer home, the RX ring's held
+    assert pool.available() == POOL - RING                    # every sent buffer home, the RX ring's held
     out = stop_testpmd(proc)
     assert accumulated(out, "RX-packets") == COUNT, out[-2000:]
+
+
+def test_server_mode_ixypipe_to_testpmd_rxonly_counts_every_frame(port, tmp_path):
+    """ixypipe listens, testpmd's net_vhost connects (client=1): the same exact count; the socket goes at close."""
+    dev, bufs, pool, proc = port("rxonly", server=True)
+    sock = tmp_path / "vhu.sock"
+    assert sock.is_socket() and sock.stat().st_mode & 0o777 == 0o600
+    assert dev.link_state().up
+    assert send(dev, bufs, pool, COUNT) == COUNT
+    assert dev.tx_drain(0, timeout=30) == 0
+    assert dev.read_stats().tx_packets == COUNT
+    assert pool.available() == POOL - RING
+    out = stop_testpmd(proc)
+    assert accumulated(out, "RX-packets") == COUNT, out[-2000:]
+    dev.close()
+    assert not sock.exists()
+
+
+@pytest.mark.parametrize("server", [False, True], ids=["client", "server"])
+def test_a_testpmd_restart_is_survived_and_every_frame_reaches_one_of_them(port, tmp_path, server):
+    """testpmd stops (its socket closes): the link goes down; frames posted meanwhile wait in the ring; a new
+    testpmd on the same socket gets the whole set-up again and starts at the used index, so it takes them:
+    sent = what the first counted + what the second counted, nothing lost on the way."""
+    dev, bufs, pool, first = port("rxonly", server=server)
+    assert send(dev, bufs, pool, COUNT) == COUNT
+    assert dev.tx_drain(0, timeout=30) == 0
+    rx1 = accumulated(stop_testpmd(first), "RX-packets")
+    assert rx1 == COUNT
+    deadline = time.monotonic() + 60
+    while dev.link_state().up and time.monotonic() < deadline:      # the keeper polls the socket
+        time.sleep(0.01)
+    assert not dev.link_state().up and dev.reconnecting() and dev.disconnects == 1
+    waiting = send(dev, bufs, pool, RING // 2)                        # posted while no backend is there
+    assert waiting == RING // 2 and dev.tx_pending(0) == waiting
+    second, _ = start_testpmd(tmp_path, "rxonly", client=server, run=1)
+    try:
+        assert dev.wait_link_up(120), "the port did not reconnect to the second testpmd within 120 s"
+        assert dev.reconnects == 1 and dev.link_state().up
+        assert send(dev, bufs, pool, COUNT) == COUNT
+        assert dev.tx_drain(0, timeout=60) == 0
+    finally:
+        out = stop_testpmd(second)
+    assert accumulated(out, "RX-packets") == COUNT + waiting, out[-2000:]
+    assert dev.read_stats().tx_packets == rx1 + COUNT + waiting
+    assert pool.available() == POOL - RING
 
 
 def test_testpmd_txonly_to_ixypipe_is_counted_with_lengths_and_bytes(port):

@@ -26,7 +26,7 @@ from ixypipe.sim.traffic import SINK_MODES
 
 DRIVERS = ("sim", "ixgbe", "virtio", "vhost-user", "af_packet", "pcap")
 SIM_DEVICES = ("82599", "virtio")        # what a sim port's software device is (ixypipe.sim.world)
-VHOST_USER_MODES = ("client",)           # server mode is not done yet
+VHOST_USER_MODES = ("client", "server")
 HUGEPAGE_MODES = ("auto", "require", "never")
 STAGE_DEATH_POLICIES = ("stop", "restart")
 IDLE_MODES = ("auto", "spin", "wake", "nap")    # auto = spin on CPUs the pipeline has to itself, else wake
@@ -167,8 +167,15 @@ KEYS: tuple[Key, ...] = (
         "header). Default: true.", drivers=("sim", "virtio", "vhost-user"), example=True),
     Key("ports.socket", STRING, None, "Required for `vhost-user`: the backend's unix socket (relative to the "
         "pipeline file's directory).", drivers=("vhost-user",), example="/tmp/vhost-user.sock"),
-    Key("ports.mode", STRING, None, "`vhost-user`: `client` (the backend listens on `socket`; the default). "
-        "Server mode is not done yet.", drivers=("vhost-user",), example="client"),
+    Key("ports.mode", STRING, None, "`vhost-user`: `client` (the backend listens on `socket`; the default) or "
+        "`server` (ixypipe listens there, mode 0600, and the backend connects: DPDK's net_vhost with "
+        "`client=1`; a stale socket file of this user that nobody listens on is removed first, and the socket "
+        "goes when the run ends). Either way a backend that goes away is waited for and reconnected (the link "
+        "is down meanwhile, frames queue up behind it), and what was posted to it goes to the next backend.",
+        drivers=("vhost-user",), example="client"),
+    Key("ports.connect_timeout", NUMBER, 30.0, "`vhost-user`: seconds the port waits for its backend when "
+        "the pipeline starts (client: for it to listen on `socket`; server: for it to connect); the start "
+        "fails after that.", range=(0.1, 86400.0), drivers=("vhost-user",)),
     # ---- [ports.generator] ---------------------------------------------------------------------------
     Key("ports.generator.packet_size", INTEGER, None, "Frame bytes without FCS, from the profile's "
         "smallest (udp 60, vlan 64, tcp-syn 72, ipv6 80, runt 14..59; the default) and at most "

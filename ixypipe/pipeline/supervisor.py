@@ -445,6 +445,8 @@ class Supervisor:
         stage waits on) and apply on_stage_death: "restart" replaces the workers that hold a full ring up,
         anything else (or no such worker) stops the run."""
         now = time.monotonic()
+        if self._links_down():
+            return
         if self.flow is None:
             self.flow = FlowWatch(self.plan, self.arena, self.table, self.cfg.stall_timeout)
             self._next_flow_check = now
@@ -470,6 +472,15 @@ class Supervisor:
         self.stalled = True
         log.error("%s", msg)
         self.failures.append(msg)
+
+    def _links_down(self) -> bool:
+        """A port whose driver is bringing its link back (a vhost-user backend restarting): frames wait for it,
+        which is no stall; the flow is watched afresh once every link is up."""
+        down = any(dev.reconnecting() for dev in self.devices.values())
+        if down and self.flow is not None:
+            self.flow.close()
+            self.flow = None
+        return down
 
     def _check_forks(self) -> None:
         """A worker whose process forked: the child was stopped before returning to user code (see stages)."""
