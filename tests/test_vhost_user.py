@@ -5,11 +5,13 @@ memory table and drives the rings. Both directions are counted exactly against t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -23,6 +25,7 @@ from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import virtio_regs as V
 from ixypipe.nic.device import DeviceError, PortSpec
 from ixypipe.nic.vhost_user import open_vhost_user
+from tests.support.runs import summary_of
 from tests.support.system import needs_hugepages, needs_root
 
 pytestmark = [needs_root, needs_hugepages,
@@ -33,10 +36,14 @@ COUNT = 10_000
 RING = 256
 
 
-def start_testpmd(tmp_path, mode: str, client: bool = False, run: int = 0) -> tuple[subprocess.Popen, str]:
+def start_testpmd(tmp_path, mode: str, client: bool = False, run: int = 0) -> subprocess.Popen:
     """testpmd serving ``<tmp_path>/vhu.sock`` (``client``: connecting to it, ixypipe's port in server mode);
     its hugepage files are unlinked at once (--huge-unlink) and its runtime directory goes with stop_testpmd,
-    so nothing stays behind.  ``run`` tells the testpmds of one test apart."""
+    so nothing stays behind.  ``run`` tells the testpmds of one test apart.  Its output is collected as it
+    comes (``proc.lines``): its statistics every second (nic_stats) and its final ones (stop_testpmd).
+
+    --no-flush-rx: testpmd otherwise empties its RX queues when its forwarding starts, dropping uncounted
+    whatever ixypipe sent after the link came up and before that (256 frames in one run)."""
     sock = str(tmp_path / "vhu.sock")
     prefix = f"ixyvhu{os.getpid()}-{zlib.crc32(str(tmp_path).encode())}-{run}"
     iface = f"iface={sock},queues=1" + (",client=1" if client else "")
@@ -46,19 +53,58 @@ def start_testpmd(tmp_path, mode: str, client: bool = False, run: int = 0) -> tu
                              "--auto-start", "--no-flush-rx", "--total-num-mbufs=8192", "--stats-period", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc.runtime_dir = Path("/var/run/dpdk") / prefix
-    return proc, sock
+    proc.sock = sock
+    proc.lines = Lines(proc.stdout)
+    return proc
+
+
+class Lines(list):
+    """The lines of a stream as they come: a daemon thread appends them until the stream ends."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.reader = threading.Thread(target=lambda: self.extend_from(stream), daemon=True)
+        self.reader.start()
+
+    def extend_from(self, stream) -> None:
+        for line in stream:
+            self.append(line)
+
+    def text(self) -> str:
+        """All of it, once its process ended."""
+        self.reader.join(60)
+        return "".join(self)
 
 
 def stop_testpmd(proc: subprocess.Popen) -> str:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
     try:
-        return proc.communicate(timeout=60)[0]
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        return proc.communicate()[0]
+        proc.wait()
     finally:
         shutil.rmtree(proc.runtime_dir, ignore_errors=True)
+    return proc.lines.text()
+
+
+def nic_stats(proc: subprocess.Popen) -> list[tuple[int, int]]:
+    """(RX-packets, TX-packets) of each of testpmd's per-second port statistics so far."""
+    text = "".join(proc.lines)
+    return [(int(rx), int(tx)) for rx, tx in re.findall(r"NIC statistics for port 0.*?RX-packets: (\d+).*?"
+                                                       r"TX-packets: (\d+)", text, re.S)]
+
+
+def wait_for(check, what: str, timeout: float = 300):
+    """Poll ``check()`` until it returns something true (returned), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
 
 
 def accumulated(out: str, field: str) -> int:
@@ -75,7 +121,8 @@ def port(make_arena, tmp_path, request):
     made = []
 
     def build(mode: str, server: bool = False):
-        proc, sock = start_testpmd(tmp_path, mode, client=server)
+        proc = start_testpmd(tmp_path, mode, client=server)
+        sock = proc.sock
         made.append(proc)
         arena = make_arena(16 << 20, hugepages_mode="require")
         bufs = PacketBuffers.create(arena, POOL)
@@ -153,7 +200,7 @@ def test_a_testpmd_restart_is_survived_and_every_frame_reaches_one_of_them(port,
     assert not dev.link_state().up and dev.reconnecting() and dev.disconnects == 1
     waiting = send(dev, bufs, pool, RING // 2)                        # posted while no backend is there
     assert waiting == RING // 2 and dev.tx_pending(0) == waiting
-    second, _ = start_testpmd(tmp_path, "rxonly", client=server, run=1)
+    second = start_testpmd(tmp_path, "rxonly", client=server, run=1)
     try:
         assert dev.wait_link_up(120), "the port did not reconnect to the second testpmd within 120 s"
         assert dev.reconnects == 1 and dev.link_state().up
@@ -233,26 +280,70 @@ function = "forward"
 """
 
 
-@pytest.mark.xfail(strict=False, reason="open (session 7 note): under parallel CI load the sink's count differed from "
-                   "testpmd's forwarded count by a few frames (4247 vs 4273, 2043 vs 2587); passes alone")
-def test_a_pipeline_loops_through_testpmd_io_and_every_packet_is_accounted(tmp_path):
-    from tests.support.runs import run, summary_of
+def start_pipeline(path: Path) -> subprocess.Popen:
+    """``ixypipe run path --json`` in the background, its output collected as it comes."""
+    from tests.support.runs import start
 
-    proc, sock = start_testpmd(tmp_path, "io")          # with --port-topology=loop: back out of the same port
+    proc = start([str(path), "--json"])
+    proc.out, proc.err = Lines(proc.stdout), Lines(proc.stderr)
+    return proc
+
+
+def stop_pipeline(proc: subprocess.Popen) -> tuple[int, str, str]:
+    """Ctrl-C, as a user stops it: (exit code, stdout, stderr)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, proc.out.text(), proc.err.text()
+
+
+def port_counts(proc: subprocess.Popen) -> dict:
+    """The ports' counters of the pipeline's latest per-second figures ({} before the first)."""
+    for line in reversed(list(proc.out)):
+        if line.startswith("{") and '"type": "interval"' in line:
+            return json.loads(line)["ports"]
+    if proc.poll() is not None:
+        raise AssertionError(f"the pipeline ended early ({proc.returncode}): {''.join(proc.err)[-3000:]}")
+    return {}
+
+
+def test_a_pipeline_loops_through_testpmd_io_and_every_packet_is_accounted(tmp_path):
+    """COUNT frames from the software NIC through testpmd's io forwarding and back to its sink.  The run is
+    stopped once everything settled (testpmd took all COUNT, its forwarding ended, ixypipe received all it
+    forwarded): stopped at a fixed time instead, frames testpmd forwarded after ixypipe's RX stopped stayed in
+    the RX ring, counted by testpmd only."""
+    testpmd = start_testpmd(tmp_path, "io")          # with --port-topology=loop: back out of the same port
     path = tmp_path / "vhost.toml"
     path.write_text(PIPELINE.format(count=COUNT))
+    pipeline = start_pipeline(path)
+
+    def settled() -> bool:
+        stats = nic_stats(testpmd)[-2:]           # two figures a second apart: its forwarding ended
+        if len(stats) < 2 or stats[0] != stats[1] or stats[1][0] != COUNT:
+            return False
+        ports = port_counts(pipeline)
+        return bool(ports) and ports["p1"]["rx_packets"] == stats[1][1] == ports["p0"]["tx_packets"]
+
     try:
-        # the generator stops at COUNT; frames testpmd drops are never received, so the run ends by duration
-        res = run([str(path), "--duration", "15", "--json"], timeout=300)
+        wait_for(settled, "the loop through testpmd settling")
     finally:
-        text = stop_testpmd(proc)
-    assert res.returncode == 0, res.stderr
-    s = summary_of(res.stdout)
+        code, out, err = stop_pipeline(pipeline)
+        text = stop_testpmd(testpmd)
+    assert code == 0, err
+    s = summary_of(out)
     assert s["ok"] and s["in_flight"] == 0
     sim, p1 = s["sim"]["p0"], s["ports"]["p1"]
+    dropped = accumulated(text, "TX-dropped")
     assert sim["generated"] == s["ports"]["p0"]["rx_packets"] == COUNT
     assert p1["tx_packets"] == accumulated(text, "RX-packets") == COUNT         # all of it reached testpmd
     assert p1["rx_packets"] == accumulated(text, "TX-packets")                   # what it sent back, received
     assert sim["sink_received"] == p1["rx_packets"]                              # and forwarded to the sink
-    assert sim["sink_lost"] == accumulated(text, "TX-dropped")                   # the rest testpmd counted dropped
+    assert sim["sink_received"] + dropped == COUNT                               # the rest testpmd dropped
+    # the sink sees a drop as a gap before a later frame of the same flow: the tail of a flow that testpmd
+    # dropped is lost without a gap (this test had compared the two for equality and failed when it happened)
+    assert sim["sink_lost"] <= dropped
     assert sim["sink_corrupt"] == sim["sink_reordered"] == 0
