@@ -427,3 +427,29 @@ def test_a_pipeline_survives_a_testpmd_restart_and_accounts_for_every_frame(tmp_
     assert sim["rx_missed"] > 0 and s["device_missed"]["p0"] == sim["rx_missed"]
     assert err.count("link down") == 1 and err.count("link up: reconnected") == 1, err
     assert "stalled" not in err, err
+
+
+def test_a_run_stopped_while_the_backend_is_away_accounts_for_what_could_not_go_out(tmp_path):
+    """The backend goes and the run is stopped before one comes back: the TX stage does not wait for a ring
+    nobody empties; what sat posted in the ring and what the stage held are counted dropped (stage_died, as for
+    a NIC that died), and what the port transmitted is exactly what testpmd counted."""
+    testpmd = start_testpmd(tmp_path, "rxonly")
+    path = tmp_path / "away.toml"
+    path.write_text(RESTART_PIPELINE.format(mode="client"))
+    pipeline = start_pipeline(path)
+    try:
+        wait_for(lambda: running(pipeline) and received(testpmd) >= 2000, "2000 frames at testpmd")
+        rx = accumulated(stop_testpmd(testpmd), "RX-packets")
+        wait_for(lambda: running(pipeline) and "link down" in "".join(pipeline.err),
+                 "the pipeline saying the link is down")
+        wait_for(lambda: port_counts(pipeline).get("p1", {}).get("tx_packets", 0) > rx,
+                 "frames posted to the port while its backend is away")
+    finally:
+        code, out, err = stop_pipeline(pipeline)
+        stop_testpmd(testpmd)
+    assert code == 0, err
+    s = summary_of(out)
+    assert s["ok"] and s["in_flight"] == 0, s
+    assert s["transmitted"] == rx and s["ports"]["p1"]["tx_packets"] > rx      # posted, not all of it sent
+    assert s["received"] == rx + s["drops"]["stage_died"]
+    assert "its link is down as the run stops" in err, err
