@@ -2,20 +2,47 @@
 
 Owns the transport that lets :class:`~ixypipe.nic.virtio.VirtioDevice`
 drive a vhost-user backend instead of a PCI function (QEMU's
-docs/interop/vhost-user.rst): the unix socket, its messages (a 12-byte
-header: request, flags with version 1, payload size; file descriptors as
-SCM_RIGHTS), the memory table (one region per arena file: the backend maps
-the same hugepage files, and addresses in descriptors and rings are this
-process's virtual addresses, as DPDK's virtio_user uses them), each vring's
-size, base, addresses and kick/call eventfds.  VHOST_USER_F_PROTOCOL_FEATURES
-is not negotiated, so a ring runs as soon as its kick descriptor arrives; a
-backend that wants notifications gets a write on the kick eventfd.  The
-backend has no config space here: the port's MAC is made from the socket
-path (locally administered) and its link is up while connected.
+docs/interop/vhost-user.rst): the messages (a 12-byte header: request,
+flags with version 1, payload size; file descriptors as SCM_RIGHTS), the
+memory table (one region per arena file: the backend maps the same hugepage
+files, and addresses in descriptors and rings are this process's virtual
+addresses, as DPDK's virtio_user uses them), each vring's size, base,
+addresses and kick/call eventfds.  VHOST_USER_F_PROTOCOL_FEATURES is not
+negotiated, so a ring runs as soon as its kick descriptor arrives; a backend
+that wants notifications gets a write on the kick eventfd.  The backend has
+no config space here: the port's MAC is made from the socket path (locally
+administered).  Where the socket comes from, in client mode (the backend
+listens) or server mode (this process listens, the backend connects), is
+vhost_user_socket.py's.
 
-This is the frontend in client mode.  The process that opens the port keeps
-the socket; stage processes attach with the opener's addresses (carried in
-the port spec) and no socket.  Not done yet: server mode, reconnection.
+Who holds what.  The process that opens the port (the supervisor; ``ixypipe
+fwd``) keeps the socket, the eventfds and a :class:`LinkKeeper` thread
+(vhost_user_link.py); stage processes attach with the opener's addresses
+(carried in the port spec) and no socket (StageTransport).  The rings and
+the driver's per-queue state live in the device arena, shared by all.
+
+When the backend goes away.  The keeper sees the socket close: the link is
+down (``link_state``, ``reconnecting``), it logs what each ring holds, and
+it reconnects (client: connect() with back-off; server: accept the next
+backend).  The stages are not told: a TX stage finds no free descriptor, an
+RX stage finds nothing, the pipeline backs up and its input ports count what
+they miss, as behind an 82599 whose cable is out; the supervisor does not
+call that a stall (Device.reconnecting), and a run stopped meanwhile drops
+what waits for the port.  A new connection gets the whole set-up again
+(:meth:`VhostUserTransport.restore`): SET_OWNER, the same features (a backend
+lacking one is refused), the memory table, and each vring's call, num,
+base, addresses and kick.  A restarted backend has no ring state, but the
+split ring's state that matters is in our memory: the used index the old
+backend last published.  Each vring's base is that used index (what QEMU
+does after a backend crash; DPDK's backend also moves itself there when
+told otherwise), so the new backend takes the avail entries from there on:
+frames posted and not yet used when the old one went, and those posted
+while none was there, go out through the new one, and RX descriptors that
+were offered stay offered.  Nothing posted is lost; the lost frames are the
+ones the pipeline could not take while backed up, counted where it missed
+them.  One limit: a backend killed in the middle of a burst may have taken
+frames without publishing them used; the next one sends those again.  The
+driver's counters and indices go on across the reconnection (no reset).
 """
 
 from __future__ import annotations
@@ -35,7 +62,7 @@ from ixypipe.memory.arena import Arena
 from ixypipe.nic import virtio_regs as V
 from ixypipe.nic.device import DeviceError, LinkState, PortSpec
 from ixypipe.nic.vhost_user_link import LinkKeeper
-from ixypipe.nic.vhost_user_socket import Listener, VhostUserError, connect, try_connect
+from ixypipe.nic.vhost_user_socket import CONNECT_TIMEOUT, Listener, VhostUserError, connect, try_connect
 from ixypipe.nic.virtio import LINK_SPEED_MBIT, VirtioDevice, check_opening, check_spec
 
 log = logging.getLogger(__name__)
@@ -54,7 +81,6 @@ VRING_STATE = struct.Struct("<II")         # index, num
 VRING_ADDR = struct.Struct("<IIQQQQ")      # index, flags, desc, used, avail, log
 F_PROTOCOL_FEATURES = 30
 MAX_QUEUE_SIZE = 32768
-CONNECT_TIMEOUT = 30.0                     # seconds to reach the backend when the port opens (either mode)
 MODES = ("client", "server")
 
 

@@ -29,6 +29,7 @@ from ixypipe.nic.device import DeviceError
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT = 30.0          # seconds to reach the backend when the port opens (either mode), by default
 PROGRESS_EVERY = 5.0            # seconds between "still waiting" lines
 RETRY = 0.05                    # seconds between connection attempts while opening
 

@@ -149,7 +149,7 @@ class PortConfig:
     mrg_rxbuf: bool = True          # virtio, sim virtio, vhost-user: negotiate MRG_RXBUF when offered (12-byte header)
     socket: str = ""                # vhost-user: the backend's unix socket (absolute; relative ones from the file)
     vhost_mode: str = "client"      # vhost-user: "client" (the backend listens) or "server" (ixypipe listens)
-    connect_timeout: float = keys.default("ports.connect_timeout")   # vhost-user: seconds to reach the backend
+    connect_timeout: float = keys.CONNECT_TIMEOUT   # vhost-user: seconds to reach the backend when the run starts
 
     def to_spec(self) -> PortSpec:
         """The driver's view of this port: address = pci / interface / path, extras in options."""
@@ -820,7 +820,7 @@ def _vhost_user(r: _Reader, p: dict, key: str, fields: dict, base_dir: Path, rx_
         raise r.fail(f"{key}.socket", "must be a socket path, got an empty string")
     fields["socket"] = str(Path(raw) if Path(raw).is_absolute() else base_dir / raw)
     fields["vhost_mode"] = r.string(p, "mode", key, "client", VHOST_USER_MODES)
-    fields["connect_timeout"] = r.value(p, "connect_timeout", key)
+    fields["connect_timeout"] = r.value(p, "connect_timeout", key, keys.CONNECT_TIMEOUT)
     fields["mrg_rxbuf"] = r.boolean(p, "mrg_rxbuf", key, True)
     fields["hot_path"] = r.value(p, "hot_path", key)
     if rx_queues != 1 or tx_queues != 1:

@@ -21,6 +21,7 @@ from typing import Any
 from ixypipe.layout import KEYED_DEFAULT_SLOTS, KEYED_DEFAULT_TABLES, MIN_BUF_SIZE
 from ixypipe.nic.device import HOT_PATHS
 from ixypipe.nic.vfio import IOMMU_MODES
+from ixypipe.nic.vhost_user_socket import CONNECT_TIMEOUT
 from ixypipe.sim.payload import PROFILES, SIM_MAX_FRAME, SIM_MIN_FRAME, VID_RANGE
 from ixypipe.sim.traffic import SINK_MODES
 
@@ -173,9 +174,10 @@ KEYS: tuple[Key, ...] = (
         "goes when the run ends). Either way a backend that goes away is waited for and reconnected (the link "
         "is down meanwhile, frames queue up behind it), and what was posted to it goes to the next backend.",
         drivers=("vhost-user",), example="client"),
-    Key("ports.connect_timeout", NUMBER, 30.0, "`vhost-user`: seconds the port waits for its backend when "
+    Key("ports.connect_timeout", NUMBER, None, "`vhost-user`: seconds the port waits for its backend when "
         "the pipeline starts (client: for it to listen on `socket`; server: for it to connect); the start "
-        "fails after that.", range=(0.1, 86400.0), drivers=("vhost-user",)),
+        f"fails after that. Default: {CONNECT_TIMEOUT:g}.", range=(0.1, 86400.0), drivers=("vhost-user",),
+        example=CONNECT_TIMEOUT),
     # ---- [ports.generator] ---------------------------------------------------------------------------
     Key("ports.generator.packet_size", INTEGER, None, "Frame bytes without FCS, from the profile's "
         "smallest (udp 60, vlan 64, tcp-syn 72, ipv6 80, runt 14..59; the default) and at most "
