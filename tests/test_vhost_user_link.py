@@ -159,6 +159,7 @@ def test_a_backend_that_comes_back_gets_the_whole_set_up_again_from_the_used_ind
     dev = VU.open_vhost_user(spec, arena, bufs, [pool], tx_done=Homing.to_pools(bufs, [pool]))
     try:
         first = backend.connections[0]
+        wait_for(lambda: len(first) == len(SETUP), "the set-up at the backend")
         assert requests(first) == SETUP and bases(first) == {0: 0, 1: 0}
         negotiated = next(p for r, p in first if r == VU.SET_FEATURES)
         assert struct.unpack("<Q", negotiated)[0] == FEATURES & ~V.bit(VU.F_PROTOCOL_FEATURES)
@@ -172,6 +173,7 @@ def test_a_backend_that_comes_back_gets_the_whole_set_up_again_from_the_used_ind
             wait_for(lambda: dev.reconnects == 1, "the reconnection")     # at once: the backend listens on
             assert dev.disconnects == 1 and dev.wait_link_up(0)
         second = backend.connections[1]
+        wait_for(lambda: len(second) == len(SETUP), "the set-up at the backend")    # its thread reads on
         assert requests(second) == SETUP
         assert bases(second) == {0: 0, 1: 3}                        # each vring where the backend left it
         assert next(p for r, p in second if r == VU.SET_FEATURES) == negotiated
@@ -191,7 +193,9 @@ def test_a_backend_that_comes_back_gets_the_whole_set_up_again_from_the_used_ind
             assert dev.wait_link_up(60)
         assert "connected but the set-up failed: the backend offers" in caplog.text
         assert "without MRG_RXBUF that the port runs with" in caplog.text
-        assert requests(backend.connections[-1]) == SETUP and dev.reconnects == 2
+        last = backend.connections[-1]
+        wait_for(lambda: len(last) == len(SETUP), "the set-up at the backend")
+        assert requests(last) == SETUP and dev.reconnects == 2
     finally:
         dev.close()
         backend.close()

@@ -62,7 +62,14 @@ from ixypipe.memory.arena import Arena
 from ixypipe.nic import virtio_regs as V
 from ixypipe.nic.device import DeviceError, LinkState, PortSpec
 from ixypipe.nic.vhost_user_link import LinkKeeper
-from ixypipe.nic.vhost_user_socket import CONNECT_TIMEOUT, Listener, VhostUserError, connect, try_connect
+from ixypipe.nic.vhost_user_socket import (
+    CONNECT_TIMEOUT,
+    REPLY_TIMEOUT,
+    Listener,
+    VhostUserError,
+    connect,
+    try_connect,
+)
 from ixypipe.nic.virtio import LINK_SPEED_MBIT, VirtioDevice, check_opening, check_spec
 
 log = logging.getLogger(__name__)
@@ -91,15 +98,28 @@ def _send(sock: socket.socket, request: int, payload: bytes = b"", fds: list[int
 
 
 def _reply(sock: socket.socket, request: int, size: int) -> bytes:
-    head = sock.recv(HEADER.size, socket.MSG_WAITALL)
-    if len(head) != HEADER.size:
-        raise VhostUserError(f"the vhost-user backend closed the connection instead of answering request {request}")
-    got, flags, n = HEADER.unpack(head)
-    payload = sock.recv(n, socket.MSG_WAITALL) if n else b""
-    if got != request or not flags & FLAG_REPLY or n != size or len(payload) != size:
+    got, flags, n = HEADER.unpack(_receive(sock, HEADER.size, request))
+    payload = _receive(sock, n, request) if n == size else b""
+    if got != request or not flags & FLAG_REPLY or n != size:
         raise VhostUserError(f"the vhost-user backend answered request {request} with request {got}, flags "
                              f"{flags:#x}, {n} bytes (expected a {size}-byte reply)")
     return payload
+
+
+def _receive(sock: socket.socket, size: int, request: int) -> bytes:
+    """Exactly ``size`` bytes of the answer to ``request`` (the socket's timeout is REPLY_TIMEOUT)."""
+    data = b""
+    while len(data) < size:
+        try:
+            chunk = sock.recv(size - len(data))
+        except TimeoutError:
+            raise VhostUserError(f"the vhost-user backend did not answer request {request} within "
+                                 f"{REPLY_TIMEOUT:g} s") from None
+        if not chunk:
+            raise VhostUserError(f"the vhost-user backend closed the connection instead of answering request "
+                                 f"{request}")
+        data += chunk
+    return data
 
 
 def made_up_config(path: Path) -> np.ndarray:

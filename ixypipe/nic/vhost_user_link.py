@@ -22,10 +22,11 @@ lost on the way.
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
 from collections.abc import Callable
+
+from ixypipe.nic.vhost_user_socket import readable
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,12 @@ class LinkKeeper:
         """Poll once: False when the backend closed the connection."""
         sock = self.transport.sock
         watch = [sock] + ([self.listener] if self.listener is not None else [])
-        ready = select.select(watch, [], [], POLL_SECONDS)[0]
+        ready = readable(watch, POLL_SECONDS)
         if sock in ready:
-            data = sock.recv(4096, 0)
+            try:
+                data = sock.recv(4096)
+            except OSError:               # ECONNRESET: a backend killed with our messages unread
+                data = b""
             if not data:
                 return False
             log.warning("port %s: the vhost-user backend sent %d bytes nobody asked for; ignored", self.name,

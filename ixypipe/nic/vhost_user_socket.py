@@ -30,6 +30,7 @@ from ixypipe.nic.device import DeviceError
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 30.0          # seconds to reach the backend when the port opens (either mode), by default
+REPLY_TIMEOUT = 10.0            # seconds a connection's send, receive or connect may block (a backend that hangs)
 PROGRESS_EVERY = 5.0            # seconds between "still waiting" lines
 RETRY = 0.05                    # seconds between connection attempts while opening
 
@@ -47,10 +48,11 @@ def backend_hint(path: str, mode: str) -> str:
 def try_connect(path: str) -> socket.socket | None:
     """One attempt (client mode): a connected socket, or None while no backend listens on ``path``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(REPLY_TIMEOUT)      # a listener whose backlog is full makes connect() wait
     try:
         sock.connect(path)
         return sock
-    except (FileNotFoundError, ConnectionRefusedError):
+    except (FileNotFoundError, ConnectionRefusedError, TimeoutError):
         sock.close()
         return None
     except BaseException:
@@ -104,9 +106,10 @@ class Listener:
 
     def try_accept(self, wait: float = 0.0) -> socket.socket | None:
         """A backend's connection if one comes within ``wait`` seconds, else None."""
-        if not select.select([self.sock], [], [], wait)[0]:
+        if not readable([self], wait):
             return None
         conn, _ = self.sock.accept()
+        conn.settimeout(REPLY_TIMEOUT)
         return conn
 
     def accept(self, timeout: float) -> socket.socket:
@@ -138,6 +141,15 @@ class Listener:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def readable(things: list, wait: float) -> list:
+    """Those of ``things`` (objects with fileno()) that poll() finds readable or hung up within ``wait`` s."""
+    poller = select.poll()
+    by_fd = {thing.fileno(): thing for thing in things}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    return [by_fd[fd] for fd, _ in poller.poll(max(0, int(wait * 1000)))]
 
 
 def remove_stale_socket(path: str) -> None:
