@@ -217,6 +217,28 @@ def test_relative_paths_resolve_against_the_pipeline_file(tmp_path):
     assert cfg.workers.function == "w.py:keep"
 
 
+@pytest.mark.parametrize(("keys", "expected"), [
+    ("", {"mode": "client", "connect_timeout": 30.0}),
+    ('mode = "server"\nconnect_timeout = 120', {"mode": "server", "connect_timeout": 120}),
+])
+def test_a_vhost_user_port_in_client_or_server_mode(tmp_path, keys, expected):
+    text = f'[[ports]]\nname = "v"\ndriver = "vhost-user"\nsocket = "v.sock"\n{keys}\n'
+    spec = parse_pipeline(text, tmp_path / "v.toml").ports[0].to_spec()
+    assert spec.address == str(tmp_path / "v.sock")
+    assert {k: spec.options[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('mode = "both"', "ports[0].mode (line 5): must be one of 'client', 'server', got 'both'"),
+    ("connect_timeout = 0", "ports[0].connect_timeout (line 5): must be a number from 0.1 to 86400, got 0"),
+])
+def test_a_vhost_user_port_with_a_bad_mode_or_timeout_is_refused(tmp_path, line, message):
+    text = f'[[ports]]\nname = "v"\ndriver = "vhost-user"\nsocket = "v.sock"\n{line}\n'
+    with pytest.raises(ConfigError) as err:
+        parse_pipeline(text, tmp_path / "v.toml")
+    assert message in str(err.value)
+
+
 def test_key_lines_follow_arrays_of_tables_and_skip_multiline_values():
     text = ('a = 1\n[t]\nb = """x\nc = 2\n"""\n[[ports]]\nname = "p0"\nlist = [\n  1,\n]\n'
             '[ports.generator]\nflows = 2\n[[ports]]\n"name" = "p1"\n')

@@ -73,10 +73,10 @@ def test_fwd_between_two_vhost_user_backends_counts_exactly_against_testpmd(tmp_
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    source, sock_a = start_testpmd(tmp_path / "a", "txonly")
-    sink, sock_b = start_testpmd(tmp_path / "b", "rxonly")
+    source = start_testpmd(tmp_path / "a", "txonly")
+    sink = start_testpmd(tmp_path / "b", "rxonly")
     try:
-        res = fwd("--driver", "vhost-user", sock_a, sock_b, "--ring", "256", "--packets", "20000", "--json")
+        res = fwd("--driver", "vhost-user", source.sock, sink.sock, "--ring", "256", "--packets", "20000", "--json")
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr
     finally:
         stop_testpmd(source)

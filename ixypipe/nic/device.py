@@ -192,6 +192,11 @@ class Device(ABC):
     @abstractmethod
     def link_state(self) -> LinkState: ...
 
+    def reconnecting(self) -> bool:
+        """True while the link is down and the driver is bringing it back by itself (a vhost-user backend that
+        went away): traffic waits for it, which is no stall of the pipeline."""
+        return False
+
     @property
     @abstractmethod
     def mac(self) -> bytes: ...

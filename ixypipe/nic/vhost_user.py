@@ -2,20 +2,47 @@
 
 Owns the transport that lets :class:`~ixypipe.nic.virtio.VirtioDevice`
 drive a vhost-user backend instead of a PCI function (QEMU's
-docs/interop/vhost-user.rst): the unix socket, its messages (a 12-byte
-header: request, flags with version 1, payload size; file descriptors as
-SCM_RIGHTS), the memory table (one region per arena file: the backend maps
-the same hugepage files, and addresses in descriptors and rings are this
-process's virtual addresses, as DPDK's virtio_user uses them), each vring's
-size, base, addresses and kick/call eventfds.  VHOST_USER_F_PROTOCOL_FEATURES
-is not negotiated, so a ring runs as soon as its kick descriptor arrives; a
-backend that wants notifications gets a write on the kick eventfd.  The
-backend has no config space here: the port's MAC is made from the socket
-path (locally administered) and its link is up while connected.
+docs/interop/vhost-user.rst): the messages (a 12-byte header: request,
+flags with version 1, payload size; file descriptors as SCM_RIGHTS), the
+memory table (one region per arena file: the backend maps the same hugepage
+files, and addresses in descriptors and rings are this process's virtual
+addresses, as DPDK's virtio_user uses them), each vring's size, base,
+addresses and kick/call eventfds.  VHOST_USER_F_PROTOCOL_FEATURES is not
+negotiated, so a ring runs as soon as its kick descriptor arrives; a backend
+that wants notifications gets a write on the kick eventfd.  The backend has
+no config space here: the port's MAC is made from the socket path (locally
+administered).  Where the socket comes from, in client mode (the backend
+listens) or server mode (this process listens, the backend connects), is
+vhost_user_socket.py's.
 
-This is the frontend in client mode.  The process that opens the port keeps
-the socket; stage processes attach with the opener's addresses (carried in
-the port spec) and no socket.  Not done yet: server mode, reconnection.
+Who holds what.  The process that opens the port (the supervisor; ``ixypipe
+fwd``) keeps the socket, the eventfds and a :class:`LinkKeeper` thread
+(vhost_user_link.py); stage processes attach with the opener's addresses
+(carried in the port spec) and no socket (StageTransport).  The rings and
+the driver's per-queue state live in the device arena, shared by all.
+
+When the backend goes away.  The keeper sees the socket close: the link is
+down (``link_state``, ``reconnecting``), it logs what each ring holds, and
+it reconnects (client: connect() with back-off; server: accept the next
+backend).  The stages are not told: a TX stage finds no free descriptor, an
+RX stage finds nothing, the pipeline backs up and its input ports count what
+they miss, as behind an 82599 whose cable is out; the supervisor does not
+call that a stall (Device.reconnecting), and a run stopped meanwhile drops
+what waits for the port.  A new connection gets the whole set-up again
+(:meth:`VhostUserTransport.restore`): SET_OWNER, the same features (a backend
+lacking one is refused), the memory table, and each vring's call, num,
+base, addresses and kick.  A restarted backend has no ring state, but the
+split ring's state that matters is in our memory: the used index the old
+backend last published.  Each vring's base is that used index (what QEMU
+does after a backend crash; DPDK's backend also moves itself there when
+told otherwise), so the new backend takes the avail entries from there on:
+frames posted and not yet used when the old one went, and those posted
+while none was there, go out through the new one, and RX descriptors that
+were offered stay offered.  Nothing posted is lost; the lost frames are the
+ones the pipeline could not take while backed up, counted where it missed
+them.  One limit: a backend killed in the middle of a burst may have taken
+frames without publishing them used; the next one sends those again.  The
+driver's counters and indices go on across the reconnection (no reset).
 """
 
 from __future__ import annotations
@@ -33,8 +60,17 @@ import numpy as np
 
 from ixypipe.memory.arena import Arena
 from ixypipe.nic import virtio_regs as V
-from ixypipe.nic.device import DeviceError, PortSpec
-from ixypipe.nic.virtio import VirtioDevice, check_spec
+from ixypipe.nic.device import DeviceError, LinkState, PortSpec
+from ixypipe.nic.vhost_user_link import LinkKeeper
+from ixypipe.nic.vhost_user_socket import (
+    CONNECT_TIMEOUT,
+    REPLY_TIMEOUT,
+    Listener,
+    VhostUserError,
+    connect,
+    try_connect,
+)
+from ixypipe.nic.virtio import LINK_SPEED_MBIT, VirtioDevice, check_opening, check_spec
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +88,7 @@ VRING_STATE = struct.Struct("<II")         # index, num
 VRING_ADDR = struct.Struct("<IIQQQQ")      # index, flags, desc, used, avail, log
 F_PROTOCOL_FEATURES = 30
 MAX_QUEUE_SIZE = 32768
-CONNECT_TIMEOUT = 30.0
-
-
-class VhostUserError(DeviceError):
-    """The backend cannot be reached or answered out of protocol; the message says which and how."""
+MODES = ("client", "server")
 
 
 def _send(sock: socket.socket, request: int, payload: bytes = b"", fds: list[int] | None = None) -> None:
@@ -66,15 +98,28 @@ def _send(sock: socket.socket, request: int, payload: bytes = b"", fds: list[int
 
 
 def _reply(sock: socket.socket, request: int, size: int) -> bytes:
-    head = sock.recv(HEADER.size, socket.MSG_WAITALL)
-    if len(head) != HEADER.size:
-        raise VhostUserError(f"the vhost-user backend closed the connection instead of answering request {request}")
-    got, flags, n = HEADER.unpack(head)
-    payload = sock.recv(n, socket.MSG_WAITALL) if n else b""
-    if got != request or not flags & FLAG_REPLY or n != size or len(payload) != size:
+    got, flags, n = HEADER.unpack(_receive(sock, HEADER.size, request))
+    payload = _receive(sock, n, request) if n == size else b""
+    if got != request or not flags & FLAG_REPLY or n != size:
         raise VhostUserError(f"the vhost-user backend answered request {request} with request {got}, flags "
                              f"{flags:#x}, {n} bytes (expected a {size}-byte reply)")
     return payload
+
+
+def _receive(sock: socket.socket, size: int, request: int) -> bytes:
+    """Exactly ``size`` bytes of the answer to ``request`` (the socket's timeout is REPLY_TIMEOUT)."""
+    data = b""
+    while len(data) < size:
+        try:
+            chunk = sock.recv(size - len(data))
+        except TimeoutError:
+            raise VhostUserError(f"the vhost-user backend did not answer request {request} within "
+                                 f"{REPLY_TIMEOUT:g} s") from None
+        if not chunk:
+            raise VhostUserError(f"the vhost-user backend closed the connection instead of answering request "
+                                 f"{request}")
+        data += chunk
+    return data
 
 
 def made_up_config(path: Path) -> np.ndarray:
@@ -88,31 +133,34 @@ def made_up_config(path: Path) -> np.ndarray:
 
 
 class VhostUserTransport:
-    """What VirtioDevice's init steps need (the PCI transports' interface), over a vhost-user socket."""
+    """What VirtioDevice's init steps need (the PCI transports' interface), over a vhost-user socket.
+
+    It remembers what it told the backend (the negotiated features, each vring's size and addresses, the
+    eventfds, which live as long as the transport) so that :meth:`restore` can tell a new backend the same."""
     kind = "modern"                 # VERSION_1 is required, features are confirmed with FEATURES_OK
 
-    def __init__(self, socket_path: str, arenas: list[Arena], sleep=time.sleep, timeout: float = CONNECT_TIMEOUT):
+    def __init__(self, socket_path: str, arenas: list[Arena], sleep=time.sleep, timeout: float = CONNECT_TIMEOUT,
+                 mode: str = "client", name: str = ""):
+        if mode not in MODES:
+            raise VhostUserError(f"port {name!r}: vhost-user mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.path = Path(socket_path)
+        self.mode = mode
         self.sleep = sleep
         self.arenas = arenas
         self.bases = {a.name: a.buf.ctypes.data for a in arenas}
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock.connect(socket_path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                if time.monotonic() > deadline:
-                    self.sock.close()
-                    raise VhostUserError(f"no vhost-user backend listens on {socket_path} ({exc.strerror}) after "
-                                         f"{timeout:g} s; start it first (e.g. dpdk-testpmd --vdev "
-                                         f"'net_vhost0,iface={socket_path}')") from None
-                time.sleep(0.05)
+        self.listener = Listener(socket_path, name) if mode == "server" else None
+        try:
+            self.sock = self.listener.accept(timeout) if self.listener else connect(socket_path, timeout, name)
+        except BaseException:
+            if self.listener:
+                self.listener.close()
+            raise
         self._status = 0
         self._features = None
+        self._negotiated: int | None = None
         self._kicks: dict[int, int] = {}
         self._calls: dict[int, int] = {}
+        self._vrings: dict[int, tuple[int, int, int, int]] = {}     # queue -> size, desc, avail, used
         self._mem_sent = False
         self._config = made_up_config(self.path)
         _send(self.sock, SET_OWNER)
@@ -135,6 +183,7 @@ class VhostUserTransport:
 
     def set_driver_features(self, features: int) -> None:
         _send(self.sock, SET_FEATURES, struct.pack("<Q", features))
+        self._negotiated = features
 
     def read(self, where: str, offset: int, size: int) -> int:
         """The device config this frontend makes up: MAC from the socket path, link up."""
@@ -167,19 +216,24 @@ class VhostUserTransport:
     def enable_queue(self, q: int, size: int, desc: int, avail: int, used: int) -> None:
         if not self._mem_sent:
             self._send_memory_table()
-        call, kick = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
-        self._calls[q], self._kicks[q] = call, kick
-        _send(self.sock, SET_VRING_CALL, struct.pack("<Q", q), [call])
+        self._calls[q], self._kicks[q] = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+        self._vrings[q] = (size, desc, avail, used)
+        self._send_vring(q, 0)
+
+    def _send_vring(self, q: int, base: int) -> None:
+        """One vring's set-up; the kick descriptor last, which starts the ring (no PROTOCOL_FEATURES)."""
+        size, desc, avail, used = self._vrings[q]
+        _send(self.sock, SET_VRING_CALL, struct.pack("<Q", q), [self._calls[q]])
         _send(self.sock, SET_VRING_NUM, VRING_STATE.pack(q, size))
-        _send(self.sock, SET_VRING_BASE, VRING_STATE.pack(q, 0))
+        _send(self.sock, SET_VRING_BASE, VRING_STATE.pack(q, base))
         _send(self.sock, SET_VRING_ADDR, VRING_ADDR.pack(q, 0, desc, used, avail, 0))
-        _send(self.sock, SET_VRING_KICK, struct.pack("<Q", q), [kick])
+        _send(self.sock, SET_VRING_KICK, struct.pack("<Q", q), [self._kicks[q]])
 
     def notify_offset(self, q: int) -> int:
         return 0
 
     def notify(self, q: int, offset: int) -> None:
-        os.eventfd_write(self._kicks[q], 1)
+        os.eventfd_write(self._kicks[q], 1)      # the eventfd outlives connections: safe while the link is down
 
     def kick_target(self, q: int, offset: int) -> tuple[int, int, int, None]:
         """Compiled code kicks as notify does: a write of 1 to the queue's kick eventfd (virtio_jit)."""
@@ -188,14 +242,40 @@ class VhostUserTransport:
     def share(self) -> None:
         """One process drives a vhost-user port (see the module docstring)."""
 
-    def close(self) -> None:
+    # ---- connections after the first (vhost_user_link.LinkKeeper) ---------------------------------------
+    def drop(self) -> None:
+        """The connection is gone (or refused): close our end."""
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+    def reconnect_once(self, wait: float) -> socket.socket | None:
+        """One attempt at a new connection: connect (client), or accept within ``wait`` seconds (server)."""
+        return self.listener.try_accept(wait) if self.listener else try_connect(str(self.path))
+
+    def restore(self, sock: socket.socket, bases: dict[int, int]) -> None:
+        """Tell the backend on ``sock`` everything the first one was told; each vring starts at ``bases[q]``."""
+        self.sock = sock
+        self._features = None
+        _send(sock, SET_OWNER)
+        offered = self.device_features()
+        missing = self._negotiated & ~offered
+        if missing:
+            raise VhostUserError(f"the backend offers {V.feature_names(offered)}, without "
+                                 f"{V.feature_names(missing)} that the port runs with")
+        self.set_driver_features(self._negotiated)
+        self._send_memory_table()
+        for q in self._vrings:
+            self._send_vring(q, bases[q])
+
+    def close(self) -> None:
+        self.drop()
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
         for fd in [*self._kicks.values(), *self._calls.values()]:
             os.close(fd)
         self._kicks, self._calls = {}, {}
-
 
 
 class StageTransport:
@@ -236,34 +316,27 @@ class StageTransport:
 
 
 class VhostUserDevice(VirtioDevice):
-    """A virtio-net device behind a vhost-user socket (``spec.address``), client mode."""
+    """A virtio-net device behind a vhost-user socket (``spec.address``), client or server mode."""
     driver_name = "vhost-user"
+    _keeper: LinkKeeper | None = None
 
     @classmethod
     def open(cls, spec: PortSpec, arena: Arena, bufs, rx_pools: list, tx_done=None, sleep=time.sleep,
              hot_path: str | None = None, **_ignored) -> VhostUserDevice:
-        """Connect to the backend and set the port up (the memory table, every vring)."""
-        check_spec(spec)
+        """Reach the backend (connect, or listen and wait for it), set the port up (the memory table, every
+        vring) and keep the link (vhost_user_link.py)."""
+        check_opening(spec, rx_pools, hot_path)
         if spec.rx_queues != 1:
             raise DeviceError(f"port {spec.name!r}: a vhost-user port has one queue pair so far, got {spec.rx_queues}")
-        if len(rx_pools) != spec.rx_queues:
-            raise DeviceError(f"port {spec.name!r}: {spec.rx_queues} RX queues need {spec.rx_queues} mempools, "
-                              f"got {len(rx_pools)}")
-        if spec.options.get("mode", "client") != "client":
-            raise DeviceError(f"port {spec.name!r}: vhost-user mode {spec.options['mode']!r} is not done yet; "
-                              "use mode = \"client\" with a backend that listens (e.g. DPDK's net_vhost)")
-        t = VhostUserTransport(spec.address, [arena] if bufs.arena is arena else [arena, bufs.arena], sleep)
-        dev = None
-        try:
-            dev = cls(spec, t, arena, bufs, dict(enumerate(rx_pools)), tx_done, create=True, owner=True,
-                      hot_path=hot_path)
-            dev.init_device(bool(spec.options.get("mrg_rxbuf", True)))
-        except BaseException:
-            if dev is not None:
-                dev._return_ring_buffers()
-            t.close()
-            raise
+        mode = spec.options.get("mode", "client")
+        if mode not in MODES:
+            raise DeviceError(f"port {spec.name!r}: vhost-user mode must be one of {', '.join(MODES)}, got {mode!r}")
+        t = VhostUserTransport(spec.address, [arena] if bufs.arena is arena else [arena, bufs.arena], sleep,
+                               timeout=float(spec.options.get("connect_timeout", CONNECT_TIMEOUT)), mode=mode,
+                               name=spec.name)
+        dev = cls.start(spec, t, arena, bufs, rx_pools, tx_done, hot_path)
         spec.options["vhost_user_bases"] = dict(t.bases)     # for the stage processes (VhostUserDevice.attach)
+        dev._keeper = LinkKeeper(spec.name, t, dev._restore, dev._held)
         return dev
 
     @classmethod
@@ -280,9 +353,54 @@ class VhostUserDevice(VirtioDevice):
         dev._bind()
         return dev
 
+    # ---- the link (the opener's) ------------------------------------------------------------------------
+    def _used_indices(self) -> dict[int, int]:
+        """Each vring's used index, where a new backend starts (see the module docstring)."""
+        rx = {V.rx_queue_index(p): int(q.used_hdr[1]) for p, q in enumerate(self._rx)}
+        return rx | {V.tx_queue_index(p): int(q.used_hdr[1]) for p, q in enumerate(self._tx)}
+
+    def _restore(self, sock) -> None:
+        self.transport.restore(sock, self._used_indices())
+
+    def _held(self) -> str:
+        """What the rings hold now, for the link's log lines."""
+        parts = [f"TX queue {p}: {(int(q.avail[1]) - int(q.used_hdr[1])) & 0xFFFF} frames posted and not yet "
+                 "taken by the backend" for p, q in enumerate(self._tx)]
+        parts += [f"RX queue {p}: {(int(q.used_hdr[1]) - int(q.state[V.QSTATE_LAST_USED])) & 0xFFFF} frames "
+                  "received and not yet taken" for p, q in enumerate(self._rx)]
+        return "; ".join(parts)
+
+    @property
+    def disconnects(self) -> int:
+        """Times the backend went away since the port was opened (the opener's count)."""
+        return self._keeper.disconnects if self._keeper else 0
+
+    @property
+    def reconnects(self) -> int:
+        """Times a backend came back and the port ran again."""
+        return self._keeper.reconnects if self._keeper else 0
+
+    def wait_link_up(self, timeout: float) -> bool:
+        """The opener: wait up to ``timeout`` seconds for the link; True when it is up."""
+        return self._keeper.wait_up(timeout) if self._keeper else True
+
+    def link_state(self) -> LinkState:
+        if self._keeper is None:
+            return super().link_state()
+        up = self._keeper.up
+        return LinkState(up, LINK_SPEED_MBIT if up else 0)
+
+    def reconnecting(self) -> bool:
+        return self._keeper is not None and not self._keeper.up
+
+    def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.close()          # first: it uses the transport
+            self._keeper = None
+        super().close()
 
 
 def open_vhost_user(spec, arena: Arena, bufs, rx_pools: list, tx_done=None, sleep=time.sleep,
                     hot_path: str | None = None) -> VhostUserDevice:
-    """Connect to the backend at ``spec.address`` (a socket path) and set the port up like a virtio-net device."""
+    """Reach the backend at ``spec.address`` (a socket path) and set the port up like a virtio-net device."""
     return VhostUserDevice.open(spec, arena, bufs, rx_pools, tx_done=tx_done, sleep=sleep, hot_path=hot_path)

@@ -246,6 +246,21 @@ def check_spec(spec: PortSpec) -> None:
         raise DeviceError(f"{where}: transport must be one of {', '.join(virtio_pci.TRANSPORTS)}, got {transport!r}")
 
 
+def check_opening(spec: PortSpec, rx_pools: list[Mempool], hot_path: str | None) -> None:
+    """What opening a port needs before anything is touched: a valid spec, a hot path, and one mempool per RX
+    queue with a buffer for every descriptor."""
+    check_spec(spec)
+    choose_hot_path(spec, hot_path, virtio_jit.AVAILABLE)
+    if len(rx_pools) != spec.rx_queues:
+        raise DeviceError(f"port {spec.name!r}: {spec.rx_queues} RX queues need {spec.rx_queues} mempools, "
+                          f"got {len(rx_pools)}")
+    for q, pool in enumerate(rx_pools):
+        if pool.available() < spec.rx_ring_size:
+            raise DeviceError(f"port {spec.name!r}: mempool {pool.name!r} of RX queue {q} has "
+                              f"{pool.available()} free buffers, the {spec.rx_ring_size}-entry virtqueue needs "
+                              f"{spec.rx_ring_size}")
+
+
 class VirtioDevice(Device):
     driver_name = "virtio"
 
@@ -339,23 +354,23 @@ class VirtioDevice(Device):
              tx_done: TxDone | None = None, sysfs_root: str = "/sys", sleep=time.sleep,
              hot_path: str | None = None, **_ignored) -> VirtioDevice:
         """Take the virtio-net function at spec.address, reset and initialise it, fill the RX queues."""
-        check_spec(spec)
-        choose_hot_path(spec, hot_path, virtio_jit.AVAILABLE)
+        check_opening(spec, rx_pools, hot_path)
         simulated = spec.driver == "sim"
-        if len(rx_pools) != spec.rx_queues:
-            raise DeviceError(f"port {spec.name!r}: {spec.rx_queues} RX queues need {spec.rx_queues} mempools, "
-                              f"got {len(rx_pools)}")
-        for q, pool in enumerate(rx_pools):
-            if pool.available() < spec.rx_ring_size:
-                raise DeviceError(f"port {spec.name!r}: mempool {pool.name!r} of RX queue {q} has "
-                                  f"{pool.available()} free buffers, the {spec.rx_ring_size}-entry virtqueue needs "
-                                  f"{spec.rx_ring_size}")
         for what, a in (("device", arena), ("packet", bufs.arena)):
             if not a.physical or (not simulated and not a.hugepages):
                 raise DeviceError(f"port {spec.name!r}: the {what} arena {a.name} has no physical addresses "
                                   "(not on hugepages); a virtio device would DMA to random memory")
         t = virtio_pci.open_transport(spec.address, sysfs_root, spec.options.get("transport", "auto"), simulated,
                                       sleep, exclusive=True, require_root=not simulated)
+        dev = cls.start(spec, t, arena, bufs, rx_pools, tx_done, hot_path)
+        t.share()
+        return dev
+
+    @classmethod
+    def start(cls, spec: PortSpec, t, arena: Arena, bufs: PacketBuffers, rx_pools: list[Mempool],
+              tx_done: TxDone | None, hot_path: str | None) -> VirtioDevice:
+        """Initialise the device behind the transport ``t`` just opened; on failure the RX buffers go back to
+        their pools and ``t`` is closed."""
         dev = None
         try:
             dev = cls(spec, t, arena, bufs, dict(enumerate(rx_pools)), tx_done, create=True, owner=True,
@@ -366,7 +381,6 @@ class VirtioDevice(Device):
                 dev._return_ring_buffers()
             t.close()
             raise
-        t.share()
         return dev
 
     @classmethod

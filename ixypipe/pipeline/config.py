@@ -148,7 +148,8 @@ class PortConfig:
     transport: str = "auto"         # virtio, sim virtio: "legacy", "modern" or "auto" (a sim device: modern)
     mrg_rxbuf: bool = True          # virtio, sim virtio, vhost-user: negotiate MRG_RXBUF when offered (12-byte header)
     socket: str = ""                # vhost-user: the backend's unix socket (absolute; relative ones from the file)
-    vhost_mode: str = "client"      # vhost-user: "client" (the backend listens)
+    vhost_mode: str = "client"      # vhost-user: "client" (the backend listens) or "server" (ixypipe listens)
+    connect_timeout: float = keys.CONNECT_TIMEOUT   # vhost-user: seconds to reach the backend when the run starts
 
     def to_spec(self) -> PortSpec:
         """The driver's view of this port: address = pci / interface / path, extras in options."""
@@ -163,7 +164,8 @@ class PortConfig:
             options = {"device": "virtio", "transport": self.transport, "mrg_rxbuf": self.mrg_rxbuf,
                        "hot_path": self.hot_path}
         elif self.driver == "vhost-user":
-            options = {"mode": self.vhost_mode, "mrg_rxbuf": self.mrg_rxbuf, "hot_path": self.hot_path}
+            options = {"mode": self.vhost_mode, "mrg_rxbuf": self.mrg_rxbuf, "hot_path": self.hot_path,
+                       "connect_timeout": self.connect_timeout}
         address = {"ixgbe": self.pci, "sim": self.pci, "virtio": self.pci, "vhost-user": self.socket,
                    "af_packet": self.interface, "pcap": self.path}[self.driver]
         return PortSpec(self.name, self.driver, address, self.rx_queues, self.tx_queues, self.rx_ring_size,
@@ -809,7 +811,7 @@ def _virtio(r: _Reader, p: dict, key: str, fields: dict, rx_queues: int, tx_queu
 
 
 def _vhost_user(r: _Reader, p: dict, key: str, fields: dict, base_dir: Path, rx_queues: int, tx_queues: int) -> None:
-    """A vhost-user port: its socket (the backend may create it later), client mode, one queue pair."""
+    """A vhost-user port: its socket (the backend may create it later), client or server mode, one queue pair."""
     if "socket" not in p:
         raise r.fail(key, "missing required key socket for a 'vhost-user' port (the backend's unix socket, e.g. "
                           "\"/tmp/vhost-user0.sock\")")
@@ -818,6 +820,7 @@ def _vhost_user(r: _Reader, p: dict, key: str, fields: dict, base_dir: Path, rx_
         raise r.fail(f"{key}.socket", "must be a socket path, got an empty string")
     fields["socket"] = str(Path(raw) if Path(raw).is_absolute() else base_dir / raw)
     fields["vhost_mode"] = r.string(p, "mode", key, "client", VHOST_USER_MODES)
+    fields["connect_timeout"] = r.value(p, "connect_timeout", key, keys.CONNECT_TIMEOUT)
     fields["mrg_rxbuf"] = r.boolean(p, "mrg_rxbuf", key, True)
     fields["hot_path"] = r.value(p, "hot_path", key)
     if rx_queues != 1 or tx_queues != 1:

@@ -21,12 +21,13 @@ from typing import Any
 from ixypipe.layout import KEYED_DEFAULT_SLOTS, KEYED_DEFAULT_TABLES, MIN_BUF_SIZE
 from ixypipe.nic.device import HOT_PATHS
 from ixypipe.nic.vfio import IOMMU_MODES
+from ixypipe.nic.vhost_user_socket import CONNECT_TIMEOUT
 from ixypipe.sim.payload import PROFILES, SIM_MAX_FRAME, SIM_MIN_FRAME, VID_RANGE
 from ixypipe.sim.traffic import SINK_MODES
 
 DRIVERS = ("sim", "ixgbe", "virtio", "vhost-user", "af_packet", "pcap")
 SIM_DEVICES = ("82599", "virtio")        # what a sim port's software device is (ixypipe.sim.world)
-VHOST_USER_MODES = ("client",)           # server mode is not done yet
+VHOST_USER_MODES = ("client", "server")
 HUGEPAGE_MODES = ("auto", "require", "never")
 STAGE_DEATH_POLICIES = ("stop", "restart")
 IDLE_MODES = ("auto", "spin", "wake", "nap")    # auto = spin on CPUs the pipeline has to itself, else wake
@@ -167,8 +168,16 @@ KEYS: tuple[Key, ...] = (
         "header). Default: true.", drivers=("sim", "virtio", "vhost-user"), example=True),
     Key("ports.socket", STRING, None, "Required for `vhost-user`: the backend's unix socket (relative to the "
         "pipeline file's directory).", drivers=("vhost-user",), example="/tmp/vhost-user.sock"),
-    Key("ports.mode", STRING, None, "`vhost-user`: `client` (the backend listens on `socket`; the default). "
-        "Server mode is not done yet.", drivers=("vhost-user",), example="client"),
+    Key("ports.mode", STRING, None, "`vhost-user`: `client` (the backend listens on `socket`; the default) or "
+        "`server` (ixypipe listens there, mode 0600, and the backend connects: DPDK's net_vhost with "
+        "`client=1`; a stale socket file of this user that nobody listens on is removed first, and the socket "
+        "goes when the run ends). Either way a backend that goes away is waited for and reconnected (the link "
+        "is down meanwhile, frames queue up behind it), and what was posted to it goes to the next backend.",
+        drivers=("vhost-user",), example="client"),
+    Key("ports.connect_timeout", NUMBER, None, "`vhost-user`: seconds the port waits for its backend when "
+        "the pipeline starts (client: for it to listen on `socket`; server: for it to connect); the start "
+        f"fails after that. Default: {CONNECT_TIMEOUT:g}.", range=(0.1, 86400.0), drivers=("vhost-user",),
+        example=CONNECT_TIMEOUT),
     # ---- [ports.generator] ---------------------------------------------------------------------------
     Key("ports.generator.packet_size", INTEGER, None, "Frame bytes without FCS, from the profile's "
         "smallest (udp 60, vlan 64, tcp-syn 72, ipv6 80, runt 14..59; the default) and at most "

@@ -129,6 +129,7 @@ class Supervisor:
         self.stalled = False
         self.forks: dict[int, int] = {}       # row -> forked children reported so far
         self.sim_died = False
+        self._gone: set[int] = set()          # ports away when the run stopped (_ports_away)
         self.fork_server_died = ""            # how the stages' fork server ended, when it died under them
         self._sleepers: list[int] = []
         self._port_drops: dict[str, dict[str, int]] = {}
@@ -449,6 +450,8 @@ class Supervisor:
         stage waits on) and apply on_stage_death: "restart" replaces the workers that hold a full ring up,
         anything else (or no such worker) stops the run."""
         now = time.monotonic()
+        if self._links_down():
+            return
         if self.flow is None:
             self.flow = FlowWatch(self.plan, self.arena, self.table, self.cfg.stall_timeout)
             self._next_flow_check = now
@@ -474,6 +477,30 @@ class Supervisor:
         self.stalled = True
         log.error("%s", msg)
         self.failures.append(msg)
+
+    def _links_down(self) -> bool:
+        """A port whose driver is bringing its link back (a vhost-user backend restarting): frames wait for it,
+        which is no stall; the flow is watched afresh once every link is up."""
+        down = any(dev.reconnecting() for dev in self.devices.values())
+        if down and self.flow is not None:
+            self.flow.close()
+            self.flow = None
+        return down
+
+    def _ports_away(self) -> set[int]:
+        """Ports whose link is down while their driver waits to bring it back (a vhost-user backend away) when
+        the run stops: what was posted to them or waits for them can never go out.  Like a dead NIC's, their
+        TX stages drop what they hold (stage_died) and what sits in their TX rings counts as never sent."""
+        away = {p for p, dev in self.devices.items() if dev.reconnecting()}
+        for p in sorted(away):
+            dev = self.devices[p]
+            log.warning("port %s: its link is down as the run stops (%s %s is away): what was posted to it or "
+                        "waits for it is dropped (counted as stage_died)", dev.name, dev.driver_name,
+                        self.plan.ports[p].address)
+        return away
+
+    def _port_of(self, p: StageProc) -> int:
+        return next(s.port for s in self.plan.stages if s.row == p.row)
 
     def _check_forks(self) -> None:
         """A worker whose process forked: the child was stopped before returning to user code (see stages)."""
@@ -544,9 +571,10 @@ class Supervisor:
                     log.warning("the software 82599 did not confirm its generators paused within %g s", SIM_PAUSE_WAIT)
                 for dev in self.devices.values():
                     dev.pause_source()              # file replays stop too: the drain finds the ports idle
-                if self.sim_died:          # TX stages drop what reaches them from now on, so nothing waits
+                self._gone = self._ports_away()
+                if self.sim_died or self._gone:    # TX stages drop what reaches them from now on, so nothing waits
                     for p in self.procs:
-                        if p.role == "tx":
+                        if p.role == "tx" and (self.sim_died or self._port_of(p) in self._gone):
                             self.table[p.row]["command"] = STAGE_CMD_ABANDON
                             wakeup.wake(self.arena, p.row)
                 for role in ("rx", "worker", "tx"):          # data-flow order
@@ -616,7 +644,7 @@ class Supervisor:
         procs = [p for p in self.procs if p.role == role]
         command = STAGE_CMD_ABANDON if self.sim_died else STAGE_CMD_DRAIN     # no NIC left to wait for
         for p in procs:
-            self.table[p.row]["command"] = command
+            self.table[p.row]["command"] = max(command, int(self.table[p.row]["command"]))   # ABANDON stays
             if p.row in self._sleepers:
                 wakeup.wake(self.arena, p.row)        # a sleeping stage sees the command at once
         procs, self._waiting = procs + self._waiting, []
@@ -709,7 +737,7 @@ class Supervisor:
             dev = self.devices.get(s.port)
             if dev is None:
                 continue
-            if self.sim_died:
+            if self.sim_died or s.port in self._gone:
                 unsent += dev.tx_pending(s.queue)
             elif s.row in dead:
                 sent_in_hand += dev.tx_sent_in_hand(s.queue)       # before this drain cleans the queue itself
@@ -733,7 +761,7 @@ class Supervisor:
         dead = self._dead_rows()
         return Accounting.of(self.plan, self.table, self._pool_counts(), stranded=stranded, orphaned=orphaned,
                              died=[s.name for s in self.plan.stages if s.row in dead], restarts=self.restarts,
-                             sim_died=self.sim_died, port_drops=self._port_drops, unsent=unsent,
+                             sim_died=self.sim_died or bool(self._gone), port_drops=self._port_drops, unsent=unsent,
                              sent_in_hand=sent_in_hand, sent_uncounted=sent_uncounted,
                              worker_counters=stagetable.stage_counters(self.arena, self.plan),
                              keyed=keyedstate.merged(self.arena, self.plan))
