@@ -90,6 +90,8 @@ DEFAULT_MODE = "default"        # bridge-veth.toml's idle as it is
 # a Python worker that parses headers (batch.l4) on every batch: issue #25's second latency target (<= 2x)
 PYTHON_WORKER = f"{REPO / 'examples' / 'dns_guard.py'}:dns_guard"
 PYTHON_WORKER_ROW = "ixypipe + Python worker"
+REPLY_AFTER = 0.00015           # seconds from a ping's request leaving the worker to its reply reaching it
+WORKER_ALONE_ROW = "its function alone"       # bench/worker_cold.py: two cold calls per ping, nothing else
 FLOOR_TARGET = {PYTHON_WORKER_ROW: 2.0}         # else 1.5
 
 
@@ -296,7 +298,21 @@ def one_round(tb: VethTestbed, modes: list[str], pings: int, load_mbit: int, tcp
             rows[PYTHON_WORKER_ROW] = measure(tb, pings, 0, 0)
         finally:
             p.stop()
+        rows[WORKER_ALONE_ROW] = worker_alone(pings)
     return rows
+
+
+def worker_alone(pings: int) -> dict:
+    """The Python worker's function alone as a ping meets it (bench/worker_cold.py in its own process): a
+    one-frame batch 20 ms after the last and its reply REPLY_AFTER later; "low_rate" is per pair."""
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "worker_cold.py"), PYTHON_WORKER,
+                          "--calls", str(2 * pings), "--interval", str(PING_INTERVAL), "--reply-after", str(REPLY_AFTER),
+                          "--json"],
+                         capture_output=True, text=True, timeout=pings * PING_INTERVAL + 120, cwd=REPO)
+    if res.returncode:
+        return {"missing": f"bench/worker_cold.py failed: {res.stderr.strip()[-300:]}"}
+    calls = np.array(json.loads(res.stdout))
+    return {"low_rate": percentiles(calls[0::2] + calls[1::2], pings)}
 
 
 def target_ratios(rows: dict) -> dict:
@@ -313,6 +329,11 @@ def target_ratios(rows: dict) -> dict:
         out[name] = {"p50_ms": mine, "target": FLOOR_TARGET.get(name, 1.5),
                      "x_bridge_plus_floor": round(mine / (bridge + floor), 2) if bridge and floor else None,
                      "x_testpmd": round(mine / testpmd, 2) if testpmd else None}
+    alone = p50(WORKER_ALONE_ROW)
+    if PYTHON_WORKER_ROW in out and alone and bridge and floor:     # what is left once the function's own cost is
+        left = out[PYTHON_WORKER_ROW]["p50_ms"] - alone             # taken out: ixypipe's part of the Python row
+        out[PYTHON_WORKER_ROW]["function_alone_ms"] = alone
+        out[PYTHON_WORKER_ROW]["x_bridge_plus_floor_less_function"] = round(left / (bridge + floor), 2)
     return out
 
 
@@ -364,6 +385,9 @@ def print_round(rows: dict, ratios: dict, load_mbit: int) -> None:
         testpmd = "n/a" if q["x_testpmd"] is None else f"{q['x_testpmd']:.2f}"
         print(f"{name}: ping p50 {q['p50_ms']:.3f} ms = {floor} x (bridge p50 + wake floor p50) "
               f"(target <= {q['target']:g}), {testpmd} x testpmd p50")
+        if "function_alone_ms" in q:
+            print(f"{name}: less its function's own two cold calls (p50 {q['function_alone_ms']:.3f} ms, "
+                  f"bench/worker_cold.py): {q['x_bridge_plus_floor_less_function']:.2f} x (bridge + wake floor)")
     if load_mbit:
         print(f"ping+udp: pings while iperf3 sends {load_mbit} Mbit/s of UDP A->B")
     print("wake floor: a token round 7 futex sleepers, no network (bench/wake_floor.c); "

@@ -67,3 +67,6 @@ def test_target_ratios_are_over_bridge_plus_floor_and_testpmd():
         lb.PYTHON_WORKER_ROW: {"p50_ms": 0.9, "target": 2.0, "x_bridge_plus_floor": 3.0, "x_testpmd": 6.0}}
     rows[lb.TESTPMD_ROW] = {"missing": "dpdk-testpmd is not installed"}
     assert lb.target_ratios(rows)["ixypipe default idle"]["x_testpmd"] is None
+    rows[lb.WORKER_ALONE_ROW] = {"low_rate": {"p50_ms": 0.3}}        # the function's own cold calls, taken out
+    python = lb.target_ratios(rows)[lb.PYTHON_WORKER_ROW]
+    assert python["function_alone_ms"] == 0.3 and python["x_bridge_plus_floor_less_function"] == 2.0

@@ -2,7 +2,7 @@
 
 numba compiles a kernel the first time a process uses it and caches it on disk
 (jitcache.py); a run whose kernels are all cached starts in a second or two, a
-first run (a fresh install, an edited kernel module) spends ~10-20 s compiling
+first run (a fresh install, an edited kernel module) spends 20-60 s compiling
 in its stages before they report running.  :class:`FirstRun` checks the cache
 from its files before anything starts (no compiling, no import of the kernel
 modules), and when something is missing says so, reports how many stages are
@@ -26,7 +26,7 @@ BY_DRIVER = {"sim": ("ixypipe.nic.ixgbe_jit", "ixypipe.sim.kernels"), "ixgbe": (
              "virtio": ("ixypipe.nic.virtio_jit",),
              "sim-virtio": ("ixypipe.nic.virtio_jit", "ixypipe.sim.virtio_kernels"),   # a sim port with device virtio
              "af_packet": ("ixypipe.nic.af_packet_jit",)}
-EXPECTED_S = 10             # a first run's compiling on the 2-vCPU development machine: 6-15 s as busy as it is
+EXPECTED = "20-60 s"       # a first run's compiling on the 2-vCPU development machine: 24 s quiet, 30-70 s busy
 PROGRESS_EVERY_S = 5.0
 
 
@@ -49,7 +49,7 @@ class FirstRun:
         self.started = time.monotonic()
         self._said = self.started
         if self.missing:
-            self._say(f"compiling kernels (first run only, ~{EXPECTED_S} s): "
+            self._say(f"compiling kernels (first run only, {EXPECTED}): "
                       f"{', '.join(n.rpartition('.')[2] for n in self.missing)} ...")
 
     def progress(self, ready: int, total: int) -> None:
