@@ -215,6 +215,19 @@ def format_mac(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
+def check_rx_pools(spec: PortSpec, rx_pools, ring: str = "ring", advice: str = "") -> None:
+    """One mempool per RX queue, each with a free buffer for every descriptor of its ``ring`` (named so in
+    the message: "ring", "virtqueue"); ``advice`` ends the message."""
+    if len(rx_pools) != spec.rx_queues:
+        raise DeviceError(f"port {spec.name!r}: {spec.rx_queues} RX queues need {spec.rx_queues} mempools, "
+                          f"got {len(rx_pools)}")
+    for q, pool in enumerate(rx_pools):
+        if pool.available() < spec.rx_ring_size:
+            raise DeviceError(f"port {spec.name!r}: mempool {pool.name!r} of RX queue {q} has "
+                              f"{pool.available()} free buffers, the {spec.rx_ring_size}-entry {ring} needs "
+                              f"{spec.rx_ring_size}{advice}")
+
+
 def choose_hot_path(spec: PortSpec, hot_path: str | None, compiled_available: bool) -> bool:
     """True for a driver's compiled (numba) RX/TX path: "auto" takes it when numba is installed."""
     choice = hot_path or spec.options.get("hot_path", "auto")

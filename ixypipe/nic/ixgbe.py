@@ -45,6 +45,7 @@ from ixypipe.nic.device import (
     LinkState,
     PortSpec,
     TxDone,
+    check_rx_pools,
     choose_hot_path,
     format_mac,
 )
@@ -424,14 +425,7 @@ class IxgbeDevice(Device):
         simulated = spec.driver == "sim" if allow_iova is None else allow_iova
         spec.options.pop("vfio", None)
         use_vfio = vfio.choose(vfio.check_mode(spec.options, spec.name), spec.address, sysfs_root)
-        if len(rx_pools) != spec.rx_queues:
-            raise DeviceError(f"port {spec.name!r}: {spec.rx_queues} RX queues need {spec.rx_queues} "
-                              f"mempools, got {len(rx_pools)}")
-        for q, pool in enumerate(rx_pools):
-            if pool.available() < spec.rx_ring_size:
-                raise DeviceError(f"port {spec.name!r}: mempool {pool.name!r} of RX queue {q} has "
-                                  f"{pool.available()} free buffers, the {spec.rx_ring_size}-entry ring "
-                                  f"needs {spec.rx_ring_size} (ixy uses at least 4096)")
+        check_rx_pools(spec, rx_pools, advice=" (ixy uses at least 4096)")
         if not use_vfio:
             for what, a in (("device", arena), ("packet", bufs.arena)):
                 if not a.physical:

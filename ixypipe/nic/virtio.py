@@ -40,7 +40,16 @@ from ixypipe.memory.mempool import Mempool
 from ixypipe.memory.pktbuf import PacketBuffers
 from ixypipe.nic import virtio_jit, virtio_numpy, virtio_pci
 from ixypipe.nic import virtio_regs as V
-from ixypipe.nic.device import Device, DeviceError, DeviceStats, LinkState, PortSpec, TxDone, choose_hot_path
+from ixypipe.nic.device import (
+    Device,
+    DeviceError,
+    DeviceStats,
+    LinkState,
+    PortSpec,
+    TxDone,
+    check_rx_pools,
+    choose_hot_path,
+)
 from ixypipe.nic.ixgbe import _region
 
 log = logging.getLogger(__name__)
@@ -251,14 +260,7 @@ def check_opening(spec: PortSpec, rx_pools: list[Mempool], hot_path: str | None)
     queue with a buffer for every descriptor."""
     check_spec(spec)
     choose_hot_path(spec, hot_path, virtio_jit.AVAILABLE)
-    if len(rx_pools) != spec.rx_queues:
-        raise DeviceError(f"port {spec.name!r}: {spec.rx_queues} RX queues need {spec.rx_queues} mempools, "
-                          f"got {len(rx_pools)}")
-    for q, pool in enumerate(rx_pools):
-        if pool.available() < spec.rx_ring_size:
-            raise DeviceError(f"port {spec.name!r}: mempool {pool.name!r} of RX queue {q} has "
-                              f"{pool.available()} free buffers, the {spec.rx_ring_size}-entry virtqueue needs "
-                              f"{spec.rx_ring_size}")
+    check_rx_pools(spec, rx_pools, "virtqueue")
 
 
 class VirtioDevice(Device):
