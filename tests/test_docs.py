@@ -92,9 +92,15 @@ def test_the_worker_api_state_example_blocks_what_setup_read(monkeypatch, tmp_pa
         written.unlink()
 
 
-def test_the_readme_sample_lines_are_what_ixypipe_try_prints(tmp_path):
+def offline_section(tmp_path: Path) -> str:
+    """The README's "Try a worker offline" section; its dns_filter.py is written into ``tmp_path``."""
     section = (REPO / "README.md").read_text().split("## Try a worker offline", 1)[1].split("\n## ", 1)[0]
     (tmp_path / "dns_filter.py").write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
+    return section
+
+
+def test_the_readme_sample_lines_are_what_ixypipe_try_prints(tmp_path):
+    section = offline_section(tmp_path)
     shown = section.split("The sample prints", 1)[1].split("```\n", 2)[1].splitlines()
     assert len(shown) == 4
     done = subprocess.run([sys.executable, "-m", "ixypipe", "try", "dns_filter.py:dns_filter", str(SAMPLE)],
@@ -112,8 +118,7 @@ def test_the_readme_sample_lines_are_what_ixypipe_try_prints(tmp_path):
 def test_the_readme_dns_pipeline_runs_and_ends_as_the_readme_says(tmp_path):
     """The README's dns.toml beside its dns_filter.py, run as shown: every outside query dropped by the worker
     and counted, every inside one at p0's sink, and the summary's words as the README quotes them."""
-    section = (REPO / "README.md").read_text().split("## Try a worker offline", 1)[1].split("\n## ", 1)[0]
-    (tmp_path / "dns_filter.py").write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
+    section = offline_section(tmp_path)
     (tmp_path / "dns.toml").write_text(section.split("```toml\n", 1)[1].split("```", 1)[0])
     done = subprocess.run([sys.executable, "-m", "ixypipe", "run", "dns.toml"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)

@@ -77,6 +77,18 @@ if AVAILABLE:
         return True
 
     @jit
+    def _clock_ns(clock, ts):
+        """clock_gettime(``clock``) in nanoseconds; ``ts``: int64[2], scratch for the struct timespec."""
+        _clock_gettime(clock, ts.ctypes.data)
+        return ts[0] * NS + ts[1]
+
+    @jit
+    def _set_timespec(ts, ns):
+        """``ts`` (int64[2], a struct timespec) holds ``ns`` nanoseconds."""
+        ts[0] = ns // NS
+        ts[1] = ns % NS
+
+    @jit
     def sleep(words, line_word, sem_address, inputs, command, ts, ms):
         """Mark the consumer sleeping, look at its input rings (``inputs``, a ring table) and its ``command``
         word (a drain asked) once more, then block on its semaphore for at most ``ms``; True when woken by a post (or when
@@ -86,10 +98,7 @@ if AVAILABLE:
         if command[0] >= STAGE_CMD_DRAIN or not _all_empty(words, inputs):
             words[line_word + WAKE_SLEEPING] = 0
             return True
-        _clock_gettime(CLOCK_REALTIME, ts.ctypes.data)
-        ns = ts[1] + ms * 1_000_000
-        ts[0] += ns // NS
-        ts[1] = ns % NS
+        _set_timespec(ts, _clock_ns(CLOCK_REALTIME, ts) + ms * 1_000_000)    # the deadline
         woken = _sem_timedwait(_pointer(sem_address), ts.ctypes.data) == 0
         words[line_word + WAKE_SLEEPING] = 0
         words[line_word + WAKE_WAKEUPS] += np.uint64(1)
@@ -104,18 +113,15 @@ if AVAILABLE:
     @jit
     def now_ns(ts):
         """CLOCK_MONOTONIC in nanoseconds (``ts``: int64[2], scratch for the struct timespec)."""
-        _clock_gettime(CLOCK_MONOTONIC, ts.ctypes.data)
-        return ts[0] * NS + ts[1]
+        return _clock_ns(CLOCK_MONOTONIC, ts)
 
     @jit
     def realtime_ns(ts):
         """The wall clock (CLOCK_REALTIME, what pcap stamps count) in ns since the epoch; ``ts``: int64[2]."""
-        _clock_gettime(CLOCK_REALTIME, ts.ctypes.data)
-        return ts[0] * NS + ts[1]
+        return _clock_ns(CLOCK_REALTIME, ts)
 
     @jit
     def nap(ts, ns):
         """Sleep ``ns`` nanoseconds (a signal cuts it short, which is harmless: the caller looks again)."""
-        ts[0] = ns // NS
-        ts[1] = ns % NS
+        _set_timespec(ts, ns)
         _nanosleep(ts.ctypes.data, 0)
