@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 
 from ixypipe.layout import RING_HEAD_OFF, STAGE_ROW_DTYPE
 from ixypipe.memory.arena import Arena
@@ -140,6 +141,17 @@ def test_reclaim_counts_packets_in_forward_rings_as_stranded_and_sends_every_buf
         assert reclaim_rings(p, arena, pools, bufs) == 3 + 4
         assert [pool.available() for pool in pools] == [POOL, POOL]
         assert all(Ring.attach(arena, r).empty() for r in p.ring_names())
+
+
+def test_each_ring_has_one_producer_and_one_consumer_whose_rows_a_drain_checks():
+    """A worker or TX stage leaves its drain only once the producers of its input rings left their loops
+    (Stage.producers_left): their rows come from the plan, for forward and return rings alike."""
+    p = plan()
+    assert [(p.producer_row(r), p.consumer_row(r)) for r in ("rx-p0-q0>w0", "rx-p1-q0>w0", "w0>tx-p0-q0",
+                                                              "w0>tx-p1-q0", "tx-p1-q0>pool0", "w0>pool1")] \
+        == [(0, 2), (1, 2), (2, 3), (2, 4), (4, 0), (2, 1)]
+    with pytest.raises(KeyError, match="no stage produces into ring 'nowhere'"):
+        p.producer_row("nowhere")
 
 
 class Row(dict):

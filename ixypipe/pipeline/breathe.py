@@ -101,7 +101,25 @@ def _warm_up(run: functools.partial) -> None:
         params[K.P_MAX_PASSES] = passes
 
 
-class RxPasses:
+class _Outputs:
+    """What a stage's compiled passes hold for its output rings: ``parts[k, :parts_n[k]]`` waits for ring k."""
+
+    parts: np.ndarray
+    parts_n: np.ndarray
+
+    def waiting(self) -> list[int]:
+        """The outputs that hold packets a full ring did not take yet."""
+        return [k for k, n in enumerate(self.parts_n.tolist()) if n]
+
+    def hand_over(self, outbox) -> None:
+        """What waits for full rings goes to the stage's Outbox (Python's passes take over: a drain, a consumer
+        that died); the passes forget it."""
+        for k in self.waiting():
+            outbox.keep(k, self.parts[k, :self.parts_n[k]].copy())
+            self.parts_n[k] = 0
+
+
+class RxPasses(_Outputs):
     """An RX stage's compiled passes: one NIC queue to the workers' rings."""
 
     def __init__(self, st, kernel, record, pool, lent, outbox, returns, distribute: str, min_len: int,
@@ -126,16 +144,6 @@ class RxPasses:
                                      _waits(words, returns, fd))
         _warm_up(self.run)
 
-    def waiting(self) -> list[int]:
-        """The outputs that hold packets a full ring did not take yet."""
-        return [k for k, n in enumerate(self.parts_n.tolist()) if n]
-
-    def hand_over(self, outbox) -> None:
-        """What waits for full rings goes to the stage's Outbox (Python's passes take over: a drain, a worker
-        that died)."""
-        for k in self.waiting():
-            outbox.keep(k, self.parts[k, :self.parts_n[k]].copy())
-            self.parts_n[k] = 0
 
 
 class TxPasses:
@@ -173,7 +181,7 @@ def bind_tx(st, device, ledger, inputs) -> TxPasses | None:
     return None if bound is None else TxPasses(st, *bound, ledger, inputs)
 
 
-class WorkerPasses:
+class WorkerPasses(_Outputs):
     """A worker stage's compiled passes: the RX stages' rings through the worker's compiled function
     (workers/compiled.py) to the TX rings of the verdicts' ports, drops home.
 
@@ -229,13 +237,6 @@ class WorkerPasses:
                                      self.params, self.waits)
         _warm_up(self.run)
         return self
-
-    def leftovers(self) -> list[tuple[int, np.ndarray]]:
-        """(output, indices) that stalled runs could not push yet, each a copy; the passes forget them (the
-        caller's Outbox takes them over)."""
-        left = [(k, self.parts[k, :n].copy()) for k, n in enumerate(self.parts_n.tolist()) if n]
-        self.parts_n[:] = 0
-        return left
 
     def in_hand(self) -> np.ndarray:
         """The batch the worker's function held when it raised (a copy); then nothing is in hand."""

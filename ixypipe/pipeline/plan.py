@@ -98,6 +98,13 @@ class PipelinePlan:
                 return s.row
         raise KeyError(f"no stage consumes ring {ring!r}")
 
+    def producer_row(self, ring: str) -> int:
+        """The stage-table row of the stage that produces into ``ring`` (a forward or a return ring)."""
+        for s in self.stages:
+            if ring in s.out_rings or ring in s.out_ring_of.values() or ring in s.home_rings.values():
+                return s.row
+        raise KeyError(f"no stage produces into ring {ring!r}")
+
     def sleeper_rows(self) -> list[int]:
         """Rows of the stages that sleep on a semaphore when idle in "wake" mode: the ring consumers (workers, TX)."""
         return [s.row for s in self.stages if s.role in ("worker", "tx")]

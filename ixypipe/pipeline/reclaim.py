@@ -27,10 +27,11 @@ from ixypipe.rings.spsc import Ring
 
 def producer_of(plan: PipelinePlan, ring: str) -> str:
     """The name of the stage that produces into ``ring`` (or "?" for none)."""
-    for s in plan.stages:
-        if ring in s.out_rings or ring in s.out_ring_of.values() or ring in s.home_rings.values():
-            return s.name
-    return "?"
+    try:
+        row = plan.producer_row(ring)
+    except KeyError:
+        return "?"
+    return next(s.name for s in plan.stages if s.row == row)
 
 
 def out_of_pools(bufs: PacketBuffers, pools: list[Mempool], elsewhere: Iterable[np.ndarray] = ()) -> Ledger:

@@ -141,6 +141,10 @@ class Outbox:
                 self.held -= sent
         return self.held == 0
 
+    def any_dead(self) -> bool:
+        """Whether the consumer of one of the rings is gone (a worker waiting for its replacement, a TX stage)."""
+        return self.consumer_dead is not None and any(self.consumer_dead(k) for k in range(len(self.rings)))
+
 
 def attach_packet_arena(plan: PipelinePlan, me: StagePlan) -> Arena:
     """The packet arena as a stage maps it: RX and TX read-write; a worker read-only but for what it writes
@@ -229,6 +233,13 @@ class Stage:
 
     def device_gone(self) -> bool:
         return self.row["command"] == STAGE_CMD_ABANDON
+
+    def producers_left(self) -> bool:
+        """Whether every stage that feeds this one's input rings has left its loop or died: only then does an
+        empty input stay empty.  A drain does not always go in data-flow order: a producer blocked on this
+        stage's full ring is watched on with this stage's role, and still pushes while this one drains."""
+        table = stagetable.table(self.arena)
+        return all(int(table[self.plan.producer_row(r)]["state"]) >= STAGE_STATE_DRAINING for r in self.me.in_rings)
 
     def publish(self, held: int = 0) -> None:
         row = self.row
@@ -360,12 +371,15 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
     drains_nic = plan.ports[me.port].driver in PAUSED_SOURCES
     fast = breathe.bind_rx(st, device, pool, lent, outbox, returns, plan.distribute)   # loads its kernel now
     st.row["state"] = STAGE_STATE_RUNNING
-    while True:
+    dead = False      # a worker died: until it is replaced Python's passes discard what goes to it (a compiled
+    while True:       # run would nap on its full ring, one batch per run for the workers still there)
         if fast is not None:
-            if not outbox.held and not st.draining():      # the compiled passes
+            dead = dead and outbox.any_dead()
+            if not outbox.held and not st.draining() and not dead:      # the compiled passes
                 code = breathe_compiled(st, fast)
                 if code == K.RUN_STALLED and any(outbox.consumer_dead(k) for k in fast.waiting()):
                     fast.hand_over(outbox)          # Python's Outbox discards what waits for a dead worker
+                    dead = True
                 elif code == K.RUN_STALLED:
                     st.wait()                       # a worker's ring is full: back-pressure
                 elif code == K.RUN_DEVICE:
@@ -536,13 +550,17 @@ def run_worker(st: Stage) -> None:
 
     while True:
         if fast is not None and not outbox.held and not st.draining():      # the compiled passes
-            breathe_worker(st, fast, homing, errors, counters, still_idle)
+            code = breathe_worker(st, fast, homing, errors, counters, still_idle)
             if counters:
                 published.publish(counters)
+            if code == K.RUN_STALLED and any(outbox.consumer_dead(k) for k in fast.waiting()):
+                fast.hand_over(outbox)    # a TX stage died (none is replaced): Python's passes go on, and
+                fast = None               # discard what is routed to it, not a compiled run napping on its ring
+            elif code == K.RUN_STALLED:
+                st.wait()
             continue
         if fast is not None:                         # what compiled passes could not push yet: the drain's now
-            for k, idx in fast.leftovers():
-                outbox.keep(k, idx)
+            fast.hand_over(outbox)
         worked = False
         if outbox.held:
             if not outbox.flush():
@@ -575,7 +593,8 @@ def run_worker(st: Stage) -> None:
             if counters:
                 published.publish(counters)
         st.tick(worked, outbox.held, still_idle=still_idle)
-        if st.draining() and not worked and not outbox.held and all(r.empty() for r in inputs):
+        if (st.draining() and not worked and not outbox.held and st.producers_left()     # then the inputs: a
+                and all(r.empty() for r in inputs)):         # producer's last push comes before it leaves its loop
             break
     st.row["state"] = STAGE_STATE_DRAINING
     if worker.teardown is not None:
@@ -590,10 +609,10 @@ def run_worker(st: Stage) -> None:
         log.warning("%s: %d counter updates were refused: the worker's counter block was full", me.name, refused)
 
 
-def breathe_worker(st: Stage, fast, homing: Homing, errors: ErrorLog, counters: dict, still_idle) -> None:
+def breathe_worker(st: Stage, fast, homing: Homing, errors: ErrorLog, counters: dict, still_idle) -> int | None:
     """One run of a compiled worker's passes (breathe.WorkerPasses), then what Python does: a stalled run (a
-    full TX ring: the passes keep what it did not take; on shared CPUs they nap until half the ring is free),
-    the function's counts go to the named counters, and an exception it raised drops the batch it held
+    full TX ring: the passes keep what it did not take; on shared CPUs they nap until half the ring is free)
+    is the caller's), the function's counts go to the named counters, and an exception it raised drops the batch it held
     (``worker_error``), logged once by kind as a Python worker's."""
     slots = st.slots
     bad_before, changed_before = slots[_BAD_INDEX], slots[_WORKER_ERROR]
@@ -612,9 +631,7 @@ def breathe_worker(st: Stage, fast, homing: Homing, errors: ErrorLog, counters: 
         st.row.add("drop_worker_error", len(idx))
         homing.send(idx)
         code = None
-    if code == K.RUN_STALLED:
-        st.wait()
-    elif code == K.RUN_HOME:
+    if code == K.RUN_HOME:
         raise HomingError(f"{st.me.name}: a buffer sent home found no home or a full return ring "
                           "(a buffer freed twice)")
     if fast.compiled.counters:
@@ -625,6 +642,7 @@ def breathe_worker(st: Stage, fast, homing: Homing, errors: ErrorLog, counters: 
     if slots[_BAD_INDEX] > bad_before:
         errors.note("bad input index", f"{st.me.name}: an index from an input ring is no buffer (the arena has "
                     f"{st.bufs.count}): refused, counted as bad_index; repeats are counted")
+    return code
 
 
 def screen_input(st: Stage, idx: np.ndarray, count: int, errors: ErrorLog) -> np.ndarray:
@@ -908,7 +926,8 @@ def run_tx(st: Stage, device, homing: Homing, ledger: Ledger) -> None:
                     pending = idx[sent:]
                     break
         st.tick(worked, len(pending), still_idle=still_idle)
-        if st.draining() and not worked and not len(pending) and all(r.empty() for r in inputs):
+        if (st.draining() and not worked and not len(pending) and st.producers_left()
+                and all(r.empty() for r in inputs)):
             break
     st.row["state"] = STAGE_STATE_DRAINING
     if not st.device_gone():
