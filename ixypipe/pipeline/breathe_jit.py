@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ixypipe import jitcache
+from ixypipe import jitborrow, jitcache
 from ixypipe.layout import PKTBUF_HEADROOM, STAGE_CMD_DRAIN
 from ixypipe.memory import batchcheck
 from ixypipe.pipeline import mirror_jit
@@ -52,7 +52,7 @@ from ixypipe.rings.spsc_jit import RING_ROW_WORDS
 
 numba = jitcache.load_numba()
 
-AVAILABLE = numba is not None and spsc_jit.AVAILABLE and wakeup_jit.AVAILABLE and mirror_jit.AVAILABLE
+AVAILABLE = numba is not None and jitborrow.AVAILABLE and spsc_jit.AVAILABLE and wakeup_jit.AVAILABLE and mirror_jit.AVAILABLE
 
 # why a run returned
 RUN_MORE = -1         # (a pass's own answer) go on with the next pass
@@ -110,9 +110,15 @@ if AVAILABLE:
     push, pull, room = spsc_jit.push, spsc_jit.pull, spsc_jit.room
     claim, settle = batchcheck.claim_compiled, batchcheck.settle_compiled
     bell = wakeup_jit.bell
+    borrowed = jitborrow.borrowed
     _MIX = np.uint64(FLOW_HASH_MIX)
     _LOW32 = np.uint64(0xFFFFFFFF)
     _SHIFT16 = np.uint64(16)
+
+    @jit
+    def _as_is(value):
+        """``borrowed``'s stand-in in a loop that keeps numba's reference counts (loop(borrow=False))."""
+        return value
 
     @jit
     def _loop_start(row):
@@ -240,6 +246,9 @@ if AVAILABLE:
         (params[P_NAP_WANT]).  ``waits``: (the input rings' table, pollfd int32[2], timespec int64[2], the pace
         words).  A wait that timed out returns RUN_IDLE, so Python looks at the world about every P_WAIT_MS when
         idle; a run whose last pass stalled returns RUN_STALLED (Python looks for a consumer that died)."""
+        # the stage's arrays live in its Python objects for the whole call: borrowed, their reference counts
+        # are not touched by each pass (jitborrow.py: those atomics were half of a batch-32 RX stage's CPU)
+        q, stage, row, params, waits = borrowed((q, stage, row, params, waits))
         words, inputs, fds, ts, pace = waits
         mode = params[P_IDLE_MODE]
         naps = params[P_NAP_WANT] > 0
@@ -548,18 +557,19 @@ if AVAILABLE:
         return moved, RUN_MORE
 
 
-_BUILT: dict = {}      # (kind, kernel, cached) -> its loop
+_BUILT: dict = {}      # (kind, kernel, cached, borrow) -> its loop
 
 
-def loop(kind: str, kernel, cached: bool = True):
+def loop(kind: str, kernel, cached: bool = True, borrow: bool = True):
     """The compiled loop of a stage kind ("rx", "tx", "worker") around ``kernel`` (a driver's compiled queue
-    kernel, a worker's compiled function): ``loop(...)(q, stage, row, params, waits)``.
+    kernel, a worker's compiled function): ``loop(...)(q, stage, row, params, waits)``.  ``borrow`` False: the
+    passes take the arrays reference-counted, as numba hands them (bench/pass_overhead.py compares).
 
     numba cannot cache a function that takes a kernel as an argument (its cache keys would hold the
     kernel's dispatcher, which another process fails to load), so each kernel gets its own copy of the pass
     and of ``_run``, with the kernel as a global, named after it so each has its own cache entry.  ``cached``
     False for a user's function or a test's kernel: compiled in the process, never written to the cache."""
-    key = (kind, kernel, cached)
+    key = (kind, kernel, cached, borrow)
     if key not in _BUILT:
         deco = jit if cached else fresh
         module = getattr(kernel, "__module__", "") or ""
@@ -568,7 +578,8 @@ def loop(kind: str, kernel, cached: bool = True):
                   "worker": (_worker_breathe, "WORKER_FN")}
         body, slot = passes[kind]
         breathe = deco(_specialised(body, f"{body.__name__}_{name}", {slot: kernel}))
-        _BUILT[key] = deco(_specialised(_run, f"_run_{name}", {"BREATHE": breathe}))
+        names = {"BREATHE": breathe} if borrow else {"BREATHE": breathe, "borrowed": _as_is}
+        _BUILT[key] = deco(_specialised(_run, f"_run_{name}" + ("" if borrow else "_counted"), names))
     return _BUILT[key]
 
 
