@@ -201,6 +201,14 @@ def test_verdicts_applies_a_boolean_mask_over_the_set_verdicts(bufs):
     assert verdicts(batch, [False, True, True, False]).tolist() == [DROP, 1, 1, DROP]
 
 
+def test_a_mask_over_the_default_port_makes_no_verdict_array_unless_a_packet_is_dropped(bufs):
+    """The lone packet of an idle pipeline that a filter keeps costs no numpy array (cold, 10-40 us each)."""
+    batch = make_batch(bufs, [frame(0x0800)] * 3)
+    assert verdicts(batch, np.array([True, True, True])) == 1 and not batch.verdicts_set()
+    out = verdicts(batch, np.array([True, False, True]))
+    assert out.tolist() == [1, DROP, 1] and out.dtype == np.int16 and not batch.verdicts_set()
+
+
 @pytest.mark.parametrize("returned,shown", [
     ([1, 0, 1], "list (3,)"),
     (np.array([1, 0, 1], np.uint8), "ndarray (3,)"),
