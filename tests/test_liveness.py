@@ -357,6 +357,43 @@ def test_heartbeats_that_move_or_wait_for_a_first_batch_are_not_hung():
     assert beats.hung(procs) == []
 
 
+def test_a_killed_stage_whose_heartbeat_stands_still_is_a_death_to_report_not_a_hang():
+    """A SIGKILLed stage can take seconds to be torn down on a busy machine ("disk-sleep" while its memory
+    goes, then a zombie): its heartbeat stands still, but it is dying, and _check_deaths names it."""
+    import subprocess
+
+    import numpy as np
+
+    from ixypipe.layout import STAGE_ROW_DTYPE, STAGE_STATE_RUNNING
+    table = np.zeros(1, STAGE_ROW_DTYPE)
+    table["state"], table["heartbeat"], table["batches"] = STAGE_STATE_RUNNING, 5, 3
+    now = [0.0]
+    beats = Heartbeats(table, 2.0, clock=lambda: now[0])
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        stage = FakeProc(0)
+        stage.process = child
+        def until(status):
+            deadline = time.monotonic() + 60               # a signal lands when the child next runs
+            while psutil.Process(child.pid).status() != status:
+                assert time.monotonic() < deadline, status
+                time.sleep(0.01)
+
+        os.kill(child.pid, signal.SIGSTOP)
+        until(psutil.STATUS_STOPPED)
+        assert beats.hung([stage]) == []
+        now[0] = 3.0
+        [(_, how, _)] = beats.hung([stage])
+        assert how == "the process is stopped (SIGSTOP or a debugger)"
+        os.kill(child.pid, signal.SIGKILL)                 # a zombie until reaped: dying, not hung
+        until(psutil.STATUS_ZOMBIE)
+        now[0] = 6.0
+        assert beats.hung([stage]) == []
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_restart_budget_backs_off_doubling_and_runs_out():
     now = [0.0]
     budget = RestartBudget(3, clock=lambda: now[0])

@@ -21,6 +21,7 @@ each after a back-off that doubles from RESTART_BACKOFF.
 
 from __future__ import annotations
 
+import signal
 import time
 
 import numpy as np
@@ -34,6 +35,7 @@ STARVED_LIMIT = 6             # a runnable stage that got no CPU gets this many 
 RESTART_WINDOW = 60.0         # seconds over which max_restarts counts
 RESTART_BACKOFF = 0.1         # seconds before the first restart; doubles with each restart in the window
 RESTART_BACKOFF_MAX = 5.0
+PF_EXITING = 0x4              # a task flag (linux/sched.h) in /proc/PID/stat: the process is exiting
 PHASES = {STAGE_PHASE_IMPORT: "importing its module", STAGE_PHASE_SETUP: "in setup()"}
 
 
@@ -77,6 +79,8 @@ class Heartbeats:
             times = proc.cpu_times()
         except (psutil.Error, TypeError):
             return ""                                     # gone: its death is reported as such
+        if status == psutil.STATUS_ZOMBIE or _killed(p.process.pid):
+            return ""            # dying (a busy machine can take seconds to tear it down): reported as a death
         if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
             return "the process is stopped (SIGSTOP or a debugger)"
         if status != psutil.STATUS_RUNNING:
@@ -287,3 +291,17 @@ def stage_waits_on(s, row, rings: dict) -> str:
     if ins:
         return f"does not take from {', '.join(level(r) for r in ins if rings[r].count())}"
     return "waits on the NIC"
+
+
+def _killed(pid: int) -> bool:
+    """Whether ``pid`` is on its way out: exiting (PF_EXITING in /proc/PID/stat's flags), or a SIGKILL is
+    pending.  A busy machine can take seconds to tear a killed process down, its state reading
+    "disk-sleep" while its memory goes: a death to report as such, not a hang."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            flags = int(f.read().rpartition(")")[2].split()[6])
+        with open(f"/proc/{pid}/status") as f:
+            masks = [int(line.split()[1], 16) for line in f if line.startswith(("SigPnd:", "ShdPnd:"))]
+    except (OSError, ValueError, IndexError):
+        return False
+    return bool(flags & PF_EXITING) or any(mask & (1 << (signal.SIGKILL - 1)) for mask in masks)

@@ -720,30 +720,27 @@ def verdicts(batch, keep, n: int | None = None) -> np.ndarray | int:
     n = batch.n if n is None else n
     from ixypipe.workers.api import DROP, WorkerResultError
 
-    if not batch.verdicts_set():             # every packet at default_out: no verdict array unless one drops
+    fixed = not batch.verdicts_set()         # every packet at default_out: no verdict array unless one drops
+    if fixed:
         default = min(max(operator.index(batch.default_out), -2), VERDICT_MAX)
         if keep is None:
             return default
-        mask = _kept_mask(keep, n, WorkerResultError)
-        return default if mask.all() else np.where(mask, np.int16(default), np.int16(DROP))
-    out = batch.out
-    if not isinstance(out, np.ndarray) or out.dtype.kind not in "iu" or out.shape != (n,):
-        raise WorkerResultError(f"batch.out must stay an integer array of {n} verdicts (a port index or "
-                                f"DROP), got {type(out).__name__} {getattr(out, 'dtype', '')} "
-                                f"{getattr(out, 'shape', '')}", about="batch.out")
-    out = verdict_array(out)
-    if keep is None:
-        return out
-    return np.where(_kept_mask(keep, n, WorkerResultError), out, np.int16(DROP))
-
-
-def _kept_mask(keep, n: int, error) -> np.ndarray:
-    """What a worker returned as its mask of kept packets, checked: a boolean array of ``n``."""
+    else:
+        out = batch.out
+        if not isinstance(out, np.ndarray) or out.dtype.kind not in "iu" or out.shape != (n,):
+            raise WorkerResultError(f"batch.out must stay an integer array of {n} verdicts (a port index or "
+                                    f"DROP), got {type(out).__name__} {getattr(out, 'dtype', '')} "
+                                    f"{getattr(out, 'shape', '')}", about="batch.out")
+        out = verdict_array(out)
+        if keep is None:
+            return out
     mask = np.asarray(keep)
     if mask.dtype != np.bool_ or mask.shape != (n,):
-        raise error(f"a worker returns None or a boolean mask of {n} packets, "
-                    f"got {type(keep).__name__} {getattr(mask, 'shape', '')}")
-    return mask
+        raise WorkerResultError(f"a worker returns None or a boolean mask of {n} packets, "
+                                f"got {type(keep).__name__} {getattr(mask, 'shape', '')}")
+    if fixed:
+        return default if mask.all() else np.where(mask, np.int16(default), np.int16(DROP))
+    return np.where(mask, out, np.int16(DROP))
 
 
 def verdict_array(out: np.ndarray) -> np.ndarray:
