@@ -147,11 +147,11 @@ def test_each_ring_has_one_producer_and_one_consumer_whose_rows_a_drain_checks()
     """A worker or TX stage leaves its drain only once the producers of its input rings left their loops
     (Stage.producers_left): their rows come from the plan, for forward and return rings alike."""
     p = plan()
-    assert [(p.producer_row(r), p.consumer_row(r)) for r in ("rx-p0-q0>w0", "rx-p1-q0>w0", "w0>tx-p0-q0",
+    assert [(p.producer(r).row, p.consumer_row(r)) for r in ("rx-p0-q0>w0", "rx-p1-q0>w0", "w0>tx-p0-q0",
                                                               "w0>tx-p1-q0", "tx-p1-q0>pool0", "w0>pool1")] \
         == [(0, 2), (1, 2), (2, 3), (2, 4), (4, 0), (2, 1)]
     with pytest.raises(KeyError, match="no stage produces into ring 'nowhere'"):
-        p.producer_row("nowhere")
+        p.producer("nowhere")
 
 
 class Row(dict):

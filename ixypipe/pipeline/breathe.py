@@ -145,7 +145,6 @@ class RxPasses(_Outputs):
         _warm_up(self.run)
 
 
-
 class TxPasses:
     """A TX stage's compiled passes: the workers' rings to one NIC queue, finished buffers home."""
 

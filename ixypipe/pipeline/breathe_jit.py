@@ -52,7 +52,7 @@ from ixypipe.rings.spsc_jit import RING_ROW_WORDS
 
 numba = jitcache.load_numba()
 
-AVAILABLE = numba is not None and jitborrow.AVAILABLE and spsc_jit.AVAILABLE and wakeup_jit.AVAILABLE and mirror_jit.AVAILABLE
+AVAILABLE = jitborrow.AVAILABLE and spsc_jit.AVAILABLE and wakeup_jit.AVAILABLE and mirror_jit.AVAILABLE
 
 # why a run returned
 RUN_MORE = -1         # (a pass's own answer) go on with the next pass

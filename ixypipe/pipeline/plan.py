@@ -98,11 +98,11 @@ class PipelinePlan:
                 return s.row
         raise KeyError(f"no stage consumes ring {ring!r}")
 
-    def producer_row(self, ring: str) -> int:
-        """The stage-table row of the stage that produces into ``ring`` (a forward or a return ring)."""
+    def producer(self, ring: str) -> StagePlan:
+        """The stage that produces into ``ring`` (a forward or a return ring)."""
         for s in self.stages:
             if ring in s.out_rings or ring in s.out_ring_of.values() or ring in s.home_rings.values():
-                return s.row
+                return s
         raise KeyError(f"no stage produces into ring {ring!r}")
 
     def sleeper_rows(self) -> list[int]:

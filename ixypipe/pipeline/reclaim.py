@@ -28,10 +28,9 @@ from ixypipe.rings.spsc import Ring
 def producer_of(plan: PipelinePlan, ring: str) -> str:
     """The name of the stage that produces into ``ring`` (or "?" for none)."""
     try:
-        row = plan.producer_row(ring)
+        return plan.producer(ring).name
     except KeyError:
         return "?"
-    return next(s.name for s in plan.stages if s.row == row)
 
 
 def out_of_pools(bufs: PacketBuffers, pools: list[Mempool], elsewhere: Iterable[np.ndarray] = ()) -> Ledger:

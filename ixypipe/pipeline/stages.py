@@ -18,6 +18,7 @@ Who touches what:
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import operator
 import os
@@ -141,9 +142,11 @@ class Outbox:
                 self.held -= sent
         return self.held == 0
 
-    def any_dead(self) -> bool:
-        """Whether the consumer of one of the rings is gone (a worker waiting for its replacement, a TX stage)."""
-        return self.consumer_dead is not None and any(self.consumer_dead(k) for k in range(len(self.rings)))
+    def any_dead(self, rings=None) -> bool:
+        """Whether the consumer of one of ``rings`` (indices; all by default) is gone (a worker waiting for its
+        replacement, a TX stage)."""
+        rings = range(len(self.rings)) if rings is None else rings
+        return self.consumer_dead is not None and any(self.consumer_dead(k) for k in rings)
 
 
 def attach_packet_arena(plan: PipelinePlan, me: StagePlan) -> Arena:
@@ -239,7 +242,11 @@ class Stage:
         empty input stay empty.  A drain does not always go in data-flow order: a producer blocked on this
         stage's full ring is watched on with this stage's role, and still pushes while this one drains."""
         table = stagetable.table(self.arena)
-        return all(int(table[self.plan.producer_row(r)]["state"]) >= STAGE_STATE_DRAINING for r in self.me.in_rings)
+        return all(int(table[row]["state"]) >= STAGE_STATE_DRAINING for row in self._producer_rows)
+
+    @functools.cached_property
+    def _producer_rows(self) -> list[int]:
+        return [self.plan.producer(r).row for r in self.me.in_rings]
 
     def publish(self, held: int = 0) -> None:
         row = self.row
@@ -377,7 +384,7 @@ def run_rx(st: Stage, device, pool: Mempool) -> None:
             dead = dead and outbox.any_dead()
             if not outbox.held and not st.draining() and not dead:      # the compiled passes
                 code = breathe_compiled(st, fast)
-                if code == K.RUN_STALLED and any(outbox.consumer_dead(k) for k in fast.waiting()):
+                if code == K.RUN_STALLED and outbox.any_dead(fast.waiting()):
                     fast.hand_over(outbox)          # Python's Outbox discards what waits for a dead worker
                     dead = True
                 elif code == K.RUN_STALLED:
@@ -553,7 +560,7 @@ def run_worker(st: Stage) -> None:
             code = breathe_worker(st, fast, homing, errors, counters, still_idle)
             if counters:
                 published.publish(counters)
-            if code == K.RUN_STALLED and any(outbox.consumer_dead(k) for k in fast.waiting()):
+            if code == K.RUN_STALLED and outbox.any_dead(fast.waiting()):
                 fast.hand_over(outbox)    # a TX stage died (none is replaced): Python's passes go on, and
                 fast = None               # discard what is routed to it, not a compiled run napping on its ring
             elif code == K.RUN_STALLED:
@@ -610,10 +617,10 @@ def run_worker(st: Stage) -> None:
 
 
 def breathe_worker(st: Stage, fast, homing: Homing, errors: ErrorLog, counters: dict, still_idle) -> int | None:
-    """One run of a compiled worker's passes (breathe.WorkerPasses), then what Python does: a stalled run (a
-    full TX ring: the passes keep what it did not take; on shared CPUs they nap until half the ring is free)
-    is the caller's), the function's counts go to the named counters, and an exception it raised drops the batch it held
-    (``worker_error``), logged once by kind as a Python worker's."""
+    """One run of a compiled worker's passes (breathe.WorkerPasses), then what Python does: the function's
+    counts go to the named counters, and an exception it raised drops the batch it held (``worker_error``),
+    logged once by kind as a Python worker's.  Returns the run's code: a stalled run (a full TX ring: the
+    passes keep what it did not take; on shared CPUs they nap until half the ring is free) is the caller's."""
     slots = st.slots
     bad_before, changed_before = slots[_BAD_INDEX], slots[_WORKER_ERROR]
     try:
