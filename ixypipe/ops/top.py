@@ -241,7 +241,7 @@ def compute_view(obs: Observer, before: Sample, after: Sample) -> TopView:
         b = after.rows[s.row]
         a = stagetable.interval_base(before.rows[s.row], b)          # a restarted worker: its own figures
         loops = int(b["loops"] - a["loops"])
-        idle = int(b["idle_loops"] - a["idle_loops"]) / loops if loops > 0 else 1.0
+        idle = stagetable.idle_share(a, b)
         drops = {r: int(b[f"drop_{r}"]) for r in DROP_REASONS}
         for r, v in drops.items():
             totals[r] += v

@@ -157,12 +157,11 @@ class StatsPrinter:
         for s in self.plan.stages:
             new = rows[s.row]
             old = stagetable.interval_base(self.last_rows[s.row], new)     # a restarted worker: its own figures
-            loops = int(new["loops"] - old["loops"])
             stages[s.name] = {
                 "cpu": int(new["cpu"]),
                 "rss_kib": rss_kib(int(new["pid"])),
                 "batches": int(new["batches"] - old["batches"]),
-                "idle": (int(new["idle_loops"] - old["idle_loops"]) / loops) if loops else 1.0,
+                "idle": stagetable.idle_share(old, new),
                 "stalls": int(new["stalls"] - old["stalls"]),
                 "drops": {r: int(new[f"drop_{r}"] - old[f"drop_{r}"]) for r in DROP_REASONS
                           if new[f"drop_{r}"] != old[f"drop_{r}"]},                       # this interval

@@ -91,6 +91,14 @@ def interval_base(before: np.void, after: np.void) -> np.void:
     return base
 
 
+def idle_share(base: np.void, after: np.void) -> float:
+    """The share of a stage's loops in the interval from ``base`` (interval_base) to ``after`` that found
+    nothing to do, 0..1.  A stage counts a loop, then (when idle) an idle loop: a row read between the two
+    can make the idle count of an interval one ahead of its loops, which is no share above 100 %."""
+    loops = int(after["loops"] - base["loops"])
+    return min(1.0, max(0.0, int(after["idle_loops"] - base["idle_loops"]) / loops)) if loops > 0 else 1.0
+
+
 def counter_blocks(arena: Arena) -> np.ndarray:
     """Every stage's counter block (layout.STAGE_COUNTERS_DTYPE), a view."""
     return arena.view(arena.region(STAGE_COUNTERS_REGION), STAGE_COUNTERS_DTYPE)
