@@ -6,6 +6,7 @@ compiled function unpacks a tuple of arrays, slices one or passes one on to
 another function it did not inline.  A stage's compiled loop (pipeline/
 breathe_jit.py) hands about twenty arrays to each pass, so at ixy's batch of
 32 these atomics were half of an RX stage's CPU (perf: NRT_incref/decref).
+The software 82599's walks (sim/kernels.py) borrow theirs for the same reason.
 
 ``borrowed(value)`` returns ``value`` (an array, or a tuple of arrays and
 tuples and scalars, nested) with every array's meminfo cleared: the same data,
