@@ -56,11 +56,41 @@ def test_both_parsers_give_the_same_types():
     frames = corpus()[:6]
     hs = [headers.from_bytes(frames, compiled=c) for c in PARSERS]
     for layer in ("eth", "ipv4", "ipv6", "l4"):
+        fields = set(vars(getattr(hs[0], layer)))
+        for h in hs[1:]:       # the compiled layers read each field from a row of their matrices on first use
+            compiled = type(getattr(h, layer))
+            assert {k for k, v in vars(compiled).items() if isinstance(v, headers._Row)} == fields, layer
+            assert isinstance(getattr(h, layer), type(getattr(hs[0], layer))), layer
         for name, value in vars(getattr(hs[0], layer)).items():
             for h in hs[1:]:
                 other = getattr(getattr(h, layer), name)
                 assert other.dtype == value.dtype and other.shape == value.shape, (layer, name)
                 assert (other == value).all(), (layer, name)
+
+
+def test_headers_of_packet_buffers_equal_the_headers_of_their_bytes():
+    """Headers.of_buffers (a worker's batch: buffer indices, the lengths in the buffers' headers) gives what
+    parse gives over the same bytes, with either parser; a length past the buffer is cut to it."""
+    from ixypipe.layout import PKTBUF_HEADROOM
+    from ixypipe.memory.pktbuf import PacketBuffers
+
+    frames = corpus()[:12]
+    bufs = PacketBuffers.private(2 * len(frames))
+    idx = np.arange(len(frames), dtype=np.uint32)[::-1] * 2 + 1        # out of order, every other buffer
+    for i, f in zip(idx, frames, strict=True):
+        bufs.write_packet(int(i), f)
+    bufs.length[idx[0]] = bufs.max_data + 100                           # a corrupted length: cut to the buffer
+    for compiled in PARSERS:
+        h = headers.Headers.of_buffers(bufs.flat, idx, bufs.length, bufs.buf_size, PKTBUF_HEADROOM, bufs.max_data,
+                                       compiled)
+        want = headers.parse(bufs.flat, idx.astype(np.int64) * bufs.buf_size + PKTBUF_HEADROOM,
+                             bufs.length[idx].astype(np.int64), bufs.max_data, False)
+        assert h.compiled == compiled and h.n == len(frames)
+        assert h.base.tolist() == want.base.tolist() and h.lengths.tolist() == want.lengths.tolist()
+        assert h.lengths[0] == bufs.max_data
+        for layer in ("eth", "ipv4", "ipv6", "l4"):
+            for name, value in vars(getattr(want, layer)).items():
+                assert (getattr(getattr(h, layer), name) == value).all(), (compiled, layer, name)
 
 
 def test_every_field_of_the_corpus_equals_scapys():

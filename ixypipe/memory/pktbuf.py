@@ -65,6 +65,7 @@ class PacketBuffers:
         self.raw = arena.view(region)[:self.count * self.buf_size].reshape(self.count, self.buf_size)
         # the data area of every buffer, as a (count, max_data) array
         self.data = self.raw[:, PKTBUF_HEADROOM:]
+        self.flat = self.raw.reshape(-1)     # every buffer in one row: header parsing addresses packets by offset
         self.length = self._field(PKTBUF_LEN_OFF, np.uint32)
         self.pool_id = self._field(PKTBUF_POOL_OFF, np.uint32)
         self.index = self._field(PKTBUF_INDEX_OFF, np.uint32)

@@ -215,7 +215,7 @@ class WorkerPasses(_Outputs):
         self.params[K.P_ROOM] = min(r.capacity for r in outbox.rings) // 2 if st.plan.idle != "spin" else 0
         self.before = (words, slots, row, spsc_jit.ring_rows(inputs), np.array(defaults, np.int64),
                        spsc_jit.ring_rows(outbox.rings), bells, np.array(slot_of_port, np.int64), _homes(st),
-                       np.zeros(st.bufs.count, np.uint8), st.bufs.data, st.bufs.length, st.bufs.raw.reshape(-1),
+                       np.zeros(st.bufs.count, np.uint8), st.bufs.data, st.bufs.length, st.bufs.flat,
                        self.got, np.empty(batch, np.uint32), np.empty(batch, np.int16), np.empty(batch, np.uint32))
 
     def bind(self, compiled) -> WorkerPasses | None:

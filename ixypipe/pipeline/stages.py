@@ -534,7 +534,9 @@ def run_worker(st: Stage) -> None:
     published = CounterWriter(st.arena, me.row)
     block = keyedstate.block(st.arena, plan, me.worker)
     ctx.keyed = keyed.KeyedTables(block) if block is not None else keyed.refusing()   # batch.count_by's tables
-    _ = Batch(bufs, np.empty(0, np.uint32), 0, 0, plan.port_names, {}).l4   # warm up: a compiled parser loads now
+    none = np.empty(0, np.uint32)
+    none.flags.writeable = False        # as the batches' indices are: numba compiles a read-only array apart
+    _ = Batch(bufs, none, 0, 0, plan.port_names, {}).l4     # warm up: the compiled parser loads now, not at a packet
     passes = breathe.prepare_worker(st, outbox, inputs, [plan.forward_to[p] for p in me.in_ports], slot_of_port)
     if passes is not None and plan.worker_function in COMPILED:     # a built-in: compiled (and cached) while the
         passes.bind(COMPILED[plan.worker_function])                 # stage may still write numba's cache

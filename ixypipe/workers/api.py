@@ -336,9 +336,9 @@ class Batch:
     @property
     def headers(self) -> Headers:
         if self._headers is None:
-            flat = self.bufs.raw.reshape(-1)                   # a view: the raw buffers are contiguous
-            base = self.idx.astype(np.int64) * self.bufs.buf_size + PKTBUF_HEADROOM
-            self._headers = Headers(flat, base, self.lengths, self.bufs.max_data)
+            bufs = self.bufs
+            self._headers = Headers.of_buffers(bufs.flat, self.idx, bufs.length, bufs.buf_size, PKTBUF_HEADROOM,
+                                               bufs.max_data)
         return self._headers
 
     @property

@@ -84,9 +84,7 @@ class Headers(NamedTuple):
 
 def empty_headers(n: int) -> Headers:
     """Header matrices for ``n`` packets (n = 0: the empty ones a worker without headers gets)."""
-    return Headers(np.zeros((len(headers_jit.BOOLS), n), np.bool_), np.zeros((len(headers_jit.U8S), n), np.uint8),
-                   np.zeros((len(headers_jit.U16S), n), np.uint16), np.zeros((len(headers_jit.U32S), n), np.uint32),
-                   np.zeros((len(headers_jit.I64S), n), np.int64), np.zeros((2, n, IP6_ADDR_LEN), np.uint8))
+    return Headers(*headers_jit.matrices(n))
 
 
 class CompiledWorker:
@@ -107,7 +105,7 @@ class CompiledWorker:
         """Run the kernel on ``batch`` (a Python worker's call): verdicts into batch.out, counts counted."""
         n = batch.n
         out = batch.out
-        h = parse(batch.bufs, batch.idx, batch.bufs.length[batch.idx]) if self.headers else empty_headers(0)
+        h = parse(batch.bufs, batch.idx) if self.headers else empty_headers(0)
         counts = np.zeros(len(self.counters), np.int64)
         self.kernel(batch.data, batch.bufs.length, np.array(batch.idx, np.uint32), n, out, h, counts)
         for name, value in zip(self.counters, counts.tolist(), strict=True):
@@ -129,8 +127,7 @@ def compiled_worker(fn=None, *, counters=(), headers: bool = False):
     return CompiledWorker(fn, names, headers)
 
 
-def parse(bufs, idx: np.ndarray, lengths: np.ndarray) -> Headers:
-    """The headers of packets ``idx`` (whose lengths are ``lengths``), as a compiled worker gets them."""
-    flat = bufs.raw.reshape(-1)
-    base = idx.astype(np.int64) * bufs.buf_size + PKTBUF_HEADROOM
-    return Headers(*headers_jit.parse_all(flat, base, lengths, bufs.max_data))
+def parse(bufs, idx: np.ndarray) -> Headers:
+    """The headers of packets ``idx``, as a compiled worker gets them."""
+    _, _, *m = headers_jit.parse_buffers(bufs.flat, idx, bufs.length, bufs.buf_size, PKTBUF_HEADROOM, bufs.max_data)
+    return Headers(*m)

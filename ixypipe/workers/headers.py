@@ -7,9 +7,11 @@ malformed header is a False in its mask and zeros in its fields, never an
 exception: every byte read is clipped to the packet buffer, and a field
 only counts where the packet's length covers it.  Layers are computed on
 first use (``h.l4`` parses L2 and L3 first) and kept.  With numba
-installed, the first use of any layer runs the compiled kernel of
-ixypipe.workers.headers_jit over all layers at once (the numpy code here is
-the reference it is tested against).
+installed, the compiled kernel of ixypipe.workers.headers_jit parses all
+layers at once (the numpy code here is the reference it is tested
+against): a worker's batch (:meth:`Headers.of_buffers`) in the one call
+that makes its headers, and each field is a row of the kernel's matrices,
+made when first read.
 
 Packets are addressed in one flat uint8 array: packet i's byte k is
 ``flat[base[i] + k]`` for ``k < lengths[i]``; ``limit`` is the bytes a
@@ -149,6 +151,60 @@ class L4:
         return self.tcp | self.udp | self.sctp
 
 
+# ---- the layers from the compiled parser: each field a row of its matrices, made on first use ----------------
+_BOOL, _U8, _U16, _U32, _I64, _ADDR = range(6)          # the matrices, in headers_jit.parse_all's order
+_B, _8, _16, _32, _64 = headers_jit.B, headers_jit.U8, headers_jit.U16, headers_jit.U32, headers_jit.I64
+
+
+class _Row:
+    """A field of a layer from the compiled parser: row ``row`` of matrix ``k``, a view made when first read and
+    then kept in the layer (a function that reads three fields makes three views, not forty)."""
+
+    def __init__(self, k: int, row, transposed: bool = False):
+        self.k, self.row, self.transposed = k, row, transposed
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        value = layer.matrices[self.k][self.row]
+        if self.transposed:
+            value = value.T
+        layer.__dict__[self.name] = value            # an instance attribute from now on: this is not called again
+        return value
+
+
+def _compiled(layer: type, rows: dict) -> type:
+    """``layer``'s class for the compiled parser: the same fields, each a _Row."""
+    def __init__(self, matrices: tuple) -> None:
+        self.matrices = matrices
+
+    return type(layer.__name__, (layer,), {"__init__": __init__, "__doc__": layer.__doc__,
+                                           **{name: _Row(*spec) for name, spec in rows.items()}})
+
+
+_CompiledEth = _compiled(Eth, {
+    "valid": (_BOOL, _B["eth_valid"]), "vlans": (_U8, _8["vlans"]),
+    "tci": (_U16, slice(_16["tci0"], _16["tci1"] + 1), True), "type": (_U16, _16["type"]), "l3": (_I64, _64["l3"])})
+_CompiledIPv4 = _compiled(IPv4, {
+    "valid": (_BOOL, _B["v4_valid"]), "off": (_I64, _64["l3"]), "header_len": (_I64, _64["v4_header_len"]),
+    "total_len": (_U16, _16["v4_total_len"]), "ttl": (_U8, _8["v4_ttl"]), "proto": (_U8, _8["v4_proto"]),
+    "src": (_U32, _32["v4_src"]), "dst": (_U32, _32["v4_dst"]), "frag_offset": (_U16, _16["v4_frag_off"]),
+    "more_fragments": (_BOOL, _B["v4_mf"]), "csum_ok": (_BOOL, _B["v4_csum_ok"])})
+_CompiledIPv6 = _compiled(IPv6, {
+    "valid": (_BOOL, _B["v6_valid"]), "off": (_I64, _64["l3"]), "payload_len": (_U16, _16["v6_payload_len"]),
+    "hop_limit": (_U8, _8["v6_hop"]), "src": (_ADDR, 0), "dst": (_ADDR, 1), "ext_ok": (_BOOL, _B["v6_ext_ok"]),
+    "next_header": (_U8, _8["v6_nh"]), "frag": (_BOOL, _B["v6_frag"]), "frag_offset": (_U16, _16["v6_frag_off"]),
+    "more_fragments": (_BOOL, _B["v6_mf"]), "l4": (_I64, _64["v6_l4"])})
+_CompiledL4 = _compiled(L4, {
+    "proto": (_U8, _8["l4_proto"]), "off": (_I64, _64["l4_off"]), "first": (_BOOL, _B["first"]),
+    "tcp": (_BOOL, _B["tcp"]), "udp": (_BOOL, _B["udp"]), "sctp": (_BOOL, _B["sctp"]), "icmp": (_BOOL, _B["icmp"]),
+    "sport": (_U16, _16["sport"]), "dport": (_U16, _16["dport"]), "tcp_flags": (_U16, _16["tcp_flags"]),
+    "icmp_type": (_U8, _8["icmp_type"]), "icmp_code": (_U8, _8["icmp_code"])})
+
+
 class Headers:
     """The parsed headers of one batch; each layer is parsed on first use, then kept."""
 
@@ -162,6 +218,19 @@ class Headers:
         self.limit = int(limit)
         self.lengths = np.minimum(np.asarray(lengths, np.int64), self.limit)    # a length past the buffer: cut
         self.n = len(self.base)
+
+    @classmethod
+    def of_buffers(cls, flat: np.ndarray, idx: np.ndarray, length: np.ndarray, stride: int, headroom: int,
+                   limit: int, compiled: bool | None = None) -> Headers:
+        """The headers of packet buffers ``idx`` (a worker's batch): buffer k's packet starts at ``flat[k * stride
+        + headroom]`` and has ``length[k]`` bytes.  The compiled parser reads every layer in this one call."""
+        if not (headers_jit.AVAILABLE if compiled is None else compiled):
+            return cls(flat, idx.astype(np.int64) * stride + headroom, length[idx], limit, False)
+        h = cls.__new__(cls)
+        h.compiled, h.flat, h.limit, h.n = True, flat, int(limit), len(idx)
+        h.base, h.lengths, *m = headers_jit.parse_buffers(flat, idx, length, stride, headroom, h.limit)
+        h._parsed = tuple(m)
+        return h
 
     # ---- reading bytes at per-packet offsets, never past a buffer ------------------------
     def pos(self, off) -> np.ndarray:
@@ -205,26 +274,10 @@ class Headers:
 
     @cached_property
     def _jit_layers(self) -> tuple[Eth, IPv4, IPv6, L4]:
-        """All layers from one run of the compiled kernel (rows of a few matrices, as views)."""
-        b, u8, u16, u32, i64, addr = headers_jit.parse_all(self.flat, self.base, self.lengths, self.limit)
-        B, U8, U16, U32, I64 = headers_jit.B, headers_jit.U8, headers_jit.U16, headers_jit.U32, headers_jit.I64
-        e, v4, v6, t = Eth(), IPv4(), IPv6(), L4()
-        e.valid, e.vlans, e.tci, e.type, e.l3 = b[B["eth_valid"]], u8[U8["vlans"]], u16[0:2].T, u16[U16["type"]], \
-            i64[I64["l3"]]
-        v4.valid, v4.off, v4.header_len, v4.total_len = b[B["v4_valid"]], e.l3, i64[I64["v4_header_len"]], \
-            u16[U16["v4_total_len"]]
-        v4.ttl, v4.proto, v4.src, v4.dst = u8[U8["v4_ttl"]], u8[U8["v4_proto"]], u32[U32["v4_src"]], u32[U32["v4_dst"]]
-        v4.frag_offset, v4.more_fragments, v4.csum_ok = u16[U16["v4_frag_off"]], b[B["v4_mf"]], b[B["v4_csum_ok"]]
-        v6.valid, v6.off, v6.payload_len, v6.hop_limit = b[B["v6_valid"]], e.l3, u16[U16["v6_payload_len"]], \
-            u8[U8["v6_hop"]]
-        v6.src, v6.dst, v6.ext_ok, v6.next_header = addr[0], addr[1], b[B["v6_ext_ok"]], u8[U8["v6_nh"]]
-        v6.frag, v6.frag_offset, v6.more_fragments, v6.l4 = b[B["v6_frag"]], u16[U16["v6_frag_off"]], \
-            b[B["v6_mf"]], i64[I64["v6_l4"]]
-        t.proto, t.off, t.first = u8[U8["l4_proto"]], i64[I64["l4_off"]], b[B["first"]]
-        t.tcp, t.udp, t.sctp, t.icmp = b[B["tcp"]], b[B["udp"]], b[B["sctp"]], b[B["icmp"]]
-        t.sport, t.dport, t.tcp_flags = u16[U16["sport"]], u16[U16["dport"]], u16[U16["tcp_flags"]]
-        t.icmp_type, t.icmp_code = u8[U8["icmp_type"]], u8[U8["icmp_code"]]
-        return e, v4, v6, t
+        """All layers from one run of the compiled kernel; a field is a row of its matrices, made on first use."""
+        m = self.__dict__.pop("_parsed", None) or headers_jit.parse_all(self.flat, self.base, self.lengths,
+                                                                          self.limit)
+        return _CompiledEth(m), _CompiledIPv4(m), _CompiledIPv6(m), _CompiledL4(m)
 
     # ---- the numpy parser, one pass per layer (the reference) ---------------------------------------
     def _eth(self) -> Eth:
