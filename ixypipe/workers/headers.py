@@ -229,7 +229,8 @@ class Headers:
         h = cls.__new__(cls)
         h.compiled, h.flat, h.limit, h.n = True, flat, int(limit), len(idx)
         h.base, h.lengths, *m = headers_jit.parse_buffers(flat, idx, length, stride, headroom, h.limit)
-        h._parsed = tuple(m)
+        m = tuple(m)
+        h.eth, h.ipv4, h.ipv6, h.l4 = _CompiledEth(m), _CompiledIPv4(m), _CompiledIPv6(m), _CompiledL4(m)   # parsed
         return h
 
     # ---- reading bytes at per-packet offsets, never past a buffer ------------------------
@@ -275,8 +276,7 @@ class Headers:
     @cached_property
     def _jit_layers(self) -> tuple[Eth, IPv4, IPv6, L4]:
         """All layers from one run of the compiled kernel; a field is a row of its matrices, made on first use."""
-        m = self.__dict__.pop("_parsed", None) or headers_jit.parse_all(self.flat, self.base, self.lengths,
-                                                                          self.limit)
+        m = headers_jit.parse_all(self.flat, self.base, self.lengths, self.limit)
         return _CompiledEth(m), _CompiledIPv4(m), _CompiledIPv6(m), _CompiledL4(m)
 
     # ---- the numpy parser, one pass per layer (the reference) ---------------------------------------
