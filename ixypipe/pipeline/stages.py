@@ -748,7 +748,8 @@ def verdicts(batch, keep, n: int | None = None) -> np.ndarray | int:
         raise WorkerResultError(f"a worker returns None or a boolean mask of {n} packets, "
                                 f"got {type(keep).__name__} {getattr(mask, 'shape', '')}")
     if fixed:
-        return default if mask.all() else np.where(mask, np.int16(default), np.int16(DROP))
+        # count_nonzero, not mask.all(): a ufunc reduction costs twice as much on a lone packet with cold caches
+        return default if np.count_nonzero(mask) == n else np.where(mask, np.int16(default), np.int16(DROP))
     return np.where(mask, out, np.int16(DROP))
 
 
@@ -772,19 +773,21 @@ def route(st: Stage, idx: np.ndarray, out: np.ndarray | int, drop: int, slot_of_
             out = np.full(len(idx), first, np.int16)
     else:
         first = int(out[0])
-        same = bool((out == first).all())
+        same = np.count_nonzero(out == first) == len(out)
     if same and 0 <= first < len(slot_of_port):
         outbox.put(slot_of_port[first], idx)
         st.packets_out += len(idx)
         return
     dropped = out == drop
-    if dropped.any():
+    k = np.count_nonzero(dropped)
+    if k:
         homing.send(idx[dropped])
-        st.row.add("drop_worker", int(dropped.sum()))
+        st.row.add("drop_worker", k)
     bad = ~dropped & ((out < 0) | (out >= len(slot_of_port)))
-    if bad.any():
+    k = np.count_nonzero(bad)
+    if k:
         homing.send(idx[bad])
-        st.row.add("drop_no_route", int(bad.sum()))
+        st.row.add("drop_no_route", k)
     live = ~(dropped | bad)
     for port in np.unique(out[live]):
         part = idx[live & (out == port)]
