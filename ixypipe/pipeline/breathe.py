@@ -230,7 +230,7 @@ class WorkerPasses(_Outputs):
         self.counts = np.zeros(len(compiled.counters), np.int64)
         self.params[K.P_HEADERS] = compiled.headers
         stage = (*self.before, empty_headers(self.batch if compiled.headers else 0), np.empty(self.batch, np.int64),
-                 np.empty(self.batch, np.uint32), self.counts, self.parts, self.parts_n, self.state)
+                 np.empty(self.batch, np.int64), self.counts, self.parts, self.parts_n, self.state)
         # a built-in's kernel is ixypipe's: its loop is cached; a user's function's is compiled in the process
         self.run = functools.partial(K.loop("worker", compiled.kernel, compiled.cached), 0, stage, self.row,
                                      self.params, self.waits)

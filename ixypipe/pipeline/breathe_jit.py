@@ -509,17 +509,8 @@ if AVAILABLE:
                 shown[i] = got[i]
                 out[i] = defaults[k]
             if params[P_HEADERS]:
-                h.bools[:, :m] = False
-                h.u8[:, :m] = 0
-                h.u16[:, :m] = 0
-                h.u32[:, :m] = 0
-                h.i64[:, :m] = 0
-                h.addr[:, :m, :] = 0
-                for i in range(m):
-                    base[i] = np.int64(got[i]) * data.strides[0] + PKTBUF_HEADROOM    # in ``flat``
-                    blen[i] = length[got[i]]
-                headers_jit.kernel(flat, base[:m], blen[:m], params[P_MAX_DATA], h.bools, h.u8, h.u16, h.u32,
-                                   h.i64, h.addr)
+                headers_jit.parse_into(flat, got, m, length, data.strides[0], PKTBUF_HEADROOM, params[P_MAX_DATA],
+                                       base, blen, h.bools, h.u8, h.u16, h.u32, h.i64, h.addr)
             state[ST_CALLING] = m
             WORKER_FN(data, length, shown, m, out, h, counts)                  # 4. the worker's function
             state[ST_CALLING] = 0

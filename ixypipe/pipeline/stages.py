@@ -727,14 +727,14 @@ def verdicts(batch, keep, n: int | None = None) -> np.ndarray | int:
     Anything that is not a verdict raises WorkerResultError; what is returned is an int16 array of ``n``
     (verdict_array) or an int in -2..VERDICT_MAX, so routing it cannot fail."""
     n = batch.n if n is None else n
-    from ixypipe.workers.api import DROP, WorkerResultError
-
     fixed = not batch.verdicts_set()         # every packet at default_out: no verdict array unless one drops
     if fixed:
         default = min(max(operator.index(batch.default_out), -2), VERDICT_MAX)
         if keep is None:
             return default
-    else:
+    from ixypipe.workers.api import DROP, WorkerResultError
+
+    if not fixed:
         out = batch.out
         if not isinstance(out, np.ndarray) or out.dtype.kind not in "iu" or out.shape != (n,):
             raise WorkerResultError(f"batch.out must stay an integer array of {n} verdicts (a port index or "

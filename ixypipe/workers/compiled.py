@@ -68,7 +68,6 @@ VLANS, V4_TTL, V4_PROTO, V6_HOP, V6_NH, L4_PROTO, ICMP_TYPE, ICMP_CODE = (header
  TCP_FLAGS) = (headers_jit.U16[name] for name in headers_jit.U16S)
 V4_SRC, V4_DST = (headers_jit.U32[name] for name in headers_jit.U32S)
 L3_OFF, V4_HEADER_LEN, V6_L4_OFF, L4_OFF = (headers_jit.I64[name] for name in headers_jit.I64S)
-IP6_ADDR_LEN = 16
 
 
 class Headers(NamedTuple):

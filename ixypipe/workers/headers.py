@@ -205,6 +205,11 @@ _CompiledL4 = _compiled(L4, {
     "icmp_type": (_U8, _8["icmp_type"]), "icmp_code": (_U8, _8["icmp_code"])})
 
 
+def _compiled_layers(matrices: tuple) -> tuple[Eth, IPv4, IPv6, L4]:
+    """Every layer over the compiled parser's matrices (headers_jit.parse_all's order)."""
+    return _CompiledEth(matrices), _CompiledIPv4(matrices), _CompiledIPv6(matrices), _CompiledL4(matrices)
+
+
 class Headers:
     """The parsed headers of one batch; each layer is parsed on first use, then kept."""
 
@@ -229,8 +234,7 @@ class Headers:
         h = cls.__new__(cls)
         h.compiled, h.flat, h.limit, h.n = True, flat, int(limit), len(idx)
         h.base, h.lengths, *m = headers_jit.parse_buffers(flat, idx, length, stride, headroom, h.limit)
-        m = tuple(m)
-        h.eth, h.ipv4, h.ipv6, h.l4 = _CompiledEth(m), _CompiledIPv4(m), _CompiledIPv6(m), _CompiledL4(m)   # parsed
+        h.eth, h.ipv4, h.ipv6, h.l4 = _compiled_layers(tuple(m))          # parsed: set, not made on first use
         return h
 
     # ---- reading bytes at per-packet offsets, never past a buffer ------------------------
@@ -276,8 +280,7 @@ class Headers:
     @cached_property
     def _jit_layers(self) -> tuple[Eth, IPv4, IPv6, L4]:
         """All layers from one run of the compiled kernel; a field is a row of its matrices, made on first use."""
-        m = headers_jit.parse_all(self.flat, self.base, self.lengths, self.limit)
-        return _CompiledEth(m), _CompiledIPv4(m), _CompiledIPv6(m), _CompiledL4(m)
+        return _compiled_layers(headers_jit.parse_all(self.flat, self.base, self.lengths, self.limit))
 
     # ---- the numpy parser, one pass per layer (the reference) ---------------------------------------
     def _eth(self) -> Eth:

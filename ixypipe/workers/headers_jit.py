@@ -239,16 +239,31 @@ def matrices(n):
 
 
 @_jit
-def parse_buffers(flat, idx, length, stride, headroom, limit):
-    """The headers of packet buffers ``idx`` (buffer k's packet at ``flat[k * stride + headroom:]``, ``length[k]``
-    bytes, cut to ``limit``) in one call: (base, lengths, *matrices).  A worker's lone packet pays one call for
-    what were a dozen numpy calls, each 10-40 us with the caches cold after a sleep."""
-    n = idx.shape[0]
-    base = np.empty(n, np.int64)
-    lengths = np.empty(n, np.int64)
+def parse_into(flat, idx, n, length, stride, headroom, limit, base, lengths, b, u8, u16, u32, i64, addr):
+    """The headers of packet buffers ``idx[:n]`` (buffer k's packet at ``flat[k * stride + headroom:]``,
+    ``length[k]`` bytes, cut to ``limit``) into columns 0..n-1 of the matrices, cleared first (a compiled
+    worker's pass reuses its matrices); ``base`` and ``lengths`` (at least n each) get each packet's offset in
+    ``flat`` and its cut length."""
     for i in range(n):
         base[i] = np.int64(idx[i]) * stride + headroom
         lengths[i] = min(np.int64(length[idx[i]]), limit)
+    b[:, :n] = False
+    u8[:, :n] = 0
+    u16[:, :n] = 0
+    u32[:, :n] = 0
+    i64[:, :n] = 0
+    addr[:, :n, :] = 0
+    kernel(flat, base[:n], lengths[:n], limit, b, u8, u16, u32, i64, addr)
+
+
+@_jit
+def parse_buffers(flat, idx, length, stride, headroom, limit):
+    """parse_into for a batch's indices, into new matrices: (base, lengths, *matrices) in one call.  A worker's
+    lone packet pays one call for what were a dozen numpy calls, each 10-40 us with the caches cold after a
+    sleep."""
+    n = idx.shape[0]
+    base = np.empty(n, np.int64)
+    lengths = np.empty(n, np.int64)
     b, u8, u16, u32, i64, addr = matrices(n)
-    kernel(flat, base, lengths, limit, b, u8, u16, u32, i64, addr)
+    parse_into(flat, idx, n, length, stride, headroom, limit, base, lengths, b, u8, u16, u32, i64, addr)
     return base, lengths, b, u8, u16, u32, i64, addr
